@@ -1,0 +1,24 @@
+# Two commands: `make demo` runs the main job on the embedded default, `make test` runs the test suite.
+# Both install everything they need first (uv + the locked dependencies into .venv).
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+
+.PHONY: setup demo test lint bench
+
+setup:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet uv==0.13.8
+	$(UV) sync --frozen --python 3.11
+
+demo: setup
+	$(VENV)/bin/cscore demo
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+bench: setup
+	$(VENV)/bin/cscore bench
