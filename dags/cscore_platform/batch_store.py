@@ -1,0 +1,118 @@
+"""The batch's objects in storage, reached through Airflow's S3 hook (connection `aws_default`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from botocore.exceptions import ClientError
+
+from dags.cscore_platform.manifest import Manifest, ManifestError
+
+RESULT_MANIFEST_TYPE = "cscore.result-manifest/v1"
+
+
+class BatchStore:
+    """Reads manifests and inputs' metadata, records batch status, writes the result manifest."""
+
+    def __init__(self, bucket: str | None = None, aws_conn_id: str = "aws_default") -> None:
+        self.bucket = bucket or os.environ.get("CSCORE_BUCKET", "cscore")
+        self._s3 = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            raise ManifestError(f"object {key}: expected it in bucket {self.bucket}, got {_code(exc)}") from exc
+
+    def check_objects(self, manifest: Manifest) -> None:
+        """Every listed object exists with the signed size (contents are checked by the worker)."""
+        for index, obj in enumerate(manifest.objects):
+            try:
+                head = self._s3.head_object(Bucket=self.bucket, Key=obj.key)
+            except ClientError as exc:
+                raise ManifestError(
+                    f"manifest.objects[{index}] {obj.key}: expected an object of {obj.size} bytes, "
+                    f"got {_code(exc)}; upload it, then the manifest again"
+                ) from exc
+            if head["ContentLength"] != obj.size:
+                raise ManifestError(
+                    f"manifest.objects[{index}].size: expected {obj.size} (signed), got {head['ContentLength']}"
+                )
+
+    def check_model(self, manifest: Manifest) -> None:
+        key = f"models/{manifest.model_name}/{manifest.model_version}/card.jws"
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            raise ManifestError(
+                f"manifest.model: expected a published model {manifest.model_name}:{manifest.model_version}, "
+                "got none; list models with `cscore models`"
+            ) from exc
+
+    def claim(self, manifest: Manifest, run_id: str) -> dict[str, Any] | None:
+        """Claim the batch for this run; returns the holder's status instead if it is taken."""
+        body = json.dumps({"manifest_sha256": manifest.sha256, "run_id": run_id}).encode()
+        try:
+            key = _claim_key(manifest.tenant, manifest.batch_id)
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as exc:
+            if _code(exc) != "PreconditionFailed":
+                raise
+            return self.status(manifest.tenant, manifest.batch_id) or {"state": "processing"}
+        self.set_status(manifest.tenant, manifest.batch_id, "processing", run_id=run_id,
+                        manifest_sha256=manifest.sha256)
+        return None
+
+    def release(self, tenant: str, batch_id: str, reason: str, run_id: str) -> None:
+        """Mark the batch failed and free its claim, so the same manifest can be submitted again."""
+        self.set_status(tenant, batch_id, "failed", run_id=run_id, reason=reason)
+        self._s3.delete_object(Bucket=self.bucket, Key=_claim_key(tenant, batch_id))
+
+    def status(self, tenant: str, batch_id: str) -> dict[str, Any] | None:
+        try:
+            raw = self._s3.get_object(Bucket=self.bucket, Key=_status_key(tenant, batch_id))["Body"].read()
+        except ClientError:
+            return None
+        status: dict[str, Any] = json.loads(raw)
+        return status
+
+    def set_status(self, tenant: str, batch_id: str, state: str, **details: Any) -> None:
+        body = {"state": state, "batch_id": batch_id, "tenant": tenant, "updated_at": time.time(), **details}
+        self._s3.put_object(Bucket=self.bucket, Key=_status_key(tenant, batch_id),
+                            Body=json.dumps(body).encode(), ContentType="application/json")
+
+    def write_result_manifest(self, manifest: Manifest, body: dict[str, Any]) -> str:
+        key = f"{manifest.results_prefix}result-manifest.json"
+        document = {"type": RESULT_MANIFEST_TYPE, **body}
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(document, indent=1).encode(),
+                            ContentType="application/json")
+        return key
+
+
+def tenant_public_key(tenant: str) -> dict[str, Any]:
+    """The tenant's registered manifest-signing key, from the platform's trust directory."""
+    path = Path(os.environ.get("CSCORE_TRUST_DIR", ".")) / "tenants" / f"{tenant}.jwk"
+    if not path.is_file():
+        raise ManifestError(
+            f"manifest.tenant: expected a registered tenant with a key at {path}, got {tenant!r} with none; "
+            "register it with `cscore owner register`"
+        )
+    key: dict[str, Any] = json.loads(path.read_text())
+    return key
+
+
+def _claim_key(tenant: str, batch_id: str) -> str:
+    return f"status/{tenant}/{batch_id}.claim"
+
+
+def _status_key(tenant: str, batch_id: str) -> str:
+    return f"status/{tenant}/{batch_id}.json"
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "an error"))

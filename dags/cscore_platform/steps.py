@@ -1,0 +1,158 @@
+"""The four steps of one batch, as the DAG's tasks run them.
+
+Each step logs, in plain sentences, the batch id, what it checked and what it decided, and never a
+secret (it has none to log). A step that fails marks the batch failed and frees it for resubmission.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote_plus
+
+from dags.cscore_platform import worker_pool
+from dags.cscore_platform.batch_store import BatchStore, tenant_public_key
+from dags.cscore_platform.manifest import MANIFEST_NAME, Manifest, tenant_and_batch, verify_manifest
+from dags.cscore_platform.planning import plan_shards
+
+log = logging.getLogger("cscore.batch")
+
+SHARD_TIMEOUT_S = 1800.0
+
+
+class BatchSkipped(Exception):
+    """This run does not process the batch (already processed or in progress elsewhere)."""
+
+
+def manifest_keys_from_events(event_extras: Iterable[dict[str, Any]], conf: dict[str, Any]) -> list[str]:
+    """Manifest keys named by SQS-delivered S3 events and by a manual run's conf, each once."""
+    keys: list[str] = list(conf.get("manifest_keys") or [])
+    for extra in event_extras:
+        for message in extra.get("message_batch") or []:
+            keys.extend(_keys_in_s3_event(message.get("Body", "")))
+    unique = list(dict.fromkeys(keys))
+    log.info("This run will look at %d manifest(s): %s", len(unique), ", ".join(unique) or "none")
+    return unique
+
+
+def _keys_in_s3_event(body: str) -> list[str]:
+    try:
+        records = json.loads(body).get("Records", [])
+    except ValueError:
+        log.warning("Ignored a queue message that is not an S3 event")
+        return []
+    keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records if "s3" in r]
+    return [k for k in keys if k.endswith("/" + MANIFEST_NAME)]
+
+
+@contextmanager
+def _failing_marks_batch(store: BatchStore, manifest_key: str, run_id: str, step: str) -> Iterator[None]:
+    try:
+        yield
+    except BatchSkipped:
+        raise
+    except Exception as exc:
+        tenant, batch = tenant_and_batch(manifest_key)
+        reason = f"{step}: {exc}"
+        log.error("Batch %s failed at step %s: %s. Its input is untouched; fix the cause and submit the "
+                  "same manifest again.", batch, step, exc)
+        store.release(tenant, batch, reason, run_id)
+        raise
+
+
+def validate(manifest_key: str, run_id: str) -> dict[str, Any]:
+    """Verify the owner's signature, the listed objects and the model, then claim the batch."""
+    store = BatchStore()
+    tenant, batch = tenant_and_batch(manifest_key)
+    with _failing_marks_batch(store, manifest_key, run_id, "validate"):
+        manifest = verify_manifest(manifest_key, store.read(manifest_key), tenant_public_key(tenant))
+        log.info("Batch %s of tenant %s: manifest %s signed by the tenant's key; %d object(s), %d emails, "
+                 "model %s:%d (%s).", batch, tenant, manifest.sha256[:16], len(manifest.objects),
+                 manifest.rows, manifest.model_name, manifest.model_version, manifest.model_digest)
+        store.check_objects(manifest)
+        store.check_model(manifest)
+        log.info("Batch %s: every listed object is present with its signed size; the model is published.",
+                 batch)
+    holder = store.claim(manifest, run_id)
+    if holder is not None:
+        log.info("Batch %s is not processed by this run: it is already %s (run %s).", batch,
+                 holder.get("state"), holder.get("run_id"))
+        raise BatchSkipped(f"batch {batch} already {holder.get('state')}")
+    log.info("Batch %s claimed by run %s.", batch, run_id)
+    return manifest.to_dict()
+
+
+def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Have every worker attest to the owner's and the provider's brokers; fail fast on a refusal."""
+    manifest = Manifest.from_dict(batch)
+    store = BatchStore()
+    with _failing_marks_batch(store, manifest.key, run_id, "attest"):
+        card = _model_card(store, manifest)
+        brokers = [manifest.broker_url, card["broker_url"]]
+        app = worker_pool.celery_client()
+        verdicts = worker_pool.attest_all(app, brokers)
+        for verdict in verdicts:
+            for v in verdict["verdicts"]:
+                log.info("Worker %s attested to broker %s: tee %s, measurement %s, root %s.",
+                         verdict["worker"], v["broker"], v.get("tee"), v.get("measurement"), v.get("root"))
+    return {**batch, "attestation": verdicts}
+
+
+def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Fan the shards out to the workers and wait for every one of them."""
+    manifest = Manifest.from_dict({k: v for k, v in batch.items() if k != "attestation"})
+    store = BatchStore()
+    with _failing_marks_batch(store, manifest.key, run_id, "score"):
+        shards = plan_shards(manifest)
+        log.info("Batch %s: %d shard(s) of up to %d row group(s) sent to the worker pool.",
+                 manifest.batch_id, len(shards), manifest.shard_row_groups)
+
+        def progress(done: int, total: int) -> None:
+            log.info("Batch %s: %d of %d shards done.", manifest.batch_id, done, total)
+
+        outcomes = worker_pool.run_shards(worker_pool.celery_client(), shards, timeout=SHARD_TIMEOUT_S,
+                                          progress=progress)
+        for outcome in outcomes:
+            log.info("Batch %s shard %d: %d rows by %s, receipt %s%s.", manifest.batch_id,
+                     outcome["shard_index"], outcome["rows"], outcome["worker"], outcome["receipt_key"],
+                     " (already done by an earlier attempt)" if outcome["reused"] else "")
+    return {**batch, "shards": outcomes}
+
+
+def finalize(batch: dict[str, Any], run_id: str) -> str:
+    """Check every email came back exactly once by count, then write the result manifest."""
+    fields = {k: v for k, v in batch.items() if k not in {"attestation", "shards"}}
+    manifest = Manifest.from_dict(fields)
+    store = BatchStore()
+    with _failing_marks_batch(store, manifest.key, run_id, "finalize"):
+        rows = sum(s["rows"] for s in batch["shards"])
+        if rows != manifest.rows:
+            raise ValueError(f"result rows: expected {manifest.rows} (signed manifest), got {rows}")
+        key = store.write_result_manifest(manifest, {
+            "tenant": manifest.tenant,
+            "batch_id": manifest.batch_id,
+            "manifest_key": manifest.key,
+            "manifest_sha256": manifest.sha256,
+            "model": {"name": manifest.model_name, "version": manifest.model_version,
+                      "digest": manifest.model_digest},
+            "rows": rows,
+            "shards": sorted(batch["shards"], key=lambda s: s["shard_index"]),
+            "attestation": batch["attestation"],
+            "run_id": run_id,
+        })
+        store.set_status(manifest.tenant, manifest.batch_id, "succeeded", run_id=run_id,
+                         manifest_sha256=manifest.sha256, result_manifest=key)
+    log.info("Batch %s succeeded: %d emails scored; result manifest %s.", manifest.batch_id, rows, key)
+    return key
+
+
+def _model_card(store: BatchStore, manifest: Manifest) -> dict[str, Any]:
+    # The card's payload is public metadata; the worker checks the model itself by digest.
+    token = store.read(f"models/{manifest.model_name}/{manifest.model_version}/card.jws").decode()
+    payload = token.split(".")[1]
+    card: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return card

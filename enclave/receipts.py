@@ -1,0 +1,95 @@
+"""Shard receipts: a worker's signed statement of what it read, with which model, and what it wrote.
+
+The receipt key is generated inside the enclave and bound into its attestation evidence
+(runtime_data.receipt_pubkey, hashed into report_data), so a valid receipt proves which attested
+code produced which outputs. Anyone holding the evidence document can check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from joserfc.jwk import OKPKey
+
+from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify_evidence
+from enclave.shard import ShardSpec
+from enclave.signing import canonical_json, sign_json, verify_json
+
+RECEIPT_TYPE = "cscore.receipt/v1"
+
+
+class ReceiptError(ValueError):
+    """A receipt does not prove what it claims."""
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """A receipt whose signature, evidence binding and attestation all checked out."""
+
+    payload: dict[str, Any]
+    claims: Claims
+
+
+def evidence_document(evidence: Evidence, runtime_data: dict[str, Any]) -> dict[str, Any]:
+    """What a verifier needs beside a receipt: the evidence and the runtime data it binds."""
+    return {"evidence": evidence.to_json(), "runtime_data": runtime_data}
+
+
+def sign_receipt(
+    key: OKPKey,
+    *,
+    spec: ShardSpec,
+    input_sha256: str,
+    output_sha256: str,
+    rows: int,
+    evidence_sha256: str,
+    worker: str,
+) -> str:
+    """Sign the receipt of one shard with the enclave's receipt key."""
+    payload = {
+        "type": RECEIPT_TYPE,
+        "tenant": spec.tenant,
+        "batch_id": spec.batch_id,
+        "shard_index": spec.shard_index,
+        "input": {
+            "key": spec.input_key,
+            "sha256": input_sha256,
+            "row_groups": [spec.row_group_start, spec.row_group_end],
+        },
+        "output": {"key": spec.output_key, "sha256": output_sha256, "rows": rows},
+        "model": {"name": spec.model_name, "version": spec.model_version, "digest": spec.model_digest},
+        "evidence_sha256": evidence_sha256,
+        "worker": worker,
+        "issued_at": int(time.time()),
+    }
+    return sign_json(payload, key)
+
+
+def verify_receipt(
+    token: str,
+    evidence_doc: dict[str, Any],
+    *,
+    anchors: TrustAnchors,
+    policy: Policy,
+    at: datetime | None = None,
+) -> VerifiedReceipt:
+    """Check a receipt: evidence digest, attestation (chain and policy), key binding, signature."""
+    digest = hashlib.sha256(canonical_json(evidence_doc)).hexdigest()
+    runtime_data = evidence_doc.get("runtime_data")
+    if not isinstance(runtime_data, dict) or "receipt_pubkey" not in runtime_data:
+        raise ReceiptError("evidence.runtime_data.receipt_pubkey: expected a JWK, got nothing")
+    claims = verify_evidence(Evidence.from_json(evidence_doc["evidence"]), anchors, at or datetime.now(UTC))
+    appraise(claims, policy, report_data=hashlib.sha512(canonical_json(runtime_data)).digest())
+    payload = verify_json(token, runtime_data["receipt_pubkey"], what="receipt")
+    if payload.get("type") != RECEIPT_TYPE:
+        raise ReceiptError(f"receipt.type: expected {RECEIPT_TYPE}, got {payload.get('type')!r}")
+    if payload.get("evidence_sha256") != digest:
+        raise ReceiptError(
+            f"receipt.evidence_sha256: expected {digest} (the evidence stored beside it), "
+            f"got {payload.get('evidence_sha256')}"
+        )
+    return VerifiedReceipt(payload=payload, claims=claims)

@@ -1,0 +1,82 @@
+"""What one shard of a batch is: the instruction the platform sends, and what comes back.
+
+Both travel through the platform (Celery messages, Airflow XCom), so they carry object keys,
+digests and counts only: never a key, an email or a score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class ShardSpecError(ValueError):
+    """A shard instruction is malformed."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of work: a range of row groups of one input object."""
+
+    tenant: str
+    batch_id: str
+    shard_index: int
+    input_key: str
+    input_sha256: str
+    row_group_start: int
+    row_group_end: int  # exclusive
+    model_name: str
+    model_version: int
+    model_digest: str
+    owner_broker_url: str
+    footer_key: str
+    column_key: str
+    result_key: str
+    output_key: str
+    receipt_key: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardSpec:
+        """Build from a message, naming the first field that is missing or of the wrong type."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name not in data:
+                raise ShardSpecError(f"shard.{field.name}: expected a value, got nothing")
+            value = data[field.name]
+            expected = int if field.type == "int" else str
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ShardSpecError(
+                    f"shard.{field.name}: expected {expected.__name__}, got {type(value).__name__}"
+                )
+            values[field.name] = value
+        spec = cls(**values)
+        if not 0 <= spec.row_group_start < spec.row_group_end:
+            raise ShardSpecError(
+                f"shard.row_groups: expected 0 <= start < end, got [{spec.row_group_start}, "
+                f"{spec.row_group_end})"
+            )
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    """What a scored shard reports back: where its outputs are and their digests."""
+
+    shard_index: int
+    output_key: str
+    output_sha256: str
+    receipt_key: str
+    receipt_sha256: str
+    rows: int
+    worker: str
+    reused: bool  # True when an earlier attempt had already finished this shard
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardOutcome:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})

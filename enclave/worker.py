@@ -1,0 +1,179 @@
+"""The confidential worker's core: attest, obtain keys, decrypt, score, encrypt, sign a receipt.
+
+Everything secret (released keys, the model, emails, scores) stays inside this process's memory;
+what leaves is ciphertext, digests, counts and signed receipts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.kbs_client import AttestedSession
+from enclave.pme import EncryptedParquet, KeyWrapper, write_encrypted
+from enclave.receipts import evidence_document, sign_receipt
+from enclave.scoring import session_for
+from enclave.shard import ShardSpec
+from enclave.signing import canonical_json
+from enclave.tee import EvidenceProvider
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = ("message_id", "text")
+RESULT_ROW_GROUP_SIZE = 65_536
+
+
+class ShardInputError(ValueError):
+    """The shard's input does not match what the signed manifest promised."""
+
+
+class ModelIntegrityError(ValueError):
+    """The decrypted model is not the one the owner chose."""
+
+
+@dataclass(frozen=True)
+class ScoredShard:
+    """A finished shard, ready to upload: only ciphertext and signed metadata."""
+
+    output: bytes
+    output_sha256: str
+    rows: int
+    receipt: str
+    evidence: dict[str, Any]
+    evidence_sha256: str
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _BatchKeys(KeyWrapper):
+    """PME keys of one batch, through the owner's broker, with the batch's grant context."""
+
+    def __init__(self, session: AttestedSession, batch_id: str, model_digest: str) -> None:
+        self._session = session
+        self._context = {"batch_id": batch_id, "model_digest": model_digest}
+
+    def wrap(self, key_id: str, key: bytes) -> bytes:
+        return self._session.wrap(key_id, key, **self._context)
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        return self._session.unwrap(key_id, wrapped, **self._context)
+
+
+class Enclave:
+    """One per worker process: its evidence provider, attested broker sessions and model cache."""
+
+    def __init__(self, provider: EvidenceProvider, *, name: str | None = None) -> None:
+        self._provider = provider
+        self._sessions: dict[str, AttestedSession] = {}
+        self._lock = threading.Lock()
+        self.name = name or socket.gethostname()
+
+    def session(self, broker_url: str) -> AttestedSession:
+        """The attested session with one broker, created (and attested) on first use."""
+        with self._lock:
+            if broker_url not in self._sessions:
+                self._sessions[broker_url] = AttestedSession(broker_url, self._provider)
+            return self._sessions[broker_url]
+
+    def attest(self, broker_urls: list[str]) -> dict[str, Any]:
+        """Attest to each broker now; returns what the platform may see (no token, no key)."""
+        verdicts = []
+        for url in broker_urls:
+            result = self.session(url).attest()
+            verdicts.append({"broker": url, **result.public_summary()})
+        return {"worker": self.name, "verdicts": verdicts}
+
+    def score_shard(
+        self,
+        spec: ShardSpec,
+        input_parquet: bytes,
+        card: dict[str, Any],
+        model_ciphertext: Callable[[], bytes],
+    ) -> ScoredShard:
+        """Decrypt the shard's rows, score them with the chosen model, encrypt results, sign a receipt."""
+        if sha256_hex(input_parquet) != spec.input_sha256:
+            raise ShardInputError(
+                f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed manifest), "
+                f"got {sha256_hex(input_parquet)}"
+            )
+        owner = self.session(spec.owner_broker_url)
+        keys = _BatchKeys(owner, spec.batch_id, spec.model_digest)
+        model = session_for(spec.model_digest, lambda: self._decrypt_model(spec, card, model_ciphertext()))
+        with EncryptedParquet(input_parquet, keys) as source:
+            table = source.read_row_groups(range(spec.row_group_start, spec.row_group_end), INPUT_COLUMNS)
+        probabilities, labels = model.score(table.column("text").to_pylist())
+        results = pa.table(
+            {
+                "message_id": table.column("message_id"),
+                "spam_probability": pa.array(probabilities, pa.float32()),
+                "label": pa.array(labels, pa.int8()),
+                "model_digest": pa.array([spec.model_digest] * table.num_rows, pa.string()).dictionary_encode(),
+            }
+        )
+        # Results go back under the broker that released the inputs: only the real owner broker
+        # could have unwrapped them, so the platform cannot redirect results to a key it holds.
+        output = write_encrypted(
+            results,
+            keys,
+            footer_key=spec.result_key,
+            column_key=spec.result_key,
+            row_group_size=RESULT_ROW_GROUP_SIZE,
+        )
+        return self._receipted(spec, owner, input_parquet, output, table.num_rows)
+
+    def _receipted(
+        self, spec: ShardSpec, owner: AttestedSession, source: bytes, output: bytes, rows: int
+    ) -> ScoredShard:
+        evidence = evidence_document(owner.evidence, owner.runtime_data)
+        evidence_sha256 = sha256_hex(canonical_json(evidence))
+        output_sha256 = sha256_hex(output)
+        receipt = sign_receipt(
+            owner.receipt_private_key,
+            spec=spec,
+            input_sha256=sha256_hex(source),
+            output_sha256=output_sha256,
+            rows=rows,
+            evidence_sha256=evidence_sha256,
+            worker=self.name,
+        )
+        log.info(
+            "scored shard %d of batch %s: %d rows, output sha256 %s",
+            spec.shard_index, spec.batch_id, rows, output_sha256,
+        )
+        return ScoredShard(output, output_sha256, rows, receipt, evidence, evidence_sha256)
+
+    def _decrypt_model(self, spec: ShardSpec, card: dict[str, Any], ciphertext: bytes) -> bytes:
+        provider = self.session(card["broker_url"])
+        dek = provider.unwrap(
+            card["key_id"],
+            base64.b64decode(card["wrapped_dek"]),
+            batch_id=spec.batch_id,
+            model_digest=spec.model_digest,
+        )
+        aad = f"{card['name']}:{card['version']}".encode()
+        try:
+            onnx_bytes = AESGCM(dek).decrypt(ciphertext[:12], ciphertext[12:], aad)
+        except InvalidTag as exc:
+            raise ModelIntegrityError(
+                f"model {card['name']}:{card['version']}: expected ciphertext authenticated by its data key, "
+                "got a tag mismatch (the object was altered or belongs to another model)"
+            ) from exc
+        digest = "sha256:" + sha256_hex(onnx_bytes)
+        if digest != spec.model_digest:
+            raise ModelIntegrityError(
+                f"model {card['name']}:{card['version']}: expected digest {spec.model_digest} "
+                f"(the owner's choice), got {digest}"
+            )
+        return onnx_bytes
