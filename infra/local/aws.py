@@ -1,0 +1,89 @@
+"""S3 + SQS on moto_server: bucket, manifest queue, the S3 -> SQS notification, and a probe that proves it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import unquote_plus
+
+import boto3
+
+BUCKET = "cscore"
+QUEUE = "cscore-manifests"
+PREFIX = "incoming/"
+SUFFIX = "manifest.jws"
+REGION = "us-east-1"
+
+
+def clients(endpoint: str) -> tuple[Any, Any]:
+    """boto3 S3 and SQS clients for the endpoint (moto accepts the `testing` credentials)."""
+    kw = dict(endpoint_url=endpoint, region_name=REGION,
+              aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client("s3", **kw), boto3.client("sqs", **kw)
+
+
+def provision(endpoint: str, bucket: str = BUCKET, queue: str = QUEUE) -> str:
+    """Create bucket, queue and notification (moto keeps nothing across restarts); return the queue URL."""
+    s3, sqs = clients(endpoint)
+    s3.create_bucket(Bucket=bucket)
+    queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": _queue_policy(arn, bucket)})
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "QueueConfigurations": [{
+            "Id": "cscore-manifest-created",
+            "QueueArn": arn,
+            "Events": ["s3:ObjectCreated:*"],
+            "Filter": {"Key": {"FilterRules": [
+                {"Name": "prefix", "Value": PREFIX}, {"Name": "suffix", "Value": SUFFIX}]}},
+        }]})
+    sqs.purge_queue(QueueUrl=queue_url)  # drop the s3:TestEvent AWS sends when a notification is set
+    return str(queue_url)
+
+
+def _queue_policy(queue_arn: str, bucket: str) -> str:
+    """Allow the bucket to send to the queue (required by AWS, ignored by moto)."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"}, "Action": "sqs:SendMessage",
+        "Resource": queue_arn, "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}}}]})
+
+
+def event_keys(messages: list[dict[str, Any]]) -> list[str]:
+    """Object keys of the S3 ObjectCreated records in SQS messages (keys arrive URL-encoded)."""
+    keys = []
+    for msg in messages:
+        for record in json.loads(msg["Body"]).get("Records", []):
+            if record.get("eventName", "").startswith("ObjectCreated"):
+                keys.append(unquote_plus(record["s3"]["object"]["key"]))
+    return keys
+
+
+def receive_keys(sqs: Any, queue_url: str, wait_s: float = 2.0) -> list[str]:
+    """Receive and delete what is in the queue within wait_s; return the created objects' keys."""
+    keys: list[str] = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        messages = got.get("Messages", [])
+        for msg in messages:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=msg["ReceiptHandle"])
+        keys += event_keys(messages)
+        if keys:
+            return keys
+        time.sleep(0.05)
+    return keys
+
+
+def probe(endpoint: str, queue_url: str, bucket: str = BUCKET) -> None:
+    """Put a probe manifest, expect its event on the queue, then delete both; raise if it does not arrive."""
+    s3, sqs = clients(endpoint)
+    key = f"{PREFIX}_probe/{uuid.uuid4().hex}/{SUFFIX}"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"probe")
+    try:
+        keys = receive_keys(sqs, queue_url, wait_s=5.0)
+    finally:
+        s3.delete_object(Bucket=bucket, Key=key)
+    if key not in keys:
+        raise RuntimeError(f"S3 -> SQS notification did not deliver {key!r} (got {keys!r})")

