@@ -1,0 +1,193 @@
+"""Worker-side client of a key broker: attest once, then unwrap / wrap / fetch with a short-lived token.
+
+Runs inside the CVM, so it imports only stdlib, httpx, joserfc, cryptography and attestation. Keys it
+receives exist only in memory and are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from joserfc import jwe, jwt
+from joserfc.jwk import ECKey, import_key
+
+if TYPE_CHECKING:
+    from attestation import Evidence
+
+log = logging.getLogger("enclave.kbs_client")
+POP_HEADER = "KBS-PoP"
+REFRESH_MARGIN_S = 15  # re-attest this long before expiry, so a token never dies mid-request
+JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
+
+
+class EvidenceProvider(Protocol):
+    """What `enclave.tee` providers offer: evidence whose report_data is the 64 bytes given."""
+
+    def get_evidence(self, report_data: bytes) -> Evidence: ...
+
+
+class KbsError(RuntimeError):
+    """The broker refused or failed; `problem` is its RFC 7807 document (detail, field, expected, actual)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.type = str(problem.get("type", ""))
+        super().__init__(f"broker answered {status}: {problem.get('detail', problem)}")
+
+
+@dataclass(frozen=True)
+class AttestationResult:
+    """A token (useless without the tee private key), its expiry (epoch s), and the broker's claims."""
+
+    token: str = field(repr=False)
+    expires_at: int
+    claims: dict[str, Any]
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Canonical JSON as fixed in docs/ARCHITECTURE.md."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class AttestedSession:
+    """One attested relationship between this enclave and one broker (thread-safe)."""
+
+    def __init__(self, broker_url: str, provider: EvidenceProvider, *, tee: str = "sev-snp",
+                 timeout_s: float = 30.0, client: httpx.Client | None = None) -> None:
+        self.broker_url = broker_url.rstrip("/")
+        self._provider = provider
+        self._tee = tee
+        self._http = client or httpx.Client(base_url=self.broker_url, timeout=timeout_s)
+        self._tee_key = ECKey.generate_key("P-256", private=True)
+        self.receipt_private_key = Ed25519PrivateKey.generate()
+        self.runtime_data: dict[str, Any] | None = None
+        self.evidence: Evidence | None = None
+        self._result: AttestationResult | None = None
+        self._broker_key: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AttestedSession({self.broker_url!r}, attested={self._result is not None})"
+
+    @property
+    def tee_public_jwk(self) -> dict[str, Any]:
+        """The ephemeral public key releases are encrypted to."""
+        return self._tee_key.as_dict(private=False)
+
+    @property
+    def receipt_public_jwk(self) -> dict[str, Any]:
+        """The receipt verification key bound into the evidence."""
+        raw = self.receipt_private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def attest(self) -> AttestationResult:
+        """auth -> evidence bound to (nonce, tee key, receipt key) -> attest; stores and returns the token."""
+        challenge = self._post_json("/kbs/v0/auth", {"tee": self._tee})
+        runtime_data = {"nonce": challenge["nonce"], "tee_pubkey": self.tee_public_jwk,
+                        "receipt_pubkey": self.receipt_public_jwk}
+        evidence = self._provider.get_evidence(hashlib.sha512(canonical_json(runtime_data)).digest())
+        answer = self._post_json("/kbs/v0/attest", {"session": challenge["session"], "runtime_data": runtime_data,
+                                                    "evidence": evidence.to_json()})
+        result = AttestationResult(answer["token"], int(answer["expires_at"]), answer.get("claims", {}))
+        with self._lock:
+            self.runtime_data, self.evidence, self._result = runtime_data, evidence, result
+        log.info("attested to %s, measurement %s, token valid until %d", self.broker_url,
+                 result.claims.get("measurement"), result.expires_at)
+        return result
+
+    def unwrap(self, key_id: str, wrapped: bytes, *, batch_id: str, model_digest: str) -> bytes:
+        """Ask the broker to unwrap `wrapped` under `key_id`; returns the key (kept in memory only)."""
+        body = {"key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(), "batch_id": batch_id,
+                "model_digest": model_digest}
+        return self._open(self._authorized("POST", "/kbs/v0/unwrap", body)["jwe"])
+
+    def wrap(self, key_id: str, key: bytes, *, batch_id: str, model_digest: str) -> bytes:
+        """Have the broker wrap `key` under `key_id` (the key travels as a JWE to the broker's key)."""
+        key_jwe = jwe.encrypt_compact({"alg": "ECDH-ES+A256KW", "enc": "A256GCM"}, key, self._broker_jwk(),
+                                      algorithms=JWE_ALGS)
+        body = {"key_id": key_id, "key_jwe": key_jwe, "batch_id": batch_id, "model_digest": model_digest}
+        return base64.b64decode(self._authorized("POST", "/kbs/v0/wrap", body)["wrapped"])
+
+    def resource(self, repository: str, type_: str, tag: str) -> bytes:
+        """Fetch a stored resource released to this enclave."""
+        return self._open(self._authorized("GET", f"/kbs/v0/resource/{repository}/{type_}/{tag}", None)["jwe"])
+
+    # -- internals --------------------------------------------------------------------------------
+    def _token(self) -> str:
+        with self._lock:
+            result = self._result
+        if result is None or result.expires_at - REFRESH_MARGIN_S <= time.time():
+            result = self.attest()
+        return result.token
+
+    def _authorized(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        """Send with token + proof of possession; on an expired token, attest again once."""
+        for attempt in (1, 2):
+            token = self._token()
+            content = canonical_json(body) if body is not None else b""
+            headers = {"Authorization": f"Bearer {token}", POP_HEADER: self._pop(token, method, path, content)}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            response = self._http.request(method, path, content=content, headers=headers)
+            if response.status_code == 401 and attempt == 1 and _problem_type(response).endswith("token-expired"):
+                with self._lock:
+                    self._result = None
+                continue
+            return _json_or_raise(response)
+        raise AssertionError("unreachable")
+
+    def _pop(self, token: str, method: str, path: str, content: bytes) -> str:
+        """Proof of possession: a JWS by the tee key over this request."""
+        claims = {"htm": method, "htu": path, "iat": int(time.time()), "jti": secrets.token_urlsafe(16),
+                  "ath": _b64url(hashlib.sha256(token.encode()).digest()),
+                  "bh": _b64url(hashlib.sha256(content).digest())}
+        return jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, self._tee_key, algorithms=["ES256"])
+
+    def _open(self, token: str) -> bytes:
+        return jwe.decrypt_compact(token, self._tee_key, algorithms=JWE_ALGS).plaintext
+
+    def _broker_jwk(self) -> Any:
+        if self._broker_key is None:
+            self._broker_key = import_key(_json_or_raise(self._http.get("/kbs/v0/broker-key")))
+        return self._broker_key
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return _json_or_raise(self._http.post(path, content=canonical_json(body),
+                                              headers={"Content-Type": "application/json"}))
+
+
+def _problem_type(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("type", ""))
+    except ValueError:
+        return ""
+
+
+def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
+    if response.is_success:
+        return response.json()
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"detail": response.text[:500]}
+    raise KbsError(response.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})

@@ -1,0 +1,417 @@
+"""The key broker's FastAPI application: KBS-shaped attestation and key release, plus the admin API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request, Response
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey
+
+from keybroker import models as m
+from keybroker.config import BrokerConfig
+from keybroker.crypto import (
+    UnwrapError,
+    b64decode_any,
+    canonical_json,
+    decrypt_from,
+    encrypt_to,
+    public_jwk,
+    sha256_hex,
+    unwrap_key,
+    wrap_key,
+)
+from keybroker.middleware import LimitsMiddleware
+from keybroker.policy import PolicyEngine, PolicyError
+from keybroker.problems import Problem, install_handlers
+from keybroker.sessions import NonceError, SessionTable
+from keybroker.store import KeyRecord, KeyStore
+from keybroker.tokens import POP_HEADER, TokenIssuer, TokenRejected
+from keybroker.verifier import EvidenceRejected, Verifier, attestation_verifier, report_data_for
+
+log = logging.getLogger("keybroker")
+MAX_KEY_BYTES = 1024
+KBS = "/kbs/v0"
+ADMIN = "/admin/v0"
+
+
+def _ec_key_from_store(store: KeyStore, name: str) -> ECKey:
+    """A P-256 broker key pair kept sealed in the store, so a restart keeps tokens and JWEs valid."""
+    pem = store.broker_secret(name, lambda: ECKey.generate_key("P-256", private=True).as_pem(private=True))
+    return ECKey.import_key(pem)
+
+
+class Broker:
+    """State of one running broker; route handlers are thin wrappers around its methods."""
+
+    def __init__(self, config: BrokerConfig, verifier: Verifier | None = None) -> None:
+        self.config = config
+        self.store = KeyStore(config.db_path, config.load_kek())
+        self.admin_token = config.load_admin_token()
+        self.engine = PolicyEngine()
+        self.sessions = SessionTable(config.nonce_ttl_s, config.max_sessions)
+        self.issuer = TokenIssuer(_ec_key_from_store(self.store, "token-signing"), config.name, config.token_ttl_s)
+        self.transport_key = _ec_key_from_store(self.store, "key-transport")
+        self._verifier = verifier
+        self._verifier_error: str | None = None
+
+    def verifier(self) -> Verifier:
+        """The evidence verifier, built on first use (the attestation library loads lazily)."""
+        if self._verifier is None:
+            try:
+                self._verifier = attestation_verifier(self.config.trusted_roots_dir, self.config.accept_simulated)
+            except (ImportError, ValueError, OSError) as exc:
+                raise Problem(503, "verifier-unavailable", f"cannot verify evidence: {exc}") from exc
+        return self._verifier
+
+    def decide(self, *, decision: str, operation: str, reason: str, key_id: str | None = None,
+               batch_id: str | None = None, model_digest: str | None = None,
+               claims: dict[str, Any] | None = None) -> None:
+        """Append to the decision log and say it on stderr (never any key bytes)."""
+        entry = self.store.log_decision(
+            operation=operation, key_id=key_id, batch_id=batch_id, model_digest=model_digest, decision=decision,
+            reason=reason, claims_digest=sha256_hex(canonical_json(claims)) if claims else None,
+            measurement=(claims or {}).get("measurement"))
+        log.info("decision #%s %s %s key=%s batch=%s measurement=%s: %s", entry["seq"], decision, operation,
+                 key_id, batch_id, entry["measurement"], reason)
+
+    # -- attestation ------------------------------------------------------------------------------
+    def attest(self, req: m.AttestRequest) -> m.AttestResponse:
+        """Check the nonce, verify the evidence and its binding, then issue a token."""
+        runtime = req.runtime_data.model_dump()
+        try:
+            self.sessions.consume(req.session, req.runtime_data.nonce)
+            tee_key, _ = public_jwk(runtime["tee_pubkey"]), runtime["receipt_pubkey"]
+        except NonceError as exc:
+            self.decide(decision="deny", operation="attest", reason=str(exc))
+            raise Problem(401, "nonce-invalid", str(exc), field="runtime_data.nonce") from exc
+        except (ValueError, JoseError) as exc:
+            raise Problem(422, "tee-pubkey-invalid", f"runtime_data.tee_pubkey: {exc}",
+                          field="runtime_data.tee_pubkey") from exc
+        try:
+            claims = self.verifier()(req.evidence, report_data_for(runtime), datetime.now(UTC))
+        except EvidenceRejected as exc:
+            self.decide(decision="deny", operation="attest", reason=exc.reason)
+            raise Problem(403, "evidence-rejected", exc.reason, field=exc.field, expected=_jsonable(exc.expected),
+                          actual=_jsonable(exc.actual)) from exc
+        token, exp = self.issuer.issue(claims, tee_key.as_dict(private=False), runtime["receipt_pubkey"])
+        self.decide(decision="allow", operation="attest", reason="evidence verified and bound", claims=claims)
+        return m.AttestResponse(token=token, expires_at=exp, claims=claims)
+
+    def token_payload(self, request: Request, body: bytes, authorization: str | None,
+                      pop: str | None) -> dict[str, Any]:
+        """Validate bearer token + proof of possession for this exact request."""
+        token = _bearer(authorization)
+        try:
+            payload = self.issuer.check(token)
+            self.issuer.check_pop(payload, token or "", pop, request.method, request.url.path, body)
+        except TokenRejected as exc:
+            raise Problem(401, exc.slug, exc.reason, field=exc.field, expected=exc.expected, actual=exc.actual,
+                          headers={"WWW-Authenticate": 'Bearer realm="kbs"'}) from exc
+        return payload
+
+    # -- release ----------------------------------------------------------------------------------
+    def key_or_404(self, key_id: str, operation: str, **ctx: Any) -> KeyRecord:
+        """Fetch a key; an unknown id is a logged refusal."""
+        record = self.store.get_key(key_id)
+        if record is None:
+            reason = f"key '{key_id}' is not held by broker '{self.config.name}'"
+            self.decide(decision="deny", operation=operation, reason=reason, key_id=key_id, **ctx)
+            raise Problem(404, "unknown-key", reason + " (ask the broker of the key's owner)", field="key_id",
+                          actual=key_id)
+        return record
+
+    def authorize(self, record: KeyRecord, operation: str, payload: dict[str, Any], batch_id: str,
+                  model_digest: str, extra: dict[str, Any] | None = None) -> None:
+        """Evaluate the key's policy; refusals are logged and answered 403 with the failing field."""
+        claims = payload["claims"]
+        grant = self.store.get_grant(batch_id) if batch_id else None
+        ctx = {
+            "claims": claims,
+            "request": {"operation": operation, "key_id": record.key_id, "batch_id": batch_id,
+                        "model_digest": model_digest, **(extra or {})},
+            "grant": grant.as_dict() if grant else {},
+            "key": {"key_id": record.key_id, "kind": record.kind, "measurements": record.measurements},
+        }
+        verdict = self.engine.evaluate(record.policy, record.kind, ctx)
+        self.decide(decision="allow" if verdict.allowed else "deny", operation=operation, reason=verdict.reason,
+                    key_id=record.key_id, batch_id=batch_id or None, model_digest=model_digest or None,
+                    claims=claims)
+        if not verdict.allowed:
+            raise Problem(403, "policy-denied", f"key '{record.key_id}': {verdict.reason}", field=verdict.field,
+                          expected=_jsonable(verdict.expected), actual=_jsonable(verdict.actual))
+
+    def unwrap(self, req: m.UnwrapRequest, payload: dict[str, Any]) -> m.JweResponse:
+        """Unwrap a DEK for an attested TEE and return it as a JWE to its tee_pubkey."""
+        ctx = {"batch_id": req.batch_id or None, "model_digest": req.model_digest or None}
+        record = self.key_or_404(req.key_id, "unwrap", claims=payload["claims"], **ctx)
+        self.authorize(record, "unwrap", payload, req.batch_id, req.model_digest)
+        key = self._unwrap_bytes(record, req.wrapped)
+        return m.JweResponse(jwe=encrypt_to(payload["tee_pubkey"], key))
+
+    def wrap(self, req: m.WrapRequest, payload: dict[str, Any]) -> m.WrappedResponse:
+        """Wrap a DEK the TEE sent encrypted to the broker's transport key."""
+        ctx = {"batch_id": req.batch_id or None, "model_digest": req.model_digest or None}
+        record = self.key_or_404(req.key_id, "wrap", claims=payload["claims"], **ctx)
+        self.authorize(record, "wrap", payload, req.batch_id, req.model_digest)
+        key = self._decrypt_transport(req.key_jwe, "key_jwe")
+        return m.WrappedResponse(wrapped=base64.b64encode(wrap_key(record.material, record.key_id, key)).decode())
+
+    def resource(self, repository: str, type_: str, tag: str, payload: dict[str, Any]) -> m.JweResponse:
+        """Release a stored resource (a secret value) as a JWE to the TEE."""
+        name = f"{repository}/{type_}/{tag}"
+        record = self.key_or_404(resource_key_id(repository, type_, tag), "resource", claims=payload["claims"])
+        self.authorize(record, "resource", payload, "", "", {"resource": name})
+        return m.JweResponse(jwe=encrypt_to(payload["tee_pubkey"], record.material))
+
+    def _unwrap_bytes(self, record: KeyRecord, wrapped_b64: str) -> bytes:
+        try:
+            return unwrap_key(record.material, record.key_id, b64decode_any(wrapped_b64))
+        except (UnwrapError, binascii.Error, ValueError) as exc:
+            raise Problem(400, "wrapped-invalid", f"{exc}; was it wrapped by this broker under this key_id?",
+                          field="wrapped") from exc
+
+    def _decrypt_transport(self, token: str, field: str) -> bytes:
+        try:
+            key = decrypt_from(self.transport_key, token)
+        except (JoseError, ValueError) as exc:
+            raise Problem(400, "jwe-invalid", f"{field} does not decrypt with the broker key "
+                          f"(encrypt to GET {KBS}/broker-key): {type(exc).__name__}", field=field) from exc
+        if not 1 <= len(key) <= MAX_KEY_BYTES:
+            raise Problem(400, "key-size", f"{field}: key must be 1..{MAX_KEY_BYTES} bytes", field=field,
+                          expected=f"1..{MAX_KEY_BYTES}", actual=len(key))
+        return key
+
+    # -- admin ------------------------------------------------------------------------------------
+    def check_admin(self, authorization: str | None) -> None:
+        """Constant-time comparison of the admin bearer token."""
+        token = _bearer(authorization) or ""
+        if not secrets.compare_digest(token.encode(), self.admin_token.encode()):
+            raise Problem(401, "admin-unauthorized", "admin endpoints need 'Authorization: Bearer <admin token>' "
+                          f"(the token in {self.config.admin_token_path.name} of broker '{self.config.name}')",
+                          field="Authorization", headers={"WWW-Authenticate": 'Bearer realm="admin"'})
+
+    def compile_or_400(self, policy: str | None) -> None:
+        """Reject a policy that does not compile before storing it."""
+        if policy is None:
+            return
+        try:
+            self.engine.compile(policy)
+        except PolicyError as exc:
+            raise Problem(400, "policy-invalid", str(exc), field="policy", actual=policy) from exc
+
+    def create_key(self, req: m.CreateKeyRequest) -> m.KeyInfo:
+        """Generate a 256-bit master key inside the broker (idempotent by key_id)."""
+        self.compile_or_400(req.policy)
+        record, new = self.store.create_key(req.key_id, req.kind, secrets.token_bytes(32), req.policy,
+                                            req.measurements)
+        if new:
+            self.decide(decision="allow", operation="admin.create_key", key_id=req.key_id,
+                        reason=f"created {req.kind} key; policy: {req.policy or 'default'}; "
+                        f"measurements: {req.measurements}")
+        return m.KeyInfo(**record.public(), new=new)
+
+    def set_policy(self, key_id: str, req: m.SetPolicyRequest) -> m.KeyInfo:
+        """Replace a key's policy; the change is logged with the new policy's text."""
+        self.admin_key(key_id)
+        self.compile_or_400(req.policy)
+        self.store.set_policy(key_id, req.policy, req.measurements)
+        self.decide(decision="allow", operation="admin.set_policy", key_id=key_id,
+                    reason=f"policy: {req.policy or 'default'}; measurements: "
+                    f"{'unchanged' if req.measurements is None else req.measurements}")
+        return m.KeyInfo(**self.admin_key(key_id).public())
+
+    def grant(self, req: m.GrantRequest) -> dict[str, Any]:
+        """Record the owner's grant for a batch; every key it names must exist here."""
+        for key_id in req.key_ids:
+            self.admin_key(key_id)
+        grant = self.store.put_grant(req.batch_id, req.model_digest, req.measurements, req.key_ids)
+        self.decide(decision="allow", operation="admin.grant", batch_id=req.batch_id, model_digest=req.model_digest,
+                    reason=f"grant keys {req.key_ids} to measurements {req.measurements}")
+        return grant.as_dict()
+
+    def put_resource(self, repository: str, type_: str, tag: str, req: m.ResourceRequest) -> m.KeyInfo:
+        """Store (or replace) a resource value, sent as a JWE to the broker's transport key."""
+        self.compile_or_400(req.policy)
+        value = self._decrypt_transport(req.value_jwe, "value_jwe")
+        key_id = resource_key_id(repository, type_, tag)
+        self.store.put_resource(key_id, value, req.policy, req.measurements)
+        self.decide(decision="allow", operation="admin.put_resource", key_id=key_id,
+                    reason=f"policy: {req.policy or 'default'}; measurements: {req.measurements}")
+        return m.KeyInfo(**self.admin_key(key_id).public())
+
+    def admin_key(self, key_id: str) -> KeyRecord:
+        """A key for an admin call, 404 if unknown."""
+        record = self.store.get_key(key_id)
+        if record is None:
+            raise Problem(404, "unknown-key", f"no key '{key_id}' at broker '{self.config.name}'; create it first",
+                          field="key_id", actual=key_id)
+        return record
+
+    def admin_wrap(self, req: m.AdminWrapRequest) -> m.WrappedResponse:
+        """Owner's own wrap (e.g. the provider publishing a model DEK)."""
+        record = self.admin_key(req.key_id)
+        key = self._decrypt_transport(req.key_jwe, "key_jwe")
+        self.decide(decision="allow", operation="admin.wrap", key_id=req.key_id, reason="owner wrap")
+        return m.WrappedResponse(wrapped=base64.b64encode(wrap_key(record.material, record.key_id, key)).decode())
+
+    def admin_unwrap(self, req: m.AdminUnwrapRequest) -> m.JweResponse:
+        """Owner's own unwrap (e.g. reading results), answered as a JWE to the caller's ephemeral key."""
+        record = self.admin_key(req.key_id)
+        try:
+            public_jwk(req.recipient_jwk)
+        except (ValueError, JoseError) as exc:
+            raise Problem(422, "recipient-jwk-invalid", f"recipient_jwk: {exc}", field="recipient_jwk") from exc
+        key = self._unwrap_bytes(record, req.wrapped)
+        self.decide(decision="allow", operation="admin.unwrap", key_id=req.key_id, reason="owner unwrap")
+        return m.JweResponse(jwe=encrypt_to(req.recipient_jwk, key))
+
+    def decisions(self, after: int) -> m.DecisionsResponse:
+        """The log from `after`, and a signed checkpoint of its head."""
+        entries = self.store.decisions(after)
+        last = {"seq": entries[-1]["seq"], "hash": entries[-1]["hash"]} if entries else self.store.head()
+        head = {**last, "broker": self.config.name, "time": int(datetime.now(UTC).timestamp())}
+        return m.DecisionsResponse(entries=entries, head=head,
+                                   checkpoint=self.issuer.sign(head, typ="kbs-log-checkpoint"))
+
+
+def resource_key_id(repository: str, type_: str, tag: str) -> str:
+    """Resources live in the key table under ids no admin-created key can take (they contain '/')."""
+    return f"res/{repository}/{type_}/{tag}"
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def create_app(config: BrokerConfig, verifier: Verifier | None = None) -> FastAPI:
+    """Build the broker app; `verifier` replaces the attestation library (tests only)."""
+    broker = Broker(config, verifier)
+    app = FastAPI(title=f"cscore key broker ({config.name})", version="0.1.0",
+                  description="KBS-shaped attestation-gated key release for one key owner.")
+    app.state.broker = broker
+    install_handlers(app)
+    app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes, rate=config.rate_limit_rps,
+                       burst=config.rate_limit_burst)
+    _kbs_routes(app, broker)
+    _admin_routes(app, broker)
+    return app
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+# Module-level: FastAPI resolves these string annotations against module globals.
+Auth = Annotated[str | None, Header(alias="Authorization")]
+Pop = Annotated[str | None, Header(alias=POP_HEADER)]
+Body = Annotated[bytes, Depends(_raw_body)]
+
+
+def _kbs_routes(app: FastAPI, broker: Broker) -> None:
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "name": broker.config.name}
+
+    @app.post(f"{KBS}/auth", response_model=m.AuthResponse, tags=["kbs"])
+    def auth(req: m.AuthRequest) -> m.AuthResponse:
+        s = broker.sessions.new(req.tee)
+        return m.AuthResponse(nonce=s.nonce, session=s.session_id)
+
+    @app.post(f"{KBS}/attest", response_model=m.AttestResponse, tags=["kbs"])
+    def attest(req: m.AttestRequest) -> m.AttestResponse:
+        return broker.attest(req)
+
+    @app.get(f"{KBS}/broker-key", tags=["kbs"])
+    def broker_key() -> dict[str, Any]:
+        """Public JWK to encrypt `key_jwe` / `value_jwe` to (ECDH-ES+A256KW, A256GCM)."""
+        return {**broker.transport_key.as_dict(private=False), "alg": "ECDH-ES+A256KW", "use": "enc",
+                "kid": broker.transport_key.thumbprint()}
+
+    @app.get(f"{KBS}/token-key", tags=["kbs"])
+    def token_key() -> dict[str, Any]:
+        """Public JWK verifying attestation tokens and decision-log checkpoints."""
+        return broker.issuer.public_jwk()
+
+    @app.post(f"{KBS}/unwrap", response_model=m.JweResponse, tags=["kbs"])
+    def unwrap(req: m.UnwrapRequest, request: Request, body: Body, authorization: Auth = None,
+               pop: Pop = None) -> m.JweResponse:
+        return broker.unwrap(req, broker.token_payload(request, body, authorization, pop))
+
+    @app.post(f"{KBS}/wrap", response_model=m.WrappedResponse, tags=["kbs"])
+    def wrap(req: m.WrapRequest, request: Request, body: Body, authorization: Auth = None,
+             pop: Pop = None) -> m.WrappedResponse:
+        return broker.wrap(req, broker.token_payload(request, body, authorization, pop))
+
+    @app.get(f"{KBS}/resource/{{repository}}/{{type_}}/{{tag}}", response_model=m.JweResponse, tags=["kbs"])
+    def resource(repository: str, type_: str, tag: str, request: Request, authorization: Auth = None,
+                 pop: Pop = None) -> m.JweResponse:
+        payload = broker.token_payload(request, b"", authorization, pop)
+        return broker.resource(repository, type_, tag, payload)
+
+
+def _admin_routes(app: FastAPI, broker: Broker) -> None:
+    def admin(authorization: Auth = None) -> None:
+        broker.check_admin(authorization)
+
+    deps = [Depends(admin)]
+
+    @app.post(f"{ADMIN}/keys", response_model=m.KeyInfo, dependencies=deps, tags=["admin"])
+    def create_key(req: m.CreateKeyRequest, response: Response) -> m.KeyInfo:
+        info = broker.create_key(req)
+        response.status_code = 201 if info.new else 200
+        return info
+
+    @app.get(f"{ADMIN}/keys", dependencies=deps, tags=["admin"])
+    def list_keys() -> list[dict[str, Any]]:
+        return broker.store.list_keys()
+
+    @app.get(f"{ADMIN}/keys/{{key_id}}", response_model=m.KeyInfo, dependencies=deps, tags=["admin"])
+    def get_key(key_id: str) -> m.KeyInfo:
+        return m.KeyInfo(**broker.admin_key(key_id).public())
+
+    @app.put(f"{ADMIN}/keys/{{key_id}}/policy", response_model=m.KeyInfo, dependencies=deps, tags=["admin"])
+    def set_policy(key_id: str, req: m.SetPolicyRequest) -> m.KeyInfo:
+        return broker.set_policy(key_id, req)
+
+    @app.post(f"{ADMIN}/grants", dependencies=deps, tags=["admin"])
+    def grant(req: m.GrantRequest) -> dict[str, Any]:
+        return broker.grant(req)
+
+    @app.get(f"{ADMIN}/grants/{{batch_id:path}}", dependencies=deps, tags=["admin"])
+    def get_grant(batch_id: str) -> dict[str, Any]:
+        found = broker.store.get_grant(batch_id)
+        if found is None:
+            raise Problem(404, "unknown-grant", f"no grant for batch '{batch_id}'", field="batch_id", actual=batch_id)
+        return found.as_dict()
+
+    @app.put(f"{ADMIN}/resources/{{repository}}/{{type_}}/{{tag}}", response_model=m.KeyInfo, dependencies=deps,
+             tags=["admin"])
+    def put_resource(repository: str, type_: str, tag: str, req: m.ResourceRequest) -> m.KeyInfo:
+        return broker.put_resource(repository, type_, tag, req)
+
+    @app.post(f"{ADMIN}/wrap", response_model=m.WrappedResponse, dependencies=deps, tags=["admin"])
+    def admin_wrap(req: m.AdminWrapRequest) -> m.WrappedResponse:
+        return broker.admin_wrap(req)
+
+    @app.post(f"{ADMIN}/unwrap", response_model=m.JweResponse, dependencies=deps, tags=["admin"])
+    def admin_unwrap(req: m.AdminUnwrapRequest) -> m.JweResponse:
+        return broker.admin_unwrap(req)
+
+    @app.get(f"{ADMIN}/decisions", response_model=m.DecisionsResponse, dependencies=deps, tags=["admin"])
+    def decisions(after: int = 0) -> m.DecisionsResponse:
+        return broker.decisions(after)

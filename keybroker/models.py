@@ -1,0 +1,136 @@
+"""Request and response bodies of the broker's HTTP API (they also make its OpenAPI document)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+KEY_ID = r"^[A-Za-z0-9._:-]{1,128}$"
+BATCH_ID = r"^[A-Za-z0-9._:/-]{1,256}$"
+HEX_MEASUREMENT = r"^[0-9a-fA-F]{64,128}$"
+B64 = r"^[A-Za-z0-9+/_=-]+$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _lower(values: list[str] | None) -> list[str] | None:
+    """Measurements are compared as lower-case hex."""
+    if values is None:
+        return None
+    bad = [v for v in values if not re.fullmatch(HEX_MEASUREMENT, v)]
+    if bad:
+        raise ValueError(f"measurements must be 32-64 bytes of hex, got {bad[0][:40]!r}")
+    return [v.lower() for v in values]
+
+
+class AuthRequest(_Strict):
+    tee: Literal["sev-snp", "tdx"] = Field(description="TEE kind of the evidence to come")
+
+
+class AuthResponse(BaseModel):
+    nonce: str = Field(description="base64url; goes into runtime_data.nonce")
+    session: str
+
+
+class RuntimeData(_Strict):
+    nonce: str = Field(max_length=256)
+    tee_pubkey: dict[str, Any] = Field(description="EC P-256/P-384 or RSA public JWK: releases are JWEs to it")
+    receipt_pubkey: dict[str, Any] = Field(description="public JWK the enclave signs receipts with")
+
+
+class AttestRequest(_Strict):
+    session: str = Field(max_length=128)
+    runtime_data: RuntimeData
+    evidence: dict[str, Any] = Field(description="attestation Evidence.to_json()")
+
+
+class AttestResponse(BaseModel):
+    token: str = Field(description="ES256 JWT; use with a KBS-PoP header signed by the tee key")
+    expires_at: int
+    claims: dict[str, Any]
+
+
+class UnwrapRequest(_Strict):
+    key_id: str = Field(pattern=KEY_ID)
+    wrapped: str = Field(pattern=B64, max_length=8192, description="base64 of nonce || AES-256-GCM")
+    batch_id: str = Field(default="", max_length=256)
+    model_digest: str = Field(default="", max_length=256)
+
+
+class WrapRequest(_Strict):
+    key_id: str = Field(pattern=KEY_ID)
+    key_jwe: str = Field(max_length=16384, description="compact JWE to GET /kbs/v0/broker-key")
+    batch_id: str = Field(default="", max_length=256)
+    model_digest: str = Field(default="", max_length=256)
+
+
+class JweResponse(BaseModel):
+    jwe: str
+
+
+class WrappedResponse(BaseModel):
+    wrapped: str
+
+
+class CreateKeyRequest(_Strict):
+    key_id: str = Field(pattern=KEY_ID)
+    kind: Literal["data", "model"] = "data"
+    policy: str | None = Field(default=None, max_length=8192, description="CEL; null: the kind's default")
+    measurements: list[str] = Field(default_factory=list, description="allowed measurements (model keys)")
+
+    _norm = field_validator("measurements")(_lower)
+
+
+class KeyInfo(BaseModel):
+    key_id: str
+    kind: str
+    policy: str | None
+    measurements: list[str]
+    created: float
+    updated: float
+    new: bool = False
+
+
+class SetPolicyRequest(_Strict):
+    policy: str | None = Field(default=None, max_length=8192)
+    measurements: list[str] | None = None
+
+    _norm = field_validator("measurements")(_lower)
+
+
+class GrantRequest(_Strict):
+    batch_id: str = Field(pattern=BATCH_ID)
+    model_digest: str = Field(min_length=1, max_length=256)
+    measurements: list[str] = Field(min_length=1)
+    key_ids: list[str] = Field(min_length=1)
+
+    _norm = field_validator("measurements")(_lower)
+
+
+class ResourceRequest(_Strict):
+    value_jwe: str = Field(max_length=65536, description="compact JWE to GET /kbs/v0/broker-key")
+    measurements: list[str] = Field(default_factory=list)
+    policy: str | None = Field(default=None, max_length=8192)
+
+    _norm = field_validator("measurements")(_lower)
+
+
+class AdminWrapRequest(_Strict):
+    key_id: str = Field(pattern=KEY_ID)
+    key_jwe: str = Field(max_length=16384)
+
+
+class AdminUnwrapRequest(_Strict):
+    key_id: str = Field(pattern=KEY_ID)
+    wrapped: str = Field(pattern=B64, max_length=8192)
+    recipient_jwk: dict[str, Any] = Field(description="the caller's ephemeral public JWK")
+
+
+class DecisionsResponse(BaseModel):
+    entries: list[dict[str, Any]]
+    head: dict[str, Any]
+    checkpoint: str = Field(description="ES256 JWS over the head, by the token key")

@@ -1,0 +1,134 @@
+"""Per-key release policies: CEL expressions over `claims`, `request`, `grant` and `key`.
+
+A key with no policy of its own gets its kind's default, written as named clauses so that a refusal
+says which condition failed, with the expected and the actual value.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import celpy
+from celpy.celparser import CELParseError
+
+KINDS = ("data", "model", "resource")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One condition of a default policy and how to explain its failure."""
+
+    name: str
+    expr: str
+    field: str
+    expected: Callable[[dict[str, Any]], Any]
+    actual: Callable[[dict[str, Any]], Any]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of a policy evaluation; on refusal, which field failed and why."""
+
+    allowed: bool
+    reason: str
+    field: str | None = None
+    expected: Any = None
+    actual: Any = None
+
+
+def _g(ctx: dict[str, Any], name: str) -> Any:
+    return ctx["grant"].get(name)
+
+
+_NOT_DEBUG = Clause("not-debug", "!claims.debug", "debug", lambda c: False, lambda c: c["claims"].get("debug"),
+                    "the TEE runs in debug mode (its memory is readable by the host)")
+
+DEFAULT_CLAUSES: dict[str, list[Clause]] = {
+    "data": [
+        Clause("batch-granted", "has(grant.model_digest)", "batch_id",
+               lambda c: "a batch with a grant", lambda c: c["request"]["batch_id"],
+               "the batch has no grant at this broker; the owner must record one"),
+        Clause("key-granted", "request.key_id in grant.key_ids", "key_id",
+               lambda c: _g(c, "key_ids"), lambda c: c["request"]["key_id"],
+               "the key is not among the batch grant's keys"),
+        Clause("model-granted", "request.model_digest == grant.model_digest", "model_digest",
+               lambda c: _g(c, "model_digest"), lambda c: c["request"]["model_digest"],
+               "the model is not the one the owner granted for this batch"),
+        Clause("measurement-granted", "claims.measurement in grant.measurements", "measurement",
+               lambda c: _g(c, "measurements"), lambda c: c["claims"].get("measurement"),
+               "the enclave measurement is not among the batch grant's measurements"),
+        _NOT_DEBUG,
+    ],
+    "model": [
+        Clause("unwrap-only", 'request.operation == "unwrap"', "operation",
+               lambda c: "unwrap", lambda c: c["request"]["operation"], "a model key may only be unwrapped"),
+        Clause("measurement-allowed", "claims.measurement in key.measurements", "measurement",
+               lambda c: c["key"]["measurements"], lambda c: c["claims"].get("measurement"),
+               "the enclave measurement is not in the model key's allowed list"),
+        _NOT_DEBUG,
+    ],
+    "resource": [
+        Clause("resource-only", 'request.operation == "resource"', "operation",
+               lambda c: "resource", lambda c: c["request"]["operation"], "a resource may only be fetched"),
+        Clause("measurement-allowed", "claims.measurement in key.measurements", "measurement",
+               lambda c: c["key"]["measurements"], lambda c: c["claims"].get("measurement"),
+               "the enclave measurement is not in the resource's allowed list"),
+        _NOT_DEBUG,
+    ],
+}
+
+
+class PolicyError(ValueError):
+    """A CEL policy does not compile."""
+
+
+class PolicyEngine:
+    """Compiles CEL once per distinct text and evaluates it against a request's context."""
+
+    def __init__(self) -> None:
+        self._env = celpy.Environment()
+        self._programs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def compile(self, expr: str) -> Any:
+        """Compile (cached); raises PolicyError naming the parse problem."""
+        with self._lock:
+            program = self._programs.get(expr)
+            if program is None:
+                try:
+                    program = self._env.program(self._env.compile(expr))
+                except CELParseError as exc:
+                    raise PolicyError(f"policy is not valid CEL: {exc}") from exc
+                if len(self._programs) > 1024:  # bounded cache: policies are few, texts are attacker-free
+                    self._programs.clear()
+                self._programs[expr] = program
+            return program
+
+    def _holds(self, expr: str, ctx: dict[str, Any]) -> tuple[bool, str | None]:
+        """True only for a boolean true; any other value or evaluation error refuses."""
+        activation = {k: celpy.json_to_cel(v) for k, v in ctx.items()}
+        try:
+            value = self.compile(expr).evaluate(activation)
+        except Exception as exc:  # CELEvalError, and defensive: any failure refuses
+            return False, f"policy evaluation failed: {exc.args[0] if exc.args else exc}"
+        if isinstance(value, celpy.celtypes.BoolType):
+            return bool(value), None
+        return False, f"policy returned {type(value).__name__}, not bool"
+
+    def evaluate(self, policy: str | None, kind: str, ctx: dict[str, Any]) -> Verdict:
+        """Evaluate a key's policy (None: its kind's default clauses) on `ctx`."""
+        if policy is not None:
+            ok, error = self._holds(policy, ctx)
+            if ok:
+                return Verdict(True, "custom policy holds")
+            return Verdict(False, error or "the key's custom policy does not hold", "policy", policy, None)
+        for clause in DEFAULT_CLAUSES[kind]:
+            ok, error = self._holds(clause.expr, ctx)
+            if not ok:
+                return Verdict(False, f"{clause.name}: {error or clause.reason}", clause.field,
+                               clause.expected(ctx), clause.actual(ctx))
+        return Verdict(True, f"default {kind} policy holds")

@@ -1,0 +1,139 @@
+"""Owner/provider-side admin client of a key broker: keys, policies, grants, own wrap/unwrap, audit log.
+
+Keys never cross the wire in clear: `wrap` sends the key as a JWE to the broker's transport key and
+`unwrap` receives it as a JWE to a per-call ephemeral key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import httpx
+from joserfc import jwe, jwt
+from joserfc.jwk import ECKey, import_key
+
+JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
+GENESIS = "0" * 64
+LOG_FIELDS = ("seq", "time", "operation", "key_id", "batch_id", "model_digest",
+              "decision", "reason", "claims_digest", "measurement")
+
+
+class BrokerAdminError(RuntimeError):
+    """The broker refused an admin call; `problem` is its RFC 7807 document."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.detail = str(problem.get("detail", problem))
+        super().__init__(f"key broker answered {status}: {self.detail}")
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def verify_decision_chain(entries: list[dict[str, Any]], start_hash: str = GENESIS) -> str:
+    """Check each entry's sha256 chain link; returns the last hash, raises ValueError at the first break."""
+    prev = start_hash
+    for entry in entries:
+        body = {k: entry.get(k) for k in LOG_FIELDS}
+        expected = hashlib.sha256(prev.encode() + _canonical(body)).hexdigest()
+        if entry.get("prev_hash") != prev or entry.get("hash") != expected:
+            raise ValueError(f"decision log broken at seq {entry.get('seq')}: expected hash {expected} "
+                             f"after {prev}, found {entry.get('hash')} after {entry.get('prev_hash')}")
+        prev = expected
+    return prev
+
+
+class BrokerAdmin:
+    """Admin API of one key broker, authenticated by the party's admin bearer token."""
+
+    def __init__(self, url: str, admin_token: str, *, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s,
+                                  headers={"Authorization": f"Bearer {admin_token}"})
+        self._broker_key: Any = None
+
+    def __repr__(self) -> str:
+        return f"BrokerAdmin({self.url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def create_key(self, key_id: str, policy: str | None = None, *, kind: str = "data",
+                   measurements: list[str] | None = None) -> dict[str, Any]:
+        """Create a master key inside the broker (no-op returning the existing key if key_id exists).
+
+        kind "data" (default policy: batch grant) or "model" (default policy: measurement in `measurements`).
+        """
+        return self._call("POST", "/admin/v0/keys", {"key_id": key_id, "kind": kind, "policy": policy,
+                                                     "measurements": measurements or []})
+
+    def get_key(self, key_id: str) -> dict[str, Any]:
+        """A key's metadata (never its bytes)."""
+        return self._call("GET", f"/admin/v0/keys/{key_id}")
+
+    def set_policy(self, key_id: str, policy: str | None, *, measurements: list[str] | None = None) -> dict[str, Any]:
+        """Replace a key's CEL policy (None restores the default); optionally its allowed measurements."""
+        return self._call("PUT", f"/admin/v0/keys/{key_id}/policy", {"policy": policy, "measurements": measurements})
+
+    def grant(self, batch_id: str, model_digest: str, measurements: list[str], key_ids: list[str]) -> dict[str, Any]:
+        """Allow enclaves with `measurements` running `model_digest` to use `key_ids` for `batch_id`."""
+        return self._call("POST", "/admin/v0/grants", {"batch_id": batch_id, "model_digest": model_digest,
+                                                       "measurements": measurements, "key_ids": key_ids})
+
+    def put_resource(self, repository: str, type_: str, tag: str, value: bytes, *,
+                     measurements: list[str] | None = None, policy: str | None = None) -> dict[str, Any]:
+        """Store a secret the enclave can fetch with AttestedSession.resource."""
+        return self._call("PUT", f"/admin/v0/resources/{repository}/{type_}/{tag}",
+                          {"value_jwe": self._to_broker(value), "measurements": measurements or [],
+                           "policy": policy})
+
+    def wrap(self, key_id: str, key: bytes) -> bytes:
+        """Wrap `key` under the master key `key_id` (nonce || AES-256-GCM, AAD key_id)."""
+        answer = self._call("POST", "/admin/v0/wrap", {"key_id": key_id, "key_jwe": self._to_broker(key)})
+        return base64.b64decode(answer["wrapped"])
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        """Unwrap for the owner's own use; the key comes back encrypted to a one-call ephemeral key."""
+        ephemeral = ECKey.generate_key("P-256", private=True)
+        answer = self._call("POST", "/admin/v0/unwrap", {
+            "key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(),
+            "recipient_jwk": ephemeral.as_dict(private=False)})
+        return jwe.decrypt_compact(answer["jwe"], ephemeral, algorithms=JWE_ALGS).plaintext
+
+    def decisions(self, after: int = 0, *, verify: bool = True) -> list[dict[str, Any]]:
+        """The decision log (oldest first); with `verify`, the hash chain and signed checkpoint are checked."""
+        answer = self._call("GET", f"/admin/v0/decisions?after={int(after)}")
+        entries: list[dict[str, Any]] = answer["entries"]
+        if verify and after == 0:
+            last = verify_decision_chain(entries)
+            head = jwt.decode(answer["checkpoint"], import_key(self.token_key()), algorithms=["ES256"]).claims
+            if head["seq"] != len(entries) or head["hash"] != last:
+                raise ValueError(f"signed checkpoint (seq {head['seq']}, {head['hash']}) does not match the "
+                                 f"log (seq {len(entries)}, {last})")
+        return entries
+
+    def token_key(self) -> dict[str, Any]:
+        """The broker's public token/checkpoint signing key."""
+        return self._call("GET", "/kbs/v0/token-key")
+
+    def _to_broker(self, value: bytes) -> str:
+        if self._broker_key is None:
+            self._broker_key = import_key(self._call("GET", "/kbs/v0/broker-key"))
+        return jwe.encrypt_compact({"alg": "ECDH-ES+A256KW", "enc": "A256GCM"}, value, self._broker_key,
+                                   algorithms=JWE_ALGS)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._http.request(method, path, json=body)
+        if response.is_success:
+            return response.json()
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"detail": response.text[:500]}
+        raise BrokerAdminError(response.status_code, problem if isinstance(problem, dict) else {"detail": problem})
