@@ -1,0 +1,1 @@
+"""AMD SEV-SNP: report parsing/encoding (:mod:`.report`) and verification (:mod:`.verify`)."""
