@@ -18,7 +18,7 @@ class SignatureError(ValueError):
 
 def canonical_json(value: Any) -> bytes:
     """The one byte encoding of a JSON value that every party hashes and signs."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def generate_signing_key() -> OKPKey:

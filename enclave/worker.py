@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from joserfc.jwk import OKPKey
 
 from enclave.kbs_client import AttestedSession
 from enclave.pme import EncryptedParquet, KeyWrapper, write_encrypted
@@ -92,7 +93,10 @@ class Enclave:
         verdicts = []
         for url in broker_urls:
             result = self.session(url).attest()
-            verdicts.append({"broker": url, **result.public_summary()})
+            claims = result.claims
+            verdicts.append({"broker": url, "accepted": True, "tee": claims.get("tee"),
+                             "measurement": claims.get("measurement"), "root": claims.get("root"),
+                             "expires_at": result.expires_at})
         return {"worker": self.name, "verdicts": verdicts}
 
     def score_shard(
@@ -136,11 +140,13 @@ class Enclave:
     def _receipted(
         self, spec: ShardSpec, owner: AttestedSession, source: bytes, output: bytes, rows: int
     ) -> ScoredShard:
+        if owner.evidence is None or owner.runtime_data is None:
+            raise RuntimeError("receipt: expected an attested owner session, got none")
         evidence = evidence_document(owner.evidence, owner.runtime_data)
         evidence_sha256 = sha256_hex(canonical_json(evidence))
         output_sha256 = sha256_hex(output)
         receipt = sign_receipt(
-            owner.receipt_private_key,
+            OKPKey.import_key(owner.receipt_private_key),
             spec=spec,
             input_sha256=sha256_hex(source),
             output_sha256=output_sha256,

@@ -1,0 +1,5 @@
+import sys
+
+from cscore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,211 @@
+"""`cscore`: one command line, a subcommand per party (provider, owner, audit) plus the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_STATE = Path(os.environ.get("CSCORE_STATE_DIR", ".state/demo"))
+
+
+def _load_stack_env(state_dir: Path) -> None:
+    """Point this process at a running local stack (its stack.env), unless variables are already set."""
+    env_file = state_dir / "stack.env"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name not in os.environ:
+                os.environ[name] = value
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cscore.demo import run_demo
+
+    say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    report = run_demo(args.state_dir, workers=args.workers, keep=args.keep, say=say)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    print(f"\nemails scored   {report.emails_scored}\nspam found      {report.spam_found}\n"
+          f"precision       {report.precision:.4f}\nrecall          {report.recall:.4f}\n"
+          f"wall time       {report.wall_s:.1f} s\nthroughput      {report.emails_per_s:.1f} emails/s\n"
+          f"measurement     {report.measurement}")
+    print(f"\nS3 endpoint     {report.s3_endpoint}\nAirflow         {report.airflow_url}\n"
+          f"state directory {report.state_dir}" + ("" if args.keep else "  (stack stopped; --keep leaves it up)"))
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from infra.local.stack import LocalStack
+
+    stack = LocalStack(args.state_dir, workers=args.workers, airflow=not args.no_airflow)
+    if args.action == "start":
+        stack.start()
+        print(f"stack up; `source {args.state_dir / 'stack.env'}` or pass --state-dir to other commands")
+    else:
+        stack.stop()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from sdk.models import list_models
+    from sdk.storage import ObjectStore
+
+    _load_stack_env(args.state_dir)
+    models = list_models(ObjectStore())
+    if args.json:
+        print(json.dumps([m.__dict__ for m in models]))
+    for m in models if not args.json else []:
+        print(f"{m.name}:{m.version}  {m.digest}  signed by {m.signer}")
+    return 0
+
+
+def cmd_provider_publish(args: argparse.Namespace) -> int:
+    from enclave.measurement import code_measurement
+    from sdk.party import Party
+    from sdk.provider import publish_model
+    from sdk.storage import ObjectStore
+
+    _load_stack_env(args.state_dir)
+    measurements = args.measurement or [code_measurement().hex()]
+    published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env("provider"),
+                              store=ObjectStore(), allowed_measurements=measurements)
+    print(f"published {published.name}:{published.version} {published.digest}")
+    return 0
+
+
+def cmd_owner_register(args: argparse.Namespace) -> int:
+    from sdk.owner import register_tenant
+    from sdk.party import Party
+
+    _load_stack_env(args.state_dir)
+    path = register_tenant(Party.from_env("owner"), args.tenant, Path(os.environ["CSCORE_TRUST_DIR"]))
+    print(f"tenant {args.tenant} registered: the platform verifies its manifests with {path}")
+    return 0
+
+
+def cmd_owner_submit(args: argparse.Namespace) -> int:
+    from enclave.measurement import code_measurement
+    from sdk.emails import read_emails
+    from sdk.models import find_model
+    from sdk.owner import resubmit_batch, submit_batch
+    from sdk.party import Party
+    from sdk.storage import ObjectStore
+
+    _load_stack_env(args.state_dir)
+    store = ObjectStore()
+    if args.resubmit:
+        print(f"resubmitted {resubmit_batch(args.tenant, args.resubmit, store)}")
+        return 0
+    emails = list(read_emails(args.emails))
+    batch = submit_batch(emails, find_model(store, args.model), tenant=args.tenant, owner=Party.from_env("owner"),
+                         store=store, measurements=args.measurement or [code_measurement().hex()])
+    print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
+    return 0
+
+
+def cmd_owner_results(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from cscore.demo import owner_trust
+    from sdk.owner import wait_for_batch
+    from sdk.party import Party
+    from sdk.results import fetch_results
+    from sdk.storage import ObjectStore
+
+    _load_stack_env(args.state_dir)
+    store = ObjectStore()
+    status = wait_for_batch(store, args.tenant, args.batch, timeout=args.wait)
+    if status["state"] != "succeeded":
+        print(f"batch {args.batch} failed: {status.get('reason')}\nfix the cause, then "
+              f"`cscore owner submit --resubmit {args.batch}`", file=sys.stderr)
+        return 1
+    anchors, policy = owner_trust()
+    results = fetch_results(args.tenant, args.batch, owner=Party.from_env("owner"), store=store,
+                            anchors=anchors, policy=policy)
+    if args.out:
+        pq.write_table(results.table, args.out)
+    spam = sum(results.table.column("label").to_pylist())
+    summary = {"batch_id": args.batch, "emails_scored": results.table.num_rows, "spam_found": spam,
+               "receipts_verified": len(results.receipts), "measurements": results.measurements}
+    print(json.dumps(summary) if args.json else "\n".join(f"{k:18} {v}" for k, v in summary.items()))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cscore", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="local stack state (default %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline end to end on the embedded default")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--keep", action="store_true", help="leave the stack running")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    stack = sub.add_parser("stack", help="start or stop the local stack")
+    stack.add_argument("action", choices=["start", "stop"])
+    stack.add_argument("--workers", type=int, default=2)
+    stack.add_argument("--no-airflow", action="store_true")
+    stack.set_defaults(func=cmd_stack)
+
+    models = sub.add_parser("models", help="list published models")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+
+    provider = sub.add_parser("provider", help="the model provider's commands").add_subparsers(dest="action",
+                                                                                               required=True)
+    publish = provider.add_parser("publish", help="encrypt and publish an ONNX model")
+    publish.add_argument("model", type=Path)
+    publish.add_argument("--name", required=True)
+    publish.add_argument("--measurement", action="append", help="enclave measurement allowed (hex); repeatable")
+    publish.set_defaults(func=cmd_provider_publish)
+
+    owner = sub.add_parser("owner", help="the data owner's commands").add_subparsers(dest="action", required=True)
+    register = owner.add_parser("register", help="register the tenant's manifest key with the platform")
+    register.add_argument("--tenant", required=True)
+    register.set_defaults(func=cmd_owner_register)
+    submit = owner.add_parser("submit", help="encrypt and submit a batch of emails")
+    submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet")
+    submit.add_argument("--model", help="name or name:version (see `cscore models`)")
+    submit.add_argument("--tenant", required=True)
+    submit.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
+    submit.add_argument("--resubmit", metavar="BATCH", help="upload a failed batch's manifest again")
+    submit.set_defaults(func=cmd_owner_submit)
+    results = owner.add_parser("results", help="fetch, verify and decrypt a batch's results")
+    results.add_argument("batch")
+    results.add_argument("--tenant", required=True)
+    results.add_argument("--out", type=Path, help="write the decrypted results as Parquet")
+    results.add_argument("--wait", type=float, default=900.0, help="seconds to wait for the batch")
+    results.add_argument("--json", action="store_true")
+    results.set_defaults(func=cmd_owner_results)
+    _add_attest(sub)
+    return parser
+
+
+def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from attestation import cli as attest_cli
+    except ImportError:
+        return
+    attest = sub.add_parser("attest", help="verify attestation evidence").add_subparsers(dest="action",
+                                                                                          required=True)
+    verify = attest.add_parser("verify", help="verify an SEV-SNP report or TDX quote and appraise it")
+    attest_cli.add_arguments(verify)
+    verify.set_defaults(func=attest_cli.run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

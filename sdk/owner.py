@@ -1,0 +1,143 @@
+"""The data owner's jobs: register with the platform, submit a batch, fetch and verify its results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from enclave.pme import EncryptedParquet, write_encrypted
+from enclave.signing import sign_json
+from sdk.emails import Email
+from sdk.models import ModelListing
+from sdk.party import Party
+from sdk.storage import ObjectStore
+
+MANIFEST_TYPE = "cscore.manifest/v1"
+ROW_GROUP_SIZE = 200  # emails per row group: the unit of sharding
+SHARD_ROW_GROUPS = 2
+PART_ROWS = 100_000
+
+
+class BatchError(ValueError):
+    """The batch cannot be submitted as given."""
+
+
+@dataclass(frozen=True)
+class OwnerKeys:
+    """The owner's master key ids at its broker, one set per tenant."""
+
+    footer: str
+    emails: str
+    results: str
+
+    @classmethod
+    def for_tenant(cls, tenant: str) -> OwnerKeys:
+        return cls(f"{tenant}/footer", f"{tenant}/emails", f"{tenant}/results")
+
+    def all(self) -> list[str]:
+        return [self.footer, self.emails, self.results]
+
+
+@dataclass(frozen=True)
+class SubmittedBatch:
+    tenant: str
+    batch_id: str
+    manifest_key: str
+    rows: int
+
+
+def register_tenant(owner: Party, tenant: str, trust_dir: Path) -> Path:
+    """Hand the platform the tenant's manifest-verification key (public half only)."""
+    path = trust_dir / "tenants" / f"{tenant}.jwk"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(owner.signing_key().as_dict(private=False)))
+    return path
+
+
+def submit_batch(
+    emails: Sequence[Email],
+    model: ModelListing,
+    *,
+    tenant: str,
+    owner: Party,
+    store: ObjectStore,
+    measurements: list[str],
+    batch_id: str | None = None,
+) -> SubmittedBatch:
+    """Encrypt the emails (PME), upload them, record the grant, then upload the signed manifest last."""
+    if not emails:
+        raise BatchError("emails: expected at least one email, got an empty batch")
+    ids = [e.message_id for e in emails]
+    if len(set(ids)) != len(ids):
+        raise BatchError("emails.message_id: expected unique ids, got duplicates")
+    batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    keys = OwnerKeys.for_tenant(tenant)
+    broker = owner.broker()
+    for key_id in keys.all():
+        broker.create_key(key_id)
+    prefix = f"incoming/{tenant}/{batch_id}/"
+    objects = []
+    for index, start in enumerate(range(0, len(emails), PART_ROWS)):
+        chunk = emails[start:start + PART_ROWS]
+        table = pa.table({"message_id": [e.message_id for e in chunk], "text": [e.text for e in chunk]})
+        data = write_encrypted(table, broker, footer_key=keys.footer, column_key=keys.emails,
+                               row_group_size=ROW_GROUP_SIZE)
+        key = f"{prefix}part-{index:05d}.parquet"
+        store.put(key, data)
+        objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                        "rows": len(chunk), "row_groups": -(-len(chunk) // ROW_GROUP_SIZE)})
+    broker.grant(batch_id, model.digest, measurements, keys.all())
+    manifest = {
+        "type": MANIFEST_TYPE, "tenant": tenant, "batch_id": batch_id, "created_at": int(time.time()),
+        "objects": objects, "model": {"name": model.name, "version": model.version, "digest": model.digest},
+        "results": {"prefix": f"results/{tenant}/{batch_id}/"},
+        "key_broker": {"url": owner.broker_url, "footer_key": keys.footer, "column_key": keys.emails,
+                       "result_key": keys.results},
+        "shard_row_groups": SHARD_ROW_GROUPS,
+    }
+    manifest_key = prefix + "manifest.jws"
+    # Uploaded last: its creation event is what starts processing.
+    store.put(manifest_key, sign_json(manifest, owner.signing_key()).encode(), "application/jose")
+    return SubmittedBatch(tenant, batch_id, manifest_key, len(emails))
+
+
+def resubmit_batch(tenant: str, batch_id: str, store: ObjectStore) -> str:
+    """Upload the same signed manifest again (after a failure), which starts the batch again."""
+    key = f"incoming/{tenant}/{batch_id}/manifest.jws"
+    store.put(key, store.get(key), "application/jose")
+    return key
+
+
+def wait_for_batch(
+    store: ObjectStore, tenant: str, batch_id: str, *, timeout: float = 900.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Poll the batch's status until it succeeded or failed; returns the status document."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        raw = store.get_if_exists(f"status/{tenant}/{batch_id}.json")
+        status: dict[str, Any] = json.loads(raw) if raw else {"state": "submitted"}
+        if status["state"] != last:
+            progress(status["state"])
+            last = status["state"]
+        if status["state"] in {"succeeded", "failed"}:
+            return status
+        time.sleep(float(os.environ.get("CSCORE_POLL_S", "1")))
+    raise TimeoutError(f"batch {batch_id}: expected it to finish within {timeout:.0f} s, still {last!r}; "
+                       "look at the Airflow UI for the cscore_batch run")
+
+
+def decrypt_results(data: bytes, owner: Party) -> pa.Table:
+    """Decrypt one result object with the owner's own broker credential."""
+    with EncryptedParquet(data, owner.broker()) as results:
+        return results.read()

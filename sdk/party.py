@@ -1,0 +1,46 @@
+"""A party's own secrets on its own machine: its signing key and its broker admin credential."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from joserfc.jwk import OKPKey
+
+from enclave.signing import generate_signing_key
+from sdk.broker_admin import BrokerAdmin
+
+
+@dataclass(frozen=True)
+class Party:
+    """The owner's or the provider's home directory (`<state>/owner`, `<state>/provider`)."""
+
+    home: Path
+    broker_url: str
+
+    @classmethod
+    def from_env(cls, role: str) -> Party:
+        """`role` is "owner" or "provider"; paths and URLs come from the stack's environment."""
+        state = Path(os.environ.get("CSCORE_STATE_DIR", ".state"))
+        url = os.environ.get(f"CSCORE_{role.upper()}_BROKER_URL")
+        if not url:
+            raise RuntimeError(f"CSCORE_{role.upper()}_BROKER_URL is not set: start the stack (`cscore stack start`) "
+                               f"or point it at the {role}'s key broker")
+        return cls(home=state / role, broker_url=url)
+
+    def signing_key(self) -> OKPKey:
+        """This party's Ed25519 signing key, created on first use and kept in its home (mode 0600)."""
+        path = self.home / "signing.jwk"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(generate_signing_key().as_dict(private=True)))
+            path.chmod(0o600)
+        return OKPKey.import_key(json.loads(path.read_text()))
+
+    def broker(self) -> BrokerAdmin:
+        token_path = self.home / "broker-admin-token"
+        if not token_path.exists():
+            raise RuntimeError(f"no broker admin token at {token_path}: the key broker's operator must hand it over")
+        return BrokerAdmin(self.broker_url, token_path.read_text().strip())

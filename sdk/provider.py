@@ -1,0 +1,81 @@
+"""The model provider's job: publish an ONNX model encrypted, with its key held by its own broker."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.signing import sign_json
+from sdk.party import Party
+from sdk.storage import ObjectStore
+
+CARD_TYPE = "cscore.model-card/v1"
+
+
+class ModelError(ValueError):
+    """The file cannot be published as a model; the message says why."""
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    name: str
+    version: int
+    digest: str
+    card_key: str
+
+
+def model_key_id(name: str) -> str:
+    return f"models/{name}"
+
+
+def publish_model(
+    onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore, allowed_measurements: list[str]
+) -> PublishedModel:
+    """Encrypt the model under a fresh data key wrapped by the provider's broker; upload it and its card."""
+    schema = _schema(onnx_bytes)
+    version = _next_version(store, name)
+    digest = "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
+    dek = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(12)
+    ciphertext = nonce + AESGCM(dek).encrypt(nonce, onnx_bytes, f"{name}:{version}".encode())
+    broker = provider.broker()
+    key_id = model_key_id(name)
+    broker.create_key(key_id)
+    broker.set_model_policy(key_id, allowed_measurements)
+    wrapped = broker.wrap(key_id, dek)
+    prefix = f"models/{name}/{version}/"
+    card = {
+        "type": CARD_TYPE, "name": name, "version": version, "digest": digest, "size": len(onnx_bytes),
+        "schema": schema, "object_key": prefix + "model.onnx.enc", "key_id": key_id,
+        "wrapped_dek": base64.b64encode(wrapped).decode(), "broker_url": provider.broker_url,
+        "published_at": int(time.time()),
+    }
+    store.put(card["object_key"], ciphertext)
+    # The card goes last: a model is listed only once its ciphertext is there.
+    store.put(prefix + "card.jws", sign_json(card, provider.signing_key()).encode(), "application/jose")
+    return PublishedModel(name, version, digest, prefix + "card.jws")
+
+
+def _schema(onnx_bytes: bytes) -> dict[str, Any]:
+    try:
+        graph = onnx.load_from_string(onnx_bytes).graph
+    except Exception as exc:  # onnx raises several unrelated types for garbage
+        raise ModelError(f"model: expected an ONNX protobuf, got unreadable bytes ({type(exc).__name__})") from exc
+    inputs = [i.name for i in graph.input]
+    outputs = [o.name for o in graph.output]
+    if inputs != ["text"] or "probabilities" not in outputs:
+        raise ModelError(f"model schema: expected input ['text'] and an output 'probabilities', "
+                         f"got inputs {inputs} and outputs {outputs}")
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def _next_version(store: ObjectStore, name: str) -> int:
+    versions = [int(k.split("/")[2]) for k in store.keys(f"models/{name}/") if k.endswith("/card.jws")]
+    return max(versions, default=0) + 1

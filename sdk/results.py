@@ -1,0 +1,92 @@
+"""Fetch a batch's results, verify every receipt, then decrypt: the owner trusts no platform word."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from attestation import Policy, TrustAnchors
+from enclave.receipts import VerifiedReceipt, verify_receipt
+from enclave.signing import unverified_payload, verify_json
+from sdk.owner import decrypt_results
+from sdk.party import Party
+from sdk.storage import ObjectStore
+
+
+class ResultVerificationError(ValueError):
+    """The results do not prove what they claim; nothing was decrypted."""
+
+
+@dataclass(frozen=True)
+class VerifiedResults:
+    table: pa.Table  # message_id, spam_probability, label
+    receipts: list[VerifiedReceipt]
+    measurements: list[str]
+
+
+def fetch_results(
+    tenant: str, batch_id: str, *, owner: Party, store: ObjectStore, anchors: TrustAnchors, policy: Policy
+) -> VerifiedResults:
+    """Verify the batch's receipts against the owner's own manifest, then decrypt and join the shards."""
+    manifest = verify_json(store.get(f"incoming/{tenant}/{batch_id}/manifest.jws").decode(),
+                           owner.signing_key().as_dict(private=False), what="manifest")
+    result_manifest = json.loads(store.get(f"{manifest['results']['prefix']}result-manifest.json"))
+    receipts = [_verified_shard(store, manifest, shard, anchors, policy) for shard in result_manifest["shards"]]
+    _check_coverage(manifest, [r.payload for r in receipts])
+    tables = [decrypt_results(store.get(r.payload["output"]["key"]), owner) for r in receipts]
+    table = pa.concat_tables(tables).select(["message_id", "spam_probability", "label"])
+    _check_rows(manifest, table)
+    return VerifiedResults(table, receipts, sorted({r.claims.measurement for r in receipts}))
+
+
+def _verified_shard(
+    store: ObjectStore, manifest: dict[str, Any], shard: dict[str, Any], anchors: TrustAnchors, policy: Policy
+) -> VerifiedReceipt:
+    token = store.get(shard["receipt_key"]).decode()
+    prefix = manifest["results"]["prefix"]
+    payload_digest = _unverified_evidence_digest(token)
+    evidence = json.loads(store.get(f"{prefix}evidence/{payload_digest}.json"))
+    receipt = verify_receipt(token, evidence, anchors=anchors, policy=policy)
+    p = receipt.payload
+    _expect(shard["receipt_key"], "batch_id", manifest["batch_id"], p["batch_id"])
+    _expect(shard["receipt_key"], "model.digest", manifest["model"]["digest"], p["model"]["digest"])
+    if not p["output"]["key"].startswith(prefix):
+        raise ResultVerificationError(f"{shard['receipt_key']}: output.key expected under {prefix}, "
+                                      f"got {p['output']['key']}")
+    output = store.get(p["output"]["key"])
+    _expect(shard["receipt_key"], "output.sha256", p["output"]["sha256"], hashlib.sha256(output).hexdigest())
+    return receipt
+
+
+def _unverified_evidence_digest(token: str) -> str:
+    return str(unverified_payload(token, what="receipt").get("evidence_sha256", ""))
+
+
+def _check_coverage(manifest: dict[str, Any], payloads: list[dict[str, Any]]) -> None:
+    """Every row group of every signed input is covered by exactly one receipt."""
+    expected = {(o["key"], o["sha256"], g) for o in manifest["objects"] for g in range(o["row_groups"])}
+    seen: list[tuple[str, str, int]] = []
+    for p in payloads:
+        start, end = p["input"]["row_groups"]
+        seen.extend((p["input"]["key"], p["input"]["sha256"], g) for g in range(start, end))
+    if len(seen) != len(set(seen)) or set(seen) != expected:
+        raise ResultVerificationError(
+            f"receipts: expected each of {len(expected)} input row groups exactly once, got {len(seen)} "
+            f"covering {len(set(seen) & expected)}")
+
+
+def _check_rows(manifest: dict[str, Any], table: pa.Table) -> None:
+    rows = sum(o["rows"] for o in manifest["objects"])
+    ids = table.column("message_id").to_pylist()
+    if len(ids) != rows or len(set(ids)) != rows:
+        raise ResultVerificationError(f"results: expected {rows} distinct messages, got {len(ids)} rows with "
+                                      f"{len(set(ids))} distinct ids")
+
+
+def _expect(where: str, field: str, expected: Any, actual: Any) -> None:
+    if expected != actual:
+        raise ResultVerificationError(f"{where}: {field} expected {expected!r}, got {actual!r}")
