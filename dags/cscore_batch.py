@@ -70,7 +70,8 @@ def cscore_batch() -> None:
     def attest_workers(batch: dict[str, Any]) -> dict[str, Any]:
         return _skippable(steps.attest, batch)
 
-    @task(retries=1, retry_delay=timedelta(seconds=5), execution_timeout=timedelta(hours=1))
+    # No Airflow retry: a failed batch is released and resubmitted whole (finished shards are reused).
+    @task(execution_timeout=timedelta(hours=1))
     def score_shards(batch: dict[str, Any]) -> dict[str, Any]:
         return _skippable(steps.score, batch)
 
