@@ -66,7 +66,8 @@ def start_redis(stack: LocalStack) -> dict[str, str]:
     sock.unlink(missing_ok=True)  # a crashed run leaves the socket file behind
     part = stack.spawn("redis", [redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
                                  "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-                                 "--dir", str(redis_dir), "--daemonize", "no"])
+                                 "--dir", str(redis_dir), "--daemonize", "no",
+                                 "--set-proc-title", "no"])  # keeps /proc/<pid>/environ (our marker) intact
     wait_ready(part, lambda: redis_ping(sock), 15, "redis-server")
     url = f"redis+socket://{sock}"  # kombu and celery's redis backend both take this form
     return {"CSCORE_CELERY_BROKER_URL": url, "CSCORE_CELERY_RESULT_BACKEND": url}
