@@ -1,0 +1,221 @@
+"""The whole pipeline on real parts: S3 event -> asset watcher -> DAG -> Celery workers -> results.
+
+Tests in this module share one stack and run in order; the last one scans every platform-side store
+for the canaries planted in emails and in the model, and for the model's data key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from cscore.demo import TENANT, owner_trust
+from enclave.measurement import code_measurement
+from enclave.scoring import ModelSession
+from enclave.signing import sign_json, unverified_payload
+from infra.local.stack import LocalStack
+from sdk.corpus import CorpusEmail
+from sdk.emails import Email, email_text
+from sdk.models import ModelListing, find_model
+from sdk.owner import SubmittedBatch, register_tenant, resubmit_batch, submit_batch, wait_for_batch
+from sdk.party import Party
+from sdk.provider import publish_model
+from sdk.results import fetch_results
+from sdk.storage import ObjectStore
+from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY
+
+pytestmark = pytest.mark.e2e
+WAIT_S = 600.0
+_state: dict[str, Any] = {}
+
+
+def _owner_emails(held_out: list[CorpusEmail]) -> list[Email]:
+    emails = [Email(e.message_id, email_text(e.raw)) for e in held_out]
+    for i, canary in enumerate(EMAIL_CANARIES):  # plant canaries in a few real emails
+        k = i * 97
+        emails[k] = Email(emails[k].message_id, f"{emails[k].text}\n{canary}")
+    return emails
+
+
+def _submit(emails: list[Email], model: ModelListing, measurements: list[str] | None = None) -> SubmittedBatch:
+    return submit_batch(emails, model, tenant=TENANT, owner=Party.from_env("owner"), store=ObjectStore(),
+                        measurements=measurements or [code_measurement().hex()])
+
+
+def _wait(batch_id: str) -> dict[str, Any]:
+    return wait_for_batch(ObjectStore(), TENANT, batch_id, timeout=WAIT_S)
+
+
+def test_provider_publishes_and_owner_sees_the_model(stack: LocalStack, model_bytes: bytes) -> None:
+    store = ObjectStore()
+    published = publish_model(model_bytes, "spam-filter", provider=Party.from_env("provider"), store=store,
+                              allowed_measurements=[code_measurement().hex()])
+    register_tenant(Party.from_env("owner"), TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
+    listing = find_model(store, "spam-filter")
+    assert (listing.version, listing.digest) == (published.version, "sha256:" + hashlib.sha256(model_bytes).hexdigest())
+    stored = store.get(f"models/spam-filter/{listing.version}/model.onnx.enc")
+    assert MODEL_CANARY.encode() not in stored and len(stored) == len(model_bytes) + 12 + 16
+    _state["model"] = listing
+
+
+def test_two_concurrent_batches_score_exactly(stack: LocalStack, corpus: Any, model_bytes: bytes) -> None:
+    _, held_out = corpus
+    emails = _owner_emails(held_out)
+    small = emails[:300]
+    with ThreadPoolExecutor(2) as pool:
+        big_f = pool.submit(_submit, emails, _state["model"])
+        small_f = pool.submit(_submit, [Email("copy-" + e.message_id, e.text) for e in small], _state["model"])
+        big, small_batch = big_f.result(), small_f.result()
+    for batch in (big, small_batch):
+        status = _wait(batch.batch_id)
+        assert status["state"] == "succeeded", status
+    anchors, policy = owner_trust()
+    results = fetch_results(TENANT, big.batch_id, owner=Party.from_env("owner"), store=ObjectStore(),
+                            anchors=anchors, policy=policy)
+    ids = results.table.column("message_id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(emails)
+    by_id = dict(zip(ids, results.table.column("spam_probability").to_numpy(), strict=True))
+    expected, labels = ModelSession(model_bytes).score([e.text for e in emails])
+    got = np.array([by_id[e.message_id] for e in emails], dtype=np.float32)
+    assert got.tobytes() == expected.astype(np.float32).tobytes()  # bit for bit
+    assert results.measurements == [code_measurement().hex()]
+    _state["small"] = small_batch
+
+
+def _airflow(stack: LocalStack, *args: str) -> str:
+    airflow = str(Path(sys.executable).parent / "airflow")
+    return subprocess.run([airflow, *args], env=stack.child_env(), capture_output=True, text=True,
+                          check=True, timeout=120).stdout
+
+
+def _finished_runs(stack: LocalStack) -> list[dict[str, Any]]:
+    out = _airflow(stack, "dags", "list-runs", "cscore_batch", "-o", "json")
+    runs = json.loads(out[out.index("["):]) if "[" in out else []
+    return [r for r in runs if r.get("state") in {"success", "failed"}]
+
+
+def test_same_manifest_event_twice_processes_once(stack: LocalStack) -> None:
+    store = ObjectStore()
+    batch: SubmittedBatch = _state["small"]
+    before_status = _wait(batch.batch_id)
+    prefix = f"results/{TENANT}/{batch.batch_id}/"
+    before = {k: store.get(k) for k in store.keys(prefix)}
+    runs_before = len(_finished_runs(stack))
+    resubmit_batch(TENANT, batch.batch_id, store)  # the same manifest's event, delivered again
+    deadline = time.monotonic() + WAIT_S
+    while len(_finished_runs(stack)) <= runs_before and time.monotonic() < deadline:
+        time.sleep(2)
+    assert len(_finished_runs(stack)) > runs_before, "the duplicate event never started a DAG run"
+    after = {k: store.get(k) for k in store.keys(prefix)}
+    assert after == before  # no shard scored again, nothing duplicated
+    assert _wait(batch.batch_id)["run_id"] == before_status["run_id"]
+
+
+def test_refused_release_fails_the_batch_which_can_be_resubmitted(stack: LocalStack, corpus: Any) -> None:
+    _, held_out = corpus
+    emails = [Email("retry-" + e.message_id, email_text(e.raw)) for e in held_out[:200]]
+    wrong = hashlib.sha384(b"some other enclave").hexdigest()
+    batch = _submit(emails, _state["model"], measurements=[wrong])
+    status = _wait(batch.batch_id)
+    assert status["state"] == "failed"
+    assert "measurement" in status["reason"]
+    store = ObjectStore()
+    assert store.get_if_exists(batch.manifest_key) is not None  # the input stays where it was
+    assert not [k for k in store.keys(f"results/{TENANT}/{batch.batch_id}/") if k.endswith(".parquet")]
+    # The owner grants the right measurement and submits the same manifest again.
+    Party.from_env("owner").broker().grant(batch.batch_id, _state["model"].digest, [code_measurement().hex()],
+                                           [f"{TENANT}/footer", f"{TENANT}/emails", f"{TENANT}/results"])
+    resubmit_batch(TENANT, batch.batch_id, store)
+    deadline = time.monotonic() + WAIT_S
+    while _wait(batch.batch_id)["state"] == "failed" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _wait(batch.batch_id)["state"] == "succeeded"
+
+
+def _bad_manifest(store: ObjectStore, batch_id: str, payload: dict[str, Any] | None, raw: bytes | None = None) -> str:
+    key = f"incoming/{TENANT}/{batch_id}/manifest.jws"
+    body = raw if raw is not None else sign_json(payload or {}, Party.from_env("owner").signing_key()).encode()
+    store.put(key, body)
+    return key
+
+
+def test_bad_manifests_fail_with_a_named_reason(stack: LocalStack) -> None:
+    store = ObjectStore()
+    good = unverified_payload(store.get(_state["small"].manifest_key).decode(), what="manifest")
+
+    def variant(batch_id: str, **changes: Any) -> dict[str, Any]:
+        payload = {**good, "batch_id": batch_id, "results": {"prefix": f"results/{TENANT}/{batch_id}/"}}
+        payload["objects"] = [{**o, "key": o["key"].replace(good["batch_id"], batch_id)} for o in good["objects"]]
+        return {**payload, **changes}
+
+    cases = {
+        "bad-unsigned": (None, b'{"type": "cscore.manifest/v1"}', "signed by tenant"),
+        "bad-missing": (variant("bad-missing"), None, "NoSuchKey|404|Not Found"),
+        "bad-model": (variant("bad-model", model={**good["model"], "name": "no-such-model"}), None,
+                      "expected a published model no-such-model"),
+    }
+    for batch_id, (payload, raw, _) in cases.items():
+        _bad_manifest(store, batch_id, payload, raw)
+    for batch_id, (_, _, reason) in cases.items():
+        status = _wait(batch_id)
+        assert status["state"] == "failed", (batch_id, status)
+        assert re.search(reason, status["reason"]), (batch_id, status["reason"])
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    return [secret, secret.hex().encode(), base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
+
+
+def _redis_dump(stack: LocalStack) -> bytes:
+    sock = stack.env["CSCORE_CELERY_BROKER_URL"].removeprefix("redis+socket://")
+    client = redis.Redis(unix_socket_path=sock)
+    chunks = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        chunks.append(key)
+        if kind == "string":
+            chunks.append(client.get(key) or b"")
+        elif kind == "list":
+            chunks.extend(client.lrange(key, 0, -1))
+        elif kind == "hash":
+            chunks.extend(v for kv in client.hgetall(key).items() for v in kv)
+        elif kind == "set":
+            chunks.extend(client.smembers(key))
+        elif kind == "zset":
+            chunks.extend(m for m, _ in client.zrange(key, 0, -1, withscores=True))
+    return b"\n".join(chunks)
+
+
+def _files(root: Path) -> bytes:
+    return b"\n".join(p.read_bytes() for p in root.rglob("*") if p.is_file())
+
+
+def test_no_canary_or_key_in_any_platform_store(stack: LocalStack) -> None:
+    store = ObjectStore()
+    card = unverified_payload(store.get(f"models/spam-filter/{_state['model'].version}/card.jws").decode(),
+                              what="card")
+    dek = Party.from_env("provider").broker().unwrap(card["key_id"], base64.b64decode(card["wrapped_dek"]))
+    secrets = [c.encode() for c in [MODEL_CANARY, *EMAIL_CANARIES]] + _forms(dek)
+    stores = {
+        "s3": b"\n".join(store.get(k) for k in store.keys("")),
+        "redis": _redis_dump(stack),
+        "airflow (database and task logs)": _files(stack.state_dir / "airflow"),
+        "process logs (workers, brokers, airflow)": _files(stack.state_dir / "logs"),
+    }
+    # The scan is only meaningful if it reads real content: ciphertext in S3, task traffic in the logs.
+    assert len(stores["s3"]) > 100_000
+    assert b"cscore.score_shard" in stores["process logs (workers, brokers, airflow)"]
+    leaks = [(name, s[:24]) for name, blob in stores.items() for s in secrets if s in blob]
+    assert leaks == []
