@@ -146,7 +146,8 @@ def check_report_signature(report: SnpReport, leaf: x509.Certificate) -> None:
                                 "an invalid one", "the report was altered or signed by another chip") from exc
 
 
-def _extension_bytes(cert: x509.Certificate, oid: str) -> bytes | None:
+def extension_bytes(cert: x509.Certificate, oid: str) -> bytes | None:
+    """Raw value of an extension (AMD's are unrecognised extensions), or None if absent."""
     try:
         value = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid)).value
     except x509.ExtensionNotFound:
@@ -164,7 +165,7 @@ def _der_small_int(data: bytes, where: str) -> int:
 def check_tcb_extensions(report: SnpReport, leaf: x509.Certificate) -> None:
     """The certificate's TCB extensions must equal the report's REPORTED_TCB, component by component."""
     for name, value in report.reported_tcb.as_dict().items():
-        raw = _extension_bytes(leaf, TCB_OIDS[name])
+        raw = extension_bytes(leaf, TCB_OIDS[name])
         if raw is None:
             raise VerificationError(f"evidence.vcek.tcb.{name}", f"extension {TCB_OIDS[name]}", "absent")
         cert_value = _der_small_int(raw, f"evidence.vcek.tcb.{name}")
@@ -175,7 +176,7 @@ def check_tcb_extensions(report: SnpReport, leaf: x509.Certificate) -> None:
 
 def check_hwid(report: SnpReport, leaf: x509.Certificate) -> None:
     """The VCEK's hwID extension must equal CHIP_ID (Turin: 8 bytes, the rest of CHIP_ID zero)."""
-    hwid = _extension_bytes(leaf, OID_HWID)
+    hwid = extension_bytes(leaf, OID_HWID)
     if hwid is None:
         raise VerificationError("evidence.vcek.hwid", f"extension {OID_HWID}", "absent")
     expected = hwid + bytes(len(report.chip_id) - len(hwid)) if len(hwid) < len(report.chip_id) else hwid
@@ -185,7 +186,7 @@ def check_hwid(report: SnpReport, leaf: x509.Certificate) -> None:
 
 
 def _check_product_name(leaf: x509.Certificate, product: str) -> None:
-    raw = _extension_bytes(leaf, OID_PRODUCT_NAME)
+    raw = extension_bytes(leaf, OID_PRODUCT_NAME)
     if raw is None:
         return  # VLEKs and older VCEKs may omit it; the chain already fixed the product
     name = raw[2:].decode("ascii", "replace") if len(raw) > 2 else ""

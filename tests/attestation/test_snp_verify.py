@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from _attestation_data import PINNED_NOW, read
 
 from attestation.anchors import TrustAnchors, check_signed_by, load_der_cert, load_pem_certs
 from attestation.errors import AttestationError, ParseError, VerificationError
 from attestation.snp import amd_roots
 from attestation.snp.report import SIGNED_SIZE
 from attestation.snp.verify import verify_snp
+from tests.attestation._attestation_data import PINNED_NOW, read
 
 GO_VCEK = "sev-snp/go-sev-guest/vcek.testcer"
 GO_CHAIN = "sev-snp/go-sev-guest/ask_ark_milan.pem"

@@ -1,0 +1,1 @@
+"""Tests for the attestation library and the enclave evidence providers."""
