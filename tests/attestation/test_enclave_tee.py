@@ -1,0 +1,126 @@
+"""enclave.tee providers (configfs-tsm shaping, env selection) and enclave.measurement."""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from attestation import TrustAnchors, verify_evidence
+from attestation.errors import AttestationError
+from enclave import tee
+from enclave.measurement import code_measurement
+from enclave.tee import ConfigfsTsmProvider, SimulatedSnpProvider, evidence_provider_from_env, parse_cert_table
+
+NONCE = bytes(range(64))
+
+
+def _cert_table(entries: list[tuple[str, bytes]]) -> bytes:
+    """A GHCB certificate table: 24-byte (GUID, offset, length) entries, a zero entry, then the blobs."""
+    header_size = (len(entries) + 1) * 24
+    header, blobs = b"", b""
+    for guid, blob in entries:
+        header += bytes.fromhex(guid.replace("-", "")) + struct.pack("<II", header_size + len(blobs), len(blob))
+        blobs += blob
+    return header + bytes(24) + blobs
+
+
+def _fake_tsm_entry(path: Path, sim_dir: Path, *, generation: int = 1) -> Path:
+    """What the kernel would show in a report entry after one inblob write (outblob precomputed)."""
+    report = SimulatedSnpProvider(sim_dir, bytes(48)).get_evidence(NONCE).report
+    ask, ark = x509.load_pem_x509_certificates((sim_dir / "ask_ark.pem").read_bytes())
+    der = serialization.Encoding.DER
+    table = _cert_table([("63da758d-e664-4564-adc5-f4b93be8accd", (sim_dir / "vcek.der").read_bytes()),
+                         ("4ab7b379-bbac-4fe4-a02f-05aef327c782", ask.public_bytes(der)),
+                         ("c0b406a4-a803-4952-9743-3fb6014cd0ae", ark.public_bytes(der))])
+    path.mkdir()
+    (path / "outblob").write_bytes(report)
+    (path / "auxblob").write_bytes(table)
+    (path / "provider").write_text("sev_guest\n")
+    (path / "generation").write_text(f"{generation}\n")
+    return path
+
+
+def test_configfs_evidence_from_cert_table_verifies(sim_dir: Path, tmp_path: Path) -> None:
+    entry = _fake_tsm_entry(tmp_path / "entry", sim_dir)
+    evidence = ConfigfsTsmProvider(tmp_path)._collect(entry, NONCE)
+    assert (entry / "inblob").read_bytes() == NONCE
+    claims = verify_evidence(evidence, TrustAnchors.from_dir(sim_dir), datetime.now(UTC))
+    assert claims.report_data == NONCE.hex() and claims.root == "simulated"
+
+
+def test_configfs_generation_race_is_detected(sim_dir: Path, tmp_path: Path) -> None:
+    entry = _fake_tsm_entry(tmp_path / "entry", sim_dir, generation=2)
+    with pytest.raises(AttestationError) as err:
+        ConfigfsTsmProvider(tmp_path)._collect(entry, NONCE)
+    assert err.value.field == "tsm.generation"
+
+
+def test_configfs_without_certificates_is_refused(sim_dir: Path, tmp_path: Path) -> None:
+    entry = _fake_tsm_entry(tmp_path / "entry", sim_dir)
+    (entry / "auxblob").write_bytes(b"")
+    with pytest.raises(AttestationError) as err:
+        ConfigfsTsmProvider(tmp_path)._collect(entry, NONCE)
+    assert err.value.field == "tsm.auxblob"
+
+
+def test_configfs_rejects_short_report_data_before_touching_configfs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="64 bytes"):
+        ConfigfsTsmProvider(tmp_path / "missing").get_evidence(bytes(10))
+
+
+def test_cert_table_out_of_bounds_entry_is_refused() -> None:
+    bad = bytes(16) + struct.pack("<II", 1000, 10) + bytes(24)
+    bad = b"\x01" + bad[1:]
+    with pytest.raises(ValueError, match="outside"):
+        parse_cert_table(bad)
+
+
+def test_provider_from_env(monkeypatch: pytest.MonkeyPatch, sim_dir: Path) -> None:
+    monkeypatch.setenv("CSCORE_TEE", "simulated-sev-snp")
+    monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
+    provider = evidence_provider_from_env()
+    assert isinstance(provider, SimulatedSnpProvider)
+    claims = verify_evidence(provider.get_evidence(NONCE), TrustAnchors.from_dir(sim_dir), datetime.now(UTC))
+    assert claims.measurement == code_measurement().hex()
+    monkeypatch.setenv("CSCORE_TEE", "configfs-tsm")
+    assert isinstance(evidence_provider_from_env(), tee.ConfigfsTsmProvider)
+    monkeypatch.setenv("CSCORE_TEE", "sgx")
+    with pytest.raises(RuntimeError, match="CSCORE_TEE"):
+        evidence_provider_from_env()
+    monkeypatch.setenv("CSCORE_TEE", "simulated-sev-snp")
+    monkeypatch.delenv("CSCORE_SIM_TEE_DIR")
+    with pytest.raises(RuntimeError, match="CSCORE_SIM_TEE_DIR"):
+        evidence_provider_from_env()
+
+
+def _tree(root: Path) -> Path:
+    for rel, text in {"enclave/a.py": "A = 1\n", "tasks/b.py": "B = 2\n", "attestation/snp/c.py": "C = 3\n",
+                      "sdk/ignored.py": "X = 0\n", "enclave/notes.txt": "not code\n"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_code_measurement_changes_with_any_measured_code(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    base = code_measurement(root)
+    assert len(base) == 48 and code_measurement(root) == base
+    (root / "sdk/ignored.py").write_text("X = 1\n")
+    (root / "enclave/notes.txt").write_text("changed\n")
+    assert code_measurement(root) == base  # outside the trusted code
+    (root / "attestation/snp/c.py").write_text("C = 4\n")
+    changed = code_measurement(root)
+    assert changed != base
+    (root / "attestation/snp/c.py").rename(root / "attestation/snp/d.py")  # same content, new path
+    assert code_measurement(root) not in (base, changed)
+    (root / "tasks/new.py").write_text("")
+    assert code_measurement(root) != changed
+
+
+def test_code_measurement_of_this_checkout_is_stable() -> None:
+    assert code_measurement() == code_measurement(Path(tee.__file__).resolve().parents[1])
