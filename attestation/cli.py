@@ -1,0 +1,160 @@
+"""``cscore attest verify FILE``: verify (and optionally appraise) one piece of evidence.
+
+Wire it into a CLI with::
+
+    parser = subparsers.add_parser("verify"); add_arguments(parser); ... sys.exit(run(args))
+
+FILE is a raw report (binary), the same as hex text, or an Evidence JSON envelope. ``--certs``
+takes the VCEK/VLEK (DER or PEM) and the ASK/ARK chain (PEM) in any order. Exit status: 0 accepted,
+1 rejected (verification or policy), 2 unusable input (unreadable file, malformed evidence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from attestation.anchors import TrustAnchors
+from attestation.errors import AttestationError, ParseError
+from attestation.evidence import Claims, Evidence, Policy, appraise, verify_evidence
+
+EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``verify`` arguments to ``parser``."""
+    parser.add_argument("file", type=Path, help="report (raw binary or hex text) or Evidence JSON")
+    parser.add_argument("--tee", choices=["sev-snp", "tdx"], default="sev-snp")
+    parser.add_argument("--certs", type=Path, nargs="*", default=[],
+                        help="VCEK/VLEK (DER or PEM) and ASK/ARK chain (PEM) files")
+    parser.add_argument("--at", help="verification time, ISO 8601 (default: now, UTC)")
+    parser.add_argument("--policy", type=Path, help="policy file (.json or .toml) to appraise against")
+    parser.add_argument("--trust-dir", type=Path,
+                        help="also trust the simulated root in this folder (development only)")
+    parser.add_argument("--json", action="store_true", help="print the verdict and claims as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Verify per ``args``; print the verdict; return the exit status (0, 1 or 2)."""
+    try:
+        at = _parse_time(args.at)
+        evidence = _load_evidence(args.file, args.tee, list(args.certs))
+        anchors = TrustAnchors.from_dir(args.trust_dir) if args.trust_dir else TrustAnchors.amd()
+        policy = Policy.from_file(args.policy) if args.policy else None
+    except (OSError, ParseError, ValueError) as exc:
+        return _report(args, EXIT_UNUSABLE, "unusable input", exc, None)
+    try:
+        claims = verify_evidence(evidence, anchors, at)
+    except ParseError as exc:
+        return _report(args, EXIT_UNUSABLE, "unusable input", exc, None)
+    except AttestationError as exc:
+        return _report(args, EXIT_REJECTED, "rejected", exc, None)
+    if policy is not None:
+        try:
+            appraise(claims, policy)
+        except AttestationError as exc:
+            return _report(args, EXIT_REJECTED, "rejected by policy", exc, claims)
+    return _report(args, EXIT_ACCEPTED, "accepted" if policy else "verified (no policy given)", None, claims)
+
+
+def _parse_time(text: str | None) -> datetime:
+    if not text:
+        return datetime.now(UTC)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _read_blob(path: Path) -> bytes:
+    """Raw bytes, or the bytes spelled by a hex text file (whitespace ignored)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return data
+    compact = "".join(text.split())
+    try:
+        return bytes.fromhex(compact) if compact and len(compact) % 2 == 0 else data
+    except ValueError:
+        return data
+
+
+def _load_evidence(path: Path, tee: str, cert_files: list[Path]) -> Evidence:
+    raw = path.read_bytes()
+    if raw.lstrip().startswith(b"{"):
+        try:
+            return Evidence.from_json(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ParseError(str(path), "Evidence JSON", f"invalid JSON ({exc})") from exc
+    report = _read_blob(path)
+    if tee == "tdx":
+        raise ParseError("--tee", "sev-snp", "tdx", "TDX quote verification is not implemented yet")
+    leaf, chain = _split_certs(cert_files)
+    if leaf is None:
+        raise ParseError("--certs", "the VCEK or VLEK certificate (DER or PEM)", "none",
+                         "download it from AMD's KDS for this chip and TCB")
+    return Evidence(tee=tee, report=report, vcek=leaf, cert_chain=chain)
+
+
+def _split_certs(files: list[Path]) -> tuple[bytes | None, str]:
+    """(leaf DER, chain PEM): the EC-keyed certificate is the VCEK/VLEK, RSA ones form the chain."""
+    leaf: bytes | None = None
+    chain = ""
+    for path in files:
+        for cert in _load_any_certs(path):
+            if isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+                leaf = cert.public_bytes(serialization.Encoding.DER)
+            else:
+                chain += cert.public_bytes(serialization.Encoding.PEM).decode()
+    return leaf, chain
+
+
+def _load_any_certs(path: Path) -> list[x509.Certificate]:
+    data = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # AMD certificates use serial number 0
+        try:
+            if b"-----BEGIN" in data:
+                return x509.load_pem_x509_certificates(data)
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError as exc:
+            raise ParseError(str(path), "a DER or PEM certificate", f"unreadable ({exc})") from exc
+
+
+def _report(args: argparse.Namespace, code: int, verdict: str, error: Exception | None,
+            claims: Claims | None) -> int:
+    if args.json:
+        out: dict[str, Any] = {"verdict": verdict, "exit": code}
+        if isinstance(error, AttestationError):
+            out["error"] = error.to_dict()
+        elif error is not None:
+            out["error"] = {"detail": str(error)}
+        if claims is not None:
+            out["claims"] = claims.to_dict()
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{verdict}: {error}" if error else verdict, file=sys.stderr if error else sys.stdout)
+        if claims is not None:
+            print(f"  measurement {claims.measurement}\n  product {claims.product}, root {claims.root}, "
+                  f"debug {claims.debug}, tcb {claims.tcb}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m attestation.cli FILE ...`` (same as ``cscore attest verify``)."""
+    parser = argparse.ArgumentParser(prog="cscore attest verify", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

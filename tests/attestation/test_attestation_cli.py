@@ -1,0 +1,60 @@
+"""`cscore attest verify` (attestation.cli): exit 0 accepted, 1 rejected, 2 unusable input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from attestation.cli import add_arguments, main, run
+from enclave.tee import SimulatedSnpProvider
+from tests.attestation._attestation_data import DATA
+
+GO = DATA / "sev-snp/go-sev-guest"
+VT = DATA / "sev-snp/virtee-sev"
+AT = ["--at", "2026-01-01T00:00:00Z"]
+
+
+def test_add_arguments_and_run(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(VT / "report_milan.hex"), "--certs", str(VT / "vcek_milan.der"),
+                              str(VT / "cert_chain_milan"), *AT, "--json"])
+    assert run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["claims"]["measurement"].startswith("7a1e5c26") and out["claims"]["root"] == "amd"
+
+
+def test_raw_binary_accepted_and_policy_refuses_debug(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(GO / "attestation.bin"), "--certs", str(GO / "vcek.testcer"), str(GO / "ask_ark_milan.pem"), *AT]
+    assert main(argv) == 0
+    (tmp_path / "policy.toml").write_text("allow_debug = false\n")
+    assert main([*argv, "--policy", str(tmp_path / "policy.toml")]) == 1
+    assert "policy.debug" in capsys.readouterr().err
+
+
+def test_rejections_exit_1(tmp_path: Path) -> None:
+    data = bytearray((GO / "attestation.bin").read_bytes())
+    data[0x90] ^= 1
+    (tmp_path / "bad.bin").write_bytes(bytes(data))
+    assert main([str(tmp_path / "bad.bin"), "--certs", str(GO / "vcek.testcer"), *AT]) == 1
+    assert main([str(GO / "attestation.bin"), "--certs", str(GO / "vcek.testcer"),
+                 "--at", "2035-01-01"]) == 1
+
+
+def test_unusable_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "short.bin").write_bytes(b"\x01" * 100)
+    assert main([str(tmp_path / "short.bin"), "--certs", str(GO / "vcek.testcer"), *AT, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["field"] == "report"
+    assert main([str(tmp_path / "missing.bin"), *AT]) == 2
+    assert main([str(GO / "attestation.bin"), *AT]) == 2  # no VCEK given
+    assert main([str(GO / "attestation.bin"), "--tee", "tdx", *AT]) == 2
+
+
+def test_evidence_json_with_simulated_trust_dir(sim_dir: Path, tmp_path: Path) -> None:
+    evidence = SimulatedSnpProvider(sim_dir, bytes(48)).get_evidence(bytes(64))
+    (tmp_path / "ev.json").write_text(json.dumps(evidence.to_json()))
+    assert main([str(tmp_path / "ev.json")]) == 1  # AMD roots only: simulated root refused
+    assert main([str(tmp_path / "ev.json"), "--trust-dir", str(sim_dir)]) == 0
