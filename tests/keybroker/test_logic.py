@@ -1,0 +1,266 @@
+"""Broker logic in-process with a stand-in verifier: policies, nonces, tokens, proof of possession, limits.
+
+The same flows run against a real process and the simulated SEV-SNP TEE in test_attested.py; here the
+verifier is replaced so each refusal can be provoked precisely and quickly.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enclave.kbs_client import AttestedSession, KbsError
+from keybroker import BrokerConfig, create_app
+from keybroker.policy import PolicyEngine
+from keybroker.sessions import NonceError, SessionTable
+from keybroker.verifier import check_binding
+from sdk.broker_admin import BrokerAdmin
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+GOOD = "ab" * 48
+OTHER = "cd" * 48
+
+
+class FakeEvidence:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    def to_json(self) -> dict[str, Any]:
+        return self.doc
+
+
+class FakeProvider:
+    """Evidence that the stand-in verifier accepts as-is (binding is still checked)."""
+
+    def __init__(self, measurement: str = GOOD, debug: bool = False) -> None:
+        self.measurement, self.debug = measurement, debug
+
+    def get_evidence(self, report_data: bytes) -> FakeEvidence:
+        return FakeEvidence({"tee": "sev-snp", "measurement": self.measurement, "debug": self.debug,
+                             "report_data": report_data.hex()})
+
+
+def fake_verifier(evidence: dict[str, Any], expected: bytes, at: datetime) -> dict[str, Any]:
+    claims = {"tee": "sev-snp", "measurement": evidence["measurement"], "debug": evidence["debug"],
+              "report_data": evidence["report_data"], "tcb": {"snp": 3}, "chip_id": "00" * 64, "root": "simulated"}
+    check_binding(claims, expected)
+    return claims
+
+
+def make_config(tmp: Path, **extra: Any) -> BrokerConfig:
+    return BrokerConfig.from_dict({"name": "owner", "host": "127.0.0.1", "port": 0, "db_path": str(tmp / "k.db"),
+                                   "kek_path": str(tmp / "kek.hex"), "admin_token_path": str(tmp / "admin"),
+                                   "accept_simulated": True, **extra})
+
+
+class Env:
+    """An in-process broker with admin and worker clients."""
+
+    def __init__(self, tmp: Path, **extra: Any) -> None:
+        self.config = make_config(tmp, **extra)
+        self.app = create_app(self.config, verifier=fake_verifier)
+        self.admin = BrokerAdmin("http://testserver", "unused")
+        self.admin._http = TestClient(self.app, headers={"Authorization": f"Bearer {self.config.load_admin_token()}"})
+
+    def worker(self, provider: FakeProvider | None = None) -> AttestedSession:
+        return AttestedSession("http://testserver", provider or FakeProvider(), client=TestClient(self.app))
+
+    def data_key(self, key_id: str = "data-1", batch: str = "batch-1", model: str = "sha256:m") -> bytes:
+        self.admin.create_key(key_id)
+        self.admin.grant(batch, model, [GOOD], [key_id])
+        return self.admin.wrap(key_id, b"D" * 16)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+def test_granted_enclave_unwraps_and_wraps(env: Env) -> None:
+    wrapped = env.data_key()
+    worker = env.worker()
+    assert worker.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
+    result = worker.wrap("data-1", b"R" * 16, batch_id="batch-1", model_digest="sha256:m")
+    assert env.admin.unwrap("data-1", result) == b"R" * 16
+    assert worker.runtime_data is not None and worker.evidence is not None
+    assert worker.runtime_data["tee_pubkey"] == worker.tee_public_jwk
+
+
+@pytest.mark.parametrize(("kwargs", "field", "provider"), [
+    ({"batch_id": "batch-2", "model_digest": "sha256:m"}, "batch_id", FakeProvider()),
+    ({"batch_id": "batch-1", "model_digest": "sha256:other"}, "model_digest", FakeProvider()),
+    ({"batch_id": "batch-1", "model_digest": "sha256:m"}, "measurement", FakeProvider(OTHER)),
+    ({"batch_id": "batch-1", "model_digest": "sha256:m"}, "debug", FakeProvider(debug=True)),
+])
+def test_data_key_refusals_name_the_failing_field(env: Env, kwargs: dict[str, str], field: str,
+                                                  provider: FakeProvider) -> None:
+    wrapped = env.data_key()
+    with pytest.raises(KbsError) as refused:
+        env.worker(provider).unwrap("data-1", wrapped, **kwargs)
+    assert refused.value.status == 403 and refused.value.problem["field"] == field
+    last = env.admin.decisions()[-1]
+    assert last["decision"] == "deny" and last["operation"] == "unwrap" and field in last["reason"] + field
+
+
+def test_key_not_in_the_batch_grant_is_refused(env: Env) -> None:
+    env.data_key()
+    env.admin.create_key("data-2")
+    wrapped = env.admin.wrap("data-2", b"x" * 16)
+    with pytest.raises(KbsError) as refused:
+        env.worker().unwrap("data-2", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.problem["field"] == "key_id"
+
+
+def test_unknown_key_points_at_the_other_broker(env: Env) -> None:
+    with pytest.raises(KbsError) as refused:
+        env.worker().unwrap("provider-model", b"x" * 40, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.status == 404 and "owner" in refused.value.problem["detail"]
+    assert env.admin.decisions()[-1]["reason"].startswith("key 'provider-model' is not held")
+
+
+def test_model_key_follows_its_measurement_list_and_only_unwraps(env: Env) -> None:
+    env.admin.create_key("model-1", kind="model", measurements=[GOOD])
+    wrapped = env.admin.wrap("model-1", b"M" * 32)
+    worker = env.worker()
+    assert worker.unwrap("model-1", wrapped, batch_id="any", model_digest="sha256:m") == b"M" * 32
+    with pytest.raises(KbsError) as wrap_refused:
+        worker.wrap("model-1", b"z" * 32, batch_id="any", model_digest="sha256:m")
+    assert wrap_refused.value.problem["field"] == "operation"
+    with pytest.raises(KbsError) as other:
+        env.worker(FakeProvider(OTHER)).unwrap("model-1", wrapped, batch_id="any", model_digest="sha256:m")
+    assert other.value.problem["field"] == "measurement" and other.value.problem["expected"] == [GOOD]
+
+
+def test_custom_cel_policy_replaces_the_default(env: Env) -> None:
+    wrapped = env.data_key()
+    env.admin.set_policy("data-1", 'request.batch_id.startsWith("batch-") && claims.tcb.snp >= 4')
+    with pytest.raises(KbsError) as refused:
+        env.worker().unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.problem["field"] == "policy"
+    env.admin.set_policy("data-1", 'request.batch_id.startsWith("batch-") && claims.tcb.snp >= 3')
+    assert env.worker().unwrap("data-1", wrapped, batch_id="batch-9", model_digest="x") == b"D" * 16
+
+
+def test_resource_is_released_to_allowed_measurements_only(env: Env) -> None:
+    env.admin.put_resource("cscore", "config", "v1", b"resource-value", measurements=[GOOD])
+    assert env.worker().resource("cscore", "config", "v1") == b"resource-value"
+    with pytest.raises(KbsError):
+        env.worker(FakeProvider(OTHER)).resource("cscore", "config", "v1")
+
+
+def test_reused_nonce_is_refused(env: Env) -> None:
+    client = TestClient(env.app)
+    worker = env.worker()
+    challenge = client.post("/kbs/v0/auth", json={"tee": "sev-snp"}).json()
+    runtime = {"nonce": challenge["nonce"], "tee_pubkey": worker.tee_public_jwk,
+               "receipt_pubkey": worker.receipt_public_jwk}
+    import hashlib
+    import json
+    digest = hashlib.sha512(json.dumps(runtime, sort_keys=True, separators=(",", ":")).encode()).digest()
+    body = {"session": challenge["session"], "runtime_data": runtime,
+            "evidence": FakeProvider().get_evidence(digest).to_json()}
+    assert client.post("/kbs/v0/attest", json=body).status_code == 200
+    again = client.post("/kbs/v0/attest", json=body)
+    assert again.status_code == 401 and "already used" in again.json()["detail"]
+
+
+def test_evidence_not_bound_to_runtime_data_is_refused(env: Env) -> None:
+    class Unbound(FakeProvider):
+        def get_evidence(self, report_data: bytes) -> FakeEvidence:
+            return super().get_evidence(bytes(64))
+
+    with pytest.raises(KbsError) as refused:
+        env.worker(Unbound()).attest()
+    assert refused.value.status == 403 and refused.value.problem["field"] == "report_data"
+
+
+def test_token_used_with_another_key_is_refused(env: Env) -> None:
+    wrapped = env.data_key()
+    victim, thief = env.worker(), env.worker()
+    victim.attest()
+    thief._result = victim._result  # a token copied off the wire, used with the thief's own key
+    with pytest.raises(KbsError) as refused:
+        thief.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.status == 401 and refused.value.type.endswith("pop-key-mismatch")
+
+
+def test_replayed_request_is_refused(env: Env) -> None:
+    wrapped = env.data_key()
+    worker = env.worker()
+    token = worker.attest().token
+    captured: dict[str, Any] = {}
+    original = worker._pop
+
+    def keep(*args: Any) -> str:
+        captured["pop"] = original(*args)
+        return captured["pop"]
+
+    worker._pop = keep  # type: ignore[method-assign]
+    worker.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    worker._pop = lambda *args: captured["pop"]  # type: ignore[method-assign]
+    with pytest.raises(KbsError) as refused:
+        worker.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.type.endswith("pop-replayed") and token
+
+
+def test_expired_token_is_refused_and_the_client_reattests(tmp_path: Path) -> None:
+    env = Env(tmp_path, token_ttl_s=1)
+    wrapped = env.data_key()
+    worker = env.worker()
+    worker.attest()
+    stale = worker._result
+    time.sleep(1.1)
+    client = TestClient(env.app)
+    r = client.post("/kbs/v0/unwrap", headers={"Authorization": f"Bearer {stale.token}"},  # type: ignore[union-attr]
+                    json={"key_id": "data-1", "wrapped": "AAAA"})
+    assert r.status_code == 401 and r.json()["type"].endswith("token-expired")
+    assert worker.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
+    assert worker._result is not stale
+    attests = [e for e in env.admin.decisions() if e["operation"] == "attest"]
+    assert len(attests) == 2
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
+    env = Env(tmp_path, rate_limit_rps=0.5, rate_limit_burst=3)
+    client = TestClient(env.app)
+    codes = [client.get("/kbs/v0/broker-key").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    r = client.get("/kbs/v0/broker-key")
+    assert r.json()["type"].endswith("rate-limited") and int(r.headers["retry-after"]) >= 1
+    assert client.get("/healthz").status_code == 200  # readiness is never throttled
+
+
+def test_session_table_nonces_are_single_use_expire_and_are_bounded() -> None:
+    table = SessionTable(ttl_s=0.2, max_sessions=2)
+    a = table.new("sev-snp")
+    with pytest.raises(NonceError, match="not this session"):
+        table.consume(a.session_id, "wrong")
+    table.consume(a.session_id, a.nonce)
+    with pytest.raises(NonceError, match="already used"):
+        table.consume(a.session_id, a.nonce)
+    b = table.new("sev-snp")
+    time.sleep(0.25)
+    with pytest.raises(NonceError, match="expired"):
+        table.consume(b.session_id, b.nonce)
+    first, _, _ = table.new("sev-snp"), table.new("sev-snp"), table.new("sev-snp")
+    with pytest.raises(NonceError, match="unknown"):
+        table.consume(first.session_id, first.nonce)
+
+
+def test_policy_engine_refuses_non_boolean_and_failing_expressions() -> None:
+    engine = PolicyEngine()
+    ctx = {"claims": {"debug": False, "measurement": GOOD}, "request": {"operation": "unwrap"}, "grant": {},
+           "key": {"measurements": []}}
+    assert not engine.evaluate('"yes"', "data", ctx).allowed
+    assert not engine.evaluate("grant.model_digest == 'x'", "data", ctx).allowed
+    assert engine.evaluate("!claims.debug", "data", ctx).allowed
+    verdict = engine.evaluate(None, "data", {**ctx, "request": {**ctx["request"], "batch_id": "b"}})
+    assert not verdict.allowed and verdict.field == "batch_id"
