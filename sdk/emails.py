@@ -153,12 +153,17 @@ def _strip_html(markup: str) -> str:
 
 
 def _clean(text: str) -> str:
-    """Make the text safe for any UTF-8 consumer (Parquet, onnxruntime): no lone surrogates, no NULs."""
+    """Make the text safe for any UTF-8 consumer (Parquet, onnxruntime): no lone surrogates, no NULs.
+
+    Also maps U+0130 (capital I with dot) to "I": it is the one character whose Python lowercase
+    ("i" + U+0307) differs from the C.UTF-8 lowercase the ONNX graph uses ("i") in a way the ASCII
+    tokenizer sees (checked over all of Unicode), so this keeps sklearn and ONNX scores equal.
+    """
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = text.encode("utf-8", errors="replace").decode("utf-8")
-    return text.replace("\x00", " ")
+    return text.replace("\x00", " ").replace("\u0130", "I")
 
 
 # ---------------------------------------------------------------------------------------------------
