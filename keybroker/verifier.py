@@ -41,8 +41,9 @@ def report_data_for(runtime_data: dict[str, Any]) -> bytes:
 
 def claims_to_dict(claims: Any) -> dict[str, Any]:
     """JSON-able view of `attestation.Claims` (bytes become hex)."""
+    names = list(claims.to_dict()) if hasattr(claims, "to_dict") else CLAIM_FIELDS
     out: dict[str, Any] = {}
-    for name in CLAIM_FIELDS:
+    for name in names:
         value = getattr(claims, name, None)
         if isinstance(value, bytes | bytearray):
             value = value.hex()

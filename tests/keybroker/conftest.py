@@ -88,25 +88,37 @@ class BrokerProcess:
         return BrokerAdmin(self.url, self.admin_token)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Simulated SEV-SNP firmware (VCEK, ASK, ARK) shared by the module's broker and TEEs."""
-    simulated = pytest.importorskip("attestation.simulated", reason="attestation.simulated not written yet")
+    """Simulated SEV-SNP firmware (VCEK, ASK, ARK) shared by the brokers and TEEs of the session."""
+    from attestation.simulated import create_simulated_firmware
+
     folder = tmp_path_factory.mktemp("sim-tee")
-    simulated.create_simulated_firmware(folder)
+    create_simulated_firmware(folder)
     return folder
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    """One broker process for the module (tests use distinct key and batch ids)."""
-    state = tmp_path_factory.mktemp("broker")
-    proc = BrokerProcess(state, rate_limit_rps=1000, rate_limit_burst=1000, log_level="debug").start()
+def _session_broker(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path, name: str) -> Iterator[BrokerProcess]:
+    state = tmp_path_factory.mktemp(name)
+    proc = BrokerProcess(state, name=name, trusted_roots_dir=str(sim_dir), rate_limit_rps=1000,
+                         rate_limit_burst=1000, log_level="debug").start()
     yield proc
     proc.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path) -> Iterator[BrokerProcess]:
+    """The data owner's broker process, shared by the session (tests use distinct key and batch ids)."""
+    yield from _session_broker(tmp_path_factory, sim_dir, "owner")
+
+
+@pytest.fixture(scope="session")
+def provider_broker(tmp_path_factory: pytest.TempPathFactory, sim_dir: Path) -> Iterator[BrokerProcess]:
+    """The model provider's broker process."""
+    yield from _session_broker(tmp_path_factory, sim_dir, "provider")
+
+
+@pytest.fixture(scope="session")
 def admin(broker: BrokerProcess) -> Iterator[BrokerAdmin]:
     client = broker.admin()
     yield client
