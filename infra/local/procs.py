@@ -1,8 +1,10 @@
 """Process bookkeeping for the local stack: spawn, pid files, find and kill whole process trees.
 
-Every process the stack starts carries ``CSCORE_STACK_OWNER=<state dir>`` in its environment; descendants
-inherit it, so a sweep over ``/proc`` finds them even after they left their session or process group
-(Airflow task processes call ``setpgid``, BashOperator children ``setsid``) or were re-parented to init.
+Each part leads its own session and is made a child subreaper (PR_SET_CHILD_SUBREAPER survives exec), so
+processes that leave its session or process group (Airflow task processes call ``setpgid``, BashOperator
+children ``setsid``) and are orphaned stay its descendants. Every process also carries
+``CSCORE_STACK_OWNER=<state dir>`` in its environment, a last sweep for whatever escaped anyway (processes
+that rewrite their title with setproctitle lose it, hence the tree walk first).
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 MARKER = "CSCORE_STACK_OWNER"
+_SUBREAPER_EXEC = (  # become a child subreaper, then exec the part's command line
+    "import ctypes, os, sys; ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 @dataclass
@@ -38,8 +45,9 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str], state_dir: Path, c
     child_env = {**env, MARKER: str(state_dir)}
     with open(log_file, "ab") as log:
         popen = subprocess.Popen(  # noqa: S603 - argv is built by the stack, never from user input
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=child_env, cwd=cwd, start_new_session=True,
+            [sys.executable, "-c", _SUBREAPER_EXEC, *argv],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
+            start_new_session=True,
         )
     pid_file.write_text(f"{popen.pid}\n")
     return Part(name, popen, popen.pid, pid_file, log_file)
@@ -115,20 +123,21 @@ def wait_gone(pids: set[int], timeout: float) -> set[int]:
         time.sleep(0.05)
 
 
-def kill_tree(leader: int, state_dir: Path, first: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    """Signal the leader's whole tree (first, then SIGKILL after timeout) and everything it left behind."""
-    def ours() -> set[int]:
-        return tree(leader) & (marked_pids(state_dir) | {leader})
+def kill_tree(leader: int, timeout: float = 10.0) -> None:
+    """SIGTERM the leader's whole tree at once, SIGKILL what is left after timeout.
 
-    pids = ours()
-    signal_all(pids, first)
-    if first != signal.SIGTERM:  # the leader handles `first` itself; give it a moment, then TERM the rest
-        wait_gone({leader}, timeout / 2)
-        pids |= ours()
-        signal_all(pids, signal.SIGTERM)
-    survivors = wait_gone(pids | ours(), timeout)
-    signal_all(survivors, signal.SIGKILL)
-    wait_gone(survivors, 5.0)
+    The leader must be known to be ours (our unreaped child, or checked with is_our_leader), so neither it
+    nor its session id can have been recycled.
+    """
+    pids = tree(leader)
+    signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while (left := {p for p in pids | tree(leader) if alive(p)}) and time.monotonic() < deadline:
+        signal_all(left - pids, signal.SIGTERM)  # forked while stopping: still ours
+        pids |= left
+        time.sleep(0.05)
+    signal_all(left, signal.SIGKILL)
+    wait_gone(left, 5.0)
 
 
 def sweep(state_dir: Path, timeout: float = 5.0) -> set[int]:
@@ -147,12 +156,33 @@ def clean_stale(state_dir: Path) -> list[str]:
     cleaned = []
     for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
         pid = _pid_of(pid_file)
-        if pid is not None and _has_marker(pid, state_dir):  # a recycled pid is someone else's process
-            kill_tree(pid, state_dir, timeout=5.0)
+        if pid is not None and is_our_leader(pid, pid_file):  # a recycled pid is someone else's process
+            kill_tree(pid, timeout=5.0)
         pid_file.unlink(missing_ok=True)
         cleaned.append(pid_file.stem)
     sweep(state_dir)
     return cleaned
+
+
+def is_our_leader(pid: int, pid_file: Path) -> bool:
+    """True when pid still is the session leader that pid_file was written for.
+
+    The file is written right after the start; a recycled pid belongs to a process started after the
+    original died, so after the file was written.
+    """
+    stat = _read_stat(pid)
+    if stat is None or stat[0] in ("Z", "X") or stat[3] != pid:
+        return False
+    return _start_time(pid) <= pid_file.stat().st_mtime + 2.0
+
+
+def _start_time(pid: int) -> float:
+    """Wall-clock start time of a process (boot time + its start in clock ticks)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    ticks = int(raw[raw.rindex(")") + 2:].split()[19])
+    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                 if line.startswith("btime "))
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _pid_of(pid_file: Path) -> int | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -70,7 +69,7 @@ class LocalStack:
         stopped = list(self.parts)
         for name in reversed(stopped):
             part = self.parts.pop(name)
-            procs.kill_tree(part.pid, self.state_dir, signal.SIGTERM, STOP_TIMEOUT_S)
+            procs.kill_tree(part.pid, STOP_TIMEOUT_S)
             if part.popen is not None:
                 part.popen.wait(timeout=5)  # reap our direct child
             part.pid_file.unlink(missing_ok=True)

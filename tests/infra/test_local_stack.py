@@ -88,22 +88,23 @@ def _start_small(state: Path) -> LocalStack:
 
 def test_stale_pid_files_are_cleaned_and_stop_leaves_nothing(tmp_path: Path) -> None:
     crashed = _start_small(tmp_path)  # never stopped: as if its owner had crashed
-    crashed_pids = procs.marked_pids(tmp_path)
-    assert set(crashed.pids().values()) <= crashed_pids
+    crashed_pids = set().union(*(procs.tree(pid) for pid in crashed.pids().values()))
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     (tmp_path / "pids" / "bystander.pid").write_text(f"{bystander.pid}\n")  # a recycled pid: not ours
+    again = None
     try:
         again = _start_small(tmp_path)
         assert not any(procs.alive(p) for p in crashed_pids)
         assert bystander.poll() is None
-        started = procs.marked_pids(tmp_path)
-        assert started and set(again.pids().values()) <= started
+        started = set().union(*(procs.tree(pid) for pid in again.pids().values()))
+        assert started
         again.stop()
         assert not any(procs.alive(p) for p in started)
         assert not list((tmp_path / "pids").iterdir())
-        for popen in (p.popen for p in crashed.parts.values()):
-            popen.wait(timeout=5)  # reap the crashed run's children (this process started them)
     finally:
+        for s in (crashed, again):
+            if s is not None:
+                s.stop()  # reaps the crashed run's children (this process started them)
         bystander.kill()
         bystander.wait()
 
