@@ -29,6 +29,7 @@ _KNOWN_HEADERS = frozenset(
     "content-transfer-encoding delivered-to reply-to sender in-reply-to references x-mailer "
     "list-id envelope-to x-original-to".split()
 )
+_MBOX_FROM = re.compile(rb"From \S*\s.*\b\d{1,2}:\d{2}\b")
 _HEADER_LINE = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _MAGIC = (
     (b"\x89PNG", "a PNG image"),
@@ -70,7 +71,7 @@ def email_text(raw: bytes) -> str:
     decoded become U+FFFD); the result is always valid Unicode (no lone surrogates).
     """
     msg = _PARSER.parsebytes(raw)
-    return _clean(_subject(msg) + "\n" + _body(msg))
+    return clean_text(_subject(msg) + "\n" + _body(msg))
 
 
 def _subject(msg: Message) -> str:
@@ -102,7 +103,8 @@ def _body(msg: Message) -> str:
         if maintype not in ("text", "multipart"):  # "multipart" here = broken: no parts found
             continue
         text = _part_text(part)
-        (markup if subtype == "html" else plain).append(text)
+        is_html = subtype == "html" or _LOOKS_HTML.search(text) is not None  # HTML mislabelled text/plain
+        (markup if is_html else plain).append(text)
     body = "\n".join(t for t in plain if t.strip())
     return body if body else "\n".join(_strip_html(t) for t in markup)
 
@@ -138,6 +140,7 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("cp1252", errors="replace")
 
 
+_LOOKS_HTML = re.compile(r"<(html|body)\b", re.IGNORECASE)
 _SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
@@ -152,8 +155,10 @@ def _strip_html(markup: str) -> str:
     return _BLANK_LINES.sub("\n", text).strip()
 
 
-def _clean(text: str) -> str:
-    """Make the text safe for any UTF-8 consumer (Parquet, onnxruntime): no lone surrogates, no NULs.
+def clean_text(text: str) -> str:
+    """The normalisation every model input gets (all readers apply it): valid UTF-8, no NULs, no U+0130.
+
+    Safe for any UTF-8 consumer (Parquet, onnxruntime): lone surrogates become U+FFFD.
 
     Also maps U+0130 (capital I with dot) to "I": it is the one character whose Python lowercase
     ("i" + U+0307) differs from the C.UTF-8 lowercase the ONNX graph uses ("i") in a way the ASCII
@@ -240,7 +245,7 @@ def _read_file(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
 
 def _from_raw(raw: bytes, fallback_id: str, ids: _IdAllocator) -> Email:
     msg = _PARSER.parsebytes(raw)
-    return Email(ids.from_header(msg, fallback_id), _clean(_subject(msg) + "\n" + _body(msg)))
+    return Email(ids.from_header(msg, fallback_id), clean_text(_subject(msg) + "\n" + _body(msg)))
 
 
 def _sniff(file: Path, head: bytes) -> str:
@@ -306,12 +311,15 @@ def _read_mbox(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
 
 
 def _mbox_messages(file: Path) -> Iterator[bytes]:
-    """Split an mbox on ``From `` lines that follow a blank line (or start the file)."""
+    """Split an mbox on ``From <sender> <date>`` lines that follow a blank line (or start the file).
+
+    The date (a time of day) must be there: an unescaped body line like "From now on..." is not a
+    separator, as in mutt's is_from()."""
     current: list[bytes] = []
     previous_blank = True
     with file.open("rb") as fh:
         for line in fh:
-            if previous_blank and line.startswith(b"From ") and current:
+            if previous_blank and current and line.startswith(b"From ") and _MBOX_FROM.match(line):
                 yield b"".join(current)
                 current = []
             current.append(line)
@@ -339,10 +347,10 @@ def _from_json(obj: object, where: str, fallback_id: str, ids: _IdAllocator) -> 
         raise NotEmailError(f"{where}: expected a JSON object, found {type(obj).__name__}")
     if isinstance(obj.get("raw"), str):
         msg = _PARSER.parsebytes(obj["raw"].encode("utf-8", errors="surrogateescape"))
-        text = _clean(_subject(msg) + "\n" + _body(msg))
+        text = clean_text(_subject(msg) + "\n" + _body(msg))
         header_fallback = fallback_id
     elif isinstance(obj.get("subject"), str) or isinstance(obj.get("body"), str):
-        text = _clean(f"{obj.get('subject') or ''}\n{obj.get('body') or ''}")
+        text = clean_text(f"{obj.get('subject') or ''}\n{obj.get('body') or ''}")
         msg, header_fallback = None, fallback_id
     else:
         raise NotEmailError(
@@ -385,7 +393,7 @@ def _from_parquet_row(
         raw = value if isinstance(value, bytes) else str(value or "").encode("utf-8", "surrogateescape")
         text = email_text(raw)
     elif value is None or isinstance(value, str):
-        text = _clean(value or "")
+        text = clean_text(value or "")
     else:
         raise NotEmailError(f"{where}: expected column text to hold strings, found {type(value).__name__}")
     chosen = str(message_id) if message_id not in (None, "") else fallback_id

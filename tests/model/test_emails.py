@@ -1,0 +1,294 @@
+"""The owner's email readers and email_text: real corpus mail, MIME corner cases, and non-email input."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from sdk.corpus import CorpusEmail
+from sdk.emails import _LOOKS_HTML, Email, EmailInputError, NotEmailError, clean_text, email_text, read_emails
+
+
+def _msg(headers: str, body: bytes | str = b"") -> bytes:
+    body = body.encode() if isinstance(body, str) else body
+    return headers.strip().replace("\n", "\r\n").encode() + b"\r\n\r\n" + body
+
+
+def _valid_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+# --- email_text on the real corpus --------------------------------------------------------------
+
+
+def test_email_text_on_every_corpus_email(corpus: list[CorpusEmail]) -> None:
+    texts = {e.message_id: email_text(e.raw) for e in corpus}
+    assert all(_valid_utf8(t) for t in texts.values())
+    with_body = sum(len(t.split("\n", 1)[1].split()) >= 3 for t in texts.values())
+    assert with_body / len(texts) > 0.98  # nearly every email has real body text
+    first = texts["easy-ham-1/00001.7c53336b37003a9286aba55d2945844c"]
+    assert first.startswith("Re: New Sequences Window\n")
+    assert "I can't reproduce this error." in first
+    assert "Received:" not in first and "Return-Path" not in first  # headers other than Subject are not text
+
+
+def test_email_text_strips_html_of_html_only_corpus_spam(corpus: list[CorpusEmail]) -> None:
+    top_html = re.compile(rb"^Content-Type:\s*text/html", re.IGNORECASE | re.MULTILINE)
+    html_only = [e for e in corpus if top_html.search(e.raw.split(b"\n\n", 1)[0])]
+    assert len(html_only) > 100
+    for e in html_only:
+        text = email_text(e.raw).lower()
+        assert "<html" not in text and "<body" not in text and "</p>" not in text and "&nbsp;" not in text
+    assert sum(len(email_text(e.raw).split()) > 20 for e in html_only) / len(html_only) > 0.9
+
+
+def test_html_sent_as_text_plain_is_stripped_too(corpus: list[CorpusEmail]) -> None:
+    mislabelled = next(e for e in corpus if e.message_id.startswith("spam-2/00028."))
+    assert "<html" not in email_text(mislabelled.raw).lower()
+    raw = _msg("Subject: x\nContent-Type: text/plain", "<HTML><BODY>Cheap <b>pills</b></BODY></HTML>")
+    assert email_text(raw).split() == ["x", "Cheap", "pills"]
+
+
+# --- email_text on MIME corner cases -----------------------------------------------------------
+
+
+def test_multipart_alternative_prefers_text_plain() -> None:
+    raw = _msg(
+        'Subject: Hello\nMIME-Version: 1.0\nContent-Type: multipart/alternative; boundary="b"',
+        "--b\r\nContent-Type: text/plain\r\n\r\nplain words\r\n"
+        "--b\r\nContent-Type: text/html\r\n\r\n<p>markup words</p>\r\n--b--\r\n",
+    )
+    assert email_text(raw) == "Hello\nplain words\r\n" or email_text(raw).split("\n", 1)[1].strip() == "plain words"
+    assert "markup" not in email_text(raw)
+
+
+def test_html_only_falls_back_to_visible_text() -> None:
+    raw = _msg(
+        "Subject: Offer\nContent-Type: text/html; charset=utf-8",
+        "<html><head><style>p {color: red}</style><script>var x = 1;</script></head>"
+        "<body><p>Buy&nbsp;now &amp; save</p><!-- hidden comment --></body></html>",
+    )
+    text = email_text(raw)
+    assert text.startswith("Offer\n")
+    assert "Buy\xa0now & save" in text
+    assert "color" not in text and "var x" not in text and "hidden comment" not in text and "<" not in text
+
+
+def test_base64_body_with_declared_charset_and_encoded_subject() -> None:
+    body = base64.b64encode("Grüße aus Köln".encode("iso-8859-1"))
+    raw = _msg(
+        "Subject: =?utf-8?B?" + base64.b64encode("Prüfung ✓".encode()).decode() + "?=\n"
+        "Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: base64",
+        body,
+    )
+    assert email_text(raw) == "Prüfung ✓\nGrüße aus Köln"
+
+
+def test_unknown_charset_and_raw_8bit_header_do_not_break() -> None:
+    raw = _msg("Subject: caf\xc3\xa9 \xff\nContent-Type: text/plain; charset=x-no-such-charset", b"na\xefve \xe9t\xe9")
+    text = email_text(raw.replace(b"caf\xc3\x83\xc2\xa9", b"caf\xc3\xa9"))
+    assert _valid_utf8(text)
+    assert "ve" in text and "t" in text
+
+
+def test_broken_mime_still_gives_text() -> None:
+    no_boundary = _msg("Subject: broken\nContent-Type: multipart/mixed", "just some words")
+    bad_base64 = _msg("Subject: b64\nContent-Transfer-Encoding: base64", "!!!not base64***")
+    assert email_text(no_boundary) == "broken\njust some words"
+    assert _valid_utf8(email_text(bad_base64)) and email_text(bad_base64).startswith("b64\n")
+
+
+def test_attachments_are_not_text() -> None:
+    raw = _msg(
+        'Subject: report\nContent-Type: multipart/mixed; boundary="b"',
+        "--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        '--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename="data.txt"\r\n\r\n'
+        "secret attachment words\r\n--b--\r\n",
+    )
+    assert "see attached" in email_text(raw) and "secret attachment" not in email_text(raw)
+
+
+def test_clean_text_maps_dotted_capital_i_and_nul() -> None:
+    assert clean_text("\u0130stanbul\x00x") == "Istanbul x"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_email_text_never_raises_and_is_valid_utf8(raw: bytes) -> None:
+    assert _valid_utf8(email_text(raw))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=300), st.text(max_size=300), st.sampled_from(["utf-8", "latin-1", "koi8-r", "bogus"]))
+def test_email_text_round_trips_plain_bodies(subject: str, body: str, charset: str) -> None:
+    codec = "utf-8" if charset == "bogus" else charset  # an unknown charset falls back to UTF-8
+    try:
+        payload = body.encode(codec)
+    except UnicodeEncodeError:
+        assume(False)
+    encoded = base64.b64encode(subject.encode()).decode()
+    raw = _msg(
+        f"Subject: =?utf-8?b?{encoded}?=\nContent-Type: text/plain; charset={charset}\n"
+        "Content-Transfer-Encoding: base64",
+        base64.b64encode(payload),
+    )
+    text = email_text(raw)
+    assert _valid_utf8(text)
+    if body.strip() and not _LOOKS_HTML.search(body):
+        assert text.split("\n", 1)[1] == clean_text(body)
+
+
+# --- read_emails: the owner's formats ---------------------------------------------------------
+
+
+def test_folder_of_eml_files_uses_message_ids_then_names(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.eml").write_bytes(_msg("Message-ID: <one@x>\nSubject: A", "alpha"))
+    (tmp_path / "b.eml").write_bytes(_msg("Message-ID: <one@x>\nSubject: B", "beta"))  # duplicate id
+    (tmp_path / "sub" / "c.txt").write_bytes(_msg("From: x@y\nSubject: C", "gamma"))  # no id
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x01binary")  # hidden: ignored
+    emails = list(read_emails(tmp_path))
+    assert emails == [
+        Email("<one@x>", "A\nalpha"),
+        Email("b.eml", "B\nbeta"),
+        Email("sub/c.txt", "C\ngamma"),
+    ]
+
+
+def test_corpus_folder_reads_as_emails(corpus: list[CorpusEmail], tmp_path: Path) -> None:
+    for e in corpus[:40]:
+        (tmp_path / f"{e.message_id.split('/')[1]}.eml").write_bytes(e.raw)
+    emails = list(read_emails(tmp_path))
+    assert len(emails) == 40 and len({e.message_id for e in emails}) == 40
+    assert [e.text for e in emails] == [email_text(e.raw) for e in corpus[:40]]
+
+
+def test_mbox_splits_on_from_lines_after_blank_lines(tmp_path: Path) -> None:
+    mbox = tmp_path / "inbox.mbox"
+    mbox.write_bytes(
+        b"From a@x Thu Aug 22 12:36:23 2002\nSubject: one\nMessage-ID: <m1@x>\n\nbody one\n"
+        b"From here on this line stays in message one\n\n"
+        b"From b@x Thu Aug 22 12:36:24 2002\nSubject: two\n\nbody two\n\n"
+        b"From c@x Thu Aug 22 12:36:25 2002\nSubject: three\n\nbody three\n"
+    )
+    emails = list(read_emails(mbox))
+    assert [e.message_id for e in emails] == ["<m1@x>", "inbox.mbox#2", "inbox.mbox#3"]
+    assert "stays in message one" in emails[0].text
+    assert emails[2].text.startswith("three\nbody three")
+
+
+def test_single_mbox_style_file_keeps_its_name(corpus: list[CorpusEmail], tmp_path: Path) -> None:
+    raw = b"From a@x Thu Aug 22 12:36:23 2002\nFrom: a@x\nSubject: alone\n\nFrom now on: one message\n"
+    (tmp_path / "only.eml").write_bytes(raw)
+    assert list(read_emails(tmp_path / "only.eml")) == [Email("only.eml", "alone\nFrom now on: one message\n")]
+    with_id = next(e for e in corpus if e.raw.startswith(b"From "))
+    (tmp_path / "corpus.eml").write_bytes(with_id.raw)
+    (email,) = read_emails(tmp_path / "corpus.eml")
+    assert email.message_id.startswith("<") and email.text == email_text(with_id.raw)
+
+
+def test_json_lines_both_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "mail.jsonl"
+    rows = [
+        {"message_id": "r1", "raw": "Subject: hi\n\nraw body"},
+        {"message_id": "s1", "subject": "Sub", "body": "plain body"},
+        {"raw": "Message-ID: <h@x>\nSubject: no explicit id\n\nbody"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert list(read_emails(path)) == [
+        Email("r1", "hi\nraw body"),
+        Email("s1", "Sub\nplain body"),
+        Email("<h@x>", "no explicit id\nbody"),
+    ]
+
+
+def test_json_lines_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"message_id": "a", "raw": "Subject: x\\n\\ny"}\n{not json\n')
+    with pytest.raises(NotEmailError, match=r"bad\.jsonl:2: expected a JSON object per line, found invalid JSON"):
+        list(read_emails(bad))
+    keys = tmp_path / "keys.jsonl"
+    keys.write_text('{"id": 1, "content": "x"}\n')
+    with pytest.raises(NotEmailError, match=r"keys\.jsonl:1: .*found keys \['content', 'id'\]"):
+        list(read_emails(keys))
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"message_id": "a", "body": "x"}\n{"message_id": "a", "body": "y"}\n')
+    with pytest.raises(EmailInputError, match=r"dup\.jsonl:2: duplicate message_id 'a'"):
+        list(read_emails(dup))
+
+
+def test_parquet_with_text_or_raw_columns(tmp_path: Path) -> None:
+    text_file = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"message_id": ["m1", "m2"], "text": ["Hi\nthere", None]}), text_file)
+    assert list(read_emails(text_file)) == [Email("m1", "Hi\nthere"), Email("m2", "")]
+    raw_file = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"message_id": ["m1"], "raw": [_msg("Subject: S", "body")]}), raw_file)
+    assert list(read_emails(raw_file)) == [Email("m1", "S\nbody")]
+
+
+def test_parquet_without_the_columns_says_what_it_found(tmp_path: Path) -> None:
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"id": [1], "content": ["x"]}), path)
+    with pytest.raises(
+        NotEmailError, match=r"other\.parquet: expected Parquet columns .*found columns \['content', 'id'\]"
+    ):
+        list(read_emails(path))
+
+
+# --- non-email input ----------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 40
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "found"),
+    [
+        ("photo.png", PNG, "a PNG image"),
+        ("scan.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "a PDF document"),
+        ("table.csv", b"message_id,subject,body\n1,hello,world\n", "CSV/TSV-like text"),
+        ("notes.txt", b"Shopping list\n- milk\n- eggs\n", "text without email headers"),
+        ("yaml.eml", b"name: cscore\nversion: 1\n", "text without email headers"),
+        ("empty.eml", b"", "an empty file"),
+        ("array.json", b'[{"message_id": "a"}]', "a JSON array"),
+        ("archive.eml", b"PK\x03\x04" + b"\x00" * 30, "a ZIP archive"),
+    ],
+)
+def test_non_email_files_are_refused_naming_file_expected_and_found(
+    tmp_path: Path, name: str, content: bytes, found: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(NotEmailError) as info:
+        list(read_emails(path))
+    message = str(info.value)
+    assert str(path) in message
+    assert "expected an email source" in message
+    assert f"found {found}" in message
+
+
+def test_a_png_in_a_folder_of_emails_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "a.eml").write_bytes(_msg("Subject: A", "alpha"))
+    (tmp_path / "z.png").write_bytes(PNG)
+    emails = read_emails(tmp_path)
+    assert next(emails) == Email("a.eml", "A\nalpha")
+    with pytest.raises(NotEmailError, match=r"z\.png: expected .* found a PNG image"):
+        next(emails)
+
+
+def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(EmailInputError, match="no such file"):
+        list(read_emails(tmp_path / "nope"))
+    with pytest.raises(EmailInputError, match="holds no files"):
+        list(read_emails(tmp_path))
