@@ -14,12 +14,12 @@ DEFAULT_STATE = Path(os.environ.get("CSCORE_STATE_DIR", ".state/demo"))
 
 def _load_stack_env(state_dir: Path) -> None:
     """Point this process at a running local stack (its stack.env), unless variables are already set."""
+    from infra.local.stack import load_env
+
     env_file = state_dir / "stack.env"
     if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            name, sep, value = line.partition("=")
-            if sep and name not in os.environ:
-                os.environ[name] = value
+        for name, value in load_env(env_file).items():
+            os.environ.setdefault(name, value)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
