@@ -5,7 +5,7 @@ google/go-tdx-guest. Verification: the quote signature (ECDSA P-256, raw r||s) b
 key over header||body; the QE report signed by the PCK key; QE report_data[:32] equal to
 SHA-256(attestation key || QE auth data); the PCK chain (PCK -> Platform/Processor CA -> Intel SGX
 Root CA) valid at ``at`` and ending in the pinned Intel root. TCB status (Intel PCS collateral) is
-not evaluated here. Errors are ParseError/VerificationError naming the field.
+evaluated in :mod:`attestation.tdx.collateral`. Errors are ParseError/VerificationError naming the field.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.anchors import load_pem_certs
 from attestation.errors import ParseError, VerificationError
-from attestation.snp.verify import check_validity
+from attestation.tdx.intel_root import pinned_intel_root, verify_intel_chain
 
 HEADER_SIZE = 48
 TD10_BODY, TD15_BODY = 584, 648
@@ -31,8 +31,6 @@ QE_REPORT_SIZE = 384
 TEE_TDX = 0x81
 CERT_TYPE_QE_REPORT, CERT_TYPE_PCK_CHAIN = 6, 5
 
-# Intel SGX Root CA (public), pinned by SHA-256 of its DER encoding.
-INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,11 @@ class TdxQuote:
     qe_report_signature: bytes
     qe_auth_data: bytes
     pck_chain_pem: bytes
+    mr_signer_seam: bytes = bytes(48)
+    seam_attributes: bytes = bytes(8)
+    body_type: int = 2  # 2: TDX 1.0 body (584 bytes), 3: TDX 1.5 body (648 bytes)
+    tee_tcb_svn2: bytes = b""  # TDX 1.5 only
+    mr_servicetd: bytes = b""  # TDX 1.5 only
 
     @property
     def debug(self) -> bool:
@@ -94,7 +97,7 @@ def parse_quote(data: bytes) -> TdxQuote:
         raise ParseError("quote.version", "4 or 5", version)
     if key_type != 2 or tee_type != TEE_TDX:
         raise ParseError("quote.header", "ECDSA P-256 key (2), TDX (0x81)", f"key {key_type}, tee 0x{tee_type:x}")
-    body_size = TD10_BODY
+    body_size, body_type = TD10_BODY, 2
     if version == 5:
         body_type, body_size = rd.u16("body_type"), rd.u32("body_size")
         if (body_type, body_size) not in ((2, TD10_BODY), (3, TD15_BODY)):
@@ -103,10 +106,10 @@ def parse_quote(data: bytes) -> TdxQuote:
     signed = rd.data[:rd.pos]
     sig_len = rd.u32("signature_data_len")
     sig = _Reader(rd.take(sig_len, "signature_data"))
-    return _assemble(version, header, body, signed, sig)
+    return _assemble(version, header, body, signed, sig, body_type)
 
 
-def _assemble(version: int, header: bytes, body: bytes, signed: bytes, sig: _Reader) -> TdxQuote:
+def _assemble(version: int, header: bytes, body: bytes, signed: bytes, sig: _Reader, body_type: int) -> TdxQuote:
     signature, att_key = sig.take(64, "signature"), sig.take(64, "attestation_key")
     if sig.u16("certification_data.type") != CERT_TYPE_QE_REPORT:
         raise ParseError("quote.certification_data.type", CERT_TYPE_QE_REPORT, "another type")
@@ -123,7 +126,8 @@ def _assemble(version: int, header: bytes, body: bytes, signed: bytes, sig: _Rea
         td_attributes=body[120:128], xfam=body[128:136], mr_td=regs[0], mr_config_id=regs[1], mr_owner=regs[2],
         mr_owner_config=regs[3], rtmrs=tuple(regs[4:8]), report_data=body[520:584], signed=signed,
         signature=signature, attestation_key=att_key, qe_report=qe_report, qe_report_signature=qe_sig,
-        qe_auth_data=auth, pck_chain_pem=pck,
+        qe_auth_data=auth, pck_chain_pem=pck, mr_signer_seam=m[1], seam_attributes=body[112:120],
+        body_type=body_type, tee_tcb_svn2=body[584:600], mr_servicetd=body[600:648],
     )
 
 
@@ -136,8 +140,16 @@ def _p256_verify(key: ec.EllipticCurvePublicKey, raw_sig: bytes, message: bytes,
 
 
 def verify_quote(data: bytes, at: datetime, intel_root: x509.Certificate | None = None) -> TdxQuote:
-    """Parse and verify a TDX quote at time ``at``; return it. ``intel_root`` overrides the pinned
-    root only for tests; its fingerprint must still match unless given explicitly."""
+    """Parse and verify a TDX quote at time ``at``; return it. ``intel_root`` replaces the pinned
+    Intel SGX Root CA (tests only)."""
+    roots = (intel_root,) if intel_root is not None else (pinned_intel_root(),)
+    return verify_quote_and_pck(data, at, roots)[0]
+
+
+def verify_quote_and_pck(data: bytes, at: datetime,
+                         roots: tuple[x509.Certificate, ...] | None = None) -> tuple[TdxQuote, x509.Certificate]:
+    """As :func:`verify_quote`, trusting ``roots`` (default: the pinned Intel root); also returns the
+    verified PCK certificate (for its SGX extensions). The PCK chain's root is ``certs[-1]`` of it."""
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
     quote = parse_quote(data)
     try:
@@ -146,7 +158,7 @@ def verify_quote(data: bytes, at: datetime, intel_root: x509.Certificate | None 
         raise VerificationError("quote.attestation_key", "a P-256 point", "an invalid one") from exc
     _p256_verify(att_key, quote.signature, quote.signed, "quote.signature",
                  "the quote was altered or signed by another key")
-    pck = _verify_pck_chain(quote.pck_chain_pem, at, intel_root)
+    pck = _verify_pck_chain(quote.pck_chain_pem, at, roots or (pinned_intel_root(),))
     pck_key = pck.public_key()
     if not isinstance(pck_key, ec.EllipticCurvePublicKey):
         raise VerificationError("quote.pck.public_key", "an EC P-256 key", type(pck_key).__name__)
@@ -156,25 +168,9 @@ def verify_quote(data: bytes, at: datetime, intel_root: x509.Certificate | None 
     if quote.qe_report[320:384] != expected:
         raise VerificationError("quote.qe_report.report_data", expected.hex(), quote.qe_report[320:384].hex(),
                                 "the attestation key is not the one the quoting enclave certified")
-    return quote
+    return quote, pck
 
 
-def _verify_pck_chain(pem: bytes, at: datetime, intel_root: x509.Certificate | None) -> x509.Certificate:
+def _verify_pck_chain(pem: bytes, at: datetime, roots: tuple[x509.Certificate, ...]) -> x509.Certificate:
     certs = load_pem_certs(pem, "quote.pck_chain")
-    if len(certs) != 3:
-        raise ParseError("quote.pck_chain", "3 certificates (PCK, CA, root)", len(certs))
-    pck, ca, root = certs
-    if intel_root is None and root.fingerprint(hashes.SHA256()).hex() != INTEL_ROOT_SHA256:
-        raise VerificationError("quote.pck_chain.root", f"Intel SGX Root CA (sha256 {INTEL_ROOT_SHA256})",
-                                root.fingerprint(hashes.SHA256()).hex(), "the chain ends in an untrusted root")
-    if intel_root is not None and root != intel_root:
-        raise VerificationError("quote.pck_chain.root", intel_root.subject.rfc4514_string(),
-                                root.subject.rfc4514_string())
-    for cert, issuer, where in ((pck, ca, "pck"), (ca, root, "ca"), (root, root, "root")):
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise VerificationError(f"quote.pck_chain.{where}", f"issued by {issuer.subject.rfc4514_string()}",
-                                    cert.issuer.rfc4514_string(), "the PCK chain does not verify") from exc
-        check_validity(cert, at, f"quote.pck_chain.{where}")
-    return pck
+    return verify_intel_chain(certs, at, roots, "quote.pck_chain", ("pck", "ca", "root"))
