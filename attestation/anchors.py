@@ -44,6 +44,9 @@ class TrustAnchors:
 
     roots: tuple[Root, ...]
     intermediates: tuple[x509.Certificate, ...] = ()
+    # Intel SGX-style roots trusted besides the pinned Intel SGX Root CA (always trusted for TDX);
+    # evidence or collateral chaining to one of these gets ``claims.root == "simulated"``.
+    intel_roots: tuple[x509.Certificate, ...] = ()
 
     @classmethod
     def amd(cls) -> TrustAnchors:

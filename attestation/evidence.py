@@ -24,9 +24,16 @@ from typing import Any
 from attestation.anchors import TrustAnchors
 from attestation.errors import AppraisalError, ParseError
 from attestation.snp.verify import verify_snp
+from attestation.tdx.claims import verify_tdx
+from attestation.tdx.collateral import TCB_STATUSES, TdxCollateral
 
-TEES = ("sev-snp",)
-TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+TEES = ("sev-snp", "tdx")
+SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+# TEE_TCB_SVN bytes 0 (module SVN), 1 (module major version), 2 (TDX late microcode); PCESVN from the PCK.
+TDX_TCB_COMPONENTS = ("tdx_module", "tdx_module_version", "tdx_microcode", "pce")
+TCB_COMPONENTS = SNP_TCB_COMPONENTS + TDX_TCB_COMPONENTS
+ROOTS = ("amd", "intel", "simulated")
+SIGNING_KEYS = ("vcek", "vlek", "pck")
 
 
 def _b64(value: Any, where: str) -> bytes:
@@ -42,15 +49,20 @@ def _b64(value: Any, where: str) -> bytes:
 class Evidence:
     """What a TEE hands over: the raw report, the key certificate that signed it, and its chain.
 
-    JSON form: ``{"tee": "sev-snp", "report": b64, "vcek": b64 DER, "cert_chain": PEM}`` where
+    SEV-SNP JSON form: ``{"tee": "sev-snp", "report": b64, "vcek": b64 DER, "cert_chain": PEM}`` where
     ``cert_chain`` lists the ASK (or ASVK for a VLEK) then the ARK, and may be "" (the verifier then
     uses the intermediates it already knows). ``vcek`` holds the VLEK when the report says VLEK.
+
+    TDX JSON form: ``{"tee": "tdx", "report": b64 quote, "collateral": {...}}``: the quote carries its
+    own PCK chain (``vcek`` and ``cert_chain`` stay empty); ``collateral`` (optional, see
+    :meth:`TdxCollateral.to_json`) is Intel's TCB Info and QE Identity, giving ``claims.tcb_status``.
     """
 
     tee: str
     report: bytes
-    vcek: bytes
+    vcek: bytes = b""
     cert_chain: str = ""
+    collateral: TdxCollateral | None = None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Evidence:
@@ -63,21 +75,36 @@ class Evidence:
         chain = obj.get("cert_chain", "")
         if not isinstance(chain, str):
             raise ParseError("evidence.cert_chain", "PEM text", type(chain).__name__)
-        return cls(tee=tee, report=_b64(obj.get("report"), "evidence.report"),
-                   vcek=_b64(obj.get("vcek"), "evidence.vcek"), cert_chain=chain)
+        report = _b64(obj.get("report"), "evidence.report")
+        if tee == "tdx":
+            raw = obj.get("collateral")
+            collateral = TdxCollateral.from_json(raw) if raw is not None else None
+            return cls(tee=tee, report=report, collateral=collateral)
+        return cls(tee=tee, report=report, vcek=_b64(obj.get("vcek"), "evidence.vcek"), cert_chain=chain)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON envelope (inverse of :meth:`from_json`)."""
-        return {"tee": self.tee, "report": base64.b64encode(self.report).decode(),
-                "vcek": base64.b64encode(self.vcek).decode(), "cert_chain": self.cert_chain}
+        out: dict[str, Any] = {"tee": self.tee, "report": base64.b64encode(self.report).decode(),
+               "vcek": base64.b64encode(self.vcek).decode(), "cert_chain": self.cert_chain}
+        if self.collateral is not None:
+            out["collateral"] = self.collateral.to_json()
+        return out
 
 
 @dataclass(frozen=True)
 class Claims:
     """What verified evidence says. Hex strings for byte fields (lower case).
 
-    ``tcb`` is the REPORTED_TCB (the TCB the VCEK certifies), by component name. ``root`` is
+    SEV-SNP: ``tcb`` is the REPORTED_TCB (the TCB the VCEK certifies), by component name. ``root`` is
     "amd" or "simulated". ``policy`` is the guest policy word; ``debug`` its bit 19.
+
+    TDX (``tee == "tdx"``): ``product`` "tdx-1.0" or "tdx-1.5" (quote body type); ``measurement`` is
+    MRTD, ``rtmrs`` RTMR0..3; ``host_data`` is MRCONFIGID (the host-chosen configuration value);
+    ``policy`` is TD_ATTRIBUTES (little-endian) and ``debug`` its bit 0 (TUD.DEBUG); ``tcb`` holds
+    TEE_TCB_SVN bytes 0..2 (tdx_module, tdx_module_version, tdx_microcode) and the PCK's PCESVN (pce);
+    ``chip_id`` is the PPID and ``fmspc``/``platform_instance_id`` come from the PCK certificate;
+    ``signing_key`` is "pck"; ``root`` is "intel" (pinned Intel SGX Root CA) or "simulated";
+    ``tcb_status`` is Intel's verdict from collateral ("" when none was given) with ``advisory_ids``.
     """
 
     tee: str
@@ -101,6 +128,16 @@ class Claims:
     image_id: str = ""
     report_id: str = ""
     launch_tcb: dict[str, int] = field(default_factory=dict)
+    rtmrs: list[str] = field(default_factory=list)
+    mr_seam: str = ""
+    mr_owner: str = ""
+    mr_owner_config: str = ""
+    xfam: str = ""
+    tee_tcb_svn: str = ""
+    fmspc: str = ""
+    platform_instance_id: str = ""
+    tcb_status: str = ""
+    advisory_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of every claim."""
@@ -112,6 +149,8 @@ def verify_evidence(evidence: Evidence, anchors: TrustAnchors, at: datetime) -> 
 
     Raises ParseError or VerificationError. Does not appraise: call :func:`appraise` next.
     """
+    if evidence.tee == "tdx":
+        return Claims(**verify_tdx(evidence.report, evidence.collateral, anchors, at))
     if evidence.tee != "sev-snp":
         raise ParseError("evidence.tee", f"one of {list(TEES)}", evidence.tee)
     v = verify_snp(evidence.report, evidence.vcek, evidence.cert_chain, anchors, at)
@@ -142,14 +181,21 @@ def _hex_list(value: Any, where: str) -> tuple[str, ...] | None:
 class Policy:
     """What an appraiser accepts. ``None`` means "not checked"; an empty list allows nothing.
 
-    - ``allowed_measurements``: launch measurements (hex, 48 bytes) allowed;
-    - ``allow_debug``: accept guests whose policy allows host debugging (default False);
-    - ``min_tcb``: minimum REPORTED_TCB per component (bootloader, tee, snp, microcode, fmc);
-    - ``allowed_roots``: "amd" and/or "simulated" (default ["amd"]: production);
-    - ``chip_ids``: allowed CHIP_IDs (hex), to pin chips against relayed keys;
-    - ``host_data``: allowed HOST_DATA values (hex);
-    - ``allowed_policy_bits``: mask of guest policy bits that may be set (e.g. forbid migration agents);
-    - ``signing_keys``: "vcek" and/or "vlek"; ``max_vmpl``: highest VMPL accepted (0 = most privileged).
+    One format for SEV-SNP and TDX (a TOML or JSON table with these keys):
+
+    - ``allowed_measurements``: launch measurements (hex, 48 bytes) allowed: SNP MEASUREMENT, TDX MRTD;
+    - ``allow_debug``: accept debuggable guests (SNP policy bit 19, TDX TD_ATTRIBUTES bit 0); default False;
+    - ``min_tcb``: minimum TCB per component: SNP bootloader, tee, snp, microcode, fmc (REPORTED_TCB);
+      TDX tdx_module, tdx_module_version, tdx_microcode (TEE_TCB_SVN), pce (PCESVN). A component
+      applies only to evidence of its TEE;
+    - ``allowed_roots``: "amd", "intel" and/or "simulated" (default ["amd"]: production SEV-SNP only);
+    - ``chip_ids``: allowed machine ids (hex): SNP CHIP_ID, TDX PPID; pins machines against relayed keys;
+    - ``host_data``: allowed host-chosen values (hex): SNP HOST_DATA, TDX MRCONFIGID;
+    - ``signing_keys``: "vcek", "vlek" and/or "pck" (default all);
+    - SEV-SNP only: ``allowed_policy_bits`` (mask of guest policy bits that may be set), ``max_vmpl``;
+    - TDX only: ``rtmrs`` (table rtmr0..rtmr3 -> allowed hex values), ``allowed_td_attributes`` (mask
+      of TD_ATTRIBUTES bits that may be set), ``min_tcb_status`` (worst acceptable Intel TCB status,
+      e.g. "UpToDate" or "SWHardeningNeeded"; needs collateral; "Revoked" is never accepted).
     """
 
     allowed_measurements: tuple[str, ...] | None = None
@@ -159,8 +205,11 @@ class Policy:
     chip_ids: tuple[str, ...] | None = None
     host_data: tuple[str, ...] | None = None
     allowed_policy_bits: int | None = None
-    signing_keys: tuple[str, ...] = ("vcek", "vlek")
+    signing_keys: tuple[str, ...] = SIGNING_KEYS
     max_vmpl: int | None = None
+    rtmrs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    allowed_td_attributes: int | None = None
+    min_tcb_status: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Policy:
@@ -176,12 +225,15 @@ class Policy:
             allowed_measurements=_hex_list(d.get("allowed_measurements"), "allowed_measurements"),
             allow_debug=_typed(d, "allow_debug", bool, False),
             min_tcb=_min_tcb(d.get("min_tcb", {})),
-            allowed_roots=_str_tuple(d, "allowed_roots", ("amd",), {"amd", "simulated"}),
+            allowed_roots=_str_tuple(d, "allowed_roots", ("amd",), set(ROOTS)),
             chip_ids=_hex_list(d.get("chip_ids"), "chip_ids"),
             host_data=_hex_list(d.get("host_data"), "host_data"),
             allowed_policy_bits=_typed(d, "allowed_policy_bits", int, None),
-            signing_keys=_str_tuple(d, "signing_keys", ("vcek", "vlek"), {"vcek", "vlek"}),
+            signing_keys=_str_tuple(d, "signing_keys", SIGNING_KEYS, set(SIGNING_KEYS)),
             max_vmpl=_typed(d, "max_vmpl", int, None),
+            rtmrs=_rtmrs(d.get("rtmrs", {})),
+            allowed_td_attributes=_typed(d, "allowed_td_attributes", int, None),
+            min_tcb_status=_tcb_status_name(d.get("min_tcb_status")),
         )
 
     @classmethod
@@ -210,6 +262,20 @@ def _str_tuple(d: dict[str, Any], key: str, default: tuple[str, ...], allowed: s
     return tuple(value)
 
 
+def _rtmrs(value: Any) -> dict[str, tuple[str, ...]]:
+    names = [f"rtmr{i}" for i in range(4)]
+    if not isinstance(value, dict) or not set(value) <= set(names):
+        raise ParseError("policy.rtmrs", f"a table with keys from {names}", value)
+    return {name: _hex_list(allowed, f"rtmrs.{name}") or () for name, allowed in value.items()}
+
+
+def _tcb_status_name(value: Any) -> str | None:
+    acceptable = list(TCB_STATUSES[:-1])
+    if value is not None and value not in acceptable:
+        raise ParseError("policy.min_tcb_status", f"one of {acceptable}", value)
+    return value
+
+
 def _min_tcb(value: Any) -> dict[str, int]:
     if not isinstance(value, dict) or not set(value) <= set(TCB_COMPONENTS):
         raise ParseError("policy.min_tcb", f"a table with keys from {list(TCB_COMPONENTS)}", value)
@@ -228,18 +294,22 @@ def appraise(claims: Claims, policy: Policy, *, report_data: bytes | None = None
                   "simulated evidence is for development; production policies accept AMD roots only")
     _check_member("signing_key", claims.signing_key, policy.signing_keys)
     if claims.debug and not policy.allow_debug:
-        raise AppraisalError("policy.debug", "debugging disallowed (guest policy bit 19 clear)",
+        bit = "TD_ATTRIBUTES bit 0 (DEBUG)" if claims.tee == "tdx" else "guest policy bit 19"
+        raise AppraisalError("policy.debug", f"debugging disallowed ({bit} clear)",
                              f"debug allowed (policy 0x{claims.policy:x})",
                              "the host can read this guest's memory; launch it without debug")
     if policy.allowed_measurements is not None:
         _check_member("measurement", claims.measurement, policy.allowed_measurements,
                       "this is not an approved build of the worker")
-    _check_tcb(claims.tcb, policy.min_tcb)
+    _check_tcb(claims.tcb, policy.min_tcb, TDX_TCB_COMPONENTS if claims.tee == "tdx" else SNP_TCB_COMPONENTS)
     if policy.chip_ids is not None:
         _check_member("chip_id", claims.chip_id, policy.chip_ids, "the evidence comes from another machine")
     if policy.host_data is not None:
         _check_member("host_data", claims.host_data, policy.host_data)
-    _check_bits_and_vmpl(claims, policy)
+    if claims.tee == "tdx":
+        _check_tdx(claims, policy)
+    else:
+        _check_bits_and_vmpl(claims, policy)
     if report_data is not None:
         _check_report_data(claims, report_data)
 
@@ -249,10 +319,10 @@ def _check_member(name: str, value: str, allowed: tuple[str, ...], hint: str = "
         raise AppraisalError(name, f"one of {list(allowed)}", value, hint)
 
 
-def _check_tcb(tcb: dict[str, int], minimum: dict[str, int]) -> None:
+def _check_tcb(tcb: dict[str, int], minimum: dict[str, int], components: tuple[str, ...]) -> None:
     for component, floor in minimum.items():
-        if component == "fmc" and "fmc" not in tcb:
-            continue  # only Turin has an FMC
+        if component not in components or (component == "fmc" and "fmc" not in tcb):
+            continue  # another TEE's component; only Turin has an FMC
         if tcb.get(component, -1) < floor:
             raise AppraisalError(f"tcb.{component}", f">= {floor}", tcb.get(component),
                                  "the platform firmware is older than the policy allows; update it")
@@ -264,6 +334,23 @@ def _check_bits_and_vmpl(claims: Claims, policy: Policy) -> None:
                              f"0x{claims.policy:x}", "the guest was launched with a policy bit not allowed")
     if policy.max_vmpl is not None and claims.vmpl > policy.max_vmpl:
         raise AppraisalError("vmpl", f"<= {policy.max_vmpl}", claims.vmpl)
+
+
+def _check_tdx(claims: Claims, policy: Policy) -> None:
+    for name, allowed in sorted(policy.rtmrs.items()):
+        index = int(name[-1])
+        actual = claims.rtmrs[index] if index < len(claims.rtmrs) else ""
+        _check_member(name, actual, allowed, "the TD's runtime measurements (kernel, command line, ...) differ")
+    if policy.allowed_td_attributes is not None and claims.policy & ~policy.allowed_td_attributes:
+        raise AppraisalError("td_attributes", f"only bits in 0x{policy.allowed_td_attributes:x}",
+                             f"0x{claims.policy:x}", "the TD was launched with an attribute not allowed")
+    if policy.min_tcb_status is not None:
+        rank = TCB_STATUSES.index
+        ok = claims.tcb_status in TCB_STATUSES[:-1] and rank(claims.tcb_status) <= rank(policy.min_tcb_status)
+        if not ok:
+            raise AppraisalError("tcb_status", f"{policy.min_tcb_status} or better",
+                                 claims.tcb_status or "unknown (no collateral given)",
+                                 "the platform's TCB is not current enough per Intel; update it or pass collateral")
 
 
 def _check_report_data(claims: Claims, report_data: bytes) -> None:

@@ -231,7 +231,10 @@ def test_fmc_minimum_ignored_for_products_without_fmc() -> None:
 
 @pytest.mark.parametrize(("obj", "field"), [
     ([], "evidence"),
-    ({"tee": "tdx"}, "evidence.tee"),
+    ({"tee": "nitro"}, "evidence.tee"),
+    ({"tee": "tdx"}, "evidence.report"),
+    ({"tee": "tdx", "report": "", "collateral": 5}, "evidence.collateral"),
+    ({"tee": "tdx", "report": "", "collateral": {"tcb_info": 5}}, "evidence.collateral.tcb_info"),
     ({"tee": "sev-snp", "report": "!!", "vcek": ""}, "evidence.report"),
     ({"tee": "sev-snp", "report": "", "vcek": 5}, "evidence.vcek"),
     ({"tee": "sev-snp", "report": "", "vcek": "", "cert_chain": 3}, "evidence.cert_chain"),
