@@ -4,9 +4,11 @@ Wire it into a CLI with::
 
     parser = subparsers.add_parser("verify"); add_arguments(parser); ... sys.exit(run(args))
 
-FILE is a raw report (binary), the same as hex text, or an Evidence JSON envelope. ``--certs``
-takes the VCEK/VLEK (DER or PEM) and the ASK/ARK chain (PEM) in any order. Exit status: 0 accepted,
-1 rejected (verification or policy), 2 unusable input (unreadable file, malformed evidence).
+FILE is a raw report or TDX quote (binary), the same as hex text, or an Evidence JSON envelope.
+``--certs`` takes the VCEK/VLEK (DER or PEM) and the ASK/ARK chain (PEM) in any order (SEV-SNP; a TDX
+quote carries its PCK chain). ``--collateral DIR`` (TDX) holds Intel's TCB Info, QE Identity and their
+issuer chain, giving the TCB status. Exit status: 0 accepted, 1 rejected (verification or policy),
+2 unusable input (unreadable file, malformed evidence).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attestation.anchors import TrustAnchors
 from attestation.errors import AttestationError, ParseError
 from attestation.evidence import Claims, Evidence, Policy, appraise, verify_evidence
+from attestation.tdx.collateral import TdxCollateral
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -36,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tee", choices=["sev-snp", "tdx"], default="sev-snp")
     parser.add_argument("--certs", type=Path, nargs="*", default=[],
                         help="VCEK/VLEK (DER or PEM) and ASK/ARK chain (PEM) files")
+    parser.add_argument("--collateral", type=Path,
+                        help="TDX: folder with Intel PCS TCB Info, QE Identity and issuer chain (PEM)")
     parser.add_argument("--at", help="verification time, ISO 8601 (default: now, UTC)")
     parser.add_argument("--policy", type=Path, help="policy file (.json or .toml) to appraise against")
     parser.add_argument("--trust-dir", type=Path,
@@ -47,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     """Verify per ``args``; print the verdict; return the exit status (0, 1 or 2)."""
     try:
         at = _parse_time(args.at)
-        evidence = _load_evidence(args.file, args.tee, list(args.certs))
+        evidence = _load_evidence(args.file, args.tee, list(args.certs), getattr(args, "collateral", None))
         anchors = TrustAnchors.from_dir(args.trust_dir) if args.trust_dir else TrustAnchors.amd()
         policy = Policy.from_file(args.policy) if args.policy else None
-    except (OSError, ParseError, ValueError) as exc:
+    except (OSError, ParseError, ValueError, UnicodeDecodeError) as exc:
         return _report(args, EXIT_UNUSABLE, "unusable input", exc, None)
     try:
         claims = verify_evidence(evidence, anchors, at)
@@ -87,16 +93,20 @@ def _read_blob(path: Path) -> bytes:
         return data
 
 
-def _load_evidence(path: Path, tee: str, cert_files: list[Path]) -> Evidence:
+def _load_evidence(path: Path, tee: str, cert_files: list[Path], collateral_dir: Path | None = None) -> Evidence:
     raw = path.read_bytes()
+    collateral = TdxCollateral.from_dir(collateral_dir) if collateral_dir else None
     if raw.lstrip().startswith(b"{"):
         try:
-            return Evidence.from_json(json.loads(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            evidence = Evidence.from_json(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ParseError(str(path), "Evidence JSON", f"invalid JSON ({exc})") from exc
+        return replace(evidence, collateral=collateral) if collateral else evidence
     report = _read_blob(path)
     if tee == "tdx":
-        raise ParseError("--tee", "sev-snp", "tdx", "TDX quote verification is not implemented yet")
+        return Evidence(tee="tdx", report=report, collateral=collateral)
+    if collateral is not None:
+        raise ParseError("--collateral", "only with --tee tdx", str(collateral_dir))
     leaf, chain = _split_certs(cert_files)
     if leaf is None:
         raise ParseError("--certs", "the VCEK or VLEK certificate (DER or PEM)", "none",
@@ -143,9 +153,23 @@ def _report(args: argparse.Namespace, code: int, verdict: str, error: Exception 
     else:
         print(f"{verdict}: {error}" if error else verdict, file=sys.stderr if error else sys.stdout)
         if claims is not None:
-            print(f"  measurement {claims.measurement}\n  product {claims.product}, root {claims.root}, "
-                  f"debug {claims.debug}, tcb {claims.tcb}")
+            print(_describe(claims))
     return code
+
+
+def _describe(claims: Claims) -> str:
+    """The claims a person checks, one per line."""
+    lines = [f"  tee {claims.tee}, version {claims.version}, product {claims.product}",
+             f"  measurement {claims.measurement}", f"  report_data {claims.report_data}",
+             f"  policy 0x{claims.policy:x}, debug {claims.debug}", f"  tcb {claims.tcb}",
+             f"  chip_id {claims.chip_id}", f"  signing_key {claims.signing_key}, root {claims.root}"]
+    if claims.tee == "tdx":
+        lines[3] = f"  td_attributes 0x{claims.policy:x}, debug {claims.debug}, mr_config_id {claims.host_data}"
+        lines[5] = f"  ppid {claims.chip_id}, fmspc {claims.fmspc}"
+        lines += [f"  rtmr{i} {value}" for i, value in enumerate(claims.rtmrs)]
+        lines.append(f"  tcb_status {claims.tcb_status or 'not evaluated (no --collateral)'}"
+                     + (f", advisories {', '.join(claims.advisory_ids)}" if claims.advisory_ids else ""))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 - :class:`SimulatedSnpProvider`: development/CI. Builds a byte-exact SEV-SNP v3 report with the
   given measurement and signs it with the simulated VCEK (``attestation.simulated``). Verifiers
   treat it exactly like a real report; only its root is "simulated".
-- :class:`ConfigfsTsmProvider`: real SEV-SNP (and, once supported by the verifier, TDX) guests,
-  through Linux's configfs-tsm ABI (Documentation/ABI/testing/configfs-tsm).
+- :class:`ConfigfsTsmProvider`: real SEV-SNP and TDX guests, through Linux's configfs-tsm ABI
+  (Documentation/ABI/testing/configfs-tsm).
 - :func:`evidence_provider_from_env`: picks one from ``CSCORE_TEE``.
 """
 
@@ -146,7 +146,8 @@ class ConfigfsTsmProvider:
 
     For ``sev_guest`` the outblob is the raw report and the auxblob the host-provided certificate
     table (VCEK or VLEK, ASK, ARK); hosts must supply it (SNP extended config) since the enclave
-    cannot reach AMD's key distribution service.
+    cannot reach AMD's key distribution service. For ``tdx_guest`` the outblob is a DCAP quote
+    (v4/v5) carrying its own PCK chain; Intel collateral is the verifier's to fetch.
     """
 
     def __init__(self, root: str | Path = "/sys/kernel/config/tsm/report", privlevel: int | None = None) -> None:
@@ -177,8 +178,10 @@ class ConfigfsTsmProvider:
             raise AttestationError("tsm.generation", writes, generation,
                                    "another process wrote to this report entry; retry")
         auxblob = (entry / "auxblob").read_bytes() if (entry / "auxblob").exists() else b""
+        if provider == "tdx_guest":
+            return Evidence(tee="tdx", report=outblob)
         if provider != "sev_guest":
-            raise AttestationError("tsm.provider", "sev_guest", provider, "this TEE is not supported yet")
+            raise AttestationError("tsm.provider", "sev_guest or tdx_guest", provider, "this TEE is not supported")
         return _snp_evidence(outblob, auxblob)
 
 
