@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 PY = sys.executable
 SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
 # -- S3 + SQS (moto) -------------------------------------------------------------------------------
@@ -198,6 +199,7 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",  # 32 (the default) uses 5.5 GB here
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -225,11 +227,21 @@ def migrate_airflow(stack: LocalStack) -> None:
     stack.run_once("airflow-migrate", [str(Path(PY).parent / "airflow"), "db", "migrate"], timeout=300)
 
 
+AIRFLOW_COMPONENTS = {  # what `airflow standalone` runs, minus its log servers (they bind every interface)
+    "api-server": ["api-server", "--host", "127.0.0.1"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+
+
 def start_airflow(stack: LocalStack) -> None:
-    """`airflow standalone`; ready when the API's health shows scheduler, triggerer, dag_processor healthy."""
-    part = stack.spawn("airflow", [str(Path(PY).parent / "airflow"), "standalone"])
+    """API server, scheduler, DAG processor, triggerer; ready when the API's health shows them healthy."""
+    airflow = str(Path(PY).parent / "airflow")
+    started = [stack.spawn(f"airflow-{name}", [airflow, *args]) for name, args in AIRFLOW_COMPONENTS.items()]
     health = f"{stack.env['CSCORE_AIRFLOW_URL']}/api/v2/monitor/health"
-    wait_ready(part, lambda: airflow_healthy(health), 240, "airflow standalone")
+    for part in started:
+        wait_ready(part, lambda: airflow_healthy(health), 300, f"airflow {part.name}")
 
 
 def airflow_healthy(url: str) -> bool:

@@ -124,15 +124,23 @@ def wait_gone(pids: set[int], timeout: float) -> set[int]:
 
 
 def kill_tree(leader: int, timeout: float = 10.0) -> None:
-    """SIGTERM the leader's whole tree at once, SIGKILL what is left after timeout.
+    """SIGTERM the leader's whole tree, SIGKILL what is left after timeout (see kill_trees)."""
+    kill_trees([leader], timeout)
 
-    The leader must be known to be ours (our unreaped child, or checked with is_our_leader), so neither it
-    nor its session id can have been recycled.
+
+def kill_trees(leaders: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM every leader's whole tree at once, SIGKILL what is left after timeout.
+
+    Each leader must be known to be ours (our unreaped child, or checked with is_our_leader), so neither
+    it nor its session id can have been recycled.
     """
-    pids = tree(leader)
+    def trees() -> set[int]:
+        return set().union(*(tree(leader) for leader in leaders))
+
+    pids = trees()
     signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while (left := {p for p in pids | tree(leader) if alive(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in pids | trees() if alive(p)}) and time.monotonic() < deadline:
         signal_all(left - pids, signal.SIGTERM)  # forked while stopping: still ours
         pids |= left
         time.sleep(0.05)

@@ -67,9 +67,9 @@ class LocalStack:
         """Stop every started process tree (SIGTERM, SIGKILL after a timeout), remove the pid files."""
         t0 = time.monotonic()
         stopped = list(self.parts)
-        for name in reversed(stopped):
+        procs.kill_trees([part.pid for part in self.parts.values()], STOP_TIMEOUT_S)  # all at once: faster
+        for name in stopped:
             part = self.parts.pop(name)
-            procs.kill_tree(part.pid, STOP_TIMEOUT_S)
             if part.popen is not None:
                 part.popen.wait(timeout=5)  # reap our direct child
             part.pid_file.unlink(missing_ok=True)
@@ -167,7 +167,8 @@ class LocalStack:
         with self._step("airflow db migrate", lambda: f"in {self.state_dir / 'airflow'}"):
             self.airflow_env = parts.airflow_env(self)
             parts.migrate_airflow(self)
-        with self._step("airflow standalone", lambda: f"on {self.env['CSCORE_AIRFLOW_URL']}"):
+        with self._step("airflow api-server, scheduler, dag-processor, triggerer",
+                        lambda: f"on {self.env['CSCORE_AIRFLOW_URL']}"):
             parts.start_airflow(self)
 
     # -- helpers used by the parts -----------------------------------------------------------------

@@ -1,0 +1,48 @@
+"""The whole local stack, Airflow included, starts and stops leaving no process behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.local import procs
+from infra.local.stack import REPO, LocalStack, load_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _imports(module: str) -> bool:
+    """Whether a colleague's module imports yet (the stack itself fails with a clear error if not)."""
+    return subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True).returncode == 0
+
+
+def test_full_stack_starts_and_stops_cleanly(tmp_path: Path, clean_environ: dict[str, str]) -> None:
+    sim_tee = (REPO / "attestation" / "simulated.py").exists() or (REPO / "attestation" / "simulated").is_dir()
+    brokers = (REPO / "keybroker" / "__main__.py").exists()
+    workers = 2 if _imports("tasks.celery_app") else 0
+    lines: list[str] = []
+    stack = LocalStack(tmp_path, workers=workers, airflow=True, brokers=brokers, sim_tee=sim_tee,
+                       environ=clean_environ, out=lambda line: (lines.append(line), print(line)))
+    try:
+        stack.start()
+        env = load_env(stack.env_file)
+        health = httpx.get(f"{env['CSCORE_AIRFLOW_URL']}/api/v2/monitor/health", timeout=10).json()
+        assert {health[c]["status"] for c in ("scheduler", "triggerer", "dag_processor")} == {"healthy"}
+        if brokers:
+            for party in ("owner", "provider"):
+                assert httpx.get(f"{env[f'CSCORE_{party.upper()}_BROKER_URL']}/healthz").status_code == 200
+                token = tmp_path / party / "broker-admin-token"
+                assert token.stat().st_mode & 0o777 == 0o600
+                assert token.read_text() == (tmp_path / "brokers" / party / "admin-token").read_text()
+        started = set().union(*(procs.tree(pid) for pid in stack.pids().values())) | procs.marked_pids(tmp_path)
+        assert len(started) >= len(stack.pids())
+    finally:
+        stack.stop()
+    assert not [p for p in started if procs.alive(p)]
+    assert not procs.marked_pids(tmp_path)
+    assert not list((tmp_path / "pids").iterdir())
+    assert any("triggerer on http://127.0.0.1:" in line and "ready in" in line for line in lines)
