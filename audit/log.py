@@ -139,7 +139,7 @@ def verifier_key(name: str, public: Ed25519PublicKey) -> str:
 def parse_verifier_key(vkey: str) -> tuple[str, Ed25519PublicKey]:
     """(name, public key) of a vkey string; raises LogError if it is not an Ed25519 vkey."""
     try:
-        name, kid, b64 = vkey.strip().split("+")
+        name, kid, b64 = vkey.strip().split("+", 2)
         raw = base64.b64decode(b64, validate=True)
         public = Ed25519PublicKey.from_public_bytes(raw[1:])
     except ValueError as exc:

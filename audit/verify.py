@@ -1,0 +1,418 @@
+"""The auditor's check: first that the log is intact, then that what it records is allowed and complete.
+
+Integrity: every entry is canonical JSON at its own index; the entries hash to the root of the latest
+signed checkpoint; every earlier checkpoint is consistent with it; every witness's (owner's, provider's)
+remembered checkpoint is consistent with it.
+
+Meaning: every key released to an enclave follows an attestation at the same broker and matches the key's
+policy (its allowed measurements, or the batch's grant) and the auditor's own policy; every receipt
+verifies (signature, evidence, attestation) and is the one logged; every result object matches the
+receipt that names it; every receipt's batch had a grant for its model and measurement; no keys were
+released for a batch that produced no receipt, unless the batch failed (then it says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from attestation import Policy, TrustAnchors
+from attestation.errors import AttestationError
+from audit.collect import RELEASE_OPS, Objects
+from audit.log import AuditLog, Checkpoint, LogError, Witness
+from audit.merkle import ProofError, verify_consistency
+from enclave.receipts import ReceiptError, VerifiedReceipt, verify_receipt
+from enclave.signing import SignatureError, canonical_json
+
+ERROR, NOTE = "error", "note"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the auditor should know: an `error` (the audit fails) or a `note` (said, not failed)."""
+
+    severity: str
+    check: str
+    message: str
+    batch_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.check}: {self.message}"
+
+
+def failed(findings: Sequence[Finding]) -> bool:
+    """True when any finding is an error."""
+    return any(f.severity == ERROR for f in findings)
+
+
+def verify_audit(log: AuditLog, store: Objects, anchors: TrustAnchors, policy: Policy, *,
+                 witnesses: Sequence[Witness] = ()) -> list[Finding]:
+    """Check the log's integrity and meaning against storage; an empty list (or notes only) means all holds."""
+    findings = check_integrity(log, witnesses)
+    entries = _readable(log)
+    findings += check_releases(entries, policy)
+    receipts, receipt_findings = check_receipts(entries, store, anchors, policy)
+    findings += receipt_findings
+    findings += check_results(entries, store)
+    findings += check_grants(entries, receipts)
+    findings += check_unreceipted_batches(entries)
+    return findings
+
+
+# -- integrity -------------------------------------------------------------------------------------
+
+
+def check_integrity(log: AuditLog, witnesses: Sequence[Witness] = ()) -> list[Finding]:
+    """Entries, tree, signed checkpoints (latest and history) and every witness's view."""
+    out = _check_entries(log)
+    vkey, key_findings = _pinned_key(log, witnesses)
+    out += key_findings
+    try:
+        latest = log.latest_checkpoint(vkey)
+    except LogError as exc:
+        return [*out, Finding(ERROR, "integrity", f"the log's latest checkpoint cannot be trusted: {exc}")]
+    out += _check_head(log, latest)
+    out += _check_history(log, latest, vkey)
+    for witness in witnesses:
+        out += _check_witness(log, witness)
+    return out
+
+
+def _check_entries(log: AuditLog) -> list[Finding]:
+    out = []
+    for i, line in enumerate(log.lines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            out.append(Finding(ERROR, "integrity", f"entry at position {i} is not valid JSON: its bytes were altered"))
+            continue
+        if not isinstance(entry, dict) or canonical_json(entry) != line:
+            out.append(Finding(ERROR, "integrity", f"entry at position {i} is not in canonical form: it was edited "
+                                                   "after it was written"))
+        elif entry.get("index") != i:
+            out.append(Finding(ERROR, "integrity", f"position {i} holds the entry written as number "
+                                                   f"{entry.get('index')}: entries were removed or reordered"))
+    return out
+
+
+def _pinned_key(log: AuditLog, witnesses: Sequence[Witness]) -> tuple[str | None, list[Finding]]:
+    pinned = {w.name: s["log_key"] for w in witnesses if (s := w.saved())}
+    if len(set(pinned.values())) > 1:
+        return None, [Finding(ERROR, "witness", f"the witnesses pinned different log keys: {pinned}: "
+                                                "they were shown two different logs")]
+    if pinned:
+        return next(iter(pinned.values())), []
+    return log.vkey(), [Finding(NOTE, "witness", "no witness has pinned the log's key yet; the key stored "
+                                                 "beside the log was trusted")] if witnesses else []
+
+
+def _check_head(log: AuditLog, latest: Checkpoint) -> list[Finding]:
+    size = log.size
+    if latest.size > size:
+        return [Finding(ERROR, "integrity", f"the signed checkpoint ({latest.describe()}) covers {latest.size} "
+                                            f"entries but the log holds only {size}: entries were removed")]
+    out = []
+    root = log.tree().root(latest.size)
+    if root != latest.root:
+        out.append(Finding(ERROR, "integrity", f"the first {latest.size} entries hash to {root.hex()[:16]}…, not to "
+                                               f"the root of the signed checkpoint ({latest.describe()}): an entry "
+                                               f"was changed, removed or reordered{_where(log)}"))
+    if size > latest.size:
+        out.append(Finding(NOTE, "integrity", f"{size - latest.size} entries after the latest checkpoint are not "
+                                              "signed yet (run a sync to sign them)"))
+    return out
+
+
+def _where(log: AuditLog) -> str:
+    """Narrow a mismatch down to the entries between two published checkpoints."""
+    vkey, ok = log.vkey(), 0
+    for note in log.history():
+        try:
+            cp = Checkpoint.open(note, vkey or "")
+        except LogError:
+            continue
+        if cp.size > log.size or log.tree().root(cp.size) != cp.root:
+            kept = f"; the first {ok} entries still match their checkpoint" if ok else ""
+            return f" (within positions {ok}..{cp.size - 1}{kept})"
+        ok = cp.size
+    return ""
+
+
+def _check_history(log: AuditLog, latest: Checkpoint, vkey: str | None) -> list[Finding]:
+    out = []
+    for note in log.history():
+        try:
+            old = Checkpoint.open(note, vkey or "")
+        except LogError as exc:
+            out.append(Finding(ERROR, "integrity", f"a published checkpoint does not verify: {exc}"))
+            continue
+        if old.size > latest.size or latest.size > log.size:
+            continue
+        try:
+            proof = log.consistency_proof(old.size, latest.size)
+            verify_consistency(old.size, latest.size, proof, old.root, latest.root)
+        except ProofError as exc:
+            out.append(Finding(ERROR, "integrity", f"the checkpoint {old.describe()} is not consistent with the "
+                                                   f"latest ({latest.describe()}): the log was rewritten ({exc})"))
+    return out
+
+
+def _check_witness(log: AuditLog, witness: Witness) -> list[Finding]:
+    if witness.saved() is None:
+        return [Finding(NOTE, "witness", f"the {witness.name} has not seen any checkpoint of this log yet")]
+    try:
+        witness.check(log)
+    except LogError as exc:
+        return [Finding(ERROR, "witness", str(exc))]
+    return []
+
+
+def _readable(log: AuditLog) -> list[dict[str, Any]]:
+    out = []
+    for line in log.lines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+# -- key releases ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _BrokerState:
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attested: set[str] = field(default_factory=set)
+
+
+def check_releases(entries: list[dict[str, Any]], policy: Policy) -> list[Finding]:
+    """Replay the brokers' decisions in order; every release to an enclave must have been allowed."""
+    state: dict[str, _BrokerState] = defaultdict(_BrokerState)
+    out: list[Finding] = []
+    custom_noted: set[tuple[str, str]] = set()
+    for e in entries:
+        broker = state[str(e.get("broker"))]
+        if e.get("decision") != "allow":
+            continue
+        if e["kind"] == "policy_change":
+            _apply_policy(broker, e)
+        elif e["kind"] == "grant":
+            broker.grants[str(e.get("batch_id"))] = e
+        elif e["kind"] == "attestation" and e.get("claims_digest"):
+            broker.attested.add(e["claims_digest"])
+        elif e["kind"] == "key_release" and e.get("operation") in RELEASE_OPS:
+            out += _check_release(e, broker, policy, custom_noted)
+    return out
+
+
+def _apply_policy(broker: _BrokerState, e: dict[str, Any]) -> None:
+    key_id = str(e.get("key_id"))
+    current = broker.keys.setdefault(key_id, {"kind": "resource" if key_id.startswith("res/") else None,
+                                              "measurements": []})
+    if e.get("key_kind"):
+        current["kind"] = e["key_kind"]
+    current["policy"] = e.get("policy")
+    if e.get("key_measurements") is not None:
+        current["measurements"] = e["key_measurements"]
+
+
+def _check_release(e: dict[str, Any], broker: _BrokerState, policy: Policy,
+                   custom_noted: set[tuple[str, str]]) -> list[Finding]:
+    what = (f"broker {e.get('broker')} released key {e.get('key_id')} ({e.get('operation')}, decision "
+            f"{e.get('seq')}) for batch {e.get('batch_id')}")
+    m, batch = e.get("measurement"), e.get("batch_id")
+    if not m:
+        return [Finding(ERROR, "release", f"{what} without an attested measurement", batch)]
+    out = []
+    if policy.allowed_measurements is not None and m not in policy.allowed_measurements:
+        out.append(Finding(ERROR, "release", f"{what} to measurement {m[:16]}…, which the auditor's policy "
+                                             "does not allow", batch))
+    if e.get("claims_digest") not in broker.attested:
+        out.append(Finding(ERROR, "release", f"{what}, but no successful attestation at that broker with the "
+                                             "same claims comes before it", batch))
+    key = broker.keys.get(str(e.get("key_id")))
+    if key is None:
+        return [*out, Finding(ERROR, "release", f"{what}, but the log never saw that key created", batch)]
+    if key.get("policy"):
+        tag = (str(e.get("broker")), str(e.get("key_id")))
+        if tag not in custom_noted:
+            custom_noted.add(tag)
+            out.append(Finding(NOTE, "release", f"key {e.get('key_id')} at broker {e.get('broker')} has a custom "
+                                                f"policy ({key['policy']}); its releases were judged by the broker "
+                                                f"({e.get('reason')}), re-read the policy by hand", batch))
+        return out
+    return out + _check_default_policy(e, key, broker, what, m)
+
+
+def _check_default_policy(e: dict[str, Any], key: dict[str, Any], broker: _BrokerState, what: str,
+                          m: str) -> list[Finding]:
+    batch = e.get("batch_id")
+    if key.get("kind") in {"model", "resource"}:
+        if m not in key.get("measurements", []):
+            return [Finding(ERROR, "release", f"{what} to measurement {m[:16]}…, not among the key's allowed "
+                                              f"measurements {key.get('measurements')}", batch)]
+        return []
+    grant = broker.grants.get(str(batch))
+    if grant is None:
+        return [Finding(ERROR, "release", f"{what}, but the owner recorded no grant for that batch before it",
+                        batch)]
+    problems = []
+    if m not in (grant.get("granted_measurements") or []):
+        problems.append(f"measurement {m[:16]}… is not among the granted {grant.get('granted_measurements')}")
+    if e.get("key_id") not in (grant.get("key_ids") or []):
+        problems.append(f"the key is not among the granted keys {grant.get('key_ids')}")
+    if e.get("model_digest") != grant.get("model_digest"):
+        problems.append(f"model {e.get('model_digest')} is not the granted {grant.get('model_digest')}")
+    return [Finding(ERROR, "release", f"{what} against its grant: {p}", batch) for p in problems]
+
+
+# -- receipts and results --------------------------------------------------------------------------
+
+
+def check_receipts(entries: list[dict[str, Any]], store: Objects, anchors: TrustAnchors,
+                   policy: Policy) -> tuple[list[VerifiedReceipt], list[Finding]]:
+    """Each logged receipt is still the one in storage and verifies; each stored receipt was logged."""
+    logged = [e for e in entries if e.get("kind") == "receipt"]
+    verified, out = [], []
+    for e in logged:
+        receipt, findings = _check_receipt(e, store, anchors, policy)
+        out += findings
+        if receipt is not None:
+            verified.append(receipt)
+    known = {e.get("receipt_sha256") for e in logged}
+    for key in store.keys("results/"):
+        if key.endswith(".receipt.jws") and _sha(_get(store, key)) not in known:
+            out.append(Finding(ERROR, "receipt", f"receipt {key} in storage is not in the log: it was written or "
+                                                 "replaced after the last sync", _batch_of(key)))
+    return verified, out
+
+
+def _check_receipt(e: dict[str, Any], store: Objects, anchors: TrustAnchors,
+                   policy: Policy) -> tuple[VerifiedReceipt | None, list[Finding]]:
+    key, batch = str(e.get("receipt_key")), e.get("path_batch_id")
+    out = []
+    stored = _get(store, key)
+    if stored is None:
+        out.append(Finding(ERROR, "receipt", f"receipt {key} is in the log but no longer in storage", batch))
+    elif _sha(stored) != e.get("receipt_sha256"):
+        out.append(Finding(ERROR, "receipt", f"receipt {key} in storage (sha256 {_sha(stored)[:16]}…) is not the "
+                                             f"one logged ({str(e.get('receipt_sha256'))[:16]}…): it was replaced",
+                           batch))
+    evidence_raw = _get(store, str(e.get("evidence_key")))
+    if evidence_raw is None:
+        return None, [*out, Finding(ERROR, "receipt", f"receipt {key}: its evidence {e.get('evidence_key')} is "
+                                                      "missing, so nobody can check which code signed it", batch)]
+    try:
+        at = datetime.fromtimestamp(float(e["issued_at"]), UTC) if e.get("issued_at") else None
+        receipt = verify_receipt(str(e.get("jws")), json.loads(evidence_raw), anchors=anchors, policy=policy, at=at)
+    except (ReceiptError, SignatureError, AttestationError, ValueError, KeyError) as exc:
+        return None, [*out, Finding(ERROR, "receipt", f"receipt {key} does not verify, it is forged or altered: "
+                                                      f"{exc}", batch)]
+    p = receipt.payload
+    prefix = f"results/{e.get('path_tenant')}/{batch}/"
+    if p.get("batch_id") != batch or p.get("tenant") != e.get("path_tenant") or \
+            not str(p.get("output", {}).get("key", "")).startswith(prefix):
+        out.append(Finding(ERROR, "receipt", f"receipt {key} lies under batch {batch} but speaks of batch "
+                                             f"{p.get('batch_id')} (output {p.get('output', {}).get('key')})", batch))
+    return receipt, out
+
+
+def check_results(entries: list[dict[str, Any]], store: Objects) -> list[Finding]:
+    """Every result object in storage has the SHA-256 its receipt signed."""
+    by_output: dict[str, dict[str, Any]] = {}
+    by_digest: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e.get("kind") == "receipt" and isinstance(e.get("output"), dict):
+            by_output[str(e["output"].get("key"))] = e
+            by_digest[str(e["output"].get("sha256"))] = e
+    out = []
+    for key in store.keys("results/"):
+        if not key.endswith(".parquet"):
+            continue
+        receipt = by_output.get(key)
+        if receipt is None:
+            out.append(Finding(ERROR, "result", f"result object {key} has no receipt in the log", _batch_of(key)))
+            continue
+        digest = _sha(_get(store, key) or b"")
+        if digest != receipt["output"].get("sha256"):
+            other = by_digest.get(digest)
+            hint = (f"; it is the output of {other['receipt_key']} (batch {other.get('batch_id')})" if other else "")
+            out.append(Finding(ERROR, "result", f"result object {key} does not match its receipt "
+                                                f"{receipt['receipt_key']}: sha256 {digest[:16]}…, the receipt signed "
+                                                f"{str(receipt['output'].get('sha256'))[:16]}…{hint}", _batch_of(key)))
+    return out
+
+
+def check_grants(entries: list[dict[str, Any]], receipts: list[VerifiedReceipt]) -> list[Finding]:
+    """Every verified receipt's batch had a grant for its model and its enclave's measurement."""
+    grants = {e.get("batch_id"): e for e in entries if e.get("kind") == "grant" and e.get("decision") == "allow"}
+    out = []
+    for r in receipts:
+        batch, where = r.payload.get("batch_id"), f"receipt of shard {r.payload.get('shard_index')}"
+        grant = grants.get(batch)
+        if grant is None:
+            out.append(Finding(ERROR, "grant", f"batch {batch}: {where} exists but the owner never granted the "
+                                               "batch", batch))
+            continue
+        if r.payload.get("model", {}).get("digest") != grant.get("model_digest"):
+            out.append(Finding(ERROR, "grant", f"batch {batch}: {where} used model {r.payload['model'].get('digest')}"
+                                               f", the grant names {grant.get('model_digest')}", batch))
+        if r.claims.measurement not in (grant.get("granted_measurements") or []):
+            out.append(Finding(ERROR, "grant", f"batch {batch}: {where} was signed by measurement "
+                                               f"{r.claims.measurement[:16]}…, not granted", batch))
+    return out
+
+
+def check_unreceipted_batches(entries: list[dict[str, Any]]) -> list[Finding]:
+    """Keys released for a batch that produced no receipt: an error, unless the batch failed (then a note)."""
+    released: dict[str, int] = defaultdict(int)
+    receipted, status = set(), {}
+    for e in entries:
+        kind, batch = e.get("kind"), e.get("batch_id")
+        if kind == "key_release" and e.get("decision") == "allow" and e.get("operation") in RELEASE_OPS and batch:
+            released[batch] += 1
+        elif kind == "receipt":
+            receipted.add(e.get("path_batch_id"))
+        elif kind == "batch_status":
+            status[batch] = e
+    out = []
+    for batch, count in sorted(released.items()):
+        if batch in receipted:
+            continue
+        st = status.get(batch, {})
+        if st.get("state") == "failed":
+            out.append(Finding(NOTE, "batch", f"batch {batch}: {count} key release(s) but no receipt, because the "
+                                              f"batch failed: {st.get('reason')}", batch))
+        else:
+            out.append(Finding(ERROR, "batch", f"batch {batch}: {count} key release(s) but no receipt and no "
+                                               f"recorded failure (status: {st.get('state', 'none')})", batch))
+    return out
+
+
+def _get(store: Objects, key: str) -> bytes | None:
+    getter = getattr(store, "get_if_exists", None)
+    if getter is not None:
+        data: bytes | None = getter(key)
+        return data
+    try:
+        return store.get(key)
+    except Exception:  # noqa: BLE001 - any storage error means "not there" for the auditor
+        return None
+
+
+def _sha(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def _batch_of(key: str) -> str | None:
+    parts = key.split("/")
+    return parts[2] if len(parts) > 2 else None
