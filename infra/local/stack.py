@@ -96,6 +96,8 @@ class LocalStack:
     def write_env_file(self) -> None:
         """<state>/stack.env: KEY=VALUE lines, shell-quoted where needed (read back with load_env)."""
         lines = [f"{k}={shlex.quote(v)}" for k, v in {**self.env, **self.airflow_env}.items()]
+        self.env_file.touch(mode=0o600)  # it holds the Airflow JWT secret
+        self.env_file.chmod(0o600)
         self.env_file.write_text("\n".join(lines) + "\n")
 
     # -- parts -------------------------------------------------------------------------------------
