@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--json", action="store_true")
     results.set_defaults(func=cmd_owner_results)
     _add_attest(sub)
+    from audit.cli import add_commands as add_audit_commands
+
+    add_audit_commands(sub)
     return parser
 
 
