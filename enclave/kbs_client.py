@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
+import os
 import secrets
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +34,7 @@ log = logging.getLogger("enclave.kbs_client")
 POP_HEADER = "KBS-PoP"
 REFRESH_MARGIN_S = 15  # re-attest this long before expiry, so a token never dies mid-request
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
+CA_ENV = "CSCORE_BROKER_CA"  # PEM bundle of the CA(s) broker certificates chain to (the local stack's CA)
 
 
 class EvidenceProvider(Protocol):
@@ -65,15 +71,51 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def broker_tls(broker_url: str, ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext | bool:
+    """TLS verification for a broker URL: `ca_bundle`, else $CSCORE_BROKER_CA, else the system roots.
+
+    Raises ValueError for plain `http://` to a host that is not loopback: keys, tokens and admin
+    credentials never travel unencrypted off the machine.
+    """
+    parts = urlsplit(broker_url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"broker URL {broker_url!r}: scheme must be https (or http on loopback)")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ValueError(f"refusing plain HTTP to {host!r}: broker URLs must be https:// unless the host is "
+                         "loopback (127.0.0.1, ::1, localhost)")
+    path = ca_bundle if ca_bundle is not None else (os.environ.get(CA_ENV) or None)
+    if path is None:
+        return True
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"broker CA bundle {os.fspath(path)!r} does not exist (argument or ${CA_ENV})")
+    return ssl.create_default_context(cafile=os.fspath(path))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AttestedSession:
-    """One attested relationship between this enclave and one broker (thread-safe)."""
+    """One attested relationship between this enclave and one broker (thread-safe).
+
+    `ca_bundle` (or $CSCORE_BROKER_CA) names the CA the broker's TLS certificate must chain to; plain
+    `http://` is accepted only for loopback hosts. A caller-supplied `client` is used as given.
+    """
 
     def __init__(self, broker_url: str, provider: EvidenceProvider, *, tee: str = "sev-snp",
-                 timeout_s: float = 30.0, client: httpx.Client | None = None) -> None:
+                 timeout_s: float = 30.0, client: httpx.Client | None = None,
+                 ca_bundle: str | os.PathLike[str] | None = None) -> None:
         self.broker_url = broker_url.rstrip("/")
         self._provider = provider
         self._tee = tee
-        self._http = client or httpx.Client(base_url=self.broker_url, timeout=timeout_s)
+        self._http = client or httpx.Client(base_url=self.broker_url, timeout=timeout_s,
+                                            verify=broker_tls(self.broker_url, ca_bundle))
         self._tee_key = ECKey.generate_key("P-256", private=True)
         self.receipt_private_key = Ed25519PrivateKey.generate()
         self.runtime_data: dict[str, Any] | None = None

@@ -25,6 +25,7 @@ from keybroker.crypto import (
     sha256_hex,
     unwrap_key,
     wrap_key,
+    wrapped_version,
 )
 from keybroker.middleware import LimitsMiddleware
 from keybroker.policy import PolicyEngine, PolicyError
@@ -36,6 +37,7 @@ from keybroker.verifier import EvidenceRejected, Verifier, attestation_verifier,
 
 log = logging.getLogger("keybroker")
 MAX_KEY_BYTES = 1024
+SETTINGS = frozenset({"min_tcb", "chip_ids"})  # per-key platform floor (keybroker.policy.PLATFORM_CLAUSES)
 KBS = "/kbs/v0"
 ADMIN = "/admin/v0"
 
@@ -136,7 +138,8 @@ class Broker:
             "request": {"operation": operation, "key_id": record.key_id, "batch_id": batch_id,
                         "model_digest": model_digest, **(extra or {})},
             "grant": grant.as_dict() if grant else {},
-            "key": {"key_id": record.key_id, "kind": record.kind, "measurements": record.measurements},
+            "key": {"key_id": record.key_id, "kind": record.kind, "measurements": record.measurements,
+                    "version": record.version, **self.platform_floor(record)},
         }
         verdict = self.engine.evaluate(record.policy, record.kind, ctx)
         self.decide(decision="allow" if verdict.allowed else "deny", operation=operation, reason=verdict.reason,
@@ -145,6 +148,11 @@ class Broker:
         if not verdict.allowed:
             raise Problem(403, "policy-denied", f"key '{record.key_id}': {verdict.reason}", field=verdict.field,
                           expected=_jsonable(verdict.expected), actual=_jsonable(verdict.actual))
+
+    def platform_floor(self, record: KeyRecord) -> dict[str, Any]:
+        """The key's `min_tcb` and `chip_ids`: its own settings where set, else the broker config's."""
+        return {"min_tcb": record.settings.get("min_tcb", self.config.min_tcb),
+                "chip_ids": record.settings.get("chip_ids", self.config.chip_ids)}
 
     def unwrap(self, req: m.UnwrapRequest, payload: dict[str, Any]) -> m.JweResponse:
         """Unwrap a DEK for an attested TEE and return it as a JWE to its tee_pubkey."""
@@ -160,7 +168,7 @@ class Broker:
         record = self.key_or_404(req.key_id, "wrap", claims=payload["claims"], **ctx)
         self.authorize(record, "wrap", payload, req.batch_id, req.model_digest)
         key = self._decrypt_transport(req.key_jwe, "key_jwe")
-        return m.WrappedResponse(wrapped=base64.b64encode(wrap_key(record.material, record.key_id, key)).decode())
+        return _wrapped(record, key)
 
     def resource(self, repository: str, type_: str, tag: str, payload: dict[str, Any]) -> m.JweResponse:
         """Release a stored resource (a secret value) as a JWE to the TEE."""
@@ -170,11 +178,25 @@ class Broker:
         return m.JweResponse(jwe=encrypt_to(payload["tee_pubkey"], record.material))
 
     def _unwrap_bytes(self, record: KeyRecord, wrapped_b64: str) -> bytes:
+        """Unwrap with the master-key version the blob names (older versions are kept for this)."""
         try:
-            return unwrap_key(record.material, record.key_id, b64decode_any(wrapped_b64))
-        except (UnwrapError, binascii.Error, ValueError) as exc:
-            raise Problem(400, "wrapped-invalid", f"{exc}; was it wrapped by this broker under this key_id?",
-                          field="wrapped") from exc
+            blob = b64decode_any(wrapped_b64)
+        except (binascii.Error, ValueError) as exc:
+            raise Problem(400, "wrapped-invalid", f"wrapped is not base64: {exc}", field="wrapped") from exc
+        named = wrapped_version(blob)
+        # A version-1 blob's random nonce starts like a versioned header with probability 2**-32: try both.
+        for version in dict.fromkeys((named, 1)):
+            if version in record.versions:
+                try:
+                    return unwrap_key(record.versions[version], record.key_id, blob, version)
+                except UnwrapError:
+                    continue
+        if named not in record.versions:
+            raise Problem(400, "wrapped-invalid", f"wrapped names version {named} of key '{record.key_id}', "
+                          f"which has versions 1..{record.version}", field="wrapped",
+                          expected=f"1..{record.version}", actual=named)
+        raise Problem(400, "wrapped-invalid", f"wrapped key does not authenticate under key '{record.key_id}' "
+                      f"version {named}; was it wrapped by this broker under this key_id?", field="wrapped")
 
     def _decrypt_transport(self, token: str, field: str) -> bytes:
         try:
@@ -208,22 +230,46 @@ class Broker:
     def create_key(self, req: m.CreateKeyRequest) -> m.KeyInfo:
         """Generate a 256-bit master key inside the broker (idempotent by key_id)."""
         self.compile_or_400(req.policy)
+        settings = {k: v for k in SETTINGS if (v := getattr(req, k)) is not None}
         record, new = self.store.create_key(req.key_id, req.kind, secrets.token_bytes(32), req.policy,
-                                            req.measurements)
+                                            req.measurements, settings)
         if new:
             self.decide(decision="allow", operation="admin.create_key", key_id=req.key_id,
                         reason=f"created {req.kind} key; policy: {req.policy or 'default'}; "
-                        f"measurements: {req.measurements}")
+                        f"measurements: {req.measurements}; settings: {_describe(settings)}")
         return m.KeyInfo(**record.public(), new=new)
 
     def set_policy(self, key_id: str, req: m.SetPolicyRequest) -> m.KeyInfo:
-        """Replace a key's policy; the change is logged with the new policy's text."""
-        self.admin_key(key_id)
+        """Replace a key's policy (and optionally measurements, min_tcb, chip_ids); logged in full.
+
+        `min_tcb` / `chip_ids` absent from the request: unchanged; null: inherit the broker config's.
+        """
+        record = self.admin_key(key_id)
         self.compile_or_400(req.policy)
-        self.store.set_policy(key_id, req.policy, req.measurements)
+        settings = dict(record.settings)
+        for name in SETTINGS & req.model_fields_set:
+            value = getattr(req, name)
+            if value is None:
+                settings.pop(name, None)
+            else:
+                settings[name] = value
+        changed = settings != record.settings
+        self.store.set_policy(key_id, req.policy, req.measurements, settings if changed else None)
         self.decide(decision="allow", operation="admin.set_policy", key_id=key_id,
                     reason=f"policy: {req.policy or 'default'}; measurements: "
-                    f"{'unchanged' if req.measurements is None else req.measurements}")
+                    f"{'unchanged' if req.measurements is None else req.measurements}; settings: "
+                    f"{_describe(settings) if changed else 'unchanged'}")
+        return m.KeyInfo(**self.admin_key(key_id).public())
+
+    def rotate_key(self, key_id: str) -> m.KeyInfo:
+        """Add a new master-key version; wraps use it from now on, older versions still unwrap."""
+        record = self.admin_key(key_id)
+        if record.kind == "resource":
+            raise Problem(409, "not-rotatable", f"'{key_id}' is a resource; replace its value with PUT instead",
+                          field="key_id", expected="a data or model key", actual=record.kind)
+        version = self.store.rotate_key(key_id, secrets.token_bytes(32))
+        self.decide(decision="allow", operation="admin.rotate_key", key_id=key_id,
+                    reason=f"master key rotated to version {version}; versions 1..{version - 1} kept for unwrap")
         return m.KeyInfo(**self.admin_key(key_id).public())
 
     def grant(self, req: m.GrantRequest) -> dict[str, Any]:
@@ -257,8 +303,9 @@ class Broker:
         """Owner's own wrap (e.g. the provider publishing a model DEK)."""
         record = self.admin_key(req.key_id)
         key = self._decrypt_transport(req.key_jwe, "key_jwe")
-        self.decide(decision="allow", operation="admin.wrap", key_id=req.key_id, reason="owner wrap")
-        return m.WrappedResponse(wrapped=base64.b64encode(wrap_key(record.material, record.key_id, key)).decode())
+        self.decide(decision="allow", operation="admin.wrap", key_id=req.key_id,
+                    reason=f"owner wrap (version {record.version})")
+        return _wrapped(record, key)
 
     def admin_unwrap(self, req: m.AdminUnwrapRequest) -> m.JweResponse:
         """Owner's own unwrap (e.g. reading results), answered as a JWE to the caller's ephemeral key."""
@@ -278,6 +325,17 @@ class Broker:
         head = {**last, "broker": self.config.name, "time": int(datetime.now(UTC).timestamp())}
         return m.DecisionsResponse(entries=entries, head=head,
                                    checkpoint=self.issuer.sign(head, typ="kbs-log-checkpoint"))
+
+
+def _wrapped(record: KeyRecord, key: bytes) -> m.WrappedResponse:
+    """Wrap under the newest version of the key."""
+    return m.WrappedResponse(wrapped=base64.b64encode(wrap_key(record.material, record.key_id, key,
+                                                               record.version)).decode())
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    """Settings as logged: each key's value, or that the broker config applies."""
+    return ", ".join(f"{k}={settings[k] if k in settings else 'broker default'}" for k in sorted(SETTINGS))
 
 
 def resource_key_id(repository: str, type_: str, tag: str) -> str:
@@ -387,6 +445,10 @@ def _admin_routes(app: FastAPI, broker: Broker) -> None:
     @app.put(f"{ADMIN}/keys/{{key_id}}/policy", response_model=m.KeyInfo, dependencies=deps, tags=["admin"])
     def set_policy(key_id: str, req: m.SetPolicyRequest) -> m.KeyInfo:
         return broker.set_policy(key_id, req)
+
+    @app.post(f"{ADMIN}/keys/{{key_id}}/rotate", response_model=m.KeyInfo, dependencies=deps, tags=["admin"])
+    def rotate_key(key_id: str) -> m.KeyInfo:
+        return broker.rotate_key(key_id)
 
     @app.post(f"{ADMIN}/grants", dependencies=deps, tags=["admin"])
     def grant(req: m.GrantRequest) -> dict[str, Any]:

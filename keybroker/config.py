@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from keybroker.tls import is_loopback
+
+TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")  # as attestation.evidence names them
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,13 @@ class BrokerConfig:
     rate_limit_rps: float = 200.0
     rate_limit_burst: int = 400
     log_level: str = "info"
+    max_connections: int | None = None  # uvicorn limit_concurrency: beyond it, 503 (None: unlimited)
+    # TLS on the port (both or neither). Without them the broker binds loopback hosts only.
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    # Platform floor for every key (a key's own min_tcb / chip_ids replace these; see keybroker.policy).
+    min_tcb: dict[str, int] = field(default_factory=dict)
+    chip_ids: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -40,11 +52,36 @@ class BrokerConfig:
         if missing:
             raise ValueError(f"broker config is missing required keys: {', '.join(missing)}")
         values = {k: v for k, v in raw.items() if k in known}
-        for key in ("db_path", "kek_path", "admin_token_path", "trusted_roots_dir"):
+        for key in ("db_path", "kek_path", "admin_token_path", "trusted_roots_dir", "tls_cert_path", "tls_key_path"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["port"] = int(values["port"])
+        if "min_tcb" in values:
+            values["min_tcb"] = check_min_tcb(values["min_tcb"], "min_tcb")
+        if "chip_ids" in values:
+            values["chip_ids"] = check_chip_ids(values["chip_ids"], "chip_ids")
         return cls(**values, extra={k: v for k, v in raw.items() if k not in known})
+
+    @property
+    def tls(self) -> bool:
+        """Whether the port speaks TLS."""
+        return self.tls_cert_path is not None
+
+    @property
+    def scheme(self) -> str:
+        """`https` with TLS, else `http`."""
+        return "https" if self.tls else "http"
+
+    def check_transport(self) -> None:
+        """Refuse half a TLS setup, and plain HTTP on anything but a loopback address."""
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ValueError("broker config: tls_cert_path and tls_key_path go together (both or neither)")
+        for path in (self.tls_cert_path, self.tls_key_path):
+            if path is not None and not path.is_file():
+                raise ValueError(f"broker config: TLS file {path} does not exist")
+        if not self.tls and not is_loopback(self.host):
+            raise ValueError(f"broker config: refusing plain HTTP on host {self.host!r}; set tls_cert_path and "
+                             "tls_key_path, or bind a loopback address (127.0.0.1, ::1, localhost)")
 
     @classmethod
     def from_file(cls, path: str | Path) -> BrokerConfig:
@@ -68,6 +105,23 @@ class BrokerConfig:
         if len(token) < 16:
             raise ValueError(f"{self.admin_token_path}: admin token shorter than 16 characters")
         return token
+
+
+def check_min_tcb(value: Any, where: str) -> dict[str, int]:
+    """A minimum TCB: {component: 0..255} with SEV-SNP component names."""
+    if not isinstance(value, dict) or not set(value) <= set(TCB_COMPONENTS):
+        raise ValueError(f"{where}: expected a table with keys from {list(TCB_COMPONENTS)}, got {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value.values()):
+        raise ValueError(f"{where}: expected integers 0..255, got {value!r}")
+    return dict(value)
+
+
+def check_chip_ids(value: Any, where: str) -> list[str]:
+    """Allowed chip ids: 64-byte hex strings (lower-cased)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{128}", v)
+                                              for v in value):
+        raise ValueError(f"{where}: expected a list of 64-byte hex chip ids, got {str(value)[:200]}")
+    return [v.lower() for v in value]
 
 
 def _write_secret(path: Path, text: str) -> None:

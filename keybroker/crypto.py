@@ -14,6 +14,9 @@ from joserfc import jwe
 from joserfc.jwk import ECKey, RSAKey, import_key
 
 NONCE_LEN = 12
+WRAP_MAGIC = b"KBW2"  # versioned wrapped-key format (master key rotated at least once)
+HEADER_LEN = len(WRAP_MAGIC) + 4
+VERSIONED_MIN = HEADER_LEN + NONCE_LEN + 16
 # Key-management algorithms a TEE (or admin) public key may ask for; enc is always A256GCM.
 JWE_ALGS = {"EC": "ECDH-ES+A256KW", "RSA": "RSA-OAEP-256"}
 JWE_ALLOWED = ["ECDH-ES+A256KW", "RSA-OAEP-256", "A256GCM"]
@@ -56,20 +59,41 @@ def unseal(kek: bytes, sealed: bytes, label: str) -> bytes:
     return AESGCM(kek).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], label.encode())
 
 
-def wrap_key(master_key: bytes, key_id: str, key: bytes) -> bytes:
-    """Wrapped format: 12-byte nonce || AES-256-GCM(master key, key, AAD=key_id)."""
+def wrap_key(master_key: bytes, key_id: str, key: bytes, version: int = 1) -> bytes:
+    """Wrap `key` under one version of a master key.
+
+    Version 1 (a key never rotated): 12-byte nonce || AES-256-GCM(master, key, AAD=key_id), the
+    original format, so blobs written before rotation existed stay byte-compatible.
+    Version n >= 2: "KBW2" || n (4 bytes, big-endian) || nonce || AES-256-GCM(master_n, key,
+    AAD=header || key_id); the header names the version to unwrap with and is authenticated.
+    """
     nonce = os.urandom(NONCE_LEN)
-    return nonce + AESGCM(master_key).encrypt(nonce, key, key_id.encode())
+    if version == 1:
+        return nonce + AESGCM(master_key).encrypt(nonce, key, key_id.encode())
+    header = WRAP_MAGIC + version.to_bytes(4, "big")
+    return header + nonce + AESGCM(master_key).encrypt(nonce, key, header + key_id.encode())
 
 
-def unwrap_key(master_key: bytes, key_id: str, wrapped: bytes) -> bytes:
-    """Reverse of `wrap_key`; raises UnwrapError when authentication fails."""
-    if len(wrapped) < NONCE_LEN + 16:
-        raise UnwrapError(f"wrapped key is {len(wrapped)} bytes, shorter than nonce + tag (28)")
+def wrapped_version(wrapped: bytes) -> int:
+    """The master-key version a wrapped blob names (1 for the original, unversioned format)."""
+    if len(wrapped) >= VERSIONED_MIN and wrapped.startswith(WRAP_MAGIC):
+        return int.from_bytes(wrapped[len(WRAP_MAGIC):HEADER_LEN], "big")
+    return 1
+
+
+def unwrap_key(master_key: bytes, key_id: str, wrapped: bytes, version: int = 1) -> bytes:
+    """Reverse of `wrap_key` for that version; raises UnwrapError when authentication fails."""
+    if version != 1:
+        header, body = wrapped[:HEADER_LEN], wrapped[HEADER_LEN:]
+        aad = header + key_id.encode()
+    else:
+        body, aad = wrapped, key_id.encode()
+    if len(body) < NONCE_LEN + 16:
+        raise UnwrapError(f"wrapped key is {len(wrapped)} bytes, shorter than its header, nonce and tag")
     try:
-        return AESGCM(master_key).decrypt(wrapped[:NONCE_LEN], wrapped[NONCE_LEN:], key_id.encode())
+        return AESGCM(master_key).decrypt(body[:NONCE_LEN], body[NONCE_LEN:], aad)
     except InvalidTag as exc:
-        raise UnwrapError(f"wrapped key does not authenticate under key '{key_id}'") from exc
+        raise UnwrapError(f"wrapped key does not authenticate under key '{key_id}' version {version}") from exc
 
 
 def public_jwk(jwk: dict[str, Any]) -> ECKey | RSAKey:

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from keybroker.config import check_chip_ids, check_min_tcb
+
 KEY_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 BATCH_ID = r"^[A-Za-z0-9._:/-]{1,256}$"
 HEX_MEASUREMENT = r"^[0-9a-fA-F]{64,128}$"
@@ -76,13 +78,29 @@ class WrappedResponse(BaseModel):
     wrapped: str
 
 
+def _min_tcb(value: dict[str, int] | None) -> dict[str, int] | None:
+    return None if value is None else check_min_tcb(value, "min_tcb")
+
+
+def _chip_ids(value: list[str] | None) -> list[str] | None:
+    return None if value is None else check_chip_ids(value, "chip_ids")
+
+
+MIN_TCB_DOC = "minimum reported TCB per component (bootloader, tee, snp, microcode, fmc); null: broker config's"
+CHIP_IDS_DOC = "allowed chip ids (hex); [] pins nothing; null: the broker config's"
+
+
 class CreateKeyRequest(_Strict):
     key_id: str = Field(pattern=KEY_ID)
     kind: Literal["data", "model"] = "data"
     policy: str | None = Field(default=None, max_length=8192, description="CEL; null: the kind's default")
     measurements: list[str] = Field(default_factory=list, description="allowed measurements (model keys)")
+    min_tcb: dict[str, int] | None = Field(default=None, description=MIN_TCB_DOC)
+    chip_ids: list[str] | None = Field(default=None, max_length=1024, description=CHIP_IDS_DOC)
 
     _norm = field_validator("measurements")(_lower)
+    _tcb = field_validator("min_tcb")(_min_tcb)
+    _chips = field_validator("chip_ids")(_chip_ids)
 
 
 class KeyInfo(BaseModel):
@@ -92,14 +110,21 @@ class KeyInfo(BaseModel):
     measurements: list[str]
     created: float
     updated: float
+    version: int = Field(default=1, description="newest master-key version (the one wraps use)")
+    min_tcb: dict[str, int] | None = None
+    chip_ids: list[str] | None = None
     new: bool = False
 
 
 class SetPolicyRequest(_Strict):
     policy: str | None = Field(default=None, max_length=8192)
     measurements: list[str] | None = None
+    min_tcb: dict[str, int] | None = Field(default=None, description=MIN_TCB_DOC + "; absent: unchanged")
+    chip_ids: list[str] | None = Field(default=None, max_length=1024, description=CHIP_IDS_DOC + "; absent: unchanged")
 
     _norm = field_validator("measurements")(_lower)
+    _tcb = field_validator("min_tcb")(_min_tcb)
+    _chips = field_validator("chip_ids")(_chip_ids)
 
 
 class GrantRequest(_Strict):

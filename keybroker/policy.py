@@ -2,6 +2,11 @@
 
 A key with no policy of its own gets its kind's default, written as named clauses so that a refusal
 says which condition failed, with the expected and the actual value.
+
+Before any policy (default or custom), the platform clauses hold every key to a floor: the minimum
+TCB (`key.min_tcb`, per component; `fmc` only where the platform has one) and chip-id pinning
+(`key.chip_ids`; empty pins nothing, against keys relayed to another machine). Their values are the
+key's own settings where set, else the broker config's `min_tcb` / `chip_ids`; both empty by default.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ class Clause:
     expected: Callable[[dict[str, Any]], Any]
     actual: Callable[[dict[str, Any]], Any]
     reason: str
+    # Optional: (field, expected, actual) computed together, when the failing field depends on the data.
+    explain: Callable[[dict[str, Any]], tuple[str, Any, Any]] | None = None
+
+    def refusal(self, ctx: dict[str, Any], error: str | None) -> Verdict:
+        """The verdict when this clause does not hold."""
+        field, expected, actual = (self.explain(ctx) if self.explain
+                                   else (self.field, self.expected(ctx), self.actual(ctx)))
+        return Verdict(False, f"{self.name}: {error or self.reason}", field, expected, actual)
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,29 @@ class Verdict:
 def _g(ctx: dict[str, Any], name: str) -> Any:
     return ctx["grant"].get(name)
 
+
+def _tcb_shortfall(ctx: dict[str, Any]) -> tuple[str, Any, Any]:
+    """The first TCB component below the key's minimum (mirrors attestation.appraise)."""
+    tcb = ctx["claims"].get("tcb") or {}
+    for component, floor in ctx["key"]["min_tcb"].items():
+        if component == "fmc" and "fmc" not in tcb:
+            continue
+        if not isinstance(tcb.get(component), int) or tcb[component] < floor:
+            return f"tcb.{component}", f">= {floor}", tcb.get(component)
+    return "tcb", ctx["key"]["min_tcb"], tcb
+
+
+PLATFORM_CLAUSES = [
+    Clause("min-tcb",
+           'key.min_tcb.all(c, (c == "fmc" && !(c in claims.tcb)) || '
+           '(c in claims.tcb && claims.tcb[c] >= key.min_tcb[c]))',
+           "tcb", lambda c: None, lambda c: None,
+           "the platform firmware (reported TCB) is older than this key allows; update it",
+           explain=_tcb_shortfall),
+    Clause("chip-pinned", "size(key.chip_ids) == 0 || claims.chip_id in key.chip_ids", "chip_id",
+           lambda c: c["key"]["chip_ids"], lambda c: c["claims"].get("chip_id"),
+           "the evidence comes from a chip this key is not pinned to"),
+]
 
 _NOT_DEBUG = Clause("not-debug", "!claims.debug", "debug", lambda c: False, lambda c: c["claims"].get("debug"),
                     "the TEE runs in debug mode (its memory is readable by the host)")
@@ -120,7 +156,13 @@ class PolicyEngine:
         return False, f"policy returned {type(value).__name__}, not bool"
 
     def evaluate(self, policy: str | None, kind: str, ctx: dict[str, Any]) -> Verdict:
-        """Evaluate a key's policy (None: its kind's default clauses) on `ctx`."""
+        """Evaluate the platform clauses, then the key's policy (None: its kind's default clauses)."""
+        ctx = {**ctx, "key": {"min_tcb": {}, "chip_ids": [], **ctx.get("key", {})},
+               "claims": {"tcb": {}, "chip_id": "", **ctx.get("claims", {})}}
+        for clause in PLATFORM_CLAUSES:
+            ok, error = self._holds(clause.expr, ctx)
+            if not ok:
+                return clause.refusal(ctx, error)
         if policy is not None:
             ok, error = self._holds(policy, ctx)
             if ok:
@@ -129,6 +171,5 @@ class PolicyEngine:
         for clause in DEFAULT_CLAUSES[kind]:
             ok, error = self._holds(clause.expr, ctx)
             if not ok:
-                return Verdict(False, f"{clause.name}: {error or clause.reason}", clause.field,
-                               clause.expected(ctx), clause.actual(ctx))
+                return clause.refusal(ctx, error)
         return Verdict(True, f"default {kind} policy holds")

@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from keybroker.crypto import canonical_json, seal, sha256_hex, unseal
 
 GENESIS = "0" * 64
+KEY_COLUMNS = "key_id, kind, sealed, policy, measurements, created, updated, settings"
 KEK_CHECK = b"cscore-keybroker-kek-check"
 LOG_FIELDS = (
     "seq", "time", "operation", "key_id", "batch_id", "model_digest",
@@ -27,6 +28,9 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     key_id TEXT PRIMARY KEY, kind TEXT NOT NULL, sealed BLOB NOT NULL, policy TEXT,
     measurements TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS key_versions (
+    key_id TEXT NOT NULL, version INTEGER NOT NULL, sealed BLOB NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (key_id, version));
 CREATE TABLE IF NOT EXISTS grants (
     batch_id TEXT PRIMARY KEY, model_digest TEXT NOT NULL, measurements TEXT NOT NULL,
     key_ids TEXT NOT NULL, created REAL NOT NULL);
@@ -47,7 +51,11 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """A master key's metadata; `material` is the unsealed key and must never be logged or returned."""
+    """A master key's metadata and unsealed versions; key bytes must never be logged or returned.
+
+    `versions` maps version -> key bytes (1 is the key as created; each rotation adds the next);
+    `settings` holds the key's own `min_tcb` / `chip_ids` (absent: the broker config's apply).
+    """
 
     key_id: str
     kind: str
@@ -55,12 +63,25 @@ class KeyRecord:
     measurements: list[str]
     created: float
     updated: float
-    material: bytes
+    versions: dict[int, bytes]
+    settings: dict[str, Any]
+
+    @property
+    def version(self) -> int:
+        """The newest version: the one new wraps use."""
+        return max(self.versions)
+
+    @property
+    def material(self) -> bytes:
+        """Key bytes of the newest version."""
+        return self.versions[self.version]
 
     def public(self) -> dict[str, Any]:
         """Metadata safe to show an admin (no key material)."""
         return {"key_id": self.key_id, "kind": self.kind, "policy": self.policy,
-                "measurements": self.measurements, "created": self.created, "updated": self.updated}
+                "measurements": self.measurements, "created": self.created, "updated": self.updated,
+                "version": self.version, "min_tcb": self.settings.get("min_tcb"),
+                "chip_ids": self.settings.get("chip_ids")}
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,11 @@ class Grant:
         """JSON form (also the `grant` variable of a CEL policy)."""
         return {"batch_id": self.batch_id, "model_digest": self.model_digest,
                 "measurements": self.measurements, "key_ids": self.key_ids, "created": self.created}
+
+
+def _version_label(key_id: str, version: int) -> str:
+    """AAD of a rotated version at rest (version 1 keeps the original `key:<id>` label)."""
+    return f"key:{key_id}#v{version}"
 
 
 def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
@@ -109,6 +135,7 @@ class KeyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a release decision must survive a crash
         self._db.executescript(SCHEMA)
+        self._migrate()
         os.chmod(db_path, 0o600)
         self._check_kek()
 
@@ -116,6 +143,12 @@ class KeyStore:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+    def _migrate(self) -> None:
+        """Stores created before per-key settings existed gain the column (NULL: no settings)."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(keys)")}
+        if "settings" not in columns:
+            self._db.execute("ALTER TABLE keys ADD COLUMN settings TEXT")
 
     def _check_kek(self) -> None:
         """Refuse to start with a KEK other than the one the store was created with."""
@@ -142,14 +175,14 @@ class KeyStore:
 
     # Keys -----------------------------------------------------------------------------------------
     def create_key(self, key_id: str, kind: str, material: bytes, policy: str | None,
-                   measurements: list[str]) -> tuple[KeyRecord, bool]:
+                   measurements: list[str], settings: dict[str, Any] | None = None) -> tuple[KeyRecord, bool]:
         """Insert a key unless key_id exists; returns (record, created)."""
         now = time.time()
         with self._lock:
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO keys VALUES (?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
                 (key_id, kind, seal(self._kek, material, f"key:{key_id}"), policy,
-                 json.dumps(measurements), now, now))
+                 json.dumps(measurements), now, now, json.dumps(settings or {})))
             created = cur.rowcount == 1
         record = self.get_key(key_id)
         assert record is not None
@@ -159,34 +192,69 @@ class KeyStore:
         """Fetch and unseal a key, or None if unknown."""
         with self._lock:
             row = self._db.execute("SELECT * FROM keys WHERE key_id=?", (key_id,)).fetchone()
+            later = self._db.execute("SELECT version, sealed FROM key_versions WHERE key_id=?",
+                                     (key_id,)).fetchall()
         if row is None:
             return None
+        versions = {1: unseal(self._kek, row["sealed"], f"key:{key_id}")}
+        versions.update({r["version"]: unseal(self._kek, r["sealed"], _version_label(key_id, r["version"]))
+                         for r in later})
         return KeyRecord(row["key_id"], row["kind"], row["policy"], json.loads(row["measurements"]),
-                         row["created"], row["updated"], unseal(self._kek, row["sealed"], f"key:{key_id}"))
+                         row["created"], row["updated"], versions, json.loads(row["settings"] or "{}"))
+
+    def rotate_key(self, key_id: str, material: bytes) -> int:
+        """Add the next version of a key (older versions stay, for unwrapping); returns the new version."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT MAX(version) AS v FROM key_versions WHERE key_id=?",
+                                       (key_id,)).fetchone()
+                version = (row["v"] or 1) + 1
+                now = time.time()
+                self._db.execute("INSERT INTO key_versions VALUES (?,?,?,?)",
+                                 (key_id, version, seal(self._kek, material, _version_label(key_id, version)), now))
+                self._db.execute("UPDATE keys SET updated=? WHERE key_id=?", (now, key_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return version
 
     def list_keys(self) -> list[dict[str, Any]]:
         """Metadata of every key (no material)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key_id, kind, policy, measurements, created, updated FROM keys ORDER BY key_id").fetchall()
-        return [{**dict(r), "measurements": json.loads(r["measurements"])} for r in rows]
+                "SELECT key_id, kind, policy, measurements, created, updated, settings, "
+                "COALESCE((SELECT MAX(version) FROM key_versions v WHERE v.key_id = keys.key_id), 1) AS version "
+                "FROM keys ORDER BY key_id").fetchall()
+        out = []
+        for r in rows:
+            settings = json.loads(r["settings"] or "{}")
+            out.append({**{k: r[k] for k in ("key_id", "kind", "policy", "created", "updated", "version")},
+                        "measurements": json.loads(r["measurements"]), "min_tcb": settings.get("min_tcb"),
+                        "chip_ids": settings.get("chip_ids")})
+        return out
 
-    def set_policy(self, key_id: str, policy: str | None, measurements: list[str] | None) -> None:
-        """Replace a key's CEL policy (None: the default) and, if given, its allowed measurements."""
+    def set_policy(self, key_id: str, policy: str | None, measurements: list[str] | None,
+                   settings: dict[str, Any] | None = None) -> None:
+        """Replace a key's CEL policy (None: the default); if given, its measurements and its settings."""
+        sets, args = ["policy=?", "updated=?"], [policy, time.time()]
+        if measurements is not None:
+            sets.append("measurements=?")
+            args.append(json.dumps(measurements))
+        if settings is not None:
+            sets.append("settings=?")
+            args.append(json.dumps(settings))
         with self._lock:
-            if measurements is None:
-                self._db.execute("UPDATE keys SET policy=?, updated=? WHERE key_id=?",
-                                 (policy, time.time(), key_id))
-            else:
-                self._db.execute("UPDATE keys SET policy=?, measurements=?, updated=? WHERE key_id=?",
-                                 (policy, json.dumps(measurements), time.time(), key_id))
+            self._db.execute(f"UPDATE keys SET {', '.join(sets)} WHERE key_id=?", (*args, key_id))
 
     def put_resource(self, key_id: str, value: bytes, policy: str | None, measurements: list[str]) -> None:
         """Insert or replace a resource (a secret value released whole, kind 'resource')."""
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO keys VALUES (?,'resource',?,?,?,?,?) ON CONFLICT(key_id) DO UPDATE SET "
+                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,'resource',?,?,?,?,?,'{{}}') "
+                "ON CONFLICT(key_id) DO UPDATE SET "
                 "sealed=excluded.sealed, policy=excluded.policy, measurements=excluded.measurements, "
                 "updated=excluded.updated",
                 (key_id, seal(self._kek, value, f"key:{key_id}"), policy, json.dumps(measurements), now, now))

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
+import os
+import ssl
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from joserfc import jwe, jwt
@@ -17,8 +22,19 @@ from joserfc.jwk import ECKey, import_key
 
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
 GENESIS = "0" * 64
+CA_ENV = "CSCORE_BROKER_CA"  # PEM bundle of the CA(s) broker certificates chain to (the local stack's CA)
 LOG_FIELDS = ("seq", "time", "operation", "key_id", "batch_id", "model_digest",
               "decision", "reason", "claims_digest", "measurement")
+
+
+class Unchanged:
+    """Marker type of UNCHANGED: leave a setting as it is."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = Unchanged()
 
 
 class BrokerAdminError(RuntimeError):
@@ -48,13 +64,50 @@ def verify_decision_chain(entries: list[dict[str, Any]], start_hash: str = GENES
     return prev
 
 
-class BrokerAdmin:
-    """Admin API of one key broker, authenticated by the party's admin bearer token."""
+def broker_tls(url: str, ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext | bool:
+    """TLS verification for a broker URL: `ca_bundle`, else $CSCORE_BROKER_CA, else the system roots.
 
-    def __init__(self, url: str, admin_token: str, *, timeout_s: float = 30.0) -> None:
+    Raises ValueError for plain `http://` to a host that is not loopback (the admin token and keys
+    never travel unencrypted off the machine).
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"broker URL {url!r}: scheme must be https (or http on loopback)")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ValueError(f"refusing plain HTTP to {host!r}: broker URLs must be https:// unless the host is "
+                         "loopback (127.0.0.1, ::1, localhost)")
+    path = ca_bundle if ca_bundle is not None else (os.environ.get(CA_ENV) or None)
+    if path is None:
+        return True
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"broker CA bundle {os.fspath(path)!r} does not exist (argument or ${CA_ENV})")
+    return ssl.create_default_context(cafile=os.fspath(path))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BrokerAdmin:
+    """Admin API of one key broker, authenticated by the party's admin bearer token.
+
+    `ca_bundle` (or $CSCORE_BROKER_CA) names the CA the broker's TLS certificate must chain to; plain
+    `http://` is accepted only for loopback hosts. A caller-supplied `client` (tests) is used as given.
+    """
+
+    def __init__(self, url: str, admin_token: str, *, timeout_s: float = 30.0,
+                 ca_bundle: str | os.PathLike[str] | None = None, client: httpx.Client | None = None) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s,
-                                  headers={"Authorization": f"Bearer {admin_token}"})
+        if client is None:
+            client = httpx.Client(base_url=self.url, timeout=timeout_s, verify=broker_tls(self.url, ca_bundle))
+        client.headers["Authorization"] = f"Bearer {admin_token}"
+        self._http = client
         self._broker_key: Any = None
 
     def __repr__(self) -> str:
@@ -65,21 +118,37 @@ class BrokerAdmin:
         self._http.close()
 
     def create_key(self, key_id: str, policy: str | None = None, *, kind: str = "data",
-                   measurements: list[str] | None = None) -> dict[str, Any]:
+                   measurements: list[str] | None = None, min_tcb: dict[str, int] | None = None,
+                   chip_ids: list[str] | None = None) -> dict[str, Any]:
         """Create a master key inside the broker (no-op returning the existing key if key_id exists).
 
         kind "data" (default policy: batch grant) or "model" (default policy: measurement in `measurements`).
+        `min_tcb` ({component: minimum}) and `chip_ids` hold this key to a platform floor; None: the
+        broker config's.
         """
-        return self._call("POST", "/admin/v0/keys", {"key_id": key_id, "kind": kind, "policy": policy,
-                                                     "measurements": measurements or []})
+        body: dict[str, Any] = {"key_id": key_id, "kind": kind, "policy": policy, "measurements": measurements or []}
+        body.update({k: v for k, v in (("min_tcb", min_tcb), ("chip_ids", chip_ids)) if v is not None})
+        return self._call("POST", "/admin/v0/keys", body)
 
     def get_key(self, key_id: str) -> dict[str, Any]:
         """A key's metadata (never its bytes)."""
         return self._call("GET", f"/admin/v0/keys/{key_id}")
 
-    def set_policy(self, key_id: str, policy: str | None, *, measurements: list[str] | None = None) -> dict[str, Any]:
-        """Replace a key's CEL policy (None restores the default); optionally its allowed measurements."""
-        return self._call("PUT", f"/admin/v0/keys/{key_id}/policy", {"policy": policy, "measurements": measurements})
+    def set_policy(self, key_id: str, policy: str | None, *, measurements: list[str] | None = None,
+                   min_tcb: dict[str, int] | None | Unchanged = UNCHANGED,
+                   chip_ids: list[str] | None | Unchanged = UNCHANGED) -> dict[str, Any]:
+        """Replace a key's CEL policy (None restores the default); optionally its allowed measurements.
+
+        `min_tcb` / `chip_ids`: left out, unchanged; None, back to the broker config's; a value, this
+        key's own floor. The change is logged by the broker with the new values.
+        """
+        body: dict[str, Any] = {"policy": policy, "measurements": measurements}
+        body.update({k: v for k, v in (("min_tcb", min_tcb), ("chip_ids", chip_ids)) if v is not UNCHANGED})
+        return self._call("PUT", f"/admin/v0/keys/{key_id}/policy", body)
+
+    def rotate_key(self, key_id: str) -> dict[str, Any]:
+        """Add a new master-key version: new wraps use it, data wrapped before still unwraps (no rewrite)."""
+        return self._call("POST", f"/admin/v0/keys/{key_id}/rotate")
 
     def grant(self, batch_id: str, model_digest: str, measurements: list[str], key_ids: list[str]) -> dict[str, Any]:
         """Allow enclaves with `measurements` running `model_digest` to use `key_ids` for `batch_id`."""

@@ -67,8 +67,7 @@ class Env:
     def __init__(self, tmp: Path, **extra: Any) -> None:
         self.config = make_config(tmp, **extra)
         self.app = create_app(self.config, verifier=fake_verifier)
-        self.admin = BrokerAdmin("http://testserver", "unused")
-        self.admin._http = TestClient(self.app, headers={"Authorization": f"Bearer {self.config.load_admin_token()}"})
+        self.admin = BrokerAdmin("http://testserver", self.config.load_admin_token(), client=TestClient(self.app))
 
     def worker(self, provider: FakeProvider | None = None) -> AttestedSession:
         return AttestedSession("http://testserver", provider or FakeProvider(), client=TestClient(self.app))
