@@ -39,7 +39,7 @@ def test_story_tells_submission_grant_attestation_releases_shards_and_outcome(sc
     assert "The provider broker released key model/spam (unwrap)" in text
     assert "Shard 1 (row groups 1–2 of incoming/acme/b1/part-00000.parquet) ran on worker w1: 10 rows" in text
     assert "The batch succeeded" in text
-    assert "b2" not in text  # nothing of the other batch
+    assert "batch b2" not in text and "/b2/" not in text  # nothing of the other batch
     assert [i for i, line in enumerate(story) if "submitted" in line] == [0]
 
 
