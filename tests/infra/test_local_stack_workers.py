@@ -36,13 +36,14 @@ def stand_in_repo(tmp_path: Path) -> Path:
 
 
 def test_workers_start_answer_and_stop(tmp_path: Path, stand_in_repo: Path, clean_environ: dict[str, str]) -> None:
+    environ = {**clean_environ, "CSCORE_S3_ENDPOINT": "http://127.0.0.1:9"}  # not contacted: no moto needed
     stack = LocalStack(tmp_path / "state", workers=2, airflow=False, brokers=False, sim_tee=False,
-                       environ=clean_environ, repo=stand_in_repo)
+                       environ=environ, repo=stand_in_repo)
     with stack:
         assert {"celery-worker-1", "celery-worker-2"} <= set(stack.pids())
         client = Celery(broker=stack.env["CSCORE_CELERY_BROKER_URL"], backend=stack.env["CSCORE_CELERY_RESULT_BACKEND"])
         result = client.send_task("cscore.echo", args=[41]).get(timeout=30)
-        assert result == {"x": 41, "s3": stack.env["CSCORE_S3_ENDPOINT"]}
+        assert result == {"x": 41, "s3": "http://127.0.0.1:9"}  # workers see the stack's variables
         started = set().union(*(procs.tree(pid) for pid in stack.pids().values()))
-        assert len(started) >= 4  # each worker has its pool process besides moto and redis
+        assert len(started) >= 5  # redis, and each worker with its pool process
     assert not [p for p in started if procs.alive(p)]
