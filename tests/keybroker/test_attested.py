@@ -58,9 +58,10 @@ def provider(provider_broker: BrokerProcess) -> BrokerAdmin:
     return admin
 
 
-def session(url: str, sim_dir: Path, measurement: bytes = MEASUREMENT, cls: type = SimulatedSnpProvider
-            ) -> AttestedSession:
-    return AttestedSession(url, cls(sim_dir, measurement))
+def session(broker: BrokerProcess, sim_dir: Path, measurement: bytes = MEASUREMENT,
+            cls: type = SimulatedSnpProvider) -> AttestedSession:
+    """A simulated enclave's session with `broker` (verifying its TLS certificate where it has one)."""
+    return AttestedSession(broker.url, cls(sim_dir, measurement), ca_bundle=broker.ca_bundle)
 
 
 def test_enclave_gets_data_key_from_owner_and_model_key_from_provider(
@@ -68,7 +69,7 @@ def test_enclave_gets_data_key_from_owner_and_model_key_from_provider(
         sim_dir: Path) -> None:
     data_dek, model_dek = secrets.token_bytes(16), secrets.token_bytes(32)
     wrapped_data, wrapped_model = owner.wrap("att-data", data_dek), provider.wrap("att-model", model_dek)
-    with_owner, with_provider = session(broker.url, sim_dir), session(provider_broker.url, sim_dir)
+    with_owner, with_provider = session(broker, sim_dir), session(provider_broker, sim_dir)
     result = with_owner.attest()
     assert result.claims["measurement"] == MEASUREMENT.hex() and result.claims["root"] == "simulated"
     assert with_owner.unwrap("att-data", wrapped_data, batch_id="att-batch", model_digest=MODEL) == data_dek
@@ -88,7 +89,7 @@ def test_key_of_another_party_is_unknown_here(broker: BrokerProcess, provider: B
                                               sim_dir: Path) -> None:
     wrapped_model = provider.wrap("att-model", b"m" * 32)
     with pytest.raises(KbsError) as refused:
-        session(broker.url, sim_dir).unwrap("att-model", wrapped_model, batch_id="att-batch", model_digest=MODEL)
+        session(broker, sim_dir).unwrap("att-model", wrapped_model, batch_id="att-batch", model_digest=MODEL)
     assert refused.value.status == 404 and refused.value.problem["field"] == "key_id"
 
 
@@ -98,7 +99,7 @@ def test_batch_or_model_not_granted(broker: BrokerProcess, owner: BrokerAdmin, s
                                     model: str, field: str) -> None:
     wrapped = owner.wrap("att-data", b"d" * 16)
     with pytest.raises(KbsError) as refused:
-        session(broker.url, sim_dir).unwrap("att-data", wrapped, batch_id=batch, model_digest=model)
+        session(broker, sim_dir).unwrap("att-data", wrapped, batch_id=batch, model_digest=model)
     assert refused.value.status == 403 and refused.value.problem["field"] == field
 
 
@@ -106,19 +107,19 @@ def test_measurement_not_in_policy(broker: BrokerProcess, provider_broker: Broke
                                    provider: BrokerAdmin, sim_dir: Path) -> None:
     wrapped_model = provider.wrap("att-model", b"m" * 32)
     with pytest.raises(KbsError) as refused:
-        session(provider_broker.url, sim_dir, OTHER_MEASUREMENT).unwrap(
+        session(provider_broker, sim_dir, OTHER_MEASUREMENT).unwrap(
             "att-model", wrapped_model, batch_id="att-batch", model_digest=MODEL)
     assert refused.value.problem["field"] == "measurement"
     assert refused.value.problem["actual"] == OTHER_MEASUREMENT.hex()
     wrapped = owner.wrap("att-data", b"d" * 16)
     with pytest.raises(KbsError):
-        session(broker.url, sim_dir, OTHER_MEASUREMENT).unwrap("att-data", wrapped, batch_id="att-batch",
+        session(broker, sim_dir, OTHER_MEASUREMENT).unwrap("att-data", wrapped, batch_id="att-batch",
                                                                model_digest=MODEL)
 
 
 def test_debug_guest_is_refused(broker: BrokerProcess, owner: BrokerAdmin, sim_dir: Path) -> None:
     wrapped = owner.wrap("att-data", b"d" * 16)
-    worker = session(broker.url, sim_dir, cls=DebugSnpProvider)
+    worker = session(broker, sim_dir, cls=DebugSnpProvider)
     assert worker.attest().claims["debug"] is True
     with pytest.raises(KbsError) as refused:
         worker.unwrap("att-data", wrapped, batch_id="att-batch", model_digest=MODEL)
@@ -127,13 +128,13 @@ def test_debug_guest_is_refused(broker: BrokerProcess, owner: BrokerAdmin, sim_d
 
 def test_tampered_evidence_is_refused(broker: BrokerProcess, sim_dir: Path) -> None:
     with pytest.raises(KbsError) as refused:
-        session(broker.url, sim_dir, cls=TamperingProvider).attest()
+        session(broker, sim_dir, cls=TamperingProvider).attest()
     assert refused.value.status == 403 and refused.value.type.endswith("evidence-rejected")
     assert refused.value.problem.get("field")
 
 
 def test_reused_nonce_is_refused(broker: BrokerProcess, sim_dir: Path) -> None:
-    worker = session(broker.url, sim_dir)
+    worker = session(broker, sim_dir)
     challenge = httpx.post(f"{broker.url}/kbs/v0/auth", json={"tee": "sev-snp"}).json()
     runtime = {"nonce": challenge["nonce"], "tee_pubkey": worker.tee_public_jwk,
                "receipt_pubkey": worker.receipt_public_jwk}
@@ -148,7 +149,7 @@ def test_reused_nonce_is_refused(broker: BrokerProcess, sim_dir: Path) -> None:
 def test_token_with_another_public_key_and_missing_token(broker: BrokerProcess, owner: BrokerAdmin,
                                                          sim_dir: Path) -> None:
     wrapped = owner.wrap("att-data", b"d" * 16)
-    victim, thief = session(broker.url, sim_dir), session(broker.url, sim_dir)
+    victim, thief = session(broker, sim_dir), session(broker, sim_dir)
     thief._result = victim.attest()  # the thief holds the victim's token but not its tee private key
     with pytest.raises(KbsError) as refused:
         thief.unwrap("att-data", wrapped, batch_id="att-batch", model_digest=MODEL)

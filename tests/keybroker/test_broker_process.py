@@ -5,14 +5,21 @@ from __future__ import annotations
 import base64
 import secrets
 import sqlite3
+import warnings
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keybroker import BrokerConfig, create_app
+from keybroker.store import StoreError
 from sdk.broker_admin import BrokerAdmin, BrokerAdminError, verify_decision_chain
 from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 
 def test_healthz_and_openapi_list_the_protocol(broker: BrokerProcess) -> None:
@@ -132,38 +139,46 @@ def test_unwrap_without_token_is_refused(broker: BrokerProcess) -> None:
 
 
 def test_restart_keeps_keys_policies_grants_and_log(tmp_path: Path) -> None:
-    proc = BrokerProcess(tmp_path / "fresh").start()
-    try:
-        for key in ("kek_path", "admin_token_path"):  # created if missing, owner-only
-            path = Path(proc.config[key])
-            assert path.exists() and path.stat().st_mode & 0o077 == 0
-        admin = proc.admin()
+    """State written by one broker instance (in-process) is all there in the next one (a real process)."""
+    proc = BrokerProcess(tmp_path / "fresh")
+    config = BrokerConfig.from_dict(proc.config)
+    app = create_app(config)
+    for key in ("kek_path", "admin_token_path"):  # created if missing, owner-only
+        path = Path(proc.config[key])
+        assert path.exists() and path.stat().st_mode & 0o077 == 0
+    with TestClient(app) as client:
+        admin = BrokerAdmin("http://testserver", proc.admin_token, client=client)
         admin.create_key("persist-data")
-        admin.create_key("persist-model", kind="model", measurements=[MEASUREMENT.hex()])
-        admin.set_policy("persist-data", "!claims.debug && request.batch_id == 'b-1'")
+        admin.create_key("persist-model", kind="model", measurements=[MEASUREMENT.hex()], min_tcb={"snp": 1})
+        admin.set_policy("persist-data", "!claims.debug && request.batch_id == 'b-1'", chip_ids=[])
         admin.grant("b-1", "sha256:model", [MEASUREMENT.hex()], ["persist-data"])
-        dek = secrets.token_bytes(16)
+        dek, newer = secrets.token_bytes(16), secrets.token_bytes(16)
         wrapped = admin.wrap("persist-data", dek)
+        admin.rotate_key("persist-data")
+        wrapped_v2 = admin.wrap("persist-data", newer)
         before = admin.decisions()
-        broker_key = httpx.get(f"{proc.url}/kbs/v0/broker-key").json()
-        admin.close()
-        proc.stop()
-        proc.start()
+        broker_key = client.get("/kbs/v0/broker-key").json()
+    app.state.broker.store.close()
+    proc.start()
+    try:
         admin = proc.admin()
-        assert admin.unwrap("persist-data", wrapped) == dek
-        assert admin.get_key("persist-data")["policy"] == "!claims.debug && request.batch_id == 'b-1'"
+        assert admin.unwrap("persist-data", wrapped) == dek and admin.unwrap("persist-data", wrapped_v2) == newer
+        info = admin.get_key("persist-data")
+        assert info["policy"] == "!claims.debug && request.batch_id == 'b-1'" and info["version"] == 2
+        assert info["chip_ids"] == [] and info["min_tcb"] is None
         assert admin.get_key("persist-model")["measurements"] == [MEASUREMENT.hex()]
+        assert admin.get_key("persist-model")["min_tcb"] == {"snp": 1}
         assert httpx.get(f"{proc.url}/admin/v0/grants/b-1", headers={"Authorization": f"Bearer {proc.admin_token}"}
                          ).json()["key_ids"] == ["persist-data"]
         assert httpx.get(f"{proc.url}/kbs/v0/broker-key").json() == broker_key
         after = admin.decisions()  # chain still verifies across the restart
-        assert after[: len(before)] == before and len(after) == len(before) + 1
+        assert after[: len(before)] == before and len(after) == len(before) + 2
         admin.close()
     finally:
         proc.stop()
     Path(proc.config["kek_path"]).write_text(secrets.token_bytes(32).hex())
-    with pytest.raises(RuntimeError, match="KEK file does not match"):
-        proc.start()
+    with pytest.raises(StoreError, match="KEK file does not match"):
+        create_app(config)
 
 
 def test_no_key_bytes_in_the_broker_log(broker: BrokerProcess, admin: BrokerAdmin) -> None:
