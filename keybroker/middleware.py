@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker.problems import PROBLEM_MEDIA_TYPE, TYPE_PREFIX
@@ -14,8 +15,15 @@ from keybroker.sessions import RateLimiter
 EXEMPT = {"/healthz"}
 
 
-class BodyTooLarge(Exception):
-    """The streamed body passed the limit."""
+class BodyTooLarge(HTTPException):
+    """The streamed body passed the limit.
+
+    An HTTPException, so that FastAPI's body parsing lets it through (it turns other exceptions raised
+    while reading the body into a 400) and the problem handler answers 413 body-too-large.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
 class LimitsMiddleware:
@@ -53,7 +61,7 @@ class LimitsMiddleware:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_body:
-                raise BodyTooLarge
+                raise BodyTooLarge(self.max_body)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -61,5 +61,6 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}.get(exc.status_code,
+                                                                                         "http-error")
         return problem_response(Problem(exc.status_code, slug, str(exc.detail)), request.url.path)
