@@ -7,6 +7,7 @@ CSCORE_OWNER_BROKER_URL, ...) is taken as a real server: it is not started, its 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from infra.local import parts, procs
 from infra.local.parts import Pending
@@ -45,6 +47,7 @@ class LocalStack:
         self.parts: dict[str, Part] = {}
         self.timings: dict[str, float] = {}
         self._out = out or (lambda line: print(line, flush=True))
+        self._lock: IO[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -52,6 +55,7 @@ class LocalStack:
         """Start every part, wait until each is ready, write <state>/stack.env; stop all on failure."""
         t0 = time.monotonic()
         self._prepare_dirs()
+        self._take_lock()
         if cleaned := procs.clean_stale(self.state_dir):
             self._out(f"[stack] cleaned stale pid files from an earlier run: {', '.join(cleaned)}")
         try:
@@ -77,6 +81,26 @@ class LocalStack:
             self._out(f"[stack] killed leftover processes {sorted(left)}")
         if stopped:
             self._out(f"[stack] stopped {', '.join(stopped)} in {time.monotonic() - t0:.1f} s")
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def _take_lock(self) -> None:
+        """Hold <state>/stack.lock while running: a second stack must not take a live one for stale."""
+        if self._lock is not None:
+            return
+        lock = open(self.state_dir / "stack.lock", "a+")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.seek(0)
+            lock.close()
+            raise StackError(f"another local stack is running on {self.state_dir} (its lock is held); "
+                             "stop it or use another state dir") from exc
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -105,9 +129,9 @@ class LocalStack:
     def _start_parts(self) -> None:
         """Start independent parts together, wait in dependency order (Airflow needs every URL)."""
         self.env.update(CSCORE_STATE_DIR=str(self.state_dir), CSCORE_TRUST_DIR=str(self.state_dir / "trust"))
-        first = [self._object_store(), self._celery_transport(), self._tee()]
+        s3, redis, tee = self._object_store(), self._celery_transport(), self._tee()
         migrate = self._airflow_migrate()
-        self._ready(*first)
+        self._ready(redis, tee, s3)  # fastest first, so each time measured is its own
         self._ready(*self._key_brokers())
         workers = self._celery_workers()
         self._ready(migrate)

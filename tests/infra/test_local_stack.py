@@ -13,7 +13,7 @@ import pytest
 from kombu import Connection
 
 from infra.local import aws, procs
-from infra.local.stack import LocalStack, load_env
+from infra.local.stack import LocalStack, StackError, load_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,7 +89,11 @@ def _start_small(state: Path) -> LocalStack:
 
 
 def test_stale_pid_files_are_cleaned_and_stop_leaves_nothing(tmp_path: Path) -> None:
-    crashed = _start_small(tmp_path)  # never stopped: as if its owner had crashed
+    crashed = _start_small(tmp_path)  # never stopped: as if its owner had crashed ...
+    with pytest.raises(StackError, match="another local stack is running"):
+        _start_small(tmp_path)  # ... but while it runs, nobody takes it for stale
+    assert crashed._lock is not None
+    crashed._lock.close()  # ... the crash: its flock goes with its process
     crashed_pids = set().union(*(procs.tree(pid) for pid in crashed.pids().values()))
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     (tmp_path / "pids" / "bystander.pid").write_text(f"{bystander.pid}\n")  # a recycled pid: not ours
