@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def _imports(module: str) -> bool:
     """Whether a colleague's module imports yet (the stack itself fails with a clear error if not)."""
-    return subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True).returncode == 0
+    env = {**os.environ, "CSCORE_CELERY_BROKER_URL": "memory://", "CSCORE_CELERY_RESULT_BACKEND": "cache+memory://"}
+    return subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, env=env,
+                          capture_output=True).returncode == 0
 
 
 def test_full_stack_starts_and_stops_cleanly(tmp_path: Path, clean_environ: dict[str, str]) -> None:
