@@ -29,6 +29,13 @@ _KNOWN_HEADERS = frozenset(
     "content-transfer-encoding delivered-to reply-to sender in-reply-to references x-mailer "
     "list-id envelope-to x-original-to".split()
 )
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_WELL_FORMED_HEAD = re.compile(rb"(?:(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])[^\r\n]*\r?\n)*")
+_USED_HEADERS = re.compile(
+    rb"^(?:subject|message-id|mime-version|content-type|content-transfer-encoding|content-disposition)"
+    rb"[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*",
+    re.IGNORECASE | re.MULTILINE,
+)
 _MBOX_FROM = re.compile(rb"From \S*\s.*\b\d{1,2}:\d{2}\b")
 _HEADER_LINE = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _MAGIC = (
@@ -70,8 +77,32 @@ def email_text(raw: bytes) -> str:
     Never raises on broken MIME, bad transfer encodings or unknown charsets (bytes that cannot be
     decoded become U+FFFD); the result is always valid Unicode (no lone surrogates).
     """
-    msg = _PARSER.parsebytes(raw)
+    msg = _parse(raw)
     return clean_text(_subject(msg) + "\n" + _body(msg))
+
+
+def _parse(raw: bytes) -> Message:
+    """Parse like ``BytesParser(policy=compat32).parsebytes``, ~2-3x faster on single-part mail.
+
+    The feed parser walks every header and body line in Python, and corpus mail carries ~27 headers
+    (Received chains) of which we read five. So when the header block is well formed, only the
+    headers we use go through the parser, and a single-part body is attached as the parser would
+    have stored it. Multipart mail, or a header block that is not plainly ``Name: value`` lines,
+    takes the full parse.
+    """
+    end = _HEADER_END.search(raw)
+    if end is None:
+        return _PARSER.parsebytes(raw)
+    head = raw[: end.start() + 1]
+    if head.startswith(b"From "):  # mbox separator line: not a header
+        head = head[head.find(b"\n") + 1 :]
+    if not _WELL_FORMED_HEAD.fullmatch(head):
+        return _PARSER.parsebytes(raw)
+    msg = _PARSER.parsebytes(b"".join(m.group(0) for m in _USED_HEADERS.finditer(head)), headersonly=True)
+    if msg.get_content_maintype() in ("multipart", "message"):
+        return _PARSER.parsebytes(raw)
+    msg.set_payload(raw[end.end() :].decode("ascii", "surrogateescape"))  # as the feed parser stores it
+    return msg
 
 
 def _subject(msg: Message) -> str:
@@ -144,7 +175,7 @@ _LOOKS_HTML = re.compile(r"<(html|body)\b", re.IGNORECASE)
 _SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
-_SPACES = re.compile(r"[ \t\r\f\v]+")
+_SPACES = re.compile(r"[ \t\r\f\v]{2,}|[\t\r\f\v]")  # runs only: one-space matches cost
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
 
@@ -244,7 +275,7 @@ def _read_file(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
 
 
 def _from_raw(raw: bytes, fallback_id: str, ids: _IdAllocator) -> Email:
-    msg = _PARSER.parsebytes(raw)
+    msg = _parse(raw)
     return Email(ids.from_header(msg, fallback_id), clean_text(_subject(msg) + "\n" + _body(msg)))
 
 
@@ -346,7 +377,7 @@ def _from_json(obj: object, where: str, fallback_id: str, ids: _IdAllocator) -> 
     if not isinstance(obj, dict):
         raise NotEmailError(f"{where}: expected a JSON object, found {type(obj).__name__}")
     if isinstance(obj.get("raw"), str):
-        msg = _PARSER.parsebytes(obj["raw"].encode("utf-8", errors="surrogateescape"))
+        msg = _parse(obj["raw"].encode("utf-8", errors="surrogateescape"))
         text = clean_text(_subject(msg) + "\n" + _body(msg))
         header_fallback = fallback_id
     elif isinstance(obj.get("subject"), str) or isinstance(obj.get("body"), str):

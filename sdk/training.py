@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 TOKEN_PATTERN = r"[a-zA-Z0-9_]{2,}"
-MAX_FEATURES = 30_000
+MAX_FEATURES = 20_000
 INPUT_NAME = "text"
 OUTPUT_NAMES = ("label", "probabilities")
 OPSET = 17

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import sdk.emails as emails_mod
 from sdk.corpus import CorpusEmail
 from sdk.emails import _LOOKS_HTML, Email, EmailInputError, NotEmailError, clean_text, email_text, read_emails
 
@@ -292,3 +293,39 @@ def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
         list(read_emails(tmp_path / "nope"))
     with pytest.raises(EmailInputError, match="holds no files"):
         list(read_emails(tmp_path))
+
+
+def _full_parse_text(raw: bytes) -> str:
+    msg = emails_mod._PARSER.parsebytes(raw)
+    return clean_text(emails_mod._subject(msg) + "\n" + emails_mod._body(msg))
+
+
+def test_fast_header_path_gives_the_full_parse_text_on_the_corpus(corpus: list[CorpusEmail]) -> None:
+    assert all(email_text(e.raw) == _full_parse_text(e.raw) for e in corpus)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Subject: s\n",
+                b"X-A: 1\n",
+                b" folded\n",
+                b"Content-Type: text/html\n",
+                b"bad line\n",
+                b"Content-Transfer-Encoding: base64\n",
+                b"\r\n",
+                b"From x Thu Aug 22 12:36:23 2002\n",
+                b"Content-Type: multipart/mixed; boundary=q\n",
+                b"--q\n",
+                b"<html>a</html>\n",
+                b"aGk=\n",
+            ]
+        ),
+        max_size=20,
+    )
+)
+def test_fast_header_path_matches_full_parse_on_generated_mail(lines: list[bytes]) -> None:
+    raw = b"".join(lines)
+    assert email_text(raw) == _full_parse_text(raw)
