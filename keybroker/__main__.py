@@ -52,6 +52,8 @@ def serve(config: BrokerConfig) -> int:
     # One process: sessions and the PoP replay cache live in memory.
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, workers=1,
                 server_header=False, limit_concurrency=config.max_connections,
+                # An idle TLS keep-alive connection otherwise holds shutdown until its client goes away.
+                timeout_graceful_shutdown=config.shutdown_timeout_s,
                 ssl_certfile=str(config.tls_cert_path) if config.tls_cert_path else None,
                 ssl_keyfile=str(config.tls_key_path) if config.tls_key_path else None)
     return 0
