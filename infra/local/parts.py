@@ -23,6 +23,8 @@ from infra.local import aws
 from infra.local.util import StackError, ensure_secret, free_port, wait_ready
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from infra.local.stack import LocalStack
 
 PY = sys.executable
@@ -196,25 +198,25 @@ def spawn_workers(stack: LocalStack) -> Pending:
     seen: set[str] = set()
 
     def wait() -> str:
-        app = _control_app(stack)
-        for part in started:
-            wait_ready(part, lambda: _pinged(app, names, seen), 120, f"celery worker {part.name}")
+        with _control_app(stack) as app:
+            for part in started:
+                wait_ready(part, lambda: _pinged(app, names, seen), 120, f"celery worker {part.name}")
         return f"as {', '.join(sorted(names))}"
 
     return Pending(f"{stack.workers} celery workers", wait)
 
 
-def _control_app(stack: LocalStack) -> object:
-    from celery import Celery
+def _control_app(stack: LocalStack) -> Celery:
+    from celery import Celery  # imported here: most stacks without workers never need it
 
     return Celery("cscore-stack-control", broker=stack.env["CSCORE_CELERY_BROKER_URL"],
                   backend=stack.env["CSCORE_CELERY_RESULT_BACKEND"])
 
 
-def _pinged(app: object, names: set[str], seen: set[str]) -> bool:
+def _pinged(app: Celery, names: set[str], seen: set[str]) -> bool:
     """Ping the workers not yet seen; true once every name has answered."""
     if names - seen:
-        replies = app.control.ping(destination=sorted(names - seen), timeout=1.0)  # type: ignore[attr-defined]
+        replies = app.control.ping(destination=sorted(names - seen), timeout=1.0)
         seen.update(name for reply in replies for name in reply)
     return names <= seen
 

@@ -30,7 +30,7 @@ class Part:
     """One started OS process (the leader of its own session) and where its traces live."""
 
     name: str
-    popen: subprocess.Popen[bytes] | None
+    popen: subprocess.Popen[bytes]
     pid: int
     pid_file: Path
     log_file: Path

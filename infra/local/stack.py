@@ -74,8 +74,7 @@ class LocalStack:
         procs.kill_trees([part.pid for part in self.parts.values()], STOP_TIMEOUT_S)  # all at once: faster
         for name in stopped:
             part = self.parts.pop(name)
-            if part.popen is not None:
-                part.popen.wait(timeout=5)  # reap our direct child
+            part.popen.wait(timeout=5)  # reap our direct child
             part.pid_file.unlink(missing_ok=True)
         if left := procs.sweep(self.state_dir):  # orphans that left every group (task processes)
             self._out(f"[stack] killed leftover processes {sorted(left)}")
@@ -229,7 +228,7 @@ class LocalStack:
     def finish(self, part: Part, timeout: float) -> None:
         """Wait for a one-shot part to exit 0 (StackError with its log tail otherwise); forget it."""
         try:
-            rc = part.popen.wait(timeout=timeout) if part.popen else 0
+            rc = part.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"{part.name}: not done after {timeout:.0f} s; see {part.log_file}") from exc
         if rc != 0:

@@ -28,8 +28,13 @@ def test_full_stack_starts_and_stops_cleanly(tmp_path: Path, clean_environ: dict
     brokers = (REPO / "keybroker" / "__main__.py").exists()
     workers = 2 if _imports("tasks.celery_app") else 0
     lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        print(line)
+
     stack = LocalStack(tmp_path, workers=workers, airflow=True, brokers=brokers, sim_tee=sim_tee,
-                       environ=clean_environ, out=lambda line: (lines.append(line), print(line)))
+                       environ=clean_environ, out=out)
     try:
         stack.start()
         env = load_env(stack.env_file)
