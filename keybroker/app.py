@@ -236,7 +236,9 @@ class Broker:
         if new:
             self.decide(decision="allow", operation="admin.create_key", key_id=req.key_id,
                         reason=f"created {req.kind} key; policy: {req.policy or 'default'}; "
-                        f"measurements: {req.measurements}; settings: {_describe(settings)}")
+                        f"measurements: {req.measurements}")
+            if settings:
+                self.log_floor(req.key_id, settings)
         return m.KeyInfo(**record.public(), new=new)
 
     def set_policy(self, key_id: str, req: m.SetPolicyRequest) -> m.KeyInfo:
@@ -257,9 +259,19 @@ class Broker:
         self.store.set_policy(key_id, req.policy, req.measurements, settings if changed else None)
         self.decide(decision="allow", operation="admin.set_policy", key_id=key_id,
                     reason=f"policy: {req.policy or 'default'}; measurements: "
-                    f"{'unchanged' if req.measurements is None else req.measurements}; settings: "
-                    f"{_describe(settings) if changed else 'unchanged'}")
+                    f"{'unchanged' if req.measurements is None else req.measurements}")
+        if changed:
+            self.log_floor(key_id, settings)
         return m.KeyInfo(**self.admin_key(key_id).public())
+
+    def log_floor(self, key_id: str, settings: dict[str, Any]) -> None:
+        """Log a key's new min_tcb / chip_ids as its own entry.
+
+        Kept out of the admin.set_policy reason, whose "policy: ...; measurements: ..." text the audit
+        tools parse (audit.collect.parse_policy_reason).
+        """
+        self.decide(decision="allow", operation="admin.set_platform_floor", key_id=key_id,
+                    reason=_describe(settings))
 
     def rotate_key(self, key_id: str) -> m.KeyInfo:
         """Add a new master-key version; wraps use it from now on, older versions still unwrap."""
@@ -334,8 +346,8 @@ def _wrapped(record: KeyRecord, key: bytes) -> m.WrappedResponse:
 
 
 def _describe(settings: dict[str, Any]) -> str:
-    """Settings as logged: each key's value, or that the broker config applies."""
-    return ", ".join(f"{k}={settings[k] if k in settings else 'broker default'}" for k in sorted(SETTINGS))
+    """Settings as logged: each one's value, or that the broker config's applies."""
+    return "; ".join(f"{k}: {settings[k] if k in settings else 'broker default'}" for k in sorted(SETTINGS))
 
 
 def resource_key_id(repository: str, type_: str, tag: str) -> str:

@@ -81,11 +81,16 @@ def test_policy_change_is_authenticated_and_logged(env: Env) -> None:
     assert unauthenticated.status_code == 401
     assert env.admin.get_key("audited")["policy"] is None and env.admin.decisions() == before
     env.admin.set_policy("audited", "!claims.debug", chip_ids=[CHIP])
-    change = env.admin.decisions()[-1]
-    assert change["operation"] == "admin.set_policy" and change["key_id"] == "audited"
-    assert "!claims.debug" in change["reason"] and CHIP in change["reason"] and "'snp': 2" in change["reason"]
-    created = [e for e in before if e["operation"] == "admin.create_key" and e["key_id"] == "audited"]
-    assert "'snp': 2" in created[0]["reason"]
+    policy, floor = env.admin.decisions()[-2:]
+    assert (policy["operation"], policy["key_id"]) == ("admin.set_policy", "audited")
+    assert policy["reason"] == "policy: !claims.debug; measurements: unchanged"  # as audit.collect parses it
+    assert (floor["operation"], floor["key_id"]) == ("admin.set_platform_floor", "audited")
+    assert floor["reason"] == f"chip_ids: ['{CHIP}']; min_tcb: {{'snp': 2}}"
+    created = [e["reason"] for e in before if e["key_id"] == "audited"]
+    assert created == ["created data key; policy: default; measurements: []", "chip_ids: broker default; "
+                       "min_tcb: {'snp': 2}"]
+    env.admin.set_policy("audited", "!claims.debug")  # settings left out: unchanged, nothing more to log
+    assert env.admin.decisions()[-1]["operation"] == "admin.set_policy"
 
 
 def test_simulated_tee_below_the_key_floor_is_refused(provider_broker: BrokerProcess, sim_dir: Path) -> None:
