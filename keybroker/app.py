@@ -274,7 +274,16 @@ class Broker:
                     reason=_describe(settings))
 
     def rotate_key(self, key_id: str) -> m.KeyInfo:
-        """Add a new master-key version; wraps use it from now on, older versions still unwrap."""
+        """Add a new master-key version; wraps use it from now on, older versions still unwrap.
+
+        Why broker-side versions and not pyarrow's external key material + `rotate_master_keys`:
+        that API rewrites the key-material files of every Parquet file (needing write access to all
+        of them, and files kept beside each one), and our files use internal key material. Here a
+        wrapped blob names its version in an authenticated header, so nothing written before a
+        rotation is touched: the data keys in old files' footers unwrap under the old version, new
+        wraps (new files, new results) use the newest. Retiring an old version (once nothing needs
+        it) would be a later, separate operation.
+        """
         record = self.admin_key(key_id)
         if record.kind == "resource":
             raise Problem(409, "not-rotatable", f"'{key_id}' is a resource; replace its value with PUT instead",
