@@ -23,6 +23,35 @@ def _imports(module: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def _listening(pids: set[int]) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) on which any of pids listens."""
+    inodes = {link[8:-1] for pid in pids for link in _fd_links(pid) if link.startswith("socket:[")}
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                found.add(cols[1].rsplit(":", 1)[0])
+    return found
+
+
+def _fd_links(pid: int) -> list[str]:
+    links = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return links
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
 def test_full_stack_starts_and_stops_cleanly(tmp_path: Path, clean_environ: dict[str, str]) -> None:
     sim_tee = (REPO / "attestation" / "simulated.py").exists() or (REPO / "attestation" / "simulated").is_dir()
     brokers = (REPO / "keybroker" / "__main__.py").exists()
@@ -48,6 +77,7 @@ def test_full_stack_starts_and_stops_cleanly(tmp_path: Path, clean_environ: dict
                 assert token.read_text() == (tmp_path / "brokers" / party / "admin-token").read_text()
         started = set().union(*(procs.tree(pid) for pid in stack.pids().values())) | procs.marked_pids(tmp_path)
         assert len(started) >= len(stack.pids())
+        assert _listening(started) <= LOOPBACK  # every server on loopback (or a unix socket)
     finally:
         stack.stop()
     assert not [p for p in started if procs.alive(p)]
