@@ -11,8 +11,8 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.exceptions import AirflowSkipException
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from dags.cscore_platform import steps
 

@@ -41,7 +41,7 @@ class OwnerKeys:
 
     @classmethod
     def for_tenant(cls, tenant: str) -> OwnerKeys:
-        return cls(f"{tenant}/footer", f"{tenant}/emails", f"{tenant}/results")
+        return cls(f"{tenant}.footer", f"{tenant}.emails", f"{tenant}.results")
 
     def all(self) -> list[str]:
         return [self.footer, self.emails, self.results]

@@ -32,7 +32,7 @@ class PublishedModel:
 
 
 def model_key_id(name: str) -> str:
-    return f"models/{name}"
+    return f"model.{name}"
 
 
 def publish_model(
@@ -47,8 +47,8 @@ def publish_model(
     ciphertext = nonce + AESGCM(dek).encrypt(nonce, onnx_bytes, f"{name}:{version}".encode())
     broker = provider.broker()
     key_id = model_key_id(name)
-    broker.create_key(key_id)
-    broker.set_model_policy(key_id, allowed_measurements)
+    broker.create_key(key_id, kind="model", measurements=allowed_measurements)
+    broker.set_policy(key_id, None, measurements=allowed_measurements)  # an existing key gets today's list
     wrapped = broker.wrap(key_id, dek)
     prefix = f"models/{name}/{version}/"
     card = {

@@ -22,10 +22,11 @@ def _enclave() -> Enclave:
     return Enclave(evidence_provider_from_env())
 
 
-@app.task(name="cscore.attest", acks_late=True)
-def attest(broker_urls: list[str]) -> dict[str, Any]:
+@app.task(name="cscore.attest", bind=True, acks_late=True)
+def attest(self: Any, broker_urls: list[str]) -> dict[str, Any]:
     """Attest this worker to each broker; returns verdicts (measurement, TEE, expiry), no secrets."""
-    return _enclave().attest(broker_urls)
+    verdicts = _enclave().attest(broker_urls)
+    return {**verdicts, "worker": getattr(self.request, "hostname", None) or verdicts["worker"]}
 
 
 @app.task(name="cscore.score_shard", bind=True, acks_late=True)

@@ -247,6 +247,8 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": ensure_secret(home / "api-secret-key"),
         "AIRFLOW__API_AUTH__JWT_SECRET": ensure_secret(home / "jwt-secret"),  # same for every component
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",  # see new DAG files in seconds, not 5 minutes
+        # Task processes call the API server; on 2 busy cores with SQLite 5 s (the default) times out.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(_aws_connection(stack), separators=(",", ":")),
     }
 

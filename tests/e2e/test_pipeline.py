@@ -29,7 +29,7 @@ from infra.local.stack import LocalStack
 from sdk.corpus import CorpusEmail
 from sdk.emails import Email, email_text
 from sdk.models import ModelListing, find_model
-from sdk.owner import SubmittedBatch, register_tenant, resubmit_batch, submit_batch, wait_for_batch
+from sdk.owner import OwnerKeys, SubmittedBatch, register_tenant, resubmit_batch, submit_batch, wait_for_batch
 from sdk.party import Party
 from sdk.provider import publish_model
 from sdk.results import fetch_results
@@ -136,7 +136,7 @@ def test_refused_release_fails_the_batch_which_can_be_resubmitted(stack: LocalSt
     assert not [k for k in store.keys(f"results/{TENANT}/{batch.batch_id}/") if k.endswith(".parquet")]
     # The owner grants the right measurement and submits the same manifest again.
     Party.from_env("owner").broker().grant(batch.batch_id, _state["model"].digest, [code_measurement().hex()],
-                                           [f"{TENANT}/footer", f"{TENANT}/emails", f"{TENANT}/results"])
+                                           OwnerKeys.for_tenant(TENANT).all())
     resubmit_batch(TENANT, batch.batch_id, store)
     deadline = time.monotonic() + WAIT_S
     while _wait(batch.batch_id)["state"] == "failed" and time.monotonic() < deadline:
