@@ -47,7 +47,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
         stack.start()
         print(f"stack up; `source {args.state_dir / 'stack.env'}` or pass --state-dir to other commands")
     else:
-        stack.stop()
+        from infra.local import procs
+
+        stopped = procs.clean_stale(args.state_dir.resolve())  # by the pid files of the run that started it
+        print(f"stopped {', '.join(stopped) or 'nothing (no pid files)'}")
     return 0
 
 
