@@ -123,13 +123,13 @@ def wait_gone(pids: set[int], timeout: float) -> set[int]:
         time.sleep(0.05)
 
 
-def kill_tree(leader: int, timeout: float = 10.0) -> None:
+def kill_tree(leader: int, timeout: float = 10.0) -> list[str]:
     """SIGTERM the leader's whole tree, SIGKILL what is left after timeout (see kill_trees)."""
-    kill_trees([leader], timeout)
+    return kill_trees([leader], timeout)
 
 
-def kill_trees(leaders: list[int], timeout: float = 10.0) -> None:
-    """SIGTERM every leader's whole tree at once, SIGKILL what is left after timeout.
+def kill_trees(leaders: list[int], timeout: float = 10.0) -> list[str]:
+    """SIGTERM every leader's whole tree at once, SIGKILL what is left after timeout; name those.
 
     Each leader must be known to be ours (our unreaped child, or checked with is_our_leader), so neither
     it nor its session id can have been recycled.
@@ -144,8 +144,18 @@ def kill_trees(leaders: list[int], timeout: float = 10.0) -> None:
         signal_all(left - pids, signal.SIGTERM)  # forked while stopping: still ours
         pids |= left
         time.sleep(0.05)
+    names = [f"{describe(p)} ({p})" for p in sorted(left)]
     signal_all(left, signal.SIGKILL)
     wait_gone(left, 5.0)
+    return names
+
+
+def describe(pid: int) -> str:
+    """A process's command line, shortened, for messages."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:80].strip()
+    except OSError:
+        return "?"
 
 
 def sweep(state_dir: Path, timeout: float = 5.0) -> set[int]:

@@ -25,6 +25,7 @@ from infra.local.util import StackError
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 15.0
+SERVERS_LAST = ("moto", "redis")  # stopped after their clients, which would otherwise hang on shutdown
 
 __all__ = ["LocalStack", "StackError", "load_env"]
 
@@ -71,11 +72,15 @@ class LocalStack:
         """Stop every started process tree (SIGTERM, SIGKILL after a timeout), remove the pid files."""
         t0 = time.monotonic()
         stopped = list(self.parts)
-        procs.kill_trees([part.pid for part in self.parts.values()], STOP_TIMEOUT_S)  # all at once: faster
-        for name in stopped:
-            part = self.parts.pop(name)
-            part.popen.wait(timeout=5)  # reap our direct child
-            part.pid_file.unlink(missing_ok=True)
+        clients = [name for name in stopped if name not in SERVERS_LAST]
+        for wave in (clients, [name for name in stopped if name in SERVERS_LAST]):  # servers go last
+            killed = procs.kill_trees([self.parts[name].pid for name in wave], STOP_TIMEOUT_S)
+            if killed:
+                self._out(f"[stack] SIGKILL after {STOP_TIMEOUT_S:.0f} s: {', '.join(killed)}")
+            for name in wave:
+                part = self.parts.pop(name)
+                part.popen.wait(timeout=5)  # reap our direct child
+                part.pid_file.unlink(missing_ok=True)
         if left := procs.sweep(self.state_dir):  # orphans that left every group (task processes)
             self._out(f"[stack] killed leftover processes {sorted(left)}")
         if stopped:
