@@ -159,7 +159,8 @@ def test_expired_token_is_refused_and_the_client_reattests(tmp_path: Path) -> No
     assert worker.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
     assert worker._result is not stale
     attests = [e for e in env.admin.decisions() if e["operation"] == "attest"]
-    assert len(attests) == 2
+    # At least one re-attestation; a loaded machine can let the 1 s token lapse again before its use.
+    assert len(attests) >= 2
 
 
 def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
