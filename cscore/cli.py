@@ -39,6 +39,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cscore.bench import run_bench
+
+    say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    report = run_bench(args.state_dir, rounds=args.rounds, copies=args.copies, workers=args.workers, say=say)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    print(f"\n{report.emails_per_batch} emails per batch, {report.rounds} rounds, median per mode")
+    for mode in ("confidential", "plaintext"):
+        print(f"{mode:13} {report.emails_per_s(mode):8.1f} emails/s")
+    print(f"ratio         {report.ratio:8.3f}  (confidential / plaintext)")
+    return 0
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     from infra.local.stack import LocalStack
 
@@ -149,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the stack running")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="confidential vs plaintext throughput through the same DAG and workers")
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--copies", type=int, default=2, help="copies of the held-out emails per batch")
+    bench.add_argument("--workers", type=int, default=2)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
 
     stack = sub.add_parser("stack", help="start or stop the local stack")
     stack.add_argument("action", choices=["start", "stop"])

@@ -34,12 +34,15 @@ class ShardSpec:
     result_key: str
     output_key: str
     receipt_key: str
+    protection: str = "pme"  # "none": plaintext baseline for benchmarks, chosen in the owner's manifest
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardSpec:
         """Build from a message, naming the first field that is missing or of the wrong type."""
         values: dict[str, Any] = {}
         for field in fields(cls):
+            if field.name not in data and field.name == "protection":
+                continue
             if field.name not in data:
                 raise ShardSpecError(f"shard.{field.name}: expected a value, got nothing")
             value = data[field.name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import socket
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import OKPKey
@@ -23,7 +25,7 @@ from joserfc.jwk import OKPKey
 from enclave.kbs_client import AttestedSession
 from enclave.pme import EncryptedParquet, KeyWrapper, write_encrypted
 from enclave.receipts import evidence_document, sign_receipt
-from enclave.scoring import session_for
+from enclave.scoring import ModelSession, session_for
 from enclave.shard import ShardSpec
 from enclave.signing import canonical_json
 from enclave.tee import EvidenceProvider
@@ -72,6 +74,22 @@ class _BatchKeys(KeyWrapper):
         return self._session.unwrap(key_id, wrapped, **self._context)
 
 
+def _row_groups(spec: ShardSpec) -> range:
+    return range(spec.row_group_start, spec.row_group_end)
+
+
+def _scored(spec: ShardSpec, table: pa.Table, model: ModelSession) -> pa.Table:
+    probabilities, labels = model.score(table.column("text").to_pylist())
+    return pa.table(
+        {
+            "message_id": table.column("message_id"),
+            "spam_probability": pa.array(probabilities, pa.float32()),
+            "label": pa.array(labels, pa.int8()),
+            "model_digest": pa.array([spec.model_digest] * table.num_rows, pa.string()).dictionary_encode(),
+        }
+    )
+
+
 class Enclave:
     """One per worker process: its evidence provider, attested broker sessions and model cache."""
 
@@ -80,6 +98,7 @@ class Enclave:
         self._sessions: dict[str, AttestedSession] = {}
         self._lock = threading.Lock()
         self.name = name or socket.gethostname()
+        self._baseline_key = OKPKey.generate_key("Ed25519", private=True)  # unattested: baseline runs only
 
     def session(self, broker_url: str) -> AttestedSession:
         """The attested session with one broker, created (and attested) on first use."""
@@ -112,20 +131,14 @@ class Enclave:
                 f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed manifest), "
                 f"got {sha256_hex(input_parquet)}"
             )
+        if spec.protection == "none":
+            return self._score_plaintext(spec, input_parquet, model_ciphertext)
         owner = self.session(spec.owner_broker_url)
         keys = _BatchKeys(owner, spec.batch_id, spec.model_digest)
         model = session_for(spec.model_digest, lambda: self._decrypt_model(spec, card, model_ciphertext()))
         with EncryptedParquet(input_parquet, keys) as source:
-            table = source.read_row_groups(range(spec.row_group_start, spec.row_group_end), INPUT_COLUMNS)
-        probabilities, labels = model.score(table.column("text").to_pylist())
-        results = pa.table(
-            {
-                "message_id": table.column("message_id"),
-                "spam_probability": pa.array(probabilities, pa.float32()),
-                "label": pa.array(labels, pa.int8()),
-                "model_digest": pa.array([spec.model_digest] * table.num_rows, pa.string()).dictionary_encode(),
-            }
-        )
+            table = source.read_row_groups(_row_groups(spec), INPUT_COLUMNS)
+        results = _scored(spec, table, model)
         # Results go back under the broker that released the inputs: only the real owner broker
         # could have unwrapped them, so the platform cannot redirect results to a key it holds.
         output = write_encrypted(
@@ -136,6 +149,18 @@ class Enclave:
             row_group_size=RESULT_ROW_GROUP_SIZE,
         )
         return self._receipted(spec, owner, input_parquet, output, table.num_rows)
+
+    def _score_plaintext(self, spec: ShardSpec, source: bytes, model_bytes: Callable[[], bytes]) -> ScoredShard:
+        """The benchmark's baseline: same reading, scoring and writing, without PME, brokers or evidence."""
+        model = session_for(spec.model_digest, model_bytes)
+        table = pq.ParquetFile(pa.BufferReader(source)).read_row_groups(_row_groups(spec), INPUT_COLUMNS)
+        sink = io.BytesIO()
+        pq.write_table(_scored(spec, table, model), sink, row_group_size=RESULT_ROW_GROUP_SIZE)
+        output = sink.getvalue()
+        receipt = sign_receipt(self._baseline_key, spec=spec, input_sha256=sha256_hex(source),
+                               output_sha256=sha256_hex(output), rows=table.num_rows, evidence_sha256="",
+                               worker=self.name)
+        return ScoredShard(output, sha256_hex(output), table.num_rows, receipt, {}, "")
 
     def _receipted(
         self, spec: ShardSpec, owner: AttestedSession, source: bytes, output: bytes, rows: int

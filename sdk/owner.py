@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from enclave.pme import EncryptedParquet, write_encrypted
 from enclave.signing import sign_json
+from sdk.broker_admin import BrokerAdmin
 from sdk.emails import Email
 from sdk.models import ModelListing
 from sdk.party import Party
@@ -72,8 +75,12 @@ def submit_batch(
     store: ObjectStore,
     measurements: list[str],
     batch_id: str | None = None,
+    plaintext_baseline: bool = False,
 ) -> SubmittedBatch:
-    """Encrypt the emails (PME), upload them, record the grant, then upload the signed manifest last."""
+    """Encrypt the emails (PME), upload them, record the grant, then upload the signed manifest last.
+
+    `plaintext_baseline` skips encryption, brokers and grants: only for measuring what confidentiality costs.
+    """
     if not emails:
         raise BatchError("emails: expected at least one email, got an empty batch")
     ids = [e.message_id for e in emails]
@@ -81,22 +88,23 @@ def submit_batch(
         raise BatchError("emails.message_id: expected unique ids, got duplicates")
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_tenant(tenant)
-    broker = owner.broker()
-    for key_id in keys.all():
+    broker = None if plaintext_baseline else owner.broker()
+    for key_id in keys.all() if broker else []:
         broker.create_key(key_id)
     prefix = f"incoming/{tenant}/{batch_id}/"
     objects = []
     for index, start in enumerate(range(0, len(emails), PART_ROWS)):
         chunk = emails[start:start + PART_ROWS]
         table = pa.table({"message_id": [e.message_id for e in chunk], "text": [e.text for e in chunk]})
-        data = write_encrypted(table, broker, footer_key=keys.footer, column_key=keys.emails,
-                               row_group_size=ROW_GROUP_SIZE)
+        data = _parquet(table, broker, keys)
         key = f"{prefix}part-{index:05d}.parquet"
         store.put(key, data)
         objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                         "rows": len(chunk), "row_groups": -(-len(chunk) // ROW_GROUP_SIZE)})
-    broker.grant(batch_id, model.digest, measurements, keys.all())
+    if broker:
+        broker.grant(batch_id, model.digest, measurements, keys.all())
     manifest = {
+        "protection": "none" if plaintext_baseline else "pme",
         "type": MANIFEST_TYPE, "tenant": tenant, "batch_id": batch_id, "created_at": int(time.time()),
         "objects": objects, "model": {"name": model.name, "version": model.version, "digest": model.digest},
         "results": {"prefix": f"results/{tenant}/{batch_id}/"},
@@ -108,6 +116,15 @@ def submit_batch(
     # Uploaded last: its creation event is what starts processing.
     store.put(manifest_key, sign_json(manifest, owner.signing_key()).encode(), "application/jose")
     return SubmittedBatch(tenant, batch_id, manifest_key, len(emails))
+
+
+def _parquet(table: pa.Table, broker: BrokerAdmin | None, keys: OwnerKeys) -> bytes:
+    if broker is None:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_SIZE)
+        return sink.getvalue()
+    return write_encrypted(table, broker, footer_key=keys.footer, column_key=keys.emails,
+                           row_group_size=ROW_GROUP_SIZE)
 
 
 def resubmit_batch(tenant: str, batch_id: str, store: ObjectStore) -> str:

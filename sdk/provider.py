@@ -42,6 +42,8 @@ def publish_model(
     schema = _schema(onnx_bytes)
     version = _next_version(store, name)
     digest = "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
+    if not allowed_measurements:
+        raise ModelError("allowed_measurements: expected at least one enclave measurement, got none")
     dek = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(12)
     ciphertext = nonce + AESGCM(dek).encrypt(nonce, onnx_bytes, f"{name}:{version}".encode())
@@ -61,6 +63,18 @@ def publish_model(
     # The card goes last: a model is listed only once its ciphertext is there.
     store.put(prefix + "card.jws", sign_json(card, provider.signing_key()).encode(), "application/jose")
     return PublishedModel(name, version, digest, prefix + "card.jws")
+
+
+def publish_baseline_model(onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore) -> PublishedModel:
+    """Publish the model UNENCRYPTED, for the benchmark's plaintext baseline only."""
+    version = _next_version(store, name)
+    prefix = f"models/{name}/{version}/"
+    card = {"type": CARD_TYPE, "name": name, "version": version, "protection": "none",
+            "digest": "sha256:" + hashlib.sha256(onnx_bytes).hexdigest(), "size": len(onnx_bytes),
+            "schema": _schema(onnx_bytes), "object_key": prefix + "model.onnx", "published_at": int(time.time())}
+    store.put(card["object_key"], onnx_bytes)
+    store.put(prefix + "card.jws", sign_json(card, provider.signing_key()).encode(), "application/jose")
+    return PublishedModel(name, version, card["digest"], prefix + "card.jws")
 
 
 def _schema(onnx_bytes: bytes) -> dict[str, Any]:

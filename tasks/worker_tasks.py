@@ -44,8 +44,9 @@ def score_shard(self: Any, spec_data: dict[str, Any]) -> dict[str, Any]:
         card,
         lambda: storage.get_bytes(card["object_key"]),
     )
-    evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
-    storage.put_bytes(evidence_key, canonical_json(scored.evidence), "application/json")
+    if scored.evidence:
+        evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
+        storage.put_bytes(evidence_key, canonical_json(scored.evidence), "application/json")
     storage.put_bytes(spec.output_key, scored.output)
     # The receipt goes last: its presence marks the shard done, so a crash before it means a redo.
     receipt = scored.receipt.encode()

@@ -14,6 +14,7 @@ from joserfc.jwk import OKPKey
 
 MANIFEST_TYPE = "cscore.manifest/v1"
 MANIFEST_NAME = "manifest.jws"
+PROTECTIONS = ("pme", "none")  # "none": the benchmark's plaintext baseline, chosen by the owner
 _KEY_PATTERN = re.compile(r"^incoming/(?P<tenant>[A-Za-z0-9_.-]+)/(?P<batch>[A-Za-z0-9_.-]+)/manifest\.jws$")
 
 
@@ -48,6 +49,7 @@ class Manifest:
     column_key: str
     result_key: str
     shard_row_groups: int
+    protection: str = "pme"
 
     @property
     def rows(self) -> int:
@@ -122,6 +124,9 @@ def _typed(key: str, digest: str, tenant: str, batch: str, payload: Any) -> Mani
     shard_row_groups = _field(payload, "shard_row_groups", int)
     if shard_row_groups < 1:
         raise ManifestError(f"manifest.shard_row_groups: expected >= 1, got {shard_row_groups}")
+    protection = payload.get("protection", "pme")
+    if protection not in PROTECTIONS:
+        raise ManifestError(f"manifest.protection: expected one of {PROTECTIONS}, got {protection!r}")
     digest_value = _field(payload, "model.digest", str)
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest_value):
         raise ManifestError(f"manifest.model.digest: expected sha256:<64 hex>, got {digest_value!r}")
@@ -140,6 +145,7 @@ def _typed(key: str, digest: str, tenant: str, batch: str, payload: Any) -> Mani
         column_key=_field(payload, "key_broker.column_key", str),
         result_key=_field(payload, "key_broker.result_key", str),
         shard_row_groups=shard_row_groups,
+        protection=protection,
     )
 
 

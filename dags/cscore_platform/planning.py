@@ -29,6 +29,7 @@ def plan_shards(manifest: Manifest) -> list[dict[str, Any]]:
                     "footer_key": manifest.footer_key,
                     "column_key": manifest.column_key,
                     "result_key": manifest.result_key,
+                    "protection": manifest.protection,
                     # Deterministic keys: a retried shard overwrites, never duplicates.
                     "output_key": f"{manifest.results_prefix}shard-{index:05d}.parquet",
                     "receipt_key": f"{manifest.results_prefix}shard-{index:05d}.receipt.jws",

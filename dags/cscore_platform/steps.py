@@ -90,6 +90,10 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Have every worker attest to the owner's and the provider's brokers; fail fast on a refusal."""
     manifest = Manifest.from_dict(batch)
     store = BatchStore()
+    if manifest.protection == "none":
+        log.info("Batch %s is a plaintext baseline (owner's choice): no attestation, no key brokers.",
+                 manifest.batch_id)
+        return {**batch, "attestation": []}
     with _failing_marks_batch(store, manifest.key, run_id, "attest"):
         card = _model_card(store, manifest)
         brokers = [manifest.broker_url, card["broker_url"]]
