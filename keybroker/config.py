@@ -36,7 +36,7 @@ class BrokerConfig:
     rate_limit_burst: int = 400
     log_level: str = "info"
     max_connections: int | None = None  # uvicorn limit_concurrency: beyond it, 503 (None: unlimited)
-    shutdown_timeout_s: float = 3.0  # on SIGTERM, wait this long for open connections, then close them
+    shutdown_timeout_s: int = 3  # on SIGTERM, wait this long for open connections, then close them
     # TLS on the port (both or neither). Without them the broker binds loopback hosts only.
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None

@@ -140,8 +140,8 @@ def session_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessio
 
     sim = tmp_path_factory.mktemp("sim-tee")
     tls = ensure_local_tls(tmp_path_factory.mktemp("ca"), tmp_path_factory.mktemp("provider-tls"), "provider")
-    common = {"trusted_roots_dir": str(sim), "rate_limit_rps": 1000, "rate_limit_burst": 1000, "log_level": "debug",
-              "shutdown_timeout_s": 0.5}
+    common: dict[str, Any] = {"trusted_roots_dir": str(sim), "rate_limit_rps": 1000, "rate_limit_burst": 1000,
+                              "log_level": "debug", "shutdown_timeout_s": 1}
     owner = BrokerProcess(tmp_path_factory.mktemp("owner"), name="owner", **common).spawn()
     provider = BrokerProcess(tmp_path_factory.mktemp("provider"), name="provider", tls=tls, **common).spawn()
     try:
