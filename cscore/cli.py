@@ -110,7 +110,7 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     from enclave.measurement import code_measurement
     from sdk.emails import read_emails
     from sdk.models import find_model
-    from sdk.owner import resubmit_batch, submit_batch
+    from sdk.owner import BatchError, resubmit_batch, submit_batch
     from sdk.party import Party
     from sdk.storage import ObjectStore
 
@@ -119,7 +119,11 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     if args.resubmit:
         print(f"resubmitted {resubmit_batch(args.tenant, args.resubmit, store)}")
         return 0
+    if args.emails is None or args.model is None:
+        raise BatchError("owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither")
     emails = list(read_emails(args.emails))
+    if not emails:
+        raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
     batch = submit_batch(emails, find_model(store, args.model), tenant=args.tenant, owner=Party.from_env("owner"),
                          store=store, measurements=args.measurement or [code_measurement().hex()])
     print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
@@ -233,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except (ValueError, LookupError, RuntimeError, TimeoutError, OSError) as exc:
+        # Our errors name the field, the expected and the actual value: show that, not a traceback.
+        print(f"cscore: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
