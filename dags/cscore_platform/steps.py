@@ -32,7 +32,8 @@ def manifest_keys_from_events(event_extras: Iterable[dict[str, Any]], conf: dict
     """Manifest keys named by SQS-delivered S3 events and by a manual run's conf, each once."""
     keys: list[str] = list(conf.get("manifest_keys") or [])
     for extra in event_extras:
-        for message in extra.get("message_batch") or []:
+        # A trigger-made asset event carries the trigger's event under "payload".
+        for message in (extra.get("payload") or extra).get("message_batch") or []:
             keys.extend(_keys_in_s3_event(message.get("Body", "")))
     unique = list(dict.fromkeys(keys))
     log.info("This run will look at %d manifest(s): %s", len(unique), ", ".join(unique) or "none")

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import secrets
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -152,21 +153,28 @@ def spawn_broker(stack: LocalStack, party: str) -> Pending:
     if not _module_exists(stack.repo, "keybroker", "__main__"):
         raise StackError("keybroker/__main__.py is missing (not written yet?): cannot start the key brokers; "
                          "start with brokers=False or set CSCORE_OWNER_BROKER_URL/CSCORE_PROVIDER_BROKER_URL")
+    from keybroker.tls import ensure_local_tls  # the broker's own local-CA tooling
+
     folder = stack.state_dir / "brokers" / party
     config = broker_config(stack, party, free_port())
     ensure_secret(Path(str(config["kek_path"])), lambda: secrets.token_bytes(32).hex())
     token = ensure_secret(Path(str(config["admin_token_path"])), lambda: secrets.token_urlsafe(32))
+    # TLS even on loopback: key-bearing traffic is then unreadable to anyone sniffing the host's interfaces.
+    tls = ensure_local_tls(stack.state_dir / "tls", folder, party)
+    config.update(tls_cert_path=str(tls.cert), tls_key_path=str(tls.key))
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _give_token_to_party(stack.state_dir / party / "broker-admin-token", token)
-    url = f"http://127.0.0.1:{config['port']}"
+    url = f"https://127.0.0.1:{config['port']}"
     argv = [PY, "-m", "keybroker", "serve", "--config", str(folder / "config.json")]
     part = stack.spawn(f"{party}-broker", argv)
     stack.env[f"CSCORE_{party.upper()}_BROKER_URL"] = url
+    stack.env["CSCORE_BROKER_CA"] = str(tls.ca_cert)
+    verify = ssl.create_default_context(cafile=str(tls.ca_cert))
 
     def wait() -> str:
-        wait_ready(part, lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60,
+        wait_ready(part, lambda: httpx.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200, 60,
                    f"{party} key broker")
-        return f"on {url}"
+        return f"on {url} (TLS, local CA {tls.ca_cert})"
 
     return Pending(f"{party} key broker", wait)
 

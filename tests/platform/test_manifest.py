@@ -77,3 +77,22 @@ def test_key_outside_incoming_is_not_a_manifest(owner_key: Any) -> None:
     token = sign_json(_payload(), owner_key).encode()
     with pytest.raises(ManifestError, match="expected incoming/<tenant>/<batch>/manifest.jws"):
         verify_manifest("results/acme/b-1/manifest.jws", token, owner_key.as_dict(private=False))
+
+
+def test_manifest_keys_come_from_trigger_payloads_and_conf_once() -> None:
+    from dags.cscore_platform.steps import manifest_keys_from_events
+
+    def s3_event(*keys: str) -> dict[str, Any]:
+        import json
+
+        records = [{"s3": {"object": {"key": k}}} for k in keys]
+        return {"Body": json.dumps({"Records": records})}
+
+    extras = [
+        {"from_trigger": True, "payload": {"status": "success", "message_batch": [
+            s3_event("incoming/acme/b%2B1/manifest.jws"), {"Body": '{"Event": "s3:TestEvent"}'}]}},
+        {"from_trigger": True, "payload": {"status": "success", "message_batch": [
+            s3_event("incoming/acme/b%2B1/manifest.jws", "incoming/acme/b2/part-00000.parquet")]}},
+    ]
+    keys = manifest_keys_from_events(extras, {"manifest_keys": ["incoming/acme/b3/manifest.jws"]})
+    assert keys == ["incoming/acme/b3/manifest.jws", "incoming/acme/b+1/manifest.jws"]
