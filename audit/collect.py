@@ -11,7 +11,7 @@ import ast
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ class SyncReport:
         return f"audit log: appended {parts}{head}"
 
 
-def sync_log(log: AuditLog, brokers: dict[str, DecisionSource], store: Objects, *,
+def sync_log(log: AuditLog, brokers: Mapping[str, DecisionSource], store: Objects, *,
              checkpoint: bool = True) -> SyncReport:
     """Append new broker decisions (chains and signed checkpoints verified) and new S3 records.
 

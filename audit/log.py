@@ -407,7 +407,7 @@ class Witness:
         new = log.latest_checkpoint(pinned)
         if saved is None:
             return new
-        old = Checkpoint.open(saved["checkpoint"], pinned)
+        old = Checkpoint.open(saved["checkpoint"], str(pinned))
         if new.size < old.size:
             raise LogError(f"the {self.name} saw the log at {old.describe()}, but it now has only {new.size} "
                            "entries: entries were removed (the log was rolled back)")

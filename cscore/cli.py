@@ -33,7 +33,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nemails scored   {report.emails_scored}\nspam found      {report.spam_found}\n"
           f"precision       {report.precision:.4f}\nrecall          {report.recall:.4f}\n"
           f"wall time       {report.wall_s:.1f} s\nthroughput      {report.emails_per_s:.1f} emails/s\n"
-          f"measurement     {report.measurement}")
+          f"measurement     {report.measurement}\n"
+          f"audit log       {report.audit_entries} entries, "
+          f"{'verified' if not report.audit_findings else 'PROBLEMS: ' + '; '.join(report.audit_findings)}")
     print(f"\nS3 endpoint     {report.s3_endpoint}\nAirflow         {report.airflow_url}\n"
           f"state directory {report.state_dir}" + ("" if args.keep else "  (stack stopped; --keep leaves it up)"))
     return 0

@@ -40,6 +40,8 @@ class DemoReport:
     wall_s: float
     emails_per_s: float
     measurement: str
+    audit_entries: int
+    audit_findings: list[str]
     s3_endpoint: str
     airflow_url: str
     state_dir: str
@@ -101,6 +103,20 @@ def run_demo(state_dir: Path, *, workers: int = 2, keep: bool = False,
             stack.stop()
 
 
+def _audit(state_dir: Path, store: ObjectStore, anchors: TrustAnchors, policy: Policy,
+           say: Callable[[str], None]) -> tuple[int, list[str]]:
+    """As the auditor: sync the transparency log from both brokers and the bucket, then verify it."""
+    from audit.cli import open_log, sync_from_env, witnesses
+    from audit.verify import verify_audit
+
+    report = sync_from_env(state_dir)
+    log = open_log(None, state_dir)
+    findings = verify_audit(log, store, anchors, policy, witnesses=witnesses(state_dir))
+    errors = [f"{f.check}: {f.message}" for f in findings if f.severity == "error"]
+    say(f"[auditor] {report.summary()}; verify: {'all holds' if not errors else f'{len(errors)} problem(s)'}")
+    return len(log.entries()), errors
+
+
 def _run_parties(stack: LocalStack, say: Callable[[str], None]) -> DemoReport:
     store = ObjectStore()
     train, held_out = corpus_split()
@@ -120,7 +136,8 @@ def _run_parties(stack: LocalStack, say: Callable[[str], None]) -> DemoReport:
     wall = time.monotonic() - t0
     spam, precision, recall = score_report(results, {e.message_id: e.label for e in held_out})
     say(f"[owner] {len(results.receipts)} receipts verified; results decrypted")
+    entries, findings = _audit(stack.state_dir, store, anchors, policy, say)
     return DemoReport(batch.batch_id, results.table.num_rows, spam, precision, recall, wall,
-                      results.table.num_rows / wall, ",".join(results.measurements),
+                      results.table.num_rows / wall, ",".join(results.measurements), entries, findings,
                       stack.env.get("CSCORE_S3_ENDPOINT", ""), stack.env.get("CSCORE_AIRFLOW_URL", ""),
                       str(stack.state_dir))

@@ -119,4 +119,4 @@ def encrypt_to(jwk: dict[str, Any], plaintext: bytes) -> str:
 
 def decrypt_from(private_key: ECKey | RSAKey, token: str) -> bytes:
     """Decrypt a compact JWE with one of the accepted algorithms."""
-    return jwe.decrypt_compact(token, private_key, algorithms=JWE_ALLOWED).plaintext
+    return jwe.decrypt_compact(token, private_key, algorithms=JWE_ALLOWED).plaintext or b""

@@ -289,7 +289,7 @@ class KeyStore:
                 entry["seq"] = (last["seq"] + 1) if last else 1
                 entry["time"] = round(time.time(), 6)
                 entry["prev_hash"] = last["hash"] if last else GENESIS
-                entry["hash"] = entry_hash(entry["prev_hash"], entry)
+                entry["hash"] = entry_hash(str(entry["prev_hash"]), entry)
                 cols = (*LOG_FIELDS, "prev_hash", "hash")
                 self._db.execute(f"INSERT INTO decisions ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                                  tuple(entry[c] for c in cols))

@@ -173,7 +173,7 @@ class BrokerAdmin:
         answer = self._call("POST", "/admin/v0/unwrap", {
             "key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(),
             "recipient_jwk": ephemeral.as_dict(private=False)})
-        return jwe.decrypt_compact(answer["jwe"], ephemeral, algorithms=JWE_ALGS).plaintext
+        return jwe.decrypt_compact(answer["jwe"], ephemeral, algorithms=JWE_ALGS).plaintext or b""
 
     def decisions(self, after: int = 0, *, verify: bool = True) -> list[dict[str, Any]]:
         """The decision log (oldest first); with `verify`, the hash chain and signed checkpoint are checked."""

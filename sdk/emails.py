@@ -335,6 +335,7 @@ def _read_mbox(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
         if first is not None:
             yield _from_raw(first, name, ids)
         return
+    assert first is not None  # a second message implies a first
     yield _from_raw(first, f"{name}#1", ids)
     yield _from_raw(second, f"{name}#2", ids)
     for index, raw in enumerate(messages, start=3):

@@ -89,8 +89,9 @@ def submit_batch(
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_tenant(tenant)
     broker = None if plaintext_baseline else owner.broker()
-    for key_id in keys.all() if broker else []:
-        broker.create_key(key_id)
+    if broker is not None:
+        for key_id in keys.all():
+            broker.create_key(key_id)
     prefix = f"incoming/{tenant}/{batch_id}/"
     objects = []
     for index, start in enumerate(range(0, len(emails), PART_ROWS)):

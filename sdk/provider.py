@@ -53,7 +53,7 @@ def publish_model(
     broker.set_policy(key_id, None, measurements=allowed_measurements)  # an existing key gets today's list
     wrapped = broker.wrap(key_id, dek)
     prefix = f"models/{name}/{version}/"
-    card = {
+    card: dict[str, Any] = {
         "type": CARD_TYPE, "name": name, "version": version, "digest": digest, "size": len(onnx_bytes),
         "schema": schema, "object_key": prefix + "model.onnx.enc", "key_id": key_id,
         "wrapped_dek": base64.b64encode(wrapped).decode(), "broker_url": provider.broker_url,
@@ -69,7 +69,7 @@ def publish_baseline_model(onnx_bytes: bytes, name: str, *, provider: Party, sto
     """Publish the model UNENCRYPTED, for the benchmark's plaintext baseline only."""
     version = _next_version(store, name)
     prefix = f"models/{name}/{version}/"
-    card = {"type": CARD_TYPE, "name": name, "version": version, "protection": "none",
+    card: dict[str, Any] = {"type": CARD_TYPE, "name": name, "version": version, "protection": "none",
             "digest": "sha256:" + hashlib.sha256(onnx_bytes).hexdigest(), "size": len(onnx_bytes),
             "schema": _schema(onnx_bytes), "object_key": prefix + "model.onnx", "published_at": int(time.time())}
     store.put(card["object_key"], onnx_bytes)
