@@ -206,7 +206,7 @@ class AttestedSession:
         return jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, self._tee_key, algorithms=["ES256"])
 
     def _open(self, token: str) -> bytes:
-        return jwe.decrypt_compact(token, self._tee_key, algorithms=JWE_ALGS).plaintext
+        return jwe.decrypt_compact(token, self._tee_key, algorithms=JWE_ALGS).plaintext or b""
 
     def _broker_jwk(self) -> Any:
         if self._broker_key is None:

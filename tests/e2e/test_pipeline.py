@@ -102,7 +102,9 @@ def _airflow(stack: LocalStack, *args: str) -> str:
 
 def _finished_runs(stack: LocalStack) -> list[dict[str, Any]]:
     out = _airflow(stack, "dags", "list-runs", "cscore_batch", "-o", "json")
-    runs = json.loads(out[out.index("["):]) if "[" in out else []
+    # The CLI may print log lines before its JSON; the runs are the line that is a JSON list.
+    lines = [line for line in out.splitlines() if line.startswith("[{") or line.strip() == "[]"]
+    runs = json.loads(lines[-1]) if lines else []
     return [r for r in runs if r.get("state") in {"success", "failed"}]
 
 
