@@ -168,6 +168,8 @@ def test_bad_manifests_fail_with_a_named_reason(stack: LocalStack) -> None:
         "bad-model": (variant("bad-model", model={**good["model"], "name": "no-such-model"}), None,
                       "expected a published model no-such-model"),
     }
+    for obj in good["objects"]:  # bad-model's data is all there: only its model is wrong
+        store.put(obj["key"].replace(good["batch_id"], "bad-model"), store.get(obj["key"]))
     for batch_id, (payload, raw, _) in cases.items():
         _bad_manifest(store, batch_id, payload, raw)
     for batch_id, (_, _, reason) in cases.items():
