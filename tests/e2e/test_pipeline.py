@@ -28,12 +28,13 @@ from enclave.signing import sign_json, unverified_payload
 from infra.local.stack import LocalStack
 from sdk.corpus import CorpusEmail
 from sdk.emails import Email, email_text
-from sdk.models import ModelListing, find_model
+from sdk.models import ModelListing, find_model, list_models
 from sdk.owner import OwnerKeys, SubmittedBatch, register_tenant, resubmit_batch, submit_batch, wait_for_batch
 from sdk.party import Party
 from sdk.provider import publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
+from sdk.training import export_onnx, train_spam_model
 from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY
 
 pytestmark = pytest.mark.e2e
@@ -68,6 +69,16 @@ def test_provider_publishes_and_owner_sees_the_model(stack: LocalStack, model_by
     stored = store.get(f"models/spam-filter/{listing.version}/model.onnx.enc")
     assert MODEL_CANARY.encode() not in stored and len(stored) == len(model_bytes) + 12 + 16
     _state["model"] = listing
+    # A newer, different version: batches that name version 1 must still be scored by version 1.
+    newer = publish_model(_small_model(), "spam-filter", provider=Party.from_env("provider"), store=store,
+                          allowed_measurements=[code_measurement().hex()])
+    assert [(m.name, m.version) for m in list_models(store)] == [("spam-filter", 1), ("spam-filter", 2)]
+    assert find_model(store, "spam-filter").digest == newer.digest != listing.digest
+
+
+def _small_model() -> bytes:
+    texts = ["win money now", "free prize claim", "meeting at noon", "lunch tomorrow?"] * 5
+    return export_onnx(train_spam_model(texts, [1, 1, 0, 0] * 5))
 
 
 def test_two_concurrent_batches_score_exactly(stack: LocalStack, corpus: Any, model_bytes: bytes) -> None:
