@@ -76,11 +76,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
-    models = list_models(ObjectStore())
+    from sdk.party import Party
+
+    models = list_models(ObjectStore(), Party.from_env("owner").trusted_providers())
     if args.json:
         print(json.dumps([m.__dict__ for m in models]))
     for m in models if not args.json else []:
-        print(f"{m.name}:{m.version}  {m.digest}  signed by {m.signer}")
+        trust = "trusted provider" if m.trusted else "UNTRUSTED signer (cscore owner trust-provider)"
+        print(f"{m.name}:{m.version}  {m.digest}  signed by {m.signer} ({trust})")
+    return 0
+
+
+def cmd_provider_key(args: argparse.Namespace) -> int:
+    from sdk.party import Party
+
+    _load_stack_env(args.state_dir)
+    print(json.dumps(Party.from_env("provider").public_key()))
+    return 0
+
+
+def cmd_owner_trust_provider(args: argparse.Namespace) -> int:
+    from sdk.party import Party
+
+    _load_stack_env(args.state_dir)
+    path = Party.from_env("owner").trust_provider(json.loads(args.key.read_text()))
+    print(f"model cards signed by this key are now trusted ({path})")
     return 0
 
 
@@ -126,8 +146,9 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     emails = list(read_emails(args.emails))
     if not emails:
         raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
-    batch = submit_batch(emails, find_model(store, args.model), tenant=args.tenant, owner=Party.from_env("owner"),
-                         store=store, measurements=args.measurement or [code_measurement().hex()])
+    owner = Party.from_env("owner")
+    batch = submit_batch(emails, find_model(store, args.model, owner.trusted_providers()), tenant=args.tenant,
+                         owner=owner, store=store, measurements=args.measurement or [code_measurement().hex()])
     print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
     return 0
 
@@ -148,7 +169,7 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
         print(f"batch {args.batch} failed: {status.get('reason')}\nfix the cause, then "
               f"`cscore owner submit --resubmit {args.batch}`", file=sys.stderr)
         return 1
-    anchors, policy = owner_trust()
+    anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
     results = fetch_results(args.tenant, args.batch, owner=Party.from_env("owner"), store=store,
                             anchors=anchors, policy=policy)
     if args.out:
@@ -195,6 +216,8 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--name", required=True)
     publish.add_argument("--measurement", action="append", help="enclave measurement allowed (hex); repeatable")
     publish.set_defaults(func=cmd_provider_publish)
+    key = provider.add_parser("key", help="print the provider's public card-signing key, for owners to pin")
+    key.set_defaults(func=cmd_provider_key)
 
     owner = sub.add_parser("owner", help="the data owner's commands").add_subparsers(dest="action", required=True)
     register = owner.add_parser("register", help="register the tenant's manifest key with the platform")
@@ -213,6 +236,12 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--out", type=Path, help="write the decrypted results as Parquet")
     results.add_argument("--wait", type=float, default=900.0, help="seconds to wait for the batch")
     results.add_argument("--json", action="store_true")
+    results.add_argument("--accept-simulated", action="store_true",
+                         help="trust receipts from the simulated TEE (development stacks only)")
+    trust = owner.add_parser("trust-provider",
+                             help="pin a model provider's card-signing key (from `cscore provider key`)")
+    trust.add_argument("key", type=Path)
+    trust.set_defaults(func=cmd_owner_trust_provider)
     results.set_defaults(func=cmd_owner_results)
     _add_attest(sub)
     from audit.cli import add_commands as add_audit_commands

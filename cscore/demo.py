@@ -73,11 +73,14 @@ def owner_emails(held_out: list[CorpusEmail]) -> list[Email]:
     return [Email(message_id=e.message_id, text=email_text(e.raw)) for e in held_out]
 
 
-def owner_trust() -> tuple[TrustAnchors, Policy]:
-    """The owner accepts the simulated root only because it runs the simulated stack itself."""
-    anchors = TrustAnchors.from_dir(Path(os.environ["CSCORE_SIM_TEE_DIR"]))
+def owner_trust(*, accept_simulated: bool) -> tuple[TrustAnchors, Policy]:
+    """AMD's roots and the measurement of the worker code the owner audited; the simulated root only when
+    asked for (the demo's owner runs the simulated stack itself)."""
+    sim_dir = os.environ.get("CSCORE_SIM_TEE_DIR")
+    simulated = accept_simulated and sim_dir is not None
+    anchors = TrustAnchors.from_dir(Path(sim_dir)) if simulated and sim_dir else TrustAnchors.amd()
     policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()],
-                               "allowed_roots": ["amd", "simulated"]})
+                               "allowed_roots": ["amd", "simulated"] if simulated else ["amd"]})
     return anchors, policy
 
 
@@ -125,13 +128,15 @@ def _run_parties(stack: LocalStack, say: Callable[[str], None]) -> DemoReport:
     register_tenant(owner, TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
     emails = owner_emails(held_out)
     t0 = time.monotonic()
-    batch = submit_batch(emails, find_model(store, model_ref), tenant=TENANT, owner=owner, store=store,
+    owner.trust_provider(Party.from_env("provider").public_key())  # out of band, in real life
+    batch = submit_batch(emails, find_model(store, model_ref, owner.trusted_providers()), tenant=TENANT,
+                         owner=owner, store=store,
                          measurements=[code_measurement().hex()])
     say(f"[owner] submitted batch {batch.batch_id}: {batch.rows} emails, PME-encrypted, manifest signed")
     status = wait_for_batch(store, TENANT, batch.batch_id, progress=lambda s: say(f"[owner] batch is {s}"))
     if status["state"] != "succeeded":
         raise RuntimeError(f"batch {batch.batch_id} failed: {status.get('reason')}")
-    anchors, policy = owner_trust()
+    anchors, policy = owner_trust(accept_simulated=True)
     results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
     wall = time.monotonic() - t0
     spam, precision, recall = score_report(results, {e.message_id: e.label for e in held_out})

@@ -58,7 +58,25 @@ class ShardSpec:
                 f"shard.row_groups: expected 0 <= start < end, got [{spec.row_group_start}, "
                 f"{spec.row_group_end})"
             )
+        spec._check_paths()
         return spec
+
+    def _check_paths(self) -> None:
+        # The platform writes the spec: its paths must stay inside this batch's own folders.
+        results = f"results/{self.tenant}/{self.batch_id}/shard-{self.shard_index:05d}"
+        expected = {
+            "output_key": f"{results}.parquet",
+            "receipt_key": f"{results}.receipt.jws",
+        }
+        for name, value in expected.items():
+            if getattr(self, name) != value:
+                raise ShardSpecError(f"shard.{name}: expected {value}, got {getattr(self, name)}")
+        if not self.input_key.startswith(f"incoming/{self.tenant}/{self.batch_id}/"):
+            raise ShardSpecError(
+                f"shard.input_key: expected a key under incoming/{self.tenant}/{self.batch_id}/, got {self.input_key}"
+            )
+        if self.protection not in ("pme", "none"):
+            raise ShardSpecError(f"shard.protection: expected 'pme' or 'none', got {self.protection!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import logging
+import secrets
 import socket
 import threading
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from enclave.receipts import evidence_document, sign_receipt
 from enclave.scoring import ModelSession, session_for
 from enclave.shard import ShardSpec
 from enclave.signing import canonical_json
-from enclave.tee import EvidenceProvider
+from enclave.tee import EvidenceProvider, SimulatedSnpProvider
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,15 @@ class ModelIntegrityError(ValueError):
     """The decrypted model is not the one the owner chose."""
 
 
+class PlaintextRefused(PermissionError):
+    """A plaintext (baseline) shard was sent to a worker on a real TEE."""
+
+
 @dataclass(frozen=True)
 class ScoredShard:
     """A finished shard, ready to upload: only ciphertext and signed metadata."""
 
+    output_key: str  # per attempt: concurrent attempts never overwrite each other's output
     output: bytes
     output_sha256: str
     rows: int
@@ -131,8 +137,14 @@ class Enclave:
                 f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed manifest), "
                 f"got {sha256_hex(input_parquet)}"
             )
+        if card.get("digest") != spec.model_digest:
+            raise ModelIntegrityError(
+                f"model card {spec.model_name}:{spec.model_version}: expected digest {spec.model_digest} "
+                f"(the owner's choice), got {card.get('digest')}"
+            )
+        output_key = spec.output_key.removesuffix(".parquet") + f".{secrets.token_hex(8)}.parquet"
         if spec.protection == "none":
-            return self._score_plaintext(spec, input_parquet, model_ciphertext)
+            return self._score_plaintext(spec, output_key, input_parquet, model_ciphertext)
         owner = self.session(spec.owner_broker_url)
         keys = _BatchKeys(owner, spec.batch_id, spec.model_digest)
         model = session_for(spec.model_digest, lambda: self._decrypt_model(spec, card, model_ciphertext()))
@@ -148,22 +160,33 @@ class Enclave:
             column_key=spec.result_key,
             row_group_size=RESULT_ROW_GROUP_SIZE,
         )
-        return self._receipted(spec, owner, input_parquet, output, table.num_rows)
+        return self._receipted(spec, owner, output_key, input_parquet, output, table.num_rows)
 
-    def _score_plaintext(self, spec: ShardSpec, source: bytes, model_bytes: Callable[[], bytes]) -> ScoredShard:
-        """The benchmark's baseline: same reading, scoring and writing, without PME, brokers or evidence."""
+    def _score_plaintext(
+        self, spec: ShardSpec, output_key: str, source: bytes, model_bytes: Callable[[], bytes]
+    ) -> ScoredShard:
+        """The benchmark's baseline: same reading, scoring and writing, without PME, brokers or evidence.
+
+        Only on the simulated TEE: on a real one, the platform could otherwise run a released model on
+        its own inputs and read the scores.
+        """
+        if not isinstance(self._provider, SimulatedSnpProvider):
+            raise PlaintextRefused(
+                f"shard.protection: expected 'pme' on a real TEE, got 'none' (plaintext is for benchmarks on the "
+                f"simulated TEE only); batch {spec.batch_id} refused"
+            )
         model = session_for(spec.model_digest, model_bytes)
         table = pq.ParquetFile(pa.BufferReader(source)).read_row_groups(_row_groups(spec), INPUT_COLUMNS)
         sink = io.BytesIO()
         pq.write_table(_scored(spec, table, model), sink, row_group_size=RESULT_ROW_GROUP_SIZE)
         output = sink.getvalue()
-        receipt = sign_receipt(self._baseline_key, spec=spec, input_sha256=sha256_hex(source),
+        receipt = sign_receipt(self._baseline_key, spec=spec, output_key=output_key, input_sha256=sha256_hex(source),
                                output_sha256=sha256_hex(output), rows=table.num_rows, evidence_sha256="",
                                worker=self.name)
-        return ScoredShard(output, sha256_hex(output), table.num_rows, receipt, {}, "")
+        return ScoredShard(output_key, output, sha256_hex(output), table.num_rows, receipt, {}, "")
 
     def _receipted(
-        self, spec: ShardSpec, owner: AttestedSession, source: bytes, output: bytes, rows: int
+        self, spec: ShardSpec, owner: AttestedSession, output_key: str, source: bytes, output: bytes, rows: int
     ) -> ScoredShard:
         if owner.evidence is None or owner.runtime_data is None:
             raise RuntimeError("receipt: expected an attested owner session, got none")
@@ -173,6 +196,7 @@ class Enclave:
         receipt = sign_receipt(
             OKPKey.import_key(owner.receipt_private_key),
             spec=spec,
+            output_key=output_key,
             input_sha256=sha256_hex(source),
             output_sha256=output_sha256,
             rows=rows,
@@ -183,7 +207,7 @@ class Enclave:
             "scored shard %d of batch %s: %d rows, output sha256 %s",
             spec.shard_index, spec.batch_id, rows, output_sha256,
         )
-        return ScoredShard(output, output_sha256, rows, receipt, evidence, evidence_sha256)
+        return ScoredShard(output_key, output, output_sha256, rows, receipt, evidence, evidence_sha256)
 
     def _decrypt_model(self, spec: ShardSpec, card: dict[str, Any], ciphertext: bytes) -> bytes:
         provider = self.session(card["broker_url"])

@@ -36,15 +36,17 @@ class BatchError(ValueError):
 
 @dataclass(frozen=True)
 class OwnerKeys:
-    """The owner's master key ids at its broker, one set per tenant."""
+    """The owner's master key ids at its broker, one set per batch."""
 
     footer: str
     emails: str
     results: str
 
     @classmethod
-    def for_tenant(cls, tenant: str) -> OwnerKeys:
-        return cls(f"{tenant}.footer", f"{tenant}.emails", f"{tenant}.results")
+    def for_batch(cls, tenant: str, batch_id: str) -> OwnerKeys:
+        # Per batch: a grant for one batch can then never unwrap another batch's keys.
+        prefix = f"{tenant}.{batch_id}"
+        return cls(f"{prefix}.footer", f"{prefix}.emails", f"{prefix}.results")
 
     def all(self) -> list[str]:
         return [self.footer, self.emails, self.results]
@@ -87,7 +89,7 @@ def submit_batch(
     if len(set(ids)) != len(ids):
         raise BatchError("emails.message_id: expected unique ids, got duplicates")
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    keys = OwnerKeys.for_tenant(tenant)
+    keys = OwnerKeys.for_batch(tenant, batch_id)
     broker = None if plaintext_baseline else owner.broker()
     if broker is not None:
         for key_id in keys.all():

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from joserfc.jwk import OKPKey
 
@@ -38,6 +39,23 @@ class Party:
             path.write_text(json.dumps(generate_signing_key().as_dict(private=True)))
             path.chmod(0o600)
         return OKPKey.import_key(json.loads(path.read_text()))
+
+    def public_key(self) -> dict[str, Any]:
+        """The public half of the signing key: what others pin to verify this party's documents."""
+        return dict(self.signing_key().as_dict(private=False))
+
+    def trust_provider(self, public_jwk: dict[str, Any]) -> Path:
+        """Pin a model provider's card-signing key (owner side)."""
+        folder = self.home / "providers"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{OKPKey.import_key(public_jwk).thumbprint()}.jwk"
+        path.write_text(json.dumps(public_jwk))
+        return path
+
+    def trusted_providers(self) -> list[dict[str, Any]]:
+        """The provider keys this owner pinned."""
+        folder = self.home / "providers"
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.jwk"))] if folder.is_dir() else []
 
     def broker(self) -> BrokerAdmin:
         token_path = self.home / "broker-admin-token"

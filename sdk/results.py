@@ -38,6 +38,8 @@ def fetch_results(
     receipts = [_verified_shard(store, manifest, shard, anchors, policy) for shard in result_manifest["shards"]]
     _check_coverage(manifest, [r.payload for r in receipts])
     tables = [decrypt_results(store.get(r.payload["output"]["key"]), owner) for r in receipts]
+    for receipt, part in zip(receipts, tables, strict=True):
+        _expect(receipt.payload["output"]["key"], "output.rows", receipt.payload["output"]["rows"], part.num_rows)
     table = pa.concat_tables(tables).select(["message_id", "spam_probability", "label"])
     _check_rows(manifest, table)
     return VerifiedResults(table, receipts, sorted({r.claims.measurement for r in receipts}))
@@ -53,6 +55,7 @@ def _verified_shard(
     receipt = verify_receipt(token, evidence, anchors=anchors, policy=policy)
     p = receipt.payload
     _expect(shard["receipt_key"], "batch_id", manifest["batch_id"], p["batch_id"])
+    _expect(shard["receipt_key"], "tenant", manifest["tenant"], p["tenant"])
     _expect(shard["receipt_key"], "model.digest", manifest["model"]["digest"], p["model"]["digest"])
     if not p["output"]["key"].startswith(prefix):
         raise ResultVerificationError(f"{shard['receipt_key']}: output.key expected under {prefix}, "

@@ -35,3 +35,18 @@ def get_if_exists(key: str) -> bytes | None:
         if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
             return None
         raise
+
+
+def put_if_absent(key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+    """Write only if nothing is there (conditional write); False when another writer was first."""
+    try:
+        s3_client().put_object(Bucket=bucket(), Key=key, Body=data, ContentType=content_type, IfNoneMatch="*")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "ConditionalRequestConflict"}:
+            return False
+        raise
+    return True
+
+
+def delete(key: str) -> None:
+    s3_client().delete_object(Bucket=bucket(), Key=key)

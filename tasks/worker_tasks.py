@@ -1,19 +1,56 @@
-"""Celery tasks run by the confidential workers. Idempotent, acknowledged late, stable names."""
+"""Celery tasks run by the confidential workers. Idempotent, acknowledged late, stable names.
+
+What a task returns or raises reaches the platform (result backend, Airflow logs), so errors are
+contained: the enclave's own refusals (which name fields, expected and actual digests) pass through,
+any other exception is reported by type only.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-from enclave.shard import ShardOutcome, ShardSpec
+from attestation.errors import AttestationError
+from enclave.kbs_client import KbsError
+from enclave.shard import ShardOutcome, ShardSpec, ShardSpecError
 from enclave.signing import canonical_json, unverified_payload
 from enclave.tee import evidence_provider_from_env
-from enclave.worker import Enclave, sha256_hex
+from enclave.worker import Enclave, ModelIntegrityError, PlaintextRefused, ShardInputError, sha256_hex
 from tasks import storage
 from tasks.celery_app import app
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
+SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, KbsError, AttestationError)
+
+
+class WorkerRefusal(RuntimeError):
+    """What the platform learns of a failure inside the worker."""
+
+
+class ReceiptMismatch(ValueError):
+    """A receipt already stored for this shard does not describe this shard."""
+
+
+def contained(task: F) -> F:
+    """Let only shareable error text out of the enclave."""
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except (*SHAREABLE, ReceiptMismatch) as exc:
+            raise WorkerRefusal(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            log.error("task failed inside the enclave with %s (details withheld)", type(exc).__name__)
+            raise WorkerRefusal(f"{type(exc).__name__} inside the worker (details stay in the enclave)") from None
+
+    return run  # type: ignore[return-value]
 
 
 @cache
@@ -23,6 +60,7 @@ def _enclave() -> Enclave:
 
 
 @app.task(name="cscore.attest", bind=True, acks_late=True)
+@contained
 def attest(self: Any, broker_urls: list[str]) -> dict[str, Any]:
     """Attest this worker to each broker; returns verdicts (measurement, TEE, expiry), no secrets."""
     verdicts = _enclave().attest(broker_urls)
@@ -30,6 +68,7 @@ def attest(self: Any, broker_urls: list[str]) -> dict[str, Any]:
 
 
 @app.task(name="cscore.score_shard", bind=True, acks_late=True)
+@contained
 def score_shard(self: Any, spec_data: dict[str, Any]) -> dict[str, Any]:
     """Score one shard; a shard whose receipt already exists is reported, not scored again."""
     spec = ShardSpec.from_dict(spec_data)
@@ -38,30 +77,28 @@ def score_shard(self: Any, spec_data: dict[str, Any]) -> dict[str, Any]:
     if existing is not None:
         return _outcome_from_receipt(spec, existing, worker)
     card = unverified_payload(storage.get_bytes(_card_key(spec)).decode(), what="model card")
-    scored = _enclave().score_shard(
-        spec,
-        storage.get_bytes(spec.input_key),
-        card,
-        lambda: storage.get_bytes(card["object_key"]),
-    )
+    scored = _enclave().score_shard(spec, storage.get_bytes(spec.input_key), card,
+                                    lambda: storage.get_bytes(card["object_key"]))
     if scored.evidence:
         evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
         storage.put_bytes(evidence_key, canonical_json(scored.evidence), "application/json")
-    storage.put_bytes(spec.output_key, scored.output)
-    # The receipt goes last: its presence marks the shard done, so a crash before it means a redo.
+    storage.put_bytes(scored.output_key, scored.output)
     receipt = scored.receipt.encode()
-    storage.put_bytes(spec.receipt_key, receipt, "application/jose")
-    outcome = ShardOutcome(
+    # The receipt is the shard's commit: written once. A concurrent attempt that lost the race
+    # reports the winner's receipt and removes its own (never referenced) output.
+    if not storage.put_if_absent(spec.receipt_key, receipt, "application/jose"):
+        storage.delete(scored.output_key)
+        return _outcome_from_receipt(spec, storage.get_bytes(spec.receipt_key), worker)
+    return ShardOutcome(
         shard_index=spec.shard_index,
-        output_key=spec.output_key,
+        output_key=scored.output_key,
         output_sha256=scored.output_sha256,
         receipt_key=spec.receipt_key,
         receipt_sha256=sha256_hex(receipt),
         rows=scored.rows,
         worker=worker,
         reused=False,
-    )
-    return outcome.to_dict()
+    ).to_dict()
 
 
 def _card_key(spec: ShardSpec) -> str:
@@ -70,6 +107,7 @@ def _card_key(spec: ShardSpec) -> str:
 
 def _outcome_from_receipt(spec: ShardSpec, receipt: bytes, worker: str) -> dict[str, Any]:
     payload = unverified_payload(receipt.decode(), what="receipt")
+    _check_receipt_matches(spec, payload)
     log.info("shard %d of batch %s already has a receipt; reporting it", spec.shard_index, spec.batch_id)
     return ShardOutcome(
         shard_index=spec.shard_index,
@@ -81,3 +119,28 @@ def _outcome_from_receipt(spec: ShardSpec, receipt: bytes, worker: str) -> dict[
         worker=worker,
         reused=True,
     ).to_dict()
+
+
+def _check_receipt_matches(spec: ShardSpec, payload: dict[str, Any]) -> None:
+    """Reuse a stored receipt only if it is this shard's (the owner verifies its signature later)."""
+    expected = {
+        "batch_id": spec.batch_id,
+        "shard_index": spec.shard_index,
+        "input": {"key": spec.input_key, "sha256": spec.input_sha256,
+                  "row_groups": [spec.row_group_start, spec.row_group_end]},
+        "model.digest": spec.model_digest,
+    }
+    actual = {
+        "batch_id": payload.get("batch_id"),
+        "shard_index": payload.get("shard_index"),
+        "input": payload.get("input"),
+        "model.digest": (payload.get("model") or {}).get("digest"),
+    }
+    for name, value in expected.items():
+        if actual[name] != value:
+            raise ReceiptMismatch(f"{spec.receipt_key}: receipt.{name} expected {value!r}, got {actual[name]!r}; "
+                                  "delete the stale receipt or submit under a new batch id")
+    output_key = str((payload.get("output") or {}).get("key", ""))
+    if not output_key.startswith(spec.output_key.removesuffix(".parquet")):
+        raise ReceiptMismatch(f"{spec.receipt_key}: receipt.output.key expected under "
+                              f"{spec.output_key.removesuffix('.parquet')}, got {output_key!r}")

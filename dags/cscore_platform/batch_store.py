@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from dags.cscore_platform.manifest import Manifest, ManifestError
 
 RESULT_MANIFEST_TYPE = "cscore.result-manifest/v1"
+CLAIM_TTL_S = 3 * 3600.0  # longer than any run may take (score_shards times out after 1 h)
 
 
 class BatchStore:
@@ -55,23 +56,55 @@ class BatchStore:
             ) from exc
 
     def claim(self, manifest: Manifest, run_id: str) -> dict[str, Any] | None:
-        """Claim the batch for this run; returns the holder's status instead if it is taken."""
-        body = json.dumps({"manifest_sha256": manifest.sha256, "run_id": run_id}).encode()
+        """Claim the batch for this run; returns the holder's status instead if it is taken.
+
+        A claim older than CLAIM_TTL_S whose batch never finished belongs to a run that died without
+        cleaning up (killed, out of memory): it is taken over, so the batch can be resubmitted.
+        """
+        if self._put_claim(manifest, run_id):
+            self.set_status(manifest.tenant, manifest.batch_id, "processing", run_id=run_id,
+                            manifest_sha256=manifest.sha256)
+            return None
+        status = self.status(manifest.tenant, manifest.batch_id) or {"state": "processing"}
+        holder = self._claim(manifest.tenant, manifest.batch_id)
+        stale = holder is not None and time.time() - holder.get("claimed_at", 0) > CLAIM_TTL_S
+        if stale and status.get("state") != "succeeded":
+            self._s3.delete_object(Bucket=self.bucket, Key=_claim_key(manifest.tenant, manifest.batch_id))
+            return self.claim(manifest, run_id)
+        return status
+
+    def _put_claim(self, manifest: Manifest, run_id: str) -> bool:
+        body = json.dumps({"manifest_sha256": manifest.sha256, "run_id": run_id, "claimed_at": time.time()})
         try:
-            key = _claim_key(manifest.tenant, manifest.batch_id)
-            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+            self._s3.put_object(Bucket=self.bucket, Key=_claim_key(manifest.tenant, manifest.batch_id),
+                                Body=body.encode(), IfNoneMatch="*")
         except ClientError as exc:
             if _code(exc) != "PreconditionFailed":
                 raise
-            return self.status(manifest.tenant, manifest.batch_id) or {"state": "processing"}
-        self.set_status(manifest.tenant, manifest.batch_id, "processing", run_id=run_id,
-                        manifest_sha256=manifest.sha256)
-        return None
+            return False
+        return True
 
-    def release(self, tenant: str, batch_id: str, reason: str, run_id: str) -> None:
-        """Mark the batch failed and free its claim, so the same manifest can be submitted again."""
+    def _claim(self, tenant: str, batch_id: str) -> dict[str, Any] | None:
+        try:
+            raw = self._s3.get_object(Bucket=self.bucket, Key=_claim_key(tenant, batch_id))["Body"].read()
+        except ClientError:
+            return None
+        holder: dict[str, Any] = json.loads(raw)
+        return holder
+
+    def release(self, tenant: str, batch_id: str, reason: str, run_id: str) -> bool:
+        """Mark the batch failed and free its claim, so the same manifest can be submitted again.
+
+        Only the run holding the claim (or any run, when nobody holds it) may do so: a duplicate event's
+        failing run must not mark a batch failed that another run is processing. Returns whether it did.
+        """
+        holder = self._claim(tenant, batch_id)
+        if holder is not None and holder.get("run_id") != run_id:
+            return False
         self.set_status(tenant, batch_id, "failed", run_id=run_id, reason=reason)
-        self._s3.delete_object(Bucket=self.bucket, Key=_claim_key(tenant, batch_id))
+        if holder is not None:
+            self._s3.delete_object(Bucket=self.bucket, Key=_claim_key(tenant, batch_id))
+        return True
 
     def status(self, tenant: str, batch_id: str) -> dict[str, Any] | None:
         try:

@@ -56,12 +56,15 @@ def _failing_marks_batch(store: BatchStore, manifest_key: str, run_id: str, step
         yield
     except BatchSkipped:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # timeouts and kills too: the claim must not outlive a dead run
         tenant, batch = tenant_and_batch(manifest_key)
         reason = f"{step}: {exc}"
-        log.error("Batch %s failed at step %s: %s. Its input is untouched; fix the cause and submit the "
-                  "same manifest again.", batch, step, exc)
-        store.release(tenant, batch, reason, run_id)
+        if store.release(tenant, batch, reason, run_id):
+            log.error("Batch %s failed at step %s: %s. Its input is untouched; fix the cause and submit the "
+                      "same manifest again.", batch, step, exc)
+        else:
+            log.error("This run could not process batch %s (%s: %s); another run holds it and it is left "
+                      "to that run.", batch, step, exc)
         raise
 
 

@@ -76,10 +76,13 @@ def run_shards(
             done_before = done
         failed = next((r for r in results if r.ready() and r.failed()), None)
         if failed is not None:
+            # Stop the rest: a resubmission must not race leftovers of this attempt.
+            app.control.revoke([r.id for r in results if not r.ready()])
             index = results.index(failed)
-            raise WorkerPoolError(f"shard {index} failed on the worker: {failed.result!r}")
+            raise WorkerPoolError(f"shard {index} failed on the worker: {failed.result}")
         if done == len(results):
             return [r.get() for r in results]
         if time.monotonic() > deadline:
+            app.control.revoke([r.id for r in results if not r.ready()])
             raise WorkerPoolError(f"{len(results) - done} of {len(results)} shards unfinished after {timeout:.0f} s")
         time.sleep(0.2)

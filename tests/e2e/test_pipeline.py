@@ -63,8 +63,12 @@ def test_provider_publishes_and_owner_sees_the_model(stack: LocalStack, model_by
     store = ObjectStore()
     published = publish_model(model_bytes, "spam-filter", provider=Party.from_env("provider"), store=store,
                               allowed_measurements=[code_measurement().hex()])
-    register_tenant(Party.from_env("owner"), TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
-    listing = find_model(store, "spam-filter")
+    owner = Party.from_env("owner")
+    register_tenant(owner, TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
+    with pytest.raises(LookupError, match="pin the provider's key"):
+        find_model(store, "spam-filter", owner.trusted_providers())  # not yet trusted: refused
+    owner.trust_provider(Party.from_env("provider").public_key())
+    listing = find_model(store, "spam-filter", owner.trusted_providers())
     assert (listing.version, listing.digest) == (published.version, "sha256:" + hashlib.sha256(model_bytes).hexdigest())
     stored = store.get(f"models/spam-filter/{listing.version}/model.onnx.enc")
     assert MODEL_CANARY.encode() not in stored and len(stored) == len(model_bytes) + 12 + 16
@@ -73,7 +77,7 @@ def test_provider_publishes_and_owner_sees_the_model(stack: LocalStack, model_by
     newer = publish_model(_small_model(), "spam-filter", provider=Party.from_env("provider"), store=store,
                           allowed_measurements=[code_measurement().hex()])
     assert [(m.name, m.version) for m in list_models(store)] == [("spam-filter", 1), ("spam-filter", 2)]
-    assert find_model(store, "spam-filter").digest == newer.digest != listing.digest
+    assert find_model(store, "spam-filter", owner.trusted_providers()).digest == newer.digest != listing.digest
 
 
 def _small_model() -> bytes:
@@ -92,7 +96,7 @@ def test_two_concurrent_batches_score_exactly(stack: LocalStack, corpus: Any, mo
     for batch in (big, small_batch):
         status = _wait(batch.batch_id)
         assert status["state"] == "succeeded", status
-    anchors, policy = owner_trust()
+    anchors, policy = owner_trust(accept_simulated=True)
     results = fetch_results(TENANT, big.batch_id, owner=Party.from_env("owner"), store=ObjectStore(),
                             anchors=anchors, policy=policy)
     ids = results.table.column("message_id").to_pylist()
@@ -149,7 +153,7 @@ def test_refused_release_fails_the_batch_which_can_be_resubmitted(stack: LocalSt
     assert not [k for k in store.keys(f"results/{TENANT}/{batch.batch_id}/") if k.endswith(".parquet")]
     # The owner grants the right measurement and submits the same manifest again.
     Party.from_env("owner").broker().grant(batch.batch_id, _state["model"].digest, [code_measurement().hex()],
-                                           OwnerKeys.for_tenant(TENANT).all())
+                                           OwnerKeys.for_batch(TENANT, batch.batch_id).all())
     resubmit_batch(TENANT, batch.batch_id, store)
     deadline = time.monotonic() + WAIT_S
     while _wait(batch.batch_id)["state"] == "failed" and time.monotonic() < deadline:
