@@ -45,10 +45,12 @@ def contained(task: F) -> F:
         try:
             return task(*args, **kwargs)
         except (*SHAREABLE, ReceiptMismatch) as exc:
-            raise WorkerRefusal(f"{type(exc).__name__}: {exc}") from None
+            refusal = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             log.error("task failed inside the enclave with %s (details withheld)", type(exc).__name__)
-            raise WorkerRefusal(f"{type(exc).__name__} inside the worker (details stay in the enclave)") from None
+            refusal = f"{type(exc).__name__} inside the worker (details stay in the enclave)"
+        # Raised outside the handler: no __context__, so no traceback carries the original text out.
+        raise WorkerRefusal(refusal)
 
     return run  # type: ignore[return-value]
 

@@ -17,11 +17,14 @@ from sdk.training import export_onnx, train_spam_model
 from tests.e2e.canaries import MODEL_CANARY
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """Module-scoped, so the stack's variables leave os.environ before other test modules run."""
     state = tmp_path_factory.mktemp("stack")
     saved = dict(os.environ)
-    running = LocalStack(state, workers=2, airflow=True)
+    # Every part embedded: a CSCORE_* variable in the environment would mean "use that real server".
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CSCORE_")}
+    running = LocalStack(state, workers=2, airflow=True, environ=clean)
     running.start()
     os.environ.update(running.env)
     try:

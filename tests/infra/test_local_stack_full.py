@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,10 @@ def test_full_stack_starts_and_stops_cleanly(tmp_path: Path, clean_environ: dict
         assert {health[c]["status"] for c in ("scheduler", "triggerer", "dag_processor")} == {"healthy"}
         if brokers:
             for party in ("owner", "provider"):
-                assert httpx.get(f"{env[f'CSCORE_{party.upper()}_BROKER_URL']}/healthz").status_code == 200
+                url = env[f"CSCORE_{party.upper()}_BROKER_URL"]
+                assert url.startswith("https://127.0.0.1:")  # TLS under the stack's local CA
+                ca = ssl.create_default_context(cafile=env["CSCORE_BROKER_CA"])
+                assert httpx.get(f"{url}/healthz", verify=ca).status_code == 200
                 token = tmp_path / party / "broker-admin-token"
                 assert token.stat().st_mode & 0o777 == 0o600
                 assert token.read_text() == (tmp_path / "brokers" / party / "admin-token").read_text()

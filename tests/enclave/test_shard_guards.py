@@ -1,0 +1,98 @@
+"""The worker's own checks on what the (untrusted) platform sends it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import pytest
+
+from enclave.shard import ShardSpec, ShardSpecError
+
+
+def _spec(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "tenant": "acme", "batch_id": "b-1", "shard_index": 3, "input_key": "incoming/acme/b-1/part-00000.parquet",
+        "input_sha256": "ab" * 32, "row_group_start": 2, "row_group_end": 4, "model_name": "spam-filter",
+        "model_version": 1, "model_digest": "sha256:" + "cd" * 32, "owner_broker_url": "https://127.0.0.1:1",
+        "footer_key": "acme.b-1.footer", "column_key": "acme.b-1.emails", "result_key": "acme.b-1.results",
+        "output_key": "results/acme/b-1/shard-00003.parquet",
+        "receipt_key": "results/acme/b-1/shard-00003.receipt.jws",
+    }
+    spec.update(changes)
+    return spec
+
+
+def test_a_well_formed_spec_is_accepted() -> None:
+    spec = ShardSpec.from_dict(_spec())
+    assert (spec.shard_index, spec.protection) == (3, "pme")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"output_key": "results/other/b-9/shard-00003.parquet"},
+         "shard.output_key: expected results/acme/b-1/shard-00003.parquet"),
+        ({"receipt_key": "results/acme/b-1/shard-00004.receipt.jws"}, "shard.receipt_key: expected"),
+        ({"input_key": "incoming/other/b-1/part-00000.parquet"},
+         "shard.input_key: expected a key under incoming/acme/b-1/"),
+        ({"protection": "rot13"}, "shard.protection: expected 'pme' or 'none', got 'rot13'"),
+        ({"row_group_start": 4}, r"shard.row_groups: expected 0 <= start < end, got \[4, 4\)"),
+        ({"shard_index": "3"}, "shard.shard_index: expected int, got str"),
+    ],
+)
+def test_a_spec_pointing_elsewhere_is_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ShardSpecError, match=message):
+        ShardSpec.from_dict(_spec(**changes))
+
+
+def test_a_missing_field_is_named() -> None:
+    data = _spec()
+    del data["model_digest"]
+    with pytest.raises(ShardSpecError, match="shard.model_digest: expected a value, got nothing"):
+        ShardSpec.from_dict(data)
+
+
+@pytest.fixture
+def worker_tasks(monkeypatch: pytest.MonkeyPatch) -> Any:
+    # The Celery app needs a transport URL to import; nothing connects in these tests.
+    monkeypatch.setenv("CSCORE_CELERY_BROKER_URL", "memory://")
+    monkeypatch.setenv("CSCORE_CELERY_RESULT_BACKEND", "cache+memory://")
+    for name in ("tasks.worker_tasks", "tasks.celery_app"):
+        sys.modules.pop(name, None)
+    return importlib.import_module("tasks.worker_tasks")
+
+
+def test_foreign_errors_reach_the_platform_by_type_only(worker_tasks: Any) -> None:
+    @worker_tasks.contained
+    def leaky() -> None:
+        raise ValueError("From: ceo@acme.example Subject: CANARY-LEAK-123 quarterly numbers")
+
+    with pytest.raises(worker_tasks.WorkerRefusal) as caught:
+        leaky()
+    assert "CANARY-LEAK-123" not in str(caught.value) and "ValueError" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_the_enclaves_own_refusals_keep_their_reason(worker_tasks: Any) -> None:
+    @worker_tasks.contained
+    def refused() -> None:
+        ShardSpec.from_dict(_spec(output_key="results/x/y/shard-00003.parquet"))
+
+    with pytest.raises(worker_tasks.WorkerRefusal, match="ShardSpecError: shard.output_key: expected"):
+        refused()
+
+
+def test_a_stored_receipt_of_another_shard_is_not_reused(worker_tasks: Any) -> None:
+    spec = ShardSpec.from_dict(_spec())
+    payload = {"batch_id": "b-1", "shard_index": 3, "model": {"digest": spec.model_digest},
+               "input": {"key": spec.input_key, "sha256": spec.input_sha256, "row_groups": [0, 2]},
+               "output": {"key": "results/acme/b-1/shard-00003.1234.parquet"}}
+    with pytest.raises(worker_tasks.ReceiptMismatch, match=r"receipt.input expected"):
+        worker_tasks._check_receipt_matches(spec, payload)
+    payload["input"]["row_groups"] = [2, 4]
+    worker_tasks._check_receipt_matches(spec, payload)  # this shard's own receipt is fine
+    payload["output"]["key"] = "results/acme/b-1/shard-00001.1234.parquet"
+    with pytest.raises(worker_tasks.ReceiptMismatch, match="receipt.output.key expected under"):
+        worker_tasks._check_receipt_matches(spec, payload)
