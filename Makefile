@@ -7,7 +7,8 @@ VENV := .venv
 .PHONY: setup demo test lint bench
 
 setup:
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet uv==0.13.8
+	@command -v uv >/dev/null 2>&1 || test -x $(UV) || $(PYTHON) -m pip install --user --quiet uv==0.13.8 \
+		|| $(PYTHON) -m pip install --user --quiet --break-system-packages uv==0.13.8  # PEP 668 distro Pythons
 	$(UV) sync --frozen --python 3.11
 
 demo: setup

