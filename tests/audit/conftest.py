@@ -160,7 +160,8 @@ class Scenario:
                          column_key="acme/emails", result_key="acme/results",
                          output_key=f"{prefix}shard-{index:05d}.parquet",
                          receipt_key=f"{prefix}shard-{index:05d}.receipt.jws")
-        receipt = sign_receipt(receipt_key, spec=spec, input_sha256="cd" * 32, output_sha256=_sha(output), rows=10,
+        receipt = sign_receipt(receipt_key, spec=spec, output_key=spec.output_key, input_sha256="cd" * 32,
+                               output_sha256=_sha(output), rows=10,
                                evidence_sha256=evidence_sha, worker="w1")
         self.store.put(f"{prefix}evidence/{evidence_sha}.json", canonical_json(doc))
         self.store.put(spec.output_key, output)
