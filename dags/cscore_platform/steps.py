@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote_plus
+
+import structlog
 
 from dags.cscore_platform import worker_pool
 from dags.cscore_platform.batch_store import BatchStore, tenant_public_key
 from dags.cscore_platform.manifest import MANIFEST_NAME, Manifest, tenant_and_batch, verify_manifest
 from dags.cscore_platform.planning import plan_shards
 
-log = logging.getLogger("cscore.batch")
+_log = structlog.get_logger("cscore.batch")
+
+
+def say(level: str, sentence: str, *args: object, **fields: object) -> None:
+    """Log a sentence a person can follow, with its ids beside it as JSON fields (batch_id, step, ...)."""
+    getattr(_log, level)(sentence % args if args else sentence, **fields)
 
 SHARD_TIMEOUT_S = 1800.0
 
@@ -36,7 +42,7 @@ def manifest_keys_from_events(event_extras: Iterable[dict[str, Any]], conf: dict
         for message in (extra.get("payload") or extra).get("message_batch") or []:
             keys.extend(_keys_in_s3_event(message.get("Body", "")))
     unique = list(dict.fromkeys(keys))
-    log.info("This run will look at %d manifest(s): %s", len(unique), ", ".join(unique) or "none")
+    say("info", "This run will look at %d manifest(s): %s", len(unique), ", ".join(unique) or "none")
     return unique
 
 
@@ -44,7 +50,7 @@ def _keys_in_s3_event(body: str) -> list[str]:
     try:
         records = json.loads(body).get("Records", [])
     except ValueError:
-        log.warning("Ignored a queue message that is not an S3 event")
+        say("warning", "Ignored a queue message that is not an S3 event")
         return []
     keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records if "s3" in r]
     return [k for k in keys if k.endswith("/" + MANIFEST_NAME)]
@@ -60,11 +66,13 @@ def _failing_marks_batch(store: BatchStore, manifest_key: str, run_id: str, step
         tenant, batch = tenant_and_batch(manifest_key)
         reason = f"{step}: {exc}"
         if store.release(tenant, batch, reason, run_id):
-            log.error("Batch %s failed at step %s: %s. Its input is untouched; fix the cause and submit the "
-                      "same manifest again.", batch, step, exc)
+            say("error", "Batch %s failed at step %s: %s. Its input is untouched; fix the cause and submit the "
+                      "same manifest again.", batch, step, exc, batch_id=batch, tenant=tenant, step=step,
+                      run_id=run_id, decision="failed")
         else:
-            log.error("This run could not process batch %s (%s: %s); another run holds it and it is left "
-                      "to that run.", batch, step, exc)
+            say("error", "This run could not process batch %s (%s: %s); another run holds it and it is left "
+                      "to that run.", batch, step, exc, batch_id=batch, tenant=tenant, step=step, run_id=run_id,
+                      decision="left to the holder")
         raise
 
 
@@ -74,19 +82,23 @@ def validate(manifest_key: str, run_id: str) -> dict[str, Any]:
     tenant, batch = tenant_and_batch(manifest_key)
     with _failing_marks_batch(store, manifest_key, run_id, "validate"):
         manifest = verify_manifest(manifest_key, store.read(manifest_key), tenant_public_key(tenant))
-        log.info("Batch %s of tenant %s: manifest %s signed by the tenant's key; %d object(s), %d emails, "
+        say("info", "Batch %s of tenant %s: manifest %s signed by the tenant's key; %d object(s), %d emails, "
                  "model %s:%d (%s).", batch, tenant, manifest.sha256[:16], len(manifest.objects),
-                 manifest.rows, manifest.model_name, manifest.model_version, manifest.model_digest)
+                 manifest.rows, manifest.model_name, manifest.model_version, manifest.model_digest,
+                 batch_id=batch, tenant=tenant, step="validate", manifest_sha256=manifest.sha256,
+                 model_digest=manifest.model_digest, emails=manifest.rows)
         store.check_objects(manifest)
         store.check_model(manifest)
-        log.info("Batch %s: every listed object is present with its signed size; the model is published.",
-                 batch)
+        say("info", "Batch %s: every listed object is present with its signed size; the model is published.",
+            batch, batch_id=batch, tenant=tenant, step="validate", objects=[o.key for o in manifest.objects])
     holder = store.claim(manifest, run_id)
     if holder is not None:
-        log.info("Batch %s is not processed by this run: it is already %s (run %s).", batch,
-                 holder.get("state"), holder.get("run_id"))
+        say("info", "Batch %s is not processed by this run: it is already %s (run %s).", batch,
+                 holder.get("state"), holder.get("run_id"), batch_id=batch, tenant=tenant, step="validate",
+                 decision="skipped", holder_run_id=holder.get("run_id"))
         raise BatchSkipped(f"batch {batch} already {holder.get('state')}")
-    log.info("Batch %s claimed by run %s.", batch, run_id)
+    say("info", "Batch %s claimed by run %s.", batch, run_id, batch_id=batch, tenant=tenant, step="validate",
+        decision="claimed", run_id=run_id)
     return manifest.to_dict()
 
 
@@ -95,8 +107,8 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
     manifest = Manifest.from_dict(batch)
     store = BatchStore()
     if manifest.protection == "none":
-        log.info("Batch %s is a plaintext baseline (owner's choice): no attestation, no key brokers.",
-                 manifest.batch_id)
+        say("info", "Batch %s is a plaintext baseline (owner's choice): no attestation, no key brokers.",
+            manifest.batch_id, batch_id=manifest.batch_id, step="attest", decision="skipped (plaintext)")
         return {**batch, "attestation": []}
     with _failing_marks_batch(store, manifest.key, run_id, "attest"):
         card = _model_card(store, manifest)
@@ -105,8 +117,10 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
         verdicts = worker_pool.attest_all(app, brokers)
         for verdict in verdicts:
             for v in verdict["verdicts"]:
-                log.info("Worker %s attested to broker %s: tee %s, measurement %s, root %s.",
-                         verdict["worker"], v["broker"], v.get("tee"), v.get("measurement"), v.get("root"))
+                say("info", "Worker %s attested to broker %s: tee %s, measurement %s, root %s.",
+                    verdict["worker"], v["broker"], v.get("tee"), v.get("measurement"), v.get("root"),
+                    batch_id=manifest.batch_id, step="attest", worker=verdict["worker"], broker=v["broker"],
+                    measurement=v.get("measurement"), root=v.get("root"), decision="accepted")
     return {**batch, "attestation": verdicts}
 
 
@@ -116,18 +130,23 @@ def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
     store = BatchStore()
     with _failing_marks_batch(store, manifest.key, run_id, "score"):
         shards = plan_shards(manifest)
-        log.info("Batch %s: %d shard(s) of up to %d row group(s) sent to the worker pool.",
-                 manifest.batch_id, len(shards), manifest.shard_row_groups)
+        say("info", "Batch %s: %d shard(s) of up to %d row group(s) sent to the worker pool.",
+                 manifest.batch_id, len(shards), manifest.shard_row_groups, batch_id=manifest.batch_id,
+                 step="score", shards=len(shards))
 
         def progress(done: int, total: int) -> None:
-            log.info("Batch %s: %d of %d shards done.", manifest.batch_id, done, total)
+            say("info", "Batch %s: %d of %d shards done.", manifest.batch_id, done, total,
+                batch_id=manifest.batch_id, step="score", done=done, total=total)
 
         outcomes = worker_pool.run_shards(worker_pool.celery_client(), shards, timeout=SHARD_TIMEOUT_S,
                                           progress=progress)
         for outcome in outcomes:
-            log.info("Batch %s shard %d: %d rows by %s, receipt %s%s.", manifest.batch_id,
+            say("info", "Batch %s shard %d: %d rows by %s, receipt %s%s.", manifest.batch_id,
                      outcome["shard_index"], outcome["rows"], outcome["worker"], outcome["receipt_key"],
-                     " (already done by an earlier attempt)" if outcome["reused"] else "")
+                     " (already done by an earlier attempt)" if outcome["reused"] else "",
+                     batch_id=manifest.batch_id, step="score", shard=outcome["shard_index"],
+                     worker=outcome["worker"], receipt_key=outcome["receipt_key"],
+                     receipt_sha256=outcome["receipt_sha256"], reused=outcome["reused"])
     return {**batch, "shards": outcomes}
 
 
@@ -154,7 +173,9 @@ def finalize(batch: dict[str, Any], run_id: str) -> str:
         })
         store.set_status(manifest.tenant, manifest.batch_id, "succeeded", run_id=run_id,
                          manifest_sha256=manifest.sha256, result_manifest=key)
-    log.info("Batch %s succeeded: %d emails scored; result manifest %s.", manifest.batch_id, rows, key)
+    say("info", "Batch %s succeeded: %d emails scored; result manifest %s.", manifest.batch_id, rows, key,
+        batch_id=manifest.batch_id, tenant=manifest.tenant, step="finalize", decision="succeeded",
+        result_manifest=key, emails=rows)
     return key
 
 

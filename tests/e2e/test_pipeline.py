@@ -193,6 +193,25 @@ def test_bad_manifests_fail_with_a_named_reason(stack: LocalStack) -> None:
         assert re.search(reason, status["reason"]), (batch_id, status["reason"])
 
 
+def test_task_logs_tell_each_batch_in_sentences_with_fields(stack: LocalStack) -> None:
+    batch = _state["small"].batch_id
+    lines = []
+    for path in (stack.state_dir / "airflow" / "logs").rglob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("batch_id") == batch:
+                lines.append(record)
+    steps = {r.get("step") for r in lines}
+    assert {"validate", "attest", "score", "finalize"} <= steps, steps
+    signed = [r for r in lines if r.get("step") == "validate" and "signed by the tenant's key" in r["event"]]
+    assert signed and signed[0]["manifest_sha256"] and batch in signed[0]["event"]
+    attested = [r for r in lines if r.get("step") == "attest"]
+    assert all(r["measurement"] == code_measurement().hex() for r in attested)
+
+
 def _forms(secret: bytes) -> list[bytes]:
     return [secret, secret.hex().encode(), base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
 
