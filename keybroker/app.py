@@ -53,7 +53,7 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, verifier: Verifier | None = None) -> None:
         self.config = config
-        self.store = KeyStore(config.db_path, config.load_kek())
+        self.store = KeyStore(config.store_target, config.load_kek())
         self.admin_token = config.load_admin_token()
         self.engine = PolicyEngine()
         self.sessions = SessionTable(config.nonce_ttl_s, config.max_sessions)

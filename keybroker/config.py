@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from keybroker.store import is_postgres_url, redact_url
 from keybroker.tls import is_loopback
 
 TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")  # as attestation.evidence names them
@@ -22,9 +23,11 @@ class BrokerConfig:
     name: str
     host: str
     port: int
-    db_path: Path
     kek_path: Path
     admin_token_path: Path
+    # The key store: a SQLite file (`db_path`), or PostgreSQL (`db_url`, `postgresql://...`; wins over db_path).
+    db_path: Path | None = None
+    db_url: str | None = None
     trusted_roots_dir: Path | None = None
     accept_simulated: bool = False
     token_ttl_s: int = 300
@@ -49,10 +52,15 @@ class BrokerConfig:
     def from_dict(cls, raw: dict[str, Any]) -> BrokerConfig:
         """Build a config from parsed JSON; unknown keys are kept in `extra`, paths become Paths."""
         known = {f.name for f in fields(cls)} - {"extra"}
-        missing = [k for k in ("name", "host", "port", "db_path", "kek_path", "admin_token_path") if k not in raw]
+        missing = [k for k in ("name", "host", "port", "kek_path", "admin_token_path") if k not in raw]
+        if raw.get("db_path") is None and raw.get("db_url") is None:
+            missing.append("db_path (or db_url)")
         if missing:
             raise ValueError(f"broker config is missing required keys: {', '.join(missing)}")
         values = {k: v for k, v in raw.items() if k in known}
+        if values.get("db_url") is not None and not is_postgres_url(values["db_url"]):
+            raise ValueError(f"broker config: db_url must be a postgresql:// URL, got "
+                             f"{redact_url(str(values['db_url']))!r}")
         for key in ("db_path", "kek_path", "admin_token_path", "trusted_roots_dir", "tls_cert_path", "tls_key_path"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
@@ -62,6 +70,14 @@ class BrokerConfig:
         if "chip_ids" in values:
             values["chip_ids"] = check_chip_ids(values["chip_ids"], "chip_ids")
         return cls(**values, extra={k: v for k, v in raw.items() if k not in known})
+
+    @property
+    def store_target(self) -> Path | str:
+        """What `KeyStore` opens: the Postgres URL if configured, else the SQLite file."""
+        if self.db_url is not None:
+            return self.db_url
+        assert self.db_path is not None  # from_dict requires one of the two
+        return self.db_path
 
     @property
     def tls(self) -> bool:

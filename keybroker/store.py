@@ -1,12 +1,20 @@
-"""SQLite key store: master keys sealed under the KEK, policies, grants, the hash-chained decision log."""
+"""Key store: master keys sealed under the KEK, policies, grants, the hash-chained decision log.
+
+SQLite by default (`db_path`), PostgreSQL by configuration (`db_url`). Both speak the same SQL through a small
+dialect seam (`_SQLite`, `_Postgres`): placeholders, DDL, the append-only trigger, and the write lock that keeps
+the decision log's hash chain (and key versions) consistent when more than one process shares the database.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +51,39 @@ CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
 CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
     BEGIN SELECT RAISE(ABORT, 'decision log is append-only'); END;
 """
+
+# The same tables on PostgreSQL (bytea for sealed values, double precision for times, `settings` from the start).
+# One statement-level trigger refuses UPDATE, DELETE and TRUNCATE on the decision log, even of zero rows.
+PG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BYTEA NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY, kind TEXT NOT NULL, sealed BYTEA NOT NULL, policy TEXT,
+    measurements TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL,
+    settings TEXT)""",
+    """CREATE TABLE IF NOT EXISTS key_versions (
+    key_id TEXT NOT NULL, version INTEGER NOT NULL, sealed BYTEA NOT NULL, created DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (key_id, version))""",
+    """CREATE TABLE IF NOT EXISTS grants (
+    batch_id TEXT PRIMARY KEY, model_digest TEXT NOT NULL, measurements TEXT NOT NULL,
+    key_ids TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS decisions (
+    seq BIGINT PRIMARY KEY, time DOUBLE PRECISION NOT NULL, operation TEXT NOT NULL, key_id TEXT, batch_id TEXT,
+    model_digest TEXT, decision TEXT NOT NULL, reason TEXT NOT NULL, claims_digest TEXT,
+    measurement TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    """CREATE OR REPLACE FUNCTION decisions_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'decision log is append-only';
+END $$""",
+    """DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgname = 'decisions_append_only' AND tgrelid = 'decisions'::regclass) THEN
+        CREATE TRIGGER decisions_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON decisions
+            FOR EACH STATEMENT EXECUTE FUNCTION decisions_append_only();
+    END IF;
+END $$""",
+)
+PG_SCHEMA_LOCK = 0x63736B62_73636831  # advisory lock id ("cskbsch1"): one process creates the schema at a time
+POSTGRES_URL = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
 
 
 class StoreError(RuntimeError):
@@ -123,39 +164,140 @@ def verify_chain(entries: list[dict[str, Any]], start_hash: str = GENESIS) -> No
         prev = entry["hash"]
 
 
-class KeyStore:
-    """Thread-safe SQLite store; every secret column is sealed under the KEK with its id as AAD."""
+def is_postgres_url(target: str | Path) -> bool:
+    """Whether a store target names a PostgreSQL database (`postgresql://...` or `postgres://...`)."""
+    return isinstance(target, str) and POSTGRES_URL.match(target) is not None
 
-    def __init__(self, db_path: Path, kek: bytes) -> None:
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.IGNORECASE)
+
+
+class _SQLite:
+    """SQLite dialect: one file, WAL, `BEGIN IMMEDIATE` for read-then-write transactions."""
+
+    def __init__(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._kek = kek
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a release decision must survive a crash
-        self._db.executescript(SCHEMA)
+        self.conn = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")  # a release decision must survive a crash
+        self.conn.executescript(SCHEMA)
         self._migrate()
         os.chmod(db_path, 0o600)
+
+    def _migrate(self) -> None:
+        """Stores created before per-key settings existed gain the column (NULL: no settings)."""
+        columns = {row["name"] for row in self.conn.execute("PRAGMA table_info(keys)")}
+        if "settings" not in columns:
+            self.conn.execute("ALTER TABLE keys ADD COLUMN settings TEXT")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run one statement (`?` placeholders); rows are addressable by column name."""
+        return self.conn.execute(sql, params)
+
+    @contextmanager
+    def write(self, table: str) -> Iterator[None]:
+        """A transaction holding the database's write lock (other writers, also other processes, wait)."""
+        del table  # SQLite has one write lock for the whole file
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Postgres:
+    """PostgreSQL dialect (psycopg 3): `%s` placeholders, autocommit statements, explicit write transactions.
+
+    The connection is reopened before the next statement if the server dropped it (for example on a restart);
+    a statement that was cut off fails, and is not retried.
+    """
+
+    def __init__(self, url: str) -> None:
+        import psycopg  # only brokers configured for Postgres need the driver loaded
+
+        self._psycopg = psycopg
+        self.url = url
+        self._in_write = False
+        self.conn = self._connect()
+        with self.conn.transaction():
+            # Concurrent CREATE ... IF NOT EXISTS can still collide: one broker process creates the schema.
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
+            for statement in PG_SCHEMA:
+                self.conn.execute(statement)
+
+    def _connect(self) -> Any:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+        from psycopg.rows import dict_row
+
+        given = conninfo_to_dict(self.url)
+        defaults = {k: v for k, v in (("connect_timeout", 10), ("application_name", "cscore-keybroker"))
+                    if k not in given}
+        try:
+            return self._psycopg.connect(make_conninfo(self.url, **defaults), autocommit=True, row_factory=dict_row)
+        except self._psycopg.OperationalError as exc:
+            raise StoreError(f"cannot connect to the key store at {redact_url(self.url)}: {exc}") from exc
+
+    def _live(self) -> Any:
+        # Never inside a write transaction: its statements must not move to another connection.
+        if not self._in_write and (self.conn.closed or self.conn.broken):
+            self.conn = self._connect()
+        return self.conn
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run one statement written with `?` placeholders (the shared SQL never holds `?` or `%` otherwise)."""
+        return self._live().execute(sql.replace("?", "%s"), params)
+
+    @contextmanager
+    def write(self, table: str) -> Iterator[None]:
+        """A transaction holding `table` against other writers (readers go on): appends to the hash chain and
+        new key versions stay sequential across broker processes sharing the database."""
+        conn = self._live()
+        with conn.transaction():
+            conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+            self._in_write = True
+            try:
+                yield
+            finally:
+                self._in_write = False
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class KeyStore:
+    """Thread-safe key store on SQLite (a Path) or PostgreSQL (a `postgresql://` URL); every secret column is
+    sealed under the KEK with its id as AAD."""
+
+    def __init__(self, target: Path | str, kek: bytes) -> None:
+        self._kek = kek
+        self._lock = threading.Lock()
+        self._db: _SQLite | _Postgres = (_Postgres(str(target)) if is_postgres_url(target)
+                                         else _SQLite(Path(target)))
         self._check_kek()
+
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return "postgresql" if isinstance(self._db, _Postgres) else "sqlite"
 
     def close(self) -> None:
         """Close the database."""
         with self._lock:
             self._db.close()
 
-    def _migrate(self) -> None:
-        """Stores created before per-key settings existed gain the column (NULL: no settings)."""
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(keys)")}
-        if "settings" not in columns:
-            self._db.execute("ALTER TABLE keys ADD COLUMN settings TEXT")
-
     def _check_kek(self) -> None:
         """Refuse to start with a KEK other than the one the store was created with."""
+        self._db.execute("INSERT INTO meta VALUES ('kek_check', ?) ON CONFLICT(k) DO NOTHING",
+                         (seal(self._kek, KEK_CHECK, "kek"),))
         row = self._db.execute("SELECT v FROM meta WHERE k='kek_check'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('kek_check', ?)", (seal(self._kek, KEK_CHECK, "kek"),))
-            return
         try:
             unseal(self._kek, row["v"], "kek")
         except InvalidTag as exc:
@@ -170,8 +312,11 @@ class KeyStore:
             if row is not None:
                 return unseal(self._kek, row["v"], label)
             value: bytes = generate()
-            self._db.execute("INSERT INTO meta VALUES (?, ?)", (label, seal(self._kek, value, label)))
-            return value
+            # Another process sharing the store may have created it meanwhile: the first one stored wins.
+            self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO NOTHING",
+                             (label, seal(self._kek, value, label)))
+            row = self._db.execute("SELECT v FROM meta WHERE k=?", (label,)).fetchone()
+            return unseal(self._kek, row["v"], label)
 
     # Keys -----------------------------------------------------------------------------------------
     def create_key(self, key_id: str, kind: str, material: bytes, policy: str | None,
@@ -180,7 +325,7 @@ class KeyStore:
         now = time.time()
         with self._lock:
             cur = self._db.execute(
-                f"INSERT OR IGNORE INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key_id) DO NOTHING",
                 (key_id, kind, seal(self._kek, material, f"key:{key_id}"), policy,
                  json.dumps(measurements), now, now, json.dumps(settings or {})))
             created = cur.rowcount == 1
@@ -204,20 +349,14 @@ class KeyStore:
 
     def rotate_key(self, key_id: str, material: bytes) -> int:
         """Add the next version of a key (older versions stay, for unwrapping); returns the new version."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT MAX(version) AS v FROM key_versions WHERE key_id=?",
-                                       (key_id,)).fetchone()
-                version = (row["v"] or 1) + 1
-                now = time.time()
-                self._db.execute("INSERT INTO key_versions VALUES (?,?,?,?)",
-                                 (key_id, version, seal(self._kek, material, _version_label(key_id, version)), now))
-                self._db.execute("UPDATE keys SET updated=? WHERE key_id=?", (now, key_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._db.write("key_versions"):
+            row = self._db.execute("SELECT MAX(version) AS v FROM key_versions WHERE key_id=?",
+                                   (key_id,)).fetchone()
+            version = (row["v"] or 1) + 1
+            now = time.time()
+            self._db.execute("INSERT INTO key_versions VALUES (?,?,?,?)",
+                             (key_id, version, seal(self._kek, material, _version_label(key_id, version)), now))
+            self._db.execute("UPDATE keys SET updated=? WHERE key_id=?", (now, key_id))
         return version
 
     def list_keys(self) -> list[dict[str, Any]]:
@@ -264,7 +403,9 @@ class KeyStore:
         """Record (or replace) the grant of a batch."""
         grant = Grant(batch_id, model_digest, measurements, key_ids, time.time())
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO grants VALUES (?,?,?,?,?)",
+            self._db.execute("INSERT INTO grants VALUES (?,?,?,?,?) ON CONFLICT(batch_id) DO UPDATE SET "
+                             "model_digest=excluded.model_digest, measurements=excluded.measurements, "
+                             "key_ids=excluded.key_ids, created=excluded.created",
                              (batch_id, model_digest, json.dumps(measurements), json.dumps(key_ids),
                               grant.created))
         return grant
@@ -281,22 +422,16 @@ class KeyStore:
     # Decision log ---------------------------------------------------------------------------------
     def log_decision(self, **fields: Any) -> dict[str, Any]:
         """Append one hash-chained decision (fields: operation, decision, reason, key_id, ...)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                last = self._db.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
-                entry = {k: fields.get(k) for k in LOG_FIELDS}
-                entry["seq"] = (last["seq"] + 1) if last else 1
-                entry["time"] = round(time.time(), 6)
-                entry["prev_hash"] = last["hash"] if last else GENESIS
-                entry["hash"] = entry_hash(str(entry["prev_hash"]), entry)
-                cols = (*LOG_FIELDS, "prev_hash", "hash")
-                self._db.execute(f"INSERT INTO decisions ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
-                                 tuple(entry[c] for c in cols))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._db.write("decisions"):
+            last = self._db.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
+            entry = {k: fields.get(k) for k in LOG_FIELDS}
+            entry["seq"] = (last["seq"] + 1) if last else 1
+            entry["time"] = round(time.time(), 6)
+            entry["prev_hash"] = last["hash"] if last else GENESIS
+            entry["hash"] = entry_hash(str(entry["prev_hash"]), entry)
+            cols = (*LOG_FIELDS, "prev_hash", "hash")
+            self._db.execute(f"INSERT INTO decisions ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                             tuple(entry[c] for c in cols))
         return entry
 
     def decisions(self, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
