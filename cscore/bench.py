@@ -39,6 +39,9 @@ class BenchReport:
     emails_per_batch: int
     rounds: int
     seconds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
+    # per mode, per phase (submit, pipeline, results): where the time goes
+    phases: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: {m: {"submit": [], "pipeline": [], "results": []} for m in MODES})
 
     def emails_per_s(self, mode: str) -> float:
         return self.emails_per_batch / statistics.median(self.seconds[mode])
@@ -79,20 +82,26 @@ def _measure(stack: LocalStack, rounds: int, copies: int, say: Callable[[str], N
     report = BenchReport(len(emails), rounds)
     for r in range(rounds):
         for mode in MODES if r % 2 == 0 else reversed(MODES):
-            seconds = _one_batch(store, owner, emails, mode)
+            phases = _one_batch(store, owner, emails, mode)
+            seconds = sum(phases.values())
             report.seconds[mode].append(seconds)
+            for phase, value in phases.items():
+                report.phases[mode][phase].append(value)
             say(f"[bench] round {r + 1}/{rounds} {mode:12} {len(emails)} emails in {seconds:.1f} s "
-                f"({len(emails) / seconds:.0f} emails/s)")
+                f"({len(emails) / seconds:.0f} emails/s; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+                + ")")
     return report
 
 
-def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str) -> float:
+def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str) -> dict[str, float]:
     t0 = time.monotonic()
     baseline = mode == "plaintext"
     model = find_model(store, "spam-filter-baseline" if baseline else "spam-filter", owner.trusted_providers())
     batch = submit_batch(emails, model, tenant=TENANT, owner=owner, store=store,
                          measurements=[code_measurement().hex()], plaintext_baseline=baseline)
+    t1 = time.monotonic()
     status = wait_for_batch(store, TENANT, batch.batch_id)
+    t2 = time.monotonic()
     if status["state"] != "succeeded":
         raise RuntimeError(f"{mode} batch {batch.batch_id} failed: {status.get('reason')}")
     if baseline:
@@ -103,7 +112,7 @@ def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str)
                              policy=policy).table.num_rows
     if rows != len(emails):
         raise RuntimeError(f"{mode} batch {batch.batch_id}: expected {len(emails)} results, got {rows}")
-    return time.monotonic() - t0
+    return {"submit": t1 - t0, "pipeline": t2 - t1, "results": time.monotonic() - t2}
 
 
 def _plain_results(store: ObjectStore, batch_id: str) -> pa.Table:

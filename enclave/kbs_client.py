@@ -175,12 +175,16 @@ class AttestedSession:
         return self._open(self._authorized("GET", f"/kbs/v0/resource/{repository}/{type_}/{tag}", None)["jwe"])
 
     # -- internals --------------------------------------------------------------------------------
-    def _token(self) -> str:
+    def current(self) -> AttestationResult:
+        """This session's attestation, renewed first if it is missing or about to expire."""
         with self._lock:
             result = self._result
         if result is None or result.expires_at - REFRESH_MARGIN_S <= time.time():
             result = self.attest()
-        return result.token
+        return result
+
+    def _token(self) -> str:
+        return self.current().token
 
     def _authorized(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         """Send with token + proof of possession; on an expired token, attest again once."""

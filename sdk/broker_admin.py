@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import os
-import ssl
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from joserfc import jwe, jwt
 from joserfc.jwk import ECKey, import_key
 
+from enclave.kbs_client import broker_tls  # one TLS rule for every broker client
+
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
 GENESIS = "0" * 64
-CA_ENV = "CSCORE_BROKER_CA"  # PEM bundle of the CA(s) broker certificates chain to (the local stack's CA)
 LOG_FIELDS = ("seq", "time", "operation", "key_id", "batch_id", "model_digest",
               "decision", "reason", "claims_digest", "measurement")
 
@@ -62,36 +59,6 @@ def verify_decision_chain(entries: list[dict[str, Any]], start_hash: str = GENES
                              f"after {prev}, found {entry.get('hash')} after {entry.get('prev_hash')}")
         prev = expected
     return prev
-
-
-def broker_tls(url: str, ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext | bool:
-    """TLS verification for a broker URL: `ca_bundle`, else $CSCORE_BROKER_CA, else the system roots.
-
-    Raises ValueError for plain `http://` to a host that is not loopback (the admin token and keys
-    never travel unencrypted off the machine).
-    """
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"broker URL {url!r}: scheme must be https (or http on loopback)")
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise ValueError(f"refusing plain HTTP to {host!r}: broker URLs must be https:// unless the host is "
-                         "loopback (127.0.0.1, ::1, localhost)")
-    path = ca_bundle if ca_bundle is not None else (os.environ.get(CA_ENV) or None)
-    if path is None:
-        return True
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"broker CA bundle {os.fspath(path)!r} does not exist (argument or ${CA_ENV})")
-    return ssl.create_default_context(cafile=os.fspath(path))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class BrokerAdmin:

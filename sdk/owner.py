@@ -152,7 +152,7 @@ def wait_for_batch(
             last = status["state"]
         if status["state"] in {"succeeded", "failed"}:
             return status
-        time.sleep(float(os.environ.get("CSCORE_POLL_S", "1")))
+        time.sleep(float(os.environ.get("CSCORE_POLL_S", "0.25")))
     raise TimeoutError(f"batch {batch_id}: expected it to finish within {timeout:.0f} s, still {last!r}; "
                        "look at the Airflow UI for the cscore_batch run")
 
