@@ -45,7 +45,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cscore.bench import run_bench
 
     say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    report = run_bench(args.state_dir, rounds=args.rounds, copies=args.copies, workers=args.workers, say=say)
+    report = run_bench(args.state_dir, rounds=args.rounds, copies=args.copies, workers=args.workers,
+                       warmup=args.warmup, say=say)
     if args.json:
         print(json.dumps(report.as_dict()))
         return 0
@@ -196,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--copies", type=int, default=2, help="copies of the held-out emails per batch")
     bench.add_argument("--workers", type=int, default=2)
+    bench.add_argument("--warmup", type=int, default=1, help="uncounted rounds first (model load, first attestation)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
 

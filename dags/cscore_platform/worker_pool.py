@@ -37,7 +37,7 @@ def celery_client() -> Celery:
     return app
 
 
-def live_workers(app: Celery, timeouts: tuple[float, ...] = (0.5, 3.0)) -> list[str]:
+def live_workers(app: Celery, timeouts: tuple[float, ...] = (0.25, 3.0)) -> list[str]:
     """Names of the workers that answer a ping; a ping waits its whole timeout, so short first."""
     for timeout in timeouts:
         replies = app.control.ping(timeout=timeout) or []
