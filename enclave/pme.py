@@ -74,20 +74,30 @@ def _release(config: pe.KmsConnectionConfig) -> None:
         _registry.pop(config.kms_instance_id, None)
 
 
-def write_encrypted(
-    table: pa.Table,
-    wrapper: KeyWrapper,
-    *,
-    footer_key: str,
-    column_key: str,
-    row_group_size: int,
-) -> bytes:
-    """Serialise `table` as PME Parquet: footer under `footer_key`, every column under `column_key`."""
-    columns = list(table.column_names)
-    if not columns:
-        raise EncryptionCoverageError("table: expected at least one column, got none")
-    factory, connection = _factory_for(wrapper)
-    try:
+class PmeKeys:
+    """PME through one KeyWrapper, for many files: pyarrow then caches the key-encryption keys it
+    unwrapped (or created) for KEY_CACHE_LIFETIME, so a worker scoring many shards of one batch asks
+    the broker a few times, not for every file. Data keys stay fresh per file. Close it when done."""
+
+    def __init__(self, wrapper: KeyWrapper) -> None:
+        self._factory, self._connection = _factory_for(wrapper)
+
+    def __enter__(self) -> PmeKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Forget the wrapper (and with it pyarrow's cached keys for it)."""
+        self._factory.remove_cache_entries_for_all_tokens()
+        _release(self._connection)
+
+    def write(self, table: pa.Table, *, footer_key: str, column_key: str, row_group_size: int) -> bytes:
+        """Serialise `table` as PME Parquet: footer under `footer_key`, every column under `column_key`."""
+        columns = list(table.column_names)
+        if not columns:
+            raise EncryptionCoverageError("table: expected at least one column, got none")
         # Fresh properties per file: reused properties share data keys across files (DESIGN §7).
         config = pe.EncryptionConfiguration(
             footer_key=footer_key,
@@ -96,27 +106,44 @@ def write_encrypted(
             double_wrapping=True,
             cache_lifetime=KEY_CACHE_LIFETIME,
         )
-        properties = factory.file_encryption_properties(connection, config)
+        properties = self._factory.file_encryption_properties(self._connection, config)
         sink = io.BytesIO()
         with pq.ParquetWriter(sink, table.schema, encryption_properties=properties) as writer:
             writer.write_table(table, row_group_size=row_group_size)
         return sink.getvalue()
-    finally:
-        _release(connection)
+
+    def open(self, data: bytes) -> pq.ParquetFile:
+        """Open PME Parquet bytes; keys are unwrapped on open (and lazily per column)."""
+        properties = self._factory.file_decryption_properties(
+            self._connection, pe.DecryptionConfiguration(cache_lifetime=KEY_CACHE_LIFETIME)
+        )
+        return pq.ParquetFile(pa.BufferReader(data), decryption_properties=properties)
+
+
+def write_encrypted(
+    table: pa.Table,
+    wrapper: KeyWrapper,
+    *,
+    footer_key: str,
+    column_key: str,
+    row_group_size: int,
+) -> bytes:
+    """One file's worth of `PmeKeys.write`."""
+    with PmeKeys(wrapper) as keys:
+        return keys.write(table, footer_key=footer_key, column_key=column_key, row_group_size=row_group_size)
 
 
 class EncryptedParquet:
-    """An opened PME Parquet file; keys are unwrapped through the wrapper on open."""
+    """An opened PME Parquet file, with its own keys (one-off use) or a shared `PmeKeys`."""
 
-    def __init__(self, data: bytes, wrapper: KeyWrapper) -> None:
-        factory, self._connection = _factory_for(wrapper)
+    def __init__(self, data: bytes, keys: KeyWrapper | PmeKeys) -> None:
+        self._own_keys = None if isinstance(keys, PmeKeys) else PmeKeys(keys)
+        shared = keys if isinstance(keys, PmeKeys) else self._own_keys
+        assert shared is not None
         try:
-            properties = factory.file_decryption_properties(
-                self._connection, pe.DecryptionConfiguration(cache_lifetime=KEY_CACHE_LIFETIME)
-            )
-            self._file = pq.ParquetFile(pa.BufferReader(data), decryption_properties=properties)
+            self._file = shared.open(data)
         except BaseException:
-            _release(self._connection)
+            self._close_own_keys()
             raise
 
     def __enter__(self) -> EncryptedParquet:
@@ -126,9 +153,13 @@ class EncryptedParquet:
         self.close()
 
     def close(self) -> None:
-        """Forget the wrapper; column keys may be unwrapped lazily until then."""
+        """Close the file; its own keys (if any) are forgotten: columns may be unwrapped lazily until then."""
         self._file.close()
-        _release(self._connection)
+        self._close_own_keys()
+
+    def _close_own_keys(self) -> None:
+        if self._own_keys is not None:
+            self._own_keys.close()
 
     @property
     def num_row_groups(self) -> int:

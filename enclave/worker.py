@@ -13,6 +13,7 @@ import logging
 import secrets
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import OKPKey
 
 from enclave.kbs_client import AttestedSession
-from enclave.pme import EncryptedParquet, KeyWrapper, write_encrypted
+from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.receipts import evidence_document, sign_receipt
 from enclave.scoring import ModelSession, session_for
 from enclave.shard import ShardSpec
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 INPUT_COLUMNS = ("message_id", "text")
 RESULT_ROW_GROUP_SIZE = 65_536
+BATCH_KEY_CONTEXTS = 8  # batches whose key contexts a worker keeps; older ones are forgotten
 
 
 class ShardInputError(ValueError):
@@ -102,6 +104,7 @@ class Enclave:
     def __init__(self, provider: EvidenceProvider, *, name: str | None = None) -> None:
         self._provider = provider
         self._sessions: dict[str, AttestedSession] = {}
+        self._batch_keys: OrderedDict[tuple[str, str, str], PmeKeys] = OrderedDict()
         self._lock = threading.Lock()
         self.name = name or socket.gethostname()
         self._baseline_key = OKPKey.generate_key("Ed25519", private=True)  # unattested: baseline runs only
@@ -146,21 +149,27 @@ class Enclave:
         if spec.protection == "none":
             return self._score_plaintext(spec, output_key, input_parquet, model_ciphertext)
         owner = self.session(spec.owner_broker_url)
-        keys = _BatchKeys(owner, spec.batch_id, spec.model_digest)
+        keys = self._keys_for(spec, owner)
         model = session_for(spec.model_digest, lambda: self._decrypt_model(spec, card, model_ciphertext()))
         with EncryptedParquet(input_parquet, keys) as source:
             table = source.read_row_groups(_row_groups(spec), INPUT_COLUMNS)
         results = _scored(spec, table, model)
         # Results go back under the broker that released the inputs: only the real owner broker
         # could have unwrapped them, so the platform cannot redirect results to a key it holds.
-        output = write_encrypted(
-            results,
-            keys,
-            footer_key=spec.result_key,
-            column_key=spec.result_key,
-            row_group_size=RESULT_ROW_GROUP_SIZE,
-        )
+        output = keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
+                            row_group_size=RESULT_ROW_GROUP_SIZE)
         return self._receipted(spec, owner, output_key, input_parquet, output, table.num_rows)
+
+    def _keys_for(self, spec: ShardSpec, owner: AttestedSession) -> PmeKeys:
+        """One PME key context per batch, so its shards on this worker share unwrapped key-encryption keys."""
+        key = (spec.owner_broker_url, spec.batch_id, spec.model_digest)
+        with self._lock:
+            if key not in self._batch_keys:
+                self._batch_keys[key] = PmeKeys(_BatchKeys(owner, spec.batch_id, spec.model_digest))
+            self._batch_keys.move_to_end(key)
+            while len(self._batch_keys) > BATCH_KEY_CONTEXTS:
+                self._batch_keys.popitem(last=False)[1].close()
+            return self._batch_keys[key]
 
     def _score_plaintext(
         self, spec: ShardSpec, output_key: str, source: bytes, model_bytes: Callable[[], bytes]

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from enclave.pme import EncryptedParquet, write_encrypted
+from enclave.pme import EncryptedParquet, PmeKeys, write_encrypted
 from enclave.signing import sign_json
 from sdk.broker_admin import BrokerAdmin
 from sdk.emails import Email
@@ -157,7 +157,7 @@ def wait_for_batch(
                        "look at the Airflow UI for the cscore_batch run")
 
 
-def decrypt_results(data: bytes, owner: Party) -> pa.Table:
-    """Decrypt one result object with the owner's own broker credential."""
-    with EncryptedParquet(data, owner.broker()) as results:
+def decrypt_results(data: bytes, keys: PmeKeys) -> pa.Table:
+    """Decrypt one result object; `keys` is `PmeKeys(owner.broker())`, shared by a batch's objects."""
+    with EncryptedParquet(data, keys) as results:
         return results.read()

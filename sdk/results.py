@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from attestation import Policy, TrustAnchors
+from enclave.pme import PmeKeys
 from enclave.receipts import VerifiedReceipt, verify_receipt
 from enclave.signing import unverified_payload, verify_json
 from sdk.owner import decrypt_results
@@ -36,10 +38,15 @@ def fetch_results(
     manifest = verify_json(store.get(f"incoming/{tenant}/{batch_id}/manifest.jws").decode(),
                            owner.signing_key().as_dict(private=False), what="manifest")
     result_manifest = json.loads(store.get(f"{manifest['results']['prefix']}result-manifest.json"))
-    receipts = [_verified_shard(store, manifest, shard, anchors, policy) for shard in result_manifest["shards"]]
-    _check_coverage(manifest, [r.payload for r in receipts])
-    with ThreadPoolExecutor(4) as pool:  # each file's keys are unwrapped by the broker: overlap the round trips
-        tables = list(pool.map(lambda r: decrypt_results(store.get(r.payload["output"]["key"]), owner), receipts))
+    evidence = _EvidenceCache(store, manifest["results"]["prefix"])
+    # Shards are independent: overlap their storage reads and broker round trips.
+    with ThreadPoolExecutor(8) as pool:
+        verified = list(pool.map(lambda s: _verified_shard(store, manifest, s, evidence, anchors, policy),
+                                 result_manifest["shards"]))
+        receipts = [receipt for receipt, _ in verified]
+        _check_coverage(manifest, [r.payload for r in receipts])
+        with PmeKeys(owner.broker()) as keys:  # one key context: each key-encryption key unwrapped once
+            tables = list(pool.map(lambda v: decrypt_results(v[1], keys), verified))
     for receipt, part in zip(receipts, tables, strict=True):
         _expect(receipt.payload["output"]["key"], "output.rows", receipt.payload["output"]["rows"], part.num_rows)
     table = pa.concat_tables(tables).select(["message_id", "spam_probability", "label"])
@@ -47,14 +54,31 @@ def fetch_results(
     return VerifiedResults(table, receipts, sorted({r.claims.measurement for r in receipts}))
 
 
+class _EvidenceCache:
+    """Evidence documents by digest: a batch's shards share a few workers' evidence."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self._store, self._prefix = store, prefix
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> dict[str, Any]:
+        with self._lock:
+            if digest in self._docs:
+                return self._docs[digest]
+        doc: dict[str, Any] = json.loads(self._store.get(f"{self._prefix}evidence/{digest}.json"))
+        with self._lock:
+            return self._docs.setdefault(digest, doc)
+
+
 def _verified_shard(
-    store: ObjectStore, manifest: dict[str, Any], shard: dict[str, Any], anchors: TrustAnchors, policy: Policy
-) -> VerifiedReceipt:
+    store: ObjectStore, manifest: dict[str, Any], shard: dict[str, Any], evidence: _EvidenceCache,
+    anchors: TrustAnchors, policy: Policy,
+) -> tuple[VerifiedReceipt, bytes]:
+    """The shard's verified receipt and its output object's bytes (checked against the receipt)."""
     token = store.get(shard["receipt_key"]).decode()
     prefix = manifest["results"]["prefix"]
-    payload_digest = _unverified_evidence_digest(token)
-    evidence = json.loads(store.get(f"{prefix}evidence/{payload_digest}.json"))
-    receipt = verify_receipt(token, evidence, anchors=anchors, policy=policy)
+    receipt = verify_receipt(token, evidence.get(_unverified_evidence_digest(token)), anchors=anchors, policy=policy)
     p = receipt.payload
     _expect(shard["receipt_key"], "batch_id", manifest["batch_id"], p["batch_id"])
     _expect(shard["receipt_key"], "tenant", manifest["tenant"], p["tenant"])
@@ -64,7 +88,7 @@ def _verified_shard(
                                       f"got {p['output']['key']}")
     output = store.get(p["output"]["key"])
     _expect(shard["receipt_key"], "output.sha256", p["output"]["sha256"], hashlib.sha256(output).hexdigest())
-    return receipt
+    return receipt, output
 
 
 def _unverified_evidence_digest(token: str) -> str:
