@@ -37,12 +37,11 @@ def celery_client() -> Celery:
     return app
 
 
-def live_workers(app: Celery, timeouts: tuple[float, ...] = (0.25, 3.0)) -> list[str]:
-    """Names of the workers that answer a ping; a ping waits its whole timeout, so short first."""
-    for timeout in timeouts:
-        replies = app.control.ping(timeout=timeout) or []
-        if replies:
-            break
+def live_workers(app: Celery, timeout: float = 3.0) -> list[str]:
+    """Names of the workers that answer a ping. A ping waits its whole timeout unless told how many
+    replies to expect: `CSCORE_WORKER_POOL_SIZE` (the pool's configured size) lets it stop early."""
+    expected = int(os.environ.get("CSCORE_WORKER_POOL_SIZE") or 0) or None
+    replies = app.control.ping(timeout=timeout if expected else 1.0, limit=expected) or []
     return sorted(name for reply in replies for name in reply)
 
 

@@ -183,6 +183,7 @@ class LocalStack:
         if self.workers <= 0:
             self._out("[stack] celery workers: none (workers=0)")
             return None
+        self.env["CSCORE_WORKER_POOL_SIZE"] = str(self.workers)  # the platform's ping can stop at that many
         return self._begin(parts.spawn_workers(self))
 
     def _airflow_migrate(self) -> Pending | None:
