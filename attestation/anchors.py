@@ -140,9 +140,10 @@ def check_signed_by(cert: x509.Certificate, issuer: x509.Certificate, where: str
     if not isinstance(key, rsa.RSAPublicKey) or not isinstance(params, padding.PSS):
         raise VerificationError(f"{where}.signature_algorithm", "RSA-PSS with SHA-384",
                                 cert.signature_algorithm_oid.dotted_string)
-    if key.key_size < 2048 or not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
+    digest = cert.signature_hash_algorithm
+    if key.key_size < 2048 or not isinstance(digest, hashes.SHA384):
         raise VerificationError(f"{where}.signature_algorithm", "RSA >= 2048 bits, SHA-384",
-                                f"RSA {key.key_size}, {cert.signature_hash_algorithm}")
+                                f"RSA {key.key_size}, {digest.name if digest else 'no hash'}")
     try:
         key.verify(cert.signature, cert.tbs_certificate_bytes, params, hashes.SHA384())
     except InvalidSignature as exc:
