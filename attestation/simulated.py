@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -65,32 +66,60 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: object, serial: 
             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365 * years)))
 
 
-def generate_chain(product: str = PRODUCT, tcb: TcbVersion = SIM_TCB,
-                   chip_id: bytes = SIM_CHIP_ID) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
-    """Generate (vcek_key, [vcek, ask, ark]) with AMD-shaped extensions for ``product``."""
+@dataclass(frozen=True)
+class SimulatedHierarchy:
+    """Every key and certificate of one simulated AMD hierarchy (ARK -> ASK or ASVK -> VCEK or VLEK).
+
+    Two hierarchies generated alike carry identical subject names and differ only in their keys:
+    what a forger with its own "AMD" would hold (tests build forgeries from it).
+    """
+
+    ark_key: rsa.RSAPrivateKey
+    ark: x509.Certificate
+    ask_key: rsa.RSAPrivateKey
+    ask: x509.Certificate  # the ASVK (SEV-VLEK-<product>) for a VLEK hierarchy
+    leaf_key: ec.EllipticCurvePrivateKey
+    leaf: x509.Certificate  # the VCEK, or the VLEK (no hwID extension)
+
+
+def generate_hierarchy(product: str = PRODUCT, tcb: TcbVersion = SIM_TCB, chip_id: bytes = SIM_CHIP_ID, *,
+                       vlek: bool = False) -> SimulatedHierarchy:
+    """Generate a hierarchy with AMD-shaped names and extensions for ``product``.
+
+    ``vlek``: the intermediate is an ASVK (CN ``SEV-VLEK-<product>``) and the leaf a VLEK (CN
+    ``SEV-VLEK``, no hwID: a VLEK is not tied to one chip).
+    """
     ark_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     ask_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    vcek_key = ec.generate_private_key(ec.SECP384R1())
-    ark_name, ask_name = _name(f"ARK-{product}"), _name(f"SEV-{product}")
+    leaf_key = ec.generate_private_key(ec.SECP384R1())
+    kind = "VLEK-" if vlek else ""
+    ark_name, ask_name = _name(f"ARK-{product}"), _name(f"SEV-{kind}{product}")
     ca = x509.BasicConstraints(ca=True, path_length=None)
     ark = (_builder(ark_name, ark_name, ark_key.public_key(), 1, 25).add_extension(ca, critical=True)
            .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS))
     ask = (_builder(ask_name, ark_name, ask_key.public_key(), 2, 25).add_extension(ca, critical=True)
            .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS))
-    vcek_builder = _builder(_name("SEV-VCEK"), ask_name, vcek_key.public_key(), 3, 7)
-    for ext in _vcek_extensions(product, tcb, chip_id):
-        vcek_builder = vcek_builder.add_extension(ext.value, critical=False)
-    vcek = vcek_builder.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
-    return vcek_key, [vcek, ask, ark]
+    leaf_builder = _builder(_name("SEV-VLEK" if vlek else "SEV-VCEK"), ask_name, leaf_key.public_key(), 3, 7)
+    for ext in _vcek_extensions(product, tcb, None if vlek else chip_id):
+        leaf_builder = leaf_builder.add_extension(ext.value, critical=False)
+    leaf = leaf_builder.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
+    return SimulatedHierarchy(ark_key, ark, ask_key, ask, leaf_key, leaf)
+
+
+def generate_chain(product: str = PRODUCT, tcb: TcbVersion = SIM_TCB,
+                   chip_id: bytes = SIM_CHIP_ID) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
+    """Generate (vcek_key, [vcek, ask, ark]) with AMD-shaped extensions for ``product``."""
+    h = generate_hierarchy(product, tcb, chip_id)
+    return h.leaf_key, [h.leaf, h.ask, h.ark]
 
 
 def _vcek_extensions(product: str, tcb: TcbVersion,
-                     chip_id: bytes) -> list[x509.Extension[x509.UnrecognizedExtension]]:
+                     chip_id: bytes | None) -> list[x509.Extension[x509.UnrecognizedExtension]]:
     name = f"{product}-B0".encode()
     exts = [_amd_ext(OID_PRODUCT_NAME, bytes([0x16, len(name)]) + name)]
     exts += [_amd_ext(TCB_OIDS[k], _der_int(v)) for k, v in tcb.as_dict().items()]
-    hwid = chip_id[:8] if product == "Turin" else chip_id  # Turin hwIDs are 8 bytes
-    exts.append(_amd_ext(OID_HWID, hwid))
+    if chip_id is not None:
+        exts.append(_amd_ext(OID_HWID, chip_id[:8] if product == "Turin" else chip_id))  # Turin hwIDs: 8 bytes
     return exts
 
 

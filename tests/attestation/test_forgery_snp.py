@@ -1,0 +1,316 @@
+"""SEV-SNP forgeries, each well formed except for the one thing a check guards, and the exact refusal.
+
+A forger holds a second "AMD" hierarchy (ARK, ASK, VCEK) with the very same subject names as the
+trusted one (here: two simulated hierarchies generated alike). Every certificate-signature step of the
+chain, every certificate-to-report binding and every appraisal clause is tried on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify_evidence
+from attestation.anchors import Root
+from attestation.errors import AppraisalError, ParseError, VerificationError
+from attestation.simulated import SIM_CHIP_ID, SIM_TCB, SimulatedHierarchy, generate_hierarchy
+from attestation.snp.report import POLICY_DEBUG_BIT
+from attestation.snp.verify import OID_HWID, OID_PRODUCT_NAME, TCB_OIDS
+from enclave.tee import SIM_GUEST_POLICY
+from tests.attestation._forge import MEASUREMENT, NONCE, reissue, snp_evidence
+
+NOW = datetime.now(UTC)
+DEV = {"allowed_roots": ["simulated"], "allowed_measurements": [MEASUREMENT.hex()]}
+
+
+@pytest.fixture(scope="module")
+def amd() -> SimulatedHierarchy:
+    """The trusted hierarchy (stands for AMD)."""
+    return generate_hierarchy()
+
+
+@pytest.fixture(scope="module")
+def rogue() -> SimulatedHierarchy:
+    """A forger's hierarchy: the same names as ``amd``, other keys."""
+    return generate_hierarchy()
+
+
+@pytest.fixture(scope="module")
+def vlek(amd: SimulatedHierarchy) -> SimulatedHierarchy:
+    """A VLEK hierarchy under the trusted ARK: its ASVK re-issued by the trusted ARK."""
+    h = generate_hierarchy(vlek=True)
+    return dataclasses.replace(h, ark_key=amd.ark_key, ark=amd.ark, ask=reissue(h.ask, amd.ark_key))
+
+
+@pytest.fixture(scope="module")
+def anchors(amd: SimulatedHierarchy) -> TrustAnchors:
+    return TrustAnchors((Root(amd.ark, "Milan", "simulated"),), (amd.ask,))
+
+
+def _refused(evidence: Evidence, anchors: TrustAnchors, at: datetime = NOW) -> VerificationError:
+    with pytest.raises(VerificationError) as err:
+        verify_evidence(evidence, anchors, at)
+    return err.value
+
+
+def _genuine(tmp: Path, amd: SimulatedHierarchy, **report: object) -> Evidence:
+    return snp_evidence(tmp, amd.leaf_key, amd.leaf, [amd.ask, amd.ark], **report)
+
+
+def _claims(tmp: Path, amd: SimulatedHierarchy, anchors: TrustAnchors, **report: object) -> Claims:
+    return verify_evidence(_genuine(tmp, amd, **report), anchors, NOW)
+
+
+def _name(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+# -- the premise: the forger's names are the trusted ones, and honest evidence passes ----------------
+
+def test_the_rogue_hierarchy_carries_the_trusted_names(amd: SimulatedHierarchy, rogue: SimulatedHierarchy) -> None:
+    for mine, theirs in ((amd.ark, rogue.ark), (amd.ask, rogue.ask), (amd.leaf, rogue.leaf)):
+        assert (mine.subject, mine.issuer) == (theirs.subject, theirs.issuer)
+        assert mine.public_key() != theirs.public_key()
+
+
+def test_genuine_evidence_verifies_and_appraises(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                 tmp_path: Path) -> None:
+    claims = _claims(tmp_path, amd, anchors)
+    assert (claims.root, claims.signing_key, claims.chip_id) == ("simulated", "vcek", SIM_CHIP_ID.hex())
+    appraise(claims, Policy.from_dict({**DEV, "chip_ids": [SIM_CHIP_ID.hex()], "min_tcb": SIM_TCB.as_dict()}),
+             report_data=NONCE)
+    assert verify_evidence(snp_evidence(tmp_path, amd.leaf_key, amd.leaf, []), anchors, NOW).root == "simulated"
+
+
+# -- each certificate-signature step of the chain ----------------------------------------------------
+
+@pytest.mark.parametrize("chain", ["ask_ark", "ask", "none"])
+def test_vcek_signed_by_another_ask_with_the_same_name(amd: SimulatedHierarchy, rogue: SimulatedHierarchy,
+                                                       anchors: TrustAnchors, tmp_path: Path, chain: str) -> None:
+    sent = {"ask_ark": [amd.ask, amd.ark], "ask": [amd.ask], "none": []}[chain]
+    err = _refused(snp_evidence(tmp_path, rogue.leaf_key, rogue.leaf, sent), anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "evidence.vcek.signature", f"a valid signature by {_name(amd.ask)}", "an invalid one")
+
+
+@pytest.mark.parametrize("with_ark", [False, True])
+def test_ask_signed_by_another_ark_with_the_same_name(amd: SimulatedHierarchy, rogue: SimulatedHierarchy,
+                                                      anchors: TrustAnchors, tmp_path: Path, with_ark: bool) -> None:
+    chain = [rogue.ask, amd.ark] if with_ark else [rogue.ask]  # the rogue ASK signed the rogue VCEK: that link holds
+    err = _refused(snp_evidence(tmp_path, rogue.leaf_key, rogue.leaf, chain), anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "evidence.cert_chain.ask.signature", f"a valid signature by {_name(amd.ark)}", "an invalid one")
+
+
+def test_rogue_ark_in_the_chain_is_not_trusted(amd: SimulatedHierarchy, rogue: SimulatedHierarchy,
+                                               anchors: TrustAnchors, tmp_path: Path) -> None:
+    err = _refused(snp_evidence(tmp_path, rogue.leaf_key, rogue.leaf, [rogue.ask, rogue.ark]), anchors)
+    assert err.field == "evidence.cert_chain.ark" and _name(amd.ark) in err.expected
+    assert err.actual.startswith(_name(rogue.ark))
+
+
+def test_ask_signed_by_the_ark_with_pkcs1_or_sha256_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                               tmp_path: Path) -> None:
+    for ask, actual in ((reissue(amd.ask, amd.ark_key, pss=False), "1.2.840.113549.1.1.12"),
+                        (reissue(amd.ask, amd.ark_key, digest=hashes.SHA256()), "RSA 3072, ")):
+        err = _refused(snp_evidence(tmp_path, amd.leaf_key, amd.leaf, [ask]), anchors)
+        assert err.field == "evidence.cert_chain.ask.signature_algorithm" and str(err.actual).startswith(actual)
+
+
+def test_chain_under_a_small_rsa_key_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                tmp_path: Path) -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    ask = reissue(amd.ask, small, public_key=small.public_key())  # self-consistent below, too weak above
+    leaf = reissue(amd.leaf, small)
+    ark = reissue(amd.ark, small, public_key=small.public_key())
+    small_anchors = TrustAnchors((Root(ark, "Milan", "simulated"),))
+    err = _refused(snp_evidence(tmp_path, amd.leaf_key, leaf, [ask, ark]), small_anchors)
+    assert (err.field, err.actual) == ("evidence.cert_chain.ask.signature_algorithm", "RSA 1024, sha384")
+    del anchors
+
+
+@pytest.mark.parametrize(("which", "field"), [("leaf", "evidence.vcek.validity"),
+                                              ("ask", "evidence.cert_chain.ask.validity"),
+                                              ("ark", "evidence.cert_chain.ark.validity")])
+@pytest.mark.parametrize("when", ["expired", "not yet valid"])
+def test_each_certificate_must_be_valid_at_the_time(amd: SimulatedHierarchy, tmp_path: Path, which: str,
+                                                    field: str, when: str) -> None:
+    dates = ({"not_before": NOW - timedelta(days=9), "not_after": NOW - timedelta(days=1)} if when == "expired"
+             else {"not_before": NOW + timedelta(days=1)})
+    leaf, ask, ark = amd.leaf, amd.ask, amd.ark
+    if which == "leaf":
+        leaf = reissue(leaf, amd.ask_key, **dates)  # type: ignore[arg-type]
+    elif which == "ask":
+        ask = reissue(ask, amd.ark_key, **dates)  # type: ignore[arg-type]
+    else:
+        ark = reissue(ark, amd.ark_key, **dates)  # type: ignore[arg-type]
+    anchors = TrustAnchors((Root(ark, "Milan", "simulated"),))
+    err = _refused(snp_evidence(tmp_path, amd.leaf_key, leaf, [ask, ark]), anchors)
+    assert err.field == field and err.actual == NOW.isoformat()
+
+
+# -- the signer: the report must be signed by the certified leaf, of the kind the report names --------
+
+def test_report_signed_by_a_key_other_than_the_vcek(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                    tmp_path: Path) -> None:
+    other = ec.generate_private_key(ec.SECP384R1())
+    err = _refused(snp_evidence(tmp_path, other, amd.leaf, [amd.ask, amd.ark]), anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "report.signature", "a valid ECDSA P-384 signature by the VCEK", "an invalid one")
+
+
+def test_vcek_with_a_p256_key_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = reissue(amd.leaf, amd.ask_key, public_key=key.public_key())
+    err = _refused(snp_evidence(tmp_path, key, leaf, [amd.ask, amd.ark]), anchors)
+    assert (err.field, err.expected) == ("evidence.vcek.public_key", "an EC P-384 key")
+
+
+def test_unknown_signature_algorithm_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                tmp_path: Path) -> None:
+    with pytest.raises(ParseError) as err:  # the parser refuses it before verification looks
+        verify_evidence(_genuine(tmp_path, amd, signature_algo=2), anchors, NOW)
+    assert (err.value.field, err.value.actual) == ("report.signature_algo", 2)
+
+
+def test_genuine_vlek_evidence_verifies(vlek: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path) -> None:
+    evidence = snp_evidence(tmp_path, vlek.leaf_key, vlek.leaf, [vlek.ask, vlek.ark], signing_key="vlek")
+    assert verify_evidence(evidence, anchors, NOW).signing_key == "vlek"
+
+
+def test_vlek_where_the_report_names_the_vcek(vlek: SimulatedHierarchy, anchors: TrustAnchors,
+                                              tmp_path: Path) -> None:
+    err = _refused(snp_evidence(tmp_path, vlek.leaf_key, vlek.leaf, [vlek.ask, vlek.ark]), anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "evidence.vcek", "a VCEK issued by an ASK", f"{_name(vlek.leaf)} issued by {_name(vlek.ask)}")
+
+
+def test_vcek_where_the_report_names_the_vlek(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                              tmp_path: Path) -> None:
+    err = _refused(_genuine(tmp_path, amd, signing_key="vlek"), anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "evidence.vcek", "a VLEK issued by an ASVK", f"{_name(amd.leaf)} issued by {_name(amd.ask)}")
+
+
+def test_leaf_named_against_its_issuer_kind_is_refused(amd: SimulatedHierarchy, vlek: SimulatedHierarchy,
+                                                       anchors: TrustAnchors, tmp_path: Path) -> None:
+    vcek_under_asvk = reissue(amd.leaf, vlek.ask_key, issuer=vlek.ask.subject)
+    err = _refused(snp_evidence(tmp_path, amd.leaf_key, vcek_under_asvk, [vlek.ask, vlek.ark], signing_key="vlek"),
+                   anchors)
+    assert (err.field, err.expected) == ("evidence.vcek", "a VLEK issued by an ASVK")
+    vlek_under_ask = reissue(vlek.leaf, amd.ask_key, issuer=amd.ask.subject)
+    err = _refused(snp_evidence(tmp_path, vlek.leaf_key, vlek_under_ask, [amd.ask, amd.ark]), anchors)
+    assert (err.field, err.expected) == ("evidence.vcek", "a VCEK issued by an ASK")
+
+
+def test_unsigned_report_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path) -> None:
+    err = _refused(_genuine(tmp_path, amd, signing_key="none"), anchors)
+    assert (err.field, err.expected, err.actual) == ("report.signer_info.signing_key", "vcek or vlek", "none")
+
+
+# -- certificate-to-report bindings: chip, TCB, product ---------------------------------------------
+
+@pytest.mark.parametrize("chip_id", [SIM_CHIP_ID[:32] + bytes(32), SIM_CHIP_ID[:63] + bytes([SIM_CHIP_ID[63] ^ 1]),
+                                     bytes(64)])
+def test_chip_id_equal_to_the_hwid_on_a_prefix_only(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                    tmp_path: Path, chip_id: bytes) -> None:
+    err = _refused(_genuine(tmp_path, amd, chip_id=chip_id), anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "report.chip_id", f"{SIM_CHIP_ID.hex()} (the VCEK's hwID)", chip_id.hex())
+
+
+def test_turin_hwid_covers_8_bytes_and_the_rest_must_be_zero(tmp_path: Path) -> None:
+    turin_tcb = dataclasses.replace(SIM_TCB, fmc=1)
+    h = generate_hierarchy("Turin", turin_tcb)
+    anchors = TrustAnchors((Root(h.ark, "Turin", "simulated"),))
+    honest = snp_evidence(tmp_path, h.leaf_key, h.leaf, [h.ask, h.ark], product="Turin")
+    assert verify_evidence(honest, anchors, NOW).chip_id == (SIM_CHIP_ID[:8] + bytes(56)).hex()
+    forged = SIM_CHIP_ID[:8] + bytes(55) + b"\x01"
+    err = _refused(snp_evidence(tmp_path, h.leaf_key, h.leaf, [h.ask, h.ark], product="Turin", chip_id=forged),
+                   anchors)
+    assert (err.field, err.actual) == ("report.chip_id", forged.hex())
+
+
+def test_policy_chip_id_must_match_whole(amd: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path) -> None:
+    claims = _claims(tmp_path, amd, anchors)
+    for pinned in (SIM_CHIP_ID.hex()[:64], SIM_CHIP_ID[:32].hex() + "00" * 32):
+        with pytest.raises(AppraisalError) as err:
+            appraise(claims, Policy.from_dict({**DEV, "chip_ids": [pinned]}))
+        assert (err.value.field, err.value.expected, err.value.actual) == ("chip_id", f"one of {[pinned]}",
+                                                                           SIM_CHIP_ID.hex())
+
+
+@pytest.mark.parametrize(("component", "delta"), [(c, 1) for c in ("bootloader", "tee", "snp", "microcode")]
+                         + [(c, -1) for c in ("bootloader", "snp", "microcode")])  # the simulated TEE SVN is 0
+def test_reported_tcb_other_than_the_vcek_certifies(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                    tmp_path: Path, component: str, delta: int) -> None:
+    claimed = getattr(SIM_TCB, component) + delta
+    err = _refused(_genuine(tmp_path, amd, reported_tcb=dataclasses.replace(SIM_TCB, **{component: claimed})),
+                   anchors)
+    assert (err.field, err.expected, err.actual) == (
+        f"report.reported_tcb.{component}", f"{getattr(SIM_TCB, component)} (certified by the VCEK)", claimed)
+
+
+def _without(cert: x509.Certificate, oid: str) -> list[x509.Extension[x509.ExtensionType]]:
+    return [e for e in cert.extensions if e.oid.dotted_string != oid]
+
+
+@pytest.mark.parametrize(("oid", "field"), [(TCB_OIDS["snp"], "evidence.vcek.tcb.snp"),
+                                            (TCB_OIDS["bootloader"], "evidence.vcek.tcb.bootloader"),
+                                            (OID_HWID, "evidence.vcek.hwid")])
+def test_vcek_without_a_binding_extension_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                     tmp_path: Path, oid: str, field: str) -> None:
+    leaf = reissue(amd.leaf, amd.ask_key, extensions=_without(amd.leaf, oid))
+    signed = _genuine(tmp_path, amd)  # the report as the chip signs it; the VCEK sent lacks the extension
+    err = _refused(dataclasses.replace(signed, vcek=leaf.public_bytes(serialization.Encoding.DER)), anchors)
+    assert (err.field, err.expected, err.actual) == (field, f"extension {oid}", "absent")
+
+
+def test_vcek_of_another_product_under_this_chain_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                             tmp_path: Path) -> None:
+    genoa = x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_PRODUCT_NAME), b"\x16\x08Genoa-B0")
+    exts = [*_without(amd.leaf, OID_PRODUCT_NAME), x509.Extension(genoa.oid, False, genoa)]
+    leaf = reissue(amd.leaf, amd.ask_key, extensions=exts)  # type: ignore[arg-type]
+    err = _refused(snp_evidence(tmp_path, amd.leaf_key, leaf, [amd.ask, amd.ark]), anchors)
+    assert (err.field, err.expected, err.actual) == ("evidence.vcek.product_name", "Milan", "Genoa-B0")
+
+
+# -- appraisal: debug, TCB floor --------------------------------------------------------------------
+
+def test_debug_policy_bit_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path) -> None:
+    policy_word = SIM_GUEST_POLICY | 1 << POLICY_DEBUG_BIT
+    claims = _claims(tmp_path, amd, anchors, policy=policy_word)
+    assert claims.debug is True
+    with pytest.raises(AppraisalError) as err:
+        appraise(claims, Policy.from_dict(DEV), report_data=NONCE)
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        "policy.debug", "debugging disallowed (guest policy bit 19 clear)", f"debug allowed (policy 0x{policy_word:x})")
+    appraise(claims, Policy.from_dict({**DEV, "allow_debug": True}), report_data=NONCE)
+    with pytest.raises(AppraisalError) as bits:
+        appraise(claims, Policy.from_dict({**DEV, "allow_debug": True, "allowed_policy_bits": SIM_GUEST_POLICY}))
+    assert (bits.value.field, bits.value.actual) == ("policy_bits", f"0x{policy_word:x}")
+
+
+@pytest.mark.parametrize("component", ["bootloader", "tee", "snp", "microcode"])
+def test_tcb_below_the_floor_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path,
+                                        component: str) -> None:
+    claims = _claims(tmp_path, amd, anchors)
+    value = getattr(SIM_TCB, component)
+    appraise(claims, Policy.from_dict({**DEV, "min_tcb": {component: value}}))  # at the floor: allowed
+    with pytest.raises(AppraisalError) as err:
+        appraise(claims, Policy.from_dict({**DEV, "min_tcb": {component: value + 1}}))
+    assert (err.value.field, err.value.expected, err.value.actual) == (f"tcb.{component}", f">= {value + 1}", value)
+
+
+def test_vmpl_above_the_maximum_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path) -> None:
+    claims = _claims(tmp_path, amd, anchors, vmpl=2)
+    appraise(claims, Policy.from_dict({**DEV, "max_vmpl": 2}))
+    with pytest.raises(AppraisalError) as err:
+        appraise(claims, Policy.from_dict({**DEV, "max_vmpl": 1}))
+    assert (err.value.field, err.value.expected, err.value.actual) == ("vmpl", "<= 1", 2)
