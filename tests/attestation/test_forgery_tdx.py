@@ -1,0 +1,200 @@
+"""TDX forgeries built from a real quote (go-tdx-guest's SPR E4 quote): its PCK chain re-issued under a
+simulated Intel root with Intel's very names, its attestation key replaced, its QE report re-bound and
+re-signed. Each forgery is correct except for the one link a check guards; the refusal is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from attestation import Evidence, TrustAnchors, verify_evidence
+from attestation.anchors import load_pem_certs
+from attestation.errors import ParseError, VerificationError
+from attestation.tdx import parse_quote
+from tests.attestation._attestation_data import read
+from tests.attestation._forge import pem, reissue
+
+BASE = read("tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat")
+AT = datetime(2026, 1, 1, tzinfo=UTC)  # inside every certificate of the real chain
+_REAL_PCK, _REAL_CA, _REAL_ROOT = load_pem_certs(parse_quote(BASE).pck_chain_pem, "real")
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@dataclass(frozen=True)
+class Intel:
+    """An Intel-shaped hierarchy (Intel's subject names and PCK extensions, our keys)."""
+
+    root_key: ec.EllipticCurvePrivateKey
+    root: x509.Certificate
+    ca_key: ec.EllipticCurvePrivateKey
+    ca: x509.Certificate
+    pck_key: ec.EllipticCurvePrivateKey
+    pck: x509.Certificate
+
+    @classmethod
+    def generate(cls) -> Intel:
+        root_key, ca_key, pck_key = _key(), _key(), _key()
+        root = reissue(_REAL_ROOT, root_key, public_key=root_key.public_key())
+        ca = reissue(_REAL_CA, root_key, public_key=ca_key.public_key())
+        return cls(root_key, root, ca_key, ca, pck_key, reissue(_REAL_PCK, ca_key, public_key=pck_key.public_key()))
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        return [self.pck, self.ca, self.root]
+
+
+@pytest.fixture(scope="module")
+def intel() -> Intel:
+    return Intel.generate()
+
+
+@pytest.fixture(scope="module")
+def rogue() -> Intel:
+    return Intel.generate()
+
+
+@pytest.fixture(scope="module")
+def anchors(intel: Intel) -> TrustAnchors:
+    return dataclasses.replace(TrustAnchors.amd(), intel_roots=(intel.root,))
+
+
+def _raw_sign(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _point(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
+
+
+def forge_quote(chain: list[x509.Certificate], pck_signer: ec.EllipticCurvePrivateKey, *,
+                att_key: ec.EllipticCurvePrivateKey | None = None,
+                quote_signer: ec.EllipticCurvePrivateKey | None = None,
+                bound: bytes | None = None, auth: bytes | None = None) -> bytes:
+    """The real quote's header and body, signed by a fresh attestation key; its QE report re-bound to that
+    key (or to ``bound``: the 64 report_data bytes) and signed by ``pck_signer``; ``chain`` as PCK chain."""
+    base = parse_quote(BASE)
+    att_key = att_key or _key()
+    auth = base.qe_auth_data if auth is None else auth
+    certified = hashlib.sha256(_point(att_key) + base.qe_auth_data).digest() + bytes(32)
+    report_data = bound if bound is not None else certified
+    qe_report = base.qe_report[:320] + report_data
+    chain_pem = pem(*chain).encode()
+    cert_data = (qe_report + _raw_sign(pck_signer, qe_report) + struct.pack("<H", len(auth)) + auth
+                 + struct.pack("<HI", 5, len(chain_pem)) + chain_pem)
+    sig_data = (_raw_sign(quote_signer or att_key, base.signed) + _point(att_key)
+                + struct.pack("<HI", 6, len(cert_data)) + cert_data)
+    return base.signed + struct.pack("<I", len(sig_data)) + sig_data
+
+
+def _refused(quote: bytes, anchors: TrustAnchors, at: datetime = AT) -> VerificationError:
+    with pytest.raises(VerificationError) as err:
+        verify_evidence(Evidence(tee="tdx", report=quote), anchors, at)
+    return err.value
+
+
+def test_forged_quote_under_the_simulated_root_verifies(intel: Intel, anchors: TrustAnchors) -> None:
+    claims = verify_evidence(Evidence(tee="tdx", report=forge_quote(intel.chain, intel.pck_key)), anchors, AT)
+    assert (claims.root, claims.signing_key) == ("simulated", "pck")
+    assert claims.measurement == parse_quote(BASE).mr_td.hex()
+
+
+def test_only_the_pinned_root_or_the_simulated_one_is_trusted(intel: Intel) -> None:
+    err = _refused(forge_quote(intel.chain, intel.pck_key), TrustAnchors.amd())
+    assert (err.field, err.actual) == ("quote.pck_chain.root", intel.root.fingerprint(hashes.SHA256()).hex())
+
+
+def test_rogue_names_equal_the_trusted_ones(intel: Intel, rogue: Intel) -> None:
+    for mine, theirs, real in zip(intel.chain, rogue.chain, (_REAL_PCK, _REAL_CA, _REAL_ROOT), strict=True):
+        assert mine.subject == theirs.subject == real.subject and mine.issuer == theirs.issuer == real.issuer
+        assert mine.public_key() != theirs.public_key()
+
+
+# -- the attestation key must be the one the quoting enclave certified --------------------------------
+
+def test_attestation_key_not_bound_to_the_qe_report(intel: Intel, anchors: TrustAnchors) -> None:
+    certified, used = _key(), _key()
+    auth = parse_quote(BASE).qe_auth_data
+    bound = hashlib.sha256(_point(certified) + auth).digest() + bytes(32)
+    err = _refused(forge_quote(intel.chain, intel.pck_key, att_key=used, bound=bound), anchors)
+    expected = hashlib.sha256(_point(used) + auth).digest() + bytes(32)
+    assert (err.field, err.expected, err.actual) == ("quote.qe_report.report_data", expected.hex(), bound.hex())
+
+
+def test_qe_report_data_equal_on_its_first_half_only(intel: Intel, anchors: TrustAnchors) -> None:
+    att = _key()
+    digest = hashlib.sha256(_point(att) + parse_quote(BASE).qe_auth_data).digest()
+    err = _refused(forge_quote(intel.chain, intel.pck_key, att_key=att, bound=digest + b"\x01" * 32), anchors)
+    assert (err.field, err.actual) == ("quote.qe_report.report_data", (digest + b"\x01" * 32).hex())
+
+
+def test_qe_auth_data_other_than_the_certified_one(intel: Intel, anchors: TrustAnchors) -> None:
+    err = _refused(forge_quote(intel.chain, intel.pck_key, auth=b"\x07" * 32), anchors)  # bound over the real one
+    assert err.field == "quote.qe_report.report_data"
+
+
+def test_quote_signed_by_a_key_other_than_the_attestation_key(intel: Intel, anchors: TrustAnchors) -> None:
+    err = _refused(forge_quote(intel.chain, intel.pck_key, quote_signer=_key()), anchors)
+    assert (err.field, err.expected, err.actual) == ("quote.signature", "a valid ECDSA P-256 signature",
+                                                     "an invalid one")
+
+
+def test_qe_report_signed_by_a_key_other_than_the_pck(intel: Intel, anchors: TrustAnchors) -> None:
+    err = _refused(forge_quote(intel.chain, _key()), anchors)
+    assert (err.field, err.expected, err.actual) == ("quote.qe_report_signature", "a valid ECDSA P-256 signature",
+                                                     "an invalid one")
+    assert "not signed by this platform's PCK" in str(err)
+
+
+# -- each signature step of the PCK chain, with Intel's names and a second hierarchy -------------------
+
+def test_pck_certificate_not_signed_by_its_ca(intel: Intel, rogue: Intel, anchors: TrustAnchors) -> None:
+    err = _refused(forge_quote([rogue.pck, intel.ca, intel.root], rogue.pck_key), anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "quote.pck_chain.pck", f"issued by {intel.ca.subject.rfc4514_string()}", rogue.pck.issuer.rfc4514_string())
+
+
+def test_ca_certificate_not_signed_by_the_root(intel: Intel, rogue: Intel, anchors: TrustAnchors) -> None:
+    err = _refused(forge_quote([rogue.pck, rogue.ca, intel.root], rogue.pck_key), anchors)
+    assert (err.field, err.expected) == ("quote.pck_chain.ca", f"issued by {intel.root.subject.rfc4514_string()}")
+
+
+def test_rogue_root_with_intel_names_is_not_trusted(rogue: Intel, anchors: TrustAnchors) -> None:
+    err = _refused(forge_quote(rogue.chain, rogue.pck_key), anchors)
+    assert err.field == "quote.pck_chain.root"
+
+
+def test_pck_chain_of_the_wrong_length_is_a_parse_error(intel: Intel, anchors: TrustAnchors) -> None:
+    with pytest.raises(ParseError) as err:
+        verify_evidence(Evidence(tee="tdx", report=forge_quote([intel.pck, intel.root], intel.pck_key)), anchors, AT)
+    assert (err.value.field, err.value.actual) == ("quote.pck_chain", 2)
+
+
+@pytest.mark.parametrize("which", ["pck", "ca", "root"])
+@pytest.mark.parametrize("when", ["expired", "not yet valid"])
+def test_each_pck_chain_certificate_must_be_valid_at_the_time(intel: Intel, which: str, when: str) -> None:
+    dates = ({"not_before": AT - timedelta(days=9), "not_after": AT - timedelta(days=1)} if when == "expired"
+             else {"not_before": AT + timedelta(days=1)})
+    pck, ca, root = intel.chain
+    if which == "pck":
+        pck = reissue(pck, intel.ca_key, **dates)  # type: ignore[arg-type]
+    elif which == "ca":
+        ca = reissue(ca, intel.root_key, **dates)  # type: ignore[arg-type]
+    else:
+        root = reissue(root, intel.root_key, **dates)  # type: ignore[arg-type]
+    anchors = dataclasses.replace(TrustAnchors.amd(), intel_roots=(root,))
+    err = _refused(forge_quote([pck, ca, root], intel.pck_key), anchors)
+    assert (err.field, err.actual) == (f"quote.pck_chain.{which}.validity", AT.isoformat())
