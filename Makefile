@@ -10,6 +10,11 @@ setup:
 	@command -v uv >/dev/null 2>&1 || test -x $(UV) || $(PYTHON) -m pip install --user --quiet uv==0.13.8 \
 		|| $(PYTHON) -m pip install --user --quiet --break-system-packages uv==0.13.8  # PEP 668 distro Pythons
 	$(UV) sync --frozen --python 3.11
+	@# The audit page is tested in a real headless browser: Debian's chromium, installed only where it is
+	@# missing and apt-get exists (CI runs as root on a fresh machine); elsewhere install it by hand.
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| ! command -v apt-get >/dev/null 2>&1 \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 demo: setup
 	$(VENV)/bin/cscore demo

@@ -16,29 +16,35 @@ from typing import Any
 from attestation import Policy, TrustAnchors
 from audit.collect import SyncReport, sync_log
 from audit.log import AuditLog, S3Storage, Witness, load_or_create_key
-from audit.show import batch_story, render_html
-from audit.verify import failed, verify_audit
+from audit.show import batch_report, batch_verdicts, render_html, render_text
+from audit.verify import Finding, failed, verify_audit
 
 PARTIES = ("owner", "provider")
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `audit verify`, `audit show` and `audit sync` to a command line's subparsers."""
+    """Add `audit verify`, `audit show`, `audit batches` and `audit sync` to a command line's subparsers."""
     audit = subparsers.add_parser("audit", help="the auditor's tools: verify the log, show a batch's story")
     sub = audit.add_subparsers(dest="audit_action", required=True)
     verify = sub.add_parser("verify", help="check the log's integrity and meaning; exit 0 when all holds")
     _location(verify)
-    verify.add_argument("--measurement", action="append", help="enclave measurement the auditor accepts (hex); "
-                        "repeatable (default: the measurement of this checkout's worker code)")
-    verify.add_argument("--policy", type=Path, help="attestation policy file (JSON/TOML) instead of --measurement")
-    verify.add_argument("--trust-dir", type=Path, help="simulated TEE roots to accept (default $CSCORE_SIM_TEE_DIR)")
+    _trust(verify)
     verify.add_argument("--json", action="store_true", help="findings as JSON")
     verify.set_defaults(func=cmd_verify)
-    show = sub.add_parser("show", help="the story of one batch, in order")
+    show = sub.add_parser("show", help="verify, then tell one batch's story; exit 1 if the audit fails, 2 if "
+                                       "the batch or the log is unknown")
     show.add_argument("batch")
     _location(show)
+    _trust(show)
     show.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
+    show.add_argument("--json", action="store_true", help="the same report as JSON, for tools")
     show.set_defaults(func=cmd_show)
+    batches = sub.add_parser("batches", help="every batch in the log with its state and verdict; exit 1 if any "
+                                             "audit fails")
+    _location(batches)
+    _trust(batches)
+    batches.add_argument("--json", action="store_true", help="as JSON")
+    batches.set_defaults(func=cmd_batches)
     sync = sub.add_parser("sync", help="append new broker decisions and S3 records, sign, let witnesses see it")
     _location(sync)
     sync.set_defaults(func=cmd_sync)
@@ -48,6 +54,13 @@ def _location(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--state-dir", dest="audit_state_dir", type=Path, help="local stack state (log in <dir>/audit)")
     group.add_argument("--log", dest="audit_log", help="log location: a directory or s3://bucket/prefix")
+
+
+def _trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--measurement", action="append", help="enclave measurement the auditor accepts (hex); "
+                        "repeatable (default: the measurement of this checkout's worker code)")
+    parser.add_argument("--policy", type=Path, help="attestation policy file (JSON/TOML) instead of --measurement")
+    parser.add_argument("--trust-dir", type=Path, help="simulated TEE roots to accept (default $CSCORE_SIM_TEE_DIR)")
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -128,14 +141,27 @@ def auditor_trust(args: argparse.Namespace) -> tuple[TrustAnchors, Policy]:
     return anchors, Policy.from_dict({"allowed_measurements": measurements, "allowed_roots": roots})
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _verified(args: argparse.Namespace) -> tuple[AuditLog, Any, list[Finding]] | None:
+    """(log, store, findings), or None (said on stderr) when the log holds nothing signed to check."""
     from sdk.storage import ObjectStore
 
     state_dir = _state_dir(args)
     load_stack_env(state_dir)
     log = open_log(args.audit_log, state_dir)
+    if log.size == 0 or log.checkpoint_note() is None:
+        print(f"The audit log at {log.describe()} was never synced ({log.size} entries, no signed checkpoint): "
+              "run `cscore audit sync` first, or point --log/--state-dir at the log.", file=sys.stderr)
+        return None
+    store = ObjectStore()
     anchors, policy = auditor_trust(args)
-    findings = verify_audit(log, ObjectStore(), anchors, policy, witnesses=witnesses(state_dir))
+    return log, store, verify_audit(log, store, anchors, policy, witnesses=witnesses(state_dir))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    checked = _verified(args)
+    if checked is None:
+        return 2
+    log, _, findings = checked
     if args.json:
         print(json.dumps([f.__dict__ for f in findings], indent=1))
     else:
@@ -147,16 +173,41 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from sdk.storage import ObjectStore
-
-    state_dir = _state_dir(args)
-    load_stack_env(state_dir)
-    story = batch_story(open_log(args.audit_log, state_dir), ObjectStore(), args.batch)
-    print("\n".join(story))
+    checked = _verified(args)
+    if checked is None:
+        return 2
+    log, store, findings = checked
+    report = batch_report(log, store, args.batch, findings, witnesses=witnesses(_state_dir(args)))
+    if not report["known"]:
+        known = ", ".join(b["batch_id"] for b in batch_verdicts(log, findings)) or "none"
+        print(f"The audit log at {log.describe()} holds nothing about batch {args.batch!r}. Batches it knows: "
+              f"{known}. If the batch is new, run `cscore audit sync`.", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1) if args.json else render_text(report))
     if args.html:
-        args.html.write_text(render_html(story, title=f"Batch {args.batch}"))
+        args.html.write_text(render_html(report))
         print(f"HTML report written to {args.html}", file=sys.stderr)
-    return 0
+    return 0 if report["verdict"]["holds"] else 1
+
+
+def cmd_batches(args: argparse.Namespace) -> int:
+    checked = _verified(args)
+    if checked is None:
+        return 2
+    log, _, findings = checked
+    rows = batch_verdicts(log, findings)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        width = max([len("batch"), *(len(r["batch_id"]) for r in rows)])
+        print(f"{'batch':<{width}}  {'tenant':<10}  {'state':<10}  {'receipts':>8}  {'refused':>7}  verdict")
+        for r in rows:
+            verdict = "holds" if r["holds"] else f"does NOT hold: {r['problems']} problem(s)"
+            print(f"{r['batch_id']:<{width}}  {str(r['tenant']):<10}  {r['state']:<10}  {r['receipts']:>8}  "
+                  f"{r['refusals']:>7}  {verdict}")
+        if failed(findings) and not any(f.batch_id for f in findings if f.severity == "error"):
+            print("The log itself does not verify: run `cscore audit verify` for the details.")
+    return 0 if all(r["holds"] for r in rows) and not failed(findings) else 1
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

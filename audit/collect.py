@@ -231,7 +231,7 @@ def _result_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
     shard_fields = ("shard_index", "worker", "receipt_key", "receipt_sha256", "output_key", "output_sha256",
                     "rows", "reused")
     shards = [{k: s.get(k) for k in shard_fields} for s in doc.get("shards", [])]
-    verdict_fields = ("broker", "accepted", "tee", "measurement", "root")
+    verdict_fields = ("broker", "accepted", "tee", "measurement", "root", "claims_digest")
     attestation = [{"worker": a.get("worker"), "verdicts": [{k: v.get(k) for k in verdict_fields}
                                                             for v in a.get("verdicts", [])]}
                    for a in doc.get("attestation", [])]

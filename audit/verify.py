@@ -40,9 +40,11 @@ class Finding:
     check: str
     message: str
     batch_id: str | None = None
+    index: int | None = None  # the log position of the entry it is about, when there is one
 
     def __str__(self) -> str:
-        return f"[{self.severity}] {self.check}: {self.message}"
+        at = f" (log entry {self.index})" if self.index is not None else ""
+        return f"[{self.severity}] {self.check}: {self.message}{at}"
 
 
 def failed(findings: Sequence[Finding]) -> bool:
@@ -54,7 +56,7 @@ def verify_audit(log: AuditLog, store: Objects, anchors: TrustAnchors, policy: P
                  witnesses: Sequence[Witness] = ()) -> list[Finding]:
     """Check the log's integrity and meaning against storage; an empty list (or notes only) means all holds."""
     findings = check_integrity(log, witnesses)
-    entries = _readable(log)
+    entries = readable_entries(log)
     findings += check_releases(entries, policy)
     receipts, receipt_findings = check_receipts(entries, store, anchors, policy)
     findings += receipt_findings
@@ -129,7 +131,15 @@ def _check_head(log: AuditLog, latest: Checkpoint) -> list[Finding]:
 
 
 def _where(log: AuditLog) -> str:
-    """Narrow a mismatch down to the entries between two published checkpoints."""
+    span = changed_span(log)
+    if span is None:
+        return ""
+    kept = f"; the first {span[0]} entries still match their checkpoint" if span[0] else ""
+    return f" (within positions {span[0]}..{span[1] - 1}{kept})"
+
+
+def changed_span(log: AuditLog) -> tuple[int, int] | None:
+    """Positions [start, end) between the last checkpoint the log still matches and the first it does not."""
     vkey, ok = log.vkey(), 0
     for note in log.history():
         try:
@@ -137,10 +147,9 @@ def _where(log: AuditLog) -> str:
         except LogError:
             continue
         if cp.size > log.size or log.tree().root(cp.size) != cp.root:
-            kept = f"; the first {ok} entries still match their checkpoint" if ok else ""
-            return f" (within positions {ok}..{cp.size - 1}{kept})"
+            return ok, min(cp.size, log.size)
         ok = cp.size
-    return ""
+    return None
 
 
 def _check_history(log: AuditLog, latest: Checkpoint, vkey: str | None) -> list[Finding]:
@@ -172,7 +181,8 @@ def _check_witness(log: AuditLog, witness: Witness) -> list[Finding]:
     return []
 
 
-def _readable(log: AuditLog) -> list[dict[str, Any]]:
+def readable_entries(log: AuditLog) -> list[dict[str, Any]]:
+    """Every entry that still parses as a JSON object, in log order (unreadable lines are skipped)."""
     out = []
     for line in log.lines():
         try:
@@ -229,42 +239,42 @@ def _check_release(e: dict[str, Any], broker: _BrokerState, policy: Policy,
                    custom_noted: set[tuple[str, str]]) -> list[Finding]:
     what = (f"broker {e.get('broker')} released key {e.get('key_id')} ({e.get('operation')}, decision "
             f"{e.get('seq')}) for batch {e.get('batch_id')}")
-    m, batch = e.get("measurement"), e.get("batch_id")
+    m, batch, at = e.get("measurement"), e.get("batch_id"), e.get("index")
     if not m:
-        return [Finding(ERROR, "release", f"{what} without an attested measurement", batch)]
+        return [Finding(ERROR, "release", f"{what} without an attested measurement", batch, at)]
     out = []
     if policy.allowed_measurements is not None and m not in policy.allowed_measurements:
         out.append(Finding(ERROR, "release", f"{what} to measurement {m[:16]}…, which the auditor's policy "
-                                             "does not allow", batch))
+                                             "does not allow", batch, at))
     if e.get("claims_digest") not in broker.attested:
         out.append(Finding(ERROR, "release", f"{what}, but no successful attestation at that broker with the "
-                                             "same claims comes before it", batch))
+                                             "same claims comes before it", batch, at))
     key = broker.keys.get(str(e.get("key_id")))
     if key is None:
-        return [*out, Finding(ERROR, "release", f"{what}, but the log never saw that key created", batch)]
+        return [*out, Finding(ERROR, "release", f"{what}, but the log never saw that key created", batch, at)]
     if key.get("policy"):
         tag = (str(e.get("broker")), str(e.get("key_id")))
         if tag not in custom_noted:
             custom_noted.add(tag)
             out.append(Finding(NOTE, "release", f"key {e.get('key_id')} at broker {e.get('broker')} has a custom "
                                                 f"policy ({key['policy']}); its releases were judged by the broker "
-                                                f"({e.get('reason')}), re-read the policy by hand", batch))
+                                                f"({e.get('reason')}), re-read the policy by hand", batch, at))
         return out
     return out + _check_default_policy(e, key, broker, what, m)
 
 
 def _check_default_policy(e: dict[str, Any], key: dict[str, Any], broker: _BrokerState, what: str,
                           m: str) -> list[Finding]:
-    batch = e.get("batch_id")
+    batch, at = e.get("batch_id"), e.get("index")
     if key.get("kind") in {"model", "resource"}:
         if m not in key.get("measurements", []):
             return [Finding(ERROR, "release", f"{what} to measurement {m[:16]}…, not among the key's allowed "
-                                              f"measurements {key.get('measurements')}", batch)]
+                                              f"measurements {key.get('measurements')}", batch, at)]
         return []
     grant = broker.grants.get(str(batch))
     if grant is None:
         return [Finding(ERROR, "release", f"{what}, but the owner recorded no grant for that batch before it",
-                        batch)]
+                        batch, at)]
     problems = []
     if m not in (grant.get("granted_measurements") or []):
         problems.append(f"measurement {m[:16]}… is not among the granted {grant.get('granted_measurements')}")
@@ -272,7 +282,7 @@ def _check_default_policy(e: dict[str, Any], key: dict[str, Any], broker: _Broke
         problems.append(f"the key is not among the granted keys {grant.get('key_ids')}")
     if e.get("model_digest") != grant.get("model_digest"):
         problems.append(f"model {e.get('model_digest')} is not the granted {grant.get('model_digest')}")
-    return [Finding(ERROR, "release", f"{what} against its grant: {p}", batch) for p in problems]
+    return [Finding(ERROR, "release", f"{what} against its grant: {p}", batch, at) for p in problems]
 
 
 # -- receipts and results --------------------------------------------------------------------------
@@ -298,31 +308,32 @@ def check_receipts(entries: list[dict[str, Any]], store: Objects, anchors: Trust
 
 def _check_receipt(e: dict[str, Any], store: Objects, anchors: TrustAnchors,
                    policy: Policy) -> tuple[VerifiedReceipt | None, list[Finding]]:
-    key, batch = str(e.get("receipt_key")), e.get("path_batch_id")
+    key, batch, at = str(e.get("receipt_key")), e.get("path_batch_id"), e.get("index")
     out = []
     stored = _get(store, key)
     if stored is None:
-        out.append(Finding(ERROR, "receipt", f"receipt {key} is in the log but no longer in storage", batch))
+        out.append(Finding(ERROR, "receipt", f"receipt {key} is in the log but no longer in storage", batch, at))
     elif _sha(stored) != e.get("receipt_sha256"):
         out.append(Finding(ERROR, "receipt", f"receipt {key} in storage (sha256 {_sha(stored)[:16]}…) is not the "
                                              f"one logged ({str(e.get('receipt_sha256'))[:16]}…): it was replaced",
-                           batch))
+                           batch, at))
     evidence_raw = _get(store, str(e.get("evidence_key")))
     if evidence_raw is None:
         return None, [*out, Finding(ERROR, "receipt", f"receipt {key}: its evidence {e.get('evidence_key')} is "
-                                                      "missing, so nobody can check which code signed it", batch)]
+                                                      "missing, so nobody can check which code signed it", batch, at)]
     try:
-        at = datetime.fromtimestamp(float(e["issued_at"]), UTC) if e.get("issued_at") else None
-        receipt = verify_receipt(str(e.get("jws")), json.loads(evidence_raw), anchors=anchors, policy=policy, at=at)
+        issued = datetime.fromtimestamp(float(e["issued_at"]), UTC) if e.get("issued_at") else None
+        receipt = verify_receipt(str(e.get("jws")), json.loads(evidence_raw), anchors=anchors, policy=policy, at=issued)
     except (ReceiptError, SignatureError, AttestationError, ValueError, KeyError) as exc:
         return None, [*out, Finding(ERROR, "receipt", f"receipt {key} does not verify, it is forged or altered: "
-                                                      f"{exc}", batch)]
+                                                      f"{exc}", batch, at)]
     p = receipt.payload
     prefix = f"results/{e.get('path_tenant')}/{batch}/"
     if p.get("batch_id") != batch or p.get("tenant") != e.get("path_tenant") or \
             not str(p.get("output", {}).get("key", "")).startswith(prefix):
         out.append(Finding(ERROR, "receipt", f"receipt {key} lies under batch {batch} but speaks of batch "
-                                             f"{p.get('batch_id')} (output {p.get('output', {}).get('key')})", batch))
+                                             f"{p.get('batch_id')} (output {p.get('output', {}).get('key')})", batch,
+                           at))
     return receipt, out
 
 
@@ -348,7 +359,8 @@ def check_results(entries: list[dict[str, Any]], store: Objects) -> list[Finding
             hint = (f"; it is the output of {other['receipt_key']} (batch {other.get('batch_id')})" if other else "")
             out.append(Finding(ERROR, "result", f"result object {key} does not match its receipt "
                                                 f"{receipt['receipt_key']}: sha256 {digest[:16]}…, the receipt signed "
-                                                f"{str(receipt['output'].get('sha256'))[:16]}…{hint}", _batch_of(key)))
+                                                f"{str(receipt['output'].get('sha256'))[:16]}…{hint}", _batch_of(key),
+                               receipt.get("index")))
     return out
 
 

@@ -125,7 +125,9 @@ class Scenario:
             "shards": outcomes, "run_id": "run-1",
             "attestation": [{"worker": "w1", "verdicts": [{"broker": "http://owner", "accepted": True,
                                                            "tee": "sev-snp", "measurement": measurement.hex(),
-                                                           "root": "simulated"}]}]}).encode())
+                                                           "root": "simulated",
+                                                           "claims_digest": _sha(canonical_json(claims))}]}]})
+                       .encode())
         self._status(batch, "succeeded", result_manifest=prefix + "result-manifest.json")
 
     def _submit(self, batch: str, shards: int) -> None:
