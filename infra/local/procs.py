@@ -4,7 +4,10 @@ Each part leads its own session and is made a child subreaper (PR_SET_CHILD_SUBR
 processes that leave its session or process group (Airflow task processes call ``setpgid``, BashOperator
 children ``setsid``) and are orphaned stay its descendants. Every process also carries
 ``CSCORE_STACK_OWNER=<state dir>`` in its environment, a last sweep for whatever escaped anyway (processes
-that rewrite their title with setproctitle lose it, hence the tree walk first).
+that rewrite their title with setproctitle would lose it: ``SPT_NOENV=1`` keeps setproctitle off the
+environment). When a leader itself died first, what is left of its session and process group (Airflow's
+LocalExecutor workers, which ignore SIGTERM, after a killed scheduler) is found by session id: the kernel
+never hands out a pid that is still some live process's session or group id.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str], state_dir: Path, c
     pid_file = state_dir / "pids" / f"{name}.pid"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**env, MARKER: str(state_dir)}
+    child_env = {**env, MARKER: str(state_dir), "SPT_NOENV": "1"}  # setproctitle keeps environ (the marker)
     with open(log_file, "ab") as log:
         popen = subprocess.Popen(  # noqa: S603 - argv is built by the stack, never from user input
             [sys.executable, "-c", _SUBREAPER_EXEC, *argv],
@@ -169,17 +172,57 @@ def sweep(state_dir: Path, timeout: float = 5.0) -> set[int]:
 
 
 def clean_stale(state_dir: Path) -> list[str]:
-    """Kill what stale pid files (from a crashed run) point at, remove the files; return their names."""
+    """Stop everything the stack rooted at state_dir started, whatever died first; return the part names.
+
+    A live leader's whole tree is killed; a dead leader's leftovers are found by its session and group id;
+    a last sweep kills whatever still carries the stack's marker. The pid files are removed.
+    """
     pid_dir = state_dir / "pids"
     cleaned = []
     for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
         pid = _pid_of(pid_file)
         if pid is not None and is_our_leader(pid, pid_file):  # a recycled pid is someone else's process
             kill_tree(pid, timeout=5.0)
+        elif pid is not None and not alive(pid):
+            kill_orphans_of(pid)
         pid_file.unlink(missing_ok=True)
         cleaned.append(pid_file.stem)
     sweep(state_dir)
     return cleaned
+
+
+def orphans_of(leader: int) -> set[int]:
+    """Live processes still in a dead leader's session or process group, and their descendants."""
+    if alive(leader):
+        return set()  # a live pid is a live leader (handled by kill_tree) or someone else's: not orphans
+    members = {p for p in _all_pids() if (s := _read_stat(p)) is not None and leader in (s[2], s[3])}
+    return set().union(*(tree(p) for p in members)) if members else set()
+
+
+def kill_orphans_of(leader: int, timeout: float = 5.0) -> set[int]:
+    """SIGTERM a dead leader's leftovers, SIGKILL those that ignore it after timeout; return what was found."""
+    pids = orphans_of(leader)
+    signal_all(pids, signal.SIGTERM)
+    survivors = wait_gone(pids, timeout)
+    signal_all(survivors, signal.SIGKILL)
+    wait_gone(survivors, 5.0)
+    return pids
+
+
+def running(state_dir: Path) -> dict[str, int]:
+    """What of the stack rooted at state_dir still runs: part name -> leader pid, "leftover-<pid>" -> pid
+    for marked processes whose part is gone. Empty when nothing does."""
+    pid_dir = state_dir / "pids"
+    found: dict[str, int] = {}
+    for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
+        pid = _pid_of(pid_file)
+        if pid is not None and is_our_leader(pid, pid_file):
+            found[pid_file.stem] = pid
+        elif pid is not None and (left := orphans_of(pid)):
+            found.update({f"leftover-{p}": p for p in sorted(left)})
+    known = set().union(*(tree(p) for p in found.values())) if found else set()
+    found.update({f"leftover-{p}": p for p in sorted(marked_pids(state_dir) - known)})
+    return found
 
 
 def is_our_leader(pid: int, pid_file: Path) -> bool:

@@ -57,6 +57,7 @@ class LocalStack:
         t0 = time.monotonic()
         self._prepare_dirs()
         self._take_lock()
+        self._refuse_if_running()
         if cleaned := procs.clean_stale(self.state_dir):
             self._out(f"[stack] cleaned stale pid files from an earlier run: {', '.join(cleaned)}")
         try:
@@ -105,6 +106,17 @@ class LocalStack:
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         self._lock = lock
+
+    def _refuse_if_running(self) -> None:
+        """A stack started here earlier (`cscore stack start` exits and leaves it running) is never taken
+        for stale: restarting it would lose its S3 data and strand every shell that sourced stack.env."""
+        if found := procs.running(self.state_dir):
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+            pids = ", ".join(f"{name} {pid}" for name, pid in found.items())
+            raise StackError(f"a stack is running here ({self.state_dir}: pids {pids}); "
+                             f"`cscore --state-dir {self.state_dir} stack stop` first")
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -88,20 +88,26 @@ def _start_small(state: Path) -> LocalStack:
                       environ=environ, out=lambda _: None).start()
 
 
-def test_stale_pid_files_are_cleaned_and_stop_leaves_nothing(tmp_path: Path) -> None:
-    crashed = _start_small(tmp_path)  # never stopped: as if its owner had crashed ...
+def test_a_running_stack_is_refused_then_stop_leaves_nothing(tmp_path: Path) -> None:
+    crashed = _start_small(tmp_path)  # never stopped: as if its owner had crashed, or `cscore stack start` exited
     with pytest.raises(StackError, match="another local stack is running"):
-        _start_small(tmp_path)  # ... but while it runs, nobody takes it for stale
+        _start_small(tmp_path)  # while its owner lives, its lock says so
     assert crashed._lock is not None
-    crashed._lock.close()  # ... the crash: its flock goes with its process
+    crashed._lock.close()  # the owner's exit: its flock goes with its process, its parts keep running
     crashed_pids = set().union(*(procs.tree(pid) for pid in crashed.pids().values()))
+    with pytest.raises(StackError, match=r"a stack is running here \(.*pids redis \d+\); `cscore --state-dir .* "
+                                         r"stack stop` first"):
+        _start_small(tmp_path)  # never taken for stale: its data and every shell that sourced stack.env live on
+    assert all(procs.alive(p) for p in crashed_pids)
+    assert (tmp_path / "pids" / "redis.pid").exists()
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     (tmp_path / "pids" / "bystander.pid").write_text(f"{bystander.pid}\n")  # a recycled pid: not ours
     again = None
     try:
-        again = _start_small(tmp_path)
+        assert sorted(procs.clean_stale(tmp_path)) == ["bystander", "redis"]  # what `cscore stack stop` runs
         assert not any(procs.alive(p) for p in crashed_pids)
         assert bystander.poll() is None
+        again = _start_small(tmp_path)
         started = set().union(*(procs.tree(pid) for pid in again.pids().values()))
         assert started
         again.stop()

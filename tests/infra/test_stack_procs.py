@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,3 +57,39 @@ def test_a_recycled_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
     finally:
         procs.kill_tree(part.pid, timeout=5)
         part.popen.wait(timeout=5)
+
+
+# Like Airflow's LocalExecutor workers after a killed scheduler: children that rename themselves
+# (setproctitle), ignore SIGTERM, one in the leader's session and one in a session of its own.
+STUBBORN = """
+import os, signal, subprocess, sys, time
+child = (
+    "import os, signal, sys, time, setproctitle\\n"
+    "if sys.argv[1] == 'own-session':\\n    os.setsid()\\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+    "setproctitle.setproctitle('airflow worker -- LocalExecutor: <idle> ' + 'x' * 300)\\n"
+    "print('ready', flush=True)\\n"
+    "time.sleep(120)\\n"
+)
+kids = [subprocess.Popen([sys.executable, "-c", child, how], stdout=subprocess.PIPE)
+        for how in ("same-session", "own-session")]
+for kid in kids:
+    kid.stdout.readline()
+print("forked", " ".join(str(k.pid) for k in kids), flush=True)
+time.sleep(120)
+"""
+
+
+def test_stop_after_the_leader_died_first_kills_what_it_left(tmp_path: Path) -> None:
+    part = procs.spawn("scheduler", [sys.executable, "-c", STUBBORN], dict(os.environ), tmp_path, tmp_path)
+    pids = _descendants_ready(part)
+    kids = {int(p) for p in part.log_file.read_text().split("forked", 1)[1].split()}
+    assert kids < pids
+    os.kill(part.pid, signal.SIGKILL)  # the scheduler alone is killed ...
+    part.popen.wait(timeout=5)
+    time.sleep(0.2)
+    assert all(procs.alive(k) for k in kids)  # ... its workers live on under init
+    assert procs.running(tmp_path)  # a start here would be refused
+    assert procs.clean_stale(tmp_path) == ["scheduler"]  # what `cscore stack stop` runs
+    assert not any(procs.alive(k) for k in kids)
+    assert not procs.running(tmp_path)
