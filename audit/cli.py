@@ -114,7 +114,7 @@ def sync_from_env(state_dir: Path, log: AuditLog | None = None) -> SyncReport:
         url = os.environ.get(f"CSCORE_{party.upper()}_BROKER_URL")
         token = state_dir / party / "broker-admin-token"
         if url and token.is_file():
-            brokers[party] = BrokerAdmin(url, token.read_text().strip())
+            brokers[party] = BrokerAdmin(url, token.read_text().strip(), party=party)
     try:
         report = sync_log(log, brokers, ObjectStore())
     finally:

@@ -157,7 +157,6 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
 def cmd_owner_results(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from cscore.demo import owner_trust
     from sdk.owner import wait_for_batch
     from sdk.party import Party
     from sdk.results import fetch_results
@@ -170,6 +169,8 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
         print(f"batch {args.batch} failed: {status.get('reason')}\nfix the cause, then "
               f"`cscore owner submit --resubmit {args.batch}`", file=sys.stderr)
         return 1
+    from cscore.demo import owner_trust  # after the wait: it loads scikit-learn
+
     anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
     results = fetch_results(args.tenant, args.batch, owner=Party.from_env("owner"), store=store,
                             anchors=anchors, policy=policy)

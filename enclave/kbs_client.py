@@ -53,6 +53,18 @@ class KbsError(RuntimeError):
         super().__init__(f"broker answered {status}: {problem.get('detail', problem)}")
 
 
+class BrokerUnreachable(KbsError):
+    """No answer from a key broker at all (refused, reset, timed out, TLS failed): names whose broker it is,
+    its URL and what to do. Carries no secret, so the platform may see it."""
+
+    def __init__(self, party: str, url: str, exc: httpx.TransportError, *, caller: str = "this worker",
+                 then: str = "resubmit the batch") -> None:
+        whose = f"the {party}'s key broker" if party else "the key broker"
+        super().__init__(0, {"detail": f"{whose} at {url} did not answer ({type(exc).__name__})"})
+        self.args = (f"{whose} at {url} did not answer ({type(exc).__name__}: {exc}); check that it runs "
+                     f"and that {caller} can reach it, then {then}",)
+
+
 @dataclass(frozen=True)
 class AttestationResult:
     """A token (useless without the tee private key), its expiry (epoch s), and the broker's claims."""
@@ -105,13 +117,15 @@ class AttestedSession:
     """One attested relationship between this enclave and one broker (thread-safe).
 
     `ca_bundle` (or $CSCORE_BROKER_CA) names the CA the broker's TLS certificate must chain to; plain
-    `http://` is accepted only for loopback hosts. A caller-supplied `client` is used as given.
+    `http://` is accepted only for loopback hosts. A caller-supplied `client` is used as given. `party`
+    ("owner", "provider") names whose broker it is in errors.
     """
 
     def __init__(self, broker_url: str, provider: EvidenceProvider, *, tee: str = "sev-snp",
                  timeout_s: float = 30.0, client: httpx.Client | None = None,
-                 ca_bundle: str | os.PathLike[str] | None = None) -> None:
+                 ca_bundle: str | os.PathLike[str] | None = None, party: str = "") -> None:
         self.broker_url = broker_url.rstrip("/")
+        self.party = party
         self._provider = provider
         self._tee = tee
         self._http = client or httpx.Client(base_url=self.broker_url, timeout=timeout_s,
@@ -194,7 +208,7 @@ class AttestedSession:
             headers = {"Authorization": f"Bearer {token}", POP_HEADER: self._pop(token, method, path, content)}
             if body is not None:
                 headers["Content-Type"] = "application/json"
-            response = self._http.request(method, path, content=content, headers=headers)
+            response = self._send(method, path, content=content, headers=headers)
             if response.status_code == 401 and attempt == 1 and _problem_type(response).endswith("token-expired"):
                 with self._lock:
                     self._result = None
@@ -214,12 +228,19 @@ class AttestedSession:
 
     def _broker_jwk(self) -> Any:
         if self._broker_key is None:
-            self._broker_key = import_key(_json_or_raise(self._http.get("/kbs/v0/broker-key")))
+            self._broker_key = import_key(_json_or_raise(self._send("GET", "/kbs/v0/broker-key")))
         return self._broker_key
 
     def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _json_or_raise(self._http.post(path, content=canonical_json(body),
-                                              headers={"Content-Type": "application/json"}))
+        return _json_or_raise(self._send("POST", path, content=canonical_json(body),
+                                         headers={"Content-Type": "application/json"}))
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            error = BrokerUnreachable(self.party, self.broker_url, exc)
+        raise error  # outside the handler: the original's context stays out of what the platform sees
 
 
 def _problem_type(response: httpx.Response) -> str:

@@ -109,12 +109,14 @@ class Enclave:
         self.name = name or socket.gethostname()
         self._baseline_key = OKPKey.generate_key("Ed25519", private=True)  # unattested: baseline runs only
 
-    def session(self, broker_url: str) -> AttestedSession:
-        """The attested session with one broker, created (and attested) on first use."""
+    def session(self, broker_url: str, party: str = "") -> AttestedSession:
+        """The attested session with one broker, created (and attested) on first use; `party` names it in errors."""
         with self._lock:
             if broker_url not in self._sessions:
                 self._sessions[broker_url] = AttestedSession(broker_url, self._provider)
-            return self._sessions[broker_url]
+            session = self._sessions[broker_url]
+            session.party = party or session.party
+            return session
 
     def attest(self, broker_urls: list[str]) -> dict[str, Any]:
         """Attest to each broker (a still-valid attestation is reused); returns what the platform may see."""
@@ -148,7 +150,7 @@ class Enclave:
         output_key = spec.output_key.removesuffix(".parquet") + f".{secrets.token_hex(8)}.parquet"
         if spec.protection == "none":
             return self._score_plaintext(spec, output_key, input_parquet, model_ciphertext)
-        owner = self.session(spec.owner_broker_url)
+        owner = self.session(spec.owner_broker_url, "owner")
         keys = self._keys_for(spec, owner)
         model = session_for(spec.model_digest, lambda: self._decrypt_model(spec, card, model_ciphertext()))
         with EncryptedParquet(input_parquet, keys) as source:
@@ -219,7 +221,7 @@ class Enclave:
         return ScoredShard(output_key, output, output_sha256, rows, receipt, evidence, evidence_sha256)
 
     def _decrypt_model(self, spec: ShardSpec, card: dict[str, Any], ciphertext: bytes) -> bytes:
-        provider = self.session(card["broker_url"])
+        provider = self.session(card["broker_url"], "provider")
         dek = provider.unwrap(
             card["key_id"],
             base64.b64decode(card["wrapped_dek"]),

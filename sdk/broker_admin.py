@@ -16,7 +16,7 @@ import httpx
 from joserfc import jwe, jwt
 from joserfc.jwk import ECKey, import_key
 
-from enclave.kbs_client import broker_tls  # one TLS rule for every broker client
+from enclave.kbs_client import BrokerUnreachable, broker_tls  # one TLS rule for every broker client
 
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
 GENESIS = "0" * 64
@@ -66,11 +66,14 @@ class BrokerAdmin:
 
     `ca_bundle` (or $CSCORE_BROKER_CA) names the CA the broker's TLS certificate must chain to; plain
     `http://` is accepted only for loopback hosts. A caller-supplied `client` (tests) is used as given.
+    `party` ("owner", "provider") names whose broker it is when it does not answer (BrokerUnreachable).
     """
 
     def __init__(self, url: str, admin_token: str, *, timeout_s: float = 30.0,
-                 ca_bundle: str | os.PathLike[str] | None = None, client: httpx.Client | None = None) -> None:
+                 ca_bundle: str | os.PathLike[str] | None = None, client: httpx.Client | None = None,
+                 party: str = "") -> None:
         self.url = url.rstrip("/")
+        self.party = party
         if client is None:
             client = httpx.Client(base_url=self.url, timeout=timeout_s, verify=broker_tls(self.url, ca_bundle))
         client.headers["Authorization"] = f"Bearer {admin_token}"
@@ -165,7 +168,11 @@ class BrokerAdmin:
                                    algorithms=JWE_ALGS)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = self._http.request(method, path, json=body)
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise BrokerUnreachable(self.party, self.url, exc, caller="this machine",
+                                    then="run the command again") from None
         if response.is_success:
             return response.json()
         try:

@@ -34,6 +34,10 @@ class BatchError(ValueError):
     """The batch cannot be submitted as given."""
 
 
+class NoSuchBatch(LookupError):
+    """No batch of this id was ever submitted for this tenant (its signed manifest is absent)."""
+
+
 @dataclass(frozen=True)
 class OwnerKeys:
     """The owner's master key ids at its broker, one set per batch."""
@@ -141,7 +145,14 @@ def wait_for_batch(
     store: ObjectStore, tenant: str, batch_id: str, *, timeout: float = 900.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Poll the batch's status until it succeeded or failed; returns the status document."""
+    """Poll the batch's status until it succeeded or failed; returns the status document.
+
+    Raises NoSuchBatch at once when the tenant never submitted the batch, TimeoutError after `timeout` s.
+    """
+    manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
+    if not store.exists(f"status/{tenant}/{batch_id}.json") and not store.exists(manifest_key):
+        raise NoSuchBatch(f"batch {batch_id!r}: no such batch for tenant {tenant!r} ({manifest_key} is absent "
+                          f"in bucket {store.bucket}); check the id `cscore owner submit` printed and --tenant")
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:

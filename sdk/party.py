@@ -61,4 +61,4 @@ class Party:
         token_path = self.home / "broker-admin-token"
         if not token_path.exists():
             raise RuntimeError(f"no broker admin token at {token_path}: the key broker's operator must hand it over")
-        return BrokerAdmin(self.broker_url, token_path.read_text().strip())
+        return BrokerAdmin(self.broker_url, token_path.read_text().strip(), party=self.home.name)

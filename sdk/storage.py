@@ -30,6 +30,16 @@ class ObjectStore:
                 return None
             raise
 
+    def exists(self, key: str) -> bool:
+        """Whether the object is there (HEAD; other errors than not-found raise)."""
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                return False
+            raise
+        return True
+
     def keys(self, prefix: str) -> list[str]:
         paginator = self._s3.get_paginator("list_objects_v2")
         return [obj["Key"] for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)

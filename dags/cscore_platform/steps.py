@@ -114,7 +114,10 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
         card = _model_card(store, manifest)
         brokers = [manifest.broker_url, card["broker_url"]]
         app = worker_pool.celery_client()
-        verdicts = worker_pool.attest_all(app, brokers)
+        try:
+            verdicts = worker_pool.attest_all(app, brokers)
+        except worker_pool.WorkerPoolError as exc:
+            raise worker_pool.WorkerPoolError(_whose_broker(str(exc), manifest.broker_url, card["broker_url"])) from exc
         for verdict in verdicts:
             for v in verdict["verdicts"]:
                 say("info", "Worker %s attested to broker %s: tee %s, measurement %s, root %s.",
@@ -122,6 +125,13 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
                     batch_id=manifest.batch_id, step="attest", worker=verdict["worker"], broker=v["broker"],
                     measurement=v.get("measurement"), root=v.get("root"), decision="accepted")
     return {**batch, "attestation": verdicts}
+
+
+def _whose_broker(message: str, owner_url: str, provider_url: str) -> str:
+    """The worker names a broker by URL only when it cannot tell whose it is; the manifest and card can."""
+    for party, url in (("owner", owner_url), ("provider", provider_url)):
+        message = message.replace(f"the key broker at {url.rstrip('/')} ", f"the {party}'s key broker at {url} ")
+    return message
 
 
 def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from enclave.kbs_client import AttestedSession, broker_tls
+from enclave.kbs_client import AttestedSession, BrokerUnreachable, broker_tls
 from enclave.tee import SimulatedSnpProvider
 from keybroker import BrokerConfig
 from keybroker.__main__ import main, serve
@@ -30,9 +30,9 @@ def test_client_with_the_ca_works_and_without_it_fails(provider_broker: BrokerPr
     worker = AttestedSession(provider_broker.url, SimulatedSnpProvider(sim_dir, MEASUREMENT))
     assert worker.unwrap("tls-model", wrapped, batch_id="", model_digest="") == b"m" * 32
     monkeypatch.delenv("CSCORE_BROKER_CA")
-    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(BrokerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
         BrokerAdmin(provider_broker.url, provider_broker.admin_token).get_key("tls-model")
-    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(BrokerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
         AttestedSession(provider_broker.url, SimulatedSnpProvider(sim_dir, MEASUREMENT)).attest()
 
 
