@@ -124,9 +124,10 @@ class Enclave:
         for url in broker_urls:
             result = self.session(url).current()
             claims = result.claims
+            # The digest the broker logged for this attestation: it names this worker in the audit log.
             verdicts.append({"broker": url, "accepted": True, "tee": claims.get("tee"),
                              "measurement": claims.get("measurement"), "root": claims.get("root"),
-                             "expires_at": result.expires_at})
+                             "claims_digest": sha256_hex(canonical_json(claims)), "expires_at": result.expires_at})
         return {"worker": self.name, "verdicts": verdicts}
 
     def score_shard(

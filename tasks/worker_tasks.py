@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
@@ -56,17 +57,21 @@ def contained(task: F) -> F:
 
 
 @cache
-def _enclave() -> Enclave:
+def _enclave(name: str) -> Enclave:
     # One per worker process: attested sessions and the model cache live as long as the process.
-    return Enclave(evidence_provider_from_env())
+    return Enclave(evidence_provider_from_env(), name=name)
+
+
+def _worker_name(task: Any) -> str:
+    """The worker's one name (Celery's node name, e.g. cscore-worker-1@host): in Airflow, receipts and the log."""
+    return str(getattr(task.request, "hostname", None) or socket.gethostname())
 
 
 @app.task(name="cscore.attest", bind=True, acks_late=True)
 @contained
 def attest(self: Any, broker_urls: list[str]) -> dict[str, Any]:
     """Attest this worker to each broker; returns verdicts (measurement, TEE, expiry), no secrets."""
-    verdicts = _enclave().attest(broker_urls)
-    return {**verdicts, "worker": getattr(self.request, "hostname", None) or verdicts["worker"]}
+    return _enclave(_worker_name(self)).attest(broker_urls)
 
 
 @app.task(name="cscore.score_shard", bind=True, acks_late=True)
@@ -74,12 +79,12 @@ def attest(self: Any, broker_urls: list[str]) -> dict[str, Any]:
 def score_shard(self: Any, spec_data: dict[str, Any]) -> dict[str, Any]:
     """Score one shard; a shard whose receipt already exists is reported, not scored again."""
     spec = ShardSpec.from_dict(spec_data)
-    worker = getattr(self.request, "hostname", None) or _enclave().name
+    worker = _worker_name(self)
     existing = storage.get_if_exists(spec.receipt_key)
     if existing is not None:
         return _outcome_from_receipt(spec, existing, worker)
     card = unverified_payload(storage.get_bytes(_card_key(spec)).decode(), what="model card")
-    scored = _enclave().score_shard(spec, storage.get_bytes(spec.input_key), card,
+    scored = _enclave(worker).score_shard(spec, storage.get_bytes(spec.input_key), card,
                                     lambda: storage.get_bytes(card["object_key"]))
     if scored.evidence:
         evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"

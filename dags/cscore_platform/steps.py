@@ -120,10 +120,11 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
             raise worker_pool.WorkerPoolError(_whose_broker(str(exc), manifest.broker_url, card["broker_url"])) from exc
         for verdict in verdicts:
             for v in verdict["verdicts"]:
-                say("info", "Worker %s attested to broker %s: tee %s, measurement %s, root %s.",
+                say("info", "Worker %s attested to broker %s: tee %s, measurement %s, root %s, claims digest %s.",
                     verdict["worker"], v["broker"], v.get("tee"), v.get("measurement"), v.get("root"),
-                    batch_id=manifest.batch_id, step="attest", worker=verdict["worker"], broker=v["broker"],
-                    measurement=v.get("measurement"), root=v.get("root"), decision="accepted")
+                    v.get("claims_digest"), batch_id=manifest.batch_id, step="attest", worker=verdict["worker"],
+                    broker=v["broker"], measurement=v.get("measurement"), root=v.get("root"),
+                    claims_digest=v.get("claims_digest"), decision="accepted")
     return {**batch, "attestation": verdicts}
 
 

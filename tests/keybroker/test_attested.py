@@ -170,3 +170,16 @@ def test_production_broker_refuses_the_simulated_root(tmp_path: Path, sim_dir: P
     with pytest.raises(KbsError) as refused:
         worker.attest()
     assert refused.value.status == 403 and refused.value.type.endswith("evidence-rejected")
+
+
+def test_worker_verdict_names_the_worker_and_the_claims_digest_the_broker_logged(
+        broker: BrokerProcess, owner: BrokerAdmin, sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from enclave.worker import Enclave
+
+    if broker.ca_bundle:
+        monkeypatch.setenv("CSCORE_BROKER_CA", str(broker.ca_bundle))
+    verdicts = Enclave(SimulatedSnpProvider(sim_dir, MEASUREMENT), name="cscore-worker-7@vm").attest([broker.url])
+    assert verdicts["worker"] == "cscore-worker-7@vm"
+    logged = [e for e in owner.decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
+    # The auditor joins the broker's attestation (and every release under it) to this worker by this digest.
+    assert verdicts["verdicts"][0]["claims_digest"] == logged[-1]["claims_digest"]
