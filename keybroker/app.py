@@ -336,7 +336,9 @@ class Broker:
         except (ValueError, JoseError) as exc:
             raise Problem(422, "recipient-jwk-invalid", f"recipient_jwk: {exc}", field="recipient_jwk") from exc
         key = self._unwrap_bytes(record, req.wrapped)
-        self.decide(decision="allow", operation="admin.unwrap", key_id=req.key_id, reason="owner unwrap")
+        purpose = f" to read batch {req.batch_id}'s results" if req.batch_id else ""
+        self.decide(decision="allow", operation="admin.unwrap", key_id=req.key_id, batch_id=req.batch_id,
+                    reason=f"owner unwrap{purpose}")
         return m.JweResponse(jwe=encrypt_to(req.recipient_jwk, key))
 
     def decisions(self, after: int) -> m.DecisionsResponse:

@@ -153,6 +153,8 @@ class AdminUnwrapRequest(_Strict):
     key_id: str = Field(pattern=KEY_ID)
     wrapped: str = Field(pattern=B64, max_length=8192)
     recipient_jwk: dict[str, Any] = Field(description="the caller's ephemeral public JWK")
+    batch_id: str | None = Field(default=None, pattern=BATCH_ID,
+                                 description="the batch whose results the owner reads (for the decision log)")
 
 
 class DecisionsResponse(BaseModel):

@@ -137,13 +137,20 @@ class BrokerAdmin:
         answer = self._call("POST", "/admin/v0/wrap", {"key_id": key_id, "key_jwe": self._to_broker(key)})
         return base64.b64decode(answer["wrapped"])
 
-    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
-        """Unwrap for the owner's own use; the key comes back encrypted to a one-call ephemeral key."""
+    def unwrap(self, key_id: str, wrapped: bytes, *, batch_id: str | None = None) -> bytes:
+        """Unwrap for the owner's own use; the key comes back encrypted to a one-call ephemeral key.
+
+        `batch_id` names the batch being read in the broker's decision log (the audit's "owner's decryption").
+        """
         ephemeral = ECKey.generate_key("P-256", private=True)
-        answer = self._call("POST", "/admin/v0/unwrap", {
-            "key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(),
-            "recipient_jwk": ephemeral.as_dict(private=False)})
+        body = {"key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(),
+                "recipient_jwk": ephemeral.as_dict(private=False)}
+        answer = self._call("POST", "/admin/v0/unwrap", {**body, "batch_id": batch_id} if batch_id else body)
         return jwe.decrypt_compact(answer["jwe"], ephemeral, algorithms=JWE_ALGS).plaintext or b""
+
+    def for_batch(self, batch_id: str) -> BatchKeys:
+        """This broker as a PME key wrapper whose unwraps name `batch_id` in the decision log."""
+        return BatchKeys(self, batch_id)
 
     def decisions(self, after: int = 0, *, verify: bool = True) -> list[dict[str, Any]]:
         """The decision log (oldest first); with `verify`, the hash chain and signed checkpoint are checked."""
@@ -180,3 +187,16 @@ class BrokerAdmin:
         except ValueError:
             problem = {"detail": response.text[:500]}
         raise BrokerAdminError(response.status_code, problem if isinstance(problem, dict) else {"detail": problem})
+
+
+class BatchKeys:
+    """A key wrapper (enclave.pme.KeyWrapper) for reading one batch: every unwrap is logged under its id."""
+
+    def __init__(self, admin: BrokerAdmin, batch_id: str) -> None:
+        self.admin, self.batch_id = admin, batch_id
+
+    def wrap(self, key_id: str, key: bytes) -> bytes:
+        return self.admin.wrap(key_id, key)
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        return self.admin.unwrap(key_id, wrapped, batch_id=self.batch_id)

@@ -45,7 +45,8 @@ def fetch_results(
                                  result_manifest["shards"]))
         receipts = [receipt for receipt, _ in verified]
         _check_coverage(manifest, [r.payload for r in receipts])
-        with PmeKeys(owner.broker()) as keys:  # one key context: each key-encryption key unwrapped once
+        # One key context: each key-encryption key unwrapped once, each unwrap logged under this batch.
+        with PmeKeys(owner.broker().for_batch(batch_id)) as keys:
             tables = list(pool.map(lambda v: decrypt_results(v[1], keys), verified))
     for receipt, part in zip(receipts, tables, strict=True):
         _expect(receipt.payload["output"]["key"], "output.rows", receipt.payload["output"]["rows"], part.num_rows)

@@ -80,6 +80,7 @@ class Scenario:
     owner: FakeBroker = field(default_factory=lambda: FakeBroker("owner"))
     provider: FakeBroker = field(default_factory=lambda: FakeBroker("provider"))
     owner_key: Any = field(default_factory=generate_signing_key)
+    last_claims: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key_id in ("acme/footer", "acme/emails", "acme/results"):
@@ -101,15 +102,20 @@ class Scenario:
             {"allowed_measurements": [MEASUREMENT.hex()], "allowed_roots": ["simulated"]})
 
     def run_batch(self, batch: str, *, shards: int = 2, fail: str | None = None, grant: bool = True,
-                  measurement: bytes = MEASUREMENT) -> None:
-        """Submit, grant, attest, release keys, score shards (receipts), finish (or fail with `fail`)."""
+                  measurement: bytes = MEASUREMENT, reuse_attestation: bool = False) -> None:
+        """Submit, grant, attest (or reuse the previous batch's attestation), release keys, score shards
+        (receipts), finish (or fail with `fail`)."""
         self._submit(batch, shards)
         if grant:
             self.owner.grant(batch, MODEL, [MEASUREMENT.hex()], ["acme/footer", "acme/emails", "acme/results"])
         claims = {"measurement": measurement.hex(), "tee": "sev-snp", "root": "simulated", "debug": False,
                   "nonce": secrets.token_hex(8)}
-        for broker in (self.owner, self.provider):
-            broker.decide("attest", "allow", "evidence verified and bound", claims=claims)
+        if reuse_attestation:
+            claims = self.last_claims
+        else:
+            for broker in (self.owner, self.provider):
+                broker.decide("attest", "allow", "evidence verified and bound", claims=claims)
+        self.last_claims = claims
         self.provider.decide("unwrap", "allow", "default model policy holds", key_id="model/spam",
                              batch_id=batch, model_digest=MODEL, claims=claims)
         for key_id in ("acme/footer", "acme/emails"):

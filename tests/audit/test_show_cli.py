@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,27 @@ def test_report_verifies_then_tells_the_batch_in_sections(scenario: Scenario) ->
     assert json.loads(json.dumps(report)) == report
 
 
-def test_reused_attestation_is_said_and_refusals_have_their_section(scenario: Scenario) -> None:
+def test_owner_decryption_and_a_reused_attestation_are_told(scenario: Scenario,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario.run_batch("b1")
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 10)  # b2 is submitted well after b1's attestation
+    scenario.run_batch("b2", reuse_attestation=True)
+    scenario.owner.decide("admin.unwrap", "allow", "owner unwrap to read batch b2's results", key_id="acme/results",
+                          batch_id="b2")
+    _sync(scenario)
+    report = _report(scenario, "b2")
+    owner_rows = _section(report, "Owner's decryption")
+    assert [(r["who"], r["key"], r["op"], r["detail"]) for r in owner_rows] == [
+        ("owner", "acme/results", "admin.unwrap", "owner unwrap to read batch b2's results")]
+    attested = _section(report, "Attestation")
+    assert len(attested) == 2 and all(r["note"] == "reused: attested before this batch was submitted"
+                                      for r in attested)
+    assert all(r["note"] == "accepted" for r in _section(_report(scenario, "b1"), "Attestation"))
+    assert _section(_report(scenario, "b1"), "Owner's decryption") == []
+
+
+def test_refusals_have_their_section(scenario: Scenario) -> None:
     scenario.run_batch("bad", fail="attest: worker refused <script>")
     scenario.owner.decide("unwrap", "deny", "the batch has no grant at this broker", key_id="acme/emails",
                           batch_id="bad", model_digest="m", claims={"measurement": MEASUREMENT.hex()})

@@ -183,3 +183,11 @@ def test_worker_verdict_names_the_worker_and_the_claims_digest_the_broker_logged
     logged = [e for e in owner.decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
     # The auditor joins the broker's attestation (and every release under it) to this worker by this digest.
     assert verdicts["verdicts"][0]["claims_digest"] == logged[-1]["claims_digest"]
+
+
+def test_owner_unwrap_names_the_batch_it_reads_in_the_decision_log(owner: BrokerAdmin) -> None:
+    wrapped = owner.wrap("att-results", b"r" * 32)
+    assert owner.for_batch("att-batch").unwrap("att-results", wrapped) == b"r" * 32
+    last = owner.decisions()[-1]
+    assert (last["operation"], last["batch_id"], last["key_id"]) == ("admin.unwrap", "att-batch", "att-results")
+    assert last["reason"] == "owner unwrap to read batch att-batch's results"
