@@ -9,7 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-DEFAULT_STATE = Path(os.environ.get("CSCORE_STATE_DIR", ".state/demo"))
+
+
+def default_state_dir() -> Path:
+    """$CSCORE_STATE_DIR, else .state/demo; read when a command runs (not at import), so tests can isolate."""
+    return Path(os.environ.get("CSCORE_STATE_DIR") or ".state/demo")
 
 
 def _load_stack_env(state_dir: Path) -> None:
@@ -185,7 +189,8 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cscore", description=__doc__)
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="local stack state (default %(default)s)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="local stack state (default $CSCORE_STATE_DIR, else .state/demo)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole pipeline end to end on the embedded default")
@@ -267,6 +272,8 @@ def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.state_dir is None:
+        args.state_dir = default_state_dir()
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

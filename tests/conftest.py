@@ -1,0 +1,37 @@
+"""Every test runs isolated from the user's state and from other tests' environment variables.
+
+Why: `make demo` leaves `.state/demo/stack.env`; an in-process command that fell back to that default
+copied its variables into `os.environ` (`CSCORE_BROKER_CA` among them) and later tests failed.
+So each test sees `CSCORE_STATE_DIR` pointing at an empty temporary folder, and a test that leaves
+`os.environ` changed fails (the environment is restored either way). Fixtures of wider scope that set
+variables for a module (tests/e2e) are set up before this one, so their variables are not leaks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+LEAK_MESSAGE = "this test left os.environ changed (use monkeypatch.setenv, or restore it): "
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    saved = dict(os.environ)
+    # A fresh empty folder per test: nothing of the user's, nothing another test wrote.
+    os.environ["CSCORE_STATE_DIR"] = str(tmp_path_factory.mktemp("state", numbered=True))
+    expected = dict(os.environ)
+    yield
+    changed = sorted(k for k in set(os.environ) | set(expected)
+                     if os.environ.get(k) != expected.get(k) and not k.startswith("PYTEST_"))  # pytest's own
+    for name in set(os.environ) | set(saved):
+        if name.startswith("PYTEST_"):
+            continue
+        if name in saved:
+            os.environ[name] = saved[name]
+        else:
+            del os.environ[name]
+    if changed:
+        pytest.fail(LEAK_MESSAGE + ", ".join(changed), pytrace=False)
