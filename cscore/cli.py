@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-
 def default_state_dir() -> Path:
     """$CSCORE_STATE_DIR, else .state/demo; read when a command runs (not at import), so tests can isolate."""
     return Path(os.environ.get("CSCORE_STATE_DIR") or ".state/demo")
