@@ -1,15 +1,23 @@
-"""An in-process broker with a stand-in verifier, and admin and worker clients for it (fast tests)."""
+"""An in-process broker with the production verifier (simulated SEV-SNP root), and admin and worker clients
+for it (fast tests). The enclave is the simulated TEE: its evidence goes through the attestation library
+exactly as in production, so every check of the verifier (chain, signature, report_data binding) is live.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
+from attestation.simulated import SimulatedHierarchy, generate_hierarchy
+from attestation.snp.report import POLICY_DEBUG_BIT, SnpReport
 from enclave.kbs_client import AttestedSession
+from enclave.tee import SimulatedSnpProvider
 from keybroker import BrokerConfig, create_app
-from keybroker.verifier import check_binding
 from sdk.broker_admin import BrokerAdmin
 
 with warnings.catch_warnings():
@@ -20,48 +28,58 @@ GOOD = "ab" * 48
 OTHER = "cd" * 48
 
 
-class FakeEvidence:
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.doc = doc
-
-    def to_json(self) -> dict[str, Any]:
-        return self.doc
+@functools.cache
+def _hierarchy() -> SimulatedHierarchy:
+    """One simulated AMD hierarchy per test process (RSA key generation is the slow part)."""
+    return generate_hierarchy()
 
 
-class FakeProvider:
-    """Evidence that the stand-in verifier accepts as-is (binding is still checked)."""
+def write_firmware(folder: Path) -> Path:
+    """The simulated firmware files (``attestation.simulated`` layout) in ``folder``; returns it."""
+    h = _hierarchy()
+    folder.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    (folder / "vcek.key").write_bytes(h.leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    (folder / "vcek.der").write_bytes(h.leaf.public_bytes(serialization.Encoding.DER))
+    (folder / "ask_ark.pem").write_bytes(h.ask.public_bytes(pem) + h.ark.public_bytes(pem))
+    (folder / "ark.pem").write_bytes(h.ark.public_bytes(pem))
+    return folder
 
-    def __init__(self, measurement: str = GOOD, debug: bool = False) -> None:
-        self.measurement, self.debug = measurement, debug
 
-    def get_evidence(self, report_data: bytes) -> FakeEvidence:
-        return FakeEvidence({"tee": "sev-snp", "measurement": self.measurement, "debug": self.debug,
-                             "report_data": report_data.hex()})
+class SimEnclave(SimulatedSnpProvider):
+    """The simulated SEV-SNP TEE with a measurement given in hex, optionally launched with debug on."""
 
+    def __init__(self, sim_dir: Path, measurement: str = GOOD, debug: bool = False) -> None:
+        super().__init__(sim_dir, bytes.fromhex(measurement))
+        self.debug = debug
 
-def fake_verifier(evidence: dict[str, Any], expected: bytes, at: datetime) -> dict[str, Any]:
-    claims = {"tee": "sev-snp", "measurement": evidence["measurement"], "debug": evidence["debug"],
-              "report_data": evidence["report_data"], "tcb": {"snp": 3}, "chip_id": "00" * 64, "root": "simulated"}
-    check_binding(claims, expected)
-    return claims
+    def _report(self, report_data: bytes) -> SnpReport:
+        report = super()._report(report_data)
+        return dataclasses.replace(report, policy=report.policy | (1 << POLICY_DEBUG_BIT)) if self.debug else report
 
 
 def make_config(tmp: Path, **extra: Any) -> BrokerConfig:
     return BrokerConfig.from_dict({"name": "owner", "host": "127.0.0.1", "port": 0, "db_path": str(tmp / "k.db"),
                                    "kek_path": str(tmp / "kek.hex"), "admin_token_path": str(tmp / "admin"),
-                                   "accept_simulated": True, **extra})
+                                   "accept_simulated": True, "trusted_roots_dir": str(tmp / "sim-tee"), **extra})
 
 
 class Env:
-    """An in-process broker with admin and worker clients."""
+    """An in-process broker (production verifier, trusting the simulated root) with admin and worker clients."""
 
     def __init__(self, tmp: Path, **extra: Any) -> None:
+        self.sim_dir = write_firmware(tmp / "sim-tee")
         self.config = make_config(tmp, **extra)
-        self.app = create_app(self.config, verifier=fake_verifier)
+        self.app = create_app(self.config)  # no stand-in: the verifier is built from the config, as in production
         self.admin = BrokerAdmin("http://testserver", self.config.load_admin_token(), client=TestClient(self.app))
 
-    def worker(self, provider: FakeProvider | None = None) -> AttestedSession:
-        return AttestedSession("http://testserver", provider or FakeProvider(), client=TestClient(self.app))
+    def enclave(self, measurement: str = GOOD, debug: bool = False) -> SimEnclave:
+        """A simulated TEE whose evidence this broker verifies."""
+        return SimEnclave(self.sim_dir, measurement, debug)
+
+    def worker(self, provider: SimulatedSnpProvider | None = None) -> AttestedSession:
+        return AttestedSession("http://testserver", provider or self.enclave(), client=TestClient(self.app))
 
     def data_key(self, key_id: str = "data-1", batch: str = "batch-1", model: str = "sha256:m") -> bytes:
         self.admin.create_key(key_id)

@@ -9,7 +9,7 @@ import httpx
 
 from keybroker.sessions import RateLimiter, ReplayCache
 from tests.keybroker.conftest import BrokerProcess
-from tests.keybroker.inproc import Env, FakeProvider
+from tests.keybroker.inproc import Env
 
 
 def test_streamed_body_without_length_is_cut_at_the_limit(broker: BrokerProcess) -> None:
@@ -54,7 +54,7 @@ def test_replay_cache_is_bounded_and_still_rejects_recent_replays() -> None:
 
 def test_session_table_is_bounded_over_http(tmp_path: Path) -> None:
     env = Env(tmp_path, max_sessions=3)
-    worker = env.worker(FakeProvider())
+    worker = env.worker()
     first = env.admin._http.post("/kbs/v0/auth", json={"tee": "sev-snp"}).json()
     for _ in range(10):  # a flood of auth calls evicts the oldest sessions, it does not grow the table
         env.admin._http.post("/kbs/v0/auth", json={"tee": "sev-snp"})

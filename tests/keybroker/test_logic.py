@@ -1,7 +1,7 @@
-"""Broker logic in-process with a stand-in verifier: policies, nonces, tokens, proof of possession, limits.
+"""Broker logic in-process with the production verifier and the simulated SEV-SNP TEE: policies, nonces,
+tokens, proof of possession, limits.
 
-The same flows run against a real process and the simulated SEV-SNP TEE in test_attested.py; here the
-verifier is replaced so each refusal can be provoked precisely and quickly.
+The same flows run against a real process in test_attested.py; in-process, each refusal is quick to provoke.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from attestation import Evidence
+from attestation.simulated import SIM_TCB
 from enclave.kbs_client import KbsError
 from keybroker.policy import PolicyEngine
 from keybroker.sessions import NonceError, SessionTable
-from tests.keybroker.inproc import GOOD, OTHER, Env, FakeEvidence, FakeProvider, TestClient
+from tests.keybroker.inproc import GOOD, OTHER, Env, SimEnclave, TestClient
 
 
 def test_granted_enclave_unwraps_and_wraps(env: Env) -> None:
@@ -28,17 +30,17 @@ def test_granted_enclave_unwraps_and_wraps(env: Env) -> None:
     assert worker.runtime_data["tee_pubkey"] == worker.tee_public_jwk
 
 
-@pytest.mark.parametrize(("kwargs", "field", "provider"), [
-    ({"batch_id": "batch-2", "model_digest": "sha256:m"}, "batch_id", FakeProvider()),
-    ({"batch_id": "batch-1", "model_digest": "sha256:other"}, "model_digest", FakeProvider()),
-    ({"batch_id": "batch-1", "model_digest": "sha256:m"}, "measurement", FakeProvider(OTHER)),
-    ({"batch_id": "batch-1", "model_digest": "sha256:m"}, "debug", FakeProvider(debug=True)),
+@pytest.mark.parametrize(("kwargs", "field", "enclave"), [
+    ({"batch_id": "batch-2", "model_digest": "sha256:m"}, "batch_id", {}),
+    ({"batch_id": "batch-1", "model_digest": "sha256:other"}, "model_digest", {}),
+    ({"batch_id": "batch-1", "model_digest": "sha256:m"}, "measurement", {"measurement": OTHER}),
+    ({"batch_id": "batch-1", "model_digest": "sha256:m"}, "debug", {"debug": True}),
 ])
 def test_data_key_refusals_name_the_failing_field(env: Env, kwargs: dict[str, str], field: str,
-                                                  provider: FakeProvider) -> None:
+                                                  enclave: dict[str, Any]) -> None:
     wrapped = env.data_key()
     with pytest.raises(KbsError) as refused:
-        env.worker(provider).unwrap("data-1", wrapped, **kwargs)
+        env.worker(env.enclave(**enclave)).unwrap("data-1", wrapped, **kwargs)
     assert refused.value.status == 403 and refused.value.problem["field"] == field
     last = env.admin.decisions()[-1]
     assert last["decision"] == "deny" and last["operation"] == "unwrap" and field in last["reason"] + field
@@ -69,17 +71,17 @@ def test_model_key_follows_its_measurement_list_and_only_unwraps(env: Env) -> No
         worker.wrap("model-1", b"z" * 32, batch_id="any", model_digest="sha256:m")
     assert wrap_refused.value.problem["field"] == "operation"
     with pytest.raises(KbsError) as other:
-        env.worker(FakeProvider(OTHER)).unwrap("model-1", wrapped, batch_id="any", model_digest="sha256:m")
+        env.worker(env.enclave(OTHER)).unwrap("model-1", wrapped, batch_id="any", model_digest="sha256:m")
     assert other.value.problem["field"] == "measurement" and other.value.problem["expected"] == [GOOD]
 
 
 def test_custom_cel_policy_replaces_the_default(env: Env) -> None:
     wrapped = env.data_key()
-    env.admin.set_policy("data-1", 'request.batch_id.startsWith("batch-") && claims.tcb.snp >= 4')
+    env.admin.set_policy("data-1", f'request.batch_id.startsWith("batch-") && claims.tcb.snp >= {SIM_TCB.snp + 1}')
     with pytest.raises(KbsError) as refused:
         env.worker().unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
     assert refused.value.problem["field"] == "policy"
-    env.admin.set_policy("data-1", 'request.batch_id.startsWith("batch-") && claims.tcb.snp >= 3')
+    env.admin.set_policy("data-1", f'request.batch_id.startsWith("batch-") && claims.tcb.snp >= {SIM_TCB.snp}')
     assert env.worker().unwrap("data-1", wrapped, batch_id="batch-9", model_digest="x") == b"D" * 16
 
 
@@ -87,7 +89,7 @@ def test_resource_is_released_to_allowed_measurements_only(env: Env) -> None:
     env.admin.put_resource("cscore", "config", "v1", b"resource-value", measurements=[GOOD])
     assert env.worker().resource("cscore", "config", "v1") == b"resource-value"
     with pytest.raises(KbsError):
-        env.worker(FakeProvider(OTHER)).resource("cscore", "config", "v1")
+        env.worker(env.enclave(OTHER)).resource("cscore", "config", "v1")
 
 
 def test_reused_nonce_is_refused(env: Env) -> None:
@@ -100,19 +102,19 @@ def test_reused_nonce_is_refused(env: Env) -> None:
     import json
     digest = hashlib.sha512(json.dumps(runtime, sort_keys=True, separators=(",", ":")).encode()).digest()
     body = {"session": challenge["session"], "runtime_data": runtime,
-            "evidence": FakeProvider().get_evidence(digest).to_json()}
+            "evidence": env.enclave().get_evidence(digest).to_json()}
     assert client.post("/kbs/v0/attest", json=body).status_code == 200
     again = client.post("/kbs/v0/attest", json=body)
     assert again.status_code == 401 and "already used" in again.json()["detail"]
 
 
 def test_evidence_not_bound_to_runtime_data_is_refused(env: Env) -> None:
-    class Unbound(FakeProvider):
-        def get_evidence(self, report_data: bytes) -> FakeEvidence:
+    class Unbound(SimEnclave):
+        def get_evidence(self, report_data: bytes) -> Evidence:
             return super().get_evidence(bytes(64))
 
     with pytest.raises(KbsError) as refused:
-        env.worker(Unbound()).attest()
+        env.worker(Unbound(env.sim_dir)).attest()
     assert refused.value.status == 403 and refused.value.problem["field"] == "report_data"
 
 

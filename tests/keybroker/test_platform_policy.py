@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from attestation.simulated import SIM_CHIP_ID, SIM_TCB
 from enclave.kbs_client import AttestedSession, KbsError
 from enclave.tee import SimulatedSnpProvider
 from sdk.broker_admin import BrokerAdmin, BrokerAdminError
 from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
 from tests.keybroker.inproc import Env
 
-CHIP = "00" * 64  # the stand-in verifier's chip id; its reported TCB is {"snp": 3}
+CHIP = SIM_CHIP_ID.hex()  # the simulated TEE's chip id; its reported TCB is SIM_TCB
 OTHER_CHIP = "ab" * 64
 
 
@@ -24,20 +25,21 @@ def _refusal(env: Env, wrapped: bytes) -> dict[str, object]:
 
 
 def test_broker_min_tcb_refuses_older_firmware_naming_the_component(tmp_path: Path) -> None:
-    env = Env(tmp_path, min_tcb={"snp": 4, "fmc": 1})
+    env = Env(tmp_path, min_tcb={"snp": SIM_TCB.snp + 1, "fmc": 1})
     problem = _refusal(env, env.data_key())
-    assert (problem["field"], problem["expected"], problem["actual"]) == ("tcb.snp", ">= 4", 3)
+    assert (problem["field"], problem["expected"], problem["actual"]) == ("tcb.snp", f">= {SIM_TCB.snp + 1}",
+                                                                          SIM_TCB.snp)
     assert "min-tcb" in str(problem["detail"])
     denied = [e for e in env.admin.decisions() if e["decision"] == "deny"]
     assert denied[-1]["reason"].startswith("min-tcb") and denied[-1]["key_id"] == "data-1"
 
 
 def test_key_settings_replace_the_broker_floor(tmp_path: Path) -> None:
-    env = Env(tmp_path, min_tcb={"snp": 4})
+    env = Env(tmp_path, min_tcb={"snp": SIM_TCB.snp + 1})
     wrapped = env.data_key()
-    env.admin.set_policy("data-1", None, min_tcb={"snp": 3})  # this key accepts the older firmware
+    env.admin.set_policy("data-1", None, min_tcb={"snp": SIM_TCB.snp})  # this key accepts the older firmware
     assert env.worker().unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
-    assert env.admin.get_key("data-1")["min_tcb"] == {"snp": 3}
+    assert env.admin.get_key("data-1")["min_tcb"] == {"snp": SIM_TCB.snp}
     env.admin.set_policy("data-1", None, min_tcb=None)  # back to the broker's
     assert _refusal(env, wrapped)["field"] == "tcb.snp"
 
@@ -94,8 +96,6 @@ def test_policy_change_is_authenticated_and_logged(env: Env) -> None:
 
 
 def test_simulated_tee_below_the_key_floor_is_refused(provider_broker: BrokerProcess, sim_dir: Path) -> None:
-    from attestation.simulated import SIM_CHIP_ID, SIM_TCB
-
     admin: BrokerAdmin = provider_broker.admin()
     admin.create_key("floor-model", kind="model", measurements=[MEASUREMENT.hex()],
                      min_tcb={"snp": SIM_TCB.snp + 1}, chip_ids=[SIM_CHIP_ID.hex()])

@@ -26,7 +26,7 @@ from psycopg import sql
 from keybroker.config import BrokerConfig
 from keybroker.store import GENESIS, KeyStore, StoreError, redact_url, verify_chain
 from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
-from tests.keybroker.inproc import GOOD, Env, FakeProvider
+from tests.keybroker.inproc import GOOD, OTHER, Env
 
 ADMIN_URL = os.environ.get("CSCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 START_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -238,7 +238,7 @@ def test_in_process_broker_releases_keys_after_a_restart(backend: Backend, tmp_p
     restarted = Env(tmp_path, **extra)
     assert restarted.worker().unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
     with pytest.raises(Exception, match="measurement"):
-        restarted.worker(FakeProvider("cd" * 48)).unwrap("data-1", wrapped, batch_id="batch-1",
+        restarted.worker(restarted.enclave(OTHER)).unwrap("data-1", wrapped, batch_id="batch-1",
                                                           model_digest="sha256:m")
     ops = [e["operation"] for e in restarted.admin.decisions()]  # chain and checkpoint verified across restart
     assert ops.count("unwrap") == 3 and "admin.grant" in ops
