@@ -1,0 +1,232 @@
+"""Key broker forgeries, in-process with the production verifier and the simulated SEV-SNP TEE: each request
+is well formed except for the one thing a check guards, and the refusal names field, expected and actual.
+
+Attestation: evidence bound to another runtime_data (tee key, receipt key, another session's nonce), a nonce
+of another session still in progress, evidence from a second hierarchy with the trusted names. Requests:
+proof of possession over another body, path, method or token, dated outside the window, with a reused jti;
+tokens of another broker, expired tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from enclave.kbs_client import AttestedSession
+from keybroker import create_app
+from keybroker.crypto import b64url, canonical_json
+from keybroker.tokens import POP_HEADER, POP_WINDOW_S
+from tests.keybroker.inproc import Env, SimEnclave, TestClient, make_config
+
+UNWRAP = "/kbs/v0/unwrap"
+
+
+def _digest(runtime: dict[str, Any]) -> bytes:
+    return hashlib.sha512(canonical_json(runtime)).digest()
+
+
+def _runtime(nonce: str, worker: AttestedSession, **replace: Any) -> dict[str, Any]:
+    return {"nonce": nonce, "tee_pubkey": worker.tee_public_jwk, "receipt_pubkey": worker.receipt_public_jwk,
+            **replace}
+
+
+def _other_pubkey() -> dict[str, Any]:
+    return ECKey.generate_key("P-256", private=True).as_dict(private=False)
+
+
+class Client:
+    """Raw HTTP to the in-process broker: challenges, attestation, and requests with hand-made PoPs."""
+
+    def __init__(self, env: Env) -> None:
+        self.env, self.http = env, TestClient(env.app)
+
+    def auth(self) -> dict[str, str]:
+        return dict(self.http.post("/kbs/v0/auth", json={"tee": "sev-snp"}).json())
+
+    def attest(self, session: str, runtime: dict[str, Any], evidence: dict[str, Any]) -> httpx.Response:
+        return self.http.post("/kbs/v0/attest", json={"session": session, "runtime_data": runtime,
+                                                       "evidence": evidence})
+
+    def unwrap(self, token: str, key: ECKey, body: dict[str, Any], **pop: Any) -> httpx.Response:
+        content = canonical_json(body)
+        claims = {"htm": "POST", "htu": UNWRAP, "iat": int(time.time()), "jti": secrets.token_urlsafe(16),
+                  "ath": b64url(hashlib.sha256(token.encode()).digest()),
+                  "bh": b64url(hashlib.sha256(content).digest()), **pop}
+        proof = jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, key, algorithms=["ES256"])
+        return self.http.post(UNWRAP, content=content, headers={
+            "Authorization": f"Bearer {token}", POP_HEADER: proof, "Content-Type": "application/json"})
+
+
+@pytest.fixture
+def client(env: Env) -> Client:
+    return Client(env)
+
+
+@pytest.fixture
+def attested(env: Env) -> tuple[str, ECKey, dict[str, Any]]:
+    """(token, tee key, unwrap body) of an enclave attested to the broker, with a data key granted."""
+    wrapped = env.data_key()
+    worker = env.worker()
+    token = worker.attest().token
+    body = {"key_id": "data-1", "wrapped": base64.b64encode(wrapped).decode(), "batch_id": "batch-1",
+            "model_digest": "sha256:m"}
+    return token, worker._tee_key, body
+
+
+def _problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    problem: dict[str, Any] = response.json()
+    assert problem["type"].endswith(slug), problem
+    return problem
+
+
+# -- attestation: the evidence must bind this session's nonce and these keys --------------------------
+
+def test_hand_built_attestation_is_accepted(env: Env, client: Client) -> None:  # guards the forgeries below
+    worker, challenge = env.worker(), client.auth()
+    runtime = _runtime(challenge["nonce"], worker)
+    answer = client.attest(challenge["session"], runtime, env.enclave().get_evidence(_digest(runtime)).to_json())
+    assert answer.status_code == 200 and answer.json()["claims"]["root"] == "simulated"
+
+
+@pytest.mark.parametrize("swapped", ["tee_pubkey", "receipt_pubkey"])
+def test_evidence_bound_to_other_keys_is_refused(env: Env, client: Client, swapped: str) -> None:
+    worker, challenge = env.worker(), client.auth()
+    honest = _runtime(challenge["nonce"], worker)
+    evidence = env.enclave().get_evidence(_digest(honest)).to_json()  # the enclave's evidence, keys swapped in
+    forged = {**honest, swapped: _other_pubkey()}
+    problem = _problem(client.attest(challenge["session"], forged, evidence), 403, "evidence-rejected")
+    assert (problem["field"], problem["expected"], problem["actual"]) == (
+        "report_data", _digest(forged).hex(), _digest(honest).hex())
+
+
+def test_nonce_of_another_session_still_in_progress_is_refused(env: Env, client: Client) -> None:
+    worker, first, second = env.worker(), client.auth(), client.auth()
+    runtime = _runtime(first["nonce"], worker)
+    evidence = env.enclave().get_evidence(_digest(runtime)).to_json()
+    problem = _problem(client.attest(second["session"], runtime, evidence), 401, "nonce-invalid")
+    assert problem["field"] == "runtime_data.nonce" and "not this session's nonce" in problem["detail"]
+    assert client.attest(first["session"], runtime, evidence).status_code == 200  # its own session: fine
+
+
+def test_evidence_bound_to_another_sessions_nonce_is_refused(env: Env, client: Client) -> None:
+    worker, first, second = env.worker(), client.auth(), client.auth()
+    bound = _runtime(first["nonce"], worker)
+    sent = _runtime(second["nonce"], worker)
+    evidence = env.enclave().get_evidence(_digest(bound)).to_json()
+    problem = _problem(client.attest(second["session"], sent, evidence), 403, "evidence-rejected")
+    assert (problem["field"], problem["expected"], problem["actual"]) == (
+        "report_data", _digest(sent).hex(), _digest(bound).hex())
+
+
+def test_evidence_from_a_second_hierarchy_with_the_trusted_names_is_refused(env: Env, client: Client,
+                                                                            tmp_path: Path) -> None:
+    from attestation.simulated import create_simulated_firmware
+
+    create_simulated_firmware(tmp_path / "rogue")  # same names as the broker's simulated root, other keys
+    worker, challenge = env.worker(), client.auth()
+    runtime = _runtime(challenge["nonce"], worker)
+    evidence = SimEnclave(tmp_path / "rogue").get_evidence(_digest(runtime)).to_json()
+    problem = _problem(client.attest(challenge["session"], runtime, evidence), 403, "evidence-rejected")
+    assert problem["field"] == "evidence.cert_chain.ark"
+
+
+def test_broker_without_accept_simulated_refuses_the_simulated_root(tmp_path: Path) -> None:
+    env = Env(tmp_path, accept_simulated=False)
+    client, worker = Client(env), env.worker()
+    challenge = client.auth()
+    runtime = _runtime(challenge["nonce"], worker)
+    evidence = env.enclave().get_evidence(_digest(runtime)).to_json()
+    problem = _problem(client.attest(challenge["session"], runtime, evidence), 403, "evidence-rejected")
+    assert problem["field"] == "evidence.cert_chain.ark" and "ARK-Milan" in problem["expected"]
+
+
+# -- proof of possession: exactly this request, now, once ---------------------------------------------
+
+def test_hand_built_request_is_served(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    assert client.unwrap(token, key, body).status_code == 200
+
+
+def test_pop_over_a_different_body_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    signed = b64url(hashlib.sha256(canonical_json({**body, "batch_id": "batch-2"})).digest())
+    problem = _problem(client.unwrap(token, key, body, bh=signed), 401, "pop-invalid")
+    assert (problem["field"], problem["expected"], problem["actual"]) == (
+        f"{POP_HEADER}.bh", b64url(hashlib.sha256(canonical_json(body)).digest()), signed)
+
+
+@pytest.mark.parametrize(("name", "value"), [("htu", "/kbs/v0/wrap"), ("htm", "GET"), ("ath", "other-token")])
+def test_pop_for_another_request_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]],
+                                            name: str, value: str) -> None:
+    token, key, body = attested
+    problem = _problem(client.unwrap(token, key, body, **{name: value}), 401, "pop-invalid")
+    assert (problem["field"], problem["actual"]) == (f"{POP_HEADER}.{name}", value)
+
+
+@pytest.mark.parametrize("offset", [POP_WINDOW_S + 60, -(POP_WINDOW_S + 60)])
+def test_pop_dated_in_the_future_or_too_old_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]],
+                                                       offset: int) -> None:
+    token, key, body = attested
+    iat = int(time.time()) + offset
+    problem = _problem(client.unwrap(token, key, body, iat=iat), 401, "pop-invalid")
+    assert (problem["field"], problem["expected"], problem["actual"]) == (
+        f"{POP_HEADER}.iat", f"within {POP_WINDOW_S} s of now", iat)
+
+
+def test_pop_inside_the_window_is_accepted(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    assert client.unwrap(token, key, body, iat=int(time.time()) - POP_WINDOW_S + 30).status_code == 200
+
+
+def test_pop_reusing_a_jti_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    jti = secrets.token_urlsafe(16)
+    assert client.unwrap(token, key, body, jti=jti).status_code == 200
+    again = client.unwrap(token, key, body, jti=jti)  # a fresh signature, a fresh iat: the id alone repeats
+    assert _problem(again, 401, "pop-replayed")["field"] == f"{POP_HEADER}.jti"
+
+
+def test_pop_signed_by_another_key_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, _, body = attested
+    problem = _problem(client.unwrap(token, ECKey.generate_key("P-256", private=True), body), 401, "pop-key-mismatch")
+    assert problem["field"] == "tee_pubkey"
+
+
+# -- tokens: this broker's, unexpired --------------------------------------------------------------
+
+def test_token_of_another_broker_sharing_the_signing_key_is_refused(
+        env: Env, tmp_path: Path, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    other = Client.__new__(Client)  # a broker named "provider" over the same store: same token-signing key
+    other.env, other.http = env, TestClient(create_app(make_config(tmp_path, name="provider")))
+    problem = _problem(other.unwrap(token, key, body), 401, "token-invalid")
+    assert (problem["field"], problem["expected"], problem["actual"]) == ("iss", "provider", "owner")
+
+
+def test_token_signed_by_another_brokers_key_is_refused(tmp_path: Path,
+                                                        attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    elsewhere = Client(Env(tmp_path / "elsewhere"))  # another broker, its own key, the same name
+    problem = _problem(elsewhere.unwrap(token, key, body), 401, "token-invalid")
+    assert problem["field"] == "Authorization" and "not one this broker signed" in problem["detail"]
+
+
+@pytest.mark.parametrize("age", [0, 60])
+def test_expired_token_is_refused(env: Env, client: Client, attested: tuple[str, ECKey, dict[str, Any]],
+                                  age: int) -> None:
+    token, key, body = attested
+    issuer = env.app.state.broker.issuer
+    payload = jwt.decode(token, issuer._key, algorithms=["ES256"]).claims
+    stale = issuer.sign({**payload, "exp": int(time.time()) - age})
+    problem = _problem(client.unwrap(stale, key, body), 401, "token-expired")
+    assert problem["field"] == "exp"
