@@ -7,8 +7,12 @@ them without importing this code. Messages and results carry object keys and dig
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+
+from enclave.startup import UnsafeStartup, refuse_unsafe_startup
 
 SHARD_QUEUE = "cscore.shards"
 
@@ -21,6 +25,18 @@ def _transport_url(variable: str) -> str:
             "redis+socket://...), or start the local stack with `cscore stack start`"
         )
     return url
+
+
+@signals.worker_init.connect
+def _refuse_unsafe_startup(**_: Any) -> None:
+    """Before the worker consumes anything: a start-up the measurement does not cover ends the process.
+
+    SystemExit, not an exception: Celery logs and swallows exceptions raised by signal receivers."""
+    try:
+        refuse_unsafe_startup(os.environ)
+    except UnsafeStartup as refused:
+        print(f"cscore worker: {refused}", file=sys.stderr, flush=True)
+        raise SystemExit(78) from None  # EX_CONFIG
 
 
 app = Celery(

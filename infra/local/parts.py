@@ -199,9 +199,11 @@ def spawn_workers(stack: LocalStack) -> Pending:
                          "start with workers=0")
     started = []
     for i in range(1, stack.workers + 1):
+        # -P and no PYTHONPATH: the worker refuses any start-up its measurement does not cover
+        # (enclave/startup.py); Celery imports the app from the working directory, the repository.
         started.append(stack.spawn(f"celery-worker-{i}", [
-            PY, "-m", "celery", "-A", "tasks.celery_app", "worker", "-n", f"cscore-worker-{i}@%h",
-            "--concurrency=1", "--loglevel=INFO"]))
+            PY, "-P", "-m", "celery", "-A", "tasks.celery_app", "worker", "-n", f"cscore-worker-{i}@%h",
+            "--concurrency=1", "--loglevel=INFO"], without=("PYTHONPATH",)))
     names = set(worker_names(stack.workers))
     seen: set[str] = set()
 

@@ -237,9 +237,10 @@ class LocalStack:
         env.setdefault("AWS_DEFAULT_REGION", parts.aws.REGION)
         return env
 
-    def spawn(self, name: str, argv: list[str]) -> Part:
-        """Start a long-running part; remembered for stop()."""
-        part = procs.spawn(name, argv, self.child_env(), self.state_dir, self.repo)
+    def spawn(self, name: str, argv: list[str], *, without: tuple[str, ...] = ()) -> Part:
+        """Start a long-running part, its environment less the variables in ``without``; remembered for stop()."""
+        env = {k: v for k, v in self.child_env().items() if k not in without}
+        part = procs.spawn(name, argv, env, self.state_dir, self.repo)
         self.parts[name] = part
         return part
 
