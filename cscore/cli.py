@@ -186,6 +186,55 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker_measure(args: argparse.Namespace) -> int:
+    if args.simulated:
+        from enclave.measurement import code_measurement, measurement_components
+
+        components = {label: value.hex() for label, value in measurement_components()}
+        if args.json:
+            print(json.dumps({"simulated": code_measurement().hex(), "components": components}))
+        else:
+            print("\n".join([f"simulated TEE measurement {code_measurement().hex()}  (SIMULATED: development only)",
+                             *(f"  {label:40} {value}" for label, value in components.items())]))
+        return 0
+    from cscore import worker_measure as wm
+
+    manifest = wm.read_image_manifest(args.image) if args.image else {}
+
+    def artifact(flag: Path | None, key: str) -> Path | None:
+        return flag if flag is not None else (args.image / manifest[key] if manifest.get(key) else None)
+
+    ovmf = artifact(args.ovmf, "ovmf")
+    if ovmf is None:
+        raise wm.MeasureError("--ovmf: expected the OVMF firmware (or --image DIR with image.json), got neither")
+    exp = wm.expected(ovmf, artifact(args.kernel, "kernel"), artifact(args.initrd, "initrd"),
+                      args.append if args.append is not None else manifest.get("cmdline"), args.vcpus,
+                      args.vcpu_type or ["EPYC-Milan", "EPYC-Genoa"], args.guest_features, args.vmm, args.config)
+    print(json.dumps(exp.as_dict(), indent=2) if args.json else wm.render_text(exp))
+    return 0
+
+
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = sub.add_parser("worker", help="the worker image's commands").add_subparsers(dest="action", required=True)
+    measure = worker.add_parser("measure", help="expected launch measurement of the worker image, and its policy")
+    measure.add_argument("--image", type=Path, help="built image folder (image.json from infra/image/build.sh)")
+    measure.add_argument("--ovmf", type=Path, help="OVMF firmware (AmdSevX64 build, measured direct boot)")
+    measure.add_argument("--kernel", type=Path)
+    measure.add_argument("--initrd", type=Path)
+    measure.add_argument("--append", help="kernel command line, exactly as QEMU's -append")
+    measure.add_argument("--vcpus", type=int, default=2)
+    measure.add_argument("--vcpu-type", action="append", help="QEMU CPU model (repeatable; default EPYC-Milan, "
+                         "EPYC-Genoa)")
+    measure.add_argument("--guest-features", type=lambda v: int(v, 0), default=0x1,
+                         help="VMSA SEV_FEATURES (default 0x1: SNPActive)")
+    measure.add_argument("--vmm", choices=["qemu", "ec2", "gce"], default="qemu")
+    measure.add_argument("--config", type=Path, help="worker configuration document: its digest is HOST_DATA")
+    measure.add_argument("--simulated", action="store_true",
+                         help="print the simulated TEE's measurement of this checkout instead, with its components")
+    measure.add_argument("--json", action="store_true")
+    measure.set_defaults(func=cmd_worker_measure)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cscore", description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=None,
@@ -251,6 +300,7 @@ def _parser() -> argparse.ArgumentParser:
     trust.set_defaults(func=cmd_owner_trust_provider)
     results.set_defaults(func=cmd_owner_results)
     _add_attest(sub)
+    _add_worker(sub)
     from audit.cli import add_commands as add_audit_commands
 
     add_audit_commands(sub)

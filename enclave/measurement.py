@@ -32,8 +32,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.machinery
 import importlib.metadata as metadata
-import importlib.util
 import os
 import re
 import site
@@ -244,7 +244,7 @@ def _startup_components() -> list[tuple[str, bytes]]:
     out = [(f"pth:{name}#{i}", _hash_files([(name, p)])) for name, paths in sorted(pths.items())
            for i, p in enumerate(paths)]
     for module in ("sitecustomize", "usercustomize"):
-        spec = importlib.util.find_spec(module)
+        spec = importlib.machinery.PathFinder.find_spec(module)
         origin = Path(spec.origin) if spec is not None and spec.origin else None
         out.append((f"startup:{module}", b"absent" if origin is None else _hash_files([(module, origin)])))
     return out
@@ -258,7 +258,8 @@ def _import_components(dists: list[metadata.Distribution]) -> list[tuple[str, by
         tops = {f.parts[0].removesuffix(".py") for f in dist.files or ()
                 if f.parts and not f.parts[0].endswith((".dist-info", ".data", ".pth")) and ".." not in f.parts}
         for name in sorted(t for t in tops if t.isidentifier()):
-            spec = importlib.util.find_spec(name)
+            # The path search itself, not sys.modules: what a fresh worker would import, whatever is loaded here.
+            spec = importlib.machinery.PathFinder.find_spec(name)
             origin = spec.origin if spec is not None else None
             if spec is not None and origin is None:  # a namespace package: every portion must be the dist's
                 portions = list(spec.submodule_search_locations or ())
