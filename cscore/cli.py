@@ -109,13 +109,13 @@ def cmd_owner_trust_provider(args: argparse.Namespace) -> int:
 
 
 def cmd_provider_publish(args: argparse.Namespace) -> int:
-    from enclave.measurement import code_measurement
+    from cscore.release import measurements_to_allow
     from sdk.party import Party
     from sdk.provider import publish_model
     from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
-    measurements = args.measurement or [code_measurement().hex()]
+    measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
     published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env("provider"),
                               store=ObjectStore(), allowed_measurements=measurements)
     print(f"published {published.name}:{published.version} {published.digest}")
@@ -133,7 +133,7 @@ def cmd_owner_register(args: argparse.Namespace) -> int:
 
 
 def cmd_owner_submit(args: argparse.Namespace) -> int:
-    from enclave.measurement import code_measurement
+    from cscore.release import measurements_to_allow
     from sdk.emails import read_emails
     from sdk.models import find_model
     from sdk.owner import BatchError, resubmit_batch, submit_batch
@@ -152,7 +152,8 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
         raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
     owner = Party.from_env("owner")
     batch = submit_batch(emails, find_model(store, args.model, owner.trusted_providers()), tenant=args.tenant,
-                         owner=owner, store=store, measurements=args.measurement or [code_measurement().hex()])
+                         owner=owner, store=store,
+                         measurements=measurements_to_allow(args.measurement, args.release, args.release_key))
     print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
     return 0
 
@@ -214,6 +215,28 @@ def cmd_worker_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_release_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--release", type=Path, help="signed release of worker measurements (allows its SEV-SNP "
+                        "measurements); without it or --measurement: the local stack's SIMULATED measurement")
+    parser.add_argument("--release-key", type=Path, help="the project's release public key (PEM) to verify it with")
+
+
+def cmd_worker_release(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cscore.release import ReleaseError, release_from_measure, sign_release
+
+    key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ReleaseError(f"--key {args.key}: expected an Ed25519 private key (openssl genpkey -algorithm ed25519)")
+    measure = json.loads(args.measure.read_text())
+    signed = sign_release(release_from_measure(measure, name=args.name, sbom=args.sbom), key)
+    args.out.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
+    print(f"signed release {args.name}: {len(signed['release']['sev_snp'])} SEV-SNP measurements -> {args.out}")
+    return 0
+
+
 def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker = sub.add_parser("worker", help="the worker image's commands").add_subparsers(dest="action", required=True)
     measure = worker.add_parser("measure", help="expected launch measurement of the worker image, and its policy")
@@ -233,6 +256,13 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                          help="print the simulated TEE's measurement of this checkout instead, with its components")
     measure.add_argument("--json", action="store_true")
     measure.set_defaults(func=cmd_worker_measure)
+    release = worker.add_parser("release", help="sign a release of measurements (from `worker measure --json`)")
+    release.add_argument("measure", type=Path, help="output of `cscore worker measure --json`")
+    release.add_argument("--name", required=True, help="release name, e.g. 0.2.0")
+    release.add_argument("--key", type=Path, required=True, help="release signing key (Ed25519, PEM)")
+    release.add_argument("--sbom", type=Path, help="the image's SBOM; its SHA-256 goes into the release")
+    release.add_argument("--out", type=Path, required=True)
+    release.set_defaults(func=cmd_worker_release)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -271,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("model", type=Path)
     publish.add_argument("--name", required=True)
     publish.add_argument("--measurement", action="append", help="enclave measurement allowed (hex); repeatable")
+    _add_release_arguments(publish)
     publish.set_defaults(func=cmd_provider_publish)
     key = provider.add_parser("key", help="print the provider's public card-signing key, for owners to pin")
     key.set_defaults(func=cmd_provider_key)
@@ -284,6 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--model", help="name or name:version (see `cscore models`)")
     submit.add_argument("--tenant", required=True)
     submit.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
+    _add_release_arguments(submit)
     submit.add_argument("--resubmit", metavar="BATCH", help="upload a failed batch's manifest again")
     submit.set_defaults(func=cmd_owner_submit)
     results = owner.add_parser("results", help="fetch, verify and decrypt a batch's results")
