@@ -50,7 +50,10 @@ MANIFESTS = _manifest_asset()
     catchup=False,
     max_active_runs=4,
     tags=["cscore"],
-    default_args={"retries": 0},
+    # One retry, for a task whose process was killed (scheduler and task processes gone: the restarted
+    # scheduler fails it after [scheduler] task_instance_heartbeat_timeout). A step that failed for a reason
+    # has released the batch already; its retry sees that and does nothing (steps._still_held).
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=5)},
     params={"manifest_keys": []},
 )
 def cscore_batch() -> None:
@@ -70,7 +73,7 @@ def cscore_batch() -> None:
     def attest_workers(batch: dict[str, Any]) -> dict[str, Any]:
         return _skippable(steps.attest, batch)
 
-    # No Airflow retry: a failed batch is released and resubmitted whole (finished shards are reused).
+    # A batch that failed for a reason is released and resubmitted whole (finished shards are reused).
     @task(execution_timeout=timedelta(hours=1))
     def score_shards(batch: dict[str, Any]) -> dict[str, Any]:
         return _skippable(steps.score, batch)

@@ -49,6 +49,7 @@ app.conf.update(
     task_acks_late=True,  # a worker that dies mid-shard leaves the message for another worker
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    task_track_started=True,  # the platform sees which worker runs a shard, and re-sends it if that worker dies
     task_default_queue=SHARD_QUEUE,
     worker_direct=True,  # each worker also listens on its own queue, so each can be asked to attest
     task_serializer="json",

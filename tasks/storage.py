@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Codes that a later attempt may not meet (throttling, server errors, timeouts): the task is retried.
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                   "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+class StorageError(RuntimeError):
+    """An S3 call failed after boto3's own retries; names the operation, the object key and the error code
+    (none of them secret). `transient` says whether trying again later may succeed."""
+
+    def __init__(self, operation: str, key: str, code: str, status: int | None, transient: bool) -> None:
+        self.operation, self.key, self.code, self.transient = operation, key, code, transient
+        http = f" (HTTP {status})" if status else ""
+        super().__init__(f"S3 {operation} of {key}: {code}{http} after boto3's retries")
+
+
+def _named(operation: str) -> Callable[[F], F]:
+    """Turn boto3's errors of one storage call into a StorageError naming operation, key and code."""
+
+    def wrap(call: F) -> F:
+        @functools.wraps(call)
+        def run(key: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return call(key, *args, **kwargs)
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = str(error.get("Code") or status or "ClientError")
+                if code in {"NoSuchKey", "404", "PreconditionFailed", "ConditionalRequestConflict"}:
+                    raise  # answers, not failures: the callers below decide
+                failure = StorageError(operation, key, code, status, code in TRANSIENT_CODES or (status or 0) >= 500)
+            except BotoCoreError as exc:  # no answer at all: connection refused or reset, timeouts
+                failure = StorageError(operation, key, type(exc).__name__, None, True)
+            raise failure  # outside the handler: boto3's own text (request ids, URLs) stays in the worker
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 @cache
@@ -20,10 +61,12 @@ def bucket() -> str:
     return os.environ.get("CSCORE_BUCKET", "cscore")
 
 
+@_named("GetObject")
 def get_bytes(key: str) -> bytes:
     return s3_client().get_object(Bucket=bucket(), Key=key)["Body"].read()
 
 
+@_named("PutObject")
 def put_bytes(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
     s3_client().put_object(Bucket=bucket(), Key=key, Body=data, ContentType=content_type)
 
@@ -37,6 +80,7 @@ def get_if_exists(key: str) -> bytes | None:
         raise
 
 
+@_named("PutObject (If-None-Match)")
 def put_if_absent(key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
     """Write only if nothing is there (conditional write); False when another writer was first."""
     try:
@@ -48,5 +92,6 @@ def put_if_absent(key: str, data: bytes, content_type: str = "application/octet-
     return True
 
 
+@_named("DeleteObject")
 def delete(key: str) -> None:
     s3_client().delete_object(Bucket=bucket(), Key=key)

@@ -8,6 +8,7 @@ any other exception is reported by type only.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -27,11 +28,22 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
-SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, KbsError, AttestationError)
+SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, KbsError, AttestationError,
+             storage.StorageError)
+# S3 failures that outlived boto3's retries: the shard is tried again later, then fails naming operation and code.
+STORAGE_RETRY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True}
 
 
 class WorkerRefusal(RuntimeError):
     """What the platform learns of a failure inside the worker."""
+
+
+class WorkerRetry(WorkerRefusal):
+    """A failure that a later attempt may not meet (S3 throttling, 5xx): Celery retries the task."""
+
+
+class LeftoverShard(ValueError):
+    """A shard message of a run that no longer holds its batch (failed, cancelled, taken over)."""
 
 
 class ReceiptMismatch(ValueError):
@@ -45,13 +57,15 @@ def contained(task: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except (*SHAREABLE, ReceiptMismatch) as exc:
+        except (*SHAREABLE, ReceiptMismatch, LeftoverShard) as exc:
             refusal = f"{type(exc).__name__}: {exc}"
+            retry = isinstance(exc, storage.StorageError) and exc.transient
         except Exception as exc:
             log.error("task failed inside the enclave with %s (details withheld)", type(exc).__name__)
             refusal = f"{type(exc).__name__} inside the worker (details stay in the enclave)"
+            retry = False
         # Raised outside the handler: no __context__, so no traceback carries the original text out.
-        raise WorkerRefusal(refusal)
+        raise WorkerRetry(refusal) if retry else WorkerRefusal(refusal)
 
     return run  # type: ignore[return-value]
 
@@ -74,11 +88,13 @@ def attest(self: Any, broker_urls: list[str]) -> dict[str, Any]:
     return _enclave(_worker_name(self)).attest(broker_urls)
 
 
-@app.task(name="cscore.score_shard", bind=True, acks_late=True)
+@app.task(name="cscore.score_shard", bind=True, acks_late=True, autoretry_for=(WorkerRetry,), **STORAGE_RETRY)
 @contained
-def score_shard(self: Any, spec_data: dict[str, Any]) -> dict[str, Any]:
-    """Score one shard; a shard whose receipt already exists is reported, not scored again."""
+def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[str, Any]:
+    """Score one shard; a shard whose receipt already exists is reported, not scored again. `run_id` (the
+    platform's run that sent it): a leftover whose run no longer holds the batch is not run (LeftoverShard)."""
     spec = ShardSpec.from_dict(spec_data)
+    _refuse_leftover(spec, run_id)
     worker = _worker_name(self)
     existing = storage.get_if_exists(spec.receipt_key)
     if existing is not None:
@@ -106,6 +122,16 @@ def score_shard(self: Any, spec_data: dict[str, Any]) -> dict[str, Any]:
         worker=worker,
         reused=False,
     ).to_dict()
+
+
+def _refuse_leftover(spec: ShardSpec, run_id: str) -> None:
+    """Cancellation that outlives worker restarts: the batch's status names the run processing it. (Only
+    liveness rests on it: a platform that lies here can at most stop work it could drop anyway.)"""
+    raw = storage.get_if_exists(f"status/{spec.tenant}/{spec.batch_id}.json") if run_id else None
+    status = json.loads(raw) if raw else {}
+    if raw and (status.get("state") != "processing" or status.get("run_id") != run_id):
+        raise LeftoverShard(f"shard {spec.shard_index} of batch {spec.batch_id}: sent by run {run_id}, but the batch "
+                            f"is {status.get('state')!r} in run {status.get('run_id')!r}; not run")
 
 
 def _card_key(spec: ShardSpec) -> str:

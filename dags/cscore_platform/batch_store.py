@@ -67,6 +67,8 @@ class BatchStore:
             return None
         status = self.status(manifest.tenant, manifest.batch_id) or {"state": "processing"}
         holder = self._claim(manifest.tenant, manifest.batch_id)
+        if holder is not None and holder.get("run_id") == run_id:
+            return None  # this run's own claim: a retry of its killed validate task
         stale = holder is not None and time.time() - holder.get("claimed_at", 0) > CLAIM_TTL_S
         if stale and status.get("state") != "succeeded":
             self._s3.delete_object(Bucket=self.bucket, Key=_claim_key(manifest.tenant, manifest.batch_id))
@@ -91,6 +93,11 @@ class BatchStore:
             return None
         holder: dict[str, Any] = json.loads(raw)
         return holder
+
+    def held_by(self, tenant: str, batch_id: str, run_id: str) -> bool:
+        """Whether run_id still holds the batch's claim (a retried task must not redo a released batch)."""
+        holder = self._claim(tenant, batch_id)
+        return holder is not None and holder.get("run_id") == run_id
 
     def release(self, tenant: str, batch_id: str, reason: str, run_id: str) -> bool:
         """Mark the batch failed and free its claim, so the same manifest can be submitted again.

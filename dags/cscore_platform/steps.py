@@ -102,10 +102,20 @@ def validate(manifest_key: str, run_id: str) -> dict[str, Any]:
     return manifest.to_dict()
 
 
+def _still_held(store: BatchStore, manifest: Manifest, run_id: str, step: str) -> None:
+    """A step retried after its process was killed goes on only while its run still holds the batch."""
+    if not store.held_by(manifest.tenant, manifest.batch_id, run_id):
+        status = store.status(manifest.tenant, manifest.batch_id) or {}
+        say("info", "Batch %s is no longer held by run %s (it is %s); step %s does nothing.", manifest.batch_id,
+            run_id, status.get("state"), step, batch_id=manifest.batch_id, step=step, decision="skipped")
+        raise BatchSkipped(f"batch {manifest.batch_id} no longer held by run {run_id} ({status.get('state')})")
+
+
 def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Have every worker attest to the owner's and the provider's brokers; fail fast on a refusal."""
     manifest = Manifest.from_dict(batch)
     store = BatchStore()
+    _still_held(store, manifest, run_id, "attest")
     if manifest.protection == "none":
         say("info", "Batch %s is a plaintext baseline (owner's choice): no attestation, no key brokers.",
             manifest.batch_id, batch_id=manifest.batch_id, step="attest", decision="skipped (plaintext)")
@@ -139,6 +149,17 @@ def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Fan the shards out to the workers and wait for every one of them."""
     manifest = Manifest.from_dict({k: v for k, v in batch.items() if k != "attestation"})
     store = BatchStore()
+    _still_held(store, manifest, run_id, "score")
+    events: list[str] = []
+
+    def note(sentence: str) -> None:
+        # What the pool rode out goes into the batch's status, where the owner looks, and the task log.
+        events.append(sentence)
+        say("warning", "Batch %s: %s.", manifest.batch_id, sentence, batch_id=manifest.batch_id, step="score",
+            event=sentence)
+        store.set_status(manifest.tenant, manifest.batch_id, "processing", run_id=run_id,
+                         manifest_sha256=manifest.sha256, events=events)
+
     with _failing_marks_batch(store, manifest.key, run_id, "score"):
         shards = plan_shards(manifest)
         say("info", "Batch %s: %d shard(s) of up to %d row group(s) sent to the worker pool.",
@@ -150,7 +171,7 @@ def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
                 batch_id=manifest.batch_id, step="score", done=done, total=total)
 
         outcomes = worker_pool.run_shards(worker_pool.celery_client(), shards, timeout=SHARD_TIMEOUT_S,
-                                          progress=progress)
+                                          progress=progress, note=note, run_id=run_id)
         for outcome in outcomes:
             say("info", "Batch %s shard %d: %d rows by %s, receipt %s%s.", manifest.batch_id,
                      outcome["shard_index"], outcome["rows"], outcome["worker"], outcome["receipt_key"],
@@ -158,14 +179,15 @@ def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
                      batch_id=manifest.batch_id, step="score", shard=outcome["shard_index"],
                      worker=outcome["worker"], receipt_key=outcome["receipt_key"],
                      receipt_sha256=outcome["receipt_sha256"], reused=outcome["reused"])
-    return {**batch, "shards": outcomes}
+    return {**batch, "shards": outcomes, "events": events}
 
 
 def finalize(batch: dict[str, Any], run_id: str) -> str:
     """Check every email came back exactly once by count, then write the result manifest."""
-    fields = {k: v for k, v in batch.items() if k not in {"attestation", "shards"}}
+    fields = {k: v for k, v in batch.items() if k not in {"attestation", "shards", "events"}}
     manifest = Manifest.from_dict(fields)
     store = BatchStore()
+    _still_held(store, manifest, run_id, "finalize")
     with _failing_marks_batch(store, manifest.key, run_id, "finalize"):
         rows = sum(s["rows"] for s in batch["shards"])
         if rows != manifest.rows:
@@ -183,7 +205,7 @@ def finalize(batch: dict[str, Any], run_id: str) -> str:
             "run_id": run_id,
         })
         store.set_status(manifest.tenant, manifest.batch_id, "succeeded", run_id=run_id,
-                         manifest_sha256=manifest.sha256, result_manifest=key)
+                         manifest_sha256=manifest.sha256, result_manifest=key, events=batch.get("events", []))
     say("info", "Batch %s succeeded: %d emails scored; result manifest %s.", manifest.batch_id, rows, key,
         batch_id=manifest.batch_id, tenant=manifest.tenant, step="finalize", decision="succeeded",
         result_manifest=key, emails=rows)

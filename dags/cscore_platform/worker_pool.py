@@ -60,31 +60,151 @@ def attest_all(app: Celery, broker_urls: list[str], timeout: float = 120.0) -> l
     return verdicts
 
 
+# A worker that answers no ping for this long is taken for lost, and the shards it had started are sent
+# again (receipts are written once, so a second attempt is safe: it reports the first one's receipt).
+WORKER_SILENT_S = 20.0
+TRANSPORT_DOWN_S = 60.0  # the Celery transport unreachable this long fails the batch with the reason
+NO_WORKER_S = 60.0  # no worker at all answering this long fails the batch
+CHECK_EVERY_S = 5.0
+
+
+class _Shards:
+    """Every attempt of every shard; an outcome is the first successful attempt's."""
+
+    def __init__(self, app: Celery, shards: list[dict[str, Any]], run_id: str) -> None:
+        self.app, self.shards, self.run_id = app, shards, run_id
+        self.attempts: list[list[AsyncResult]] = [[] for _ in shards]
+        self.outcomes: dict[int, dict[str, Any]] = {}
+        for index in range(len(shards)):
+            self.send(index)
+
+    def send(self, index: int) -> None:
+        # run_id lets a worker skip a leftover once this run no longer holds the batch
+        self.attempts[index].append(self.app.send_task(SCORE_TASK, args=[self.shards[index]],
+                                                       kwargs={"run_id": self.run_id}, queue=SHARD_QUEUE))
+
+    def unfinished(self) -> list[int]:
+        return [i for i in range(len(self.shards)) if i not in self.outcomes]
+
+    def collect(self) -> None:
+        """Record finished attempts; raise WorkerPoolError (after revoking the rest) on a failed one."""
+        for index in self.unfinished():
+            for result in self.attempts[index]:
+                if not result.ready():
+                    continue
+                if result.successful():
+                    self.outcomes[index] = result.get()
+                    break
+                self.revoke()
+                raise WorkerPoolError(f"shard {index} failed on the worker: {result.result}")
+
+    def revoke(self) -> None:
+        # Stop the rest: a resubmission must not race leftovers of this attempt (workers also skip them
+        # once the batch's status names another run or state, see tasks.worker_tasks).
+        self.app.control.revoke([r.id for i in self.unfinished() for r in self.attempts[i]])
+
+    def started_on(self, worker: str) -> list[int]:
+        """Unfinished shards whose latest attempt was started by `worker`."""
+        found = []
+        for index in self.unfinished():
+            latest = self.attempts[index][-1]
+            if latest.state == "STARTED" and (latest.info or {}).get("hostname") == worker:
+                found.append(index)
+        return found
+
+
+def transport_epoch(app: Celery) -> str | None:
+    """An id that changes when the Redis server behind the result backend restarts (its run_id); None when
+    the transport cannot tell (then only its errors reveal a restart)."""
+    client = getattr(app.backend, "client", None)
+    if client is None or not hasattr(client, "info"):
+        return None
+    return str(client.info("server").get("run_id"))
+
+
 def run_shards(
     app: Celery,
     shards: list[dict[str, Any]],
     *,
     timeout: float,
     progress: Callable[[int, int], None],
+    note: Callable[[str], None] = lambda _: None,
+    run_id: str = "",
 ) -> list[dict[str, Any]]:
-    """Send every shard to the pool at once and wait for all; raises on the first failed shard."""
-    results: list[AsyncResult] = [app.send_task(SCORE_TASK, args=[s], queue=SHARD_QUEUE) for s in shards]
-    deadline = time.monotonic() + timeout
+    """Send every shard to the pool and wait for all; raises WorkerPoolError on the first failed shard.
+
+    Faults it rides out, each told to `note` in a sentence: a worker that stops answering pings for
+    WORKER_SILENT_S (its started shards are sent again), a Celery transport that restarted (every unfinished
+    shard is sent again: queued messages died with it). It fails with the reason when the transport stays
+    unreachable TRANSPORT_DOWN_S, when no worker answers for NO_WORKER_S, or after `timeout` s.
+    """
+    t0 = time.monotonic()
+    pool = _Shards(app, shards, run_id)
+    epoch = transport_epoch(app)
+    last_seen: dict[str, float] = {}
+    last_check = down_since = None
+    any_seen = t0
     done_before = -1
     while True:
-        done = sum(1 for r in results if r.ready())
+        now = time.monotonic()
+        try:
+            pool.collect()
+            if down_since is not None or (last_check is None or now - last_check >= CHECK_EVERY_S):
+                new_epoch = transport_epoch(app)
+                if down_since is not None or new_epoch != epoch:
+                    lost = pool.unfinished()
+                    note(f"the Celery transport {_where(app)} restarted or dropped its connections "
+                         f"({'down for %.0f s' % (now - down_since) if down_since else 'new server run'}); "
+                         f"{len(lost)} unfinished shard(s) sent again")
+                    for index in lost:
+                        pool.send(index)
+                    epoch, down_since = new_epoch, None
+                last_check = now
+                any_seen = _check_workers(app, pool, last_seen, any_seen, now, note)
+        except WorkerPoolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the transport's own errors (redis, kombu, sockets)
+            down_since = down_since or now
+            if now - down_since > TRANSPORT_DOWN_S:
+                pool_size = len(pool.unfinished())
+                raise WorkerPoolError(
+                    f"the Celery transport {_where(app)} did not answer for {now - down_since:.0f} s "
+                    f"({type(exc).__name__}: {exc}); {pool_size} of {len(shards)} shards unfinished; bring it "
+                    "back, then resubmit the batch (finished shards are reused)") from exc
+        done = len(pool.outcomes)
         if done != done_before:
-            progress(done, len(results))
+            progress(done, len(shards))
             done_before = done
-        failed = next((r for r in results if r.ready() and r.failed()), None)
-        if failed is not None:
-            # Stop the rest: a resubmission must not race leftovers of this attempt.
-            app.control.revoke([r.id for r in results if not r.ready()])
-            index = results.index(failed)
-            raise WorkerPoolError(f"shard {index} failed on the worker: {failed.result}")
-        if done == len(results):
-            return [r.get() for r in results]
-        if time.monotonic() > deadline:
-            app.control.revoke([r.id for r in results if not r.ready()])
-            raise WorkerPoolError(f"{len(results) - done} of {len(results)} shards unfinished after {timeout:.0f} s")
+        if done == len(shards):
+            return [pool.outcomes[i] for i in range(len(shards))]
+        if now - t0 > timeout:
+            pool.revoke()
+            raise WorkerPoolError(f"{len(shards) - done} of {len(shards)} shards unfinished after {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def _check_workers(app: Celery, pool: _Shards, last_seen: dict[str, float], any_seen: float, now: float,
+                   note: Callable[[str], None]) -> float:
+    """Ping the pool; re-send the shards of workers silent for WORKER_SILENT_S; returns when any answered."""
+    for worker in live_workers(app, timeout=2.0):
+        last_seen[worker] = now
+        any_seen = now
+    for worker, seen in list(last_seen.items()):
+        if now - seen < WORKER_SILENT_S:
+            continue
+        lost = pool.started_on(worker)
+        if lost:
+            note(f"worker {worker} answered no ping for {now - seen:.0f} s; its shard(s) "
+                 f"{', '.join(map(str, lost))} sent again to the other workers")
+            for index in lost:
+                pool.send(index)
+    if now - any_seen > NO_WORKER_S:
+        pool.revoke()
+        raise WorkerPoolError(f"no confidential worker answered a ping for {now - any_seen:.0f} s; "
+                              f"{len(pool.unfinished())} shards unfinished; start workers, then resubmit the batch")
+    return any_seen
+
+
+def _where(app: Celery) -> str:
+    """The transport's URL without a password."""
+    return str(app.connection_for_write().as_uri())

@@ -259,6 +259,15 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",  # see new DAG files in seconds, not 5 minutes
         # Task processes call the API server; on 2 busy cores with SQLite 5 s (the default) times out.
         "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+        # A killed task process (scheduler and its children gone) is failed, then retried (the DAG's one
+        # retry), within about a minute of the scheduler's restart instead of 5 minutes: its heartbeat
+        # every 5 s, declared dead after 45 s without one, looked for every 5 s; tasks queued by a dead
+        # scheduler are reset after 30 s (its health threshold), looked for every 15 s.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_SEC": "5",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "30",
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(_aws_connection(stack), separators=(",", ":")),
     }
 
