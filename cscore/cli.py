@@ -330,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="pin a model provider's card-signing key (from `cscore provider key`)")
     trust.add_argument("key", type=Path)
     trust.set_defaults(func=cmd_owner_trust_provider)
-    results.set_defaults(func=cmd_owner_results)
+    results.set_defaults(func=cmd_owner_results, skip_native_teardown=True)
     _add_attest(sub)
     _add_worker(sub)
     from audit.cli import add_commands as add_audit_commands
@@ -356,13 +356,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.state_dir is None:
         args.state_dir = default_state_dir()
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
     except KeyboardInterrupt:
-        return 130
+        rc = 130
     except (ValueError, LookupError, RuntimeError, TimeoutError, OSError) as exc:
         # Our errors name the field, the expected and the actual value: show that, not a traceback.
         print(f"cscore: error: {exc}", file=sys.stderr)
-        return 2
+        rc = 2
+    if argv is None and getattr(args, "skip_native_teardown", False):
+        _exit_now(rc)
+    return rc
+
+
+def _exit_now(rc: int) -> None:
+    """End the process without the interpreter's teardown (as a program only, never in-process).
+
+    Why: pyarrow's thread pools may still hold Python objects (PME KMS client callbacks, buffers) when the
+    interpreter finalizes; an Arrow thread that then takes the GIL is ended by pthread_exit, whose unwinding
+    through Arrow's noexcept frames calls std::terminate ("terminate called without an active exception",
+    exit 134, after the work was done: apache/arrow#34314, #39862). Everything is written and flushed first.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":

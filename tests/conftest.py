@@ -18,10 +18,13 @@ LEAK_MESSAGE = "this test left os.environ changed (use monkeypatch.setenv, or re
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _isolated_environment(request: pytest.FixtureRequest,
+                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     saved = dict(os.environ)
-    # A fresh empty folder per test: nothing of the user's, nothing another test wrote.
-    os.environ["CSCORE_STATE_DIR"] = str(tmp_path_factory.mktemp("state", numbered=True))
+    # A fresh empty folder per test: nothing of the user's, nothing another test wrote. End-to-end tests
+    # keep their module stack's own state dir (set by its fixture, which removes it afterwards).
+    if request.node.get_closest_marker("e2e") is None:
+        os.environ["CSCORE_STATE_DIR"] = str(tmp_path_factory.mktemp("state", numbered=True))
     expected = dict(os.environ)
     yield
     changed = sorted(k for k in set(os.environ) | set(expected)
