@@ -180,8 +180,8 @@ def test_a_leftover_shard_of_a_failed_batch_is_not_run(s3_stack: LocalStack, wor
     if runs:
         worker_tasks._refuse_leftover(spec, "run-1")
     else:
-        with pytest.raises(worker_tasks.LeftoverShard, match=rf"shard 3 of batch b-1: sent by run run-1, but the "
-                                                            rf"batch is '{status['state']}' in run '{status['run_id']}'"):
+        expected = f"shard 3 of batch b-1: sent by run run-1, but the batch is '{status['state']}' in run "
+        with pytest.raises(worker_tasks.LeftoverShard, match=expected + f"'{status['run_id']}'"):
             worker_tasks._refuse_leftover(spec, "run-1")
 
 
