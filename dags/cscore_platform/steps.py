@@ -166,9 +166,10 @@ def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
                  manifest.batch_id, len(shards), manifest.shard_row_groups, batch_id=manifest.batch_id,
                  step="score", shards=len(shards))
 
-        def progress(done: int, total: int) -> None:
-            say("info", "Batch %s: %d of %d shards done.", manifest.batch_id, done, total,
-                batch_id=manifest.batch_id, step="score", done=done, total=total)
+        def progress(ok: int, total: int) -> None:
+            # run_shards stops at the first failed shard (and the batch fails, said below), so until then 0 failed.
+            say("info", "Batch %s: %d ok / 0 failed of %d shards.", manifest.batch_id, ok, total,
+                batch_id=manifest.batch_id, step="score", ok=ok, failed=0, total=total)
 
         outcomes = worker_pool.run_shards(worker_pool.celery_client(), shards, timeout=SHARD_TIMEOUT_S,
                                           progress=progress, note=note, run_id=run_id)

@@ -1,0 +1,41 @@
+"""The DAG as the platform's engineers see it: documented, each mapped task named after its batch, no result dumps."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+
+@pytest.fixture
+def dag_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    monkeypatch.delenv("CSCORE_SQS_QUEUE_URL", raising=False)
+    return importlib.import_module("dags.cscore_batch")
+
+
+def test_dag_and_tasks_are_documented_and_mapped_tasks_keep_return_values_out_of_logs(dag_module: Any) -> None:
+    dag = dag_module.cscore_batch()
+    assert "one owner's encrypted email batch" in dag.doc_md
+    for task in dag.tasks:
+        assert task.doc_md, f"{task.task_id} has no doc_md"
+        kwargs = getattr(task, "partial_kwargs", None) or task.__dict__
+        assert kwargs.get("show_return_value_in_logs") is False, task.task_id
+    mapped = [t for t in dag.tasks if t.task_id != "find_manifests"]
+    assert {t.map_index_template for t in mapped} == {"{{ batch_label }}"}
+
+
+@pytest.mark.parametrize(("given", "label"), [
+    ("incoming/acme/b-17/manifest.jws", "acme/b-17"),
+    ({"tenant": "acme", "batch_id": "b-17", "objects": []}, "acme/b-17"),
+    ("not/a/manifest", "?/not/a/manifest"),
+])
+def test_mapped_task_label_is_the_batch(dag_module: Any, monkeypatch: pytest.MonkeyPatch, given: Any,
+                                        label: str) -> None:
+    context: dict[str, Any] = {}
+    monkeypatch.setattr(dag_module, "get_current_context", lambda: context)
+    dag_module._label(given)
+    assert jinja2.Template(dag_module.BATCH_TASK["map_index_template"]).render(**context) == label
