@@ -127,8 +127,7 @@ class _Facts:
             if e.get("kind") == "policy_change" or (e.get("kind") == "key_release"
                                                     and str(e.get("operation")).startswith("admin.")
                                                     and e.get("operation") not in OWNER_OWN_OPS):
-                rows.append(_row(e, who=f"{e.get('broker')} broker", what=_admin_what(e),
-                                 detail=f"key {e.get('key_id')}: {e.get('reason')}"))
+                rows.append(_row(e, who=f"{e.get('broker')} broker", what=_admin_what(e), detail=_key_detail(e)))
         for e in self.grants:
             rows.append(_row(e, who=f"{e.get('broker')} broker", what="recorded the owner's grant",
                              detail=f"keys {_list(e.get('key_ids'))} for model {_short(e.get('model_digest'))} "
@@ -211,6 +210,16 @@ def _by_time(rows: list[Row]) -> list[Row]:
     """Broker decisions by their own sub-second time (each broker's sequence is already in time order),
     ties and untimed rows by log position."""
     return sorted(rows, key=lambda r: (r["time"] if r["time"] is not None else float("inf"), r["position"]))
+
+
+def _key_detail(e: Entry) -> str:
+    """A key's policy change in words (the parsed fields, not the broker's reason with its list syntax)."""
+    if e.get("kind") != "policy_change":
+        return f"key {e.get('key_id')}: {e.get('reason')}"
+    kind = f"{e['key_kind']} key" if e.get("key_kind") else "key"
+    measurements = e.get("key_measurements")
+    allowed = "unchanged" if measurements is None else _list(measurements, short=True)
+    return f"{kind} {e.get('key_id')}; policy {e.get('policy') or 'default'}; measurements {allowed}"
 
 
 def _admin_what(e: Entry) -> str:

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cscore.present import advice, histogram, histogram_lines, label_rule, tee_line
+
 
 def default_state_dir() -> Path:
     """$CSCORE_STATE_DIR, else .state/demo; read when a command runs (not at import), so tests can isolate."""
@@ -30,18 +32,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if args.json else print
     report = run_demo(args.state_dir, workers=args.workers, keep=args.keep, say=say)
+    if args.plot:
+        _plot(report.probabilities, args.plot, f"Batch {report.batch_id}: spam probability")
     if args.json:
         print(json.dumps(report.as_dict()))
         return 0
-    print(f"\nemails scored   {report.emails_scored}\nspam found      {report.spam_found}\n"
-          f"precision       {report.precision:.4f}\nrecall          {report.recall:.4f}\n"
+    c = report.confusion
+    print(f"\nTEE             {report.tee}\n"
+          f"emails scored   {report.emails_scored}\nspam found      {report.spam_found}\n"
+          f"label rule      {report.label_rule}\n"
+          f"precision       {report.precision:.4f}  ({c['tp']} spam caught, {c['fp']} ham flagged as spam)\n"
+          f"recall          {report.recall:.4f}  ({c['tp']} of {c['tp'] + c['fn']} spam caught, {c['fn']} missed; "
+          f"{c['tn']} ham passed)\n"
           f"wall time       {report.wall_s:.1f} s\nthroughput      {report.emails_per_s:.1f} emails/s\n"
           f"measurement     {report.measurement}\n"
+          f"results         {report.results_at}\n"
           f"audit log       {report.audit_entries} entries, "
           f"{'verified' if not report.audit_findings else 'PROBLEMS: ' + '; '.join(report.audit_findings)}")
+    print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines(report.probabilities)))
     print(f"\nS3 endpoint     {report.s3_endpoint}\nAirflow         {report.airflow_url}\n"
           f"state directory {report.state_dir}" + ("" if args.keep else "  (stack stopped; --keep leaves it up)"))
     return 0
+
+
+def _plot(probabilities: list[float], path: Path, title: str) -> None:
+    from cscore.present import plot_histogram
+
+    plot_histogram(probabilities, path, title=title)
+    print(f"histogram written to {path}", file=sys.stderr)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -170,8 +188,8 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     store = ObjectStore()
     status = wait_for_batch(store, args.tenant, args.batch, timeout=args.wait)
     if status["state"] != "succeeded":
-        print(f"batch {args.batch} failed: {status.get('reason')}\nfix the cause, then "
-              f"`cscore owner submit --resubmit {args.batch}`", file=sys.stderr)
+        reason = str(status.get("reason"))
+        print(f"batch {args.batch} failed: {reason}\n{advice(reason, args.batch)}", file=sys.stderr)
         return 1
     from cscore.demo import owner_trust  # after the wait: it loads scikit-learn
 
@@ -180,10 +198,20 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
                             anchors=anchors, policy=policy)
     if args.out:
         pq.write_table(results.table, args.out)
-    spam = sum(results.table.column("label").to_pylist())
-    summary = {"batch_id": args.batch, "emails_scored": results.table.num_rows, "spam_found": spam,
-               "receipts_verified": len(results.receipts), "measurements": results.measurements}
-    print(json.dumps(summary) if args.json else "\n".join(f"{k:18} {v}" for k, v in summary.items()))
+    labels = results.table.column("label").to_pylist()
+    probabilities = results.table.column("spam_probability").to_pylist()
+    summary = {"batch_id": args.batch, "tee": tee_line([str(r.claims.root) for r in results.receipts]),
+               "emails_scored": results.table.num_rows, "spam_found": sum(labels),
+               "label_rule": label_rule(probabilities, labels), "receipts_verified": len(results.receipts),
+               "measurements": ", ".join(results.measurements),
+               "results": str(args.out) if args.out else "not written (add --out FILE to keep them)"}
+    if args.plot:
+        _plot(probabilities, args.plot, f"Batch {args.batch}: spam probability")
+    if args.json:
+        print(json.dumps({**summary, "histogram": histogram(probabilities)}))
+        return 0
+    print("\n".join(f"{k.replace('_', ' '):18} {v}" for k, v in summary.items()))
+    print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines(probabilities)))
     return 0
 
 
@@ -275,6 +303,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--keep", action="store_true", help="leave the stack running")
     demo.add_argument("--json", action="store_true")
+    demo.add_argument("--plot", type=Path, metavar="FILE", help="also draw the score histogram as a PNG here")
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="confidential vs plaintext throughput through the same DAG and workers")
@@ -324,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--out", type=Path, help="write the decrypted results as Parquet")
     results.add_argument("--wait", type=float, default=900.0, help="seconds to wait for the batch")
     results.add_argument("--json", action="store_true")
+    results.add_argument("--plot", type=Path, metavar="FILE", help="also draw the score histogram as a PNG here")
     results.add_argument("--accept-simulated", action="store_true",
                          help="trust receipts from the simulated TEE (development stacks only)")
     trust = owner.add_parser("trust-provider",

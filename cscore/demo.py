@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from attestation import Policy, TrustAnchors
+from cscore.present import advice, confusion, histogram, label_rule, tee_line
 from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
 from sdk.corpus import CorpusEmail, fetch_corpus, load_corpus, split_corpus
@@ -45,9 +46,17 @@ class DemoReport:
     s3_endpoint: str
     airflow_url: str
     state_dir: str
+    tee: str = ""
+    label_rule: str = ""
+    results_at: str = ""
+    confusion: dict[str, int] = field(default_factory=dict)  # tp, fp, fn, tn against the corpus labels
+    histogram: list[int] = field(default_factory=list)  # emails per spam-probability bin [i/10, (i+1)/10)
+    probabilities: list[float] = field(default_factory=list, repr=False)  # for --plot; not in as_dict
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("probabilities")
+        return data
 
 
 def corpus_split() -> tuple[list[CorpusEmail], list[CorpusEmail]]:
@@ -84,13 +93,12 @@ def owner_trust(*, accept_simulated: bool) -> tuple[TrustAnchors, Policy]:
     return anchors, policy
 
 
-def score_report(results: VerifiedResults, labels: dict[str, int]) -> tuple[int, float, float]:
+def score_report(results: VerifiedResults, labels: dict[str, int]) -> tuple[dict[str, int], float, float]:
+    """(confusion counts, precision, recall) of the decrypted labels against the corpus labels."""
     ids = results.table.column("message_id").to_pylist()
-    predicted = results.table.column("label").to_pylist()
-    tp = sum(1 for i, p in zip(ids, predicted, strict=True) if p == 1 and labels[i] == 1)
-    fp = sum(1 for i, p in zip(ids, predicted, strict=True) if p == 1 and labels[i] == 0)
-    fn = sum(1 for i, p in zip(ids, predicted, strict=True) if p == 0 and labels[i] == 1)
-    return tp + fp, tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    counts = confusion(results.table.column("label").to_pylist(), [labels[i] for i in ids])
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    return counts, tp / max(tp + fp, 1), tp / max(tp + fn, 1)
 
 
 def run_demo(state_dir: Path, *, workers: int = 2, keep: bool = False,
@@ -135,14 +143,22 @@ def _run_parties(stack: LocalStack, say: Callable[[str], None]) -> DemoReport:
     say(f"[owner] submitted batch {batch.batch_id}: {batch.rows} emails, PME-encrypted, manifest signed")
     status = wait_for_batch(store, TENANT, batch.batch_id, progress=lambda s: say(f"[owner] batch is {s}"))
     if status["state"] != "succeeded":
-        raise RuntimeError(f"batch {batch.batch_id} failed: {status.get('reason')}")
+        reason = str(status.get("reason"))
+        raise RuntimeError(f"batch {batch.batch_id} failed: {reason}\n{advice(reason, batch.batch_id)}")
     anchors, policy = owner_trust(accept_simulated=True)
     results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
     wall = time.monotonic() - t0
-    spam, precision, recall = score_report(results, {e.message_id: e.label for e in held_out})
+    counts, precision, recall = score_report(results, {e.message_id: e.label for e in held_out})
     say(f"[owner] {len(results.receipts)} receipts verified; results decrypted")
     entries, findings = _audit(stack.state_dir, store, anchors, policy, say)
-    return DemoReport(batch.batch_id, results.table.num_rows, spam, precision, recall, wall,
+    probabilities = results.table.column("spam_probability").to_pylist()
+    labels = results.table.column("label").to_pylist()
+    bucket = os.environ.get("CSCORE_BUCKET", "cscore")
+    return DemoReport(batch.batch_id, results.table.num_rows, counts["tp"] + counts["fp"], precision, recall, wall,
                       results.table.num_rows / wall, ",".join(results.measurements), entries, findings,
                       stack.env.get("CSCORE_S3_ENDPOINT", ""), stack.env.get("CSCORE_AIRFLOW_URL", ""),
-                      str(stack.state_dir))
+                      str(stack.state_dir), tee=tee_line([str(r.claims.root) for r in results.receipts]),
+                      label_rule=label_rule(probabilities, labels),
+                      results_at=f"s3://{bucket}/results/{TENANT}/{batch.batch_id}/ (encrypted; `cscore owner "
+                                 f"results {batch.batch_id} --tenant {TENANT} --out FILE` decrypts them)",
+                      confusion=counts, histogram=histogram(probabilities), probabilities=probabilities)

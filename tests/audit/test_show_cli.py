@@ -69,7 +69,9 @@ def test_report_verifies_then_tells_the_batch_in_sections(scenario: Scenario) ->
     text = render_text(report)
     assert "audit HOLDS; batch succeeded" in text and "receipts    2/2 verified" in text
     assert "batch b2" not in text and "/b2/" not in text  # nothing of the other batch
-    assert "['" not in text and "–" not in text  # no Python lists, no ambiguous ranges
+    assert "['" not in json.dumps(submission) and "['" not in text and "–" not in text  # no Python lists
+    assert "model key model/spam; policy default; measurements 000102030405…" in [r["detail"] for r in submission]
+    assert "model key model/spam; policy default" in text
     assert max(len(line) for line in text.splitlines()) <= 130
     assert json.loads(json.dumps(report)) == report
 

@@ -1,0 +1,121 @@
+"""What the owner's and the demo's summaries show: the TEE, the label rule, a score histogram, and advice.
+
+Pure functions over plain values (no I/O except `plot_histogram`, which writes one PNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+BINS = 10  # histogram bins of width 0.1 over [0, 1]
+BAR = 40  # widest terminal bar, in characters
+
+
+def tee_line(roots: Sequence[str]) -> str:
+    """Which TEE signed the receipts, said plainly when it was the simulated one."""
+    if "simulated" in roots:
+        return ("SIMULATED SEV-SNP (development only: no hardware protected this batch; "
+                "a production owner refuses it without --accept-simulated)")
+    return f"hardware-attested ({', '.join(sorted(set(roots))) or 'unknown'} root)"
+
+
+def label_rule(probabilities: Sequence[float], labels: Sequence[int]) -> str:
+    """The threshold that made the labels: the model's own decision, with the observed boundary."""
+    spam = [p for p, y in zip(probabilities, labels, strict=True) if y == 1]
+    ham = [p for p, y in zip(probabilities, labels, strict=True) if y == 0]
+    seen = []
+    if spam:
+        seen.append(f"lowest spam {min(spam):.4f}")
+    if ham:
+        seen.append(f"highest ham {max(ham):.4f}")
+    return "spam when spam probability > 0.5 (the model's own label output)" + (
+        f"; observed: {', '.join(seen)}" if seen else "")
+
+
+def confusion(predicted: Sequence[int], truth: Sequence[int]) -> dict[str, int]:
+    """{"tp", "fp", "fn", "tn"} for 0/1 labels, spam = 1."""
+    pairs = list(zip(predicted, truth, strict=True))
+    return {"tp": sum(1 for p, t in pairs if p == 1 and t == 1), "fp": sum(1 for p, t in pairs if p == 1 and t == 0),
+            "fn": sum(1 for p, t in pairs if p == 0 and t == 1), "tn": sum(1 for p, t in pairs if p == 0 and t == 0)}
+
+
+def histogram(probabilities: Sequence[float], bins: int = BINS) -> list[int]:
+    """Counts per bin [i/bins, (i+1)/bins); the last bin includes 1.0."""
+    counts = [0] * bins
+    for p in probabilities:
+        counts[min(int(float(p) * bins), bins - 1)] += 1
+    return counts
+
+
+def histogram_lines(probabilities: Sequence[float], bins: int = BINS) -> list[str]:
+    """The spam-probability histogram for a terminal: one line per bin, half-open ranges, bar and count."""
+    counts = histogram(probabilities, bins)
+    top = max(counts) or 1
+    lines = []
+    for i, n in enumerate(counts):
+        lo, hi = i / bins, (i + 1) / bins
+        close = "]" if i == bins - 1 else ")"
+        bar = "#" * (round(n / top * BAR) if n else 0)
+        lines.append(f"  [{lo:.1f}, {hi:.1f}{close} {bar:<{BAR}} {n}")
+    return lines
+
+
+def plot_histogram(probabilities: Sequence[float], path: Path, *, title: str) -> Path:
+    """Write the histogram as a PNG (matplotlib, no display needed); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never a window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    try:
+        ax.hist(list(probabilities), bins=[i / BINS for i in range(BINS + 1)], color="#3a7", edgecolor="#222")
+        ax.axvline(0.5, color="#c33", linestyle="--", label="label threshold 0.5")
+        ax.set(title=title, xlabel="spam probability", ylabel="emails", xlim=(0, 1))
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+_ADVICE = [  # (words in the failure reason, what the owner can do); first match wins
+    (("no grant", "not granted", "grant"),
+     "The owner's key broker has no grant matching this batch, its model or the worker's measurement. "
+     "Resubmitting the same manifest cannot help: submit the emails again as a new batch "
+     "(`cscore owner submit ... --model NAME:VERSION --measurement HEX`), which records a new grant."),
+    (("measurement",),
+     "The workers run code whose measurement your grant or policy does not allow. Look at it with "
+     "`cscore audit show BATCH`; grant it (`--measurement HEX` on a new submit) only after reviewing that "
+     "worker image. Do not resubmit unchanged."),
+    (("debug",),
+     "A worker runs with debugging enabled, so the host could read its memory. The platform must relaunch "
+     "its workers without debug; then `cscore owner submit --resubmit BATCH`."),
+    (("tcb", "firmware", "microcode"),
+     "A worker's firmware is below the TCB floor. The platform must update it; then "
+     "`cscore owner submit --resubmit BATCH`."),
+    (("chip",),
+     "A worker runs on a chip your keys are not pinned to. Ask the platform which machines it uses, or "
+     "update the key's chip_ids; then `cscore owner submit --resubmit BATCH`."),
+    (("signature", "signed", "tenant key", "unknown tenant"),
+     "The platform could not verify your manifest's signature: check this tenant is registered "
+     "(`cscore owner register --tenant T`) with your current key; then `cscore owner submit --resubmit BATCH`."),
+    (("model", "card", "digest"),
+     "The model you chose is not published as named (or its digest changed). Check `cscore models` and "
+     "submit again with the right --model."),
+    (("unreachable", "connect", "timed out", "timeout", "unfinished", "no worker", "down"),
+     "A part was unavailable (broker, workers or storage); nothing was decrypted by anyone else. When it is "
+     "back: `cscore owner submit --resubmit BATCH` (finished shards are reused)."),
+]
+
+
+def advice(reason: str, batch_id: str) -> str:
+    """What the owner can do about a failed batch, by its failure reason."""
+    lowered = reason.lower()
+    for words, text in _ADVICE:
+        if any(w in lowered for w in words):
+            return text.replace("BATCH", batch_id)
+    return (f"Fix the cause named above, then `cscore owner submit --resubmit {batch_id}`; "
+            f"`cscore audit show {batch_id}` shows every step the log recorded.")
