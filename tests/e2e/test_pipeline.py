@@ -195,9 +195,11 @@ def test_bad_manifests_fail_with_a_named_reason(stack: LocalStack) -> None:
 
 def test_task_logs_tell_each_batch_in_sentences_with_fields(stack: LocalStack) -> None:
     batch = _state["small"].batch_id
-    lines = []
+    lines, dumped = [], []
     for path in (stack.state_dir / "airflow" / "logs").rglob("*.log"):
         for line in path.read_text(errors="replace").splitlines():
+            if "Returned value was" in line:
+                dumped.append(line[:200])
             try:
                 record = json.loads(line)
             except ValueError:
@@ -210,6 +212,11 @@ def test_task_logs_tell_each_batch_in_sentences_with_fields(stack: LocalStack) -
     assert signed and signed[0]["manifest_sha256"] and batch in signed[0]["event"]
     attested = [r for r in lines if r.get("step") == "attest"]
     assert all(r["measurement"] == code_measurement().hex() for r in attested)
+    # One worker identity (Celery's node name) and the claims digest the broker logged, for the auditor's join.
+    assert attested and all(r["worker"].startswith("cscore-worker-") and r["claims_digest"] for r in attested)
+    counts = [r for r in lines if r.get("step") == "score" and "ok /" in r["event"]]
+    assert counts and counts[-1]["failed"] == 0 and counts[-1]["ok"] == counts[-1]["total"]
+    assert not dumped, dumped  # no task's return value is dumped into its log
 
 
 def _forms(secret: bytes) -> list[bytes]:
