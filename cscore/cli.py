@@ -158,6 +158,8 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     from sdk.party import Party
     from sdk.storage import ObjectStore
 
+    if args.dry_run:
+        return _dry_run(args)
     _load_stack_env(args.state_dir)
     store = ObjectStore()
     if args.resubmit:
@@ -168,12 +170,51 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     emails = list(read_emails(args.emails))
     if not emails:
         raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
+    flagged = [e for e in emails if e.flags]
+    for e in flagged[:5]:
+        print(f"warning: {e.source} {e.message_id}: {'; '.join(e.flags)}", file=sys.stderr)
+    if flagged:
+        print(f"warning: {len(flagged)} email(s) flagged, scored as read (`--dry-run` lists them all)",
+              file=sys.stderr)
     owner = Party.from_env("owner")
     batch = submit_batch(emails, find_model(store, args.model, owner.trusted_providers()), tenant=args.tenant,
                          owner=owner, store=store,
                          measurements=measurements_to_allow(args.measurement, args.release, args.release_key))
     print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
     return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Read and check EMAILS as a submit would, and report; contacts neither S3 nor a broker."""
+    from sdk.emails import check_input
+
+    if args.emails is None:
+        raise ValueError("owner submit --dry-run: expected EMAILS (a file or folder), got none")
+    reports = check_input(args.emails)
+    refused = [r for r in reports if r.error]
+    total = sum(r.emails for r in reports)
+    ok = not refused and total > 0
+    if args.json:
+        print(json.dumps({"input": str(args.emails), "ok": ok, "emails": total, "files": [
+            {"file": r.file, "emails": r.emails, "error": r.error,
+             "flagged": [{"message_id": e.message_id, "problems": list(e.flags)} for e in r.flagged]}
+            for r in reports]}))
+        return 0 if ok else 2
+    quiet = [r for r in reports if r.emails == 1 and not r.flagged and not r.error]
+    for r in reports:
+        if r not in quiet or len(reports) <= 20:
+            state = f"REFUSED after {r.emails} email(s): {r.error}" if r.error else f"{r.emails} email(s)"
+            print(f"{r.file}: {state}" + (f", {len(r.flagged)} flagged" if r.flagged else ""))
+        for e in r.flagged:
+            print(f"  flagged {e.message_id}: {'; '.join(e.flags)}")
+    if len(reports) > 20 and quiet:
+        print(f"({len(quiet)} files of one email each, not listed; --json lists every file)")
+    flagged = sum(len(r.flagged) for r in reports)
+    verdict = ("ready to submit" if ok else "would be REFUSED: fix the files above" if refused
+               else "would be REFUSED: no emails")
+    print(f"{total} email(s) in {len(reports)} file(s), {flagged} flagged, {len(refused)} refused: {verdict} "
+          "(dry run: nothing uploaded, no key created)")
+    return 0 if ok else 2
 
 
 def cmd_owner_results(args: argparse.Namespace) -> int:
@@ -346,6 +387,10 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
     _add_release_arguments(submit)
     submit.add_argument("--resubmit", metavar="BATCH", help="upload a failed batch's manifest again")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="read and check EMAILS only: emails per file, anything flagged or refused; "
+                             "uploads nothing, creates no key, contacts no server")
+    submit.add_argument("--json", action="store_true", help="with --dry-run: the report as one JSON object")
     submit.set_defaults(func=cmd_owner_submit)
     results = owner.add_parser("results", help="fetch, verify and decrypt a batch's results")
     results.add_argument("batch")

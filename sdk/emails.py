@@ -9,26 +9,36 @@ rich header objects we do not need); measured numbers are in ``bench/scoring.py`
 
 from __future__ import annotations
 
+import binascii
+import codecs
 import html
+import io
 import json
+import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-from email import policy
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email import errors, policy
 from email.header import Header, decode_header
 from email.message import Message
 from email.parser import BytesParser
 from pathlib import Path
+from typing import BinaryIO
+
+from sdk.mbox import MMDF_SEPARATOR, split_mbox, split_mmdf
 
 _PARSER = BytesParser(policy=policy.compat32)
-_SNIFF_BYTES = 8192
+_SNIFF_BYTES = 8192  # enough to tell the format; the header block is then read whole (up to _HEAD_LIMIT)
+_HEAD_LIMIT = 1 << 20
 _JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 _EXPECTED = "an email source (.eml/.txt RFC 822 message, mbox, JSON lines or Parquet)"
 _KNOWN_HEADERS = frozenset(
     "from to cc bcc subject date message-id received return-path mime-version content-type "
     "content-transfer-encoding delivered-to reply-to sender in-reply-to references x-mailer "
-    "list-id envelope-to x-original-to".split()
+    "list-id envelope-to x-original-to status x-status x-uid x-keywords dkim-signature arc-seal "
+    "authentication-results thread-topic thread-index importance x-gm-thrid x-gmail-labels".split()
 )
+_KNOWN_HEADER_PREFIXES = ("x-", "arc-", "dkim-", "list-", "resent-", "content-", "received-", "authentication-")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _WELL_FORMED_HEAD = re.compile(rb"(?:(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])[^\r\n]*\r?\n)*")
 _USED_HEADERS = re.compile(
@@ -52,7 +62,7 @@ _MAGIC = (
 
 
 class EmailInputError(ValueError):
-    """The owner's input cannot be read as emails; the message names the file and the problem."""
+    """The owner's input cannot be read as emails; the message names the file (line, row group) and the problem."""
 
 
 class NotEmailError(EmailInputError):
@@ -61,10 +71,17 @@ class NotEmailError(EmailInputError):
 
 @dataclass(frozen=True, slots=True)
 class Email:
-    """One email to score: a unique ``message_id`` and the model's input ``text``."""
+    """One email to score: a unique ``message_id`` and the model's input ``text``.
+
+    ``source`` names the file it came from (relative to the input), ``flags`` what could not be read
+    right (an undecodable transfer encoding, ...): the text is then what could be read. Neither is
+    compared, uploaded or scored.
+    """
 
     message_id: str
     text: str
+    source: str = field(default="", compare=False)
+    flags: tuple[str, ...] = field(default=(), compare=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -77,8 +94,17 @@ def email_text(raw: bytes) -> str:
     Never raises on broken MIME, bad transfer encodings or unknown charsets (bytes that cannot be
     decoded become U+FFFD); the result is always valid Unicode (no lone surrogates).
     """
+    return _email(raw)[1]
+
+
+def _email(raw: bytes) -> tuple[Message, str, tuple[str, ...]]:
+    """The parsed message, its model text, and what could not be read right (see ``Email.flags``)."""
     msg = _parse(raw)
-    return clean_text(_subject(msg) + "\n" + _body(msg))
+    flags: list[str] = []
+    text = clean_text(_subject(msg) + "\n" + _body(msg, flags))
+    if any(isinstance(d, _BOUNDARY_DEFECTS) for part in msg.walk() for d in part.defects):
+        flags.append("multipart message whose boundary is missing: its body was read as one text")
+    return msg, text, tuple(flags)
 
 
 def _parse(raw: bytes) -> Message:
@@ -124,7 +150,9 @@ def _decode_header_value(value: str | Header) -> str:
     return "".join(out)
 
 
-def _body(msg: Message) -> str:
+def _body(msg: Message, flags: list[str] | None = None) -> str:
+    """The body text; what could not be decoded is appended to ``flags``."""
+    flags = [] if flags is None else flags
     plain: list[str] = []
     markup: list[str] = []
     for part in msg.walk():
@@ -133,7 +161,7 @@ def _body(msg: Message) -> str:
         maintype, subtype = part.get_content_maintype(), part.get_content_subtype()
         if maintype not in ("text", "multipart"):  # "multipart" here = broken: no parts found
             continue
-        text = _part_text(part)
+        text = _part_text(part, flags)
         is_html = subtype == "html" or _LOOKS_HTML.search(text) is not None  # HTML mislabelled text/plain
         (markup if is_html else plain).append(text)
     body = "\n".join(t for t in plain if t.strip())
@@ -145,15 +173,57 @@ def _is_attachment(part: Message) -> bool:
     return disposition is not None and str(disposition).strip().lower().startswith("attachment")
 
 
-def _part_text(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
+def _part_text(part: Message, flags: list[str]) -> str:
+    payload = _payload_bytes(part, flags)
+    if payload is None:
         return ""
     try:
         charset = part.get_content_charset()
     except Exception:  # a malformed charset parameter
         charset = None
     return _decode_bytes(payload, charset)
+
+
+_KNOWN_CTE = frozenset(("", "7bit", "8bit", "binary", "quoted-printable", "x-uuencode", "uuencode", "x-uue", "uue"))
+_BOUNDARY_DEFECTS = (errors.NoBoundaryInMultipartDefect, errors.StartBoundaryNotFoundDefect)
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
+_BASE64_RUN = re.compile(rb"([A-Za-z0-9+/]+)=*")
+
+
+def _payload_bytes(part: Message, flags: list[str]) -> bytes | None:
+    """The part's body with its Content-Transfer-Encoding undone, or None if it has no bytes payload."""
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().strip("\"'").lower()
+    payload = part.get_payload()
+    if cte == "base64" and isinstance(payload, str):
+        return _decode_base64(payload.encode("ascii", "surrogateescape"), flags)
+    if cte not in _KNOWN_CTE:
+        flags.append(f"unknown Content-Transfer-Encoding {cte[:40]!r}: the body was read undecoded")
+    decoded = part.get_payload(decode=True)
+    return decoded if isinstance(decoded, bytes) else None
+
+
+def _decode_base64(data: bytes, flags: list[str]) -> bytes:
+    """Decode all of a base64 body, also when it is several separately padded chunks.
+
+    The standard decoders stop at the first padding ("=="), silently dropping the rest. Characters
+    outside the alphabet and an incomplete last group cannot be decoded: they are flagged.
+    """
+    compact = b"".join(data.split())
+    if b"=" not in compact.rstrip(b"=") and len(compact) % 4 == 0:  # the common, well-formed case
+        try:
+            return binascii.a2b_base64(compact, strict_mode=True)
+        except binascii.Error:
+            pass
+    junk = len(_NOT_BASE64.findall(compact))
+    out, stray = [], 0
+    for run in _BASE64_RUN.finditer(_NOT_BASE64.sub(b"", compact)):
+        chunk = run.group(1)
+        if len(chunk) % 4 == 1:  # one lone character carries no whole byte
+            chunk, stray = chunk[:-1], stray + 1
+        out.append(binascii.a2b_base64(chunk + b"=" * (-len(chunk) % 4)))
+    if junk or stray:
+        flags.append(f"base64 body: {junk + stray} character(s) could not be decoded and were skipped")
+    return b"".join(out)
 
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
@@ -207,41 +277,108 @@ def clean_text(text: str) -> str:
 
 
 def read_emails(path: Path) -> Iterator[Email]:
-    """Yield the emails in ``path``: a folder (recursively; files sorted by name), an mbox file, a single
-    .eml/.txt message, JSON lines (``{"message_id", "raw"}`` or ``{"message_id", "subject", "body"}``) or
-    Parquet (``message_id`` and ``text`` columns, or ``message_id`` and ``raw``).
+    """Yield the emails in ``path``: a folder (recursively; files sorted by name), an mbox file (see
+    ``sdk.mbox``), a single .eml/.txt message, JSON lines (``{"message_id", "raw"}`` or
+    ``{"message_id", "subject", "body"}``; UTF-8, or UTF-16/32 with a byte-order mark) or Parquet
+    (``message_id`` and ``text`` columns, or ``message_id`` and ``raw``).
 
-    ``message_id`` is the Message-ID header when present and not seen before in this input, else the
-    file's name relative to ``path`` (``name#N`` for the N-th message of an mbox). Explicit ids in JSON
-    lines or Parquet must be unique. Raises ``NotEmailError`` for anything that is not email.
+    ``message_id`` is the owner's own id where the input has one (JSON ``message_id``, Parquet column;
+    numbers kept as written: 42 stays "42"), else the Message-ID header when present and not seen
+    before, else the file's name relative to ``path`` (``name#N`` for the N-th message of an mbox, line
+    N of JSON lines, row N of Parquet). Explicit ids must be unique. Raises ``EmailInputError`` (file,
+    line or row group, expected, found) for anything that cannot be read as email.
     """
-    path = Path(path)
     ids = _IdAllocator()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
-        if not files:
-            raise EmailInputError(f"{path}: the folder holds no files; expected {_EXPECTED}")
-        for file in files:
-            yield from _read_file(file, file.relative_to(path).as_posix(), ids)
-    elif path.is_file():
-        yield from _read_file(path, path.name, ids)
-    else:
+    for file, name in input_files(Path(path)):
+        yield from _read_file(file, name, ids)
+
+
+def input_files(path: Path) -> list[tuple[Path, str]]:
+    """The files ``read_emails`` reads, with the names ids and reports use; raises if there are none.
+
+    Skipped: hidden files, and the index files mail programs keep beside their mboxes (Apple Mail's
+    ``table_of_contents`` and ``Info.plist`` inside ``*.mbox`` folders, Thunderbird's ``*.msf``).
+    """
+    if path.is_file():
+        return [(path, path.name)]
+    if not path.is_dir():
         raise EmailInputError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _skipped(p.relative_to(path)))
+    if not files:
+        raise EmailInputError(f"{path}: the folder holds no files; expected {_EXPECTED}")
+    return [(file, file.relative_to(path).as_posix()) for file in files]
 
 
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
+def _skipped(rel: Path) -> bool:
+    if any(part.startswith(".") for part in rel.parts) or rel.suffix == ".msf":
+        return True
+    return rel.parent.name.endswith(".mbox") and rel.name in ("table_of_contents", "Info.plist")
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What one input file gave: its emails (their count and the flagged ones) or why it was refused."""
+
+    file: str
+    emails: int
+    flagged: list[Email]
+    error: str | None = None
+
+
+def check_input(path: Path) -> list[FileReport]:
+    """Read everything in ``path`` as ``read_emails`` would, without stopping at the first refusal.
+
+    For ``cscore owner submit --dry-run``: one report per file, in reading order. A duplicate id across
+    files is reported on the file where it appears the second time.
+    """
+    ids = _IdAllocator()
+    reports = []
+    for file, name in input_files(Path(path)):
+        count, flagged = 0, []
+        try:
+            for email in _read_file(file, name, ids):
+                count += 1
+                if email.flags:
+                    flagged.append(email)
+        except EmailInputError as exc:
+            reports.append(FileReport(name, count, flagged, str(exc)))
+            continue
+        reports.append(FileReport(name, count, flagged))
+    return reports
+
+
+def check_emails(emails: Iterable[Email]) -> None:
+    """Refuse a batch that cannot be written as it stands (before any key is created or byte uploaded):
+    empty or non-Unicode ids (lone surrogates), or texts that are not valid Unicode."""
+    for index, email in enumerate(emails):
+        where = f"email {index} ({email.source or 'given in code'})"
+        if not isinstance(email.message_id, str) or not email.message_id:
+            raise EmailInputError(f"{where}: expected a non-empty string message_id, found {email.message_id!r}")
+        for name, value in (("message_id", email.message_id), ("text", email.text)):
+            problem = _not_unicode(value)
+            if problem:
+                raise EmailInputError(f"{where}: {name} {problem}; expected valid Unicode")
+
+
+def _not_unicode(value: str) -> str | None:
+    """None if ``value`` encodes as UTF-8, else what is wrong with it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate {value[exc.start]!r} at character {exc.start}"
+    return None
 
 
 class _IdAllocator:
-    """Hands out unique message ids: header ids first come first served, then file-relative names."""
+    """Hands out unique message ids: explicit ids must be unique, header ids first come first served,
+    then file-relative names."""
 
     def __init__(self) -> None:
         self._seen: set[str] = set()
 
     def from_header(self, msg: Message, fallback: str) -> str:
         value = msg.get("Message-ID")
-        header_id = _decode_header_value(value).strip() if value is not None else ""
+        header_id = _header_id(value) if value is not None else ""
         if header_id and header_id not in self._seen:
             return self._take(header_id)
         candidate, n = fallback, 1
@@ -251,6 +388,10 @@ class _IdAllocator:
         return self._take(candidate)
 
     def explicit(self, message_id: str, where: str) -> str:
+        problem = _not_unicode(message_id)
+        if problem:
+            raise EmailInputError(f"{where}: message_id {problem}; expected valid Unicode "
+                                  "(a JSON \\ud800-\\udfff escape must be one of a pair): fix that id")
         if message_id in self._seen:
             raise EmailInputError(f"{where}: duplicate message_id {message_id!r}; ids must be unique")
         return self._take(message_id)
@@ -260,60 +401,128 @@ class _IdAllocator:
         return message_id
 
 
+def _header_id(value: str | Header) -> str:
+    """A Message-ID header as text: raw 8-bit bytes (kept as surrogates by the parser) as UTF-8, else cp1252."""
+    text = _decode_header_value(value).strip()
+    if _not_unicode(text) is None:
+        return text
+    data = text.encode("utf-8", "surrogateescape")
+    return clean_text(_decode_bytes(data, None))
+
+
+# --- one file: sniff the format, then read it ------------------------------------------------------
+
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32"),
+    (codecs.BOM_UTF8, "utf-8", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16"),
+)
+
+
 def _read_file(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
-    with file.open("rb") as fh:
-        head = fh.read(_SNIFF_BYTES)
-    kind = _sniff(file, head)
-    if kind == "parquet":
-        yield from _read_parquet(file, name, ids)
-    elif kind == "jsonl":
-        yield from _read_jsonl(file, name, ids)
-    elif head.startswith(b"From "):  # mbox, or one message with an mbox "From " line
-        yield from _read_mbox(file, name, ids)
-    else:
-        yield _from_raw(file.read_bytes(), name, ids)
+    with file.open("rb") as raw:
+        head = raw.read(_SNIFF_BYTES)
+        if head.startswith(b"PAR1"):
+            yield from _read_parquet(file, name, ids)
+            return
+        if head.startswith(b"PARE"):
+            raise NotEmailError(f"{file}: expected {_EXPECTED}, found Parquet encrypted with Parquet Modular "
+                                "Encryption (PME); cscore encrypts your emails itself: submit them unencrypted")
+        fh = _without_bom(file, raw, head)
+        kind = _sniff(file, fh)
+        if kind == "jsonl":
+            yield from _read_jsonl(fh, file, name, ids)
+        elif kind == "mbox":
+            yield from _read_mbox(fh, file, name, ids)
+        elif kind == "mmdf":
+            yield from _numbered(split_mmdf(fh), name, ids)
+        else:
+            yield _from_raw(_skip_blank_lines(fh.read()), name, ids)
 
 
-def _from_raw(raw: bytes, fallback_id: str, ids: _IdAllocator) -> Email:
-    msg = _parse(raw)
-    return Email(ids.from_header(msg, fallback_id), clean_text(_subject(msg) + "\n" + _body(msg)))
+def _without_bom(file: Path, raw: BinaryIO, head: bytes) -> BinaryIO:
+    """The file's bytes after its byte-order mark: UTF-16/32 text (what Windows PowerShell's ">" writes)
+    is decoded and handed on as UTF-8, so every format below sees the same bytes."""
+    for bom, codec, label in _BOMS:
+        if head.startswith(bom):
+            if codec == "utf-8":
+                raw.seek(len(bom))
+                return raw
+            try:
+                text = (head + raw.read())[len(bom):].decode(codec)
+            except UnicodeDecodeError as exc:
+                raise NotEmailError(f"{file}: found a {label} byte-order mark, but byte {exc.start + len(bom)} "
+                                    f"does not decode as {label}; save the file as UTF-8") from None
+            return io.BytesIO(text.encode("utf-8", "surrogateescape"))
+    raw.seek(0)
+    return raw
 
 
-def _sniff(file: Path, head: bytes) -> str:
-    """Return "parquet", "jsonl" or "email"; raise NotEmailError saying what the file is instead."""
-    if head.startswith(b"PAR1"):
-        return "parquet"
+def _skip_blank_lines(data: bytes) -> bytes:
+    stripped = data.lstrip(b"\r\n\t ")
+    cut = len(data) - len(stripped)
+    return data[data.rfind(b"\n", 0, cut) + 1:] if cut else data  # keep indentation of the first line
+
+
+def _sniff(file: Path, fh: BinaryIO) -> str:
+    """Return "jsonl", "mbox", "mmdf" or "email" and leave ``fh`` at the start (after any BOM); raise
+    NotEmailError saying what the file is instead. Looks at the whole header block, not a fixed prefix."""
+    start = fh.tell()
+    head = fh.read(_SNIFF_BYTES)
     for magic, what in _MAGIC:
         if head.startswith(magic):
             raise NotEmailError(f"{file}: expected {_EXPECTED}, found {what}")
     if not head.strip():
         raise NotEmailError(f"{file}: expected {_EXPECTED}, found an empty file")
     if b"\x00" in head:
-        raise NotEmailError(f"{file}: expected {_EXPECTED}, found binary data (NUL bytes)")
-    stripped = head.lstrip()
-    if stripped.startswith(b"{"):
-        return "jsonl"
-    if stripped.startswith(b"[") and file.suffix.lower() in _JSON_SUFFIXES:
+        found = "binary data (NUL bytes)" + (" or UTF-16 text without a byte-order mark" if _utf16ish(head) else "")
+        raise NotEmailError(f"{file}: expected {_EXPECTED}, found {found}")
+    text = _skip_blank_lines(head)
+    if text.startswith(b"{"):
+        kind = "jsonl"
+    elif text.startswith(b"[") and file.suffix.lower() in _JSON_SUFFIXES:
         found = "a JSON array (write one JSON object per line)"
         raise NotEmailError(f"{file}: expected {_EXPECTED}, found {found}")
-    if _looks_like_email(head):
-        return "email"
-    raise NotEmailError(f"{file}: expected {_EXPECTED}, found {_describe_text(head)}")
+    elif text.startswith(MMDF_SEPARATOR):
+        kind = "mmdf"
+    else:
+        block = _header_block(text, fh)
+        if not _looks_like_email(block):
+            raise NotEmailError(f"{file}: expected {_EXPECTED}, found {_describe_text(text)}")
+        kind = "mbox" if text.startswith(b"From ") else "email"
+    fh.seek(start)
+    return kind
+
+
+def _utf16ish(head: bytes) -> bool:
+    sample = head[:200]
+    return len(sample) >= 4 and (sample[1::2].count(0) > len(sample) // 3 or sample[0::2].count(0) > len(sample) // 3)
+
+
+def _header_block(text: bytes, fh: BinaryIO) -> bytes:
+    """``text`` extended from ``fh`` until it holds the first blank line (at most _HEAD_LIMIT bytes)."""
+    while not _HEADER_END.search(text) and len(text) < _HEAD_LIMIT:
+        more = fh.read(_SNIFF_BYTES * 8)
+        if not more:
+            break
+        text += more
+    end = _HEADER_END.search(text)
+    return text[: end.start() + 1] if end else text
 
 
 def _looks_like_email(head: bytes) -> bool:
-    """True if the text starts with an RFC 822 header block holding at least one well-known header."""
-    lines = head.split(b"\n")[:-1] or head.split(b"\n")  # drop the last, maybe truncated, line
+    """True if ``head`` (a header block, maybe after an mbox "From " line) holds a well-known header."""
+    lines = head.split(b"\n")
     if lines and lines[0].startswith(b"From "):
         lines = lines[1:]
     if not lines or not _HEADER_LINE.match(lines[0]):
         return False
     for line in lines:
-        if not line.strip(b"\r"):
-            break
         match = _HEADER_LINE.match(line)
-        if match and match.group(1).decode("ascii").lower() in _KNOWN_HEADERS:
-            return True
+        if match:
+            name = match.group(1).decode("ascii").lower()
+            if name in _KNOWN_HEADERS or name.startswith(_KNOWN_HEADER_PREFIXES):
+                return True
     return False
 
 
@@ -326,9 +535,17 @@ def _describe_text(head: bytes) -> str:
     return f"text without email headers (first line: {first[:80]!r})"
 
 
-def _read_mbox(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
+def _from_raw(raw: bytes, fallback_id: str, ids: _IdAllocator, source: str | None = None) -> Email:
+    msg, text, flags = _email(raw)
+    return Email(ids.from_header(msg, fallback_id), text, source or fallback_id, flags)
+
+
+def _read_mbox(fh: BinaryIO, file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
     """Messages of an mbox; fallback ids ``name#N``, or plain ``name`` when the file holds one message."""
-    messages = _mbox_messages(file)
+    yield from _numbered(split_mbox(fh), name, ids)
+
+
+def _numbered(messages: Iterator[bytes], name: str, ids: _IdAllocator) -> Iterator[Email]:
     first = next(messages, None)
     second = next(messages, None)
     if second is None:
@@ -336,65 +553,81 @@ def _read_mbox(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
             yield _from_raw(first, name, ids)
         return
     assert first is not None  # a second message implies a first
-    yield _from_raw(first, f"{name}#1", ids)
-    yield _from_raw(second, f"{name}#2", ids)
+    yield _from_raw(first, f"{name}#1", ids, name)
+    yield _from_raw(second, f"{name}#2", ids, name)
     for index, raw in enumerate(messages, start=3):
-        yield _from_raw(raw, f"{name}#{index}", ids)
+        yield _from_raw(raw, f"{name}#{index}", ids, name)
 
 
-def _mbox_messages(file: Path) -> Iterator[bytes]:
-    """Split an mbox on ``From <sender> <date>`` lines that follow a blank line (or start the file).
-
-    The date (a time of day) must be there: an unescaped body line like "From now on..." is not a
-    separator, as in mutt's is_from()."""
-    current: list[bytes] = []
-    previous_blank = True
-    with file.open("rb") as fh:
-        for line in fh:
-            if previous_blank and current and line.startswith(b"From ") and _MBOX_FROM.match(line):
-                yield b"".join(current)
-                current = []
-            current.append(line)
-            previous_blank = not line.strip()
-    if current:
-        yield b"".join(current)
+# --- JSON lines ------------------------------------------------------------------------------------
 
 
-def _read_jsonl(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
-    with file.open("rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                found = f"invalid JSON ({exc})"
-                raise NotEmailError(f"{where}: expected a JSON object per line, found {found}") from None
-            yield _from_json(obj, where, f"{name}#{lineno}", ids)
+class _JsonNumber(str):
+    """A JSON number kept as written (42 stays "42", not 42.0): ids are the owner's, exactly."""
 
 
-def _from_json(obj: object, where: str, fallback_id: str, ids: _IdAllocator) -> Email:
+def _read_jsonl(fh: BinaryIO, file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
+    for lineno, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{lineno}"
+        try:
+            obj = json.loads(line, parse_int=_JsonNumber, parse_float=_JsonNumber)
+        except UnicodeDecodeError as exc:
+            raise NotEmailError(f"{where}: expected UTF-8 text, found byte {exc.object[exc.start]:#04x} at "
+                                f"column {exc.start + 1}; save the file as UTF-8") from None
+        except ValueError as exc:
+            found = f"invalid JSON ({exc})"
+            raise NotEmailError(f"{where}: expected a JSON object per line, found {found}") from None
+        yield _from_json(obj, where, f"{name}#{lineno}", name, ids)
+
+
+def _from_json(obj: object, where: str, fallback_id: str, source: str, ids: _IdAllocator) -> Email:
     if not isinstance(obj, dict):
-        raise NotEmailError(f"{where}: expected a JSON object, found {type(obj).__name__}")
-    if isinstance(obj.get("raw"), str):
-        msg = _parse(obj["raw"].encode("utf-8", errors="surrogateescape"))
-        text = clean_text(_subject(msg) + "\n" + _body(msg))
-        header_fallback = fallback_id
-    elif isinstance(obj.get("subject"), str) or isinstance(obj.get("body"), str):
+        raise NotEmailError(f"{where}: expected a JSON object, found {_json_type(obj)}")
+    msg: Message | None = None
+    flags: tuple[str, ...] = ()
+    if _is_text(obj.get("raw")):
+        msg, text, flags = _email(_utf8(obj["raw"]))
+    elif _is_text(obj.get("subject")) or _is_text(obj.get("body")):
         text = clean_text(f"{obj.get('subject') or ''}\n{obj.get('body') or ''}")
-        msg, header_fallback = None, fallback_id
     else:
         raise NotEmailError(
             f"{where}: expected keys message_id with raw, or message_id with subject/body (strings); "
             f"found keys {sorted(obj)}"
         )
     explicit = obj.get("message_id")
-    if isinstance(explicit, str) and explicit:
-        return Email(ids.explicit(explicit, where), text)
+    if explicit is not None and not isinstance(explicit, str):
+        raise NotEmailError(f"{where}: message_id: expected a string or an integer, found {_json_type(explicit)}")
+    if explicit:  # the owner's id wins over a Message-ID header
+        return Email(ids.explicit(str.__str__(explicit), where), text, source, flags)
     if msg is not None:
-        return Email(ids.from_header(msg, header_fallback), text)
-    return Email(ids.explicit(header_fallback, where), text)
+        return Email(ids.from_header(msg, fallback_id), text, source, flags)
+    return Email(ids.explicit(fallback_id, where), text, source, flags)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and not isinstance(value, _JsonNumber)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return {dict: "an object", list: "an array", float: f"the number {value}"}.get(type(value), type(value).__name__)
+
+
+def _utf8(text: str) -> bytes:
+    """A JSON string as the bytes of the message it holds (lone surrogates from \\udcXX escapes are the
+    bytes surrogateescape stands for; other lone surrogates become U+FFFD)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+# --- Parquet ---------------------------------------------------------------------------------------
+
+_EXACT_FLOAT = 2.0**53  # above this a float64 no longer holds every integer: an id may have changed
 
 
 def _read_parquet(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
@@ -403,7 +636,7 @@ def _read_parquet(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
     try:
         pf = pq.ParquetFile(file)
     except Exception as exc:
-        found = f"an unreadable Parquet file ({exc})"
+        found = _parquet_problem(exc)
         raise NotEmailError(f"{file}: expected {_EXPECTED}, found {found}") from None
     columns = set(pf.schema_arrow.names)
     body = "text" if "text" in columns else "raw" if "raw" in columns else None
@@ -411,22 +644,71 @@ def _read_parquet(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
         raise NotEmailError(
             f"{file}: expected Parquet columns message_id and text (or raw), found columns {sorted(columns)}"
         )
+    _check_id_type(file, pf.schema_arrow.field("message_id").type)
     row = 0
-    for batch in pf.iter_batches(columns=["message_id", body]):
-        for message_id, value in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+    for group in range(pf.metadata.num_row_groups):
+        where = f"{file} row group {group} (rows {row + 1}-{row + pf.metadata.row_group(group).num_rows})"
+        for message_id, value in _row_group(pf, group, body, where):
             row += 1
-            yield _from_parquet_row(message_id, value, body, f"{file} row {row}", f"{name}#{row}", ids)
+            yield _from_parquet_row(message_id, value, body, f"{file} row {row}", f"{name}#{row}", name, ids)
+
+
+def _row_group(pf: object, group: int, body: str, where: str) -> list[tuple[object, object]]:
+    """One row group's (message_id, body) values; a damaged page raises naming the row group."""
+    try:
+        table = pf.read_row_group(group, columns=["message_id", body])  # type: ignore[attr-defined]
+        return list(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
+    except Exception as exc:  # pyarrow's errors (OSError, ArrowInvalid, UnicodeDecodeError) name no file
+        raise EmailInputError(f"{where}: cannot be read, found {_parquet_problem(exc)}; the file is damaged or "
+                              "cut short: write it again from its source") from None
+
+
+def _parquet_problem(exc: Exception) -> str:
+    text = str(exc)
+    if "encrypt" in text.lower():
+        return ("Parquet encrypted with Parquet Modular Encryption (PME); cscore encrypts your emails itself: "
+                "submit them unencrypted")
+    return f"an unreadable Parquet file ({type(exc).__name__}: {text})"
+
+
+def _check_id_type(file: Path, arrow_type: object) -> None:
+    import pyarrow as pa
+
+    t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type  # type: ignore[attr-defined]
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+            or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t)):
+        raise NotEmailError(f"{file}: column message_id: expected strings or integers, found type {t}")
+
+
+def _parquet_id(value: object, where: str) -> str | None:
+    """The id as the owner wrote it; None when missing. Floats that hold an integer lose the ".0"
+    (pandas writes integer ids as float64 when one is missing)."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or abs(value) >= _EXACT_FLOAT:
+            raise EmailInputError(f"{where}: message_id {value!r} is a float64 beyond 2**53, where integer ids "
+                                  "are no longer exact; write the column as int64 or string")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EmailInputError(f"{where}: message_id {value[:40]!r}: expected UTF-8 bytes") from None
+    return str(value)
 
 
 def _from_parquet_row(
-    message_id: object, value: object, body: str, where: str, fallback_id: str, ids: _IdAllocator
+    message_id: object, value: object, body: str, where: str, fallback_id: str, source: str, ids: _IdAllocator
 ) -> Email:
+    flags: tuple[str, ...] = ()
     if body == "raw":
-        raw = value if isinstance(value, bytes) else str(value or "").encode("utf-8", "surrogateescape")
-        text = email_text(raw)
+        raw = value if isinstance(value, bytes) else _utf8(str(value or ""))
+        _, text, flags = _email(raw)
     elif value is None or isinstance(value, str):
         text = clean_text(value or "")
     else:
         raise NotEmailError(f"{where}: expected column text to hold strings, found {type(value).__name__}")
-    chosen = str(message_id) if message_id not in (None, "") else fallback_id
-    return Email(ids.explicit(chosen, where), text)
+    chosen = _parquet_id(message_id, where) or fallback_id
+    return Email(ids.explicit(chosen, where), text, source, flags)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from enclave.pme import EncryptedParquet, PmeKeys, write_encrypted
 from enclave.signing import sign_json
 from sdk.broker_admin import BrokerAdmin
-from sdk.emails import Email
+from sdk.emails import Email, check_emails
 from sdk.models import ModelListing
 from sdk.party import Party
 from sdk.storage import ObjectStore
@@ -92,6 +92,7 @@ def submit_batch(
     ids = [e.message_id for e in emails]
     if len(set(ids)) != len(ids):
         raise BatchError("emails.message_id: expected unique ids, got duplicates")
+    check_emails(emails)  # every refusal before any broker key is created or any byte uploaded
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_batch(tenant, batch_id)
     broker = None if plaintext_baseline else owner.broker()

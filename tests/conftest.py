@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,15 @@ def _isolated_environment(request: pytest.FixtureRequest,
             del os.environ[name]
     if changed:
         pytest.fail(LEAK_MESSAGE + ", ".join(changed), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def owner_inputs() -> Path:
+    """The shared owner-input fixtures (`shared/fixtures/owner-inputs`, beside or above the repository)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [base / "shared" / "fixtures" / "owner-inputs" for base in (repo, *repo.parents)]
+    found = next((c for c in candidates if (c / "README.md").is_file()), None)
+    if found is None:
+        pytest.fail(f"owner-input fixtures not found: expected shared/fixtures/owner-inputs/README.md in {repo} or "
+                    "a folder above it (the project's shared folder, ../shared for /work/main)", pytrace=False)
+    return found

@@ -15,7 +15,17 @@ from hypothesis import strategies as st
 
 import sdk.emails as emails_mod
 from sdk.corpus import CorpusEmail
-from sdk.emails import _LOOKS_HTML, Email, EmailInputError, NotEmailError, clean_text, email_text, read_emails
+from sdk.emails import (
+    _LOOKS_HTML,
+    Email,
+    EmailInputError,
+    NotEmailError,
+    check_emails,
+    clean_text,
+    email_text,
+    read_emails,
+)
+from sdk.mbox import is_from_line
 
 
 def _msg(headers: str, body: bytes | str = b"") -> bytes:
@@ -173,7 +183,10 @@ def test_corpus_folder_reads_as_emails(corpus: list[CorpusEmail], tmp_path: Path
         (tmp_path / f"{e.message_id.split('/')[1]}.eml").write_bytes(e.raw)
     emails = list(read_emails(tmp_path))
     assert len(emails) == 40 and len({e.message_id for e in emails}) == 40
-    assert [e.text for e in emails] == [email_text(e.raw) for e in corpus[:40]]
+    # Corpus files start with an mbox "From " line: one-message mboxes, whose ">From " quoting is undone.
+    unquoted = [re.sub(rb"(?m)^>(>*From )", rb"\1", e.raw) if e.raw.startswith(b"From ") else e.raw
+                for e in corpus[:40]]
+    assert [e.text for e in emails] == [email_text(raw) for raw in unquoted]
 
 
 def test_mbox_splits_on_from_lines_after_blank_lines(tmp_path: Path) -> None:
@@ -329,3 +342,241 @@ def test_fast_header_path_gives_the_full_parse_text_on_the_corpus(corpus: list[C
 def test_fast_header_path_matches_full_parse_on_generated_mail(lines: list[bytes]) -> None:
     raw = b"".join(lines)
     assert email_text(raw) == _full_parse_text(raw)
+
+
+# --- the shared owner-input fixtures: the README's correct outcome for each -----------------------
+
+
+def test_shared_fixture_outcomes_are_all_covered(owner_inputs: Path) -> None:
+    listed = set(re.findall(r"^\| ([\w.-]+\.\w+) \|", (owner_inputs / "README.md").read_text(), re.MULTILINE))
+    assert listed == {p.name for p in owner_inputs.iterdir() if p.name != "README.md"} == set(FIXTURE_OUTCOMES)
+
+
+FIXTURE_OUTCOMES = {
+    "mboxo-unescaped.mbox": ["<m1@example.test>", "<m2@example.test>"],
+    "body-from-with-time-words.mbox": ["<w1@example.test>", "<w2@example.test>"],
+    "mboxrd-escaped.mbox": ["<r1@example.test>", "<r2@example.test>"],
+    "leading-blank-line.mbox": ["<lb1@example.test>", "<lb2@example.test>"],
+    "b64-padding.eml": ["<b64pad@example.test>"],
+    "float-id-pandas-nan.parquet": ["101", "float-id-pandas-nan.parquet#2", "103"],
+    "int-message-id.jsonl": ["42", "43"],
+    "utf16-powershell.jsonl": ["j1", "j2"],
+    "corrupt-page.parquet": r"corrupt-page\.parquet row group 0 \(rows 1-50\): cannot be read",
+    "surrogate-message-id.jsonl": r"surrogate-message-id\.jsonl:1: message_id holds a lone surrogate '\\udc80'",
+    "already-pme-encrypted.parquet": r"already-pme-encrypted\.parquet: .*found Parquet encrypted with Parquet "
+                                     r"Modular Encryption \(PME\)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_OUTCOMES))
+def test_shared_fixture_reads_as_its_readme_says(owner_inputs: Path, name: str) -> None:
+    expected = FIXTURE_OUTCOMES[name]
+    if isinstance(expected, str):  # a refusal naming the file (and line or row group) and the problem
+        with pytest.raises(EmailInputError, match=expected) as info:
+            list(read_emails(owner_inputs / name))
+        assert "binary data" not in str(info.value) and "no email headers" not in str(info.value)
+        return
+    emails = list(read_emails(owner_inputs / name))
+    assert [e.message_id for e in emails] == expected
+    assert not any(e.flags for e in emails) and all(e.source == name for e in emails)
+
+
+def test_shared_mbox_bodies_are_whole_and_mboxrd_quoting_is_undone(owner_inputs: Path) -> None:
+    first = next(read_emails(owner_inputs / "mboxo-unescaped.mbox"))
+    assert first.text == "agenda\nHi all,\n\nFrom 9:30 to 10:15 we review the budget.\nbye\n"
+    words = next(read_emails(owner_inputs / "body-from-with-time-words.mbox"))
+    assert words.text == "shift\nSchedule:\n\nFrom Monday, doors open 8:00 sharp.\nthanks\n"
+    quoted = next(read_emails(owner_inputs / "mboxrd-escaped.mbox"))
+    assert quoted.text.splitlines()[-2:] == ["From 9:30 to 10:15 we review.", ">From here on"]
+
+
+def test_shared_base64_in_two_padded_chunks_is_read_whole(owner_inputs: Path) -> None:
+    (email,) = read_emails(owner_inputs / "b64-padding.eml")
+    assert email.text == "b64\nfirst half of the textSECOND HALF WIN A PRIZE NOW"
+
+
+# --- mbox: every variant and exporter ------------------------------------------------------------
+
+@pytest.mark.parametrize("separator", [
+    b"From ann@example.test Mon Jan  6 09:15:02 2025",  # mutt, Apple Mail
+    b"From 1588294213521542066@xxx Mon Jan 06 09:15:02 +0000 2025",  # Gmail Takeout
+    b"From - Mon Jan  6 09:15:02 2025",  # Thunderbird
+    b"From ???@??? Mon Jan 06 09:15:02 2025",  # Eudora
+    b"From MAILER-DAEMON Mon Jan  6 09:15 2025",  # no seconds
+    b"From ann@example.test Mon Jan  6 09:15:02 PST 2025 remote from x",  # zone name, UUCP suffix
+    b"From ann@example.test Mon, 6 Jan 2025 09:15:02 +0000",  # RFC 2822 date
+    b'From "ann smith"@example.test Mon Jan  6 09:15:02 2025',  # quoted local part
+])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("blank_before_separator", [True, False])
+def test_mbox_separators_as_exporters_write_them(tmp_path: Path, separator: bytes, newline: bytes,
+                                                 blank_before_separator: bool) -> None:
+    blank = b"\n" if blank_before_separator else b""
+    text = (separator + b"\nMessage-ID: <1@x>\nSubject: one\n\nHi all,\n\nFrom 9:30 to 10:15 we meet.\nbye\n"
+            + blank
+            + separator + b"\nMessage-ID: <2@x>\nSubject: two\n\n>From the minutes\n>>From the quote\n" + blank
+            + separator + b"\nSubject: three\n\nthird\n")
+    (tmp_path / "box.mbox").write_bytes(text.replace(b"\n", newline))
+    emails = [Email(e.message_id, e.text.replace("\r", "")) for e in read_emails(tmp_path / "box.mbox")]
+    assert emails == [Email("<1@x>", "one\nHi all,\n\nFrom 9:30 to 10:15 we meet.\nbye\n"),
+                      Email("<2@x>", "two\nFrom the minutes\n>From the quote\n"),  # mboxrd: one ">" less
+                      Email("box.mbox#3", "three\nthird\n")]
+
+
+@pytest.mark.parametrize(("line", "separator"), [
+    (b"From ann@example.test Mon Jan  6 09:15:02 2025\n", True),
+    (b"From - Thu Jan 30 21:07:37 +0000 2020\r\n", True),
+    (b"From 9:30 to 10:15 we review the budget.\n", False),
+    (b"From Monday, doors open 8:00 sharp.\n", False),
+    (b"From here on Mon Jan this is text\n", False),
+    (b"From: ann@example.test\n", False),
+    (b">From ann@example.test Mon Jan  6 09:15:02 2025\n", False),
+])
+def test_is_from_line_wants_a_date(line: bytes, separator: bool) -> None:
+    assert is_from_line(line) is separator
+
+
+def _cl_message(n: int, body: bytes) -> bytes:
+    return (f"From ann@example.test Mon Jan  6 09:15:0{n} 2025\nMessage-ID: <cl{n}@x>\nSubject: s{n}\n"
+            f"Content-Length: {len(body)}\n\n").encode() + body + b"\n"
+
+
+def test_mboxcl2_content_length_keeps_unquoted_from_lines_in_the_body(tmp_path: Path) -> None:
+    body = b"quoted mail follows\nFrom bob@example.test Tue Jan  7 10:00:00 2025\n>From stays as written\n"
+    (tmp_path / "cl2.mbox").write_bytes(_cl_message(1, body) + _cl_message(2, b"two\n"))
+    emails = list(read_emails(tmp_path / "cl2.mbox"))
+    assert [e.message_id for e in emails] == ["<cl1@x>", "<cl2@x>"]
+    assert emails[0].text == "s1\n" + body.decode()
+
+
+def test_mboxcl_quoting_is_undone_and_a_wrong_content_length_is_not_trusted(tmp_path: Path) -> None:
+    body = b"line\n>From the quote\n"
+    wrong = _cl_message(1, body).replace(b"Content-Length: 22", b"Content-Length: 5")
+    (tmp_path / "cl.mbox").write_bytes(wrong + _cl_message(2, b"two\n"))
+    emails = list(read_emails(tmp_path / "cl.mbox"))
+    assert [e.text for e in emails] == ["s1\nline\nFrom the quote\n", "s2\ntwo\n"]
+
+
+def test_mbox_whose_first_line_has_no_date_splits_after_blank_lines(tmp_path: Path) -> None:
+    (tmp_path / "lax.mbox").write_bytes(b"From ann\nSubject: a\n\nbody a\nFrom here on\n\n"
+                                        b"From bob\nSubject: b\n\nbody b\n")
+    assert [e.text for e in read_emails(tmp_path / "lax.mbox")] == ["a\nbody a\nFrom here on\n", "b\nbody b\n"]
+
+
+def test_mmdf_mailbox(tmp_path: Path) -> None:
+    sep = b"\x01\x01\x01\x01\n"
+    second = b"From a@x Mon Jan  6 09:15:02 2025\nSubject: b\n\nbee\n"  # a "From " line some writers add
+    box = sep + b"Subject: a\n\nFrom 9:30 on\n" + sep + sep + second + sep
+    (tmp_path / "box.mmdf").write_bytes(box)
+    assert [e.text for e in read_emails(tmp_path / "box.mmdf")] == ["a\nFrom 9:30 on\n", "b\nbee\n"]
+
+
+def test_apple_mail_and_thunderbird_export_folders(tmp_path: Path) -> None:
+    bundle = tmp_path / "Inbox.mbox"
+    bundle.mkdir()
+    (bundle / "mbox").write_bytes(b"From a@x Mon Jan  6 09:15:02 2025\nSubject: apple\n\nx\n")
+    (bundle / "table_of_contents").write_bytes(b"\x00\x01binary index")
+    (bundle / "Info.plist").write_bytes(b"<?xml version='1.0'?><plist/>")
+    (tmp_path / "Sent").write_bytes(b"From - Mon Jan  6 09:15:02 2025\nSubject: bird\n\ny\n")
+    (tmp_path / "Sent.msf").write_bytes(b"// <!-- <mdb:mork:z v=\"1.4\"/> -->\n")
+    assert [e.text for e in read_emails(tmp_path)] == ["apple\nx\n", "bird\ny\n"]
+
+
+# --- transfer encodings decoded whole, or flagged -------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=60).map(lambda b: b"x" + b), min_size=1, max_size=5))
+def test_base64_of_separately_padded_chunks_decodes_whole(chunks: list[bytes]) -> None:
+    body = b"\r\n".join(base64.b64encode(c) for c in chunks)
+    raw = _msg("Subject: s\nContent-Type: text/plain; charset=latin-1\nContent-Transfer-Encoding: base64", body)
+    msg, text, flags = emails_mod._email(raw)
+    assert text == clean_text("s\n" + b"".join(chunks).decode("latin-1")) and flags == ()
+
+
+def test_undecodable_transfer_encodings_are_flagged(tmp_path: Path) -> None:
+    (tmp_path / "a.eml").write_bytes(_msg("Subject: a\nContent-Transfer-Encoding: base64", "aGVsbG8gd29ybGQ=\r\nx!"))
+    (tmp_path / "b.eml").write_bytes(_msg("Subject: b\nContent-Transfer-Encoding: x-gzip64", "H4sI"))
+    (tmp_path / "c.eml").write_bytes(_msg("Subject: c\nContent-Type: multipart/mixed", "no parts"))
+    a, b, c = read_emails(tmp_path)
+    assert a.text == "a\nhello world" and a.flags == ("base64 body: 2 character(s) could not be decoded and were "
+                                                      "skipped",)
+    assert b.flags == ("unknown Content-Transfer-Encoding 'x-gzip64': the body was read undecoded",)
+    assert "boundary is missing" in c.flags[0] and c.text == "c\nno parts"
+
+
+# --- format detection reads the header block, not a prefix ----------------------------------------
+
+
+@pytest.mark.parametrize("content", [
+    b"X-Long: " + b"a" * 20000 + b"\nSubject: long first header\n\nbody\n",
+    b"ARC-Seal: i=1; a=rsa-sha256\nX-Custom: 1\n\nbody\n",
+    b"\xef\xbb\xbfFrom: a@x\nSubject: BOM\n\nbody\n",
+    b"\n\n  \nFrom: a@x\nSubject: blank lines first\n\nbody\n",
+    "\ufeffFrom: a@x\nSubject: UTF-16\n\nbody\n".encode("utf-16-le"),
+])
+def test_valid_email_is_not_refused_for_its_first_kilobytes(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "m.eml").write_bytes(content)
+    (email,) = read_emails(tmp_path / "m.eml")
+    assert email.text.endswith("\nbody\n")
+
+
+def test_utf8_bom_jsonl_and_mbox(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"message_id": "j", "body": "b"}\n')
+    (tmp_path / "b.mbox").write_bytes(b"\xef\xbb\xbfFrom a@x Mon Jan  6 09:15:02 2025\nSubject: m\n\nx\n")
+    assert [e.message_id for e in read_emails(tmp_path)] == ["j", "b.mbox"]
+
+
+def test_utf16_without_bom_is_named(tmp_path: Path) -> None:
+    (tmp_path / "u.jsonl").write_bytes('{"message_id": "j", "body": "b"}\n'.encode("utf-16-le"))
+    with pytest.raises(NotEmailError, match="UTF-16"):
+        list(read_emails(tmp_path / "u.jsonl"))
+
+
+# --- ids kept exactly as the owner gave them --------------------------------------------------------
+
+
+def test_json_ids_are_kept_as_written_and_win_over_headers(tmp_path: Path) -> None:
+    rows = ['{"message_id": 7, "raw": "Message-ID: <h@x>\\n\\nb"}', '{"message_id": 1.50, "body": "b"}',
+            '{"message_id": 12345678901234567890, "body": "b"}',
+            '{"message_id": null, "raw": "Message-ID: <n@x>\\n\\nb"}']
+    (tmp_path / "ids.jsonl").write_text("\n".join(rows) + "\n")
+    ids = [e.message_id for e in read_emails(tmp_path / "ids.jsonl")]
+    assert ids == ["7", "1.50", "12345678901234567890", "<n@x>"]
+
+
+@pytest.mark.parametrize("value", ["true", "[1]", '{"a": 1}', "NaN"])
+def test_json_ids_of_other_types_are_refused_naming_the_line(tmp_path: Path, value: str) -> None:
+    lines = ['{"message_id": "ok", "body": "b"}', '{"message_id": ' + value + ', "body": "b"}']
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(NotEmailError, match=r"bad\.jsonl:2: message_id: expected a string or an integer, found"):
+        list(read_emails(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.parametrize(("column", "ids"), [
+    (pa.array([101, 102], pa.int64()), ["101", "102"]),
+    (pa.array([101.0, float("nan")], pa.float64()), ["101", "t.parquet#2"]),
+    (pa.array([1.5, None], pa.float32()), ["1.5", "t.parquet#2"]),
+    (pa.array(["a", "b"]).dictionary_encode(), ["a", "b"]),
+    (pa.array([b"x1", b"x2"], pa.binary()), ["x1", "x2"]),
+])
+def test_parquet_ids_of_every_column_type(tmp_path: Path, column: pa.Array, ids: list[str]) -> None:
+    pq.write_table(pa.table({"message_id": column, "text": ["a", "b"]}), tmp_path / "t.parquet")
+    assert [e.message_id for e in read_emails(tmp_path / "t.parquet")] == ids
+
+
+def test_parquet_float_ids_beyond_exact_integers_and_odd_types_are_refused(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"message_id": [2.0**60], "text": ["a"]}), tmp_path / "big.parquet")
+    with pytest.raises(EmailInputError, match=r"big\.parquet row 1: message_id .* beyond 2\*\*53"):
+        list(read_emails(tmp_path / "big.parquet"))
+    pq.write_table(pa.table({"message_id": pa.array([[1]]), "text": ["a"]}), tmp_path / "list.parquet")
+    with pytest.raises(NotEmailError, match=r"list\.parquet: column message_id: expected strings or integers"):
+        list(read_emails(tmp_path / "list.parquet"))
+
+
+def test_check_emails_refuses_what_cannot_be_written(tmp_path: Path) -> None:
+    check_emails([Email("a", "text"), Email("b", "")])
+    with pytest.raises(EmailInputError, match=r"email 1 \(x\.jsonl\): message_id holds a lone surrogate"):
+        check_emails([Email("a", "t"), Email("b\udc80", "t", source="x.jsonl")])
+    with pytest.raises(EmailInputError, match="non-empty string message_id"):
+        check_emails([Email("", "t")])
