@@ -190,3 +190,52 @@ def test_inclusion_of_an_interior_node_as_a_leaf_is_refused() -> None:
     with pytest.raises(ProofError):
         verify_inclusion(0, 4, pair, TREE.inclusion_proof(0, 4)[1:], TREE.root(4))
     assert leaf_hash(b"leaf-0") == TREE.leaf_hash_at(0)
+
+
+# -- every Merkle refusal says what did not hold ------------------------------------------------------
+
+def _says(call: object) -> str:
+    with pytest.raises(ProofError) as err:
+        call()  # type: ignore[operator]
+    return str(err.value)
+
+
+def test_merkle_refusals_name_what_did_not_hold() -> None:
+    r, leaf0, leaf1, path0 = TREE.root, TREE.leaf_hash_at(0), TREE.leaf_hash_at(1), TREE.inclusion_proof(0, 4)
+    p37 = TREE.consistency_proof(3, 7)
+    cases = [
+        (lambda: TREE.inclusion_proof(4, 4), "inclusion proof: index expected in [0, 4), got 4"),
+        (lambda: TREE.root(18), "tree size expected in [0, 17], got 18"),
+        (lambda: TREE.consistency_proof(5, 4), "consistency proof: old size expected in [0, 4], got 5"),
+        (lambda: verify_inclusion(4, 4, leaf0, path0, r(4)), "inclusion proof: index expected in [0, 4), got 4"),
+        (lambda: verify_inclusion(0, 4, leaf0[:31], path0, r(4)),
+         "inclusion proof: expected 32-byte hashes, got one of 31 bytes"),
+        (lambda: verify_inclusion(0, 4, leaf0, [*path0, r(1)], r(4)),
+         "inclusion proof: expected at most 2 hashes, got 3"),
+        (lambda: verify_inclusion(0, 4, leaf0, path0[:-1], r(4)),
+         "inclusion proof: too short (1 hashes) for index 0 of size 4"),
+        (lambda: verify_inclusion(0, 4, leaf1, path0, r(4)),
+         f"inclusion proof: leaf 0 of size 4 leads to root {node_hash(node_hash(leaf1, leaf1), path0[1]).hex()}, "
+         f"expected {r(4).hex()}"),
+        (lambda: verify_consistency(3, 3, [r(1)], r(3), r(3)),
+         "consistency proof: expected no hashes from size 3 to 3, got 1"),
+        (lambda: verify_consistency(3, 7, [*p37, r(1)], r(3), r(7)),
+         "consistency proof from 3 to 7: too many hashes (5)"),
+        (lambda: verify_consistency(3, 7, p37[:-1], r(3), r(7)), "consistency proof from 3 to 7: too few hashes (3)"),
+        (lambda: verify_consistency(3, 7, p37, r(3)[:31], r(7)),
+         "consistency proof: expected 32-byte hashes, got one of 31 bytes"),
+    ]
+    for call, message in cases:
+        assert _says(call) == message
+    first = _says(lambda: verify_consistency(3, 7, p37, r(2), r(7)))
+    assert first.startswith("consistency proof: the first 3 leaves hash to ") and first.endswith(r(2).hex())
+    second = _says(lambda: verify_consistency(3, 7, p37, r(3), r(6)))
+    assert second.startswith("consistency proof: the 7 leaves hash to ") and second.endswith(r(6).hex())
+
+
+def test_merkle_tree_bookkeeping() -> None:
+    tree = MerkleTree()
+    assert [tree.append(b"a"), tree.append(b"b")] == [0, 1]
+    assert tree.consistency_proof(0, 2) == [] and tree.consistency_proof(2, 2) == []
+    hashed = MerkleTree.from_leaf_hashes([TREE.leaf_hash_at(i) for i in range(5)])
+    assert hashed.size == 5 and hashed.root() == TREE.root(5)
