@@ -1,0 +1,137 @@
+"""Mutation testing of the security-critical modules with mutmut: how many one-line changes do the tests catch?
+
+A benchmark, not part of the test suite (CPU-heavy: minutes per module). For each module it copies the
+tracked files of the repository into a scratch folder, configures mutmut there to mutate that one module
+and to run only the tests that exercise it, runs mutmut (``nice -n 19``, one child by default), and prints
+killed / total per module, with the surviving mutants' names (``mutmut show NAME`` in the scratch folder
+shows the diff).
+
+    python bench/mutation.py                       # every module below, one after another
+    python bench/mutation.py audit/merkle.py       # one module
+    python bench/mutation.py --list                # the modules and their tests
+
+Writes ``<workdir>/summary.json``: {module: {"killed", "survived", "timeout", "no_tests", "total",
+"kill_rate", "survivors": [...]}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ["attestation", "audit", "keybroker", "enclave", "sdk", "tasks", "cscore", "dags", "infra"]
+
+_ATTESTATION = ["tests/attestation"]
+_BROKER = ["tests/keybroker/test_logic.py", "tests/keybroker/test_forgery.py", "tests/keybroker/test_limits.py",
+           "tests/keybroker/test_rotation.py"]
+# module -> the fast, in-process tests that exercise it (no broker processes, no LocalStack)
+MODULES: dict[str, list[str]] = {
+    "attestation/anchors.py": _ATTESTATION,
+    "attestation/evidence.py": _ATTESTATION,
+    "attestation/snp/verify.py": _ATTESTATION,
+    "attestation/snp/report.py": _ATTESTATION,
+    "attestation/tdx/quote.py": _ATTESTATION,
+    "attestation/tdx/intel_root.py": _ATTESTATION,
+    "attestation/tdx/claims.py": _ATTESTATION,
+    "attestation/tdx/collateral.py": _ATTESTATION,
+    "attestation/tdx/pck.py": _ATTESTATION,
+    "keybroker/policy.py": [*_BROKER, "tests/keybroker/test_platform_policy.py"],
+    "keybroker/sessions.py": _BROKER,
+    "keybroker/tokens.py": _BROKER,
+    "keybroker/verifier.py": _BROKER,
+    "audit/merkle.py": ["tests/audit/test_merkle.py", "tests/audit/test_forgery.py"],
+    "audit/verify.py": ["tests/audit"],
+}
+# Tests that start broker processes: the mutant would not run in them, so they only cost time.
+DESELECT = ["tests/keybroker/test_platform_policy.py::test_simulated_tee_below_the_key_floor_is_refused"]
+
+
+def scratch_copy(workdir: Path, fresh: bool) -> None:
+    """The repository's tracked (and untracked, not ignored) files, copied into ``workdir``. Without ``fresh``
+    an earlier run's ``mutants/`` stays: mutmut resumes it, re-testing only what changed."""
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, workdir / name)
+
+
+def configure(workdir: Path, module: str, tests: list[str]) -> None:
+    """Add a [tool.mutmut] table mutating ``module`` only, testing with ``tests``."""
+    table = {
+        "source_paths": PACKAGES, "only_mutate": [module], "pytest_add_cli_args_test_selection": tests,
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", *[f"--deselect={d}" for d in DESELECT]],
+    }
+    lines = ["", "[tool.mutmut]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    with (workdir / "pyproject.toml").open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def run_module(module: str, workdir: Path, children: int, fresh: bool) -> dict[str, Any]:
+    """Run mutmut on one module; returns its counts and survivors."""
+    scratch_copy(workdir, fresh)
+    configure(workdir, module, MODULES[module])
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    mutmut = [sys.executable, "-m", "mutmut"]
+    started = time.monotonic()
+    subprocess.run(["nice", "-n", "19", *mutmut, "run", "--max-children", str(children)], cwd=workdir, env=env,
+                   check=False, stdout=subprocess.DEVNULL)
+    subprocess.run([*mutmut, "export-cicd-stats"], cwd=workdir, env=env, check=False, capture_output=True)
+    stats = json.loads((workdir / "mutants" / "mutmut-cicd-stats.json").read_text())
+    listed = subprocess.run([*mutmut, "results"], cwd=workdir, env=env, check=False, capture_output=True,
+                            text=True).stdout
+    survivors = [line.split(":")[0].strip() for line in listed.splitlines() if line.strip().endswith(": survived")]
+    total = int(stats.get("total", 0))
+    killed = int(stats.get("killed", 0))
+    return {"killed": killed, "survived": int(stats.get("survived", 0)), "timeout": int(stats.get("timeout", 0)),
+            "no_tests": int(stats.get("no_tests", 0)), "total": total,
+            "kill_rate": round(killed / total, 3) if total else None,
+            "seconds": round(time.monotonic() - started), "survivors": survivors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of them)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/cscore-mutation"),
+                        help="scratch folder (one sub-folder per module; default %(default)s)")
+    parser.add_argument("--max-children", type=int, default=1, help="parallel test processes (default 1)")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier run")
+    parser.add_argument("--list", action="store_true", help="print the modules and their tests, then exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for module, tests in MODULES.items():
+            print(f"{module}: {' '.join(tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown modules {unknown}; choose from {list(MODULES)}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    summary_path = args.workdir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for module in args.modules or list(MODULES):
+        result = run_module(module, args.workdir / module.replace("/", "_").removesuffix(".py"), args.max_children,
+                            args.fresh)
+        summary[module] = result
+        summary_path.write_text(json.dumps(summary, indent=1))
+        rate = f"{result['kill_rate']:.0%}" if result["kill_rate"] is not None else "n/a"
+        print(f"{module}: {result['killed']}/{result['total']} killed ({rate}), {result['survived']} survived, "
+              f"{result['timeout']} timeouts, {result['no_tests']} not covered, {result['seconds']} s", flush=True)
+        for name in result["survivors"]:
+            print(f"  survived: {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
