@@ -100,9 +100,10 @@ def forge_quote(chain: list[x509.Certificate], pck_signer: ec.EllipticCurvePriva
     return base.signed + struct.pack("<I", len(sig_data)) + sig_data
 
 
-def _refused(quote: bytes, anchors: TrustAnchors, at: datetime = AT) -> VerificationError:
+def _refused(quote: bytes | Evidence, anchors: TrustAnchors, at: datetime = AT) -> VerificationError:
+    evidence = quote if isinstance(quote, Evidence) else Evidence(tee="tdx", report=quote)
     with pytest.raises(VerificationError) as err:
-        verify_evidence(Evidence(tee="tdx", report=quote), anchors, at)
+        verify_evidence(evidence, anchors, at)
     return err.value
 
 
@@ -198,3 +199,81 @@ def test_each_pck_chain_certificate_must_be_valid_at_the_time(intel: Intel, whic
     anchors = dataclasses.replace(TrustAnchors.amd(), intel_roots=(root,))
     err = _refused(forge_quote([pck, ca, root], intel.pck_key), anchors)
     assert (err.field, err.actual) == (f"quote.pck_chain.{which}.validity", AT.isoformat())
+
+
+# -- collateral (TCB Info, QE Identity) signed under a hierarchy with Intel's names ---------------------
+
+V5 = read("tdx/go-tdx-guest/quote_v5_sample.dat")
+AT_V5 = datetime(2026, 6, 1, tzinfo=UTC)  # inside the v5 quote's PCK validity
+_REAL_SIGNING = load_pem_certs(read("tdx/go-tdx-guest/tcbInfoIssuerChain.pem"), "real")[0]
+_TCB_INFO = read("tdx/go-tdx-guest/sample_tcbinfo_response_v5").replace(b"2026-03-03T14:49:26Z",
+                                                                         b"2026-06-20T00:00:00Z")
+_QE_IDENTITY = (read("tdx/go-tdx-guest/sample_qeIdentity_response")
+                .replace(b"2023-06-08T07:24:59Z", b"2026-05-20T00:00:00Z")
+                .replace(b"2023-07-08T07:24:59Z", b"2026-06-20T00:00:00Z"))
+
+
+@dataclass(frozen=True)
+class TcbSigning:
+    """A TCB Signing certificate with Intel's name under an Intel-named root (our keys)."""
+
+    root: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def under(cls, intel: Intel) -> TcbSigning:
+        key = _key()
+        cert = reissue(_REAL_SIGNING, intel.root_key, public_key=key.public_key(),
+                       not_after=datetime(2030, 1, 1, tzinfo=UTC))
+        return cls(intel.root, key, cert)
+
+    @property
+    def chain(self) -> str:
+        return pem(self.cert, self.root)
+
+
+def _signed(raw: bytes, member: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The collateral document with its signature replaced by ``key``'s over the signed member."""
+    start, end = raw.index(b"{", raw.index(member)), raw.rindex(b',"signature"')
+    return raw[:end] + b',"signature":"' + _raw_sign(key, raw[start:end]).hex().encode() + b'"}'
+
+
+def _collateral(tcb_key: ec.EllipticCurvePrivateKey, tcb_chain: str, qe_key: ec.EllipticCurvePrivateKey,
+                qe_chain: str) -> Evidence:
+    from attestation.tdx.collateral import TdxCollateral
+
+    collateral = TdxCollateral(_signed(_TCB_INFO, b'"tcbInfo"', tcb_key), _signed(_QE_IDENTITY, b'"enclaveIdentity"',
+                                                                                  qe_key), tcb_chain, qe_chain)
+    return Evidence(tee="tdx", report=V5, collateral=collateral)
+
+
+@pytest.fixture(scope="module")
+def signing(intel: Intel) -> TcbSigning:
+    return TcbSigning.under(intel)
+
+
+def test_collateral_under_the_simulated_root_gives_a_tcb_status(signing: TcbSigning, anchors: TrustAnchors) -> None:
+    claims = verify_evidence(_collateral(signing.key, signing.chain, signing.key, signing.chain), anchors, AT_V5)
+    assert (claims.tcb_status, claims.root) == ("UpToDate", "simulated")  # the quote's root is Intel's; this is not
+
+
+@pytest.mark.parametrize("document", ["tcb_info", "qe_identity"])
+def test_collateral_signing_certificate_not_issued_by_the_root(signing: TcbSigning, rogue: Intel,
+                                                               anchors: TrustAnchors, document: str) -> None:
+    forged = TcbSigning.under(rogue)  # Intel's names, issued by the rogue root, sent with the trusted root
+    chains = {"tcb_info": signing.chain, "qe_identity": signing.chain, document: pem(forged.cert, signing.root)}
+    keys = {"tcb_info": signing.key, "qe_identity": signing.key, document: forged.key}
+    err = _refused(_collateral(keys["tcb_info"], chains["tcb_info"], keys["qe_identity"], chains["qe_identity"]),
+                   anchors, AT_V5)
+    assert (err.field, err.expected) == (f"{document}.issuer_chain.signing",
+                                         f"issued by {signing.root.subject.rfc4514_string()}")
+
+
+@pytest.mark.parametrize("document", ["tcb_info", "qe_identity"])
+def test_collateral_signed_by_a_key_other_than_its_certificate(signing: TcbSigning, anchors: TrustAnchors,
+                                                               document: str) -> None:
+    keys = {"tcb_info": signing.key, "qe_identity": signing.key, document: _key()}
+    err = _refused(_collateral(keys["tcb_info"], signing.chain, keys["qe_identity"], signing.chain), anchors, AT_V5)
+    assert (err.field, err.expected, err.actual) == (
+        f"{document}.signature", f"a valid signature by {signing.cert.subject.rfc4514_string()}", "an invalid one")
