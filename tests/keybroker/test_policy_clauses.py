@@ -1,0 +1,146 @@
+"""The broker's release policy, clause by clause, on verified claims that are right in every way but one:
+a grant without measurements, a digest or chip equal on a prefix, a TCB component missing or one below
+its floor, a debug TEE, an operation a key kind does not allow. Each refusal names field, expected, actual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from keybroker.policy import PolicyEngine, Verdict
+
+GOOD = "ab" * 48
+CHIP = "5c" * 64
+TCB = {"bootloader": 4, "tee": 0, "snp": 22, "microcode": 213}
+ENGINE = PolicyEngine()
+
+
+def _ctx(claims: dict[str, Any] | None = None, request: dict[str, Any] | None = None,
+         grant: dict[str, Any] | None = None, key: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "claims": {"measurement": GOOD, "debug": False, "tcb": dict(TCB), "chip_id": CHIP, **(claims or {})},
+        "request": {"operation": "unwrap", "key_id": "k", "batch_id": "b", "model_digest": "sha256:m",
+                    **(request or {})},
+        "grant": {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [GOOD]} if grant is None else grant,
+        "key": {"key_id": "k", "kind": "data", "measurements": [GOOD], "min_tcb": {}, "chip_ids": [], **(key or {})},
+    }
+
+
+def _verdict(kind: str = "data", policy: str | None = None, **parts: Any) -> Verdict:
+    return ENGINE.evaluate(policy, kind, _ctx(**parts))
+
+
+def _refusal(kind: str = "data", policy: str | None = None, **parts: Any) -> tuple[Any, Any, Any]:
+    verdict = _verdict(kind, policy, **parts)
+    assert not verdict.allowed
+    return verdict.field, verdict.expected, verdict.actual
+
+
+@pytest.mark.parametrize(("kind", "operation"), [("data", "unwrap"), ("data", "wrap"), ("model", "unwrap"),
+                                                 ("resource", "resource")])
+def test_honest_requests_are_allowed(kind: str, operation: str) -> None:
+    verdict = _verdict(kind, request={"operation": operation})
+    assert verdict == Verdict(True, f"default {kind} policy holds")
+
+
+# -- data keys: the batch grant ---------------------------------------------------------------------
+
+def test_grant_without_measurements_releases_nothing() -> None:
+    grant = {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": []}
+    assert _refusal(grant=grant) == ("measurement", [], GOOD)
+
+
+def test_no_grant_for_the_batch() -> None:
+    assert _refusal(grant={}) == ("batch_id", "a batch with a grant", "b")
+
+
+@pytest.mark.parametrize(("request_", "grant", "refusal"), [
+    ({"key_id": "k2"}, {}, ("key_id", ["k"], "k2")),
+    ({"model_digest": "sha256:mm"}, {}, ("model_digest", "sha256:m", "sha256:mm")),
+    ({"model_digest": "sha256:"}, {}, ("model_digest", "sha256:m", "sha256:")),
+    ({}, {"measurements": [GOOD[:64]]}, ("measurement", [GOOD[:64]], GOOD)),
+    ({}, {"key_ids": ["k-other"]}, ("key_id", ["k-other"], "k")),
+])
+def test_grant_matches_whole_values_only(request_: dict[str, str], grant: dict[str, Any],
+                                         refusal: tuple[Any, Any, Any]) -> None:
+    full = {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [GOOD], **grant}
+    assert _refusal(request=request_, grant=full) == refusal
+
+
+@pytest.mark.parametrize("kind", ["data", "model", "resource"])
+def test_debug_tee_is_refused_for_every_kind(kind: str) -> None:
+    operation = {"data": "unwrap", "model": "unwrap", "resource": "resource"}[kind]
+    verdict = _verdict(kind, claims={"debug": True}, request={"operation": operation})
+    assert (verdict.allowed, verdict.field, verdict.expected, verdict.actual) == (False, "debug", False, True)
+    assert verdict.reason.startswith("not-debug: ")
+
+
+# -- model and resource keys: their own measurement list and operation ---------------------------------
+
+@pytest.mark.parametrize(("kind", "operation", "expected"), [("model", "wrap", "unwrap"),
+                                                             ("model", "resource", "unwrap"),
+                                                             ("resource", "unwrap", "resource")])
+def test_operation_a_key_kind_does_not_allow(kind: str, operation: str, expected: str) -> None:
+    assert _refusal(kind, request={"operation": operation}) == ("operation", expected, operation)
+
+
+@pytest.mark.parametrize("kind", ["model", "resource"])
+def test_measurement_outside_the_key_list(kind: str) -> None:
+    operation = "unwrap" if kind == "model" else "resource"
+    key = {"measurements": [GOOD[:-2] + "ac"]}
+    assert _refusal(kind, request={"operation": operation}, key=key) == ("measurement", key["measurements"], GOOD)
+    assert _refusal(kind, request={"operation": operation}, key={"measurements": []}) == ("measurement", [], GOOD)
+
+
+# -- the platform floor: under every policy ------------------------------------------------------------
+
+@pytest.mark.parametrize("component", sorted(TCB))
+def test_tcb_below_the_floor_names_the_component(component: str) -> None:
+    floor = {component: TCB[component] + 1}
+    assert _refusal(key={"min_tcb": floor}) == (f"tcb.{component}", f">= {TCB[component] + 1}", TCB[component])
+    assert _verdict(key={"min_tcb": {component: TCB[component]}}).allowed  # at the floor
+
+
+def test_tcb_component_missing_from_the_claims() -> None:
+    claims = {"tcb": {k: v for k, v in TCB.items() if k != "microcode"}}
+    assert _refusal(claims=claims, key={"min_tcb": {"microcode": 1}}) == ("tcb.microcode", ">= 1", None)
+
+
+def test_tcb_component_that_is_not_a_number() -> None:
+    field, expected, actual = _refusal(claims={"tcb": {**TCB, "snp": "99"}}, key={"min_tcb": {"snp": 1}})
+    assert (field, expected, actual) == ("tcb.snp", ">= 1", "99")
+
+
+def test_fmc_floor_applies_only_where_the_platform_has_one() -> None:
+    assert _verdict(key={"min_tcb": {"fmc": 9}}).allowed  # Milan/Genoa: no FMC
+    turin = {"tcb": {**TCB, "fmc": 1}}
+    assert _refusal(claims=turin, key={"min_tcb": {"fmc": 2, "snp": 1}}) == ("tcb.fmc", ">= 2", 1)
+    assert _verdict(claims=turin, key={"min_tcb": {"fmc": 1}}).allowed
+
+
+def test_first_component_below_the_floor_is_named() -> None:
+    floor = {"bootloader": 1, "snp": 30, "microcode": 250}
+    assert _refusal(key={"min_tcb": floor})[0] == "tcb.snp"
+
+
+@pytest.mark.parametrize("pinned", [CHIP[:64], CHIP[:-2] + "5d", CHIP.upper()])
+def test_chip_pinned_to_another_or_a_prefix(pinned: str) -> None:
+    assert _refusal(key={"chip_ids": [pinned]}) == ("chip_id", [pinned], CHIP)
+    assert _verdict(key={"chip_ids": [pinned, CHIP]}).allowed
+
+
+@pytest.mark.parametrize("policy", ["true", 'request.operation == "unwrap"'])
+def test_the_floor_holds_under_a_custom_policy(policy: str) -> None:
+    assert _refusal(policy=policy, key={"min_tcb": {"snp": 23}})[0] == "tcb.snp"
+    assert _refusal(policy=policy, key={"chip_ids": ["00" * 64]})[0] == "chip_id"
+    assert _verdict(policy=policy) == Verdict(True, "custom policy holds")
+
+
+def test_custom_policy_refusals_say_why() -> None:
+    verdict = _verdict(policy="claims.tcb.snp > 100")
+    assert (verdict.allowed, verdict.field, verdict.expected, verdict.reason) == (
+        False, "policy", "claims.tcb.snp > 100", "the key's custom policy does not hold")
+    assert _verdict(policy='"yes"').reason == "policy returned StringType, not bool"
+    assert _verdict(policy="claims.nothing.here").reason.startswith("policy evaluation failed: ")
