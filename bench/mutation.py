@@ -29,20 +29,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["attestation", "audit", "keybroker", "enclave", "sdk", "tasks", "cscore", "dags", "infra"]
 
-_ATTESTATION = ["tests/attestation"]
-_BROKER = ["tests/keybroker/test_logic.py", "tests/keybroker/test_forgery.py", "tests/keybroker/test_limits.py",
-           "tests/keybroker/test_rotation.py"]
+_SNP = ["tests/attestation/test_forgery_snp.py", "tests/attestation/test_snp_verify.py",
+        "tests/attestation/test_snp_report.py", "tests/attestation/test_simulated_and_evidence.py"]
+_TDX = ["tests/attestation/test_forgery_tdx.py", "tests/attestation/test_tdx_quote.py",
+        "tests/attestation/test_tdx_evidence.py"]
+_BROKER = ["tests/keybroker/test_tables_clock.py", "tests/keybroker/test_forgery.py", "tests/keybroker/test_logic.py",
+           "tests/keybroker/test_limits.py"]
 # module -> the fast, in-process tests that exercise it (no broker processes, no LocalStack)
 MODULES: dict[str, list[str]] = {
-    "attestation/anchors.py": _ATTESTATION,
-    "attestation/evidence.py": _ATTESTATION,
-    "attestation/snp/verify.py": _ATTESTATION,
-    "attestation/snp/report.py": _ATTESTATION,
-    "attestation/tdx/quote.py": _ATTESTATION,
-    "attestation/tdx/intel_root.py": _ATTESTATION,
-    "attestation/tdx/claims.py": _ATTESTATION,
-    "attestation/tdx/collateral.py": _ATTESTATION,
-    "attestation/tdx/pck.py": _ATTESTATION,
+    "attestation/anchors.py": _SNP,
+    "attestation/evidence.py": [*_SNP, *_TDX],
+    "attestation/snp/verify.py": _SNP,
+    "attestation/snp/report.py": _SNP,
+    "attestation/tdx/quote.py": _TDX,
+    "attestation/tdx/intel_root.py": _TDX,
+    "attestation/tdx/claims.py": _TDX,
+    "attestation/tdx/collateral.py": _TDX,
+    "attestation/tdx/pck.py": _TDX,
     "keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py", *_BROKER,
                             "tests/keybroker/test_platform_policy.py"],
     "keybroker/sessions.py": _BROKER,

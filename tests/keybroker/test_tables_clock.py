@@ -1,0 +1,73 @@
+"""The broker's in-memory tables on a controlled clock: nonce lifetime, the PoP replay window, the rate
+limiter's refill and eviction, to the exact second (no sleeping, no timing asserts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from keybroker import sessions
+from keybroker.sessions import NonceError, RateLimiter, ReplayCache, SessionTable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(sessions.time, "monotonic", fake)
+    return fake
+
+
+def test_nonce_is_good_until_its_ttl_and_not_after(clock: Clock) -> None:
+    table = SessionTable(ttl_s=30, max_sessions=10)
+    on_time, late = table.new("sev-snp"), table.new("sev-snp")
+    clock.now += 30
+    assert table.consume(on_time.session_id, on_time.nonce).used
+    clock.now += 0.001
+    with pytest.raises(NonceError, match=r"nonce expired \(older than 30 s\)"):
+        table.consume(late.session_id, late.nonce)
+    with pytest.raises(NonceError, match="unknown or evicted"):  # an expired session is gone
+        table.consume(late.session_id, late.nonce)
+
+
+def test_wrong_nonce_does_not_spend_the_session(clock: Clock) -> None:
+    table = SessionTable(ttl_s=30, max_sessions=10)
+    s = table.new("tdx")
+    with pytest.raises(NonceError, match="not this session's nonce"):
+        table.consume(s.session_id, s.nonce[:-1])
+    assert table.consume(s.session_id, s.nonce).tee == "tdx"
+
+
+def test_replay_window_holds_for_its_whole_ttl(clock: Clock) -> None:
+    cache = ReplayCache(ttl_s=240)
+    assert cache.first_use("jti-1")
+    clock.now += 240
+    assert not cache.first_use("jti-1")  # still inside the window at exactly its length
+    clock.now += 240.001
+    assert cache.first_use("jti-1")  # forgotten once the window passed (the PoP itself is stale by then)
+
+
+def test_rate_limiter_refills_at_its_rate(clock: Clock) -> None:
+    limiter = RateLimiter(rate=2, burst=3)
+    assert [limiter.allow("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.allow("a") == 0.5  # empty: one token takes 1/rate seconds
+    clock.now += 0.25
+    assert limiter.allow("a") == 0.25  # half a token refilled; a refusal does not spend it
+    clock.now += 0.25
+    assert limiter.allow("a") == 0.0
+    assert limiter.allow("b") == 0.0  # buckets are per client
+    clock.now += 100
+    assert [limiter.allow("a") for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]  # never more than the burst
+
+
+def test_rate_limiter_evicts_the_least_recently_seen_client(clock: Clock) -> None:
+    limiter = RateLimiter(rate=1, burst=1, max_clients=2)
+    for client in ("a", "b", "a", "c"):
+        limiter.allow(client)
+    assert list(limiter._buckets) == ["a", "c"]
