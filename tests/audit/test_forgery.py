@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit.log import VKEY, AuditLog, LogError, Witness, load_or_create_key
 from audit.merkle import MerkleTree, ProofError, leaf_hash, node_hash, verify_consistency, verify_inclusion
 from audit.verify import ERROR, check_integrity
+from tests.attestation._forge import MEASUREMENT
 
 
 def _log(folder: Path, entries: list[str], key: Path | None = None, sign: bool = True) -> AuditLog:
@@ -239,3 +241,63 @@ def test_merkle_tree_bookkeeping() -> None:
     assert tree.consistency_proof(0, 2) == [] and tree.consistency_proof(2, 2) == []
     hashed = MerkleTree.from_leaf_hashes([TREE.leaf_hash_at(i) for i in range(5)])
     assert hashed.size == 5 and hashed.root() == TREE.root(5)
+
+
+# -- receipts: the signing key must be the one bound into the evidence ---------------------------------
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from attestation.simulated import create_simulated_firmware
+
+    folder = tmp_path_factory.mktemp("sim-tee")
+    create_simulated_firmware(folder)
+    return folder
+
+
+def _receipt_case(sim: Path, signer: Any, bound: Any, sent: Any) -> tuple[str, dict[str, Any]]:
+    """A receipt signed by ``signer`` beside evidence binding ``bound``'s public key, sent as ``sent``'s."""
+    import hashlib
+
+    from enclave.receipts import RECEIPT_TYPE, evidence_document
+    from enclave.signing import canonical_json, sign_json
+    from enclave.tee import SimulatedSnpProvider
+
+    runtime = {"nonce": "n-1", "tee_pubkey": {"kty": "EC"}, "receipt_pubkey": bound.as_dict(private=False)}
+    evidence = SimulatedSnpProvider(sim, MEASUREMENT).get_evidence(hashlib.sha512(canonical_json(runtime)).digest())
+    doc = evidence_document(evidence, {**runtime, "receipt_pubkey": sent.as_dict(private=False)})
+    digest = hashlib.sha256(canonical_json(doc)).hexdigest()
+    return sign_json({"type": RECEIPT_TYPE, "evidence_sha256": digest, "output": {"rows": 1}}, signer), doc
+
+
+def _check_receipt(sim: Path, token: str, doc: dict[str, Any]) -> Any:
+    from attestation import Policy, TrustAnchors
+    from enclave.receipts import verify_receipt
+
+    policy = Policy.from_dict({"allowed_roots": ["simulated"], "allowed_measurements": [MEASUREMENT.hex()]})
+    return verify_receipt(token, doc, anchors=TrustAnchors.from_dir(sim), policy=policy)
+
+
+def test_receipt_by_the_bound_key_verifies(sim: Path) -> None:
+    from enclave.signing import generate_signing_key
+
+    key = generate_signing_key()
+    assert _check_receipt(sim, *_receipt_case(sim, key, key, key)).payload["output"] == {"rows": 1}
+
+
+def test_receipt_by_a_key_not_bound_into_the_evidence(sim: Path) -> None:
+    from attestation.errors import AppraisalError
+    from enclave.signing import generate_signing_key
+
+    enclave_key, forger = generate_signing_key(), generate_signing_key()
+    token, doc = _receipt_case(sim, forger, enclave_key, forger)  # the forger's key written into runtime_data
+    with pytest.raises(AppraisalError) as err:
+        _check_receipt(sim, token, doc)
+    assert err.value.field == "report_data" and "not bound" in str(err.value)
+
+
+def test_receipt_by_another_key_than_the_one_beside_it(sim: Path) -> None:
+    from enclave.signing import SignatureError, generate_signing_key
+
+    enclave_key, forger = generate_signing_key(), generate_signing_key()
+    with pytest.raises(SignatureError):
+        _check_receipt(sim, *_receipt_case(sim, forger, enclave_key, enclave_key))
