@@ -314,3 +314,50 @@ def test_vmpl_above_the_maximum_is_refused(amd: SimulatedHierarchy, anchors: Tru
     with pytest.raises(AppraisalError) as err:
         appraise(claims, Policy.from_dict({**DEV, "max_vmpl": 1}))
     assert (err.value.field, err.value.expected, err.value.actual) == ("vmpl", "<= 1", 2)
+
+
+# -- trust anchors from a folder ----------------------------------------------------------------------
+
+def _trust_dir(tmp: Path, ark: x509.Certificate, *chain: x509.Certificate) -> Path:
+    from tests.attestation._forge import pem
+
+    (tmp / "ark.pem").write_text(pem(ark))
+    if chain:
+        (tmp / "ask_ark.pem").write_text(pem(*chain))
+    return tmp
+
+
+def test_trusted_ark_that_is_not_self_signed_is_refused(amd: SimulatedHierarchy, rogue: SimulatedHierarchy,
+                                                        tmp_path: Path) -> None:
+    forged = reissue(amd.ark, rogue.ark_key)  # the trusted ARK's name and key, someone else's signature
+    with pytest.raises(VerificationError) as err:
+        TrustAnchors.from_dir(_trust_dir(tmp_path, forged))
+    assert (err.value.field, err.value.actual) == (f"{tmp_path / 'ark.pem'}.signature", "an invalid one")
+
+
+def test_folder_anchors_add_the_simulated_root_and_its_ask(amd: SimulatedHierarchy, tmp_path: Path) -> None:
+    anchors = TrustAnchors.from_dir(_trust_dir(tmp_path, amd.ark, amd.ask, amd.ark))
+    simulated = [r for r in anchors.roots if r.kind == "simulated"]
+    assert [(r.cert, r.product) for r in simulated] == [(amd.ark, "Milan")]
+    assert anchors.intermediates[-1:] == (amd.ask,) and amd.ark not in anchors.intermediates
+    assert len(anchors.roots) == len(TrustAnchors.amd().roots) + 1
+
+
+def test_folder_holding_a_pinned_amd_ark_adds_nothing(tmp_path: Path) -> None:
+    genuine = TrustAnchors.amd()
+    anchors = TrustAnchors.from_dir(_trust_dir(tmp_path, genuine.roots[0].cert))
+    assert anchors == genuine and {r.kind for r in anchors.roots} == {"amd"}
+
+
+def test_simulated_ark_without_a_product_name_is_refused(tmp_path: Path) -> None:
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SIMULATED ARK NOT AMD")])
+    template = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(1).not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=1))
+                .sign(key, hashes.SHA256()))
+    ark = reissue(template, key)
+    with pytest.raises(ParseError) as err:
+        TrustAnchors.from_dir(_trust_dir(tmp_path, ark))
+    assert (err.value.field, err.value.actual) == (f"{tmp_path / 'ark.pem'}.subject", "CN=SIMULATED ARK NOT AMD")
