@@ -230,3 +230,31 @@ def test_expired_token_is_refused(env: Env, client: Client, attested: tuple[str,
     stale = issuer.sign({**payload, "exp": int(time.time()) - age})
     problem = _problem(client.unwrap(stale, key, body), 401, "token-expired")
     assert problem["field"] == "exp"
+
+
+def test_request_without_pop_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, _, body = attested
+    response = client.http.post(UNWRAP, json=body, headers={"Authorization": f"Bearer {token}"})
+    problem = _problem(response, 401, "pop-missing")
+    assert problem["field"] == POP_HEADER and POP_HEADER in problem["detail"]
+
+
+def test_request_without_token_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    problem = _problem(client.http.post(UNWRAP, json=attested[2]), 401, "token-missing")
+    assert (problem["field"], problem["expected"]) == ("Authorization", "Bearer <token>")
+
+
+# -- published keys: public halves only ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "alg", "use"), [("/kbs/v0/token-key", "ES256", "sig"),
+                                                  ("/kbs/v0/broker-key", "ECDH-ES+A256KW", "enc")])
+def test_published_keys_hold_no_private_part(client: Client, path: str, alg: str, use: str) -> None:
+    jwk = client.http.get(path).json()
+    assert "d" not in jwk and (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("EC", "P-256", alg, use)
+    assert jwk["kid"] == ECKey.import_key(jwk).thumbprint()
+
+
+def test_tokens_verify_with_the_published_key(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    published = client.http.get("/kbs/v0/token-key").json()
+    token = jwt.decode(attested[0], ECKey.import_key(published), algorithms=["ES256"])
+    assert token.header["kid"] == published["kid"] and token.claims["iss"] == "owner"
