@@ -120,9 +120,13 @@ def trusted_code_digest(root: Path | None = None) -> bytes:
 
 
 def _search_path() -> list[str]:
-    """``sys.path`` less the checkout: its build by-products (``cscore.egg-info``) are not installed code."""
-    repo = os.path.realpath(_repo_root())
-    return [p for p in sys.path if p and os.path.realpath(p) != repo]
+    """``sys.path`` less a source checkout: its build by-products (``cscore.egg-info``) are not installed code.
+
+    (In the worker image the trusted packages sit in site-packages itself, which stays.)"""
+    repo = _repo_root()
+    if not (repo / "pyproject.toml").is_file():
+        return [p for p in sys.path if p]
+    return [p for p in sys.path if p and os.path.realpath(p) != os.path.realpath(repo)]
 
 
 def _distribution(name: str) -> metadata.Distribution:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import Marker
+
 from enclave.measurement import MEASURED_FOLDERS, PROJECT_DISTRIBUTION, _normalise, closure_distributions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,21 +32,38 @@ class Locked:
     wheel_hashes: tuple[str, ...]
 
 
+# The image's interpreter (Debian bookworm's python3): markers in the lock are evaluated for it, not for
+# the interpreter running this script (redis needs async-timeout below 3.11.3, for example).
+IMAGE_PYTHON = {"python_full_version": "3.11.2", "python_version": "3.11", "implementation_name": "cpython",
+                "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
+                "platform_machine": "x86_64", "os_name": "posix", "extra": ""}
+
+
 def locked_closure(lock: Path = REPO / "uv.lock") -> list[Locked]:
-    """The worker's closure as locked (LookupError naming a distribution the lock lacks or has no wheel for)."""
-    packages: dict[str, list[dict[str, Any]]] = {}
+    """The worker's closure as locked for the image's interpreter: the installed closure's distributions and
+    every locked dependency of theirs whose marker holds there (LookupError naming one the lock lacks)."""
+    packages: dict[str, dict[str, Any]] = {}
     for entry in tomllib.loads(lock.read_text())["package"]:
-        packages.setdefault(_normalise(entry["name"]), []).append(entry)
+        packages.setdefault(_normalise(entry["name"]), entry)
+    wanted = [_normalise(d.name) for d in closure_distributions()]
+    seen: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name in seen:
+            continue
+        if name not in packages:
+            raise LookupError(f"{lock}: no locked {name} (the worker imports it); run `uv lock`")
+        seen.add(name)
+        for dep in packages[name].get("dependencies", ()):
+            if "marker" not in dep or Marker(dep["marker"]).evaluate(dict(IMAGE_PYTHON)):
+                wanted.append(_normalise(dep["name"]))
     out = []
-    for dist in closure_distributions():
-        name = _normalise(dist.name)
-        entries = [e for e in packages.get(name, []) if e["version"] == dist.version]
-        if not entries:
-            raise LookupError(f"{lock}: no locked {name}=={dist.version} (installed); run `uv sync --frozen`")
-        hashes = tuple(w["hash"].removeprefix("sha256:") for w in entries[0].get("wheels", ()))
+    for name in sorted(seen - {PROJECT_DISTRIBUTION}):
+        entry = packages[name]
+        hashes = tuple(w["hash"].removeprefix("sha256:") for w in entry.get("wheels", ()))
         if not hashes:
-            raise LookupError(f"{lock}: {name}=={dist.version} has no wheel; the image installs wheels only")
-        out.append(Locked(name, dist.version, hashes))
+            raise LookupError(f"{lock}: {name}=={entry['version']} has no wheel; the image installs wheels only")
+        out.append(Locked(name, entry["version"], hashes))
     return out
 
 
