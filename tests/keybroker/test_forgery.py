@@ -211,6 +211,7 @@ def test_token_of_another_broker_sharing_the_signing_key_is_refused(
     other.env, other.http = env, TestClient(create_app(make_config(tmp_path, name="provider")))
     problem = _problem(other.unwrap(token, key, body), 401, "token-invalid")
     assert (problem["field"], problem["expected"], problem["actual"]) == ("iss", "provider", "owner")
+    assert problem["detail"] == "token issued by another broker"
 
 
 def test_token_signed_by_another_brokers_key_is_refused(tmp_path: Path,
@@ -218,7 +219,8 @@ def test_token_signed_by_another_brokers_key_is_refused(tmp_path: Path,
     token, key, body = attested
     elsewhere = Client(Env(tmp_path / "elsewhere"))  # another broker, its own key, the same name
     problem = _problem(elsewhere.unwrap(token, key, body), 401, "token-invalid")
-    assert problem["field"] == "Authorization" and "not one this broker signed" in problem["detail"]
+    assert problem["field"] == "Authorization"
+    assert problem["detail"].startswith("attestation token is not one this broker signed: ")
 
 
 @pytest.mark.parametrize("age", [0, 60])
@@ -227,9 +229,11 @@ def test_expired_token_is_refused(env: Env, client: Client, attested: tuple[str,
     token, key, body = attested
     issuer = env.app.state.broker.issuer
     payload = jwt.decode(token, issuer._key, algorithms=["ES256"]).claims
-    stale = issuer.sign({**payload, "exp": int(time.time()) - age})
+    exp = int(time.time()) - age
+    stale = issuer.sign({**payload, "exp": exp})
     problem = _problem(client.unwrap(stale, key, body), 401, "token-expired")
-    assert problem["field"] == "exp"
+    assert (problem["field"], problem["detail"]) == ("exp", "attestation token expired; attest again")
+    assert problem["actual"] == exp
 
 
 def test_request_without_pop_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
@@ -242,6 +246,8 @@ def test_request_without_pop_is_refused(client: Client, attested: tuple[str, ECK
 def test_request_without_token_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
     problem = _problem(client.http.post(UNWRAP, json=attested[2]), 401, "token-missing")
     assert (problem["field"], problem["expected"]) == ("Authorization", "Bearer <token>")
+    assert problem["detail"] == ("no attestation token: send 'Authorization: Bearer <token>' obtained from "
+                                 "/kbs/v0/attest")
 
 
 # -- published keys: public halves only ----------------------------------------------------------------
@@ -258,3 +264,50 @@ def test_tokens_verify_with_the_published_key(client: Client, attested: tuple[st
     published = client.http.get("/kbs/v0/token-key").json()
     token = jwt.decode(attested[0], ECKey.import_key(published), algorithms=["ES256"])
     assert token.header["kid"] == published["kid"] and token.claims["iss"] == "owner"
+
+
+# -- every refusal, word for word, and the PoP window to the second ------------------------------------
+
+def test_refusal_details_word_for_word(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    jkt = ECKey.import_key(key.as_dict(private=False)).thumbprint()
+    no_pop = client.http.post(UNWRAP, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert _problem(no_pop, 401, "pop-missing")["detail"] == (
+        f"missing {POP_HEADER} header (proof of possession of the attested tee key)")
+    other_key = _problem(client.unwrap(token, ECKey.generate_key("P-256", private=True), body), 401,
+                         "pop-key-mismatch")
+    assert (other_key["detail"], other_key["expected"]) == (
+        "the request is not signed by the tee key this token was issued to", jkt)
+    assert _problem(client.unwrap(token, key, body, bh="x"), 401, "pop-invalid")["detail"] == (
+        "proof of possession does not cover this request (bh)")
+    assert _problem(client.unwrap(token, key, body, iat=0), 401, "pop-invalid")["detail"] == (
+        "proof of possession is stale or from the future; check clocks")
+    client.unwrap(token, key, body, jti="once")
+    assert _problem(client.unwrap(token, key, body, jti="once"), 401, "pop-replayed")["detail"] == (
+        "proof of possession already used; sign each request anew")
+
+
+def test_pop_without_iat_is_stale(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    content = canonical_json(body)
+    claims = {"htm": "POST", "htu": UNWRAP, "jti": secrets.token_urlsafe(16),
+              "ath": b64url(hashlib.sha256(token.encode()).digest()), "bh": b64url(hashlib.sha256(content).digest())}
+    proof = jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, key, algorithms=["ES256"])
+    response = client.http.post(UNWRAP, content=content, headers={
+        "Authorization": f"Bearer {token}", POP_HEADER: proof, "Content-Type": "application/json"})
+    assert _problem(response, 401, "pop-invalid")["field"] == f"{POP_HEADER}.iat"
+
+
+@pytest.mark.parametrize(("offset", "served"), [(-POP_WINDOW_S, True), (POP_WINDOW_S, True),
+                                                (-POP_WINDOW_S - 1, False), (POP_WINDOW_S + 1, False)])
+def test_pop_window_to_the_second(monkeypatch: pytest.MonkeyPatch, client: Client,
+                                  attested: tuple[str, ECKey, dict[str, Any]], offset: int, served: bool) -> None:
+    from types import SimpleNamespace
+
+    from keybroker import tokens
+
+    token, key, body = attested
+    now = int(time.time())
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: float(now)))  # the broker's clock, frozen
+    response = client.unwrap(token, key, body, iat=now + offset)
+    assert response.status_code == (200 if served else 401), response.text
