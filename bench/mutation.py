@@ -83,15 +83,19 @@ def configure(workdir: Path, module: str, tests: list[str]) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
-def run_module(module: str, workdir: Path, children: int, fresh: bool) -> dict[str, Any]:
-    """Run mutmut on one module; returns its counts and survivors."""
+def run_module(module: str, workdir: Path, children: int, fresh: bool,
+               recheck: list[str] | None = None) -> dict[str, Any]:
+    """Run mutmut on one module; returns its counts and survivors. ``recheck``: only re-test these mutants
+    (an earlier run's survivors) after the tests changed; which tests cover what is collected again."""
     scratch_copy(workdir, fresh)
     configure(workdir, module, MODULES[module])
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     mutmut = [sys.executable, "-m", "mutmut"]
     started = time.monotonic()
-    subprocess.run(["nice", "-n", "19", *mutmut, "run", "--max-children", str(children)], cwd=workdir, env=env,
-                   check=False, stdout=subprocess.DEVNULL)
+    if recheck:
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests: map coverage again
+    subprocess.run(["nice", "-n", "19", *mutmut, "run", "--max-children", str(children), *(recheck or [])],
+                   cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=workdir, env=env, check=False, capture_output=True)
     stats = json.loads((workdir / "mutants" / "mutmut-cicd-stats.json").read_text())
     listed = subprocess.run([*mutmut, "results"], cwd=workdir, env=env, check=False, capture_output=True,
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch folder (one sub-folder per module; default %(default)s)")
     parser.add_argument("--max-children", type=int, default=1, help="parallel test processes (default 1)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier run")
+    parser.add_argument("--recheck", action="store_true",
+                        help="re-test only the survivors of the last run (in summary.json), with the current tests")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, then exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -125,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = args.workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for module in args.modules or list(MODULES):
+        survivors = summary.get(module, {}).get("survivors") if args.recheck else None
+        if args.recheck and not survivors:
+            continue
         result = run_module(module, args.workdir / module.replace("/", "_").removesuffix(".py"), args.max_children,
-                            args.fresh)
+                            args.fresh, survivors)
         summary[module] = result
         summary_path.write_text(json.dumps(summary, indent=1))
         rate = f"{result['kill_rate']:.0%}" if result["kill_rate"] is not None else "n/a"
