@@ -311,3 +311,21 @@ def test_pop_window_to_the_second(monkeypatch: pytest.MonkeyPatch, client: Clien
     monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: float(now)))  # the broker's clock, frozen
     response = client.unwrap(token, key, body, iat=now + offset)
     assert response.status_code == (200 if served else 401), response.text
+
+
+def test_token_without_exp_is_expired(env: Env, client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, body = attested
+    issuer = env.app.state.broker.issuer
+    payload = jwt.decode(token, issuer._key, algorithms=["ES256"]).claims
+    forever = issuer.sign({k: v for k, v in payload.items() if k != "exp"})  # the broker's own key, no expiry
+    problem = _problem(client.unwrap(forever, key, body), 401, "token-expired")
+    assert problem["field"] == "exp" and problem.get("actual") is None
+
+
+def test_token_claims_shape(env: Env, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    token, key, _ = attested
+    claims = jwt.decode(token, env.app.state.broker.issuer._key, algorithms=["ES256"]).claims
+    assert set(claims) == {"iss", "iat", "exp", "jti", "cnf", "tee_pubkey", "receipt_pubkey", "claims",
+                           "claims_digest"}
+    assert claims["exp"] - claims["iat"] == env.config.token_ttl_s and len(claims["jti"]) == 16
+    assert claims["cnf"] == {"jkt": ECKey.import_key(key.as_dict(private=False)).thumbprint()}
