@@ -134,9 +134,39 @@ def cmd_provider_publish(args: argparse.Namespace) -> int:
 
     _load_stack_env(args.state_dir)
     measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
+    quota = {"rows": args.quota_rows, "period_s": args.quota_period_s} if args.quota_rows else None
     published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env("provider"),
-                              store=ObjectStore(), allowed_measurements=measurements)
+                              store=ObjectStore(), allowed_measurements=measurements,
+                              probability_digits=args.probability_digits, quota=quota)
     print(f"published {published.name}:{published.version} {published.digest}")
+    return 0
+
+
+def cmd_provider_register_owner(args: argparse.Namespace) -> int:
+    from sdk.party import Party
+
+    _load_stack_env(args.state_dir)
+    Party.from_env("provider").broker().register_owner(args.name, json.loads(args.key.read_text()))
+    print(f"your broker now releases model keys for batches granted by owner broker '{args.name}'")
+    return 0
+
+
+def cmd_provider_usage(args: argparse.Namespace) -> int:
+    from sdk.provider import usage_records
+    from sdk.storage import ObjectStore
+
+    _load_stack_env(args.state_dir)
+    totals = usage_records(ObjectStore(), args.model)
+    print(json.dumps(totals) if args.json else "\n".join(f"{owner:20} {batches:6} batches {rows:10} rows"
+                                                         for owner, (batches, rows) in sorted(totals.items())))
+    return 0
+
+
+def cmd_owner_grant_key(args: argparse.Namespace) -> int:
+    from sdk.party import Party
+
+    _load_stack_env(args.state_dir)
+    print(json.dumps(Party.from_env("owner").broker().grant_key()))
     return 0
 
 
@@ -372,11 +402,26 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--name", required=True)
     publish.add_argument("--measurement", action="append", help="enclave measurement allowed (hex); repeatable")
     _add_release_arguments(publish)
+    publish.add_argument("--probability-digits", type=int, default=None,
+                         help="round probabilities owners receive to N digits (0: labels only; default: full)")
+    publish.add_argument("--quota-rows", type=int, help="rows per owner per period (metered by your broker)")
+    publish.add_argument("--quota-period-s", type=int, default=30 * 86400, help="quota period in seconds")
     publish.set_defaults(func=cmd_provider_publish)
     key = provider.add_parser("key", help="print the provider's public card-signing key, for owners to pin")
     key.set_defaults(func=cmd_provider_key)
+    register_owner = provider.add_parser("register-owner", help="accept model grants of an owner's key broker "
+                                         "(its key from `cscore owner grant-key`)")
+    register_owner.add_argument("name", help="the owner broker's name (as in the workers' configuration)")
+    register_owner.add_argument("key", type=Path)
+    register_owner.set_defaults(func=cmd_provider_register_owner)
+    usage = provider.add_parser("usage", help="rows scored per owner, from the enclaves' signed usage records")
+    usage.add_argument("--model", required=True)
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=cmd_provider_usage)
 
     owner = sub.add_parser("owner", help="the data owner's commands").add_subparsers(dest="action", required=True)
+    grant_key = owner.add_parser("grant-key", help="print your broker's public model-grant key, for providers")
+    grant_key.set_defaults(func=cmd_owner_grant_key)
     register = owner.add_parser("register", help="register the tenant's manifest key with the platform")
     register.add_argument("--tenant", required=True)
     register.set_defaults(func=cmd_owner_register)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,9 @@ from typing import Any
 from sevsnpmeasure import guest, vcpu_types
 from sevsnpmeasure.sev_mode import SevMode
 from sevsnpmeasure.vmm_types import VMMType
+
+from wire.errors import FormatError
+from wire.worker_config import host_data, load_worker_config, mrconfigid
 
 # Guest features (SEV_FEATURES of the VMSA): bit 0 SNPActive. QEMU <= 9.0 launches with exactly this;
 # newer hypervisors may add bits (e.g. 0x21 adds DebugSwap): pass what the launch command uses.
@@ -86,42 +88,23 @@ def snp_measurement(launch: SnpLaunch) -> bytes:
 
 
 def config_digest_of_file(path: Path) -> bytes:
-    """SHA-256 over the RFC 8785 canonical JSON of the worker configuration document at ``path``.
-
-    Stand-in for ``wire.worker_config.config_digest`` (used when importable): canonical JSON of a
-    document without floating-point numbers is sorted keys, no whitespace, UTF-8; floats are refused."""
+    """SHA-256 over the RFC 8785 canonical JSON of the worker configuration document at ``path``
+    (``wire.worker_config``: parsed strictly first, so a malformed document is named, not measured)."""
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MeasureError(f"--config {path}: expected a JSON worker configuration document, got: {exc}") from exc
-    try:
-        from wire.worker_config import config_digest  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return hashlib.sha256(_canonical(doc, str(path))).digest()
-    return bytes(config_digest(doc))
-
-
-def _canonical(doc: Any, where: str) -> bytes:
-    def no_floats(value: Any) -> None:
-        if isinstance(value, float) and not (value.is_integer() and math.isfinite(value)):
-            raise MeasureError(f"--config {where}: floating-point values are not allowed in the configuration")
-        for child in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
-            no_floats(child)
-
-    no_floats(doc)
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        config, _ = load_worker_config(path)
+    except (OSError, FormatError) as exc:
+        raise MeasureError(f"--config {path}: expected a worker configuration document, got: {exc}") from exc
+    return config.digest()
 
 
 def snp_host_data(digest: bytes) -> bytes:
     """SEV-SNP HOST_DATA (32 bytes) for a configuration digest."""
-    if len(digest) != 32:
-        raise MeasureError(f"configuration digest: expected 32 bytes, got {len(digest)}")
-    return digest
+    return host_data(digest)
 
 
 def tdx_mrconfigid(digest: bytes) -> bytes:
     """TDX MRCONFIGID (48 bytes): the configuration digest, then 16 zero bytes."""
-    return snp_host_data(digest) + bytes(16)
+    return mrconfigid(digest)
 
 
 # -- what to put in a policy ------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from joserfc import jwe, jwt
-from joserfc.jwk import ECKey, import_key
+from joserfc.jwk import ECKey
+
+from wire.canonical import canonical_json
 
 if TYPE_CHECKING:
     from attestation import Evidence
@@ -66,6 +68,16 @@ class BrokerUnreachable(KbsError):
 
 
 @dataclass(frozen=True)
+class EnclaveKeys:
+    """The enclave's ephemeral key pairs, one set per worker process, shared by all its broker sessions:
+    releases are encrypted to `tee_key`, receipts and usage records signed by `receipt_key`. A model grant
+    names `tee_key`, so the provider's broker sees the very key the owner's broker granted."""
+
+    tee_key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", private=True), repr=False)
+    receipt_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate, repr=False)
+
+
+@dataclass(frozen=True)
 class AttestationResult:
     """A token (useless without the tee private key), its expiry (epoch s), and the broker's claims."""
 
@@ -74,21 +86,22 @@ class AttestationResult:
     claims: dict[str, Any]
 
 
-def canonical_json(obj: Any) -> bytes:
-    """Canonical JSON as fixed in docs/ARCHITECTURE.md."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def broker_tls(broker_url: str, ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext | bool:
-    """TLS verification for a broker URL: `ca_bundle`, else $CSCORE_BROKER_CA, else the system roots.
+def broker_tls(broker_url: str, ca_bundle: str | os.PathLike[str] | None = None, *,
+               ca_pem: str | None = None) -> ssl.SSLContext | bool:
+    """TLS verification for a broker URL: `ca_pem` (PEM text, the worker's measured pin), else `ca_bundle`,
+    else $CSCORE_BROKER_CA, else the system roots.
 
-    Raises ValueError for plain `http://` to a host that is not loopback: keys, tokens and admin
-    credentials never travel unencrypted off the machine.
+    Raises ValueError for plain `http://` to a host that is not loopback (and for any `http://` with
+    `ca_pem`): keys, tokens and admin credentials never travel unencrypted off the machine.
     """
+    if ca_pem is not None:
+        if urlsplit(broker_url).scheme != "https":
+            raise ValueError(f"broker URL {broker_url!r}: a pinned broker is reached over https only")
+        return ssl.create_default_context(cadata=ca_pem)
     parts = urlsplit(broker_url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https"):
@@ -123,19 +136,20 @@ class AttestedSession:
 
     def __init__(self, broker_url: str, provider: EvidenceProvider, *, tee: str = "sev-snp",
                  timeout_s: float = 30.0, client: httpx.Client | None = None,
-                 ca_bundle: str | os.PathLike[str] | None = None, party: str = "") -> None:
+                 ca_bundle: str | os.PathLike[str] | None = None, ca_pem: str | None = None,
+                 keys: EnclaveKeys | None = None, party: str = "") -> None:
         self.broker_url = broker_url.rstrip("/")
         self.party = party
         self._provider = provider
         self._tee = tee
         self._http = client or httpx.Client(base_url=self.broker_url, timeout=timeout_s,
-                                            verify=broker_tls(self.broker_url, ca_bundle))
-        self._tee_key = ECKey.generate_key("P-256", private=True)
-        self.receipt_private_key = Ed25519PrivateKey.generate()
+                                            verify=broker_tls(self.broker_url, ca_bundle, ca_pem=ca_pem))
+        keys = keys or EnclaveKeys()
+        self._tee_key = keys.tee_key
+        self.receipt_private_key = keys.receipt_key
         self.runtime_data: dict[str, Any] | None = None
         self.evidence: Evidence | None = None
         self._result: AttestationResult | None = None
-        self._broker_key: Any = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -171,18 +185,28 @@ class AttestedSession:
                  result.claims.get("measurement"), result.expires_at)
         return result
 
-    def unwrap(self, key_id: str, wrapped: bytes, *, batch_id: str, model_digest: str) -> bytes:
-        """Ask the broker to unwrap `wrapped` under `key_id`; returns the key (kept in memory only)."""
-        body = {"key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(), "batch_id": batch_id,
-                "model_digest": model_digest}
+    def unwrap(self, key_id: str, wrapped: bytes, *, batch_id: str, model_digest: str,
+               grant: str | None = None) -> bytes:
+        """Ask the broker to unwrap `wrapped` under `key_id`; returns the key (kept in memory only).
+
+        `grant`: for a model key, the owner broker's model grant for this batch (`model_grant`).
+        """
+        body: dict[str, Any] = {"key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(),
+                                "batch_id": batch_id, "model_digest": model_digest}
+        if grant is not None:
+            body["grant"] = grant
         return self._open(self._authorized("POST", "/kbs/v0/unwrap", body)["jwe"])
 
-    def wrap(self, key_id: str, key: bytes, *, batch_id: str, model_digest: str) -> bytes:
-        """Have the broker wrap `key` under `key_id` (the key travels as a JWE to the broker's key)."""
-        key_jwe = jwe.encrypt_compact({"alg": "ECDH-ES+A256KW", "enc": "A256GCM"}, key, self._broker_jwk(),
-                                      algorithms=JWE_ALGS)
-        body = {"key_id": key_id, "key_jwe": key_jwe, "batch_id": batch_id, "model_digest": model_digest}
-        return base64.b64decode(self._authorized("POST", "/kbs/v0/wrap", body)["wrapped"])
+    def release(self, key_id: str, *, batch_id: str, model_digest: str) -> tuple[bytes, int]:
+        """A batch's result key (its newest version), released to this attested session: (key, version)."""
+        body = {"key_id": key_id, "batch_id": batch_id, "model_digest": model_digest}
+        released = json.loads(self._open(self._authorized("POST", "/kbs/v0/release", body)["jwe"]))
+        return base64.b64decode(released["key"]), int(released["version"])
+
+    def model_grant(self, *, batch_id: str, model_digest: str) -> str:
+        """The owner broker's signed model grant for this batch and this session (to show the provider)."""
+        body = {"batch_id": batch_id, "model_digest": model_digest}
+        return str(self._authorized("POST", "/kbs/v0/model-grant", body)["grant"])
 
     def resource(self, repository: str, type_: str, tag: str) -> bytes:
         """Fetch a stored resource released to this enclave."""
@@ -225,11 +249,6 @@ class AttestedSession:
 
     def _open(self, token: str) -> bytes:
         return jwe.decrypt_compact(token, self._tee_key, algorithms=JWE_ALGS).plaintext or b""
-
-    def _broker_jwk(self) -> Any:
-        if self._broker_key is None:
-            self._broker_key = import_key(_json_or_raise(self._send("GET", "/kbs/v0/broker-key")))
-        return self._broker_key
 
     def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return _json_or_raise(self._send("POST", path, content=canonical_json(body),

@@ -16,10 +16,11 @@ from typing import Any
 from joserfc.jwk import OKPKey
 
 from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify_evidence
-from enclave.shard import ShardSpec
 from enclave.signing import canonical_json, sign_json, verify_json
+from wire.shard import ShardSpec
 
 RECEIPT_TYPE = "cscore.receipt/v1"
+USAGE_TYPE = "cscore.usage/v1"  # metering without data: which owner's batch used how many rows of which model
 
 
 class ReceiptError(ValueError):
@@ -67,6 +68,18 @@ def sign_receipt(
         "worker": worker,
         "issued_at": int(time.time()),
     }
+    return sign_json(payload, key)
+
+
+def sign_usage(key: OKPKey, *, spec: ShardSpec, provider: str, rows: int, evidence_sha256: str) -> str:
+    """A usage record for the model's provider: owner (tenant), batch, shard, model and row count; no content.
+
+    Signed by the same enclave key as the shard's receipt, so it verifies against the same evidence.
+    """
+    payload = {"type": USAGE_TYPE, "provider": provider, "tenant": spec.tenant, "batch_id": spec.batch_id,
+               "shard_index": spec.shard_index, "rows": rows, "evidence_sha256": evidence_sha256,
+               "model": {"name": spec.model_name, "version": spec.model_version, "digest": spec.model_digest},
+               "issued_at": int(time.time())}
     return sign_json(payload, key)
 
 

@@ -103,18 +103,21 @@ def _check_schema(session: ort.InferenceSession) -> None:
         raise ModelLoadError(f"expected output 'probabilities' of shape [N, 2], found {outputs[PROBABILITY_OUTPUT]}")
 
 
-_cache: OrderedDict[tuple[str, int], ModelSession] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, int], ModelSession] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def session_for(digest: str, loader: Callable[[], bytes], threads: int = 1) -> ModelSession:
+def session_for(digest: str, loader: Callable[[], bytes], threads: int = 1, *,
+                namespace: str = "confidential") -> ModelSession:
     """The cached session for the model whose SHA-256 is ``digest`` (hex, optionally ``sha256:``-prefixed).
 
     ``loader`` is called only on a miss, and its bytes must hash to ``digest`` (else ModelLoadError):
     a cache keyed by digest must never hold a different model. Keeps the last few models used (LRU).
+    ``namespace`` keeps models loaded by different paths apart (a plaintext baseline never reaches a
+    model that was released confidentially).
     """
     expected = digest.removeprefix("sha256:").lower()
-    key = (expected, threads)
+    key = (namespace, expected, threads)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:

@@ -9,16 +9,16 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
+from wire.canonical import canonical_json
+
+__all__ = ["SignatureError", "canonical_json", "generate_signing_key", "sign_json", "unverified_payload",
+           "verify_json"]
+
 ALGORITHM = "Ed25519"  # RFC 9864 name; "EdDSA" is deprecated
 
 
 class SignatureError(ValueError):
     """A signed document did not verify."""
-
-
-def canonical_json(value: Any) -> bytes:
-    """The one byte encoding of a JSON value that every party hashes and signs."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def generate_signing_key() -> OKPKey:

@@ -5,7 +5,7 @@
   treat it exactly like a real report; only its root is "simulated".
 - :class:`ConfigfsTsmProvider`: real SEV-SNP and TDX guests, through Linux's configfs-tsm ABI
   (Documentation/ABI/testing/configfs-tsm).
-- :func:`evidence_provider_from_env`: picks one from ``CSCORE_TEE``.
+- :func:`evidence_provider`: picks one from the measured worker configuration's ``tee``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from attestation.snp.report import (
     with_signature,
 )
 from attestation.snp.verify import OID_HWID, TCB_OIDS, extension_bytes
+from wire.worker_config import WorkerConfig, config_digest_from_claims, host_data
 
 REPORT_DATA_SIZE = 64
 MEASUREMENT_SIZE = 48
@@ -198,18 +199,47 @@ def _snp_evidence(report: bytes, auxblob: bytes) -> Evidence:
     return Evidence(tee="sev-snp", report=report, vcek=leaf, cert_chain=chain)
 
 
-def evidence_provider_from_env() -> EvidenceProvider:
-    """``CSCORE_TEE``: ``simulated-sev-snp`` (default; firmware in ``CSCORE_SIM_TEE_DIR``, measurement
-    from :func:`enclave.measurement.code_measurement`) or ``configfs-tsm`` (real CVMs)."""
-    kind = os.environ.get("CSCORE_TEE", "simulated-sev-snp")
-    if kind == "configfs-tsm":
+def evidence_provider(config: WorkerConfig) -> EvidenceProvider:
+    """The evidence provider the measured configuration names (never an environment variable).
+
+    ``simulated-sev-snp``: firmware in ``CSCORE_SIM_TEE_DIR``, measurement from
+    :func:`enclave.measurement.code_measurement`, HOST_DATA the configuration's digest, as a host would set it.
+    ``configfs-tsm``: real CVMs (the host set HOST_DATA / MRCONFIGID at launch; see `check_launch_binding`).
+    Raises RuntimeError when ``CSCORE_TEE`` is set and disagrees with the configuration.
+    """
+    requested = os.environ.get("CSCORE_TEE")
+    if requested and requested != config.tee:
+        raise RuntimeError(f"CSCORE_TEE={requested!r} disagrees with the worker configuration's tee {config.tee!r}; "
+                           "the measured configuration decides: unset CSCORE_TEE or launch with another configuration")
+    if config.tee == "configfs-tsm":
         return ConfigfsTsmProvider()
-    if kind == "simulated-sev-snp":
-        from enclave.measurement import code_measurement
+    from enclave.measurement import code_measurement
 
-        sim_dir = os.environ.get("CSCORE_SIM_TEE_DIR")
-        if not sim_dir:
-            raise RuntimeError("CSCORE_TEE=simulated-sev-snp needs CSCORE_SIM_TEE_DIR (the simulated firmware folder)")
-        return SimulatedSnpProvider(Path(sim_dir), code_measurement())
-    raise RuntimeError(f"CSCORE_TEE must be 'simulated-sev-snp' or 'configfs-tsm', got {kind!r}")
+    sim_dir = os.environ.get("CSCORE_SIM_TEE_DIR")
+    if not sim_dir:
+        raise RuntimeError("tee simulated-sev-snp needs CSCORE_SIM_TEE_DIR (the simulated firmware folder)")
+    return SimulatedSnpProvider(Path(sim_dir), code_measurement(), host_data=host_data(config.digest()))
 
+
+def check_launch_binding(provider: EvidenceProvider, config: WorkerConfig) -> str:
+    """Refuse to run unless this guest's evidence carries the configuration's digest; returns it (hex).
+
+    On a real CVM the host sets HOST_DATA (SEV-SNP) or MRCONFIGID (TDX) at launch; a worker handed a
+    configuration other than the one it was launched with would otherwise trust brokers nobody measured.
+    """
+    evidence = provider.get_evidence(secrets.token_bytes(REPORT_DATA_SIZE))
+    if evidence.tee == "tdx":
+        from attestation.tdx.quote import parse_quote
+
+        field, carried = "mrconfigid", parse_quote(evidence.report).mr_config_id
+    else:
+        from attestation.snp.report import parse_report
+
+        field, carried = "host_data", parse_report(evidence.report).host_data
+    expected = config.digest_hex()
+    actual = config_digest_from_claims(carried.hex())
+    if actual != expected:
+        raise AttestationError(field, expected, carried.hex(),
+                               "this guest was launched with another worker configuration; relaunch with the "
+                               "configuration's digest as HOST_DATA / MRCONFIGID")
+    return expected

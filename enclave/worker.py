@@ -1,7 +1,12 @@
 """The confidential worker's core: attest, obtain keys, decrypt, score, encrypt, sign a receipt.
 
 Everything secret (released keys, the model, emails, scores) stays inside this process's memory;
-what leaves is ciphertext, digests, counts and signed receipts.
+what leaves is ciphertext, digests, counts and signed receipts and usage records.
+
+Whom the worker trusts comes only from its measured configuration (`wire.worker_config`): brokers are
+named in shard specs and model cards, and their URL and TLS CA are looked up there. Per batch, the model
+key is released afresh against the owner broker's model grant; results are wrapped under the batch's
+result key, released by the owner's broker, never under a key the platform could substitute.
 """
 
 from __future__ import annotations
@@ -18,25 +23,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import OKPKey
 
-from enclave.kbs_client import AttestedSession
+from enclave.kbs_client import AttestedSession, EnclaveKeys
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
-from enclave.receipts import evidence_document, sign_receipt
+from enclave.receipts import evidence_document, sign_receipt, sign_usage
 from enclave.scoring import ModelSession, session_for
-from enclave.shard import ShardSpec
-from enclave.signing import canonical_json
-from enclave.tee import EvidenceProvider, SimulatedSnpProvider
+from enclave.signing import canonical_json, unverified_payload
+from enclave.tee import EvidenceProvider
+from wire.card import ModelCard, verify_card
+from wire.keywrap import wrap_key
+from wire.shard import ShardSpec
+from wire.worker_config import BrokerIdentity, WorkerConfig
 
 log = logging.getLogger(__name__)
 
 INPUT_COLUMNS = ("message_id", "text")
 RESULT_ROW_GROUP_SIZE = 65_536
-BATCH_KEY_CONTEXTS = 8  # batches whose key contexts a worker keeps; older ones are forgotten
+BATCH_CONTEXTS = 8  # batches whose key contexts and model authorisations a worker keeps; older ones are forgotten
 
 
 class ShardInputError(ValueError):
@@ -44,11 +53,15 @@ class ShardInputError(ValueError):
 
 
 class ModelIntegrityError(ValueError):
-    """The decrypted model is not the one the owner chose."""
+    """The decrypted model is not the one the owner chose, or its card is not the provider's."""
 
 
 class PlaintextRefused(PermissionError):
-    """A plaintext (baseline) shard was sent to a worker on a real TEE."""
+    """A plaintext (baseline) shard was sent where the configuration or the model does not allow one."""
+
+
+class UsageExceeded(PermissionError):
+    """More rows of a batch than its grant counted were sent to this worker."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class ScoredShard:
     output_sha256: str
     rows: int
     receipt: str
+    usage: str  # signed usage record for the provider (rows, no content); "" for the plaintext baseline
     evidence: dict[str, Any]
     evidence_sha256: str
 
@@ -69,178 +83,246 @@ def sha256_hex(data: bytes) -> str:
 
 
 class _BatchKeys(KeyWrapper):
-    """PME keys of one batch, through the owner's broker, with the batch's grant context."""
+    """PME keys of one batch: inputs unwrapped by the owner's broker under the batch grant, results wrapped
+    locally under the batch's result key, which that broker released to this attested session."""
 
-    def __init__(self, session: AttestedSession, batch_id: str, model_digest: str) -> None:
+    def __init__(self, session: AttestedSession, spec: ShardSpec) -> None:
         self._session = session
-        self._context = {"batch_id": batch_id, "model_digest": model_digest}
+        self._context = {"batch_id": spec.batch_id, "model_digest": spec.model_digest}
+        self._result_key_id = spec.result_key
+        self._released: tuple[bytes, int] | None = None
+        self._lock = threading.Lock()
 
     def wrap(self, key_id: str, key: bytes) -> bytes:
-        return self._session.wrap(key_id, key, **self._context)
+        if key_id != self._result_key_id:
+            raise PermissionError(f"wrap: expected the batch's result key {self._result_key_id}, got {key_id}")
+        with self._lock:
+            if self._released is None:
+                self._released = self._session.release(key_id, **self._context)
+            master, version = self._released
+        return wrap_key(master, key_id, key, version)
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         return self._session.unwrap(key_id, wrapped, **self._context)
+
+
+@dataclass
+class _Batch:
+    """What a worker keeps per batch: its PME key context, the model grant's row count, rows scored."""
+
+    keys: PmeKeys
+    granted_rows: int = 0
+    scored_rows: int = 0
+    model_dek: bytes | None = None  # released by the provider's broker for this batch; memory only
 
 
 def _row_groups(spec: ShardSpec) -> range:
     return range(spec.row_group_start, spec.row_group_end)
 
 
-def _scored(spec: ShardSpec, table: pa.Table, model: ModelSession) -> pa.Table:
+def _scored(spec: ShardSpec, table: pa.Table, model: ModelSession, digits: int | None) -> pa.Table:
     probabilities, labels = model.score(table.column("text").to_pylist())
     return pa.table(
         {
             "message_id": table.column("message_id"),
-            "spam_probability": pa.array(probabilities, pa.float32()),
+            "spam_probability": _precision(probabilities, digits),
             "label": pa.array(labels, pa.int8()),
             "model_digest": pa.array([spec.model_digest] * table.num_rows, pa.string()).dictionary_encode(),
         }
     )
 
 
-class Enclave:
-    """One per worker process: its evidence provider, attested broker sessions and model cache."""
+def _precision(probabilities: np.ndarray, digits: int | None) -> pa.Array:
+    """The output precision the provider's card allows: full, rounded to `digits`, or none (labels only)."""
+    if digits is None:
+        return pa.array(probabilities, pa.float32())
+    if digits == 0:
+        return pa.nulls(len(probabilities), pa.float32())
+    return pa.array(np.round(probabilities.astype(np.float64), digits).astype(np.float32), pa.float32())
 
-    def __init__(self, provider: EvidenceProvider, *, name: str | None = None) -> None:
+
+class Enclave:
+    """One per worker process: its configuration, evidence provider, attested broker sessions, model cache."""
+
+    def __init__(self, provider: EvidenceProvider, config: WorkerConfig, *, name: str | None = None) -> None:
         self._provider = provider
+        self.config = config
         self._sessions: dict[str, AttestedSession] = {}
-        self._batch_keys: OrderedDict[tuple[str, str, str], PmeKeys] = OrderedDict()
+        self._keys = EnclaveKeys()  # one tee key and receipt key for every broker session of this process
+        self._batches: OrderedDict[tuple[str, str], _Batch] = OrderedDict()
         self._lock = threading.Lock()
         self.name = name or socket.gethostname()
         self._baseline_key = OKPKey.generate_key("Ed25519", private=True)  # unattested: baseline runs only
 
-    def session(self, broker_url: str, party: str = "") -> AttestedSession:
-        """The attested session with one broker, created (and attested) on first use; `party` names it in errors."""
+    def session(self, broker: BrokerIdentity) -> AttestedSession:
+        """The attested session with one configured broker, created (and attested) on first use."""
+        party = "owner" if broker in self.config.owners else "provider"  # names it when it does not answer
         with self._lock:
-            if broker_url not in self._sessions:
-                self._sessions[broker_url] = AttestedSession(broker_url, self._provider)
-            session = self._sessions[broker_url]
-            session.party = party or session.party
-            return session
+            if broker.name not in self._sessions:
+                self._sessions[broker.name] = AttestedSession(broker.url, self._provider, ca_pem=broker.ca_pem,
+                                                              keys=self._keys, party=party)
+            return self._sessions[broker.name]
 
-    def attest(self, broker_urls: list[str]) -> dict[str, Any]:
-        """Attest to each broker (a still-valid attestation is reused); returns what the platform may see."""
+    def attest(self, broker_names: list[str]) -> dict[str, Any]:
+        """Attest to each named broker (a still-valid attestation is reused); returns what the platform may see."""
         verdicts = []
-        for url in broker_urls:
-            result = self.session(url).current()
+        for name in broker_names:
+            broker = self._broker(name)
+            result = self.session(broker).current()
             claims = result.claims
             # The digest the broker logged for this attestation: it names this worker in the audit log.
-            verdicts.append({"broker": url, "accepted": True, "tee": claims.get("tee"),
+            verdicts.append({"broker": broker.name, "url": broker.url, "accepted": True, "tee": claims.get("tee"),
                              "measurement": claims.get("measurement"), "root": claims.get("root"),
-                             "claims_digest": sha256_hex(canonical_json(claims)), "expires_at": result.expires_at})
-        return {"worker": self.name, "verdicts": verdicts}
+                             "host_data": claims.get("host_data"), "claims_digest": sha256_hex(canonical_json(claims)),
+                             "expires_at": result.expires_at})
+        return {"worker": self.name, "config_digest": self.config.digest_hex(), "verdicts": verdicts}
+
+    def _broker(self, name: str) -> BrokerIdentity:
+        owners = {b.name: b for b in self.config.owners}
+        return owners[name] if name in owners else self.config.provider(name)
 
     def score_shard(
         self,
         spec: ShardSpec,
         input_parquet: bytes,
-        card: dict[str, Any],
-        model_ciphertext: Callable[[], bytes],
+        card_token: str,
+        model_object: Callable[[str], bytes],
     ) -> ScoredShard:
-        """Decrypt the shard's rows, score them with the chosen model, encrypt results, sign a receipt."""
+        """Decrypt the shard's rows, score them with the chosen model, encrypt results, sign a receipt.
+
+        `card_token` is the model card as stored (a JWS); `model_object(key)` fetches the model's object.
+        Raises ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, wire FormatError, KbsError.
+        """
         if sha256_hex(input_parquet) != spec.input_sha256:
             raise ShardInputError(
                 f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed manifest), "
                 f"got {sha256_hex(input_parquet)}"
             )
-        if card.get("digest") != spec.model_digest:
-            raise ModelIntegrityError(
-                f"model card {spec.model_name}:{spec.model_version}: expected digest {spec.model_digest} "
-                f"(the owner's choice), got {card.get('digest')}"
-            )
+        card = self._verified_card(spec, card_token)
         output_key = spec.output_key.removesuffix(".parquet") + f".{secrets.token_hex(8)}.parquet"
-        if spec.protection == "none":
-            return self._score_plaintext(spec, output_key, input_parquet, model_ciphertext)
-        owner = self.session(spec.owner_broker_url, "owner")
-        keys = self._keys_for(spec, owner)
-        model = session_for(spec.model_digest, lambda: self._decrypt_model(spec, card, model_ciphertext()))
-        with EncryptedParquet(input_parquet, keys) as source:
+        if spec.protection == "none" or card.protection == "none":
+            return self._score_plaintext(spec, card, output_key, input_parquet, model_object)
+        owner = self.session(self.config.owner(spec.owner_broker))
+        batch = self._batch(spec, owner)
+        model = self._authorised_model(spec, card, owner, batch, model_object)
+        with EncryptedParquet(input_parquet, batch.keys) as source:
             table = source.read_row_groups(_row_groups(spec), INPUT_COLUMNS)
-        results = _scored(spec, table, model)
-        # Results go back under the broker that released the inputs: only the real owner broker
-        # could have unwrapped them, so the platform cannot redirect results to a key it holds.
-        output = keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
-                            row_group_size=RESULT_ROW_GROUP_SIZE)
-        return self._receipted(spec, owner, output_key, input_parquet, output, table.num_rows)
+        self._count_rows(spec, batch, table.num_rows)
+        results = _scored(spec, table, model, card.probability_digits)
+        output = batch.keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
+                                  row_group_size=RESULT_ROW_GROUP_SIZE)
+        return self._receipted(spec, card, owner, output_key, input_parquet, output, table.num_rows)
 
-    def _keys_for(self, spec: ShardSpec, owner: AttestedSession) -> PmeKeys:
-        """One PME key context per batch, so its shards on this worker share unwrapped key-encryption keys."""
-        key = (spec.owner_broker_url, spec.batch_id, spec.model_digest)
+    def _verified_card(self, spec: ShardSpec, token: str) -> ModelCard:
+        """The card, verified against the card keys of the provider it names in the measured configuration."""
+        claimed = unverified_payload(token, what="model card")
+        provider = claimed.get("broker")
+        keys = [k for p in self.config.providers if provider in (None, p.name) for k in p.card_keys]
+        card = verify_card(token, keys, what=f"models/{spec.model_name}/{spec.model_version}/card.jws")
+        if card.digest != spec.model_digest or (card.name, card.version) != (spec.model_name, spec.model_version):
+            raise ModelIntegrityError(
+                f"model card {card.name}:{card.version} ({card.digest}): expected {spec.model_name}:"
+                f"{spec.model_version} with digest {spec.model_digest} (the owner's choice)")
+        return card
+
+    def _batch(self, spec: ShardSpec, owner: AttestedSession) -> _Batch:
+        """One key context per batch, so its shards on this worker share unwrapped key-encryption keys."""
+        key = (spec.owner_broker, spec.batch_id)
         with self._lock:
-            if key not in self._batch_keys:
-                self._batch_keys[key] = PmeKeys(_BatchKeys(owner, spec.batch_id, spec.model_digest))
-            self._batch_keys.move_to_end(key)
-            while len(self._batch_keys) > BATCH_KEY_CONTEXTS:
-                self._batch_keys.popitem(last=False)[1].close()
-            return self._batch_keys[key]
+            if key not in self._batches:
+                self._batches[key] = _Batch(PmeKeys(_BatchKeys(owner, spec)))
+            self._batches.move_to_end(key)
+            while len(self._batches) > BATCH_CONTEXTS:
+                self._batches.popitem(last=False)[1].keys.close()
+            return self._batches[key]
 
-    def _score_plaintext(
-        self, spec: ShardSpec, output_key: str, source: bytes, model_bytes: Callable[[], bytes]
-    ) -> ScoredShard:
+    def _authorised_model(self, spec: ShardSpec, card: ModelCard, owner: AttestedSession, batch: _Batch,
+                          model_object: Callable[[str], bytes]) -> ModelSession:
+        """The model for this batch: the provider's broker releases its key against this batch's grant,
+        every batch afresh, so a revoked measurement or owner stops the next batch even with a warm cache."""
+        if card.broker is None or card.key_id is None or card.wrapped_dek is None:
+            raise ModelIntegrityError(f"model card {card.name}:{card.version}: expected an encrypted model")
+        provider = self.session(self.config.provider(card.broker))
+        with self._lock:
+            dek = batch.model_dek
+        if dek is None:
+            grant = owner.model_grant(batch_id=spec.batch_id, model_digest=spec.model_digest)
+            dek = provider.unwrap(card.key_id, base64.b64decode(card.wrapped_dek), batch_id=spec.batch_id,
+                                  model_digest=spec.model_digest, grant=grant)
+            rows = int(unverified_payload(grant, what="model grant").get("rows", 0))
+            with self._lock:
+                batch.granted_rows, batch.model_dek = rows, dek
+        released = dek
+        # The cache is reached only after this batch's own release: a warm cache skips decryption, not consent.
+        return session_for(card.digest, lambda: _decrypt_model(card, released, model_object))
+
+    def _count_rows(self, spec: ShardSpec, batch: _Batch, rows: int) -> None:
+        with self._lock:
+            if batch.scored_rows + rows > batch.granted_rows:
+                raise UsageExceeded(f"batch {spec.batch_id}: the owner's grant counts {batch.granted_rows} rows; "
+                                    f"{batch.scored_rows} scored here already, {rows} more refused")
+            batch.scored_rows += rows
+
+    def _score_plaintext(self, spec: ShardSpec, card: ModelCard, output_key: str, source: bytes,
+                         model_object: Callable[[str], bytes]) -> ScoredShard:
         """The benchmark's baseline: same reading, scoring and writing, without PME, brokers or evidence.
 
-        Only on the simulated TEE: on a real one, the platform could otherwise run a released model on
-        its own inputs and read the scores.
+        Only where the measured configuration says so (simulated TEE), and only for a model its provider
+        published unencrypted: otherwise the platform could score a confidential model on its own inputs.
         """
-        if not isinstance(self._provider, SimulatedSnpProvider):
-            raise PlaintextRefused(
-                f"shard.protection: expected 'pme' on a real TEE, got 'none' (plaintext is for benchmarks on the "
-                f"simulated TEE only); batch {spec.batch_id} refused"
-            )
-        model = session_for(spec.model_digest, model_bytes)
+        if not self.config.insecure_plaintext_baseline:
+            raise PlaintextRefused(f"shard.protection: expected 'pme', got {spec.protection!r}: this worker's "
+                                   f"configuration forbids the plaintext baseline; batch {spec.batch_id} refused")
+        if spec.protection != "none" or card.protection != "none":
+            raise PlaintextRefused(f"model {card.name}:{card.version}: expected a model published unencrypted "
+                                   f"(card.protection 'none') for a plaintext shard, got card.protection "
+                                   f"{card.protection!r} and shard.protection {spec.protection!r}")
+        model = session_for(card.digest, lambda: _plain_model(card, model_object), namespace="plaintext")
         table = pq.ParquetFile(pa.BufferReader(source)).read_row_groups(_row_groups(spec), INPUT_COLUMNS)
         sink = io.BytesIO()
-        pq.write_table(_scored(spec, table, model), sink, row_group_size=RESULT_ROW_GROUP_SIZE)
+        pq.write_table(_scored(spec, table, model, card.probability_digits), sink,
+                       row_group_size=RESULT_ROW_GROUP_SIZE)
         output = sink.getvalue()
         receipt = sign_receipt(self._baseline_key, spec=spec, output_key=output_key, input_sha256=sha256_hex(source),
                                output_sha256=sha256_hex(output), rows=table.num_rows, evidence_sha256="",
                                worker=self.name)
-        return ScoredShard(output_key, output, sha256_hex(output), table.num_rows, receipt, {}, "")
+        return ScoredShard(output_key, output, sha256_hex(output), table.num_rows, receipt, "", {}, "")
 
-    def _receipted(
-        self, spec: ShardSpec, owner: AttestedSession, output_key: str, source: bytes, output: bytes, rows: int
-    ) -> ScoredShard:
+    def _receipted(self, spec: ShardSpec, card: ModelCard, owner: AttestedSession, output_key: str, source: bytes,
+                   output: bytes, rows: int) -> ScoredShard:
         if owner.evidence is None or owner.runtime_data is None:
             raise RuntimeError("receipt: expected an attested owner session, got none")
         evidence = evidence_document(owner.evidence, owner.runtime_data)
         evidence_sha256 = sha256_hex(canonical_json(evidence))
         output_sha256 = sha256_hex(output)
-        receipt = sign_receipt(
-            OKPKey.import_key(owner.receipt_private_key),
-            spec=spec,
-            output_key=output_key,
-            input_sha256=sha256_hex(source),
-            output_sha256=output_sha256,
-            rows=rows,
-            evidence_sha256=evidence_sha256,
-            worker=self.name,
-        )
-        log.info(
-            "scored shard %d of batch %s: %d rows, output sha256 %s",
-            spec.shard_index, spec.batch_id, rows, output_sha256,
-        )
-        return ScoredShard(output_key, output, output_sha256, rows, receipt, evidence, evidence_sha256)
+        key = OKPKey.import_key(owner.receipt_private_key)
+        receipt = sign_receipt(key, spec=spec, output_key=output_key, input_sha256=sha256_hex(source),
+                               output_sha256=output_sha256, rows=rows, evidence_sha256=evidence_sha256,
+                               worker=self.name)
+        usage = sign_usage(key, spec=spec, provider=card.broker or "", rows=rows, evidence_sha256=evidence_sha256)
+        log.info("scored shard %d of batch %s: %d rows, output sha256 %s",
+                 spec.shard_index, spec.batch_id, rows, output_sha256)
+        return ScoredShard(output_key, output, output_sha256, rows, receipt, usage, evidence, evidence_sha256)
 
-    def _decrypt_model(self, spec: ShardSpec, card: dict[str, Any], ciphertext: bytes) -> bytes:
-        provider = self.session(card["broker_url"], "provider")
-        dek = provider.unwrap(
-            card["key_id"],
-            base64.b64decode(card["wrapped_dek"]),
-            batch_id=spec.batch_id,
-            model_digest=spec.model_digest,
-        )
-        aad = f"{card['name']}:{card['version']}".encode()
-        try:
-            onnx_bytes = AESGCM(dek).decrypt(ciphertext[:12], ciphertext[12:], aad)
-        except InvalidTag as exc:
-            raise ModelIntegrityError(
-                f"model {card['name']}:{card['version']}: expected ciphertext authenticated by its data key, "
-                "got a tag mismatch (the object was altered or belongs to another model)"
-            ) from exc
-        digest = "sha256:" + sha256_hex(onnx_bytes)
-        if digest != spec.model_digest:
-            raise ModelIntegrityError(
-                f"model {card['name']}:{card['version']}: expected digest {spec.model_digest} "
-                f"(the owner's choice), got {digest}"
-            )
-        return onnx_bytes
+
+def _decrypt_model(card: ModelCard, dek: bytes, model_object: Callable[[str], bytes]) -> bytes:
+    ciphertext = model_object(card.object_key)
+    try:
+        onnx_bytes = AESGCM(dek).decrypt(ciphertext[:12], ciphertext[12:], card.aad)
+    except InvalidTag as exc:
+        raise ModelIntegrityError(
+            f"model {card.name}:{card.version}: expected ciphertext authenticated by its data key, "
+            "got a tag mismatch (the object was altered or belongs to another model)") from exc
+    return _checked(card, onnx_bytes)
+
+
+def _plain_model(card: ModelCard, model_object: Callable[[str], bytes]) -> bytes:
+    return _checked(card, model_object(card.object_key))
+
+
+def _checked(card: ModelCard, onnx_bytes: bytes) -> bytes:
+    digest = "sha256:" + sha256_hex(onnx_bytes)
+    if digest != card.digest:
+        raise ModelIntegrityError(f"model {card.name}:{card.version}: expected digest {card.digest} "
+                                  f"(the owner's choice), got {digest}")
+    return onnx_bytes

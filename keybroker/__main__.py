@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         files = ensure_local_tls(args.ca_dir, args.out, args.name)
         print(json.dumps({"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key)}))
         return 0
-    return serve(BrokerConfig.from_file(args.config))
+    try:
+        config = BrokerConfig.from_file(args.config)
+    except (ValueError, OSError) as exc:
+        print(f"keybroker: config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    return serve(config)
 
 
 def serve(config: BrokerConfig) -> int:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import logging
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -31,13 +32,17 @@ from keybroker.middleware import LimitsMiddleware
 from keybroker.policy import PolicyEngine, PolicyError
 from keybroker.problems import Problem, install_handlers
 from keybroker.sessions import NonceError, SessionTable
-from keybroker.store import KeyRecord, KeyStore
+from keybroker.store import KeyRecord, KeyStore, QuotaExceeded
 from keybroker.tokens import POP_HEADER, TokenIssuer, TokenRejected
 from keybroker.verifier import EvidenceRejected, Verifier, attestation_verifier, report_data_for
+from wire.errors import FormatError
+from wire.grant import GRANT_TTL_S, ModelGrant, sign_grant, verify_grant
+from wire.worker_config import config_digest_from_claims
 
 log = logging.getLogger("keybroker")
 MAX_KEY_BYTES = 1024
-SETTINGS = frozenset({"min_tcb", "chip_ids"})  # per-key platform floor (keybroker.policy.PLATFORM_CLAUSES)
+FLOOR = frozenset({"min_tcb", "chip_ids"})  # per-key platform floor (keybroker.policy.PLATFORM_CLAUSES)
+SETTINGS = FLOOR | {"quota"}  # and a model key's row quota per owner
 KBS = "/kbs/v0"
 ADMIN = "/admin/v0"
 
@@ -59,6 +64,7 @@ class Broker:
         self.sessions = SessionTable(config.nonce_ttl_s, config.max_sessions)
         self.issuer = TokenIssuer(_ec_key_from_store(self.store, "token-signing"), config.name, config.token_ttl_s)
         self.transport_key = _ec_key_from_store(self.store, "key-transport")
+        self.grant_key = _ec_key_from_store(self.store, "grant-signing")  # signs model grants for providers
         self._verifier = verifier
         self._verifier_error: str | None = None
 
@@ -129,9 +135,13 @@ class Broker:
         return record
 
     def authorize(self, record: KeyRecord, operation: str, payload: dict[str, Any], batch_id: str,
-                  model_digest: str, extra: dict[str, Any] | None = None) -> None:
-        """Evaluate the key's policy; refusals are logged and answered 403 with the failing field."""
-        claims = payload["claims"]
+                  model_digest: str, extra: dict[str, Any] | None = None,
+                  owner_grant: tuple[dict[str, Any], str | None] = ({}, None)) -> None:
+        """Evaluate the key's policy; refusals are logged and answered 403 with the failing field.
+
+        `owner_grant` is a verified model grant's payload (or `{}`) and, when it did not verify, why.
+        """
+        claims = {**payload["claims"], "config_digest": _config_digest(payload["claims"])}
         grant = self.store.get_grant(batch_id) if batch_id else None
         ctx = {
             "claims": claims,
@@ -139,7 +149,10 @@ class Broker:
                         "model_digest": model_digest, **(extra or {})},
             "grant": grant.as_dict() if grant else {},
             "key": {"key_id": record.key_id, "kind": record.kind, "measurements": record.measurements,
-                    "version": record.version, **self.platform_floor(record)},
+                    "version": record.version, "simulated_allowed": self.config.simulated_allowed(record.key_id),
+                    **self.platform_floor(record)},
+            "owner_grant": owner_grant[0],
+            "owner_grant_error": owner_grant[1] or "",
         }
         verdict = self.engine.evaluate(record.policy, record.kind, ctx)
         self.decide(decision="allow" if verdict.allowed else "deny", operation=operation, reason=verdict.reason,
@@ -155,12 +168,83 @@ class Broker:
                 "chip_ids": record.settings.get("chip_ids", self.config.chip_ids)}
 
     def unwrap(self, req: m.UnwrapRequest, payload: dict[str, Any]) -> m.JweResponse:
-        """Unwrap a DEK for an attested TEE and return it as a JWE to its tee_pubkey."""
+        """Unwrap a DEK for an attested TEE and return it as a JWE to its tee_pubkey.
+
+        A model key also needs `grant`: an owner broker's model grant for this batch, this model and this
+        very worker session, from an owner registered here; its rows are metered against the key's quota.
+        """
         ctx = {"batch_id": req.batch_id or None, "model_digest": req.model_digest or None}
         record = self.key_or_404(req.key_id, "unwrap", claims=payload["claims"], **ctx)
-        self.authorize(record, "unwrap", payload, req.batch_id, req.model_digest)
+        owner_grant = self.owner_grant(req, payload) if record.kind == "model" else ({}, None)
+        self.authorize(record, "unwrap", payload, req.batch_id, req.model_digest, owner_grant=owner_grant)
+        if owner_grant[0]:
+            self.meter(record, owner_grant[0])
         key = self._unwrap_bytes(record, req.wrapped)
         return m.JweResponse(jwe=encrypt_to(payload["tee_pubkey"], key))
+
+    def owner_grant(self, req: m.UnwrapRequest, payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The request's model grant, verified and matched to this request and session; else ({}, why)."""
+        if not req.grant:
+            return {}, "no grant sent"
+        try:
+            grant = verify_grant(req.grant, self.store.owners(), now=time.time())
+        except FormatError as exc:
+            return {}, str(exc)
+        claims = payload["claims"]
+        expected = {"batch_id": req.batch_id, "model_digest": req.model_digest,
+                    "measurement": claims.get("measurement"),
+                    "config_digest": _config_digest(claims), "tee_key": payload.get("cnf", {}).get("jkt")}
+        for name, value in expected.items():
+            if getattr(grant, name) != value:
+                return {}, f"grant.{name}: expected {value!r} (this request and session), got {getattr(grant, name)!r}"
+        return grant.to_json(), None
+
+    def meter(self, record: KeyRecord, grant: dict[str, Any]) -> None:
+        """Count the granted batch's rows against the key's quota (`settings.quota`), once per batch."""
+        quota = record.settings.get("quota")
+        if not quota:
+            return
+        try:
+            used = self.store.meter(grant["issuer"], grant["batch_id"], record.key_id, grant["rows"],
+                                    quota=quota["rows"], period_s=quota["period_s"])
+        except QuotaExceeded as exc:
+            reason = f"quota: owner {grant['issuer']} {exc}"
+            self.decide(decision="deny", operation="unwrap", reason=reason, key_id=record.key_id,
+                        batch_id=grant["batch_id"], model_digest=grant["model_digest"])
+            raise Problem(429, "quota-exceeded", f"key '{record.key_id}': {reason}; wait for the period to pass "
+                          "or ask the provider for a larger quota", field="rows",
+                          expected=f"<= {quota['rows'] - exc.used}", actual=exc.rows) from exc
+        self.decide(decision="allow", operation="meter", key_id=record.key_id, batch_id=grant["batch_id"],
+                    model_digest=grant["model_digest"],
+                    reason=f"owner {grant['issuer']}: {grant['rows']} rows, {used} of {quota['rows']} in the period")
+
+    def release(self, req: m.ReleaseRequest, payload: dict[str, Any]) -> m.JweResponse:
+        """Release a batch's result key (newest version) to a granted worker, as a JWE to its tee_pubkey.
+
+        The worker wraps result data keys under it itself, so results are never wrapped to a key it has not
+        authenticated (DESIGN §4).
+        """
+        ctx = {"batch_id": req.batch_id or None, "model_digest": req.model_digest or None}
+        record = self.key_or_404(req.key_id, "release", claims=payload["claims"], **ctx)
+        self.authorize(record, "release", payload, req.batch_id, req.model_digest)
+        body = canonical_json({"key": base64.b64encode(record.material).decode(), "version": record.version})
+        return m.JweResponse(jwe=encrypt_to(payload["tee_pubkey"], body))
+
+    def model_grant(self, req: m.ModelGrantRequest, payload: dict[str, Any]) -> m.ModelGrantResponse:
+        """Sign a model grant for the provider: this batch, this model, this attested worker session."""
+        claims = payload["claims"]
+        grant = self.store.get_grant(req.batch_id)
+        pseudo = KeyRecord(key_id=f"grant:{req.batch_id}", kind="model-grant", policy=None, measurements=[],
+                           created=0.0, updated=0.0, versions={1: b""}, settings={})  # no material: signs only
+        self.authorize(pseudo, "model-grant", payload, req.batch_id, req.model_digest)
+        assert grant is not None  # the batch-granted clause held
+        now = int(time.time())
+        signed = ModelGrant(issuer=self.config.name, batch_id=req.batch_id, model_digest=req.model_digest,
+                            measurement=str(claims.get("measurement")),
+                            config_digest=_config_digest(claims),
+                            tee_key=str(payload.get("cnf", {}).get("jkt")), rows=grant.rows, issued_at=now,
+                            expires_at=now + GRANT_TTL_S)
+        return m.ModelGrantResponse(grant=sign_grant(signed, self.grant_key), expires_at=signed.expires_at)
 
     def wrap(self, req: m.WrapRequest, payload: dict[str, Any]) -> m.WrappedResponse:
         """Wrap a DEK the TEE sent encrypted to the broker's transport key."""
@@ -236,8 +320,8 @@ class Broker:
         if new:
             self.decide(decision="allow", operation="admin.create_key", key_id=req.key_id,
                         reason=f"created {req.kind} key; policy: {req.policy or 'default'}; "
-                        f"measurements: {req.measurements}")
-            if settings:
+                        f"measurements: {req.measurements}" + (f"; quota: {req.quota}" if req.quota else ""))
+            if settings.keys() & FLOOR:
                 self.log_floor(req.key_id, settings)
         return m.KeyInfo(**record.public(), new=new)
 
@@ -260,7 +344,7 @@ class Broker:
         self.decide(decision="allow", operation="admin.set_policy", key_id=key_id,
                     reason=f"policy: {req.policy or 'default'}; measurements: "
                     f"{'unchanged' if req.measurements is None else req.measurements}")
-        if changed:
+        if changed and {k: settings.get(k) for k in FLOOR} != {k: record.settings.get(k) for k in FLOOR}:
             self.log_floor(key_id, settings)
         return m.KeyInfo(**self.admin_key(key_id).public())
 
@@ -297,10 +381,24 @@ class Broker:
         """Record the owner's grant for a batch; every key it names must exist here."""
         for key_id in req.key_ids:
             self.admin_key(key_id)
-        grant = self.store.put_grant(req.batch_id, req.model_digest, req.measurements, req.key_ids)
+        grant = self.store.put_grant(req.batch_id, req.model_digest, req.measurements, req.key_ids,
+                                     config_digests=req.config_digests, rows=req.rows)
         self.decide(decision="allow", operation="admin.grant", batch_id=req.batch_id, model_digest=req.model_digest,
-                    reason=f"grant keys {req.key_ids} to measurements {req.measurements}")
+                    reason=f"grant keys {req.key_ids} to measurements {req.measurements}; worker configurations "
+                    f"{req.config_digests}; {req.rows} rows")
         return grant.as_dict()
+
+    def register_owner(self, req: m.RegisterOwnerRequest) -> dict[str, Any]:
+        """Accept model grants signed by this owner broker's grant key (a provider's broker)."""
+        try:
+            key = ECKey.import_key({k: v for k, v in req.grant_key.items() if k != "d"})
+        except (JoseError, ValueError) as exc:
+            raise Problem(422, "grant-key-invalid", f"grant_key: {exc}", field="grant_key") from exc
+        public = key.as_dict(private=False)
+        self.store.register_owner(req.name, public)
+        self.decide(decision="allow", operation="admin.register_owner",
+                    reason=f"owner broker {req.name} registered, grant key {key.thumbprint()}")
+        return {"name": req.name, "grant_key": public}
 
     def put_resource(self, repository: str, type_: str, tag: str, req: m.ResourceRequest) -> m.KeyInfo:
         """Store (or replace) a resource value, sent as a JWE to the broker's transport key."""
@@ -350,6 +448,14 @@ class Broker:
                                    checkpoint=self.issuer.sign(head, typ="kbs-log-checkpoint"))
 
 
+def _config_digest(claims: dict[str, Any]) -> str:
+    """The worker configuration digest the evidence carries (SEV-SNP HOST_DATA, TDX MRCONFIGID)."""
+    try:
+        return config_digest_from_claims(str(claims.get("host_data") or ""))
+    except ValueError:
+        return ""
+
+
 def _wrapped(record: KeyRecord, key: bytes) -> m.WrappedResponse:
     """Wrap under the newest version of the key."""
     return m.WrappedResponse(wrapped=base64.b64encode(wrap_key(record.material, record.key_id, key,
@@ -358,7 +464,7 @@ def _wrapped(record: KeyRecord, key: bytes) -> m.WrappedResponse:
 
 def _describe(settings: dict[str, Any]) -> str:
     """Settings as logged: each one's value, or that the broker config's applies."""
-    return "; ".join(f"{k}: {settings[k] if k in settings else 'broker default'}" for k in sorted(SETTINGS))
+    return "; ".join(f"{k}: {settings[k] if k in settings else 'broker default'}" for k in sorted(FLOOR))
 
 
 def resource_key_id(repository: str, type_: str, tag: str) -> str:
@@ -423,6 +529,22 @@ def _kbs_routes(app: FastAPI, broker: Broker) -> None:
         return {**broker.transport_key.as_dict(private=False), "alg": "ECDH-ES+A256KW", "use": "enc",
                 "kid": broker.transport_key.thumbprint()}
 
+    @app.get(f"{KBS}/grant-key", tags=["kbs"])
+    def grant_key() -> dict[str, Any]:
+        """Public JWK verifying this broker's model grants (a provider registers it: POST /admin/v0/owners)."""
+        return {**broker.grant_key.as_dict(private=False), "alg": "ES256", "use": "sig",
+                "kid": broker.grant_key.thumbprint()}
+
+    @app.post(f"{KBS}/model-grant", response_model=m.ModelGrantResponse, tags=["kbs"])
+    def model_grant(req: m.ModelGrantRequest, request: Request, body: Body, authorization: Auth = None,
+                    pop: Pop = None) -> m.ModelGrantResponse:
+        return broker.model_grant(req, broker.token_payload(request, body, authorization, pop))
+
+    @app.post(f"{KBS}/release", response_model=m.JweResponse, tags=["kbs"])
+    def release(req: m.ReleaseRequest, request: Request, body: Body, authorization: Auth = None,
+                pop: Pop = None) -> m.JweResponse:
+        return broker.release(req, broker.token_payload(request, body, authorization, pop))
+
     @app.get(f"{KBS}/token-key", tags=["kbs"])
     def token_key() -> dict[str, Any]:
         """Public JWK verifying attestation tokens and decision-log checkpoints."""
@@ -483,6 +605,14 @@ def _admin_routes(app: FastAPI, broker: Broker) -> None:
         if found is None:
             raise Problem(404, "unknown-grant", f"no grant for batch '{batch_id}'", field="batch_id", actual=batch_id)
         return found.as_dict()
+
+    @app.post(f"{ADMIN}/owners", dependencies=deps, tags=["admin"])
+    def register_owner(req: m.RegisterOwnerRequest) -> dict[str, Any]:
+        return broker.register_owner(req)
+
+    @app.get(f"{ADMIN}/owners", dependencies=deps, tags=["admin"])
+    def owners() -> dict[str, Any]:
+        return broker.store.owners()
 
     @app.put(f"{ADMIN}/resources/{{repository}}/{{type_}}/{{tag}}", response_model=m.KeyInfo, dependencies=deps,
              tags=["admin"])

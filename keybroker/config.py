@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -29,7 +30,10 @@ class BrokerConfig:
     db_path: Path | None = None
     db_url: str | None = None
     trusted_roots_dir: Path | None = None
+    # Loads the simulated root (forgeable by anyone with the simulated firmware): development only, and then
+    # only keys whose id matches one of `simulated_key_ids` (fnmatch patterns) accept it.
     accept_simulated: bool = False
+    simulated_key_ids: list[str] = field(default_factory=list)
     token_ttl_s: int = 300
     # Optional tuning knobs (defaults suit the local stack).
     nonce_ttl_s: int = 60
@@ -69,7 +73,12 @@ class BrokerConfig:
             values["min_tcb"] = check_min_tcb(values["min_tcb"], "min_tcb")
         if "chip_ids" in values:
             values["chip_ids"] = check_chip_ids(values["chip_ids"], "chip_ids")
+        check_simulated(values.get("accept_simulated", False), values.get("simulated_key_ids", []))
         return cls(**values, extra={k: v for k, v in raw.items() if k not in known})
+
+    def simulated_allowed(self, key_id: str) -> bool:
+        """Whether evidence from the simulated root may release `key_id` (see `simulated_key_ids`)."""
+        return self.accept_simulated and any(fnmatch.fnmatchcase(key_id, p) for p in self.simulated_key_ids)
 
     @property
     def store_target(self) -> Path | str:
@@ -122,6 +131,18 @@ class BrokerConfig:
         if len(token) < 16:
             raise ValueError(f"{self.admin_token_path}: admin token shorter than 16 characters")
         return token
+
+
+def check_simulated(accept: Any, patterns: Any) -> None:
+    """A broker that loads the simulated root must name the keys that accept it; nothing else may."""
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"simulated_key_ids: expected a list of key-id patterns, got {patterns!r}")
+    if accept is True and not patterns:
+        raise ValueError("broker config: accept_simulated is true but simulated_key_ids is empty; name the keys "
+                         "(fnmatch patterns) that may be released to simulated evidence, or set accept_simulated "
+                         "false (production)")
+    if accept is not True and patterns:
+        raise ValueError("broker config: simulated_key_ids is set but accept_simulated is not true")
 
 
 def check_min_tcb(value: Any, where: str) -> dict[str, int]:

@@ -61,6 +61,29 @@ class UnwrapRequest(_Strict):
     wrapped: str = Field(pattern=B64, max_length=8192, description="base64 of nonce || AES-256-GCM")
     batch_id: str = Field(default="", max_length=256)
     model_digest: str = Field(default="", max_length=256)
+    grant: str | None = Field(default=None, max_length=8192,
+                              description="model keys: an owner broker's model grant (wire.grant) for this batch")
+
+
+class ReleaseRequest(_Strict):
+    key_id: str = Field(pattern=KEY_ID)
+    batch_id: str = Field(max_length=256)
+    model_digest: str = Field(max_length=256)
+
+
+class ModelGrantRequest(_Strict):
+    batch_id: str = Field(pattern=BATCH_ID)
+    model_digest: str = Field(min_length=1, max_length=256)
+
+
+class ModelGrantResponse(BaseModel):
+    grant: str = Field(description="compact JWS (wire.grant), ES256 by GET /kbs/v0/grant-key")
+    expires_at: int
+
+
+class RegisterOwnerRequest(_Strict):
+    name: str = Field(pattern=KEY_ID, description="the owner broker's name (its `name` in its model grants)")
+    grant_key: dict[str, Any] = Field(description="its public grant key: GET /kbs/v0/grant-key of that broker")
 
 
 class WrapRequest(_Strict):
@@ -86,21 +109,33 @@ def _chip_ids(value: list[str] | None) -> list[str] | None:
     return None if value is None else check_chip_ids(value, "chip_ids")
 
 
+def _quota(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if set(value) != {"rows", "period_s"} or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                    for v in value.values()):
+        raise ValueError(f"quota: expected {{'rows': int > 0, 'period_s': int > 0}}, got {value!r}")
+    return dict(value)
+
+
+QUOTA_DOC = "model keys: rows per registered owner per period ({rows, period_s}); null: unlimited"
 MIN_TCB_DOC = "minimum reported TCB per component (bootloader, tee, snp, microcode, fmc); null: broker config's"
 CHIP_IDS_DOC = "allowed chip ids (hex); [] pins nothing; null: the broker config's"
 
 
 class CreateKeyRequest(_Strict):
     key_id: str = Field(pattern=KEY_ID)
-    kind: Literal["data", "model"] = "data"
+    kind: Literal["data", "model", "result"] = "data"
     policy: str | None = Field(default=None, max_length=8192, description="CEL; null: the kind's default")
     measurements: list[str] = Field(default_factory=list, description="allowed measurements (model keys)")
     min_tcb: dict[str, int] | None = Field(default=None, description=MIN_TCB_DOC)
     chip_ids: list[str] | None = Field(default=None, max_length=1024, description=CHIP_IDS_DOC)
+    quota: dict[str, Any] | None = Field(default=None, description=QUOTA_DOC)
 
     _norm = field_validator("measurements")(_lower)
     _tcb = field_validator("min_tcb")(_min_tcb)
     _chips = field_validator("chip_ids")(_chip_ids)
+    _quota = field_validator("quota")(_quota)
 
 
 class KeyInfo(BaseModel):
@@ -113,6 +148,7 @@ class KeyInfo(BaseModel):
     version: int = Field(default=1, description="newest master-key version (the one wraps use)")
     min_tcb: dict[str, int] | None = None
     chip_ids: list[str] | None = None
+    quota: dict[str, Any] | None = None
     new: bool = False
 
 
@@ -121,10 +157,12 @@ class SetPolicyRequest(_Strict):
     measurements: list[str] | None = None
     min_tcb: dict[str, int] | None = Field(default=None, description=MIN_TCB_DOC + "; absent: unchanged")
     chip_ids: list[str] | None = Field(default=None, max_length=1024, description=CHIP_IDS_DOC + "; absent: unchanged")
+    quota: dict[str, Any] | None = Field(default=None, description=QUOTA_DOC + "; absent: unchanged")
 
     _norm = field_validator("measurements")(_lower)
     _tcb = field_validator("min_tcb")(_min_tcb)
     _chips = field_validator("chip_ids")(_chip_ids)
+    _quota = field_validator("quota")(_quota)
 
 
 class GrantRequest(_Strict):
@@ -132,8 +170,19 @@ class GrantRequest(_Strict):
     model_digest: str = Field(min_length=1, max_length=256)
     measurements: list[str] = Field(min_length=1)
     key_ids: list[str] = Field(min_length=1)
+    config_digests: list[str] = Field(min_length=1, description="SHA-256 (hex) of worker configuration documents "
+                                      "the owner accepts (HOST_DATA / MRCONFIGID)")
+    rows: int = Field(ge=1, description="rows in the batch (the provider meters them)")
 
     _norm = field_validator("measurements")(_lower)
+
+    @field_validator("config_digests")
+    @classmethod
+    def _digests(cls, values: list[str]) -> list[str]:
+        bad = [v for v in values if not re.fullmatch(r"[0-9a-fA-F]{64}", v)]
+        if bad:
+            raise ValueError(f"config_digests must be 32 bytes of hex, got {bad[0][:70]!r}")
+        return [v.lower() for v in values]
 
 
 class ResourceRequest(_Strict):

@@ -19,7 +19,7 @@ from typing import Any
 import celpy
 from celpy.celparser import CELParseError
 
-KINDS = ("data", "model", "resource")
+KINDS = ("data", "model", "result", "resource")
 
 
 @dataclass(frozen=True)
@@ -78,25 +78,60 @@ PLATFORM_CLAUSES = [
     Clause("chip-pinned", "size(key.chip_ids) == 0 || claims.chip_id in key.chip_ids", "chip_id",
            lambda c: c["key"]["chip_ids"], lambda c: c["claims"].get("chip_id"),
            "the evidence comes from a chip this key is not pinned to"),
+    # Simulated evidence is forgeable by anyone holding the simulated firmware: only keys opted in by name.
+    Clause("root-allowed", 'claims.root != "simulated" || key.simulated_allowed', "root",
+           lambda c: "a hardware root (amd, intel); simulated only for keys in the broker's simulated_key_ids",
+           lambda c: c["claims"].get("root"),
+           "the evidence chains to the simulated root and this key is not opted in to it"),
 ]
 
 _NOT_DEBUG = Clause("not-debug", "!claims.debug", "debug", lambda c: False, lambda c: c["claims"].get("debug"),
                     "the TEE runs in debug mode (its memory is readable by the host)")
 
-DEFAULT_CLAUSES: dict[str, list[Clause]] = {
-    "data": [
+def _grant_clauses(what: str) -> list[Clause]:
+    """What an owner's batch grant requires of a request and of the attested worker."""
+    return [
         Clause("batch-granted", "has(grant.model_digest)", "batch_id",
                lambda c: "a batch with a grant", lambda c: c["request"]["batch_id"],
                "the batch has no grant at this broker; the owner must record one"),
-        Clause("key-granted", "request.key_id in grant.key_ids", "key_id",
-               lambda c: _g(c, "key_ids"), lambda c: c["request"]["key_id"],
-               "the key is not among the batch grant's keys"),
         Clause("model-granted", "request.model_digest == grant.model_digest", "model_digest",
                lambda c: _g(c, "model_digest"), lambda c: c["request"]["model_digest"],
-               "the model is not the one the owner granted for this batch"),
+               f"the model is not the one the owner granted {what}"),
         Clause("measurement-granted", "claims.measurement in grant.measurements", "measurement",
                lambda c: _g(c, "measurements"), lambda c: c["claims"].get("measurement"),
                "the enclave measurement is not among the batch grant's measurements"),
+        Clause("config-granted", "claims.config_digest in grant.config_digests", "host_data",
+               lambda c: _g(c, "config_digests"), lambda c: c["claims"].get("config_digest"),
+               "the worker's measured configuration (HOST_DATA / MRCONFIGID) is not one the owner granted"),
+    ]
+
+
+_KEY_GRANTED = Clause("key-granted", "request.key_id in grant.key_ids", "key_id",
+                      lambda c: _g(c, "key_ids"), lambda c: c["request"]["key_id"],
+                      "the key is not among the batch grant's keys")
+
+DEFAULT_CLAUSES: dict[str, list[Clause]] = {
+    "data": [
+        Clause("unwrap-only", 'request.operation == "unwrap"', "operation",
+               lambda c: "unwrap", lambda c: c["request"]["operation"],
+               "a data key is only unwrapped by workers (the owner wraps its own data)"),
+        *_grant_clauses("for this batch"),
+        _KEY_GRANTED,
+        _NOT_DEBUG,
+    ],
+    # A batch's result key: released to the attested worker, which wraps results under it locally, so
+    # results are never wrapped to a key the worker has not authenticated.
+    "result": [
+        Clause("release-only", 'request.operation == "release"', "operation",
+               lambda c: "release", lambda c: c["request"]["operation"],
+               "a result key is only released to a granted worker"),
+        *_grant_clauses("for this batch"),
+        _KEY_GRANTED,
+        _NOT_DEBUG,
+    ],
+    # The owner broker's signed model grant for the provider (no key of its own is released).
+    "model-grant": [
+        *_grant_clauses("for this batch"),
         _NOT_DEBUG,
     ],
     "model": [
@@ -105,6 +140,10 @@ DEFAULT_CLAUSES: dict[str, list[Clause]] = {
         Clause("measurement-allowed", "claims.measurement in key.measurements", "measurement",
                lambda c: c["key"]["measurements"], lambda c: c["claims"].get("measurement"),
                "the enclave measurement is not in the model key's allowed list"),
+        Clause("owner-granted", "has(owner_grant.batch_id)", "grant",
+               lambda c: "a model grant for this batch from an owner broker registered here",
+               lambda c: c.get("owner_grant_error") or "none",
+               "every batch needs a fresh grant from a registered owner's broker"),
         _NOT_DEBUG,
     ],
     "resource": [
@@ -157,8 +196,9 @@ class PolicyEngine:
 
     def evaluate(self, policy: str | None, kind: str, ctx: dict[str, Any]) -> Verdict:
         """Evaluate the platform clauses, then the key's policy (None: its kind's default clauses)."""
-        ctx = {**ctx, "key": {"min_tcb": {}, "chip_ids": [], **ctx.get("key", {})},
-               "claims": {"tcb": {}, "chip_id": "", **ctx.get("claims", {})}}
+        ctx = {**ctx, "key": {"min_tcb": {}, "chip_ids": [], "simulated_allowed": False, **ctx.get("key", {})},
+               "claims": {"tcb": {}, "chip_id": "", "host_data": "", "config_digest": "", **ctx.get("claims", {})},
+               "owner_grant": ctx.get("owner_grant") or {}}
         for clause in PLATFORM_CLAUSES:
             ok, error = self._holds(clause.expr, ctx)
             if not ok:

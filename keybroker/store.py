@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS key_versions (
 CREATE TABLE IF NOT EXISTS grants (
     batch_id TEXT PRIMARY KEY, model_digest TEXT NOT NULL, measurements TEXT NOT NULL,
     key_ids TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (
+    name TEXT PRIMARY KEY, grant_key TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    owner TEXT NOT NULL, batch_id TEXT NOT NULL, key_id TEXT NOT NULL, rows INTEGER NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (owner, batch_id, key_id));
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY, time REAL NOT NULL, operation TEXT NOT NULL, key_id TEXT, batch_id TEXT,
     model_digest TEXT, decision TEXT NOT NULL, reason TEXT NOT NULL, claims_digest TEXT,
@@ -66,6 +71,12 @@ PG_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS grants (
     batch_id TEXT PRIMARY KEY, model_digest TEXT NOT NULL, measurements TEXT NOT NULL,
     key_ids TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS owners (
+    name TEXT PRIMARY KEY, grant_key TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS usage (
+    owner TEXT NOT NULL, batch_id TEXT NOT NULL, key_id TEXT NOT NULL, rows BIGINT NOT NULL,
+    time DOUBLE PRECISION NOT NULL, PRIMARY KEY (owner, batch_id, key_id))""",
+    "ALTER TABLE grants ADD COLUMN IF NOT EXISTS terms TEXT",
     """CREATE TABLE IF NOT EXISTS decisions (
     seq BIGINT PRIMARY KEY, time DOUBLE PRECISION NOT NULL, operation TEXT NOT NULL, key_id TEXT, batch_id TEXT,
     model_digest TEXT, decision TEXT NOT NULL, reason TEXT NOT NULL, claims_digest TEXT,
@@ -84,6 +95,14 @@ END $$""",
 )
 PG_SCHEMA_LOCK = 0x63736B62_73636831  # advisory lock id ("cskbsch1"): one process creates the schema at a time
 POSTGRES_URL = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
+
+
+class QuotaExceeded(RuntimeError):
+    """A batch would take an owner past its row quota for a key."""
+
+    def __init__(self, used: int, rows: int, quota: int) -> None:
+        self.used, self.rows, self.quota = used, rows, quota
+        super().__init__(f"{used} rows used in the period plus {rows} would exceed the quota of {quota}")
 
 
 class StoreError(RuntimeError):
@@ -122,23 +141,27 @@ class KeyRecord:
         return {"key_id": self.key_id, "kind": self.kind, "policy": self.policy,
                 "measurements": self.measurements, "created": self.created, "updated": self.updated,
                 "version": self.version, "min_tcb": self.settings.get("min_tcb"),
-                "chip_ids": self.settings.get("chip_ids")}
+                "chip_ids": self.settings.get("chip_ids"), "quota": self.settings.get("quota")}
 
 
 @dataclass(frozen=True)
 class Grant:
-    """The owner's permission for one batch: this model, these measurements, these keys."""
+    """The owner's permission for one batch: this model, these measurements and worker configurations,
+    these keys, this many rows."""
 
     batch_id: str
     model_digest: str
     measurements: list[str]
     key_ids: list[str]
     created: float
+    config_digests: list[str] = field(default_factory=list)  # empty only in stores written before they existed
+    rows: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (also the `grant` variable of a CEL policy)."""
         return {"batch_id": self.batch_id, "model_digest": self.model_digest,
-                "measurements": self.measurements, "key_ids": self.key_ids, "created": self.created}
+                "measurements": self.measurements, "key_ids": self.key_ids, "created": self.created,
+                "config_digests": self.config_digests, "rows": self.rows}
 
 
 def _version_label(key_id: str, version: int) -> str:
@@ -192,6 +215,9 @@ class _SQLite:
         columns = {row["name"] for row in self.conn.execute("PRAGMA table_info(keys)")}
         if "settings" not in columns:
             self.conn.execute("ALTER TABLE keys ADD COLUMN settings TEXT")
+        # Grants gained terms (configuration digests, rows) with the measured worker configuration.
+        if "terms" not in {row["name"] for row in self.conn.execute("PRAGMA table_info(grants)")}:
+            self.conn.execute("ALTER TABLE grants ADD COLUMN terms TEXT")
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         """Run one statement (`?` placeholders); rows are addressable by column name."""
@@ -399,15 +425,18 @@ class KeyStore:
                 (key_id, seal(self._kek, value, f"key:{key_id}"), policy, json.dumps(measurements), now, now))
 
     # Grants ---------------------------------------------------------------------------------------
-    def put_grant(self, batch_id: str, model_digest: str, measurements: list[str], key_ids: list[str]) -> Grant:
+    def put_grant(self, batch_id: str, model_digest: str, measurements: list[str], key_ids: list[str], *,
+                  config_digests: list[str], rows: int) -> Grant:
         """Record (or replace) the grant of a batch."""
-        grant = Grant(batch_id, model_digest, measurements, key_ids, time.time())
+        grant = Grant(batch_id, model_digest, measurements, key_ids, time.time(), config_digests, rows)
+        terms = json.dumps({"config_digests": config_digests, "rows": rows})
         with self._lock:
-            self._db.execute("INSERT INTO grants VALUES (?,?,?,?,?) ON CONFLICT(batch_id) DO UPDATE SET "
+            self._db.execute("INSERT INTO grants (batch_id, model_digest, measurements, key_ids, created, terms) "
+                             "VALUES (?,?,?,?,?,?) ON CONFLICT(batch_id) DO UPDATE SET "
                              "model_digest=excluded.model_digest, measurements=excluded.measurements, "
-                             "key_ids=excluded.key_ids, created=excluded.created",
+                             "key_ids=excluded.key_ids, created=excluded.created, terms=excluded.terms",
                              (batch_id, model_digest, json.dumps(measurements), json.dumps(key_ids),
-                              grant.created))
+                              grant.created, terms))
         return grant
 
     def get_grant(self, batch_id: str) -> Grant | None:
@@ -416,8 +445,40 @@ class KeyStore:
             row = self._db.execute("SELECT * FROM grants WHERE batch_id=?", (batch_id,)).fetchone()
         if row is None:
             return None
+        terms = json.loads(row["terms"] or "{}")
         return Grant(row["batch_id"], row["model_digest"], json.loads(row["measurements"]),
-                     json.loads(row["key_ids"]), row["created"])
+                     json.loads(row["key_ids"]), row["created"], terms.get("config_digests", []),
+                     terms.get("rows", 0))
+
+    # Registered owner brokers (a provider's broker) and their metered use ------------------------
+    def register_owner(self, name: str, grant_key: dict[str, Any]) -> None:
+        """Register (or re-key) an owner broker whose model grants this broker accepts."""
+        with self._lock:
+            self._db.execute("INSERT INTO owners VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                             "grant_key=excluded.grant_key, created=excluded.created",
+                             (name, json.dumps(grant_key), time.time()))
+
+    def owners(self) -> dict[str, dict[str, Any]]:
+        """Registered owner brokers: name -> public grant key (JWK)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, grant_key FROM owners ORDER BY name").fetchall()
+        return {r["name"]: json.loads(r["grant_key"]) for r in rows}
+
+    def meter(self, owner: str, batch_id: str, key_id: str, rows: int, *, quota: int, period_s: float) -> int:
+        """Count a batch's rows against the owner's quota for this key, once per batch; returns the rows used in
+        the period (this batch included). Raises QuotaExceeded (nothing recorded) when it would exceed `quota`."""
+        now = time.time()
+        with self._lock, self._db.write("usage"):
+            seen = self._db.execute("SELECT rows FROM usage WHERE owner=? AND batch_id=? AND key_id=?",
+                                    (owner, batch_id, key_id)).fetchone()
+            used = self._db.execute("SELECT COALESCE(SUM(rows), 0) AS n FROM usage WHERE owner=? AND key_id=? "
+                                    "AND time > ?", (owner, key_id, now - period_s)).fetchone()["n"]
+            if seen is not None:
+                return int(used)
+            if used + rows > quota:
+                raise QuotaExceeded(int(used), rows, quota)
+            self._db.execute("INSERT INTO usage VALUES (?,?,?,?,?)", (owner, batch_id, key_id, rows, now))
+        return int(used) + rows
 
     # Decision log ---------------------------------------------------------------------------------
     def log_decision(self, **fields: Any) -> dict[str, Any]:

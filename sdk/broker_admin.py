@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from typing import Any
 
@@ -17,6 +16,7 @@ from joserfc import jwe, jwt
 from joserfc.jwk import ECKey, import_key
 
 from enclave.kbs_client import BrokerUnreachable, broker_tls  # one TLS rule for every broker client
+from wire.canonical import canonical_json
 
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
 GENESIS = "0" * 64
@@ -44,16 +44,12 @@ class BrokerAdminError(RuntimeError):
         super().__init__(f"key broker answered {status}: {self.detail}")
 
 
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
 def verify_decision_chain(entries: list[dict[str, Any]], start_hash: str = GENESIS) -> str:
     """Check each entry's sha256 chain link; returns the last hash, raises ValueError at the first break."""
     prev = start_hash
     for entry in entries:
         body = {k: entry.get(k) for k in LOG_FIELDS}
-        expected = hashlib.sha256(prev.encode() + _canonical(body)).hexdigest()
+        expected = hashlib.sha256(prev.encode() + canonical_json(body)).hexdigest()
         if entry.get("prev_hash") != prev or entry.get("hash") != expected:
             raise ValueError(f"decision log broken at seq {entry.get('seq')}: expected hash {expected} "
                              f"after {prev}, found {entry.get('hash')} after {entry.get('prev_hash')}")
@@ -89,15 +85,17 @@ class BrokerAdmin:
 
     def create_key(self, key_id: str, policy: str | None = None, *, kind: str = "data",
                    measurements: list[str] | None = None, min_tcb: dict[str, int] | None = None,
-                   chip_ids: list[str] | None = None) -> dict[str, Any]:
+                   chip_ids: list[str] | None = None, quota: dict[str, int] | None = None) -> dict[str, Any]:
         """Create a master key inside the broker (no-op returning the existing key if key_id exists).
 
-        kind "data" (default policy: batch grant) or "model" (default policy: measurement in `measurements`).
-        `min_tcb` ({component: minimum}) and `chip_ids` hold this key to a platform floor; None: the
-        broker config's.
+        kind "data" (default policy: batch grant, unwrap only), "result" (batch grant, released to the worker)
+        or "model" (measurement in `measurements` and an owner's model grant). `min_tcb` ({component:
+        minimum}) and `chip_ids` hold this key to a platform floor; None: the broker config's. `quota`
+        ({"rows", "period_s"}) meters a model key's rows per registered owner.
         """
         body: dict[str, Any] = {"key_id": key_id, "kind": kind, "policy": policy, "measurements": measurements or []}
-        body.update({k: v for k, v in (("min_tcb", min_tcb), ("chip_ids", chip_ids)) if v is not None})
+        body.update({k: v for k, v in (("min_tcb", min_tcb), ("chip_ids", chip_ids), ("quota", quota))
+                     if v is not None})
         return self._call("POST", "/admin/v0/keys", body)
 
     def get_key(self, key_id: str) -> dict[str, Any]:
@@ -106,24 +104,41 @@ class BrokerAdmin:
 
     def set_policy(self, key_id: str, policy: str | None, *, measurements: list[str] | None = None,
                    min_tcb: dict[str, int] | None | Unchanged = UNCHANGED,
-                   chip_ids: list[str] | None | Unchanged = UNCHANGED) -> dict[str, Any]:
+                   chip_ids: list[str] | None | Unchanged = UNCHANGED,
+                   quota: dict[str, int] | None | Unchanged = UNCHANGED) -> dict[str, Any]:
         """Replace a key's CEL policy (None restores the default); optionally its allowed measurements.
 
         `min_tcb` / `chip_ids`: left out, unchanged; None, back to the broker config's; a value, this
         key's own floor. The change is logged by the broker with the new values.
         """
         body: dict[str, Any] = {"policy": policy, "measurements": measurements}
-        body.update({k: v for k, v in (("min_tcb", min_tcb), ("chip_ids", chip_ids)) if v is not UNCHANGED})
+        body.update({k: v for k, v in (("min_tcb", min_tcb), ("chip_ids", chip_ids), ("quota", quota))
+                     if v is not UNCHANGED})
         return self._call("PUT", f"/admin/v0/keys/{key_id}/policy", body)
 
     def rotate_key(self, key_id: str) -> dict[str, Any]:
         """Add a new master-key version: new wraps use it, data wrapped before still unwraps (no rewrite)."""
         return self._call("POST", f"/admin/v0/keys/{key_id}/rotate")
 
-    def grant(self, batch_id: str, model_digest: str, measurements: list[str], key_ids: list[str]) -> dict[str, Any]:
-        """Allow enclaves with `measurements` running `model_digest` to use `key_ids` for `batch_id`."""
+    def grant(self, batch_id: str, model_digest: str, measurements: list[str], key_ids: list[str], *,
+              config_digests: list[str], rows: int) -> dict[str, Any]:
+        """Allow enclaves with `measurements`, launched with one of the worker configurations `config_digests`
+        (hex SHA-256), running `model_digest`, to use `key_ids` for the `rows` rows of `batch_id`."""
         return self._call("POST", "/admin/v0/grants", {"batch_id": batch_id, "model_digest": model_digest,
-                                                       "measurements": measurements, "key_ids": key_ids})
+                                                       "measurements": measurements, "key_ids": key_ids,
+                                                       "config_digests": config_digests, "rows": rows})
+
+    def get_grant(self, batch_id: str) -> dict[str, Any]:
+        """The batch's grant as recorded (measurements, config_digests, key_ids, model_digest, rows)."""
+        return self._call("GET", f"/admin/v0/grants/{batch_id}")
+
+    def grant_key(self) -> dict[str, Any]:
+        """This broker's public model-grant key (an owner hands it to each provider it uses)."""
+        return self._call("GET", "/kbs/v0/grant-key")
+
+    def register_owner(self, name: str, grant_key: dict[str, Any]) -> dict[str, Any]:
+        """(Provider) accept model grants signed by owner broker `name` with `grant_key`."""
+        return self._call("POST", "/admin/v0/owners", {"name": name, "grant_key": grant_key})
 
     def put_resource(self, repository: str, type_: str, tag: str, value: bytes, *,
                      measurements: list[str] | None = None, policy: str | None = None) -> dict[str, Any]:

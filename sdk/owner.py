@@ -22,6 +22,7 @@ from sdk.broker_admin import BrokerAdmin
 from sdk.emails import Email, check_emails
 from sdk.models import ModelListing
 from sdk.party import Party
+from sdk.platform import config_for_owner, published_worker_config
 from sdk.storage import ObjectStore
 
 MANIFEST_TYPE = "cscore.manifest/v1"
@@ -96,9 +97,11 @@ def submit_batch(
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_batch(tenant, batch_id)
     broker = None if plaintext_baseline else owner.broker()
+    config_digests = [] if plaintext_baseline else [config_for_owner(published_worker_config(store),
+                                                                     owner.broker_name, owner.broker_url)]
     if broker is not None:
         for key_id in keys.all():
-            broker.create_key(key_id)
+            broker.create_key(key_id, kind="result" if key_id == keys.results else "data")
     prefix = f"incoming/{tenant}/{batch_id}/"
     objects = []
     for index, start in enumerate(range(0, len(emails), PART_ROWS)):
@@ -110,14 +113,15 @@ def submit_batch(
         objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                         "rows": len(chunk), "row_groups": -(-len(chunk) // ROW_GROUP_SIZE)})
     if broker:
-        broker.grant(batch_id, model.digest, measurements, keys.all())
+        broker.grant(batch_id, model.digest, measurements, keys.all(), config_digests=config_digests,
+                     rows=len(emails))
     manifest = {
         "protection": "none" if plaintext_baseline else "pme",
         "type": MANIFEST_TYPE, "tenant": tenant, "batch_id": batch_id, "created_at": int(time.time()),
         "objects": objects, "model": {"name": model.name, "version": model.version, "digest": model.digest},
         "results": {"prefix": f"results/{tenant}/{batch_id}/"},
-        "key_broker": {"url": owner.broker_url, "footer_key": keys.footer, "column_key": keys.emails,
-                       "result_key": keys.results},
+        "key_broker": {"name": owner.broker_name, "url": owner.broker_url, "footer_key": keys.footer,
+                       "column_key": keys.emails, "result_key": keys.results},
         "shard_row_groups": SHARD_ROW_GROUPS,
     }
     manifest_key = prefix + "manifest.jws"

@@ -20,6 +20,7 @@ class Party:
 
     home: Path
     broker_url: str
+    broker_name: str = ""  # the broker's name in the workers' configuration (default: the role)
 
     @classmethod
     def from_env(cls, role: str) -> Party:
@@ -29,7 +30,8 @@ class Party:
         if not url:
             raise RuntimeError(f"CSCORE_{role.upper()}_BROKER_URL is not set: start the stack (`cscore stack start`) "
                                f"or point it at the {role}'s key broker")
-        return cls(home=state / role, broker_url=url)
+        return cls(home=state / role, broker_url=url,
+                   broker_name=os.environ.get(f"CSCORE_{role.upper()}_BROKER_NAME") or role)
 
     def signing_key(self) -> OKPKey:
         """This party's Ed25519 signing key, created on first use and kept in its home (mode 0600)."""

@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.signing import sign_json
+from enclave.signing import sign_json, unverified_payload
 from sdk.party import Party
 from sdk.storage import ObjectStore
 
@@ -36,9 +36,15 @@ def model_key_id(name: str) -> str:
 
 
 def publish_model(
-    onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore, allowed_measurements: list[str]
+    onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore, allowed_measurements: list[str],
+    probability_digits: int | None = None, quota: dict[str, int] | None = None,
 ) -> PublishedModel:
-    """Encrypt the model under a fresh data key wrapped by the provider's broker; upload it and its card."""
+    """Encrypt the model under a fresh data key wrapped by the provider's broker; upload it and its card.
+
+    The card's terms bind every worker: `probability_digits` (None: full float32; 0: labels only; n: rounded
+    to n digits) limits what an owner learns per query; `quota` ({"rows", "period_s"}) is metered per owner
+    by the provider's broker on every batch's model grant.
+    """
     schema = _schema(onnx_bytes)
     version = _next_version(store, name)
     digest = "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
@@ -49,15 +55,16 @@ def publish_model(
     ciphertext = nonce + AESGCM(dek).encrypt(nonce, onnx_bytes, f"{name}:{version}".encode())
     broker = provider.broker()
     key_id = model_key_id(name)
-    broker.create_key(key_id, kind="model", measurements=allowed_measurements)
-    broker.set_policy(key_id, None, measurements=allowed_measurements)  # an existing key gets today's list
+    broker.create_key(key_id, kind="model", measurements=allowed_measurements, quota=quota)
+    broker.set_policy(key_id, None, measurements=allowed_measurements, quota=quota)  # an existing key: today's
     wrapped = broker.wrap(key_id, dek)
     prefix = f"models/{name}/{version}/"
     card: dict[str, Any] = {
         "type": CARD_TYPE, "name": name, "version": version, "digest": digest, "size": len(onnx_bytes),
         "schema": schema, "object_key": prefix + "model.onnx.enc", "key_id": key_id,
-        "wrapped_dek": base64.b64encode(wrapped).decode(), "broker_url": provider.broker_url,
-        "published_at": int(time.time()),
+        "wrapped_dek": base64.b64encode(wrapped).decode(), "broker": provider.broker_name or "provider",
+        "broker_url": provider.broker_url, "protection": "aes-256-gcm",
+        "output": {"probability_digits": probability_digits}, "quota": quota, "published_at": int(time.time()),
     }
     store.put(card["object_key"], ciphertext)
     # The card goes last: a model is listed only once its ciphertext is there.
@@ -93,3 +100,17 @@ def _schema(onnx_bytes: bytes) -> dict[str, Any]:
 def _next_version(store: ObjectStore, name: str) -> int:
     versions = [int(k.split("/")[2]) for k in store.keys(f"models/{name}/") if k.endswith("/card.jws")]
     return max(versions, default=0) + 1
+
+
+def usage_records(store: ObjectStore, model: str) -> dict[str, tuple[int, int]]:
+    """Rows per owner (tenant) for one model, from the usage records its workers signed: {tenant: (batches, rows)}.
+
+    Each record is counted once per shard (written once per shard key); their signatures verify against the
+    evidence beside the owner's receipts (`enclave.receipts`), which the provider may fetch to check them.
+    """
+    totals: dict[str, tuple[set[str], int]] = {}
+    for key in store.keys(f"usage/{model}/"):
+        record = unverified_payload(store.get(key).decode(), what=f"usage record {key}")
+        batches, rows = totals.get(record["tenant"], (set(), 0))
+        totals[record["tenant"]] = (batches | {record["batch_id"]}, rows + int(record["rows"]))
+    return {tenant: (len(batches), rows) for tenant, (batches, rows) in totals.items()}

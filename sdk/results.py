@@ -18,6 +18,7 @@ from enclave.signing import unverified_payload, verify_json
 from sdk.owner import decrypt_results
 from sdk.party import Party
 from sdk.storage import ObjectStore
+from wire.worker_config import config_digest_from_claims
 
 
 class ResultVerificationError(ValueError):
@@ -35,13 +36,17 @@ def fetch_results(
     tenant: str, batch_id: str, *, owner: Party, store: ObjectStore, anchors: TrustAnchors, policy: Policy
 ) -> VerifiedResults:
     """Verify the batch's receipts against the owner's own manifest, then decrypt and join the shards."""
-    manifest = verify_json(store.get(f"incoming/{tenant}/{batch_id}/manifest.jws").decode(),
+    manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
+    manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(),
                            owner.signing_key().as_dict(private=False), what="manifest")
-    result_manifest = json.loads(store.get(f"{manifest['results']['prefix']}result-manifest.json"))
+    result_manifest = _result_manifest(store, f"{manifest['results']['prefix']}result-manifest.json")
     evidence = _EvidenceCache(store, manifest["results"]["prefix"])
+    # What this owner granted, from its own broker (it may have re-granted after a refusal): the only list
+    # of measurements and worker configurations whose receipts it accepts.
+    granted = owner.broker().get_grant(batch_id)
     # Shards are independent: overlap their storage reads and broker round trips.
     with ThreadPoolExecutor(8) as pool:
-        verified = list(pool.map(lambda s: _verified_shard(store, manifest, s, evidence, anchors, policy),
+        verified = list(pool.map(lambda s: _verified_shard(store, manifest, granted, s, evidence, anchors, policy),
                                  result_manifest["shards"]))
         receipts = [receipt for receipt, _ in verified]
         _check_coverage(manifest, [r.payload for r in receipts])
@@ -67,19 +72,28 @@ class _EvidenceCache:
         with self._lock:
             if digest in self._docs:
                 return self._docs[digest]
-        doc: dict[str, Any] = json.loads(self._store.get(f"{self._prefix}evidence/{digest}.json"))
+        key = f"{self._prefix}evidence/{digest}.json"
+        doc = _json_object(_get(self._store, key, "the attestation evidence a receipt names"), key)
         with self._lock:
             return self._docs.setdefault(digest, doc)
 
 
 def _verified_shard(
-    store: ObjectStore, manifest: dict[str, Any], shard: dict[str, Any], evidence: _EvidenceCache,
-    anchors: TrustAnchors, policy: Policy,
+    store: ObjectStore, manifest: dict[str, Any], granted: dict[str, Any], shard: dict[str, Any],
+    evidence: _EvidenceCache, anchors: TrustAnchors, policy: Policy,
 ) -> tuple[VerifiedReceipt, bytes]:
     """The shard's verified receipt and its output object's bytes (checked against the receipt)."""
-    token = store.get(shard["receipt_key"]).decode()
     prefix = manifest["results"]["prefix"]
-    receipt = verify_receipt(token, evidence.get(_unverified_evidence_digest(token)), anchors=anchors, policy=policy)
+    if not shard["receipt_key"].startswith(prefix):
+        raise ResultVerificationError(f"result manifest: receipt_key expected under {prefix}, "
+                                      f"got {shard['receipt_key']}")
+    token = _get(store, shard["receipt_key"], "a shard receipt").decode(errors="replace")
+    try:
+        receipt = verify_receipt(token, evidence.get(_unverified_evidence_digest(token)), anchors=anchors,
+                                 policy=policy)
+    except (ValueError, KeyError, TypeError) as exc:  # attestation, signature and shape errors name the check
+        raise ResultVerificationError(f"{shard['receipt_key']}: {exc}") from exc
+    _check_granted(shard["receipt_key"], granted, receipt)
     p = receipt.payload
     _expect(shard["receipt_key"], "batch_id", manifest["batch_id"], p["batch_id"])
     _expect(shard["receipt_key"], "tenant", manifest["tenant"], p["tenant"])
@@ -87,9 +101,50 @@ def _verified_shard(
     if not p["output"]["key"].startswith(prefix):
         raise ResultVerificationError(f"{shard['receipt_key']}: output.key expected under {prefix}, "
                                       f"got {p['output']['key']}")
-    output = store.get(p["output"]["key"])
+    output = _get(store, p["output"]["key"], "a shard's encrypted results")
     _expect(shard["receipt_key"], "output.sha256", p["output"]["sha256"], hashlib.sha256(output).hexdigest())
     return receipt, output
+
+
+def _get(store: ObjectStore, key: str, what: str) -> bytes:
+    """An object the platform should have written; its absence is a verification failure, not a crash."""
+    data = store.get_if_exists(key)
+    if data is None:
+        raise ResultVerificationError(f"s3://{store.bucket}/{key}: expected {what}, found nothing")
+    return data
+
+
+def _json_object(data: bytes, key: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ResultVerificationError(f"{key}: expected JSON, got undecodable bytes ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise ResultVerificationError(f"{key}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _result_manifest(store: ObjectStore, key: str) -> dict[str, Any]:
+    """The platform-written result manifest, checked for the shape the owner relies on (nothing else)."""
+    doc = _json_object(_get(store, key, "the batch's result manifest"), key)
+    shards = doc.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("receipt_key"), str)
+                                               for s in shards):
+        raise ResultVerificationError(f"{key}: shards expected a list of {{receipt_key: str, ...}}, "
+                                      f"got {str(shards)[:120]}")
+    return doc
+
+
+def _check_granted(where: str, granted: dict[str, Any], receipt: VerifiedReceipt) -> None:
+    """The receipt's worker ran the measured code and configuration this owner granted (its broker's grant)."""
+    claims = receipt.claims
+    if claims.measurement not in granted.get("measurements", []):
+        raise ResultVerificationError(f"{where}: measurement expected one of {granted.get('measurements')} "
+                                      f"(your grant), got {claims.measurement}")
+    config = config_digest_from_claims(claims.host_data or "")
+    if config not in granted.get("config_digests", []):
+        raise ResultVerificationError(f"{where}: worker configuration (host_data) expected one of "
+                                      f"{granted.get('config_digests')} (your grant), got {config}")
 
 
 def _unverified_evidence_digest(token: str) -> str:

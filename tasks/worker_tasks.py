@@ -10,26 +10,31 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import socket
 from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
 
+from celery.signals import worker_init
+
 from attestation.errors import AttestationError
 from enclave.kbs_client import KbsError
-from enclave.shard import ShardOutcome, ShardSpec, ShardSpecError
 from enclave.signing import canonical_json, unverified_payload
-from enclave.tee import evidence_provider_from_env
-from enclave.worker import Enclave, ModelIntegrityError, PlaintextRefused, ShardInputError, sha256_hex
+from enclave.tee import check_launch_binding, evidence_provider
+from enclave.worker import Enclave, ModelIntegrityError, PlaintextRefused, ShardInputError, UsageExceeded, sha256_hex
 from tasks import storage
 from tasks.celery_app import app
+from wire.errors import FormatError
+from wire.shard import ShardOutcome, ShardSpec, ShardSpecError
+from wire.worker_config import CONFIG_ENV, load_worker_config
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
-SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, KbsError, AttestationError,
-             storage.StorageError)
+SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, KbsError,
+             AttestationError, FormatError, storage.StorageError)
 # S3 failures that outlived boto3's retries: the shard is tried again later, then fails naming operation and code.
 STORAGE_RETRY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True}
 
@@ -71,9 +76,38 @@ def contained(task: F) -> F:
 
 
 @cache
-def _enclave(name: str) -> Enclave:
-    # One per worker process: attested sessions and the model cache live as long as the process.
-    return Enclave(evidence_provider_from_env(), name=name)
+def _enclave() -> Enclave:
+    """One per worker process: attested sessions and the model cache live as long as the process.
+
+    Whom it trusts comes from the measured configuration (`CSCORE_WORKER_CONFIG` names the file; its digest
+    must be the one this guest was launched with, else nothing starts).
+    """
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise RuntimeError(f"{CONFIG_ENV} is not set: a worker needs its measured configuration document")
+    config, _ = load_worker_config(path)
+    provider = evidence_provider(config)
+    digest = check_launch_binding(provider, config)
+    log.info("worker configuration %s bound to this guest's evidence (%s)", digest, config.tee)
+    return Enclave(provider, config)
+
+
+@worker_init.connect
+def _check_configuration(**_: Any) -> None:
+    # At start, not at the first task: a worker launched with the wrong configuration must not run at all.
+    # SystemExit, because Celery logs and swallows an Exception raised by a signal handler.
+    try:
+        _enclave()
+    except Exception as exc:
+        log.critical("worker refuses to start: %s", exc)
+        raise SystemExit(f"cscore worker refuses to start: {exc}") from None
+
+
+@app.task(name="cscore.attest", bind=True, acks_late=True)
+@contained
+def attest(self: Any, broker_names: list[str]) -> dict[str, Any]:
+    """Attest this worker to each named broker of its configuration; returns verdicts (no secrets)."""
+    return _named_enclave(self).attest(broker_names)
 
 
 def _worker_name(task: Any) -> str:
@@ -81,11 +115,10 @@ def _worker_name(task: Any) -> str:
     return str(getattr(task.request, "hostname", None) or socket.gethostname())
 
 
-@app.task(name="cscore.attest", bind=True, acks_late=True)
-@contained
-def attest(self: Any, broker_urls: list[str]) -> dict[str, Any]:
-    """Attest this worker to each broker; returns verdicts (measurement, TEE, expiry), no secrets."""
-    return _enclave(_worker_name(self)).attest(broker_urls)
+def _named_enclave(task: Any) -> Enclave:
+    enclave = _enclave()
+    enclave.name = _worker_name(task)
+    return enclave
 
 
 @app.task(name="cscore.score_shard", bind=True, acks_late=True, autoretry_for=(WorkerRetry,), **STORAGE_RETRY)
@@ -99,12 +132,13 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
     existing = storage.get_if_exists(spec.receipt_key)
     if existing is not None:
         return _outcome_from_receipt(spec, existing, worker)
-    card = unverified_payload(storage.get_bytes(_card_key(spec)).decode(), what="model card")
-    scored = _enclave(worker).score_shard(spec, storage.get_bytes(spec.input_key), card,
-                                    lambda: storage.get_bytes(card["object_key"]))
+    card = storage.get_bytes(_card_key(spec)).decode()
+    scored = _named_enclave(self).score_shard(spec, storage.get_bytes(spec.input_key), card, storage.get_bytes)
     if scored.evidence:
         evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
         storage.put_bytes(evidence_key, canonical_json(scored.evidence), "application/json")
+    if scored.usage:
+        storage.put_bytes(_usage_key(spec), scored.usage.encode(), "application/jose")
     storage.put_bytes(scored.output_key, scored.output)
     receipt = scored.receipt.encode()
     # The receipt is the shard's commit: written once. A concurrent attempt that lost the race
@@ -136,6 +170,11 @@ def _refuse_leftover(spec: ShardSpec, run_id: str) -> None:
 
 def _card_key(spec: ShardSpec) -> str:
     return f"models/{spec.model_name}/{spec.model_version}/card.jws"
+
+
+def _usage_key(spec: ShardSpec) -> str:
+    # Under the model's folder, per tenant and batch: the provider lists its own models' usage.
+    return f"usage/{spec.model_name}/{spec.tenant}/{spec.batch_id}/shard-{spec.shard_index:05d}.jws"
 
 
 def _outcome_from_receipt(spec: ShardSpec, receipt: bytes, worker: str) -> dict[str, Any]:

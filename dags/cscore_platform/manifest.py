@@ -44,6 +44,7 @@ class Manifest:
     model_version: int
     model_digest: str
     results_prefix: str
+    broker_name: str  # the owner broker's name in the workers' measured configuration
     broker_url: str
     footer_key: str
     column_key: str
@@ -140,6 +141,7 @@ def _typed(key: str, digest: str, tenant: str, batch: str, payload: Any) -> Mani
         model_version=_field(payload, "model.version", int),
         model_digest=digest_value,
         results_prefix=results_prefix,
+        broker_name=_field(payload, "key_broker.name", str),
         broker_url=_field(payload, "key_broker.url", str),
         footer_key=_field(payload, "key_broker.footer_key", str),
         column_key=_field(payload, "key_broker.column_key", str),

@@ -25,7 +25,7 @@ def plan_shards(manifest: Manifest) -> list[dict[str, Any]]:
                     "model_name": manifest.model_name,
                     "model_version": manifest.model_version,
                     "model_digest": manifest.model_digest,
-                    "owner_broker_url": manifest.broker_url,
+                    "owner_broker": manifest.broker_name,
                     "footer_key": manifest.footer_key,
                     "column_key": manifest.column_key,
                     "result_key": manifest.result_key,

@@ -122,7 +122,7 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
         return {**batch, "attestation": []}
     with _failing_marks_batch(store, manifest.key, run_id, "attest"):
         card = _model_card(store, manifest)
-        brokers = [manifest.broker_url, card["broker_url"]]
+        brokers = [manifest.broker_name, card["broker"]]  # names: workers look them up in their configuration
         app = worker_pool.celery_client()
         try:
             verdicts = worker_pool.attest_all(app, brokers)

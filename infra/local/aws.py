@@ -24,6 +24,15 @@ def clients(endpoint: str) -> tuple[Any, Any]:
     return boto3.client("s3", **kw), boto3.client("sqs", **kw)
 
 
+def put_object(env: dict[str, str], key: str, body: bytes) -> None:
+    """One object into the stack's bucket, with the stack's endpoint (None: AWS) and credentials."""
+    client = boto3.client("s3", endpoint_url=env.get("CSCORE_S3_ENDPOINT") or None,
+                          region_name=env.get("AWS_DEFAULT_REGION", REGION),
+                          aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                          aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"))
+    client.put_object(Bucket=env.get("CSCORE_BUCKET", BUCKET), Key=key, Body=body)
+
+
 def provision(endpoint: str, bucket: str = BUCKET, queue: str = QUEUE) -> str:
     """Create bucket, queue and notification (moto keeps nothing across restarts); return the queue URL."""
     s3, sqs = clients(endpoint)

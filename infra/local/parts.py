@@ -22,6 +22,8 @@ import httpx
 
 from infra.local import aws
 from infra.local.util import StackError, ensure_secret, free_port, wait_ready
+from sdk.platform import WORKER_CONFIG_KEY
+from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 PY = sys.executable
 SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
+SIMULATED_KEY_IDS = {"owner": ["*.footer", "*.emails", "*.results", "grant:*"], "provider": ["model.*"]}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -144,7 +147,10 @@ def broker_config(stack: LocalStack, party: str, port: int) -> dict[str, object]
             "kek_path": str(folder / "kek.hex"),
             "admin_token_path": str(folder / "admin-token"),
             "trusted_roots_dir": str(stack.state_dir / "sim-tee"),
+            # Development only: the simulated root releases only the keys named here (the owner's per-batch
+            # keys and grants; the provider's model keys), and a production config sets neither line.
             "accept_simulated": True,
+            "simulated_key_ids": SIMULATED_KEY_IDS[party],
             "token_ttl_s": 300}
 
 
@@ -160,7 +166,9 @@ def spawn_broker(stack: LocalStack, party: str) -> Pending:
     ensure_secret(Path(str(config["kek_path"])), lambda: secrets.token_bytes(32).hex())
     token = ensure_secret(Path(str(config["admin_token_path"])), lambda: secrets.token_urlsafe(32))
     # TLS even on loopback: key-bearing traffic is then unreadable to anyone sniffing the host's interfaces.
-    tls = ensure_local_tls(stack.state_dir / "tls", folder, party)
+    # One CA per broker: the workers' configuration pins each broker's own CA, so no other broker's
+    # (or the platform's) certificate is accepted in its place.
+    tls = ensure_local_tls(stack.state_dir / "tls" / party, folder, party)
     config.update(tls_cert_path=str(tls.cert), tls_key_path=str(tls.key))
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _give_token_to_party(stack.state_dir / party / "broker-admin-token", token)
@@ -168,7 +176,7 @@ def spawn_broker(stack: LocalStack, party: str) -> Pending:
     argv = [PY, "-m", "keybroker", "serve", "--config", str(folder / "config.json")]
     part = stack.spawn(f"{party}-broker", argv)
     stack.env[f"CSCORE_{party.upper()}_BROKER_URL"] = url
-    stack.env["CSCORE_BROKER_CA"] = str(tls.ca_cert)
+    stack.broker_cas[party] = tls.ca_cert
     verify = ssl.create_default_context(cafile=str(tls.ca_cert))
 
     def wait() -> str:
@@ -177,6 +185,64 @@ def spawn_broker(stack: LocalStack, party: str) -> Pending:
         return f"on {url} (TLS, local CA {tls.ca_cert})"
 
     return Pending(f"{party} key broker", wait)
+
+
+def write_ca_bundle(stack: LocalStack) -> None:
+    """The parties' clients trust every local broker CA: `<state>/tls/ca-bundle.pem` as CSCORE_BROKER_CA."""
+    if not stack.broker_cas:
+        return
+    bundle = stack.state_dir / "tls" / "ca-bundle.pem"
+    bundle.write_text("".join(Path(ca).read_text() for ca in stack.broker_cas.values()))
+    stack.env["CSCORE_BROKER_CA"] = str(bundle)
+
+
+def write_worker_config(stack: LocalStack) -> WorkerConfig:
+    """The workers' measured configuration: each broker's name, URL and own CA, the provider's card key.
+
+    Brokers given by URL (real servers) are pinned to the CA bundle in CSCORE_BROKER_CA. The document goes
+    to `<state>/worker/config.json` (CSCORE_WORKER_CONFIG, read by the workers) and, once object storage is
+    up, to `platform/worker-config.json` where owners review and grant it (`publish_worker_config`).
+    """
+    from sdk.party import Party  # the provider's public card key (its private half stays in its home)
+
+    def identity(party: str) -> BrokerIdentity:
+        ca = stack.broker_cas.get(party) or stack.environ.get("CSCORE_BROKER_CA")
+        if not ca:
+            raise StackError(f"{party} broker: its TLS CA is unknown; set CSCORE_BROKER_CA to the CA bundle of "
+                             "the given brokers")
+        name = stack.environ.get(f"CSCORE_{party.upper()}_BROKER_NAME") or party
+        keys = (Party(stack.state_dir / "provider", "").public_key(),) if party == "provider" else ()
+        return BrokerIdentity(name, stack.env[f"CSCORE_{party.upper()}_BROKER_URL"], Path(ca).read_text(), keys)
+
+    tee = stack.env.get("CSCORE_TEE", "simulated-sev-snp")
+    config = WorkerConfig(tee, (identity("owner"),), (identity("provider"),),
+                          insecure_plaintext_baseline=tee == "simulated-sev-snp")
+    path = stack.state_dir / "worker" / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    stack.env[CONFIG_ENV] = str(path)
+    return config
+
+
+def publish_worker_config(stack: LocalStack, config: WorkerConfig) -> None:
+    """Upload the configuration where owners read it before granting (the platform's public word)."""
+    aws.put_object({**stack.environ, **stack.env}, WORKER_CONFIG_KEY, json.dumps(config.to_json(), indent=2).encode())
+
+
+def register_owner_broker(stack: LocalStack) -> str:
+    """Hand the owner broker's grant key to the provider's broker (out of band between parties, in real life)."""
+    from sdk.broker_admin import BrokerAdmin
+
+    ca = stack.env.get("CSCORE_BROKER_CA")
+    owner = BrokerAdmin(stack.env["CSCORE_OWNER_BROKER_URL"], _token(stack, "owner"), ca_bundle=ca)
+    provider = BrokerAdmin(stack.env["CSCORE_PROVIDER_BROKER_URL"], _token(stack, "provider"), ca_bundle=ca)
+    name = stack.environ.get("CSCORE_OWNER_BROKER_NAME") or "owner"
+    provider.register_owner(name, owner.grant_key())
+    return name
+
+
+def _token(stack: LocalStack, party: str) -> str:
+    return (stack.state_dir / party / "broker-admin-token").read_text().strip()
 
 
 def _give_token_to_party(path: Path, token: str) -> None:

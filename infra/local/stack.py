@@ -22,6 +22,7 @@ from infra.local import parts, procs
 from infra.local.parts import Pending
 from infra.local.procs import Part
 from infra.local.util import StackError
+from wire.worker_config import WorkerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 15.0
@@ -44,6 +45,7 @@ class LocalStack:
         self.repo = repo
         self.environ = dict(os.environ if environ is None else environ)
         self.env: dict[str, str] = {}
+        self.broker_cas: dict[str, Path] = {}  # party -> the CA its broker's TLS certificate chains to
         self.airflow_env: dict[str, str] = {}
         self.parts: dict[str, Part] = {}
         self.timings: dict[str, float] = {}
@@ -147,11 +149,26 @@ class LocalStack:
         self.env.update(CSCORE_STATE_DIR=str(self.state_dir), CSCORE_TRUST_DIR=str(self.state_dir / "trust"))
         s3, redis, tee = self._object_store(), self._celery_transport(), self._tee()
         migrate = self._airflow_migrate()
+        brokers = self._key_brokers()
+        parts.write_ca_bundle(self)
+        urls = {"CSCORE_OWNER_BROKER_URL", "CSCORE_PROVIDER_BROKER_URL"}
+        config = parts.write_worker_config(self) if urls <= set(self.env) else None
         self._ready(redis, tee, s3)  # fastest first, so each time measured is its own
-        self._ready(*self._key_brokers())
+        self._ready(*brokers)
+        self._platform_words(config)
         workers = self._celery_workers()
         self._ready(migrate)
         self._ready(workers, self._airflow() if migrate else None)
+
+    def _platform_words(self, config: WorkerConfig | None) -> None:
+        """Publish the workers' configuration; register the owner broker with the provider's (when both ours)."""
+        if config is not None and self.env.get("CSCORE_BUCKET"):
+            parts.publish_worker_config(self, config)
+            self._out(f"[stack] worker configuration {config.digest_hex()[:16]}... published "
+                      f"(HOST_DATA of every worker)")
+        if set(self.broker_cas) == {"owner", "provider"}:
+            owner = parts.register_owner_broker(self)
+            self._out(f"[stack] provider broker accepts model grants of owner broker '{owner}'")
 
     def _object_store(self) -> Pending | None:
         if given := self._given("CSCORE_S3_ENDPOINT", "CSCORE_SQS_QUEUE_URL"):

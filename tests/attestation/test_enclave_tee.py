@@ -14,7 +14,14 @@ from attestation import TrustAnchors, verify_evidence
 from attestation.errors import AttestationError
 from enclave import tee
 from enclave.measurement import code_measurement
-from enclave.tee import ConfigfsTsmProvider, SimulatedSnpProvider, evidence_provider_from_env, parse_cert_table
+from enclave.tee import (
+    ConfigfsTsmProvider,
+    SimulatedSnpProvider,
+    check_launch_binding,
+    evidence_provider,
+    parse_cert_table,
+)
+from wire.worker_config import BrokerIdentity, WorkerConfig
 
 NONCE = bytes(range(64))
 
@@ -80,22 +87,46 @@ def test_cert_table_out_of_bounds_entry_is_refused() -> None:
         parse_cert_table(bad)
 
 
-def test_provider_from_env(monkeypatch: pytest.MonkeyPatch, sim_dir: Path) -> None:
-    monkeypatch.setenv("CSCORE_TEE", "simulated-sev-snp")
+def _config(tee_kind: str = "simulated-sev-snp") -> WorkerConfig:
+
+    return WorkerConfig(tee_kind, (BrokerIdentity("owner", "https://127.0.0.1:1", _CA_PEM),),
+                        (BrokerIdentity("provider", "https://127.0.0.1:2", _CA_PEM, ({"kty": "OKP", "crv": "Ed25519",
+                                                                                  "x": "A" * 43},)),))
+
+
+_CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_provider_follows_the_measured_configuration(monkeypatch: pytest.MonkeyPatch, sim_dir: Path) -> None:
+    monkeypatch.delenv("CSCORE_TEE", raising=False)
     monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
-    provider = evidence_provider_from_env()
+    config = _config()
+    provider = evidence_provider(config)
     assert isinstance(provider, SimulatedSnpProvider)
     claims = verify_evidence(provider.get_evidence(NONCE), TrustAnchors.from_dir(sim_dir), datetime.now(UTC))
     assert claims.measurement == code_measurement().hex()
-    monkeypatch.setenv("CSCORE_TEE", "configfs-tsm")
-    assert isinstance(evidence_provider_from_env(), tee.ConfigfsTsmProvider)
-    monkeypatch.setenv("CSCORE_TEE", "sgx")
-    with pytest.raises(RuntimeError, match="CSCORE_TEE"):
-        evidence_provider_from_env()
-    monkeypatch.setenv("CSCORE_TEE", "simulated-sev-snp")
+    assert claims.host_data == config.digest_hex()  # the configuration's digest, where a host puts it
+    assert check_launch_binding(provider, config) == config.digest_hex()
+    assert isinstance(evidence_provider(_config("configfs-tsm")), tee.ConfigfsTsmProvider)
+    monkeypatch.setenv("CSCORE_TEE", "configfs-tsm")  # the environment cannot change what was measured
+    with pytest.raises(RuntimeError, match="disagrees with the worker configuration"):
+        evidence_provider(config)
+    monkeypatch.delenv("CSCORE_TEE")
     monkeypatch.delenv("CSCORE_SIM_TEE_DIR")
     with pytest.raises(RuntimeError, match="CSCORE_SIM_TEE_DIR"):
-        evidence_provider_from_env()
+        evidence_provider(config)
+
+
+def test_a_guest_launched_with_another_configuration_refuses_to_run(sim_dir: Path) -> None:
+    launched = _config()
+    handed = WorkerConfig("simulated-sev-snp", launched.owners[:0] + (BrokerIdentity(
+        "owner", "https://127.0.0.1:9", _CA_PEM),), launched.providers)  # another owner broker URL
+    provider = SimulatedSnpProvider(sim_dir, code_measurement(), host_data=launched.digest())
+    with pytest.raises(AttestationError) as refused:
+        check_launch_binding(provider, handed)
+    assert refused.value.field == "host_data" and refused.value.expected == handed.digest_hex()
+    assert refused.value.actual == launched.digest_hex()
+
 
 
 def _tree(root: Path) -> Path:

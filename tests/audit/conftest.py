@@ -21,11 +21,11 @@ from moto import mock_aws
 from attestation import Policy, TrustAnchors
 from audit.log import AuditLog, Witness
 from enclave.receipts import evidence_document, sign_receipt
-from enclave.shard import ShardSpec
 from enclave.signing import canonical_json, generate_signing_key, sign_json
 from enclave.tee import SimulatedSnpProvider
 from sdk.broker_admin import GENESIS, LOG_FIELDS
 from sdk.storage import ObjectStore
+from wire.shard import ShardSpec
 
 MEASUREMENT = bytes(range(48))
 OTHER_MEASUREMENT = bytes(48)
@@ -143,7 +143,8 @@ class Scenario:
                     "created_at": int(time.time()), "objects": objects,
                     "model": {"name": "spam", "version": 1, "digest": MODEL},
                     "results": {"prefix": f"results/{TENANT}/{batch}/"},
-                    "key_broker": {"url": "http://owner", "footer_key": "acme/footer", "column_key": "acme/emails",
+                    "key_broker": {"name": "owner", "url": "http://owner", "footer_key": "acme/footer",
+                                   "column_key": "acme/emails",
                                    "result_key": "acme/results"}}
         self.store.put(f"incoming/{TENANT}/{batch}/manifest.jws", sign_json(manifest, self.owner_key).encode())
         self._status(batch, "processing", run_id="run-1")
@@ -164,7 +165,7 @@ class Scenario:
         spec = ShardSpec(tenant=TENANT, batch_id=batch, shard_index=index,
                          input_key=f"incoming/{TENANT}/{batch}/part-00000.parquet", input_sha256="cd" * 32,
                          row_group_start=index, row_group_end=index + 1, model_name="spam", model_version=1,
-                         model_digest=MODEL, owner_broker_url="http://owner", footer_key="acme/footer",
+                         model_digest=MODEL, owner_broker="owner", footer_key="acme/footer",
                          column_key="acme/emails", result_key="acme/results",
                          output_key=f"{prefix}shard-{index:05d}.parquet",
                          receipt_key=f"{prefix}shard-{index:05d}.receipt.jws")

@@ -31,6 +31,7 @@ from sdk.emails import Email, email_text
 from sdk.models import ModelListing, find_model, list_models
 from sdk.owner import OwnerKeys, SubmittedBatch, register_tenant, resubmit_batch, submit_batch, wait_for_batch
 from sdk.party import Party
+from sdk.platform import published_worker_config
 from sdk.provider import publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
@@ -152,8 +153,10 @@ def test_refused_release_fails_the_batch_which_can_be_resubmitted(stack: LocalSt
     assert store.get_if_exists(batch.manifest_key) is not None  # the input stays where it was
     assert not [k for k in store.keys(f"results/{TENANT}/{batch.batch_id}/") if k.endswith(".parquet")]
     # The owner grants the right measurement and submits the same manifest again.
+    config = published_worker_config(store).digest_hex()  # the workers' configuration, as the owner reviewed it
     Party.from_env("owner").broker().grant(batch.batch_id, _state["model"].digest, [code_measurement().hex()],
-                                           OwnerKeys.for_batch(TENANT, batch.batch_id).all())
+                                           OwnerKeys.for_batch(TENANT, batch.batch_id).all(),
+                                           config_digests=[config], rows=len(emails))
     resubmit_batch(TENANT, batch.batch_id, store)
     deadline = time.monotonic() + WAIT_S
     while _wait(batch.batch_id)["state"] == "failed" and time.monotonic() < deadline:

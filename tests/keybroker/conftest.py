@@ -53,7 +53,7 @@ class BrokerProcess:
             "name": name, "host": "127.0.0.1", "port": free_port(),
             "db_path": str(state / "keys.sqlite"), "kek_path": str(state / "kek.hex"),
             "admin_token_path": str(state / "admin-token"), "trusted_roots_dir": str(state / "sim-tee"),
-            "accept_simulated": True, "token_ttl_s": 300, **overrides}
+            "accept_simulated": True, "simulated_key_ids": ["*"], "token_ttl_s": 300, **overrides}
         self.config_path = state / f"{name}-config.json"
         self.log_path = state / f"{name}-broker.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -26,6 +26,7 @@ with warnings.catch_warnings():
 
 GOOD = "ab" * 48
 OTHER = "cd" * 48
+CONFIG = "cf" * 32  # the worker configuration digest the simulated guests carry as HOST_DATA
 
 
 @functools.cache
@@ -50,8 +51,8 @@ def write_firmware(folder: Path) -> Path:
 class SimEnclave(SimulatedSnpProvider):
     """The simulated SEV-SNP TEE with a measurement given in hex, optionally launched with debug on."""
 
-    def __init__(self, sim_dir: Path, measurement: str = GOOD, debug: bool = False) -> None:
-        super().__init__(sim_dir, bytes.fromhex(measurement))
+    def __init__(self, sim_dir: Path, measurement: str = GOOD, debug: bool = False, host_data: str = CONFIG) -> None:
+        super().__init__(sim_dir, bytes.fromhex(measurement), host_data=bytes.fromhex(host_data))
         self.debug = debug
 
     def _report(self, report_data: bytes) -> SnpReport:
@@ -62,7 +63,9 @@ class SimEnclave(SimulatedSnpProvider):
 def make_config(tmp: Path, **extra: Any) -> BrokerConfig:
     return BrokerConfig.from_dict({"name": "owner", "host": "127.0.0.1", "port": 0, "db_path": str(tmp / "k.db"),
                                    "kek_path": str(tmp / "kek.hex"), "admin_token_path": str(tmp / "admin"),
-                                   "accept_simulated": True, "trusted_roots_dir": str(tmp / "sim-tee"), **extra})
+                                   "accept_simulated": True, "trusted_roots_dir": str(tmp / "sim-tee"),
+                                   **({"simulated_key_ids": ["*"]} if extra.get("accept_simulated", True) else {}),
+                                   **extra})
 
 
 class Env:
@@ -74,14 +77,14 @@ class Env:
         self.app = create_app(self.config)  # no stand-in: the verifier is built from the config, as in production
         self.admin = BrokerAdmin("http://testserver", self.config.load_admin_token(), client=TestClient(self.app))
 
-    def enclave(self, measurement: str = GOOD, debug: bool = False) -> SimEnclave:
+    def enclave(self, measurement: str = GOOD, debug: bool = False, host_data: str = CONFIG) -> SimEnclave:
         """A simulated TEE whose evidence this broker verifies."""
-        return SimEnclave(self.sim_dir, measurement, debug)
+        return SimEnclave(self.sim_dir, measurement, debug, host_data)
 
     def worker(self, provider: SimulatedSnpProvider | None = None) -> AttestedSession:
         return AttestedSession("http://testserver", provider or self.enclave(), client=TestClient(self.app))
 
     def data_key(self, key_id: str = "data-1", batch: str = "batch-1", model: str = "sha256:m") -> bytes:
         self.admin.create_key(key_id)
-        self.admin.grant(batch, model, [GOOD], [key_id])
+        self.admin.grant(batch, model, [GOOD], [key_id], config_digests=[CONFIG], rows=10)
         return self.admin.wrap(key_id, b"D" * 16)

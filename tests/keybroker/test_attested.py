@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,17 @@ import pytest
 
 from attestation import Evidence
 from attestation.snp.report import POLICY_DEBUG_BIT
-from enclave.kbs_client import AttestedSession, KbsError
+from enclave.kbs_client import AttestedSession, EnclaveKeys, KbsError
 from enclave.tee import SimulatedSnpProvider
 from keybroker import BrokerConfig, create_app
 from sdk.broker_admin import BrokerAdmin
 from tests.keybroker.conftest import MEASUREMENT, OTHER_MEASUREMENT, BrokerProcess
+from wire.canonical import canonical_json
+from wire.grant import ModelGrant, sign_grant
+from wire.keywrap import wrap_key
 
 MODEL = "sha256:" + "11" * 32
+CONFIG = bytes.fromhex("cf" * 32)  # the worker configuration digest the simulated guests carry as HOST_DATA
 
 
 class DebugSnpProvider(SimulatedSnpProvider):
@@ -46,22 +49,25 @@ class TamperingProvider(SimulatedSnpProvider):
 def owner(broker: BrokerProcess) -> BrokerAdmin:
     admin = broker.admin()
     admin.create_key("att-data")
-    admin.create_key("att-results")
-    admin.grant("att-batch", MODEL, [MEASUREMENT.hex()], ["att-data", "att-results"])
+    admin.create_key("att-results", kind="result")
+    admin.grant("att-batch", MODEL, [MEASUREMENT.hex()], ["att-data", "att-results"], config_digests=[CONFIG.hex()],
+                rows=100)
     return admin
 
 
 @pytest.fixture(scope="module")
-def provider(provider_broker: BrokerProcess) -> BrokerAdmin:
+def provider(provider_broker: BrokerProcess, broker: BrokerProcess) -> BrokerAdmin:
     admin = provider_broker.admin()
     admin.create_key("att-model", kind="model", measurements=[MEASUREMENT.hex()])
+    admin.register_owner("owner", broker.admin().grant_key())
     return admin
 
 
 def session(broker: BrokerProcess, sim_dir: Path, measurement: bytes = MEASUREMENT,
-            cls: type = SimulatedSnpProvider) -> AttestedSession:
+            cls: type = SimulatedSnpProvider, keys: EnclaveKeys | None = None) -> AttestedSession:
     """A simulated enclave's session with `broker` (verifying its TLS certificate where it has one)."""
-    return AttestedSession(broker.url, cls(sim_dir, measurement), ca_bundle=broker.ca_bundle)
+    return AttestedSession(broker.url, cls(sim_dir, measurement, host_data=CONFIG), ca_bundle=broker.ca_bundle,
+                           keys=keys)
 
 
 def test_enclave_gets_data_key_from_owner_and_model_key_from_provider(
@@ -69,17 +75,26 @@ def test_enclave_gets_data_key_from_owner_and_model_key_from_provider(
         sim_dir: Path) -> None:
     data_dek, model_dek = secrets.token_bytes(16), secrets.token_bytes(32)
     wrapped_data, wrapped_model = owner.wrap("att-data", data_dek), provider.wrap("att-model", model_dek)
-    with_owner, with_provider = session(broker, sim_dir), session(provider_broker, sim_dir)
+    keys = EnclaveKeys()  # one enclave: both sessions share its keys, as enclave.worker does
+    with_owner, with_provider = session(broker, sim_dir, keys=keys), session(provider_broker, sim_dir, keys=keys)
     result = with_owner.attest()
     assert result.claims["measurement"] == MEASUREMENT.hex() and result.claims["root"] == "simulated"
+    assert result.claims["host_data"] == CONFIG.hex()
     assert with_owner.unwrap("att-data", wrapped_data, batch_id="att-batch", model_digest=MODEL) == data_dek
-    assert with_provider.unwrap("att-model", wrapped_model, batch_id="att-batch", model_digest=MODEL) == model_dek
-    # Results: the enclave wraps a fresh key under the owner's result key; only the owner can unwrap it.
+    grant = with_owner.model_grant(batch_id="att-batch", model_digest=MODEL)
+    assert with_provider.unwrap("att-model", wrapped_model, batch_id="att-batch", model_digest=MODEL,
+                                grant=grant) == model_dek
+    # A grant names the session it was issued to: another enclave session cannot use it.
+    with pytest.raises(KbsError) as stolen:
+        session(provider_broker, sim_dir).unwrap("att-model", wrapped_model, batch_id="att-batch",
+                                                 model_digest=MODEL, grant=grant)
+    assert stolen.value.problem["field"] == "grant" and "tee_key" in stolen.value.problem["actual"]
+    # Results: the owner's broker releases the batch's result key; the enclave wraps under it locally.
     result_dek = secrets.token_bytes(16)
-    wrapped_result = with_owner.wrap("att-results", result_dek, batch_id="att-batch", model_digest=MODEL)
-    assert owner.unwrap("att-results", wrapped_result) == result_dek
+    master, version = with_owner.release("att-results", batch_id="att-batch", model_digest=MODEL)
+    assert owner.unwrap("att-results", wrap_key(master, "att-results", result_dek, version)) == result_dek
     # The evidence the session kept binds its runtime data (what a receipt verifier recomputes).
-    digest = hashlib.sha512(json.dumps(with_owner.runtime_data, sort_keys=True, separators=(",", ":")).encode())
+    digest = hashlib.sha512(canonical_json(with_owner.runtime_data))
     assert with_owner.evidence is not None and result.claims["report_data"] == digest.hexdigest()
     allowed = [e for e in owner.decisions() if e["operation"] == "unwrap" and e["decision"] == "allow"]
     assert allowed[-1]["measurement"] == MEASUREMENT.hex() and allowed[-1]["claims_digest"]
@@ -138,7 +153,7 @@ def test_reused_nonce_is_refused(broker: BrokerProcess, sim_dir: Path) -> None:
     challenge = httpx.post(f"{broker.url}/kbs/v0/auth", json={"tee": "sev-snp"}).json()
     runtime = {"nonce": challenge["nonce"], "tee_pubkey": worker.tee_public_jwk,
                "receipt_pubkey": worker.receipt_public_jwk}
-    report_data = hashlib.sha512(json.dumps(runtime, sort_keys=True, separators=(",", ":")).encode()).digest()
+    report_data = hashlib.sha512(canonical_json(runtime)).digest()
     evidence = SimulatedSnpProvider(sim_dir, MEASUREMENT).get_evidence(report_data).to_json()
     body = {"session": challenge["session"], "runtime_data": runtime, "evidence": evidence}
     assert httpx.post(f"{broker.url}/kbs/v0/attest", json=body).status_code == 200
@@ -173,14 +188,17 @@ def test_production_broker_refuses_the_simulated_root(tmp_path: Path, sim_dir: P
 
 
 def test_worker_verdict_names_the_worker_and_the_claims_digest_the_broker_logged(
-        broker: BrokerProcess, owner: BrokerAdmin, sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        provider_broker: BrokerProcess, sim_dir: Path) -> None:
     from enclave.worker import Enclave
+    from wire.worker_config import BrokerIdentity, WorkerConfig
 
-    if broker.ca_bundle:
-        monkeypatch.setenv("CSCORE_BROKER_CA", str(broker.ca_bundle))
-    verdicts = Enclave(SimulatedSnpProvider(sim_dir, MEASUREMENT), name="cscore-worker-7@vm").attest([broker.url])
-    assert verdicts["worker"] == "cscore-worker-7@vm"
-    logged = [e for e in owner.decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
+    assert provider_broker.ca_bundle is not None  # workers reach brokers over pinned TLS only
+    ca = provider_broker.ca_bundle.read_text()
+    config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("tls-owner", provider_broker.url, ca),), ())
+    enclave = Enclave(SimulatedSnpProvider(sim_dir, MEASUREMENT, host_data=CONFIG), config, name="cscore-worker-7@vm")
+    verdicts = enclave.attest(["tls-owner"])
+    assert verdicts["worker"] == "cscore-worker-7@vm" and verdicts["config_digest"] == config.digest_hex()
+    logged = [e for e in provider_broker.admin().decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
     # The auditor joins the broker's attestation (and every release under it) to this worker by this digest.
     assert verdicts["verdicts"][0]["claims_digest"] == logged[-1]["claims_digest"]
 
@@ -191,3 +209,80 @@ def test_owner_unwrap_names_the_batch_it_reads_in_the_decision_log(owner: Broker
     last = owner.decisions()[-1]
     assert (last["operation"], last["batch_id"], last["key_id"]) == ("admin.unwrap", "att-batch", "att-results")
     assert last["reason"] == "owner unwrap to read batch att-batch's results"
+def test_simulated_root_opens_only_keys_opted_in_by_name(tmp_path: Path, sim_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    base = {"name": "dev", "host": "127.0.0.1", "port": 0, "db_path": str(tmp_path / "k.db"),
+            "kek_path": str(tmp_path / "kek"), "admin_token_path": str(tmp_path / "tok"),
+            "trusted_roots_dir": str(sim_dir), "accept_simulated": True}
+    with pytest.raises(ValueError, match="simulated_key_ids is empty"):
+        BrokerConfig.from_dict(base)  # one flag must not open every key
+    app = create_app(BrokerConfig.from_dict({**base, "simulated_key_ids": ["dev.*"]}))
+    admin = BrokerAdmin("http://testserver", (tmp_path / "tok").read_text().strip(), client=TestClient(app))
+    for key_id in ("dev.data", "prod.data"):
+        admin.create_key(key_id)
+    admin.grant("b", MODEL, [MEASUREMENT.hex()], ["dev.data", "prod.data"], config_digests=[CONFIG.hex()], rows=1)
+    worker = AttestedSession("http://testserver", SimulatedSnpProvider(sim_dir, MEASUREMENT, host_data=CONFIG),
+                             client=TestClient(app))
+    assert worker.unwrap("dev.data", admin.wrap("dev.data", b"d" * 16), batch_id="b", model_digest=MODEL) == b"d" * 16
+    with pytest.raises(KbsError) as refused:
+        worker.unwrap("prod.data", admin.wrap("prod.data", b"p" * 16), batch_id="b", model_digest=MODEL)
+    assert refused.value.status == 403 and refused.value.problem["field"] == "root"
+    assert refused.value.problem["actual"] == "simulated"
+
+
+def _forged_grant(with_owner: AttestedSession, key: Any, **changes: Any) -> str:
+    """A model grant correct in every way (batch, model, measurement, configuration, this session's key) but
+    what `changes` alter, signed by `key`."""
+    import time as _time
+
+    from joserfc.jwk import ECKey
+
+    fields = {"issuer": "owner", "batch_id": "att-batch", "model_digest": MODEL, "measurement": MEASUREMENT.hex(),
+              "config_digest": CONFIG.hex(), "tee_key": ECKey.import_key(with_owner.tee_public_jwk).thumbprint(),
+              "rows": 100, "issued_at": int(_time.time()), "expires_at": int(_time.time()) + 300, **changes}
+    return sign_grant(ModelGrant(**fields), key)
+
+
+@pytest.mark.parametrize(("signer", "changes", "expected"), [
+    ("platform", {}, "model_grant.kid"),  # the platform's own "owner broker": not registered with the provider
+    ("platform", {"issuer": "platform"}, "model_grant.kid"),
+    ("owner", {"batch_id": "att-other-batch"}, "grant.batch_id"),  # a grant for another batch
+    ("owner", {"model_digest": "sha256:" + "22" * 32}, "grant.model_digest"),
+    ("owner", {"measurement": OTHER_MEASUREMENT.hex()}, "grant.measurement"),
+    ("owner", {"config_digest": "ee" * 32}, "grant.config_digest"),
+    ("owner", {"expires_at": 1}, "model_grant.expires_at"),
+])
+def test_model_key_refuses_forged_or_mismatched_grants(broker: BrokerProcess, provider_broker: BrokerProcess,
+                                                       owner: BrokerAdmin, provider: BrokerAdmin, sim_dir: Path,
+                                                       signer: str, changes: dict[str, Any], expected: str) -> None:
+    from joserfc.jwk import ECKey
+
+    keys = EnclaveKeys()
+    with_owner, with_provider = session(broker, sim_dir, keys=keys), session(provider_broker, sim_dir, keys=keys)
+    with_owner.attest()
+    # The owner broker's real grant key lives in its store; for "owner" forge with it read from there.
+    key = (ECKey.generate_key("P-256", private=True) if signer == "platform"
+           else _owner_grant_key(broker))
+    grant = _forged_grant(with_owner, key, **changes)
+    wrapped = provider.wrap("att-model", b"m" * 32)
+    with pytest.raises(KbsError) as refused:
+        with_provider.unwrap("att-model", wrapped, batch_id="att-batch", model_digest=MODEL, grant=grant)
+    problem = refused.value.problem
+    assert refused.value.status == 403 and problem["field"] == "grant" and expected in problem["actual"]
+    # The same request with the owner broker's genuine grant goes through: only the forgery was refused.
+    genuine = with_owner.model_grant(batch_id="att-batch", model_digest=MODEL)
+    assert with_provider.unwrap("att-model", wrapped, batch_id="att-batch", model_digest=MODEL,
+                                grant=genuine) == b"m" * 32
+
+
+def _owner_grant_key(broker: BrokerProcess) -> Any:
+    from joserfc.jwk import ECKey
+
+    from keybroker.store import KeyStore
+
+    store = KeyStore(Path(broker.config["db_path"]), bytes.fromhex(Path(broker.config["kek_path"]).read_text()))
+    try:
+        return ECKey.import_key(store.broker_secret("grant-signing", lambda: b""))
+    finally:
+        store.close()

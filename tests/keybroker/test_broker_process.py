@@ -66,21 +66,21 @@ def test_wrap_unwrap_roundtrip_binds_the_key_id(admin: BrokerAdmin) -> None:
 
 def test_unknown_key_and_bad_policy_are_refused_with_a_reason(admin: BrokerAdmin) -> None:
     with pytest.raises(BrokerAdminError) as unknown:
-        admin.grant("batch-x", "sha256:m", [MEASUREMENT.hex()], ["no-such-key"])
+        admin.grant("batch-x", "sha256:m", [MEASUREMENT.hex()], ["no-such-key"], config_digests=["cf" * 32], rows=10)
     assert unknown.value.status == 404 and unknown.value.problem["actual"] == "no-such-key"
     admin.create_key("pol-1")
     with pytest.raises(BrokerAdminError) as bad:
         admin.set_policy("pol-1", "claims.debug ==")
     assert bad.value.status == 400 and bad.value.problem["field"] == "policy"
     with pytest.raises(BrokerAdminError) as bad_measurement:
-        admin.grant("batch-x", "sha256:m", ["not-hex"], ["pol-1"])
+        admin.grant("batch-x", "sha256:m", ["not-hex"], ["pol-1"], config_digests=["cf" * 32], rows=10)
     assert bad_measurement.value.status == 422
 
 
 def test_policy_changes_and_grants_are_logged_in_a_verified_chain(admin: BrokerAdmin) -> None:
     admin.create_key("log-1")
     admin.set_policy("log-1", "!claims.debug")
-    admin.grant("batch-log", "sha256:abc", [MEASUREMENT.hex()], ["log-1"])
+    admin.grant("batch-log", "sha256:abc", [MEASUREMENT.hex()], ["log-1"], config_digests=["cf" * 32], rows=10)
     entries = admin.decisions()  # verifies the chain and the signed checkpoint
     ops = [(e["operation"], e["key_id"] or e["batch_id"]) for e in entries]
     assert ("admin.set_policy", "log-1") in ops and ("admin.grant", "batch-log") in ops
@@ -151,7 +151,7 @@ def test_restart_keeps_keys_policies_grants_and_log(tmp_path: Path) -> None:
         admin.create_key("persist-data")
         admin.create_key("persist-model", kind="model", measurements=[MEASUREMENT.hex()], min_tcb={"snp": 1})
         admin.set_policy("persist-data", "!claims.debug && request.batch_id == 'b-1'", chip_ids=[])
-        admin.grant("b-1", "sha256:model", [MEASUREMENT.hex()], ["persist-data"])
+        admin.grant("b-1", "sha256:model", [MEASUREMENT.hex()], ["persist-data"], config_digests=["cf" * 32], rows=10)
         dek, newer = secrets.token_bytes(16), secrets.token_bytes(16)
         wrapped = admin.wrap("persist-data", dek)
         admin.rotate_key("persist-data")

@@ -17,17 +17,44 @@ from attestation.simulated import SIM_TCB
 from enclave.kbs_client import KbsError
 from keybroker.policy import PolicyEngine
 from keybroker.sessions import NonceError, SessionTable
-from tests.keybroker.inproc import GOOD, OTHER, Env, SimEnclave, TestClient
+from tests.keybroker.inproc import CONFIG, GOOD, OTHER, Env, SimEnclave, TestClient
+from wire.canonical import canonical_json
+from wire.keywrap import wrap_key
 
 
-def test_granted_enclave_unwraps_and_wraps(env: Env) -> None:
+def test_granted_enclave_unwraps_data_and_gets_the_result_key_released(env: Env) -> None:
     wrapped = env.data_key()
+    env.admin.create_key("results-1", kind="result")
+    env.admin.grant("batch-1", "sha256:m", [GOOD], ["data-1", "results-1"], config_digests=[CONFIG], rows=10)
     worker = env.worker()
     assert worker.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
-    result = worker.wrap("data-1", b"R" * 16, batch_id="batch-1", model_digest="sha256:m")
-    assert env.admin.unwrap("data-1", result) == b"R" * 16
+    master, version = worker.release("results-1", batch_id="batch-1", model_digest="sha256:m")
+    # The worker wraps results locally under the released key; the owner's broker unwraps them.
+    assert env.admin.unwrap("results-1", wrap_key(master, "results-1", b"R" * 16, version)) == b"R" * 16
     assert worker.runtime_data is not None and worker.evidence is not None
     assert worker.runtime_data["tee_pubkey"] == worker.tee_public_jwk
+
+
+def test_data_keys_are_never_released_and_result_keys_never_unwrapped(env: Env) -> None:
+    wrapped = env.data_key()
+    env.admin.create_key("results-1", kind="result")
+    env.admin.grant("batch-1", "sha256:m", [GOOD], ["data-1", "results-1"], config_digests=[CONFIG], rows=10)
+    worker = env.worker()
+    with pytest.raises(KbsError) as released:
+        worker.release("data-1", batch_id="batch-1", model_digest="sha256:m")
+    assert released.value.problem["field"] == "operation" and released.value.problem["expected"] == "unwrap"
+    with pytest.raises(KbsError) as unwrapped:
+        worker.unwrap("results-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert unwrapped.value.problem["field"] == "operation" and unwrapped.value.problem["expected"] == "release"
+
+
+def test_a_worker_launched_with_another_configuration_gets_no_key(env: Env) -> None:
+    wrapped = env.data_key()
+    with pytest.raises(KbsError) as refused:
+        env.worker(env.enclave(host_data="ee" * 32)).unwrap("data-1", wrapped, batch_id="batch-1",
+                                                             model_digest="sha256:m")
+    problem = refused.value.problem
+    assert problem["field"] == "host_data" and problem["expected"] == [CONFIG] and problem["actual"] == "ee" * 32
 
 
 @pytest.mark.parametrize(("kwargs", "field", "enclave"), [
@@ -62,14 +89,12 @@ def test_unknown_key_points_at_the_other_broker(env: Env) -> None:
     assert env.admin.decisions()[-1]["reason"].startswith("key 'provider-model' is not held")
 
 
-def test_model_key_follows_its_measurement_list_and_only_unwraps(env: Env) -> None:
+def test_model_key_follows_its_measurement_list_and_needs_an_owner_grant(env: Env) -> None:
     env.admin.create_key("model-1", kind="model", measurements=[GOOD])
     wrapped = env.admin.wrap("model-1", b"M" * 32)
-    worker = env.worker()
-    assert worker.unwrap("model-1", wrapped, batch_id="any", model_digest="sha256:m") == b"M" * 32
-    with pytest.raises(KbsError) as wrap_refused:
-        worker.wrap("model-1", b"z" * 32, batch_id="any", model_digest="sha256:m")
-    assert wrap_refused.value.problem["field"] == "operation"
+    with pytest.raises(KbsError) as ungranted:
+        env.worker().unwrap("model-1", wrapped, batch_id="any", model_digest="sha256:m")
+    assert ungranted.value.problem["field"] == "grant" and ungranted.value.problem["actual"] == "no grant sent"
     with pytest.raises(KbsError) as other:
         env.worker(env.enclave(OTHER)).unwrap("model-1", wrapped, batch_id="any", model_digest="sha256:m")
     assert other.value.problem["field"] == "measurement" and other.value.problem["expected"] == [GOOD]
@@ -99,8 +124,7 @@ def test_reused_nonce_is_refused(env: Env) -> None:
     runtime = {"nonce": challenge["nonce"], "tee_pubkey": worker.tee_public_jwk,
                "receipt_pubkey": worker.receipt_public_jwk}
     import hashlib
-    import json
-    digest = hashlib.sha512(json.dumps(runtime, sort_keys=True, separators=(",", ":")).encode()).digest()
+    digest = hashlib.sha512(canonical_json(runtime)).digest()
     body = {"session": challenge["session"], "runtime_data": runtime,
             "evidence": env.enclave().get_evidence(digest).to_json()}
     assert client.post("/kbs/v0/attest", json=body).status_code == 200
@@ -194,8 +218,8 @@ def test_session_table_nonces_are_single_use_expire_and_are_bounded() -> None:
 
 def test_policy_engine_refuses_non_boolean_and_failing_expressions() -> None:
     engine = PolicyEngine()
-    ctx = {"claims": {"debug": False, "measurement": GOOD}, "request": {"operation": "unwrap"}, "grant": {},
-           "key": {"measurements": []}}
+    ctx = {"claims": {"debug": False, "measurement": GOOD, "root": "amd"}, "request": {"operation": "unwrap"},
+           "grant": {}, "key": {"measurements": []}}
     assert not engine.evaluate('"yes"', "data", ctx).allowed
     assert not engine.evaluate("grant.model_digest == 'x'", "data", ctx).allowed
     assert engine.evaluate("!claims.debug", "data", ctx).allowed

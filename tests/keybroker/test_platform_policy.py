@@ -108,4 +108,6 @@ def test_simulated_tee_below_the_key_floor_is_refused(provider_broker: BrokerPro
     assert (problem["field"], problem["expected"], problem["actual"]) == ("tcb.snp", f">= {SIM_TCB.snp + 1}",
                                                                           SIM_TCB.snp)
     admin.set_policy("floor-model", None, min_tcb={"snp": SIM_TCB.snp, "fmc": 1})  # fmc: Turin only
-    assert worker.unwrap("floor-model", wrapped, batch_id="", model_digest="") == b"m" * 32
+    with pytest.raises(KbsError) as past_the_floor:  # the floor holds now; the model key's own clauses come next
+        worker.unwrap("floor-model", wrapped, batch_id="", model_digest="")
+    assert past_the_floor.value.problem["field"] == "grant"

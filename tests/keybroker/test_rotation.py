@@ -11,7 +11,8 @@ import pytest
 from enclave.pme import EncryptedParquet, write_encrypted
 from keybroker.crypto import wrapped_version
 from sdk.broker_admin import BrokerAdmin, BrokerAdminError
-from tests.keybroker.inproc import Env
+from tests.keybroker.inproc import CONFIG, GOOD, Env
+from wire.keywrap import wrap_key
 
 
 def _table(n: int) -> pa.Table:
@@ -72,10 +73,14 @@ def test_rotation_needs_the_admin_token(admin: BrokerAdmin) -> None:
 
 def test_enclave_unwraps_old_wraps_and_wraps_under_the_new_version(env: Env) -> None:
     wrapped = env.data_key()
+    env.admin.create_key("results-1", kind="result")
+    env.admin.grant("batch-1", "sha256:m", [GOOD], ["data-1", "results-1"], config_digests=[CONFIG], rows=10)
     worker = env.worker()
     env.admin.rotate_key("data-1")
+    env.admin.rotate_key("results-1")
     assert worker.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
+    master, version = worker.release("results-1", batch_id="batch-1", model_digest="sha256:m")
     result_key = secrets.token_bytes(16)
-    new = worker.wrap("data-1", result_key, batch_id="batch-1", model_digest="sha256:m")
-    assert wrapped_version(new) == 2 and env.admin.unwrap("data-1", new) == result_key
+    new = wrap_key(master, "results-1", result_key, version)  # the enclave wraps locally, newest version
+    assert version == 2 and wrapped_version(new) == 2 and env.admin.unwrap("results-1", new) == result_key
     assert base64.b64encode(new)  # opaque to the enclave: same wire format as before

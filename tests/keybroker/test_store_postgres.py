@@ -156,8 +156,8 @@ def test_decision_log_chain_verifies_and_refuses_update_and_delete(backend: Back
 
 def test_grants_policies_and_resources_persist(backend: Backend, store: KeyStore) -> None:
     store.create_key("g-1", "data", secrets.token_bytes(32), None, [])
-    store.put_grant("batch-1", "sha256:old", [GOOD], ["g-1"])
-    grant = store.put_grant("batch-1", "sha256:m", [GOOD], ["g-1"])  # replaces
+    store.put_grant("batch-1", "sha256:old", [GOOD], ["g-1"], config_digests=["cf" * 32], rows=10)
+    grant = store.put_grant("batch-1", "sha256:m", [GOOD], ["g-1"], config_digests=["cf" * 32], rows=10)  # replaces
     store.set_policy("g-1", "!claims.debug", ["ee" * 48], {"chip_ids": ["00" * 64]})
     store.put_resource("repo/type/tag", b"first", None, [])
     store.put_resource("repo/type/tag", b"second", "claims.tee == 'sev-snp'", [GOOD])
@@ -272,7 +272,7 @@ def test_broker_process_on_postgres_over_http(pg_url: str, tmp_path: Path) -> No
         admin.create_key("pg-http")
         dek = secrets.token_bytes(32)
         wrapped = admin.wrap("pg-http", dek)
-        admin.grant("batch-pg", "sha256:m", [MEASUREMENT.hex()], ["pg-http"])
+        admin.grant("batch-pg", "sha256:m", [MEASUREMENT.hex()], ["pg-http"], config_digests=["cf" * 32], rows=10)
         admin.set_policy("pg-http", "!claims.debug")
         assert admin.rotate_key("pg-http")["version"] == 2
         before = admin.decisions()

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from enclave.kbs_client import AttestedSession, BrokerUnreachable, broker_tls
+from enclave.kbs_client import AttestedSession, BrokerUnreachable, KbsError, broker_tls
 from enclave.tee import SimulatedSnpProvider
 from keybroker import BrokerConfig
 from keybroker.__main__ import main, serve
@@ -28,12 +28,31 @@ def test_client_with_the_ca_works_and_without_it_fails(provider_broker: BrokerPr
     assert admin.create_key("tls-model", kind="model", measurements=[MEASUREMENT.hex()])["key_id"] == "tls-model"
     wrapped = admin.wrap("tls-model", b"m" * 32)
     worker = AttestedSession(provider_broker.url, SimulatedSnpProvider(sim_dir, MEASUREMENT))
-    assert worker.unwrap("tls-model", wrapped, batch_id="", model_digest="") == b"m" * 32
+    with pytest.raises(KbsError) as answered:  # over TLS the broker attested the worker and applied its policy
+        worker.unwrap("tls-model", wrapped, batch_id="", model_digest="")
+    assert answered.value.status == 403 and answered.value.problem["field"] == "grant"
     monkeypatch.delenv("CSCORE_BROKER_CA")
     with pytest.raises(BrokerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
         BrokerAdmin(provider_broker.url, provider_broker.admin_token).get_key("tls-model")
     with pytest.raises(BrokerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
         AttestedSession(provider_broker.url, SimulatedSnpProvider(sim_dir, MEASUREMENT)).attest()
+
+
+def test_a_worker_pinned_to_its_broker_ca_refuses_another_ca(provider_broker: BrokerProcess, sim_dir: Path,
+                                                             tmp_path: Path) -> None:
+    # A relay with a certificate from any other CA (here: a second local CA for the same loopback names)
+    # fails the handshake before the worker sends evidence or receives a key.
+    other_ca, _ = create_local_ca(tmp_path / "other-ca")
+    pinned = AttestedSession(provider_broker.url, SimulatedSnpProvider(sim_dir, MEASUREMENT),
+                             ca_pem=other_ca.read_text())
+    with pytest.raises(BrokerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+        pinned.attest()
+    assert provider_broker.ca_bundle is not None
+    genuine = AttestedSession(provider_broker.url, SimulatedSnpProvider(sim_dir, MEASUREMENT),
+                              ca_pem=provider_broker.ca_bundle.read_text())
+    assert genuine.attest().claims["measurement"] == MEASUREMENT.hex()
+    with pytest.raises(ValueError, match="https only"):
+        AttestedSession("http://127.0.0.1:1", SimulatedSnpProvider(sim_dir, MEASUREMENT), ca_pem=other_ca.read_text())
 
 
 def test_tls_port_does_not_speak_plain_http(provider_broker: BrokerProcess) -> None:

@@ -32,7 +32,8 @@ def _manifest(sha: str = "aa" * 32) -> Manifest:
     return Manifest(key="incoming/acme/b-1/manifest.jws", sha256=sha, tenant="acme", batch_id="b-1",
                     objects=(ManifestObject("incoming/acme/b-1/part-00000.parquet", 1, "0", 1, 1),),
                     model_name="m", model_version=1, model_digest="sha256:" + "0" * 64,
-                    results_prefix="results/acme/b-1/", broker_url="https://b", footer_key="f", column_key="c",
+                    results_prefix="results/acme/b-1/", broker_name="owner", broker_url="https://b", footer_key="f",
+                    column_key="c",
                     result_key="r", shard_row_groups=1)
 
 

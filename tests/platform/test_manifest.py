@@ -20,7 +20,8 @@ def _payload(**changes: Any) -> dict[str, Any]:
                      "rows": 450, "row_groups": 3}],
         "model": {"name": "spam-filter", "version": 2, "digest": "sha256:" + "cd" * 32},
         "results": {"prefix": "results/acme/b-1/"},
-        "key_broker": {"url": "http://127.0.0.1:1", "footer_key": "acme/footer", "column_key": "acme/emails",
+        "key_broker": {"name": "owner", "url": "http://127.0.0.1:1", "footer_key": "acme/footer",
+                       "column_key": "acme/emails",
                        "result_key": "acme/results"},
         "shard_row_groups": 2,
     }

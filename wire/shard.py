@@ -28,7 +28,7 @@ class ShardSpec:
     model_name: str
     model_version: int
     model_digest: str
-    owner_broker_url: str
+    owner_broker: str  # the owner broker's name in the worker configuration (never a URL: see wire.worker_config)
     footer_key: str
     column_key: str
     result_key: str
