@@ -10,6 +10,7 @@ measurement, so evidence from such a worker fails a policy pinned to the honest 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,8 +129,23 @@ def test_a_worker_started_without_safe_path_refuses_to_run(tmp_path: Path) -> No
     assert "without safe path (PYTHONSAFEPATH off)" in output
 
 
+def _measured_configuration(tmp_path: Path) -> dict[str, str]:
+    """A worker configuration and simulated firmware: what every worker needs before it starts."""
+    from attestation.simulated import create_simulated_firmware
+    from wire.worker_config import BrokerIdentity, WorkerConfig
+
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    card_key = {"kty": "OKP", "crv": "Ed25519", "x": "A" * 43}
+    config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("owner", "https://127.0.0.1:1", ca),),
+                          (BrokerIdentity("provider", "https://127.0.0.1:2", ca, (card_key,)),))
+    path = tmp_path / "worker-config.json"
+    path.write_text(json.dumps(config.to_json()))
+    create_simulated_firmware(tmp_path / "sim-tee")
+    return {"CSCORE_WORKER_CONFIG": str(path), "CSCORE_SIM_TEE_DIR": str(tmp_path / "sim-tee")}
+
+
 def test_the_honest_start_up_reaches_ready(tmp_path: Path) -> None:
-    worker = _start_worker(tmp_path, {**_clean_env(), "PYTHONUNBUFFERED": "1"})
+    worker = _start_worker(tmp_path, {**_clean_env(), **_measured_configuration(tmp_path), "PYTHONUNBUFFERED": "1"})
     try:
         assert worker.stdout is not None
         for line in worker.stdout:  # ends if the worker exits (a refusal would)
@@ -140,3 +156,24 @@ def test_the_honest_start_up_reaches_ready(tmp_path: Path) -> None:
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+
+
+@pytest.mark.parametrize("tamper", ["missing", "unknown-field", "http-broker"])
+def test_a_worker_without_a_valid_measured_configuration_refuses_to_run(tmp_path: Path, tamper: str) -> None:
+    env = {**_clean_env(), **_measured_configuration(tmp_path)}
+    path = Path(env["CSCORE_WORKER_CONFIG"])
+    doc = json.loads(path.read_text())
+    if tamper == "missing":
+        del env["CSCORE_WORKER_CONFIG"]
+    elif tamper == "unknown-field":  # a setting the document's type does not define is never silently ignored
+        path.write_text(json.dumps({**doc, "extra_owner_brokers": ["https://platform.example"]}))
+    else:  # a broker reached without TLS could be anyone
+        doc["owners"][0]["url"] = "http://127.0.0.1:1"
+        path.write_text(json.dumps(doc))
+    worker = _start_worker(tmp_path, env)
+    output, _ = worker.communicate(timeout=180)
+    assert worker.returncode != 0, output
+    assert "cscore worker refuses to start" in output and " ready." not in output
+    expected = {"missing": "CSCORE_WORKER_CONFIG is not set", "unknown-field": "extra_owner_brokers",
+                "http-broker": "an https:// URL"}[tamper]
+    assert expected in output

@@ -21,7 +21,7 @@ import pytest
 
 from dags.cscore_platform.steps import _whose_broker
 from enclave.kbs_client import AttestedSession, BrokerUnreachable, KbsError
-from enclave.shard import ShardSpec
+from wire.shard import ShardSpec
 from infra.local import aws
 from infra.local.stack import LocalStack
 from infra.local.util import free_port
@@ -188,7 +188,7 @@ def test_a_leftover_shard_of_a_failed_batch_is_not_run(s3_stack: LocalStack, wor
 def _spec() -> dict[str, Any]:
     return {"tenant": "acme", "batch_id": "b-1", "shard_index": 3, "input_key": "incoming/acme/b-1/part-00000.parquet",
             "input_sha256": "ab" * 32, "row_group_start": 2, "row_group_end": 4, "model_name": "spam-filter",
-            "model_version": 1, "model_digest": "sha256:" + "cd" * 32, "owner_broker_url": "https://127.0.0.1:1",
+            "model_version": 1, "model_digest": "sha256:" + "cd" * 32, "owner_broker": "owner",
             "footer_key": "acme.b-1.footer", "column_key": "acme.b-1.emails", "result_key": "acme.b-1.results",
             "output_key": "results/acme/b-1/shard-00003.parquet",
             "receipt_key": "results/acme/b-1/shard-00003.receipt.jws"}
