@@ -115,6 +115,8 @@ def test_a_refused_input_is_refused_before_any_request(owner_inputs: Path, tmp_p
 
 def test_submit_batch_checks_every_email_before_creating_a_key(tmp_path: Path, server: tuple[str, list[str]],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
     from sdk.broker_admin import BrokerAdminError
     from sdk.emails import Email, EmailInputError
     from sdk.models import ModelListing
@@ -137,6 +139,8 @@ def test_submit_batch_checks_every_email_before_creating_a_key(tmp_path: Path, s
     with pytest.raises(EmailInputError, match=r"email 1 \(ids\.jsonl\): message_id holds a lone surrogate"):
         submit([Email("a", "text"), Email("b\udc80", "text", source="ids.jsonl")])
     assert seen == []
-    with pytest.raises(BrokerAdminError):  # the control: a well-formed batch goes on to the (refusing) broker
+    # The control: a well-formed batch goes on to the (refusing) server: first the platform's published
+    # worker configuration (the owner reviews it before granting), then the broker.
+    with pytest.raises((BrokerAdminError, ClientError)):
         submit([Email("a", "text")])
-    assert seen and seen[0].startswith("POST")
+    assert seen and seen[0].startswith("GET") and "platform/worker-config.json" in seen[0]

@@ -36,18 +36,30 @@ def _measure(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
 
 def test_the_command_prints_the_published_value_and_the_configuration_digest(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    config = tmp_path / "worker-config.json"
-    config.write_text('{"version": 1, "tee": "sev-snp", "brokers": {"owner": {"url": "https://o.example"}}}')
+    config = _config_file(tmp_path)
     out = _measure(capsys, "--ovmf", str(DATA / "ovmf_AmdSev_suffix.bin"), "--kernel", "/dev/null", "--initrd",
                    "/dev/null", "--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-type", "EPYC-v4",
                    "--guest-features", "0x21", "--config", str(config))
     published = next(v["expected"] for v in VECTORS if v["test"] == "test_snp_default")
     assert out["sev_snp"] == {"EPYC-v4": published}
-    canonical = b'{"brokers":{"owner":{"url":"https://o.example"}},"tee":"sev-snp","version":1}'
+    # RFC 8785: keys sorted, no whitespace, UTF-8 (the document holds no numbers to format)
+    canonical = json.dumps(json.loads(config.read_text()), sort_keys=True, separators=(",", ":")).encode()
     assert out["host_data"] == hashlib.sha256(canonical).hexdigest()
     assert out["tdx_mrconfigid"] == out["host_data"] + "00" * 16
     assert out["policy"] == {"allowed_measurements": [published], "allowed_roots": ["amd"], "allow_debug": False,
                              "host_data": [out["host_data"]]}
+
+
+def _config_file(tmp_path: Path) -> Path:
+    """A worker configuration document as an operator writes it (wire.worker_config)."""
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    doc = {"type": "cscore.worker-config/v1", "tee": "configfs-tsm", "insecure_plaintext_baseline": False,
+           "owners": [{"name": "owner", "url": "https://o.example", "ca_pem": ca}],
+           "providers": [{"name": "provider", "url": "https://p.example", "ca_pem": ca,
+                          "card_keys": [{"kty": "OKP", "crv": "Ed25519", "x": "A" * 43}]}]}
+    path = tmp_path / "worker-config.json"
+    path.write_text(json.dumps(doc, indent=2))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +80,7 @@ def _appraise(sim_dir: Path, policy: dict[str, Any], measurement: str, host_data
 
 def test_a_policy_from_the_output_accepts_only_matching_evidence(capsys: pytest.CaptureFixture[str],
                                                                    tmp_path: Path, sim_dir: Path) -> None:
-    config = tmp_path / "worker-config.json"
-    config.write_text('{"version": 1}')
+    config = _config_file(tmp_path)
     out = _measure(capsys, "--ovmf", str(DATA / "ovmf_AmdSev_suffix.bin"), "--vcpus", "2", "--config", str(config))
     # The evidence here is signed by the simulated root; everything else in the policy is the command's.
     policy = {**out["policy"], "allowed_roots": ["simulated"]}
@@ -94,4 +105,4 @@ def test_missing_or_unusable_artifacts_are_named(capsys: pytest.CaptureFixture[s
     (tmp_path / "cfg.json").write_text('{"ratio": 0.5}')
     assert main(["worker", "measure", "--ovmf", str(DATA / "ovmf_AmdSev_suffix.bin"), "--config",
                  str(tmp_path / "cfg.json")]) == 2
-    assert "floating-point" in capsys.readouterr().err
+    assert "worker_config.ratio" in capsys.readouterr().err  # an unknown field is named, never measured

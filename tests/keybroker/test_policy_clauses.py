@@ -14,16 +14,20 @@ from keybroker.policy import PolicyEngine, Verdict
 GOOD = "ab" * 48
 CHIP = "5c" * 64
 TCB = {"bootloader": 4, "tee": 0, "snp": 22, "microcode": 213}
+CONFIG = "cf" * 32  # the worker configuration digest (HOST_DATA) the owner granted
 ENGINE = PolicyEngine()
 
 
 def _ctx(claims: dict[str, Any] | None = None, request: dict[str, Any] | None = None,
          grant: dict[str, Any] | None = None, key: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
-        "claims": {"measurement": GOOD, "debug": False, "tcb": dict(TCB), "chip_id": CHIP, **(claims or {})},
+        "claims": {"measurement": GOOD, "debug": False, "tcb": dict(TCB), "chip_id": CHIP, "root": "amd",
+                   "config_digest": CONFIG, **(claims or {})},
         "request": {"operation": "unwrap", "key_id": "k", "batch_id": "b", "model_digest": "sha256:m",
                     **(request or {})},
-        "grant": {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [GOOD]} if grant is None else grant,
+        "grant": ({"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [GOOD], "config_digests": [CONFIG]}
+                  if grant is None else grant),
+        "owner_grant": {"batch_id": "b", "model_digest": "sha256:m"},
         "key": {"key_id": "k", "kind": "data", "measurements": [GOOD], "min_tcb": {}, "chip_ids": [], **(key or {})},
     }
 
@@ -38,7 +42,7 @@ def _refusal(kind: str = "data", policy: str | None = None, **parts: Any) -> tup
     return verdict.field, verdict.expected, verdict.actual
 
 
-@pytest.mark.parametrize(("kind", "operation"), [("data", "unwrap"), ("data", "wrap"), ("model", "unwrap"),
+@pytest.mark.parametrize(("kind", "operation"), [("data", "unwrap"), ("result", "release"), ("model", "unwrap"),
                                                  ("resource", "resource")])
 def test_honest_requests_are_allowed(kind: str, operation: str) -> None:
     verdict = _verdict(kind, request={"operation": operation})
@@ -48,7 +52,7 @@ def test_honest_requests_are_allowed(kind: str, operation: str) -> None:
 # -- data keys: the batch grant ---------------------------------------------------------------------
 
 def test_grant_without_measurements_releases_nothing() -> None:
-    grant = {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": []}
+    grant = {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [], "config_digests": [CONFIG]}
     assert _refusal(grant=grant) == ("measurement", [], GOOD)
 
 
@@ -65,7 +69,7 @@ def test_no_grant_for_the_batch() -> None:
 ])
 def test_grant_matches_whole_values_only(request_: dict[str, str], grant: dict[str, Any],
                                          refusal: tuple[Any, Any, Any]) -> None:
-    full = {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [GOOD], **grant}
+    full = {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [GOOD], "config_digests": [CONFIG], **grant}
     assert _refusal(request=request_, grant=full) == refusal
 
 
@@ -144,3 +148,36 @@ def test_custom_policy_refusals_say_why() -> None:
         False, "policy", "claims.tcb.snp > 100", "the key's custom policy does not hold")
     assert _verdict(policy='"yes"').reason == "policy returned StringType, not bool"
     assert _verdict(policy="claims.nothing.here").reason.startswith("policy evaluation failed: ")
+
+
+# -- the measured worker configuration, the simulated root, model grants, result keys ------------------
+
+@pytest.mark.parametrize("granted", [[], [CONFIG[:32]], ["ee" * 32]])
+def test_a_configuration_the_owner_did_not_grant_gets_nothing(granted: list[str]) -> None:
+    grant = {"model_digest": "sha256:m", "key_ids": ["k"], "measurements": [GOOD], "config_digests": granted}
+    assert _refusal(grant=grant) == ("host_data", granted, CONFIG)
+
+
+@pytest.mark.parametrize("kind", ["data", "result", "model", "resource"])
+def test_simulated_evidence_opens_only_keys_opted_in(kind: str) -> None:
+    operation = {"data": "unwrap", "result": "release", "model": "unwrap", "resource": "resource"}[kind]
+    refused = _verdict(kind, claims={"root": "simulated"}, request={"operation": operation})
+    assert (refused.allowed, refused.field, refused.actual) == (False, "root", "simulated")
+    opted_in = _verdict(kind, claims={"root": "simulated"}, request={"operation": operation},
+                        key={"simulated_allowed": True})
+    assert opted_in.allowed
+
+
+def test_a_model_key_needs_an_owner_grant() -> None:
+    ctx = _ctx(key={"kind": "model"})
+    ctx["owner_grant"], ctx["owner_grant_error"] = {}, "model_grant.kid: not a registered owner broker"
+    verdict = ENGINE.evaluate(None, "model", ctx)
+    assert (verdict.allowed, verdict.field) == (False, "grant")
+    assert verdict.actual == "model_grant.kid: not a registered owner broker"
+
+
+@pytest.mark.parametrize(("kind", "operation", "expected"), [
+    ("data", "wrap", "unwrap"), ("data", "release", "unwrap"), ("result", "unwrap", "release"),
+    ("result", "wrap", "release"), ("model", "release", "unwrap")])
+def test_each_key_kind_allows_one_operation(kind: str, operation: str, expected: str) -> None:
+    assert _refusal(kind, request={"operation": operation}) == ("operation", expected, operation)
