@@ -21,11 +21,11 @@ import pytest
 
 from dags.cscore_platform.steps import _whose_broker
 from enclave.kbs_client import AttestedSession, BrokerUnreachable, KbsError
-from wire.shard import ShardSpec
 from infra.local import aws
 from infra.local.stack import LocalStack
 from infra.local.util import free_port
 from sdk.party import Party
+from wire.shard import ShardSpec
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
