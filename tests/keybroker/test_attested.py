@@ -286,3 +286,29 @@ def _owner_grant_key(broker: BrokerProcess) -> Any:
         return ECKey.import_key(store.broker_secret("grant-signing", lambda: b""))
     finally:
         store.close()
+
+
+def test_the_providers_quota_meters_granted_rows_per_owner_once_per_batch(
+        broker: BrokerProcess, provider_broker: BrokerProcess, owner: BrokerAdmin, provider: BrokerAdmin,
+        sim_dir: Path) -> None:
+    provider.create_key("att-quota", kind="model", measurements=[MEASUREMENT.hex()],
+                        quota={"rows": 150, "period_s": 3600})
+    wrapped = provider.wrap("att-quota", b"q" * 32)
+    for batch in ("att-quota-1", "att-quota-2"):
+        owner.grant(batch, MODEL, [MEASUREMENT.hex()], ["att-data"], config_digests=[CONFIG.hex()], rows=100)
+    keys = EnclaveKeys()
+    with_owner, with_provider = session(broker, sim_dir, keys=keys), session(provider_broker, sim_dir, keys=keys)
+
+    def unwrap(batch: str) -> bytes:
+        grant = with_owner.model_grant(batch_id=batch, model_digest=MODEL)
+        return with_provider.unwrap("att-quota", wrapped, batch_id=batch, model_digest=MODEL, grant=grant)
+
+    assert unwrap("att-quota-1") == b"q" * 32
+    assert unwrap("att-quota-1") == b"q" * 32  # the same batch on another worker or shard: counted once
+    with pytest.raises(KbsError) as over:
+        unwrap("att-quota-2")  # 100 + 100 > 150 in the period
+    problem = over.value.problem
+    assert over.value.status == 429 and problem["type"].endswith("quota-exceeded")
+    assert (problem["field"], problem["expected"], problem["actual"]) == ("rows", "<= 50", 100)
+    metered = [e for e in provider.decisions() if e["operation"] in ("meter", "unwrap") and e["key_id"] == "att-quota"]
+    assert [e["decision"] for e in metered][-1] == "deny" and "quota" in metered[-1]["reason"]

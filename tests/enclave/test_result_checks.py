@@ -1,0 +1,197 @@
+"""The owner's verification of a batch's results, each refusal on a forgery correct in every other way.
+
+The receipts are real: signed by an enclave receipt key bound into simulated SEV-SNP evidence through
+report_data, exactly as a worker makes them. Only the object store is a dictionary (the platform's S3,
+which the platform may fill with anything).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from joserfc.jwk import OKPKey
+
+from attestation import Policy, TrustAnchors
+from enclave.kbs_client import _b64url
+from enclave.measurement import code_measurement
+from enclave.receipts import evidence_document, sign_receipt
+from enclave.tee import SimulatedSnpProvider
+from sdk.results import (
+    ResultVerificationError,
+    _check_coverage,
+    _EvidenceCache,
+    _result_manifest,
+    _verified_shard,
+)
+from wire.canonical import canonical_json
+from wire.shard import ShardSpec
+
+TENANT, BATCH = "acme", "b-1"
+PREFIX = f"results/{TENANT}/{BATCH}/"
+MODEL = "sha256:" + "11" * 32
+CONFIG = bytes.fromhex("cf" * 32)
+INPUT = f"incoming/{TENANT}/{BATCH}/part-00000.parquet"
+
+
+class DictStore:
+    """The platform's bucket: whatever it holds, by key."""
+
+    bucket = "test"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        return self.objects.get(key)
+
+    def get(self, key: str) -> bytes:
+        return self.objects[key]
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from attestation.simulated import create_simulated_firmware
+
+    path = tmp_path_factory.mktemp("sim-tee")
+    create_simulated_firmware(path)
+    return path
+
+
+def _manifest() -> dict[str, Any]:
+    return {"tenant": TENANT, "batch_id": BATCH, "model": {"digest": MODEL}, "results": {"prefix": PREFIX},
+            "objects": [{"key": INPUT, "sha256": "ab" * 32, "rows": 400, "row_groups": 2}]}
+
+
+def _granted(measurement: str | None = None, config: str | None = None) -> dict[str, Any]:
+    return {"measurements": [measurement or code_measurement().hex()], "config_digests": [config or CONFIG.hex()]}
+
+
+def _spec(index: int = 0, model: str = MODEL, batch: str = BATCH) -> ShardSpec:
+    results = f"results/{TENANT}/{batch}/shard-{index:05d}"
+    return ShardSpec(tenant=TENANT, batch_id=batch, shard_index=index, input_key=f"incoming/{TENANT}/{batch}/"
+                     "part-00000.parquet", input_sha256="ab" * 32, row_group_start=index, row_group_end=index + 1,
+                     model_name="spam", model_version=1, model_digest=model, owner_broker="owner",
+                     footer_key="f", column_key="c", result_key="r", output_key=f"{results}.parquet",
+                     receipt_key=f"{results}.receipt.jws")
+
+
+class Worker:
+    """An enclave's receipt key and its evidence, stored where the owner will look for them."""
+
+    def __init__(self, store: DictStore, sim_dir: Path, *, host_data: bytes = CONFIG) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        raw = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        runtime = {"nonce": "n", "tee_pubkey": {"kty": "EC"},
+                   "receipt_pubkey": {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}}
+        provider = SimulatedSnpProvider(sim_dir, code_measurement(), host_data=host_data)
+        evidence = provider.get_evidence(hashlib.sha512(canonical_json(runtime)).digest())
+        self.doc = evidence_document(evidence, runtime)
+        self.digest = hashlib.sha256(canonical_json(self.doc)).hexdigest()
+        store.objects[f"{PREFIX}evidence/{self.digest}.json"] = canonical_json(self.doc)
+        self.store = store
+
+    def shard(self, spec: ShardSpec, output: bytes = b"ciphertext", *, key: Ed25519PrivateKey | None = None,
+              output_key: str | None = None, sha: str | None = None) -> dict[str, Any]:
+        """Write an output and its receipt as a worker would; returns the result manifest's shard entry."""
+        output_key = output_key or spec.output_key.replace(".parquet", ".a1.parquet")
+        self.store.objects[output_key] = output
+        token = sign_receipt(OKPKey.import_key(key or self.key), spec=spec, output_key=output_key,
+                             input_sha256=spec.input_sha256, output_sha256=sha or hashlib.sha256(output).hexdigest(),
+                             rows=200, evidence_sha256=self.digest, worker="cscore-worker-1@vm")
+        receipt_key = f"{PREFIX}shard-{spec.shard_index:05d}.receipt.jws"
+        self.store.objects[receipt_key] = token.encode()
+        return {"receipt_key": receipt_key}
+
+
+def _verify(store: DictStore, sim_dir: Path, entry: dict[str, Any], granted: dict[str, Any] | None = None) -> Any:
+    policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()], "allowed_roots": ["simulated"]})
+    return _verified_shard(store, _manifest(), granted or _granted(), entry,  # type: ignore[arg-type]
+                           _EvidenceCache(store, PREFIX), TrustAnchors.from_dir(sim_dir), policy)  # type: ignore[arg-type]
+
+
+def test_an_honest_shard_verifies(sim_dir: Path) -> None:
+    store = DictStore()
+    receipt, output = _verify(store, sim_dir, Worker(store, sim_dir).shard(_spec()))
+    assert output == b"ciphertext" and receipt.payload["output"]["rows"] == 200
+
+
+def test_a_receipt_signed_by_a_key_not_bound_to_the_evidence_is_refused(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(), key=Ed25519PrivateKey.generate())
+    with pytest.raises(ResultVerificationError, match="receipt.signature"):
+        _verify(store, sim_dir, entry)
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    (_spec(model="sha256:" + "22" * 32), "model.digest"),  # scored with another model
+    (_spec(batch="b-other"), "batch_id"),  # another batch's receipt
+])
+def test_a_receipt_for_another_model_or_batch_is_refused(sim_dir: Path, spec: ShardSpec, field: str) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(spec, output_key=f"{PREFIX}shard-00000.x.parquet")
+    with pytest.raises(ResultVerificationError, match=field):
+        _verify(store, sim_dir, entry)
+
+
+def test_an_output_that_is_not_the_receipts_is_refused(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(), sha="00" * 32)
+    with pytest.raises(ResultVerificationError, match="output.sha256"):
+        _verify(store, sim_dir, entry)
+
+
+def test_an_output_outside_the_batch_is_refused(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(), output_key="results/other/b-9/shard-00000.parquet")
+    with pytest.raises(ResultVerificationError, match="output.key expected under"):
+        _verify(store, sim_dir, entry)
+
+
+def test_a_worker_the_owner_did_not_grant_is_refused(sim_dir: Path) -> None:
+    store = DictStore()
+    with pytest.raises(ResultVerificationError, match="measurement expected one of"):
+        _verify(store, sim_dir, Worker(store, sim_dir).shard(_spec()), _granted(measurement="ab" * 48))
+    other = DictStore()
+    launched_elsewhere = Worker(other, sim_dir, host_data=bytes.fromhex("ee" * 32))
+    with pytest.raises(ResultVerificationError, match=r"worker configuration \(host_data\)"):
+        _verify(other, sim_dir, launched_elsewhere.shard(_spec()))
+
+
+def test_missing_or_malformed_platform_objects_are_named(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    worker_evidence = [k for k in store.objects if "/evidence/" in k][0]
+    del store.objects[worker_evidence]
+    with pytest.raises(ResultVerificationError, match="expected the attestation evidence a receipt names"):
+        _verify(store, sim_dir, entry)
+    store.objects[f"{PREFIX}result-manifest.json"] = b"{not json"
+    with pytest.raises(ResultVerificationError, match="result-manifest.json: expected JSON"):
+        _result_manifest(store, f"{PREFIX}result-manifest.json")  # type: ignore[arg-type]
+    store.objects[f"{PREFIX}result-manifest.json"] = json.dumps({"shards": [{"receipt": 1}]}).encode()
+    with pytest.raises(ResultVerificationError, match="shards expected a list"):
+        _result_manifest(store, f"{PREFIX}result-manifest.json")  # type: ignore[arg-type]
+    with pytest.raises(ResultVerificationError, match="receipt_key expected under"):
+        _verify(store, sim_dir, {"receipt_key": "results/other/b/shard-00000.receipt.jws"})
+
+
+def _payload(start: int, end: int, key: str = INPUT, sha: str = "ab" * 32) -> dict[str, Any]:
+    return {"input": {"key": key, "sha256": sha, "row_groups": [start, end]}}
+
+
+@pytest.mark.parametrize(("payloads", "why"), [
+    ([_payload(0, 1)], "a row group left out"),
+    ([_payload(0, 1), _payload(1, 2), _payload(1, 2)], "a row group twice (a replayed receipt)"),
+    ([_payload(0, 2), _payload(1, 2)], "overlapping ranges"),
+    ([_payload(0, 1), _payload(1, 2, sha="cd" * 32)], "another file's digest"),
+    ([_payload(0, 1), _payload(1, 2, key=f"incoming/{TENANT}/{BATCH}/part-00001.parquet")], "another object"),
+])
+def test_coverage_is_every_row_group_exactly_once(payloads: list[dict[str, Any]], why: str) -> None:
+    with pytest.raises(ResultVerificationError, match="exactly once"):
+        _check_coverage(_manifest(), payloads)
+    _check_coverage(_manifest(), [_payload(0, 1), _payload(1, 2)])  # the honest split holds

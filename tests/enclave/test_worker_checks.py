@@ -1,0 +1,192 @@
+"""The worker's own checks on what the platform hands it: each refusal on an input correct but for one thing.
+
+No broker is reached here: every check below holds before the worker asks one for a key (the broker side
+of the same story is in tests/keybroker and tests/adversary).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from joserfc.jwk import OKPKey
+
+from enclave.measurement import code_measurement
+from enclave.scoring import ModelSession
+from enclave.signing import generate_signing_key, sign_json
+from enclave.tee import SimulatedSnpProvider
+from enclave.worker import (
+    Enclave,
+    ModelIntegrityError,
+    PlaintextRefused,
+    ShardInputError,
+    UsageExceeded,
+    _Batch,
+    _decrypt_model,
+)
+from sdk.training import export_onnx, train_spam_model
+from wire.card import CARD_TYPE, ModelCard
+from wire.errors import FormatError
+from wire.shard import ShardSpec
+from wire.worker_config import BrokerIdentity, WorkerConfig
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+TEXTS = ["win money now", "cheap pills offer", "meeting at noon", "lunch tomorrow?", "free prize claim",
+         "project status report"] * 5
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes() -> bytes:
+    return export_onnx(train_spam_model(TEXTS, [1, 1, 0, 0, 1, 0] * 5, max_features=50))
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from attestation.simulated import create_simulated_firmware
+
+    path = tmp_path_factory.mktemp("sim-tee")
+    create_simulated_firmware(path)
+    return path
+
+
+PROVIDER_KEY = generate_signing_key()
+
+
+def _config(plaintext: bool = True) -> WorkerConfig:
+    public = OKPKey.import_key(PROVIDER_KEY.as_dict(private=False)).as_dict(private=False)
+    return WorkerConfig("simulated-sev-snp", (BrokerIdentity("owner", "https://127.0.0.1:1", CA),),
+                        (BrokerIdentity("provider", "https://127.0.0.1:2", CA, (public,)),),
+                        insecure_plaintext_baseline=plaintext)
+
+
+def _enclave(sim_dir: Path, plaintext: bool = True) -> Enclave:
+    config = _config(plaintext)
+    return Enclave(SimulatedSnpProvider(sim_dir, code_measurement(), host_data=config.digest()), config,
+                   name="cscore-worker-1@test")
+
+
+def _card(onnx: bytes, *, protection: str = "none", digits: int | None = None, key: Any = None,
+          digest: str | None = None) -> str:
+    card: dict[str, Any] = {"type": CARD_TYPE, "name": "spam", "version": 1, "protection": protection,
+                            "digest": digest or "sha256:" + hashlib.sha256(onnx).hexdigest(),
+                            "object_key": "models/spam/1/model.onnx", "output": {"probability_digits": digits}}
+    if protection != "none":
+        card.update(broker="provider", key_id="model.spam", wrapped_dek="AAAA")
+    return sign_json(card, key or PROVIDER_KEY)
+
+
+def _input() -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"message_id": [f"m{i}" for i in range(len(TEXTS))], "text": TEXTS}), sink,
+                   row_group_size=len(TEXTS))
+    return sink.getvalue()
+
+
+def _spec(data: bytes, onnx: bytes, **changes: Any) -> ShardSpec:
+    values: dict[str, Any] = dict(
+        tenant="acme", batch_id="b-1", shard_index=0, input_key="incoming/acme/b-1/part-00000.parquet",
+        input_sha256=hashlib.sha256(data).hexdigest(), row_group_start=0, row_group_end=1, model_name="spam",
+        model_version=1, model_digest="sha256:" + hashlib.sha256(onnx).hexdigest(), owner_broker="owner",
+        footer_key="f", column_key="c", result_key="r", output_key="results/acme/b-1/shard-00000.parquet",
+        receipt_key="results/acme/b-1/shard-00000.receipt.jws", protection="none")
+    values.update(changes)
+    return ShardSpec(**values)
+
+
+def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes, digits=2),
+                                           lambda key: onnx_bytes)
+    table = pq.read_table(pa.BufferReader(scored.output))
+    expected, _ = ModelSession(onnx_bytes).score(TEXTS)
+    got = np.asarray(table.column("spam_probability").to_pylist(), dtype=np.float32)
+    assert np.array_equal(got, np.round(expected.astype(np.float64), 2).astype(np.float32))
+    assert scored.rows == len(TEXTS) and not scored.evidence  # a baseline carries no evidence
+
+
+def test_labels_only_cards_give_no_probabilities(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes, digits=0),
+                                           lambda key: onnx_bytes)
+    table = pq.read_table(pa.BufferReader(scored.output))
+    assert table.column("spam_probability").null_count == len(TEXTS)
+    assert table.column("label").null_count == 0
+
+
+def test_input_other_than_the_manifests_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    with pytest.raises(ShardInputError, match="expected sha256"):
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, input_sha256="00" * 32), data, _card(onnx_bytes),
+                                      lambda key: onnx_bytes)
+
+
+def test_a_card_not_signed_by_a_configured_provider_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    forged = _card(onnx_bytes, key=generate_signing_key())  # the platform's own key: terms stripped at will
+    with pytest.raises(FormatError) as refused:
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, forged, lambda key: onnx_bytes)
+    assert refused.value.field == "card.signature"
+
+
+def test_a_card_for_another_model_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    other = _card(onnx_bytes, digest="sha256:" + "22" * 32)
+    with pytest.raises(ModelIntegrityError, match="expected spam:1 with digest"):  # before any key is asked for
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, other, lambda key: onnx_bytes)
+
+
+def test_a_model_object_swapped_under_a_genuine_card_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    other_model = export_onnx(train_spam_model(TEXTS, [0, 1, 1, 0, 1, 0] * 5, max_features=40))
+    with pytest.raises(ModelIntegrityError, match="expected digest"):
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes), lambda key: other_model)
+
+
+def test_plaintext_needs_the_configuration_and_an_unencrypted_card(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    with pytest.raises(PlaintextRefused, match="forbids the plaintext baseline"):
+        _enclave(sim_dir, plaintext=False).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes),
+                                                       lambda key: onnx_bytes)
+    confidential = _card(onnx_bytes, protection="aes-256-gcm")
+    with pytest.raises(PlaintextRefused, match="published unencrypted"):  # a confidential model, scored in clear
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, confidential, lambda key: onnx_bytes)
+
+
+def test_an_owner_broker_the_configuration_does_not_name_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    spec = _spec(data, onnx_bytes, owner_broker="platform-relay", protection="pme")
+    with pytest.raises(FormatError) as refused:
+        _enclave(sim_dir).score_shard(spec, data, _card(onnx_bytes, protection="aes-256-gcm"),
+                                      lambda key: onnx_bytes)
+    assert refused.value.field == "owner_broker" and refused.value.actual == "platform-relay"
+
+
+def test_more_rows_than_the_grant_counts_are_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    enclave, data = _enclave(sim_dir), _input()
+    batch = _Batch(keys=None, granted_rows=40)  # type: ignore[arg-type]
+    enclave._count_rows(_spec(data, onnx_bytes), batch, 30)
+    with pytest.raises(UsageExceeded, match="counts 40 rows; 30 scored here already, 11 more refused"):
+        enclave._count_rows(_spec(data, onnx_bytes), batch, 11)
+
+
+def test_a_model_object_that_is_not_the_cards_is_refused(onnx_bytes: bytes) -> None:
+    dek, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+    ciphertext = nonce + AESGCM(dek).encrypt(nonce, onnx_bytes, b"spam:1")
+    card = ModelCard.parse({"type": CARD_TYPE, "name": "spam", "version": 1, "protection": "aes-256-gcm",
+                            "digest": "sha256:" + hashlib.sha256(onnx_bytes).hexdigest(), "object_key": "o",
+                            "broker": "provider", "key_id": "k", "wrapped_dek": base64.b64encode(b"w").decode()})
+    assert _decrypt_model(card, dek, lambda key: ciphertext) == onnx_bytes
+    with pytest.raises(ModelIntegrityError, match="tag mismatch"):  # another model's object, or altered bytes
+        _decrypt_model(card, dek, lambda key: ciphertext[:-1] + bytes([ciphertext[-1] ^ 1]))
+    relabelled = ModelCard.parse({**card.raw, "version": 2})  # the same ciphertext under another version
+    with pytest.raises(ModelIntegrityError, match="tag mismatch"):
+        _decrypt_model(relabelled, dek, lambda key: ciphertext)
