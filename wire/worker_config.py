@@ -11,7 +11,11 @@ Shape (`cscore.worker-config/v1`)::
      "tee": "simulated-sev-snp" | "configfs-tsm",
      "owners":    [{"name": "acme", "url": "https://...", "ca_pem": "-----BEGIN CERTIFICATE-----..."}],
      "providers": [{"name": "provider", "url": "https://...", "ca_pem": "...", "card_keys": [<Ed25519 JWK>]}],
-     "insecure_plaintext_baseline": false}
+     "insecure_plaintext_baseline": false,
+     "transport": {"broker_url": "rediss://...", "result_backend": "rediss://..."}}   (optional)
+
+`transport` names the Celery transport for guests that get nothing else at launch (`infra/image/init`); it is
+untrusted (it carries ciphertext and object keys only) but measured like the rest.
 
 `card_keys` are the public keys the provider signs model cards with: the worker enforces a card's terms
 (output precision, row quota) only from a card it verified.
@@ -60,12 +64,16 @@ class WorkerConfig:
     owners: tuple[BrokerIdentity, ...]
     providers: tuple[BrokerIdentity, ...]
     insecure_plaintext_baseline: bool = False
+    transport: tuple[tuple[str, str], ...] = ()  # (("broker_url", ...), ("result_backend", ...)) or empty
 
     def to_json(self) -> dict[str, Any]:
         """The document as JSON (what is hashed, published and passed to the worker)."""
-        return {"type": CONFIG_TYPE, "tee": self.tee, "owners": [o.to_json() for o in self.owners],
-                "providers": [p.to_json() for p in self.providers],
-                "insecure_plaintext_baseline": self.insecure_plaintext_baseline}
+        doc = {"type": CONFIG_TYPE, "tee": self.tee, "owners": [o.to_json() for o in self.owners],
+               "providers": [p.to_json() for p in self.providers],
+               "insecure_plaintext_baseline": self.insecure_plaintext_baseline}
+        if self.transport:
+            doc["transport"] = dict(self.transport)
+        return doc
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical document: 32 bytes, exactly SEV-SNP HOST_DATA."""
@@ -88,7 +96,7 @@ class WorkerConfig:
         """Strict parse; raises FormatError naming the field."""
         if not isinstance(doc, dict):
             raise FormatError("worker_config", "a JSON object", type(doc).__name__)
-        refuse_unknown(doc, {"type", "tee", "owners", "providers", "insecure_plaintext_baseline"},
+        refuse_unknown(doc, {"type", "tee", "owners", "providers", "insecure_plaintext_baseline", "transport"},
                        where="worker_config")
         if doc.get("type") != CONFIG_TYPE:
             raise FormatError("worker_config.type", CONFIG_TYPE, doc.get("type"))
@@ -109,7 +117,7 @@ class WorkerConfig:
         if plaintext and tee != "simulated-sev-snp":
             raise FormatError("worker_config.insecure_plaintext_baseline", "false on a real TEE", True,
                               "the plaintext baseline is for benchmarks on the simulated TEE only")
-        return cls(tee, owners, providers, plaintext)
+        return cls(tee, owners, providers, plaintext, _transport(doc.get("transport")))
 
 
 def load_worker_config(path: str | Path) -> tuple[WorkerConfig, bytes]:
@@ -154,6 +162,16 @@ def _named(group: tuple[BrokerIdentity, ...], name: str, role: str) -> BrokerIde
     raise FormatError(f"{role}_broker", f"one of the worker configuration's {role}s {[b.name for b in group]}",
                       name, f"this worker does not serve {role} '{name}'; the platform cannot add one without "
                       "changing the measured configuration")
+
+
+def _transport(doc: Any) -> tuple[tuple[str, str], ...]:
+    if doc is None:
+        return ()
+    if not isinstance(doc, dict):
+        raise FormatError("worker_config.transport", "an object", type(doc).__name__)
+    refuse_unknown(doc, {"broker_url", "result_backend"}, where="worker_config.transport")
+    return tuple((name, require(doc, name, str, where="worker_config.transport"))
+                 for name in ("broker_url", "result_backend"))
 
 
 def _broker(doc: Any, where: str, *, provider: bool) -> BrokerIdentity:
