@@ -361,3 +361,71 @@ def test_simulated_ark_without_a_product_name_is_refused(tmp_path: Path) -> None
     with pytest.raises(ParseError) as err:
         TrustAnchors.from_dir(_trust_dir(tmp_path, ark))
     assert (err.value.field, err.value.actual) == (f"{tmp_path / 'ark.pem'}.subject", "CN=SIMULATED ARK NOT AMD")
+
+
+# -- malformed AMD extensions and every refusal's hint ---------------------------------------------------
+
+def _with_extension(amd: SimulatedHierarchy, tmp: Path, oid: str, value: bytes, **report: object) -> Evidence:
+    """Genuine evidence whose VCEK (re-issued by the ASK) carries ``value`` as extension ``oid``."""
+    ext = x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value)
+    leaf = reissue(amd.leaf, amd.ask_key, extensions=[*_without(amd.leaf, oid), x509.Extension(ext.oid, False, ext)])
+    signed = _genuine(tmp, amd, **report)
+    return dataclasses.replace(signed, vcek=leaf.public_bytes(serialization.Encoding.DER))
+
+
+@pytest.mark.parametrize("value", [b"\x04\x01\x16", b"\x02\x02\x16", b"\x02\x00", b"\x02\x03\x00\x00\x16", b"\x02"])
+def test_tcb_extension_that_is_not_a_small_der_integer(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                       tmp_path: Path, value: bytes) -> None:
+    with pytest.raises(ParseError) as err:
+        verify_evidence(_with_extension(amd, tmp_path, TCB_OIDS["snp"], value), anchors, NOW)
+    assert (err.value.field, err.value.expected, err.value.actual) == ("evidence.vcek.tcb.snp", "a DER INTEGER", value)
+
+
+def test_tcb_extension_is_a_signed_der_integer(amd: SimulatedHierarchy, anchors: TrustAnchors, tmp_path: Path) -> None:
+    # 02 01 80 is -128, not 128: a report claiming SNP SVN 128 does not match it.
+    evidence = _with_extension(amd, tmp_path, TCB_OIDS["snp"], b"\x02\x01\x80",
+                               reported_tcb=dataclasses.replace(SIM_TCB, snp=128))
+    err = _refused(evidence, anchors)
+    assert (err.field, err.expected, err.actual) == ("report.reported_tcb.snp", "-128 (certified by the VCEK)", 128)
+    honest = _with_extension(amd, tmp_path, TCB_OIDS["snp"], b"\x02\x02\x00\x80",
+                             reported_tcb=dataclasses.replace(SIM_TCB, snp=128))
+    assert verify_evidence(honest, anchors, NOW).tcb["snp"] == 128
+
+
+def test_product_name_with_a_non_ascii_byte_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                       tmp_path: Path) -> None:
+    err = _refused(_with_extension(amd, tmp_path, OID_PRODUCT_NAME, b"\x16\x05Mil\xe1n"), anchors)
+    assert (err.field, err.expected, err.actual) == ("evidence.vcek.product_name", "Milan", "Mil\ufffdn")
+
+
+def test_vcek_without_a_product_name_is_accepted(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                 tmp_path: Path) -> None:
+    leaf = reissue(amd.leaf, amd.ask_key, extensions=_without(amd.leaf, OID_PRODUCT_NAME))  # older VCEKs, VLEKs
+    evidence = dataclasses.replace(_genuine(tmp_path, amd), vcek=leaf.public_bytes(serialization.Encoding.DER))
+    assert verify_evidence(evidence, anchors, NOW).product == "Milan"
+
+
+def test_refusals_carry_what_to_do(amd: SimulatedHierarchy, rogue: SimulatedHierarchy, anchors: TrustAnchors,
+                                   tmp_path: Path) -> None:
+    leaf = reissue(amd.leaf, amd.ask_key, extensions=[
+        *_without(amd.leaf, OID_PRODUCT_NAME),
+        x509.Extension(x509.ObjectIdentifier(OID_PRODUCT_NAME), False,
+                       x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_PRODUCT_NAME), b"\x16\x05Genoa"))])
+    cases = {
+        "the report is unsigned": _genuine(tmp_path, amd, signing_key="none"),
+        "the report's SIGNING_KEY does not match the certificate sent": _genuine(tmp_path, amd, signing_key="vlek"),
+        "the report was altered or signed by another chip": snp_evidence(
+            tmp_path, ec.generate_private_key(ec.SECP384R1()), amd.leaf, [amd.ask, amd.ark]),
+        "the VCEK was issued for another TCB; fetch the VCEK for this TCB": _genuine(
+            tmp_path, amd, reported_tcb=dataclasses.replace(SIM_TCB, snp=SIM_TCB.snp + 1)),
+        "the VCEK belongs to another chip": _genuine(tmp_path, amd, chip_id=bytes(64)),
+        "the VCEK's product differs from its chain's": dataclasses.replace(
+            _genuine(tmp_path, amd), vcek=leaf.public_bytes(serialization.Encoding.DER)),
+        "the certificate was altered or issued by another key": snp_evidence(
+            tmp_path, rogue.leaf_key, rogue.leaf, [amd.ask, amd.ark]),
+        "the chain ends in a root this verifier does not trust": snp_evidence(
+            tmp_path, rogue.leaf_key, rogue.leaf, [rogue.ask, rogue.ark]),
+    }
+    for hint, evidence in cases.items():
+        err = _refused(evidence, anchors)
+        assert err.hint == hint and str(err).endswith(f"; {hint}"), (hint, str(err))
