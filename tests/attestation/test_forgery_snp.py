@@ -152,7 +152,17 @@ def test_each_certificate_must_be_valid_at_the_time(amd: SimulatedHierarchy, tmp
         ark = reissue(ark, amd.ark_key, **dates)  # type: ignore[arg-type]
     anchors = TrustAnchors((Root(ark, "Milan", "simulated"),))
     err = _refused(snp_evidence(tmp_path, amd.leaf_key, leaf, [ask, ark]), anchors)
-    assert err.field == field and err.actual == NOW.isoformat()
+    cert = {"leaf": leaf, "ask": ask, "ark": ark}[which]
+    assert (err.field, err.expected, err.actual) == (
+        field, f"{cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}", NOW.isoformat())
+    assert err.hint == "the certificate is expired or not yet valid at that time"
+
+
+@pytest.mark.parametrize("edge", ["first", "last"])
+def test_certificates_are_valid_on_their_first_and_last_second(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                               tmp_path: Path, edge: str) -> None:
+    at = amd.leaf.not_valid_before_utc if edge == "first" else amd.leaf.not_valid_after_utc
+    assert verify_evidence(_genuine(tmp_path, amd), anchors, at).root == "simulated"
 
 
 # -- the signer: the report must be signed by the certified leaf, of the kind the report names --------
