@@ -111,8 +111,20 @@ def test_ask_signed_by_another_ark_with_the_same_name(amd: SimulatedHierarchy, r
 def test_rogue_ark_in_the_chain_is_not_trusted(amd: SimulatedHierarchy, rogue: SimulatedHierarchy,
                                                anchors: TrustAnchors, tmp_path: Path) -> None:
     err = _refused(snp_evidence(tmp_path, rogue.leaf_key, rogue.leaf, [rogue.ask, rogue.ark]), anchors)
-    assert err.field == "evidence.cert_chain.ark" and _name(amd.ark) in err.expected
-    assert err.actual.startswith(_name(rogue.ark))
+    assert (err.field, err.expected) == ("evidence.cert_chain.ark", f"one of the trusted ARKs ({_name(amd.ark)})")
+    assert err.actual == f"{_name(rogue.ark)} (sha256 {rogue.ark.fingerprint(hashes.SHA256()).hex()})"
+
+
+def test_chain_without_the_leafs_issuer_is_refused(amd: SimulatedHierarchy, vlek: SimulatedHierarchy,
+                                                   anchors: TrustAnchors, tmp_path: Path) -> None:
+    evidence = snp_evidence(tmp_path, vlek.leaf_key, vlek.leaf, [amd.ask, amd.ark], signing_key="vlek")
+    err = _refused(evidence, anchors)
+    assert (err.field, err.expected, err.actual) == (
+        "evidence.cert_chain.ask", f"a certificate for the VCEK's issuer {_name(vlek.ask)}", _name(amd.ask))
+    bare = TrustAnchors(anchors.roots)  # no known intermediates, none sent
+    err = _refused(snp_evidence(tmp_path, amd.leaf_key, amd.leaf, []), bare)
+    assert (err.field, err.actual) == ("evidence.cert_chain.ask", "no certificate")
+    assert err.hint == "the chain belongs to another product or signer; send the ASK (or ASVK) that issued this key"
 
 
 def test_ask_signed_by_the_ark_with_pkcs1_or_sha256_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
