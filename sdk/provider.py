@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enclave.signing import sign_json, unverified_payload
 from sdk.party import Party
 from sdk.storage import ObjectStore
+from wire.recipe import RECIPE_CARD_TYPE, Recipe
 
 CARD_TYPE = "cscore.model-card/v1"
 
@@ -72,6 +73,40 @@ def publish_model(
     return PublishedModel(name, version, digest, prefix + "card.jws")
 
 
+def recipe_key_id(name: str) -> str:
+    return f"recipe.{name}"
+
+
+def publish_recipe(recipe: Recipe, name: str, *, provider: Party, store: ObjectStore,
+                   allowed_measurements: list[str]) -> PublishedModel:
+    """Encrypt a training recipe under a fresh data key wrapped by the provider's broker; upload it and its card.
+
+    The key is a `model` key (`recipe.<name>`): the broker unwraps it only for an allowed measurement and
+    against an owner broker's grant naming the recipe's digest, as for a model. Raises ModelError.
+    """
+    if not allowed_measurements:
+        raise ModelError("allowed_measurements: expected at least one enclave measurement, got none")
+    plain = recipe.canonical()
+    version = _next_version(store, name, root="recipes")
+    dek = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(12)
+    ciphertext = nonce + AESGCM(dek).encrypt(nonce, plain, f"recipe:{name}:{version}".encode())
+    broker = provider.broker()
+    key_id = recipe_key_id(name)
+    broker.create_key(key_id, kind="model", measurements=allowed_measurements)
+    broker.set_policy(key_id, None, measurements=allowed_measurements)  # an existing key: today's measurements
+    prefix = f"recipes/{name}/{version}/"
+    card: dict[str, Any] = {
+        "type": RECIPE_CARD_TYPE, "name": name, "version": version,
+        "digest": "sha256:" + hashlib.sha256(plain).hexdigest(), "object_key": prefix + "recipe.json.enc",
+        "protection": "aes-256-gcm", "broker": provider.broker_name or "provider", "broker_url": provider.broker_url,
+        "key_id": key_id, "wrapped_dek": base64.b64encode(broker.wrap(key_id, dek)).decode(),
+        "published_at": int(time.time())}
+    store.put(card["object_key"], ciphertext)
+    store.put(prefix + "card.jws", sign_json(card, provider.signing_key()).encode(), "application/jose")
+    return PublishedModel(name, version, card["digest"], prefix + "card.jws")
+
+
 def publish_baseline_model(onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore) -> PublishedModel:
     """Publish the model UNENCRYPTED, for the benchmark's plaintext baseline only."""
     version = _next_version(store, name)
@@ -97,8 +132,8 @@ def _schema(onnx_bytes: bytes) -> dict[str, Any]:
     return {"inputs": inputs, "outputs": outputs}
 
 
-def _next_version(store: ObjectStore, name: str) -> int:
-    versions = [int(k.split("/")[2]) for k in store.keys(f"models/{name}/") if k.endswith("/card.jws")]
+def _next_version(store: ObjectStore, name: str, *, root: str = "models") -> int:
+    versions = [int(k.split("/")[2]) for k in store.keys(f"{root}/{name}/") if k.endswith("/card.jws")]
     return max(versions, default=0) + 1
 
 

@@ -23,9 +23,12 @@ OPSET = 17
 
 
 def train_spam_model(
-    texts: Sequence[str], labels: Sequence[int], *, max_features: int | None = MAX_FEATURES, seed: int = 0
+    texts: Sequence[str], labels: Sequence[int], *, max_features: int | None = MAX_FEATURES, seed: int = 0,
+    token_pattern: str = TOKEN_PATTERN, C: float = 100.0, max_iter: int = 5000,  # noqa: N803 - sklearn's name
 ) -> Pipeline:
-    """Fit TF-IDF (ASCII word unigrams, lowercased) + LogisticRegression(C=100) on texts, labels 1 = spam.
+    """Fit TF-IDF (ASCII word unigrams, lowercased) + LogisticRegression(C) on texts, labels 1 = spam.
+
+    The defaults are the provider's generic model; a training recipe (`wire.recipe`) sets the others.
 
     ``max_features`` bounds the vocabulary (the most frequent terms): the ONNX graph works on dense
     [N, vocabulary] tensors, so a smaller vocabulary scores faster.
@@ -37,8 +40,8 @@ def train_spam_model(
         raise ValueError(f"labels must hold both 0 (ham) and 1 (spam), found {sorted(set(y.tolist()))}")
     pipeline = Pipeline(
         [
-            ("tfidf", TfidfVectorizer(token_pattern=TOKEN_PATTERN, lowercase=True, max_features=max_features)),
-            ("clf", LogisticRegression(C=100.0, max_iter=5000, random_state=seed)),
+            ("tfidf", TfidfVectorizer(token_pattern=token_pattern, lowercase=True, max_features=max_features)),
+            ("clf", LogisticRegression(C=C, max_iter=max_iter, random_state=seed)),
         ]
     )
     pipeline.fit(list(texts), y)

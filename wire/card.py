@@ -82,16 +82,23 @@ def verify_card(token: str, keys: list[dict[str, Any]] | tuple[dict[str, Any], .
 
     Raises FormatError `card.signature` (naming `what`, e.g. the object key) when no key verifies it.
     """
+    return ModelCard.parse(verify_signed(token, keys, what=what))
+
+
+def verify_signed(token: str, keys: list[dict[str, Any]] | tuple[dict[str, Any], ...], *, what: str) -> Any:
+    """The JSON payload of a provider-signed document (model or recipe card) that one of `keys` verifies.
+
+    Raises FormatError `card.signature` when none does, `card.payload` when the payload is not JSON.
+    """
     for jwk in keys:
         try:
             signed = jws.deserialize_compact(token.strip(), OKPKey.import_key(jwk), algorithms=["Ed25519"])
         except (JoseError, ValueError):
             continue
         try:
-            payload = json.loads(signed.payload)
+            return json.loads(signed.payload)
         except ValueError as exc:
             raise FormatError("card.payload", "JSON", "undecodable bytes", what) from exc
-        return ModelCard.parse(payload)
     raise FormatError("card.signature", f"an Ed25519 signature by one of {len(keys)} pinned provider key(s)",
                       "none verifies", f"{what}: only cards signed by a trusted provider are used")
 

@@ -1,0 +1,209 @@
+"""Confidential training (issue 16): recipe format, deterministic enclave training, receipt, and the attacks
+a platform or a provider can mount on a training job (each with what it obtains)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+
+import pyarrow as pa
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.pme import write_encrypted
+from enclave.signing import generate_signing_key, sign_json, verify_json
+from enclave.training import (
+    MIN_HOLDOUT_PER_CLASS,
+    TRAINING_RECEIPT_TYPE,
+    TrainingInputError,
+    decrypt_recipe,
+    encrypt_model,
+    joint_key,
+    key_shares,
+    sign_training_receipt,
+    train,
+    train_job,
+)
+from sdk.training import export_onnx, train_spam_model
+from tests.enclave.test_pme import LocalWrapper
+from wire.errors import FormatError
+from wire.recipe import RECIPE_CARD_TYPE, Recipe, RecipeCard, verify_recipe_card
+from wire.training import TrainingSpec
+
+RECIPE = Recipe(token_pattern=r"[a-zA-Z0-9_]{2,}", max_features=500, C=10.0, max_iter=500, seed=7)
+SPAM_WORDS = "viagra winner prize free offer click cash credit loan casino bonus unsubscribe".split()
+HAM_WORDS = "meeting agenda report budget review minutes project deadline lunch invoice draft patch".split()
+COMMON = "the a of and to in for on with this that please thanks regards".split()
+
+
+def _mail(n: int, seed: int = 1) -> tuple[list[str], list[int], list[bool]]:
+    """n labelled emails (half spam), every fourth one held out; noisy enough that metrics are not all 1."""
+    rng = random.Random(seed)
+    texts, labels, holdout = [], [], []
+    for i in range(n):
+        spam = i % 2
+        own, other = (SPAM_WORDS, HAM_WORDS) if spam else (HAM_WORDS, SPAM_WORDS)
+        words = rng.choices(own, k=6) + rng.choices(other, k=3) + rng.choices(COMMON, k=10)
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(spam)
+        holdout.append(i % 4 >= 2)
+    return texts, labels, holdout
+
+
+def _published(recipe: Recipe = RECIPE, name: str = "spam-recipe", version: int = 1) -> tuple[RecipeCard, bytes,
+                                                                                                bytes]:
+    """A recipe as `sdk.provider.publish_recipe` stores it: card, data key, ciphertext."""
+    plain = recipe.canonical()
+    dek = AESGCM.generate_key(256)
+    nonce = os.urandom(12)
+    card = RecipeCard.parse({
+        "type": RECIPE_CARD_TYPE, "name": name, "version": version,
+        "digest": "sha256:" + hashlib.sha256(plain).hexdigest(),
+        "object_key": f"recipes/{name}/{version}/recipe.json.enc",
+        "protection": "aes-256-gcm", "broker": "provider", "broker_url": "https://provider", "key_id": f"recipe.{name}",
+        "wrapped_dek": "AA==", "published_at": 0})
+    return card, dek, nonce + AESGCM(dek).encrypt(nonce, plain, card.aad)
+
+
+def _owner_data(n: int = 240) -> tuple[bytes, LocalWrapper]:
+    texts, labels, holdout = _mail(n)
+    wrapper = LocalWrapper()
+    table = pa.table({"text": texts, "label": pa.array(labels, pa.int8()), "holdout": holdout})
+    return write_encrypted(table, wrapper, footer_key="owner.f", column_key="owner.c", row_group_size=100), wrapper
+
+
+def _spec(data: bytes, card: RecipeCard) -> TrainingSpec:
+    return TrainingSpec(tenant="acme", job_id="job-1", input_key="incoming/acme/job-1/train.parquet",
+                        input_sha256=hashlib.sha256(data).hexdigest(), recipe_name=card.name,
+                        recipe_version=card.version, recipe_digest=card.digest, owner_broker="owner",
+                        model_name="acme/spam-filter-tuned", receipt_key="receipts/acme/job-1.jws")
+
+
+def test_enclave_model_is_bit_identical_to_plaintext_training() -> None:
+    """Same recipe, data and seed: the enclave's ONNX bytes equal the provider's plaintext training path."""
+    texts, labels, holdout = _mail(240)
+    trained = train(RECIPE, texts, labels, holdout)
+    kept = [not h for h in holdout]
+    plain = export_onnx(train_spam_model([t for t, k in zip(texts, kept, strict=True) if k],
+                                         [y for y, k in zip(labels, kept, strict=True) if k],
+                                         max_features=RECIPE.max_features, seed=RECIPE.seed,
+                                         token_pattern=RECIPE.token_pattern, C=RECIPE.C, max_iter=RECIPE.max_iter))
+    assert trained.onnx_bytes == plain
+    assert trained.digest == "sha256:" + hashlib.sha256(plain).hexdigest()
+    assert train(RECIPE, texts, labels, holdout).onnx_bytes == plain  # and again: deterministic run to run
+    other = train(Recipe(**{**RECIPE.__dict__, "C": 0.5}), texts, labels, holdout)
+    assert other.digest != trained.digest  # the recipe matters: the test can fail
+
+
+def test_job_decrypts_recipe_and_rows_and_reports_metrics_only() -> None:
+    card, dek, ciphertext = _published()
+    data, wrapper = _owner_data()
+    trained = train_job(_spec(data, card), data, wrapper, card, dek, ciphertext)
+    m = trained.metrics
+    assert (m.train_rows, m.holdout_rows, m.holdout_spam) == (120, 120, 60)
+    assert 0.5 < m.f1 <= 1.0 and 0 < m.precision <= 1 and 0 < m.recall <= 1
+    assert all(len(str(v).split(".")[-1]) <= 3 for v in (m.precision, m.recall, m.f1))  # rounded
+
+
+def test_receipt_names_inputs_recipe_output_and_metrics() -> None:
+    card, dek, ciphertext = _published()
+    data, wrapper = _owner_data()
+    spec = _spec(data, card)
+    trained = train_job(spec, data, wrapper, card, dek, ciphertext)
+    key = generate_signing_key()
+    token = sign_training_receipt(key, spec=spec, trained=trained, model="acme/spam-filter-tuned:1",
+                                  evidence_sha256="e" * 64, worker="w1")
+    receipt = verify_json(token, key.as_dict(private=False), what="training receipt")
+    assert receipt["type"] == TRAINING_RECEIPT_TYPE
+    assert receipt["input"] == {"key": spec.input_key, "sha256": spec.input_sha256}
+    assert receipt["recipe"] == {"name": card.name, "version": 1, "digest": card.digest}
+    assert receipt["model"]["digest"] == trained.digest
+    assert receipt["metrics"]["f1"] == trained.metrics.f1
+    assert trained.onnx_bytes not in token.encode() and b"viagra" not in token.encode()
+
+
+def test_tuned_model_key_needs_both_shares() -> None:
+    owner_share, provider_share = key_shares()
+    key = joint_key(owner_share, provider_share, model="acme/spam-filter-tuned:1")
+    blob = encrypt_model(b"onnx-bytes", key, model="acme/spam-filter-tuned:1")
+    assert AESGCM(key).decrypt(blob[:12], blob[12:], b"acme/spam-filter-tuned:1") == b"onnx-bytes"
+    for guess in (joint_key(owner_share, os.urandom(32), model="acme/spam-filter-tuned:1"),
+                  joint_key(os.urandom(32), provider_share, model="acme/spam-filter-tuned:1"),
+                  joint_key(owner_share, provider_share, model="other/tuned:1")):
+        with pytest.raises(InvalidTag):
+            AESGCM(guess).decrypt(blob[:12], blob[12:], b"acme/spam-filter-tuned:1")
+
+
+# --- attacks -------------------------------------------------------------------------------------------------
+
+
+def test_platform_labels_are_refused_before_any_training() -> None:
+    """The platform builds its own labelled Parquet (its own keys) and hands it in place of the owner's data,
+    to make a model that lands in the owner's list. Obtains: a refusal naming the digest, no model."""
+    card, dek, ciphertext = _published()
+    data, _ = _owner_data()
+    spec = _spec(data, card)
+    forged, platform_keys = _owner_data(200)  # the platform's rows and labels, well-formed
+    with pytest.raises(TrainingInputError, match=r"expected sha256 .* \(the owner's training manifest\)"):
+        train_job(spec, forged, platform_keys, card, dek, ciphertext)
+    # Nor by flipping the owner's labels in place: the ciphertext no longer matches the owner's digest.
+    tampered = bytearray(data)
+    tampered[len(tampered) // 2] ^= 1
+    with pytest.raises(TrainingInputError, match="expected sha256"):
+        train_job(spec, bytes(tampered), platform_keys, card, dek, ciphertext)
+
+
+def test_platform_cannot_swap_the_recipe() -> None:
+    """A validly signed but different recipe (e.g. another provider's or an older version): refused."""
+    card, dek, ciphertext = _published()
+    data, wrapper = _owner_data()
+    other_card, other_dek, other_ct = _published(Recipe(**{**RECIPE.__dict__, "C": 0.01}), version=2)
+    with pytest.raises(TrainingInputError, match="the owner's choice"):
+        train_job(_spec(data, card), data, wrapper, other_card, other_dek, other_ct)
+    # The right card with another recipe's ciphertext: the AAD/tag refuses it.
+    with pytest.raises(TrainingInputError, match="tag mismatch"):
+        decrypt_recipe(card, dek, other_ct)
+
+
+def test_recipe_cannot_ask_for_per_row_outputs() -> None:
+    """A provider's recipe that asks the enclave to evaluate per row (or to run code): refused at parse, so
+    it obtains nothing; the only evaluation is the enclave's own aggregates."""
+    doc = RECIPE.to_json()
+    for extra in ({"evaluation": {"per_row": True}}, {"metrics": ["predictions"]}, {"code": "import os"}):
+        with pytest.raises(FormatError, match="unknown field"):
+            Recipe.parse({**doc, **extra})
+    with pytest.raises(FormatError, match="token_pattern"):
+        Recipe.parse({**doc, "features": {**doc["features"], "token_pattern": "(?P<secret>.*)"}})
+    card, dek, _ = _published()
+    plain = json.dumps({**doc, "evaluation": {"per_row": True}}).encode()
+    leaky = RecipeCard.parse({**card.raw, "digest": "sha256:" + hashlib.sha256(plain).hexdigest()})
+    nonce = os.urandom(12)
+    with pytest.raises(FormatError, match="recipe.evaluation"):
+        decrypt_recipe(leaky, dek, nonce + AESGCM(dek).encrypt(nonce, plain, leaky.aad))
+
+
+def test_tiny_holdout_that_would_reveal_a_row_is_refused() -> None:
+    """A held-out split of one spam row makes recall that row's prediction: refused below the minimum."""
+    texts, labels, holdout = _mail(240)
+    spam_held = [i for i, (y, h) in enumerate(zip(labels, holdout, strict=True)) if y == 1 and h]
+    for i in spam_held[MIN_HOLDOUT_PER_CLASS - 1:]:
+        holdout[i] = False
+    with pytest.raises(TrainingInputError, match=f"at least {MIN_HOLDOUT_PER_CLASS} spam rows held out"):
+        train(RECIPE, texts, labels, holdout)
+    holdout[spam_held[-1]] = True  # exactly the minimum passes
+    assert train(RECIPE, texts, labels, holdout).metrics.holdout_spam == MIN_HOLDOUT_PER_CLASS
+
+
+def test_recipe_card_must_be_signed_by_a_pinned_provider() -> None:
+    card, _, _ = _published()
+    provider, platform = generate_signing_key(), generate_signing_key()
+    pinned = [provider.as_dict(private=False)]
+    assert verify_recipe_card(sign_json(card.raw, provider), pinned, what="card").digest == card.digest
+    with pytest.raises(FormatError, match="card.signature"):
+        verify_recipe_card(sign_json(card.raw, platform), pinned, what="card")
+    with pytest.raises(FormatError, match="recipe_card.protection"):
+        verify_recipe_card(sign_json({**card.raw, "protection": "none"}, provider), pinned, what="card")
