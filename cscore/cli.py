@@ -142,6 +142,26 @@ def cmd_provider_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provider_publish_recipe(args: argparse.Namespace) -> int:
+    from wire.recipe import Recipe
+
+    try:
+        recipe = Recipe.parse(json.loads(args.recipe.read_text()))  # strict: before any key or upload
+    except ValueError as exc:
+        raise ValueError(f"{args.recipe}: {exc}") from exc
+    from cscore.release import measurements_to_allow
+    from sdk.party import Party
+    from sdk.provider import publish_recipe
+    from sdk.storage import ObjectStore
+
+    _load_stack_env(args.state_dir)
+    measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
+    published = publish_recipe(recipe, args.name, provider=Party.from_env("provider"), store=ObjectStore(),
+                               allowed_measurements=measurements)
+    print(f"published recipe {published.name}:{published.version} {published.digest}")
+    return 0
+
+
 def cmd_provider_register_owner(args: argparse.Namespace) -> int:
     from sdk.party import Party
 
@@ -407,6 +427,13 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--quota-rows", type=int, help="rows per owner per period (metered by your broker)")
     publish.add_argument("--quota-period-s", type=int, default=30 * 86400, help="quota period in seconds")
     publish.set_defaults(func=cmd_provider_publish)
+    recipe = provider.add_parser("publish-recipe", help="encrypt and publish a training recipe (cscore.recipe/v1 "
+                                 "JSON: features, hyperparameters, seed), its key held by your broker")
+    recipe.add_argument("recipe", type=Path)
+    recipe.add_argument("--name", required=True)
+    recipe.add_argument("--measurement", action="append", help="enclave measurement allowed (hex); repeatable")
+    _add_release_arguments(recipe)
+    recipe.set_defaults(func=cmd_provider_publish_recipe)
     key = provider.add_parser("key", help="print the provider's public card-signing key, for owners to pin")
     key.set_defaults(func=cmd_provider_key)
     register_owner = provider.add_parser("register-owner", help="accept model grants of an owner's key broker "

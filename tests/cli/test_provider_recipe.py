@@ -1,0 +1,18 @@
+"""`cscore provider publish-recipe`: a recipe is parsed strictly before any key is made or object uploaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.cli.test_owner_input_errors import _cscore
+
+
+def test_a_recipe_asking_for_per_row_evaluation_is_refused_before_any_key_or_upload(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"type": "cscore.recipe/v1", "algorithm": "tfidf-logreg", "seed": 0, '
+                      '"features": {"token_pattern": "[a-zA-Z0-9_]{2,}", "max_features": 1000}, '
+                      '"hyperparameters": {"C": 10, "max_iter": 100}, "evaluation": "per-row"}')
+    result = _cscore("provider", "publish-recipe", str(recipe), "--name", "r", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "recipe.json" in result.stderr and "recipe.evaluation" in result.stderr and "unknown field" in result.stderr
+    assert "Traceback" not in result.stderr
