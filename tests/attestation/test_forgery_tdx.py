@@ -198,7 +198,11 @@ def test_each_pck_chain_certificate_must_be_valid_at_the_time(intel: Intel, whic
         root = reissue(root, intel.root_key, **dates)  # type: ignore[arg-type]
     anchors = dataclasses.replace(TrustAnchors.amd(), intel_roots=(root,))
     err = _refused(forge_quote([pck, ca, root], intel.pck_key), anchors)
-    assert (err.field, err.actual) == (f"quote.pck_chain.{which}.validity", AT.isoformat())
+    cert = {"pck": pck, "ca": ca, "root": root}[which]
+    assert (err.field, err.expected, err.actual) == (
+        f"quote.pck_chain.{which}.validity",
+        f"{cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}", AT.isoformat())
+    assert err.hint == "the certificate is expired or not yet valid at that time"
 
 
 # -- collateral (TCB Info, QE Identity) signed under a hierarchy with Intel's names ---------------------
@@ -277,3 +281,28 @@ def test_collateral_signed_by_a_key_other_than_its_certificate(signing: TcbSigni
     err = _refused(_collateral(keys["tcb_info"], signing.chain, keys["qe_identity"], signing.chain), anchors, AT_V5)
     assert (err.field, err.expected, err.actual) == (
         f"{document}.signature", f"a valid signature by {signing.cert.subject.rfc4514_string()}", "an invalid one")
+
+
+def test_tdx_refusals_carry_what_to_do(intel: Intel, rogue: Intel, anchors: TrustAnchors) -> None:
+    certified, auth = _key(), parse_quote(BASE).qe_auth_data
+    unbound = hashlib.sha256(_point(certified) + auth).digest() + bytes(32)
+    cases = {
+        "the quote was altered or signed by another key": forge_quote(intel.chain, intel.pck_key, quote_signer=_key()),
+        "the QE report was not signed by this platform's PCK": forge_quote(intel.chain, _key()),
+        "the attestation key is not the one the quoting enclave certified": forge_quote(
+            intel.chain, intel.pck_key, bound=unbound),
+        "the chain does not verify": forge_quote([rogue.pck, intel.ca, intel.root], rogue.pck_key),
+        "the chain ends in an untrusted root": forge_quote(rogue.chain, rogue.pck_key),
+    }
+    for hint, quote in cases.items():
+        err = _refused(quote, anchors)
+        assert err.hint == hint and str(err).endswith(f"; {hint}"), (hint, str(err))
+
+
+@pytest.mark.parametrize("edge", ["first", "last"])
+def test_pck_chain_holds_on_its_first_and_last_second(intel: Intel, edge: str) -> None:
+    start, end = AT - timedelta(days=1), AT + timedelta(days=1)
+    pck = reissue(intel.pck, intel.ca_key, not_before=start, not_after=end)
+    anchors = dataclasses.replace(TrustAnchors.amd(), intel_roots=(intel.root,))
+    quote = forge_quote([pck, intel.ca, intel.root], intel.pck_key)
+    assert verify_evidence(Evidence(tee="tdx", report=quote), anchors, start if edge == "first" else end).tee == "tdx"
