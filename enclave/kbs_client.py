@@ -36,6 +36,7 @@ log = logging.getLogger("enclave.kbs_client")
 POP_HEADER = "KBS-PoP"
 REFRESH_MARGIN_S = 15  # re-attest this long before expiry, so a token never dies mid-request
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
+SHOWN_CHARS = 400  # of a refusal's expected / actual value in an error message
 CA_ENV = "CSCORE_BROKER_CA"  # PEM bundle of the CA(s) broker certificates chain to (the local stack's CA)
 
 
@@ -52,7 +53,17 @@ class KbsError(RuntimeError):
         self.status = status
         self.problem = problem
         self.type = str(problem.get("type", ""))
-        super().__init__(f"broker answered {status}: {problem.get('detail', problem)}")
+        super().__init__(f"broker answered {status}: {problem.get('detail', problem)}{_failing_field(problem)}")
+
+
+def _failing_field(problem: dict[str, Any]) -> str:
+    """The problem's field, expected and actual value: why a refusal happened, not only which clause (the
+    broker puts only shareable values there: claims, digests, key ids, reasons)."""
+    if "field" not in problem:
+        return ""
+    shown = {k: (v if len(v := json.dumps(problem[k], default=str)) <= SHOWN_CHARS else v[:SHOWN_CHARS] + "...")
+             for k in ("expected", "actual") if k in problem}
+    return f" (field {problem['field']}" + "".join(f"; {k} {v}" for k, v in shown.items()) + ")"
 
 
 class BrokerUnreachable(KbsError):

@@ -270,6 +270,7 @@ def test_model_key_refuses_forged_or_mismatched_grants(broker: BrokerProcess, pr
         with_provider.unwrap("att-model", wrapped, batch_id="att-batch", model_digest=MODEL, grant=grant)
     problem = refused.value.problem
     assert refused.value.status == 403 and problem["field"] == "grant" and expected in problem["actual"]
+    assert "(field grant;" in str(refused.value) and expected in str(refused.value)  # what a worker reports
     # The same request with the owner broker's genuine grant goes through: only the forgery was refused.
     genuine = with_owner.model_grant(batch_id="att-batch", model_digest=MODEL)
     assert with_provider.unwrap("att-model", wrapped, batch_id="att-batch", model_digest=MODEL,
