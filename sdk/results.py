@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,6 +97,8 @@ def _verified_shard(
     _check_granted(shard["receipt_key"], granted, receipt)
     p = receipt.payload
     _expect(shard["receipt_key"], "batch_id", manifest["batch_id"], p["batch_id"])
+    # Where each receipt is stored says which shard it stands for: one moved there from another shard is named.
+    _expect(shard["receipt_key"], "shard_index", _index_in_key(shard["receipt_key"]), p["shard_index"])
     _expect(shard["receipt_key"], "tenant", manifest["tenant"], p["tenant"])
     _expect(shard["receipt_key"], "model.digest", manifest["model"]["digest"], p["model"]["digest"])
     if not p["output"]["key"].startswith(prefix):
@@ -104,6 +107,12 @@ def _verified_shard(
     output = _get(store, p["output"]["key"], "a shard's encrypted results")
     _expect(shard["receipt_key"], "output.sha256", p["output"]["sha256"], hashlib.sha256(output).hexdigest())
     return receipt, output
+
+
+def _index_in_key(receipt_key: str) -> int | None:
+    """The shard index a receipt's key names (`.../shard-00003.receipt.jws`: 3), None for another name."""
+    found = re.search(r"/shard-(\d{5})\.receipt\.jws$", receipt_key)
+    return int(found.group(1)) if found else None
 
 
 def _get(store: ObjectStore, key: str, what: str) -> bytes:
