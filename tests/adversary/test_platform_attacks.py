@@ -1,0 +1,647 @@
+"""An active platform attacks one real local stack and gets nothing (issue 8).
+
+One stack for the module (moto over HTTP, Redis, the simulated SEV-SNP firmware, the owner's and the
+provider's key brokers and two Celery workers, each a separate process). The platform's side is played by
+this test, as the platform would play it: it plans shards and sends `cscore.score_shard` by name, starts
+processes of its own (a Celery worker with another configuration, a TLS-terminating relay, a key broker),
+rewrites S3 objects and task arguments. Airflow is left out: it only schedules what is sent here by hand.
+
+Each attack asserts what the attacker obtains (no key bytes, no plaintext, no scores, no model bytes) and
+the refusal that stopped it; honest batches on the same stack, before and after the attacks, are scored
+bit for bit like plaintext onnxruntime. The last test scans every platform-side store for canaries.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+from celery.utils.nodenames import worker_direct
+from joserfc.jwk import ECKey
+
+from cscore.demo import TENANT, corpus_split, owner_trust
+from dags.cscore_platform import worker_pool
+from dags.cscore_platform.manifest import Manifest, verify_manifest
+from dags.cscore_platform.planning import plan_shards
+from enclave.measurement import code_measurement
+from enclave.pme import write_encrypted
+from enclave.scoring import ModelSession
+from enclave.signing import canonical_json, generate_signing_key, sign_json, unverified_payload
+from infra.local import procs
+from infra.local.parts import PY, worker_names
+from infra.local.stack import LocalStack
+from infra.local.util import ensure_secret, free_port
+from keybroker.store import KeyStore
+from keybroker.tls import create_local_ca, ensure_local_tls, issue_server_cert
+from sdk.broker_admin import BrokerAdmin
+from sdk.emails import Email, email_text
+from sdk.models import ModelListing, find_model
+from sdk.owner import OwnerKeys, SubmittedBatch, register_tenant, submit_batch
+from sdk.party import Party
+from sdk.provider import model_key_id, publish_baseline_model, publish_model
+from sdk.results import fetch_results
+from sdk.storage import ObjectStore
+from sdk.training import export_onnx, train_spam_model
+from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY
+from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, load_worker_config
+
+# e2e: the module's stack sets the process environment (tests/conftest.py leaves it alone for e2e tests).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+TASK_WAIT_S = 120.0
+ROGUE = f"rogue@{socket.gethostname()}"
+ATTACKER = "mallory"  # the platform's own tenant, for batches of its own
+_state: dict[str, Any] = {}
+
+
+# -- the stack and the parties' material ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One stack for every attack; its variables live in os.environ for the module only."""
+    state = tmp_path_factory.mktemp("adv")
+    saved = dict(os.environ)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CSCORE_")}
+    running = LocalStack(state, workers=2, airflow=False, environ=clean)
+    running.start()
+    os.environ.update(running.env)
+    try:
+        yield running
+    finally:
+        running.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def emails() -> list[Email]:
+    _, held_out = corpus_split()
+    found = [Email(e.message_id, email_text(e.raw)) for e in held_out[:600]]
+    for i, canary in enumerate(EMAIL_CANARIES):  # canaries in real emails of every batch cut below
+        k = i * 7
+        found[k] = Email(found[k].message_id, f"{found[k].text}\n{canary}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def model_bytes() -> bytes:
+    """The provider's confidential model, with a canary in its metadata (a leak of its bytes shows)."""
+    train, _ = corpus_split()
+    train = train[::3]  # a third of it (both labels): enough for a real model, quick to train
+    model = onnx.load_from_string(export_onnx(train_spam_model([email_text(e.raw) for e in train],
+                                                               [e.label for e in train])))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "canary", MODEL_CANARY
+    return model.SerializeToString()
+
+
+def _batch(emails: list[Email], tag: str, n: int) -> list[Email]:
+    return [Email(f"{tag}-{e.message_id}", e.text) for e in emails[:n]]
+
+
+def _submit(emails: list[Email]) -> SubmittedBatch:
+    model: ModelListing = _state["model"]
+    return submit_batch(emails, model, tenant=TENANT, owner=Party.from_env("owner"), store=ObjectStore(),
+                        measurements=[code_measurement().hex()])
+
+
+# -- the platform's own moves -------------------------------------------------------------------------
+
+def _manifest(tenant: str, batch_id: str) -> Manifest:
+    key = f"incoming/{tenant}/{batch_id}/manifest.jws"
+    tenant_key = json.loads((Path(os.environ["CSCORE_TRUST_DIR"]) / "tenants" / f"{tenant}.jwk").read_text())
+    return verify_manifest(key, ObjectStore().get(key), tenant_key)
+
+
+def _set_status(manifest: Manifest, state: str, **details: Any) -> None:
+    body = {"state": state, "batch_id": manifest.batch_id, "tenant": manifest.tenant, "updated_at": time.time(),
+            **details}
+    ObjectStore().put(f"status/{manifest.tenant}/{manifest.batch_id}.json", json.dumps(body).encode(),
+                      "application/json")
+
+
+def _platform_runs(batch_id: str) -> dict[str, Any]:
+    """What the DAG's steps do for one batch (attest, score by task name, result manifest, status).
+
+    Returns the status it wrote: `succeeded`, or `failed` with the pool's reason.
+    """
+    manifest = _manifest(TENANT, batch_id)
+    store = ObjectStore()
+    card = unverified_payload(store.get(f"models/{manifest.model_name}/{manifest.model_version}/card.jws").decode(),
+                              what="card")
+    app = worker_pool.celery_client()
+    run_id = f"adv-{uuid.uuid4().hex[:8]}"
+    _set_status(manifest, "processing", run_id=run_id)
+    try:
+        attestation = worker_pool.attest_all(app, [manifest.broker_name, card["broker"]])
+        outcomes = worker_pool.run_shards(app, plan_shards(manifest), timeout=300, progress=lambda *_: None,
+                                          run_id=run_id)
+    except worker_pool.WorkerPoolError as exc:
+        _set_status(manifest, "failed", run_id=run_id, reason=str(exc))
+        return {"state": "failed", "reason": str(exc)}
+    key = f"{manifest.results_prefix}result-manifest.json"
+    store.put(key, json.dumps({
+        "type": "cscore.result-manifest/v1", "tenant": manifest.tenant, "batch_id": manifest.batch_id,
+        "manifest_key": manifest.key, "manifest_sha256": manifest.sha256,
+        "model": {"name": manifest.model_name, "version": manifest.model_version, "digest": manifest.model_digest},
+        "rows": sum(o["rows"] for o in outcomes), "shards": outcomes, "attestation": attestation, "run_id": run_id,
+    }, indent=1).encode(), "application/json")
+    _set_status(manifest, "succeeded", run_id=run_id, result_manifest=key)
+    return {"state": "succeeded"}
+
+
+def _send(task: str, args: list[Any], queue: Any) -> tuple[str, str]:
+    """Send a task by name, as the platform does; (Celery state, what came back: a value or the refusal)."""
+    result = worker_pool.celery_client().send_task(task, args=args, queue=queue)
+    value = result.get(timeout=TASK_WAIT_S, propagate=False)
+    return result.state, str(value)
+
+
+def _results_written(tenant: str, batch_id: str) -> list[str]:
+    return ObjectStore().keys(f"results/{tenant}/{batch_id}/")
+
+
+def _verified_scores(batch_id: str, texts: dict[str, str], model: bytes) -> None:
+    """The owner's own verification and decryption, compared bit for bit with plaintext onnxruntime."""
+    anchors, policy = owner_trust(accept_simulated=True)
+    results = fetch_results(TENANT, batch_id, owner=Party.from_env("owner"), store=ObjectStore(), anchors=anchors,
+                            policy=policy)
+    _bit_exact(results.table, texts, model)
+
+
+def _bit_exact(table: pa.Table, texts: dict[str, str], model: bytes) -> None:
+    ids = table.column("message_id").to_pylist()
+    assert sorted(ids) == sorted(texts)
+    expected, labels = ModelSession(model).score([texts[i] for i in ids])
+    got = table.column("spam_probability").to_numpy().astype(np.float32)
+    assert got.tobytes() == expected.astype(np.float32).tobytes()  # bit for bit
+    assert table.column("label").to_pylist() == list(labels)
+
+
+def _cscore(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "cscore", "--state-dir", str(stack.state_dir), *args], env=stack.child_env(),
+                          cwd=stack.repo, capture_output=True, text=True, timeout=180)
+
+
+# -- 0. the honest batch ----------------------------------------------------------------------------
+
+def test_honest_batch_is_scored_bit_exact(stack: LocalStack, emails: list[Email], model_bytes: bytes,
+                                          tmp_path: Path) -> None:
+    store = ObjectStore()
+    provider, owner = Party.from_env("provider"), Party.from_env("owner")
+    publish_model(model_bytes, "spam-filter", provider=provider, store=store,
+                  allowed_measurements=[code_measurement().hex()], quota={"rows": 100_000, "period_s": 3600})
+    publish_baseline_model(_small_model(), "baseline", provider=provider, store=store)
+    register_tenant(owner, TENANT, Path(os.environ["CSCORE_TRUST_DIR"]))
+    owner.trust_provider(provider.public_key())
+    _state["model"] = find_model(store, "spam-filter", owner.trusted_providers())
+    batch = _batch(emails, "honest", 450)  # 3 row groups: 2 shards
+    submitted = _submit(batch)
+    assert _platform_runs(submitted.batch_id) == {"state": "succeeded"}
+    out = tmp_path / "results.parquet"
+    done = _cscore(stack, "owner", "results", submitted.batch_id, "--tenant", TENANT, "--accept-simulated",
+                   "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    _bit_exact(pq.read_table(out), {e.message_id: e.text for e in batch}, model_bytes)
+    _state["honest"] = submitted
+    # A batch the owner submits and grants; the platform sends it to its own worker first (attacks 1, 2).
+    _state["victim_emails"] = victim = _batch(emails, "victim", 150)
+    _state["victim"] = _submit(victim)
+
+
+def _small_model() -> bytes:
+    texts = ["win money now", "free prize claim", "meeting at noon", "lunch tomorrow?"] * 5
+    return export_onnx(train_spam_model(texts, [1, 1, 0, 0] * 5))
+
+
+# -- 1, 2. the platform's own worker, relay and key broker ------------------------------------------
+
+class Relay:
+    """A TLS-terminating relay: presents a certificate of the attacker's CA, forwards to the real broker
+    over TLS, and records every byte it sees in the clear (both directions)."""
+
+    def __init__(self, upstream: str, upstream_ca: Path, cert: Path, key: Path) -> None:
+        host, port = upstream.removeprefix("https://").rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._server_tls.load_cert_chain(cert, key)
+        self._client_tls = ssl.create_default_context(cafile=str(upstream_ca))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.recording = bytearray()
+        self.connections = 0
+        self.failed_handshakes: list[str] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        try:
+            client = self._server_tls.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            with self._lock:
+                self.failed_handshakes.append(str(exc))
+            conn.close()
+            return
+        with self._lock:
+            self.connections += 1
+        upstream = self._client_tls.wrap_socket(socket.create_connection(self._upstream),
+                                                server_hostname=self._upstream[0])
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
+
+    def _pump(self, src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                with self._lock:
+                    self.recording.extend(chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _platform_broker(stack: LocalStack) -> tuple[str, Path, BrokerAdmin]:
+    """A third key broker, the platform's own: its config accepts the simulated root for its own keys.
+
+    Its name is "owner", as the real owner broker's: a grant's issuer name is whatever a broker says.
+    """
+    folder = stack.state_dir / "brokers" / "platform"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    tls = ensure_local_tls(stack.state_dir / "tls" / "platform", folder, "platform")
+    config = {"name": "owner", "host": "127.0.0.1", "port": port, "db_path": str(folder / "keys.sqlite"),
+              "kek_path": str(folder / "kek.hex"), "admin_token_path": str(folder / "admin-token"),
+              "trusted_roots_dir": os.environ["CSCORE_SIM_TEE_DIR"], "accept_simulated": True,
+              "simulated_key_ids": [f"{ATTACKER}.*", "grant:*"], "token_ttl_s": 300,
+              "tls_cert_path": str(tls.cert), "tls_key_path": str(tls.key)}
+    ensure_secret(folder / "kek.hex", lambda: os.urandom(32).hex())
+    token = ensure_secret(folder / "admin-token", lambda: uuid.uuid4().hex)
+    (folder / "config.json").write_text(json.dumps(config))
+    stack.spawn("platform-broker", [PY, "-m", "keybroker", "serve", "--config", str(folder / "config.json")])
+    url = f"https://127.0.0.1:{port}"
+    admin = BrokerAdmin(url, token, ca_bundle=str(tls.ca_cert))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            admin.grant_key()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    return url, tls.ca_cert, admin
+
+
+def _start_rogue(stack: LocalStack, config: WorkerConfig) -> procs.Part:
+    """The same worker code, launched by the platform with a configuration of its choosing (its HOST_DATA)."""
+    path = stack.state_dir / "worker" / "rogue-config.json"
+    path.write_text(json.dumps(config.to_json()))
+    env = {k: v for k, v in stack.child_env().items() if k != "PYTHONPATH"}
+    env[CONFIG_ENV] = str(path)
+    part = procs.spawn("celery-rogue", [PY, "-P", "-m", "celery", "-A", "tasks.celery_app", "worker", "-n",
+                                        "rogue@%h", "-Q", "cscore.rogue", "--concurrency=1", "--loglevel=INFO"],
+                       env, stack.state_dir, stack.repo)
+    stack.parts[part.name] = part  # stopped with the stack if this module dies early
+    app = worker_pool.celery_client()
+    deadline = time.monotonic() + 120
+    while not app.control.ping(destination=[ROGUE], timeout=1.0):
+        assert part.popen.poll() is None, procs.log_tail(part.log_file)
+        assert time.monotonic() < deadline, procs.log_tail(part.log_file)
+    return part
+
+
+@pytest.fixture(scope="class")
+def rogue(stack: LocalStack) -> Iterator[dict[str, Any]]:
+    """The relay, the platform's broker and the platform's worker, for the attacks of one class only
+    (a live rogue would answer the platform's pings and take part in later honest batches)."""
+    honest, _ = load_worker_config(os.environ[CONFIG_ENV])
+    attacker_ca, attacker_key = create_local_ca(stack.state_dir / "tls" / "attacker")
+    cert, key = issue_server_cert(attacker_ca, attacker_key, stack.state_dir / "tls" / "attacker", "relay")
+    owner = honest.owner("owner")
+    relay = Relay(owner.url, stack.broker_cas["owner"], cert, key)
+    platform_url, platform_ca, platform_admin = _platform_broker(stack)
+    config = WorkerConfig("simulated-sev-snp", (
+        BrokerIdentity("owner", relay.url, attacker_ca.read_text()),  # the relay, with the attacker's CA
+        BrokerIdentity("platform", platform_url, platform_ca.read_text()),  # the platform's own "owner"
+        BrokerIdentity("owner-pinned", relay.url, owner.ca_pem),  # the relay, with the owner's genuine CA
+    ), honest.providers)
+    part = _start_rogue(stack, config)
+    try:
+        yield {"relay": relay, "config": config, "platform": platform_admin, "honest": honest}
+    finally:
+        relay.close()
+        procs.kill_trees([part.pid], 15.0)
+        part.popen.wait(timeout=15)
+        stack.parts.pop(part.name, None)
+        part.pid_file.unlink(missing_ok=True)
+
+
+def _owner_keys(stack: LocalStack, tenant: str, batch_id: str) -> list[bytes]:
+    """The batch's master keys as the owner broker holds them (read from its store: the test sees all)."""
+    folder = stack.state_dir / "brokers" / "owner"
+    store = KeyStore(folder / "keys.sqlite", bytes.fromhex((folder / "kek.hex").read_text().strip()))
+    try:
+        records = [store.get_key(k) for k in OwnerKeys.for_batch(tenant, batch_id).all()]
+    finally:
+        store.close()
+    return [r.material for r in records if r is not None]
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    return [secret, secret.hex().encode(), base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
+
+
+class TestThePlatformsOwnWorker:
+    def test_a_relay_in_front_of_the_owner_broker_gets_no_key(self, stack: LocalStack,
+                                                              rogue: dict[str, Any]) -> None:
+        victim: SubmittedBatch = _state["victim"]
+        spec = plan_shards(_manifest(TENANT, victim.batch_id))[0]
+        state, refusal = _send("cscore.score_shard", [spec], worker_direct(ROGUE))
+        assert state == "FAILURE"
+        # The owner broker itself refused: the rogue's HOST_DATA is not a configuration the owner granted.
+        assert "config-granted" in refusal and "HOST_DATA" in refusal, refusal
+        assert rogue["config"].digest_hex() != rogue["honest"].digest_hex()
+        assert _results_written(TENANT, victim.batch_id) == []
+        relay: Relay = rogue["relay"]
+        seen = bytes(relay.recording)
+        # The relay did carry the session (attestation and the refused request) ...
+        assert relay.connections >= 1 and b"/kbs/v0/attest" in seen and b"policy-denied" in seen
+        # ... and no key: no JWE answer at all, no byte of the batch's keys in any encoding.
+        assert b'"jwe"' not in seen
+        assert not re.search(rb"eyJ[\w-]+\.[\w-]*\.[\w-]+\.[\w-]+\.[\w-]+", seen)  # no compact JWE (5 parts)
+        keys = _owner_keys(stack, TENANT, victim.batch_id)
+        assert len(keys) == 3 and not [k for k in keys for form in _forms(k) if form in seen]
+        assert not [c for c in EMAIL_CANARIES if c.encode() in seen]
+
+    def test_the_relay_with_the_owners_genuine_ca_fails_the_handshake(self, rogue: dict[str, Any]) -> None:
+        relay: Relay = rogue["relay"]
+        before = len(relay.recording)
+        state, refusal = _send("cscore.attest", [["owner-pinned"]], worker_direct(ROGUE))
+        assert state == "FAILURE"
+        assert "BrokerUnreachable" in refusal and "CERTIFICATE_VERIFY_FAILED" in refusal, refusal
+        assert relay.failed_handshakes and len(relay.recording) == before  # not a byte in the clear
+
+    def test_the_platforms_own_owner_broker_gets_no_model(self, stack: LocalStack, rogue: dict[str, Any]) -> None:
+        platform: BrokerAdmin = rogue["platform"]
+        model: ModelListing = _state["model"]
+        batch_id = f"extract-{uuid.uuid4().hex[:6]}"
+        keys = OwnerKeys.for_batch(ATTACKER, batch_id)
+        for key_id in keys.all():
+            platform.create_key(key_id, kind="result" if key_id == keys.results else "data")
+        # Single-word emails: each score would give a coefficient of the model away.
+        words = ["free", "money", "meeting", "viagra", "lunch", "winner", "invoice", "click"]
+        table = pa.table({"message_id": [f"w{i}" for i in range(len(words))], "text": words})
+        data = write_encrypted(table, platform, footer_key=keys.footer, column_key=keys.emails, row_group_size=200)
+        input_key = f"incoming/{ATTACKER}/{batch_id}/part-00000.parquet"
+        ObjectStore().put(input_key, data)
+        platform.grant(batch_id, model.digest, [code_measurement().hex()], keys.all(),
+                       config_digests=[rogue["config"].digest_hex()], rows=len(words))
+        spec = _spec(ATTACKER, batch_id, input_key, data, model, owner_broker="platform", keys=keys)
+        state, refusal = _send("cscore.score_shard", [spec], worker_direct(ROGUE))
+        assert state == "FAILURE"
+        # The provider's broker refused: the grant's signing key is no registered owner broker's.
+        assert "owner-granted" in refusal and "model_grant.kid" in refusal, refusal
+        granted = [d for d in platform.decisions() if d["operation"] == "model-grant"]
+        assert granted and granted[-1]["decision"] == "allow"  # the platform's broker did sign a grant
+        assert _results_written(ATTACKER, batch_id) == []
+        assert ObjectStore().keys(f"usage/{model.name}/{ATTACKER}/") == []
+
+
+def _spec(tenant: str, batch_id: str, input_key: str, data: bytes, model: ModelListing, *, owner_broker: str,
+          keys: OwnerKeys, protection: str = "pme") -> dict[str, Any]:
+    prefix = f"results/{tenant}/{batch_id}/shard-00000"
+    return {"tenant": tenant, "batch_id": batch_id, "shard_index": 0, "input_key": input_key,
+            "input_sha256": hashlib.sha256(data).hexdigest(), "row_group_start": 0, "row_group_end": 1,
+            "model_name": model.name, "model_version": model.version, "model_digest": model.digest,
+            "owner_broker": owner_broker, "footer_key": keys.footer, "column_key": keys.emails,
+            "result_key": keys.results, "output_key": f"{prefix}.parquet", "receipt_key": f"{prefix}.receipt.jws",
+            "protection": protection}
+
+
+def test_the_victim_batch_is_then_scored_honestly(stack: LocalStack, model_bytes: bytes) -> None:
+    """The batch the platform first sent to its own worker: the honest workers score it, bit for bit."""
+    victim: SubmittedBatch = _state["victim"]
+    assert _platform_runs(victim.batch_id) == {"state": "succeeded"}
+    _verified_scores(victim.batch_id, {e.message_id: e.text for e in _state["victim_emails"]}, model_bytes)
+
+
+# -- 3. the provider revokes; warm workers must ask again -------------------------------------------
+
+def test_a_revoked_measurement_or_owner_stops_the_next_batch_on_warm_workers(
+        stack: LocalStack, emails: list[Email], model_bytes: bytes) -> None:
+    provider = Party.from_env("provider").broker()
+    key_id = model_key_id("spam-filter")
+    honest = code_measurement().hex()
+    revocations = {
+        "measurement-allowed": (lambda: provider.set_policy(key_id, None, measurements=["00" * 48]),
+                                lambda: provider.set_policy(key_id, None, measurements=[honest])),
+        "model_grant.kid": (lambda: provider.register_owner("owner", _fresh_grant_key()),
+                            lambda: provider.register_owner("owner", Party.from_env("owner").broker().grant_key())),
+    }
+    for index, (clause, (revoke, restore)) in enumerate(revocations.items()):
+        batch = _batch(emails, f"revoked{index}", 100)
+        submitted = _submit(batch)
+        revoke()
+        try:
+            status = _platform_runs(submitted.batch_id)
+        finally:
+            restore()
+        assert status["state"] == "failed" and clause in status["reason"], (clause, status)
+        assert _results_written(TENANT, submitted.batch_id) == []
+        # Restored: the same batch, sent again, is scored (the cache was never what authorised it).
+        assert _platform_runs(submitted.batch_id) == {"state": "succeeded"}
+        _verified_scores(submitted.batch_id, {e.message_id: e.text for e in batch}, model_bytes)
+
+
+def _fresh_grant_key() -> dict[str, Any]:
+    """Another key under the owner broker's registered name: the provider re-keys (revokes) that owner."""
+    return dict(ECKey.generate_key("P-256", private=True).as_dict(private=False))
+
+
+# -- 4. plaintext scores without a broker -----------------------------------------------------------
+
+def _plaintext_input(batch_id: str, texts: list[str]) -> tuple[str, bytes]:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"message_id": [f"p{i}" for i in range(len(texts))], "text": texts}), sink,
+                   row_group_size=200)
+    data = sink.getvalue().to_pybytes()
+    key = f"incoming/{ATTACKER}/{batch_id}/part-00000.parquet"
+    ObjectStore().put(key, data)
+    return key, data
+
+
+def test_plaintext_shards_naming_a_confidential_model_are_refused(stack: LocalStack) -> None:
+    model: ModelListing = _state["model"]
+    baseline = find_model(ObjectStore(), "baseline", Party.from_env("owner").trusted_providers())
+    keys = OwnerKeys.for_batch(ATTACKER, "none")
+    queue = worker_direct(worker_names(2)[0])
+    cases = {
+        "confidential": (model, "PlaintextRefused", "card.protection 'none'"),
+        # the baseline card, with the confidential model's digest: the card does not describe that model
+        "baseline card, confidential digest": (dataclasses.replace(baseline, digest=model.digest),
+                                               "ModelIntegrityError", model.digest),
+    }
+    for name, (listing, error, detail) in cases.items():
+        batch_id = f"plain-{uuid.uuid4().hex[:6]}"
+        key, data = _plaintext_input(batch_id, ["free money now", "see you at lunch"])
+        spec = _spec(ATTACKER, batch_id, key, data, listing, owner_broker="owner", keys=keys, protection="none")
+        state, refusal = _send("cscore.score_shard", [spec], queue)
+        assert state == "FAILURE" and error in refusal and detail in refusal, (name, refusal)
+        assert _results_written(ATTACKER, batch_id) == [], name
+    # Control: the model its provider published unencrypted is scored in plaintext, as the baseline allows.
+    batch_id = f"plain-{uuid.uuid4().hex[:6]}"
+    key, data = _plaintext_input(batch_id, ["free money now", "see you at lunch"])
+    state, value = _send("cscore.score_shard", [_spec(ATTACKER, batch_id, key, data, baseline, owner_broker="owner",
+                                                      keys=keys, protection="none")], queue)
+    assert state == "SUCCESS", value
+    assert len([k for k in _results_written(ATTACKER, batch_id) if k.endswith(".parquet")]) == 1
+
+
+# -- 5. spec and card tampering ---------------------------------------------------------------------
+
+def test_tampered_specs_and_cards_are_refused_before_any_key(stack: LocalStack, emails: list[Email]) -> None:
+    store = ObjectStore()
+    batch = _batch(emails, "tamper", 50)
+    submitted = _submit(batch)
+    spec = plan_shards(_manifest(TENANT, submitted.batch_id))[0]
+    queue = worker_direct(worker_names(2)[0])
+    state, refusal = _send("cscore.score_shard", [{**spec, "owner_broker": "platform-broker"}], queue)
+    assert state == "FAILURE" and "FormatError" in refusal and "owner_broker" in refusal, refusal
+    assert "'platform-broker'" in refusal or "platform-broker" in refusal
+
+    model: ModelListing = _state["model"]
+    card_key = f"models/{model.name}/{model.version}/card.jws"
+    genuine = store.get(card_key)
+    payload = unverified_payload(genuine.decode(), what="card")
+    attacker = generate_signing_key()
+    stripped = {k: v for k, v in payload.items() if k not in ("quota", "output")}
+    header, _, signature = genuine.decode().split(".")
+    forged = {
+        "re-signed by another key": sign_json(payload, attacker),
+        "quota and precision stripped, re-signed": sign_json(stripped, attacker),
+        "quota stripped, provider's signature kept": ".".join(
+            [header, base64.urlsafe_b64encode(canonical_json(stripped)).rstrip(b"=").decode(), signature]),
+    }
+    try:
+        for name, token in forged.items():
+            store.put(card_key, token.encode(), "application/jose")
+            state, refusal = _send("cscore.score_shard", [spec], queue)
+            assert state == "FAILURE" and "card.signature" in refusal, (name, refusal)
+            assert _results_written(TENANT, submitted.batch_id) == [], name
+    finally:
+        store.put(card_key, genuine, "application/jose")
+
+
+# -- 6. the owner's tools against what the platform rewrote ------------------------------------------
+
+def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack, tmp_path: Path) -> None:
+    store = ObjectStore()
+    honest: SubmittedBatch = _state["honest"]
+    other: SubmittedBatch = _state["victim"]
+    prefix = f"results/{TENANT}/{honest.batch_id}/"
+    evidence = sorted(k for k in store.keys(prefix + "evidence/"))
+    receipt0, receipt1 = prefix + "shard-00000.receipt.jws", prefix + "shard-00001.receipt.jws"
+    foreign = f"results/{TENANT}/{other.batch_id}/shard-00000.receipt.jws"
+    cases = {
+        "garbage manifest": ({prefix + "result-manifest.json": b"\x00garbage{"},
+                             prefix + "result-manifest.json", "expected JSON"),
+        "evidence deleted": ({evidence[0]: None}, evidence[0], "found nothing"),
+        "receipt of another shard": ({receipt0: store.get(receipt1)}, receipt0, "shard_index expected 0, got 1"),
+        "receipt of another batch": ({receipt0: store.get(foreign)}, receipt0, "batch_id"),
+    }
+    for name, (changes, obj, check) in cases.items():
+        saved = {k: store.get(k) for k in changes}
+        for k, v in changes.items():
+            store.delete(k) if v is None else store.put(k, v)
+        out = tmp_path / f"{name}.parquet"
+        try:
+            done = _cscore(stack, "owner", "results", honest.batch_id, "--tenant", TENANT, "--accept-simulated",
+                           "--out", str(out))
+        finally:
+            for k, v in saved.items():
+                store.put(k, v)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0, (name, done.stdout)
+        assert len(lines) == 1 and "Traceback" not in done.stderr, (name, done.stderr)
+        assert obj in lines[0] and check in lines[0], (name, lines[0])
+        assert not out.exists(), name
+    done = _cscore(stack, "owner", "results", honest.batch_id, "--tenant", TENANT, "--accept-simulated")
+    assert done.returncode == 0, done.stderr  # restored: verifies again
+
+
+# -- 7. no canary, key or model byte anywhere the platform looks -------------------------------------
+
+def _redis_dump(stack: LocalStack) -> bytes:
+    client = redis.Redis(unix_socket_path=stack.env["CSCORE_CELERY_BROKER_URL"].removeprefix("redis+socket://"))
+    chunks = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        chunks.append(key)
+        if kind == "string":
+            chunks.append(client.get(key) or b"")
+        elif kind == "list":
+            chunks.extend(client.lrange(key, 0, -1))
+        elif kind == "hash":
+            chunks.extend(v for kv in client.hgetall(key).items() for v in kv)
+        elif kind == "set":
+            chunks.extend(client.smembers(key))
+        elif kind == "zset":
+            chunks.extend(m for m, _ in client.zrange(key, 0, -1, withscores=True))
+    return b"\n".join(chunks)
+
+
+def test_no_canary_key_or_model_byte_in_any_platform_store(stack: LocalStack, model_bytes: bytes) -> None:
+    store = ObjectStore()
+    card = unverified_payload(store.get(f"models/spam-filter/{_state['model'].version}/card.jws").decode(),
+                              what="card")
+    dek = Party.from_env("provider").broker().unwrap(card["key_id"], base64.b64decode(card["wrapped_dek"]))
+    owner_keys = [k for key in store.keys(f"incoming/{TENANT}/") if key.endswith("manifest.jws")
+                  for k in _owner_keys(stack, TENANT, key.split("/")[2])]
+    assert len(owner_keys) >= 12  # every batch of the module, three keys each
+    secrets = ([c.encode() for c in [MODEL_CANARY, *EMAIL_CANARIES]] + _forms(dek)
+               + [f for k in owner_keys for f in _forms(k)] + [model_bytes[1000:1064]])
+    stores = {
+        "s3": b"\n".join(store.get(k) for k in store.keys("")),
+        "redis": _redis_dump(stack),
+        "process logs (workers, rogue worker, brokers)": b"\n".join(
+            p.read_bytes() for p in (stack.state_dir / "logs").rglob("*") if p.is_file()),
+    }
+    assert len(stores["s3"]) > 100_000  # the scan reads real content: ciphertext, receipts, evidence
+    assert b"cscore.score_shard" in stores["process logs (workers, rogue worker, brokers)"]
+    assert b"celery-rogue" in b"".join(p.name.encode() for p in (stack.state_dir / "logs").iterdir())
+    leaks = [(name, s[:24]) for name, blob in stores.items() for s in secrets if s in blob]
+    assert leaks == []
