@@ -197,7 +197,8 @@ def _manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
         p = unverified_payload(raw.decode(errors="replace"), what="manifest")
     except SignatureError as exc:
         p = {"unreadable": str(exc)}
-    objects = [{k: o.get(k) for k in ("key", "size", "sha256", "rows", "row_groups")} for o in p.get("objects", [])]
+    objects = [{k: o.get(k) for k in ("key", "size", "sha256", "file_id", "rows", "row_groups")}
+               for o in p.get("objects", [])]
     fields = {"tenant": tenant, "batch_id": batch, "manifest_key": key, "manifest_sha256": sha256_hex(raw),
               "jws": raw.decode(errors="replace").strip(), "created_at": p.get("created_at"),
               "objects": objects, "model": p.get("model"), "key_broker": p.get("key_broker"),

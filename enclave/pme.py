@@ -93,8 +93,14 @@ class PmeKeys:
         self._factory.remove_cache_entries_for_all_tokens()
         _release(self._connection)
 
-    def write(self, table: pa.Table, *, footer_key: str, column_key: str, row_group_size: int) -> bytes:
-        """Serialise `table` as PME Parquet: footer under `footer_key`, every column under `column_key`."""
+    def write(self, table: pa.Table, *, footer_key: str, column_key: str, row_group_size: int,
+              metadata: dict[str, str] | None = None) -> bytes:
+        """Serialise `table` as PME Parquet: footer under `footer_key`, every column under `column_key`.
+
+        `metadata` goes into the footer's key-value metadata, which the footer key encrypts and authenticates.
+        """
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         columns = list(table.column_names)
         if not columns:
             raise EncryptionCoverageError("table: expected at least one column, got none")
@@ -108,16 +114,21 @@ class PmeKeys:
         )
         properties = self._factory.file_encryption_properties(self._connection, config)
         sink = io.BytesIO()
-        with pq.ParquetWriter(sink, table.schema, encryption_properties=properties) as writer:
+        # No column statistics: min/max of long texts made an input's footer ~2.4 KB per row group, and every
+        # shard reads the footer (ranged reads); nothing here prunes by statistics.
+        with pq.ParquetWriter(sink, table.schema, encryption_properties=properties,
+                              write_statistics=False) as writer:
             writer.write_table(table, row_group_size=row_group_size)
         return sink.getvalue()
 
-    def open(self, data: bytes) -> pq.ParquetFile:
-        """Open PME Parquet bytes; keys are unwrapped on open (and lazily per column)."""
+    def open(self, data: bytes | pa.NativeFile) -> pq.ParquetFile:
+        """Open PME Parquet (bytes, or a file such as `enclave.ranged.open_ranged`'s); keys are unwrapped on
+        open (and lazily per column)."""
         properties = self._factory.file_decryption_properties(
             self._connection, pe.DecryptionConfiguration(cache_lifetime=KEY_CACHE_LIFETIME)
         )
-        return pq.ParquetFile(pa.BufferReader(data), decryption_properties=properties)
+        source = pa.BufferReader(data) if isinstance(data, bytes) else data
+        return pq.ParquetFile(source, decryption_properties=properties)
 
 
 def write_encrypted(
@@ -127,16 +138,18 @@ def write_encrypted(
     footer_key: str,
     column_key: str,
     row_group_size: int,
+    metadata: dict[str, str] | None = None,
 ) -> bytes:
     """One file's worth of `PmeKeys.write`."""
     with PmeKeys(wrapper) as keys:
-        return keys.write(table, footer_key=footer_key, column_key=column_key, row_group_size=row_group_size)
+        return keys.write(table, footer_key=footer_key, column_key=column_key, row_group_size=row_group_size,
+                          metadata=metadata)
 
 
 class EncryptedParquet:
     """An opened PME Parquet file, with its own keys (one-off use) or a shared `PmeKeys`."""
 
-    def __init__(self, data: bytes, keys: KeyWrapper | PmeKeys) -> None:
+    def __init__(self, data: bytes | pa.NativeFile, keys: KeyWrapper | PmeKeys) -> None:
         self._own_keys = None if isinstance(keys, PmeKeys) else PmeKeys(keys)
         shared = keys if isinstance(keys, PmeKeys) else self._own_keys
         assert shared is not None
@@ -172,6 +185,11 @@ class EncryptedParquet:
     @property
     def schema(self) -> pa.Schema:
         return self._file.schema_arrow
+
+    @property
+    def key_value_metadata(self) -> dict[bytes, bytes]:
+        """The footer's key-value metadata (authenticated with the footer: it decrypted)."""
+        return dict(self._file.metadata.metadata or {})
 
     def read_row_groups(self, row_groups: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
         return self._file.read_row_groups(list(row_groups), columns=list(columns) if columns else None)

@@ -46,12 +46,17 @@ def sign_receipt(
     spec: ShardSpec,
     output_key: str,
     input_sha256: str,
+    input_file_id: str,
     output_sha256: str,
     rows: int,
     evidence_sha256: str,
     worker: str,
 ) -> str:
-    """Sign the receipt of one shard with the enclave's receipt key."""
+    """Sign the receipt of one shard with the enclave's receipt key.
+
+    The input is named by what the worker checked: a PME input by the file id in its authenticated footer
+    (`input_file_id`, `input_sha256` ""), the plaintext baseline by its whole-file SHA-256 (`input_file_id` "").
+    """
     payload = {
         "type": RECEIPT_TYPE,
         "tenant": spec.tenant,
@@ -60,6 +65,7 @@ def sign_receipt(
         "input": {
             "key": spec.input_key,
             "sha256": input_sha256,
+            "file_id": input_file_id,
             "row_groups": [spec.row_group_start, spec.row_group_end],
         },
         "output": {"key": output_key, "sha256": output_sha256, "rows": rows},

@@ -32,13 +32,14 @@ from joserfc.jwk import OKPKey
 
 from enclave.kbs_client import AttestedSession, EnclaveKeys
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
+from enclave.ranged import RangeSource, open_ranged
 from enclave.receipts import evidence_document, sign_receipt, sign_usage
 from enclave.scoring import ModelSession, session_for
 from enclave.signing import canonical_json, unverified_payload
 from enclave.tee import EvidenceProvider
 from wire.card import ModelCard, verify_card
 from wire.keywrap import wrap_key
-from wire.shard import ShardSpec
+from wire.shard import INPUT_BINDING_KEY, ShardSpec, input_binding
 from wire.worker_config import BrokerIdentity, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,31 @@ def _row_groups(spec: ShardSpec) -> range:
     return range(spec.row_group_start, spec.row_group_end)
 
 
+def read_shard(spec: ShardSpec, source: RangeSource, keys: PmeKeys) -> pa.Table:
+    """The shard's rows (message_id, text), read by ranges: the footer and the shard's own row groups.
+
+    Integrity without the whole file: PME authenticates the footer and every page, and the footer's binding
+    must name this tenant, batch, object key and the manifest's file id (ShardInputError otherwise), so the
+    platform can serve neither another object of the batch nor another batch's under this key.
+    """
+    with EncryptedParquet(open_ranged(source), keys) as parquet:
+        _check_binding(spec, parquet.key_value_metadata.get(INPUT_BINDING_KEY.encode()))
+        if spec.row_group_end > parquet.num_row_groups:
+            raise ShardInputError(f"input {spec.input_key}: expected row groups [{spec.row_group_start}, "
+                                  f"{spec.row_group_end}), the file has {parquet.num_row_groups}")
+        return parquet.read_row_groups(_row_groups(spec), INPUT_COLUMNS)
+
+
+def _check_binding(spec: ShardSpec, found: bytes | None) -> None:
+    expected = input_binding(spec.tenant, spec.batch_id, spec.input_key, spec.input_file_id)
+    if found != expected.encode():
+        actual = found.decode(errors="replace")[:300] if found else "no binding"
+        raise ShardInputError(
+            f"input {spec.input_key}: expected the owner's file bound to {expected} (footer entry "
+            f"{INPUT_BINDING_KEY}, authenticated by PME), got {actual}; the object under this key is not the one "
+            "the signed manifest lists: restore it or resubmit the batch")
+
+
 def _scored(spec: ShardSpec, table: pa.Table, model: ModelSession, digits: int | None) -> pa.Table:
     probabilities, labels = model.score(table.column("text").to_pylist())
     return pa.table(
@@ -184,34 +210,30 @@ class Enclave:
     def score_shard(
         self,
         spec: ShardSpec,
-        input_parquet: bytes,
+        source: RangeSource,
         card_token: str,
         model_object: Callable[[str], bytes],
     ) -> ScoredShard:
         """Decrypt the shard's rows, score them with the chosen model, encrypt results, sign a receipt.
 
+        `source` serves the input object by byte ranges: a PME shard reads its footer and its own row groups
+        only (`read_shard`); the plaintext baseline reads and hashes the whole file.
         `card_token` is the model card as stored (a JWS); `model_object(key)` fetches the model's object.
         Raises ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, wire FormatError, KbsError.
         """
-        if sha256_hex(input_parquet) != spec.input_sha256:
-            raise ShardInputError(
-                f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed manifest), "
-                f"got {sha256_hex(input_parquet)}"
-            )
         card = self._verified_card(spec, card_token)
         output_key = spec.output_key.removesuffix(".parquet") + f".{secrets.token_hex(8)}.parquet"
         if spec.protection == "none" or card.protection == "none":
-            return self._score_plaintext(spec, card, output_key, input_parquet, model_object)
+            return self._score_plaintext(spec, card, output_key, source, model_object)
         owner = self.session(self.config.owner(spec.owner_broker))
         batch = self._batch(spec, owner)
         model = self._authorised_model(spec, card, owner, batch, model_object)
-        with EncryptedParquet(input_parquet, batch.keys) as source:
-            table = source.read_row_groups(_row_groups(spec), INPUT_COLUMNS)
+        table = read_shard(spec, source, batch.keys)
         self._count_rows(spec, batch, table.num_rows)
         results = _scored(spec, table, model, card.probability_digits)
         output = batch.keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
                                   row_group_size=RESULT_ROW_GROUP_SIZE)
-        return self._receipted(spec, card, owner, output_key, input_parquet, output, table.num_rows)
+        return self._receipted(spec, card, owner, output_key, output, table.num_rows)
 
     def _verified_card(self, spec: ShardSpec, token: str) -> ModelCard:
         """The card, verified against the card keys of the provider it names in the measured configuration."""
@@ -263,7 +285,7 @@ class Enclave:
                                     f"{batch.scored_rows} scored here already, {rows} more refused")
             batch.scored_rows += rows
 
-    def _score_plaintext(self, spec: ShardSpec, card: ModelCard, output_key: str, source: bytes,
+    def _score_plaintext(self, spec: ShardSpec, card: ModelCard, output_key: str, input_object: RangeSource,
                          model_object: Callable[[str], bytes]) -> ScoredShard:
         """The benchmark's baseline: same reading, scoring and writing, without PME, brokers or evidence.
 
@@ -278,17 +300,21 @@ class Enclave:
                                    f"(card.protection 'none') for a plaintext shard, got card.protection "
                                    f"{card.protection!r} and shard.protection {spec.protection!r}")
         model = session_for(card.digest, lambda: _plain_model(card, model_object), namespace="plaintext")
+        source = input_object.read_all()  # the baseline keeps the whole-file hash: no PME authenticates it
+        if sha256_hex(source) != spec.input_sha256:
+            raise ShardInputError(f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed "
+                                  f"manifest), got {sha256_hex(source)}")
         table = pq.ParquetFile(pa.BufferReader(source)).read_row_groups(_row_groups(spec), INPUT_COLUMNS)
         sink = io.BytesIO()
         pq.write_table(_scored(spec, table, model, card.probability_digits), sink,
                        row_group_size=RESULT_ROW_GROUP_SIZE)
         output = sink.getvalue()
         receipt = sign_receipt(self._baseline_key, spec=spec, output_key=output_key, input_sha256=sha256_hex(source),
-                               output_sha256=sha256_hex(output), rows=table.num_rows, evidence_sha256="",
-                               worker=self.name)
+                               input_file_id="", output_sha256=sha256_hex(output), rows=table.num_rows,
+                               evidence_sha256="", worker=self.name)
         return ScoredShard(output_key, output, sha256_hex(output), table.num_rows, receipt, "", {}, "")
 
-    def _receipted(self, spec: ShardSpec, card: ModelCard, owner: AttestedSession, output_key: str, source: bytes,
+    def _receipted(self, spec: ShardSpec, card: ModelCard, owner: AttestedSession, output_key: str,
                    output: bytes, rows: int) -> ScoredShard:
         if owner.evidence is None or owner.runtime_data is None:
             raise RuntimeError("receipt: expected an attested owner session, got none")
@@ -296,8 +322,10 @@ class Enclave:
         evidence_sha256 = sha256_hex(canonical_json(evidence))
         output_sha256 = sha256_hex(output)
         key = OKPKey.import_key(owner.receipt_private_key)
-        receipt = sign_receipt(key, spec=spec, output_key=output_key, input_sha256=sha256_hex(source),
-                               output_sha256=output_sha256, rows=rows, evidence_sha256=evidence_sha256,
+        # The input is named by the file id its authenticated footer carries (read_shard checked it).
+        receipt = sign_receipt(key, spec=spec, output_key=output_key, input_sha256="",
+                               input_file_id=spec.input_file_id, output_sha256=output_sha256, rows=rows,
+                               evidence_sha256=evidence_sha256,
                                worker=self.name)
         usage = sign_usage(key, spec=spec, provider=card.broker or "", rows=rows, evidence_sha256=evidence_sha256)
         log.info("scored shard %d of batch %s: %d rows, output sha256 %s",

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -16,14 +17,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from enclave.pme import EncryptedParquet, PmeKeys, write_encrypted
+from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys, write_encrypted
 from enclave.signing import sign_json
-from sdk.broker_admin import BrokerAdmin
 from sdk.emails import Email, check_emails
 from sdk.models import ModelListing
 from sdk.party import Party
 from sdk.platform import config_for_owner, published_worker_config
 from sdk.storage import ObjectStore
+from wire.shard import INPUT_BINDING_KEY, input_binding
 
 MANIFEST_TYPE = "cscore.manifest/v1"
 ROW_GROUP_SIZE = 200  # emails per row group: the unit of sharding
@@ -107,11 +108,12 @@ def submit_batch(
     for index, start in enumerate(range(0, len(emails), PART_ROWS)):
         chunk = emails[start:start + PART_ROWS]
         table = pa.table({"message_id": [e.message_id for e in chunk], "text": [e.text for e in chunk]})
-        data = _parquet(table, broker, keys)
         key = f"{prefix}part-{index:05d}.parquet"
+        data, file_id = encode_part(table, broker, keys, tenant=tenant, batch_id=batch_id, key=key)
         store.put(key, data)
         objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                        "rows": len(chunk), "row_groups": -(-len(chunk) // ROW_GROUP_SIZE)})
+                        "rows": len(chunk), "row_groups": -(-len(chunk) // ROW_GROUP_SIZE),
+                        **({"file_id": file_id} if file_id else {})})
     if broker:
         broker.grant(batch_id, model.digest, measurements, keys.all(), config_digests=config_digests,
                      rows=len(emails))
@@ -130,13 +132,19 @@ def submit_batch(
     return SubmittedBatch(tenant, batch_id, manifest_key, len(emails))
 
 
-def _parquet(table: pa.Table, broker: BrokerAdmin | None, keys: OwnerKeys) -> bytes:
+def encode_part(table: pa.Table, broker: KeyWrapper | None, keys: OwnerKeys, *, tenant: str, batch_id: str,
+                key: str) -> tuple[bytes, str]:
+    """One input object: (Parquet bytes, file id). PME when `broker` is given (file id: 32 hex), plain Parquet
+    for the baseline (file id ""). A PME file names its tenant, batch, object key and a fresh file id in its
+    encrypted footer, so a worker reading it by ranges refuses it anywhere else (`enclave.worker.read_shard`)."""
     if broker is None:
         sink = io.BytesIO()
         pq.write_table(table, sink, row_group_size=ROW_GROUP_SIZE)
-        return sink.getvalue()
+        return sink.getvalue(), ""
+    file_id = secrets.token_hex(16)
+    binding = {INPUT_BINDING_KEY: input_binding(tenant, batch_id, key, file_id)}
     return write_encrypted(table, broker, footer_key=keys.footer, column_key=keys.emails,
-                           row_group_size=ROW_GROUP_SIZE)
+                           row_group_size=ROW_GROUP_SIZE, metadata=binding), file_id
 
 
 def resubmit_batch(tenant: str, batch_id: str, store: ObjectStore) -> str:

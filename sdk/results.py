@@ -161,12 +161,13 @@ def _unverified_evidence_digest(token: str) -> str:
 
 
 def _check_coverage(manifest: dict[str, Any], payloads: list[dict[str, Any]]) -> None:
-    """Every row group of every signed input is covered by exactly one receipt."""
-    expected = {(o["key"], o["sha256"], g) for o in manifest["objects"] for g in range(o["row_groups"])}
+    """Every row group of every signed input is covered by exactly one receipt, naming the input by the file id
+    the manifest lists (the worker found it in the file's authenticated footer)."""
+    expected = {(o["key"], o["file_id"], g) for o in manifest["objects"] for g in range(o["row_groups"])}
     seen: list[tuple[str, str, int]] = []
     for p in payloads:
         start, end = p["input"]["row_groups"]
-        seen.extend((p["input"]["key"], p["input"]["sha256"], g) for g in range(start, end))
+        seen.extend((p["input"]["key"], p["input"].get("file_id"), g) for g in range(start, end))
     if len(seen) != len(set(seen)) or set(seen) != expected:
         raise ResultVerificationError(
             f"receipts: expected each of {len(expected)} input row groups exactly once, got {len(seen)} "

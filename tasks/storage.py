@@ -66,6 +66,42 @@ def get_bytes(key: str) -> bytes:
     return s3_client().get_object(Bucket=bucket(), Key=key)["Body"].read()
 
 
+class S3Object:
+    """One object read by byte ranges (`enclave.ranged.RangeSource`): a shard fetches its footer and its own
+    row groups, not the whole file. Counts requests and bytes, for the worker's log."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.requests = 0
+        self.bytes_read = 0
+
+    def tail(self, length: int) -> tuple[bytes, int]:
+        data, content_range = _get_range(self.key, f"bytes=-{length}")
+        self._count(data)
+        # "bytes 123-456/789": the total after the slash (a whole-object answer has no Content-Range).
+        return data, int(content_range.rsplit("/", 1)[1]) if content_range else len(data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        data, _ = _get_range(self.key, f"bytes={offset}-{offset + length - 1}")
+        self._count(data)
+        return data
+
+    def read_all(self) -> bytes:
+        data = get_bytes(self.key)
+        self._count(data)
+        return data
+
+    def _count(self, data: bytes) -> None:
+        self.requests += 1
+        self.bytes_read += len(data)
+
+
+@_named("GetObject (Range)")
+def _get_range(key: str, byte_range: str) -> tuple[bytes, str]:
+    answer = s3_client().get_object(Bucket=bucket(), Key=key, Range=byte_range)
+    return answer["Body"].read(), str(answer.get("ContentRange") or "")
+
+
 @_named("PutObject")
 def put_bytes(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
     s3_client().put_object(Bucket=bucket(), Key=key, Body=data, ContentType=content_type)

@@ -133,7 +133,10 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
     if existing is not None:
         return _outcome_from_receipt(spec, existing, worker)
     card = storage.get_bytes(_card_key(spec)).decode()
-    scored = _named_enclave(self).score_shard(spec, storage.get_bytes(spec.input_key), card, storage.get_bytes)
+    source = storage.S3Object(spec.input_key)  # ranged reads: the footer and this shard's row groups
+    scored = _named_enclave(self).score_shard(spec, source, card, storage.get_bytes)
+    log.info("shard %d of batch %s read %d bytes of %s in %d requests", spec.shard_index, spec.batch_id,
+             source.bytes_read, spec.input_key, source.requests)
     if scored.evidence:
         evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
         storage.put_bytes(evidence_key, canonical_json(scored.evidence), "application/json")
@@ -193,13 +196,19 @@ def _outcome_from_receipt(spec: ShardSpec, receipt: bytes, worker: str) -> dict[
     ).to_dict()
 
 
+def _receipt_input(spec: ShardSpec) -> dict[str, Any]:
+    """How this shard's receipt names its input: PME by the footer's file id, the baseline by its SHA-256."""
+    pme = spec.protection == "pme"
+    return {"key": spec.input_key, "sha256": "" if pme else spec.input_sha256,
+            "file_id": spec.input_file_id if pme else "", "row_groups": [spec.row_group_start, spec.row_group_end]}
+
+
 def _check_receipt_matches(spec: ShardSpec, payload: dict[str, Any]) -> None:
     """Reuse a stored receipt only if it is this shard's (the owner verifies its signature later)."""
     expected = {
         "batch_id": spec.batch_id,
         "shard_index": spec.shard_index,
-        "input": {"key": spec.input_key, "sha256": spec.input_sha256,
-                  "row_groups": [spec.row_group_start, spec.row_group_end]},
+        "input": _receipt_input(spec),
         "model.digest": spec.model_digest,
     }
     actual = {

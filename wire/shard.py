@@ -9,6 +9,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from wire.canonical import canonical_json
+
+# The footer key-value entry that binds an input file to its tenant, batch, object key and file id. PME
+# encrypts and authenticates the footer (AES-GCM, with the file's AAD that every page's AAD also carries),
+# so only the owner can write it, and a file read under another key or for another batch is refused.
+INPUT_BINDING_KEY = "cscore.input"
+OPTIONAL_FIELDS = {"protection": "pme", "input_file_id": ""}
+
+
+def input_binding(tenant: str, batch_id: str, key: str, file_id: str) -> str:
+    """The binding's value: canonical JSON of the four names (a stable byte string to compare)."""
+    return canonical_json({"tenant": tenant, "batch_id": batch_id, "key": key, "file_id": file_id}).decode()
+
 
 class ShardSpecError(ValueError):
     """A shard instruction is malformed."""
@@ -35,13 +48,14 @@ class ShardSpec:
     output_key: str
     receipt_key: str
     protection: str = "pme"  # "none": plaintext baseline for benchmarks, chosen in the owner's manifest
+    input_file_id: str = ""  # the manifest's file id of the input (PME): the worker finds it in the footer's binding
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardSpec:
         """Build from a message, naming the first field that is missing or of the wrong type."""
         values: dict[str, Any] = {}
         for field in fields(cls):
-            if field.name not in data and field.name == "protection":
+            if field.name not in data and field.name in OPTIONAL_FIELDS:
                 continue
             if field.name not in data:
                 raise ShardSpecError(f"shard.{field.name}: expected a value, got nothing")

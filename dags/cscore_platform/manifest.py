@@ -29,6 +29,7 @@ class ManifestObject:
     sha256: str
     rows: int
     row_groups: int
+    file_id: str = ""  # PME inputs: the id the file's authenticated footer carries (the worker checks it)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,10 @@ def _typed(key: str, digest: str, tenant: str, batch: str, payload: Any) -> Mani
     _expect("type", MANIFEST_TYPE, payload.get("type"))
     _expect("tenant", tenant, _field(payload, "tenant", str))
     _expect("batch_id", batch, _field(payload, "batch_id", str))
-    objects = tuple(_object(payload, i, f"incoming/{tenant}/{batch}/") for i in
+    protection = payload.get("protection", "pme")
+    if protection not in PROTECTIONS:
+        raise ManifestError(f"manifest.protection: expected one of {PROTECTIONS}, got {protection!r}")
+    objects = tuple(_object(payload, i, f"incoming/{tenant}/{batch}/", protection) for i in
                     range(len(_field(payload, "objects", list))))
     if not objects or sum(obj.rows for obj in objects) == 0:
         raise ManifestError("manifest.objects: expected at least one email, got an empty batch")
@@ -125,9 +129,6 @@ def _typed(key: str, digest: str, tenant: str, batch: str, payload: Any) -> Mani
     shard_row_groups = _field(payload, "shard_row_groups", int)
     if shard_row_groups < 1:
         raise ManifestError(f"manifest.shard_row_groups: expected >= 1, got {shard_row_groups}")
-    protection = payload.get("protection", "pme")
-    if protection not in PROTECTIONS:
-        raise ManifestError(f"manifest.protection: expected one of {PROTECTIONS}, got {protection!r}")
     digest_value = _field(payload, "model.digest", str)
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest_value):
         raise ManifestError(f"manifest.model.digest: expected sha256:<64 hex>, got {digest_value!r}")
@@ -151,7 +152,7 @@ def _typed(key: str, digest: str, tenant: str, batch: str, payload: Any) -> Mani
     )
 
 
-def _object(payload: dict[str, Any], index: int, prefix: str) -> ManifestObject:
+def _object(payload: dict[str, Any], index: int, prefix: str, protection: str) -> ManifestObject:
     raw = payload["objects"][index]
     if not isinstance(raw, dict):
         raise ManifestError(f"manifest.objects[{index}]: expected an object, got {type(raw).__name__}")
@@ -161,9 +162,14 @@ def _object(payload: dict[str, Any], index: int, prefix: str) -> ManifestObject:
         sha256=_field(raw, "sha256", str),
         rows=_field(raw, "rows", int),
         row_groups=_field(raw, "row_groups", int),
+        file_id=str(raw.get("file_id", "")) if protection == "pme" else "",
     )
     if not obj.key.startswith(prefix) or obj.key.endswith(MANIFEST_NAME):
         raise ManifestError(f"manifest.objects[{index}].key: expected a data object under {prefix}, got {obj.key!r}")
     if obj.rows > 0 and obj.row_groups < 1:
         raise ManifestError(f"manifest.objects[{index}].row_groups: expected >= 1, got {obj.row_groups}")
+    if protection == "pme" and not re.fullmatch(r"[0-9a-f]{32}", obj.file_id):
+        # The worker checks this id against the file's authenticated footer: a PME input has one.
+        raise ManifestError(f"manifest.objects[{index}].file_id: expected 32 hex digits (the id in the file's "
+                            f"encrypted footer), got {raw.get('file_id')!r}")
     return obj

@@ -20,6 +20,7 @@ def plan_shards(manifest: Manifest) -> list[dict[str, Any]]:
                     "shard_index": index,
                     "input_key": obj.key,
                     "input_sha256": obj.sha256,
+                    "input_file_id": obj.file_id,
                     "row_group_start": start,
                     "row_group_end": min(start + manifest.shard_row_groups, obj.row_groups),
                     "model_name": manifest.model_name,

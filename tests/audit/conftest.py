@@ -164,13 +164,14 @@ class Scenario:
         output = b"PAR1" + secrets.token_bytes(64)  # stands for an encrypted Parquet file
         spec = ShardSpec(tenant=TENANT, batch_id=batch, shard_index=index,
                          input_key=f"incoming/{TENANT}/{batch}/part-00000.parquet", input_sha256="cd" * 32,
-                         row_group_start=index, row_group_end=index + 1, model_name="spam", model_version=1,
+                         input_file_id="cd" * 16, row_group_start=index, row_group_end=index + 1, model_name="spam",
+                         model_version=1,
                          model_digest=MODEL, owner_broker="owner", footer_key="acme/footer",
                          column_key="acme/emails", result_key="acme/results",
                          output_key=f"{prefix}shard-{index:05d}.parquet",
                          receipt_key=f"{prefix}shard-{index:05d}.receipt.jws")
-        receipt = sign_receipt(receipt_key, spec=spec, output_key=spec.output_key, input_sha256="cd" * 32,
-                               output_sha256=_sha(output), rows=10,
+        receipt = sign_receipt(receipt_key, spec=spec, output_key=spec.output_key, input_sha256="",
+                               input_file_id="cd" * 16, output_sha256=_sha(output), rows=10,
                                evidence_sha256=evidence_sha, worker="w1")
         self.store.put(f"{prefix}evidence/{evidence_sha}.json", canonical_json(doc))
         self.store.put(spec.output_key, output)

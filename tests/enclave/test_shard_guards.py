@@ -14,7 +14,7 @@ from wire.shard import ShardSpec, ShardSpecError
 def _spec(**changes: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "tenant": "acme", "batch_id": "b-1", "shard_index": 3, "input_key": "incoming/acme/b-1/part-00000.parquet",
-        "input_sha256": "ab" * 32, "row_group_start": 2, "row_group_end": 4, "model_name": "spam-filter",
+        "input_sha256": "ab" * 32, "input_file_id": "ef" * 16, "row_group_start": 2, "row_group_end": 4, "model_name": "spam-filter",
         "model_version": 1, "model_digest": "sha256:" + "cd" * 32, "owner_broker": "owner",
         "footer_key": "acme.b-1.footer", "column_key": "acme.b-1.emails", "result_key": "acme.b-1.results",
         "output_key": "results/acme/b-1/shard-00003.parquet",
@@ -87,7 +87,7 @@ def test_the_enclaves_own_refusals_keep_their_reason(worker_tasks: Any) -> None:
 def test_a_stored_receipt_of_another_shard_is_not_reused(worker_tasks: Any) -> None:
     spec = ShardSpec.from_dict(_spec())
     payload = {"batch_id": "b-1", "shard_index": 3, "model": {"digest": spec.model_digest},
-               "input": {"key": spec.input_key, "sha256": spec.input_sha256, "row_groups": [0, 2]},
+               "input": {"key": spec.input_key, "sha256": "", "file_id": spec.input_file_id, "row_groups": [0, 2]},
                "output": {"key": "results/acme/b-1/shard-00003.1234.parquet"}}
     with pytest.raises(worker_tasks.ReceiptMismatch, match=r"receipt.input expected"):
         worker_tasks._check_receipt_matches(spec, payload)

@@ -192,3 +192,27 @@ def _spec() -> dict[str, Any]:
             "footer_key": "acme.b-1.footer", "column_key": "acme.b-1.emails", "result_key": "acme.b-1.results",
             "output_key": "results/acme/b-1/shard-00003.parquet",
             "receipt_key": "results/acme/b-1/shard-00003.receipt.jws"}
+
+
+def test_the_worker_reads_a_shard_from_s3_by_ranges(s3_stack: LocalStack, worker_tasks: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a real S3 API (moto over HTTP): the tail gives the size, ranges give the footer and column chunks."""
+    from enclave.pme import PmeKeys
+    from enclave.worker import read_shard
+    from tests.enclave.test_pme import LocalWrapper
+    from tests.enclave.test_ranged_input import _part
+    from tests.enclave.test_ranged_input import _spec as ranged_spec
+
+    for var in ("CSCORE_S3_ENDPOINT", "CSCORE_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(var, s3_stack.env[var])
+    wrapper = LocalWrapper()
+    data, file_id, key = _part(wrapper, "b-1", 0, 20_000)
+    s3, _ = aws.clients(s3_stack.env["CSCORE_S3_ENDPOINT"])
+    s3.put_object(Bucket="cscore", Key=key, Body=data)
+    source = worker_tasks.storage.S3Object(key)
+    with PmeKeys(wrapper) as keys:
+        table = read_shard(ranged_spec("b-1", key, file_id, 98, 100), source, keys)
+    assert table.column("message_id").to_pylist()[-1] == "b-1.0-19999"
+    assert source.requests <= 5 and source.bytes_read < len(data) / 3, (source.requests, source.bytes_read, len(data))
+    assert worker_tasks.storage.S3Object(key).tail(len(data) * 2) == (data, len(data))  # a suffix beyond the start

@@ -17,7 +17,7 @@ def _payload(**changes: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "type": "cscore.manifest/v1", "tenant": "acme", "batch_id": "b-1", "created_at": 1,
         "objects": [{"key": "incoming/acme/b-1/part-00000.parquet", "size": 10, "sha256": "ab" * 32,
-                     "rows": 450, "row_groups": 3}],
+                     "rows": 450, "row_groups": 3, "file_id": "ef" * 16}],
         "model": {"name": "spam-filter", "version": 2, "digest": "sha256:" + "cd" * 32},
         "results": {"prefix": "results/acme/b-1/"},
         "key_broker": {"name": "owner", "url": "http://127.0.0.1:1", "footer_key": "acme/footer",
@@ -40,6 +40,7 @@ def test_signed_manifest_is_accepted_and_planned(owner_key: Any) -> None:
     assert (manifest.tenant, manifest.batch_id, manifest.rows) == ("acme", "b-1", 450)
     shards = plan_shards(manifest)
     assert [(s["row_group_start"], s["row_group_end"]) for s in shards] == [(0, 2), (2, 3)]
+    assert {s["input_file_id"] for s in shards} == {"ef" * 16}  # the worker checks it against the footer
     assert len({s["output_key"] for s in shards}) == 2
 
 
@@ -59,6 +60,8 @@ def test_unsigned_manifest_is_refused(owner_key: Any) -> None:
     [
         ({"batch_id": "b-2"}, r"manifest.batch_id: expected 'b-1', got 'b-2'"),
         ({"objects": []}, "got an empty batch"),
+        ({"objects": [{"key": "incoming/acme/b-1/x.parquet", "size": 1, "sha256": "0", "rows": 1, "row_groups": 1}]},
+         r"objects\[0\].file_id: expected 32 hex digits \(the id in the file's encrypted footer\), got None"),
         ({"objects": [{"key": "incoming/other/b-1/x.parquet", "size": 1, "sha256": "0", "rows": 1,
                        "row_groups": 1}]}, r"objects\[0\].key: expected a data object under incoming/acme/b-1/"),
         ({"model": {"name": "m", "version": "1", "digest": "sha256:" + "0" * 64}},

@@ -1,0 +1,121 @@
+"""A shard reads only its own bytes (footer + its row groups), and a file served under another name is refused.
+
+Input files are written by the owner's own code (`sdk.owner.encode_part`) with real PME (AES-GCM) under a
+stand-in broker that holds every batch's master keys: a real broker would already refuse another batch's keys,
+so these tests show that the footer binding alone refuses the substitution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from enclave.pme import PmeKeys, write_encrypted
+from enclave.ranged import TAIL_BYTES, BytesSource
+from enclave.worker import ShardInputError, read_shard
+from sdk.owner import ROW_GROUP_SIZE, OwnerKeys, encode_part
+from tests.enclave.test_pme import LocalWrapper
+from wire.shard import ShardSpec
+
+TENANT = "acme"
+
+
+def _table(rows: int, tag: str) -> pa.Table:
+    return pa.table({"message_id": [f"{tag}-{i}" for i in range(rows)],
+                     "text": [f"{tag} email {i} " + "lorem ipsum dolor " * 40 for i in range(rows)]})
+
+
+def _part(wrapper: LocalWrapper, batch: str, index: int, rows: int) -> tuple[bytes, str, str]:
+    key = f"incoming/{TENANT}/{batch}/part-{index:05d}.parquet"
+    data, file_id = encode_part(_table(rows, f"{batch}.{index}"), wrapper, OwnerKeys.for_batch(TENANT, batch),
+                                tenant=TENANT, batch_id=batch, key=key)
+    return data, file_id, key
+
+
+def _spec(batch: str, key: str, file_id: str, start: int = 0, end: int = 2, **changes: Any) -> ShardSpec:
+    keys = OwnerKeys.for_batch(TENANT, batch)
+    fields: dict[str, Any] = {
+        "tenant": TENANT, "batch_id": batch, "shard_index": 0, "input_key": key, "input_sha256": "",
+        "input_file_id": file_id, "row_group_start": start, "row_group_end": end, "model_name": "spam-filter",
+        "model_version": 1, "model_digest": "sha256:" + "cd" * 32, "owner_broker": "owner",
+        "footer_key": keys.footer, "column_key": keys.emails, "result_key": keys.results,
+        "output_key": f"results/{TENANT}/{batch}/shard-00000.parquet",
+        "receipt_key": f"results/{TENANT}/{batch}/shard-00000.receipt.jws", **changes}
+    return ShardSpec.from_dict(fields)
+
+
+def test_a_shard_reads_its_footer_and_own_row_groups_whatever_the_files_size() -> None:
+    wrapper = LocalWrapper()
+    for rows in (20_000, 100_000):  # 100 and 500 row groups; PART_ROWS caps a file at 100,000 rows
+        data, file_id, key = _part(wrapper, "b-1", 0, rows)
+        source = BytesSource(data)
+        with PmeKeys(wrapper) as keys:
+            table = read_shard(_spec("b-1", key, file_id, 6, 8), source, keys)
+            metadata = keys.open(data).metadata  # column metadata decrypts lazily: used while the keys are open
+            own = sum(metadata.row_group(g).column(c).total_compressed_size for g in (6, 7) for c in (0, 1))
+        assert table.column("message_id").to_pylist() == [f"b-1.0-{i}" for i in range(6 * ROW_GROUP_SIZE,
+                                                                                      8 * ROW_GROUP_SIZE)]
+        footer = int.from_bytes(data[-8:-4], "little") + 8
+        # The tail (footer and trailer, up to TAIL_BYTES in one request), the rest of a longer footer, and
+        # the shard's own column chunks: nothing of the other row groups.
+        assert source.bytes_read <= max(footer, TAIL_BYTES) + own, (rows, source.bytes_read, footer, own)
+        assert source.requests <= 2 + 2 * 2, source.requests
+        assert source.bytes_read < 0.3 * len(data), (source.bytes_read, len(data))
+
+
+def test_another_file_of_the_same_batch_served_under_this_key_is_refused() -> None:
+    wrapper = LocalWrapper()
+    _, first_id, first_key = _part(wrapper, "b-1", 0, 1_000)
+    second, _, _ = _part(wrapper, "b-1", 1, 1_000)  # same owner, same batch, same keys
+    with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError) as refused:
+        read_shard(_spec("b-1", first_key, first_id), BytesSource(second), keys)
+    message = str(refused.value)
+    assert message.startswith(f"input {first_key}: expected the owner's file bound to ")
+    assert '"key":"incoming/acme/b-1/part-00001.parquet"' in message and "restore it or resubmit" in message
+
+
+def test_another_batchs_file_is_refused_even_with_its_keys_at_hand() -> None:
+    wrapper = LocalWrapper()
+    _, own_id, own_key = _part(wrapper, "b-1", 0, 1_000)
+    other, _, _ = _part(wrapper, "b-2", 0, 1_000)  # another batch of the same owner: part-00000 too
+    with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError, match='"batch_id":"b-2"'):
+        read_shard(_spec("b-1", own_key, own_id), BytesSource(other), keys)
+
+
+def test_the_same_name_written_again_is_refused_by_its_file_id() -> None:
+    wrapper = LocalWrapper()
+    _, listed_id, key = _part(wrapper, "b-1", 0, 1_000)  # the file the signed manifest lists
+    rewritten, rewritten_id, _ = _part(wrapper, "b-1", 0, 1_000)  # same owner, batch and name: a new file id
+    with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError, match=f'"file_id":"{rewritten_id}"'):
+        read_shard(_spec("b-1", key, listed_id), BytesSource(rewritten), keys)
+
+
+def test_a_file_under_the_batch_keys_without_a_binding_is_refused() -> None:
+    wrapper = LocalWrapper()
+    keys_ = OwnerKeys.for_batch(TENANT, "b-1")
+    data = write_encrypted(_table(1_000, "x"), wrapper, footer_key=keys_.footer, column_key=keys_.emails,
+                           row_group_size=ROW_GROUP_SIZE)
+    key = f"incoming/{TENANT}/b-1/part-00000.parquet"
+    with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError, match="got no binding"):
+        read_shard(_spec("b-1", key, "00" * 16), BytesSource(data), keys)
+
+
+def test_row_groups_beyond_the_file_are_refused_and_named() -> None:
+    wrapper = LocalWrapper()
+    data, file_id, key = _part(wrapper, "b-1", 0, 1_000)  # 5 row groups
+    with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError, match=r"expected row groups \[4, 6\), the file has 5"):
+        read_shard(_spec("b-1", key, file_id, 4, 6), BytesSource(data), keys)
+
+
+def test_a_flipped_byte_in_the_shards_row_groups_fails_authentication() -> None:
+    wrapper = LocalWrapper()
+    data, file_id, key = _part(wrapper, "b-1", 0, 1_000)
+    with PmeKeys(wrapper) as keys:
+        start = keys.open(data).metadata.row_group(1).column(1).data_page_offset
+    tampered = bytearray(data)
+    tampered[start + 40] ^= 0x01
+    with PmeKeys(wrapper) as keys, pytest.raises(OSError):
+        read_shard(_spec("b-1", key, file_id, 0, 2), BytesSource(bytes(tampered)), keys)
+
