@@ -88,7 +88,7 @@ def main() -> None:
                              "wrapped_dek": "AA=="})
     ciphertext = nonce + AESGCM(dek).encrypt(nonce, plain, card.aad)
     spec = TrainingSpec("acme", "bench", "x", hashlib.sha256(data).hexdigest(), "bench", 1, card.digest, "owner",
-                        "acme/tuned", "r")
+                        "tuned", 1, "owner.share", "", "r")
 
     confidential_s, plaintext_s, digests = [], [], set()
     for _ in range(args.rounds):

@@ -39,6 +39,7 @@ from wire.recipe import Recipe, RecipeCard
 from wire.training import TrainingSpec
 
 TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v1"
+TUNED_CARD_TYPE = "cscore.tuned-model-card/v1"
 TRAINING_COLUMNS = ("text", "label", "holdout")
 MIN_HOLDOUT_PER_CLASS = 20
 METRIC_DIGITS = 3
@@ -172,13 +173,13 @@ def train_job(spec: TrainingSpec, data: bytes, data_keys: KeyWrapper | PmeKeys, 
     return train(recipe, table.column("text").to_pylist(), labels, table.column("holdout").to_pylist())
 
 
-def key_shares() -> tuple[bytes, bytes]:
-    """Two fresh 32-byte shares, one wrapped by each party's broker: the model key needs both released."""
-    return os.urandom(32), os.urandom(32)
-
-
 def joint_key(owner_share: bytes, provider_share: bytes, *, model: str) -> bytes:
-    """The tuned model's AES-256 key: HKDF-SHA256 over both shares, bound to the model's name:version."""
+    """The tuned model's AES-256 key: HKDF-SHA256 over both shares, bound to the model's name:version.
+
+    The owner's share is a random key the owner wrapped with its broker (in its training manifest); the
+    provider's share is the recipe's data key, released by the provider's broker. Each broker releases its
+    share only to an attested worker under that owner's grant, so neither party, nor the platform, holds both.
+    """
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"cscore tuned model " + model.encode()).derive(
         owner_share + provider_share)
 
@@ -189,14 +190,29 @@ def encrypt_model(onnx_bytes: bytes, key: bytes, *, model: str) -> bytes:
     return nonce + AESGCM(key).encrypt(nonce, onnx_bytes, model.encode())
 
 
-def sign_training_receipt(key: OKPKey, *, spec: TrainingSpec, trained: TrainedModel, model: str,
-                          evidence_sha256: str, worker: str) -> str:
+def tuned_card(spec: TrainingSpec, trained: TrainedModel, card: RecipeCard, *, evidence_sha256: str) -> dict[str, Any]:
+    """The tuned model's card (`cscore.tuned-model-card/v1`), signed by the enclave: lineage and where both
+    key shares are; no weight. Only the tenant's batches may name it (its `tenant`)."""
+    return {"type": TUNED_CARD_TYPE, "tenant": spec.tenant, "name": spec.model_name, "version": spec.model_version,
+            "digest": trained.digest, "size": len(trained.onnx_bytes), "object_key": spec.prefix + "model.onnx.enc",
+            "protection": "aes-256-gcm+2", "schema": {"inputs": ["text"], "outputs": ["label", "probabilities"]},
+            "owner_share": {"broker": spec.owner_broker, "key_id": spec.owner_share_key,
+                            "wrapped": spec.owner_share_wrapped},
+            "provider_share": {"broker": card.broker, "key_id": card.key_id, "wrapped": card.wrapped_dek},
+            "lineage": {"job_id": spec.job_id, "input_sha256": spec.input_sha256,
+                        "recipe": {"name": card.name, "version": card.version, "digest": card.digest}},
+            "metrics": asdict(trained.metrics), "evidence_sha256": evidence_sha256}
+
+
+def sign_training_receipt(key: OKPKey, *, spec: TrainingSpec, trained: TrainedModel, evidence_sha256: str,
+                          worker: str) -> str:
     """The job's receipt: input and recipe digests, the output model's digest (lineage) and the metrics."""
     payload: dict[str, Any] = {
         "type": TRAINING_RECEIPT_TYPE, "tenant": spec.tenant, "job_id": spec.job_id,
         "input": {"key": spec.input_key, "sha256": spec.input_sha256},
         "recipe": {"name": spec.recipe_name, "version": spec.recipe_version, "digest": spec.recipe_digest},
-        "model": {"name": model, "digest": trained.digest, "size": len(trained.onnx_bytes)},
+        "model": {"name": spec.model_name, "version": spec.model_version, "digest": trained.digest,
+                  "size": len(trained.onnx_bytes), "object_key": spec.prefix + "model.onnx.enc"},
         "metrics": asdict(trained.metrics), "evidence_sha256": evidence_sha256, "worker": worker,
         "issued_at": int(time.time())}
     return sign_json(payload, key)

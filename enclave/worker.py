@@ -35,11 +35,14 @@ from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.ranged import RangeSource, open_ranged
 from enclave.receipts import evidence_document, sign_receipt, sign_usage
 from enclave.scoring import ModelSession, session_for
-from enclave.signing import canonical_json, unverified_payload
+from enclave.signing import canonical_json, sign_json, unverified_payload
 from enclave.tee import EvidenceProvider
+from enclave.training import encrypt_model, joint_key, sign_training_receipt, train_job, tuned_card
 from wire.card import ModelCard, verify_card
 from wire.keywrap import wrap_key
+from wire.recipe import RecipeCard, verify_recipe_card
 from wire.shard import INPUT_BINDING_KEY, ShardSpec, input_binding
+from wire.training import TrainingSpec
 from wire.worker_config import BrokerIdentity, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,19 @@ class ScoredShard:
     evidence_sha256: str
 
 
+@dataclass(frozen=True)
+class TrainedJob:
+    """A finished training job, ready to upload: the tuned model's ciphertext and signed metadata only."""
+
+    model_key: str
+    model: bytes
+    card: str  # the tuned model's card, signed by the enclave's receipt key
+    receipt: str
+    metrics: dict[str, Any]
+    evidence: dict[str, Any]
+    evidence_sha256: str
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -102,6 +118,19 @@ class _BatchKeys(KeyWrapper):
                 self._released = self._session.release(key_id, **self._context)
             master, version = self._released
         return wrap_key(master, key_id, key, version)
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        return self._session.unwrap(key_id, wrapped, **self._context)
+
+
+class _UnwrapOnly(KeyWrapper):
+    """A training job's PME key client: data keys unwrapped by the owner's broker under the job's grant."""
+
+    def __init__(self, session: AttestedSession, context: dict[str, str]) -> None:
+        self._session, self._context = session, context
+
+    def wrap(self, key_id: str, key: bytes) -> bytes:
+        raise PermissionError(f"wrap {key_id}: a training job writes no Parquet")
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         return self._session.unwrap(key_id, wrapped, **self._context)
@@ -234,6 +263,43 @@ class Enclave:
         output = batch.keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
                                   row_group_size=RESULT_ROW_GROUP_SIZE)
         return self._receipted(spec, card, owner, output_key, output, table.num_rows)
+
+    def train(self, spec: TrainingSpec, data: bytes, recipe_card_token: str,
+              recipe_object: Callable[[str], bytes]) -> TrainedJob:
+        """Train the owner's tuned model: recipe key from the provider's broker against the owner broker's grant
+        for this job (naming the recipe's digest), data keys and the owner's key share from the owner's broker
+        under the same grant; the model is encrypted under both shares (`enclave.training.joint_key`).
+
+        Raises TrainingInputError, wire FormatError, KbsError.
+        """
+        card = self._verified_recipe_card(spec, recipe_card_token)
+        owner = self.session(self.config.owner(spec.owner_broker))
+        provider = self.session(self.config.provider(card.broker))
+        context = {"batch_id": spec.job_id, "model_digest": spec.recipe_digest}
+        grant = owner.model_grant(**context)
+        recipe_dek = provider.unwrap(card.key_id, base64.b64decode(card.wrapped_dek), **context, grant=grant)
+        data_keys = _UnwrapOnly(owner, context)
+        trained = train_job(spec, data, data_keys, card, recipe_dek, recipe_object(card.object_key))
+        owner_share = owner.unwrap(spec.owner_share_key, base64.b64decode(spec.owner_share_wrapped), **context)
+        ciphertext = encrypt_model(trained.onnx_bytes, joint_key(owner_share, recipe_dek, model=spec.model),
+                                   model=spec.model)
+        if owner.evidence is None or owner.runtime_data is None:
+            raise RuntimeError("training receipt: expected an attested owner session, got none")
+        evidence = evidence_document(owner.evidence, owner.runtime_data)
+        evidence_sha256 = sha256_hex(canonical_json(evidence))
+        key = OKPKey.import_key(owner.receipt_private_key)
+        tuned = sign_json(tuned_card(spec, trained, card, evidence_sha256=evidence_sha256), key)
+        receipt = sign_training_receipt(key, spec=spec, trained=trained, evidence_sha256=evidence_sha256,
+                                        worker=self.name)
+        log.info("trained %s for %s (job %s): model %s", spec.model, spec.tenant, spec.job_id, trained.digest)
+        return TrainedJob(spec.prefix + "model.onnx.enc", ciphertext, tuned, receipt,
+                          dict(trained.metrics.__dict__), evidence, evidence_sha256)
+
+    def _verified_recipe_card(self, spec: TrainingSpec, token: str) -> RecipeCard:
+        """The recipe card, verified against the card keys of the provider it names in the measured configuration."""
+        provider = unverified_payload(token, what="recipe card").get("broker")
+        keys = [k for p in self.config.providers if provider in (None, p.name) for k in p.card_keys]
+        return verify_recipe_card(token, keys, what=f"recipes/{spec.recipe_name}/{spec.recipe_version}/card.jws")
 
     def _verified_card(self, spec: ShardSpec, token: str) -> ModelCard:
         """The card, verified against the card keys of the provider it names in the measured configuration."""

@@ -22,7 +22,6 @@ from enclave.training import (
     decrypt_recipe,
     encrypt_model,
     joint_key,
-    key_shares,
     sign_training_receipt,
     train,
     train_job,
@@ -80,7 +79,8 @@ def _spec(data: bytes, card: RecipeCard) -> TrainingSpec:
     return TrainingSpec(tenant="acme", job_id="job-1", input_key="incoming/acme/job-1/train.parquet",
                         input_sha256=hashlib.sha256(data).hexdigest(), recipe_name=card.name,
                         recipe_version=card.version, recipe_digest=card.digest, owner_broker="owner",
-                        model_name="acme/spam-filter-tuned", receipt_key="receipts/acme/job-1.jws")
+                        model_name="spam-filter-tuned", model_version=1, owner_share_key="acme.tuned",
+                        owner_share_wrapped="", receipt_key="tuned/acme/spam-filter-tuned/1/receipt.jws")
 
 
 def test_enclave_model_is_bit_identical_to_plaintext_training() -> None:
@@ -115,19 +115,18 @@ def test_receipt_names_inputs_recipe_output_and_metrics() -> None:
     spec = _spec(data, card)
     trained = train_job(spec, data, wrapper, card, dek, ciphertext)
     key = generate_signing_key()
-    token = sign_training_receipt(key, spec=spec, trained=trained, model="acme/spam-filter-tuned:1",
-                                  evidence_sha256="e" * 64, worker="w1")
+    token = sign_training_receipt(key, spec=spec, trained=trained, evidence_sha256="e" * 64, worker="w1")
     receipt = verify_json(token, key.as_dict(private=False), what="training receipt")
     assert receipt["type"] == TRAINING_RECEIPT_TYPE
     assert receipt["input"] == {"key": spec.input_key, "sha256": spec.input_sha256}
     assert receipt["recipe"] == {"name": card.name, "version": 1, "digest": card.digest}
-    assert receipt["model"]["digest"] == trained.digest
+    assert receipt["model"]["digest"] == trained.digest and receipt["model"]["version"] == 1
     assert receipt["metrics"]["f1"] == trained.metrics.f1
     assert trained.onnx_bytes not in token.encode() and b"viagra" not in token.encode()
 
 
 def test_tuned_model_key_needs_both_shares() -> None:
-    owner_share, provider_share = key_shares()
+    owner_share, provider_share = os.urandom(32), os.urandom(32)
     key = joint_key(owner_share, provider_share, model="acme/spam-filter-tuned:1")
     blob = encrypt_model(b"onnx-bytes", key, model="acme/spam-filter-tuned:1")
     assert AESGCM(key).decrypt(blob[:12], blob[12:], b"acme/spam-filter-tuned:1") == b"onnx-bytes"

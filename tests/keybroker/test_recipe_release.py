@@ -6,24 +6,34 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pyarrow as pa
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.kbs_client import AttestedSession, EnclaveKeys, KbsError
 from enclave.pme import write_encrypted
+from enclave.signing import generate_signing_key, sign_json, verify_json
 from enclave.tee import SimulatedSnpProvider
-from enclave.training import decrypt_recipe, train_job
+from enclave.training import decrypt_recipe, joint_key, train_job
+from enclave.worker import Enclave
+from keybroker.tls import ensure_local_tls
 from sdk.broker_admin import BrokerAdmin
 from sdk.party import Party
 from sdk.provider import publish_recipe, recipe_key_id
 from sdk.storage import ObjectStore
 from tests.enclave.test_training import RECIPE, _mail
 from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
+from wire.errors import FormatError
 from wire.recipe import Recipe, verify_recipe_card
 from wire.training import TrainingSpec
+from wire.worker_config import BrokerIdentity, WorkerConfig
 
 CONFIG = bytes.fromhex("cf" * 32)  # the worker configuration digest the simulated guests carry as HOST_DATA
 
@@ -104,7 +114,8 @@ def test_recipe_is_released_only_against_the_owners_grant_and_trains(
             return with_owner.unwrap(key_id, wrapped, batch_id="rc-job", model_digest=card.digest)
 
     spec = TrainingSpec("acme", "rc-job", "incoming/acme/rc-job/train.parquet", hashlib.sha256(data).hexdigest(),
-                        card.name, card.version, card.digest, "owner", "acme/spam-filter-tuned", "r")
+                        card.name, card.version, card.digest, "owner", "spam-filter-tuned", 1, "rc-job-data", "",
+                        "r")
     trained = train_job(spec, data, OwnerKeys(), card, dek, store.get(card.object_key))
     assert trained.metrics.holdout_rows == 120 and trained.metrics.f1 > 0.5
 
@@ -127,3 +138,78 @@ def test_recipe_key_is_refused_without_a_grant_naming_the_recipe(
         with_provider.unwrap(card.key_id, base64.b64decode(card.wrapped_dek), batch_id="rc-other",
                              model_digest=card.digest, grant="")
     assert no_grant.value.problem["field"] in ("grant", "model_grant")
+
+
+@pytest.fixture(scope="module")
+def tls_owner(provider_broker: BrokerProcess, sim_dir: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """An owner broker over TLS (its own CA), as a worker's measured configuration requires."""
+    tls = ensure_local_tls(tmp_path_factory.mktemp("owner-ca"), tmp_path_factory.mktemp("owner-tls"), "tls-owner")
+    owner = BrokerProcess(tmp_path_factory.mktemp("tls-owner"), name="tls-owner", tls=tls,
+                          trusted_roots_dir=str(sim_dir), rate_limit_rps=1000, rate_limit_burst=1000,
+                          shutdown_timeout_s=1).spawn()
+    try:
+        owner.wait_ready()
+        provider_broker.admin().register_owner("tls-owner", owner.admin().grant_key())
+        yield owner
+    finally:
+        owner.stop()
+
+
+def _worker(sim_dir: Path, owner: BrokerProcess, provider: BrokerProcess, party: Party) -> Enclave:
+    assert owner.ca_bundle is not None and provider.ca_bundle is not None
+    config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("tls-owner", owner.url, owner.ca_bundle.read_text()),),
+                          (BrokerIdentity("provider", provider.url, provider.ca_bundle.read_text(),
+                                          (party.public_key(),)),))
+    return Enclave(SimulatedSnpProvider(sim_dir, MEASUREMENT, host_data=config.digest()), config, name="w@test")
+
+
+def test_attested_worker_trains_and_publishes_under_both_shares(
+        published: tuple[Party, MemoryStore, str], tls_owner: BrokerProcess, provider_broker: BrokerProcess,
+        sim_dir: Path) -> None:
+    party, store, card_key = published
+    card = verify_recipe_card(store.get(card_key).decode(), [party.public_key()], what=card_key)
+    worker = _worker(sim_dir, tls_owner, provider_broker, party)
+    owner = tls_owner.admin()
+    owner.create_key("wk-data")
+    owner.create_key("wk-share")
+    owner.grant("wk-job", card.digest, [MEASUREMENT.hex()], ["wk-data", "wk-share"],
+                config_digests=[worker.config.digest_hex()], rows=240)
+    texts, labels, holdout = _mail(240)
+    table = pa.table({"text": texts, "label": pa.array(labels, pa.int8()), "holdout": holdout})
+    data = write_encrypted(table, owner, footer_key="wk-data", column_key="wk-data", row_group_size=100)
+    owner_share = secrets.token_bytes(32)
+    spec = TrainingSpec("acme", "wk-job", "incoming/acme/wk-job/train.parquet", hashlib.sha256(data).hexdigest(),
+                        card.name, card.version, card.digest, "tls-owner", "spam-filter-tuned", 1, "wk-share",
+                        base64.b64encode(owner.wrap("wk-share", owner_share)).decode(),
+                        "tuned/acme/spam-filter-tuned/1/receipt.jws")
+    job = worker.train(spec, data, store.get(card_key).decode(), store.get)
+    tuned = verify_json(job.card, job.evidence["runtime_data"]["receipt_pubkey"], what="tuned card")
+    receipt = verify_json(job.receipt, job.evidence["runtime_data"]["receipt_pubkey"], what="receipt")
+    assert tuned["lineage"]["input_sha256"] == spec.input_sha256 and tuned["lineage"]["recipe"]["digest"] == card.digest
+    assert receipt["model"]["digest"] == tuned["digest"] and receipt["metrics"] == job.metrics
+    assert job.metrics["holdout_rows"] == 120 and "wk-share" in json.dumps(tuned)
+    # The weights open only with both shares: the owner's (which it knows) and the recipe key (the provider's).
+    recipe_dek = provider_broker.admin().unwrap(card.key_id, base64.b64decode(card.wrapped_dek))
+    model = AESGCM(joint_key(owner_share, recipe_dek, model=spec.model)).decrypt(job.model[:12], job.model[12:],
+                                                                                   spec.model.encode())
+    assert "sha256:" + hashlib.sha256(model).hexdigest() == tuned["digest"]
+    with pytest.raises(InvalidTag):  # the owner alone (guessing the other share) cannot
+        AESGCM(joint_key(owner_share, secrets.token_bytes(32), model=spec.model)).decrypt(
+            job.model[:12], job.model[12:], spec.model.encode())
+    assert texts[0].encode() not in job.model + job.card.encode() + job.receipt.encode()
+
+
+def test_worker_refuses_a_recipe_card_the_platform_signed(
+        published: tuple[Party, MemoryStore, str], tls_owner: BrokerProcess, provider_broker: BrokerProcess,
+        sim_dir: Path) -> None:
+    """The platform re-signs the card (e.g. to point at a recipe of its own): refused before any key request."""
+    party, store, card_key = published
+    card = verify_recipe_card(store.get(card_key).decode(), [party.public_key()], what=card_key)
+    forged = sign_json(card.raw, generate_signing_key())
+    spec = TrainingSpec("acme", "wk-forged", "k", "0" * 64, card.name, card.version, card.digest, "tls-owner",
+                        "t", 1, "wk-share", "", "r")
+    worker = _worker(sim_dir, tls_owner, provider_broker, party)
+    with pytest.raises(FormatError, match="card.signature"):
+        worker.train(spec, b"", forged, store.get)
+    assert not any(e.get("batch_id") == "wk-forged" for e in tls_owner.admin().decisions())
