@@ -124,6 +124,20 @@ def _finished_runs(stack: LocalStack) -> list[dict[str, Any]]:
     return [r for r in runs if r.get("state") in {"success", "failed"}]
 
 
+def test_owner_results_started_while_the_batch_runs_exit_cleanly(stack: LocalStack, corpus: Any) -> None:
+    # Once 5 of 21 such runs printed their summary, then aborted in native code at exit (134).
+    _, held_out = corpus
+    batch = _submit([Email("early-" + e.message_id, email_text(e.raw)) for e in held_out[:120]], _state["model"])
+    argv = [sys.executable, "-m", "cscore", "--state-dir", str(stack.state_dir), "owner", "results", batch.batch_id,
+            "--tenant", TENANT, "--accept-simulated", "--json", "--wait", str(WAIT_S)]
+    with ThreadPoolExecutor(3) as pool:  # started together, before the batch is done
+        runs = list(pool.map(lambda _: subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S + 60),
+                             range(3)))
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout.strip().splitlines()[-1])["emails_scored"] == 120
+
+
 def test_same_manifest_event_twice_processes_once(stack: LocalStack) -> None:
     store = ObjectStore()
     batch: SubmittedBatch = _state["small"]

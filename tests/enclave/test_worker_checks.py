@@ -146,9 +146,11 @@ def test_a_card_for_another_model_is_refused(sim_dir: Path, onnx_bytes: bytes) -
 
 def test_a_model_object_swapped_under_a_genuine_card_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
+    # A model no test has loaded yet (a cached session for the card's digest would never read the object).
+    chosen = export_onnx(train_spam_model(TEXTS, [1, 0, 1, 0, 1, 0] * 5, max_features=30))
     other_model = export_onnx(train_spam_model(TEXTS, [0, 1, 1, 0, 1, 0] * 5, max_features=40))
     with pytest.raises(ModelIntegrityError, match="expected digest"):
-        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes), lambda key: other_model)
+        _enclave(sim_dir).score_shard(_spec(data, chosen), data, _card(chosen), lambda key: other_model)
 
 
 def test_plaintext_needs_the_configuration_and_an_unencrypted_card(sim_dir: Path, onnx_bytes: bytes) -> None:
