@@ -213,3 +213,40 @@ def test_worker_refuses_a_recipe_card_the_platform_signed(
     with pytest.raises(FormatError, match="card.signature"):
         worker.train(spec, b"", forged, store.get)
     assert not any(e.get("batch_id") == "wk-forged" for e in tls_owner.admin().decisions())
+
+
+def test_platform_labels_under_the_owners_key_names_do_not_decrypt(
+        published: tuple[Party, MemoryStore, str], tls_owner: BrokerProcess, provider_broker: BrokerProcess,
+        sim_dir: Path) -> None:
+    """The platform writes its own labelled rows, PME-encrypted under its own master key but naming the owner's
+    granted key id, and a spec whose digest matches them: it hopes for a model trained on its labels in the
+    owner's list. The owner's broker does not authenticate the wrapped keys: no rows, no model, no receipt.
+    (The job's grant names its key ids, so the owner's other files, under other keys, are refused likewise.)"""
+    party, store, card_key = published
+    card = verify_recipe_card(store.get(card_key).decode(), [party.public_key()], what=card_key)
+    worker = _worker(sim_dir, tls_owner, provider_broker, party)
+    owner = tls_owner.admin()
+    owner.create_key("pl-data")
+    owner.grant("pl-job", card.digest, [MEASUREMENT.hex()], ["pl-data"], config_digests=[worker.config.digest_hex()],
+                rows=240)
+    texts, labels, holdout = _mail(240)
+    table = pa.table({"text": texts, "label": pa.array([1 - y for y in labels], pa.int8()), "holdout": holdout})
+    forged = write_encrypted(table, MemoryWrapper(), footer_key="pl-data", column_key="pl-data", row_group_size=100)
+    spec = TrainingSpec("acme", "pl-job", "k", hashlib.sha256(forged).hexdigest(), card.name, card.version,
+                        card.digest, "tls-owner", "t", 1, "pl-data", "", "r")
+    with pytest.raises(KbsError, match="does not authenticate under key 'pl-data'"):
+        worker.train(spec, forged, store.get(card_key).decode(), store.get)
+
+
+class MemoryWrapper:
+    """The platform's own master keys: wraps anything, under any key id it likes."""
+
+    def __init__(self) -> None:
+        self.master = secrets.token_bytes(32)
+
+    def wrap(self, key_id: str, key: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(self.master).encrypt(nonce, key, key_id.encode())
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        return AESGCM(self.master).decrypt(wrapped[:12], wrapped[12:], key_id.encode())
