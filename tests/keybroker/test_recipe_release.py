@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.kbs_client import AttestedSession, EnclaveKeys, KbsError
 from enclave.pme import write_encrypted
-from enclave.signing import generate_signing_key, sign_json, verify_json
+from enclave.signing import SignatureError, generate_signing_key, sign_json, verify_json
 from enclave.tee import SimulatedSnpProvider
 from enclave.training import decrypt_recipe, joint_key, train_job
 from enclave.worker import Enclave
 from keybroker.tls import ensure_local_tls
 from sdk.broker_admin import BrokerAdmin
+from sdk.owner_training import read_labelled, submit_training, training_spec
 from sdk.party import Party
 from sdk.provider import publish_recipe, recipe_key_id
 from sdk.storage import ObjectStore
@@ -250,3 +251,35 @@ class MemoryWrapper:
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         return AESGCM(self.master).decrypt(wrapped[:12], wrapped[12:], key_id.encode())
+
+
+def test_owner_train_to_tuned_model(published: tuple[Party, MemoryStore, str], tls_owner: BrokerProcess,
+                                    provider_broker: BrokerProcess, sim_dir: Path, tmp_path: Path) -> None:
+    """`cscore owner train`'s path: folders spam/ and ham/, the owner's split and keys, a signed training
+    manifest; the worker's spec from it; the attested worker trains; the tuned card names the owner's digests."""
+    party, store, card_key = published
+    card = verify_recipe_card(store.get(card_key).decode(), [party.public_key()], what=card_key)
+    texts, labels, _ = _mail(240)
+    for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+        folder = tmp_path / ("spam" if label else "ham")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i:04d}.eml").write_text(f"Subject: m{i}\n\n{text}\n")
+    worker = _worker(sim_dir, tls_owner, provider_broker, party)
+    owner = ProviderAt(home=tmp_path / "owner-home", broker_url=tls_owner.url, broker_name="tls-owner")
+    object.__setattr__(owner, "admin", tls_owner.admin())
+    labelled = read_labelled(tmp_path)
+    assert len(labelled) == 240 and sum(y for _, y in labelled) == 120
+    job = submit_training(labelled, card, tenant="acme", owner=owner, store=cast(ObjectStore, store),
+                          measurements=[MEASUREMENT.hex()], config_digests=[worker.config.digest_hex()],
+                          model_name="spam-filter-tuned", job_id="ot-job")
+    manifest = store.get(job.manifest_key).decode()
+    spec = TrainingSpec.from_dict(training_spec(manifest, owner.public_key(), owner_broker="tls-owner"))
+    assert b"viagra" not in store.get(spec.input_key) and b"m17" not in store.get(spec.input_key)
+    trained = worker.train(spec, store.get(spec.input_key), store.get(card_key).decode(), store.get)
+    tuned = verify_json(trained.card, trained.evidence["runtime_data"]["receipt_pubkey"], what="tuned card")
+    assert tuned["tenant"] == "acme" and tuned["lineage"]["input_sha256"] == spec.input_sha256
+    metrics = trained.metrics
+    assert (metrics["holdout_rows"], metrics["train_rows"]) == (job.holdout_rows, 240 - job.holdout_rows)
+    with pytest.raises(SignatureError):  # a manifest the platform signed is no owner's choice
+        training_spec(sign_json({"type": "cscore.training-manifest/v1"}, generate_signing_key()),
+                      owner.public_key(), owner_broker="tls-owner")
