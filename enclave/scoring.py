@@ -41,7 +41,7 @@ class ModelSession:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads
-        self._session = _load(onnx_bytes, threads)
+        self._session = load_session(onnx_bytes, threads)
         _check_schema(self._session)
         self._lock = threading.Lock()  # one run at a time: the pool threads belong to this session
 
@@ -71,7 +71,8 @@ class ModelSession:
         return np.asarray(proba[:k, 1], dtype=np.float32), np.asarray(label[:k], dtype=np.int8)
 
 
-def _load(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
+def load_session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
+    """An onnxruntime session from bytes in memory: CPU, sequential, `threads` intra-op threads, quiet logs."""
     if not isinstance(onnx_bytes, bytes | bytearray | memoryview) or len(onnx_bytes) == 0:
         raise ModelLoadError("model bytes are empty or not bytes")
     options = ort.SessionOptions()

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
@@ -34,7 +33,7 @@ from enclave.kbs_client import AttestedSession, EnclaveKeys
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.ranged import RangeSource, open_ranged
 from enclave.receipts import evidence_document, sign_receipt, sign_usage
-from enclave.scoring import ModelSession, session_for
+from enclave.runner import ContractSession, contract_session_for
 from enclave.signing import canonical_json, sign_json, unverified_payload
 from enclave.tee import EvidenceProvider
 from enclave.training import encrypt_model, joint_key, sign_training_receipt, train_job, tuned_card
@@ -47,7 +46,7 @@ from wire.worker_config import BrokerIdentity, WorkerConfig
 
 log = logging.getLogger(__name__)
 
-INPUT_COLUMNS = ("message_id", "text")
+INPUT_COLUMNS = ("message_id", "text")  # what a shard reads without a card (the spam contract's columns)
 RESULT_ROW_GROUP_SIZE = 65_536
 BATCH_CONTEXTS = 8  # batches whose key contexts and model authorisations a worker keeps; older ones are forgotten
 
@@ -150,8 +149,9 @@ def _row_groups(spec: ShardSpec) -> range:
     return range(spec.row_group_start, spec.row_group_end)
 
 
-def read_shard(spec: ShardSpec, source: RangeSource, keys: PmeKeys) -> pa.Table:
-    """The shard's rows (message_id, text), read by ranges: the footer and the shard's own row groups.
+def read_shard(spec: ShardSpec, source: RangeSource, keys: PmeKeys, card: ModelCard | None = None) -> pa.Table:
+    """The shard's rows, read by ranges: the footer and the shard's own row groups. Columns: those the card's
+    contract reads (its id first), or (message_id, text) without a card.
 
     Integrity without the whole file: PME authenticates the footer and every page, and the footer's binding
     must name this tenant, batch, object key and the manifest's file id (ShardInputError otherwise), so the
@@ -162,7 +162,8 @@ def read_shard(spec: ShardSpec, source: RangeSource, keys: PmeKeys) -> pa.Table:
         if spec.row_group_end > parquet.num_row_groups:
             raise ShardInputError(f"input {spec.input_key}: expected row groups [{spec.row_group_start}, "
                                   f"{spec.row_group_end}), the file has {parquet.num_row_groups}")
-        return parquet.read_row_groups(_row_groups(spec), INPUT_COLUMNS)
+        columns = INPUT_COLUMNS if card is None else _input_columns(spec, card, parquet.schema)
+        return parquet.read_row_groups(_row_groups(spec), columns)
 
 
 def _check_binding(spec: ShardSpec, found: bytes | None) -> None:
@@ -175,25 +176,23 @@ def _check_binding(spec: ShardSpec, found: bytes | None) -> None:
             "the signed manifest lists: restore it or resubmit the batch")
 
 
-def _scored(spec: ShardSpec, table: pa.Table, model: ModelSession, digits: int | None) -> pa.Table:
-    probabilities, labels = model.score(table.column("text").to_pylist())
-    return pa.table(
-        {
-            "message_id": table.column("message_id"),
-            "spam_probability": _precision(probabilities, digits),
-            "label": pa.array(labels, pa.int8()),
-            "model_digest": pa.array([spec.model_digest] * table.num_rows, pa.string()).dictionary_encode(),
-        }
-    )
+def _scored(spec: ShardSpec, table: pa.Table, model: ContractSession, digits: int | None) -> pa.Table:
+    """The result table the card's contract names (its id, then each output's column), and the model digest."""
+    contract = model.contract
+    columns = {name: table.column(name).to_pylist() for name in contract.input_columns}
+    results = model.results(table.column(contract.id_column).combine_chunks(), columns, digits)
+    results["model_digest"] = pa.array([spec.model_digest] * table.num_rows, pa.string()).dictionary_encode()
+    return pa.table(results)
 
 
-def _precision(probabilities: np.ndarray, digits: int | None) -> pa.Array:
-    """The output precision the provider's card allows: full, rounded to `digits`, or none (labels only)."""
-    if digits is None:
-        return pa.array(probabilities, pa.float32())
-    if digits == 0:
-        return pa.nulls(len(probabilities), pa.float32())
-    return pa.array(np.round(probabilities.astype(np.float64), digits).astype(np.float32), pa.float32())
+def _input_columns(spec: ShardSpec, card: ModelCard, schema: pa.Schema) -> list[str]:
+    """The columns the card's contract reads; a shard whose file lacks one is refused naming it."""
+    wanted = [card.contract.id_column, *card.contract.input_columns]
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise ShardInputError(f"input {spec.input_key}: expected columns {wanted} (model {card.name}:{card.version}'s "
+                              f"contract), column {missing[0]!r} is missing; submit the data for this model's inputs")
+    return wanted
 
 
 class Enclave:
@@ -257,7 +256,7 @@ class Enclave:
         owner = self.session(self.config.owner(spec.owner_broker))
         batch = self._batch(spec, owner)
         model = self._authorised_model(spec, card, owner, batch, model_object)
-        table = read_shard(spec, source, batch.keys)
+        table = read_shard(spec, source, batch.keys, card)
         self._count_rows(spec, batch, table.num_rows)
         results = _scored(spec, table, model, card.probability_digits)
         output = batch.keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
@@ -325,7 +324,7 @@ class Enclave:
             return self._batches[key]
 
     def _authorised_model(self, spec: ShardSpec, card: ModelCard, owner: AttestedSession, batch: _Batch,
-                          model_object: Callable[[str], bytes]) -> ModelSession:
+                          model_object: Callable[[str], bytes]) -> ContractSession:
         """The model for this batch: the provider's broker releases its key against this batch's grant,
         every batch afresh, so a revoked measurement or owner stops the next batch even with a warm cache."""
         if card.broker is None or card.key_id is None or card.wrapped_dek is None:
@@ -342,7 +341,7 @@ class Enclave:
                 batch.granted_rows, batch.model_dek = rows, dek
         released = dek
         # The cache is reached only after this batch's own release: a warm cache skips decryption, not consent.
-        return session_for(card.digest, lambda: _decrypt_model(card, released, model_object))
+        return contract_session_for(card.digest, card.contract, lambda: _decrypt_model(card, released, model_object))
 
     def _count_rows(self, spec: ShardSpec, batch: _Batch, rows: int) -> None:
         with self._lock:
@@ -365,12 +364,14 @@ class Enclave:
             raise PlaintextRefused(f"model {card.name}:{card.version}: expected a model published unencrypted "
                                    f"(card.protection 'none') for a plaintext shard, got card.protection "
                                    f"{card.protection!r} and shard.protection {spec.protection!r}")
-        model = session_for(card.digest, lambda: _plain_model(card, model_object), namespace="plaintext")
+        model = contract_session_for(card.digest, card.contract, lambda: _plain_model(card, model_object),
+                                     namespace="plaintext")
         source = input_object.read_all()  # the baseline keeps the whole-file hash: no PME authenticates it
         if sha256_hex(source) != spec.input_sha256:
             raise ShardInputError(f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed "
                                   f"manifest), got {sha256_hex(source)}")
-        table = pq.ParquetFile(pa.BufferReader(source)).read_row_groups(_row_groups(spec), INPUT_COLUMNS)
+        parquet = pq.ParquetFile(pa.BufferReader(source))
+        table = parquet.read_row_groups(_row_groups(spec), _input_columns(spec, card, parquet.schema_arrow))
         sink = io.BytesIO()
         pq.write_table(_scored(spec, table, model, card.probability_digits), sink,
                        row_group_size=RESULT_ROW_GROUP_SIZE)

@@ -95,6 +95,27 @@ def submit_batch(
     if len(set(ids)) != len(ids):
         raise BatchError("emails.message_id: expected unique ids, got duplicates")
     check_emails(emails)  # every refusal before any broker key is created or any byte uploaded
+    table = pa.table({"message_id": [e.message_id for e in emails], "text": [e.text for e in emails]})
+    return submit_table(table, model, tenant=tenant, owner=owner, store=store, measurements=measurements,
+                        batch_id=batch_id, plaintext_baseline=plaintext_baseline)
+
+
+def submit_table(
+    table: pa.Table,
+    model: ModelListing,
+    *,
+    tenant: str,
+    owner: Party,
+    store: ObjectStore,
+    measurements: list[str],
+    batch_id: str | None = None,
+    plaintext_baseline: bool = False,
+) -> SubmittedBatch:
+    """`submit_batch` for any model: `table` holds the columns its card's contract reads (the id column first).
+
+    Raises BatchError naming a missing column, a duplicate id or an empty table, before anything is uploaded.
+    """
+    _check_table(table, model)
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_batch(tenant, batch_id)
     broker = None if plaintext_baseline else owner.broker()
@@ -105,18 +126,17 @@ def submit_batch(
             broker.create_key(key_id, kind="result" if key_id == keys.results else "data")
     prefix = f"incoming/{tenant}/{batch_id}/"
     objects = []
-    for index, start in enumerate(range(0, len(emails), PART_ROWS)):
-        chunk = emails[start:start + PART_ROWS]
-        table = pa.table({"message_id": [e.message_id for e in chunk], "text": [e.text for e in chunk]})
+    for index, start in enumerate(range(0, table.num_rows, PART_ROWS)):
+        chunk = table.slice(start, PART_ROWS)
         key = f"{prefix}part-{index:05d}.parquet"
-        data, file_id = encode_part(table, broker, keys, tenant=tenant, batch_id=batch_id, key=key)
+        data, file_id = encode_part(chunk, broker, keys, tenant=tenant, batch_id=batch_id, key=key)
         store.put(key, data)
         objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                        "rows": len(chunk), "row_groups": -(-len(chunk) // ROW_GROUP_SIZE),
+                        "rows": chunk.num_rows, "row_groups": -(-chunk.num_rows // ROW_GROUP_SIZE),
                         **({"file_id": file_id} if file_id else {})})
     if broker:
         broker.grant(batch_id, model.digest, measurements, keys.all(), config_digests=config_digests,
-                     rows=len(emails))
+                     rows=table.num_rows)
     manifest = {
         "protection": "none" if plaintext_baseline else "pme",
         "type": MANIFEST_TYPE, "tenant": tenant, "batch_id": batch_id, "created_at": int(time.time()),
@@ -129,7 +149,24 @@ def submit_batch(
     manifest_key = prefix + "manifest.jws"
     # Uploaded last: its creation event is what starts processing.
     store.put(manifest_key, sign_json(manifest, owner.signing_key()).encode(), "application/jose")
-    return SubmittedBatch(tenant, batch_id, manifest_key, len(emails))
+    return SubmittedBatch(tenant, batch_id, manifest_key, table.num_rows)
+
+
+def _check_table(table: pa.Table, model: ModelListing) -> None:
+    """The columns the card's contract reads are there (the id column first), ids unique, rows present."""
+    if model.card is not None:
+        contract = model.card.contract
+        wanted = [contract.id_column, *contract.input_columns]
+        missing = [c for c in wanted if c not in table.column_names]
+        if missing:
+            raise BatchError(f"batch table: model {model.name}:{model.version} reads columns {wanted}, column "
+                             f"{missing[0]!r} is missing (found {table.column_names})")
+    if table.num_rows == 0:
+        raise BatchError("batch table: expected at least one row, got an empty batch")
+    id_column = model.card.contract.id_column if model.card is not None else table.column_names[0]
+    ids = table.column(id_column).to_pylist()
+    if len(set(ids)) != len(ids):
+        raise BatchError(f"batch table.{id_column}: expected unique ids, got duplicates")
 
 
 def encode_part(table: pa.Table, broker: KeyWrapper | None, keys: OwnerKeys, *, tenant: str, batch_id: str,

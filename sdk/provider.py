@@ -13,11 +13,12 @@ import onnx
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.signing import sign_json, unverified_payload
+from sdk.contracts import SPAM_CONTRACT, SPAM_TASK, contract_mismatch
 from sdk.party import Party
 from sdk.storage import ObjectStore
+from wire.card import CARD_TYPE, ModelCard
+from wire.errors import FormatError
 from wire.recipe import RECIPE_CARD_TYPE, Recipe
-
-CARD_TYPE = "cscore.model-card/v1"
 
 
 class ModelError(ValueError):
@@ -36,17 +37,40 @@ def model_key_id(name: str) -> str:
     return f"model.{name}"
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What a card tells owners besides the model: its task and contract, claimed metrics, price.
+
+    `contract` is a `wire.contract` document (default: the spam filter's: email text in, spam_probability
+    and label out); `metrics` are the provider's claims (e.g. held-out accuracy); `price` is
+    {"currency": "EUR", "per_1000_rows": number} or None.
+    """
+
+    task: str = SPAM_TASK
+    contract: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    price: dict[str, Any] | None = None
+    description: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"task": self.task, "contract": self.contract or SPAM_CONTRACT, "metrics": self.metrics or {},
+                "price": self.price, "description": self.description}
+
+
 def publish_model(
     onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore, allowed_measurements: list[str],
-    probability_digits: int | None = None, quota: dict[str, int] | None = None,
+    probability_digits: int | None = None, quota: dict[str, int] | None = None, offer: Offer | None = None,
 ) -> PublishedModel:
     """Encrypt the model under a fresh data key wrapped by the provider's broker; upload it and its card.
 
     The card's terms bind every worker: `probability_digits` (None: full float32; 0: labels only; n: rounded
     to n digits) limits what an owner learns per query; `quota` ({"rows", "period_s"}) is metered per owner
-    by the provider's broker on every batch's model grant.
+    by the provider's broker on every batch's model grant. `offer` (default: the spam filter's contract)
+    says what the model takes and gives; ModelError names any mismatch with the ONNX graph, before any key
+    is created or any byte uploaded.
     """
-    schema = _schema(onnx_bytes)
+    offer = offer or Offer()
+    _check_offer(onnx_bytes, name, offer, probability_digits, quota)
     version = _next_version(store, name)
     digest = "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
     if not allowed_measurements:
@@ -62,7 +86,7 @@ def publish_model(
     prefix = f"models/{name}/{version}/"
     card: dict[str, Any] = {
         "type": CARD_TYPE, "name": name, "version": version, "digest": digest, "size": len(onnx_bytes),
-        "schema": schema, "object_key": prefix + "model.onnx.enc", "key_id": key_id,
+        **offer.fields(), "object_key": prefix + "model.onnx.enc", "key_id": key_id,
         "wrapped_dek": base64.b64encode(wrapped).decode(), "broker": provider.broker_name or "provider",
         "broker_url": provider.broker_url, "protection": "aes-256-gcm",
         "output": {"probability_digits": probability_digits}, "quota": quota, "published_at": int(time.time()),
@@ -107,29 +131,39 @@ def publish_recipe(recipe: Recipe, name: str, *, provider: Party, store: ObjectS
     return PublishedModel(name, version, card["digest"], prefix + "card.jws")
 
 
-def publish_baseline_model(onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore) -> PublishedModel:
+def publish_baseline_model(onnx_bytes: bytes, name: str, *, provider: Party, store: ObjectStore,
+                           offer: Offer | None = None) -> PublishedModel:
     """Publish the model UNENCRYPTED, for the benchmark's plaintext baseline only."""
+    offer = offer or Offer()
+    _check_offer(onnx_bytes, name, offer, None, None)
     version = _next_version(store, name)
     prefix = f"models/{name}/{version}/"
     card: dict[str, Any] = {"type": CARD_TYPE, "name": name, "version": version, "protection": "none",
             "digest": "sha256:" + hashlib.sha256(onnx_bytes).hexdigest(), "size": len(onnx_bytes),
-            "schema": _schema(onnx_bytes), "object_key": prefix + "model.onnx", "published_at": int(time.time())}
+            **offer.fields(), "object_key": prefix + "model.onnx", "published_at": int(time.time())}
     store.put(card["object_key"], onnx_bytes)
     store.put(prefix + "card.jws", sign_json(card, provider.signing_key()).encode(), "application/jose")
     return PublishedModel(name, version, card["digest"], prefix + "card.jws")
 
 
-def _schema(onnx_bytes: bytes) -> dict[str, Any]:
+def _check_offer(onnx_bytes: bytes, name: str, offer: Offer, digits: int | None,
+                 quota: dict[str, int] | None) -> None:
+    """The card would parse and its contract describes the graph; ModelError names what does not."""
     try:
-        graph = onnx.load_from_string(onnx_bytes).graph
+        model = onnx.load_from_string(onnx_bytes)
     except Exception as exc:  # onnx raises several unrelated types for garbage
         raise ModelError(f"model: expected an ONNX protobuf, got unreadable bytes ({type(exc).__name__})") from exc
-    inputs = [i.name for i in graph.input]
-    outputs = [o.name for o in graph.output]
-    if inputs != ["text"] or "probabilities" not in outputs:
-        raise ModelError(f"model schema: expected input ['text'] and an output 'probabilities', "
-                         f"got inputs {inputs} and outputs {outputs}")
-    return {"inputs": inputs, "outputs": outputs}
+    draft = {"type": CARD_TYPE, "name": name, "version": 1, "digest": "sha256:" + "0" * 64,
+             "object_key": "models/draft", "protection": "none", **offer.fields(),
+             "output": {"probability_digits": digits}, "quota": quota}
+    try:
+        contract = ModelCard.parse(draft).contract
+    except FormatError as exc:
+        raise ModelError(f"model card: {exc}") from None
+    mismatch = contract_mismatch(model, contract)
+    if mismatch is not None:
+        raise ModelError(f"model card contract does not match the ONNX graph: {mismatch}; fix the contract or "
+                         "export the model with the tensors it names")
 
 
 def _next_version(store: ObjectStore, name: str, *, root: str = "models") -> int:

@@ -28,7 +28,7 @@ class ResultVerificationError(ValueError):
 
 @dataclass(frozen=True)
 class VerifiedResults:
-    table: pa.Table  # message_id, spam_probability, label
+    table: pa.Table  # the card contract's result columns: its id column first (message_id, spam_probability, label)
     receipts: list[VerifiedReceipt]
     measurements: list[str]
 
@@ -56,7 +56,8 @@ def fetch_results(
             tables = list(pool.map(lambda v: decrypt_results(v[1], keys), verified))
     for receipt, part in zip(receipts, tables, strict=True):
         _expect(receipt.payload["output"]["key"], "output.rows", receipt.payload["output"]["rows"], part.num_rows)
-    table = pa.concat_tables(tables).select(["message_id", "spam_probability", "label"])
+    table = pa.concat_tables(tables)
+    table = table.drop_columns([c for c in ("model_digest",) if c in table.column_names])
     _check_rows(manifest, table)
     return VerifiedResults(table, receipts, sorted({r.claims.measurement for r in receipts}))
 
@@ -176,7 +177,7 @@ def _check_coverage(manifest: dict[str, Any], payloads: list[dict[str, Any]]) ->
 
 def _check_rows(manifest: dict[str, Any], table: pa.Table) -> None:
     rows = sum(o["rows"] for o in manifest["objects"])
-    ids = table.column("message_id").to_pylist()
+    ids = table.column(0).to_pylist()  # the contract's id column (message_id, file, ...)
     if len(ids) != rows or len(set(ids)) != rows:
         raise ResultVerificationError(f"results: expected {rows} distinct messages, got {len(ids)} rows with "
                                       f"{len(set(ids))} distinct ids")

@@ -20,6 +20,8 @@ from celery.signals import worker_init
 
 from attestation.errors import AttestationError
 from enclave.kbs_client import KbsError
+from enclave.preprocess import InputRefused
+from enclave.runner import OutputRefused
 from enclave.signing import canonical_json, unverified_payload
 from enclave.tee import check_launch_binding, evidence_provider
 from enclave.worker import Enclave, ModelIntegrityError, PlaintextRefused, ShardInputError, UsageExceeded, sha256_hex
@@ -34,7 +36,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
 SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, KbsError,
-             AttestationError, FormatError, storage.StorageError)
+             AttestationError, FormatError, storage.StorageError, InputRefused, OutputRefused)
 # S3 failures that outlived boto3's retries: the shard is tried again later, then fails naming operation and code.
 STORAGE_RETRY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True}
 

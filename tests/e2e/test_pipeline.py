@@ -23,16 +23,21 @@ import redis
 
 from cscore.demo import TENANT, owner_trust
 from enclave.measurement import code_measurement
+from enclave.runner import ContractSession
 from enclave.scoring import ModelSession
 from enclave.signing import sign_json, unverified_payload
 from infra.local.stack import LocalStack
+from sdk.contracts import DIGITS_CONTRACT, DIGITS_TASK
 from sdk.corpus import CorpusEmail
+from sdk.digits import digits_split, export_digits_onnx, train_digits_model, write_digit_files
 from sdk.emails import Email, email_text
+from sdk.images import ImageInputError, read_images
 from sdk.models import ModelListing, find_model, list_models
-from sdk.owner import OwnerKeys, SubmittedBatch, register_tenant, resubmit_batch, submit_batch, wait_for_batch
+from sdk.owner import (OwnerKeys, SubmittedBatch, register_tenant, resubmit_batch, submit_batch, submit_table,
+                       wait_for_batch)
 from sdk.party import Party
 from sdk.platform import published_worker_config
-from sdk.provider import publish_model
+from sdk.provider import Offer, publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
@@ -234,6 +239,45 @@ def test_task_logs_tell_each_batch_in_sentences_with_fields(stack: LocalStack) -
     counts = [r for r in lines if r.get("step") == "score" and "ok /" in r["event"]]
     assert counts and counts[-1]["failed"] == 0 and counts[-1]["ok"] == counts[-1]["total"]
     assert not dumped, dumped  # no task's return value is dumped into its log
+
+
+def test_an_image_batch_names_each_file_with_class_and_probabilities_bit_exact(stack: LocalStack,
+                                                                               tmp_path: Path) -> None:
+    """Another provider's kind of model on the same DAG, brokers, PME and receipts: digits as PNG/JPEG files."""
+    store, owner = ObjectStore(), Party.from_env("owner")
+    split = digits_split()
+    onnx_bytes = export_digits_onnx(train_digits_model(split.train_x, split.train_y))
+    publish_model(onnx_bytes, "digits", provider=Party.from_env("provider"), store=store,
+                  allowed_measurements=[code_measurement().hex()],
+                  offer=Offer(task=DIGITS_TASK, contract=DIGITS_CONTRACT, metrics={"accuracy": 0.97}))
+    assert [m.name for m in list_models(store, owner.trusted_providers(), task=DIGITS_TASK)] == ["digits"]
+    listing = find_model(store, "digits", owner.trusted_providers())
+    assert listing.card is not None
+    truth = write_digit_files(split.test_x, split.test_y, tmp_path, limit=45)
+    (tmp_path / "invoice.png").write_bytes(b"%PDF-1.7\n%%EOF\n")  # refused per file, before any upload
+    with pytest.raises(ImageInputError, match="invoice.png: expected a PNG or JPEG image, found a PDF document"):
+        read_images(tmp_path, listing.card.contract, "digits")
+    (tmp_path / "invoice.png").unlink()
+    table = read_images(tmp_path, listing.card.contract, "digits")
+    batch = submit_table(table, listing, tenant=TENANT, owner=owner, store=store,
+                         measurements=[code_measurement().hex()])
+    status = _wait(batch.batch_id)
+    assert status["state"] == "succeeded", status
+    anchors, policy = owner_trust(accept_simulated=True)
+    results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
+    assert results.table.column_names == ["file", "class", "probabilities"]
+    assert sorted(results.table.column("file").to_pylist()) == sorted(truth)
+    local = ContractSession(onnx_bytes, listing.card.contract).results(
+        table.column("file").combine_chunks(), {"image": table.column("image").to_pylist()}, None)
+    order = {f: i for i, f in enumerate(results.table.column("file").to_pylist())}
+    picked = [order[f] for f in table.column("file").to_pylist()]
+    got = results.table.take(picked)
+    assert got.column("class").to_pylist() == local["class"].to_pylist()
+    assert (np.array(got.column("probabilities").to_pylist(), dtype=np.float32).tobytes()
+            == np.array(local["probabilities"].to_pylist(), dtype=np.float32).tobytes())  # bit for bit
+    correct = sum(int(c) == truth[f] for f, c in zip(got.column("file").to_pylist(), got.column("class").to_pylist(),
+                                                     strict=True))
+    assert correct >= 0.9 * len(truth)
 
 
 def _forms(secret: bytes) -> list[bytes]:
