@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cscore.present import advice, histogram, histogram_lines, label_rule, tee_line
 
@@ -31,6 +32,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cscore.demo import run_demo
 
     say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    if args.example == "images":
+        return _images_demo(args, say)
     report = run_demo(args.state_dir, workers=args.workers, keep=args.keep, say=say)
     if args.plot:
         _plot(report.probabilities, args.plot, f"Batch {report.batch_id}: spam probability")
@@ -53,6 +56,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nS3 endpoint     {report.s3_endpoint}\nAirflow         {report.airflow_url}\n"
           f"state directory {report.state_dir}" + ("" if args.keep else "  (stack stopped; --keep leaves it up)"))
     return 0
+
+
+def _images_demo(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    from cscore.demo_images import run_images_demo
+
+    report = run_images_demo(args.state_dir, workers=args.workers, keep=args.keep, say=say)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    print(f"\nTEE             {report.tee}\nimages scored   {report.files_scored}\n"
+          f"accuracy        {report.accuracy:.4f}  (classes against the digits' true labels)\n"
+          f"bit-exact       {'yes' if report.bit_exact else 'NO'}  (every probability vs plaintext scoring of the "
+          f"same files)\n"
+          f"wall time       {report.wall_s:.1f} s\nthroughput      {report.images_per_s:.1f} images/s\n"
+          f"measurement     {report.measurement}\nresults         {report.results_at}\n"
+          f"audit log       {report.audit_entries} entries, "
+          f"{'verified' if not report.audit_findings else 'PROBLEMS: ' + '; '.join(report.audit_findings)}")
+    print("\nfiles per class " + "  ".join(f"{k}:{v}" for k, v in report.classes.items()))
+    print("\n".join(f"  {s['file']:16} class {s['class']}  p={s['probability']}  (true {s['true']})"
+                    for s in report.sample))
+    print(f"\nstate directory {report.state_dir}" + ("" if args.keep else "  (stack stopped; --keep leaves it up)"))
+    return 0 if report.bit_exact and not report.audit_findings else 1
 
 
 def _plot(probabilities: list[float], path: Path, title: str) -> None:
@@ -100,13 +125,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     _load_stack_env(args.state_dir)
     from sdk.party import Party
 
-    models = list_models(ObjectStore(), Party.from_env("owner").trusted_providers())
+    models = list_models(ObjectStore(), Party.from_env("owner").trusted_providers(), task=args.task)
     if args.json:
-        print(json.dumps([m.__dict__ for m in models]))
-    for m in models if not args.json else []:
-        trust = "trusted provider" if m.trusted else "UNTRUSTED signer (cscore owner trust-provider)"
-        print(f"{m.name}:{m.version}  {m.digest}  signed by {m.signer} ({trust})")
+        print(json.dumps([m.summary() for m in models]))
+        return 0
+    if not models:
+        print(f"no published models{f' for task {args.task}' if args.task else ''}")
+    for m in models:
+        print(_listing_lines(m.summary()))
     return 0
+
+
+def _listing_lines(s: dict[str, Any]) -> str:
+    """One card for a person: what it does, whom it is signed by, what it claims and costs."""
+    trust = ("signed by a provider you trust" if s["trusted"] else
+             f"UNTRUSTED signer {s['signer']} (pin the provider's key: cscore owner trust-provider KEY.jwk)")
+    price = s["price"]
+    quota = s["quota"]
+    metrics = s["metrics"]
+    terms = [f"{price['per_1000_rows']} {price['currency']} per 1000 rows" if isinstance(price, dict) else "no price",
+             f"quota {quota['rows']} rows per {quota['period_s']} s" if isinstance(quota, dict) else "no quota",
+             "full probabilities" if s["probability_digits"] is None else
+             "labels only" if s["probability_digits"] == 0 else f"probabilities to {s['probability_digits']} digits"]
+    lines = [f"{s['model']}  [{s['task']}]  {trust}",
+             f"    inputs {', '.join(map(str, s['inputs'])) or '?'}  ->  results {', '.join(map(str, s['outputs']))}",
+             "    claims " + (", ".join(f"{k} {v}" for k, v in metrics.items()) if isinstance(metrics, dict) and metrics
+                              else "no metrics"),
+             f"    terms  {'; '.join(terms)}", f"    digest {s['digest']}"]
+    if s["problem"]:
+        lines.append(f"    UNUSABLE card: {s['problem']}")
+    return "\n".join(lines)
 
 
 def cmd_provider_key(args: argparse.Namespace) -> int:
@@ -129,15 +177,19 @@ def cmd_owner_trust_provider(args: argparse.Namespace) -> int:
 def cmd_provider_publish(args: argparse.Namespace) -> int:
     from cscore.release import measurements_to_allow
     from sdk.party import Party
-    from sdk.provider import publish_model
+    from sdk.provider import Offer, publish_model
     from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
     measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
     quota = {"rows": args.quota_rows, "period_s": args.quota_period_s} if args.quota_rows else None
+    offer = Offer(task=args.task, contract=json.loads(args.contract.read_text()) if args.contract else None,
+                  metrics=dict(_metric(m) for m in args.metric or ()),
+                  price={"currency": args.currency, "per_1000_rows": args.price_per_1000} if args.price_per_1000
+                  is not None else None, description=args.description or "")
     published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env("provider"),
                               store=ObjectStore(), allowed_measurements=measurements,
-                              probability_digits=args.probability_digits, quota=quota)
+                              probability_digits=args.probability_digits, quota=quota, offer=offer)
     print(f"published {published.name}:{published.version} {published.digest}")
     return 0
 
@@ -160,6 +212,17 @@ def cmd_provider_publish_recipe(args: argparse.Namespace) -> int:
                                allowed_measurements=measurements)
     print(f"published recipe {published.name}:{published.version} {published.digest}")
     return 0
+
+
+def _metric(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not name or number != number:
+        raise ValueError(f"--metric: expected NAME=NUMBER (e.g. accuracy=0.97), got {text!r}")
+    return name, number
 
 
 def cmd_provider_register_owner(args: argparse.Namespace) -> int:
@@ -217,6 +280,17 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
         return 0
     if args.emails is None or args.model is None:
         raise BatchError("owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither")
+    owner = Party.from_env("owner")
+    model = find_model(store, args.model, owner.trusted_providers())
+    measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
+    if model.card is not None and any(i.kind == "image" for i in model.card.contract.inputs):
+        from sdk.images import read_images
+        from sdk.owner import submit_table
+
+        table = read_images(args.emails, model.card.contract, f"{model.name}:{model.version}")
+        batch = submit_table(table, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
+        print(f"submitted batch {batch.batch_id}: {batch.rows} images ({batch.manifest_key})")
+        return 0
     emails = list(read_emails(args.emails))
     if not emails:
         raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
@@ -226,10 +300,7 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     if flagged:
         print(f"warning: {len(flagged)} email(s) flagged, scored as read (`--dry-run` lists them all)",
               file=sys.stderr)
-    owner = Party.from_env("owner")
-    batch = submit_batch(emails, find_model(store, args.model, owner.trusted_providers()), tenant=args.tenant,
-                         owner=owner, store=store,
-                         measurements=measurements_to_allow(args.measurement, args.release, args.release_key))
+    batch = submit_batch(emails, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
     print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
     return 0
 
@@ -289,6 +360,8 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
                             anchors=anchors, policy=policy)
     if args.out:
         pq.write_table(results.table, args.out)
+    if "spam_probability" not in results.table.column_names:
+        return _generic_results(args, results)
     labels = results.table.column("label").to_pylist()
     probabilities = results.table.column("spam_probability").to_pylist()
     summary = {"batch_id": args.batch, "tee": tee_line([str(r.claims.root) for r in results.receipts]),
@@ -304,6 +377,32 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     print("\n".join(f"{k.replace('_', ' '):18} {v}" for k, v in summary.items()))
     print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines(probabilities)))
     return 0
+
+
+def _generic_results(args: argparse.Namespace, results: Any) -> int:
+    """Any model's verified results: rows, receipts, and the first rows as the card's columns name them."""
+    table = results.table
+    summary = {"batch_id": args.batch, "tee": tee_line([str(r.claims.root) for r in results.receipts]),
+               "rows_scored": table.num_rows, "columns": ", ".join(table.column_names),
+               "receipts_verified": len(results.receipts), "measurements": ", ".join(results.measurements),
+               "results": str(args.out) if args.out else "not written (add --out FILE to keep them)"}
+    if "class" in table.column_names:
+        from collections import Counter
+
+        summary["rows_per_class"] = dict(sorted(Counter(table.column("class").to_pylist()).items()))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print("\n".join(f"{k.replace('_', ' '):18} {v}" for k, v in summary.items()))
+    for row in table.slice(0, 10).to_pylist():
+        print("  " + "  ".join(f"{k}={_short(v)}" for k, v in row.items()))
+    return 0
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def cmd_worker_measure(args: argparse.Namespace) -> int:
@@ -395,6 +494,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the stack running")
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--plot", type=Path, metavar="FILE", help="also draw the score histogram as a PNG here")
+    demo.add_argument("--example", choices=["spam", "images"], default="spam",
+                      help="spam: emails and the spam filter (default); images: digit scans and an image classifier")
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="confidential vs plaintext throughput through the same DAG and workers")
@@ -411,7 +512,8 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--no-airflow", action="store_true")
     stack.set_defaults(func=cmd_stack)
 
-    models = sub.add_parser("models", help="list published models")
+    models = sub.add_parser("models", help="the marketplace: published models, their terms and who signed them")
+    models.add_argument("--task", help="only this task (text-classification, image-classification, ...)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
 
@@ -426,6 +528,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="round probabilities owners receive to N digits (0: labels only; default: full)")
     publish.add_argument("--quota-rows", type=int, help="rows per owner per period (metered by your broker)")
     publish.add_argument("--quota-period-s", type=int, default=30 * 86400, help="quota period in seconds")
+    publish.add_argument("--task", default="text-classification",
+                         help="text-classification, image-classification, tabular-classification or regression")
+    publish.add_argument("--contract", type=Path, help="the model's contract (JSON, see wire/contract.py): which "
+                         "columns feed which tensors, which outputs become results; default: the spam filter's")
+    publish.add_argument("--metric", action="append", metavar="NAME=NUMBER", help="a metric you claim; repeatable")
+    publish.add_argument("--price-per-1000", type=float, help="price per 1000 rows scored")
+    publish.add_argument("--currency", default="EUR")
+    publish.add_argument("--description")
     publish.set_defaults(func=cmd_provider_publish)
     recipe = provider.add_parser("publish-recipe", help="encrypt and publish a training recipe (cscore.recipe/v1 "
                                  "JSON: features, hyperparameters, seed), its key held by your broker")
@@ -452,8 +562,9 @@ def _parser() -> argparse.ArgumentParser:
     register = owner.add_parser("register", help="register the tenant's manifest key with the platform")
     register.add_argument("--tenant", required=True)
     register.set_defaults(func=cmd_owner_register)
-    submit = owner.add_parser("submit", help="encrypt and submit a batch of emails")
-    submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet")
+    submit = owner.add_parser("submit", help="encrypt and submit a batch of emails (or images, for an image model)")
+    submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet; for a model "
+                        "whose card takes images, a folder of PNG/JPEG files (each checked before upload)")
     submit.add_argument("--model", help="name or name:version (see `cscore models`)")
     submit.add_argument("--tenant", required=True)
     submit.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
