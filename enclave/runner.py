@@ -59,14 +59,17 @@ class ContractSession:
         `columns` holds the shard's values by column name (each of length `rows`). Raises
         preprocess.InputRefused naming the row for a value that does not fit the contract.
         """
-        feeds = {spec.tensor: preprocess.tensor(spec, columns, rows) for spec in self.contract.inputs}
         pads = {spec.tensor: preprocess.padding(spec) for spec in self.contract.inputs}
         first = self.contract.inputs[0]
-        order = (preprocess.order_key(first, feeds[first.tensor]) if len(feeds) == 1 else None) or list(range(rows))
+        order = (preprocess.order_key(first, columns) if len(self.contract.inputs) == 1 else None) or list(range(rows))
         outputs: dict[str, np.ndarray] = {}
         for start in range(0, rows, CHUNK_ROWS):
             picked = order[start:start + CHUNK_ROWS]
-            results = self._run_chunk({name: _padded(feed[picked], pads[name]) for name, feed in feeds.items()})
+            # Per chunk: memory is bounded by CHUNK_ROWS decoded rows, not by the shard.
+            chunk: dict[str, Sequence[object]] = {name: [values[i] for i in picked] for name, values in columns.items()}
+            feeds = {spec.tensor: _padded(preprocess.tensor(spec, chunk, len(picked), index=picked), pads[spec.tensor])
+                     for spec in self.contract.inputs}
+            results = self._run_chunk(feeds)
             for name, value in zip(self._fetch, results, strict=True):
                 if name not in outputs:
                     outputs[name] = np.empty((rows, *value.shape[1:]), dtype=value.dtype)
