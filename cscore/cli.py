@@ -280,17 +280,8 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
         return 0
     if args.emails is None or args.model is None:
         raise BatchError("owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither")
-    owner = Party.from_env("owner")
-    model = find_model(store, args.model, owner.trusted_providers())
-    measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
-    if model.card is not None and any(i.kind == "image" for i in model.card.contract.inputs):
-        from sdk.images import read_images
-        from sdk.owner import submit_table
-
-        table = read_images(args.emails, model.card.contract, f"{model.name}:{model.version}")
-        batch = submit_table(table, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
-        print(f"submitted batch {batch.batch_id}: {batch.rows} images ({batch.manifest_key})")
-        return 0
+    if args.images:
+        return _submit_images(args, store, measurements_to_allow(args.measurement, args.release, args.release_key))
     emails = list(read_emails(args.emails))
     if not emails:
         raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
@@ -300,8 +291,31 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     if flagged:
         print(f"warning: {len(flagged)} email(s) flagged, scored as read (`--dry-run` lists them all)",
               file=sys.stderr)
-    batch = submit_batch(emails, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
+    owner = Party.from_env("owner")
+    model = find_model(store, args.model, owner.trusted_providers())
+    if model.card is not None and any(i.kind != "email-text" for i in model.card.contract.inputs):
+        raise BatchError(f"model {model.name}:{model.version} takes {[i.kind for i in model.card.contract.inputs]}, "
+                         "not emails; for a folder of images add --images")
+    batch = submit_batch(emails, model, tenant=args.tenant, owner=owner, store=store,
+                         measurements=measurements_to_allow(args.measurement, args.release, args.release_key))
     print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
+    return 0
+
+
+def _submit_images(args: argparse.Namespace, store: Any, measurements: list[str]) -> int:
+    """A folder of PNG/JPEG files for a model whose card takes images: each file checked before any upload."""
+    from sdk.images import read_images
+    from sdk.models import find_model
+    from sdk.owner import BatchError, submit_table
+    from sdk.party import Party
+
+    owner = Party.from_env("owner")
+    model = find_model(store, args.model, owner.trusted_providers())
+    if model.card is None:
+        raise BatchError(f"model {model.name}:{model.version}: its card cannot be used ({model.problem})")
+    table = read_images(args.emails, model.card.contract, f"{model.name}:{model.version}")
+    batch = submit_table(table, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
+    print(f"submitted batch {batch.batch_id}: {batch.rows} images ({batch.manifest_key})")
     return 0
 
 
@@ -569,6 +583,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--tenant", required=True)
     submit.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
     _add_release_arguments(submit)
+    submit.add_argument("--images", action="store_true", help="EMAILS is a folder of PNG/JPEG files for a model "
+                        "whose card takes images: each file is checked against the card before any upload")
     submit.add_argument("--resubmit", metavar="BATCH", help="upload a failed batch's manifest again")
     submit.add_argument("--dry-run", action="store_true",
                         help="read and check EMAILS only: emails per file, anything flagged or refused; "

@@ -33,8 +33,15 @@ from sdk.digits import digits_split, export_digits_onnx, train_digits_model, wri
 from sdk.emails import Email, email_text
 from sdk.images import ImageInputError, read_images
 from sdk.models import ModelListing, find_model, list_models
-from sdk.owner import (OwnerKeys, SubmittedBatch, register_tenant, resubmit_batch, submit_batch, submit_table,
-                       wait_for_batch)
+from sdk.owner import (
+    OwnerKeys,
+    SubmittedBatch,
+    register_tenant,
+    resubmit_batch,
+    submit_batch,
+    submit_table,
+    wait_for_batch,
+)
 from sdk.party import Party
 from sdk.platform import published_worker_config
 from sdk.provider import Offer, publish_model

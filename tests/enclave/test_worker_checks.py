@@ -33,6 +33,7 @@ from enclave.worker import (
     _Batch,
     _decrypt_model,
 )
+from sdk.contracts import SPAM_CONTRACT, SPAM_TASK
 from sdk.training import export_onnx, train_spam_model
 from wire.card import CARD_TYPE, ModelCard
 from wire.errors import FormatError
@@ -78,7 +79,8 @@ def _card(onnx: bytes, *, protection: str = "none", digits: int | None = None, k
           digest: str | None = None) -> str:
     card: dict[str, Any] = {"type": CARD_TYPE, "name": "spam", "version": 1, "protection": protection,
                             "digest": digest or "sha256:" + hashlib.sha256(onnx).hexdigest(),
-                            "object_key": "models/spam/1/model.onnx", "output": {"probability_digits": digits}}
+                            "object_key": "models/spam/1/model.onnx", "output": {"probability_digits": digits},
+                            "task": SPAM_TASK, "contract": SPAM_CONTRACT}
     if protection != "none":
         card.update(broker="provider", key_id="model.spam", wrapped_dek="AAAA")
     return sign_json(card, key or PROVIDER_KEY)
@@ -185,7 +187,8 @@ def test_a_model_object_that_is_not_the_cards_is_refused(onnx_bytes: bytes) -> N
     ciphertext = nonce + AESGCM(dek).encrypt(nonce, onnx_bytes, b"spam:1")
     card = ModelCard.parse({"type": CARD_TYPE, "name": "spam", "version": 1, "protection": "aes-256-gcm",
                             "digest": "sha256:" + hashlib.sha256(onnx_bytes).hexdigest(), "object_key": "o",
-                            "broker": "provider", "key_id": "k", "wrapped_dek": base64.b64encode(b"w").decode()})
+                            "broker": "provider", "key_id": "k", "wrapped_dek": base64.b64encode(b"w").decode(),
+                            "task": SPAM_TASK, "contract": SPAM_CONTRACT})
     assert _decrypt_model(card, dek, lambda key: ciphertext) == onnx_bytes
     with pytest.raises(ModelIntegrityError, match="tag mismatch"):  # another model's object, or altered bytes
         _decrypt_model(card, dek, lambda key: ciphertext[:-1] + bytes([ciphertext[-1] ^ 1]))
