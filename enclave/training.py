@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,14 +29,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import OKPKey
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.signing import sign_json
 from wire.recipe import Recipe, RecipeCard
 from wire.training import TrainingSpec
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v1"
 TUNED_CARD_TYPE = "cscore.tuned-model-card/v1"
@@ -73,6 +73,11 @@ class TrainedModel:
 
 def fit(recipe: Recipe, texts: Sequence[str], labels: Sequence[int]) -> Pipeline:
     """TF-IDF + logistic regression as the recipe sets them; single-threaded, seeded: deterministic."""
+    # Imported here: scoring workers never load scikit-learn (and its import sets process environment).
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
     y = np.asarray(labels, dtype=np.int64)
     if len(texts) != len(y) or set(np.unique(y).tolist()) != {0, 1}:
         raise TrainingInputError(f"training rows: expected texts and labels of equal length with both 0 (ham) and "

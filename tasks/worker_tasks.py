@@ -24,11 +24,13 @@ from enclave.preprocess import InputRefused
 from enclave.runner import OutputRefused
 from enclave.signing import canonical_json, unverified_payload
 from enclave.tee import check_launch_binding, evidence_provider
+from enclave.training import TrainingInputError
 from enclave.worker import Enclave, ModelIntegrityError, PlaintextRefused, ShardInputError, UsageExceeded, sha256_hex
 from tasks import storage
 from tasks.celery_app import app
 from wire.errors import FormatError
 from wire.shard import ShardOutcome, ShardSpec, ShardSpecError
+from wire.training import TrainingSpec
 from wire.worker_config import CONFIG_ENV, load_worker_config
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
 SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, KbsError,
-             AttestationError, FormatError, storage.StorageError, InputRefused, OutputRefused)
+             AttestationError, FormatError, storage.StorageError, InputRefused, OutputRefused, TrainingInputError)
 # S3 failures that outlived boto3's retries: the shard is tried again later, then fails naming operation and code.
 STORAGE_RETRY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True}
 
@@ -227,3 +229,34 @@ def _check_receipt_matches(spec: ShardSpec, payload: dict[str, Any]) -> None:
     if not output_key.startswith(spec.output_key.removesuffix(".parquet")):
         raise ReceiptMismatch(f"{spec.receipt_key}: receipt.output.key expected under "
                               f"{spec.output_key.removesuffix('.parquet')}, got {output_key!r}")
+
+
+@app.task(name="cscore.train", bind=True, acks_late=True, autoretry_for=(WorkerRetry,), **STORAGE_RETRY)
+@contained
+def train(self: Any, spec_data: dict[str, Any]) -> dict[str, Any]:
+    """Train one owner's tuned model (`enclave.worker.Enclave.train`); a job whose receipt exists is reported.
+
+    Uploads the tuned model's ciphertext, its enclave-signed card, the evidence and, last, the receipt (the
+    job's commit). Returns object keys, digests and the worker's name: no metric, no weight.
+    """
+    spec = TrainingSpec.from_dict(spec_data)
+    worker = _worker_name(self)
+    existing = storage.get_if_exists(spec.receipt_key)
+    if existing is None:
+        card = storage.get_bytes(f"recipes/{spec.recipe_name}/{spec.recipe_version}/card.jws").decode()
+        job = _named_enclave(self).train(spec, storage.get_bytes(spec.input_key), card, storage.get_bytes)
+        storage.put_bytes(f"{spec.prefix}evidence/{job.evidence_sha256}.json", canonical_json(job.evidence),
+                          "application/json")
+        storage.put_bytes(job.model_key, job.model)
+        storage.put_bytes(spec.prefix + "card.jws", job.card.encode(), "application/jose")
+        if storage.put_if_absent(spec.receipt_key, job.receipt.encode(), "application/jose"):
+            return {"job_id": spec.job_id, "model_key": job.model_key, "receipt_key": spec.receipt_key,
+                    "receipt_sha256": sha256_hex(job.receipt.encode()), "worker": worker, "reused": False}
+        existing = storage.get_bytes(spec.receipt_key)
+    payload = unverified_payload(existing.decode(), what="training receipt")
+    if (payload.get("job_id"), (payload.get("input") or {}).get("sha256")) != (spec.job_id, spec.input_sha256):
+        raise ReceiptMismatch(f"{spec.receipt_key}: receipt (job_id, input.sha256) expected "
+                              f"{(spec.job_id, spec.input_sha256)!r}, got "
+                              f"{(payload.get('job_id'), (payload.get('input') or {}).get('sha256'))!r}")
+    return {"job_id": spec.job_id, "model_key": spec.prefix + "model.onnx.enc", "receipt_key": spec.receipt_key,
+            "receipt_sha256": sha256_hex(existing), "worker": worker, "reused": True}
