@@ -302,6 +302,32 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_owner_train(args: argparse.Namespace) -> int:
+    from cscore.release import measurements_to_allow
+    from sdk.owner_training import read_labelled, submit_training
+    from sdk.party import Party
+    from sdk.platform import config_for_owner, published_worker_config
+    from sdk.storage import ObjectStore
+    from wire.recipe import verify_recipe_card
+
+    labelled = read_labelled(args.emails)  # every input refusal before any server is contacted
+    name, _, version = args.recipe.partition(":")
+    if not version.isdigit():
+        raise ValueError(f"--recipe: expected NAME:VERSION (e.g. spam-recipe:1), got {args.recipe!r}")
+    _load_stack_env(args.state_dir)
+    store, owner = ObjectStore(), Party.from_env("owner")
+    card_key = f"recipes/{name}/{version}/card.jws"
+    card = verify_recipe_card(store.get(card_key).decode(), owner.trusted_providers(), what=card_key)
+    job = submit_training(labelled, card, tenant=args.tenant, owner=owner, store=store,
+                          measurements=measurements_to_allow(args.measurement, args.release, args.release_key),
+                          config_digests=[config_for_owner(published_worker_config(store), owner.broker_name,
+                                                           owner.broker_url)],
+                          model_name=args.model_name, holdout_fraction=args.holdout, seed=args.seed)
+    print(f"submitted training job {job.job_id}: {job.rows} emails, {job.holdout_rows} held out "
+          f"({job.manifest_key})")
+    return 0
+
+
 def _submit_images(args: argparse.Namespace, store: Any, measurements: list[str]) -> int:
     """A folder of PNG/JPEG files for a model whose card takes images: each file checked before any upload."""
     from sdk.images import read_images
@@ -576,6 +602,17 @@ def _parser() -> argparse.ArgumentParser:
     register = owner.add_parser("register", help="register the tenant's manifest key with the platform")
     register.add_argument("--tenant", required=True)
     register.set_defaults(func=cmd_owner_register)
+    train = owner.add_parser("train", help="encrypt labelled mail (folders spam/ and ham/) and submit a training job "
+                             "for a provider's recipe; you receive metrics, nobody receives the weights")
+    train.add_argument("emails", type=Path, help="a folder holding spam/ and ham/")
+    train.add_argument("--recipe", required=True, help="NAME:VERSION of a published recipe")
+    train.add_argument("--model-name", required=True, help="name of your tuned model (listed for your tenant only)")
+    train.add_argument("--tenant", required=True)
+    train.add_argument("--holdout", type=float, default=0.3, help="fraction held out for evaluation (your split)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    train.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
+    _add_release_arguments(train)
+    train.set_defaults(func=cmd_owner_train)
     submit = owner.add_parser("submit", help="encrypt and submit a batch of emails (or images, for an image model)")
     submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet; for a model "
                         "whose card takes images, a folder of PNG/JPEG files (each checked before upload)")

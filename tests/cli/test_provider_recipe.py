@@ -16,3 +16,13 @@ def test_a_recipe_asking_for_per_row_evaluation_is_refused_before_any_key_or_upl
     assert result.returncode == 2, result.stderr
     assert "recipe.json" in result.stderr and "recipe.evaluation" in result.stderr and "unknown field" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_owner_train_names_a_missing_label_folder_before_contacting_anything(tmp_path: Path) -> None:
+    (tmp_path / "mail" / "spam").mkdir(parents=True)
+    (tmp_path / "mail" / "spam" / "1.eml").write_text("Subject: win\n\nfree money\n")
+    result = _cscore("owner", "train", str(tmp_path / "mail"), "--recipe", "r:1", "--model-name", "tuned",
+                     "--tenant", "acme", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "expected folders 'spam/' and 'ham/', 'ham/' is missing" in result.stderr
+    assert "Traceback" not in result.stderr
