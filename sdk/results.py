@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from attestation import Policy, TrustAnchors
+from attestation.errors import AttestationError
 from enclave.pme import PmeKeys
 from enclave.receipts import VerifiedReceipt, verify_receipt
 from enclave.signing import unverified_payload, verify_json
@@ -90,10 +91,14 @@ def _verified_shard(
         raise ResultVerificationError(f"result manifest: receipt_key expected under {prefix}, "
                                       f"got {shard['receipt_key']}")
     token = _get(store, shard["receipt_key"], "a shard receipt").decode(errors="replace")
+    digest = ""
     try:
-        receipt = verify_receipt(token, evidence.get(_unverified_evidence_digest(token)), anchors=anchors,
-                                 policy=policy)
-    except (ValueError, KeyError, TypeError) as exc:  # attestation, signature and shape errors name the check
+        digest = _unverified_evidence_digest(token)
+        receipt = verify_receipt(token, evidence.get(digest), anchors=anchors, policy=policy)
+    except AttestationError as exc:  # the evidence does not verify, is not granted, or does not bind the receipt key
+        raise ResultVerificationError(f"{shard['receipt_key']} (evidence {prefix}evidence/{digest}.json): {exc}") \
+            from exc
+    except (ValueError, KeyError, TypeError) as exc:  # signature and shape errors name the check
         raise ResultVerificationError(f"{shard['receipt_key']}: {exc}") from exc
     _check_granted(shard["receipt_key"], granted, receipt)
     p = receipt.payload

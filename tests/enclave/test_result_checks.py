@@ -195,3 +195,15 @@ def test_coverage_is_every_row_group_exactly_once(payloads: list[dict[str, Any]]
     with pytest.raises(ResultVerificationError, match="exactly once"):
         _check_coverage(_manifest(), payloads)
     _check_coverage(_manifest(), [_payload(0, 1), _payload(1, 2)])  # the honest split holds
+
+
+def test_evidence_that_does_not_verify_is_a_named_refusal_not_a_crash(sim_dir: Path) -> None:
+    """Simulated evidence for an owner who trusts only AMD's roots (no --accept-simulated): an attestation
+    error, turned into the owner tool's one-line refusal naming the receipt, the evidence and the check."""
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()], "allowed_roots": ["amd"]})
+    with pytest.raises(ResultVerificationError, match=r"shard-00000.receipt.jws \(evidence .*evidence/.*\.json\): "
+                                                      r"evidence.cert_chain.ark"):
+        _verified_shard(store, _manifest(), _granted(), entry, _EvidenceCache(store, PREFIX),  # type: ignore[arg-type]
+                        TrustAnchors.amd(), policy)
