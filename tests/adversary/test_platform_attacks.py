@@ -38,6 +38,7 @@ import redis
 from celery.utils.nodenames import worker_direct
 from joserfc.jwk import ECKey
 
+from cscore.cli import main as cli_main
 from cscore.demo import TENANT, corpus_split, owner_trust
 from dags.cscore_platform import worker_pool
 from dags.cscore_platform.manifest import Manifest, verify_manifest
@@ -568,39 +569,52 @@ def test_tampered_specs_and_cards_are_refused_before_any_key(stack: LocalStack, 
 
 # -- 6. the owner's tools against what the platform rewrote ------------------------------------------
 
-def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack, tmp_path: Path) -> None:
+def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Each rewrite: a non-zero exit and one line naming the object and the check; nothing decrypted."""
     store = ObjectStore()
     honest: SubmittedBatch = _state["honest"]
-    other: SubmittedBatch = _state["victim"]
     prefix = f"results/{TENANT}/{honest.batch_id}/"
     evidence = sorted(k for k in store.keys(prefix + "evidence/"))
+    doc = json.loads(store.get(evidence[0]))
+    doc["runtime_data"]["receipt_pubkey"] = {"kty": "OKP", "crv": "Ed25519", "x": "A" * 43}  # the platform's key
     receipt0, receipt1 = prefix + "shard-00000.receipt.jws", prefix + "shard-00001.receipt.jws"
-    foreign = f"results/{TENANT}/{other.batch_id}/shard-00000.receipt.jws"
+    foreign = f"results/{TENANT}/{_state['victim'].batch_id}/shard-00000.receipt.jws"
+    simulated = ("--accept-simulated",)
     cases = {
-        "garbage manifest": ({prefix + "result-manifest.json": b"\x00garbage{"},
+        "garbage manifest": ({prefix + "result-manifest.json": b"\x00garbage{"}, simulated,
                              prefix + "result-manifest.json", "expected JSON"),
-        "evidence deleted": ({evidence[0]: None}, evidence[0], "found nothing"),
-        "receipt of another shard": ({receipt0: store.get(receipt1)}, receipt0, "shard_index expected 0, got 1"),
-        "receipt of another batch": ({receipt0: store.get(foreign)}, receipt0, "batch_id"),
+        "evidence deleted": ({evidence[0]: None}, simulated, evidence[0], "found nothing"),
+        "evidence rewritten": ({evidence[0]: json.dumps(doc).encode()}, simulated, evidence[0][len(prefix):],
+                               "evidence"),
+        "receipt of another shard": ({receipt0: store.get(receipt1)}, simulated, receipt0,
+                                     "shard_index expected 0, got 1"),
+        "receipt of another batch": ({receipt0: store.get(foreign)}, simulated, receipt0, "batch_id"),
+        # The owner did not say it accepts the simulated TEE: its evidence is refused by name, not by a crash.
+        "simulated evidence, not accepted": ({}, (), "evidence/", "evidence.cert_chain.ark"),
     }
-    for name, (changes, obj, check) in cases.items():
+    for index, (name, (changes, flags, obj, check)) in enumerate(cases.items()):
         saved = {k: store.get(k) for k in changes}
         for k, v in changes.items():
             store.delete(k) if v is None else store.put(k, v)
-        out = tmp_path / f"{name}.parquet"
+        out = tmp_path / f"{index}.parquet"
+        argv = ["owner", "results", honest.batch_id, "--tenant", TENANT, *flags, "--out", str(out)]
         try:
-            done = _cscore(stack, "owner", "results", honest.batch_id, "--tenant", TENANT, "--accept-simulated",
-                           "--out", str(out))
+            if index == 0:  # the real program once: what its user sees, exit code and all
+                done = _cscore(stack, *argv)
+                rc, stderr = done.returncode, done.stderr
+            else:  # the same main() in this process (an escaping exception would fail the test here)
+                rc, stderr = cli_main(["--state-dir", str(stack.state_dir), *argv]), capsys.readouterr().err
         finally:
             for k, v in saved.items():
                 store.put(k, v)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode != 0, (name, done.stdout)
-        assert len(lines) == 1 and "Traceback" not in done.stderr, (name, done.stderr)
+        lines = stderr.strip().splitlines()
+        assert rc != 0, name
+        assert len(lines) == 1 and "Traceback" not in stderr, (name, stderr)
         assert obj in lines[0] and check in lines[0], (name, lines[0])
         assert not out.exists(), name
-    done = _cscore(stack, "owner", "results", honest.batch_id, "--tenant", TENANT, "--accept-simulated")
-    assert done.returncode == 0, done.stderr  # restored: verifies again
+    assert cli_main(["--state-dir", str(stack.state_dir), "owner", "results", honest.batch_id, "--tenant", TENANT,
+                     *simulated]) == 0  # restored: verifies again
 
 
 # -- 7. no canary, key or model byte anywhere the platform looks -------------------------------------
