@@ -44,7 +44,6 @@ from dags.cscore_platform import worker_pool
 from dags.cscore_platform.manifest import Manifest, verify_manifest
 from dags.cscore_platform.planning import plan_shards
 from enclave.measurement import code_measurement
-from enclave.pme import write_encrypted
 from enclave.scoring import ModelSession
 from enclave.signing import canonical_json, generate_signing_key, sign_json, unverified_payload
 from infra.local import procs
@@ -56,7 +55,7 @@ from keybroker.tls import create_local_ca, ensure_local_tls, issue_server_cert
 from sdk.broker_admin import BrokerAdmin
 from sdk.emails import Email, email_text
 from sdk.models import ModelListing, find_model
-from sdk.owner import OwnerKeys, SubmittedBatch, register_tenant, submit_batch
+from sdk.owner import OwnerKeys, SubmittedBatch, encode_part, register_tenant, submit_batch
 from sdk.party import Party
 from sdk.provider import model_key_id, publish_baseline_model, publish_model
 from sdk.results import fetch_results
@@ -426,12 +425,14 @@ class TestThePlatformsOwnWorker:
         # Single-word emails: each score would give a coefficient of the model away.
         words = ["free", "money", "meeting", "viagra", "lunch", "winner", "invoice", "click"]
         table = pa.table({"message_id": [f"w{i}" for i in range(len(words))], "text": words})
-        data = write_encrypted(table, platform, footer_key=keys.footer, column_key=keys.emails, row_group_size=200)
         input_key = f"incoming/{ATTACKER}/{batch_id}/part-00000.parquet"
+        # Written as an owner writes its parts (footer binding and all): the platform is its own owner here.
+        data, file_id = encode_part(table, platform, keys, tenant=ATTACKER, batch_id=batch_id, key=input_key)
         ObjectStore().put(input_key, data)
         platform.grant(batch_id, model.digest, [code_measurement().hex()], keys.all(),
                        config_digests=[rogue["config"].digest_hex()], rows=len(words))
-        spec = _spec(ATTACKER, batch_id, input_key, data, model, owner_broker="platform", keys=keys)
+        spec = {**_spec(ATTACKER, batch_id, input_key, data, model, owner_broker="platform", keys=keys),
+                "input_file_id": file_id}
         state, refusal = _send("cscore.score_shard", [spec], worker_direct(ROGUE))
         assert state == "FAILURE"
         # The provider's broker refused: the grant's signing key is no registered owner broker's.
