@@ -37,6 +37,7 @@ PREFIX = f"results/{TENANT}/{BATCH}/"
 MODEL = "sha256:" + "11" * 32
 CONFIG = bytes.fromhex("cf" * 32)
 INPUT = f"incoming/{TENANT}/{BATCH}/part-00000.parquet"
+FILE_ID = "ef" * 16
 
 
 class DictStore:
@@ -65,7 +66,7 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _manifest() -> dict[str, Any]:
     return {"tenant": TENANT, "batch_id": BATCH, "model": {"digest": MODEL}, "results": {"prefix": PREFIX},
-            "objects": [{"key": INPUT, "sha256": "ab" * 32, "rows": 400, "row_groups": 2}]}
+            "objects": [{"key": INPUT, "sha256": "ab" * 32, "file_id": FILE_ID, "rows": 400, "row_groups": 2}]}
 
 
 def _granted(measurement: str | None = None, config: str | None = None) -> dict[str, Any]:
@@ -102,7 +103,8 @@ class Worker:
         output_key = output_key or spec.output_key.replace(".parquet", ".a1.parquet")
         self.store.objects[output_key] = output
         token = sign_receipt(OKPKey.import_key(key or self.key), spec=spec, output_key=output_key,
-                             input_sha256=spec.input_sha256, output_sha256=sha or hashlib.sha256(output).hexdigest(),
+                             input_sha256=spec.input_sha256, input_file_id=spec.input_file_id,
+                             output_sha256=sha or hashlib.sha256(output).hexdigest(),
                              rows=200, evidence_sha256=self.digest, worker="cscore-worker-1@vm")
         receipt_key = f"{PREFIX}shard-{spec.shard_index:05d}.receipt.jws"
         self.store.objects[receipt_key] = token.encode()
@@ -180,15 +182,15 @@ def test_missing_or_malformed_platform_objects_are_named(sim_dir: Path) -> None:
         _verify(store, sim_dir, {"receipt_key": "results/other/b/shard-00000.receipt.jws"})
 
 
-def _payload(start: int, end: int, key: str = INPUT, sha: str = "ab" * 32) -> dict[str, Any]:
-    return {"input": {"key": key, "sha256": sha, "row_groups": [start, end]}}
+def _payload(start: int, end: int, key: str = INPUT, file_id: str = FILE_ID) -> dict[str, Any]:
+    return {"input": {"key": key, "file_id": file_id, "row_groups": [start, end]}}
 
 
 @pytest.mark.parametrize(("payloads", "why"), [
     ([_payload(0, 1)], "a row group left out"),
     ([_payload(0, 1), _payload(1, 2), _payload(1, 2)], "a row group twice (a replayed receipt)"),
     ([_payload(0, 2), _payload(1, 2)], "overlapping ranges"),
-    ([_payload(0, 1), _payload(1, 2, sha="cd" * 32)], "another file's digest"),
+    ([_payload(0, 1), _payload(1, 2, file_id="cd" * 16)], "another file (its id)"),
     ([_payload(0, 1), _payload(1, 2, key=f"incoming/{TENANT}/{BATCH}/part-00001.parquet")], "another object"),
 ])
 def test_coverage_is_every_row_group_exactly_once(payloads: list[dict[str, Any]], why: str) -> None:
