@@ -15,6 +15,9 @@ from celery.utils.nodenames import worker_direct
 log = logging.getLogger(__name__)
 
 SHARD_QUEUE = "cscore.shards"
+# disable_sync_subtasks=False on every result.get(): under Airflow's CeleryExecutor this code runs inside an
+# Airflow Celery worker, where Celery refuses result.get() ("never call result.get() within a task") so a worker
+# never waits on its own pool. These results come from the cscore workers (another app, another transport).
 ATTEST_TASK = "cscore.attest"
 SCORE_TASK = "cscore.score_shard"
 
@@ -54,7 +57,7 @@ def attest_all(app: Celery, broker_names: list[str], timeout: float = 120.0) -> 
     verdicts = []
     for worker, result in pending.items():
         try:
-            verdicts.append(result.get(timeout=timeout))
+            verdicts.append(result.get(timeout=timeout, disable_sync_subtasks=False))
         except Exception as exc:  # the worker's own error text says which check refused it
             raise WorkerPoolError(f"worker {worker} failed attestation: {exc}") from exc
     return verdicts
@@ -93,7 +96,7 @@ class _Shards:
                 if not result.ready():
                     continue
                 if result.successful():
-                    self.outcomes[index] = result.get()
+                    self.outcomes[index] = result.get(disable_sync_subtasks=False)
                     break
                 self.revoke()
                 raise WorkerPoolError(f"shard {index} failed on the worker: {result.result}")

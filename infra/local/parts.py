@@ -142,8 +142,11 @@ def _module_exists(repo: Path, package: str, module: str) -> bool:
 def broker_config(stack: LocalStack, party: str, port: int) -> dict[str, object]:
     """The broker's config.json, as docs/ARCHITECTURE.md fixes it."""
     folder = stack.state_dir / "brokers" / party
-    return {"name": party, "host": "127.0.0.1", "port": port,
-            "db_path": str(folder / "keys.sqlite"),
+    # The key store: SQLite under the state dir, or the Postgres URL the user gave (its own database or schema,
+    # e.g. postgresql://kb@pg/cscore?options=-csearch_path%3Downer).
+    db_url = stack.environ.get(f"CSCORE_{party.upper()}_BROKER_DB_URL")
+    store: dict[str, object] = {"db_url": db_url} if db_url else {"db_path": str(folder / "keys.sqlite")}
+    return {"name": party, "host": "127.0.0.1", "port": port, **store,
             "kek_path": str(folder / "kek.hex"),
             "admin_token_path": str(folder / "admin-token"),
             "trusted_roots_dir": str(stack.state_dir / "sim-tee"),
@@ -300,13 +303,19 @@ def _pinged(app: Celery, names: set[str], seen: set[str]) -> bool:
 # -- Airflow standalone -----------------------------------------------------------------------------
 
 def airflow_env(stack: LocalStack) -> dict[str, str]:
-    """AIRFLOW_* variables for db migrate and standalone (and for anyone who sources stack.env)."""
-    home = stack.state_dir / "airflow"
+    """AIRFLOW_* variables for db migrate and every component (and for anyone who sources stack.env).
+
+    The embedded default (SQLite, LocalExecutor) is only a default: every AIRFLOW_* variable the user set
+    wins (`AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`, `AIRFLOW__CORE__EXECUTOR`, ...). A psycopg metadata URL
+    without an `..._ASYNC` one gets its psycopg async twin (Airflow would otherwise derive asyncpg, which is
+    not installed); a URL whose driver is missing is refused here, with the URL to use instead.
+    """
+    given = {k: v for k, v in stack.environ.items() if k.startswith("AIRFLOW") and v}
+    home = Path(given.get("AIRFLOW_HOME") or stack.state_dir / "airflow")
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = int(given.get("AIRFLOW__API__PORT") or free_port())
     base = f"http://127.0.0.1:{port}"
-    stack.env["CSCORE_AIRFLOW_URL"] = base
-    return {
+    defaults = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(stack.repo / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -336,6 +345,43 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(_aws_connection(stack), separators=(",", ":")),
     }
+    env = {**defaults, **given}
+    stack.env["CSCORE_AIRFLOW_URL"] = env["AIRFLOW__API__BASE_URL"]
+    sync_url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    _check_metadata_driver(sync_url)
+    if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC" not in env and (twin := psycopg_async_url(sync_url)):
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = twin
+    if uses_celery_executor(env) and not env.get("AIRFLOW__CELERY__BROKER_URL"):
+        raise StackError("AIRFLOW__CORE__EXECUTOR names CeleryExecutor but AIRFLOW__CELERY__BROKER_URL is unset: "
+                         "give Airflow's Celery its own broker, e.g. redis://127.0.0.1:6379/5 or "
+                         "amqp://user:password@rabbit:5672/airflow (not the cscore workers' transport)")
+    return env
+
+
+def psycopg_async_url(sync_url: str) -> str | None:
+    """`postgresql+psycopg://...` -> `postgresql+psycopg_async://...` (the same driver, async); else None."""
+    scheme, sep, rest = sync_url.partition(":")
+    return f"postgresql+psycopg_async:{rest}" if sep and scheme == "postgresql+psycopg" else None
+
+
+def _check_metadata_driver(sync_url: str) -> None:
+    """Refuse a Postgres URL whose driver is not installed (only psycopg 3 is in the lock), saying which to use."""
+    scheme = sync_url.partition(":")[0]
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg2") and importlib.util.find_spec("psycopg2") is None:
+        fixed = "postgresql+psycopg:" + sync_url.partition(":")[2]
+        raise StackError(f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN: {scheme}:// needs psycopg2, which is not installed; "
+                         f"use the psycopg 3 driver that is: {redact(fixed)}")
+
+
+def uses_celery_executor(env: dict[str, str]) -> bool:
+    """Whether Airflow's executor list (comma separated, names or import paths) includes CeleryExecutor."""
+    return any(e.strip().rsplit(".", 1)[-1] == "CeleryExecutor" for e in env["AIRFLOW__CORE__EXECUTOR"].split(","))
+
+
+def redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    head, sep, tail = url.partition("@")
+    return f"{head.rsplit(':', 1)[0]}:***@{tail}" if sep and head.count(":") >= 2 else url
 
 
 def _aws_connection(stack: LocalStack) -> dict[str, object]:
@@ -366,18 +412,42 @@ AIRFLOW_COMPONENTS = {  # what `airflow standalone` runs, minus its log servers 
 }
 
 
+def celery_worker_name(stack: LocalStack) -> str:
+    """Airflow's Celery worker node name, unique per state dir (stacks may share one broker)."""
+    import hashlib
+
+    return f"airflow-{hashlib.sha256(str(stack.state_dir).encode()).hexdigest()[:8]}@{socket.gethostname()}"
+
+
 def spawn_airflow(stack: LocalStack) -> Pending:
-    """API server, scheduler, DAG processor, triggerer; ready when the API's health shows them healthy."""
+    """API server, scheduler, DAG processor, triggerer (and `airflow celery worker` under CeleryExecutor);
+    ready when the API's health shows them healthy and the Celery worker answers a control ping."""
     airflow = str(Path(PY).parent / "airflow")
-    started = [stack.spawn(f"airflow-{name}", [airflow, *args]) for name, args in AIRFLOW_COMPONENTS.items()]
+    components = dict(AIRFLOW_COMPONENTS)
+    celery = uses_celery_executor(stack.airflow_env)
+    if celery:  # task logs stay on this host: the API server reads them from AIRFLOW_HOME/logs
+        components["celery-worker"] = ["celery", "worker", "--skip-serve-logs", "--celery-hostname",
+                                       celery_worker_name(stack), "--concurrency", "4"]
+    started = [stack.spawn(f"airflow-{name}", [airflow, *args]) for name, args in components.items()]
     health = f"{stack.env['CSCORE_AIRFLOW_URL']}/api/v2/monitor/health"
 
     def wait() -> str:
         for part in started:
             wait_ready(part, lambda: airflow_healthy(health), 300, f"airflow {part.name}")
-        return f"on {stack.env['CSCORE_AIRFLOW_URL']}"
+        if celery:
+            with _airflow_celery_app(stack) as app:
+                seen: set[str] = set()
+                wait_ready(started[-1], lambda: _pinged(app, {celery_worker_name(stack)}, seen), 120,
+                           "airflow celery worker")
+        return f"on {stack.env['CSCORE_AIRFLOW_URL']} ({stack.airflow_env['AIRFLOW__CORE__EXECUTOR']})"
 
-    return Pending(f"airflow {', '.join(AIRFLOW_COMPONENTS)}", wait)
+    return Pending(f"airflow {', '.join(components)}", wait)
+
+
+def _airflow_celery_app(stack: LocalStack) -> Celery:
+    from celery import Celery
+
+    return Celery("cscore-stack-airflow-control", broker=stack.airflow_env["AIRFLOW__CELERY__BROKER_URL"])
 
 
 def airflow_healthy(url: str) -> bool:

@@ -183,7 +183,7 @@ class LocalStack:
             broker = given["CSCORE_CELERY_BROKER_URL"]
             backend = self.environ.get("CSCORE_CELERY_RESULT_BACKEND") or parts.default_backend(broker)
             self.env.update(CSCORE_CELERY_BROKER_URL=broker, CSCORE_CELERY_RESULT_BACKEND=backend)
-            self._out(f"[stack] celery transport: using {_redact(broker)} (not started)")
+            self._out(f"[stack] celery transport: using {parts.redact(broker)} (not started)")
             return None
         return self._begin(parts.spawn_redis(self))
 
@@ -290,8 +290,3 @@ def load_env(path: Path) -> dict[str, str]:
             env[key.strip()] = "".join(shlex.split(value)) if value else ""
     return env
 
-
-def _redact(url: str) -> str:
-    """A URL without its password, for progress lines."""
-    head, sep, tail = url.partition("@")
-    return f"{head.rsplit(':', 1)[0]}:***@{tail}" if sep and head.count(":") >= 2 else url

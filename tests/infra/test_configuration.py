@@ -1,0 +1,89 @@
+"""Every part is switched by configuration: what the user set wins over the local stack's defaults.
+
+Fast: these build the variables and config files the stack would start its parts with, and start nothing.
+The same configuration running a real batch on PostgreSQL, Redis and RabbitMQ is tests/e2e/test_real_servers.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.local import parts
+from infra.local.stack import LocalStack
+from infra.local.util import StackError
+
+PG = "postgresql+psycopg://airflow:pw@pg.internal:5432/airflow"
+
+
+def _stack(tmp_path: Path, environ: dict[str, str]) -> LocalStack:
+    return LocalStack(tmp_path, environ=environ, out=lambda _: None)
+
+
+def test_embedded_default_is_sqlite_and_local_executor(tmp_path: Path, clean_environ: dict[str, str]) -> None:
+    env = parts.airflow_env(_stack(tmp_path, clean_environ))
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path.resolve() / 'airflow' / 'airflow.db'}"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC" not in env  # Airflow derives aiosqlite itself
+
+
+def test_user_set_airflow_variables_win(tmp_path: Path, clean_environ: dict[str, str]) -> None:
+    given = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": PG, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+             "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/5", "AIRFLOW__CORE__PARALLELISM": "32",
+             "AIRFLOW__API__PORT": "8123"}
+    stack = _stack(tmp_path, {**clean_environ, **given})
+    env = parts.airflow_env(stack)
+    assert {k: env[k] for k in given} == given
+    # The psycopg async twin, not Airflow's derived asyncpg (not installed).
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == \
+        "postgresql+psycopg_async://airflow:pw@pg.internal:5432/airflow"
+    assert stack.env["CSCORE_AIRFLOW_URL"] == env["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:8123"
+    assert parts.uses_celery_executor(env)
+    # Every process the stack starts sees the user's values (child_env merges airflow_env last).
+    stack.airflow_env = env
+    assert stack.child_env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == PG
+
+
+def test_a_user_set_async_url_is_kept(tmp_path: Path, clean_environ: dict[str, str]) -> None:
+    mine = "postgresql+psycopg_async://other@pg:5432/airflow"
+    env = parts.airflow_env(_stack(tmp_path, {**clean_environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": PG,
+                                              "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": mine}))
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == mine
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2"])
+def test_a_postgres_url_without_its_driver_is_refused_with_the_one_to_use(
+        tmp_path: Path, clean_environ: dict[str, str], scheme: str) -> None:
+    environ = {**clean_environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{scheme}://airflow:secret@pg/airflow"}
+    with pytest.raises(StackError, match=r"needs psycopg2.*postgresql\+psycopg://airflow:\*\*\*@pg/airflow") as info:
+        parts.airflow_env(_stack(tmp_path, environ))
+    assert "secret" not in str(info.value)
+
+
+def test_celery_executor_without_its_broker_is_refused(tmp_path: Path, clean_environ: dict[str, str]) -> None:
+    environ = {**clean_environ, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor,CeleryExecutor"}
+    with pytest.raises(StackError, match="AIRFLOW__CELERY__BROKER_URL is unset"):
+        parts.airflow_env(_stack(tmp_path, environ))
+
+
+def test_celery_executor_is_recognised_by_name_or_path() -> None:
+    assert parts.uses_celery_executor({"AIRFLOW__CORE__EXECUTOR":
+                                       "airflow.providers.celery.executors.celery_executor.CeleryExecutor"})
+    assert not parts.uses_celery_executor({"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"})
+    assert not parts.uses_celery_executor({"AIRFLOW__CORE__EXECUTOR": "CeleryKubernetesExecutorX"})
+
+
+def test_celery_provider_is_installed() -> None:
+    from airflow.providers.celery.executors.celery_executor import CeleryExecutor
+
+    assert CeleryExecutor.__name__ == "CeleryExecutor"
+
+
+def test_broker_store_is_postgres_by_configuration(tmp_path: Path, clean_environ: dict[str, str]) -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/cscore?options=-csearch_path%3Downer"
+    stack = _stack(tmp_path, {**clean_environ, "CSCORE_OWNER_BROKER_DB_URL": url})
+    owner, provider = parts.broker_config(stack, "owner", 1), parts.broker_config(stack, "provider", 2)
+    assert owner["db_url"] == url and "db_path" not in owner
+    assert provider["db_path"] == str(tmp_path.resolve() / "brokers" / "provider" / "keys.sqlite")
+    assert "db_url" not in provider
