@@ -19,12 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cscore.demo import TENANT, corpus_split, owner_emails, owner_trust
+from cscore.demo import TENANT, corpus_split, onboard_tenant, owner_emails, owner_trust
 from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
 from sdk.emails import Email, email_text
 from sdk.models import find_model
-from sdk.owner import register_tenant, submit_batch, wait_for_batch
+from sdk.owner import submit_batch, wait_for_batch
 from sdk.party import Party
 from sdk.provider import publish_baseline_model, publish_model
 from sdk.results import fetch_results
@@ -75,7 +75,7 @@ def _measure(stack: LocalStack, rounds: int, copies: int, warmup: int, say: Call
                   allowed_measurements=[code_measurement().hex()])
     publish_baseline_model(onnx_bytes, "spam-filter-baseline", provider=provider, store=store)
     owner = Party.from_env("owner")
-    register_tenant(owner, TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
+    onboard_tenant(owner, store, stack.state_dir)
     owner.trust_provider(provider.public_key())
     base = owner_emails(held_out)
     emails = [Email(f"{e.message_id}#{c}", e.text) for c in range(copies) for e in base]

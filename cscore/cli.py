@@ -256,10 +256,28 @@ def cmd_owner_grant_key(args: argparse.Namespace) -> int:
 def cmd_owner_register(args: argparse.Namespace) -> int:
     from sdk.owner import register_tenant
     from sdk.party import Party
+    from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
-    path = register_tenant(Party.from_env("owner"), args.tenant, Path(os.environ["CSCORE_TRUST_DIR"]))
-    print(f"tenant {args.tenant} registered: the platform verifies its manifests with {path}")
+    store = ObjectStore()
+    request = register_tenant(Party.from_env("owner"), args.tenant, store)
+    if args.json:
+        print(json.dumps({"tenant": request.tenant, "thumbprint": request.thumbprint}))
+    else:
+        print(f"tenant {request.tenant}: registration requested (s3://{store.bucket}/registrations/{request.tenant}/"
+              f"request.jws). Give the platform operator this key thumbprint, out of band:\n  {request.thumbprint}\n"
+              "Your manifests are accepted once the operator approves it.")
+    return 0
+
+
+def cmd_platform_approve_tenant(args: argparse.Namespace) -> int:
+    from sdk.platform import approve_tenant, approver_key
+    from sdk.storage import ObjectStore
+
+    _load_stack_env(args.state_dir)
+    home = args.key_home or Path(os.environ.get("CSCORE_STATE_DIR", str(args.state_dir))) / "platform"
+    key = approve_tenant(ObjectStore(), args.tenant, args.thumbprint, approver_key(home), replace=args.replace)
+    print(f"tenant {args.tenant} approved with key {args.thumbprint} ({key}); the DAG accepts its manifests now")
     return 0
 
 
@@ -601,6 +619,7 @@ def _parser() -> argparse.ArgumentParser:
     grant_key.set_defaults(func=cmd_owner_grant_key)
     register = owner.add_parser("register", help="register the tenant's manifest key with the platform")
     register.add_argument("--tenant", required=True)
+    register.add_argument("--json", action="store_true")
     register.set_defaults(func=cmd_owner_register)
     train = owner.add_parser("train", help="encrypt labelled mail (folders spam/ and ham/) and submit a training job "
                              "for a provider's recipe; you receive metrics, nobody receives the weights")
@@ -613,6 +632,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
     _add_release_arguments(train)
     train.set_defaults(func=cmd_owner_train)
+    platform = sub.add_parser("platform", help="the platform operator's commands").add_subparsers(dest="action",
+                                                                                                 required=True)
+    approve = platform.add_parser("approve-tenant", help="approve a tenant's registration request (its key "
+                                                         "thumbprint as the owner told you)")
+    approve.add_argument("tenant")
+    approve.add_argument("--thumbprint", required=True, help="the key thumbprint the owner gave you out of band")
+    approve.add_argument("--replace", action="store_true", help="replace an approved key (the owner rotated it)")
+    approve.add_argument("--key-home", type=Path, help="folder of tenant-approver.jwk (default <state>/platform)")
+    approve.set_defaults(func=cmd_platform_approve_tenant)
     submit = owner.add_parser("submit", help="encrypt and submit a batch of emails (or images, for an image model)")
     submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet; for a model "
                         "whose card takes images, a folder of PNG/JPEG files (each checked before upload)")

@@ -22,6 +22,7 @@ from sdk.emails import Email, email_text
 from sdk.models import find_model
 from sdk.owner import register_tenant, submit_batch, wait_for_batch
 from sdk.party import Party
+from sdk.platform import approve_tenant, approver_key
 from sdk.provider import publish_model
 from sdk.results import VerifiedResults, fetch_results
 from sdk.storage import ObjectStore
@@ -76,6 +77,13 @@ def provider_publishes(train: list[CorpusEmail], store: ObjectStore, say: Callab
     say(f"[provider] published {published.name}:{published.version} ({published.digest[:23]}...) "
         "encrypted; its key stays in the provider's broker")
     return f"{published.name}:{published.version}"
+
+
+def onboard_tenant(owner: Party, store: ObjectStore, state_dir: Path, tenant: str = TENANT) -> None:
+    """The owner asks to register its tenant; the platform operator approves the key thumbprint the owner
+    told it (out of band in real life: here one process plays both)."""
+    request = register_tenant(owner, tenant, store)
+    approve_tenant(store, tenant, request.thumbprint, approver_key(state_dir / "platform"))
 
 
 def owner_emails(held_out: list[CorpusEmail]) -> list[Email]:
@@ -133,7 +141,7 @@ def _run_parties(stack: LocalStack, say: Callable[[str], None]) -> DemoReport:
     train, held_out = corpus_split()
     model_ref = provider_publishes(train, store, say)
     owner = Party.from_env("owner")
-    register_tenant(owner, TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
+    onboard_tenant(owner, store, stack.state_dir)
     emails = owner_emails(held_out)
     t0 = time.monotonic()
     owner.trust_provider(Party.from_env("provider").public_key())  # out of band, in real life

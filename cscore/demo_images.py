@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cscore.demo import TENANT, owner_trust
+from cscore.demo import TENANT, onboard_tenant, owner_trust
 from cscore.present import advice, tee_line
 from enclave.measurement import code_measurement
 from enclave.runner import ContractSession
@@ -28,7 +28,7 @@ from sdk.contracts import DIGITS_CONTRACT, DIGITS_TASK
 from sdk.digits import digits_split, export_digits_onnx, model_inputs, train_digits_model, write_digit_files
 from sdk.images import read_images
 from sdk.models import find_model
-from sdk.owner import register_tenant, submit_table, wait_for_batch
+from sdk.owner import submit_table, wait_for_batch
 from sdk.party import Party
 from sdk.provider import Offer, publish_model
 from sdk.results import fetch_results
@@ -88,7 +88,7 @@ def _run(stack: LocalStack, say: Callable[[str], None]) -> ImagesReport:
     say(f"[provider] trained on {len(split.train_y)} digits, published {published.name}:{published.version} "
         f"({published.digest[:23]}...) encrypted, image contract signed")
     owner = Party.from_env("owner")
-    register_tenant(owner, TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
+    onboard_tenant(owner, store, stack.state_dir)
     owner.trust_provider(Party.from_env("provider").public_key())  # out of band, in real life
     listing = find_model(store, f"{published.name}:{published.version}", owner.trusted_providers())
     assert listing.card is not None  # find_model refuses a card it cannot parse

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ from sdk.party import Party
 from sdk.platform import config_for_owner, published_worker_config
 from sdk.storage import ObjectStore
 from wire.shard import INPUT_BINDING_KEY, input_binding
+from wire.tenant import TenantKey, request_key, sign_request, verify_request
 
 MANIFEST_TYPE = "cscore.manifest/v1"
 ROW_GROUP_SIZE = 200  # emails per row group: the unit of sharding
@@ -66,12 +66,15 @@ class SubmittedBatch:
     rows: int
 
 
-def register_tenant(owner: Party, tenant: str, trust_dir: Path) -> Path:
-    """Hand the platform the tenant's manifest-verification key (public half only)."""
-    path = trust_dir / "tenants" / f"{tenant}.jwk"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(owner.signing_key().as_dict(private=False)))
-    return path
+def register_tenant(owner: Party, tenant: str, store: ObjectStore) -> TenantKey:
+    """Ask the platform to register the tenant: upload a request signed by the owner's manifest key.
+
+    The request (wire.tenant) goes to `registrations/<tenant>/request.jws`; it counts once the platform operator
+    approves it. Give the operator the returned key's thumbprint out of band: it approves only that key.
+    """
+    token = sign_request(tenant, owner.signing_key(), now=time.time())
+    store.put(request_key(tenant), token.encode(), content_type="application/jose")
+    return verify_request(token)
 
 
 def submit_batch(

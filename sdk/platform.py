@@ -1,4 +1,5 @@
-"""What the platform publishes for the parties to check: the workers' configuration document.
+"""What the platform publishes for the parties to check: the workers' configuration document; and the
+operator's approval of tenant registrations (wire.tenant).
 
 The platform uploads it to `platform/worker-config.json`; an owner reads it, checks that it names the
 owner's own broker at the URL the owner uses, and grants its digest (the workers' HOST_DATA). A different
@@ -8,9 +9,14 @@ document (another broker URL, another CA, another TEE mode) has another digest, 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
+
+from joserfc.jwk import OKPKey
 
 from sdk.storage import ObjectStore
 from wire.errors import FormatError
+from wire.tenant import approval_key, request_key, sign_approval, verify_approval, verify_request
 from wire.worker_config import WorkerConfig
 
 WORKER_CONFIG_KEY = "platform/worker-config.json"
@@ -42,3 +48,49 @@ def config_for_owner(config: WorkerConfig, broker_name: str, broker_url: str) ->
         raise WorkerConfigError(f"worker configuration {config.digest_hex()}: owners[{broker_name}].url expected "
                                 f"{broker_url} (your broker), got {listed.url}; do not grant it")
     return config.digest_hex()
+
+
+class TenantApprovalError(ValueError):
+    """The operator cannot approve this registration request; the message says why and what to do."""
+
+
+def approver_key(home: Path) -> OKPKey:
+    """The operator's Ed25519 approval key, created on first use in `home` (mode 0600). Its public half is
+    what the DAG pins (Airflow Variable `cscore_tenant_approver`)."""
+    path = home / "tenant-approver.jwk"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(OKPKey.generate_key("Ed25519", private=True).as_dict(private=True)))
+    return OKPKey.import_key(json.loads(path.read_text()))
+
+
+def approve_tenant(store: ObjectStore, tenant: str, thumbprint: str, approver: OKPKey, *,
+                   replace: bool = False) -> str:
+    """Approve the uploaded request of `tenant` if its key has the thumbprint the owner gave out of band.
+
+    Writes `platform/tenants/<tenant>.jws` and returns its key. Refuses (TenantApprovalError) a missing or
+    badly signed request, another key than `thumbprint`, and a tenant already approved with another key
+    unless `replace` (key rotation, decided by the operator).
+    """
+    raw = store.get_if_exists(request_key(tenant))
+    if raw is None:
+        raise TenantApprovalError(f"s3://{store.bucket}/{request_key(tenant)}: expected the tenant's registration "
+                                  "request, found nothing; the owner runs `cscore owner register` first")
+    try:
+        request = verify_request(raw.decode())
+    except FormatError as exc:
+        raise TenantApprovalError(f"s3://{store.bucket}/{request_key(tenant)}: {exc}; do not approve it") from exc
+    if request.tenant != tenant or request.thumbprint != thumbprint:
+        raise TenantApprovalError(
+            f"tenant {tenant}: expected a request for key {thumbprint} (as the owner told you), got tenant "
+            f"{request.tenant!r} with key {request.thumbprint}; do not approve it, ask the owner")
+    existing = store.get_if_exists(approval_key(tenant))
+    if existing is not None and not replace:
+        current = verify_approval(existing.decode(), dict(approver.as_dict(private=False)), tenant)
+        if current.thumbprint != thumbprint:
+            raise TenantApprovalError(f"tenant {tenant} is approved with key {current.thumbprint}; approving "
+                                      f"{thumbprint} replaces it: pass --replace if the owner rotated its key")
+    store.put(approval_key(tenant), sign_approval(raw.decode(), approver, now=time.time()).encode(),
+              content_type="application/jose")
+    return approval_key(tenant)

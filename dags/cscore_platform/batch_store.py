@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from botocore.exceptions import ClientError
 
 from dags.cscore_platform.manifest import Manifest, ManifestError
+from wire.errors import FormatError
+from wire.tenant import APPROVER_VARIABLE, approval_key, verify_approval
 
 RESULT_MANIFEST_TYPE = "cscore.result-manifest/v1"
 CLAIM_TTL_S = 3 * 3600.0  # longer than any run may take (score_shards times out after 1 h)
@@ -126,6 +127,25 @@ class BatchStore:
         self._s3.put_object(Bucket=self.bucket, Key=_status_key(tenant, batch_id),
                             Body=json.dumps(body).encode(), ContentType="application/json")
 
+    def tenant_key(self, tenant: str) -> dict[str, Any]:
+        """The tenant's manifest-verification key as the platform operator approved it (wire.tenant): the
+        approval object must be signed by the pinned approver key and name this tenant."""
+        try:
+            key = approval_key(tenant)
+        except FormatError as exc:
+            raise ManifestError(f"manifest.{exc}") from exc
+        try:
+            token = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read().decode()
+        except ClientError as exc:
+            raise ManifestError(
+                f"manifest.tenant: expected a tenant approved by the platform operator (s3://{self.bucket}/{key}), "
+                f"got {tenant!r} with {_code(exc)}; the owner registers with `cscore owner register`, the operator "
+                "approves with `cscore platform approve-tenant`") from exc
+        try:
+            return verify_approval(token, approver_key(), tenant).key
+        except FormatError as exc:
+            raise ManifestError(f"s3://{self.bucket}/{key}: {exc}; refusing the tenant's manifests") from exc
+
     def write_result_manifest(self, manifest: Manifest, body: dict[str, Any]) -> str:
         key = f"{manifest.results_prefix}result-manifest.json"
         document = {"type": RESULT_MANIFEST_TYPE, **body}
@@ -134,15 +154,16 @@ class BatchStore:
         return key
 
 
-def tenant_public_key(tenant: str) -> dict[str, Any]:
-    """The tenant's registered manifest-signing key, from the platform's trust directory."""
-    path = Path(os.environ.get("CSCORE_TRUST_DIR", ".")) / "tenants" / f"{tenant}.jwk"
-    if not path.is_file():
-        raise ManifestError(
-            f"manifest.tenant: expected a registered tenant with a key at {path}, got {tenant!r} with none; "
-            "register it with `cscore owner register`"
-        )
-    key: dict[str, Any] = json.loads(path.read_text())
+def approver_key() -> dict[str, Any]:
+    """The platform operator's public approval key, pinned as the Airflow Variable `cscore_tenant_approver`."""
+    from airflow.sdk import Variable
+
+    raw = Variable.get(APPROVER_VARIABLE, default=None)
+    if not raw:
+        raise ManifestError(f"platform configuration: expected the Airflow Variable {APPROVER_VARIABLE} (the "
+                            "operator's public approval JWK), got none; set it (AIRFLOW_VAR_CSCORE_TENANT_APPROVER) "
+                            "so approved tenants can be checked")
+    key: dict[str, Any] = json.loads(raw) if isinstance(raw, str) else raw
     return key
 
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 import structlog
 
 from dags.cscore_platform import worker_pool
-from dags.cscore_platform.batch_store import BatchStore, tenant_public_key
+from dags.cscore_platform.batch_store import BatchStore
 from dags.cscore_platform.manifest import MANIFEST_NAME, Manifest, tenant_and_batch, verify_manifest
 from dags.cscore_platform.planning import plan_shards
 
@@ -81,7 +81,7 @@ def validate(manifest_key: str, run_id: str) -> dict[str, Any]:
     store = BatchStore()
     tenant, batch = tenant_and_batch(manifest_key)
     with _failing_marks_batch(store, manifest_key, run_id, "validate"):
-        manifest = verify_manifest(manifest_key, store.read(manifest_key), tenant_public_key(tenant))
+        manifest = verify_manifest(manifest_key, store.read(manifest_key), store.tenant_key(tenant))
         say("info", "Batch %s of tenant %s: manifest %s signed by the tenant's key; %d object(s), %d emails, "
                  "model %s:%d (%s).", batch, tenant, manifest.sha256[:16], len(manifest.objects),
                  manifest.rows, manifest.model_name, manifest.model_version, manifest.model_digest,

@@ -22,7 +22,8 @@ import httpx
 
 from infra.local import aws
 from infra.local.util import StackError, ensure_secret, free_port, wait_ready
-from sdk.platform import WORKER_CONFIG_KEY
+from sdk.platform import WORKER_CONFIG_KEY, approver_key
+from wire.tenant import APPROVER_VARIABLE
 from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig
 
 if TYPE_CHECKING:
@@ -344,6 +345,9 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "30",
         "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(_aws_connection(stack), separators=(",", ":")),
+        # The operator's public tenant-approval key, pinned by the DAG (its private half: <state>/platform).
+        f"AIRFLOW_VAR_{APPROVER_VARIABLE.upper()}": json.dumps(
+            approver_key(stack.state_dir / "platform").as_dict(private=False), separators=(",", ":")),
     }
     env = {**defaults, **given}
     stack.env["CSCORE_AIRFLOW_URL"] = env["AIRFLOW__API__BASE_URL"]

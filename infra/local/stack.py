@@ -146,7 +146,7 @@ class LocalStack:
 
     def _start_parts(self) -> None:
         """Start independent parts together, wait in dependency order (Airflow needs every URL)."""
-        self.env.update(CSCORE_STATE_DIR=str(self.state_dir), CSCORE_TRUST_DIR=str(self.state_dir / "trust"))
+        self.env["CSCORE_STATE_DIR"] = str(self.state_dir)
         s3, redis, tee = self._object_store(), self._celery_transport(), self._tee()
         migrate = self._airflow_migrate()
         brokers = self._key_brokers()
@@ -278,7 +278,7 @@ class LocalStack:
         return {n: self.environ[n] for n in names if self.environ.get(n)}
 
     def _prepare_dirs(self) -> None:
-        for sub in ("pids", "logs", "trust/tenants", "owner", "provider"):
+        for sub in ("pids", "logs", "owner", "provider", "platform"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
 def load_env(path: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import redis
 
-from cscore.demo import TENANT, owner_trust
+from cscore.demo import TENANT, onboard_tenant, owner_trust
 from enclave.measurement import code_measurement
 from enclave.runner import ContractSession
 from enclave.scoring import ModelSession
@@ -33,15 +33,7 @@ from sdk.digits import digits_split, export_digits_onnx, train_digits_model, wri
 from sdk.emails import Email, email_text
 from sdk.images import ImageInputError, read_images
 from sdk.models import ModelListing, find_model, list_models
-from sdk.owner import (
-    OwnerKeys,
-    SubmittedBatch,
-    register_tenant,
-    resubmit_batch,
-    submit_batch,
-    submit_table,
-    wait_for_batch,
-)
+from sdk.owner import OwnerKeys, SubmittedBatch, resubmit_batch, submit_batch, submit_table, wait_for_batch
 from sdk.party import Party
 from sdk.platform import published_worker_config
 from sdk.provider import Offer, publish_model
@@ -77,7 +69,7 @@ def test_provider_publishes_and_owner_sees_the_model(stack: LocalStack, model_by
     published = publish_model(model_bytes, "spam-filter", provider=Party.from_env("provider"), store=store,
                               allowed_measurements=[code_measurement().hex()])
     owner = Party.from_env("owner")
-    register_tenant(owner, TENANT, Path(stack.env["CSCORE_TRUST_DIR"]))
+    onboard_tenant(owner, store, stack.state_dir)
     with pytest.raises(LookupError, match="pin the provider's key"):
         find_model(store, "spam-filter", owner.trusted_providers())  # not yet trusted: refused
     owner.trust_provider(Party.from_env("provider").public_key())

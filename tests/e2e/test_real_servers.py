@@ -30,12 +30,12 @@ import pytest
 import redis
 from psycopg import sql
 
-from cscore.demo import TENANT, owner_trust
+from cscore.demo import TENANT, onboard_tenant, owner_trust
 from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
 from sdk.emails import Email
 from sdk.models import find_model
-from sdk.owner import register_tenant, submit_batch, wait_for_batch
+from sdk.owner import submit_batch, wait_for_batch
 from sdk.party import Party
 from sdk.provider import publish_model
 from sdk.results import fetch_results
@@ -152,7 +152,7 @@ def test_a_batch_runs_on_postgres_celery_redis_and_rabbitmq(production: LocalSta
     model = export_onnx(train_spam_model(texts, [1, 1, 0, 0] * 10))
     published = publish_model(model, "spam-filter", provider=provider, store=store,
                               allowed_measurements=[code_measurement().hex()])
-    register_tenant(owner, TENANT, Path(production.env["CSCORE_TRUST_DIR"]))
+    onboard_tenant(owner, store, production.state_dir)
     owner.trust_provider(provider.public_key())
     emails = [Email(f"<m{i}@real-servers>", texts[i % len(texts)] + f" #{i}") for i in range(300)]
     listing = find_model(store, f"spam-filter:{published.version}", owner.trusted_providers())

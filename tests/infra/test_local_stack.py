@@ -37,7 +37,7 @@ def test_env_file_has_the_contract_variables(stack: LocalStack) -> None:
     assert env["CSCORE_CELERY_BROKER_URL"] == f"redis+socket://{stack.state_dir}/redis/redis.sock"
     assert env["CSCORE_CELERY_RESULT_BACKEND"] == env["CSCORE_CELERY_BROKER_URL"]
     assert env["CSCORE_TEE"] == "simulated-sev-snp"
-    assert env["CSCORE_TRUST_DIR"] == str(stack.state_dir / "trust")
+    assert "CSCORE_TRUST_DIR" not in env  # tenants register through object storage, no shared folder
     assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_DEFAULT_REGION"]) == (
         "testing", "testing", "us-east-1")
 
