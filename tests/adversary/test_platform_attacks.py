@@ -39,7 +39,7 @@ from celery.utils.nodenames import worker_direct
 from joserfc.jwk import ECKey
 
 from cscore.cli import main as cli_main
-from cscore.demo import TENANT, corpus_split, owner_trust
+from cscore.demo import TENANT, corpus_split, onboard_tenant, owner_trust
 from dags.cscore_platform import worker_pool
 from dags.cscore_platform.manifest import Manifest, verify_manifest
 from dags.cscore_platform.planning import plan_shards
@@ -55,13 +55,15 @@ from keybroker.tls import create_local_ca, ensure_local_tls, issue_server_cert
 from sdk.broker_admin import BrokerAdmin
 from sdk.emails import Email, email_text
 from sdk.models import ModelListing, find_model
-from sdk.owner import OwnerKeys, SubmittedBatch, encode_part, register_tenant, submit_batch
+from sdk.owner import OwnerKeys, SubmittedBatch, encode_part, submit_batch
 from sdk.party import Party
+from sdk.platform import approver_key
 from sdk.provider import model_key_id, publish_baseline_model, publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
 from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY
+from wire.tenant import approval_key, verify_approval
 from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, load_worker_config
 
 # e2e: the module's stack sets the process environment (tests/conftest.py leaves it alone for e2e tests).
@@ -127,7 +129,8 @@ def _submit(emails: list[Email]) -> SubmittedBatch:
 
 def _manifest(tenant: str, batch_id: str) -> Manifest:
     key = f"incoming/{tenant}/{batch_id}/manifest.jws"
-    tenant_key = json.loads((Path(os.environ["CSCORE_TRUST_DIR"]) / "tenants" / f"{tenant}.jwk").read_text())
+    approver = dict(approver_key(Path(os.environ["CSCORE_STATE_DIR"]) / "platform").as_dict(private=False))
+    tenant_key = verify_approval(ObjectStore().get(approval_key(tenant)).decode(), approver, tenant).key
     return verify_manifest(key, ObjectStore().get(key), tenant_key)
 
 
@@ -210,7 +213,7 @@ def test_honest_batch_is_scored_bit_exact(stack: LocalStack, emails: list[Email]
     publish_model(model_bytes, "spam-filter", provider=provider, store=store,
                   allowed_measurements=[code_measurement().hex()], quota={"rows": 100_000, "period_s": 3600})
     publish_baseline_model(_small_model(), "baseline", provider=provider, store=store)
-    register_tenant(owner, TENANT, Path(os.environ["CSCORE_TRUST_DIR"]))
+    onboard_tenant(owner, store, stack.state_dir)
     owner.trust_provider(provider.public_key())
     _state["model"] = find_model(store, "spam-filter", owner.trusted_providers())
     batch = _batch(emails, "honest", 450)  # 3 row groups: 2 shards
