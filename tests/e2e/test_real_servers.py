@@ -172,7 +172,11 @@ def test_a_batch_runs_on_postgres_celery_redis_and_rabbitmq(production: LocalSta
     queues = _rows(pg_db, "SELECT DISTINCT queue FROM task_instance WHERE dag_id = 'cscore_batch'")
     assert queues == [(airflow_queue,)]
     # The CeleryExecutor ran them: Celery's result backend (in the same database) has their results.
-    assert _rows(pg_db, "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")[0][0] >= 5
+    # (each is stored when its Celery task returns, just after Airflow saw the task succeed: wait for all five)
+    deadline = time.monotonic() + 60
+    while (done := _rows(pg_db, "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")[0][0]) < 5:
+        assert time.monotonic() < deadline, f"{done} Airflow tasks with a Celery result, expected at least 5"
+        time.sleep(1)
     airflow = str(Path(sys.executable).parent / "airflow")
     executor = subprocess.run([airflow, "config", "get-value", "core", "executor"], env=production.child_env(),
                               capture_output=True, text=True, check=True, timeout=120).stdout.split()[-1]
