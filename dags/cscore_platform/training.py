@@ -78,11 +78,11 @@ def validate(manifest_key: str) -> dict[str, Any]:
 
     The broker name comes from the recipe card as stored (the worker verifies the card itself); it only says
     which broker the workers attest to."""
-    from dags.cscore_platform.batch_store import BatchStore, tenant_public_key
+    from dags.cscore_platform.batch_store import BatchStore
 
     store = BatchStore()
     tenant, _ = tenant_and_job(manifest_key)
-    spec = training_spec(manifest_key, store.read(manifest_key), tenant_public_key(tenant))
+    spec = training_spec(manifest_key, store.read(manifest_key), store.tenant_key(tenant))
     card_key = f"recipes/{spec['recipe_name']}/{spec['recipe_version']}/card.jws"
     try:
         claimed = json.loads(jws.extract_compact(store.read(card_key).strip()).payload)
