@@ -2,7 +2,9 @@
 
 The same emails go through the pipeline twice per round, alternating which goes first: confidential
 (PME, attestation, both key brokers, receipts verified) and plaintext baseline (plain Parquet, no brokers).
-Emails/s is counted from the owner's submit to its decrypted (or read) results.
+Reported per phase, side by side: the owner's submit, the pipeline (manifest to succeeded), fetching results,
+end to end, and inside the workers (summed over shards: keys, read, score, write, sign, store), with the
+pipeline's rate over the raw scorer's on the same number of processes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow.parquet as pq
 
 from cscore.demo import TENANT, corpus_split, onboard_tenant, owner_emails, owner_trust
 from enclave.measurement import code_measurement
+from enclave.scoring import ModelSession
 from infra.local.stack import LocalStack
 from sdk.emails import Email, email_text
 from sdk.models import find_model
@@ -32,41 +35,76 @@ from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
 
 MODES = ("confidential", "plaintext")
+SUBMIT_PHASES = ("submit", "pipeline", "results", "end_to_end")
+WORKER_PHASES = ("keys", "read", "score", "write", "sign", "store")
+HELD_OUT = 2_418  # emails in the owner's 40 % of the corpus: one unit of --scale
 
 
 @dataclass
 class BenchReport:
+    """Per mode, per counted round: seconds of each owner-side phase and the workers' summed phase seconds."""
+
     emails_per_batch: int
     rounds: int
-    seconds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
-    # per mode, per phase (submit, pipeline, results): where the time goes
-    phases: dict[str, dict[str, list[float]]] = field(
-        default_factory=lambda: {m: {"submit": [], "pipeline": [], "results": []} for m in MODES})
+    workers: int
+    raw_scorer_per_s: float = 0.0  # the enclave's ModelSession, 1 thread, one process, on the batch's texts
+    runs: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {m: [] for m in MODES})
 
-    def emails_per_s(self, mode: str) -> float:
-        return self.emails_per_batch / statistics.median(self.seconds[mode])
+    def median(self, mode: str, phase: str) -> float:
+        return statistics.median(run.get(phase, 0.0) for run in self.runs[mode])
+
+    def emails_per_s(self, mode: str, phase: str = "end_to_end") -> float:
+        return self.emails_per_batch / self.median(mode, phase)
 
     @property
     def ratio(self) -> float:
+        """Confidential / plaintext emails per second, end to end."""
         return self.emails_per_s("confidential") / self.emails_per_s("plaintext")
 
+    def pipeline_vs_scorer(self, mode: str) -> float:
+        """The pipeline's rate over what `workers` raw scorers would do on the same cores."""
+        return self.emails_per_s(mode, "pipeline") / (self.workers * self.raw_scorer_per_s)
+
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), **{f"{m}_emails_per_s": self.emails_per_s(m) for m in MODES}, "ratio": self.ratio}
+        medians = {m: {p: self.median(m, p) for p in self.runs[m][0]} for m in MODES if self.runs[m]}
+        return {**asdict(self), "medians": medians, "ratio": self.ratio,
+                **{f"{m}_emails_per_s": self.emails_per_s(m) for m in MODES},
+                **{f"{m}_pipeline_vs_scorer": self.pipeline_vs_scorer(m) for m in MODES}}
+
+    def table(self) -> str:
+        """Phases side by side: median seconds per mode and their ratio, then rates."""
+        lines = [f"{self.emails_per_batch} emails per batch, {self.workers} workers, {self.rounds} rounds (medians)",
+                 f"{'phase':<28}{'confidential s':>15}{'plaintext s':>13}{'ratio':>8}"]
+        for phase in (*SUBMIT_PHASES, "worker_busy", *(f"worker.{p}" for p in WORKER_PHASES)):
+            c, p = self.median("confidential", phase), self.median("plaintext", phase)
+            lines.append(f"{phase:<28}{c:>15.2f}{p:>13.2f}{(c / p if p else float('nan')):>8.2f}")
+        lines.append(f"{'emails/s end to end':<28}{self.emails_per_s('confidential'):>15.0f}"
+                     f"{self.emails_per_s('plaintext'):>13.0f}{self.ratio:>8.3f}")
+        lines.append(f"{'emails/s pipeline':<28}{self.emails_per_s('confidential', 'pipeline'):>15.0f}"
+                     f"{self.emails_per_s('plaintext', 'pipeline'):>13.0f}")
+        lines.append(f"{'pipeline / raw scorer':<28}{self.pipeline_vs_scorer('confidential'):>15.3f}"
+                     f"{self.pipeline_vs_scorer('plaintext'):>13.3f}   (raw scorer {self.raw_scorer_per_s:.0f} "
+                     f"emails/s per process x {self.workers})")
+        return "\n".join(lines)
 
 
-def run_bench(state_dir: Path, *, rounds: int = 3, copies: int = 2, workers: int = 2, warmup: int = 1,
+def run_bench(state_dir: Path, *, rounds: int = 3, scale: int = 1, workers: int = 2, warmup: int = 1,
               say: Callable[[str], None] = print) -> BenchReport:
-    """Start the stack, publish both models, run `rounds` alternating pairs of batches, stop the stack."""
+    """Start the stack, publish both models, run `rounds` alternating pairs of batches, stop the stack.
+
+    A batch is `scale` copies of the 2,418 held-out emails (message ids made unique per copy).
+    """
     stack = LocalStack(state_dir, workers=workers, airflow=True, out=say)
     stack.start()
     os.environ.update(stack.env)
     try:
-        return _measure(stack, rounds, copies, warmup, say)
+        return _measure(stack, rounds, scale, workers, warmup, say)
     finally:
         stack.stop()
 
 
-def _measure(stack: LocalStack, rounds: int, copies: int, warmup: int, say: Callable[[str], None]) -> BenchReport:
+def _measure(stack: LocalStack, rounds: int, scale: int, workers: int, warmup: int,
+             say: Callable[[str], None]) -> BenchReport:
     store = ObjectStore()
     train, held_out = corpus_split()
     onnx_bytes = export_onnx(train_spam_model([email_text(e.raw) for e in train], [e.label for e in train]))
@@ -78,26 +116,35 @@ def _measure(stack: LocalStack, rounds: int, copies: int, warmup: int, say: Call
     onboard_tenant(owner, store, stack.state_dir)
     owner.trust_provider(provider.public_key())
     base = owner_emails(held_out)
-    emails = [Email(f"{e.message_id}#{c}", e.text) for c in range(copies) for e in base]
-    report = BenchReport(len(emails), rounds)
+    emails = [Email(f"{e.message_id}#{c}", e.text) for c in range(scale) for e in base]
+    report = BenchReport(len(emails), rounds, workers, raw_scorer_per_s=_raw_scorer_rate(onnx_bytes, emails))
+    say(f"[bench] raw scorer (ModelSession, 1 thread): {report.raw_scorer_per_s:.0f} emails/s")
     for w in range(warmup):  # first batches pay one-off costs (model load, first attestation): not counted
         for mode in MODES:
-            phases = _one_batch(store, owner, emails, mode)
-            say(f"[bench] warm-up {w + 1}/{warmup} {mode:12} {sum(phases.values()):.1f} s (not counted)")
+            run = _one_batch(store, owner, emails, mode)
+            say(f"[bench] warm-up {w + 1}/{warmup} {mode:12} {run['end_to_end']:.1f} s (not counted)")
     for r in range(rounds):
         for mode in MODES if r % 2 == 0 else reversed(MODES):
-            phases = _one_batch(store, owner, emails, mode)
-            seconds = sum(phases.values())
-            report.seconds[mode].append(seconds)
-            for phase, value in phases.items():
-                report.phases[mode][phase].append(value)
-            say(f"[bench] round {r + 1}/{rounds} {mode:12} {len(emails)} emails in {seconds:.1f} s "
-                f"({len(emails) / seconds:.0f} emails/s; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
-                + ")")
+            run = _one_batch(store, owner, emails, mode)
+            report.runs[mode].append(run)
+            say(f"[bench] round {r + 1}/{rounds} {mode:12} {len(emails)} emails in {run['end_to_end']:.1f} s "
+                f"({len(emails) / run['end_to_end']:.0f} emails/s; "
+                + ", ".join(f"{k} {run[k]:.1f} s" for k in ("submit", "pipeline", "results", "worker_busy")) + ")")
     return report
 
 
+def _raw_scorer_rate(onnx_bytes: bytes, emails: list[Email]) -> float:
+    """Emails/s of the worker's own scorer alone, in this process (at most 20,000 emails are timed)."""
+    texts = [e.text for e in emails[:20_000]]
+    session = ModelSession(onnx_bytes, threads=1)
+    session.score(texts[:256])  # warm
+    t0 = time.perf_counter()
+    session.score(texts)
+    return len(texts) / (time.perf_counter() - t0)
+
+
 def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str) -> dict[str, float]:
+    """Seconds of one batch: owner phases, end to end, and the workers' phases summed over its shards."""
     t0 = time.monotonic()
     baseline = mode == "plaintext"
     model = find_model(store, "spam-filter-baseline" if baseline else "spam-filter", owner.trusted_providers())
@@ -114,9 +161,15 @@ def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str)
         anchors, policy = owner_trust(accept_simulated=True)
         rows = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors,
                              policy=policy).table.num_rows
+    t3 = time.monotonic()
     if rows != len(emails):
         raise RuntimeError(f"{mode} batch {batch.batch_id}: expected {len(emails)} results, got {rows}")
-    return {"submit": t1 - t0, "pipeline": t2 - t1, "results": time.monotonic() - t2}
+    run = {"submit": t1 - t0, "pipeline": t2 - t1, "results": t3 - t2, "end_to_end": t3 - t0}
+    shards = json.loads(store.get(f"results/{TENANT}/{batch.batch_id}/result-manifest.json"))["shards"]
+    for phase in WORKER_PHASES:
+        run[f"worker.{phase}"] = sum(s.get("seconds", {}).get(phase, 0.0) for s in shards)
+    run["worker_busy"] = sum(run[f"worker.{phase}"] for phase in WORKER_PHASES)
+    return run
 
 
 def _plain_results(store: ObjectStore, batch_id: str) -> pa.Table:

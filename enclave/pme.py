@@ -128,7 +128,8 @@ class PmeKeys:
             self._connection, pe.DecryptionConfiguration(cache_lifetime=KEY_CACHE_LIFETIME)
         )
         source = pa.BufferReader(data) if isinstance(data, bytes) else data
-        return pq.ParquetFile(source, decryption_properties=properties)
+        # pre_buffer: the column chunks of the row groups read together come in one coalesced range request.
+        return pq.ParquetFile(source, decryption_properties=properties, pre_buffer=True)
 
 
 def write_encrypted(

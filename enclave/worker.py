@@ -12,12 +12,14 @@ result key, released by the owner's broker, never under a key the platform could
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import logging
 import secrets
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +81,9 @@ class ScoredShard:
     usage: str  # signed usage record for the provider (rows, no content); "" for the plaintext baseline
     evidence: dict[str, Any]
     evidence_sha256: str
+    # Seconds per phase inside the worker (keys, read, score, write, sign): for `cscore bench`. Durations only,
+    # which the platform could time from outside anyway.
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -249,19 +254,26 @@ class Enclave:
         `card_token` is the model card as stored (a JWS); `model_object(key)` fetches the model's object.
         Raises ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, wire FormatError, KbsError.
         """
+        clock = _Clock()
         card = self._verified_card(spec, card_token)
         output_key = spec.output_key.removesuffix(".parquet") + f".{secrets.token_hex(8)}.parquet"
         if spec.protection == "none" or card.protection == "none":
-            return self._score_plaintext(spec, card, output_key, source, model_object)
+            return self._score_plaintext(spec, card, output_key, source, model_object, clock)
         owner = self.session(self.config.owner(spec.owner_broker))
         batch = self._batch(spec, owner)
         model = self._authorised_model(spec, card, owner, batch, model_object)
+        clock.lap("keys")  # attestation, model release and load when not cached
         table = read_shard(spec, source, batch.keys, card)
         self._count_rows(spec, batch, table.num_rows)
+        clock.lap("read")
         results = _scored(spec, table, model, card.probability_digits)
+        clock.lap("score")
         output = batch.keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
                                   row_group_size=RESULT_ROW_GROUP_SIZE)
-        return self._receipted(spec, card, owner, output_key, output, table.num_rows)
+        clock.lap("write")
+        scored = self._receipted(spec, card, owner, output_key, output, table.num_rows)
+        clock.lap("sign")
+        return dataclasses.replace(scored, seconds=clock.laps)
 
     def train(self, spec: TrainingSpec, data: bytes, recipe_card_token: str,
               recipe_object: Callable[[str], bytes]) -> TrainedJob:
@@ -351,7 +363,7 @@ class Enclave:
             batch.scored_rows += rows
 
     def _score_plaintext(self, spec: ShardSpec, card: ModelCard, output_key: str, input_object: RangeSource,
-                         model_object: Callable[[str], bytes]) -> ScoredShard:
+                         model_object: Callable[[str], bytes], clock: _Clock) -> ScoredShard:
         """The benchmark's baseline: same reading, scoring and writing, without PME, brokers or evidence.
 
         Only where the measured configuration says so (simulated TEE), and only for a model its provider
@@ -366,20 +378,25 @@ class Enclave:
                                    f"{card.protection!r} and shard.protection {spec.protection!r}")
         model = contract_session_for(card.digest, card.contract, lambda: _plain_model(card, model_object),
                                      namespace="plaintext")
+        clock.lap("keys")
         source = input_object.read_all()  # the baseline keeps the whole-file hash: no PME authenticates it
         if sha256_hex(source) != spec.input_sha256:
             raise ShardInputError(f"input {spec.input_key}: expected sha256 {spec.input_sha256} (from the signed "
                                   f"manifest), got {sha256_hex(source)}")
         parquet = pq.ParquetFile(pa.BufferReader(source))
         table = parquet.read_row_groups(_row_groups(spec), _input_columns(spec, card, parquet.schema_arrow))
+        clock.lap("read")
+        results = _scored(spec, table, model, card.probability_digits)
+        clock.lap("score")
         sink = io.BytesIO()
-        pq.write_table(_scored(spec, table, model, card.probability_digits), sink,
-                       row_group_size=RESULT_ROW_GROUP_SIZE)
+        pq.write_table(results, sink, row_group_size=RESULT_ROW_GROUP_SIZE)
         output = sink.getvalue()
+        clock.lap("write")
         receipt = sign_receipt(self._baseline_key, spec=spec, output_key=output_key, input_sha256=sha256_hex(source),
                                input_file_id="", output_sha256=sha256_hex(output), rows=table.num_rows,
                                evidence_sha256="", worker=self.name)
-        return ScoredShard(output_key, output, sha256_hex(output), table.num_rows, receipt, "", {}, "")
+        clock.lap("sign")
+        return ScoredShard(output_key, output, sha256_hex(output), table.num_rows, receipt, "", {}, "", clock.laps)
 
     def _receipted(self, spec: ShardSpec, card: ModelCard, owner: AttestedSession, output_key: str,
                    output: bytes, rows: int) -> ScoredShard:
@@ -398,6 +415,19 @@ class Enclave:
         log.info("scored shard %d of batch %s: %d rows, output sha256 %s",
                  spec.shard_index, spec.batch_id, rows, output_sha256)
         return ScoredShard(output_key, output, output_sha256, rows, receipt, usage, evidence, evidence_sha256)
+
+
+class _Clock:
+    """Seconds between laps, by phase name."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self._last, 6)
+        self._last = now
 
 
 def _decrypt_model(card: ModelCard, dek: bytes, model_object: Callable[[str], bytes]) -> bytes:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
@@ -138,6 +139,7 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
         return _outcome_from_receipt(spec, existing, worker)
     card = storage.get_bytes(_card_key(spec)).decode()
     source = storage.S3Object(spec.input_key)  # ranged reads: the footer and this shard's row groups
+    started = time.perf_counter()
     scored = _named_enclave(self).score_shard(spec, source, card, storage.get_bytes)
     log.info("shard %d of batch %s read %d bytes of %s in %d requests", spec.shard_index, spec.batch_id,
              source.bytes_read, spec.input_key, source.requests)
@@ -162,6 +164,7 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
         rows=scored.rows,
         worker=worker,
         reused=False,
+        seconds={**scored.seconds, "store": round(time.perf_counter() - started - sum(scored.seconds.values()), 6)},
     ).to_dict()
 
 

@@ -6,6 +6,7 @@ digests and counts only: never a key, an email or a score.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -108,10 +109,12 @@ class ShardOutcome:
     rows: int
     worker: str
     reused: bool  # True when an earlier attempt had already finished this shard
+    # Seconds per phase in the worker (keys, read, score, write, sign, store), for benchmarks; {} when reused.
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardOutcome:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
