@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import OKPKey
 
 from enclave.measurement import code_measurement
+from enclave.ranged import BytesSource
 from enclave.scoring import ModelSession
 from enclave.signing import generate_signing_key, sign_json
 from enclave.tee import SimulatedSnpProvider
@@ -106,7 +107,7 @@ def _spec(data: bytes, onnx: bytes, **changes: Any) -> ShardSpec:
 
 def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
-    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes, digits=2),
+    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes, digits=2),
                                            lambda key: onnx_bytes)
     table = pq.read_table(pa.BufferReader(scored.output))
     expected, _ = ModelSession(onnx_bytes).score(TEXTS)
@@ -117,7 +118,7 @@ def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, o
 
 def test_labels_only_cards_give_no_probabilities(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
-    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes, digits=0),
+    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes, digits=0),
                                            lambda key: onnx_bytes)
     table = pq.read_table(pa.BufferReader(scored.output))
     assert table.column("spam_probability").null_count == len(TEXTS)
@@ -127,7 +128,8 @@ def test_labels_only_cards_give_no_probabilities(sim_dir: Path, onnx_bytes: byte
 def test_input_other_than_the_manifests_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
     with pytest.raises(ShardInputError, match="expected sha256"):
-        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, input_sha256="00" * 32), data, _card(onnx_bytes),
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, input_sha256="00" * 32), BytesSource(data),
+                                      _card(onnx_bytes),
                                       lambda key: onnx_bytes)
 
 
@@ -135,7 +137,7 @@ def test_a_card_not_signed_by_a_configured_provider_is_refused(sim_dir: Path, on
     data = _input()
     forged = _card(onnx_bytes, key=generate_signing_key())  # the platform's own key: terms stripped at will
     with pytest.raises(FormatError) as refused:
-        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, forged, lambda key: onnx_bytes)
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), forged, lambda key: onnx_bytes)
     assert refused.value.field == "card.signature"
 
 
@@ -143,7 +145,7 @@ def test_a_card_for_another_model_is_refused(sim_dir: Path, onnx_bytes: bytes) -
     data = _input()
     other = _card(onnx_bytes, digest="sha256:" + "22" * 32)
     with pytest.raises(ModelIntegrityError, match="expected spam:1 with digest"):  # before any key is asked for
-        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, other, lambda key: onnx_bytes)
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), other, lambda key: onnx_bytes)
 
 
 def test_a_model_object_swapped_under_a_genuine_card_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
@@ -152,24 +154,24 @@ def test_a_model_object_swapped_under_a_genuine_card_is_refused(sim_dir: Path, o
     chosen = export_onnx(train_spam_model(TEXTS, [1, 0, 1, 0, 1, 0] * 5, max_features=30))
     other_model = export_onnx(train_spam_model(TEXTS, [0, 1, 1, 0, 1, 0] * 5, max_features=40))
     with pytest.raises(ModelIntegrityError, match="expected digest"):
-        _enclave(sim_dir).score_shard(_spec(data, chosen), data, _card(chosen), lambda key: other_model)
+        _enclave(sim_dir).score_shard(_spec(data, chosen), BytesSource(data), _card(chosen), lambda key: other_model)
 
 
 def test_plaintext_needs_the_configuration_and_an_unencrypted_card(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
     with pytest.raises(PlaintextRefused, match="forbids the plaintext baseline"):
-        _enclave(sim_dir, plaintext=False).score_shard(_spec(data, onnx_bytes), data, _card(onnx_bytes),
+        _enclave(sim_dir, plaintext=False).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes),
                                                        lambda key: onnx_bytes)
     confidential = _card(onnx_bytes, protection="aes-256-gcm")
     with pytest.raises(PlaintextRefused, match="published unencrypted"):  # a confidential model, scored in clear
-        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), data, confidential, lambda key: onnx_bytes)
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), confidential, lambda key: onnx_bytes)
 
 
 def test_an_owner_broker_the_configuration_does_not_name_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
     spec = _spec(data, onnx_bytes, owner_broker="platform-relay", protection="pme")
     with pytest.raises(FormatError) as refused:
-        _enclave(sim_dir).score_shard(spec, data, _card(onnx_bytes, protection="aes-256-gcm"),
+        _enclave(sim_dir).score_shard(spec, BytesSource(data), _card(onnx_bytes, protection="aes-256-gcm"),
                                       lambda key: onnx_bytes)
     assert refused.value.field == "owner_broker" and refused.value.actual == "platform-relay"
 
