@@ -35,6 +35,13 @@ class EncryptionCoverageError(ValueError):
     """A column would be written in plaintext because no key covers it."""
 
 
+class NotEncryptedError(ValueError):
+    """A file given to a PME reader does not end in the encrypted-footer magic ("PARE")."""
+
+
+ENCRYPTED_FOOTER_MAGIC = b"PARE"
+
+
 class _BrokerKmsClient(pe.KmsClient):
     """pyarrow's KMS interface, delegating to a KeyWrapper."""
 
@@ -128,6 +135,12 @@ class PmeKeys:
             self._connection, pe.DecryptionConfiguration(cache_lifetime=KEY_CACHE_LIFETIME)
         )
         source = pa.BufferReader(data) if isinstance(data, bytes) else data
+        # pyarrow opens a plaintext file even with decryption properties: whatever its footer says would then be
+        # believed. Only an encrypted footer is authenticated (AES-GCM under the footer key), so require one.
+        magic = source.read_at(len(ENCRYPTED_FOOTER_MAGIC), source.size() - len(ENCRYPTED_FOOTER_MAGIC))
+        if magic != ENCRYPTED_FOOTER_MAGIC:
+            raise NotEncryptedError(f"expected a Parquet file with an encrypted footer (ending "
+                                    f"{ENCRYPTED_FOOTER_MAGIC!r}), got one ending {bytes(magic)!r}")
         # pre_buffer: the column chunks of the row groups read together come in one coalesced range request.
         return pq.ParquetFile(source, decryption_properties=properties, pre_buffer=True)
 

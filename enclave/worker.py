@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import OKPKey
 
 from enclave.kbs_client import AttestedSession, EnclaveKeys
-from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
+from enclave.pme import EncryptedParquet, KeyWrapper, NotEncryptedError, PmeKeys
 from enclave.ranged import RangeSource, open_ranged
 from enclave.receipts import evidence_document, sign_receipt, sign_usage
 from enclave.runner import ContractSession, contract_session_for
@@ -162,7 +162,11 @@ def read_shard(spec: ShardSpec, source: RangeSource, keys: PmeKeys, card: ModelC
     must name this tenant, batch, object key and the manifest's file id (ShardInputError otherwise), so the
     platform can serve neither another object of the batch nor another batch's under this key.
     """
-    with EncryptedParquet(open_ranged(source), keys) as parquet:
+    try:
+        opened = EncryptedParquet(open_ranged(source), keys)
+    except NotEncryptedError as exc:
+        raise ShardInputError(f"input {spec.input_key}: {exc}; the owner's inputs are all PME-encrypted") from None
+    with opened as parquet:
         _check_binding(spec, parquet.key_value_metadata.get(INPUT_BINDING_KEY.encode()))
         if spec.row_group_end > parquet.num_row_groups:
             raise ShardInputError(f"input {spec.input_key}: expected row groups [{spec.row_group_start}, "

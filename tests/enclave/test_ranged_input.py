@@ -7,9 +7,11 @@ so these tests show that the footer binding alone refuses the substitution.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from enclave.pme import PmeKeys, write_encrypted
@@ -17,7 +19,7 @@ from enclave.ranged import TAIL_BYTES, BytesSource
 from enclave.worker import ShardInputError, read_shard
 from sdk.owner import ROW_GROUP_SIZE, OwnerKeys, encode_part
 from tests.enclave.test_pme import LocalWrapper
-from wire.shard import ShardSpec
+from wire.shard import INPUT_BINDING_KEY, ShardSpec, input_binding
 
 TENANT = "acme"
 
@@ -100,6 +102,20 @@ def test_a_file_under_the_batch_keys_without_a_binding_is_refused() -> None:
     key = f"incoming/{TENANT}/b-1/part-00000.parquet"
     with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError, match="got no binding"):
         read_shard(_spec("b-1", key, "00" * 16), BytesSource(data), keys)
+
+
+def test_a_plaintext_file_with_a_forged_binding_is_refused() -> None:
+    """pyarrow opens a plaintext file even with decryption properties: its footer (binding included) is then
+    the platform's word. Only an encrypted footer is authenticated, so only one is accepted."""
+    wrapper = LocalWrapper()
+    _, file_id, key = _part(wrapper, "b-1", 0, 1_000)
+    forged = _table(1_000, "platform").replace_schema_metadata(
+        {INPUT_BINDING_KEY: input_binding(TENANT, "b-1", key, file_id)})
+    sink = io.BytesIO()
+    pq.write_table(forged, sink, row_group_size=ROW_GROUP_SIZE)
+    refusal = r"expected a Parquet file with an encrypted footer \(ending b'PARE'\), got one ending b'PAR1'"
+    with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError, match=refusal):
+        read_shard(_spec("b-1", key, file_id), BytesSource(sink.getvalue()), keys)
 
 
 def test_row_groups_beyond_the_file_are_refused_and_named() -> None:
