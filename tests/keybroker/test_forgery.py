@@ -329,3 +329,25 @@ def test_token_claims_shape(env: Env, attested: tuple[str, ECKey, dict[str, Any]
                            "claims_digest"}
     assert claims["exp"] - claims["iat"] == env.config.token_ttl_s and len(claims["jti"]) == 16
     assert claims["cnf"] == {"jkt": ECKey.import_key(key.as_dict(private=False)).thumbprint()}
+
+
+# -- the production verifier itself ---------------------------------------------------------------------
+
+def test_verifier_needs_the_simulated_root_folder_to_accept_simulated() -> None:
+    from keybroker.verifier import attestation_verifier
+
+    with pytest.raises(ValueError, match="accept_simulated needs trusted_roots_dir"):
+        attestation_verifier(None, True)
+
+
+@pytest.mark.parametrize(("evidence", "field"), [({"tee": "nitro"}, "evidence.tee"),
+                                                 ({"tee": "sev-snp", "report": "!"}, "evidence.report")])
+def test_verifier_names_the_field_of_a_malformed_envelope(env: Env, evidence: dict[str, Any], field: str) -> None:
+    from datetime import UTC, datetime
+
+    from keybroker.verifier import EvidenceRejected, attestation_verifier
+
+    verify = attestation_verifier(env.sim_dir, True)
+    with pytest.raises(EvidenceRejected) as err:
+        verify(evidence, bytes(64), datetime.now(UTC))
+    assert err.value.field == field and str(err.value).startswith("evidence rejected: ")
