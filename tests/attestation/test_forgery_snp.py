@@ -451,3 +451,27 @@ def test_refusals_carry_what_to_do(amd: SimulatedHierarchy, rogue: SimulatedHier
     for hint, evidence in cases.items():
         err = _refused(evidence, anchors)
         assert err.hint == hint and str(err).endswith(f"; {hint}"), (hint, str(err))
+
+
+def test_ask_issued_under_a_name_no_trusted_ark_has(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                    tmp_path: Path) -> None:
+    from cryptography.x509.oid import NameOID
+
+    elsewhere = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SIMULATED ARK-Genoa NOT AMD")])
+    ask = reissue(amd.ask, amd.ark_key, issuer=elsewhere)  # the VCEK link holds; the ASK names another root
+    err = _refused(snp_evidence(tmp_path, amd.leaf_key, amd.leaf, [ask]), anchors)
+    assert (err.field, err.expected, err.actual) == ("evidence.cert_chain.ask.issuer", "a trusted ARK",
+                                                     elsewhere.rfc4514_string())
+    assert err.hint == "the ASK chains to an unknown root"
+
+
+def test_time_in_another_zone_is_the_same_instant(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                  tmp_path: Path) -> None:
+    from datetime import timezone
+
+    from attestation.snp.verify import verify_snp
+
+    last = amd.leaf.not_valid_after_utc.astimezone(timezone(timedelta(hours=5)))  # 5 h ahead on the wall clock
+    evidence = _genuine(tmp_path, amd)
+    verified = verify_snp(evidence.report, evidence.vcek, evidence.cert_chain, anchors, last)
+    assert verified.leaf == amd.leaf and verified.root.cert == amd.ark
