@@ -77,6 +77,7 @@ def fit(recipe: Recipe, texts: Sequence[str], labels: Sequence[int]) -> Pipeline
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_limits
 
     y = np.asarray(labels, dtype=np.int64)
     if len(texts) != len(y) or set(np.unique(y).tolist()) != {0, 1}:
@@ -87,7 +88,8 @@ def fit(recipe: Recipe, texts: Sequence[str], labels: Sequence[int]) -> Pipeline
                                   max_features=recipe.max_features)),
         ("clf", LogisticRegression(C=recipe.C, max_iter=recipe.max_iter, random_state=recipe.seed)),
     ])
-    pipeline.fit(list(texts), y)
+    with threadpool_limits(limits=1):  # a multi-threaded BLAS sums in a load-dependent order: not bit-stable
+        pipeline.fit(list(texts), y)
     return pipeline
 
 
@@ -100,7 +102,17 @@ def export(pipeline: Pipeline) -> bytes:
                id(pipeline.named_steps["clf"]): {"zipmap": False}}
     model = convert_sklearn(pipeline, initial_types=[("text", StringTensorType([None, 1]))], options=options,
                             target_opset=ONNX_OPSET, name="cscore-spam")
+    canonical_opsets(model)
     return bytes(model.SerializeToString())
+
+
+def canonical_opsets(model: Any) -> None:
+    """Sort the model's opset imports by domain, in place: skl2onnx lists them in set order, which follows
+    Python's per-process string hashing, so the same model would serialize to different bytes per process."""
+    imports = sorted((o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    for domain, version in imports:
+        model.opset_import.add(domain=domain, version=version)
 
 
 def train(recipe: Recipe, texts: Sequence[str], labels: Sequence[int], holdout: Sequence[bool]) -> TrainedModel:

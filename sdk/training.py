@@ -15,6 +15,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from enclave.training import canonical_opsets
+
 TOKEN_PATTERN = r"[a-zA-Z0-9_]{2,}"
 MAX_FEATURES = 20_000
 INPUT_NAME = "text"
@@ -44,7 +46,10 @@ def train_spam_model(
             ("clf", LogisticRegression(C=C, max_iter=max_iter, random_state=seed)),
         ]
     )
-    pipeline.fit(list(texts), y)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # bit-stable across runs and machines, like the enclave's training
+        pipeline.fit(list(texts), y)
     return pipeline
 
 
@@ -69,6 +74,7 @@ def export_onnx(pipeline: Pipeline) -> bytes:
         name="cscore-spam",
     )
     _check_outputs(model)
+    canonical_opsets(model)  # the enclave's own export does the same: same bytes in every process
     return model.SerializeToString()
 
 

@@ -206,3 +206,18 @@ def test_recipe_card_must_be_signed_by_a_pinned_provider() -> None:
         verify_recipe_card(sign_json(card.raw, platform), pinned, what="card")
     with pytest.raises(FormatError, match="recipe_card.protection"):
         verify_recipe_card(sign_json({**card.raw, "protection": "none"}, provider), pinned, what="card")
+
+
+def test_the_same_training_gives_the_same_bytes_in_every_process() -> None:
+    """skl2onnx orders opset imports by string hash (per process): the export sorts them, or digests vary."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from tests.enclave.test_training import RECIPE, _mail\nfrom enclave.training import train\n"
+            "t, l, h = _mail(120)\nprint(train(RECIPE, t, l, h).digest)")
+    root = Path(__file__).resolve().parents[2]
+    digests = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": seed}).stdout.strip()
+               for seed in ("1", "3", "4")}
+    assert len(digests) == 1 and next(iter(digests)).startswith("sha256:")
