@@ -127,11 +127,16 @@ def decision_entry(broker: str, d: dict[str, Any]) -> Entry:
 
 
 def parse_grant_reason(reason: str) -> dict[str, Any]:
-    """{"key_ids", "granted_measurements"} from the broker's "grant keys [...] to measurements [...]"."""
-    m = re.fullmatch(r"grant keys (\[.*\]) to measurements (\[.*\])", reason)
+    """{"key_ids", "granted_measurements", "granted_config_digests", "granted_rows"} from the broker's
+    "grant keys [...] to measurements [...]; worker configurations [...]; N rows" (the last two since the
+    measured worker configuration; None in older logs)."""
+    m = re.fullmatch(r"grant keys (\[.*?\]) to measurements (\[.*?\])"
+                     r"(?:; worker configurations (\[.*?\]); (\d+) rows)?", reason)
     if not m:
-        return {"key_ids": None, "granted_measurements": None}
-    return {"key_ids": _literal(m.group(1)), "granted_measurements": _literal(m.group(2))}
+        return {"key_ids": None, "granted_measurements": None, "granted_config_digests": None, "granted_rows": None}
+    return {"key_ids": _literal(m.group(1)), "granted_measurements": _literal(m.group(2)),
+            "granted_config_digests": _literal(m.group(3)) if m.group(3) else None,
+            "granted_rows": int(m.group(4)) if m.group(4) else None}
 
 
 def parse_policy_reason(reason: str) -> dict[str, Any]:
@@ -139,7 +144,8 @@ def parse_policy_reason(reason: str) -> dict[str, Any]:
 
     key_measurements is None when unchanged; policy is None for the kind's default policy.
     """
-    m = re.fullmatch(r"(?:created (\w+) key; )?policy: (.*); measurements: (unchanged|\[.*\])", reason, re.S)
+    m = re.fullmatch(r"(?:created (\w+) key; )?policy: (.*?); measurements: (unchanged|\[.*?\])(?:; quota: .*)?",
+                     reason, re.S)
     if not m:
         return {"key_kind": None, "policy": None, "key_measurements": None}
     policy = None if m.group(2) == "default" else m.group(2)

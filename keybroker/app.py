@@ -141,10 +141,10 @@ class Broker:
 
         `owner_grant` is a verified model grant's payload (or `{}`) and, when it did not verify, why.
         """
-        claims = {**payload["claims"], "config_digest": _config_digest(payload["claims"])}
+        claims = payload["claims"]  # logged as attested: the audit joins releases to attestations by its digest
         grant = self.store.get_grant(batch_id) if batch_id else None
         ctx = {
-            "claims": claims,
+            "claims": {**claims, "config_digest": _config_digest(claims)},
             "request": {"operation": operation, "key_id": record.key_id, "batch_id": batch_id,
                         "model_digest": model_digest, **(extra or {})},
             "grant": grant.as_dict() if grant else {},

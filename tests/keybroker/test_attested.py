@@ -98,6 +98,9 @@ def test_enclave_gets_data_key_from_owner_and_model_key_from_provider(
     assert with_owner.evidence is not None and result.claims["report_data"] == digest.hexdigest()
     allowed = [e for e in owner.decisions() if e["operation"] == "unwrap" and e["decision"] == "allow"]
     assert allowed[-1]["measurement"] == MEASUREMENT.hex() and allowed[-1]["claims_digest"]
+    # A release is logged with the claims as attested: the auditor joins it to its attestation by this digest.
+    attested = [e for e in owner.decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
+    assert allowed[-1]["claims_digest"] in {e["claims_digest"] for e in attested}
 
 
 def test_key_of_another_party_is_unknown_here(broker: BrokerProcess, provider: BrokerAdmin, owner: BrokerAdmin,
