@@ -307,6 +307,18 @@ def _files(root: Path) -> bytes:
     return b"\n".join(p.read_bytes() for p in root.rglob("*") if p.is_file())
 
 
+def test_the_auditor_finds_the_log_whole_and_every_release_allowed(stack: LocalStack) -> None:
+    from audit.cli import open_log, sync_from_env, witnesses
+    from audit.verify import verify_audit
+
+    sync_from_env(stack.state_dir)
+    anchors, policy = owner_trust(accept_simulated=True)
+    findings = verify_audit(open_log(None, stack.state_dir), ObjectStore(), anchors, policy,
+                            witnesses=witnesses(stack.state_dir))
+    errors = [f"{f.check}: {f.message}" for f in findings if f.severity == "error"]
+    assert not errors, "\n".join(errors[:20])
+
+
 def test_no_canary_or_key_in_any_platform_store(stack: LocalStack) -> None:
     store = ObjectStore()
     card = unverified_payload(store.get(f"models/spam-filter/{_state['model'].version}/card.jws").decode(),
