@@ -233,6 +233,7 @@ def test_expired_token_is_refused(env: Env, client: Client, attested: tuple[str,
     stale = issuer.sign({**payload, "exp": exp})
     problem = _problem(client.unwrap(stale, key, body), 401, "token-expired")
     assert (problem["field"], problem["detail"]) == ("exp", "attestation token expired; attest again")
+    assert problem["expected"].startswith("> ")
     assert problem["actual"] == exp
 
 
@@ -329,6 +330,8 @@ def test_token_claims_shape(env: Env, attested: tuple[str, ECKey, dict[str, Any]
                            "claims_digest"}
     assert claims["exp"] - claims["iat"] == env.config.token_ttl_s and len(claims["jti"]) == 16
     assert claims["cnf"] == {"jkt": ECKey.import_key(key.as_dict(private=False)).thumbprint()}
+    assert claims["claims_digest"] == hashlib.sha256(canonical_json(claims["claims"])).hexdigest()
+    assert jwt.decode(token, env.app.state.broker.issuer._key, algorithms=["ES256"]).header["typ"] == "JWT"
 
 
 # -- the production verifier itself ---------------------------------------------------------------------
@@ -351,3 +354,20 @@ def test_verifier_names_the_field_of_a_malformed_envelope(env: Env, evidence: di
     with pytest.raises(EvidenceRejected) as err:
         verify(evidence, bytes(64), datetime.now(UTC))
     assert err.value.field == field and str(err.value).startswith("evidence rejected: ")
+
+
+def test_pop_replayed_late_in_its_window_is_refused(monkeypatch: pytest.MonkeyPatch, client: Client,
+                                                    attested: tuple[str, ECKey, dict[str, Any]]) -> None:
+    """The replay cache must remember a PoP id for as long as the PoP itself is accepted."""
+    from types import SimpleNamespace
+
+    from keybroker import sessions, tokens
+
+    token, key, body = attested
+    now, base, later = float(int(time.time())), time.monotonic(), 0.0
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: now + later))
+    monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=lambda: base + later))
+    assert client.unwrap(token, key, body, jti="captured", iat=int(now)).status_code == 200
+    later = POP_WINDOW_S - 1.0  # the captured PoP is still inside its window
+    replayed = client.unwrap(token, key, body, jti="captured", iat=int(now))
+    assert _problem(replayed, 401, "pop-replayed")["field"] == f"{POP_HEADER}.jti"
