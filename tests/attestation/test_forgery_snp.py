@@ -191,7 +191,8 @@ def test_vcek_with_a_p256_key_is_refused(amd: SimulatedHierarchy, anchors: Trust
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = reissue(amd.leaf, amd.ask_key, public_key=key.public_key())
     err = _refused(snp_evidence(tmp_path, key, leaf, [amd.ask, amd.ark]), anchors)
-    assert (err.field, err.expected) == ("evidence.vcek.public_key", "an EC P-384 key")
+    assert (err.field, err.expected, err.actual) == ("evidence.vcek.public_key", "an EC P-384 key",
+                                                     type(key.public_key()).__name__)
 
 
 def test_unknown_signature_algorithm_is_refused(amd: SimulatedHierarchy, anchors: TrustAnchors,
