@@ -14,8 +14,8 @@ from wire.shard import ShardSpec, ShardSpecError
 def _spec(**changes: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "tenant": "acme", "batch_id": "b-1", "shard_index": 3, "input_key": "incoming/acme/b-1/part-00000.parquet",
-        "input_sha256": "ab" * 32, "input_file_id": "ef" * 16, "row_group_start": 2, "row_group_end": 4,
-        "model_name": "spam-filter",
+        "input_sha256": "ab" * 32, "input_file_id": "ef" * 16,
+        "row_group_start": 2, "row_group_end": 4, "model_name": "spam-filter",
         "model_version": 1, "model_digest": "sha256:" + "cd" * 32, "owner_broker": "owner",
         "footer_key": "acme.b-1.footer", "column_key": "acme.b-1.emails", "result_key": "acme.b-1.results",
         "output_key": "results/acme/b-1/shard-00003.parquet",

@@ -107,8 +107,7 @@ def _spec(data: bytes, onnx: bytes, **changes: Any) -> ShardSpec:
 
 def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
-    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data),
-                                           _card(onnx_bytes, digits=2),
+    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes, digits=2),
                                            lambda key: onnx_bytes)
     table = pq.read_table(pa.BufferReader(scored.output))
     expected, _ = ModelSession(onnx_bytes).score(TEXTS)
@@ -119,8 +118,7 @@ def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, o
 
 def test_labels_only_cards_give_no_probabilities(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
-    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data),
-                                           _card(onnx_bytes, digits=0),
+    scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes, digits=0),
                                            lambda key: onnx_bytes)
     table = pq.read_table(pa.BufferReader(scored.output))
     assert table.column("spam_probability").null_count == len(TEXTS)
@@ -162,8 +160,7 @@ def test_a_model_object_swapped_under_a_genuine_card_is_refused(sim_dir: Path, o
 def test_plaintext_needs_the_configuration_and_an_unencrypted_card(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
     with pytest.raises(PlaintextRefused, match="forbids the plaintext baseline"):
-        _enclave(sim_dir, plaintext=False).score_shard(_spec(data, onnx_bytes), BytesSource(data),
-                                                       _card(onnx_bytes),
+        _enclave(sim_dir, plaintext=False).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes),
                                                        lambda key: onnx_bytes)
     confidential = _card(onnx_bytes, protection="aes-256-gcm")
     with pytest.raises(PlaintextRefused, match="published unencrypted"):  # a confidential model, scored in clear
