@@ -14,7 +14,7 @@ from typing import Protocol
 import pyarrow as pa
 
 # One request at open: the 8-byte trailer and the whole footer of files up to ~1,000 row groups (an input
-# footer is ~0.9 KB per row group; PART_ROWS caps a file at 500). A request costs more than a megabyte.
+# footer is ~0.9 KB per row group; sdk.owner.PART_ROWS makes 50). A request costs more than a megabyte.
 TAIL_BYTES = 1024 * 1024
 
 

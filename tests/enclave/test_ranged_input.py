@@ -50,7 +50,7 @@ def _spec(batch: str, key: str, file_id: str, start: int = 0, end: int = 2, **ch
 
 def test_a_shard_reads_its_footer_and_own_row_groups_whatever_the_files_size() -> None:
     wrapper = LocalWrapper()
-    for rows in (20_000, 100_000):  # 100 and 500 row groups; PART_ROWS caps a file at 100,000 rows
+    for rows in (20_000, 100_000):  # 100 and 500 row groups (PART_ROWS is 10,000)
         data, file_id, key = _part(wrapper, "b-1", 0, rows)
         source = BytesSource(data)
         with PmeKeys(wrapper) as keys:
