@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -88,6 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     try:
         yield running
     finally:
+        gc.collect()  # Celery results' __del__ talks to Redis: collect them while the stack still runs
         running.stop()
         os.environ.clear()
         os.environ.update(saved)

@@ -3,6 +3,7 @@ processes, two Celery worker processes with the simulated SEV-SNP TEE, and `airf
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     try:
         yield running
     finally:
+        gc.collect()  # Celery results' __del__ talks to Redis: collect them while the stack still runs
         running.stop()
         os.environ.clear()
         os.environ.update(saved)

@@ -15,6 +15,7 @@ guest) and `rabbitmqctl` (root) to make the vhost; it fails, saying which, when 
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
@@ -135,6 +136,7 @@ def production(tmp_path_factory: pytest.TempPathFactory, pg_db: str, vhost: str,
     try:
         yield stack
     finally:
+        gc.collect()  # Celery results' __del__ talks to the result backend: collect them while it runs
         stack.stop()
         os.environ.clear()
         os.environ.update(saved)
