@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import socket
 import ssl
 import subprocess
@@ -277,21 +278,31 @@ class Relay:
             self.connections += 1
         upstream = self._client_tls.wrap_socket(socket.create_connection(self._upstream),
                                                 server_hostname=self._upstream[0])
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-        self._pump(client, upstream)
+        self._bridge(client, upstream)
 
-    def _pump(self, src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
+    def _bridge(self, a: ssl.SSLSocket, b: ssl.SSLSocket) -> None:
+        """Both directions in one thread: an SSL socket read and written from two threads at once can stall."""
+        peers = {a: b, b: a}
         try:
-            while chunk := src.recv(65536):
-                with self._lock:
-                    self.recording.extend(chunk)
-                dst.sendall(chunk)
+            for sock in peers:
+                sock.settimeout(30)
+            while True:
+                ready = [s for s in peers if s.pending()] or select.select(list(peers), [], [], 30)[0]
+                if not ready:
+                    return
+                for sock in ready:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    with self._lock:
+                        self.recording.extend(chunk)
+                    peers[sock].sendall(chunk)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            for sock in peers:
                 try:
-                    s.close()
+                    sock.close()
                 except OSError:
                     pass
 
