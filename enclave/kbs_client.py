@@ -142,10 +142,11 @@ class AttestedSession:
 
     `ca_bundle` (or $CSCORE_BROKER_CA) names the CA the broker's TLS certificate must chain to; plain
     `http://` is accepted only for loopback hosts. A caller-supplied `client` is used as given. `party`
-    ("owner", "provider") names whose broker it is in errors.
+    ("owner", "provider") names whose broker it is in errors. `tee` is the TEE kind announced at
+    /kbs/v0/auth, which the broker holds the evidence to; default: the provider's `tee` ("sev-snp" if it has none).
     """
 
-    def __init__(self, broker_url: str, provider: EvidenceProvider, *, tee: str = "sev-snp",
+    def __init__(self, broker_url: str, provider: EvidenceProvider, *, tee: str | None = None,
                  timeout_s: float = 30.0, client: httpx.Client | None = None,
                  ca_bundle: str | os.PathLike[str] | None = None, ca_pem: str | None = None,
                  keys: EnclaveKeys | None = None, party: str = "") -> None:
@@ -183,7 +184,8 @@ class AttestedSession:
 
     def attest(self) -> AttestationResult:
         """auth -> evidence bound to (nonce, tee key, receipt key) -> attest; stores and returns the token."""
-        challenge = self._post_json("/kbs/v0/auth", {"tee": self._tee})
+        tee = self._tee or str(getattr(self._provider, "tee", "sev-snp"))
+        challenge = self._post_json("/kbs/v0/auth", {"tee": tee})
         runtime_data = {"nonce": challenge["nonce"], "tee_pubkey": self.tee_public_jwk,
                         "receipt_pubkey": self.receipt_public_jwk}
         evidence = self._provider.get_evidence(hashlib.sha512(canonical_json(runtime_data)).digest())

@@ -65,6 +65,8 @@ class SimulatedSnpProvider:
     every TCB field equal to the VCEK's TCB extensions, as a real Milan would.
     """
 
+    tee = "sev-snp"  # the TEE kind an attested session announces at /kbs/v0/auth
+
     def __init__(self, sim_dir: Path, measurement: bytes, *, host_data: bytes = bytes(32)) -> None:
         if len(measurement) != MEASUREMENT_SIZE:
             raise ValueError(f"measurement must be {MEASUREMENT_SIZE} bytes (SHA-384), got {len(measurement)}")
@@ -154,6 +156,14 @@ class ConfigfsTsmProvider:
     def __init__(self, root: str | Path = "/sys/kernel/config/tsm/report", privlevel: int | None = None) -> None:
         self.root = Path(root)
         self.privlevel = privlevel
+        self._tee: str | None = None
+
+    @property
+    def tee(self) -> str:
+        """"sev-snp" or "tdx": the kind of this guest's evidence (one report is requested if none was yet)."""
+        if self._tee is None:
+            self.get_evidence(bytes(REPORT_DATA_SIZE))
+        return str(self._tee)
 
     def get_evidence(self, report_data: bytes) -> Evidence:
         """Request a report for ``report_data`` and wrap it as Evidence."""
@@ -161,9 +171,11 @@ class ConfigfsTsmProvider:
         entry = self.root / f"cscore-{os.getpid()}-{secrets.token_hex(4)}"
         entry.mkdir()  # a private entry per request: no generation races with other callers
         try:
-            return self._collect(entry, report_data)
+            evidence = self._collect(entry, report_data)
         finally:
             entry.rmdir()
+        self._tee = evidence.tee
+        return evidence
 
     def _collect(self, entry: Path, report_data: bytes) -> Evidence:
         writes = 0

@@ -93,7 +93,7 @@ class Broker:
         """Check the nonce, verify the evidence and its binding, then issue a token."""
         runtime = req.runtime_data.model_dump()
         try:
-            self.sessions.consume(req.session, req.runtime_data.nonce)
+            session = self.sessions.consume(req.session, req.runtime_data.nonce)
             tee_key, _ = public_jwk(runtime["tee_pubkey"]), runtime["receipt_pubkey"]
         except NonceError as exc:
             self.decide(decision="deny", operation="attest", reason=str(exc))
@@ -107,6 +107,12 @@ class Broker:
             self.decide(decision="deny", operation="attest", reason=exc.reason)
             raise Problem(403, "evidence-rejected", exc.reason, field=exc.field, expected=_jsonable(exc.expected),
                           actual=_jsonable(exc.actual)) from exc
+        if claims.get("tee") != session.tee:  # the session was opened for one TEE kind; evidence of another is not it
+            reason = (f"evidence is from a '{claims.get('tee')}' TEE, but this session was opened for "
+                      f"'{session.tee}' at /kbs/v0/auth")
+            self.decide(decision="deny", operation="attest", reason=reason)
+            raise Problem(403, "evidence-rejected", reason, field="evidence.tee", expected=session.tee,
+                          actual=claims.get("tee"))
         token, exp = self.issuer.issue(claims, tee_key.as_dict(private=False), runtime["receipt_pubkey"])
         self.decide(decision="allow", operation="attest", reason="evidence verified and bound", claims=claims)
         return m.AttestResponse(token=token, expires_at=exp, claims=claims)

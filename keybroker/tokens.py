@@ -109,6 +109,10 @@ class TokenIssuer:
         if abs(time.time() - float(claims.get("iat", 0))) > POP_WINDOW_S:
             raise TokenRejected("pop-invalid", "proof of possession is stale or from the future; check clocks",
                                 f"{POP_HEADER}.iat", f"within {POP_WINDOW_S} s of now", claims.get("iat"))
-        if not self._replay.first_use(str(claims.get("jti", ""))):
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:  # without an id the replay cache cannot tell two uses apart
+            raise TokenRejected("pop-invalid", "proof of possession has no jti (a unique id per request)",
+                                f"{POP_HEADER}.jti", "a non-empty string", jti)
+        if not self._replay.first_use(jti):
             raise TokenRejected("pop-replayed", "proof of possession already used; sign each request anew",
                                 f"{POP_HEADER}.jti")

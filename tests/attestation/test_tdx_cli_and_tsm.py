@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attestation import TrustAnchors, verify_evidence
+from attestation import Evidence, TrustAnchors, verify_evidence
 from attestation.errors import AttestationError
 from attestation.tdx import parse_quote
 from enclave.tee import ConfigfsTsmProvider
@@ -128,13 +128,29 @@ def test_configfs_get_evidence_uses_a_private_entry(tmp_path: Path, monkeypatch:
     quote = V4.read_bytes()
     seen: list[Path] = []
 
-    def fake_collect(self: ConfigfsTsmProvider, entry: Path, report_data: bytes) -> object:
+    def fake_collect(self: ConfigfsTsmProvider, entry: Path, report_data: bytes) -> Evidence:
         seen.append(entry)
         assert entry.parent == tmp_path and entry.is_dir()
         _tsm_entry(entry / "x", "tdx_guest", quote)  # the kernel's files; removed again below
         shutil.rmtree(entry / "x")
-        return "evidence"
+        return Evidence(tee="tdx", report=quote)
 
     monkeypatch.setattr(ConfigfsTsmProvider, "_collect", fake_collect)
-    assert ConfigfsTsmProvider(tmp_path).get_evidence(bytes(64)) == "evidence"
+    assert ConfigfsTsmProvider(tmp_path).get_evidence(bytes(64)) == Evidence(tee="tdx", report=quote)
     assert seen and not seen[0].exists()  # the entry is removed after use
+
+
+def test_configfs_tee_is_the_kind_of_this_guests_evidence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Announced at /kbs/v0/auth: learnt from one report when none was requested yet, then remembered."""
+    asked: list[bytes] = []
+
+    def kernel(self: ConfigfsTsmProvider, entry: Path, report_data: bytes) -> Evidence:
+        asked.append(report_data)
+        return Evidence(tee="tdx", report=V4.read_bytes())
+
+    monkeypatch.setattr(ConfigfsTsmProvider, "_collect", kernel)
+    provider = ConfigfsTsmProvider(tmp_path)
+    assert (provider.tee, provider.tee, asked) == ("tdx", "tdx", [bytes(64)])
+    fresh = ConfigfsTsmProvider(tmp_path)
+    fresh.get_evidence(b"\x01" * 64)
+    assert (fresh.tee, len(asked)) == ("tdx", 2)  # known from the evidence already given: no further report

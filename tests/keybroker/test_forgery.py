@@ -49,8 +49,8 @@ class Client:
     def __init__(self, env: Env) -> None:
         self.env, self.http = env, TestClient(env.app)
 
-    def auth(self) -> dict[str, str]:
-        return dict(self.http.post("/kbs/v0/auth", json={"tee": "sev-snp"}).json())
+    def auth(self, tee: str = "sev-snp") -> dict[str, str]:
+        return dict(self.http.post("/kbs/v0/auth", json={"tee": tee}).json())
 
     def attest(self, session: str, runtime: dict[str, Any], evidence: dict[str, Any]) -> httpx.Response:
         return self.http.post("/kbs/v0/attest", json={"session": session, "runtime_data": runtime,
@@ -107,6 +107,32 @@ def test_evidence_bound_to_other_keys_is_refused(env: Env, client: Client, swapp
     problem = _problem(client.attest(challenge["session"], forged, evidence), 403, "evidence-rejected")
     assert (problem["field"], problem["expected"], problem["actual"]) == (
         "report_data", _digest(forged).hex(), _digest(honest).hex())
+
+
+def test_evidence_of_another_tee_than_the_session_was_opened_for_is_refused(env: Env, client: Client) -> None:
+    worker, challenge = env.worker(), client.auth("tdx")  # announced TDX; sends genuine, bound SEV-SNP evidence
+    runtime = _runtime(challenge["nonce"], worker)
+    evidence = env.enclave().get_evidence(_digest(runtime)).to_json()
+    problem = _problem(client.attest(challenge["session"], runtime, evidence), 403, "evidence-rejected")
+    assert (problem["field"], problem["expected"], problem["actual"]) == ("evidence.tee", "tdx", "sev-snp")
+    assert problem["detail"] == ("evidence is from a 'sev-snp' TEE, but this session was opened for 'tdx' at "
+                                 "/kbs/v0/auth")
+    assert client.attest(challenge["session"], runtime, evidence).status_code == 401  # the nonce is spent
+
+
+def test_the_enclave_announces_its_providers_tee_at_auth(env: Env) -> None:
+    """The session's TEE comes from the evidence provider: one that says "tdx" is held to TDX evidence."""
+    from enclave.kbs_client import KbsError
+    from tests.keybroker.inproc import SimEnclave
+
+    class SaysTdx(SimEnclave):
+        tee = "tdx"
+
+    assert env.worker().attest().claims["tee"] == "sev-snp"  # the simulated SEV-SNP provider says "sev-snp"
+    with pytest.raises(KbsError) as refused:
+        env.worker(SaysTdx(env.sim_dir)).attest()
+    assert (refused.value.status, refused.value.problem["field"], refused.value.problem["expected"],
+            refused.value.problem["actual"]) == (403, "evidence.tee", "tdx", "sev-snp")
 
 
 def test_nonce_of_another_session_still_in_progress_is_refused(env: Env, client: Client) -> None:
@@ -194,6 +220,25 @@ def test_pop_reusing_a_jti_is_refused(client: Client, attested: tuple[str, ECKey
     assert client.unwrap(token, key, body, jti=jti).status_code == 200
     again = client.unwrap(token, key, body, jti=jti)  # a fresh signature, a fresh iat: the id alone repeats
     assert _problem(again, 401, "pop-replayed")["field"] == f"{POP_HEADER}.jti"
+
+
+@pytest.mark.parametrize("jti", [None, "", 7])
+def test_pop_without_a_string_jti_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]],
+                                             jti: Any) -> None:
+    """Without an id the replay cache cannot tell two uses of one captured PoP apart."""
+    token, key, body = attested
+    content = canonical_json(body)
+    claims = {"htm": "POST", "htu": UNWRAP, "iat": int(time.time()),
+              "ath": b64url(hashlib.sha256(token.encode()).digest()), "bh": b64url(hashlib.sha256(content).digest())}
+    if jti is not None:
+        claims["jti"] = jti
+    proof = jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, key, algorithms=["ES256"])
+    headers = {"Authorization": f"Bearer {token}", POP_HEADER: proof, "Content-Type": "application/json"}
+    for _ in range(2):  # neither the first use nor a replay is served
+        problem = _problem(client.http.post(UNWRAP, content=content, headers=headers), 401, "pop-invalid")
+        assert (problem["field"], problem["expected"], problem.get("actual")) == (
+            f"{POP_HEADER}.jti", "a non-empty string", jti)
+        assert problem["detail"] == "proof of possession has no jti (a unique id per request)"
 
 
 def test_pop_signed_by_another_key_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]]) -> None:
