@@ -37,7 +37,7 @@ _BROKER = ["tests/keybroker/test_tables_clock.py", "tests/keybroker/test_forgery
            "tests/keybroker/test_limits.py"]
 # module -> the fast, in-process tests that exercise it (no broker processes, no LocalStack)
 MODULES: dict[str, list[str]] = {
-    "attestation/anchors.py": _SNP,
+    "attestation/anchors.py": [*_SNP, *_TDX],
     "attestation/evidence.py": [*_SNP, *_TDX],
     "attestation/snp/verify.py": _SNP,
     "attestation/snp/report.py": _SNP,
@@ -52,10 +52,14 @@ MODULES: dict[str, list[str]] = {
     "keybroker/tokens.py": _BROKER,
     "keybroker/verifier.py": _BROKER,
     "audit/merkle.py": ["tests/audit/test_merkle.py", "tests/audit/test_forgery.py"],
-    "audit/verify.py": ["tests/audit"],
+    "audit/verify.py": ["tests/audit/test_verify.py", "tests/audit/test_forgery.py"],
+    "sdk/results.py": ["tests/enclave/test_result_checks.py"],
+    "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
+                          "tests/enclave/test_ranged_input.py"],
 }
 # Tests that start broker processes: the mutant would not run in them, so they only cost time.
-DESELECT = ["tests/keybroker/test_platform_policy.py::test_simulated_tee_below_the_key_floor_is_refused"]
+DESELECT = ["tests/keybroker/test_platform_policy.py::test_simulated_tee_below_the_key_floor_is_refused",
+            "tests/keybroker/test_limits.py::test_streamed_body_without_length_is_cut_at_the_limit"]
 
 
 def scratch_copy(workdir: Path, fresh: bool) -> None:

@@ -7,11 +7,13 @@ which the platform may fill with anything).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -25,6 +27,7 @@ from enclave.tee import SimulatedSnpProvider
 from sdk.results import (
     ResultVerificationError,
     _check_coverage,
+    _check_rows,
     _EvidenceCache,
     _result_manifest,
     _verified_shard,
@@ -209,3 +212,119 @@ def test_evidence_that_does_not_verify_is_a_named_refusal_not_a_crash(sim_dir: P
                                                       r"evidence.cert_chain.ark"):
         _verified_shard(store, _manifest(), _granted(), entry, _EvidenceCache(store, PREFIX),  # type: ignore[arg-type]
                         TrustAnchors.amd(), policy)
+
+
+def test_a_receipt_stored_under_another_shards_key_is_refused(sim_dir: Path) -> None:
+    """The platform moves shard 1's genuine receipt and output to shard 0's place: its index names it."""
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(1))
+    moved = f"{PREFIX}shard-00000.receipt.jws"
+    store.objects[moved] = store.objects.pop(entry["receipt_key"])
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, {"receipt_key": moved})
+    assert str(refused.value) == f"{moved}: shard_index expected 0, got 1"
+
+
+def test_a_receipt_under_a_name_that_is_no_shards_is_refused(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    renamed = f"{PREFIX}shard-0.receipt.jws"  # under the prefix, but no shard's name: no index to stand for
+    store.objects[renamed] = store.objects.pop(entry["receipt_key"])
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, {"receipt_key": renamed})
+    assert str(refused.value) == f"{renamed}: shard_index expected None, got 0"
+
+
+def test_a_receipt_for_another_tenant_is_refused(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(dataclasses.replace(_spec(), tenant="globex"))
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == f"{entry['receipt_key']}: tenant expected 'acme', got 'globex'"
+
+
+def test_refusals_word_for_word(sim_dir: Path) -> None:
+    """Each names the object, the field, what the owner's own manifest expects and what was found."""
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(model="sha256:" + "22" * 32))
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == (f"{entry['receipt_key']}: model.digest expected {MODEL!r}, "
+                                  f"got {'sha256:' + '22' * 32!r}")
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(), sha="00" * 32)
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    actual = hashlib.sha256(b"ciphertext").hexdigest()
+    assert str(refused.value) == f"{entry['receipt_key']}: output.sha256 expected {'00' * 32!r}, got {actual!r}"
+    store = DictStore()
+    worker = Worker(store, sim_dir)
+    entry = worker.shard(_spec(), output_key="results/other/b-9/shard-00000.parquet")
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == (f"{entry['receipt_key']}: output.key expected under {PREFIX}, "
+                                  "got results/other/b-9/shard-00000.parquet")
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, {"receipt_key": "results/other/b/shard-00000.receipt.jws"})
+    assert str(refused.value) == ("result manifest: receipt_key expected under results/acme/b-1/, "
+                                  "got results/other/b/shard-00000.receipt.jws")
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, {"receipt_key": f"{PREFIX}shard-00009.receipt.jws"})
+    assert str(refused.value) == f"s3://test/{PREFIX}shard-00009.receipt.jws: expected a shard receipt, found nothing"
+
+
+def test_grant_refusals_name_the_grant_and_the_value(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry, _granted(measurement="ab" * 48))
+    assert str(refused.value) == (f"{entry['receipt_key']}: measurement expected one of {['ab' * 48]} (your grant), "
+                                  f"got {code_measurement().hex()}")
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry, _granted(config="ee" * 32))
+    assert str(refused.value) == (f"{entry['receipt_key']}: worker configuration (host_data) expected one of "
+                                  f"{['ee' * 32]} (your grant), got {CONFIG.hex()}")
+    with pytest.raises(ResultVerificationError, match="measurement expected one of None"):
+        _verify(store, sim_dir, entry, {"config_digests": [CONFIG.hex()]})  # a grant without measurements
+    with pytest.raises(ResultVerificationError, match=r"host_data\) expected one of None"):
+        _verify(store, sim_dir, entry, {"measurements": [code_measurement().hex()]})
+
+
+def test_evidence_that_is_not_a_json_object_is_named(sim_dir: Path) -> None:
+    store = DictStore()
+    worker = Worker(store, sim_dir)
+    entry = worker.shard(_spec())
+    key = f"{PREFIX}evidence/{worker.digest}.json"
+    store.objects[key] = b"[1, 2]"
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == f"{entry['receipt_key']}: {key}: expected a JSON object, got list"
+
+
+def test_one_evidence_document_serves_every_shard_of_a_worker(sim_dir: Path) -> None:
+    store = DictStore()
+    worker = Worker(store, sim_dir)
+    cache = _EvidenceCache(store, PREFIX)  # type: ignore[arg-type]
+    first = cache.get(worker.digest)
+    del store.objects[f"{PREFIX}evidence/{worker.digest}.json"]  # read once: a second shard needs no second read
+    assert cache.get(worker.digest) is first and first == worker.doc
+
+
+@pytest.mark.parametrize(("ids", "why"), [
+    (["m0", "m1", "m2"], "a row missing"),
+    (["m0", "m1", "m2", "m3", "m4"], "a row added"),
+    (["m0", "m1", "m2", "m2"], "a row given twice"),
+])
+def test_results_hold_every_message_of_the_manifest_once(ids: list[str], why: str) -> None:
+    manifest = {"objects": [{"rows": 3}, {"rows": 1}]}
+    with pytest.raises(ResultVerificationError) as refused:
+        _check_rows(manifest, pa.table({"message_id": ids, "spam_probability": [0.5] * len(ids)}))
+    assert str(refused.value) == (f"results: expected 4 distinct messages, got {len(ids)} rows with "
+                                  f"{len(set(ids))} distinct ids")
+    _check_rows(manifest, pa.table({"message_id": ["m0", "m1", "m2", "m3"]}))  # every message once: fine
+
+
+def test_coverage_refusal_counts_what_was_covered() -> None:
+    with pytest.raises(ResultVerificationError) as refused:
+        _check_coverage(_manifest(), [_payload(0, 1), _payload(0, 1)])
+    assert str(refused.value) == "receipts: expected each of 2 input row groups exactly once, got 2 covering 1"

@@ -388,6 +388,17 @@ def test_verifier_needs_the_simulated_root_folder_to_accept_simulated() -> None:
         attestation_verifier(None, True)
 
 
+def test_attested_claims_carry_every_verified_claim(env: Env) -> None:
+    """Custom CEL policies may name any claim (vmpl, launch_tcb, ...): the broker passes on all of them."""
+    from dataclasses import fields
+
+    from attestation.evidence import Claims
+
+    claims = env.worker().attest().claims
+    assert set(claims) == {f.name for f in fields(Claims)}
+    assert (claims["vmpl"], claims["launch_tcb"], claims["rtmrs"]) == (0, claims["tcb"], [])
+
+
 @pytest.mark.parametrize(("evidence", "field"), [({"tee": "nitro"}, "evidence.tee"),
                                                  ({"tee": "sev-snp", "report": "!"}, "evidence.report")])
 def test_verifier_names_the_field_of_a_malformed_envelope(env: Env, evidence: dict[str, Any], field: str) -> None:
