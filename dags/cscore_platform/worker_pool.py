@@ -36,8 +36,26 @@ def celery_client() -> Celery:
             "to reach the workers"
         )
     app = Celery("cscore-platform", broker=broker, backend=backend)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"], **CLIENT_RETRY)
     return app
+
+
+# Celery's defaults retry a lost Redis 20 times, ~1 s apart, for every pending result (each send and each
+# result's __del__): ~20 s a step, which hung a test suite once. The client gives up after a few tries
+# instead; run_shards is the outer loop that decides whether a transport outage fails the batch.
+RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+CLIENT_RETRY: dict[str, Any] = {
+    "result_backend_transport_options": {"retry_policy": RETRY_POLICY},  # Redis result backend's reconnects
+    "redis_socket_connect_timeout": 5.0,
+    "redis_socket_timeout": 15.0,  # a hung (not stopped) Redis: 120 s by default
+    "result_backend_always_retry": False,
+    "broker_connection_timeout": 5.0,
+    "broker_connection_retry": False,
+    "broker_connection_max_retries": 3,
+    # kombu's ensure_connection for the client's producer and control channel (default: retry without end)
+    "broker_transport_options": {**RETRY_POLICY, "socket_connect_timeout": 5.0, "socket_timeout": 15.0},
+    "task_publish_retry_policy": RETRY_POLICY,
+}
 
 
 def live_workers(app: Celery, timeout: float = 3.0) -> list[str]:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -173,3 +176,58 @@ def test_a_redis_restart_mid_batch_loses_no_shard(pool_stack: LocalStack, monkey
     outcomes_by_shard = {o["shard_index"]: o for o in run.outcomes}
     assert len(outcomes_by_shard) == SHARDS
     assert json.dumps(run.outcomes)  # plain JSON, as XCom needs
+
+
+@pytest.fixture()
+def lone_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A Redis of its own (the module's stack keeps running): stopped by the test that uses it."""
+    folder = tmp_path_factory.mktemp("redis")
+    sock = folder / "r.sock"
+    server = subprocess.Popen([parts.redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while not (sock.exists() and _pongs(sock)):
+        assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    try:
+        yield server, sock
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def _pongs(sock: Path) -> bool:
+    try:
+        return parts.redis_ping(sock)
+    except OSError:
+        return False
+
+
+def test_a_pending_result_against_a_stopped_redis_gives_up_after_a_few_tries(
+        lone_redis: tuple[subprocess.Popen[bytes], Path], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server, sock = lone_redis
+    url = f"redis+socket://{sock}"
+    monkeypatch.setenv("CSCORE_CELERY_BROKER_URL", url)
+    monkeypatch.setenv("CSCORE_CELERY_RESULT_BACKEND", url)
+    unraisable: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda hook: unraisable.append(hook.exc_value))
+    caplog.set_level(logging.ERROR, logger="celery.backends.redis")
+    app = worker_pool.celery_client()
+    pending = app.send_task("cscore.no-such-task", queue="cscore.nobody")  # subscribed, never answered
+    assert not pending.ready()
+    server.terminate()
+    server.wait(timeout=10)
+
+    del pending  # what hung a suite: the result's __del__ unsubscribes, reconnecting to a Redis that is gone
+    gc.collect()
+    assert [str(e).strip() for e in unraisable] == [
+        "Retry limit exceeded while trying to reconnect to the Celery result store\nbackend. The Celery "
+        "application must be restarted."]
+    with pytest.raises(RuntimeError, match="Retry limit exceeded"):  # a new shard: the same few tries
+        app.send_task("cscore.no-such-task", queue="cscore.nobody")
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Connection to Redis lost")]
+    # Celery's default is "Retry (0/20)" ... "(19/20)" per step, ~1 s apart
+    assert retries == [f"Connection to Redis lost: Retry ({i}/3) {when}." for i, when in
+                       zip(range(3), ["now", "now", "in 1.00 second"], strict=True)] * 2, retries
+    app.close()
