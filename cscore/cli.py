@@ -421,6 +421,8 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     probabilities = results.table.column("spam_probability").to_pylist()
     summary = {"batch_id": args.batch, "tee": tee_line([str(r.claims.root) for r in results.receipts]),
                "emails_scored": results.table.num_rows, "spam_found": sum(labels),
+               **({"emails_flagged": sum(1 for f in results.table.column("flags").to_pylist() if f)}
+                  if "flags" in results.table.column_names else {}),
                "label_rule": label_rule(probabilities, labels), "receipts_verified": len(results.receipts),
                "measurements": ", ".join(results.measurements),
                "results": str(args.out) if args.out else "not written (add --out FILE to keep them)"}

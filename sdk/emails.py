@@ -101,7 +101,7 @@ def _email(raw: bytes) -> tuple[Message, str, tuple[str, ...]]:
     """The parsed message, its model text, and what could not be read right (see ``Email.flags``)."""
     msg = _parse(raw)
     flags: list[str] = []
-    text = clean_text(_subject(msg) + "\n" + _body(msg, flags))
+    text = clean_text(_subject(msg, flags) + "\n" + _body(msg, flags))
     if any(isinstance(d, _BOUNDARY_DEFECTS) for part in msg.walk() for d in part.defects):
         flags.append("multipart message whose boundary is missing: its body was read as one text")
     return msg, text, tuple(flags)
@@ -131,14 +131,14 @@ def _parse(raw: bytes) -> Message:
     return msg
 
 
-def _subject(msg: Message) -> str:
+def _subject(msg: Message, flags: list[str] | None = None) -> str:
     value = msg.get("Subject")
     if value is None:
         return ""
-    return " ".join(_decode_header_value(value).split())
+    return " ".join(_decode_header_value(value, flags, "subject").split())
 
 
-def _decode_header_value(value: str | Header) -> str:
+def _decode_header_value(value: str | Header, flags: list[str] | None = None, what: str = "header") -> str:
     """Decode RFC 2047 encoded words; raw 8-bit headers are tried as UTF-8, then cp1252."""
     try:
         parts = decode_header(value)
@@ -146,7 +146,7 @@ def _decode_header_value(value: str | Header) -> str:
         return str(value)
     out = []
     for chunk, charset in parts:
-        out.append(_decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk)
+        out.append(_decode_bytes(chunk, charset, flags, what) if isinstance(chunk, bytes) else chunk)
     return "".join(out)
 
 
@@ -181,7 +181,7 @@ def _part_text(part: Message, flags: list[str]) -> str:
         charset = part.get_content_charset()
     except Exception:  # a malformed charset parameter
         charset = None
-    return _decode_bytes(payload, charset)
+    return _decode_bytes(payload, charset, flags)
 
 
 _KNOWN_CTE = frozenset(("", "7bit", "8bit", "binary", "quoted-printable", "x-uuencode", "uuencode", "x-uue", "uue"))
@@ -226,19 +226,45 @@ def _decode_base64(data: bytes, flags: list[str]) -> bytes:
     return b"".join(out)
 
 
-def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode with the declared charset; unknown or missing charsets: UTF-8 if valid, else cp1252."""
-    if charset:
-        charset = charset.strip().strip("\"'").lower()
-        if charset not in ("us-ascii", "ascii", "unknown-8bit", "x-unknown", "unknown", "default"):
-            try:
-                return data.decode(charset, errors="replace")
-            except (LookupError, UnicodeError, ValueError, TypeError):
-                pass  # unknown or broken codec name: guess below
+_UNDECLARED = frozenset(("us-ascii", "ascii", "unknown-8bit", "x-unknown", "unknown", "default"))
+
+
+def _decode_bytes(data: bytes, charset: str | None, flags: list[str] | None = None, what: str = "body") -> str:
+    """Decode with the declared charset; unknown or missing charsets: UTF-8 if valid, else cp1252.
+
+    What cannot be decoded becomes U+FFFD. A charset that is unknown, or that the bytes do not fit (declared
+    UTF-8 but Latin-1 bytes, 8-bit bytes in declared ASCII), is appended to `flags` naming `what` was read.
+    """
+    flags = [] if flags is None else flags
+    declared = charset.strip().strip("\"'").lower() if charset else ""
+    if declared and declared not in _UNDECLARED:
+        try:
+            return data.decode(declared)
+        except UnicodeDecodeError:
+            text = data.decode(declared, errors="replace")
+            flags.append(f"{what}: {_replaced(text)} byte sequence(s) not valid in its declared charset "
+                         f"{declared[:40]!r} were replaced with U+FFFD")
+            return text
+        except (LookupError, UnicodeError, ValueError, TypeError):
+            pass  # unknown or broken codec name: guess below, flagged
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
+        guessed = "UTF-8"
     except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+        text = data.decode("cp1252", errors="replace")
+        guessed = "cp1252" + (f" ({_replaced(text)} undefined byte(s) replaced with U+FFFD)" if "\ufffd" in text
+                              else "")
+    if declared and declared not in _UNDECLARED:
+        flags.append(f"{what}: unknown charset {declared[:40]!r}: read as {guessed}")
+    elif declared in ("us-ascii", "ascii") and not data.isascii():
+        flags.append(f"{what}: declared {declared} but has 8-bit bytes: read as {guessed}")
+    elif "\ufffd" in text and guessed != "UTF-8":
+        flags.append(f"{what}: no charset declared and not UTF-8: read as {guessed}")
+    return text
+
+
+def _replaced(text: str) -> int:
+    return text.count("\ufffd")
 
 
 _LOOKS_HTML = re.compile(r"<(html|body)\b", re.IGNORECASE)

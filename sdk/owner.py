@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ SHARD_ROW_GROUPS = 2
 # row group); but a range GET on moto (the local stack) copies the whole object (~1 ms per MB), and one
 # 100,000-row object (~110 MB) made every shard's reads cost ~250 ms. 10,000 rows: ~11 MB objects.
 PART_ROWS = 10_000
+FLAGS_NAME = "flags.parquet"  # beside the inputs; not a data object of the manifest (the platform never reads it)
 
 
 class BatchError(ValueError):
@@ -103,7 +104,8 @@ def submit_batch(
     check_emails(emails)  # every refusal before any broker key is created or any byte uploaded
     table = pa.table({"message_id": [e.message_id for e in emails], "text": [e.text for e in emails]})
     return submit_table(table, model, tenant=tenant, owner=owner, store=store, measurements=measurements,
-                        batch_id=batch_id, plaintext_baseline=plaintext_baseline)
+                        batch_id=batch_id, plaintext_baseline=plaintext_baseline,
+                        flags={e.message_id: list(e.flags) for e in emails if e.flags})
 
 
 def submit_table(
@@ -116,10 +118,14 @@ def submit_table(
     measurements: list[str],
     batch_id: str | None = None,
     plaintext_baseline: bool = False,
+    flags: Mapping[str, Sequence[str]] | None = None,
 ) -> SubmittedBatch:
     """`submit_batch` for any model: `table` holds the columns its card's contract reads (the id column first).
 
-    Raises BatchError naming a missing column, a duplicate id or an empty table, before anything is uploaded.
+    `flags` ({id: [problem, ...]}, what could not be read right) travel PME-encrypted in `flags.parquet` beside
+    the inputs, pinned by the signed manifest, for `sdk.results.fetch_results` to join back; a plaintext baseline
+    keeps none. Raises BatchError naming a missing column, a duplicate id or an empty table, before anything is
+    uploaded.
     """
     _check_table(table, model)
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -140,6 +146,11 @@ def submit_table(
         objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                         "rows": chunk.num_rows, "row_groups": -(-chunk.num_rows // ROW_GROUP_SIZE),
                         **({"file_id": file_id} if file_id else {})})
+    flags_entry = {}
+    if flags is not None and broker is not None:
+        data = encode_flags(flags, broker, keys)
+        store.put(prefix + FLAGS_NAME, data)
+        flags_entry = {"flags": {"key": prefix + FLAGS_NAME, "sha256": hashlib.sha256(data).hexdigest()}}
     if broker:
         broker.grant(batch_id, model.digest, measurements, keys.all(), config_digests=config_digests,
                      rows=table.num_rows)
@@ -151,6 +162,7 @@ def submit_table(
         "key_broker": {"name": owner.broker_name, "url": owner.broker_url, "footer_key": keys.footer,
                        "column_key": keys.emails, "result_key": keys.results},
         "shard_row_groups": SHARD_ROW_GROUPS,
+        **flags_entry,
     }
     manifest_key = prefix + "manifest.jws"
     # Uploaded last: its creation event is what starts processing.
@@ -190,6 +202,15 @@ def encode_part(table: pa.Table, broker: KeyWrapper | None, keys: OwnerKeys, *, 
                            row_group_size=ROW_GROUP_SIZE, metadata=binding), file_id
 
 
+def encode_flags(flags: Mapping[str, Sequence[str]], broker: KeyWrapper, keys: OwnerKeys) -> bytes:
+    """The batch's flags as PME Parquet (message_id: string, flags: list<string>; only flagged emails, maybe
+    none), under the batch's footer and emails keys: what was flagged is as secret as the emails."""
+    table = pa.table({"message_id": pa.array(list(flags), pa.string()),
+                      "flags": pa.array([list(f) for f in flags.values()], pa.list_(pa.string()))})
+    return write_encrypted(table, broker, footer_key=keys.footer, column_key=keys.emails,
+                           row_group_size=ROW_GROUP_SIZE)
+
+
 def resubmit_batch(tenant: str, batch_id: str, store: ObjectStore) -> str:
     """Upload the same signed manifest again (after a failure), which starts the batch again."""
     key = f"incoming/{tenant}/{batch_id}/manifest.jws"
@@ -222,6 +243,14 @@ def wait_for_batch(
         time.sleep(float(os.environ.get("CSCORE_POLL_S", "0.25")))
     raise TimeoutError(f"batch {batch_id}: expected it to finish within {timeout:.0f} s, still {last!r}; "
                        "look at the Airflow UI for the cscore_batch run")
+
+
+def decrypt_flags(data: bytes, keys: PmeKeys) -> dict[str, str]:
+    """`encode_flags`' object read back: {message_id: "problem; problem"} for the flagged emails."""
+    with EncryptedParquet(data, keys) as flagged:
+        table = flagged.read()
+    return {i: "; ".join(f) for i, f in zip(table.column("message_id").to_pylist(),
+                                             table.column("flags").to_pylist(), strict=True)}
 
 
 def decrypt_results(data: bytes, keys: PmeKeys) -> pa.Table:

@@ -17,7 +17,7 @@ from attestation.errors import AttestationError
 from enclave.pme import PmeKeys
 from enclave.receipts import VerifiedReceipt, verify_receipt
 from enclave.signing import unverified_payload, verify_json
-from sdk.owner import decrypt_results
+from sdk.owner import decrypt_flags, decrypt_results
 from sdk.party import Party
 from sdk.storage import ObjectStore
 from wire.worker_config import config_digest_from_claims
@@ -29,7 +29,9 @@ class ResultVerificationError(ValueError):
 
 @dataclass(frozen=True)
 class VerifiedResults:
-    table: pa.Table  # the card contract's result columns: its id column first (message_id, spam_probability, label)
+    # the card contract's result columns, its id column first (message_id, spam_probability, label), then for email
+    # batches `flags`: what the owner's reader could not read right in that email, "" for none
+    table: pa.Table
     receipts: list[VerifiedReceipt]
     measurements: list[str]
 
@@ -52,14 +54,23 @@ def fetch_results(
                                  result_manifest["shards"]))
         receipts = [receipt for receipt, _ in verified]
         _check_coverage(manifest, [r.payload for r in receipts])
+        flags_data = _flags_object(store, manifest)
         # One key context: each key-encryption key unwrapped once, each unwrap logged under this batch.
         with PmeKeys(owner.broker().for_batch(batch_id)) as keys:
             tables = list(pool.map(lambda v: decrypt_results(v[1], keys), verified))
+            flags = None if flags_data is None else decrypt_flags(flags_data, keys)
     for receipt, part in zip(receipts, tables, strict=True):
         _expect(receipt.payload["output"]["key"], "output.rows", receipt.payload["output"]["rows"], part.num_rows)
     table = pa.concat_tables(tables)
     table = table.drop_columns([c for c in ("model_digest",) if c in table.column_names])
     _check_rows(manifest, table)
+    if flags is not None:  # email batches: the owner's reader's flags per email ("" when read right)
+        unknown = set(flags) - set(table.column(0).to_pylist())
+        if unknown:
+            raise ResultVerificationError(f"{manifest['flags']['key']}: flags for {len(unknown)} id(s) that no "
+                                          "result carries")
+        table = table.append_column("flags", pa.array([flags.get(i, "") for i in table.column(0).to_pylist()],
+                                                      pa.string()))
     return VerifiedResults(table, receipts, sorted({r.claims.measurement for r in receipts}))
 
 
@@ -113,6 +124,16 @@ def _verified_shard(
     output = _get(store, p["output"]["key"], "a shard's encrypted results")
     _expect(shard["receipt_key"], "output.sha256", p["output"]["sha256"], hashlib.sha256(output).hexdigest())
     return receipt, output
+
+
+def _flags_object(store: ObjectStore, manifest: dict[str, Any]) -> bytes | None:
+    """The encrypted flags object the owner's signed manifest pins by sha256; None when it pins none."""
+    entry = manifest.get("flags")
+    if entry is None:
+        return None
+    data = _get(store, entry["key"], "the batch's flags (your submit wrote them)")
+    _expect(entry["key"], "sha256", entry["sha256"], hashlib.sha256(data).hexdigest())
+    return data
 
 
 def _index_in_key(receipt_key: str) -> int | None:

@@ -64,7 +64,7 @@ from sdk.provider import model_key_id, publish_baseline_model, publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
-from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY
+from tests.e2e.canaries import EMAIL_CANARIES, FLAG_CANARY, MODEL_CANARY
 from wire.tenant import approval_key, verify_approval
 from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, load_worker_config
 
@@ -220,13 +220,18 @@ def test_honest_batch_is_scored_bit_exact(stack: LocalStack, emails: list[Email]
     owner.trust_provider(provider.public_key())
     _state["model"] = find_model(store, "spam-filter", owner.trusted_providers())
     batch = _batch(emails, "honest", 450)  # 3 row groups: 2 shards
+    flag = f"body: unknown charset '{FLAG_CANARY}': read as UTF-8"  # a reader's flag (sdk.emails)
+    batch[5] = dataclasses.replace(batch[5], flags=(flag,))
     submitted = _submit(batch)
     assert _platform_runs(submitted.batch_id) == {"state": "succeeded"}
     out = tmp_path / "results.parquet"
     done = _cscore(stack, "owner", "results", submitted.batch_id, "--tenant", TENANT, "--accept-simulated",
                    "--out", str(out))
     assert done.returncode == 0, done.stderr
+    assert re.search(r"^emails flagged +1$", done.stdout, re.MULTILINE), done.stdout
     _bit_exact(pq.read_table(out), {e.message_id: e.text for e in batch}, model_bytes)
+    flags = dict(zip(*pq.read_table(out, columns=["message_id", "flags"]).to_pydict().values(), strict=True))
+    assert flags == {e.message_id: flag if e is batch[5] else "" for e in batch}  # back with its email only
     _state["honest"] = submitted
     # A batch the owner submits and grants; the platform sends it to its own worker first (attacks 1, 2).
     _state["victim_emails"] = victim = _batch(emails, "victim", 150)
@@ -597,6 +602,7 @@ def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack,
     doc["runtime_data"]["receipt_pubkey"] = {"kty": "OKP", "crv": "Ed25519", "x": "A" * 43}  # the platform's key
     receipt0, receipt1 = prefix + "shard-00000.receipt.jws", prefix + "shard-00001.receipt.jws"
     foreign = f"results/{TENANT}/{_state['victim'].batch_id}/shard-00000.receipt.jws"
+    flags_key = f"incoming/{TENANT}/{honest.batch_id}/flags.parquet"
     simulated = ("--accept-simulated",)
     cases = {
         "garbage manifest": ({prefix + "result-manifest.json": b"\x00garbage{"}, simulated,
@@ -607,6 +613,10 @@ def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack,
         "receipt of another shard": ({receipt0: store.get(receipt1)}, simulated, receipt0,
                                      "shard_index expected 0, got 1"),
         "receipt of another batch": ({receipt0: store.get(foreign)}, simulated, receipt0, "batch_id"),
+        # The owner's flags travel beside the inputs, pinned by its signed manifest: none dropped, none swapped.
+        "flags deleted": ({flags_key: None}, simulated, flags_key, "found nothing"),
+        "flags of another batch": ({flags_key: store.get(f"incoming/{TENANT}/{_state['victim'].batch_id}/flags"
+                                                         ".parquet")}, simulated, flags_key, "sha256 expected"),
         # The owner did not say it accepts the simulated TEE: its evidence is refused by name, not by a crash.
         "simulated evidence, not accepted": ({}, (), "evidence/", "evidence.cert_chain.ark"),
     }
@@ -663,7 +673,7 @@ def test_no_canary_key_or_model_byte_in_any_platform_store(stack: LocalStack, mo
     owner_keys = [k for key in store.keys(f"incoming/{TENANT}/") if key.endswith("manifest.jws")
                   for k in _owner_keys(stack, TENANT, key.split("/")[2])]
     assert len(owner_keys) >= 12  # every batch of the module, three keys each
-    secrets = ([c.encode() for c in [MODEL_CANARY, *EMAIL_CANARIES]] + _forms(dek)
+    secrets = ([c.encode() for c in [MODEL_CANARY, FLAG_CANARY, *EMAIL_CANARIES]] + _forms(dek)
                + [f for k in owner_keys for f in _forms(k)] + [model_bytes[1000:1064]])
     stores = {
         "s3": b"\n".join(store.get(k) for k in store.keys("")),

@@ -580,3 +580,44 @@ def test_check_emails_refuses_what_cannot_be_written(tmp_path: Path) -> None:
         check_emails([Email("a", "t"), Email("b\udc80", "t", source="x.jsonl")])
     with pytest.raises(EmailInputError, match="non-empty string message_id"):
         check_emails([Email("", "t")])
+
+
+# --- a charset that is unknown, or that the bytes do not fit: decoded as far as it goes, and flagged ----------
+
+
+@pytest.mark.parametrize("head, body, text, flag", [
+    ("Content-Type: text/plain; charset=utf-8", "caf\xe9 ol\xe9 ok".encode("latin-1"), "s\ncaf\ufffd ol\ufffd ok",
+     "body: 2 byte sequence(s) not valid in its declared charset 'utf-8' were replaced with U+FFFD"),
+    ("Content-Type: text/plain; charset=x-mac-klingon", "Grüße".encode(), "s\nGrüße",
+     "body: unknown charset 'x-mac-klingon': read as UTF-8"),
+    ("Content-Type: text/plain; charset=default_charset", "Grüße".encode("cp1252"), "s\nGrüße",
+     "body: unknown charset 'default_charset': read as cp1252"),
+    ("Content-Type: text/plain; charset=us-ascii", "naïve".encode(), "s\nnaïve",
+     "body: declared us-ascii but has 8-bit bytes: read as UTF-8"),
+    ("Content-Type: text/plain", b"a\x81b\xe9", "s\na\ufffdbé",
+     "body: no charset declared and not UTF-8: read as cp1252 (1 undefined byte(s) replaced with U+FFFD)"),
+], ids=["wrong-declared", "unknown-utf8", "unknown-cp1252", "ascii-with-8bit", "undeclared-undefined-byte"])
+def test_a_bad_charset_is_decoded_as_far_as_it_goes_and_flagged(tmp_path: Path, head: str, body: bytes, text: str,
+                                                                  flag: str) -> None:
+    (tmp_path / "m.eml").write_bytes(_msg("Subject: s\n" + head, body))
+    (email,) = read_emails(tmp_path)
+    assert (email.text, email.flags) == (text, (flag,))
+
+
+def test_a_subject_in_a_charset_its_bytes_do_not_fit_is_flagged(tmp_path: Path) -> None:
+    subject = "=?utf-8?B?" + base64.b64encode("Grüße".encode("latin-1")).decode() + "?="
+    (tmp_path / "m.eml").write_bytes(_msg(f"Subject: {subject}\nContent-Type: text/plain; charset=utf-8", b"ok"))
+    (email,) = read_emails(tmp_path)
+    assert email.text == "Gr\ufffd\ufffde\nok"
+    assert email.flags == ("subject: 2 byte sequence(s) not valid in its declared charset 'utf-8' were replaced "
+                           "with U+FFFD",)
+
+
+@pytest.mark.parametrize("charset, body", [("utf-8", "Grüße ✓".encode()), ("iso-8859-1", "Grüße".encode("latin-1")),
+                                           ("windows-1252", "€ 5".encode("cp1252")), ("us-ascii", b"plain"),
+                                           ("shift_jis", "日本".encode("shift_jis")), (None, "Grüße".encode())])
+def test_a_charset_that_fits_is_not_flagged(tmp_path: Path, charset: str | None, body: bytes) -> None:
+    head = f"Content-Type: text/plain; charset={charset}" if charset else "Content-Type: text/plain"
+    (tmp_path / "m.eml").write_bytes(_msg("Subject: s\n" + head, body))
+    (email,) = read_emails(tmp_path)
+    assert email.flags == () and "\ufffd" not in email.text
