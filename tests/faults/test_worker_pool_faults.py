@@ -40,8 +40,10 @@ app.conf.update({SETTINGS})
 
 @app.task(name="cscore.score_shard", bind=True, acks_late=True)
 def score_shard(self, spec, run_id=""):
-    time.sleep(1.0)
     folder = Path(os.environ["RECEIPTS"]) / run_id  # one folder per test
+    with open(folder / "started.log", "a") as log:
+        log.write(f"{{spec['shard_index']}} {{self.request.hostname}}\\n")
+    time.sleep(1.0)
     try:
         fd = os.open(folder / f"{{spec['shard_index']}}.receipt", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         os.write(fd, self.request.hostname.encode())
@@ -114,6 +116,18 @@ class _Run:
             self.finished_at = time.monotonic()
             app.close()
 
+    def running_on(self, worker: str) -> bool:
+        """Whether `worker` started a shard it has not finished (a kill then lands mid-shard)."""
+        log = self.receipts / "started.log"
+        started = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+        mine = [int(index) for index, host in started if host.startswith(worker)]
+        return len(mine) > self.runs_by(worker)
+
+    def runs_by(self, worker: str) -> int:
+        log = self.receipts / "runs.log"
+        return sum(1 for line in log.read_text().splitlines() if line.split()[1].startswith(worker)) \
+            if log.exists() else 0
+
     def runs(self) -> list[int]:
         log = self.receipts / "runs.log"
         return [int(line.split()[0]) for line in log.read_text().splitlines()] if log.exists() else []
@@ -136,7 +150,7 @@ class _Run:
 def test_a_worker_host_that_dies_mid_batch_leaves_its_shards_to_the_others(
         pool_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     run = _Run(pool_stack, monkeypatch, "worker-dies")
-    run.wait_until(lambda: len(run.runs()) >= 2)  # both workers busy
+    run.wait_until(lambda: len(run.runs()) >= 2 and run.running_on("cscore-worker-1@"))  # mid-shard
     victim = pool_stack.pids()["celery-worker-1"]
     host = procs.tree(victim)
     assert len(host) >= 2  # the worker's main process and its pool child
