@@ -225,7 +225,7 @@ def _receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "shard_index": p.get("shard_index"), "input": p.get("input"), "output": p.get("output"),
               "model": p.get("model"), "evidence_sha256": p.get("evidence_sha256"),
               "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json", "worker": p.get("worker"),
-              "issued_at": p.get("issued_at")}
+              "sessions": p.get("sessions"), "issued_at": p.get("issued_at")}
     return float(p.get("issued_at") or 0), ("receipt", f"receipt:{sha256_hex(raw)}", fields)
 
 

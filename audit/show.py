@@ -23,7 +23,7 @@ from typing import Any
 
 from audit.collect import RELEASE_OPS, Objects, storage_entries
 from audit.log import AuditLog, LogError, Witness
-from audit.verify import ERROR, Finding, changed_span, readable_entries
+from audit.verify import ERROR, Finding, bad_receipt_positions, changed_span, readable_entries, signed_workers
 
 Entry = dict[str, Any]
 Row = dict[str, Any]
@@ -34,7 +34,7 @@ def batch_report(log: AuditLog, store: Objects | None, batch_id: str, findings: 
                  witnesses: Sequence[Witness] = ()) -> dict[str, Any]:
     """The report of one batch (shape in the module docstring); `store` None skips the in-sync check."""
     entries = readable_entries(log)
-    facts = _Facts(entries, batch_id)
+    facts = _Facts(entries, batch_id, bad_receipt_positions(findings))
     problems = _problems_by_position(findings)
     sections = [
         _section("Submission and grants", _SUBMISSION_COLUMNS, facts.submission_rows(), problems,
@@ -61,8 +61,9 @@ def batch_verdicts(log: AuditLog, findings: Sequence[Finding]) -> list[dict[str,
                              and e.get("kind") in {"batch_submitted", "grant", "batch_status"}))
     whole_log = sum(1 for f in findings if f.severity == ERROR and f.check in {"integrity", "witness"})
     out = []
+    bad_receipts = bad_receipt_positions(findings)
     for batch_id in ids:
-        facts = _Facts(entries, batch_id)
+        facts = _Facts(entries, batch_id, bad_receipts)
         mine = [f for f in findings if f.batch_id == batch_id and f.severity == ERROR]
         bad = {f.index for f in mine if f.check == "receipt"}
         verified = sum(1 for e in facts.receipts if e.get("index") not in bad)
@@ -78,7 +79,7 @@ def batch_verdicts(log: AuditLog, findings: Sequence[Finding]) -> list[dict[str,
 class _Facts:
     """The entries about one batch, picked out of the whole log, in log order."""
 
-    def __init__(self, entries: list[Entry], batch_id: str) -> None:
+    def __init__(self, entries: list[Entry], batch_id: str, bad_receipts: set[int]) -> None:
         self.batch_id = batch_id
         self.entries = entries
         mine = [e for e in entries if batch_id in (e.get("batch_id"), e.get("path_batch_id"))]
@@ -92,7 +93,8 @@ class _Facts:
         self.statuses = [e for e in mine if e.get("kind") == "batch_status"]
         self.tenant = next((str(e.get("tenant") or e.get("path_tenant")) for e in mine
                             if e.get("tenant") or e.get("path_tenant")), None)
-        self.workers = _workers(entries)
+        self.signed = signed_workers(entries, bad_receipts)  # (batch, claims digest) -> the enclave-signed worker
+        self.claimed = _workers(entries)
         digests = {e.get("claims_digest") for e in self.releases if e.get("claims_digest")}
         self.attestations = [e for e in entries if e.get("kind") == "attestation" and e.get("decision") == "allow"
                              and e.get("claims_digest") in digests]
@@ -105,7 +107,12 @@ class _Facts:
         return str(self.statuses[-1].get("state")) if self.statuses else "unknown"
 
     def worker(self, e: Entry) -> str:
-        return self.workers.get(str(e.get("claims_digest")), "unnamed")
+        """The worker a receipt signed for this claims digest; else "unproven" (with the platform's unsigned word)."""
+        signed = self.signed.get((self.batch_id, str(e.get("claims_digest"))))
+        if signed is not None:
+            return signed.worker
+        said = self.claimed.get(str(e.get("claims_digest")))
+        return f"unproven (platform says {said})" if said else "unproven (no signed receipt)"
 
     def key_ids(self) -> set[str]:
         ids = {str(k) for g in self.grants for k in g.get("key_ids") or []}
@@ -196,7 +203,7 @@ class _Facts:
 
 
 def _workers(entries: Iterable[Entry]) -> dict[str, str]:
-    """claims digest -> worker name, as the workers reported their attestations in result manifests."""
+    """claims digest -> worker name, as the platform's result manifests say (unsigned: shown, never trusted)."""
     names: dict[str, str] = {}
     for e in entries:
         for a in e.get("attestation") or [] if e.get("kind") == "batch_result" else []:

@@ -9,6 +9,11 @@ policy (its allowed measurements, or the batch's grant) and the auditor's own po
 verifies (signature, evidence, attestation) and is the one logged; every result object matches the
 receipt that names it; every receipt's batch had a grant for its model and measurement; no keys were
 released for a batch that produced no receipt, unless the batch failed (then it says so).
+
+Which worker got which key rests on signatures only: a verified receipt signs its worker's name and the
+claims digests of the broker sessions its batch's keys came through (`wire.receipt`); a release whose
+digest no verified receipt of its batch signs is noted as unproven, and a result manifest (written by the
+platform, unsigned) that names another worker for a signed digest or shard is an error.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from enclave.receipts import ReceiptError, VerifiedReceipt, verify_receipt
 from enclave.signing import SignatureError, canonical_json
 
 ERROR, NOTE = "error", "note"
+# Receipt fields the log's entry copies from the signed payload (audit.collect); each must equal the signed one.
+SIGNED_RECEIPT_FIELDS = ("tenant", "batch_id", "shard_index", "input", "output", "model", "evidence_sha256",
+                         "worker", "sessions", "issued_at")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ def verify_audit(log: AuditLog, store: Objects, anchors: TrustAnchors, policy: P
     findings += receipt_findings
     findings += check_results(entries, store)
     findings += check_grants(entries, receipts)
+    findings += check_worker_links(entries, receipt_findings)
     findings += check_unreceipted_batches(entries)
     return findings
 
@@ -328,6 +337,10 @@ def _check_receipt(e: dict[str, Any], store: Objects, anchors: TrustAnchors,
         return None, [*out, Finding(ERROR, "receipt", f"receipt {key} does not verify, it is forged or altered: "
                                                       f"{exc}", batch, at)]
     p = receipt.payload
+    for name in SIGNED_RECEIPT_FIELDS:  # what show and the worker links read from the entry is what was signed
+        if e.get(name) != p.get(name):
+            out.append(Finding(ERROR, "receipt", f"the log's copy of receipt {key} says {name} {e.get(name)!r}, "
+                                                 f"but its signature covers {p.get(name)!r}", batch, at))
     prefix = f"results/{e.get('path_tenant')}/{batch}/"
     if p.get("batch_id") != batch or p.get("tenant") != e.get("path_tenant") or \
             not str(p.get("output", {}).get("key", "")).startswith(prefix):
@@ -381,6 +394,98 @@ def check_grants(entries: list[dict[str, Any]], receipts: list[VerifiedReceipt])
         if r.claims.measurement not in (grant.get("granted_measurements") or []):
             out.append(Finding(ERROR, "grant", f"batch {batch}: {where} was signed by measurement "
                                                f"{r.claims.measurement[:16]}…, not granted", batch))
+    return out
+
+
+@dataclass(frozen=True)
+class SignedWorker:
+    """A worker as a verified receipt names it: its signed name, and the log position of that receipt."""
+
+    worker: str
+    receipt_index: int
+
+
+def signed_workers(entries: list[dict[str, Any]], bad_receipts: set[int]) -> dict[tuple[str, str], SignedWorker]:
+    """(batch id, claims digest) -> the worker whose receipt of that batch signs that digest in its sessions.
+
+    `bad_receipts`: log positions of receipts with an error finding (not verified, or their logged fields
+    differ from the signed ones); they link nothing. The first receipt to sign a digest is kept.
+    """
+    links: dict[tuple[str, str], SignedWorker] = {}
+    for e in entries:
+        if e.get("kind") != "receipt" or e.get("index") in bad_receipts or not isinstance(e.get("sessions"), list):
+            continue
+        for session in e["sessions"]:
+            for digest in session.get("claims_digests") or [] if isinstance(session, dict) else []:
+                links.setdefault((str(e.get("batch_id")), str(digest)),
+                                 SignedWorker(str(e.get("worker")), int(e.get("index", -1))))
+    return links
+
+
+def bad_receipt_positions(findings: Sequence[Finding]) -> set[int]:
+    """Log positions of receipts with an error finding."""
+    return {f.index for f in findings if f.check == "receipt" and f.severity == ERROR and f.index is not None}
+
+
+def check_worker_links(entries: list[dict[str, Any]], receipt_findings: Sequence[Finding]) -> list[Finding]:
+    """Releases tied to workers by signed receipts; the platform's result manifests must not contradict them.
+
+    A release whose claims digest no verified receipt of its batch signs is a note (a worker that failed its
+    shard got keys and signed nothing; which worker that was is the platform's word only), in batches that
+    have receipts at all. A result manifest naming another worker than the signed one is an error.
+    """
+    bad = bad_receipt_positions(receipt_findings)
+    links = signed_workers(entries, bad)
+    receipted = {str(e.get("batch_id")) for e in entries if e.get("kind") == "receipt"}
+    by_receipt_key = {str(e.get("receipt_key")): e for e in entries
+                      if e.get("kind") == "receipt" and e.get("index") not in bad}
+    claimed = _manifest_workers(entries)
+    out = []
+    for e in entries:
+        batch, digest = e.get("batch_id"), e.get("claims_digest")
+        if (e.get("kind") == "key_release" and e.get("decision") == "allow" and e.get("operation") in RELEASE_OPS
+                and batch and str(batch) in receipted and (str(batch), str(digest)) not in links):
+            said = claimed.get((str(batch), str(digest)))
+            out.append(Finding(NOTE, "worker", f"broker {e.get('broker')} released key {e.get('key_id')} (decision "
+                                               f"{e.get('seq')}) to claims {str(digest)[:12]}…, which no verified "
+                                               f"receipt of batch {batch} signs: which worker got it is not proven"
+                                               + (f" (the platform's unsigned result manifest says {said})"
+                                                  if said else ""), str(batch), e.get("index")))
+        if e.get("kind") == "batch_result":
+            out += _check_manifest_workers(e, links, by_receipt_key)
+    return out
+
+
+def _manifest_workers(entries: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(batch id, claims digest) -> worker, as the platform's result manifests say (unsigned)."""
+    out: dict[tuple[str, str], str] = {}
+    for e in entries:
+        if e.get("kind") == "batch_result":
+            for a in e.get("attestation") or []:
+                for v in a.get("verdicts") or []:
+                    if v.get("claims_digest") and a.get("worker"):
+                        out[(str(e.get("batch_id")), str(v["claims_digest"]))] = str(a["worker"])
+    return out
+
+
+def _check_manifest_workers(e: dict[str, Any], links: dict[tuple[str, str], SignedWorker],
+                            by_receipt_key: dict[str, dict[str, Any]]) -> list[Finding]:
+    batch, at, out = str(e.get("batch_id")), e.get("index"), []
+    where = f"the result manifest {e.get('key')} (written by the platform, unsigned)"
+    for a in e.get("attestation") or []:
+        for v in a.get("verdicts") or []:
+            signed = links.get((batch, str(v.get("claims_digest"))))
+            if signed is not None and signed.worker != a.get("worker"):
+                out.append(Finding(ERROR, "worker", f"{where} names worker {a.get('worker')!r} for attested claims "
+                                                    f"{str(v.get('claims_digest'))[:12]}…, but the enclave's receipt "
+                                                    f"at log position {signed.receipt_index} signs "
+                                                    f"{signed.worker!r}", batch, at))
+    for shard in e.get("shards") or []:
+        receipt = by_receipt_key.get(str(shard.get("receipt_key")))
+        if receipt is not None and shard.get("worker") and shard.get("worker") != receipt.get("worker"):
+            out.append(Finding(ERROR, "worker", f"{where} names worker {shard.get('worker')!r} for shard "
+                                                f"{shard.get('shard_index')}, but its receipt signs "
+                                                f"{receipt.get('worker')!r}", batch, at))
     return out
 
 

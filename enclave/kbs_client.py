@@ -16,6 +16,7 @@ import secrets
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +39,7 @@ REFRESH_MARGIN_S = 15  # re-attest this long before expiry, so a token never die
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
 SHOWN_CHARS = 400  # of a refusal's expected / actual value in an error message
 CA_ENV = "CSCORE_BROKER_CA"  # PEM bundle of the CA(s) broker certificates chain to (the local stack's CA)
+BATCHES_REMEMBERED = 64  # batches whose claims digests a session keeps for their receipts (a worker keeps 8 batches)
 
 
 class EvidenceProvider(Protocol):
@@ -95,6 +97,11 @@ class AttestationResult:
     token: str = field(repr=False)
     expires_at: int
     claims: dict[str, Any]
+
+    @property
+    def claims_digest(self) -> str:
+        """SHA-256 hex of the claims' canonical JSON: the digest the broker logs in its decisions."""
+        return hashlib.sha256(canonical_json(self.claims)).hexdigest()
 
 
 def _b64url(data: bytes) -> str:
@@ -162,6 +169,7 @@ class AttestedSession:
         self.runtime_data: dict[str, Any] | None = None
         self.evidence: Evidence | None = None
         self._result: AttestationResult | None = None
+        self._used: OrderedDict[str, set[str]] = OrderedDict()  # batch id -> claims digests its requests carried
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -225,6 +233,12 @@ class AttestedSession:
         """Fetch a stored resource released to this enclave."""
         return self._open(self._authorized("GET", f"/kbs/v0/resource/{repository}/{type_}/{tag}", None)["jwe"])
 
+    def claims_digests(self, batch_id: str) -> tuple[str, ...]:
+        """Claims digests of the attested tokens this session's requests for `batch_id` carried, sorted
+        (empty when none named it, or it is older than the last BATCHES_REMEMBERED batches)."""
+        with self._lock:
+            return tuple(sorted(self._used.get(batch_id, ())))
+
     # -- internals --------------------------------------------------------------------------------
     def current(self) -> AttestationResult:
         """This session's attestation, renewed first if it is missing or about to expire."""
@@ -234,13 +248,13 @@ class AttestedSession:
             result = self.attest()
         return result
 
-    def _token(self) -> str:
-        return self.current().token
-
     def _authorized(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         """Send with token + proof of possession; on an expired token, attest again once."""
         for attempt in (1, 2):
-            token = self._token()
+            result = self.current()
+            token = result.token
+            if body is not None and body.get("batch_id"):
+                self._note_use(str(body["batch_id"]), result.claims_digest)
             content = canonical_json(body) if body is not None else b""
             headers = {"Authorization": f"Bearer {token}", POP_HEADER: self._pop(token, method, path, content)}
             if body is not None:
@@ -252,6 +266,13 @@ class AttestedSession:
                 continue
             return _json_or_raise(response)
         raise AssertionError("unreachable")
+
+    def _note_use(self, batch_id: str, digest: str) -> None:
+        with self._lock:
+            self._used.setdefault(batch_id, set()).add(digest)
+            self._used.move_to_end(batch_id)
+            while len(self._used) > BATCHES_REMEMBERED:
+                self._used.popitem(last=False)
 
     def _pop(self, token: str, method: str, path: str, content: bytes) -> str:
         """Proof of possession: a JWS by the tee key over this request."""

@@ -2,13 +2,16 @@
 
 The receipt key is generated inside the enclave and bound into its attestation evidence
 (runtime_data.receipt_pubkey, hashed into report_data), so a valid receipt proves which attested
-code produced which outputs. Anyone holding the evidence document can check it.
+code produced which outputs. Anyone holding the evidence document can check it. The receipt also signs
+the worker's name and the claims digests of the broker sessions its batch's keys came through
+(`wire.receipt`), which ties each release in a broker's log to this worker.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +20,12 @@ from joserfc.jwk import OKPKey
 
 from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify_evidence
 from enclave.signing import canonical_json, sign_json, verify_json
+from wire.errors import FormatError
+from wire.receipt import RECEIPT_TYPE, BrokerSession, parse_sessions, sessions_json
 from wire.shard import ShardSpec
 
-RECEIPT_TYPE = "cscore.receipt/v1"
+__all__ = ["RECEIPT_TYPE", "USAGE_TYPE", "BrokerSession", "ReceiptError", "VerifiedReceipt", "evidence_document",
+           "sign_receipt", "sign_usage", "verify_receipt"]
 USAGE_TYPE = "cscore.usage/v1"  # metering without data: which owner's batch used how many rows of which model
 
 
@@ -51,11 +57,14 @@ def sign_receipt(
     rows: int,
     evidence_sha256: str,
     worker: str,
+    sessions: Sequence[BrokerSession],
 ) -> str:
     """Sign the receipt of one shard with the enclave's receipt key.
 
     The input is named by what the worker checked: a PME input by the file id in its authenticated footer
     (`input_file_id`, `input_sha256` ""), the plaintext baseline by its whole-file SHA-256 (`input_file_id` "").
+    `worker` is the worker's stable name; `sessions` the brokers this batch's key requests went to, with the
+    claims digests of the tokens they carried (`wire.receipt`; empty for the unattested baseline).
     """
     payload = {
         "type": RECEIPT_TYPE,
@@ -72,6 +81,7 @@ def sign_receipt(
         "model": {"name": spec.model_name, "version": spec.model_version, "digest": spec.model_digest},
         "evidence_sha256": evidence_sha256,
         "worker": worker,
+        "sessions": sessions_json(sessions),
         "issued_at": int(time.time()),
     }
     return sign_json(payload, key)
@@ -97,7 +107,8 @@ def verify_receipt(
     policy: Policy,
     at: datetime | None = None,
 ) -> VerifiedReceipt:
-    """Check a receipt: evidence digest, attestation (chain and policy), key binding, signature."""
+    """Check a receipt: evidence digest, attestation (chain and policy), key binding, signature, the shape of
+    its signed sessions. Raises ReceiptError, SignatureError, AttestationError."""
     digest = hashlib.sha256(canonical_json(evidence_doc)).hexdigest()
     runtime_data = evidence_doc.get("runtime_data")
     if not isinstance(runtime_data, dict) or "receipt_pubkey" not in runtime_data:
@@ -112,4 +123,8 @@ def verify_receipt(
             f"receipt.evidence_sha256: expected {digest} (the evidence stored beside it), "
             f"got {payload.get('evidence_sha256')}"
         )
+    try:
+        parse_sessions(payload)
+    except FormatError as exc:
+        raise ReceiptError(str(exc)) from exc
     return VerifiedReceipt(payload=payload, claims=claims)

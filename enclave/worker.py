@@ -34,7 +34,7 @@ from joserfc.jwk import OKPKey
 from enclave.kbs_client import AttestedSession, EnclaveKeys
 from enclave.pme import EncryptedParquet, KeyWrapper, NotEncryptedError, PmeKeys
 from enclave.ranged import RangeSource, open_ranged
-from enclave.receipts import evidence_document, sign_receipt, sign_usage
+from enclave.receipts import BrokerSession, evidence_document, sign_receipt, sign_usage
 from enclave.runner import ContractSession, contract_session_for
 from enclave.signing import canonical_json, sign_json, unverified_payload
 from enclave.tee import EvidenceProvider
@@ -398,7 +398,7 @@ class Enclave:
         clock.lap("write")
         receipt = sign_receipt(self._baseline_key, spec=spec, output_key=output_key, input_sha256=sha256_hex(source),
                                input_file_id="", output_sha256=sha256_hex(output), rows=table.num_rows,
-                               evidence_sha256="", worker=self.name)
+                               evidence_sha256="", worker=self.name, sessions=())
         clock.lap("sign")
         return ScoredShard(output_key, output, sha256_hex(output), table.num_rows, receipt, "", {}, "", clock.laps)
 
@@ -413,12 +413,21 @@ class Enclave:
         # The input is named by the file id its authenticated footer carries (read_shard checked it).
         receipt = sign_receipt(key, spec=spec, output_key=output_key, input_sha256="",
                                input_file_id=spec.input_file_id, output_sha256=output_sha256, rows=rows,
-                               evidence_sha256=evidence_sha256,
-                               worker=self.name)
+                               evidence_sha256=evidence_sha256, worker=self.name,
+                               sessions=self._sessions_for(spec.batch_id))
         usage = sign_usage(key, spec=spec, provider=card.broker or "", rows=rows, evidence_sha256=evidence_sha256)
         log.info("scored shard %d of batch %s: %d rows, output sha256 %s",
                  spec.shard_index, spec.batch_id, rows, output_sha256)
         return ScoredShard(output_key, output, output_sha256, rows, receipt, usage, evidence, evidence_sha256)
+
+
+    def _sessions_for(self, batch_id: str) -> list[BrokerSession]:
+        """Each broker this batch's key requests went to, with the claims digests they carried: signed in the
+        receipt, so the audit ties that broker's releases to this worker without the platform's word."""
+        with self._lock:
+            sessions = dict(self._sessions)
+        return [BrokerSession(name, digests) for name, session in sorted(sessions.items())
+                if (digests := session.claims_digests(batch_id))]
 
 
 class _Clock:

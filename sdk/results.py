@@ -20,6 +20,7 @@ from enclave.signing import unverified_payload, verify_json
 from sdk.owner import decrypt_flags, decrypt_results
 from sdk.party import Party
 from sdk.storage import ObjectStore
+from wire.receipt import parse_sessions
 from wire.worker_config import config_digest_from_claims
 
 
@@ -118,6 +119,7 @@ def _verified_shard(
     _expect(shard["receipt_key"], "shard_index", _index_in_key(shard["receipt_key"]), p["shard_index"])
     _expect(shard["receipt_key"], "tenant", manifest["tenant"], p["tenant"])
     _expect(shard["receipt_key"], "model.digest", manifest["model"]["digest"], p["model"]["digest"])
+    _check_owner_session(shard["receipt_key"], manifest, p)
     if not p["output"]["key"].startswith(prefix):
         raise ResultVerificationError(f"{shard['receipt_key']}: output.key expected under {prefix}, "
                                       f"got {p['output']['key']}")
@@ -181,6 +183,16 @@ def _check_granted(where: str, granted: dict[str, Any], receipt: VerifiedReceipt
     if config not in granted.get("config_digests", []):
         raise ResultVerificationError(f"{where}: worker configuration (host_data) expected one of "
                                       f"{granted.get('config_digests')} (your grant), got {config}")
+
+
+def _check_owner_session(where: str, manifest: dict[str, Any], payload: dict[str, Any]) -> None:
+    """The receipt signs a session at this owner's broker: the one its batch's keys came from, whose releases
+    the auditor ties to this worker by the digests signed there (`wire.receipt`)."""
+    broker = manifest["key_broker"]["name"]
+    sessions = parse_sessions(payload)
+    if not any(s.broker == broker and s.claims_digests for s in sessions):
+        raise ResultVerificationError(f"{where}: sessions expected a session at your broker {broker!r} with its claims "
+                                      f"digests, got brokers {[s.broker for s in sessions]}")
 
 
 def _unverified_evidence_digest(token: str) -> str:

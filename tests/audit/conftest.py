@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from attestation import Policy, TrustAnchors
 from audit.log import AuditLog, Witness
-from enclave.receipts import evidence_document, sign_receipt
+from enclave.receipts import BrokerSession, evidence_document, sign_receipt
 from enclave.signing import canonical_json, generate_signing_key, sign_json
 from enclave.tee import SimulatedSnpProvider
 from sdk.broker_admin import GENESIS, LOG_FIELDS
@@ -170,9 +170,11 @@ class Scenario:
                          column_key="acme/emails", result_key="acme/results",
                          output_key=f"{prefix}shard-{index:05d}.parquet",
                          receipt_key=f"{prefix}shard-{index:05d}.receipt.jws")
+        digest = _sha(canonical_json(claims))  # the worker's sessions at both brokers carried these claims
         receipt = sign_receipt(receipt_key, spec=spec, output_key=spec.output_key, input_sha256="",
                                input_file_id="cd" * 16, output_sha256=_sha(output), rows=10,
-                               evidence_sha256=evidence_sha, worker="w1")
+                               evidence_sha256=evidence_sha, worker="w1",
+                               sessions=[BrokerSession("owner", (digest,)), BrokerSession("provider", (digest,))])
         self.store.put(f"{prefix}evidence/{evidence_sha}.json", canonical_json(doc))
         self.store.put(spec.output_key, output)
         self.store.put(spec.receipt_key, receipt.encode())

@@ -266,7 +266,8 @@ def _receipt_case(sim: Path, signer: Any, bound: Any, sent: Any) -> tuple[str, d
     evidence = SimulatedSnpProvider(sim, MEASUREMENT).get_evidence(hashlib.sha512(canonical_json(runtime)).digest())
     doc = evidence_document(evidence, {**runtime, "receipt_pubkey": sent.as_dict(private=False)})
     digest = hashlib.sha256(canonical_json(doc)).hexdigest()
-    return sign_json({"type": RECEIPT_TYPE, "evidence_sha256": digest, "output": {"rows": 1}}, signer), doc
+    return sign_json({"type": RECEIPT_TYPE, "evidence_sha256": digest, "output": {"rows": 1}, "sessions": []},
+                     signer), doc
 
 
 def _check_receipt(sim: Path, token: str, doc: dict[str, Any]) -> Any:

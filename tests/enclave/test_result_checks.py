@@ -22,7 +22,7 @@ from joserfc.jwk import OKPKey
 from attestation import Policy, TrustAnchors
 from enclave.kbs_client import _b64url
 from enclave.measurement import code_measurement
-from enclave.receipts import evidence_document, sign_receipt
+from enclave.receipts import BrokerSession, evidence_document, sign_receipt
 from enclave.tee import SimulatedSnpProvider
 from sdk.results import (
     ResultVerificationError,
@@ -69,6 +69,7 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _manifest() -> dict[str, Any]:
     return {"tenant": TENANT, "batch_id": BATCH, "model": {"digest": MODEL}, "results": {"prefix": PREFIX},
+            "key_broker": {"name": "owner"},
             "objects": [{"key": INPUT, "sha256": "ab" * 32, "file_id": FILE_ID, "rows": 400, "row_groups": 2}]}
 
 
@@ -101,14 +102,16 @@ class Worker:
         self.store = store
 
     def shard(self, spec: ShardSpec, output: bytes = b"ciphertext", *, key: Ed25519PrivateKey | None = None,
-              output_key: str | None = None, sha: str | None = None) -> dict[str, Any]:
+              output_key: str | None = None, sha: str | None = None,
+              sessions: tuple[BrokerSession, ...] = (BrokerSession("owner", ("ab" * 32,)),)) -> dict[str, Any]:
         """Write an output and its receipt as a worker would; returns the result manifest's shard entry."""
         output_key = output_key or spec.output_key.replace(".parquet", ".a1.parquet")
         self.store.objects[output_key] = output
         token = sign_receipt(OKPKey.import_key(key or self.key), spec=spec, output_key=output_key,
                              input_sha256=spec.input_sha256, input_file_id=spec.input_file_id,
                              output_sha256=sha or hashlib.sha256(output).hexdigest(),
-                             rows=200, evidence_sha256=self.digest, worker="cscore-worker-1@vm")
+                             rows=200, evidence_sha256=self.digest, worker="cscore-worker-1@vm",
+                             sessions=sessions)
         receipt_key = f"{PREFIX}shard-{spec.shard_index:05d}.receipt.jws"
         self.store.objects[receipt_key] = token.encode()
         return {"receipt_key": receipt_key}
@@ -166,6 +169,14 @@ def test_a_worker_the_owner_did_not_grant_is_refused(sim_dir: Path) -> None:
     launched_elsewhere = Worker(other, sim_dir, host_data=bytes.fromhex("ee" * 32))
     with pytest.raises(ResultVerificationError, match=r"worker configuration \(host_data\)"):
         _verify(other, sim_dir, launched_elsewhere.shard(_spec()))
+
+
+def test_a_receipt_without_a_session_at_the_owners_broker_is_refused(sim_dir: Path) -> None:
+    store = DictStore()
+    elsewhere = Worker(store, sim_dir).shard(_spec(), sessions=(BrokerSession("provider", ("ab" * 32,)),))
+    with pytest.raises(ResultVerificationError, match=r"sessions expected a session at your broker 'owner'.*"
+                                                      r"got brokers \['provider'\]"):
+        _verify(store, sim_dir, elsewhere)
 
 
 def test_missing_or_malformed_platform_objects_are_named(sim_dir: Path) -> None:

@@ -101,6 +101,14 @@ def test_enclave_gets_data_key_from_owner_and_model_key_from_provider(
     # A release is logged with the claims as attested: the auditor joins it to its attestation by this digest.
     attested = [e for e in owner.decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
     assert allowed[-1]["claims_digest"] in {e["claims_digest"] for e in attested}
+    # What the receipt signs (wire.receipt sessions): per broker, the digests this batch's requests carried,
+    # which are the digests each broker logged in its release decisions for the batch.
+    assert with_owner.claims_digests("att-batch") == (result.claims_digest,)
+    for admin, used in ((owner, with_owner), (provider, with_provider)):
+        logged = {e["claims_digest"] for e in admin.decisions() if e.get("batch_id") == "att-batch"
+                  and e["operation"] == "unwrap" and e["decision"] == "allow"}
+        assert len(used.claims_digests("att-batch")) == 1 and set(used.claims_digests("att-batch")) <= logged
+    assert with_owner.claims_digests("another-batch") == ()
 
 
 def test_key_of_another_party_is_unknown_here(broker: BrokerProcess, provider: BrokerAdmin, owner: BrokerAdmin,
