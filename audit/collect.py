@@ -11,6 +11,7 @@ import ast
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,7 +67,10 @@ def sync_log(log: AuditLog, brokers: Mapping[str, DecisionSource], store: Object
     """
     report = SyncReport()
     for name, admin in sorted(brokers.items()):
-        _add(log, report, broker_entries(log, name, admin.decisions(0, verify=True)))
+        decisions = admin.decisions(0, verify=True)
+        _add(log, report, broker_entries(log, name, decisions))
+        if decisions:  # what this sync saw of the broker: the audit says it checked up to here, no further
+            _add(log, report, iter([head_entry(name, decisions[-1])]))
     _add(log, report, storage_entries(store))
     if checkpoint and (report.total or log.checkpoint_note() is None or _stale(log)):
         report.checkpoint = log.publish_checkpoint()
@@ -124,6 +128,14 @@ def decision_entry(broker: str, d: dict[str, Any]) -> Entry:
     else:
         kind = "key_release"
     return kind, f"decision:{broker}:{d['seq']}", fields
+
+
+def head_entry(broker: str, last: dict[str, Any]) -> Entry:
+    """The broker's log head as a sync saw it (its chain was verified against the broker's signed checkpoint):
+    {"broker", "head_seq", "head_hash", "synced_at" (epoch s)}. One entry per head: a later sync that sees the
+    same head appends nothing."""
+    fields = {"broker": broker, "head_seq": last["seq"], "head_hash": last["hash"], "synced_at": round(time.time(), 3)}
+    return "broker_head", f"head:{broker}:{last['seq']}:{last['hash']}", fields
 
 
 def parse_grant_reason(reason: str) -> dict[str, Any]:

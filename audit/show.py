@@ -4,7 +4,7 @@
 
     {"batch_id", "tenant", "known": bool,
      "verdict": {"holds", "state", "receipts": {"verified", "total"}, "refusals", "checkpoint", "in_sync",
-                 "sync", "problems": [str]},
+                 "sync", "brokers": {"heads": [{"broker", "seq", "synced_at"}], "said": str}, "problems": [str]},
      "summary": [str],                                  # three or four short lines
      "sections": [{"title", "columns": [{"key", "label"}], "rows": [{"position", "cells": {key: str},
                    "problems": [str], "alarm": bool}], "empty": str}]}
@@ -28,6 +28,7 @@ from audit.verify import ERROR, Finding, bad_receipt_positions, changed_span, re
 Entry = dict[str, Any]
 Row = dict[str, Any]
 OWNER_OWN_OPS = {"admin.unwrap", "admin.wrap"}
+WHOLE_LOG_CHECKS = {"integrity", "witness", "sync"}  # findings about the whole log fail every batch's audit
 
 
 def batch_report(log: AuditLog, store: Objects | None, batch_id: str, findings: Sequence[Finding], *,
@@ -59,7 +60,7 @@ def batch_verdicts(log: AuditLog, findings: Sequence[Finding]) -> list[dict[str,
     entries = readable_entries(log)
     ids = list(dict.fromkeys(str(e["batch_id"]) for e in entries if e.get("batch_id")
                              and e.get("kind") in {"batch_submitted", "grant", "batch_status"}))
-    whole_log = sum(1 for f in findings if f.severity == ERROR and f.check in {"integrity", "witness"})
+    whole_log = sum(1 for f in findings if f.severity == ERROR and f.check in WHOLE_LOG_CHECKS)
     out = []
     bad_receipts = bad_receipt_positions(findings)
     for batch_id in ids:
@@ -280,11 +281,11 @@ def _problems_by_position(findings: Sequence[Finding]) -> dict[int, list[Finding
 
 def _verdict(log: AuditLog, store: Objects | None, facts: _Facts, findings: Sequence[Finding],
              sections: list[dict[str, Any]], witnesses: Sequence[Witness]) -> dict[str, Any]:
-    integrity = [f for f in findings if f.check in {"integrity", "witness"} and f.severity == ERROR]
+    integrity = [f for f in findings if f.check in WHOLE_LOG_CHECKS and f.severity == ERROR]
     mine = [f for f in findings if f.batch_id == facts.batch_id and f.severity == ERROR]
     bad_receipts = {f.index for f in mine if f.check == "receipt" and f.index is not None}
     problems = [f.message for f in integrity + mine]
-    span = changed_span(log) if integrity else None
+    span = changed_span(log) if any(f.check != "sync" for f in integrity) else None
     if span is not None:
         problems.append(f"log positions {span[0]} to {span[1] - 1} were changed after they were signed")
     refusals = next(len(s["rows"]) for s in sections if s["title"] == "Refusals")
@@ -294,6 +295,7 @@ def _verdict(log: AuditLog, store: Objects | None, facts: _Facts, findings: Sequ
                          "total": len(facts.receipts)},
             "checkpoint": checkpoint, "in_sync": not sync, "sync": sync or ["every entry is signed and the bucket "
                                                                            "holds nothing unlogged for this batch"],
+            "brokers": _broker_heads(facts.entries),
             "problems": problems, "changed_positions": list(span) if span else None}
 
 
@@ -324,6 +326,36 @@ def _sync_state(log: AuditLog, store: Objects | None, batch_id: str) -> list[str
             out.append(f"the bucket holds {len(missing)} record(s) of this batch that the log does not "
                        "(run `cscore audit sync`)")
     return out
+
+
+def _broker_heads(entries: list[Entry]) -> dict[str, Any]:
+    """What the log holds of each broker's decision log: the head its latest sync saw, and when. Decisions a
+    broker made after that are not in the log, and nothing here can see them (says so)."""
+    heads: dict[str, Entry] = {}
+    for e in entries:
+        if e.get("kind") == "broker_head":
+            heads[str(e.get("broker"))] = e
+    listed = [{"broker": b, "seq": e.get("head_seq"), "synced_at": e.get("synced_at")}
+              for b, e in sorted(heads.items())]
+    if not listed:
+        return {"heads": [], "said": "no broker log head recorded: broker decisions not yet synced cannot be seen "
+                                     "here (run `cscore audit sync`)"}
+    seen = ", ".join(_head_words(h) for h in listed)
+    return {"heads": listed, "said": f"checked against {seen}; {LATER_DECISIONS}"}
+
+
+LATER_DECISIONS = "later broker decisions are not in the log (run `cscore audit sync` to see them)"
+
+
+def _head_words(head: dict[str, Any]) -> str:
+    return f"{head['broker']}'s decisions 1 to {head['seq']} (synced {_clock(head['synced_at'])})"
+
+
+def _clock(t: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(t)))
+    except (TypeError, ValueError):
+        return "at an unknown time"
 
 
 def _summary(facts: _Facts, verdict: dict[str, Any]) -> list[str]:
@@ -419,9 +451,17 @@ def _banner_lines(report: dict[str, Any]) -> list[str]:
              f"  refusals    {v['refusals']}",
              f"  checkpoint  {cp['description'] if cp else 'none'}"
              + (f"; seen by {', '.join(cp['witnessed_by'])}" if cp and cp["witnessed_by"] else ""),
-             f"  log         {'in sync' if v['in_sync'] else 'NOT in sync'}: {'; '.join(v['sync'])}"]
+             f"  log         {'in sync' if v['in_sync'] else 'NOT in sync'}: {'; '.join(v['sync'])}",
+             *_broker_lines(v["brokers"])]
     lines += [f"  PROBLEM     {p}" for p in v["problems"]]
     return lines
+
+
+def _broker_lines(brokers: dict[str, Any]) -> list[str]:
+    if not brokers["heads"]:
+        return [f"  brokers     {brokers['said']}"]
+    lines = [f"  {'brokers' if i == 0 else '':<12}{_head_words(h)}" for i, h in enumerate(brokers["heads"])]
+    return [*lines, f"  {'':<12}{LATER_DECISIONS}"]
 
 
 def _table(section: dict[str, Any]) -> list[str]:
@@ -465,7 +505,8 @@ def render_html(report: dict[str, Any]) -> str:
                                                       "verified"),
              ("refusals", str(v["refusals"])), ("checkpoint", cp["description"] if cp else "none"),
              ("witnessed by", ", ".join(cp["witnessed_by"]) if cp and cp["witnessed_by"] else "nobody yet"),
-             ("log", ("in sync: " if v["in_sync"] else "NOT in sync: ") + "; ".join(v["sync"]))]
+             ("log", ("in sync: " if v["in_sync"] else "NOT in sync: ") + "; ".join(v["sync"])),
+             ("broker logs", v["brokers"]["said"])]
     facts += [("problem", p) for p in v["problems"]]
     banner = "".join(f"<dt>{e(k)}</dt><dd>{e(val)}</dd>" for k, val in facts)
     holds = "holds" if v["holds"] else "does NOT hold"

@@ -35,6 +35,7 @@ from enclave.receipts import ReceiptError, VerifiedReceipt, verify_receipt
 from enclave.signing import SignatureError, canonical_json
 
 ERROR, NOTE = "error", "note"
+DECISION_KINDS = {"attestation", "grant", "policy_change", "key_release"}  # entries made from broker decisions
 # Receipt fields the log's entry copies from the signed payload (audit.collect); each must equal the signed one.
 SIGNED_RECEIPT_FIELDS = ("tenant", "batch_id", "shard_index", "input", "output", "model", "evidence_sha256",
                          "worker", "sessions", "issued_at")
@@ -71,6 +72,7 @@ def verify_audit(log: AuditLog, store: Objects, anchors: TrustAnchors, policy: P
     findings += check_results(entries, store)
     findings += check_grants(entries, receipts)
     findings += check_worker_links(entries, receipt_findings)
+    findings += check_broker_heads(entries)
     findings += check_unreceipted_batches(entries)
     return findings
 
@@ -487,6 +489,39 @@ def _check_manifest_workers(e: dict[str, Any], links: dict[tuple[str, str], Sign
                                                 f"{shard.get('shard_index')}, but its receipt signs "
                                                 f"{receipt.get('worker')!r}", batch, at))
     return out
+
+
+def check_broker_heads(entries: list[dict[str, Any]]) -> list[Finding]:
+    """Every broker head a sync recorded is backed by the log: decisions 1..head_seq of that broker are all in
+    it, and the one at head_seq has the recorded chain hash (a sync that dropped a refusal is caught)."""
+    seen: dict[str, dict[int, str]] = defaultdict(dict)
+    out = []
+    for e in entries:
+        broker = str(e.get("broker"))
+        if e.get("kind") in DECISION_KINDS and isinstance(e.get("seq"), int):
+            seen[broker][e["seq"]] = str(e.get("chain_hash"))
+        elif e.get("kind") == "broker_head":
+            head, logged = int(e.get("head_seq") or 0), seen[broker]
+            missing = [n for n in range(1, head + 1) if n not in logged]
+            if missing:
+                out.append(Finding(ERROR, "sync", f"a sync recorded broker {broker}'s log up to decision {head}, but "
+                                                  f"the log lacks decision(s) {_ranges(missing)} before it",
+                                   index=e.get("index")))
+            elif logged.get(head) != e.get("head_hash"):
+                out.append(Finding(ERROR, "sync", f"a sync recorded broker {broker}'s decision {head} with chain hash "
+                                                  f"{str(e.get('head_hash'))[:16]}…, the log holds "
+                                                  f"{str(logged.get(head))[:16]}…", index=e.get("index")))
+    return out
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    parts, start = [], numbers[0]
+    for prev, n in zip(numbers, [*numbers[1:], None], strict=True):
+        if n != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = n if n is not None else start
+    return ", ".join(parts)
 
 
 def check_unreceipted_batches(entries: list[dict[str, Any]]) -> list[Finding]:

@@ -113,3 +113,43 @@ def test_a_log_copy_of_a_receipt_that_misstates_its_worker_is_found(scenario: Sc
     assert not report["verdict"]["holds"] and report["verdict"]["receipts"] == {"verified": 0, "total": 2}
     # A misstated receipt links nothing: the releases are not credited to the name the log's copy gives.
     assert all(r["cells"]["worker"].startswith("unproven") for r in _section(report, "Key releases"))
+
+
+def test_the_banner_says_which_broker_log_heads_it_checked_against(scenario: Scenario) -> None:
+    scenario.run_batch("b1")
+    _sync(scenario)
+    heads = {"owner": len(scenario.owner.log), "provider": len(scenario.provider.log)}
+    # A refusal after the sync: the report cannot see it, and must not claim to have checked past the head.
+    scenario.owner.decide("unwrap", "deny", "measurement not granted", key_id="acme/emails", batch_id="b1",
+                          model_digest=MODEL)
+    report = _report(scenario, "b1", _verify(scenario))
+    brokers = report["verdict"]["brokers"]
+    assert {h["broker"]: h["seq"] for h in brokers["heads"]} == heads
+    assert "later broker decisions are not in the log" in brokers["said"]
+    text = render_text(report)
+    assert f"owner's decisions 1 to {heads['owner']} (synced 20" in text and "run `cscore audit sync`" in text
+    assert report["verdict"]["refusals"] == 0
+    _sync(scenario)
+    report = _report(scenario, "b1", _verify(scenario))
+    assert {h["broker"]: h["seq"] for h in report["verdict"]["brokers"]["heads"]}["owner"] == heads["owner"] + 1
+    assert report["verdict"]["refusals"] == 1
+
+
+def test_a_sync_that_drops_a_refusal_but_records_the_head_is_caught(scenario: Scenario) -> None:
+    from audit.collect import decision_entry, head_entry
+
+    scenario.run_batch("b1")
+    scenario.owner.decide("unwrap", "deny", "measurement not granted", key_id="acme/emails", batch_id="b1",
+                          model_digest=MODEL)
+    log = scenario.log()
+    dropped = scenario.owner.log[-1]["seq"]
+    for name, broker in scenario.brokers.items():
+        for d in broker.decisions():
+            if (name, d["seq"]) != ("owner", dropped):
+                log.append(*decision_entry(name, d))
+        log.append(*head_entry(name, broker.log[-1]))
+    _sync(scenario)
+    findings = _verify(scenario)
+    dropped_found = [f for f in findings if f.check == "sync" and f.severity == ERROR]
+    assert len(dropped_found) == 1 and f"lacks decision(s) {dropped} before it" in dropped_found[0].message
+    assert not _report(scenario, "b1", findings)["verdict"]["holds"]
