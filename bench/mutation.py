@@ -9,6 +9,7 @@ shows the diff).
     python bench/mutation.py                       # every module below, one after another
     python bench/mutation.py audit/merkle.py       # one module
     python bench/mutation.py --list                # the modules and their tests
+    python bench/mutation.py --status              # counts so far, also of a run still going
 
 Writes ``<workdir>/summary.json``: {module: {"killed", "survived", "timeout", "no_tests", "total",
 "kill_rate", "survivors": [...]}}.
@@ -113,6 +114,23 @@ def run_module(module: str, workdir: Path, children: int, fresh: bool,
             "seconds": round(time.monotonic() - started), "survivors": survivors}
 
 
+def progress(module: str, workdir: Path) -> dict[str, Any]:
+    """Counts so far of a module's run, finished or not, read from mutmut's result file (no test is run)."""
+    from mutmut.stats import status_by_exit_code
+
+    meta = workdir / module.replace("/", "_").removesuffix(".py") / "mutants" / f"{module}.meta"
+    if not meta.is_file():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    counts: dict[str, Any] = {}
+    for name, code in codes.items():
+        status = status_by_exit_code[code]
+        counts[status] = counts.get(status, 0) + 1
+        if status == "survived":
+            counts.setdefault("survivors", []).append(name)
+    return {"total": len(codes), **counts}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of them)")
@@ -123,10 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recheck", action="store_true",
                         help="re-test only the survivors of the last run (in summary.json), with the current tests")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, then exit")
+    parser.add_argument("--status", action="store_true",
+                        help="print each module's counts so far (a run may still be going), then exit")
     args = parser.parse_args(argv)
     if args.list:
         for module, tests in MODULES.items():
             print(f"{module}: {' '.join(tests)}")
+        return 0
+    if args.status:
+        for module in args.modules or list(MODULES):
+            counts = progress(module, args.workdir)
+            if counts:
+                print(f"{module}: {json.dumps(counts)}")
         return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -80,3 +82,96 @@ def test_truncated_quotes_raise_parse_error(cut: int) -> None:
     # The quote proper ends at byte 4935; go-tdx-guest appended "extra bytes" after it.
     with pytest.raises(ParseError):
         parse_quote(read(V4)[:cut])
+
+
+# -- the layout, field by field (Intel TDX DCAP quote format, TD quote body 1.0 and 1.5) ----------------
+
+BODY_FIELDS = [("tee_tcb_svn", 0, 16), ("mr_seam", 16, 48), ("mr_signer_seam", 64, 48), ("seam_attributes", 112, 8),
+               ("td_attributes", 120, 8), ("xfam", 128, 8), ("mr_td", 136, 48), ("mr_config_id", 184, 48),
+               ("mr_owner", 232, 48), ("mr_owner_config", 280, 48), ("rtmr0", 328, 48), ("rtmr1", 376, 48),
+               ("rtmr2", 424, 48), ("rtmr3", 472, 48), ("report_data", 520, 64)]
+TD15_FIELDS = [("tee_tcb_svn2", 584, 16), ("mr_servicetd", 600, 48)]
+
+
+def _painted(name: str, body_at: int, layout: list[tuple[str, int, int]]) -> tuple[bytes, dict[str, bytes]]:
+    """The real quote with each body field filled with its own byte value (parsing checks no signature)."""
+    data, values = bytearray(read(name)), {}
+    for value, (field, offset, size) in enumerate(layout, start=1):
+        values[field] = bytes([value]) * size
+        data[body_at + offset:body_at + offset + size] = values[field]
+    return bytes(data), values
+
+
+@pytest.mark.parametrize(("name", "body_at", "layout", "body_type"), [
+    (V4, 48, BODY_FIELDS, 2), (V5, 48 + 6, BODY_FIELDS + TD15_FIELDS, 3)])
+def test_every_field_is_read_from_its_place(name: str, body_at: int, layout: list[tuple[str, int, int]],
+                                            body_type: int) -> None:
+    data, values = _painted(name, body_at, layout)
+    quote = parse_quote(data)
+    parsed = {field: getattr(quote, field, None) for field, _, _ in layout}
+    parsed.update({f"rtmr{i}": rtmr for i, rtmr in enumerate(quote.rtmrs)})
+    assert parsed == values
+    assert (quote.body_type, quote.tee_type, quote.qe_vendor_id) == (body_type, 0x81, data[12:28])
+    assert quote.signed == data[:body_at + sum(size for _, _, size in layout)]
+    if body_type == 2:
+        assert (quote.tee_tcb_svn2, quote.mr_servicetd) == (b"", b"")
+
+
+@pytest.mark.parametrize(("attributes", "debug"), [(b"\x01" + bytes(7), True), (b"\xfe" + bytes(7), False),
+                                                   (bytes(7) + b"\x01", False)])
+def test_debug_is_bit_0_of_td_attributes(attributes: bytes, debug: bool) -> None:
+    data = bytearray(read(V4))
+    data[48 + 120:48 + 128] = attributes
+    assert parse_quote(bytes(data)).debug is debug
+
+
+def _set(name: str, offset: int, fmt: str, value: int) -> bytes:
+    data = bytearray(read(name))
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
+def _quote_sections(name: str) -> tuple[int, int]:
+    """(offset of the certification data type, offset of the PCK certification data type) in a real quote."""
+    quote, data = parse_quote(read(name)), read(name)
+    cert_type_at = len(quote.signed) + 4 + 64 + 64
+    pck_type_at = cert_type_at + 2 + 4 + 384 + 64 + 2 + len(quote.qe_auth_data)
+    assert struct.unpack_from("<H", data, cert_type_at)[0] == 6 and struct.unpack_from("<H", data, pck_type_at)[0] == 5
+    return cert_type_at, pck_type_at
+
+
+@pytest.mark.parametrize(("mutate", "field", "expected", "actual"), [
+    (lambda: _set(V4, 0, "<H", 3), "quote.version", "4 or 5", 3),
+    (lambda: _set(V4, 0, "<H", 6), "quote.version", "4 or 5", 6),
+    (lambda: _set(V4, 2, "<H", 3), "quote.header", "ECDSA P-256 key (2), TDX (0x81)", "key 3, tee 0x81"),
+    (lambda: _set(V4, 4, "<I", 0), "quote.header", "ECDSA P-256 key (2), TDX (0x81)", "key 2, tee 0x0"),
+    (lambda: _set(V5, 48, "<H", 4), "quote.body_type", "2 (584 bytes) or 3 (648 bytes)", "4 (648)"),
+    (lambda: _set(V5, 50, "<I", 584), "quote.body_type", "2 (584 bytes) or 3 (648 bytes)", "3 (584)"),
+    (lambda: _set(V4, _quote_sections(V4)[0], "<H", 5), "quote.certification_data.type", 6, "another type"),
+    (lambda: _set(V4, _quote_sections(V4)[1], "<H", 6), "quote.pck_certification_data.type", 5, "another type"),
+])
+def test_malformed_headers_are_named(mutate: Any, field: str, expected: Any, actual: Any) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_quote(mutate())
+    assert (err.value.field, err.value.expected, err.value.actual) == (field, expected, actual)
+
+
+def test_a_v5_quote_with_a_td10_body_parses() -> None:
+    """Body type 2 in a v5 quote: the 584-byte TDX 1.0 body (read as such, no TDX 1.5 fields)."""
+    v5 = parse_quote(read(V5))
+    header, body = v5.signed[:48], v5.signed[54:54 + 584]
+    rest = read(V5)[len(v5.signed):]
+    quote = parse_quote(header + struct.pack("<HI", 2, 584) + body + rest)
+    assert (quote.body_type, quote.mr_td, quote.report_data, quote.tee_tcb_svn2) == (2, v5.mr_td, v5.report_data, b"")
+
+
+def test_truncation_names_what_is_missing() -> None:
+    with pytest.raises(ParseError) as err:
+        parse_quote(read(V4)[:100])
+    assert (err.value.field, err.value.expected, err.value.actual) == ("quote.body", "584 more bytes at offset 48",
+                                                                       "52 left")
+    assert str(err.value).endswith("; the quote is truncated")
+
+
+def test_a_naive_time_is_taken_as_utc() -> None:
+    assert verify_quote(read(V4), datetime(2026, 1, 1)).mr_td == parse_quote(read(V4)).mr_td  # noqa: DTZ001

@@ -384,8 +384,22 @@ def test_token_claims_shape(env: Env, attested: tuple[str, ECKey, dict[str, Any]
 def test_verifier_needs_the_simulated_root_folder_to_accept_simulated() -> None:
     from keybroker.verifier import attestation_verifier
 
-    with pytest.raises(ValueError, match="accept_simulated needs trusted_roots_dir"):
+    with pytest.raises(ValueError) as err:
         attestation_verifier(None, True)
+    assert str(err.value) == "accept_simulated needs trusted_roots_dir (the folder holding ark.pem)"
+
+
+@pytest.mark.parametrize(("claims", "actual"), [({}, ""), ({"report_data": None}, ""),
+                                                ({"report_data": "AB" * 64}, "ab" * 64)])
+def test_binding_refusal_shows_the_report_data_found(claims: dict[str, Any], actual: str) -> None:
+    from keybroker.verifier import EvidenceRejected, check_binding
+
+    with pytest.raises(EvidenceRejected) as err:
+        check_binding(claims, bytes(64))
+    assert (err.value.field, err.value.expected, err.value.actual) == ("report_data", "00" * 64, actual)
+    assert str(err.value) == "evidence report_data does not bind this runtime_data (nonce and keys)"
+    check_binding({"report_data": "00" * 64}, bytes(64))  # upper or lower case hex: the same 64 bytes bind
+    check_binding({"report_data": "AB" * 64}, bytes.fromhex("ab" * 64))
 
 
 def test_attested_claims_carry_every_verified_claim(env: Env) -> None:
@@ -399,9 +413,12 @@ def test_attested_claims_carry_every_verified_claim(env: Env) -> None:
     assert (claims["vmpl"], claims["launch_tcb"], claims["rtmrs"]) == (0, claims["tcb"], [])
 
 
-@pytest.mark.parametrize(("evidence", "field"), [({"tee": "nitro"}, "evidence.tee"),
-                                                 ({"tee": "sev-snp", "report": "!"}, "evidence.report")])
-def test_verifier_names_the_field_of_a_malformed_envelope(env: Env, evidence: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(("evidence", "field", "expected", "actual"), [
+    ({"tee": "nitro"}, "evidence.tee", "one of ['sev-snp', 'tdx']", "nitro"),
+    ({"tee": "sev-snp", "report": "!"}, "evidence.report", "standard base64",
+     "undecodable text (Only base64 data is allowed)")])
+def test_verifier_names_the_field_of_a_malformed_envelope(env: Env, evidence: dict[str, Any], field: str,
+                                                          expected: str, actual: str) -> None:
     from datetime import UTC, datetime
 
     from keybroker.verifier import EvidenceRejected, attestation_verifier
@@ -409,7 +426,8 @@ def test_verifier_names_the_field_of_a_malformed_envelope(env: Env, evidence: di
     verify = attestation_verifier(env.sim_dir, True)
     with pytest.raises(EvidenceRejected) as err:
         verify(evidence, bytes(64), datetime.now(UTC))
-    assert err.value.field == field and str(err.value).startswith("evidence rejected: ")
+    assert (err.value.field, err.value.expected, err.value.actual) == (field, expected, actual)
+    assert str(err.value) == f"evidence rejected: {field}: expected {expected}, got {actual}"
 
 
 def test_pop_replayed_late_in_its_window_is_refused(monkeypatch: pytest.MonkeyPatch, client: Client,
