@@ -670,6 +670,9 @@ def _parser() -> argparse.ArgumentParser:
     trust.add_argument("key", type=Path)
     trust.set_defaults(func=cmd_owner_trust_provider)
     results.set_defaults(func=cmd_owner_results, skip_native_teardown=True)
+    from cscore.stream_cli import add_stream_command
+
+    add_stream_command(owner, _add_release_arguments)
     _add_attest(sub)
     _add_worker(sub)
     from audit.cli import add_commands as add_audit_commands

@@ -1,0 +1,68 @@
+"""What `cscore owner stream` counts as arrived mail, and its journal's guards (no stack needed)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from sdk.stream import Journal, StreamError, scan
+
+
+def _touch(path: Path, age_s: float, data: bytes = b"Subject: x\n\nhi\n") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+
+
+def test_maildir_counts_new_and_cur_by_unique_name_never_tmp(tmp_path: Path) -> None:
+    for sub in ("tmp", "new", "cur"):
+        (tmp_path / sub).mkdir()
+    _touch(tmp_path / "tmp" / "3.M3.host", 0)  # still being delivered
+    _touch(tmp_path / "new" / "2.M2.host", 0)  # just delivered: maildir's rename makes it complete, no settle
+    _touch(tmp_path / "cur" / "1.M1.host:2,S", 60)
+    _touch(tmp_path / "cur" / ".hidden", 60)
+    found, waiting = scan(tmp_path, settle_s=30)
+    assert [(a.key, a.path.parent.name) for a in found] == [("1.M1.host", "cur"), ("2.M2.host", "new")]
+    assert waiting == 0
+
+
+def test_drop_folder_waits_for_settled_files_and_skips_in_progress_names(tmp_path: Path) -> None:
+    _touch(tmp_path / "old.eml", 10)
+    _touch(tmp_path / "sub" / "box.mbox", 10)
+    _touch(tmp_path / "fresh.jsonl", 0)  # may still be growing
+    for name in ("x.eml.part", "y.jsonl.tmp", "z.mbox.crdownload", ".hidden.eml"):
+        _touch(tmp_path / name, 10)
+    found, waiting = scan(tmp_path, settle_s=2)
+    assert sorted(a.key for a in found) == ["old.eml", "sub/box.mbox"]
+    assert waiting == 1
+    found, waiting = scan(tmp_path, settle_s=2, now=time.time() + 5)
+    assert sorted(a.key for a in found) == ["fresh.jsonl", "old.eml", "sub/box.mbox"] and waiting == 0
+
+
+def test_one_stream_process_per_journal(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    first = Journal(path, source=tmp_path, tenant="acme")
+    try:
+        with pytest.raises(StreamError, match="another `cscore owner stream` holds this journal"):
+            Journal(path, source=tmp_path, tenant="acme")
+    finally:
+        first.close()
+    Journal(path, source=tmp_path, tenant="acme").close()  # released with the first
+
+
+def test_a_journal_streams_one_source_for_one_tenant(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path, source=tmp_path, tenant="acme")
+    stream_id = journal.meta("stream_id")
+    journal.close()
+    with pytest.raises(StreamError, match="streams tenant 'acme', not 'other'"):
+        Journal(path, source=tmp_path, tenant="other")
+    with pytest.raises(StreamError, match="streams source"):
+        Journal(path, source=tmp_path / "elsewhere", tenant="acme")
+    again = Journal(path, source=tmp_path, tenant="acme")
+    assert again.meta("stream_id") == stream_id  # batch ids stay the same across restarts
+    again.close()
