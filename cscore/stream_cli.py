@@ -75,7 +75,7 @@ def cmd_owner_stream(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     try:
         if args.once:
-            stream.run_once()
+            stream.run_once(should_stop=lambda: bool(stopping))
         else:
             print(f"streaming {args.source} -> {args.out} (journal {journal.path}); Ctrl-C stops, a restart resumes",
                   file=sys.stderr)

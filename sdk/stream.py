@@ -388,11 +388,11 @@ class Stream:
             "SELECT count(*) FROM batches WHERE state IN ('cut', 'submitted')").fetchone()[0]
         return int(open_batches) + self._queued_count()
 
-    def run_once(self) -> None:
+    def run_once(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Everything in the source now, through to written results; raises TimeoutError after `wait_s`."""
         deadline = time.monotonic() + self.options.wait_s
         self.resume()
-        while True:
+        while not should_stop():
             waiting = self.step(final=True)
             if not waiting and not self.pending():
                 return
