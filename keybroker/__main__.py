@@ -17,6 +17,7 @@ import uvicorn
 from keybroker.app import create_app
 from keybroker.config import BrokerConfig
 from keybroker.tls import ensure_local_tls
+from wire.jsonlog import JsonFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     return serve(config)
 
 
+def configure_logging(config: BrokerConfig) -> None:
+    """The root logger on stderr, in the configured format (`log_format`: text or JSON lines)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter(f"{config.name}-broker"))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {config.name}-broker %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler], force=True)
+
+
 def serve(config: BrokerConfig) -> int:
     """Serve until interrupted; exits 2 when the transport settings are refused."""
-    logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
-                        format=f"%(asctime)s {config.name}-broker %(levelname)s %(name)s: %(message)s")
+    configure_logging(config)
     log = logging.getLogger("keybroker")
     try:
         config.check_transport()
@@ -56,6 +66,8 @@ def serve(config: BrokerConfig) -> int:
     log.info("broker '%s' listening on %s://%s:%d", config.name, config.scheme, config.host, config.port)
     # One process: sessions and the PoP replay cache live in memory.
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, workers=1,
+                # JSON: uvicorn's own loggers (errors, access lines) propagate to the root's JSON handler.
+                log_config=None if config.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
                 server_header=False, limit_concurrency=config.max_connections,
                 # An idle TLS keep-alive connection otherwise holds shutdown until its client goes away.
                 timeout_graceful_shutdown=config.shutdown_timeout_s,

@@ -28,11 +28,12 @@ from keybroker.crypto import (
     wrap_key,
     wrapped_version,
 )
+from keybroker.metrics import METRICS_MEDIA_TYPE, BrokerMetrics, MetricsMiddleware
 from keybroker.middleware import LimitsMiddleware
 from keybroker.policy import PolicyEngine, PolicyError
 from keybroker.problems import Problem, install_handlers
 from keybroker.sessions import NonceError, SessionTable
-from keybroker.store import KeyRecord, KeyStore, QuotaExceeded
+from keybroker.store import KeyRecord, KeyStore, QuotaExceeded, StoreError
 from keybroker.tokens import POP_HEADER, TokenIssuer, TokenRejected
 from keybroker.verifier import EvidenceRejected, Verifier, attestation_verifier, report_data_for
 from wire.errors import FormatError
@@ -67,6 +68,8 @@ class Broker:
         self.grant_key = _ec_key_from_store(self.store, "grant-signing")  # signs model grants for providers
         self._verifier = verifier
         self._verifier_error: str | None = None
+        self.metrics = BrokerMetrics(config.name, self.store.backend)
+        self.metrics_token = config.load_metrics_token()
 
     def verifier(self) -> Verifier:
         """The evidence verifier, built on first use (the attestation library loads lazily)."""
@@ -79,14 +82,18 @@ class Broker:
 
     def decide(self, *, decision: str, operation: str, reason: str, key_id: str | None = None,
                batch_id: str | None = None, model_digest: str | None = None,
-               claims: dict[str, Any] | None = None) -> None:
-        """Append to the decision log and say it on stderr (never any key bytes)."""
+               claims: dict[str, Any] | None = None, clause: str = "admin") -> None:
+        """Append to the decision log, count it (`clause`: the deciding rule's name, a metric label) and say it
+        on stderr (never any key bytes)."""
         entry = self.store.log_decision(
             operation=operation, key_id=key_id, batch_id=batch_id, model_digest=model_digest, decision=decision,
             reason=reason, claims_digest=sha256_hex(canonical_json(claims)) if claims else None,
             measurement=(claims or {}).get("measurement"))
+        self.metrics.decision(operation, decision, clause)
         log.info("decision #%s %s %s key=%s batch=%s measurement=%s: %s", entry["seq"], decision, operation,
-                 key_id, batch_id, entry["measurement"], reason)
+                 key_id, batch_id, entry["measurement"], reason,
+                 extra={"seq": entry["seq"], "decision": decision, "operation": operation, "clause": clause,
+                        "key_id": key_id, "batch_id": batch_id, "measurement": entry["measurement"]})
 
     # -- attestation ------------------------------------------------------------------------------
     def attest(self, req: m.AttestRequest) -> m.AttestResponse:
@@ -96,7 +103,7 @@ class Broker:
             session = self.sessions.consume(req.session, req.runtime_data.nonce)
             tee_key, _ = public_jwk(runtime["tee_pubkey"]), runtime["receipt_pubkey"]
         except NonceError as exc:
-            self.decide(decision="deny", operation="attest", reason=str(exc))
+            self.decide(decision="deny", operation="attest", reason=str(exc), clause="nonce")
             raise Problem(401, "nonce-invalid", str(exc), field="runtime_data.nonce") from exc
         except (ValueError, JoseError) as exc:
             raise Problem(422, "tee-pubkey-invalid", f"runtime_data.tee_pubkey: {exc}",
@@ -104,7 +111,7 @@ class Broker:
         try:
             claims = self.verifier()(req.evidence, report_data_for(runtime), datetime.now(UTC))
         except EvidenceRejected as exc:
-            self.decide(decision="deny", operation="attest", reason=exc.reason)
+            self.decide(decision="deny", operation="attest", reason=exc.reason, clause="evidence")
             raise Problem(403, "evidence-rejected", exc.reason, field=exc.field, expected=_jsonable(exc.expected),
                           actual=_jsonable(exc.actual)) from exc
         if claims.get("tee") != session.tee:  # the session was opened for one TEE kind; evidence of another is not it
@@ -114,7 +121,8 @@ class Broker:
             raise Problem(403, "evidence-rejected", reason, field="evidence.tee", expected=session.tee,
                           actual=claims.get("tee"))
         token, exp = self.issuer.issue(claims, tee_key.as_dict(private=False), runtime["receipt_pubkey"])
-        self.decide(decision="allow", operation="attest", reason="evidence verified and bound", claims=claims)
+        self.decide(decision="allow", operation="attest", reason="evidence verified and bound", claims=claims,
+                    clause="evidence")
         return m.AttestResponse(token=token, expires_at=exp, claims=claims)
 
     def token_payload(self, request: Request, body: bytes, authorization: str | None,
@@ -135,7 +143,7 @@ class Broker:
         record = self.store.get_key(key_id)
         if record is None:
             reason = f"key '{key_id}' is not held by broker '{self.config.name}'"
-            self.decide(decision="deny", operation=operation, reason=reason, key_id=key_id, **ctx)
+            self.decide(decision="deny", operation=operation, reason=reason, key_id=key_id, clause="unknown-key", **ctx)
             raise Problem(404, "unknown-key", reason + " (ask the broker of the key's owner)", field="key_id",
                           actual=key_id)
         return record
@@ -163,7 +171,7 @@ class Broker:
         verdict = self.engine.evaluate(record.policy, record.kind, ctx)
         self.decide(decision="allow" if verdict.allowed else "deny", operation=operation, reason=verdict.reason,
                     key_id=record.key_id, batch_id=batch_id or None, model_digest=model_digest or None,
-                    claims=claims)
+                    claims=claims, clause=verdict.clause)
         if not verdict.allowed:
             raise Problem(403, "policy-denied", f"key '{record.key_id}': {verdict.reason}", field=verdict.field,
                           expected=_jsonable(verdict.expected), actual=_jsonable(verdict.actual))
@@ -216,12 +224,12 @@ class Broker:
         except QuotaExceeded as exc:
             reason = f"quota: owner {grant['issuer']} {exc}"
             self.decide(decision="deny", operation="unwrap", reason=reason, key_id=record.key_id,
-                        batch_id=grant["batch_id"], model_digest=grant["model_digest"])
+                        batch_id=grant["batch_id"], model_digest=grant["model_digest"], clause="quota")
             raise Problem(429, "quota-exceeded", f"key '{record.key_id}': {reason}; wait for the period to pass "
                           "or ask the provider for a larger quota", field="rows",
                           expected=f"<= {quota['rows'] - exc.used}", actual=exc.rows) from exc
         self.decide(decision="allow", operation="meter", key_id=record.key_id, batch_id=grant["batch_id"],
-                    model_digest=grant["model_digest"],
+                    model_digest=grant["model_digest"], clause="quota",
                     reason=f"owner {grant['issuer']}: {grant['rows']} rows, {used} of {quota['rows']} in the period")
 
     def release(self, req: m.ReleaseRequest, payload: dict[str, Any]) -> m.JweResponse:
@@ -298,6 +306,37 @@ class Broker:
             raise Problem(400, "key-size", f"{field}: key must be 1..{MAX_KEY_BYTES} bytes", field=field,
                           expected=f"1..{MAX_KEY_BYTES}", actual=len(key))
         return key
+
+    # -- operations -------------------------------------------------------------------------------
+    def health(self) -> dict[str, str]:
+        """Liveness with the database: 503 `store-unavailable` when the key store does not answer."""
+        try:
+            self.store.ping()
+        except StoreError as exc:
+            log.error("health check failed: %s", exc, extra={"check": "database"})
+            raise Problem(503, "store-unavailable", str(exc), field="database") from exc
+        return {"status": "ok", "name": self.config.name, "database": self.store.backend}
+
+    def readiness(self) -> dict[str, str]:
+        """Ready to serve attestations: the database answers and the evidence verifier is loaded (trust anchors,
+        the attestation library); 503 naming what is not."""
+        health = self.health()
+        try:
+            self.verifier()
+        except Problem as exc:
+            raise Problem(503, "not-ready", exc.detail, field="verifier") from exc
+        return {**health, "status": "ready", "verifier": "loaded"}
+
+    def check_metrics(self, authorization: str | None) -> None:
+        """With a metrics token configured, a scrape must present it (constant-time comparison)."""
+        if self.metrics_token is None:
+            return
+        token = _bearer(authorization) or ""
+        if not secrets.compare_digest(token.encode(), self.metrics_token.encode()):
+            where = getattr(self.config.metrics_token_path, "name", "")
+            raise Problem(401, "metrics-unauthorized", "/metrics needs 'Authorization: Bearer <metrics token>' (the "
+                          f"token in {where} of broker '{self.config.name}')",
+                          field="Authorization", headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
 
     # -- admin ------------------------------------------------------------------------------------
     def check_admin(self, authorization: str | None) -> None:
@@ -500,6 +539,7 @@ def create_app(config: BrokerConfig, verifier: Verifier | None = None) -> FastAP
     install_handlers(app)
     app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes, rate=config.rate_limit_rps,
                        burst=config.rate_limit_burst)
+    app.add_middleware(MetricsMiddleware, metrics=broker.metrics)  # outermost: counts the limits' answers too
     _kbs_routes(app, broker)
     _admin_routes(app, broker)
     return app
@@ -518,7 +558,16 @@ Body = Annotated[bytes, Depends(_raw_body)]
 def _kbs_routes(app: FastAPI, broker: Broker) -> None:
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
-        return {"status": "ok", "name": broker.config.name}
+        return broker.health()
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz() -> dict[str, str]:
+        return broker.readiness()
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(authorization: Auth = None) -> Response:
+        broker.check_metrics(authorization)
+        return Response(broker.metrics.render(), media_type=METRICS_MEDIA_TYPE)
 
     @app.post(f"{KBS}/auth", response_model=m.AuthResponse, tags=["kbs"])
     def auth(req: m.AuthRequest) -> m.AuthResponse:

@@ -13,6 +13,7 @@ from typing import Any
 
 from keybroker.store import is_postgres_url, redact_url
 from keybroker.tls import is_loopback
+from wire.jsonlog import log_format
 
 TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")  # as attestation.evidence names them
 
@@ -42,6 +43,10 @@ class BrokerConfig:
     rate_limit_rps: float = 200.0
     rate_limit_burst: int = 400
     log_level: str = "info"
+    log_format: str = "text"  # `json`: one JSON object per line (wire.jsonlog), for log collectors
+    # `GET /metrics` needs `Authorization: Bearer <this file's token>` when set (a scrape credential that is not
+    # the admin token); unset, /metrics answers anyone who reaches the port (counts only, no ids).
+    metrics_token_path: Path | None = None
     max_connections: int | None = None  # uvicorn limit_concurrency: beyond it, 503 (None: unlimited)
     shutdown_timeout_s: int = 3  # on SIGTERM, wait this long for open connections, then close them
     # TLS on the port (both or neither). Without them the broker binds loopback hosts only.
@@ -65,10 +70,12 @@ class BrokerConfig:
         if values.get("db_url") is not None and not is_postgres_url(values["db_url"]):
             raise ValueError(f"broker config: db_url must be a postgresql:// URL, got "
                              f"{redact_url(str(values['db_url']))!r}")
-        for key in ("db_path", "kek_path", "admin_token_path", "trusted_roots_dir", "tls_cert_path", "tls_key_path"):
+        for key in ("db_path", "kek_path", "admin_token_path", "trusted_roots_dir", "tls_cert_path", "tls_key_path",
+                    "metrics_token_path"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["port"] = int(values["port"])
+        values["log_format"] = log_format(values.get("log_format"), "broker config: log_format")
         if "min_tcb" in values:
             values["min_tcb"] = check_min_tcb(values["min_tcb"], "min_tcb")
         if "chip_ids" in values:
@@ -122,6 +129,17 @@ class BrokerConfig:
         if len(kek) != 32:
             raise ValueError(f"{self.kek_path}: expected 32 bytes as hex, found {len(kek)} bytes")
         return kek
+
+    def load_metrics_token(self) -> str | None:
+        """The scrape token for `/metrics` (None: not configured), created like the admin token if missing."""
+        if self.metrics_token_path is None:
+            return None
+        if not self.metrics_token_path.exists():
+            _write_secret(self.metrics_token_path, secrets.token_urlsafe(32))
+        token = self.metrics_token_path.read_text().strip()
+        if len(token) < 16:
+            raise ValueError(f"{self.metrics_token_path}: metrics token shorter than 16 characters")
+        return token
 
     def load_admin_token(self) -> str:
         """Return the admin bearer token, creating the file (mode 0600) if missing."""

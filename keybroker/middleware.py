@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keybroker.problems import PROBLEM_MEDIA_TYPE, TYPE_PREFIX
 from keybroker.sessions import RateLimiter
 
-EXEMPT = {"/healthz"}
+EXEMPT = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes are never rate-limited
 
 
 class BodyTooLarge(HTTPException):

@@ -39,7 +39,7 @@ class Clause:
         """The verdict when this clause does not hold."""
         field, expected, actual = (self.explain(ctx) if self.explain
                                    else (self.field, self.expected(ctx), self.actual(ctx)))
-        return Verdict(False, f"{self.name}: {error or self.reason}", field, expected, actual)
+        return Verdict(False, f"{self.name}: {error or self.reason}", field, expected, actual, clause=self.name)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Verdict:
     field: str | None = None
     expected: Any = None
     actual: Any = None
+    clause: str = ""  # the deciding clause's name (`custom`/`default` when a whole policy held): a metric label
 
 
 def _g(ctx: dict[str, Any], name: str) -> Any:
@@ -206,10 +207,11 @@ class PolicyEngine:
         if policy is not None:
             ok, error = self._holds(policy, ctx)
             if ok:
-                return Verdict(True, "custom policy holds")
-            return Verdict(False, error or "the key's custom policy does not hold", "policy", policy, None)
+                return Verdict(True, "custom policy holds", clause="custom")
+            return Verdict(False, error or "the key's custom policy does not hold", "policy", policy, None,
+                           clause="custom")
         for clause in DEFAULT_CLAUSES[kind]:
             ok, error = self._holds(clause.expr, ctx)
             if not ok:
                 return clause.refusal(ctx, error)
-        return Verdict(True, f"default {kind} policy holds")
+        return Verdict(True, f"default {kind} policy holds", clause="default")

@@ -319,6 +319,16 @@ class KeyStore:
         with self._lock:
             self._db.close()
 
+    def ping(self) -> None:
+        """Read the keys table once; StoreError naming the backend and the driver's error if the database does not
+        answer (a dropped Postgres connection is reopened first, as for any statement)."""
+        try:
+            with self._lock:
+                self._db.execute("SELECT count(*) FROM keys").fetchall()
+        except Exception as exc:  # the drivers' errors share no base class; the caller only needs the text
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise StoreError(f"{self.backend} key store does not answer: {type(exc).__name__}: {first_line}") from exc
+
     def _check_kek(self) -> None:
         """Refuse to start with a KEK other than the one the store was created with."""
         self._db.execute("INSERT INTO meta VALUES ('kek_check', ?) ON CONFLICT(k) DO NOTHING",

@@ -63,7 +63,10 @@ def attestation_verifier(trusted_roots_dir: Path | None, accept_simulated: bool)
     if accept_simulated:
         if trusted_roots_dir is None:
             raise ValueError("accept_simulated needs trusted_roots_dir (the folder holding ark.pem)")
-        anchors = TrustAnchors.from_dir(trusted_roots_dir)
+        try:
+            anchors = TrustAnchors.from_dir(trusted_roots_dir)
+        except AttestationError as exc:  # an unreadable root: a 503 naming the file, not a 500 on every attest
+            raise ValueError(f"trusted_roots_dir: {exc}") from exc
     else:
         anchors = TrustAnchors.amd()
 

@@ -6,13 +6,16 @@ them without importing this code. Messages and results carry object keys and dig
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, current_task, signals
 
 from enclave.startup import UnsafeStartup, refuse_unsafe_startup
+from tasks import metrics
+from wire.jsonlog import JsonFormatter, env_log_format
 
 SHARD_QUEUE = "cscore.shards"
 
@@ -37,6 +40,59 @@ def _refuse_unsafe_startup(**_: Any) -> None:
     except UnsafeStartup as refused:
         print(f"cscore worker: {refused}", file=sys.stderr, flush=True)
         raise SystemExit(78) from None  # EX_CONFIG
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """In the main process, before the pool forks: the Prometheus endpoint (if CSCORE_WORKER_METRICS_PORT)."""
+    try:
+        url = metrics.serve_from_environment(os.environ)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"cscore worker: metrics: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(78) from None  # EX_CONFIG: a worker the operator cannot see should not run quietly
+    if url:
+        logging.getLogger(__name__).info("metrics at %s", url, extra={"metrics_url": url})
+
+
+@signals.worker_process_shutdown.connect
+def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
+    metrics.process_exited(pid or os.getpid())
+
+
+@signals.celeryd_init.connect
+def _json_logs_from_the_start(instance: Any = None, **_: Any) -> None:
+    """With JSON logs, from the worker's first line: no start-up banner, warnings as log records, and the root
+    handler in place before Celery's own (which then leaves a configured root alone)."""
+    if env_log_format() != "json":
+        return
+    if instance is not None:
+        instance.quiet = True
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TaskJsonFormatter("worker"))
+    logging.getLogger().addHandler(handler)
+    logging.captureWarnings(True)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: logging.Logger | None = None, **_: Any) -> None:
+    """CSCORE_LOG_FORMAT=json: Celery's handlers (root and task logger) write JSON lines (wire.jsonlog)."""
+    if env_log_format() != "json" or logger is None:
+        return
+    for handler in logger.handlers:
+        handler.setFormatter(TaskJsonFormatter("worker"))
+
+
+class TaskJsonFormatter(JsonFormatter):
+    """JSON lines with the running task's name and id (Celery's ids; they name no tenant or batch)."""
+
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        doc = super().fields(record)
+        task = current_task
+        if task is not None and getattr(task, "request", None) is not None and task.request.id:
+            doc.setdefault("task_name", task.name)
+            doc.setdefault("task_id", task.request.id)
+        return doc
 
 
 app = Celery(

@@ -27,7 +27,7 @@ from enclave.signing import canonical_json, unverified_payload
 from enclave.tee import check_launch_binding, evidence_provider
 from enclave.training import TrainingInputError
 from enclave.worker import Enclave, ModelIntegrityError, PlaintextRefused, ShardInputError, UsageExceeded, sha256_hex
-from tasks import storage
+from tasks import metrics, storage
 from tasks.celery_app import app
 from wire.errors import FormatError
 from wire.shard import ShardOutcome, ShardSpec, ShardSpecError
@@ -65,15 +65,23 @@ def contained(task: F) -> F:
 
     @functools.wraps(task)
     def run(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         try:
-            return task(*args, **kwargs)
+            result = task(*args, **kwargs)
         except (*SHAREABLE, ReceiptMismatch, LeftoverShard) as exc:
             refusal = f"{type(exc).__name__}: {exc}"
             retry = isinstance(exc, storage.StorageError) and exc.transient
+            reason = type(exc).__name__
         except Exception as exc:
-            log.error("task failed inside the enclave with %s (details withheld)", type(exc).__name__)
+            log.error("task failed inside the enclave with %s (details withheld)", type(exc).__name__,
+                      extra={"reason": type(exc).__name__})
             refusal = f"{type(exc).__name__} inside the worker (details stay in the enclave)"
             retry = False
+            reason = type(exc).__name__
+        else:
+            metrics.task_done(task.__name__, time.perf_counter() - started, result)
+            return result
+        metrics.task_failed(task.__name__, time.perf_counter() - started, reason, retried=retry)
         # Raised outside the handler: no __context__, so no traceback carries the original text out.
         raise WorkerRetry(refusal) if retry else WorkerRefusal(refusal)
 
@@ -142,7 +150,9 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
     started = time.perf_counter()
     scored = _named_enclave(self).score_shard(spec, source, card, storage.get_bytes)
     log.info("shard %d of batch %s read %d bytes of %s in %d requests", spec.shard_index, spec.batch_id,
-             source.bytes_read, spec.input_key, source.requests)
+             source.bytes_read, spec.input_key, source.requests,
+             extra={"batch_id": spec.batch_id, "shard": spec.shard_index, "rows": scored.rows,
+                    "bytes_read": source.bytes_read})
     if scored.evidence:
         evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
         storage.put_bytes(evidence_key, canonical_json(scored.evidence), "application/json")

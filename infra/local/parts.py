@@ -23,6 +23,7 @@ import httpx
 from infra.local import aws
 from infra.local.util import StackError, ensure_secret, free_port, wait_ready
 from sdk.platform import WORKER_CONFIG_KEY, approver_key
+from wire.jsonlog import LOG_FORMAT_ENV
 from wire.tenant import APPROVER_VARIABLE
 from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig
 
@@ -155,7 +156,9 @@ def broker_config(stack: LocalStack, party: str, port: int) -> dict[str, object]
             # keys and grants; the provider's model keys), and a production config sets neither line.
             "accept_simulated": True,
             "simulated_key_ids": SIMULATED_KEY_IDS[party],
-            "token_ttl_s": 300}
+            "token_ttl_s": 300,
+            # The one switch for the stack's logs: CSCORE_LOG_FORMAT=json makes brokers and workers write JSON.
+            "log_format": stack.environ.get(LOG_FORMAT_ENV) or "text"}
 
 
 def spawn_broker(stack: LocalStack, party: str) -> Pending:
@@ -271,9 +274,12 @@ def spawn_workers(stack: LocalStack) -> Pending:
     for i in range(1, stack.workers + 1):
         # -P and no PYTHONPATH: the worker refuses any start-up its measurement does not cover
         # (enclave/startup.py); Celery imports the app from the working directory, the repository.
+        port = free_port()  # each worker its own metrics endpoint, on loopback like every local part
         started.append(stack.spawn(f"celery-worker-{i}", [
             PY, "-P", "-m", "celery", "-A", "tasks.celery_app", "worker", "-n", f"cscore-worker-{i}@%h",
-            "--concurrency=1", "--loglevel=INFO"], without=("PYTHONPATH",)))
+            "--concurrency=1", "--loglevel=INFO"], without=("PYTHONPATH",),
+            extra={"CSCORE_WORKER_METRICS_PORT": str(port), "CSCORE_WORKER_METRICS_HOST": "127.0.0.1"}))
+        stack.worker_metrics[f"celery-worker-{i}"] = f"http://127.0.0.1:{port}/metrics"
     names = set(worker_names(stack.workers))
     seen: set[str] = set()
 

@@ -48,6 +48,7 @@ class LocalStack:
         self.broker_cas: dict[str, Path] = {}  # party -> the CA its broker's TLS certificate chains to
         self.airflow_env: dict[str, str] = {}
         self.parts: dict[str, Part] = {}
+        self.worker_metrics: dict[str, str] = {}  # worker part -> its Prometheus endpoint (tasks.metrics)
         self.timings: dict[str, float] = {}
         self._out = out or (lambda line: print(line, flush=True))
         self._lock: IO[str] | None = None
@@ -254,9 +255,11 @@ class LocalStack:
         env.setdefault("AWS_DEFAULT_REGION", parts.aws.REGION)
         return env
 
-    def spawn(self, name: str, argv: list[str], *, without: tuple[str, ...] = ()) -> Part:
-        """Start a long-running part, its environment less the variables in ``without``; remembered for stop()."""
-        env = {k: v for k, v in self.child_env().items() if k not in without}
+    def spawn(self, name: str, argv: list[str], *, without: tuple[str, ...] = (),
+              extra: Mapping[str, str] | None = None) -> Part:
+        """Start a long-running part, its environment less the variables in ``without``, plus ``extra`` (this
+        part's own settings); remembered for stop()."""
+        env = {**{k: v for k, v in self.child_env().items() if k not in without}, **(extra or {})}
         part = procs.spawn(name, argv, env, self.state_dir, self.repo)
         self.parts[name] = part
         return part

@@ -23,11 +23,11 @@ with warnings.catch_warnings():
 
 
 def test_healthz_and_openapi_list_the_protocol(broker: BrokerProcess) -> None:
-    assert httpx.get(f"{broker.url}/healthz").json() == {"status": "ok", "name": "owner"}
+    assert httpx.get(f"{broker.url}/healthz").json() == {"status": "ok", "name": "owner", "database": "sqlite"}
     paths = httpx.get(f"{broker.url}/openapi.json").json()["paths"]
     for path in ("/kbs/v0/auth", "/kbs/v0/attest", "/kbs/v0/unwrap", "/kbs/v0/wrap", "/kbs/v0/broker-key",
                  "/kbs/v0/resource/{repository}/{type_}/{tag}", "/admin/v0/keys", "/admin/v0/grants",
-                 "/admin/v0/decisions"):
+                 "/admin/v0/decisions", "/healthz", "/readyz", "/metrics"):
         assert path in paths
 
 

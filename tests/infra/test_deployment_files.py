@@ -1,0 +1,246 @@
+"""The deployment files (infra/deploy/) checked against the code's own names, so the two cannot drift apart.
+
+- every `CSCORE_*` variable a container gets is one the code knows (a string literal in the packages),
+  and every one the DAG reads is set;
+- every `AIRFLOW__SECTION__KEY` is an option of the installed Airflow, and `_CMD` only where Airflow allows it;
+- each broker's config is a valid `BrokerConfig` with no unknown key, TLS, a metrics token and JSON logs, and
+  reads only the secrets of its own service (no platform service mounts a broker secret);
+- the Helm chart's values hold every `.Values` path its templates use, and the brokers' URLs the platform gets
+  are the brokers' services;
+- the image is built from the lock (`uv sync --frozen`) with the uv and Python the project pins;
+- `docker compose config` accepts the compose file (where a compose client is installed).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from keybroker.config import BrokerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "infra" / "deploy"
+CHART = DEPLOY / "helm" / "cscore"
+PACKAGES = ("attestation", "audit", "cscore", "dags", "enclave", "infra", "keybroker", "sdk", "tasks", "wire")
+PARTIES = ("owner", "provider")
+
+
+def _code_literals(prefix: str, packages: tuple[str, ...] = PACKAGES) -> set[str]:
+    """Every string literal in the packages' code that looks like a variable name starting with `prefix`."""
+    found = set()
+    for package in packages:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(
+                        rf"{prefix}[A-Z0-9_]+", node.value):
+                    found.add(node.value)
+    return found
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def _values() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def _platform_env() -> dict[str, str]:
+    """The platform services' environment: compose's and the chart's (Airflow's `env` and `secret` lists)."""
+    env = dict(_compose()["services"]["airflow-scheduler"]["environment"])
+    airflow = _values()["airflow"]
+    env.update({e["name"]: e["value"] for e in airflow["env"]})
+    env.update({e["envName"]: f"secret:{e['secretName']}/{e['secretKey']}" for e in airflow["secret"]})
+    return env
+
+
+def test_every_cscore_variable_the_platform_gets_is_one_the_code_reads_and_the_dag_needs_are_set() -> None:
+    known = _code_literals("CSCORE_")
+    compose_env = set(_compose()["services"]["airflow-scheduler"]["environment"])
+    airflow = _values()["airflow"]
+    chart_env = {e["name"] for e in airflow["env"]} | {e["envName"] for e in airflow["secret"]}
+    for where, names in (("compose.yaml", compose_env), ("values.yaml", chart_env)):
+        unknown = sorted(n for n in names if n.startswith("CSCORE_") and n not in known)
+        assert unknown == [], f"{where} sets variables no code reads: {unknown}"
+        needed = _code_literals("CSCORE_", ("dags",)) - {"CSCORE_WORKER_CONFIG", "CSCORE_LOG_FORMAT"}  # workers'
+        needed |= {"CSCORE_OWNER_BROKER_URL", "CSCORE_PROVIDER_BROKER_URL"}  # the platform's attest step names them
+        assert sorted(needed - names) == [], f"{where} misses variables the platform reads"
+
+
+def test_every_airflow_option_exists_and_only_sensitive_ones_come_from_commands() -> None:
+    from airflow.configuration import conf, retrieve_configuration_description
+
+    from wire.tenant import APPROVER_VARIABLE
+
+    documented = retrieve_configuration_description(include_providers=True)  # core and providers' options
+
+    for name, value in _platform_env().items():
+        if name == "AIRFLOW_VAR_" + APPROVER_VARIABLE.upper():
+            assert json.loads(value if not value.startswith("$") else '{"kty": "OKP"}')["kty"] == "OKP"
+            continue
+        if name in ("AIRFLOW_CONN_AWS_DEFAULT",):
+            continue
+        if not name.startswith("AIRFLOW__"):
+            continue
+        section, key = name.removeprefix("AIRFLOW__").lower().split("__", 1)
+        if key.endswith("_cmd"):
+            key = key.removesuffix("_cmd")
+            assert (section, key) in conf.sensitive_config_values, f"{name}: Airflow runs _CMD only for secrets"
+        assert key in documented.get(section, {}).get("options", {}), f"{name}: [{section}] {key} is no option of " \
+            "Airflow or its installed providers"
+    assert [v for v in _platform_env() if v.startswith("AIRFLOW_VAR_")] == ["AIRFLOW_VAR_CSCORE_TENANT_APPROVER"]
+
+
+def _check_broker_config(raw: dict[str, Any], party: str, where: str) -> BrokerConfig:
+    config = BrokerConfig.from_dict(raw)
+    assert config.extra == {}, f"{where}: keys the broker does not know: {sorted(config.extra)}"
+    assert config.name == party and config.tls and config.metrics_token_path is not None, where
+    assert config.accept_simulated is False and config.log_format == "json", where
+    return config
+
+
+def test_compose_brokers_are_their_own_services_with_their_own_secrets() -> None:
+    compose = _compose()
+    services = compose["services"]
+    broker_secrets = {}
+    for party in PARTIES:
+        service = services[f"{party}-broker"]
+        mount = next(v.split(":")[0] for v in service["volumes"] if v.endswith(":/etc/cscore/broker.json:ro"))
+        raw = json.loads((DEPLOY / mount).read_text())
+        config = _check_broker_config(raw, party, mount)
+        given = set(service["secrets"])
+        paths = [config.kek_path, config.admin_token_path, config.metrics_token_path, config.tls_cert_path,
+                 config.tls_key_path]
+        read = {Path(str(p)).name for p in paths}
+        assert {str(Path(str(p)).parent) for p in paths} == {"/run/secrets"}
+        assert read == given and all(s.startswith(f"{party}_broker_") for s in given), party
+        assert all(s in compose["secrets"] for s in given)
+        broker_secrets[party] = given
+    assert not broker_secrets["owner"] & broker_secrets["provider"]
+    for name, service in services.items():
+        if not name.endswith("-broker"):
+            assert not set(service.get("secrets", [])) & (broker_secrets["owner"] | broker_secrets["provider"]), name
+    # The confidential workers are VMs, never a container of this file.
+    assert not [n for n, s in services.items() if "tasks.celery_app" in json.dumps(s.get("command", ""))]
+
+
+def test_chart_brokers_render_a_valid_config_and_reach_the_platform_by_their_service() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    fixed_text = re.search(r'\$fixed := dict (.*?) -\}\}', helpers)
+    assert fixed_text is not None
+    tokens = re.findall(r'"[^"]*"|\$b\.port|\$party', fixed_text.group(1))
+    fixed: dict[str, Any] = {}
+    for key, value in zip(tokens[::2], tokens[1::2], strict=True):
+        fixed[key.strip('"')] = value.strip('"')
+    values = _values()
+    env = _platform_env()
+    template = (CHART / "templates" / "brokers.yaml").read_text()
+    for party in PARTIES:
+        b = values["brokers"][party]
+        raw = {**b["config"], **{k: {"$b.port": b["port"], "$party": party}.get(v, v) for k, v in fixed.items()}}
+        config = _check_broker_config(raw, party, f"values.yaml brokers.{party}")
+        # The Secret's keys the template mounts are the files the config names.
+        for path in (config.kek_path, config.admin_token_path, config.metrics_token_path, config.tls_cert_path,
+                     config.tls_key_path):
+            assert str(path).startswith("/run/secrets/cscore/") and f"  {path.name}: " in template
+        assert env[f"CSCORE_{party.upper()}_BROKER_URL"] == f"https://{b['serviceName']}:{b['port']}"
+
+
+def _paths(tree: Any, prefix: str = "") -> set[str]:
+    if not isinstance(tree, dict):
+        return {prefix}
+    out = {prefix} if prefix else set()
+    for key, value in tree.items():
+        out |= _paths(value, f"{prefix}.{key}" if prefix else key)
+    return out
+
+
+def test_chart_templates_use_only_values_that_exist_and_depend_on_the_official_airflow_chart() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    airflow = [d for d in chart["dependencies"] if d["name"] == "airflow"]
+    assert airflow and airflow[0]["repository"] == "https://airflow.apache.org"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", airflow[0]["version"])
+    values = _values()
+    assert values["airflow"]["enabled"] is True  # the dependency's `condition`
+    assert airflow[0]["condition"] == "airflow.enabled"
+    assert values["airflow"]["executor"] == "CeleryExecutor"
+    assert values["airflow"]["images"]["airflow"]["repository"] == "cscore-platform"
+    known = _paths(values)
+    broker_paths = {p.split(".", 2)[2] for p in known if p.startswith("brokers.owner.") and p.count(".") >= 2}
+    for template in (CHART / "templates").iterdir():
+        text = template.read_text()
+        for path in re.findall(r"\.Values\.([A-Za-z0-9_.]+)", text):
+            assert path in known, f"{template.name}: .Values.{path} is not in values.yaml"
+        for path in re.findall(r"\$b\.([A-Za-z0-9_.]+)", text):
+            assert path in broker_paths, f"{template.name}: $b.{path} is in no broker's values"
+    # Both brokers offer the same settings (one template renders both).
+    assert _paths(values["brokers"]["owner"]) == _paths(values["brokers"]["provider"])
+
+
+def test_image_is_built_from_the_lock_with_the_pinned_uv_and_python() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "COPY pyproject.toml uv.lock ./" in dockerfile
+    syncs = re.findall(r"RUN uv sync ([^\n]+)", dockerfile)
+    assert len(syncs) == 2 and all("--frozen" in s and "--no-dev" in s for s in syncs)
+    uv_pin = re.search(r"uv==([0-9.]+)", (REPO / "Makefile").read_text())
+    assert uv_pin and f"ghcr.io/astral-sh/uv:{uv_pin.group(1)}" in dockerfile
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    python = re.search(r">=(\d+\.\d+)", project["project"]["requires-python"])
+    assert python and f"python:{python.group(1)}-" in dockerfile
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.M))
+    assert sorted(set(packages) - copied) == [], "packages the image would miss"
+    assert 'ENTRYPOINT ["python", "-m", "keybroker", "serve"]' in dockerfile
+    assert "FROM runtime AS platform" in dockerfile and "FROM runtime AS broker" in dockerfile
+
+
+def _compose_client() -> list[str] | None:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+def test_make_secrets_creates_every_secret_compose_names(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: make-secrets.sh needs it for the brokers' TLS certificates")
+    secrets = tmp_path / "secrets"
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(secrets)], check=True, capture_output=True,
+                   timeout=120)
+    for name, entry in _compose()["secrets"].items():
+        path = secrets / Path(entry["file"]).relative_to("secrets")
+        assert path.is_file() and path.stat().st_size > 0, name
+        assert path.stat().st_mode & 0o077 == 0, f"{name} is readable by others"
+    assert len(bytes.fromhex((secrets / "owner" / "kek.hex").read_text().strip())) == 32
+    assert (secrets / "owner" / "kek.hex").read_text() != (secrets / "provider" / "kek.hex").read_text()
+
+
+def test_compose_config_accepts_the_file_and_refuses_a_missing_setting(tmp_path: Path) -> None:
+    client = _compose_client()
+    if client is None:
+        pytest.skip("no compose client (`docker compose` or `docker-compose`) is installed here")
+    work = tmp_path / "deploy"
+    work.mkdir()
+    shutil.copy(DEPLOY / "compose.yaml", work / "compose.yaml")
+    shutil.copytree(DEPLOY / "brokers", work / "brokers")
+    ok = subprocess.run([*client, "--env-file", str(DEPLOY / "compose.env.example"), "-f", str(work / "compose.yaml"),
+                         "config"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    resolved = yaml.safe_load(ok.stdout)
+    assert {"owner-broker", "provider-broker", "airflow-scheduler", "airflow-triggerer", "postgres",
+            "redis"} <= set(resolved["services"])
+    assert resolved["services"]["airflow-scheduler"]["environment"]["CSCORE_BUCKET"] == "acme-cscore"
+    (work / "partial.env").write_text("\n".join(line for line in (DEPLOY / "compose.env.example").read_text()
+                                                .splitlines() if not line.startswith("CSCORE_BUCKET=")) + "\n")
+    missing = subprocess.run([*client, "--env-file", str(work / "partial.env"), "-f", str(work / "compose.yaml"),
+                              "config"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "bucket of models, batches and results" in missing.stderr
