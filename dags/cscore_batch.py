@@ -1,40 +1,26 @@
 """cscore_batch: score one owner's encrypted email batch on attested confidential workers.
 
-Woken by the S3 event of a `manifest.jws` upload (S3 -> SQS -> asset watcher), or run by hand with
-conf {"manifest_keys": ["incoming/<tenant>/<batch>/manifest.jws"]}. Per batch: validate the signed
-manifest, have the workers attest, fan the shards out, write the result manifest.
+Started per manifest by `cscore_intake` (woken by the S3 event of a `manifest.jws` upload) with run id
+`batch__<tenant>__<batch>__<time>`, or by hand with conf {"manifest_keys": ["incoming/<tenant>/<batch>/manifest.jws"]}.
+Per batch: validate the signed manifest, have the workers attest, fan the shards out, write the result manifest.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any, cast
 
-from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from dags.cscore_platform import steps
 from dags.cscore_platform.manifest import ManifestError, tenant_and_batch
 
-QUEUE_URL = os.environ.get("CSCORE_SQS_QUEUE_URL")
-
-
-def _manifest_asset() -> Asset | None:
-    if not QUEUE_URL:
-        return None
-    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
-
-    trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=QUEUE_URL, waiter_delay=1, wait_time_seconds=1,
-                                  max_messages=10)
-    return Asset("cscore_incoming_manifests", watchers=[AssetWatcher(name="cscore_manifest_queue",
-                                                                      trigger=trigger)])
-
-
 DAG_DOC = """
 ### cscore_batch: one owner's encrypted email batch, scored on attested confidential workers
 
-Each mapped task instance is **one batch**, labelled `<tenant>/<batch id>` (the map index).
+A run started by `cscore_intake` is **one batch**: its run id is `batch__<tenant>__<batch id>__<UTC time>` and its
+note "batch <tenant>/<batch id>". Each mapped task instance is labelled `<tenant>/<batch id>` (the map index).
 
 1. **validate_manifest**: the owner's signature, the objects and their sizes, the model, and a claim so a
    manifest seen twice is processed once.
@@ -75,12 +61,9 @@ def _skippable(fn: Any, *args: Any) -> Any:
         raise AirflowSkipException(str(exc)) from exc
 
 
-MANIFESTS = _manifest_asset()
-
-
 @dag(
     dag_id="cscore_batch",
-    schedule=[MANIFESTS] if MANIFESTS else None,
+    schedule=None,  # runs are started by cscore_intake, one per manifest, named after the batch
     catchup=False,
     max_active_runs=4,
     tags=["cscore"],

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from cscore.demo import TENANT, onboard_tenant, owner_trust
+from dags.cscore_platform.intake import batch_run_prefix
 from enclave.measurement import code_measurement
 from enclave.runner import ContractSession
 from enclave.scoring import ModelSession
@@ -120,12 +121,23 @@ def _airflow(stack: LocalStack, *args: str) -> str:
                           check=True, timeout=120).stdout
 
 
-def _finished_runs(stack: LocalStack) -> list[dict[str, Any]]:
+def _runs(stack: LocalStack) -> list[dict[str, Any]]:
     out = _airflow(stack, "dags", "list-runs", "cscore_batch", "-o", "json")
     # The CLI may print log lines before its JSON; the runs are the line that is a JSON list.
     lines = [line for line in out.splitlines() if line.startswith("[{") or line.strip() == "[]"]
-    runs = json.loads(lines[-1]) if lines else []
-    return [r for r in runs if r.get("state") in {"success", "failed"}]
+    return json.loads(lines[-1]) if lines else []
+
+
+def _finished_runs(stack: LocalStack) -> list[dict[str, Any]]:
+    return [r for r in _runs(stack) if r.get("state") in {"success", "failed"}]
+
+
+def test_the_run_of_a_batch_is_found_by_its_batch_id(stack: LocalStack) -> None:
+    batch: SubmittedBatch = _state["small"]
+    prefix = batch_run_prefix(TENANT, batch.batch_id)  # batch__<tenant>__<batch>__<time>, set by cscore_intake
+    assert _wait(batch.batch_id)["run_id"].startswith(prefix)
+    found = [r for r in _runs(stack) if r["run_id"].startswith(prefix)]
+    assert [r["state"] for r in found] == ["success"], found
 
 
 def test_owner_results_started_while_the_batch_runs_exit_cleanly(stack: LocalStack, corpus: Any) -> None:

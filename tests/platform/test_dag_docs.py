@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,38 @@ def test_mapped_task_label_is_the_batch(dag_module: Any, monkeypatch: pytest.Mon
     monkeypatch.setattr(dag_module, "get_current_context", lambda: context)
     dag_module._label(given)
     assert jinja2.Template(dag_module.BATCH_TASK["map_index_template"]).render(**context) == label
+
+
+@pytest.fixture
+def intake_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    monkeypatch.delenv("CSCORE_SQS_QUEUE_URL", raising=False)
+    return importlib.import_module("dags.cscore_intake")
+
+
+def test_intake_starts_one_documented_batch_run_per_manifest(intake_module: Any, dag_module: Any) -> None:
+    dag = intake_module.cscore_intake()
+    assert "one `cscore_batch` run per uploaded manifest" in dag.doc_md
+    assert all(task.doc_md for task in dag.tasks)
+    start = dag.get_task("start_batch_run")
+    assert start.partial_kwargs["trigger_dag_id"] == "cscore_batch" and start.map_index_template == "{{ task.note }}"
+    assert dag_module.cscore_batch().schedule is None  # only intake (or a person) starts batch runs
+
+
+def test_a_batch_run_is_named_after_its_batch() -> None:
+    from datetime import UTC, datetime
+
+    from airflow.configuration import conf
+
+    from dags.cscore_platform.intake import batch_run, batch_run_prefix
+
+    now = datetime(2026, 11, 30, 2, 15, 7, 123456, tzinfo=UTC)
+    run = batch_run("incoming/acme/b-17.x_2/manifest.jws", now)
+    assert run == {"trigger_run_id": "batch__acme__b-17.x_2__20261130T021507.123456Z",
+                   "conf": {"manifest_keys": ["incoming/acme/b-17.x_2/manifest.jws"]}, "note": "batch acme/b-17.x_2"}
+    assert run["trigger_run_id"].startswith(batch_run_prefix("acme", "b-17.x_2"))
+    pattern = conf.get("scheduler", "allowed_run_id_pattern")
+    assert re.fullmatch(pattern, run["trigger_run_id"])
+    odd = batch_run("incoming/acme/b 1/manifest.jws", now)
+    assert odd["trigger_run_id"].startswith("manifest__") and re.fullmatch(pattern, odd["trigger_run_id"])
+    assert odd["conf"] == {"manifest_keys": ["incoming/acme/b 1/manifest.jws"]}
