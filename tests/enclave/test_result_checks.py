@@ -339,3 +339,19 @@ def test_coverage_refusal_counts_what_was_covered() -> None:
     with pytest.raises(ResultVerificationError) as refused:
         _check_coverage(_manifest(), [_payload(0, 1), _payload(0, 1)])
     assert str(refused.value) == "receipts: expected each of 2 input row groups exactly once, got 2 covering 1"
+
+
+def test_the_result_manifest_shape_the_owner_relies_on() -> None:
+    store, key = DictStore(), f"{PREFIX}result-manifest.json"
+    with pytest.raises(ResultVerificationError) as refused:
+        _result_manifest(store, key)  # type: ignore[arg-type]
+    assert str(refused.value) == f"s3://test/{key}: expected the batch's result manifest, found nothing"
+    honest = {"shards": [{"receipt_key": f"{PREFIX}shard-00000.receipt.jws", "worker": "w"}], "extra": 1}
+    store.objects[key] = json.dumps(honest).encode()
+    assert _result_manifest(store, key) == honest  # type: ignore[arg-type]
+    for shards, shown in [([{"receipt_key": 1}], "[{'receipt_key': 1}]"), ([["a"]], "[['a']]"), (None, "None"),
+                          ("s" * 200, "s" * 120), ([{"receipt_key": "k"}, 5], "[{'receipt_key': 'k'}, 5]")]:
+        store.objects[key] = json.dumps({"shards": shards}).encode()
+        with pytest.raises(ResultVerificationError) as refused:
+            _result_manifest(store, key)  # type: ignore[arg-type]
+        assert str(refused.value) == f"{key}: shards expected a list of {{receipt_key: str, ...}}, got {shown}"

@@ -389,6 +389,25 @@ def test_verifier_needs_the_simulated_root_folder_to_accept_simulated() -> None:
     assert str(err.value) == "accept_simulated needs trusted_roots_dir (the folder holding ark.pem)"
 
 
+@pytest.mark.parametrize("error", [KeyError("vcek"), ValueError("bad length"), TypeError("not bytes")])
+def test_a_parser_error_the_library_did_not_wrap_is_a_refusal(env: Env, monkeypatch: pytest.MonkeyPatch,
+                                                              error: Exception) -> None:
+    """Defence in depth: a shape the parser forgot to name still refuses (403, field "evidence"), never a 500."""
+    from datetime import UTC, datetime
+
+    import attestation
+    from keybroker.verifier import EvidenceRejected, attestation_verifier
+
+    def unwrapped(*_: Any, **__: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(attestation, "verify_evidence", unwrapped)
+    verify = attestation_verifier(env.sim_dir, True)
+    with pytest.raises(EvidenceRejected) as err:
+        verify(env.enclave().get_evidence(bytes(64)).to_json(), bytes(64), datetime.now(UTC))
+    assert (err.value.field, str(err.value)) == ("evidence", f"evidence is malformed: {error}")
+
+
 @pytest.mark.parametrize(("claims", "actual"), [({}, ""), ({"report_data": None}, ""),
                                                 ({"report_data": "AB" * 64}, "ab" * 64)])
 def test_binding_refusal_shows_the_report_data_found(claims: dict[str, Any], actual: str) -> None:
