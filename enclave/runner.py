@@ -23,6 +23,7 @@ import onnxruntime as ort
 import pyarrow as pa
 
 from enclave import preprocess
+from enclave.limits import DEFAULT_LIMITS, RunLimits, watched
 from enclave.scoring import CHUNK_ROWS, ModelLoadError, load_session
 from wire.contract import Contract, ContractMismatch, OutputSpec, TensorInfo, check_graph
 
@@ -53,11 +54,13 @@ class ContractSession:
         self._fetch = list(dict.fromkeys(o.tensor for o in contract.outputs))
         self._lock = threading.Lock()  # one run at a time: the pool threads belong to this session
 
-    def run(self, columns: dict[str, Sequence[object]], rows: int) -> dict[str, np.ndarray]:
+    def run(self, columns: dict[str, Sequence[object]], rows: int,
+            limits: RunLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
         """Output tensors by name, one row per input row in input order: {tensor: array [rows, ...]}.
 
         `columns` holds the shard's values by column name (each of length `rows`). Raises
-        preprocess.InputRefused naming the row for a value that does not fit the contract.
+        preprocess.InputRefused naming the row for a value that does not fit the contract, and
+        enclave.limits.LimitExceeded when a chunk's run outgrows the platform's `limits`.
         """
         pads = {spec.tensor: preprocess.padding(spec) for spec in self.contract.inputs}
         first = self.contract.inputs[0]
@@ -69,7 +72,7 @@ class ContractSession:
             chunk: dict[str, Sequence[object]] = {name: [values[i] for i in picked] for name, values in columns.items()}
             feeds = {spec.tensor: _padded(preprocess.tensor(spec, chunk, len(picked), index=picked), pads[spec.tensor])
                      for spec in self.contract.inputs}
-            results = self._run_chunk(feeds)
+            results = self._run_chunk(feeds, limits)
             for name, value in zip(self._fetch, results, strict=True):
                 if name not in outputs:
                     outputs[name] = np.empty((rows, *value.shape[1:]), dtype=value.dtype)
@@ -78,14 +81,16 @@ class ContractSession:
             return {name: np.empty((0,), dtype=np.float32) for name in self._fetch}
         return outputs
 
-    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_chunk(self, feeds: dict[str, np.ndarray], limits: RunLimits) -> list[np.ndarray]:
         with self._lock:
-            return [np.asarray(v) for v in self._session.run(self._fetch, feeds)]
+            outputs = watched(lambda options: self._session.run(self._fetch, feeds, options), limits, CHUNK_ROWS)
+            return [np.asarray(v) for v in outputs]
 
-    def results(self, ids: pa.Array, columns: dict[str, Sequence[object]], digits: int | None) -> dict[str, pa.Array]:
-        """The result columns (the id, then each output's column) for one shard's rows."""
+    def results(self, ids: pa.Array, columns: dict[str, Sequence[object]], digits: int | None,
+                limits: RunLimits = DEFAULT_LIMITS) -> dict[str, pa.Array]:
+        """The result columns (the id, then each output's column) for one shard's rows, run within `limits`."""
         rows = len(ids)
-        outputs = self.run(columns, rows)
+        outputs = self.run(columns, rows, limits)
         table: dict[str, pa.Array] = {self.contract.id_column: ids}
         for spec in self.contract.outputs:
             table[spec.column] = _column(spec, self.contract, outputs[spec.tensor], rows, digits)

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import OKPKey
 
 from enclave.kbs_client import AttestedSession, EnclaveKeys
+from enclave.limits import LimitExceeded, RunLimits
 from enclave.pme import EncryptedParquet, KeyWrapper, NotEncryptedError, PmeKeys
 from enclave.ranged import RangeSource, open_ranged
 from enclave.receipts import BrokerSession, evidence_document, sign_receipt, sign_usage
@@ -42,7 +43,7 @@ from enclave.training import encrypt_model, joint_key, sign_training_receipt, tr
 from wire.card import ModelCard, verify_card
 from wire.keywrap import wrap_key
 from wire.recipe import RecipeCard, verify_recipe_card
-from wire.shard import INPUT_BINDING_KEY, ShardSpec, input_binding
+from wire.shard import INPUT_BINDING_KEY, LIMITS_VARIABLE, ShardSpec, input_binding
 from wire.training import TrainingSpec
 from wire.worker_config import BrokerIdentity, WorkerConfig
 
@@ -189,7 +190,13 @@ def _scored(spec: ShardSpec, table: pa.Table, model: ContractSession, digits: in
     """The result table the card's contract names (its id, then each output's column), and the model digest."""
     contract = model.contract
     columns = {name: table.column(name).to_pylist() for name in contract.input_columns}
-    results = model.results(table.column(contract.id_column).combine_chunks(), columns, digits)
+    limits = RunLimits(ms_per_row=spec.max_ms_per_row, memory_mib=spec.max_memory_mib)
+    try:
+        results = model.results(table.column(contract.id_column).combine_chunks(), columns, digits, limits)
+    except LimitExceeded as exc:
+        raise LimitExceeded(f"shard {spec.shard_index} of batch {spec.batch_id}, model {spec.model_name}:"
+                            f"{spec.model_version}: {exc}; choose a lighter model, or ask the platform's operator "
+                            f"to raise {LIMITS_VARIABLE}") from None
     results["model_digest"] = pa.array([spec.model_digest] * table.num_rows, pa.string()).dictionary_encode()
     return pa.table(results)
 

@@ -21,6 +21,7 @@ from celery.signals import worker_init
 
 from attestation.errors import AttestationError
 from enclave.kbs_client import KbsError
+from enclave.limits import LimitExceeded
 from enclave.preprocess import InputRefused
 from enclave.runner import OutputRefused
 from enclave.signing import canonical_json, unverified_payload
@@ -39,7 +40,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
 SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, KbsError,
-             AttestationError, FormatError, storage.StorageError, InputRefused, OutputRefused, TrainingInputError)
+             AttestationError, FormatError, storage.StorageError, InputRefused, OutputRefused, TrainingInputError,
+             LimitExceeded)
 # S3 failures that outlived boto3's retries: the shard is tried again later, then fails naming operation and code.
 STORAGE_RETRY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True}
 

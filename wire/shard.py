@@ -11,12 +11,39 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from wire.canonical import canonical_json
+from wire.errors import FormatError
 
 # The footer key-value entry that binds an input file to its tenant, batch, object key and file id. PME
 # encrypts and authenticates the footer (AES-GCM, with the file's AAD that every page's AAD also carries),
 # so only the owner can write it, and a file read under another key or for another batch is refused.
 INPUT_BINDING_KEY = "cscore.input"
-OPTIONAL_FIELDS = {"protection": "pme", "input_file_id": ""}
+# The platform's per-batch limits on the model's run (availability only: a platform can always stop work).
+DEFAULT_MS_PER_ROW = 1_000
+DEFAULT_MEMORY_MIB = 4_096
+LIMIT_RANGES = {"max_ms_per_row": (1, 3_600_000), "max_memory_mib": (64, 1 << 20)}
+OPTIONAL_FIELDS = {"protection": "pme", "input_file_id": "", "max_ms_per_row": DEFAULT_MS_PER_ROW,
+                   "max_memory_mib": DEFAULT_MEMORY_MIB}
+
+
+LIMITS_VARIABLE = "cscore_limits"  # the Airflow Variable where the platform's operator sets them
+
+
+def parse_limits(doc: Any) -> dict[str, int]:
+    """The platform's run limits from its JSON object ``{"max_ms_per_row": int, "max_memory_mib": int}`` (each
+    optional, defaults DEFAULT_MS_PER_ROW and DEFAULT_MEMORY_MIB). Raises FormatError naming the field."""
+    if not isinstance(doc, dict):
+        raise FormatError(LIMITS_VARIABLE, "a JSON object", type(doc).__name__)
+    unknown = sorted(set(doc) - set(LIMIT_RANGES))
+    if unknown:
+        raise FormatError(f"{LIMITS_VARIABLE}.{unknown[0]}", f"one of {sorted(LIMIT_RANGES)}", unknown[0],
+                          "unknown field")
+    limits = {name: OPTIONAL_FIELDS[name] for name in LIMIT_RANGES}
+    for name, (low, high) in LIMIT_RANGES.items():
+        value = doc.get(name, limits[name])
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise FormatError(f"{LIMITS_VARIABLE}.{name}", f"an integer in {low}..{high}", value)
+        limits[name] = value
+    return limits
 
 
 def input_binding(tenant: str, batch_id: str, key: str, file_id: str) -> str:
@@ -50,6 +77,8 @@ class ShardSpec:
     receipt_key: str
     protection: str = "pme"  # "none": plaintext baseline for benchmarks, chosen in the owner's manifest
     input_file_id: str = ""  # the manifest's file id of the input (PME): the worker finds it in the footer's binding
+    max_ms_per_row: int = DEFAULT_MS_PER_ROW  # wall milliseconds the model may take per row it runs (padding included)
+    max_memory_mib: int = DEFAULT_MEMORY_MIB  # the worker process's resident memory (MiB) allowed while the model runs
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardSpec:
@@ -74,7 +103,14 @@ class ShardSpec:
                 f"{spec.row_group_end})"
             )
         spec._check_paths()
+        spec._check_limits()
         return spec
+
+    def _check_limits(self) -> None:
+        for name, (low, high) in LIMIT_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ShardSpecError(f"shard.{name}: expected {low}..{high}, got {value}")
 
     def _check_paths(self) -> None:
         # The platform writes the spec: its paths must stay inside this batch's own folders.

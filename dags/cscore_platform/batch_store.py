@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 
 from dags.cscore_platform.manifest import Manifest, ManifestError
 from wire.errors import FormatError
+from wire.shard import LIMITS_VARIABLE, parse_limits
 from wire.tenant import APPROVER_VARIABLE, approval_key, verify_approval
 
 RESULT_MANIFEST_TYPE = "cscore.result-manifest/v1"
@@ -165,6 +166,19 @@ def approver_key() -> dict[str, Any]:
                             "so approved tenants can be checked")
     key: dict[str, Any] = json.loads(raw) if isinstance(raw, str) else raw
     return key
+
+
+def run_limits() -> dict[str, int]:
+    """The per-batch limits on the model's run the operator set (Airflow Variable `cscore_limits`, JSON), or the
+    defaults when unset. Raises ManifestError naming the field when the Variable is malformed."""
+    from airflow.sdk import Variable
+
+    raw = Variable.get(LIMITS_VARIABLE, default=None)
+    try:
+        return parse_limits(json.loads(raw) if isinstance(raw, str) else (raw or {}))
+    except (ValueError, FormatError) as exc:
+        raise ManifestError(f"platform configuration: {exc}; fix the Airflow Variable {LIMITS_VARIABLE} "
+                            f"(AIRFLOW_VAR_{LIMITS_VARIABLE.upper()})") from None
 
 
 def _claim_key(tenant: str, batch_id: str) -> str:

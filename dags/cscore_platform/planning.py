@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from dags.cscore_platform.manifest import Manifest
+from wire.shard import parse_limits
 
 
-def plan_shards(manifest: Manifest) -> list[dict[str, Any]]:
-    """One shard per `shard_row_groups` row groups of each object, with deterministic output keys."""
+def plan_shards(manifest: Manifest, limits: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One shard per `shard_row_groups` row groups of each object, with deterministic output keys, each carrying
+    the platform's run `limits` (`wire.shard.parse_limits`; the defaults when None)."""
+    limits = parse_limits(limits or {})
     shards: list[dict[str, Any]] = []
     for obj in manifest.objects:
         for start in range(0, obj.row_groups, manifest.shard_row_groups):
@@ -34,6 +37,7 @@ def plan_shards(manifest: Manifest) -> list[dict[str, Any]]:
                     # Deterministic keys: a retried shard overwrites, never duplicates.
                     "output_key": f"{manifest.results_prefix}shard-{index:05d}.parquet",
                     "receipt_key": f"{manifest.results_prefix}shard-{index:05d}.receipt.jws",
+                    **limits,
                 }
             )
     return shards

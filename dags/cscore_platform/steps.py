@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 import structlog
 
 from dags.cscore_platform import worker_pool
-from dags.cscore_platform.batch_store import BatchStore
+from dags.cscore_platform.batch_store import BatchStore, run_limits
 from dags.cscore_platform.manifest import MANIFEST_NAME, Manifest, tenant_and_batch, verify_manifest
 from dags.cscore_platform.planning import plan_shards
 
@@ -161,7 +161,7 @@ def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
                          manifest_sha256=manifest.sha256, events=events)
 
     with _failing_marks_batch(store, manifest.key, run_id, "score"):
-        shards = plan_shards(manifest)
+        shards = plan_shards(manifest, run_limits())
         say("info", "Batch %s: %d shard(s) of up to %d row group(s) sent to the worker pool.",
                  manifest.batch_id, len(shards), manifest.shard_row_groups, batch_id=manifest.batch_id,
                  step="score", shards=len(shards))

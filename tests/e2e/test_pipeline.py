@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import redis
 
@@ -42,6 +43,11 @@ from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
 from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY
+from tests.enclave.heavy_models import CONTRACT_DOC as HEAVY_CONTRACT
+from tests.enclave.heavy_models import columns as heavy_columns
+from tests.enclave.heavy_models import slow_model
+from wire.contract import Contract
+from wire.shard import LIMITS_VARIABLE
 
 pytestmark = pytest.mark.e2e
 WAIT_S = 600.0
@@ -289,6 +295,74 @@ def test_an_image_batch_names_each_file_with_class_and_probabilities_bit_exact(s
     correct = sum(int(c) == truth[f] for f, c in zip(got.column("file").to_pylist(), got.column("class").to_pylist(),
                                                      strict=True))
     assert correct >= 0.9 * len(truth)
+
+
+DIABETES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]  # scikit-learn's load_diabetes columns
+DIABETES_CONTRACT: dict[str, Any] = {
+    "id_column": "patient",
+    "inputs": [{"tensor": "x", "columns": DIABETES, "dtype": "float32", "shape": [None, len(DIABETES)],
+                "preprocess": {"kind": "numbers"}}],
+    "outputs": [{"tensor": "variable", "column": "progression", "kind": "value"}],
+    "classes": None,
+}
+
+
+def _airflow_variable(stack: LocalStack, name: str, value: str | None) -> None:
+    """The platform operator's setting, made with Airflow's own CLI against the running stack's database."""
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    argv = [airflow, "variables", "set", name, value] if value is not None else [airflow, "variables", "delete", name]
+    subprocess.run(argv, env=stack.child_env(), check=True, capture_output=True, timeout=300)
+
+
+def test_a_numbers_model_scores_bit_exact_and_one_over_the_platforms_limits_is_stopped(stack: LocalStack) -> None:
+    """A third kind of contract (numeric columns -> a regression value); then a provider's model too slow for the
+    operator's per-batch limit fails its batch naming the limit, and the same batch succeeds once it is raised."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    store, owner, provider = ObjectStore(), Party.from_env("owner"), Party.from_env("provider")
+    x, y = load_diabetes(return_X_y=True)
+    regression = convert_sklearn(LinearRegression().fit(x[:300], y[:300]),
+                                 initial_types=[("x", FloatTensorType([None, len(DIABETES)]))], target_opset=17)
+    onnx_bytes = bytes(regression.SerializeToString())
+    measured = [code_measurement().hex()]
+    publish_model(onnx_bytes, "diabetes", provider=provider, store=store, allowed_measurements=measured,
+                  offer=Offer(task="regression", contract=DIABETES_CONTRACT))
+    listing = find_model(store, "diabetes", owner.trusted_providers())
+    table = pa.table({"patient": [f"p{i}" for i in range(300, len(x))],
+                      **{name: pa.array(x[300:, k]) for k, name in enumerate(DIABETES)}})
+    batch = submit_table(table, listing, tenant=TENANT, owner=owner, store=store, measurements=measured)
+    assert _wait(batch.batch_id)["state"] == "succeeded"
+    anchors, policy = owner_trust(accept_simulated=True)
+    results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
+    got = results.table.sort_by("patient")
+    local = pa.table(ContractSession(onnx_bytes, Contract.parse(DIABETES_CONTRACT)).results(
+        table.column("patient").combine_chunks(), {c: table.column(c).to_pylist() for c in DIABETES}, None)
+    ).sort_by("patient")
+    assert got.column("patient").to_pylist() == local.column("patient").to_pylist()
+    assert got.column("progression").to_numpy().tobytes() == local.column("progression").to_numpy().tobytes()
+
+    publish_model(slow_model(), "heavy", provider=provider, store=store, allowed_measurements=measured,
+                  offer=Offer(task="regression", contract=HEAVY_CONTRACT))
+    rows = pa.table({"id": [f"r{i}" for i in range(70)], **{k: pa.array(v) for k, v in heavy_columns(70).items()}})
+    _airflow_variable(stack, LIMITS_VARIABLE, json.dumps({"max_ms_per_row": 1}))
+    try:
+        heavy = submit_table(rows, find_model(store, "heavy", owner.trusted_providers()), tenant=TENANT, owner=owner,
+                             store=store, measurements=measured)
+        status = _wait(heavy.batch_id)
+    finally:
+        _airflow_variable(stack, LIMITS_VARIABLE, None)
+    assert status["state"] == "failed", status
+    assert "LimitExceeded" in status["reason"] and "over the batch's limit of 1 ms per row set by the platform" in \
+        status["reason"] and "model heavy:1" in status["reason"], status["reason"]
+    assert not [k for k in store.keys(f"results/{TENANT}/{heavy.batch_id}/") if k.endswith(".parquet")]
+    resubmit_batch(TENANT, heavy.batch_id, store)  # under the default limits the same batch goes through
+    deadline = time.monotonic() + WAIT_S
+    while _wait(heavy.batch_id)["state"] == "failed" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _wait(heavy.batch_id)["state"] == "succeeded"
 
 
 def _forms(secret: bytes) -> list[bytes]:
