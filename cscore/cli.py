@@ -287,7 +287,7 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     from sdk.storage import ObjectStore
 
     if args.dry_run:
-        return _dry_run(args)
+        return _dry_run_images(args) if args.images else _dry_run(args)
     _load_stack_env(args.state_dir)
     store = ObjectStore()
     if args.resubmit:
@@ -358,6 +358,36 @@ def _submit_images(args: argparse.Namespace, store: Any, measurements: list[str]
     batch = submit_table(table, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
     print(f"submitted batch {batch.batch_id}: {batch.rows} images ({batch.manifest_key})")
     return 0
+
+
+def _dry_run_images(args: argparse.Namespace) -> int:
+    """Check a folder of images against the chosen model's card; reads the card, uploads nothing, creates no key."""
+    from sdk.images import check_images
+    from sdk.models import find_model
+    from sdk.owner import BatchError
+    from sdk.party import Party
+    from sdk.storage import ObjectStore
+
+    if args.emails is None or args.model is None:
+        raise BatchError("owner submit --dry-run --images: expected a folder of images and --model NAME:VERSION")
+    _load_stack_env(args.state_dir)
+    model = find_model(ObjectStore(), args.model, Party.from_env("owner").trusted_providers())
+    if model.card is None:
+        raise BatchError(f"model {model.name}:{model.version}: its card cannot be used ({model.problem})")
+    reports = check_images(args.emails, model.card.contract, f"{model.name}:{model.version}")
+    refused = [r for r in reports if r.error]
+    if args.json:
+        print(json.dumps({"input": str(args.emails), "model": f"{model.name}:{model.version}", "ok": not refused,
+                          "images": len(reports) - len(refused), "files": [
+                              {"file": r.file, "width": r.width, "height": r.height, "error": r.error}
+                              for r in reports]}))
+    else:
+        for r in refused:
+            print(f"REFUSED {r.error}")
+        verdict = "would be REFUSED: fix the files above" if refused else "ready to submit"
+        print(f"{len(reports) - len(refused)} image(s) fit {model.name}:{model.version}, {len(refused)} refused: "
+              f"{verdict} (dry run: nothing uploaded, no key created)")
+    return 2 if refused else 0
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -653,7 +683,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--resubmit", metavar="BATCH", help="upload a failed batch's manifest again")
     submit.add_argument("--dry-run", action="store_true",
                         help="read and check EMAILS only: emails per file, anything flagged or refused; "
-                             "uploads nothing, creates no key, contacts no server")
+                             "uploads nothing, creates no key, contacts no server (with --images: checks each "
+                             "file against --model's card, which it reads from storage)")
     submit.add_argument("--json", action="store_true", help="with --dry-run: the report as one JSON object")
     submit.set_defaults(func=cmd_owner_submit)
     results = owner.add_parser("results", help="fetch, verify and decrypt a batch's results")

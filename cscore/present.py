@@ -82,6 +82,10 @@ def plot_histogram(probabilities: Sequence[float], path: Path, *, title: str) ->
 
 
 _ADVICE = [  # (words in the failure reason, what the owner can do); first match wins
+    (("limitexceeded",),
+     "The model outgrew the platform's per-batch limits (time per row or worker memory) named above; nothing was "
+     "written. Choose a lighter model (`cscore models`), or once the platform's operator raises the limit "
+     "(Airflow Variable cscore_limits): `cscore owner submit --resubmit BATCH`."),
     (("no grant", "not granted", "grant"),
      "The owner's key broker has no grant matching this batch, its model or the worker's measurement. "
      "Resubmitting the same manifest cannot help: submit the emails again as a new batch "

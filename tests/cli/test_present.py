@@ -37,6 +37,9 @@ def test_tee_line_says_when_the_tee_was_simulated() -> None:
     ("score: 2 of 4 shards unfinished after 3600 s", "--resubmit b9", "new batch"),
     ("validate: manifest signature does not verify with the tenant key", "cscore owner register", "new batch"),
     ("finalize: something else", "--resubmit b9", "new batch"),
+    ("score: shard 0 failed on the worker: WorkerRefusal: LimitExceeded: shard 0 of batch b9, model heavy:1: the "
+     "model ran 64 rows for more than 64 ms, over the batch's limit of 1 ms per row set by the platform",
+     "cscore_limits", "published as named"),
 ])
 def test_advice_is_specific_to_the_refusal(reason: str, says: str, never: str) -> None:
     text = advice(reason, "b9")

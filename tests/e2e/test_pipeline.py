@@ -272,6 +272,16 @@ def test_an_image_batch_names_each_file_with_class_and_probabilities_bit_exact(s
     assert listing.card is not None
     truth = write_digit_files(split.test_x, split.test_y, tmp_path, limit=45)
     (tmp_path / "invoice.png").write_bytes(b"%PDF-1.7\n%%EOF\n")  # refused per file, before any upload
+    before = set(store.keys(f"incoming/{TENANT}/"))
+    dry = subprocess.run([sys.executable, "-m", "cscore", "owner", "submit", str(tmp_path), "--images", "--model",
+                          "digits", "--tenant", TENANT, "--dry-run", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert dry.returncode == 2, dry.stderr
+    report = json.loads(dry.stdout)
+    assert (report["model"], report["ok"], report["images"]) == ("digits:1", False, len(truth))
+    assert [f["error"] for f in report["files"] if f["error"]] == [
+        "invoice.png: expected a PNG or JPEG image, found a PDF document"]
+    assert set(store.keys(f"incoming/{TENANT}/")) == before  # a dry run uploads nothing
     with pytest.raises(ImageInputError, match="invoice.png: expected a PNG or JPEG image, found a PDF document"):
         read_images(tmp_path, listing.card.contract, "digits")
     (tmp_path / "invoice.png").unlink()
