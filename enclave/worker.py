@@ -277,7 +277,11 @@ class Enclave:
         table = read_shard(spec, source, batch.keys, card)
         self._count_rows(spec, batch, table.num_rows)
         clock.lap("read")
-        results = _scored(spec, table, model, card.probability_digits)
+        try:
+            results = _scored(spec, table, model, card.probability_digits)
+        except Exception:
+            self._count_rows(spec, batch, -table.num_rows)  # no score left the enclave: the rows stay granted
+            raise
         clock.lap("score")
         output = batch.keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
                                   row_group_size=RESULT_ROW_GROUP_SIZE)
