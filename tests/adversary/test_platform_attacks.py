@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -65,6 +64,7 @@ from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
 from tests.e2e.canaries import EMAIL_CANARIES, FLAG_CANARY, MODEL_CANARY
+from tests.stacks import running_stack
 from wire.tenant import approval_key, verify_approval
 from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, load_worker_config
 
@@ -81,19 +81,8 @@ _state: dict[str, Any] = {}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """One stack for every attack; its variables live in os.environ for the module only."""
-    state = tmp_path_factory.mktemp("adv")
-    saved = dict(os.environ)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CSCORE_")}
-    running = LocalStack(state, workers=2, airflow=False, environ=clean)
-    running.start()
-    os.environ.update(running.env)
-    try:
+    with running_stack(tmp_path_factory.mktemp("adv"), workers=2, airflow=False) as running:
         yield running
-    finally:
-        gc.collect()  # Celery results' __del__ talks to Redis: collect them while the stack still runs
-        running.stop()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")

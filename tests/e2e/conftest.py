@@ -3,8 +3,6 @@ processes, two Celery worker processes with the simulated SEV-SNP TEE, and `airf
 
 from __future__ import annotations
 
-import gc
-import os
 from collections.abc import Iterator
 
 import onnx
@@ -16,25 +14,14 @@ from sdk.corpus import CorpusEmail
 from sdk.emails import email_text
 from sdk.training import export_onnx, train_spam_model
 from tests.e2e.canaries import MODEL_CANARY
+from tests.stacks import running_stack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """Module-scoped, so the stack's variables leave os.environ before other test modules run."""
-    state = tmp_path_factory.mktemp("stack")
-    saved = dict(os.environ)
-    # Every part embedded: a CSCORE_* variable in the environment would mean "use that real server".
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CSCORE_")}
-    running = LocalStack(state, workers=2, airflow=True, environ=clean)
-    running.start()
-    os.environ.update(running.env)
-    try:
+    with running_stack(tmp_path_factory.mktemp("stack"), workers=2, airflow=True) as running:
         yield running
-    finally:
-        gc.collect()  # Celery results' __del__ talks to Redis: collect them while the stack still runs
-        running.stop()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
