@@ -37,9 +37,10 @@ def parse_limits(doc: Any) -> dict[str, int]:
     if unknown:
         raise FormatError(f"{LIMITS_VARIABLE}.{unknown[0]}", f"one of {sorted(LIMIT_RANGES)}", unknown[0],
                           "unknown field")
-    limits = {name: OPTIONAL_FIELDS[name] for name in LIMIT_RANGES}
+    defaults = {"max_ms_per_row": DEFAULT_MS_PER_ROW, "max_memory_mib": DEFAULT_MEMORY_MIB}
+    limits: dict[str, int] = {}
     for name, (low, high) in LIMIT_RANGES.items():
-        value = doc.get(name, limits[name])
+        value = doc.get(name, defaults[name])
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise FormatError(f"{LIMITS_VARIABLE}.{name}", f"an integer in {low}..{high}", value)
         limits[name] = value
