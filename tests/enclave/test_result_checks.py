@@ -29,6 +29,7 @@ from sdk.results import (
     _check_coverage,
     _check_rows,
     _EvidenceCache,
+    _flags_object,
     _result_manifest,
     _verified_shard,
 )
@@ -355,3 +356,150 @@ def test_the_result_manifest_shape_the_owner_relies_on() -> None:
         with pytest.raises(ResultVerificationError) as refused:
             _result_manifest(store, key)  # type: ignore[arg-type]
         assert str(refused.value) == f"{key}: shards expected a list of {{receipt_key: str, ...}}, got {shown}"
+
+
+def test_the_flags_object_is_the_one_the_signed_manifest_pins() -> None:
+    store, key = DictStore(), f"incoming/{TENANT}/{BATCH}/flags.parquet"
+    assert _flags_object(store, _manifest()) is None  # type: ignore[arg-type]  # a batch without flags
+    pinned = {**_manifest(), "flags": {"key": key, "sha256": hashlib.sha256(b"sealed flags").hexdigest()}}
+    with pytest.raises(ResultVerificationError) as refused:
+        _flags_object(store, pinned)  # type: ignore[arg-type]
+    assert str(refused.value) == f"s3://test/{key}: expected the batch's flags (your submit wrote them), found nothing"
+    store.objects[key] = b"sealed flags"
+    assert _flags_object(store, pinned) == b"sealed flags"  # type: ignore[arg-type]
+    store.objects[key] = b"other flags"  # swapped by the platform
+    with pytest.raises(ResultVerificationError) as refused:
+        _flags_object(store, pinned)  # type: ignore[arg-type]
+    assert str(refused.value) == (f"{key}: sha256 expected {pinned['flags']['sha256']!r}, "
+                                  f"got {hashlib.sha256(b'other flags').hexdigest()!r}")
+
+
+def test_a_receipt_that_is_not_text_is_a_named_refusal(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    store.objects[entry["receipt_key"]] = b"\xff\xfe" + store.objects[entry["receipt_key"]]
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value).startswith(f"{entry['receipt_key']}: ")
+
+
+# -- fetch_results end to end: the owner's broker in process, real PME outputs, real receipts -----------
+
+class _Owner:
+    """The owner's side as fetch_results uses it: its signing key and its broker (in process here)."""
+
+    def __init__(self, admin: Any) -> None:
+        from enclave.signing import generate_signing_key
+
+        self.key, self.admin = generate_signing_key(), admin
+
+    def signing_key(self) -> OKPKey:
+        return self.key
+
+    def broker(self) -> Any:
+        return self.admin
+
+
+def _batch(tmp_path: Path, sim_dir: Path, rows: tuple[int, int] = (200, 200), *, flags: bool = False,
+           manifest_extra: dict[str, Any] | None = None) -> tuple[DictStore, _Owner, dict[str, Any]]:
+    """Two shards' encrypted outputs and receipts, the owner's signed manifest and its broker's grant."""
+    from enclave.pme import PmeKeys
+    from enclave.signing import sign_json
+    from tests.keybroker.inproc import Env
+
+    env = Env(tmp_path / "broker")
+    env.admin.create_key("footer-1")
+    env.admin.create_key("column-1")
+    env.admin.grant(BATCH, MODEL, [code_measurement().hex()], ["footer-1", "column-1"],
+                    config_digests=[CONFIG.hex()], rows=400)
+    owner, store = _Owner(env.admin), DictStore()
+    worker = Worker(store, sim_dir)
+    shards = []
+    with PmeKeys(env.admin.for_batch(BATCH)) as keys:
+        for index, count in enumerate(rows):
+            ids = [f"m{index}-{i}" for i in range(count)]
+            table = pa.table({"message_id": ids, "spam_probability": [0.25] * count,
+                              "model_digest": [MODEL] * count})
+            output = keys.write(table, footer_key="footer-1", column_key="column-1", row_group_size=1000)
+            shards.append(worker.shard(dataclasses.replace(_spec(index), input_file_id=FILE_ID), output))
+        manifest = {**_manifest(), **(manifest_extra or {})}
+        if flags:
+            sealed = keys.write(pa.table({"message_id": ["m0-1"], "flags": [["charset"]]}), footer_key="footer-1",
+                                column_key="column-1", row_group_size=1000)
+            manifest["flags"] = {"key": f"incoming/{TENANT}/{BATCH}/flags.parquet",
+                                 "sha256": hashlib.sha256(sealed).hexdigest()}
+            store.objects[manifest["flags"]["key"]] = sealed
+    store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"] = sign_json(manifest, owner.key).encode()
+    store.objects[f"{PREFIX}result-manifest.json"] = json.dumps({"shards": shards}).encode()
+    return store, owner, manifest
+
+
+def _fetch(store: DictStore, owner: _Owner, sim_dir: Path) -> Any:
+    from sdk.results import fetch_results
+
+    policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()], "allowed_roots": ["simulated"]})
+    return fetch_results(TENANT, BATCH, owner=owner, store=store,  # type: ignore[arg-type]
+                         anchors=TrustAnchors.from_dir(sim_dir), policy=policy)
+
+
+def test_fetch_results_verifies_decrypts_and_joins_every_shard(tmp_path: Path, sim_dir: Path) -> None:
+    store, owner, _ = _batch(tmp_path, sim_dir)
+    results = _fetch(store, owner, sim_dir)
+    assert results.table.column_names == ["message_id", "spam_probability"]  # model_digest dropped
+    assert results.table.column("message_id").to_pylist() == [f"m{s}-{i}" for s in range(2) for i in range(200)]
+    assert [r.payload["shard_index"] for r in results.receipts] == [0, 1]
+    assert results.measurements == [code_measurement().hex()]
+
+
+def test_fetch_results_joins_the_owners_flags(tmp_path: Path, sim_dir: Path) -> None:
+    store, owner, _ = _batch(tmp_path, sim_dir, flags=True)
+    table = _fetch(store, owner, sim_dir).table
+    assert table.column_names == ["message_id", "spam_probability", "flags"]
+    flagged = dict(zip(table.column("message_id").to_pylist(), table.column("flags").to_pylist(), strict=True))
+    assert flagged["m0-1"] == "charset" and {v for k, v in flagged.items() if k != "m0-1"} == {""}
+
+
+def test_fetch_results_refuses_a_shard_whose_rows_are_not_its_receipts(tmp_path: Path, sim_dir: Path) -> None:
+    store, owner, _ = _batch(tmp_path, sim_dir, rows=(200, 199))  # the receipt says 200 rows
+    with pytest.raises(ResultVerificationError) as refused:
+        _fetch(store, owner, sim_dir)
+    assert str(refused.value) == f"{PREFIX}shard-00001.a1.parquet: output.rows expected 200, got 199"
+
+
+def test_fetch_results_refuses_a_manifest_the_owner_did_not_sign(tmp_path: Path, sim_dir: Path) -> None:
+    from enclave.signing import generate_signing_key, sign_json
+
+    store, owner, manifest = _batch(tmp_path, sim_dir)
+    store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"] = sign_json(manifest, generate_signing_key()).encode()
+    with pytest.raises(ValueError, match="manifest"):
+        _fetch(store, owner, sim_dir)
+    del store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"]
+    with pytest.raises(ResultVerificationError) as refused:
+        _fetch(store, owner, sim_dir)
+    assert str(refused.value) == (f"s3://test/incoming/{TENANT}/{BATCH}/manifest.jws: expected your signed manifest, "
+                                  "found nothing")
+
+
+def test_fetch_results_refuses_flags_for_ids_no_result_carries(tmp_path: Path, sim_dir: Path) -> None:
+    from enclave.pme import PmeKeys
+    from enclave.signing import sign_json
+
+    store, owner, manifest = _batch(tmp_path, sim_dir, flags=True)
+    with PmeKeys(owner.admin.for_batch(BATCH)) as keys:  # flags the owner's submit never wrote, pinned anew
+        sealed = keys.write(pa.table({"message_id": ["m0-1", "ghost"], "flags": [["charset"], ["x"]]}),
+                            footer_key="footer-1", column_key="column-1", row_group_size=1000)
+    store.objects[manifest["flags"]["key"]] = sealed
+    manifest["flags"]["sha256"] = hashlib.sha256(sealed).hexdigest()
+    store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"] = sign_json(manifest, owner.key).encode()
+    with pytest.raises(ResultVerificationError) as refused:
+        _fetch(store, owner, sim_dir)
+    assert str(refused.value) == f"{manifest['flags']['key']}: flags for 1 id(s) that no result carries"
+
+
+def test_fetch_results_refuses_coverage_with_a_shard_missing(tmp_path: Path, sim_dir: Path) -> None:
+    store, owner, _ = _batch(tmp_path, sim_dir)
+    listed = json.loads(store.objects[f"{PREFIX}result-manifest.json"])
+    store.objects[f"{PREFIX}result-manifest.json"] = json.dumps({"shards": listed["shards"][:1]}).encode()
+    with pytest.raises(ResultVerificationError) as refused:
+        _fetch(store, owner, sim_dir)
+    assert str(refused.value) == "receipts: expected each of 2 input row groups exactly once, got 1 covering 1"
