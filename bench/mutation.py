@@ -106,12 +106,13 @@ def run_module(module: str, workdir: Path, children: int, fresh: bool,
     listed = subprocess.run([*mutmut, "results"], cwd=workdir, env=env, check=False, capture_output=True,
                             text=True).stdout
     survivors = [line.split(":")[0].strip() for line in listed.splitlines() if line.strip().endswith(": survived")]
+    uncovered = [line.split(":")[0].strip() for line in listed.splitlines() if line.strip().endswith(": no tests")]
     total = int(stats.get("total", 0))
     killed = int(stats.get("killed", 0))
     return {"killed": killed, "survived": int(stats.get("survived", 0)), "timeout": int(stats.get("timeout", 0)),
             "no_tests": int(stats.get("no_tests", 0)), "total": total,
             "kill_rate": round(killed / total, 3) if total else None,
-            "seconds": round(time.monotonic() - started), "survivors": survivors}
+            "seconds": round(time.monotonic() - started), "survivors": survivors, "uncovered": uncovered}
 
 
 def progress(module: str, workdir: Path) -> dict[str, Any]:
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="parallel test processes (default 1)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier run")
     parser.add_argument("--recheck", action="store_true",
-                        help="re-test only the survivors of the last run (in summary.json), with the current tests")
+                        help="re-test only the survivors and uncovered mutants of the last run (in summary.json), "
+                        "with the current tests")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, then exit")
     parser.add_argument("--status", action="store_true",
                         help="print each module's counts so far (a run may still be going), then exit")
@@ -161,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = args.workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for module in args.modules or list(MODULES):
-        survivors = summary.get(module, {}).get("survivors") if args.recheck else None
+        # survivors, and mutants no selected test reached (new tests may reach them now)
+        last = summary.get(module, {})
+        survivors = [*last.get("survivors", []), *last.get("uncovered", [])] if args.recheck else None
         if args.recheck and not survivors:
             continue
         result = run_module(module, args.workdir / module.replace("/", "_").removesuffix(".py"), args.max_children,

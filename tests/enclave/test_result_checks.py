@@ -264,6 +264,11 @@ def test_refusals_word_for_word(sim_dir: Path) -> None:
     assert str(refused.value) == (f"{entry['receipt_key']}: model.digest expected {MODEL!r}, "
                                   f"got {'sha256:' + '22' * 32!r}")
     store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(batch="b-other"), output_key=f"{PREFIX}shard-00000.x.parquet")
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == f"{entry['receipt_key']}: batch_id expected 'b-1', got 'b-other'"
+    store = DictStore()
     entry = Worker(store, sim_dir).shard(_spec(), sha="00" * 32)
     with pytest.raises(ResultVerificationError) as refused:
         _verify(store, sim_dir, entry)
