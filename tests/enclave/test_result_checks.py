@@ -508,3 +508,31 @@ def test_fetch_results_refuses_coverage_with_a_shard_missing(tmp_path: Path, sim
     with pytest.raises(ResultVerificationError) as refused:
         _fetch(store, owner, sim_dir)
     assert str(refused.value) == "receipts: expected each of 2 input row groups exactly once, got 1 covering 1"
+
+
+@pytest.mark.parametrize("sessions", [(BrokerSession("provider", ("ab" * 32,)),), (BrokerSession("owner", ()),)])
+def test_owner_session_refusal_word_for_word(sim_dir: Path, sessions: tuple[BrokerSession, ...]) -> None:
+    """No session at the owner's broker, or one there without the claims digests its releases are tied by."""
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec(), sessions=sessions)
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == (f"{entry['receipt_key']}: sessions expected a session at your broker 'owner' with "
+                                  f"its claims digests, got brokers {[s.broker for s in sessions]}")
+
+
+def test_a_receipt_that_names_no_evidence_or_is_no_jws_is_named(sim_dir: Path) -> None:
+    from enclave.signing import sign_json
+
+    store = DictStore()
+    worker = Worker(store, sim_dir)
+    entry = worker.shard(_spec())
+    store.objects[entry["receipt_key"]] = sign_json({"batch_id": BATCH}, OKPKey.import_key(worker.key)).encode()
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == (f"{entry['receipt_key']}: s3://test/{PREFIX}evidence/.json: expected the "
+                                  "attestation evidence a receipt names, found nothing")
+    store.objects[entry["receipt_key"]] = b"not a jws"
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value).startswith(f"{entry['receipt_key']}: receipt: expected a compact JWS, got ")
