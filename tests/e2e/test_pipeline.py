@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -119,6 +121,12 @@ def test_two_concurrent_batches_score_exactly(stack: LocalStack, corpus: Any, mo
     assert got.tobytes() == expected.astype(np.float32).tobytes()  # bit for bit
     assert results.measurements == [code_measurement().hex()]
     _state["small"] = small_batch
+    # Operators see the same work in the workers' Prometheus metrics, summed over both workers' pools.
+    scraped = [_metric_samples(url) for url in stack.worker_metrics.values()]
+    rows = sum(m.get(("cscore_worker_rows_total", (("task", "score_shard"),)), 0.0) for m in scraped)
+    shards = sum(m.get(("cscore_worker_tasks_total", (("outcome", "ok"), ("task", "score_shard"))), 0.0)
+                 for m in scraped)
+    assert rows >= len(emails) + len(small) and shards >= 2
 
 
 def _airflow(stack: LocalStack, *args: str) -> str:
@@ -375,6 +383,24 @@ def test_a_numbers_model_scores_bit_exact_and_one_over_the_platforms_limits_is_s
     assert _wait(heavy.batch_id)["state"] == "succeeded"
 
 
+def _metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus endpoint's samples: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url, timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _metrics_text(stack: LocalStack) -> bytes:
+    """Every worker's and broker's /metrics, as scraped (the local brokers set no scrape token)."""
+    texts = [httpx.get(url, timeout=10).text for url in stack.worker_metrics.values()]
+    for party, ca in stack.broker_cas.items():
+        url = stack.env[f"CSCORE_{party.upper()}_BROKER_URL"]
+        texts.append(httpx.get(f"{url}/metrics", timeout=10, verify=ssl.create_default_context(cafile=str(ca))).text)
+    return "\n".join(texts).encode()
+
+
 def _forms(secret: bytes) -> list[bytes]:
     return [secret, secret.hex().encode(), base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
 
@@ -426,9 +452,12 @@ def test_no_canary_or_key_in_any_platform_store(stack: LocalStack) -> None:
         "redis": _redis_dump(stack),
         "airflow (database and task logs)": _files(stack.state_dir / "airflow"),
         "process logs (workers, brokers, airflow)": _files(stack.state_dir / "logs"),
+        "metrics (workers, brokers)": _metrics_text(stack),
     }
     # The scan is only meaningful if it reads real content: ciphertext in S3, task traffic in the logs.
     assert len(stores["s3"]) > 100_000
     assert b"cscore.score_shard" in stores["process logs (workers, brokers, airflow)"]
+    assert b"cscore_worker_rows_total" in stores["metrics (workers, brokers)"]
+    assert b"cscore_broker_decisions_total" in stores["metrics (workers, brokers)"]
     leaks = [(name, s[:24]) for name, blob in stores.items() for s in secrets if s in blob]
     assert leaks == []
