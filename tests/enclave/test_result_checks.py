@@ -536,3 +536,13 @@ def test_a_receipt_that_names_no_evidence_or_is_no_jws_is_named(sim_dir: Path) -
     with pytest.raises(ResultVerificationError) as refused:
         _verify(store, sim_dir, entry)
     assert str(refused.value).startswith(f"{entry['receipt_key']}: receipt: expected a compact JWS, got ")
+
+
+def test_an_output_the_platform_did_not_store_is_named(sim_dir: Path) -> None:
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    output_key = f"{PREFIX}shard-00000.a1.parquet"
+    del store.objects[output_key]
+    with pytest.raises(ResultVerificationError) as refused:
+        _verify(store, sim_dir, entry)
+    assert str(refused.value) == f"s3://test/{output_key}: expected a shard's encrypted results, found nothing"
