@@ -58,6 +58,9 @@ class ImagesReport:
         return asdict(self)
 
 
+PROVIDER = "vision"
+
+
 def run_images_demo(state_dir: Path, *, workers: int = 2, keep: bool = False,
                     say: Callable[[str], None] = print) -> ImagesReport:
     """Start the stack, run the provider's and the owner's jobs on images, verify; stop unless `keep`."""
@@ -79,17 +82,18 @@ def _run(stack: LocalStack, say: Callable[[str], None]) -> ImagesReport:
     model = train_digits_model(split.train_x, split.train_y)
     onnx_bytes = export_digits_onnx(model)
     accuracy = float(np.mean(model.predict(model_inputs(split.test_x)) == split.test_y))
-    published = publish_model(onnx_bytes, MODEL_NAME, provider=Party.from_env("provider"), store=store,
+    vision = Party.from_env(PROVIDER)  # the marketplace's second provider: its own broker and signing key
+    published = publish_model(onnx_bytes, MODEL_NAME, provider=vision, store=store,
                               allowed_measurements=[code_measurement().hex()],
                               offer=Offer(task=DIGITS_TASK, contract=DIGITS_CONTRACT,
                                           metrics={"held_out_accuracy": round(accuracy, 4)},
                                           price={"currency": "EUR", "per_1000_rows": 0.2},
                                           description="handwritten digits 0-9, 8x8 grayscale scans"))
-    say(f"[provider] trained on {len(split.train_y)} digits, published {published.name}:{published.version} "
-        f"({published.digest[:23]}...) encrypted, image contract signed")
+    say(f"[provider {PROVIDER}] trained on {len(split.train_y)} digits, published {published.name}:"
+        f"{published.version} ({published.digest[:23]}...) encrypted under its own broker, image contract signed")
     owner = Party.from_env("owner")
     onboard_tenant(owner, store, stack.state_dir)
-    owner.trust_provider(Party.from_env("provider").public_key())  # out of band, in real life
+    owner.trust_provider(vision.public_key())  # out of band, in real life
     listing = find_model(store, f"{published.name}:{published.version}", owner.trusted_providers())
     assert listing.card is not None  # find_model refuses a card it cannot parse
     folder = stack.state_dir / "owner" / "scans"

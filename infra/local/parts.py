@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 
 PY = sys.executable
 SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
-SIMULATED_KEY_IDS = {"owner": ["*.footer", "*.emails", "*.results", "grant:*"], "provider": ["model.*"]}
+# Two providers of the marketplace, each with its own broker, CA and card-signing key: the spam filter's and
+# the image classifier's (`cscore demo --example images`).
+PROVIDERS = ("provider", "vision")
+SIMULATED_KEY_IDS = {"owner": ["*.footer", "*.emails", "*.results", "grant:*"],
+                     **{party: ["model.*"] for party in PROVIDERS}}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -218,12 +222,12 @@ def write_worker_config(stack: LocalStack) -> WorkerConfig:
             raise StackError(f"{party} broker: its TLS CA is unknown; set CSCORE_BROKER_CA to the CA bundle of "
                              "the given brokers")
         name = stack.environ.get(f"CSCORE_{party.upper()}_BROKER_NAME") or party
-        keys = (Party(stack.state_dir / "provider", "").public_key(),) if party == "provider" else ()
+        keys = (Party(stack.state_dir / party, "").public_key(),) if party in PROVIDERS else ()
         return BrokerIdentity(name, stack.env[f"CSCORE_{party.upper()}_BROKER_URL"], Path(ca).read_text(), keys)
 
     tee = stack.env.get("CSCORE_TEE", "simulated-sev-snp")
-    config = WorkerConfig(tee, (identity("owner"),), (identity("provider"),),
-                          insecure_plaintext_baseline=tee == "simulated-sev-snp")
+    providers = tuple(identity(p) for p in PROVIDERS if f"CSCORE_{p.upper()}_BROKER_URL" in stack.env)
+    config = WorkerConfig(tee, (identity("owner"),), providers, insecure_plaintext_baseline=tee == "simulated-sev-snp")
     path = stack.state_dir / "worker" / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config.to_json(), indent=2) + "\n")
@@ -236,15 +240,15 @@ def publish_worker_config(stack: LocalStack, config: WorkerConfig) -> None:
     aws.put_object({**stack.environ, **stack.env}, WORKER_CONFIG_KEY, json.dumps(config.to_json(), indent=2).encode())
 
 
-def register_owner_broker(stack: LocalStack) -> str:
-    """Hand the owner broker's grant key to the provider's broker (out of band between parties, in real life)."""
+def register_owner_broker(stack: LocalStack, provider: str) -> str:
+    """Hand the owner broker's grant key to a provider's broker (out of band between parties, in real life)."""
     from sdk.broker_admin import BrokerAdmin
 
     ca = stack.env.get("CSCORE_BROKER_CA")
     owner = BrokerAdmin(stack.env["CSCORE_OWNER_BROKER_URL"], _token(stack, "owner"), ca_bundle=ca)
-    provider = BrokerAdmin(stack.env["CSCORE_PROVIDER_BROKER_URL"], _token(stack, "provider"), ca_bundle=ca)
+    admin = BrokerAdmin(stack.env[f"CSCORE_{provider.upper()}_BROKER_URL"], _token(stack, provider), ca_bundle=ca)
     name = stack.environ.get("CSCORE_OWNER_BROKER_NAME") or "owner"
-    provider.register_owner(name, owner.grant_key())
+    admin.register_owner(name, owner.grant_key())
     return name
 
 

@@ -31,6 +31,9 @@ SERVERS_LAST = ("moto", "redis")  # stopped after their clients, which would oth
 __all__ = ["LocalStack", "StackError", "load_env"]
 
 
+BROKER_URLS = ("CSCORE_OWNER_BROKER_URL", "CSCORE_PROVIDER_BROKER_URL")
+
+
 class LocalStack:
     """Start, describe and stop every process of the local stack (see infra/README.md)."""
 
@@ -167,9 +170,10 @@ class LocalStack:
             parts.publish_worker_config(self, config)
             self._out(f"[stack] worker configuration {config.digest_hex()[:16]}... published "
                       f"(HOST_DATA of every worker)")
-        if set(self.broker_cas) == {"owner", "provider"}:
-            owner = parts.register_owner_broker(self)
-            self._out(f"[stack] provider broker accepts model grants of owner broker '{owner}'")
+        for provider in parts.PROVIDERS if "owner" in self.broker_cas else ():
+            if provider in self.broker_cas:
+                owner = parts.register_owner_broker(self, provider)
+                self._out(f"[stack] {provider} broker accepts model grants of owner broker '{owner}'")
 
     def _object_store(self) -> Pending | None:
         if given := self._given("CSCORE_S3_ENDPOINT", "CSCORE_SQS_QUEUE_URL"):
@@ -198,13 +202,16 @@ class LocalStack:
 
     def _key_brokers(self) -> list[Pending | None]:
         pending: list[Pending | None] = []
-        for party in ("owner", "provider"):
+        for party in ("owner", *parts.PROVIDERS):
             var = f"CSCORE_{party.upper()}_BROKER_URL"
             if given := self._given(var):
                 self.env.update(given)
                 self._out(f"[stack] {party} key broker: using {given[var]} (not started)")
             elif not self.brokers:
                 self._out(f"[stack] {party} key broker: skipped (brokers=False)")
+            elif party not in ("owner", "provider") and self._given(*BROKER_URLS):
+                # A second provider is the embedded marketplace's: not started beside brokers of real servers.
+                self._out(f"[stack] {party} key broker: skipped (real brokers given)")
             else:
                 pending.append(self._begin(parts.spawn_broker(self, party)))
         return pending
@@ -281,7 +288,7 @@ class LocalStack:
         return {n: self.environ[n] for n in names if self.environ.get(n)}
 
     def _prepare_dirs(self) -> None:
-        for sub in ("pids", "logs", "owner", "provider", "platform"):
+        for sub in ("pids", "logs", "owner", *parts.PROVIDERS, "platform"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
 def load_env(path: Path) -> dict[str, str]:

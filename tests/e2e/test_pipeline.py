@@ -272,12 +272,15 @@ def test_an_image_batch_names_each_file_with_class_and_probabilities_bit_exact(s
     store, owner = ObjectStore(), Party.from_env("owner")
     split = digits_split()
     onnx_bytes = export_digits_onnx(train_digits_model(split.train_x, split.train_y))
-    publish_model(onnx_bytes, "digits", provider=Party.from_env("provider"), store=store,
-                  allowed_measurements=[code_measurement().hex()],
+    vision = Party.from_env("vision")  # a second provider: its own broker, CA and card-signing key
+    publish_model(onnx_bytes, "digits", provider=vision, store=store, allowed_measurements=[code_measurement().hex()],
                   offer=Offer(task=DIGITS_TASK, contract=DIGITS_CONTRACT, metrics={"accuracy": 0.97}))
+    with pytest.raises(LookupError, match="pin the provider's key"):
+        find_model(store, "digits", owner.trusted_providers())  # trusting one provider is not trusting another
+    owner.trust_provider(vision.public_key())
     assert [m.name for m in list_models(store, owner.trusted_providers(), task=DIGITS_TASK)] == ["digits"]
     listing = find_model(store, "digits", owner.trusted_providers())
-    assert listing.card is not None
+    assert listing.card is not None and listing.card.broker == "vision"
     truth = write_digit_files(split.test_x, split.test_y, tmp_path, limit=45)
     (tmp_path / "invoice.png").write_bytes(b"%PDF-1.7\n%%EOF\n")  # refused per file, before any upload
     before = set(store.keys(f"incoming/{TENANT}/"))
