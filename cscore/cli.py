@@ -158,7 +158,7 @@ def cmd_provider_key(args: argparse.Namespace) -> int:
     from sdk.party import Party
 
     _load_stack_env(args.state_dir)
-    print(json.dumps(Party.from_env("provider").public_key()))
+    print(json.dumps(Party.from_env(args.provider).public_key()))
     return 0
 
 
@@ -184,7 +184,7 @@ def cmd_provider_publish(args: argparse.Namespace) -> int:
                   metrics=dict(_metric(m) for m in args.metric or ()),
                   price={"currency": args.currency, "per_1000_rows": args.price_per_1000} if args.price_per_1000
                   is not None else None, description=args.description or "")
-    published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env("provider"),
+    published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env(args.provider),
                               store=ObjectStore(), allowed_measurements=measurements,
                               probability_digits=args.probability_digits, quota=quota, offer=offer)
     print(f"published {published.name}:{published.version} {published.digest}")
@@ -205,10 +205,16 @@ def cmd_provider_publish_recipe(args: argparse.Namespace) -> int:
 
     _load_stack_env(args.state_dir)
     measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
-    published = publish_recipe(recipe, args.name, provider=Party.from_env("provider"), store=ObjectStore(),
+    published = publish_recipe(recipe, args.name, provider=Party.from_env(args.provider), store=ObjectStore(),
                                allowed_measurements=measurements)
     print(f"published recipe {published.name}:{published.version} {published.digest}")
     return 0
+
+
+def _add_provider_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--as", dest="provider", default="provider", metavar="PROVIDER",
+                        help="which provider you are, when one machine holds several (its home <state>/PROVIDER and "
+                             "CSCORE_<PROVIDER>_BROKER_URL; the embedded stack has 'provider' and 'vision')")
 
 
 def _metric(text: str) -> tuple[str, float]:
@@ -226,7 +232,7 @@ def cmd_provider_register_owner(args: argparse.Namespace) -> int:
     from sdk.party import Party
 
     _load_stack_env(args.state_dir)
-    Party.from_env("provider").broker().register_owner(args.name, json.loads(args.key.read_text()))
+    Party.from_env(args.provider).broker().register_owner(args.name, json.loads(args.key.read_text()))
     print(f"your broker now releases model keys for batches granted by owner broker '{args.name}'")
     return 0
 
@@ -624,6 +630,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--price-per-1000", type=float, help="price per 1000 rows scored")
     publish.add_argument("--currency", default="EUR")
     publish.add_argument("--description")
+    _add_provider_argument(publish)
     publish.set_defaults(func=cmd_provider_publish)
     recipe = provider.add_parser("publish-recipe", help="encrypt and publish a training recipe (cscore.recipe/v1 "
                                  "JSON: features, hyperparameters, seed), its key held by your broker")
@@ -631,13 +638,16 @@ def _parser() -> argparse.ArgumentParser:
     recipe.add_argument("--name", required=True)
     recipe.add_argument("--measurement", action="append", help="enclave measurement allowed (hex); repeatable")
     _add_release_arguments(recipe)
+    _add_provider_argument(recipe)
     recipe.set_defaults(func=cmd_provider_publish_recipe)
     key = provider.add_parser("key", help="print the provider's public card-signing key, for owners to pin")
+    _add_provider_argument(key)
     key.set_defaults(func=cmd_provider_key)
     register_owner = provider.add_parser("register-owner", help="accept model grants of an owner's key broker "
                                          "(its key from `cscore owner grant-key`)")
     register_owner.add_argument("name", help="the owner broker's name (as in the workers' configuration)")
     register_owner.add_argument("key", type=Path)
+    _add_provider_argument(register_owner)
     register_owner.set_defaults(func=cmd_provider_register_owner)
     usage = provider.add_parser("usage", help="rows scored per owner, from the enclaves' signed usage records")
     usage.add_argument("--model", required=True)
