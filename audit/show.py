@@ -147,9 +147,16 @@ class _Facts:
         rows = []
         for e in self.attestations:
             before = self.start is not None and _time(e) < self.start
+            named = e.get("batch_id")  # in runtime_data, so an accepted evidence binds it
+            if named and named != self.batch_id:
+                note = f"reused: attested for batch {named} (bound in its evidence)"
+            elif named:
+                note = "accepted: its evidence binds this batch"
+            else:
+                note = "reused: attested before this batch was submitted" if before else "accepted"
             rows.append(_row(e, who=str(e.get("broker")), worker=self.worker(e),
                              measurement=_short(e.get("measurement")), claims=_short(e.get("claims_digest")),
-                             note="reused: attested before this batch was submitted" if before else "accepted"))
+                             note=note))
         return _by_time(rows)
 
     def release_rows(self) -> list[Row]:
@@ -191,16 +198,28 @@ class _Facts:
     def refusal_rows(self) -> list[Row]:
         rows = [_row(e, who=f"{e.get('broker')} broker", what=f"refused {e.get('operation')}",
                      detail=f"key {e.get('key_id')}: {e.get('reason')}", alarm=True)
-                for e in self.entries if e.get("decision") == "deny" and e.get("batch_id") == self.batch_id]
-        if self.start is not None:
-            end = self.end if self.end is not None else float("inf")
-            rows += [_row(e, who=f"{e.get('broker')} broker", what="refused an attestation during this batch",
-                          detail=str(e.get("reason")), alarm=True)
-                     for e in self.entries if e.get("kind") == "attestation" and e.get("decision") == "deny"
-                     and self.start <= _time(e) <= end]
+                for e in self.entries if e.get("decision") == "deny" and e.get("batch_id") == self.batch_id
+                and e.get("kind") != "attestation"]
+        end = self.end if self.end is not None else float("inf")
+        for e in self.entries:
+            if e.get("kind") != "attestation" or e.get("decision") != "deny":
+                continue
+            named = e.get("batch_id")
+            during = self.start is not None and self.start <= _time(e) <= end
+            if named == self.batch_id:
+                rows.append(_row(e, who=f"{e.get('broker')} broker", what="refused an attestation for this batch",
+                                 detail=f"{e.get('reason')} ({UNPROVEN_BATCH})", alarm=True))
+            elif during:
+                names = f"it names batch {named}" if named else "it names no batch"
+                rows.append(_row(e, who=f"{e.get('broker')} broker", what="refused an attestation during this batch",
+                                 detail=f"{e.get('reason')} ({names}; {UNPROVEN_BATCH})", alarm=True))
         rows += [_row(e, who="platform", what="marked the batch failed", detail=str(e.get("reason")), alarm=True)
                  for e in self.statuses if e.get("state") == "failed"]
         return _by_time(rows)
+
+
+# A refused attestation's batch is what the requester put in runtime_data: refused evidence binds nothing.
+UNPROVEN_BATCH = "batch as the requester named it, unproven: the platform could name another"
 
 
 def _workers(entries: Iterable[Entry]) -> dict[str, str]:

@@ -190,12 +190,18 @@ class AttestedSession:
         """Close the HTTP connection pool."""
         self._http.close()
 
-    def attest(self) -> AttestationResult:
-        """auth -> evidence bound to (nonce, tee key, receipt key) -> attest; stores and returns the token."""
+    def attest(self, batch_id: str | None = None) -> AttestationResult:
+        """auth -> evidence bound to (nonce, tee key, receipt key, batch) -> attest; stores and returns the token.
+
+        `batch_id`: the batch (or training job) this attestation is made for; the broker logs it with its
+        decision, and the evidence binds it (a refused attestation's batch is the requester's word only).
+        """
         tee = self._tee or str(getattr(self._provider, "tee", "sev-snp"))
         challenge = self._post_json("/kbs/v0/auth", {"tee": tee})
         runtime_data = {"nonce": challenge["nonce"], "tee_pubkey": self.tee_public_jwk,
                         "receipt_pubkey": self.receipt_public_jwk}
+        if batch_id:
+            runtime_data["batch_id"] = batch_id
         evidence = self._provider.get_evidence(hashlib.sha512(canonical_json(runtime_data)).digest())
         answer = self._post_json("/kbs/v0/attest", {"session": challenge["session"], "runtime_data": runtime_data,
                                                     "evidence": evidence.to_json()})
@@ -240,21 +246,22 @@ class AttestedSession:
             return tuple(sorted(self._used.get(batch_id, ())))
 
     # -- internals --------------------------------------------------------------------------------
-    def current(self) -> AttestationResult:
-        """This session's attestation, renewed first if it is missing or about to expire."""
+    def current(self, batch_id: str | None = None) -> AttestationResult:
+        """This session's attestation, renewed first (for `batch_id`) if it is missing or about to expire."""
         with self._lock:
             result = self._result
         if result is None or result.expires_at - REFRESH_MARGIN_S <= time.time():
-            result = self.attest()
+            result = self.attest(batch_id)
         return result
 
     def _authorized(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         """Send with token + proof of possession; on an expired token, attest again once."""
         for attempt in (1, 2):
-            result = self.current()
+            named = str(body.get("batch_id") or "") if body is not None else ""
+            result = self.current(named or None)  # a (re-)attestation names the batch that needed it
             token = result.token
-            if body is not None and body.get("batch_id"):
-                self._note_use(str(body["batch_id"]), result.claims_digest)
+            if named:
+                self._note_use(named, result.claims_digest)
             content = canonical_json(body) if body is not None else b""
             headers = {"Authorization": f"Bearer {token}", POP_HEADER: self._pop(token, method, path, content)}
             if body is not None:

@@ -233,12 +233,13 @@ class Enclave:
                                                               keys=self._keys, party=party)
             return self._sessions[broker.name]
 
-    def attest(self, broker_names: list[str]) -> dict[str, Any]:
-        """Attest to each named broker (a still-valid attestation is reused); returns what the platform may see."""
+    def attest(self, broker_names: list[str], batch_id: str = "") -> dict[str, Any]:
+        """Attest to each named broker (a still-valid attestation is reused) for `batch_id`, which a new
+        attestation binds and the broker logs; returns what the platform may see."""
         verdicts = []
         for name in broker_names:
             broker = self._broker(name)
-            result = self.session(broker).current()
+            result = self.session(broker).current(batch_id or None)
             claims = result.claims
             # The digest the broker logged for this attestation: it names this worker in the audit log.
             verdicts.append({"broker": broker.name, "url": broker.url, "accepted": True, "tee": claims.get("tee"),

@@ -97,13 +97,20 @@ class Broker:
 
     # -- attestation ------------------------------------------------------------------------------
     def attest(self, req: m.AttestRequest) -> m.AttestResponse:
-        """Check the nonce, verify the evidence and its binding, then issue a token."""
+        """Check the nonce, verify the evidence and its binding, then issue a token.
+
+        The decision is logged with the batch the requester named in runtime_data (`batch_id`): bound by the
+        evidence when it is accepted, only the requester's word when it is refused (the audit says which).
+        """
         runtime = req.runtime_data.model_dump()
+        named = runtime.pop("batch_id", None)
+        if named is not None:  # absent from report_data when not sent: older workers' bindings still verify
+            runtime["batch_id"] = named
         try:
             session = self.sessions.consume(req.session, req.runtime_data.nonce)
             tee_key, _ = public_jwk(runtime["tee_pubkey"]), runtime["receipt_pubkey"]
         except NonceError as exc:
-            self.decide(decision="deny", operation="attest", reason=str(exc), clause="nonce")
+            self.decide(decision="deny", operation="attest", reason=str(exc), clause="nonce", batch_id=named)
             raise Problem(401, "nonce-invalid", str(exc), field="runtime_data.nonce") from exc
         except (ValueError, JoseError) as exc:
             raise Problem(422, "tee-pubkey-invalid", f"runtime_data.tee_pubkey: {exc}",
@@ -111,18 +118,18 @@ class Broker:
         try:
             claims = self.verifier()(req.evidence, report_data_for(runtime), datetime.now(UTC))
         except EvidenceRejected as exc:
-            self.decide(decision="deny", operation="attest", reason=exc.reason, clause="evidence")
+            self.decide(decision="deny", operation="attest", reason=exc.reason, clause="evidence", batch_id=named)
             raise Problem(403, "evidence-rejected", exc.reason, field=exc.field, expected=_jsonable(exc.expected),
                           actual=_jsonable(exc.actual)) from exc
         if claims.get("tee") != session.tee:  # the session was opened for one TEE kind; evidence of another is not it
             reason = (f"evidence is from a '{claims.get('tee')}' TEE, but this session was opened for "
                       f"'{session.tee}' at /kbs/v0/auth")
-            self.decide(decision="deny", operation="attest", reason=reason)
+            self.decide(decision="deny", operation="attest", reason=reason, clause="evidence", batch_id=named)
             raise Problem(403, "evidence-rejected", reason, field="evidence.tee", expected=session.tee,
                           actual=claims.get("tee"))
         token, exp = self.issuer.issue(claims, tee_key.as_dict(private=False), runtime["receipt_pubkey"])
         self.decide(decision="allow", operation="attest", reason="evidence verified and bound", claims=claims,
-                    clause="evidence")
+                    clause="evidence", batch_id=named)
         return m.AttestResponse(token=token, expires_at=exp, claims=claims)
 
     def token_payload(self, request: Request, body: bytes, authorization: str | None,

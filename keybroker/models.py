@@ -42,6 +42,9 @@ class RuntimeData(_Strict):
     nonce: str = Field(max_length=256)
     tee_pubkey: dict[str, Any] = Field(description="EC P-256/P-384 or RSA public JWK: releases are JWEs to it")
     receipt_pubkey: dict[str, Any] = Field(description="public JWK the enclave signs receipts with")
+    batch_id: str | None = Field(default=None, pattern=BATCH_ID,
+                                 description="the batch (or training job) this attestation is for; logged with the "
+                                             "decision, bound into report_data like every field here")
 
 
 class AttestRequest(_Strict):

@@ -120,9 +120,10 @@ def _check_configuration(**_: Any) -> None:
 
 @app.task(name="cscore.attest", bind=True, acks_late=True)
 @contained
-def attest(self: Any, broker_names: list[str]) -> dict[str, Any]:
-    """Attest this worker to each named broker of its configuration; returns verdicts (no secrets)."""
-    return _named_enclave(self).attest(broker_names)
+def attest(self: Any, broker_names: list[str], batch_id: str = "") -> dict[str, Any]:
+    """Attest this worker to each named broker of its configuration, for `batch_id` (logged by the broker);
+    returns verdicts (no secrets)."""
+    return _named_enclave(self).attest(broker_names, batch_id)
 
 
 def _worker_name(task: Any) -> str:

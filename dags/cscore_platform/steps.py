@@ -125,7 +125,7 @@ def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
         brokers = [manifest.broker_name, card["broker"]]  # names: workers look them up in their configuration
         app = worker_pool.celery_client()
         try:
-            verdicts = worker_pool.attest_all(app, brokers)
+            verdicts = worker_pool.attest_all(app, brokers, batch_id=manifest.batch_id)
         except worker_pool.WorkerPoolError as exc:
             raise worker_pool.WorkerPoolError(_whose_broker(str(exc), manifest.broker_url, card["broker_url"])) from exc
         for verdict in verdicts:

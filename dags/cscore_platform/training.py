@@ -67,7 +67,7 @@ def training_spec(key: str, token: bytes, tenant_key: dict[str, Any]) -> dict[st
 def run_training(spec: dict[str, Any], provider_broker: str, timeout: float = TRAIN_TIMEOUT_S) -> dict[str, Any]:
     """Every live worker attests to both brokers, then one trains; returns the task's outcome (keys, digests)."""
     app = worker_pool.celery_client()
-    worker_pool.attest_all(app, [spec["owner_broker"], provider_broker])
+    worker_pool.attest_all(app, [spec["owner_broker"], provider_broker], batch_id=spec["job_id"])
     result = app.send_task(TRAIN_TASK, args=[spec], queue=worker_pool.SHARD_QUEUE)
     outcome: dict[str, Any] = result.get(timeout=timeout)
     return outcome

@@ -66,12 +66,14 @@ def live_workers(app: Celery, timeout: float = 3.0) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
-def attest_all(app: Celery, broker_names: list[str], timeout: float = 120.0) -> list[dict[str, Any]]:
-    """Ask every live worker to attest to the brokers; returns each worker's verdicts."""
+def attest_all(app: Celery, broker_names: list[str], timeout: float = 120.0, *,
+               batch_id: str = "") -> list[dict[str, Any]]:
+    """Ask every live worker to attest to the brokers for `batch_id` (the brokers log it); returns each worker's
+    verdicts."""
     workers = live_workers(app)
     if not workers:
         raise WorkerPoolError("no confidential worker answered a ping: start workers, then retry the batch")
-    pending = {w: app.send_task(ATTEST_TASK, args=[broker_names], queue=worker_direct(w)) for w in workers}
+    pending = {w: app.send_task(ATTEST_TASK, args=[broker_names, batch_id], queue=worker_direct(w)) for w in workers}
     verdicts = []
     for worker, result in pending.items():
         try:

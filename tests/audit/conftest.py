@@ -113,8 +113,8 @@ class Scenario:
         if reuse_attestation:
             claims = self.last_claims
         else:
-            for broker in (self.owner, self.provider):
-                broker.decide("attest", "allow", "evidence verified and bound", claims=claims)
+            for broker in (self.owner, self.provider):  # the batch as the worker bound it into its runtime_data
+                broker.decide("attest", "allow", "evidence verified and bound", claims=claims, batch_id=batch)
         self.last_claims = claims
         self.provider.decide("unwrap", "allow", "default model policy holds", key_id="model/spam",
                              batch_id=batch, model_digest=MODEL, claims=claims)

@@ -90,9 +90,10 @@ def test_owner_decryption_and_a_reused_attestation_are_told(scenario: Scenario,
     assert [(r["who"], r["key"], r["op"], r["detail"]) for r in owner_rows] == [
         ("owner", "acme/results", "admin.unwrap", "owner unwrap to read batch b2's results")]
     attested = _section(report, "Attestation")
-    assert len(attested) == 2 and all(r["note"] == "reused: attested before this batch was submitted"
+    assert len(attested) == 2 and all(r["note"] == "reused: attested for batch b1 (bound in its evidence)"
                                       for r in attested)
-    assert all(r["note"] == "accepted" for r in _section(_report(scenario, "b1"), "Attestation"))
+    assert all(r["note"] == "accepted: its evidence binds this batch"
+               for r in _section(_report(scenario, "b1"), "Attestation"))
     assert _section(_report(scenario, "b1"), "Owner's decryption") == []
 
 
@@ -107,6 +108,25 @@ def test_refusals_have_their_section(scenario: Scenario) -> None:
     assert any("has no grant" in r["detail"] for r in refusals) and any("<script>" in r["detail"] for r in refusals)
     denied = [r for r in _section(report, "Key releases") if r["decision"] == "deny"]
     assert denied and denied[0]["key"] == "acme/emails"
+
+
+def test_refused_attestations_are_tied_to_the_batch_they_name_and_said_unproven(
+        scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario.run_batch("b1")
+    scenario.owner.decide("attest", "deny", "evidence rejected: VCEK signature does not verify", batch_id="b1")
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 3600)  # long after b1: outside its time window
+    scenario.run_batch("b2", fail="attest: refused")
+    scenario.owner.decide("attest", "deny", "evidence rejected: report signature", batch_id="b2")
+    scenario.owner.decide("attest", "deny", "nonce already used", batch_id="b1")  # names b1, during b2
+    _sync(scenario)
+    b1 = _section(_report(scenario, "b1"), "Refusals")
+    assert [r["what"] for r in b1] == ["refused an attestation for this batch"] * 2
+    assert all("batch as the requester named it, unproven" in r["detail"] for r in b1)
+    b2 = _section(_report(scenario, "b2"), "Refusals")
+    assert {r["what"] for r in b2} == {"refused an attestation for this batch", "refused an attestation during "
+                                       "this batch", "marked the batch failed"}
+    assert any("it names batch b1" in r["detail"] for r in b2)
 
 
 def _tampered_copy(s: Scenario, tmp: Path) -> Path:

@@ -207,11 +207,12 @@ def test_worker_verdict_names_the_worker_and_the_claims_digest_the_broker_logged
     ca = provider_broker.ca_bundle.read_text()
     config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("tls-owner", provider_broker.url, ca),), ())
     enclave = Enclave(SimulatedSnpProvider(sim_dir, MEASUREMENT, host_data=CONFIG), config, name="cscore-worker-7@vm")
-    verdicts = enclave.attest(["tls-owner"])
+    verdicts = enclave.attest(["tls-owner"], "att-batch-9")
     assert verdicts["worker"] == "cscore-worker-7@vm" and verdicts["config_digest"] == config.digest_hex()
     logged = [e for e in provider_broker.admin().decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
     # The auditor joins the broker's attestation (and every release under it) to this worker by this digest.
     assert verdicts["verdicts"][0]["claims_digest"] == logged[-1]["claims_digest"]
+    assert logged[-1]["batch_id"] == "att-batch-9"  # the batch it attested for, bound in its evidence
 
 
 def test_owner_unwrap_names_the_batch_it_reads_in_the_decision_log(owner: BrokerAdmin) -> None:

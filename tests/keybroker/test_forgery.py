@@ -109,6 +109,33 @@ def test_evidence_bound_to_other_keys_is_refused(env: Env, client: Client, swapp
         "report_data", _digest(forged).hex(), _digest(honest).hex())
 
 
+def test_the_batch_an_attestation_names_is_bound_and_logged(env: Env) -> None:
+    worker = env.worker()
+    claims = worker.attest("batch-7").claims
+    assert worker.runtime_data is not None and worker.runtime_data["batch_id"] == "batch-7"
+    assert claims["report_data"] == _digest(worker.runtime_data).hex()  # the evidence binds the batch
+    last = env.admin.decisions()[-1]
+    assert (last["operation"], last["decision"], last["batch_id"]) == ("attest", "allow", "batch-7")
+    env.worker().attest()  # a worker that names no batch: the old binding, logged without one
+    assert env.admin.decisions()[-1]["batch_id"] is None
+
+
+def test_a_batch_rewritten_in_transit_is_refused_and_logged_as_the_requester_said(env: Env, client: Client) -> None:
+    worker, challenge = env.worker(), client.auth()
+    honest = _runtime(challenge["nonce"], worker, batch_id="batch-7")
+    evidence = env.enclave().get_evidence(_digest(honest)).to_json()
+    relabelled = {**honest, "batch_id": "batch-8"}  # the platform names another batch for the enclave's evidence
+    problem = _problem(client.attest(challenge["session"], relabelled, evidence), 403, "evidence-rejected")
+    assert (problem["field"], problem["expected"], problem["actual"]) == (
+        "report_data", _digest(relabelled).hex(), _digest(honest).hex())
+    # Logged under the batch the request named: the audit shows it as the requester's word, not proven.
+    last = env.admin.decisions()[-1]
+    assert (last["operation"], last["decision"], last["batch_id"]) == ("attest", "deny", "batch-8")
+    bad = client.auth()
+    malformed = _runtime(bad["nonce"], worker, batch_id="no spaces allowed")
+    assert client.attest(bad["session"], malformed, evidence).status_code == 422
+
+
 def test_evidence_of_another_tee_than_the_session_was_opened_for_is_refused(env: Env, client: Client) -> None:
     worker, challenge = env.worker(), client.auth("tdx")  # announced TDX; sends genuine, bound SEV-SNP evidence
     runtime = _runtime(challenge["nonce"], worker)
