@@ -442,6 +442,16 @@ def test_the_auditor_finds_the_log_whole_and_every_release_allowed(stack: LocalS
                             witnesses=witnesses(stack.state_dir))
     errors = [f"{f.check}: {f.message}" for f in findings if f.severity == "error"]
     assert not errors, "\n".join(errors[:20])
+    # Which worker got each key comes from the receipts the enclaves signed (their sessions' claims digests).
+    from audit.show import batch_report
+
+    batch = _state["small"].batch_id
+    assert not [f for f in findings if f.check == "worker" and f.batch_id == batch], findings
+    report = batch_report(open_log(None, stack.state_dir), ObjectStore(), batch, findings)
+    releases = next(s for s in report["sections"] if s["title"] == "Key releases")["rows"]
+    assert releases and all(r["cells"]["worker"].startswith("cscore-worker-") for r in releases), releases
+    attested = next(s for s in report["sections"] if s["title"] == "Attestation")["rows"]
+    assert attested and all("bound" in r["cells"]["note"] or "binds" in r["cells"]["note"] for r in attested)
 
 
 def test_no_canary_or_key_in_any_platform_store(stack: LocalStack) -> None:
