@@ -115,10 +115,12 @@ def test_refused_attestations_are_tied_to_the_batch_they_name_and_said_unproven(
     scenario.run_batch("b1")
     scenario.owner.decide("attest", "deny", "evidence rejected: VCEK signature does not verify", batch_id="b1")
     now = time.time()
-    monkeypatch.setattr(time, "time", lambda: now + 3600)  # long after b1: outside its time window
-    scenario.run_batch("b2", fail="attest: refused")
+    ticks = iter(range(1, 10_000))
+    monkeypatch.setattr(time, "time", lambda: now + 3600 + next(ticks))  # long after b1, one second a step
+    scenario._submit("b2", 1)
     scenario.owner.decide("attest", "deny", "evidence rejected: report signature", batch_id="b2")
     scenario.owner.decide("attest", "deny", "nonce already used", batch_id="b1")  # names b1, during b2
+    scenario._status("b2", "failed", reason="attest: refused")
     _sync(scenario)
     b1 = _section(_report(scenario, "b1"), "Refusals")
     assert [r["what"] for r in b1] == ["refused an attestation for this batch"] * 2
