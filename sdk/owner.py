@@ -242,7 +242,7 @@ def wait_for_batch(
             return status
         time.sleep(float(os.environ.get("CSCORE_POLL_S", "0.25")))
     raise TimeoutError(f"batch {batch_id}: expected it to finish within {timeout:.0f} s, still {last!r}; "
-                       "look at the Airflow UI for the cscore_batch run")
+                       f"in the Airflow UI, its cscore_batch run's id starts with batch__{tenant}__{batch_id}__")
 
 
 def decrypt_flags(data: bytes, keys: PmeKeys) -> dict[str, str]:
