@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -66,6 +68,7 @@ class Writer(threading.Thread):
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the stack (finally below)
     state = Path(tempfile.mkdtemp(prefix="cscore-bench-stream-"))
     stack = LocalStack(state / "stack", workers=args.workers, airflow=True, out=lambda line: print(line,
                                                                                                    file=sys.stderr))
@@ -93,7 +96,7 @@ def _measure(args: argparse.Namespace, stack: LocalStack, state: Path) -> dict[s
     argv = [sys.executable, "-m", "cscore", "--state-dir", str(stack.state_dir), "owner", "stream", str(maildir),
             "--model", "spam-filter", "--tenant", TENANT, "--out", str(out), "--accept-simulated", "--json",
             "--batch-size", str(args.batch_size), "--max-age", str(args.max_age), "--poll", str(args.poll),
-            "--max-in-flight", str(args.max_in_flight)]
+            "--max-in-flight", str(args.max_in_flight), "--journal", str(state / "journal.sqlite")]
     stream = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     verified: dict[str, float] = {}
     batches: list[dict[str, Any]] = []
@@ -140,10 +143,27 @@ def _measure(args: argparse.Namespace, stack: LocalStack, state: Path) -> dict[s
         "arrival_to_verified_s": {"p50": round(statistics.median(waits), 2), "p95": round(_quantile(waits, 0.95), 2),
                                   "p99": round(_quantile(waits, 0.99), 2), "max": round(max(waits), 2)}
         if waits else {},
+        "phases_median_s": _phases(state / "journal.sqlite", began + args.warmup),
         "batches": len(batches), "mean_batch": round(statistics.mean(b["emails"] for b in batches), 1)
         if batches else 0,
         "load_average": os.getloadavg(),
     }
+
+
+def _phases(journal: Path, since: float) -> dict[str, float]:
+    """Median seconds per email, from the stream's journal: arrival -> cut (waiting for a batch), cut -> manifest
+    uploaded (the owner's submit), uploaded -> results verified and written (the platform, then the owner's check)."""
+    db = sqlite3.connect(journal)
+    try:
+        rows = db.execute("SELECT b.cut_at - m.arrived_at, b.submitted_at - b.cut_at, b.done_at - b.submitted_at "
+                          "FROM messages m JOIN batches b ON m.batch_id = b.batch_id "
+                          "WHERE b.state = 'written' AND m.arrived_at >= ?", (since,)).fetchall()
+    finally:
+        db.close()
+    if not rows:
+        return {}
+    return {name: round(statistics.median(r[i] for r in rows), 2)
+            for i, name in enumerate(("arrival_to_cut", "cut_to_submitted", "submitted_to_written"))}
 
 
 def main(argv: list[str] | None = None) -> None:
