@@ -229,23 +229,30 @@ class Stream:
         return waiting
 
     def read_new(self) -> int:
+        """Read the complete files not read yet, in one transaction (one fsync a pass, not one a file); their
+        events follow the commit. Returns the files still settling."""
         arrivals, waiting = scan(self.source, settle_s=self.options.settle_s)
-        read = 0
-        for a in arrivals:
-            known = self._known.get(a.key)
-            if known is not None and (known[2] != "refused" or known[:2] == (a.size, a.mtime_ns)):
-                continue  # read once; a refused file is read again only once it changed
-            read += self._read_file(a)
-            if read >= self.options.max_read_per_pass:
-                break
+        read, known = 0, dict(self._known)
+        events: list[Event] = []
+        with self.journal.tx():
+            for a in arrivals:
+                seen = known.get(a.key)
+                if seen is not None and (seen[2] != "refused" or seen[:2] == (a.size, a.mtime_ns)):
+                    continue  # read once; a refused file is read again only once it changed
+                read += self._read_file(a, known, events)
+                if read >= self.options.max_read_per_pass:
+                    break
+        self._known = known
+        for event in events:
+            self.emit(event)
         return waiting
 
-    def _read_file(self, a: Arrival) -> int:
+    def _read_file(self, a: Arrival, known: dict[str, tuple[int, int, str]], events: list[Event]) -> int:
         try:
             emails = list(read_emails(a.path))
             check_emails(emails)
         except EmailInputError as exc:
-            return self._refuse(a, str(exc))
+            return self._refuse(a, str(exc), known, events)
         except FileNotFoundError:
             return 0  # moved between the scan and the read: next pass
         taken: set[str] = set()
@@ -259,26 +266,25 @@ class Stream:
             taken.add(mid)
             rows.append((mid, a.key, e.text, a.mtime_ns / 1e9))
             if e.flags:
-                self.emit({"event": "flagged", "file": a.key, "message_id": mid, "problems": list(e.flags)})
-        with self.journal.tx() as db:
-            db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)",
-                       (a.key, a.size, a.mtime_ns, "read", len(rows), None, time.time()))
-            db.executemany("INSERT INTO messages (message_id, file_key, text, arrived_at) VALUES (?,?,?,?)", rows)
-        self._known[a.key] = (a.size, a.mtime_ns, "read")
-        self.emit({"event": "read", "file": a.key, "emails": len(rows)})
+                events.append({"event": "flagged", "file": a.key, "message_id": mid, "problems": list(e.flags)})
+        db = self.journal.db
+        db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)",
+                   (a.key, a.size, a.mtime_ns, "read", len(rows), None, time.time()))
+        db.executemany("INSERT INTO messages (message_id, file_key, text, arrived_at) VALUES (?,?,?,?)", rows)
+        known[a.key] = (a.size, a.mtime_ns, "read")
+        events.append({"event": "read", "file": a.key, "emails": len(rows)})
         return len(rows)
 
     def _id_exists(self, message_id: str) -> bool:
         found = self.journal.db.execute("SELECT 1 FROM messages WHERE message_id=?", (message_id,)).fetchone()
         return found is not None
 
-    def _refuse(self, a: Arrival, error: str) -> int:
-        with self.journal.tx() as db:
-            db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)",
-                       (a.key, a.size, a.mtime_ns, "refused", 0, error, time.time()))
-        self._known[a.key] = (a.size, a.mtime_ns, "refused")
+    def _refuse(self, a: Arrival, error: str, known: dict[str, tuple[int, int, str]], events: list[Event]) -> int:
+        self.journal.db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)",
+                                (a.key, a.size, a.mtime_ns, "refused", 0, error, time.time()))
+        known[a.key] = (a.size, a.mtime_ns, "refused")
         self.problems += 1
-        self.emit({"event": "refused", "file": a.key, "error": error})
+        events.append({"event": "refused", "file": a.key, "error": error})
         return 0
 
     def _queued_count(self) -> int:
