@@ -24,7 +24,7 @@ import onnxruntime as ort
 from wire.shard import DEFAULT_MEMORY_MIB, DEFAULT_MS_PER_ROW
 
 T = TypeVar("T")
-_POLL_S = 0.005  # how often an armed watchdog looks: a run overshoots its budget by about this much
+_POLL_S = 0.01  # how often an armed watchdog looks: a run overshoots its budget by about this much
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -63,14 +63,15 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._wake = threading.Condition()
-        self._armed: set[int] = set()
+        self._idle = False
         self._runs: dict[int, _Run] = {}
         threading.Thread(target=self._watch, name="cscore-run-limits", daemon=True).start()
 
     def arm(self, run: _Run) -> None:
         with self._wake:
             self._runs[id(run)] = run
-            self._wake.notify()
+            if self._idle:  # a polling watchdog sees the run at its next look: no wake-up per chunk
+                self._wake.notify()
 
     def disarm(self, run: _Run) -> str:
         with self._wake:
@@ -81,7 +82,9 @@ class _Watchdog:
         while True:
             with self._wake:
                 while not self._runs:
+                    self._idle = True
                     self._wake.wait()
+                self._idle = False
                 for key, run in list(self._runs.items()):
                     run.reason = _breach(run)
                     if run.reason:
