@@ -25,6 +25,7 @@ from sdk.party import Party
 from sdk.platform import approve_tenant, approver_key
 from sdk.provider import publish_model
 from sdk.results import VerifiedResults, fetch_results
+from sdk.results import owner_trust as sdk_owner_trust
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
 
@@ -91,14 +92,8 @@ def owner_emails(held_out: list[CorpusEmail]) -> list[Email]:
 
 
 def owner_trust(*, accept_simulated: bool) -> tuple[TrustAnchors, Policy]:
-    """AMD's roots and the measurement of the worker code the owner audited; the simulated root only when
-    asked for (the demo's owner runs the simulated stack itself)."""
-    sim_dir = os.environ.get("CSCORE_SIM_TEE_DIR")
-    simulated = accept_simulated and sim_dir is not None
-    anchors = TrustAnchors.from_dir(Path(sim_dir)) if simulated and sim_dir else TrustAnchors.amd()
-    policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()],
-                               "allowed_roots": ["amd", "simulated"] if simulated else ["amd"]})
-    return anchors, policy
+    """`sdk.results.owner_trust` for the worker code of this checkout (the demo's owner audited it itself)."""
+    return sdk_owner_trust(accept_simulated=accept_simulated, measurements=[code_measurement().hex()])
 
 
 def score_report(results: VerifiedResults, labels: dict[str, int]) -> tuple[dict[str, int], float, float]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +38,18 @@ class VerifiedResults:
     table: pa.Table
     receipts: list[VerifiedReceipt]
     measurements: list[str]
+
+
+def owner_trust(*, accept_simulated: bool, measurements: Sequence[str]) -> tuple[TrustAnchors, Policy]:
+    """AMD's roots and the launch `measurements` (hex) the owner granted; the simulated root (from
+    $CSCORE_SIM_TEE_DIR) only when `accept_simulated` (a development stack). Raises ParseError for a measurement
+    that is not hex."""
+    sim_dir = os.environ.get("CSCORE_SIM_TEE_DIR")
+    simulated = accept_simulated and sim_dir is not None
+    anchors = TrustAnchors.from_dir(Path(sim_dir)) if simulated and sim_dir else TrustAnchors.amd()
+    policy = Policy.from_dict({"allowed_measurements": list(measurements),
+                               "allowed_roots": ["amd", "simulated"] if simulated else ["amd"]})
+    return anchors, policy
 
 
 def fetch_results(

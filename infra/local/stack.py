@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import IO
 
 from infra.local import parts, procs
+from infra.local.envfile import load_env
 from infra.local.parts import Pending
 from infra.local.procs import Part
 from infra.local.util import StackError
@@ -290,13 +291,3 @@ class LocalStack:
     def _prepare_dirs(self) -> None:
         for sub in ("pids", "logs", "owner", *parts.PROVIDERS, "platform"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-
-def load_env(path: Path) -> dict[str, str]:
-    """Read a stack.env written by LocalStack (KEY=VALUE, shell-quoted values)."""
-    env = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key.strip()] = "".join(shlex.split(value)) if value else ""
-    return env
-
