@@ -286,9 +286,9 @@ def cmd_platform_approve_tenant(args: argparse.Namespace) -> int:
 
 def cmd_owner_submit(args: argparse.Namespace) -> int:
     from cscore.release import measurements_to_allow
-    from sdk.emails import read_emails
+    from sdk.emails import Email, read_emails
     from sdk.models import find_model
-    from sdk.owner import BatchError, resubmit_batch, submit_batch
+    from sdk.owner import BatchError, resubmit_batch, spool_emails, submit_spooled
     from sdk.party import Party
     from sdk.storage import ObjectStore
 
@@ -303,22 +303,29 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
         raise BatchError("owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither")
     if args.images:
         return _submit_images(args, store, measurements_to_allow(args.measurement, args.release, args.release_key))
-    emails = list(read_emails(args.emails))
-    if not emails:
-        raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
-    flagged = [e for e in emails if e.flags]
-    for e in flagged[:5]:
-        print(f"warning: {e.source} {e.message_id}: {'; '.join(e.flags)}", file=sys.stderr)
-    if flagged:
-        print(f"warning: {len(flagged)} email(s) flagged, scored as read (`--dry-run` lists them all)",
-              file=sys.stderr)
-    owner = Party.from_env("owner")
-    model = find_model(store, args.model, owner.trusted_providers())
-    if model.card is not None and any(i.kind != "email-text" for i in model.card.contract.inputs):
-        raise BatchError(f"model {model.name}:{model.version} takes {[i.kind for i in model.card.contract.inputs]}, "
-                         "not emails; for a folder of images add --images")
-    batch = submit_batch(emails, model, tenant=args.tenant, owner=owner, store=store,
-                         measurements=measurements_to_allow(args.measurement, args.release, args.release_key))
+    flagged: list[int] = [0]
+
+    def warn(email: Email) -> None:
+        flagged[0] += 1
+        if flagged[0] <= 5:
+            print(f"warning: {email.source} {email.message_id}: {'; '.join(email.flags)}", file=sys.stderr)
+
+    # Read and check every email first (spooled encrypted, bounded memory): any refusal comes before a key or
+    # an upload.
+    with spool_emails(read_emails(args.emails), flagged=warn) as spool:
+        if spool.rows == 0:
+            raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
+        if flagged[0]:
+            print(f"warning: {flagged[0]} email(s) flagged, scored as read (`--dry-run` lists them all)",
+                  file=sys.stderr)
+        owner = Party.from_env("owner")
+        model = find_model(store, args.model, owner.trusted_providers())
+        if model.card is not None and any(i.kind != "email-text" for i in model.card.contract.inputs):
+            raise BatchError(f"model {model.name}:{model.version} takes "
+                             f"{[i.kind for i in model.card.contract.inputs]}, not emails; for a folder of images "
+                             "add --images")
+        batch = submit_spooled(spool, model, tenant=args.tenant, owner=owner, store=store,
+                               measurements=measurements_to_allow(args.measurement, args.release, args.release_key))
     print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
     return 0
 

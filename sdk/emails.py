@@ -377,13 +377,18 @@ def check_emails(emails: Iterable[Email]) -> None:
     """Refuse a batch that cannot be written as it stands (before any key is created or byte uploaded):
     empty or non-Unicode ids (lone surrogates), or texts that are not valid Unicode."""
     for index, email in enumerate(emails):
-        where = f"email {index} ({email.source or 'given in code'})"
-        if not isinstance(email.message_id, str) or not email.message_id:
-            raise EmailInputError(f"{where}: expected a non-empty string message_id, found {email.message_id!r}")
-        for name, value in (("message_id", email.message_id), ("text", email.text)):
-            problem = _not_unicode(value)
-            if problem:
-                raise EmailInputError(f"{where}: {name} {problem}; expected valid Unicode")
+        check_email(email, index)
+
+
+def check_email(email: Email, index: int) -> None:
+    """`check_emails` for the batch's `index`-th email; raises EmailInputError naming it and the field."""
+    where = f"email {index} ({email.source or 'given in code'})"
+    if not isinstance(email.message_id, str) or not email.message_id:
+        raise EmailInputError(f"{where}: expected a non-empty string message_id, found {email.message_id!r}")
+    for name, value in (("message_id", email.message_id), ("text", email.text)):
+        problem = _not_unicode(value)
+        if problem:
+            raise EmailInputError(f"{where}: {name} {problem}; expected valid Unicode")
 
 
 def _not_unicode(value: str) -> str | None:

@@ -9,8 +9,11 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -18,10 +21,11 @@ import pyarrow.parquet as pq
 
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys, write_encrypted
 from enclave.signing import sign_json
-from sdk.emails import Email, check_emails
+from sdk.emails import Email, check_email, check_emails
 from sdk.models import ModelListing
 from sdk.party import Party
 from sdk.platform import config_for_owner, published_worker_config
+from sdk.spool import Spool
 from sdk.storage import ObjectStore
 from wire.shard import INPUT_BINDING_KEY, input_binding
 from wire.tenant import TenantKey, request_key, sign_request, verify_request
@@ -34,6 +38,10 @@ SHARD_ROW_GROUPS = 2
 # 100,000-row object (~110 MB) made every shard's reads cost ~250 ms. 10,000 rows: ~11 MB objects.
 PART_ROWS = 10_000
 FLAGS_NAME = "flags.parquet"  # beside the inputs; not a data object of the manifest (the platform never reads it)
+# Parts encrypted and uploaded at once; with the one being assembled, what bounds a submit's memory
+# (~PART_ROWS emails each), whatever the batch's size.
+PARTS_IN_FLIGHT = 2
+EMAIL_COLUMNS = ("message_id", "text")
 
 
 class BatchError(ValueError):
@@ -128,6 +136,80 @@ def submit_table(
     uploaded.
     """
     _check_table(table, model)
+    parts = (table.slice(start, PART_ROWS) for start in range(0, table.num_rows, PART_ROWS))
+    return _submit_parts(parts, model, tenant=tenant, owner=owner, store=store, measurements=measurements,
+                         batch_id=batch_id, plaintext_baseline=plaintext_baseline, flags=flags)
+
+
+def spool_emails(emails: Iterable[Email], *, flagged: Callable[[Email], None] = lambda _: None,
+                 directory: Path | None = None) -> Spool:
+    """Check every email as it is read (ids non-empty, unique and Unicode; texts Unicode) and spool them by row
+    groups (`sdk.spool`): memory holds one row group and the ids, whatever the batch's size.
+
+    `flagged` is called with each email that has flags (kept in `spool.flags`, {id: [problem, ...]}). Raises
+    EmailInputError or BatchError naming the email before `submit_spooled` creates any key or uploads any byte
+    (the reader's own refusals pass through).
+    """
+    spool = Spool(directory)
+    try:
+        seen: set[str] = set()
+        ids: list[str] = []
+        texts: list[str] = []
+        for index, email in enumerate(emails):
+            check_email(email, index)
+            if email.message_id in seen:
+                raise BatchError(f"email {index} ({email.source or 'given in code'}): message_id "
+                                 f"{email.message_id!r} appears twice; expected unique ids")
+            seen.add(email.message_id)
+            if email.flags:
+                spool.flags[email.message_id] = list(email.flags)
+                flagged(email)
+            ids.append(email.message_id)
+            texts.append(email.text)
+            if len(ids) == ROW_GROUP_SIZE:
+                spool.add(pa.table({"message_id": ids, "text": texts}))
+                ids, texts = [], []
+        if ids:
+            spool.add(pa.table({"message_id": ids, "text": texts}))
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def submit_spooled(spool: Spool, model: ModelListing, *, tenant: str, owner: Party, store: ObjectStore,
+                   measurements: list[str], batch_id: str | None = None) -> SubmittedBatch:
+    """`submit_batch` for emails checked and spooled by `spool_emails`: parts assembled from the spool's row
+    groups, encrypted and uploaded a few at a time. Raises BatchError for an empty spool or a model whose card
+    reads other columns, before any key is created."""
+    if spool.rows == 0:
+        raise BatchError("emails: expected at least one email, got an empty batch")
+    _check_columns(EMAIL_COLUMNS, model)
+    return _submit_parts(_parts(spool.tables()), model, tenant=tenant, owner=owner, store=store,
+                         measurements=measurements, batch_id=batch_id, flags=spool.flags)
+
+
+def _parts(row_groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """Row groups gathered into parts of PART_ROWS rows (the last may be shorter)."""
+    held: list[pa.Table] = []
+    rows = 0
+    for group in row_groups:
+        held.append(group)
+        rows += group.num_rows
+        if rows >= PART_ROWS:
+            whole = pa.concat_tables(held)
+            yield whole.slice(0, PART_ROWS)
+            rest = whole.slice(PART_ROWS)
+            held, rows = ([rest] if rest.num_rows else []), rest.num_rows
+    if rows:
+        yield pa.concat_tables(held)
+
+
+def _submit_parts(parts: Iterator[pa.Table], model: ModelListing, *, tenant: str, owner: Party, store: ObjectStore,
+                  measurements: list[str], batch_id: str | None = None, plaintext_baseline: bool = False,
+                  flags: Mapping[str, Sequence[str]] | None = None) -> SubmittedBatch:
+    """Create the batch's keys, encrypt and upload `parts` (PARTS_IN_FLIGHT at a time) and `flags`, record the
+    grant, then upload the signed manifest last."""
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_batch(tenant, batch_id)
     broker = None if plaintext_baseline else owner.broker()
@@ -137,23 +219,31 @@ def submit_table(
         for key_id in keys.all():
             broker.create_key(key_id, kind="result" if key_id == keys.results else "data")
     prefix = f"incoming/{tenant}/{batch_id}/"
-    objects = []
-    for index, start in enumerate(range(0, table.num_rows, PART_ROWS)):
-        chunk = table.slice(start, PART_ROWS)
+
+    def upload(index: int, chunk: pa.Table) -> dict[str, Any]:
         key = f"{prefix}part-{index:05d}.parquet"
         data, file_id = encode_part(chunk, broker, keys, tenant=tenant, batch_id=batch_id, key=key)
-        store.put(key, data)
-        objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                        "rows": chunk.num_rows, "row_groups": -(-chunk.num_rows // ROW_GROUP_SIZE),
-                        **({"file_id": file_id} if file_id else {})})
+        store.put_large(key, data)
+        return {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "rows": chunk.num_rows, "row_groups": -(-chunk.num_rows // ROW_GROUP_SIZE),
+                **({"file_id": file_id} if file_id else {})}
+
+    objects: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+        pending: deque[Future[dict[str, Any]]] = deque()
+        for index, chunk in enumerate(parts):
+            if len(pending) >= PARTS_IN_FLIGHT:  # at most this many parts (and the next one) in memory
+                objects.append(pending.popleft().result())
+            pending.append(pool.submit(upload, index, chunk))
+        objects.extend(f.result() for f in pending)
+    rows = sum(o["rows"] for o in objects)
     flags_entry = {}
     if flags is not None and broker is not None:
         data = encode_flags(flags, broker, keys)
         store.put(prefix + FLAGS_NAME, data)
         flags_entry = {"flags": {"key": prefix + FLAGS_NAME, "sha256": hashlib.sha256(data).hexdigest()}}
     if broker:
-        broker.grant(batch_id, model.digest, measurements, keys.all(), config_digests=config_digests,
-                     rows=table.num_rows)
+        broker.grant(batch_id, model.digest, measurements, keys.all(), config_digests=config_digests, rows=rows)
     manifest = {
         "protection": "none" if plaintext_baseline else "pme",
         "type": MANIFEST_TYPE, "tenant": tenant, "batch_id": batch_id, "created_at": int(time.time()),
@@ -167,24 +257,29 @@ def submit_table(
     manifest_key = prefix + "manifest.jws"
     # Uploaded last: its creation event is what starts processing.
     store.put(manifest_key, sign_json(manifest, owner.signing_key()).encode(), "application/jose")
-    return SubmittedBatch(tenant, batch_id, manifest_key, table.num_rows)
+    return SubmittedBatch(tenant, batch_id, manifest_key, rows)
 
 
 def _check_table(table: pa.Table, model: ModelListing) -> None:
     """The columns the card's contract reads are there (the id column first), ids unique, rows present."""
-    if model.card is not None:
-        contract = model.card.contract
-        wanted = [contract.id_column, *contract.input_columns]
-        missing = [c for c in wanted if c not in table.column_names]
-        if missing:
-            raise BatchError(f"batch table: model {model.name}:{model.version} reads columns {wanted}, column "
-                             f"{missing[0]!r} is missing (found {table.column_names})")
+    _check_columns(table.column_names, model)
     if table.num_rows == 0:
         raise BatchError("batch table: expected at least one row, got an empty batch")
     id_column = model.card.contract.id_column if model.card is not None else table.column_names[0]
     ids = table.column(id_column).to_pylist()
     if len(set(ids)) != len(ids):
         raise BatchError(f"batch table.{id_column}: expected unique ids, got duplicates")
+
+
+def _check_columns(names: Sequence[str], model: ModelListing) -> None:
+    """The columns the card's contract reads are among `names`; raises BatchError naming the first missing."""
+    if model.card is not None:
+        contract = model.card.contract
+        wanted = [contract.id_column, *contract.input_columns]
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise BatchError(f"batch table: model {model.name}:{model.version} reads columns {wanted}, column "
+                             f"{missing[0]!r} is missing (found {list(names)})")
 
 
 def encode_part(table: pa.Table, broker: KeyWrapper | None, keys: OwnerKeys, *, tenant: str, batch_id: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -18,6 +19,14 @@ class ObjectStore:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_large(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """`put` as an S3 multipart upload of 8 MiB parts sent 4 at a time when `data` is over 8 MiB."""
+        from boto3.s3.transfer import TransferConfig
+
+        self._s3.upload_fileobj(io.BytesIO(data), self.bucket, key, ExtraArgs={"ContentType": content_type},
+                                Config=TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20,
+                                                      max_concurrency=4))
 
     def get(self, key: str) -> bytes:
         return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()

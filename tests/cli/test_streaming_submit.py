@@ -1,0 +1,145 @@
+"""`cscore owner submit` in bounded memory: emails checked and spooled encrypted, then uploaded part by part.
+
+The spool (`sdk.spool`) holds no plaintext and refuses a changed file; `spool_emails` refuses a bad email
+before anything is created; `submit_spooled` against a real local stack (moto and both key brokers, no
+Airflow) uploads parts that decrypt, with the owner's own broker, to exactly the emails given, in order, and
+never holds more than PARTS_IN_FLIGHT parts beyond the one being assembled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import sdk.owner as owner_module
+from enclave.pme import EncryptedParquet, PmeKeys
+from enclave.signing import unverified_payload
+from infra.local.stack import LocalStack
+from sdk.emails import Email, EmailInputError
+from sdk.models import ModelListing
+from sdk.owner import BatchError, spool_emails, submit_spooled
+from sdk.party import Party
+from sdk.spool import Spool
+from sdk.storage import ObjectStore
+
+CANARY = "canary-7f3a9c plaintext that must never reach the disk"
+
+
+def _emails(n: int) -> list[Email]:
+    return [Email(f"id-{i:06d}", f"{CANARY} {i} free money " + "x" * (i % 97)) for i in range(n)]
+
+
+def test_the_spool_holds_no_plaintext_and_gives_back_what_was_added(tmp_path: Path) -> None:
+    tables = [pa.table({"message_id": [f"a{i}", f"b{i}"], "text": [CANARY, f"{CANARY} {i}"]}) for i in range(5)]
+    with Spool(tmp_path) as spool:
+        for table in tables:
+            spool.add(table)
+        assert list(tmp_path.iterdir()) == []  # unlinked at once: no name on disk, nothing left after a crash
+        raw = os.pread(spool._file.fileno(), spool.bytes, 0)
+        assert len(raw) == spool.bytes and CANARY.encode() not in raw and b"canary" not in raw
+        assert spool.rows == 10
+        assert [t.to_pylist() for t in spool.tables()] == [t.to_pylist() for t in tables]
+        assert [t.to_pylist() for t in spool.tables()] == [t.to_pylist() for t in tables]  # read again
+
+
+def test_a_changed_spool_file_is_refused(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        spool.add(pa.table({"message_id": ["a"], "text": ["hello"]}))
+        spool.add(pa.table({"message_id": ["b"], "text": ["world"]}))
+        fd = spool._file.fileno()
+        last = os.pread(fd, 1, spool.bytes - 1)
+        os.pwrite(fd, bytes([last[0] ^ 1]), spool.bytes - 1)  # one bit of the second record
+        read = spool.tables()
+        assert next(read).to_pylist() == [{"message_id": "a", "text": "hello"}]
+        with pytest.raises(ValueError, match="spool record 1: expected it as written"):
+            next(read)
+
+
+def test_spool_emails_refuses_a_bad_email_naming_it(tmp_path: Path) -> None:
+    emails = _emails(450)
+    with pytest.raises(BatchError, match=r"email 450 \(given in code\): message_id 'id-000007' appears twice"):
+        spool_emails([*emails, Email("id-000007", "again")], directory=tmp_path)
+    with pytest.raises(EmailInputError, match=r"email 3 \(x.jsonl\): message_id holds a lone surrogate"):
+        spool_emails([*emails[:3], Email("bad\udc80", "t", source="x.jsonl")], directory=tmp_path)
+    flagged: list[str] = []
+    with spool_emails([*emails, Email("f", "t", flags=("undecodable",))], flagged=lambda e: flagged.append(
+            e.message_id), directory=tmp_path) as spool:
+        assert spool.rows == 451 and flagged == ["f"]
+        assert [t.num_rows for t in spool.tables()] == [200, 200, 51]  # row groups of ROW_GROUP_SIZE
+
+
+def test_parts_are_gathered_from_row_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(owner_module, "PART_ROWS", 500)
+    groups = [pa.table({"message_id": [f"{g}-{i}" for i in range(200)], "text": ["t"] * 200}) for g in range(6)]
+    parts = list(owner_module._parts(iter(groups)))
+    assert [p.num_rows for p in parts] == [500, 500, 200]
+    assert pa.concat_tables(parts).to_pylist() == pa.concat_tables(groups).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSCORE_", "AIRFLOW"))}
+    with LocalStack(tmp_path_factory.mktemp("stream-submit"), workers=0, airflow=False, environ=environ,
+                    out=lambda _: None) as running:
+        yield running
+
+
+def test_a_spooled_batch_uploads_parts_that_decrypt_to_the_emails(stack: LocalStack, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in stack.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(owner_module, "PART_ROWS", 1000)
+    events: list[str] = []
+    lock = threading.Lock()
+    parts = owner_module._parts
+
+    def watched_parts(groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        for index, part in enumerate(parts(groups)):
+            with lock:
+                events.append(f"part {index}")
+            yield part
+
+    store = ObjectStore()
+    put_large = store.put_large
+
+    def watched_put(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        put_large(key, data, content_type)
+        with lock:
+            events.append(f"uploaded {key}")
+
+    monkeypatch.setattr(owner_module, "_parts", watched_parts)
+    monkeypatch.setattr(store, "put_large", watched_put)
+    emails = _emails(4 * 1000 + 333)
+    owner = Party.from_env("owner")
+    model = ModelListing("spam", 1, "ab" * 32, "signer", 0, True)
+    with spool_emails(emails, directory=tmp_path) as spool:
+        batch = submit_spooled(spool, model, tenant="acme", owner=owner, store=store, measurements=["00" * 48])
+    assert batch.rows == len(emails)
+    # Bounded: a part is assembled only while at most PARTS_IN_FLIGHT earlier ones are not yet uploaded.
+    made = uploaded = 0
+    for event in events:
+        made += event.startswith("part")
+        uploaded += event.startswith("uploaded")
+        assert made - uploaded <= owner_module.PARTS_IN_FLIGHT + 1, events
+    manifest = unverified_payload(store.get(batch.manifest_key).decode(), what="manifest")
+    assert [o["rows"] for o in manifest["objects"]] == [1000, 1000, 1000, 1000, 333]
+    assert [o["row_groups"] for o in manifest["objects"]] == [5, 5, 5, 5, 2]
+    got: list[dict[str, str]] = []
+    with PmeKeys(owner.broker().for_batch(batch.batch_id)) as keys:
+        for obj in manifest["objects"]:
+            data = store.get(obj["key"])
+            assert hashlib.sha256(data).hexdigest() == obj["sha256"] and len(data) == obj["size"]
+            assert CANARY.encode() not in data
+            with EncryptedParquet(data, keys) as part:
+                binding = json.loads(part.key_value_metadata[b"cscore.input"])
+                assert binding["file_id"] == obj["file_id"] and binding["key"] == obj["key"]
+                got.extend(part.read().to_pylist())
+    assert got == [{"message_id": e.message_id, "text": e.text} for e in emails]
+    assert owner.broker().get_grant(batch.batch_id)["rows"] == len(emails)
