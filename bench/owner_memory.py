@@ -1,10 +1,11 @@
 """Peak memory and wall time of `cscore owner submit` as the batch grows (the real program, on a local stack).
 
-    .venv/bin/python -m bench.owner_memory [--emails 2418,96720] [--state-dir DIR] [--keep-inputs]
+    .venv/bin/python -m bench.owner_memory [--emails 2418,96720] [--format jsonl|parquet] [--state-dir DIR]
 
 Starts moto and both key brokers (no Airflow, no workers: nothing is scored), publishes the spam model as
 the provider, then for each size writes a JSON-lines input of that many emails (the corpus' held-out raw
-messages repeated, each with its own id) and runs `python -m cscore owner submit` on it under
+messages repeated, each with its own id; or, with `--format parquet`, a Parquet file of their texts, which
+skips MIME parsing: for a million emails on a small machine) and runs `python -m cscore owner submit` on it under
 `/usr/bin/time -v`: peak resident memory (the whole process) and wall time, with emails/s. The submit
 parses, checks and spools every email, then encrypts and uploads part by part (`sdk.owner.submit_spooled`).
 """
@@ -42,6 +43,19 @@ def write_input(path: Path, raws: list[bytes], n: int) -> int:
     return path.stat().st_size
 
 
+def write_parquet(path: Path, texts: list[str], n: int) -> int:
+    """A Parquet input (message_id, text) of `n` emails cycling through `texts`, 10,000 rows per row group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, pa.schema([("message_id", pa.string()), ("text", pa.string())])) as writer:
+        for start in range(0, n, 10_000):
+            rows = range(start, min(n, start + 10_000))
+            writer.write_table(pa.table({"message_id": [f"m{i:07d}" for i in rows],
+                                         "text": [texts[i % len(texts)] for i in rows]}))
+    return path.stat().st_size
+
+
 def measured_submit(state_dir: Path, input_file: Path) -> tuple[float, float, str]:
     """(peak RSS in MB, wall s, the command's last output line) of one `cscore owner submit`."""
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "cscore", "--state-dir", str(state_dir), "owner",
@@ -58,6 +72,8 @@ def measured_submit(state_dir: Path, input_file: Path) -> tuple[float, float, st
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--emails", default="2418,96720", help="comma-separated batch sizes")
+    parser.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl",
+                        help="jsonl: raw messages (parsed as MIME); parquet: their texts (no parsing)")
     parser.add_argument("--state-dir", type=Path, help="stack state (default: a temporary folder)")
     parser.add_argument("--inputs", type=Path, help="where the inputs are written (default: the state dir)")
     args = parser.parse_args(argv)
@@ -75,11 +91,12 @@ def main(argv: list[str] | None = None) -> None:
                       allowed_measurements=["00" * 48])
         Party.from_env("owner").trust_provider(Party.from_env("provider").public_key())
         for n in sizes:
-            path = inputs / f"emails-{n}.jsonl"
-            size = write_input(path, [e.raw for e in held_out], n)
+            path = inputs / f"emails-{n}.{args.format}"
+            size = (write_input(path, [e.raw for e in held_out], n) if args.format == "jsonl" else
+                    write_parquet(path, [email_text(e.raw) for e in held_out], n))
             peak, wall, said = measured_submit(state_dir, path)
             rows.append((n, size / 1e6, peak, wall, n / wall))
-            print(f"[bench] {n} emails ({size / 1e6:.0f} MB JSON lines): peak {peak:.0f} MB, {wall:.1f} s "
+            print(f"[bench] {n} emails ({size / 1e6:.0f} MB {args.format}): peak {peak:.0f} MB, {wall:.1f} s "
                   f"({n / wall:.0f} emails/s); {said}", flush=True)
             path.unlink()
     if args.state_dir is None:

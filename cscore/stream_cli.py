@@ -46,7 +46,7 @@ def cmd_owner_stream(args: argparse.Namespace) -> int:
     from sdk.models import find_model
     from sdk.owner import BatchError
     from sdk.party import Party
-    from sdk.results import fetch_results
+    from sdk.results import fetch_results, owner_trust
     from sdk.storage import ObjectStore
     from sdk.stream import Journal, Stream, StreamError, StreamOptions, default_journal
 
@@ -59,15 +59,14 @@ def cmd_owner_stream(args: argparse.Namespace) -> int:
     if model.card is not None and any(i.kind != "email-text" for i in model.card.contract.inputs):
         raise BatchError(f"model {model.name}:{model.version} takes {[i.kind for i in model.card.contract.inputs]}, "
                          "not emails")
-    from cscore.demo import owner_trust
-
-    anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
+    measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
+    # Receipts are checked against what this owner grants (not the demo's trust: it imports scikit-learn).
+    anchors, policy = owner_trust(accept_simulated=args.accept_simulated, measurements=measurements)
     journal = Journal(args.journal or default_journal(owner, args.source, args.tenant), source=args.source,
                       tenant=args.tenant)
     options = StreamOptions(batch_size=args.batch_size, max_age_s=args.max_age, settle_s=args.settle,
                             poll_s=args.poll, max_in_flight=args.max_in_flight, wait_s=args.wait)
-    stream = Stream(args.source, args.out, journal, model, args.tenant, owner, store,
-                    measurements_to_allow(args.measurement, args.release, args.release_key),
+    stream = Stream(args.source, args.out, journal, model, args.tenant, owner, store, measurements,
                     verify=lambda batch_id: fetch_results(args.tenant, batch_id, owner=owner, store=store,
                                                           anchors=anchors, policy=policy),
                     emit=_json_event if args.json else _progress_line, options=options)

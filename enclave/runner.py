@@ -92,7 +92,7 @@ class ContractSession:
         with self._lock:
             def run(options: ort.RunOptions) -> list[np.ndarray]:
                 if self.rewrite is not None:
-                    fast = self.rewrite.run(feeds[self._text_tensor][:, 0], self._fetch, options)
+                    fast = self.rewrite.run(list(feeds[self._text_tensor][:, 0]), self._fetch, options)
                     if fast is not None:
                         return fast
                 return list(self._session.run(self._fetch, feeds, options))

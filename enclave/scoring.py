@@ -73,7 +73,7 @@ class ModelSession:
                 raise TypeError(f"texts must be str, found {type(text).__name__} at chunk row {i}")
             batch[i, 0] = text
         with self._lock:
-            fast = self.rewrite.run(batch[:, 0], [LABEL_OUTPUT, PROBABILITY_OUTPUT]) if self.rewrite else None
+            fast = self.rewrite.run(list(batch[:, 0]), [LABEL_OUTPUT, PROBABILITY_OUTPUT]) if self.rewrite else None
             label, proba = fast or self._session.run([LABEL_OUTPUT, PROBABILITY_OUTPUT], {INPUT_NAME: batch})
         k = len(chunk)
         return np.asarray(proba[:k, 1], dtype=np.float32), np.asarray(label[:k], dtype=np.int8)

@@ -55,9 +55,11 @@ def test_audit_help_still_builds_its_own_commands() -> None:
 
 
 def _imports_of_party_commands() -> list[str]:
-    """Every module imported by a party command's body or by a module-level helper it calls (in cscore/cli.py)."""
-    tree = ast.parse(Path(cscore.cli.__file__).read_text())
-    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    """Every module imported by a party command's body or by a module-level helper it calls (cscore/cli.py and
+    cscore/stream_cli.py)."""
+    folder = Path(cscore.cli.__file__).parent
+    functions = {f.name: f for name in ("cli.py", "stream_cli.py")
+                 for f in ast.parse((folder / name).read_text()).body if isinstance(f, ast.FunctionDef)}
     todo = [name for name in functions if name.startswith(PARTY_COMMANDS)]
     seen: set[str] = set()
     modules: set[str] = set()
@@ -73,7 +75,8 @@ def _imports_of_party_commands() -> list[str]:
                 modules.add(node.module)
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
                 todo.append(node.func.id)
-    assert {"cmd_owner_results", "cmd_owner_submit", "cmd_provider_publish", "_submit_images"} <= seen
+    assert {"cmd_owner_results", "cmd_owner_submit", "cmd_owner_stream", "cmd_provider_publish",
+            "_submit_images"} <= seen
     return sorted(modules)
 
 

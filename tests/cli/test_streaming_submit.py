@@ -117,6 +117,7 @@ def test_a_spooled_batch_uploads_parts_that_decrypt_to_the_emails(stack: LocalSt
     monkeypatch.setattr(owner_module, "_parts", watched_parts)
     monkeypatch.setattr(store, "put_large", watched_put)
     emails = _emails(4 * 1000 + 333)
+    emails[1234] = Email(emails[1234].message_id, emails[1234].text, flags=("undecodable base64",))
     owner = Party.from_env("owner")
     model = ModelListing("spam", 1, "ab" * 32, "signer", 0, True)
     with spool_emails(emails, directory=tmp_path) as spool:
@@ -141,5 +142,10 @@ def test_a_spooled_batch_uploads_parts_that_decrypt_to_the_emails(stack: LocalSt
                 binding = json.loads(part.key_value_metadata[b"cscore.input"])
                 assert binding["file_id"] == obj["file_id"] and binding["key"] == obj["key"]
                 got.extend(part.read().to_pylist())
+        # What was flagged travels PME-encrypted beside the inputs, pinned by the manifest.
+        flags = store.get(manifest["flags"]["key"])
+        assert hashlib.sha256(flags).hexdigest() == manifest["flags"]["sha256"]
+        with EncryptedParquet(flags, keys) as table:
+            assert table.read().to_pylist() == [{"message_id": "id-001234", "flags": ["undecodable base64"]}]
     assert got == [{"message_id": e.message_id, "text": e.text} for e in emails]
     assert owner.broker().get_grant(batch.batch_id)["rows"] == len(emails)
