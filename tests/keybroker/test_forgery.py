@@ -459,6 +459,15 @@ def test_attested_claims_carry_every_verified_claim(env: Env) -> None:
     assert (claims["vmpl"], claims["launch_tcb"], claims["rtmrs"]) == (0, claims["tcb"], [])
 
 
+def test_an_unreadable_simulated_root_is_named_when_the_verifier_is_built(tmp_path: Path) -> None:
+    from keybroker.verifier import attestation_verifier
+
+    (tmp_path / "ark.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ValueError) as err:
+        attestation_verifier(tmp_path, True)
+    assert str(err.value).startswith(f"trusted_roots_dir: {tmp_path / 'ark.pem'}: expected PEM certificates, got ")
+
+
 @pytest.mark.parametrize(("evidence", "field", "expected", "actual"), [
     ({"tee": "nitro"}, "evidence.tee", "one of ['sev-snp', 'tdx']", "nitro"),
     ({"tee": "sev-snp", "report": "!"}, "evidence.report", "standard base64",
