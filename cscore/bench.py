@@ -89,22 +89,23 @@ class BenchReport:
 
 
 def run_bench(state_dir: Path, *, rounds: int = 3, scale: int = 1, workers: int = 2, warmup: int = 1,
-              say: Callable[[str], None] = print) -> BenchReport:
+              emails: int | None = None, say: Callable[[str], None] = print) -> BenchReport:
     """Start the stack, publish both models, run `rounds` alternating pairs of batches, stop the stack.
 
-    A batch is `scale` copies of the 2,418 held-out emails (message ids made unique per copy).
+    A batch is `scale` copies of the 2,418 held-out emails (message ids made unique per copy), or its first
+    `emails` emails (the fixed cost per batch: `--emails 101`).
     """
     stack = LocalStack(state_dir, workers=workers, airflow=True, out=say)
     stack.start()
     os.environ.update(stack.env)
     try:
-        return _measure(stack, rounds, scale, workers, warmup, say)
+        return _measure(stack, rounds, scale, workers, warmup, say, emails)
     finally:
         stack.stop()
 
 
 def _measure(stack: LocalStack, rounds: int, scale: int, workers: int, warmup: int,
-             say: Callable[[str], None]) -> BenchReport:
+             say: Callable[[str], None], count: int | None = None) -> BenchReport:
     store = ObjectStore()
     train, held_out = corpus_split()
     onnx_bytes = export_onnx(train_spam_model([email_text(e.raw) for e in train], [e.label for e in train]))
@@ -117,6 +118,8 @@ def _measure(stack: LocalStack, rounds: int, scale: int, workers: int, warmup: i
     owner.trust_provider(provider.public_key())
     base = owner_emails(held_out)
     emails = [Email(f"{e.message_id}#{c}", e.text) for c in range(scale) for e in base]
+    if count is not None:
+        emails = [Email(f"{e.message_id}#{c}", e.text) for c in range(-(-count // len(base))) for e in base][:count]
     report = BenchReport(len(emails), rounds, workers, raw_scorer_per_s=_raw_scorer_rate(onnx_bytes, emails))
     say(f"[bench] raw scorer (ModelSession, 1 thread): {report.raw_scorer_per_s:.0f} emails/s")
     for w in range(warmup):  # first batches pay one-off costs (model load, first attestation): not counted
@@ -130,7 +133,40 @@ def _measure(stack: LocalStack, rounds: int, scale: int, workers: int, warmup: i
             say(f"[bench] round {r + 1}/{rounds} {mode:12} {len(emails)} emails in {run['end_to_end']:.1f} s "
                 f"({len(emails) / run['end_to_end']:.0f} emails/s; "
                 + ", ".join(f"{k} {run[k]:.1f} s" for k in ("submit", "pipeline", "results", "worker_busy")) + ")")
+            if timeline := airflow_timeline(stack, _LAST_RUN):
+                say(f"[bench]   where the pipeline's time went: {timeline}")
     return report
+
+
+_LAST_RUN: dict[str, float | str] = {}  # the last batch's upload time, Airflow run id and pipeline seconds
+
+
+def airflow_timeline(stack: LocalStack, run: dict[str, float | str]) -> str:
+    """The batch's Airflow run, step by step in seconds from the manifest's upload: the run queued (S3 event,
+    queue, asset watcher), then each task instance queued -> start -> end ("+defer" once it deferred). Read
+    from the local stack's SQLite metadata database; empty when Airflow runs on another database."""
+    conn = stack.airflow_env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    db = Path(conn.removeprefix("sqlite:///"))
+    run_id = str(run.get("run_id", ""))
+    if not run_id or not conn.startswith("sqlite:///") or not db.exists():
+        return ""
+    import sqlite3
+
+    def ts(value: str | None) -> float:
+        from datetime import datetime
+        return datetime.fromisoformat(value).timestamp() if value else float("nan")
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        queued = con.execute("SELECT queued_at FROM dag_run WHERE run_id = ?", (run_id,)).fetchone()
+        tis = con.execute("SELECT task_id, map_index, queued_dttm, start_date, end_date, next_method, try_number "
+                          "FROM task_instance WHERE run_id = ? ORDER BY start_date", (run_id,)).fetchall()
+    zero = float(run["uploaded_at"])
+    parts = [f"run queued {ts(queued[0]) - zero:.1f}" if queued else "run ?"]
+    for task_id, _index, q, start, end, _next, tries in tis:
+        parts.append(f"{task_id} {ts(q) - zero:.1f}/{ts(start) - zero:.1f}/{ts(end) - zero:.1f}"
+                     + (f" (try {tries})" if tries and tries > 1 else ""))
+    parts.append(f"status succeeded seen {float(run['pipeline']):.1f}")
+    return ", ".join(parts)
 
 
 def _raw_scorer_rate(onnx_bytes: bytes, emails: list[Email]) -> float:
@@ -150,7 +186,7 @@ def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str)
     model = find_model(store, "spam-filter-baseline" if baseline else "spam-filter", owner.trusted_providers())
     batch = submit_batch(emails, model, tenant=TENANT, owner=owner, store=store,
                          measurements=[code_measurement().hex()], plaintext_baseline=baseline)
-    t1 = time.monotonic()
+    t1, uploaded_at = time.monotonic(), time.time()
     status = wait_for_batch(store, TENANT, batch.batch_id)
     t2 = time.monotonic()
     if status["state"] != "succeeded":
@@ -165,6 +201,7 @@ def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str)
     if rows != len(emails):
         raise RuntimeError(f"{mode} batch {batch.batch_id}: expected {len(emails)} results, got {rows}")
     run = {"submit": t1 - t0, "pipeline": t2 - t1, "results": t3 - t2, "end_to_end": t3 - t0}
+    _LAST_RUN.update(uploaded_at=uploaded_at, run_id=str(status.get("run_id", "")), pipeline=t2 - t1)
     shards = json.loads(store.get(f"results/{TENANT}/{batch.batch_id}/result-manifest.json"))["shards"]
     for phase in WORKER_PHASES:
         run[f"worker.{phase}"] = sum(s.get("seconds", {}).get(phase, 0.0) for s in shards)

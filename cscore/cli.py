@@ -92,7 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if args.json else print
     report = run_bench(args.state_dir, rounds=args.rounds, scale=args.scale, workers=args.workers,
-                       warmup=args.warmup, say=say)
+                       warmup=args.warmup, emails=args.emails, say=say)
     if args.json:
         print(json.dumps(report.as_dict()))
         return 0
@@ -607,6 +607,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--scale", "--copies", type=int, default=2, dest="scale",
                        help="copies of the 2,418 held-out emails per batch (40 is ~97k emails)")
     bench.add_argument("--workers", type=int, default=2)
+    bench.add_argument("--emails", type=int, default=None,
+                       help="emails per batch instead of --scale (--emails 101: the fixed cost per batch)")
     bench.add_argument("--warmup", type=int, default=1, help="uncounted rounds first (model load, first attestation)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)

@@ -151,7 +151,8 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
     card = storage.get_bytes(_card_key(spec)).decode()
     source = storage.S3Object(spec.input_key)  # ranged reads: the footer and this shard's row groups
     started = time.perf_counter()
-    scored = _named_enclave(self).score_shard(spec, source, card, storage.get_bytes)
+    enclave = _named_enclave(self)
+    scored = enclave.score_shard(spec, source, card, storage.get_bytes)
     log.info("shard %d of batch %s read %d bytes of %s in %d requests", spec.shard_index, spec.batch_id,
              source.bytes_read, spec.input_key, source.requests,
              extra={"batch_id": spec.batch_id, "shard": spec.shard_index, "rows": scored.rows,
@@ -178,6 +179,10 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
         worker=worker,
         reused=False,
         seconds={**scored.seconds, "store": round(time.perf_counter() - started - sum(scored.seconds.values()), 6)},
+        # The sessions this shard just used (reused, no new round trip): attestation on the first contact.
+        attestation=enclave.attest([spec.owner_broker, str(unverified_payload(card, what="card")["broker"])],
+                                   spec.batch_id)
+        if scored.evidence else {},
     ).to_dict()
 
 

@@ -148,6 +148,9 @@ class ShardOutcome:
     reused: bool  # True when an earlier attempt had already finished this shard
     # Seconds per phase in the worker (keys, read, score, write, sign, store), for benchmarks; {} when reused.
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The worker's attestation to the brokers this shard used (the `cscore.attest` shape: worker, config_digest,
+    # verdicts; no secret), so the platform needs no attestation round trip of its own; {} when reused or plain.
+    attestation: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""The four steps of one batch, as the DAG's tasks run them.
+"""The steps of one batch, as `provider.operators.ScoreBatchOperator` runs them.
 
 Each step logs, in plain sentences, the batch id, what it checked and what it decided, and never a
 secret (it has none to log). A step that fails marks the batch failed and frees it for resubmission.
@@ -7,20 +7,39 @@ secret (it has none to log). A step that fails marks the batch failed and frees 
 from __future__ import annotations
 
 import base64
+import functools
 import json
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 import structlog
+from celery import Celery
 
 from dags.cscore_platform import worker_pool
-from dags.cscore_platform.batch_store import BatchStore, run_limits
 from dags.cscore_platform.manifest import MANIFEST_NAME, Manifest, tenant_and_batch, verify_manifest
 from dags.cscore_platform.planning import plan_shards
 
+if TYPE_CHECKING:
+    from dags.cscore_platform.batch_store import BatchStore
+
 _log = structlog.get_logger("cscore.batch")
+
+
+def batch_store() -> BatchStore:
+    """The batch's objects in storage, one S3 client per process and configuration (each new one costs a
+    connection lookup and a boto3 client: about a second on a busy host). Imported here: boto3 and the S3
+    hook would otherwise cost every task's start-up, find_manifests' too, which never touches storage."""
+    return _store_for(os.environ.get("CSCORE_BUCKET", ""), os.environ.get("AIRFLOW_CONN_AWS_DEFAULT", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _store_for(_bucket: str, _aws_conn: str) -> BatchStore:
+    from dags.cscore_platform.batch_store import BatchStore
+
+    return BatchStore()
 
 
 def say(level: str, sentence: str, *args: object, **fields: object) -> None:
@@ -78,7 +97,7 @@ def _failing_marks_batch(store: BatchStore, manifest_key: str, run_id: str, step
 
 def validate(manifest_key: str, run_id: str) -> dict[str, Any]:
     """Verify the owner's signature, the listed objects and the model, then claim the batch."""
-    store = BatchStore()
+    store = batch_store()
     tenant, batch = tenant_and_batch(manifest_key)
     with _failing_marks_batch(store, manifest_key, run_id, "validate"):
         manifest = verify_manifest(manifest_key, store.read(manifest_key), store.tenant_key(tenant))
@@ -111,83 +130,123 @@ def _still_held(store: BatchStore, manifest: Manifest, run_id: str, step: str) -
         raise BatchSkipped(f"batch {manifest.batch_id} no longer held by run {run_id} ({status.get('state')})")
 
 
-def attest(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Have every worker attest to the owner's and the provider's brokers; fail fast on a refusal."""
-    manifest = Manifest.from_dict(batch)
-    store = BatchStore()
-    _still_held(store, manifest, run_id, "attest")
+def preflight(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The key brokers this batch needs answer (their Airflow connections, `provider.hooks`); fail fast naming
+    the one that does not. Workers attest on their first contact with each broker (in `cscore.score_shard`),
+    so the platform makes no attestation round trip of its own."""
+    manifest = _manifest_of(batch)
+    store = batch_store()
+    _still_held(store, manifest, run_id, "preflight")
     if manifest.protection == "none":
         say("info", "Batch %s is a plaintext baseline (owner's choice): no attestation, no key brokers.",
-            manifest.batch_id, batch_id=manifest.batch_id, step="attest", decision="skipped (plaintext)")
-        return {**batch, "attestation": []}
-    with _failing_marks_batch(store, manifest.key, run_id, "attest"):
+            manifest.batch_id, batch_id=manifest.batch_id, step="preflight", decision="skipped (plaintext)")
+        return {**batch, "provider_broker_url": ""}
+    # Imported here: the provider package's operator imports these steps.
+    from dags.cscore_platform.provider.hooks import BrokerUnavailable, ConnectionMissing, KeyBrokerHook
+
+    with _failing_marks_batch(store, manifest.key, run_id, "preflight"):
         card = _model_card(store, manifest)
-        brokers = [manifest.broker_name, card["broker"]]  # names: workers look them up in their configuration
-        app = worker_pool.celery_client()
-        try:
-            verdicts = worker_pool.attest_all(app, brokers, batch_id=manifest.batch_id)
-        except worker_pool.WorkerPoolError as exc:
-            raise worker_pool.WorkerPoolError(_whose_broker(str(exc), manifest.broker_url, card["broker_url"])) from exc
-        for verdict in verdicts:
-            for v in verdict["verdicts"]:
-                say("info", "Worker %s attested to broker %s: tee %s, measurement %s, root %s, claims digest %s.",
-                    verdict["worker"], v["broker"], v.get("tee"), v.get("measurement"), v.get("root"),
-                    v.get("claims_digest"), batch_id=manifest.batch_id, step="attest", worker=verdict["worker"],
-                    broker=v["broker"], measurement=v.get("measurement"), root=v.get("root"),
-                    claims_digest=v.get("claims_digest"), decision="accepted")
-    return {**batch, "attestation": verdicts}
+        for party, name in (("owner", manifest.broker_name), ("provider", str(card["broker"]))):
+            hook = KeyBrokerHook.for_broker(name)
+            try:
+                url = hook.check()
+            except ConnectionMissing:
+                say("info", "Batch %s: no Airflow connection %s for the %s's key broker %r; not checked (the "
+                    "workers reach it by their configuration).", manifest.batch_id, hook.broker_conn_id, party,
+                    name, batch_id=manifest.batch_id, step="preflight", broker=name)
+                continue
+            except BrokerUnavailable as exc:
+                raise BrokerUnavailable(f"the {party}'s {exc}; bring it back, then resubmit the batch") from exc
+            say("info", "Batch %s: the %s's key broker %s answers at %s.", manifest.batch_id, party, name, url,
+                batch_id=manifest.batch_id, step="preflight", broker=name)
+    return {**batch, "provider_broker_url": str(card.get("broker_url", ""))}
+
+
+def _manifest_of(batch: dict[str, Any]) -> Manifest:
+    return Manifest.from_dict({k: v for k, v in batch.items() if k in Manifest.__dataclass_fields__})
+
+
+def send_shards(batch: dict[str, Any], run_id: str, app: Celery, *, timeout: float = SHARD_TIMEOUT_S,
+                note: Callable[[str], None] | None = None) -> worker_pool.ShardWatch:
+    """Plan the batch's shards and send them to the pool; returns the watch over them (`ShardWatch.step`)."""
+    manifest = _manifest_of(batch)
+    store = batch_store()
+    with _failing_marks_batch(store, manifest.key, run_id, "score"):
+        from dags.cscore_platform.batch_store import run_limits  # lazily, as batch_store()
+
+        shards = plan_shards(manifest, run_limits())
+        say("info", "Batch %s: %d shard(s) of up to %d row group(s) sent to the worker pool.",
+            manifest.batch_id, len(shards), manifest.shard_row_groups, batch_id=manifest.batch_id,
+            step="score", shards=len(shards))
+
+        def progress(ok: int, total: int) -> None:
+            # the watch stops at the first failed shard (and the batch fails, said below), so until then 0 failed.
+            say("info", "Batch %s: %d ok / 0 failed of %d shards.", manifest.batch_id, ok, total,
+                batch_id=manifest.batch_id, step="score", ok=ok, failed=0, total=total)
+
+        return worker_pool.ShardWatch(app, shards, run_id=run_id, timeout=timeout, progress=progress,
+                                      note=note or (lambda sentence: record_events(batch, run_id, [sentence])))
+
+
+def record_events(batch: dict[str, Any], run_id: str, sentences: list[str]) -> None:
+    """What the pool rode out goes into the batch's status, where the owner looks, and the task log."""
+    manifest = _manifest_of(batch)
+    events = batch.setdefault("events", [])
+    for sentence in sentences:
+        events.append(sentence)
+        say("warning", "Batch %s: %s.", manifest.batch_id, sentence, batch_id=manifest.batch_id, step="score",
+            event=sentence)
+    if sentences:
+        batch_store().set_status(manifest.tenant, manifest.batch_id, "processing", run_id=run_id,
+                                manifest_sha256=manifest.sha256, events=events)
+
+
+def shards_failed(batch: dict[str, Any], run_id: str, reason: str) -> None:
+    """Mark the batch failed with the pool's reason (brokers named as the owner's or the provider's); raises."""
+    manifest = _manifest_of(batch)
+    message = _whose_broker(reason, manifest.broker_url, str(batch.get("provider_broker_url") or ""))
+    with _failing_marks_batch(batch_store(), manifest.key, run_id, "score"):
+        raise worker_pool.WorkerPoolError(message)
+
+
+def shards_done(batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Log every shard's outcome and each worker's attestation (reported with its first shard); the batch
+    with `shards` and `attestation` (one entry per worker, the `cscore.attest` shape) added."""
+    manifest = _manifest_of(batch)
+    attestation: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        say("info", "Batch %s shard %d: %d rows by %s, receipt %s%s.", manifest.batch_id,
+            outcome["shard_index"], outcome["rows"], outcome["worker"], outcome["receipt_key"],
+            " (already done by an earlier attempt)" if outcome["reused"] else "",
+            batch_id=manifest.batch_id, step="score", shard=outcome["shard_index"],
+            worker=outcome["worker"], receipt_key=outcome["receipt_key"],
+            receipt_sha256=outcome["receipt_sha256"], reused=outcome["reused"])
+        if outcome.get("attestation"):
+            attestation.setdefault(outcome["attestation"].get("worker") or outcome["worker"], outcome["attestation"])
+    for verdict in attestation.values():
+        for v in verdict.get("verdicts", []):
+            say("info", "Worker %s attested to broker %s: tee %s, measurement %s, root %s, claims digest %s.",
+                verdict["worker"], v["broker"], v.get("tee"), v.get("measurement"), v.get("root"),
+                v.get("claims_digest"), batch_id=manifest.batch_id, step="attest", worker=verdict["worker"],
+                broker=v["broker"], measurement=v.get("measurement"), root=v.get("root"),
+                claims_digest=v.get("claims_digest"), decision="accepted")
+    shards = [{k: v for k, v in o.items() if k != "attestation"} for o in outcomes]
+    return {**batch, "shards": shards, "attestation": [attestation[w] for w in sorted(attestation)]}
 
 
 def _whose_broker(message: str, owner_url: str, provider_url: str) -> str:
     """The worker names a broker by URL only when it cannot tell whose it is; the manifest and card can."""
     for party, url in (("owner", owner_url), ("provider", provider_url)):
-        message = message.replace(f"the key broker at {url.rstrip('/')} ", f"the {party}'s key broker at {url} ")
+        if url:
+            message = message.replace(f"the key broker at {url.rstrip('/')} ",
+                                      f"the {party}'s key broker at {url} ")
     return message
-
-
-def score(batch: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Fan the shards out to the workers and wait for every one of them."""
-    manifest = Manifest.from_dict({k: v for k, v in batch.items() if k != "attestation"})
-    store = BatchStore()
-    _still_held(store, manifest, run_id, "score")
-    events: list[str] = []
-
-    def note(sentence: str) -> None:
-        # What the pool rode out goes into the batch's status, where the owner looks, and the task log.
-        events.append(sentence)
-        say("warning", "Batch %s: %s.", manifest.batch_id, sentence, batch_id=manifest.batch_id, step="score",
-            event=sentence)
-        store.set_status(manifest.tenant, manifest.batch_id, "processing", run_id=run_id,
-                         manifest_sha256=manifest.sha256, events=events)
-
-    with _failing_marks_batch(store, manifest.key, run_id, "score"):
-        shards = plan_shards(manifest, run_limits())
-        say("info", "Batch %s: %d shard(s) of up to %d row group(s) sent to the worker pool.",
-                 manifest.batch_id, len(shards), manifest.shard_row_groups, batch_id=manifest.batch_id,
-                 step="score", shards=len(shards))
-
-        def progress(ok: int, total: int) -> None:
-            # run_shards stops at the first failed shard (and the batch fails, said below), so until then 0 failed.
-            say("info", "Batch %s: %d ok / 0 failed of %d shards.", manifest.batch_id, ok, total,
-                batch_id=manifest.batch_id, step="score", ok=ok, failed=0, total=total)
-
-        outcomes = worker_pool.run_shards(worker_pool.celery_client(), shards, timeout=SHARD_TIMEOUT_S,
-                                          progress=progress, note=note, run_id=run_id)
-        for outcome in outcomes:
-            say("info", "Batch %s shard %d: %d rows by %s, receipt %s%s.", manifest.batch_id,
-                     outcome["shard_index"], outcome["rows"], outcome["worker"], outcome["receipt_key"],
-                     " (already done by an earlier attempt)" if outcome["reused"] else "",
-                     batch_id=manifest.batch_id, step="score", shard=outcome["shard_index"],
-                     worker=outcome["worker"], receipt_key=outcome["receipt_key"],
-                     receipt_sha256=outcome["receipt_sha256"], reused=outcome["reused"])
-    return {**batch, "shards": outcomes, "events": events}
 
 
 def finalize(batch: dict[str, Any], run_id: str) -> str:
     """Check every email came back exactly once by count, then write the result manifest."""
-    fields = {k: v for k, v in batch.items() if k not in {"attestation", "shards", "events"}}
-    manifest = Manifest.from_dict(fields)
-    store = BatchStore()
+    manifest = _manifest_of(batch)
+    store = batch_store()
     _still_held(store, manifest, run_id, "finalize")
     with _failing_marks_batch(store, manifest.key, run_id, "finalize"):
         rows = sum(s["rows"] for s in batch["shards"])

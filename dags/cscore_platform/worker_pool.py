@@ -26,10 +26,11 @@ class WorkerPoolError(RuntimeError):
     """The pool could not do what was asked; the message says what to do next."""
 
 
-def celery_client() -> Celery:
-    """A Celery client (no worker code imported) on the transport named by the environment."""
-    broker = os.environ.get("CSCORE_CELERY_BROKER_URL")
-    backend = os.environ.get("CSCORE_CELERY_RESULT_BACKEND")
+def celery_client(broker: str | None = None, backend: str | None = None) -> Celery:
+    """A Celery client (no worker code imported) on the given transport; by default the one the environment
+    names (tests and tools outside Airflow; DAGs get theirs from the `cscore_workers` connection)."""
+    broker = broker or os.environ.get("CSCORE_CELERY_BROKER_URL")
+    backend = backend or os.environ.get("CSCORE_CELERY_RESULT_BACKEND")
     if not broker or not backend:
         raise WorkerPoolError(
             "CSCORE_CELERY_BROKER_URL and CSCORE_CELERY_RESULT_BACKEND must be set for the platform "
@@ -94,10 +95,14 @@ CHECK_EVERY_S = 5.0
 class _Shards:
     """Every attempt of every shard; an outcome is the first successful attempt's."""
 
-    def __init__(self, app: Celery, shards: list[dict[str, Any]], run_id: str) -> None:
+    def __init__(self, app: Celery, shards: list[dict[str, Any]], run_id: str,
+                 sent: list[list[str]] | None = None) -> None:
         self.app, self.shards, self.run_id = app, shards, run_id
-        self.attempts: list[list[AsyncResult]] = [[] for _ in shards]
         self.outcomes: dict[int, dict[str, Any]] = {}
+        if sent is not None:  # adopted: the attempts another process sent (a trigger taking over the wait)
+            self.attempts = [[AsyncResult(task_id, app=app) for task_id in ids] for ids in sent]
+            return
+        self.attempts = [[] for _ in shards]
         for index in range(len(shards)):
             self.send(index)
 
@@ -105,6 +110,10 @@ class _Shards:
         # run_id lets a worker skip a leftover once this run no longer holds the batch
         self.attempts[index].append(self.app.send_task(SCORE_TASK, args=[self.shards[index]],
                                                        kwargs={"run_id": self.run_id}, queue=SHARD_QUEUE))
+
+    def task_ids(self) -> list[list[str]]:
+        """Celery task ids of every attempt, per shard: what a waiter in another process adopts."""
+        return [[r.id for r in attempts] for attempts in self.attempts]
 
     def unfinished(self) -> list[int]:
         return [i for i in range(len(self.shards)) if i not in self.outcomes]
@@ -161,49 +170,75 @@ def run_shards(
     shard is sent again: queued messages died with it). It fails with the reason when the transport stays
     unreachable TRANSPORT_DOWN_S, when no worker answers for NO_WORKER_S, or after `timeout` s.
     """
-    t0 = time.monotonic()
-    pool = _Shards(app, shards, run_id)
-    epoch = transport_epoch(app)
-    last_seen: dict[str, float] = {}
-    last_check = down_since = None
-    any_seen = t0
-    done_before = -1
-    while True:
-        now = time.monotonic()
+    watch = ShardWatch(app, shards, run_id=run_id, timeout=timeout, progress=progress, note=note)
+    while (outcomes := watch.step()) is None:
+        time.sleep(0.2)
+    return outcomes
+
+
+class ShardWatch:
+    """One batch's shards on the pool, watched step by step: `step()` collects what finished, rides out the
+    faults `run_shards` describes, and returns the outcomes once every shard is done (None until then).
+
+    `sent` (Celery task ids per shard, from `task_ids()`) adopts shards another process sent: a deferrable
+    operator sends, its trigger watches. `started` is when the batch's clock started (time.time()), so a
+    watcher that takes over keeps the original deadline."""
+
+    def __init__(self, app: Celery, shards: list[dict[str, Any]], *, run_id: str = "", timeout: float,
+                 progress: Callable[[int, int], None] = lambda _d, _t: None,
+                 note: Callable[[str], None] = lambda _: None, sent: list[list[str]] | None = None,
+                 started: float | None = None) -> None:
+        self.app, self.shards, self.timeout, self.progress, self.note = app, shards, timeout, progress, note
+        self.deadline = time.monotonic() + timeout - (time.time() - started if started is not None else 0.0)
+        self.pool = _Shards(app, shards, run_id, sent)
+        self.epoch = transport_epoch(app)
+        self.last_seen: dict[str, float] = {}
+        # None: ping at once, so every worker is known before one can die unseen (its shards are re-sent)
+        self.last_check: float | None = None
+        self.down_since: float | None = None
+        self.any_seen = time.monotonic()
+        self.done_before = -1
+
+    def task_ids(self) -> list[list[str]]:
+        return self.pool.task_ids()
+
+    def step(self) -> list[dict[str, Any]] | None:
+        """One look; the outcomes in shard order once all are done. Raises WorkerPoolError with the reason."""
+        now, pool, app = time.monotonic(), self.pool, self.app
         try:
             pool.collect()
-            if down_since is not None or (last_check is None or now - last_check >= CHECK_EVERY_S):
+            if self.down_since is not None or (self.last_check is None or now - self.last_check >= CHECK_EVERY_S):
                 new_epoch = transport_epoch(app)
-                if down_since is not None or new_epoch != epoch:
+                if self.down_since is not None or new_epoch != self.epoch:
                     lost = pool.unfinished()
-                    note(f"the Celery transport {_where(app)} restarted or dropped its connections "
-                         f"({'down for %.0f s' % (now - down_since) if down_since else 'new server run'}); "
-                         f"{len(lost)} unfinished shard(s) sent again")
+                    how = f"down for {now - self.down_since:.0f} s" if self.down_since else "new server run"
+                    self.note(f"the Celery transport {_where(app)} restarted or dropped its connections ({how}); "
+                              f"{len(lost)} unfinished shard(s) sent again")
                     for index in lost:
                         pool.send(index)
-                    epoch, down_since = new_epoch, None
-                last_check = now
-                any_seen = _check_workers(app, pool, last_seen, any_seen, now, note)
+                    self.epoch, self.down_since = new_epoch, None
+                self.last_check = now
+                self.any_seen = _check_workers(app, pool, self.last_seen, self.any_seen, now, self.note)
         except WorkerPoolError:
             raise
         except Exception as exc:  # noqa: BLE001 - the transport's own errors (redis, kombu, sockets)
-            down_since = down_since or now
-            if now - down_since > TRANSPORT_DOWN_S:
-                pool_size = len(pool.unfinished())
+            self.down_since = self.down_since or now
+            if now - self.down_since > TRANSPORT_DOWN_S:
                 raise WorkerPoolError(
-                    f"the Celery transport {_where(app)} did not answer for {now - down_since:.0f} s "
-                    f"({type(exc).__name__}: {exc}); {pool_size} of {len(shards)} shards unfinished; bring it "
-                    "back, then resubmit the batch (finished shards are reused)") from exc
+                    f"the Celery transport {_where(app)} did not answer for {now - self.down_since:.0f} s "
+                    f"({type(exc).__name__}: {exc}); {len(pool.unfinished())} of {len(self.shards)} shards "
+                    "unfinished; bring it back, then resubmit the batch (finished shards are reused)") from exc
         done = len(pool.outcomes)
-        if done != done_before:
-            progress(done, len(shards))
-            done_before = done
-        if done == len(shards):
-            return [pool.outcomes[i] for i in range(len(shards))]
-        if now - t0 > timeout:
+        if done != self.done_before:
+            self.progress(done, len(self.shards))
+            self.done_before = done
+        if done == len(self.shards):
+            return [pool.outcomes[i] for i in range(len(self.shards))]
+        if now > self.deadline:
             pool.revoke()
-            raise WorkerPoolError(f"{len(shards) - done} of {len(shards)} shards unfinished after {timeout:.0f} s")
-        time.sleep(0.2)
+            raise WorkerPoolError(f"{len(self.shards) - done} of {len(self.shards)} shards unfinished after "
+                                  f"{self.timeout:.0f} s")
+        return None
 
 
 def _check_workers(app: Celery, pool: _Shards, last_seen: dict[str, float], any_seen: float, now: float,

@@ -25,7 +25,7 @@ from infra.local.util import StackError, ensure_secret, free_port, wait_ready
 from sdk.platform import WORKER_CONFIG_KEY, approver_key
 from wire.jsonlog import LOG_FORMAT_ENV
 from wire.tenant import APPROVER_VARIABLE
-from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig
+from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, load_worker_config
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -332,7 +332,8 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",  # 32 (the default) uses 5.5 GB here
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # LocalExecutor less its resume-after-defer race (dags/cscore_platform/executor.py explains it).
+        "AIRFLOW__CORE__EXECUTOR": DEFER_SAFE_LOCAL_EXECUTOR,
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
@@ -343,6 +344,9 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": ensure_secret(home / "api-secret-key"),
         "AIRFLOW__API_AUTH__JWT_SECRET": ensure_secret(home / "jwt-secret"),  # same for every component
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",  # see new DAG files in seconds, not 5 minutes
+        # Any Asset makes Airflow load every provider's asset handlers (the Amazon one imports boto3): past the
+        # 30 s default on a loaded 2-core host, and a task whose DAG file import times out is not run.
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         # Task processes call the API server; on 2 busy cores with SQLite 5 s (the default) times out.
         "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         # A killed task process (scheduler and its children gone) is failed, then retried (the DAG's one
@@ -433,9 +437,35 @@ def celery_worker_name(stack: LocalStack) -> str:
     return f"airflow-{hashlib.sha256(str(stack.state_dir).encode()).hexdigest()[:8]}@{socket.gethostname()}"
 
 
+DEFER_SAFE_LOCAL_EXECUTOR = "dags.cscore_platform.executor.DeferSafeLocalExecutor"
+
+
+def platform_connections(stack: LocalStack) -> dict[str, str]:
+    """`AIRFLOW_CONN_*` for the DAGs' connections: `cscore_workers` (the workers' Celery transport) and one
+    `cscore_broker_<name>` per broker of the workers' configuration (URL, its CA, its name). The stack's
+    variables are only their source: the DAGs read connections, which a user may define otherwise (a set
+    `AIRFLOW_CONN_*` wins)."""
+    conns: dict[str, dict[str, object]] = {}
+    if stack.env.get("CSCORE_CELERY_BROKER_URL"):
+        conns["cscore_workers"] = {"conn_type": "cscore_workers", "extra": {
+            "broker_url": stack.env["CSCORE_CELERY_BROKER_URL"],
+            "result_backend": stack.env["CSCORE_CELERY_RESULT_BACKEND"],
+            "pool_size": int(stack.env.get("CSCORE_WORKER_POOL_SIZE") or 0)}}
+    if config_path := stack.env.get(CONFIG_ENV):
+        config, _ = load_worker_config(config_path)
+        for broker in (*config.owners, *config.providers):
+            # = dags.cscore_platform.provider.hooks.broker_conn_id (not imported: it would import Airflow here)
+            conns["cscore_broker_" + broker.name.replace("-", "_").lower()] = {
+                "conn_type": "cscore_key_broker", "host": broker.url,
+                "extra": {"broker_name": broker.name, "ca_pem": broker.ca_pem}}
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(doc, separators=(",", ":")) for conn_id, doc in conns.items()}
+
+
 def spawn_airflow(stack: LocalStack) -> Pending:
     """API server, scheduler, DAG processor, triggerer (and `airflow celery worker` under CeleryExecutor);
     ready when the API's health shows them healthy and the Celery worker answers a control ping."""
+    given = {k for k, v in stack.environ.items() if k.startswith("AIRFLOW_CONN_") and v}
+    stack.airflow_env.update({k: v for k, v in platform_connections(stack).items() if k not in given})
     airflow = str(Path(PY).parent / "airflow")
     components = dict(AIRFLOW_COMPONENTS)
     celery = uses_celery_executor(stack.airflow_env)

@@ -24,7 +24,8 @@ def _stack(tmp_path: Path, environ: dict[str, str]) -> LocalStack:
 def test_embedded_default_is_sqlite_and_local_executor(tmp_path: Path, clean_environ: dict[str, str]) -> None:
     env = parts.airflow_env(_stack(tmp_path, clean_environ))
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path.resolve() / 'airflow' / 'airflow.db'}"
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    # LocalExecutor less its resume-after-defer race (tests/platform/test_defer_race.py)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "dags.cscore_platform.executor.DeferSafeLocalExecutor"
     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC" not in env  # Airflow derives aiosqlite itself
 
 
@@ -87,3 +88,48 @@ def test_broker_store_is_postgres_by_configuration(tmp_path: Path, clean_environ
     assert owner["db_url"] == url and "db_path" not in owner
     assert provider["db_path"] == str(tmp_path.resolve() / "brokers" / "provider" / "keys.sqlite")
     assert "db_url" not in provider
+
+
+def test_the_dags_connections_come_from_the_stacks_parts_and_resolve_in_airflow(
+        tmp_path: Path, clean_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from joserfc.jwk import OKPKey
+
+    from dags.cscore_platform.provider import KeyBrokerHook, WorkerPoolHook, broker_conn_id
+    from keybroker.tls import ensure_local_tls
+    from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig
+
+    ca_pem = ensure_local_tls(tmp_path / "tls", tmp_path / "kb", "acme-kb").ca_cert.read_text()  # a real CA
+    config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("acme-kb", "https://kb.acme:8443", ca_pem),),
+                          (BrokerIdentity("provider", "https://kb.provider:8443", ca_pem,
+                                          (OKPKey.generate_key("Ed25519").as_dict(private=False),)),))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_json()))
+    stack = _stack(tmp_path, clean_environ)
+    stack.env.update({CONFIG_ENV: str(path), "CSCORE_CELERY_BROKER_URL": "redis://r:6379/0",
+                      "CSCORE_CELERY_RESULT_BACKEND": "redis://r:6379/1", "CSCORE_WORKER_POOL_SIZE": "3"})
+    conns = parts.platform_connections(stack)
+    assert set(conns) == {"AIRFLOW_CONN_CSCORE_WORKERS", "AIRFLOW_CONN_CSCORE_BROKER_ACME_KB",
+                          "AIRFLOW_CONN_CSCORE_BROKER_PROVIDER"}
+    assert f"AIRFLOW_CONN_{broker_conn_id('acme-kb').upper()}" in conns  # the stack names them as the hook does
+    for name, value in conns.items():
+        monkeypatch.setenv(name, value)
+    # Airflow's own connection lookup (environment backend) gives the hooks what the parts are.
+    assert WorkerPoolHook().settings() == {"broker_url": "redis://r:6379/0", "result_backend": "redis://r:6379/1",
+                                           "pool_size": 3}
+    described = KeyBrokerHook.for_broker("acme-kb").describe()
+    assert (described["url"], described["name"]) == ("https://kb.acme:8443", "acme-kb")
+    assert described["verify"].get_ca_certs()  # that broker's own CA, not the system's
+
+
+def test_a_missing_or_incomplete_connection_is_named_with_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dags.cscore_platform.provider import ConnectionMissing, KeyBrokerHook, WorkerPoolHook
+
+    monkeypatch.delenv("AIRFLOW_CONN_CSCORE_BROKER_NOBODY", raising=False)
+    with pytest.raises(ConnectionMissing,
+                       match="cscore_broker_nobody is not defined.*AIRFLOW_CONN_CSCORE_BROKER_NOBODY"):
+        KeyBrokerHook.for_broker("nobody").describe()
+    monkeypatch.setenv("AIRFLOW_CONN_CSCORE_WORKERS", '{"conn_type": "cscore_workers", "extra": {"broker_url": "x"}}')
+    with pytest.raises(ConnectionMissing, match="cscore_workers: expected extra fields.*missing result_backend"):
+        WorkerPoolHook().settings()

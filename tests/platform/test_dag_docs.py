@@ -24,7 +24,8 @@ def test_dag_and_tasks_are_documented_and_mapped_tasks_keep_return_values_out_of
     for task in dag.tasks:
         assert task.doc_md, f"{task.task_id} has no doc_md"
         kwargs = getattr(task, "partial_kwargs", None) or task.__dict__
-        assert kwargs.get("show_return_value_in_logs") is False, task.task_id
+        if task.task_type != "ScoreBatchOperator":  # a classic operator: Airflow logs no return value of it
+            assert kwargs.get("show_return_value_in_logs") is False, task.task_id
     mapped = [t for t in dag.tasks if t.task_id != "find_manifests"]
     assert {t.map_index_template for t in mapped} == {"{{ batch_label }}"}
 
@@ -34,12 +35,44 @@ def test_dag_and_tasks_are_documented_and_mapped_tasks_keep_return_values_out_of
     ({"tenant": "acme", "batch_id": "b-17", "objects": []}, "acme/b-17"),
     ("not/a/manifest", "?/not/a/manifest"),
 ])
-def test_mapped_task_label_is_the_batch(dag_module: Any, monkeypatch: pytest.MonkeyPatch, given: Any,
-                                        label: str) -> None:
+def test_mapped_task_label_is_the_batch(dag_module: Any, given: Any, label: str) -> None:
+    from dags.cscore_platform.provider import ScoreBatchOperator
+
     context: dict[str, Any] = {}
-    monkeypatch.setattr(dag_module, "get_current_context", lambda: context)
-    dag_module._label(given)
-    assert jinja2.Template(dag_module.BATCH_TASK["map_index_template"]).render(**context) == label
+    ScoreBatchOperator._label(context, given)
+    (score,) = [t for t in dag_module.cscore_batch().tasks if t.task_id == "score_batch"]
+    assert jinja2.Template(score.map_index_template).render(**context) == label
+
+
+def test_score_batch_announces_the_results_asset_and_its_per_batch_alias(dag_module: Any) -> None:
+    from airflow.sdk import Asset, AssetAlias
+
+    (score,) = [t for t in dag_module.cscore_batch().tasks if t.task_id == "score_batch"]
+    outlets = score.partial_kwargs.get("outlets") or score.outlets
+    assert {(type(o).__name__, o.name) for o in outlets} == {("Asset", "cscore_results"),
+                                                            ("AssetAlias", "cscore_batch_results")}
+    assert isinstance(outlets[0], Asset | AssetAlias)
+
+
+def test_score_batch_retries_a_killed_process_with_backoff(dag_module: Any) -> None:
+    (score,) = [t for t in dag_module.cscore_batch().tasks if t.task_id == "score_batch"]
+    kwargs = score.partial_kwargs
+    assert (kwargs["retries"], kwargs["retry_exponential_backoff"]) == (2, 2.0)
+    assert kwargs["retry_delay"].total_seconds() == 5 and kwargs["max_retry_delay"].total_seconds() == 120
+
+
+def test_shards_trigger_survives_its_serialization_into_the_triggerer() -> None:
+    import importlib
+
+    from dags.cscore_platform.provider import ShardsTrigger
+
+    shards = [{"tenant": "acme", "batch_id": "b-1", "shard_index": 0, "output_key": "results/acme/b-1/x"}]
+    trigger = ShardsTrigger(shards=shards, sent=[["id-0"]], run_id="r1", started=1.5e9, timeout_s=60.0)
+    classpath, kwargs = trigger.serialize()
+    module, _, name = classpath.rpartition(".")
+    rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert kwargs["sent"] == [["id-0"]] and kwargs["workers_conn_id"] == "cscore_workers"
 
 
 @pytest.fixture

@@ -1,0 +1,88 @@
+"""The resume-after-defer race of Airflow's LocalExecutor, and DeferSafeLocalExecutor's fix.
+
+A deferring task's LocalExecutor worker reports "success" for the task instance key once its supervisor is
+done. When the trigger fires first and the resumed attempt (same key, same try number) is launched before
+that report is read, Airflow 3.3.2's executor drops the key from its running set and buffers the stale
+"success": the scheduler then fails the running resumed attempt as "killed externally" (apache/airflow#72716).
+These tests drive the real executors' queueing and result reading in that order (no worker processes: the
+results are put on the executor's own result queue, as its worker processes do).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from airflow.executors import workloads
+from airflow.executors.local_executor import LocalExecutor
+from airflow.executors.workloads.task import TaskInstanceDTO
+from airflow.utils.state import TaskInstanceState
+
+from dags.cscore_platform.executor import DeferSafeLocalExecutor
+
+
+def _workload() -> workloads.ExecuteTask:
+    ti = TaskInstanceDTO(id=uuid.uuid4(), task_id="score_batch", dag_id="cscore_batch", run_id="r1", try_number=1,
+                         dag_version_id=uuid.uuid4(), map_index=0, pool_slots=1, priority_weight=1)
+    return workloads.ExecuteTask(ti=ti, dag_rel_path="cscore_batch.py",
+                                 bundle_info=workloads.BundleInfo(name="dags-folder"), token="not-a-secret",
+                                 log_path=None)
+
+
+def _executor(cls: type[LocalExecutor], monkeypatch: pytest.MonkeyPatch) -> Any:
+    from multiprocessing import SimpleQueue, Value
+
+    executor = cls(parallelism=2)
+    executor.activity_queue, executor.result_queue, executor.workers = SimpleQueue(), SimpleQueue(), {}
+    executor._unread_messages = Value("I")
+    monkeypatch.setattr(executor, "_check_workers", lambda: None)  # no task processes: results are put by hand
+    return executor
+
+
+def _launch(executor: Any, workload: workloads.ExecuteTask) -> None:
+    executor.queue_workload(workload, session=None)
+    executor.trigger_tasks(open_slots=1)
+
+
+def _race(executor: Any) -> tuple[Any, workloads.ExecuteTask]:
+    """Launch, defer (its success not read yet), trigger fired and the resumed attempt launched, then read."""
+    workload = _workload()
+    _launch(executor, workload)
+    executor.result_queue.put((workload.key, TaskInstanceState.SUCCESS, None))  # the defer exit's report
+    _launch(executor, workload)  # the resumed attempt: same key
+    executor.sync()
+    return executor, workload
+
+
+def test_stock_local_executor_takes_the_defer_exit_for_the_resumed_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Why the fix exists: if Airflow fixes this upstream, this test says so and the fix can go.
+    executor, workload = _race(_executor(LocalExecutor, monkeypatch))
+    # The resumed attempt is no longer queued here (has_task is false) and its key reads "finished": the
+    # scheduler fails the queued or running resumed attempt as killed externally.
+    assert workload.key not in executor.queued_tasks and workload.key not in executor.running
+    assert executor.get_event_buffer()[workload.key][0] == TaskInstanceState.SUCCESS
+
+
+def test_defer_safe_executor_keeps_the_resumed_attempt_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    executor, workload = _race(_executor(DeferSafeLocalExecutor, monkeypatch))
+    assert executor.get_event_buffer() == {}  # the defer exit's report is not taken for the resumed attempt
+    # The resumed attempt's own end is reported as usual.
+    executor.result_queue.put((workload.key, TaskInstanceState.SUCCESS, None))
+    executor.sync()
+    assert executor.get_event_buffer()[workload.key][0] == TaskInstanceState.SUCCESS
+
+
+def test_defer_safe_executor_reports_an_ordinary_end_and_a_read_in_time_defer_exit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    executor = _executor(DeferSafeLocalExecutor, monkeypatch)
+    workload = _workload()
+    _launch(executor, workload)
+    executor.result_queue.put((workload.key, TaskInstanceState.FAILED, None))
+    executor.sync()
+    assert executor.get_event_buffer()[workload.key][0] == TaskInstanceState.FAILED
+    # A defer exit read before its task is resumed is reported too (the scheduler ignores it: TI deferred).
+    _launch(executor, workload)
+    executor.result_queue.put((workload.key, TaskInstanceState.SUCCESS, None))
+    executor.sync()
+    assert executor.get_event_buffer()[workload.key][0] == TaskInstanceState.SUCCESS
