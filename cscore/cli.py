@@ -122,7 +122,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     _load_stack_env(args.state_dir)
     from sdk.party import Party
 
-    models = list_models(ObjectStore(), Party.from_env("owner").trusted_providers(), task=args.task)
+    owner = Party.from_env("owner")
+    models = list_models(ObjectStore(), owner.trusted_providers(), task=args.task)
+    if args.tenant:  # this owner's tuned models, verified: listed for its own tenant only
+        from cscore.demo import owner_trust
+        from sdk.owner_training import tuned_models
+
+        anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
+        models += [m for m in tuned_models(ObjectStore(), args.tenant, owner=owner, anchors=anchors, policy=policy)
+                   if args.task is None or m.task == args.task]
     if args.json:
         print(json.dumps([m.summary() for m in models]))
         return 0
@@ -319,7 +327,14 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
             print(f"warning: {flagged[0]} email(s) flagged, scored as read (`--dry-run` lists them all)",
                   file=sys.stderr)
         owner = Party.from_env("owner")
-        model = find_model(store, args.model, owner.trusted_providers())
+        if "/" in args.model:  # <tenant>/<name>: a tuned model, its card signed by the enclave that trained it
+            from cscore.demo import owner_trust
+            from sdk.owner_training import find_tuned_model
+
+            anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
+            model = find_tuned_model(store, args.model, owner=owner, anchors=anchors, policy=policy)
+        else:
+            model = find_model(store, args.model, owner.trusted_providers())
         if model.card is not None and any(i.kind != "email-text" for i in model.card.contract.inputs):
             raise BatchError(f"model {model.name}:{model.version} takes "
                              f"{[i.kind for i in model.card.contract.inputs]}, not emails; for a folder of images "
@@ -353,6 +368,31 @@ def cmd_owner_train(args: argparse.Namespace) -> int:
                           model_name=args.model_name, holdout_fraction=args.holdout, seed=args.seed)
     print(f"submitted training job {job.job_id}: {job.rows} emails, {job.holdout_rows} held out "
           f"({job.manifest_key})")
+    if args.wait <= 0:
+        return 0
+    return _await_training(args, store, owner, job.job_id)
+
+
+def _await_training(args: argparse.Namespace, store: Any, owner: Any, job_id: str) -> int:
+    """Wait for the job, verify the enclave's receipt and tuned card, print the held-out metrics."""
+    from sdk.owner_training import verify_training, wait_for_training
+
+    status = wait_for_training(store, args.tenant, job_id, timeout=args.wait,
+                               progress=lambda state: print(f"training job {job_id}: {state}", file=sys.stderr))
+    if status["state"] != "succeeded":
+        print(f"training job {job_id} failed: {status.get('reason')}", file=sys.stderr)
+        return 1
+    from cscore.demo import owner_trust
+
+    anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
+    outcome = verify_training(store, args.tenant, job_id, owner=owner, anchors=anchors, policy=policy)
+    summary = {"job_id": job_id, "model": outcome.model, "digest": outcome.digest,
+               "measurement": outcome.measurement, **{k: outcome.metrics[k] for k in sorted(outcome.metrics)}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print("\n".join(f"{k.replace('_', ' '):14} {v}" for k, v in summary.items()))
+        print(f"use it: cscore owner submit EMAILS --tenant {args.tenant} --model {outcome.model}")
     return 0
 
 
@@ -622,6 +662,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the marketplace: published models, their terms and who signed them")
     models.add_argument("--task", help="only this task (text-classification, image-classification, ...)")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--tenant", help="also your tuned models (`cscore owner train`), verified for this tenant")
+    models.add_argument("--accept-simulated", action="store_true",
+                        help="with --tenant: trust tuned cards from the simulated TEE (development stacks only)")
     models.set_defaults(func=cmd_models)
 
     provider = sub.add_parser("provider", help="the model provider's commands").add_subparsers(dest="action",
@@ -683,6 +726,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--holdout", type=float, default=0.3, help="fraction held out for evaluation (your split)")
     train.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     train.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
+    train.add_argument("--wait", type=float, default=1800.0,
+                       help="seconds to wait for the job's verified metrics (0: submit only)")
+    train.add_argument("--json", action="store_true", help="print the verified outcome as one JSON line")
+    train.add_argument("--accept-simulated", action="store_true",
+                       help="trust receipts from the simulated TEE (development stacks only)")
     _add_release_arguments(train)
     train.set_defaults(func=cmd_owner_train)
     platform = sub.add_parser("platform", help="the platform operator's commands").add_subparsers(dest="action",
@@ -697,7 +745,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     submit = owner.add_parser("submit", help="encrypt and submit a batch of emails (or images, for an image model)")
     submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet; for a model "
                         "whose card takes images, a folder of PNG/JPEG files (each checked before upload)")
-    submit.add_argument("--model", help="name or name:version (see `cscore models`)")
+    submit.add_argument("--model", help="name or name:version (see `cscore models`); your tuned model as "
+                        "TENANT/NAME:VERSION (see `cscore models --tenant TENANT`)")
+    submit.add_argument("--accept-simulated", action="store_true",
+                        help="with a tuned model: trust its card from the simulated TEE (development stacks only)")
     submit.add_argument("--tenant", required=True)
     submit.add_argument("--measurement", action="append", help="enclave measurement to grant (hex); repeatable")
     _add_release_arguments(submit)

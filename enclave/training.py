@@ -33,13 +33,11 @@ from joserfc.jwk import OKPKey
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.signing import sign_json
 from wire.recipe import Recipe, RecipeCard
-from wire.training import TrainingSpec
+from wire.training import TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE, TUNED_PROTECTION, TrainingSpec
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v1"
-TUNED_CARD_TYPE = "cscore.tuned-model-card/v1"
 TRAINING_COLUMNS = ("text", "label", "holdout")
 MIN_HOLDOUT_PER_CLASS = 20
 METRIC_DIGITS = 3
@@ -212,7 +210,8 @@ def tuned_card(spec: TrainingSpec, trained: TrainedModel, card: RecipeCard, *, e
     key shares are; no weight. Only the tenant's batches may name it (its `tenant`)."""
     return {"type": TUNED_CARD_TYPE, "tenant": spec.tenant, "name": spec.model_name, "version": spec.model_version,
             "digest": trained.digest, "size": len(trained.onnx_bytes), "object_key": spec.prefix + "model.onnx.enc",
-            "protection": "aes-256-gcm+2", "schema": {"inputs": ["text"], "outputs": ["label", "probabilities"]},
+            "protection": TUNED_PROTECTION, "schema": {"inputs": ["text"], "outputs": ["label", "probabilities"]},
+            "broker": card.broker, "broker_url": str(card.raw.get("broker_url", "")),
             "owner_share": {"broker": spec.owner_broker, "key_id": spec.owner_share_key,
                             "wrapped": spec.owner_share_wrapped},
             "provider_share": {"broker": card.broker, "key_id": card.key_id, "wrapped": card.wrapped_dek},

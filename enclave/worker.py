@@ -44,7 +44,7 @@ from wire.card import ModelCard, verify_card
 from wire.keywrap import wrap_key
 from wire.recipe import RecipeCard, verify_recipe_card
 from wire.shard import INPUT_BINDING_KEY, LIMITS_VARIABLE, ShardSpec, input_binding
-from wire.training import TrainingSpec
+from wire.training import TUNED_CARD_TYPE, TrainingSpec, TunedCard
 from wire.worker_config import BrokerIdentity, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class ShardInputError(ValueError):
 
 class ModelIntegrityError(ValueError):
     """The decrypted model is not the one the owner chose, or its card is not the provider's."""
+
+
+class TunedModelRefused(PermissionError):
+    """A tuned model named for a batch it does not belong to (another tenant's, another owner broker's)."""
 
 
 class PlaintextRefused(PermissionError):
@@ -267,13 +271,13 @@ class Enclave:
         Raises ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, wire FormatError, KbsError.
         """
         clock = _Clock()
-        card = self._verified_card(spec, card_token)
+        card, tuned = self._scoring_card(spec, card_token)
         output_key = spec.output_key.removesuffix(".parquet") + f".{secrets.token_hex(8)}.parquet"
         if spec.protection == "none" or card.protection == "none":
             return self._score_plaintext(spec, card, output_key, source, model_object, clock)
         owner = self.session(self.config.owner(spec.owner_broker))
         batch = self._batch(spec, owner)
-        model = self._authorised_model(spec, card, owner, batch, model_object)
+        model = self._authorised_model(spec, card, owner, batch, model_object, tuned)
         clock.lap("keys")  # attestation, model release and load when not cached
         table = read_shard(spec, source, batch.keys, card)
         self._count_rows(spec, batch, table.num_rows)
@@ -328,6 +332,26 @@ class Enclave:
         keys = [k for p in self.config.providers if provider in (None, p.name) for k in p.card_keys]
         return verify_recipe_card(token, keys, what=f"recipes/{spec.recipe_name}/{spec.recipe_version}/card.jws")
 
+    def _scoring_card(self, spec: ShardSpec, token: str) -> tuple[ModelCard, TunedCard | None]:
+        """A provider's card, verified against its card keys; or a tuned model's card, checked to be this batch's
+        tenant's and owner broker's (its signature is the training enclave's: the owner checked it; here the
+        key does: only an enclave holding both shares could write a ciphertext that opens under them)."""
+        payload = unverified_payload(token, what="model card")
+        if payload.get("type") != TUNED_CARD_TYPE:
+            return self._verified_card(spec, token), None
+        tuned = TunedCard.parse(payload)
+        if tuned.tenant != spec.tenant or tuned.owner_broker != spec.owner_broker:
+            raise TunedModelRefused(
+                f"tuned model {tuned.reference}: belongs to tenant {tuned.tenant!r} (owner broker "
+                f"{tuned.owner_broker!r}); batch {spec.batch_id} is tenant {spec.tenant!r}'s (owner broker "
+                f"{spec.owner_broker!r}): a tuned model scores only its owner's batches")
+        card = tuned.model_card()
+        if (card.name, card.version, card.digest) != (spec.model_name, spec.model_version, spec.model_digest):
+            raise ModelIntegrityError(
+                f"tuned model card {card.name}:{card.version} ({card.digest}): expected {spec.model_name}:"
+                f"{spec.model_version} with digest {spec.model_digest} (the owner's choice)")
+        return card, tuned
+
     def _verified_card(self, spec: ShardSpec, token: str) -> ModelCard:
         """The card, verified against the card keys of the provider it names in the measured configuration."""
         claimed = unverified_payload(token, what="model card")
@@ -352,9 +376,12 @@ class Enclave:
             return self._batches[key]
 
     def _authorised_model(self, spec: ShardSpec, card: ModelCard, owner: AttestedSession, batch: _Batch,
-                          model_object: Callable[[str], bytes]) -> ContractSession:
+                          model_object: Callable[[str], bytes], tuned: TunedCard | None = None) -> ContractSession:
         """The model for this batch: the provider's broker releases its key against this batch's grant,
-        every batch afresh, so a revoked measurement or owner stops the next batch even with a warm cache."""
+        every batch afresh, so a revoked measurement or owner stops the next batch even with a warm cache.
+
+        A tuned model's key is rebuilt from both shares: the provider's (its recipe key, released as above)
+        and the owner's, which the owner's broker unwraps only when this batch's grant names its key."""
         if card.broker is None or card.key_id is None or card.wrapped_dek is None:
             raise ModelIntegrityError(f"model card {card.name}:{card.version}: expected an encrypted model")
         provider = self.session(self.config.provider(card.broker))
@@ -364,6 +391,10 @@ class Enclave:
             grant = owner.model_grant(batch_id=spec.batch_id, model_digest=spec.model_digest)
             dek = provider.unwrap(card.key_id, base64.b64decode(card.wrapped_dek), batch_id=spec.batch_id,
                                   model_digest=spec.model_digest, grant=grant)
+            if tuned is not None:
+                share = owner.unwrap(tuned.owner_key_id, base64.b64decode(tuned.owner_wrapped),
+                                     batch_id=spec.batch_id, model_digest=spec.model_digest)
+                dek = joint_key(share, dek, model=tuned.reference)
             rows = int(unverified_payload(grant, what="model grant").get("rows", 0))
             with self._lock:
                 batch.granted_rows, batch.model_dek = rows, dek

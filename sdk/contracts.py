@@ -7,17 +7,9 @@ from typing import Any
 
 import onnx
 
+from wire.contract import SPAM_CONTRACT as SPAM_CONTRACT  # re-exported: defined in wire, tuned models use it too
+from wire.contract import SPAM_TASK as SPAM_TASK
 from wire.contract import Contract, ContractMismatch, TensorInfo, check_graph
-
-SPAM_TASK = "text-classification"
-SPAM_CONTRACT: dict[str, Any] = {
-    "id_column": "message_id",
-    "inputs": [{"tensor": "text", "column": "text", "dtype": "string", "shape": [None, 1],
-                "preprocess": {"kind": "email-text"}}],
-    "outputs": [{"tensor": "probabilities", "column": "spam_probability", "kind": "probability", "class_index": 1},
-                {"tensor": "label", "column": "label", "kind": "label", "dtype": "int8"}],
-    "classes": ["ham", "spam"],
-}
 
 DIGIT_SIDE = 8  # scikit-learn's digits are 8 x 8, values 0..16 (16 = ink); the model reads them / 16
 DIGITS_TASK = "image-classification"

@@ -26,6 +26,7 @@ class ModelListing:
     trusted: bool  # signed by a provider key the owner pinned
     card: ModelCard | None = None  # the parsed card (task, contract, metrics, price, quota); None if malformed
     problem: str = ""  # why the card does not parse (an old card without a contract, a malformed field)
+    owner_keys: tuple[str, ...] = ()  # owner broker keys a batch's grant must name too (a tuned model's share)
 
     @property
     def task(self) -> str:

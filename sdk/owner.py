@@ -244,7 +244,8 @@ def _submit_parts(parts: Iterator[pa.Table], model: ModelListing, *, tenant: str
         store.put(prefix + FLAGS_NAME, data)
         flags_entry = {"flags": {"key": prefix + FLAGS_NAME, "sha256": hashlib.sha256(data).hexdigest()}}
     if broker:
-        broker.grant(batch_id, model.digest, measurements, keys.all(), config_digests=config_digests, rows=rows)
+        broker.grant(batch_id, model.digest, measurements, keys.all() + list(model.owner_keys),
+                     config_digests=config_digests, rows=rows)
     manifest = {
         "protection": "none" if plaintext_baseline else "pme",
         "type": MANIFEST_TYPE, "tenant": tenant, "batch_id": batch_id, "created_at": int(time.time()),

@@ -16,24 +16,34 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from attestation import Policy, TrustAnchors
+from attestation.errors import AttestationError
 from enclave.pme import write_encrypted
-from enclave.signing import sign_json, verify_json
+from enclave.receipts import VerifiedReceipt, verify_receipt
+from enclave.signing import SignatureError, sign_json, unverified_payload, verify_json
+from sdk.broker_admin import BrokerAdminError
 from sdk.emails import Email, check_emails, read_emails
+from sdk.models import ModelListing
 from sdk.party import Party
 from sdk.storage import ObjectStore
+from wire.errors import FormatError
 from wire.recipe import RecipeCard
+from wire.training import TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE, TunedCard
+from wire.worker_config import config_digest_from_claims
 
 TRAINING_MANIFEST_TYPE = "cscore.training-manifest/v1"
+
 LABELS = {"ham": 0, "spam": 1}
 ROW_GROUP_SIZE = 1_000
 
@@ -110,6 +120,139 @@ def submit_training(labelled: Sequence[tuple[Email, int]], recipe: RecipeCard, *
     manifest_key = prefix + "training.jws"
     store.put(manifest_key, sign_json(manifest, owner.signing_key()).encode(), "application/jose")
     return SubmittedTraining(tenant, job_id, manifest_key, len(emails), sum(holdout))
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """A verified training job: the tuned model's reference and digest, the held-out metrics, who trained it."""
+
+    tenant: str
+    job_id: str
+    model: str  # <tenant>/<name>:<version>, as `cscore owner submit --model` takes it
+    digest: str
+    metrics: dict[str, Any]
+    measurement: str
+    receipt: dict[str, Any]
+    card: dict[str, Any]
+
+
+def wait_for_training(store: ObjectStore, tenant: str, job_id: str, *, timeout: float = 1800.0,
+                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Poll the job's status until it succeeded or failed; returns the status document (the platform's word:
+    `verify_training` checks what it claims). Raises TrainingJobError for an unknown job, TimeoutError."""
+    manifest_key = f"incoming/{tenant}/{job_id}/training.jws"
+    if not store.exists(manifest_key):
+        raise TrainingJobError(f"training job {job_id!r}: no such job for tenant {tenant!r} ({manifest_key} is absent "
+                               f"in bucket {store.bucket}); check the id `cscore owner train` printed and --tenant")
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        raw = store.get_if_exists(f"status/{tenant}/{job_id}.json")
+        status: dict[str, Any] = json.loads(raw) if raw else {"state": "submitted"}
+        if status["state"] != last:
+            progress(last := status["state"])
+        if status["state"] in {"succeeded", "failed"}:
+            return status
+        time.sleep(float(os.environ.get("CSCORE_POLL_S", "0.25")))
+    raise TimeoutError(f"training job {job_id}: expected it to finish within {timeout:.0f} s, still {last!r}; "
+                       "look at the Airflow UI for the cscore_train run")
+
+
+def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Party, anchors: TrustAnchors,
+                    policy: Policy) -> TrainingOutcome:
+    """Check the enclave's receipt and tuned-model card against the owner's own manifest and grant.
+
+    Both are signed by the key the attestation evidence beside them binds (verified against `anchors` and
+    `policy`), by a worker of a measurement and configuration this owner granted, for this job's data and
+    recipe digests. Raises TrainingJobError naming the object and the field.
+    """
+    m = verify_json(_get(store, f"incoming/{tenant}/{job_id}/training.jws", "your signed training manifest").decode(),
+                    owner.signing_key().as_dict(private=False), what="training manifest")
+    prefix = f"tuned/{tenant}/{m['model']['name']}/{m['model']['version']}/"
+    receipt = _enclave_signed(store, prefix + "receipt.jws", prefix, TRAINING_RECEIPT_TYPE, anchors, policy)
+    granted = owner.broker().get_grant(job_id)
+    if receipt.claims.measurement not in granted.get("measurements", []):
+        raise TrainingJobError(f"{prefix}receipt.jws: measurement expected one of {granted.get('measurements')} "
+                               f"(your grant), got {receipt.claims.measurement}")
+    config = config_digest_from_claims(receipt.claims.host_data or "")
+    if config not in granted.get("config_digests", []):
+        raise TrainingJobError(f"{prefix}receipt.jws: worker configuration (host_data) expected one of "
+                               f"{granted.get('config_digests')} (your grant), got {config}")
+    p = receipt.payload
+    expected = {"tenant": tenant, "job_id": job_id, "input.sha256": m["object"]["sha256"],
+                "recipe.digest": m["recipe"]["digest"], "model.name": m["model"]["name"],
+                "model.version": m["model"]["version"]}
+    _expect_fields(prefix + "receipt.jws", expected, p)
+    card = _enclave_signed(store, prefix + "card.jws", prefix, TUNED_CARD_TYPE, anchors, policy).payload
+    _expect_fields(prefix + "card.jws", {"tenant": tenant, "name": m["model"]["name"],
+                                         "version": m["model"]["version"], "digest": p["model"]["digest"],
+                                         "lineage.input_sha256": m["object"]["sha256"],
+                                         "lineage.recipe.digest": m["recipe"]["digest"]}, card)
+    return TrainingOutcome(tenant, job_id, f"{tenant}/{m['model']['name']}:{m['model']['version']}",
+                           p["model"]["digest"], dict(p["metrics"]), receipt.claims.measurement, p, card)
+
+
+def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: TrustAnchors,
+                 policy: Policy) -> list[ModelListing]:
+    """This owner's tuned models, as `cscore models` lists them and `cscore owner submit --model` chooses them.
+
+    Only cards under `tuned/<tenant>/` whose job this owner signed and whose receipt and card verify
+    (`verify_training`): a card the platform planted, or another owner's, is not listed.
+    """
+    listings: dict[str, ModelListing] = {}
+    for key in store.keys(f"tuned/{tenant}/"):
+        if not key.endswith("/card.jws"):
+            continue
+        try:
+            job_id = TunedCard.parse(unverified_payload(store.get(key).decode(errors="replace"), what=key)).job_id
+            outcome = verify_training(store, tenant, job_id, owner=owner, anchors=anchors, policy=policy)
+        except (TrainingJobError, FormatError, SignatureError, BrokerAdminError):
+            continue
+        card = TunedCard.parse(outcome.card)
+        listings[outcome.model] = ModelListing(
+            f"{tenant}/{card.name}", card.version, card.digest, f"enclave {outcome.measurement[:16]}",
+            int(outcome.receipt.get("issued_at", 0)), True, card.model_card(), owner_keys=(card.owner_key_id,))
+    return [listings[k] for k in sorted(listings)]
+
+
+def find_tuned_model(store: ObjectStore, ref: str, *, owner: Party, anchors: TrustAnchors,
+                     policy: Policy) -> ModelListing:
+    """`<tenant>/<name>:<version>` or `<tenant>/<name>` (latest) among this owner's verified tuned models."""
+    name, _, version = ref.partition(":")
+    tenant = name.partition("/")[0]
+    every = tuned_models(store, tenant, owner=owner, anchors=anchors, policy=policy)
+    chosen = [m for m in every if m.name == name and (not version or str(m.version) == version)]
+    if not chosen:
+        known = ", ".join(f"{m.name}:{m.version}" for m in every) or "none"
+        raise LookupError(f"model: expected one of your tuned models ({known}), got {ref!r}")
+    return chosen[-1]
+
+
+def _enclave_signed(store: ObjectStore, key: str, prefix: str, kind: str, anchors: TrustAnchors,
+                    policy: Policy) -> VerifiedReceipt:
+    token = _get(store, key, f"the enclave's {kind}").decode(errors="replace")
+    digest = str(unverified_payload(token, what=key).get("evidence_sha256", ""))
+    evidence_key = f"{prefix}evidence/{digest}.json"
+    try:
+        evidence = json.loads(_get(store, evidence_key, "the attestation evidence it names"))
+        return verify_receipt(token, evidence, anchors=anchors, policy=policy, expected_type=kind)
+    except (AttestationError, SignatureError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingJobError(f"{key} (evidence {evidence_key}): {exc}") from exc
+
+
+def _expect_fields(where: str, expected: dict[str, Any], doc: dict[str, Any]) -> None:
+    for dotted, value in expected.items():
+        actual: Any = doc
+        for part in dotted.split("."):
+            actual = actual.get(part) if isinstance(actual, dict) else None
+        if actual != value:
+            raise TrainingJobError(f"{where}: {dotted} expected {value!r} (your manifest), got {actual!r}")
+
+
+def _get(store: ObjectStore, key: str, what: str) -> bytes:
+    data = store.get_if_exists(key)
+    if data is None:
+        raise TrainingJobError(f"s3://{store.bucket}/{key}: expected {what}, found nothing")
+    return data
 
 
 def training_spec(manifest_token: str, owner_key: dict[str, Any], *, owner_broker: str) -> dict[str, Any]:

@@ -27,12 +27,20 @@ from enclave.runner import OutputRefused
 from enclave.signing import canonical_json, unverified_payload
 from enclave.tee import check_launch_binding, evidence_provider
 from enclave.training import TrainingInputError
-from enclave.worker import Enclave, ModelIntegrityError, PlaintextRefused, ShardInputError, UsageExceeded, sha256_hex
+from enclave.worker import (
+    Enclave,
+    ModelIntegrityError,
+    PlaintextRefused,
+    ShardInputError,
+    TunedModelRefused,
+    UsageExceeded,
+    sha256_hex,
+)
 from tasks import metrics, storage
 from tasks.celery_app import app
 from wire.errors import FormatError
 from wire.shard import ShardOutcome, ShardSpec, ShardSpecError
-from wire.training import TrainingSpec
+from wire.training import TrainingSpec, model_card_key
 from wire.worker_config import CONFIG_ENV, load_worker_config
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
 SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, KbsError,
              AttestationError, FormatError, storage.StorageError, InputRefused, OutputRefused, TrainingInputError,
-             LimitExceeded)
+             LimitExceeded, TunedModelRefused)
 # S3 failures that outlived boto3's retries: the shard is tried again later, then fails naming operation and code.
 STORAGE_RETRY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 30, "retry_jitter": True}
 
@@ -197,7 +205,7 @@ def _refuse_leftover(spec: ShardSpec, run_id: str) -> None:
 
 
 def _card_key(spec: ShardSpec) -> str:
-    return f"models/{spec.model_name}/{spec.model_version}/card.jws"
+    return model_card_key(spec.model_name, spec.model_version)
 
 
 def _usage_key(spec: ShardSpec) -> str:

@@ -403,3 +403,15 @@ def _unique(values: list[str], where: str, what: str) -> None:
         if v in seen:
             raise FormatError(where, f"unique {what}s", f"{v!r} twice")
         seen.add(v)
+
+
+# The spam filter's contract: the provider's own model and every tuned model trained from a recipe.
+SPAM_TASK = "text-classification"
+SPAM_CONTRACT: dict[str, Any] = {
+    "id_column": "message_id",
+    "inputs": [{"tensor": "text", "column": "text", "dtype": "string", "shape": [None, 1],
+                "preprocess": {"kind": "email-text"}}],
+    "outputs": [{"tensor": "probabilities", "column": "spam_probability", "kind": "probability", "class_index": 1},
+                {"tensor": "label", "column": "label", "kind": "label", "dtype": "int8"}],
+    "classes": ["ham", "spam"],
+}

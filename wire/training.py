@@ -11,7 +11,17 @@ is not on the wire: the dict is the Celery argument)::
      wrapped by its broker), "receipt_key": where its receipt goes}
 
 The tuned model is stored under ``tuned/<tenant>/<model_name>/<model_version>/``: its ciphertext, the card the
-enclave signs (lineage and both key shares, wrapped) and the receipt.
+enclave signs (lineage and both key shares, wrapped) and the receipt. Owners choose it as
+``<tenant>/<model_name>:<version>``; that reference is its ciphertext's AAD and its key's HKDF info. Its card
+(`cscore.tuned-model-card/v1`, Ed25519 by the training enclave's receipt key, evidence beside it)::
+
+    {"type", "tenant", "name", "version": int, "digest": "sha256:<hex>" (plaintext ONNX), "size": int,
+     "object_key": "<prefix>model.onnx.enc", "protection": "aes-256-gcm+2",
+     "schema": {"inputs": ["text"], "outputs": ["label", "probabilities"]} (the spam contract),
+     "broker", "broker_url": the provider's broker (holds the recipe key, the provider's share),
+     "owner_share": {"broker", "key_id", "wrapped": base64}, "provider_share": {"broker", "key_id", "wrapped"},
+     "lineage": {"job_id", "input_sha256", "recipe": {"name", "version", "digest"}},
+     "metrics": {precision, recall, f1, train_rows, holdout_rows, holdout_spam}, "evidence_sha256"}
 """
 
 from __future__ import annotations
@@ -20,7 +30,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from wire.card import ModelCard
+from wire.contract import SPAM_CONTRACT, SPAM_TASK, Contract
 from wire.errors import FormatError, refuse_unknown, require
+
+TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v1"
+TUNED_CARD_TYPE = "cscore.tuned-model-card/v1"
+TUNED_PROTECTION = "aes-256-gcm+2"  # AES-256-GCM under HKDF(owner share || provider share)
 
 _TEXT = ("tenant", "job_id", "input_key", "input_sha256", "recipe_name", "recipe_digest", "owner_broker",
          "model_name", "owner_share_key", "owner_share_wrapped", "receipt_key")
@@ -46,8 +62,8 @@ class TrainingSpec:
 
     @property
     def model(self) -> str:
-        """The tuned model's reference, `name:version` (the AAD of its ciphertext)."""
-        return f"{self.model_name}:{self.model_version}"
+        """The tuned model's reference, `<tenant>/<name>:<version>` (its ciphertext's AAD, its key's HKDF info)."""
+        return f"{self.tenant}/{self.model_name}:{self.model_version}"
 
     @property
     def prefix(self) -> str:
@@ -69,3 +85,71 @@ class TrainingSpec:
             raise FormatError("training_spec.recipe_digest", "sha256:<64 hex>", text["recipe_digest"])
         return cls(recipe_version=require(doc, "recipe_version", int, where="training_spec"),
                    model_version=require(doc, "model_version", int, where="training_spec"), **text)
+
+
+def model_card_key(name: str, version: int) -> str:
+    """Where the card of the model a manifest names is: `models/<name>/<version>/card.jws` (a provider's), or
+    `tuned/<tenant>/<name>/<version>/card.jws` for a tuned model named `<tenant>/<name>`."""
+    tenant, slash, base = name.partition("/")
+    return f"tuned/{tenant}/{base}/{version}/card.jws" if slash else f"models/{name}/{version}/card.jws"
+
+
+_TUNED_FIELDS = {"type", "tenant", "name", "version", "digest", "size", "object_key", "protection", "schema", "broker",
+                 "broker_url", "owner_share", "provider_share", "lineage", "metrics", "evidence_sha256"}
+
+
+@dataclass(frozen=True)
+class TunedCard:
+    """A tuned model's card (module docstring), parsed; whoever acts on it checks its signature or its key."""
+
+    tenant: str
+    name: str
+    version: int
+    digest: str
+    object_key: str
+    owner_broker: str
+    owner_key_id: str
+    owner_wrapped: str
+    provider_broker: str
+    provider_key_id: str
+    provider_wrapped: str
+    job_id: str
+    metrics: dict[str, Any]
+    raw: dict[str, Any]
+
+    @property
+    def reference(self) -> str:
+        """`<tenant>/<name>:<version>`: how owners choose it, its ciphertext's AAD, its key's HKDF info."""
+        return f"{self.tenant}/{self.name}:{self.version}"
+
+    @classmethod
+    def parse(cls, doc: Any) -> TunedCard:
+        """Strict parse; FormatError names the field (the object key must be the card's own folder's)."""
+        if not isinstance(doc, dict):
+            raise FormatError("tuned_card", "a JSON object", type(doc).__name__)
+        refuse_unknown(doc, _TUNED_FIELDS, where="tuned_card")
+        if doc.get("type") != TUNED_CARD_TYPE:
+            raise FormatError("tuned_card.type", TUNED_CARD_TYPE, doc.get("type"))
+        if doc.get("protection") != TUNED_PROTECTION:
+            raise FormatError("tuned_card.protection", TUNED_PROTECTION, doc.get("protection"))
+        text = {n: require(doc, n, str, where="tuned_card") for n in ("tenant", "name", "digest", "object_key")}
+        version = require(doc, "version", int, where="tuned_card")
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", text["digest"]):
+            raise FormatError("tuned_card.digest", "sha256:<64 hex>", text["digest"])
+        own = f"tuned/{text['tenant']}/{text['name']}/{version}/model.onnx.enc"
+        if text["object_key"] != own:
+            raise FormatError("tuned_card.object_key", own, text["object_key"])
+        shares = {f"{side}_{field}": require(doc, f"{side}_share.{field}", str, where="tuned_card")
+                  for side in ("owner", "provider") for field in ("broker", "key_id", "wrapped")}
+        return cls(**text, version=version, **shares,
+                   job_id=require(doc, "lineage.job_id", str, where="tuned_card"),
+                   metrics=dict(require(doc, "metrics", dict, where="tuned_card")), raw=doc)
+
+    def model_card(self) -> ModelCard:
+        """The card a scoring worker acts on: the spam contract, the provider's broker and share, full output."""
+        return ModelCard(name=f"{self.tenant}/{self.name}", version=self.version, digest=self.digest,
+                         object_key=self.object_key, protection="aes-256-gcm", broker=self.provider_broker,
+                         key_id=self.provider_key_id, wrapped_dek=self.provider_wrapped, probability_digits=None,
+                         quota=None, task=SPAM_TASK, contract=Contract.parse(SPAM_CONTRACT),
+                         metrics={k: float(v) for k, v in self.metrics.items() if k in ("precision", "recall", "f1")},
+                         price=None, raw=self.raw)

@@ -14,6 +14,7 @@ from dags.cscore_platform.manifest import Manifest, ManifestError
 from wire.errors import FormatError
 from wire.shard import LIMITS_VARIABLE, parse_limits
 from wire.tenant import APPROVER_VARIABLE, approval_key, verify_approval
+from wire.training import model_card_key
 
 RESULT_MANIFEST_TYPE = "cscore.result-manifest/v1"
 CLAIM_TTL_S = 3 * 3600.0  # longer than any run may take (score_shards times out after 1 h)
@@ -48,7 +49,7 @@ class BatchStore:
                 )
 
     def check_model(self, manifest: Manifest) -> None:
-        key = f"models/{manifest.model_name}/{manifest.model_version}/card.jws"
+        key = model_card_key(manifest.model_name, manifest.model_version)
         try:
             self._s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:

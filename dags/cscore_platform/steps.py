@@ -21,6 +21,7 @@ from celery import Celery
 from dags.cscore_platform import worker_pool
 from dags.cscore_platform.manifest import MANIFEST_NAME, Manifest, tenant_and_batch, verify_manifest
 from dags.cscore_platform.planning import plan_shards
+from wire.training import model_card_key
 
 if TYPE_CHECKING:
     from dags.cscore_platform.batch_store import BatchStore
@@ -274,7 +275,7 @@ def finalize(batch: dict[str, Any], run_id: str) -> str:
 
 def _model_card(store: BatchStore, manifest: Manifest) -> dict[str, Any]:
     # The card's payload is public metadata; the worker checks the model itself by digest.
-    token = store.read(f"models/{manifest.model_name}/{manifest.model_version}/card.jws").decode()
+    token = store.read(model_card_key(manifest.model_name, manifest.model_version)).decode()
     payload = token.split(".")[1]
     card: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     return card

@@ -1,6 +1,9 @@
 """The platform's side of a training job: verify the owner's training manifest, have the workers attest, send
 `cscore.train` by name and wait for its outcome (object keys and digests; never a metric or a weight).
 
+A job's state is recorded as for a batch (`status/<tenant>/<job>.json`: processing, succeeded, failed with the
+reason) so `cscore owner train` can stop waiting on a failure; the owner trusts only the enclave's receipt.
+
 The manifest (`incoming/<tenant>/<job>/training.jws`, `cscore.training-manifest/v1`, see
 `sdk/owner_training.py`) is signed by the tenant's registered key; what the worker receives is derived from it
 only, so the platform can withhold a job but not change the data, the recipe or the owner's key share.
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote_plus
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -71,6 +76,31 @@ def run_training(spec: dict[str, Any], provider_broker: str, timeout: float = TR
     result = app.send_task(TRAIN_TASK, args=[spec], queue=worker_pool.SHARD_QUEUE)
     outcome: dict[str, Any] = result.get(timeout=timeout)
     return outcome
+
+
+def training_keys_from_events(event_extras: Iterable[dict[str, Any]], conf: dict[str, Any]) -> list[str]:
+    """Training manifest keys named by SQS-delivered S3 events and by a manual run's conf, each once."""
+    keys: list[str] = [str(k) for k in conf.get("manifest_keys") or []]
+    for extra in event_extras:
+        # A trigger-made asset event carries the trigger's event under "payload".
+        for message in (extra.get("payload") or extra).get("message_batch") or []:
+            try:
+                records = json.loads(message.get("Body", "")).get("Records", [])
+            except ValueError:
+                continue  # not an S3 event (say, the s3:TestEvent): nothing to train
+            keys += [unquote_plus(r["s3"]["object"]["key"]) for r in records if "s3" in r]
+    return [k for k in dict.fromkeys(keys) if k.endswith("/" + TRAINING_NAME)]
+
+
+def record(manifest_key: str, state: str, **details: Any) -> None:
+    """The job's status (`status/<tenant>/<job>.json`) as the owner's `cscore owner train` polls it."""
+    from dags.cscore_platform.batch_store import BatchStore
+
+    try:
+        tenant, job = tenant_and_job(manifest_key)
+    except ManifestError:
+        return  # a key outside incoming/<tenant>/<job>/: no job to record it for
+    BatchStore().set_status(tenant, job, state, **details)
 
 
 def validate(manifest_key: str) -> dict[str, Any]:

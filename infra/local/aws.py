@@ -1,4 +1,7 @@
-"""S3 + SQS on moto_server: bucket, manifest queue, the S3 -> SQS notification, and a probe that proves it."""
+"""S3 + SQS on moto_server: bucket, manifest queues, the S3 -> SQS notifications, and a probe that proves it.
+
+Scoring manifests (`.../manifest.jws`) wake cscore_batch through QUEUE, training manifests (`.../training.jws`)
+wake cscore_train through TRAINING_QUEUE: one queue per DAG, since each asset watcher deletes what it reads."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ BUCKET = "cscore"
 QUEUE = "cscore-manifests"
 PREFIX = "incoming/"
 SUFFIX = "manifest.jws"
+TRAINING_QUEUE = "cscore-training"
+TRAINING_SUFFIX = "training.jws"
 REGION = "us-east-1"
 
 
@@ -33,23 +38,29 @@ def put_object(env: dict[str, str], key: str, body: bytes) -> None:
     client.put_object(Bucket=env.get("CSCORE_BUCKET", BUCKET), Key=key, Body=body)
 
 
-def provision(endpoint: str, bucket: str = BUCKET, queue: str = QUEUE) -> str:
-    """Create bucket, queue and notification (moto keeps nothing across restarts); return the queue URL."""
+def provision(endpoint: str, bucket: str = BUCKET, queue: str = QUEUE, training_queue: str = TRAINING_QUEUE) -> str:
+    """Create bucket, queues and notifications (moto keeps nothing across restarts); return the manifest queue's
+    URL (the training queue's: `queue_url(endpoint, training_queue)`)."""
     s3, sqs = clients(endpoint)
     s3.create_bucket(Bucket=bucket)
-    queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": _queue_policy(arn, bucket)})
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
-        "QueueConfigurations": [{
-            "Id": "cscore-manifest-created",
-            "QueueArn": arn,
-            "Events": ["s3:ObjectCreated:*"],
-            "Filter": {"Key": {"FilterRules": [
-                {"Name": "prefix", "Value": PREFIX}, {"Name": "suffix", "Value": SUFFIX}]}},
-        }]})
-    sqs.purge_queue(QueueUrl=queue_url)  # drop the s3:TestEvent AWS sends when a notification is set
-    return str(queue_url)
+    configs, urls = [], []
+    for name, suffix in ((queue, SUFFIX), (training_queue, TRAINING_SUFFIX)):
+        queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": _queue_policy(arn, bucket)})
+        configs.append({"Id": f"{name}-created", "QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {"Key": {"FilterRules": [
+                            {"Name": "prefix", "Value": PREFIX}, {"Name": "suffix", "Value": suffix}]}}})
+        urls.append(queue_url)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": configs})
+    for queue_url in urls:
+        sqs.purge_queue(QueueUrl=queue_url)  # drop the s3:TestEvent AWS sends when a notification is set
+    return str(urls[0])
+
+
+def queue_url(endpoint: str, queue: str) -> str:
+    """The URL of a queue `provision` created."""
+    return str(clients(endpoint)[1].get_queue_url(QueueName=queue)["QueueUrl"])
 
 
 def _queue_policy(queue_arn: str, bucket: str) -> str:

@@ -35,10 +35,10 @@ if TYPE_CHECKING:
 PY = sys.executable
 SOCKET_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on macOS
 # Two providers of the marketplace, each with its own broker, CA and card-signing key: the spam filter's and
-# the image classifier's (`cscore demo --example images`).
+# the image classifier's (`cscore demo --example images`). Training: owners' data and share keys, recipe keys.
 PROVIDERS = ("provider", "vision")
-SIMULATED_KEY_IDS = {"owner": ["*.footer", "*.emails", "*.results", "grant:*"],
-                     **{party: ["model.*"] for party in PROVIDERS}}
+SIMULATED_KEY_IDS = {"owner": ["*.footer", "*.emails", "*.results", "*.train", "*.share", "grant:*"],
+                     **{party: ["model.*", "recipe.*"] for party in PROVIDERS}}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -67,6 +67,7 @@ def spawn_moto(stack: LocalStack) -> Pending:
         try:
             stack.env["CSCORE_SQS_QUEUE_URL"] = queue_url = aws.provision(endpoint)
             aws.probe(endpoint, queue_url)
+            stack.env["CSCORE_SQS_TRAINING_QUEUE_URL"] = aws.queue_url(endpoint, aws.TRAINING_QUEUE)
         except Exception as exc:
             raise StackError(f"moto S3+SQS set-up failed: {exc}; see {part.log_file}") from exc
         return f"on {endpoint}"

@@ -177,7 +177,7 @@ class LocalStack:
                 self._out(f"[stack] {provider} broker accepts model grants of owner broker '{owner}'")
 
     def _object_store(self) -> Pending | None:
-        if given := self._given("CSCORE_S3_ENDPOINT", "CSCORE_SQS_QUEUE_URL"):
+        if given := self._given("CSCORE_S3_ENDPOINT", "CSCORE_SQS_QUEUE_URL", "CSCORE_SQS_TRAINING_QUEUE_URL"):
             self.env.update(given)
             self.env.setdefault("CSCORE_BUCKET", self.environ.get("CSCORE_BUCKET", parts.aws.BUCKET))
             self._out(f"[stack] object storage: using {given.get('CSCORE_S3_ENDPOINT', 'AWS')} (not started)")

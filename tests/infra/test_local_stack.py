@@ -34,6 +34,7 @@ def test_env_file_has_the_contract_variables(stack: LocalStack) -> None:
     assert env["CSCORE_S3_ENDPOINT"].startswith("http://127.0.0.1:")
     assert env["CSCORE_BUCKET"] == "cscore"
     assert env["CSCORE_SQS_QUEUE_URL"].endswith("/cscore-manifests")
+    assert env["CSCORE_SQS_TRAINING_QUEUE_URL"].endswith("/cscore-training")
     assert env["CSCORE_CELERY_BROKER_URL"] == f"redis+socket://{stack.state_dir}/redis/redis.sock"
     assert env["CSCORE_CELERY_RESULT_BACKEND"] == env["CSCORE_CELERY_BROKER_URL"]
     assert env["CSCORE_TEE"] == "simulated-sev-snp"
@@ -64,6 +65,17 @@ def test_manifest_upload_notifies_the_queue_and_other_keys_do_not(stack: LocalSt
     assert aws.receive_keys(sqs, queue, wait_s=1.0) == []
     s3.put_object(Bucket="cscore", Key="incoming/acme/b 1/manifest.jws", Body=b"x")
     assert aws.receive_keys(sqs, queue, wait_s=5.0) == ["incoming/acme/b 1/manifest.jws"]
+
+
+def test_training_manifests_go_to_their_own_queue(stack: LocalStack) -> None:
+    """cscore_train's watcher deletes what it reads: a training manifest on the scoring queue would be lost."""
+    s3, sqs = aws.clients(stack.env["CSCORE_S3_ENDPOINT"])
+    scoring, training = stack.env["CSCORE_SQS_QUEUE_URL"], stack.env["CSCORE_SQS_TRAINING_QUEUE_URL"]
+    s3.put_object(Bucket="cscore", Key="incoming/acme/t-1/training.jws", Body=b"x")
+    assert aws.receive_keys(sqs, training, wait_s=5.0) == ["incoming/acme/t-1/training.jws"]
+    s3.put_object(Bucket="cscore", Key="incoming/acme/b2/manifest.jws", Body=b"x")
+    assert aws.receive_keys(sqs, training, wait_s=1.0) == []
+    assert aws.receive_keys(sqs, scoring, wait_s=5.0) == ["incoming/acme/b2/manifest.jws"]
 
 
 def test_redis_answers_on_the_unix_socket_only(stack: LocalStack) -> None:

@@ -60,3 +60,19 @@ def test_the_training_dag_is_documented_and_keeps_return_values_out_of_logs(
     for t in dag.tasks:
         kwargs = getattr(t, "partial_kwargs", None) or t.__dict__
         assert t.doc_md and kwargs.get("show_return_value_in_logs") is False, t.task_id
+
+
+def test_training_keys_come_from_s3_events_and_conf_each_once() -> None:
+    """The watcher's events (S3 records inside SQS messages, keys URL-encoded) name training manifests only."""
+    import json
+
+    from dags.cscore_platform.training import training_keys_from_events
+
+    def message(*keys: str) -> dict[str, str]:
+        return {"Body": json.dumps({"Records": [{"s3": {"object": {"key": k}}} for k in keys]})}
+
+    extras = [{"payload": {"message_batch": [message("incoming/acme/t+2/training.jws",
+                                                     "incoming/acme/b1/manifest.jws"),
+                                             {"Body": "not json"}, message(KEY)]}}]
+    assert training_keys_from_events(extras, {"manifest_keys": [KEY]}) == [KEY, "incoming/acme/t 2/training.jws"]
+    assert training_keys_from_events([], {}) == []
