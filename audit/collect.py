@@ -177,11 +177,24 @@ def _literal(text: str) -> list[str] | None:
 
 
 def storage_entries(store: Objects) -> Iterator[Entry]:
-    """Entries for manifests, receipts, result manifests and statuses found in the bucket, oldest first."""
+    """Entries for manifests, receipts, result manifests and statuses found in the bucket, oldest first; for
+    training jobs, their manifests, the enclave's training receipts and the tuned models' cards (lineage)."""
     found: list[tuple[float, Entry]] = []
     for key in store.keys("incoming/"):
         if key.endswith("/manifest.jws"):
             found.append(_manifest_entry(key, store.get(key)))
+        elif key.endswith("/training.jws"):
+            found.append(_training_manifest_entry(key, store.get(key)))
+    tuned = store.keys("tuned/")
+    trained_at: dict[str, float] = {}
+    for key in tuned:
+        if key.endswith("/receipt.jws"):
+            found.append(_training_receipt_entry(key, store.get(key)))
+            trained_at[key.removesuffix("receipt.jws")] = found[-1][0]
+    for key in tuned:
+        if key.endswith("/card.jws"):  # uploaded just before its receipt
+            when, entry = _tuned_card_entry(key, store.get(key))
+            found.append((trained_at.get(key.removesuffix("card.jws"), when) - 0.25, entry))
     last_receipt: dict[str, float] = {}
     results = store.keys("results/")
     for key in results:
@@ -239,6 +252,51 @@ def _receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json", "worker": p.get("worker"),
               "sessions": p.get("sessions"), "issued_at": p.get("issued_at")}
     return float(p.get("issued_at") or 0), ("receipt", f"receipt:{sha256_hex(raw)}", fields)
+
+
+def _payload(raw: bytes, what: str) -> tuple[str, dict[str, Any]]:
+    token = raw.decode(errors="replace").strip()
+    try:
+        return token, unverified_payload(token, what=what)
+    except SignatureError as exc:
+        return token, {"unreadable": str(exc)}
+
+
+def _training_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
+    tenant, job = _tenant_batch(key)
+    _, p = _payload(raw, "training manifest")
+    obj = p.get("object") if isinstance(p.get("object"), dict) else {}
+    # Its JWS is not logged: it carries the owner's wrapped key share (ciphertext, but a key's).
+    fields = {"tenant": tenant, "batch_id": job, "manifest_key": key, "manifest_sha256": sha256_hex(raw),
+              "created_at": p.get("created_at"),
+              "objects": [{k: obj.get(k) for k in ("key", "size", "sha256", "rows")}] if obj else [],
+              "recipe": p.get("recipe"), "model": p.get("model"), "holdout": p.get("holdout"),
+              "claimed_batch_id": p.get("job_id"), "claimed_tenant": p.get("tenant")}
+    return float(p.get("created_at") or 0), ("training_submitted", f"training-manifest:{sha256_hex(raw)}", fields)
+
+
+def _training_receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
+    token, p = _payload(raw, "training receipt")
+    prefix = key.rsplit("/", 1)[0]
+    fields = {"receipt_key": key, "receipt_sha256": sha256_hex(raw), "jws": token, "path_tenant": key.split("/")[1],
+              "tenant": p.get("tenant"), "batch_id": p.get("job_id"), "path_batch_id": p.get("job_id"),
+              "input": p.get("input"), "recipe": p.get("recipe"), "model": p.get("model"), "metrics": p.get("metrics"),
+              "evidence_sha256": p.get("evidence_sha256"),
+              "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json", "worker": p.get("worker"),
+              "issued_at": p.get("issued_at")}
+    return float(p.get("issued_at") or 0), ("training_receipt", f"training-receipt:{sha256_hex(raw)}", fields)
+
+
+def _tuned_card_entry(key: str, raw: bytes) -> tuple[float, Entry]:
+    _, p = _payload(raw, "tuned model card")
+    lineage = p.get("lineage") if isinstance(p.get("lineage"), dict) else {}
+    prefix = key.rsplit("/", 1)[0]
+    # Its JWS is not logged (both wrapped key shares are in it): the auditor verifies the stored card by digest.
+    fields = {"card_key": key, "card_sha256": sha256_hex(raw), "tenant": p.get("tenant"),
+              "batch_id": lineage.get("job_id"), "name": p.get("name"), "version": p.get("version"),
+              "digest": p.get("digest"), "lineage": lineage, "evidence_sha256": p.get("evidence_sha256"),
+              "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json"}
+    return 0.0, ("tuned_model", f"tuned-card:{sha256_hex(raw)}", fields)
 
 
 def _result_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:

@@ -36,7 +36,7 @@ from audit.merkle import MerkleTree, ProofError, verify_consistency
 from enclave.signing import canonical_json
 
 KINDS = ("key_release", "attestation", "policy_change", "grant", "receipt", "batch_submitted", "batch_status",
-         "batch_result", "broker_head")
+         "batch_result", "broker_head", "training_submitted", "training_receipt", "tuned_model")
 FORBIDDEN_FIELDS = frozenset({"material", "plaintext", "text", "dek", "secret", "private", "wrapped", "jwe",
                               "spam_probability", "probability", "label", "labels", "score", "scores", "emails"})
 DEFAULT_ORIGIN = "cscore.local/audit"

@@ -44,6 +44,8 @@ def batch_report(log: AuditLog, store: Objects | None, batch_id: str, findings: 
                  "no attestation recorded for this batch's releases"),
         _section("Key releases", _RELEASE_COLUMNS, facts.release_rows(), problems, "no key released"),
         _section("Shards", _SHARD_COLUMNS, facts.shard_rows(), problems, "no shard receipt"),
+        *([_section("Training and lineage", _RESULT_COLUMNS, facts.training_rows(), problems,
+                    "no training receipt or tuned model card")] if facts.training else []),
         _section("Results", _RESULT_COLUMNS, facts.result_rows(), problems, "no result manifest or status"),
         _section("Owner's decryption", _OWNER_COLUMNS, facts.owner_rows(), problems,
                  "the owner has not decrypted this batch's results (or decrypted them before this was logged)"),
@@ -59,7 +61,7 @@ def batch_verdicts(log: AuditLog, findings: Sequence[Finding]) -> list[dict[str,
     ("verified/total"), refusals, holds, problems (count of errors about it, or about the whole log)}."""
     entries = readable_entries(log)
     ids = list(dict.fromkeys(str(e["batch_id"]) for e in entries if e.get("batch_id")
-                             and e.get("kind") in {"batch_submitted", "grant", "batch_status"}))
+                             and e.get("kind") in {"batch_submitted", "training_submitted", "grant", "batch_status"}))
     whole_log = sum(1 for f in findings if f.severity == ERROR and f.check in WHOLE_LOG_CHECKS)
     out = []
     bad_receipts = bad_receipt_positions(findings)
@@ -85,11 +87,13 @@ class _Facts:
         self.entries = entries
         mine = [e for e in entries if batch_id in (e.get("batch_id"), e.get("path_batch_id"))]
         self.known = bool(mine)
-        self.submitted = [e for e in mine if e.get("kind") == "batch_submitted"]
+        self.submitted = [e for e in mine if e.get("kind") in ("batch_submitted", "training_submitted")]
         self.grants = [e for e in mine if e.get("kind") == "grant"]
         self.releases = [e for e in mine if e.get("kind") == "key_release" and e.get("operation") in RELEASE_OPS]
         self.owner_ops = [e for e in mine if e.get("kind") == "key_release" and e.get("operation") in OWNER_OWN_OPS]
-        self.receipts = [e for e in mine if e.get("kind") == "receipt"]
+        self.receipts = [e for e in mine if e.get("kind") in ("receipt", "training_receipt")]
+        self.tuned = [e for e in mine if e.get("kind") == "tuned_model"]
+        self.training = any(e.get("kind") in ("training_submitted", "training_receipt") for e in mine)
         self.results = [e for e in mine if e.get("kind") == "batch_result"]
         self.statuses = [e for e in mine if e.get("kind") == "batch_status"]
         self.tenant = next((str(e.get("tenant") or e.get("path_tenant")) for e in mine
@@ -124,6 +128,13 @@ class _Facts:
         for e in self.submitted:  # ranked after keys and grants: the SDK uploads the manifest last
             objects = e.get("objects") or []
             model = e.get("model") or {}
+            if e.get("kind") == "training_submitted":
+                recipe, holdout = e.get("recipe") or {}, e.get("holdout") or {}
+                rows.append(_row(e, who=f"tenant {e.get('tenant')}", what="submitted the signed training manifest",
+                                 detail=f"{_rows(objects)} labelled emails, {holdout.get('fraction')} held out; recipe "
+                                        f"{recipe.get('name')}:{recipe.get('version')} ({_short(recipe.get('digest'))})"
+                                        f"; tuned model {model.get('name')}:{model.get('version')}", rank=2))
+                continue
             rows.append(_row(e, who=f"tenant {e.get('tenant')}", what="submitted the signed manifest",
                              detail=f"{len(objects)} object(s), {_rows(objects)} emails; model "
                                     f"{model.get('name')}:{model.get('version')}; manifest "
@@ -165,9 +176,32 @@ class _Facts:
                               clause=str(e.get("reason")), decision=str(e.get("decision")),
                               alarm=e.get("decision") != "allow") for e in self.releases])
 
+    def training_rows(self) -> list[Row]:
+        rows = []
+        for e in self.receipts:
+            if e.get("kind") != "training_receipt":
+                continue
+            model, recipe, m = e.get("model") or {}, e.get("recipe") or {}, e.get("metrics") or {}
+            rows.append(_row(e, what=f"worker {e.get('worker')} trained {model.get('name')}:{model.get('version')}",
+                             detail=f"model {_short(model.get('digest'))} from data "
+                                    f"{_short((e.get('input') or {}).get('sha256'))} and recipe "
+                                    f"{recipe.get('name')}:{recipe.get('version')} ({_short(recipe.get('digest'))}); "
+                                    f"held out {m.get('holdout_rows')}: precision {m.get('precision')}, recall "
+                                    f"{m.get('recall')}, F1 {m.get('f1')}"))
+        for e in self.tuned:
+            lineage = e.get("lineage") or {}
+            rows.append(_row(e, what="enclave signed the tuned model's card",
+                             detail=f"{e.get('tenant')}/{e.get('name')}:{e.get('version')} "
+                                    f"({_short(e.get('digest'))}), lineage: job {lineage.get('job_id')}, data "
+                                    f"{_short(lineage.get('input_sha256'))}, recipe "
+                                    f"{_short((lineage.get('recipe') or {}).get('digest'))}; scores tenant "
+                                    f"{e.get('tenant')}'s batches only"))
+        return sorted(rows, key=lambda r: r["position"])
+
     def shard_rows(self) -> list[Row]:
         rows = []
-        for e in sorted(self.receipts, key=lambda r: (_int(r.get("shard_index")), int(r.get("index", 0)))):
+        shards = [r for r in self.receipts if r.get("kind") == "receipt"]
+        for e in sorted(shards, key=lambda r: (_int(r.get("shard_index")), int(r.get("index", 0)))):
             inp, out = e.get("input") or {}, e.get("output") or {}
             rows.append(_row(e, shard=str(e.get("shard_index")), row_groups=_half_open(inp.get("row_groups")),
                              input=_basename(inp.get("key")), worker=str(e.get("worker") or "unnamed"),
@@ -302,7 +336,7 @@ def _verdict(log: AuditLog, store: Objects | None, facts: _Facts, findings: Sequ
              sections: list[dict[str, Any]], witnesses: Sequence[Witness]) -> dict[str, Any]:
     integrity = [f for f in findings if f.check in WHOLE_LOG_CHECKS and f.severity == ERROR]
     mine = [f for f in findings if f.batch_id == facts.batch_id and f.severity == ERROR]
-    bad_receipts = {f.index for f in mine if f.check == "receipt" and f.index is not None}
+    bad_receipts = {f.index for f in mine if f.check in ("receipt", "training") and f.index is not None}
     problems = [f.message for f in integrity + mine]
     span = changed_span(log) if any(f.check != "sync" for f in integrity) else None
     if span is not None:
@@ -383,6 +417,18 @@ def _summary(facts: _Facts, verdict: dict[str, Any]) -> list[str]:
     objects = sub.get("objects") or []
     workers = sorted({str(e.get("worker")) for e in facts.receipts if e.get("worker")})
     released = sum(1 for e in facts.releases if e.get("decision") == "allow")
+    if facts.training:
+        recipe = sub.get("recipe") or {}
+        metrics = next((e.get("metrics") or {} for e in facts.receipts if e.get("kind") == "training_receipt"), {})
+        lines = [f"Training job: {_rows(objects)} labelled emails, recipe {recipe.get('name')}:{recipe.get('version')}"
+                 f" ({_short(recipe.get('digest'))}), tuned model {model.get('name')}:{model.get('version')}, tenant "
+                 f"{facts.tenant}.",
+                 f"Trained on {', '.join(workers) or 'no worker'}: held-out F1 {metrics.get('f1', '?')}; "
+                 f"{released} key release(s), {verdict['refusals']} refusal(s).",
+                 f"Job {verdict['state']}."]
+        if facts.start is not None:
+            lines.append(f"Submitted {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(facts.start))}.")
+        return lines
     lines = [f"{_rows(objects)} emails in {len(objects)} object(s), model {model.get('name')}:{model.get('version')}"
              f" ({_short(model.get('digest'))}), tenant {facts.tenant}.",
              f"{len(facts.receipts)} shard(s) on {len(workers)} worker(s): {', '.join(workers) or 'none'}; "

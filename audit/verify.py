@@ -14,6 +14,10 @@ Which worker got which key rests on signatures only: a verified receipt signs it
 claims digests of the broker sessions its batch's keys came through (`wire.receipt`); a release whose
 digest no verified receipt of its batch signs is noted as unproven, and a result manifest (written by the
 platform, unsigned) that names another worker for a signed digest or shard is an error.
+
+A training job counts as a batch: its enclave-signed receipt verifies like a shard's, its job had a grant for
+its recipe and measurement, and its tuned model's card (signed by the same enclave key) names the receipt's
+model, data and recipe digests (the model's lineage).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from audit.log import AuditLog, Checkpoint, LogError, Witness
 from audit.merkle import ProofError, verify_consistency
 from enclave.receipts import ReceiptError, VerifiedReceipt, verify_receipt
 from enclave.signing import SignatureError, canonical_json
+from wire.training import TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE
 
 ERROR, NOTE = "error", "note"
 DECISION_KINDS = {"attestation", "grant", "policy_change", "key_release"}  # entries made from broker decisions
@@ -73,6 +78,7 @@ def verify_audit(log: AuditLog, store: Objects, anchors: TrustAnchors, policy: P
     findings += check_grants(entries, receipts)
     findings += check_worker_links(entries, receipt_findings)
     findings += check_broker_heads(entries)
+    findings += check_training(entries, store, anchors, policy)
     findings += check_unreceipted_batches(entries)
     return findings
 
@@ -524,6 +530,75 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(parts)
 
 
+def check_training(entries: list[dict[str, Any]], store: Objects, anchors: TrustAnchors,
+                   policy: Policy) -> list[Finding]:
+    """Each training receipt verifies and is the one stored; its job had a grant naming its recipe and its
+    measurement; the tuned model's card verifies under the same evidence and names the receipt's digests."""
+    grants = {e.get("batch_id"): e for e in entries if e.get("kind") == "grant" and e.get("decision") == "allow"}
+    cards = {(e.get("tenant"), e.get("name"), e.get("version")): e for e in entries if e.get("kind") == "tuned_model"}
+    logged = [e for e in entries if e.get("kind") == "training_receipt"]
+    out = []
+    for e in logged:
+        job, at = e.get("batch_id"), e.get("index")
+        receipt, found = _check_signed(e, "receipt", store, anchors, policy, TRAINING_RECEIPT_TYPE, job)
+        out += found
+        if receipt is None:
+            continue
+        p = receipt.payload
+        model, recipe, key = p.get("model") or {}, p.get("recipe") or {}, str(e.get("receipt_key"))
+        if key != f"tuned/{p.get('tenant')}/{model.get('name')}/{model.get('version')}/receipt.jws":
+            out.append(Finding(ERROR, "training", f"training receipt {key} speaks of tenant {p.get('tenant')}, model "
+                                                  f"{model.get('name')}:{model.get('version')}", job, at))
+        grant = grants.get(job)
+        if grant is None or grant.get("model_digest") != recipe.get("digest") or \
+                receipt.claims.measurement not in (grant.get("granted_measurements") or []):
+            out.append(Finding(ERROR, "grant", f"training job {job}: trained with recipe {recipe.get('digest')} by "
+                                               f"measurement {receipt.claims.measurement[:16]}…, which the owner's "
+                                               f"grant ({'none' if grant is None else grant.get('model_digest')}) "
+                                               "does not name", job, at))
+        card_entry = cards.get((p.get("tenant"), model.get("name"), model.get("version")))
+        if card_entry is None:
+            out.append(Finding(ERROR, "training", f"training job {job}: no tuned model card logged for "
+                                                  f"{model.get('name')}:{model.get('version')}", job, at))
+            continue
+        card, found = _check_signed(card_entry, "card", store, anchors, policy, TUNED_CARD_TYPE, job)
+        out += found
+        lineage = (card.payload.get("lineage") or {}) if card else {}
+        if card is not None and (card.payload.get("digest"), lineage.get("input_sha256"),
+                                 (lineage.get("recipe") or {}).get("digest"), lineage.get("job_id")) != (
+                model.get("digest"), (p.get("input") or {}).get("sha256"), recipe.get("digest"), job):
+            out.append(Finding(ERROR, "training", f"tuned model {card_entry.get('card_key')}: its digest and "
+                                                  f"lineage are not its training receipt's {key}", job,
+                               card_entry.get("index")))
+    known = {e.get("receipt_sha256") for e in logged} | {e.get("card_sha256") for e in cards.values()}
+    for key in store.keys("tuned/"):
+        if key.endswith(("/receipt.jws", "/card.jws")) and _sha(_get(store, key)) not in known:
+            out.append(Finding(ERROR, "training", f"{key} in storage is not in the log: it was written or replaced "
+                                                  "after the last sync"))
+    return out
+
+
+def _check_signed(e: dict[str, Any], what: str, store: Objects, anchors: TrustAnchors, policy: Policy, kind: str,
+                  job: Any) -> tuple[VerifiedReceipt | None, list[Finding]]:
+    """A logged enclave-signed document (training receipt or tuned card): still the one stored, and it verifies."""
+    key, at = str(e.get(f"{what}_key")), e.get("index")
+    stored = _get(store, key)
+    out = []
+    if stored is None or _sha(stored) != e.get(f"{what}_sha256"):
+        out.append(Finding(ERROR, "training", f"{key} in storage is not the one logged: it was "
+                                              f"{'removed' if stored is None else 'replaced'}", job, at))
+    evidence_raw = _get(store, str(e.get("evidence_key")))
+    try:
+        if evidence_raw is None:
+            raise ValueError(f"its evidence {e.get('evidence_key')} is missing")
+        token = e.get("jws") or (stored or b"").decode(errors="replace")  # a card is verified as stored
+        return verify_receipt(str(token), json.loads(evidence_raw), anchors=anchors, policy=policy,
+                              expected_type=kind), out
+    except (ReceiptError, SignatureError, AttestationError, ValueError, KeyError) as exc:
+        return None, [*out, Finding(ERROR, "training", f"{key} does not verify, it is forged or altered: {exc}",
+                                    job, at)]
+
+
 def check_unreceipted_batches(entries: list[dict[str, Any]]) -> list[Finding]:
     """Keys released for a batch that produced no receipt: an error, unless the batch failed (then a note)."""
     released: dict[str, int] = defaultdict(int)
@@ -532,7 +607,7 @@ def check_unreceipted_batches(entries: list[dict[str, Any]]) -> list[Finding]:
         kind, batch = e.get("kind"), e.get("batch_id")
         if kind == "key_release" and e.get("decision") == "allow" and e.get("operation") in RELEASE_OPS and batch:
             released[batch] += 1
-        elif kind == "receipt":
+        elif kind in ("receipt", "training_receipt"):
             receipted.add(e.get("path_batch_id"))
         elif kind == "batch_status":
             status[batch] = e

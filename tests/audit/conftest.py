@@ -30,6 +30,7 @@ from wire.shard import ShardSpec
 MEASUREMENT = bytes(range(48))
 OTHER_MEASUREMENT = bytes(48)
 MODEL = "sha256:" + "ab" * 32
+RECIPE = "sha256:" + "5e" * 32
 TENANT = "acme"
 
 
@@ -86,6 +87,7 @@ class Scenario:
         for key_id in ("acme/footer", "acme/emails", "acme/results"):
             self.owner.create_key(key_id)
         self.provider.create_key("model/spam", kind="model", measurements=[MEASUREMENT.hex()])
+        self.provider.create_key("recipe.spam-recipe", kind="model", measurements=[MEASUREMENT.hex()])
 
     @property
     def brokers(self) -> dict[str, FakeBroker]:
@@ -135,6 +137,58 @@ class Scenario:
                                                            "claims_digest": _sha(canonical_json(claims))}]}]})
                        .encode())
         self._status(batch, "succeeded", result_manifest=prefix + "result-manifest.json")
+
+    def run_training(self, job: str, *, version: int = 1) -> None:
+        """A training job as cscore_train runs it: keys and grant for the recipe, attestation, the recipe and
+        the owner's data and share released, the enclave's tuned card and receipt (same key as its evidence)."""
+        from enclave.training import Metrics, TrainedModel, sign_training_receipt, tuned_card
+        from wire.recipe import RecipeCard
+        from wire.training import TrainingSpec
+
+        data_key, share_key = f"acme.{job}.train", f"acme.{job}.share"
+        for key_id in (data_key, share_key):
+            self.owner.create_key(key_id)
+        self.owner.grant(job, RECIPE, [MEASUREMENT.hex()], [data_key, share_key])
+        manifest = {"type": "cscore.training-manifest/v1", "tenant": TENANT, "job_id": job,
+                    "created_at": int(time.time()),
+                    "object": {"key": f"incoming/{TENANT}/{job}/train.parquet", "size": 100, "sha256": "ee" * 32,
+                               "rows": 300, "spam": 150},
+                    "recipe": {"name": "spam-recipe", "version": 1, "digest": RECIPE},
+                    "model": {"name": "spam-filter-tuned", "version": version}, "holdout": {"fraction": 0.3, "seed": 0},
+                    "key_broker": {"name": "owner", "url": "http://owner", "data_key": data_key,
+                                   "share_key": share_key, "share_wrapped": "AAAA"}}
+        self.store.put(f"incoming/{TENANT}/{job}/training.jws", sign_json(manifest, self.owner_key).encode())
+        self._status(job, "processing", run_id="run-t")
+        claims = {"measurement": MEASUREMENT.hex(), "tee": "sev-snp", "root": "simulated", "debug": False,
+                  "nonce": secrets.token_hex(8)}
+        for broker in (self.owner, self.provider):
+            broker.decide("attest", "allow", "evidence verified and bound", claims=claims)
+        self.provider.decide("unwrap", "allow", "default model policy holds", key_id="recipe.spam-recipe",
+                             batch_id=job, model_digest=RECIPE, claims=claims)
+        for key_id in (data_key, share_key):
+            self.owner.decide("unwrap", "allow", "default data policy holds", key_id=key_id, batch_id=job,
+                              model_digest=RECIPE, claims=claims)
+        spec = TrainingSpec(TENANT, job, manifest["object"]["key"], "ee" * 32, "spam-recipe", 1, RECIPE, "owner",
+                            "spam-filter-tuned", version, share_key, "AAAA",
+                            f"tuned/{TENANT}/spam-filter-tuned/{version}/receipt.jws")
+        onnx = secrets.token_bytes(64)  # stands for the tuned model's ONNX bytes
+        trained = TrainedModel(onnx, "sha256:" + _sha(onnx), Metrics(0.97, 0.98, 0.975, 210, 90, 45))
+        recipe = RecipeCard("spam-recipe", 1, RECIPE, "recipes/spam-recipe/1/recipe.json.enc", "provider",
+                            "recipe.spam-recipe", "AAAA", {"broker_url": "http://provider"})
+        receipt_key = generate_signing_key()
+        runtime = {"nonce": secrets.token_hex(16), "receipt_pubkey": receipt_key.as_dict(private=False)}
+        evidence = SimulatedSnpProvider(self.sim_dir, MEASUREMENT).get_evidence(
+            hashlib.sha512(canonical_json(runtime)).digest())
+        doc = evidence_document(evidence, runtime)
+        evidence_sha = _sha(canonical_json(doc))
+        self.store.put(f"{spec.prefix}evidence/{evidence_sha}.json", canonical_json(doc))
+        self.store.put(spec.prefix + "model.onnx.enc", secrets.token_bytes(92))
+        self.store.put(spec.prefix + "card.jws", sign_json(tuned_card(spec, trained, recipe,
+                                                                      evidence_sha256=evidence_sha),
+                                                           receipt_key).encode())
+        self.store.put(spec.receipt_key, sign_training_receipt(receipt_key, spec=spec, trained=trained,
+                                                               evidence_sha256=evidence_sha, worker="w1").encode())
+        self._status(job, "succeeded", receipt_key=spec.receipt_key)
 
     def _submit(self, batch: str, shards: int) -> None:
         objects = [{"key": f"incoming/{TENANT}/{batch}/part-00000.parquet", "size": 100, "sha256": "cd" * 32,
