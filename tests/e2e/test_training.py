@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,11 @@ def test_another_tenant_naming_the_tuned_model_is_refused_by_the_enclave(
         stack: LocalStack, corpus: tuple[list[CorpusEmail], list[CorpusEmail]], tmp_path: Path) -> None:
     """Tenant `rival` (another owner's key) copies acme's public card reference into its own manifest."""
     store = ObjectStore()
-    rival = dataclasses.replace(Party.from_env("owner"), home=tmp_path / "rival-owner")
+    owner = Party.from_env("owner")
+    rival = dataclasses.replace(owner, home=tmp_path / "rival-owner")
+    rival.home.mkdir()
+    # Its own signing key; the stack has one owner broker, so the rival is a tenant of the same broker.
+    shutil.copy(owner.home / "broker-admin-token", rival.home / "broker-admin-token")
     onboard_tenant(rival, store, stack.state_dir, tenant="rival")
     anchors, policy = owner_trust(accept_simulated=True)
     acme = tuned_models(store, TENANT, owner=Party.from_env("owner"), anchors=anchors, policy=policy)[0]
@@ -149,3 +154,21 @@ def test_another_tenant_naming_the_tuned_model_is_refused_by_the_enclave(
     status = wait_for_batch(store, "rival", batch.batch_id, timeout=WAIT_S)
     assert status["state"] == "failed"
     assert "belongs to tenant 'acme'" in status["reason"] and "scores only its owner's batches" in status["reason"]
+
+
+def test_the_audit_tells_the_training_job_and_finds_every_release_allowed(stack: LocalStack) -> None:
+    """Training releases, the receipt and the tuned model's lineage are in the log; the rival's refused batch
+    is a recorded failure, not an unexplained release."""
+    assert _cscore(stack, "audit", "sync", "--state-dir", str(stack.state_dir)).returncode == 0
+    job = _state["outcome"]["job_id"]
+    shown = _cscore(stack, "audit", "show", job, "--state-dir", str(stack.state_dir), "--json")
+    assert shown.returncode == 0, (shown.stdout[-3000:], shown.stderr[-3000:])
+    report = json.loads(shown.stdout)
+    assert report["verdict"]["holds"] and report["verdict"]["receipts"] == {"verified": 1, "total": 1}
+    training = next(s for s in report["sections"] if s["title"] == "Training and lineage")["rows"]
+    assert f"F1 {_state['outcome']['f1']}" in training[-1]["cells"]["detail"]
+    assert f"lineage: job {job}" in training[0]["cells"]["detail"]
+    keys = {r["cells"]["key"] for r in next(s for s in report["sections"] if s["title"] == "Key releases")["rows"]}
+    assert {"recipe.spam-recipe", f"{TENANT}.{job}.train", f"{TENANT}.{job}.share"} <= keys
+    verified = _cscore(stack, "audit", "verify", "--state-dir", str(stack.state_dir))
+    assert verified.returncode == 0, verified.stdout[-3000:]
