@@ -265,7 +265,7 @@ def _payload(raw: bytes, what: str) -> tuple[str, dict[str, Any]]:
 def _training_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
     tenant, job = _tenant_batch(key)
     _, p = _payload(raw, "training manifest")
-    obj = p.get("object") if isinstance(p.get("object"), dict) else {}
+    obj: dict[str, Any] = p["object"] if isinstance(p.get("object"), dict) else {}
     # Its JWS is not logged: it carries the owner's wrapped key share (ciphertext, but a key's).
     fields = {"tenant": tenant, "batch_id": job, "manifest_key": key, "manifest_sha256": sha256_hex(raw),
               "created_at": p.get("created_at"),
@@ -289,7 +289,7 @@ def _training_receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
 
 def _tuned_card_entry(key: str, raw: bytes) -> tuple[float, Entry]:
     _, p = _payload(raw, "tuned model card")
-    lineage = p.get("lineage") if isinstance(p.get("lineage"), dict) else {}
+    lineage: dict[str, Any] = p["lineage"] if isinstance(p.get("lineage"), dict) else {}
     prefix = key.rsplit("/", 1)[0]
     # Its JWS is not logged (both wrapped key shares are in it): the auditor verifies the stored card by digest.
     fields = {"card_key": key, "card_sha256": sha256_hex(raw), "tenant": p.get("tenant"),

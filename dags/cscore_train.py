@@ -75,8 +75,8 @@ def cscore_train() -> None:
     def train(job: dict[str, Any]) -> dict[str, Any]:
         outcome: dict[str, Any] = _failing_marks_job(job["manifest_key"], "train", training.run_training,
                                                      job["spec"], job["provider_broker"])
-        training.record(job["manifest_key"], "succeeded", receipt_key=outcome["receipt_key"],
-                        model_key=outcome["model_key"])
+        training.record(job["manifest_key"], "succeeded", run_id=str(get_current_context()["run_id"]),
+                        receipt_key=outcome["receipt_key"], model_key=outcome["model_key"])
         return outcome
 
     train.expand(job=validate_training_manifest.expand(manifest_key=find_training_manifests()))
