@@ -125,11 +125,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     owner = Party.from_env("owner")
     models = list_models(ObjectStore(), owner.trusted_providers(), task=args.task)
     if args.tenant:  # this owner's tuned models, verified: listed for its own tenant only
-        from cscore.demo import owner_trust
         from sdk.owner_training import tuned_models
 
-        anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
-        models += [m for m in tuned_models(ObjectStore(), args.tenant, owner=owner, anchors=anchors, policy=policy)
+        models += [m for m in tuned_models(ObjectStore(), args.tenant, owner=owner,
+                                           accept_simulated=args.accept_simulated)
                    if args.task is None or m.task == args.task]
     if args.json:
         print(json.dumps([m.summary() for m in models]))
@@ -328,11 +327,9 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         owner = Party.from_env("owner")
         if "/" in args.model:  # <tenant>/<name>: a tuned model, its card signed by the enclave that trained it
-            from cscore.demo import owner_trust
             from sdk.owner_training import find_tuned_model
 
-            anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
-            model = find_tuned_model(store, args.model, owner=owner, anchors=anchors, policy=policy)
+            model = find_tuned_model(store, args.model, owner=owner, accept_simulated=args.accept_simulated)
         else:
             model = find_model(store, args.model, owner.trusted_providers())
         if model.card is not None and any(i.kind != "email-text" for i in model.card.contract.inputs):
@@ -382,10 +379,7 @@ def _await_training(args: argparse.Namespace, store: Any, owner: Any, job_id: st
     if status["state"] != "succeeded":
         print(f"training job {job_id} failed: {status.get('reason')}", file=sys.stderr)
         return 1
-    from cscore.demo import owner_trust
-
-    anchors, policy = owner_trust(accept_simulated=args.accept_simulated)
-    outcome = verify_training(store, args.tenant, job_id, owner=owner, anchors=anchors, policy=policy)
+    outcome = verify_training(store, args.tenant, job_id, owner=owner, accept_simulated=args.accept_simulated)
     summary = {"job_id": job_id, "model": outcome.model, "digest": outcome.digest,
                "measurement": outcome.measurement, **{k: outcome.metrics[k] for k in sorted(outcome.metrics)}}
     if args.json:

@@ -157,19 +157,25 @@ def wait_for_training(store: ObjectStore, tenant: str, job_id: str, *, timeout: 
                        "look at the Airflow UI for the cscore_train run")
 
 
-def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Party, anchors: TrustAnchors,
-                    policy: Policy) -> TrainingOutcome:
+def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Party, anchors: TrustAnchors | None = None,
+                    policy: Policy | None = None, accept_simulated: bool = False) -> TrainingOutcome:
     """Check the enclave's receipt and tuned-model card against the owner's own manifest and grant.
 
     Both are signed by the key the attestation evidence beside them binds (verified against `anchors` and
-    `policy`), by a worker of a measurement and configuration this owner granted, for this job's data and
-    recipe digests. Raises TrainingJobError naming the object and the field.
+    `policy`; by default AMD's roots, the simulated one only with `accept_simulated`, and the measurements this
+    owner granted the job), by a worker of a measurement and configuration this owner granted, for this job's
+    data and recipe digests. Raises TrainingJobError naming the object and the field.
     """
     m = verify_json(_get(store, f"incoming/{tenant}/{job_id}/training.jws", "your signed training manifest").decode(),
                     owner.signing_key().as_dict(private=False), what="training manifest")
     prefix = f"tuned/{tenant}/{m['model']['name']}/{m['model']['version']}/"
-    receipt = _enclave_signed(store, prefix + "receipt.jws", prefix, TRAINING_RECEIPT_TYPE, anchors, policy)
     granted = owner.broker().get_grant(job_id)
+    if anchors is None or policy is None:
+        from sdk.results import owner_trust
+
+        anchors, policy = owner_trust(accept_simulated=accept_simulated,
+                                      measurements=[str(x) for x in granted.get("measurements", [])])
+    receipt = _enclave_signed(store, prefix + "receipt.jws", prefix, TRAINING_RECEIPT_TYPE, anchors, policy)
     if receipt.claims.measurement not in granted.get("measurements", []):
         raise TrainingJobError(f"{prefix}receipt.jws: measurement expected one of {granted.get('measurements')} "
                                f"(your grant), got {receipt.claims.measurement}")
@@ -191,8 +197,8 @@ def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Part
                            p["model"]["digest"], dict(p["metrics"]), receipt.claims.measurement, p, card)
 
 
-def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: TrustAnchors,
-                 policy: Policy) -> list[ModelListing]:
+def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: TrustAnchors | None = None,
+                 policy: Policy | None = None, accept_simulated: bool = False) -> list[ModelListing]:
     """This owner's tuned models, as `cscore models` lists them and `cscore owner submit --model` chooses them.
 
     Only cards under `tuned/<tenant>/` whose job this owner signed and whose receipt and card verify
@@ -204,7 +210,8 @@ def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: Trus
             continue
         try:
             job_id = TunedCard.parse(unverified_payload(store.get(key).decode(errors="replace"), what=key)).job_id
-            outcome = verify_training(store, tenant, job_id, owner=owner, anchors=anchors, policy=policy)
+            outcome = verify_training(store, tenant, job_id, owner=owner, anchors=anchors, policy=policy,
+                                      accept_simulated=accept_simulated)
         except (TrainingJobError, FormatError, SignatureError, BrokerAdminError):
             continue
         card = TunedCard.parse(outcome.card)
@@ -214,12 +221,13 @@ def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: Trus
     return [listings[k] for k in sorted(listings)]
 
 
-def find_tuned_model(store: ObjectStore, ref: str, *, owner: Party, anchors: TrustAnchors,
-                     policy: Policy) -> ModelListing:
+def find_tuned_model(store: ObjectStore, ref: str, *, owner: Party, anchors: TrustAnchors | None = None,
+                     policy: Policy | None = None, accept_simulated: bool = False) -> ModelListing:
     """`<tenant>/<name>:<version>` or `<tenant>/<name>` (latest) among this owner's verified tuned models."""
     name, _, version = ref.partition(":")
     tenant = name.partition("/")[0]
-    every = tuned_models(store, tenant, owner=owner, anchors=anchors, policy=policy)
+    every = tuned_models(store, tenant, owner=owner, anchors=anchors, policy=policy,
+                         accept_simulated=accept_simulated)
     chosen = [m for m in every if m.name == name and (not version or str(m.version) == version)]
     if not chosen:
         known = ", ".join(f"{m.name}:{m.version}" for m in every) or "none"
