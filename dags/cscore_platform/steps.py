@@ -196,7 +196,7 @@ def record_events(batch: dict[str, Any], run_id: str, sentences: list[str]) -> N
     for sentence in sentences:
         events.append(sentence)
         say("warning", "Batch %s: %s.", manifest.batch_id, sentence, batch_id=manifest.batch_id, step="score",
-            event=sentence)
+            pool_event=sentence)  # not `event`: structlog's own name for the message (TypeError)
     if sentences:
         batch_store().set_status(manifest.tenant, manifest.batch_id, "processing", run_id=run_id,
                                 manifest_sha256=manifest.sha256, events=events)
