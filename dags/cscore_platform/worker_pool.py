@@ -135,6 +135,19 @@ class _Shards:
         # once the batch's status names another run or state, see tasks.worker_tasks).
         self.app.control.revoke([r.id for i in self.unfinished() for r in self.attempts[i]])
 
+    def starters(self) -> set[str]:
+        """Workers whose attempt of an unfinished shard is running now (by the hostname they reported)."""
+        found = set()
+        for index in self.unfinished():
+            latest = self.attempts[index][-1]
+            if latest.state == "STARTED" and (latest.info or {}).get("hostname"):
+                found.add(str(latest.info["hostname"]))
+        return found
+
+    def waiting(self) -> list[int]:
+        """Unfinished shards whose latest attempt no worker has started (queued, or reserved by one)."""
+        return [i for i in self.unfinished() if self.attempts[i][-1].state == "PENDING"]
+
     def started_on(self, worker: str) -> list[int]:
         """Unfinished shards whose latest attempt was started by `worker`."""
         found = []
@@ -243,18 +256,29 @@ class ShardWatch:
 
 def _check_workers(app: Celery, pool: _Shards, last_seen: dict[str, float], any_seen: float, now: float,
                    note: Callable[[str], None]) -> float:
-    """Ping the pool; re-send the shards of workers silent for WORKER_SILENT_S; returns when any answered."""
+    """Ping the pool; re-send the shards of workers silent for WORKER_SILENT_S; returns when any answered.
+
+    A worker is watched from its first ping or from the first shard it is seen running, whichever comes first
+    (one that dies before it ever answered a ping is missed otherwise). A lost worker is handled once: its
+    started shards, and every shard no worker has started yet (it may hold them reserved, and the transport
+    gives reserved messages back only after its visibility timeout), are sent again; receipts make a second
+    attempt of a finished shard report the first one's."""
     for worker in live_workers(app, timeout=2.0):
         last_seen[worker] = now
         any_seen = now
+    for worker in pool.starters():
+        last_seen.setdefault(worker, now)
     for worker, seen in list(last_seen.items()):
         if now - seen < WORKER_SILENT_S:
             continue
+        del last_seen[worker]  # handled once; a worker that answers again is watched anew
         lost = pool.started_on(worker)
-        if lost:
+        waiting = [i for i in pool.waiting() if i not in lost]
+        if lost or waiting:
             note(f"worker {worker} answered no ping for {now - seen:.0f} s; its shard(s) "
-                 f"{', '.join(map(str, lost))} sent again to the other workers")
-            for index in lost:
+                 f"{', '.join(map(str, lost)) or 'none'} sent again to the other workers, and the "
+                 f"{len(waiting)} shard(s) not yet started with them")
+            for index in lost + waiting:
                 pool.send(index)
     if now - any_seen > NO_WORKER_S:
         pool.revoke()
