@@ -152,9 +152,15 @@ def test_hooks_reach_the_real_brokers_and_workers_through_those_connections(
         assert KeyBrokerHook.for_broker(name).public_keys()["grant"]["kty"] == "EC"
     ok, message = WorkerPoolHook().test_connection()
     assert ok and "2 worker(s) answered" in message, message
-    # The owner's connection pointed at the provider's broker: refused by name, not silently used.
+    # The owner's connection pointed at the provider's broker (its URL and its CA, else TLS already refuses):
+    # refused by name, not silently used.
     owner = json.loads(stack.airflow_env["AIRFLOW_CONN_CSCORE_BROKER_OWNER"])
-    owner["host"] = stack.env["CSCORE_PROVIDER_BROKER_URL"]
-    monkeypatch.setenv("AIRFLOW_CONN_CSCORE_BROKER_OWNER", json.dumps(owner))
+    provider = json.loads(stack.airflow_env["AIRFLOW_CONN_CSCORE_BROKER_PROVIDER"])
+    monkeypatch.setenv("AIRFLOW_CONN_CSCORE_BROKER_OWNER", json.dumps(
+        {**owner, "host": provider["host"], "extra": {**owner["extra"], "ca_pem": provider["extra"]["ca_pem"]}}))
     with pytest.raises(BrokerUnavailable, match="expected name 'owner', got 'provider'"):
+        KeyBrokerHook.for_broker("owner").check()
+    # With the owner's own CA the provider's certificate does not even pass TLS.
+    monkeypatch.setenv("AIRFLOW_CONN_CSCORE_BROKER_OWNER", json.dumps({**owner, "host": provider["host"]}))
+    with pytest.raises(BrokerUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
         KeyBrokerHook.for_broker("owner").check()

@@ -46,7 +46,7 @@ def _refusal(kind: str = "data", policy: str | None = None, **parts: Any) -> tup
                                                  ("resource", "resource")])
 def test_honest_requests_are_allowed(kind: str, operation: str) -> None:
     verdict = _verdict(kind, request={"operation": operation})
-    assert verdict == Verdict(True, f"default {kind} policy holds")
+    assert verdict == Verdict(True, f"default {kind} policy holds", clause="default")
 
 
 # -- data keys: the batch grant ---------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_chip_pinned_to_another_or_a_prefix(pinned: str) -> None:
 def test_the_floor_holds_under_a_custom_policy(policy: str) -> None:
     assert _refusal(policy=policy, key={"min_tcb": {"snp": 23}})[0] == "tcb.snp"
     assert _refusal(policy=policy, key={"chip_ids": ["00" * 64]})[0] == "chip_id"
-    assert _verdict(policy=policy) == Verdict(True, "custom policy holds")
+    assert _verdict(policy=policy) == Verdict(True, "custom policy holds", clause="custom")
 
 
 def test_custom_policy_refusals_say_why() -> None:

@@ -84,7 +84,10 @@ def test_clients_accept_loopback_http_and_report_a_missing_ca(tmp_path: Path) ->
     ({"tls_cert_path": "/nonexistent.pem", "tls_key_path": "/nonexistent.key"}, "does not exist"),
 ])
 def test_broker_refuses_plain_http_off_loopback_and_half_tls(tmp_path: Path, overrides: dict[str, str],
-                                                               message: str, caplog: pytest.LogCaptureFixture) -> None:
+                                                               message: str, caplog: pytest.LogCaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve() sets up the process's root logger (force=True), which would drop caplog's handler in this process.
+    monkeypatch.setattr("keybroker.__main__.configure_logging", lambda config: None)
     config = BrokerConfig.from_dict({**BrokerProcess(tmp_path).config, **overrides})
     with pytest.raises(ValueError, match=message):
         config.check_transport()
