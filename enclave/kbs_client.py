@@ -31,6 +31,8 @@ from joserfc.jwk import ECKey
 from wire.canonical import canonical_json
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from attestation import Evidence
 
 log = logging.getLogger("enclave.kbs_client")
@@ -263,10 +265,12 @@ class AttestedSession:
             if named:
                 self._note_use(named, result.claims_digest)
             content = canonical_json(body) if body is not None else b""
-            headers = {"Authorization": f"Bearer {token}", POP_HEADER: self._pop(token, method, path, content)}
-            if body is not None:
-                headers["Content-Type"] = "application/json"
-            response = self._send(method, path, content=content, headers=headers)
+
+            def headers(token: str = token, content: bytes = content) -> dict[str, str]:
+                signed = {"Authorization": f"Bearer {token}", POP_HEADER: self._pop(token, method, path, content)}
+                return signed | ({"Content-Type": "application/json"} if body is not None else {})
+
+            response = self._send(method, path, content, headers)
             if response.status_code == 401 and attempt == 1 and _problem_type(response).endswith("token-expired"):
                 with self._lock:
                     self._result = None
@@ -292,15 +296,29 @@ class AttestedSession:
         return jwe.decrypt_compact(token, self._tee_key, algorithms=JWE_ALGS).plaintext or b""
 
     def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _json_or_raise(self._send("POST", path, content=canonical_json(body),
-                                         headers={"Content-Type": "application/json"}))
+        return _json_or_raise(self._send("POST", path, canonical_json(body),
+                                         lambda: {"Content-Type": "application/json"}))
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            error = BrokerUnreachable(self.party, self.broker_url, exc)
-        raise error  # outside the handler: the original's context stays out of what the platform sees
+    def _send(self, method: str, path: str, content: bytes,
+              headers: Callable[[], dict[str, str]]) -> httpx.Response:
+        """One request; sent once more, on a new connection with fresh headers (a new PoP jti), when the
+        broker or a proxy closed a kept-alive connection as it was reused (RemoteProtocolError, no answer).
+
+        Raises BrokerUnreachable for any other transport failure, or a second closed connection.
+        """
+        for attempt in (1, 2):
+            try:
+                return self._http.request(method, path, content=content, headers=headers())
+            except httpx.RemoteProtocolError as exc:
+                if attempt == 1:
+                    log.info("the %s broker at %s closed a kept-alive connection unanswered; sending again",
+                             self.party or "key", self.broker_url)
+                    continue
+                error = BrokerUnreachable(self.party, self.broker_url, exc)
+            except httpx.TransportError as exc:
+                error = BrokerUnreachable(self.party, self.broker_url, exc)
+            raise error  # outside the handler: the original's context stays out of what the platform sees
+        raise AssertionError("unreachable")
 
 
 def _problem_type(response: httpx.Response) -> str:
