@@ -15,10 +15,8 @@ last bit.
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -27,7 +25,6 @@ INPUT_NAME = "text"
 LABEL_OUTPUT = "label"
 PROBABILITY_OUTPUT = "probabilities"
 CHUNK_ROWS = 64
-_CACHE_SIZE = 4
 
 
 class ModelLoadError(ValueError):
@@ -117,40 +114,3 @@ def _check_schema(session: ort.InferenceSession) -> None:
         raise ModelLoadError(f"expected output 'probabilities' of shape [N, 2], found {outputs[PROBABILITY_OUTPUT]}")
 
 
-_cache: OrderedDict[tuple[str, str, int], ModelSession] = OrderedDict()
-_cache_lock = threading.Lock()
-
-
-def session_for(digest: str, loader: Callable[[], bytes], threads: int = 1, *,
-                namespace: str = "confidential") -> ModelSession:
-    """The cached session for the model whose SHA-256 is ``digest`` (hex, optionally ``sha256:``-prefixed).
-
-    ``loader`` is called only on a miss, and its bytes must hash to ``digest`` (else ModelLoadError):
-    a cache keyed by digest must never hold a different model. Keeps the last few models used (LRU).
-    ``namespace`` keeps models loaded by different paths apart (a plaintext baseline never reaches a
-    model that was released confidentially).
-    """
-    expected = digest.removeprefix("sha256:").lower()
-    key = (namespace, expected, threads)
-    with _cache_lock:
-        cached = _cache.get(key)
-        if cached is not None:
-            _cache.move_to_end(key)
-            return cached
-    onnx_bytes = loader()
-    actual = hashlib.sha256(onnx_bytes).hexdigest()
-    if actual != expected:
-        raise ModelLoadError(f"model bytes hash to sha256:{actual}, expected sha256:{expected}")
-    session = ModelSession(onnx_bytes, threads=threads)
-    with _cache_lock:
-        _cache[key] = session
-        _cache.move_to_end(key)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return session
-
-
-def clear_session_cache() -> None:
-    """Drop every cached session (their weights go with them)."""
-    with _cache_lock:
-        _cache.clear()

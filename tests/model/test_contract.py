@@ -273,6 +273,36 @@ def test_the_cache_keys_on_the_contract_and_checks_the_digest(digits: tuple[Any,
     assert contract_session_for(digest, other, lambda: onnx_bytes) is not first
     with pytest.raises(ModelLoadError, match="model bytes hash to sha256:"):
         contract_session_for("0" * 64, contract, lambda: onnx_bytes)
+    assert contract_session_for(digest, contract, lambda: onnx_bytes, threads=2) is not first
+
+
+def test_the_cache_is_bounded_and_loads_only_on_a_miss(digits: tuple[Any, bytes, Any]) -> None:
+    import hashlib
+
+    import onnx
+
+    import enclave.runner as runner
+
+    runner.clear_contract_sessions()
+    contract = Contract.parse(DIGITS_CONTRACT)
+    models = []
+    for i in range(runner._CACHE_SIZE + 1):
+        model = onnx.load_from_string(digits[1])
+        model.graph.name = f"m{i}"  # same weights, other bytes, another digest
+        models.append(model.SerializeToString())
+    loads: list[int] = []
+
+    def loader(i: int) -> bytes:
+        loads.append(i)
+        return models[i]
+
+    sessions = [contract_session_for(hashlib.sha256(m).hexdigest(), contract, lambda i=i: loader(i))
+                for i, m in enumerate(models)]
+    newest = hashlib.sha256(models[-1]).hexdigest()
+    assert contract_session_for(newest, contract, lambda: b"unused") is sessions[-1]
+    oldest = hashlib.sha256(models[0]).hexdigest()
+    assert contract_session_for(oldest, contract, lambda: loader(0)) is not sessions[0]  # evicted, loaded again
+    assert loads == [*range(len(models)), 0]
 
 
 # -- bad inputs: in the enclave (per row, no content) and at the owner (per file, before upload) --------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import subprocess
@@ -13,8 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-import enclave.scoring as scoring
-from enclave.scoring import CHUNK_ROWS, ModelLoadError, ModelSession, clear_session_cache, session_for
+from enclave.scoring import CHUNK_ROWS, ModelLoadError, ModelSession
 from sdk.training import sklearn_spam_probability
 
 from .conftest import TrainedModel
@@ -115,40 +113,6 @@ def test_session_writes_nothing_to_disk(small_model: TrainedModel, tmp_path: Pat
     finally:
         os.chdir(cwd)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_session_for_caches_per_digest_and_checks_the_hash(small_model: TrainedModel) -> None:
-    clear_session_cache()
-    data = small_model.onnx_bytes
-    digest = hashlib.sha256(data).hexdigest()
-    calls: list[int] = []
-
-    def loader() -> bytes:
-        calls.append(1)
-        return data
-
-    first = session_for(digest, loader)
-    assert session_for(f"sha256:{digest}", loader) is first
-    assert len(calls) == 1
-    with pytest.raises(ModelLoadError, match=f"hash to sha256:{digest}, expected sha256:{'0' * 64}"):
-        session_for("0" * 64, loader)
-    assert session_for(digest, loader, threads=2) is not first
-
-
-def test_session_cache_is_bounded(small_model: TrainedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_session_cache()
-    models = [_renamed_model(small_model.onnx_bytes, f"m{i}") for i in range(scoring._CACHE_SIZE + 1)]
-    sessions = [session_for(hashlib.sha256(m).hexdigest(), lambda m=m: m) for m in models]
-    oldest = hashlib.sha256(models[0]).hexdigest()
-    assert session_for(oldest, lambda: models[0]) is not sessions[0]  # evicted, rebuilt
-    newest = hashlib.sha256(models[-1]).hexdigest()
-    assert session_for(newest, lambda: b"unused") is sessions[-1]
-
-
-def _renamed_model(onnx_bytes: bytes, name: str) -> bytes:
-    model = onnx.load_from_string(onnx_bytes)
-    model.graph.name = name  # same weights, different bytes, different digest
-    return model.SerializeToString()
 
 
 def test_enclave_scoring_imports_only_stdlib_numpy_onnxruntime() -> None:
