@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from airflow.sdk import dag, get_current_context, task
 
-from dags.cscore_platform import steps
+from dags.cscore_platform import s3_events
+from dags.cscore_platform.manifest import MANIFEST_NAME
 from dags.cscore_platform.provider import RESULTS, RESULTS_ALIAS, ScoreBatchOperator
 from dags.cscore_platform.provider.operators import DEFAULT_DEFER_AFTER_S, SCORE_RETRIES
 
@@ -50,10 +51,7 @@ def cscore_batch() -> None:
           doc_md="Manifest keys from the S3 events that woke this run (or `conf.manifest_keys`), each once.")
     def find_manifests() -> list[str]:
         context = get_current_context()
-        events = context.get("triggering_asset_events") or {}
-        extras = [event.extra for asset_events in events.values() for event in asset_events]
-        conf = context["dag_run"].conf or {}
-        return steps.manifest_keys_from_events(extras, conf)
+        return s3_events.object_keys(s3_events.event_extras(context), context["dag_run"].conf or {}, MANIFEST_NAME)
 
     ScoreBatchOperator.partial(
         task_id="score_batch",

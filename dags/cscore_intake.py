@@ -13,26 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
-from dags.cscore_platform import steps
+from dags.cscore_platform import s3_events
 from dags.cscore_platform.intake import batch_run
+from dags.cscore_platform.manifest import MANIFEST_NAME
 
-QUEUE_URL = os.environ.get("CSCORE_SQS_QUEUE_URL")
-
-
-def _manifest_asset() -> Asset | None:
-    if not QUEUE_URL:
-        return None
-    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
-
-    trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=QUEUE_URL, waiter_delay=1, wait_time_seconds=1,
-                                  max_messages=10)
-    return Asset("cscore_incoming_manifests", watchers=[AssetWatcher(name="cscore_manifest_queue",
-                                                                      trigger=trigger)])
-
-
-MANIFESTS = _manifest_asset()
+MANIFESTS = s3_events.queue_asset("cscore_incoming_manifests", "cscore_manifest_queue",
+                                   os.environ.get("CSCORE_SQS_QUEUE_URL"))
 
 DAG_DOC = """
 ### cscore_intake: one `cscore_batch` run per uploaded manifest
@@ -52,11 +40,9 @@ def cscore_intake() -> None:
     @task(show_return_value_in_logs=False,
           doc_md="Manifest keys from the S3 events that woke this run, each once; one batch run each.")
     def find_manifests() -> list[dict[str, Any]]:
-        context = get_current_context()
-        events = context.get("triggering_asset_events") or {}
-        extras = [event.extra for asset_events in events.values() for event in asset_events]
         now = datetime.now(UTC)
-        return [batch_run(key, now) for key in steps.manifest_keys_from_events(extras, {})]
+        keys = s3_events.object_keys(s3_events.event_extras(get_current_context()), {}, MANIFEST_NAME)
+        return [batch_run(key, now) for key in keys]
 
     # A retried trigger whose run exists already skips (run ids are unique per event).
     TriggerDagRunOperator.partial(

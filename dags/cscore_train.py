@@ -12,23 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
-from dags.cscore_platform import training
-
-QUEUE_URL = os.environ.get("CSCORE_SQS_TRAINING_QUEUE_URL")
-
-
-def _training_asset() -> Asset | None:
-    if not QUEUE_URL:
-        return None
-    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
-
-    trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=QUEUE_URL, waiter_delay=1, wait_time_seconds=1,
-                                  max_messages=10)
-    return Asset("cscore_incoming_training_manifests",
-                 watchers=[AssetWatcher(name="cscore_training_queue", trigger=trigger)])
-
+from dags.cscore_platform import s3_events, training
 
 DAG_DOC = """
 ### cscore_train: one owner's training job on an attested confidential worker
@@ -43,7 +29,8 @@ This DAG sees ciphertext, digests and object keys only: the metrics are in the e
 weights in a ciphertext neither party can open alone.
 """
 
-MANIFESTS = _training_asset()
+MANIFESTS = s3_events.queue_asset("cscore_incoming_training_manifests", "cscore_training_queue",
+                                   os.environ.get("CSCORE_SQS_TRAINING_QUEUE_URL"))
 
 
 def _failing_marks_job(manifest_key: str, step: str, fn: Any, *args: Any) -> Any:
@@ -61,9 +48,8 @@ def cscore_train() -> None:
           doc_md="Training manifest keys from the S3 events that woke this run (or `conf.manifest_keys`), each once.")
     def find_training_manifests() -> list[str]:
         context = get_current_context()
-        events = context.get("triggering_asset_events") or {}
-        extras = [event.extra for asset_events in events.values() for event in asset_events]
-        return training.training_keys_from_events(extras, context["dag_run"].conf or {})
+        return s3_events.object_keys(s3_events.event_extras(context), context["dag_run"].conf or {},
+                                     training.TRAINING_NAME)
 
     @task(show_return_value_in_logs=False, doc_md="Verify the tenant's signature; derive the worker's instruction.")
     def validate_training_manifest(manifest_key: str) -> dict[str, Any]:

@@ -10,16 +10,15 @@ import base64
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_plus
 
 import structlog
 from celery import Celery
 
 from dags.cscore_platform import worker_pool
-from dags.cscore_platform.manifest import MANIFEST_NAME, Manifest, tenant_and_batch, verify_manifest
+from dags.cscore_platform.manifest import Manifest, tenant_and_batch, verify_manifest
 from dags.cscore_platform.planning import plan_shards
 from wire.training import model_card_key
 
@@ -52,28 +51,6 @@ SHARD_TIMEOUT_S = 1800.0
 
 class BatchSkipped(Exception):
     """This run does not process the batch (already processed or in progress elsewhere)."""
-
-
-def manifest_keys_from_events(event_extras: Iterable[dict[str, Any]], conf: dict[str, Any]) -> list[str]:
-    """Manifest keys named by SQS-delivered S3 events and by a manual run's conf, each once."""
-    keys: list[str] = list(conf.get("manifest_keys") or [])
-    for extra in event_extras:
-        # A trigger-made asset event carries the trigger's event under "payload".
-        for message in (extra.get("payload") or extra).get("message_batch") or []:
-            keys.extend(_keys_in_s3_event(message.get("Body", "")))
-    unique = list(dict.fromkeys(keys))
-    say("info", "This run will look at %d manifest(s): %s", len(unique), ", ".join(unique) or "none")
-    return unique
-
-
-def _keys_in_s3_event(body: str) -> list[str]:
-    try:
-        records = json.loads(body).get("Records", [])
-    except ValueError:
-        say("warning", "Ignored a queue message that is not an S3 event")
-        return []
-    keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records if "s3" in r]
-    return [k for k in keys if k.endswith("/" + MANIFEST_NAME)]
 
 
 @contextmanager

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote_plus
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -76,20 +74,6 @@ def run_training(spec: dict[str, Any], provider_broker: str, timeout: float = TR
     result = app.send_task(TRAIN_TASK, args=[spec], queue=worker_pool.SHARD_QUEUE)
     outcome: dict[str, Any] = result.get(timeout=timeout)
     return outcome
-
-
-def training_keys_from_events(event_extras: Iterable[dict[str, Any]], conf: dict[str, Any]) -> list[str]:
-    """Training manifest keys named by SQS-delivered S3 events and by a manual run's conf, each once."""
-    keys: list[str] = [str(k) for k in conf.get("manifest_keys") or []]
-    for extra in event_extras:
-        # A trigger-made asset event carries the trigger's event under "payload".
-        for message in (extra.get("payload") or extra).get("message_batch") or []:
-            try:
-                records = json.loads(message.get("Body", "")).get("Records", [])
-            except ValueError:
-                continue  # not an S3 event (say, the s3:TestEvent): nothing to train
-            keys += [unquote_plus(r["s3"]["object"]["key"]) for r in records if "s3" in r]
-    return [k for k in dict.fromkeys(keys) if k.endswith("/" + TRAINING_NAME)]
 
 
 def record(manifest_key: str, state: str, **details: Any) -> None:

@@ -84,7 +84,8 @@ def test_key_outside_incoming_is_not_a_manifest(owner_key: Any) -> None:
 
 
 def test_manifest_keys_come_from_trigger_payloads_and_conf_once() -> None:
-    from dags.cscore_platform.steps import manifest_keys_from_events
+    from dags.cscore_platform.manifest import MANIFEST_NAME
+    from dags.cscore_platform.s3_events import object_keys
 
     def s3_event(*keys: str) -> dict[str, Any]:
         import json
@@ -98,5 +99,5 @@ def test_manifest_keys_come_from_trigger_payloads_and_conf_once() -> None:
         {"from_trigger": True, "payload": {"status": "success", "message_batch": [
             s3_event("incoming/acme/b%2B1/manifest.jws", "incoming/acme/b2/part-00000.parquet")]}},
     ]
-    keys = manifest_keys_from_events(extras, {"manifest_keys": ["incoming/acme/b3/manifest.jws"]})
+    keys = object_keys(extras, {"manifest_keys": ["incoming/acme/b3/manifest.jws"]}, MANIFEST_NAME)
     assert keys == ["incoming/acme/b3/manifest.jws", "incoming/acme/b+1/manifest.jws"]

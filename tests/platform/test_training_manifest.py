@@ -66,7 +66,8 @@ def test_training_keys_come_from_s3_events_and_conf_each_once() -> None:
     """The watcher's events (S3 records inside SQS messages, keys URL-encoded) name training manifests only."""
     import json
 
-    from dags.cscore_platform.training import training_keys_from_events
+    from dags.cscore_platform.s3_events import object_keys
+    from dags.cscore_platform.training import TRAINING_NAME
 
     def message(*keys: str) -> dict[str, str]:
         return {"Body": json.dumps({"Records": [{"s3": {"object": {"key": k}}} for k in keys]})}
@@ -74,5 +75,5 @@ def test_training_keys_come_from_s3_events_and_conf_each_once() -> None:
     extras = [{"payload": {"message_batch": [message("incoming/acme/t+2/training.jws",
                                                      "incoming/acme/b1/manifest.jws"),
                                              {"Body": "not json"}, message(KEY)]}}]
-    assert training_keys_from_events(extras, {"manifest_keys": [KEY]}) == [KEY, "incoming/acme/t 2/training.jws"]
-    assert training_keys_from_events([], {}) == []
+    assert object_keys(extras, {"manifest_keys": [KEY]}, TRAINING_NAME) == [KEY, "incoming/acme/t 2/training.jws"]
+    assert object_keys([], {}, TRAINING_NAME) == []
