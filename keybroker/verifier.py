@@ -6,6 +6,7 @@ Kept behind a single callable so the broker's logic can be tested with a stand-i
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from keybroker.crypto import canonical_json
-
-CLAIM_FIELDS = ("tee", "version", "product", "measurement", "report_data", "host_data", "policy",
-                "debug", "tcb", "chip_id", "signing_key", "root")
 
 # (evidence JSON, expected report_data, verification time) -> claims as a JSON-able dict
 Verifier = Callable[[dict[str, Any], bytes, datetime], dict[str, Any]]
@@ -40,19 +38,14 @@ def report_data_for(runtime_data: dict[str, Any]) -> bytes:
 
 
 def claims_to_dict(claims: Any) -> dict[str, Any]:
-    """JSON-able view of `attestation.Claims` (bytes become hex)."""
-    names = list(claims.to_dict()) if hasattr(claims, "to_dict") else CLAIM_FIELDS
-    out: dict[str, Any] = {}
-    for name in names:
-        value = getattr(claims, name, None)
-        if isinstance(value, bytes | bytearray):
-            value = value.hex()
-        elif isinstance(value, dict):
-            value = {str(k): (v.hex() if isinstance(v, bytes) else v) for k, v in value.items()}
-        elif value is not None and not isinstance(value, str | int | float | bool | list):
-            value = str(value)
-        out[name] = value
-    return out
+    """Every claim of `attestation.Claims` by its name, as JSON values (str, int, bool, dict, list).
+
+    Raises TypeError for anything else, or for a claim that is not a JSON value: never a partial view
+    that silently drops claims a custom policy may name (`vmpl`, `rtmrs`, `tcb_status`, ...).
+    """
+    if not callable(getattr(claims, "to_dict", None)):
+        raise TypeError(f"claims: expected attestation.Claims, got {type(claims).__name__}")
+    return dict(json.loads(json.dumps(claims.to_dict())))  # TypeError on a non-JSON value; big ints kept
 
 
 def attestation_verifier(trusted_roots_dir: Path | None, accept_simulated: bool) -> Verifier:

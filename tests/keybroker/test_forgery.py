@@ -500,3 +500,31 @@ def test_pop_replayed_late_in_its_window_is_refused(monkeypatch: pytest.MonkeyPa
     later = POP_WINDOW_S - 1.0  # the captured PoP is still inside its window
     replayed = client.unwrap(token, key, body, jti="captured", iat=int(now))
     assert _problem(replayed, 401, "pop-replayed")["field"] == f"{POP_HEADER}.jti"
+
+
+def test_claims_to_dict_keeps_every_claim_of_a_tdx_quote_and_has_no_partial_fallback() -> None:
+    """No subset of claim names to fall back on: a custom policy naming `vmpl`, `rtmrs` or `tcb_status`
+    sees them on real TDX claims, and anything but `attestation.Claims` is a TypeError, not a partial view."""
+    import dataclasses
+    from dataclasses import fields
+    from datetime import UTC, datetime
+
+    from attestation import Claims, Evidence, TrustAnchors, verify_evidence
+    from keybroker.verifier import claims_to_dict
+    from tests.attestation._attestation_data import read
+
+    claims = verify_evidence(Evidence(tee="tdx", report=read("tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat")),
+                             TrustAnchors.amd(), datetime(2026, 1, 1, tzinfo=UTC))
+    out = claims_to_dict(claims)
+    assert set(out) == {f.name for f in fields(Claims)}
+    assert (out["vmpl"], out["rtmrs"], out["tcb_status"]) == (claims.vmpl, claims.rtmrs, claims.tcb_status)
+    assert len(out["rtmrs"]) == 4 and out == claims.to_dict()
+
+    class Partial:  # the old fallback's shape: the twelve base claims as attributes, no to_dict
+        tee, vmpl = "sev-snp", 0
+
+    with pytest.raises(TypeError) as err:
+        claims_to_dict(Partial())
+    assert str(err.value) == "claims: expected attestation.Claims, got Partial"
+    with pytest.raises(TypeError):  # a claim JSON cannot carry is loud, not turned into text
+        claims_to_dict(dataclasses.replace(claims, advisory_ids=[b"\x01"]))  # type: ignore[list-item]
