@@ -37,6 +37,15 @@ class ConnectionMissing(LookupError):
     """An Airflow connection the hook needs is not defined; the message names it and its fields."""
 
 
+def _connection(hook: BaseHook, conn_id: str, fields: str) -> Any:
+    """The Airflow connection `conn_id`; ConnectionMissing naming it, its `fields` and the variable that sets it."""
+    try:
+        return hook.get_connection(conn_id)
+    except Exception as exc:  # the SDK raises its own not-found error type
+        raise ConnectionMissing(f"Airflow connection {conn_id} is not defined: create it with {fields} "
+                                f"(the local stack sets AIRFLOW_CONN_{conn_id.upper()})") from exc
+
+
 class WorkerPoolHook(BaseHook):
     """The confidential workers' Celery transport (connection `cscore_workers`).
 
@@ -65,12 +74,7 @@ class WorkerPoolHook(BaseHook):
                 "pool_size": int(extra.get("pool_size") or 0)}
 
     def settings(self) -> dict[str, Any]:
-        try:
-            conn = self.get_connection(self.workers_conn_id)
-        except Exception as exc:  # the SDK raises its own not-found error type
-            raise ConnectionMissing(f"Airflow connection {self.workers_conn_id} is not defined: create it with "
-                                    "extra broker_url and result_backend (the local stack sets "
-                                    "AIRFLOW_CONN_CSCORE_WORKERS)") from exc
+        conn = _connection(self, self.workers_conn_id, "extra broker_url and result_backend")
         return self.settings_from(conn.extra_dejson, self.workers_conn_id)
 
     def get_conn(self) -> Celery:
@@ -117,12 +121,7 @@ class KeyBrokerHook(BaseHook):
 
     def describe(self) -> dict[str, Any]:
         """{"url", "name", "verify"}: the broker's base URL, its expected name and the TLS check to apply."""
-        try:
-            conn = self.get_connection(self.broker_conn_id)
-        except Exception as exc:  # the SDK raises its own not-found error type
-            raise ConnectionMissing(f"Airflow connection {self.broker_conn_id} is not defined: create it with host "
-                                    "https://<broker> and extra ca_pem (the local stack sets "
-                                    f"AIRFLOW_CONN_{self.broker_conn_id.upper()})") from exc
+        conn = _connection(self, self.broker_conn_id, "host https://<broker> and extra ca_pem")
         extra = conn.extra_dejson
         host = str(conn.host or "")
         if not host:
