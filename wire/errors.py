@@ -34,6 +34,17 @@ def refuse_unknown(obj: dict[str, Any], allowed: set[str], *, where: str) -> Non
         raise FormatError(f"{where}.{unknown[0]}", f"one of {sorted(allowed)}", unknown[0], "unknown field")
 
 
+def typed_document(doc: Any, where: str, doc_type: str, allowed: set[str]) -> dict[str, Any]:
+    """`doc` as a JSON object whose `type` is `doc_type` and whose keys are all in `allowed` (strict parse's
+    first step: FormatError names `where`, or its first unknown field, or `where.type`)."""
+    if not isinstance(doc, dict):
+        raise FormatError(where, "a JSON object", type(doc).__name__)
+    refuse_unknown(doc, allowed, where=where)
+    if doc.get("type") != doc_type:
+        raise FormatError(f"{where}.type", doc_type, doc.get("type"))
+    return doc
+
+
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 

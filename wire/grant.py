@@ -24,7 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from wire.canonical import canonical_json
-from wire.errors import FormatError, refuse_unknown, require
+from wire.errors import FormatError, require, typed_document
 
 GRANT_TYPE = "cscore.model-grant/v1"
 GRANT_TYP = "cscore-model-grant+jws"
@@ -53,11 +53,7 @@ class ModelGrant:
     @classmethod
     def parse(cls, doc: Any) -> ModelGrant:
         """Strict parse; FormatError names the field."""
-        if not isinstance(doc, dict):
-            raise FormatError("model_grant", "a JSON object", type(doc).__name__)
-        refuse_unknown(doc, _FIELDS, where="model_grant")
-        if doc.get("type") != GRANT_TYPE:
-            raise FormatError("model_grant.type", GRANT_TYPE, doc.get("type"))
+        doc = typed_document(doc, "model_grant", GRANT_TYPE, _FIELDS)
         text = {name: require(doc, name, str, where="model_grant")
                 for name in ("issuer", "batch_id", "model_digest", "measurement", "config_digest", "tee_key")}
         numbers = {name: require(doc, name, int, where="model_grant") for name in ("rows", "issued_at", "expires_at")}

@@ -27,7 +27,7 @@ from typing import Any
 
 from wire.canonical import canonical_json
 from wire.card import verify_signed
-from wire.errors import FormatError, refuse_unknown, require
+from wire.errors import FormatError, refuse_unknown, require, typed_document
 
 RECIPE_TYPE = "cscore.recipe/v1"
 RECIPE_CARD_TYPE = "cscore.recipe-card/v1"
@@ -65,11 +65,7 @@ class Recipe:
     @classmethod
     def parse(cls, doc: Any) -> Recipe:
         """Strict parse; FormatError names the field (an unknown one included)."""
-        if not isinstance(doc, dict):
-            raise FormatError("recipe", "a JSON object", type(doc).__name__)
-        refuse_unknown(doc, _RECIPE_FIELDS, where="recipe")
-        if doc.get("type") != RECIPE_TYPE:
-            raise FormatError("recipe.type", RECIPE_TYPE, doc.get("type"))
+        doc = typed_document(doc, "recipe", RECIPE_TYPE, _RECIPE_FIELDS)
         if doc.get("algorithm") not in ALGORITHMS:
             raise FormatError("recipe.algorithm", f"one of {list(ALGORITHMS)}", doc.get("algorithm"))
         features = require(doc, "features", dict, where="recipe")
@@ -112,11 +108,7 @@ class RecipeCard:
     @classmethod
     def parse(cls, doc: Any) -> RecipeCard:
         """Strict parse of the payload; FormatError names the field."""
-        if not isinstance(doc, dict):
-            raise FormatError("recipe_card", "a JSON object", type(doc).__name__)
-        refuse_unknown(doc, _CARD_FIELDS, where="recipe_card")
-        if doc.get("type") != RECIPE_CARD_TYPE:
-            raise FormatError("recipe_card.type", RECIPE_CARD_TYPE, doc.get("type"))
+        doc = typed_document(doc, "recipe_card", RECIPE_CARD_TYPE, _CARD_FIELDS)
         digest = require(doc, "digest", str, where="recipe_card")
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             raise FormatError("recipe_card.digest", "sha256:<64 hex>", digest)

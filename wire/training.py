@@ -32,7 +32,7 @@ from typing import Any
 
 from wire.card import ModelCard
 from wire.contract import SPAM_CONTRACT, SPAM_TASK, Contract
-from wire.errors import FormatError, refuse_unknown, require
+from wire.errors import FormatError, refuse_unknown, require, typed_document
 
 TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v1"
 TUNED_CARD_TYPE = "cscore.tuned-model-card/v1"
@@ -125,11 +125,7 @@ class TunedCard:
     @classmethod
     def parse(cls, doc: Any) -> TunedCard:
         """Strict parse; FormatError names the field (the object key must be the card's own folder's)."""
-        if not isinstance(doc, dict):
-            raise FormatError("tuned_card", "a JSON object", type(doc).__name__)
-        refuse_unknown(doc, _TUNED_FIELDS, where="tuned_card")
-        if doc.get("type") != TUNED_CARD_TYPE:
-            raise FormatError("tuned_card.type", TUNED_CARD_TYPE, doc.get("type"))
+        doc = typed_document(doc, "tuned_card", TUNED_CARD_TYPE, _TUNED_FIELDS)
         if doc.get("protection") != TUNED_PROTECTION:
             raise FormatError("tuned_card.protection", TUNED_PROTECTION, doc.get("protection"))
         text = {n: require(doc, n, str, where="tuned_card") for n in ("tenant", "name", "digest", "object_key")}

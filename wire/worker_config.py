@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wire.canonical import canonical_json, sha256_hex
-from wire.errors import FormatError, refuse_unknown, require
+from wire.errors import FormatError, refuse_unknown, require, typed_document
 
 CONFIG_TYPE = "cscore.worker-config/v1"
 TEES = ("simulated-sev-snp", "configfs-tsm")
@@ -94,12 +94,8 @@ class WorkerConfig:
     @classmethod
     def parse(cls, doc: Any) -> WorkerConfig:
         """Strict parse; raises FormatError naming the field."""
-        if not isinstance(doc, dict):
-            raise FormatError("worker_config", "a JSON object", type(doc).__name__)
-        refuse_unknown(doc, {"type", "tee", "owners", "providers", "insecure_plaintext_baseline", "transport"},
-                       where="worker_config")
-        if doc.get("type") != CONFIG_TYPE:
-            raise FormatError("worker_config.type", CONFIG_TYPE, doc.get("type"))
+        doc = typed_document(doc, "worker_config", CONFIG_TYPE,
+                             {"type", "tee", "owners", "providers", "insecure_plaintext_baseline", "transport"})
         tee = require(doc, "tee", str, where="worker_config")
         if tee not in TEES:
             raise FormatError("worker_config.tee", f"one of {list(TEES)}", tee)
