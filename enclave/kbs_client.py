@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from joserfc import jwe, jwt
 from joserfc.jwk import ECKey
 
 from wire.canonical import canonical_json
+from wire.endpoint import is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -126,7 +126,7 @@ def broker_tls(broker_url: str, ca_bundle: str | os.PathLike[str] | None = None,
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"broker URL {broker_url!r}: scheme must be https (or http on loopback)")
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ValueError(f"refusing plain HTTP to {host!r}: broker URLs must be https:// unless the host is "
                          "loopback (127.0.0.1, ::1, localhost)")
     path = ca_bundle if ca_bundle is not None else (os.environ.get(CA_ENV) or None)
@@ -135,15 +135,6 @@ def broker_tls(broker_url: str, ca_bundle: str | os.PathLike[str] | None = None,
     if not Path(path).is_file():
         raise FileNotFoundError(f"broker CA bundle {os.fspath(path)!r} does not exist (argument or ${CA_ENV})")
     return ssl.create_default_context(cafile=os.fspath(path))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class AttestedSession:
@@ -328,11 +319,16 @@ def _problem_type(response: httpx.Response) -> str:
         return ""
 
 
-def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
-    if response.is_success:
-        return response.json()
+def problem_of(response: httpx.Response) -> dict[str, Any]:
+    """A refusal's problem details (RFC 9457 JSON object); a body that is not one becomes {"detail": text}."""
     try:
         problem = response.json()
     except ValueError:
-        problem = {"detail": response.text[:500]}
-    raise KbsError(response.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})
+        return {"detail": response.text[:500]}
+    return problem if isinstance(problem, dict) else {"detail": str(problem)}
+
+
+def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
+    if response.is_success:
+        return response.json()
+    raise KbsError(response.status_code, problem_of(response))

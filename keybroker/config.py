@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from keybroker.store import is_postgres_url, redact_url
-from keybroker.tls import is_loopback
+from wire.endpoint import is_loopback
 from wire.jsonlog import log_format
 
 TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")  # as attestation.evidence names them

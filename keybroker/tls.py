@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from wire.endpoint import is_loopback
+
 CA_ENV = "CSCORE_BROKER_CA"  # what clients read (enclave.kbs_client, sdk.broker_admin)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 CA_DAYS = 3650
@@ -41,17 +43,6 @@ class TlsFiles:
     ca_cert: Path
     cert: Path
     key: Path
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost`, 127.0.0.0/8 and ::1 (the only hosts plain HTTP is allowed on)."""
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ensure_local_tls(ca_dir: Path, out_dir: Path, name: str,

@@ -15,7 +15,7 @@ import httpx
 from joserfc import jwe, jwt
 from joserfc.jwk import ECKey, import_key
 
-from enclave.kbs_client import BrokerUnreachable, broker_tls  # one TLS rule for every broker client
+from enclave.kbs_client import BrokerUnreachable, broker_tls, problem_of  # one TLS rule for every broker client
 from wire.canonical import canonical_json
 
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
@@ -197,11 +197,7 @@ class BrokerAdmin:
                                     then="run the command again") from None
         if response.is_success:
             return response.json()
-        try:
-            problem = response.json()
-        except ValueError:
-            problem = {"detail": response.text[:500]}
-        raise BrokerAdminError(response.status_code, problem if isinstance(problem, dict) else {"detail": problem})
+        raise BrokerAdminError(response.status_code, problem_of(response))
 
 
 class BatchKeys:
