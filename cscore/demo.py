@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from attestation import Policy, TrustAnchors
 from cscore.present import advice, confusion, histogram, label_rule, tee_line
@@ -31,6 +32,7 @@ from sdk.training import export_onnx, train_spam_model
 
 TENANT = "acme"
 MODEL_NAME = "spam-filter"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,18 @@ def score_report(results: VerifiedResults, labels: dict[str, int]) -> tuple[dict
 def run_demo(state_dir: Path, *, workers: int = 2, keep: bool = False,
              say: Callable[[str], None] = print) -> DemoReport:
     """Start the stack, run both parties' jobs, verify and measure; stop the stack unless `keep`."""
+    return on_demo_stack(state_dir, _run_parties, workers=workers, keep=keep, say=say)
+
+
+def on_demo_stack(state_dir: Path, run: Callable[[LocalStack, Callable[[str], None]], T], *, workers: int,
+                  keep: bool, say: Callable[[str], None]) -> T:
+    """`run(stack, say)` on a started local stack (with Airflow) whose variables are in this process's
+    environment; the stack is stopped afterwards unless `keep`."""
     stack = LocalStack(state_dir, workers=workers, airflow=True, out=say)
     stack.start()
     os.environ.update(stack.env)
     try:
-        return _run_parties(stack, say)
+        return run(stack, say)
     finally:
         if not keep:
             stack.stop()

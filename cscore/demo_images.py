@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cscore.demo import TENANT, onboard_tenant, owner_trust
+from cscore.demo import TENANT, on_demo_stack, onboard_tenant, owner_trust
 from cscore.present import advice, tee_line
 from enclave.measurement import code_measurement
 from enclave.runner import ContractSession
@@ -64,14 +64,7 @@ PROVIDER = "vision"
 def run_images_demo(state_dir: Path, *, workers: int = 2, keep: bool = False,
                     say: Callable[[str], None] = print) -> ImagesReport:
     """Start the stack, run the provider's and the owner's jobs on images, verify; stop unless `keep`."""
-    stack = LocalStack(state_dir, workers=workers, airflow=True, out=say)
-    stack.start()
-    os.environ.update(stack.env)
-    try:
-        return _run(stack, say)
-    finally:
-        if not keep:
-            stack.stop()
+    return on_demo_stack(state_dir, _run, workers=workers, keep=keep, say=say)
 
 
 def _run(stack: LocalStack, say: Callable[[str], None]) -> ImagesReport:
