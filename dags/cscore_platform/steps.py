@@ -60,17 +60,21 @@ def _failing_marks_batch(store: BatchStore, manifest_key: str, run_id: str, step
     except BatchSkipped:
         raise
     except BaseException as exc:  # timeouts and kills too: the claim must not outlive a dead run
-        tenant, batch = tenant_and_batch(manifest_key)
-        reason = f"{step}: {exc}"
-        if store.release(tenant, batch, reason, run_id):
-            say("error", "Batch %s failed at step %s: %s. Its input is untouched; fix the cause and submit the "
-                      "same manifest again.", batch, step, exc, batch_id=batch, tenant=tenant, step=step,
-                      run_id=run_id, decision="failed")
-        else:
-            say("error", "This run could not process batch %s (%s: %s); another run holds it and it is left "
-                      "to that run.", batch, step, exc, batch_id=batch, tenant=tenant, step=step, run_id=run_id,
-                      decision="left to the holder")
+        _release(store, manifest_key, run_id, step, str(exc))
         raise
+
+
+def _release(store: BatchStore, manifest_key: str, run_id: str, step: str, why: str) -> None:
+    """Mark the batch failed at `step` for `why` and free it for resubmission, if this run still holds it."""
+    tenant, batch = tenant_and_batch(manifest_key)
+    if store.release(tenant, batch, f"{step}: {why}", run_id):
+        say("error", "Batch %s failed at step %s: %s. Its input is untouched; fix the cause and submit the "
+                  "same manifest again.", batch, step, why, batch_id=batch, tenant=tenant, step=step,
+                  run_id=run_id, decision="failed")
+    else:
+        say("error", "This run could not process batch %s (%s: %s); another run holds it and it is left "
+                  "to that run.", batch, step, why, batch_id=batch, tenant=tenant, step=step, run_id=run_id,
+                  decision="left to the holder")
 
 
 def validate(manifest_key: str, run_id: str) -> dict[str, Any]:
@@ -185,6 +189,14 @@ def shards_failed(batch: dict[str, Any], run_id: str, reason: str) -> None:
     message = _whose_broker(reason, manifest.broker_url, str(batch.get("provider_broker_url") or ""))
     with _failing_marks_batch(batch_store(), manifest.key, run_id, "score"):
         raise worker_pool.WorkerPoolError(message)
+
+
+def wait_broke(batch: dict[str, Any], run_id: str, error: str) -> None:
+    """Mark the batch failed because waiting for its shards raised an error that is not the pool's (a bug):
+    `error` names it (type and message). The caller raises it, traceback and all; a retry then skips the batch."""
+    manifest = _manifest_of(batch)
+    _release(batch_store(), manifest.key, run_id, "score",
+             f"{error} (an error in the platform's wait for the shards, not the pool's; see the task's log)")
 
 
 def shards_done(batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,7 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import amqp.exceptions
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery
+from celery.exceptions import BackendError
 from celery.result import AsyncResult
 from celery.utils.nodenames import worker_direct
 
@@ -90,6 +94,7 @@ WORKER_SILENT_S = 20.0
 TRANSPORT_DOWN_S = 60.0  # the Celery transport unreachable this long fails the batch with the reason
 NO_WORKER_S = 60.0  # no worker at all answering this long fails the batch
 CHECK_EVERY_S = 5.0
+TRANSPORT_BLIP_S = 5.0  # the transport's server back after this long unreachable (nothing lost) is noted
 
 
 class _Shards:
@@ -158,6 +163,25 @@ class _Shards:
         return found
 
 
+# What an unreachable or restarting Celery transport raises: sockets, Redis and AMQP connections, and kombu's and
+# Celery's wrappers of them. Anything else (TypeError, KeyError, ...) is a bug and fails the task with its traceback.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError,
+    kombu.exceptions.OperationalError, kombu.exceptions.ConnectionError, kombu.exceptions.ChannelError,
+    amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableChannelError, BackendError)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether `exc` is one of TRANSPORT_ERRORS or was raised from one (`raise ... from`): Celery's result
+    consumer raises a plain RuntimeError from the connection error once its reconnect retries are spent."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TRANSPORT_ERRORS):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def transport_epoch(app: Celery) -> str | None:
     """An id that changes when the Redis server behind the result backend restarts (its run_id); None when
     the transport cannot tell (then only its errors reveal a restart)."""
@@ -181,7 +205,9 @@ def run_shards(
     Faults it rides out, each told to `note` in a sentence: a worker that stops answering pings for
     WORKER_SILENT_S (its started shards are sent again), a Celery transport that restarted (every unfinished
     shard is sent again: queued messages died with it). It fails with the reason when the transport stays
-    unreachable TRANSPORT_DOWN_S, when no worker answers for NO_WORKER_S, or after `timeout` s.
+    unreachable TRANSPORT_DOWN_S, when no worker answers for NO_WORKER_S, or after `timeout` s. Only the
+    transport's own errors (TRANSPORT_ERRORS) count as an outage: any other error, from this code or from
+    `progress` and `note`, propagates as it is.
     """
     watch = ShardWatch(app, shards, run_id=run_id, timeout=timeout, progress=progress, note=note)
     while (outcomes := watch.step()) is None:
@@ -204,11 +230,15 @@ class ShardWatch:
         self.app, self.shards, self.timeout, self.progress, self.note = app, shards, timeout, progress, note
         self.deadline = time.monotonic() + timeout - (time.time() - started if started is not None else 0.0)
         self.pool = _Shards(app, shards, run_id, sent)
-        self.epoch = transport_epoch(app)
         self.last_seen: dict[str, float] = {}
         # None: ping at once, so every worker is known before one can die unseen (its shards are re-sent)
         self.last_check: float | None = None
         self.down_since: float | None = None
+        self.epoch: str | None = None
+        try:
+            self.epoch = transport_epoch(app)
+        except TRANSPORT_ERRORS:  # down as the watch starts (a trigger adopting shards): sent again once back
+            self.down_since = time.monotonic()
         self.any_seen = time.monotonic()
         self.done_before = -1
 
@@ -216,31 +246,44 @@ class ShardWatch:
         return self.pool.task_ids()
 
     def step(self) -> list[dict[str, Any]] | None:
-        """One look; the outcomes in shard order once all are done. Raises WorkerPoolError with the reason."""
+        """One look; the outcomes in shard order once all are done. Raises WorkerPoolError with the reason; any
+        other error (a bug, or a failing `note`) propagates as it is, never taken for a transport outage."""
         now, pool, app = time.monotonic(), self.pool, self.app
+        said: list[str] = []  # told to `note` after the transport's calls: its own errors are never the transport's
         try:
             pool.collect()
             if self.down_since is not None or (self.last_check is None or now - self.last_check >= CHECK_EVERY_S):
                 new_epoch = transport_epoch(app)
-                if self.down_since is not None or new_epoch != self.epoch:
+                down = now - self.down_since if self.down_since is not None else None
+                # A new server run lost its queued messages; the same run kept them (a dropped connection). A
+                # transport that cannot tell (epoch None) is taken to have lost them.
+                if new_epoch != self.epoch or (down is not None and new_epoch is None):
                     lost = pool.unfinished()
-                    how = f"down for {now - self.down_since:.0f} s" if self.down_since else "new server run"
-                    self.note(f"the Celery transport {_where(app)} restarted or dropped its connections ({how}); "
-                              f"{len(lost)} unfinished shard(s) sent again")
+                    how = f"down for {down:.0f} s" if down is not None else "new server run"
+                    said.append(f"the Celery transport {_where(app)} restarted or dropped its connections ({how}); "
+                                f"{len(lost)} unfinished shard(s) sent again")
                     for index in lost:
                         pool.send(index)
-                    self.epoch, self.down_since = new_epoch, None
+                elif down is not None and down >= TRANSPORT_BLIP_S:
+                    said.append(f"the Celery transport {_where(app)} did not answer for {down:.0f} s, then answered "
+                                "as the same server run (its messages kept): nothing sent again")
+                self.epoch, self.down_since = new_epoch, None
                 self.last_check = now
-                self.any_seen = _check_workers(app, pool, self.last_seen, self.any_seen, now, self.note)
+                self.any_seen = _check_workers(app, pool, self.last_seen, self.any_seen, now, said.append)
         except WorkerPoolError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the transport's own errors (redis, kombu, sockets)
+        except Exception as exc:
+            if not is_transport_error(exc):
+                raise  # a bug in our code (or a callback): the task fails with its own traceback
             self.down_since = self.down_since or now
             if now - self.down_since > TRANSPORT_DOWN_S:
                 raise WorkerPoolError(
                     f"the Celery transport {_where(app)} did not answer for {now - self.down_since:.0f} s "
                     f"({type(exc).__name__}: {exc}); {len(pool.unfinished())} of {len(self.shards)} shards "
                     "unfinished; bring it back, then resubmit the batch (finished shards are reused)") from exc
+        finally:
+            for sentence in said:
+                self.note(sentence)
         done = len(pool.outcomes)
         if done != self.done_before:
             self.progress(done, len(self.shards))

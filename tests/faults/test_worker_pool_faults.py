@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from dags.cscore_platform import worker_pool
 from infra.local import parts, procs
@@ -197,17 +198,23 @@ def lone_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subpr
     """A Redis of its own (the module's stack keeps running): stopped by the test that uses it."""
     folder = tmp_path_factory.mktemp("redis")
     sock = folder / "r.sock"
-    server = subprocess.Popen([parts.redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
-                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while not (sock.exists() and _pongs(sock)):
-        assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
-        time.sleep(0.05)
+    server = _redis_on(sock)
     try:
         yield server, sock
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def _redis_on(sock: Path) -> subprocess.Popen[bytes]:
+    """A redis-server on the unix socket `sock`, answering PING."""
+    server = subprocess.Popen([parts.redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                               "--appendonly", "no", "--dir", str(sock.parent)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while not (sock.exists() and _pongs(sock)):
+        assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    return server
 
 
 def _pongs(sock: Path) -> bool:
@@ -245,3 +252,44 @@ def test_a_pending_result_against_a_stopped_redis_gives_up_after_a_few_tries(
     assert retries == [f"Connection to Redis lost: Retry ({i}/3) {when}." for i, when in
                        zip(range(3), ["now", "now", "in 1.00 second"], strict=True)] * 2, retries
     app.close()
+
+
+def test_a_stopped_redis_is_an_outage_ridden_out_then_named(
+        lone_redis: tuple[subprocess.Popen[bytes], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other side of tests/platform/test_worker_watch.py (a bug surfaces as itself): the transport's real
+    errors, from a Redis that stopped, are an outage: ridden out, shards sent again once it is back, and named
+    when it stays down."""
+    server, sock = lone_redis
+    url = f"redis+socket://{sock}"
+    monkeypatch.setattr(sys, "unraisablehook", lambda hook: None)  # results' __del__ against the stopped Redis
+    app = worker_pool.celery_client(url, url)
+    notes: list[str] = []
+    shards = [{"shard_index": i, "rows": 1} for i in range(3)]
+    watch = worker_pool.ShardWatch(app, shards, run_id="r", timeout=600, note=notes.append)
+    assert watch.step() is None and watch.down_since is None and watch.epoch is not None
+    monkeypatch.setattr(worker_pool, "CHECK_EVERY_S", 0.0)  # every look asks the transport
+    redis.Redis(unix_socket_path=str(sock)).client_kill_filter(_type="normal")  # every connection dropped
+    for _ in range(3):
+        assert watch.step() is None
+    assert [len(a) for a in watch.task_ids()] == [1, 1, 1] and notes == []  # same server run: nothing lost
+    server.terminate()
+    server.wait(timeout=10)
+    assert watch.step() is None  # connection refused: not raised, counted as the transport being down
+    assert watch.down_since is not None and notes == []
+    again = _redis_on(sock)  # back, empty: the queued shard messages died with the first one
+    try:
+        for _ in range(3):  # the first look after may still meet a stale connection of the old server
+            assert watch.step() is None
+        assert len(notes) == 1 and "restarted or dropped its connections" in notes[0], notes
+        assert notes[0].endswith("3 unfinished shard(s) sent again")
+        assert [len(a) for a in watch.task_ids()] == [2, 2, 2] and watch.down_since is None
+        queued = redis.Redis(unix_socket_path=str(sock)).llen(worker_pool.SHARD_QUEUE)
+        assert queued == 3  # each shard's message is on the new server's queue
+    finally:
+        again.terminate()
+        again.wait(timeout=10)
+    assert watch.step() is None  # down again
+    monkeypatch.setattr(worker_pool, "TRANSPORT_DOWN_S", -1.0)  # ... for longer than the loop waits
+    with pytest.raises(worker_pool.WorkerPoolError, match=r"the Celery transport redis\+socket://.* did not answer"
+                       r" for \d+ s \(.*\); 3 of 3 shards unfinished; bring it back"):
+        watch.step()

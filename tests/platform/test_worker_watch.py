@@ -1,10 +1,14 @@
-"""Who the platform's wait loop takes for lost, and which shards it sends again (no transport needed)."""
+"""Who the platform's wait loop takes for lost, which shards it sends again, and which errors it takes for a transport
+outage (none but the transport's own: a bug surfaces as itself). No transport process needed."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import kombu.exceptions
 import pytest
+import redis.exceptions
+from celery.exceptions import BackendGetMetaError
 
 from dags.cscore_platform import worker_pool
 
@@ -59,3 +63,58 @@ def test_a_lost_worker_is_handled_once(monkeypatch: pytest.MonkeyPatch) -> None:
     _check(pool, seen, later + 5, notes)
     _check(pool, seen, later + 10, notes)
     assert sorted(pool.sent) == [0, 1, 2] and len(notes) == 1 and "w1" not in seen
+
+
+def _memory_watch(monkeypatch: pytest.MonkeyPatch, **callbacks: Any) -> worker_pool.ShardWatch:
+    """A watch over two shards sent on Celery's in-memory transport (nobody runs them); w1 answers pings."""
+    monkeypatch.setattr(worker_pool, "live_workers", lambda app, timeout=3.0: ["w1"])
+    app = worker_pool.celery_client("memory://", "cache+memory://")
+    return worker_pool.ShardWatch(app, [{"shard_index": 0}, {"shard_index": 1}], run_id="r", timeout=600,
+                                  **callbacks)
+
+
+def test_a_bug_in_the_wait_loop_surfaces_as_itself_not_as_a_transport_outage(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    watch = _memory_watch(monkeypatch)
+    assert watch.step() is None and watch.down_since is None  # a quiet look
+
+    def buggy(app: Any, timeout: float = 3.0) -> list[str]:
+        raise TypeError("live_workers() got an unexpected keyword argument")
+
+    monkeypatch.setattr(worker_pool, "live_workers", buggy)
+    monkeypatch.setattr(worker_pool, "CHECK_EVERY_S", 0.0)  # the next look pings
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        watch.step()
+    assert watch.down_since is None  # not counted as the transport being down
+
+
+def test_a_note_that_raises_fails_the_wait_with_its_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bug this guards: the score step's note raised TypeError (structlog's `event`), which the wait loop
+    # took for a Redis outage and failed the batch 60 s later as "the Celery transport did not answer".
+    def note(sentence: str) -> None:
+        raise TypeError("meth() got multiple values for argument 'event'")
+
+    watch = _memory_watch(monkeypatch, note=note)
+    monkeypatch.setattr(worker_pool, "transport_epoch", lambda app: "a new server run")  # a note is due
+    monkeypatch.setattr(worker_pool, "CHECK_EVERY_S", 0.0)
+    with pytest.raises(TypeError, match="multiple values for argument 'event'"):
+        watch.step()
+    assert watch.down_since is None
+
+
+@pytest.mark.parametrize("error", [
+    OSError(111, "Connection refused"),
+    redis.exceptions.ConnectionError("Error 111 connecting"),
+    kombu.exceptions.OperationalError("Error 111 connecting"),
+    BackendGetMetaError("lost", "t", "STARTED"),
+])
+def test_the_transports_own_errors_are_outages_and_only_they(error: Exception) -> None:
+    assert worker_pool.is_transport_error(error)
+    wrapped = RuntimeError("Retry limit exceeded while trying to reconnect to the Celery result store backend")
+    wrapped.__cause__ = error  # Celery's result consumer raises this `from` the connection error
+    assert worker_pool.is_transport_error(wrapped)
+    in_handler = TypeError("a bug in an except clause")
+    in_handler.__context__ = error  # raised while handling it, not from it: still a bug
+    assert not worker_pool.is_transport_error(in_handler)
+    for bug in (TypeError("x"), KeyError("hostname"), AttributeError("x"), ValueError("x"), RuntimeError("x")):
+        assert not worker_pool.is_transport_error(bug)

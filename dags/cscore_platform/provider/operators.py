@@ -18,7 +18,7 @@ from dags.cscore_platform import steps, worker_pool
 from dags.cscore_platform.manifest import ManifestError, tenant_and_batch
 from dags.cscore_platform.provider.assets import RESULTS, RESULTS_ALIAS, batch_results_asset
 from dags.cscore_platform.provider.hooks import WORKERS_CONN_ID, WorkerPoolHook
-from dags.cscore_platform.provider.triggers import ShardsTrigger
+from dags.cscore_platform.provider.triggers import ShardsTrigger, TriggerBroke
 
 DEFAULT_DEFER_AFTER_S = 5.0
 # A killed process is retried (its run still holds the batch); a batch failed for a reason is not redone.
@@ -84,6 +84,9 @@ class ScoreBatchOperator(BaseOperator):
         except worker_pool.WorkerPoolError as exc:
             steps.shards_failed(batch, run_id, str(exc))
             raise
+        except Exception as exc:  # a bug, not the pool's reason: the batch fails too (a retry would only repeat it)
+            steps.wait_broke(batch, run_id, f"{type(exc).__name__}: {exc}")
+            raise
         return self._finish(context, batch, run_id, outcomes)
 
     def execute_complete(self, context: Any, event: dict[str, Any], batch: dict[str, Any]) -> str:
@@ -91,6 +94,9 @@ class ScoreBatchOperator(BaseOperator):
         run_id = str(context["run_id"])
         self._label(context, batch)
         steps.record_events(batch, run_id, list(event.get("events") or []))
+        if event.get("traceback"):
+            steps.wait_broke(batch, run_id, str(event.get("reason")))
+            raise TriggerBroke(f"{event.get('reason')}; the trigger's traceback:\n{event['traceback']}")
         if event.get("status") != "done":
             steps.shards_failed(batch, run_id, str(event.get("reason")))
         return self._finish(context, batch, run_id, list(event["outcomes"]), waited_in="triggerer")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,13 +16,18 @@ from dags.cscore_platform.provider.hooks import WORKERS_CONN_ID, WorkerPoolHook
 CLASSPATH = "dags.cscore_platform.provider.triggers.ShardsTrigger"
 
 
+class TriggerBroke(RuntimeError):
+    """Waiting in the trigger raised an error that is not the pool's (a bug); the message holds its traceback."""
+
+
 class ShardsTrigger(BaseTrigger):
     """Watches shards already sent to the pool (their Celery task ids) until all are done or one failed.
 
     It rides out the faults `worker_pool.run_shards` does (a silent worker's shards and a restarted
     transport's are sent again) and fires one event:
     `{"status": "done", "outcomes": [shard outcome, ...], "events": [sentence, ...]}` or
-    `{"status": "failed", "reason": sentence, "events": [...]}`. Outcomes hold object keys, digests, counts and
+    `{"status": "failed", "reason": sentence, "events": [...]}` (with "traceback": text, when the error was not
+    the pool's but a bug: the task raises TriggerBroke with it). Outcomes hold object keys, digests, counts and
     attestation verdicts only. A triggerer restart re-creates it from its kwargs and watches the same
     attempts (resent ones are found again by the silent-worker check; receipts make a second run safe).
 
@@ -61,10 +67,14 @@ class ShardsTrigger(BaseTrigger):
                 progress=progress, note=note, sent=self.sent, started=self.started)
             while (outcomes := await asyncio.to_thread(watch.step)) is None:
                 await asyncio.sleep(self.poll_s)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the batch's reason, in the task
+        except worker_pool.WorkerPoolError as exc:  # the pool's reason: the batch fails with it
             self.log.error("Batch %s: waiting for shards failed: %s", batch, exc)
-            yield TriggerEvent({"status": "failed", "reason": f"{type(exc).__name__}: {exc}" if not isinstance(
-                exc, worker_pool.WorkerPoolError) else str(exc), "events": events})
+            yield TriggerEvent({"status": "failed", "reason": str(exc), "events": events})
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug: the task fails with it and this traceback
+            self.log.exception("Batch %s: waiting for shards raised %s", batch, type(exc).__name__)
+            yield TriggerEvent({"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "events": events,
+                                "traceback": traceback.format_exc()})
             return
         self.log.info("Batch %s: all %d shards done %.1f s after the batch started.", batch, len(outcomes),
                       time.time() - self.started)
