@@ -283,7 +283,7 @@ def _training_receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "input": p.get("input"), "recipe": p.get("recipe"), "model": p.get("model"), "metrics": p.get("metrics"),
               "evidence_sha256": p.get("evidence_sha256"),
               "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json", "worker": p.get("worker"),
-              "issued_at": p.get("issued_at")}
+              "sessions": p.get("sessions"), "issued_at": p.get("issued_at")}
     return float(p.get("issued_at") or 0), ("training_receipt", f"training-receipt:{sha256_hex(raw)}", fields)
 
 

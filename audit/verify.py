@@ -44,6 +44,9 @@ DECISION_KINDS = {"attestation", "grant", "policy_change", "key_release"}  # ent
 # Receipt fields the log's entry copies from the signed payload (audit.collect); each must equal the signed one.
 SIGNED_RECEIPT_FIELDS = ("tenant", "batch_id", "shard_index", "input", "output", "model", "evidence_sha256",
                          "worker", "sessions", "issued_at")
+SIGNED_TRAINING_FIELDS = ("tenant", "input", "recipe", "model", "metrics", "evidence_sha256", "worker", "sessions",
+                          "issued_at")
+RECEIPT_KINDS = ("receipt", "training_receipt")
 
 
 @dataclass(frozen=True)
@@ -421,7 +424,8 @@ def signed_workers(entries: list[dict[str, Any]], bad_receipts: set[int]) -> dic
     """
     links: dict[tuple[str, str], SignedWorker] = {}
     for e in entries:
-        if e.get("kind") != "receipt" or e.get("index") in bad_receipts or not isinstance(e.get("sessions"), list):
+        if e.get("kind") not in RECEIPT_KINDS or e.get("index") in bad_receipts or \
+                not isinstance(e.get("sessions"), list):
             continue
         for session in e["sessions"]:
             for digest in session.get("claims_digests") or [] if isinstance(session, dict) else []:
@@ -431,8 +435,9 @@ def signed_workers(entries: list[dict[str, Any]], bad_receipts: set[int]) -> dic
 
 
 def bad_receipt_positions(findings: Sequence[Finding]) -> set[int]:
-    """Log positions of receipts with an error finding."""
-    return {f.index for f in findings if f.check == "receipt" and f.severity == ERROR and f.index is not None}
+    """Log positions of receipts (shard or training) with an error finding."""
+    return {f.index for f in findings
+            if f.check in ("receipt", "training") and f.severity == ERROR and f.index is not None}
 
 
 def check_worker_links(entries: list[dict[str, Any]], receipt_findings: Sequence[Finding]) -> list[Finding]:
@@ -444,7 +449,7 @@ def check_worker_links(entries: list[dict[str, Any]], receipt_findings: Sequence
     """
     bad = bad_receipt_positions(receipt_findings)
     links = signed_workers(entries, bad)
-    receipted = {str(e.get("batch_id")) for e in entries if e.get("kind") == "receipt"}
+    receipted = {str(e.get("batch_id")) for e in entries if e.get("kind") in RECEIPT_KINDS}
     by_receipt_key = {str(e.get("receipt_key")): e for e in entries
                       if e.get("kind") == "receipt" and e.get("index") not in bad}
     claimed = _manifest_workers(entries)
@@ -546,6 +551,9 @@ def check_training(entries: list[dict[str, Any]], store: Objects, anchors: Trust
             continue
         p = receipt.payload
         model, recipe, key = p.get("model") or {}, p.get("recipe") or {}, str(e.get("receipt_key"))
+        out += [Finding(ERROR, "training", f"the log's copy of training receipt {key} says {name} {e.get(name)!r}, "
+                                           f"but its signature covers {p.get(name)!r}", job, at)
+                for name in SIGNED_TRAINING_FIELDS if e.get(name) != p.get(name)]
         if key != f"tuned/{p.get('tenant')}/{model.get('name')}/{model.get('version')}/receipt.jws":
             out.append(Finding(ERROR, "training", f"training receipt {key} speaks of tenant {p.get('tenant')}, model "
                                                   f"{model.get('name')}:{model.get('version')}", job, at))

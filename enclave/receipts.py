@@ -23,6 +23,7 @@ from enclave.signing import canonical_json, sign_json, verify_json
 from wire.errors import FormatError
 from wire.receipt import RECEIPT_TYPE, BrokerSession, parse_sessions, sessions_json
 from wire.shard import ShardSpec
+from wire.training import TRAINING_RECEIPT_TYPE
 
 __all__ = ["RECEIPT_TYPE", "USAGE_TYPE", "BrokerSession", "ReceiptError", "VerifiedReceipt", "evidence_document",
            "sign_receipt", "sign_usage", "verify_receipt"]
@@ -125,7 +126,7 @@ def verify_receipt(
             f"receipt.evidence_sha256: expected {digest} (the evidence stored beside it), "
             f"got {payload.get('evidence_sha256')}"
         )
-    if expected_type == RECEIPT_TYPE:
+    if expected_type in (RECEIPT_TYPE, TRAINING_RECEIPT_TYPE):
         try:
             parse_sessions(payload)
         except FormatError as exc:

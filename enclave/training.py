@@ -32,6 +32,7 @@ from joserfc.jwk import OKPKey
 
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.signing import sign_json
+from wire.receipt import BrokerSession, sessions_json
 from wire.recipe import Recipe, RecipeCard
 from wire.training import TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE, TUNED_PROTECTION, TrainingSpec
 
@@ -221,8 +222,9 @@ def tuned_card(spec: TrainingSpec, trained: TrainedModel, card: RecipeCard, *, e
 
 
 def sign_training_receipt(key: OKPKey, *, spec: TrainingSpec, trained: TrainedModel, evidence_sha256: str,
-                          worker: str) -> str:
-    """The job's receipt: input and recipe digests, the output model's digest (lineage) and the metrics."""
+                          worker: str, sessions: Sequence[BrokerSession]) -> str:
+    """The job's receipt: input and recipe digests, the output model's digest (lineage), the metrics, and the
+    broker sessions the job's keys came through (`wire.receipt`: the auditor ties those releases to `worker`)."""
     payload: dict[str, Any] = {
         "type": TRAINING_RECEIPT_TYPE, "tenant": spec.tenant, "job_id": spec.job_id,
         "input": {"key": spec.input_key, "sha256": spec.input_sha256},
@@ -230,6 +232,6 @@ def sign_training_receipt(key: OKPKey, *, spec: TrainingSpec, trained: TrainedMo
         "model": {"name": spec.model_name, "version": spec.model_version, "digest": trained.digest,
                   "size": len(trained.onnx_bytes), "object_key": spec.prefix + "model.onnx.enc"},
         "metrics": asdict(trained.metrics), "evidence_sha256": evidence_sha256, "worker": worker,
-        "issued_at": int(time.time())}
+        "sessions": sessions_json(sessions), "issued_at": int(time.time())}
     return sign_json(payload, key)
 

@@ -321,7 +321,7 @@ class Enclave:
         key = OKPKey.import_key(owner.receipt_private_key)
         tuned = sign_json(tuned_card(spec, trained, card, evidence_sha256=evidence_sha256), key)
         receipt = sign_training_receipt(key, spec=spec, trained=trained, evidence_sha256=evidence_sha256,
-                                        worker=self.name)
+                                        worker=self.name, sessions=self._sessions_for(spec.job_id))
         log.info("trained %s for %s (job %s): model %s", spec.model, spec.tenant, spec.job_id, trained.digest)
         return TrainedJob(spec.prefix + "model.onnx.enc", ciphertext, tuned, receipt,
                           dict(trained.metrics.__dict__), evidence, evidence_sha256)

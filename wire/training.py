@@ -34,7 +34,7 @@ from wire.card import ModelCard
 from wire.contract import SPAM_CONTRACT, SPAM_TASK, Contract
 from wire.errors import FormatError, refuse_unknown, require, typed_document
 
-TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v1"
+TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v2"  # v2 signs `worker` and `sessions` as shard receipts do
 TUNED_CARD_TYPE = "cscore.tuned-model-card/v1"
 TUNED_PROTECTION = "aes-256-gcm+2"  # AES-256-GCM under HKDF(owner share || provider share)
 

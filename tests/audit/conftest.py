@@ -138,9 +138,10 @@ class Scenario:
                        .encode())
         self._status(batch, "succeeded", result_manifest=prefix + "result-manifest.json")
 
-    def run_training(self, job: str, *, version: int = 1) -> None:
+    def run_training(self, job: str, *, version: int = 1, signed_sessions: bool = True) -> None:
         """A training job as cscore_train runs it: keys and grant for the recipe, attestation, the recipe and
-        the owner's data and share released, the enclave's tuned card and receipt (same key as its evidence)."""
+        the owner's data and share released, the enclave's tuned card and receipt (same key as its evidence);
+        `signed_sessions=False`: a receipt that signs no broker session (its releases tie to no worker)."""
         from enclave.training import Metrics, TrainedModel, sign_training_receipt, tuned_card
         from wire.recipe import RecipeCard
         from wire.training import TrainingSpec
@@ -186,8 +187,11 @@ class Scenario:
         self.store.put(spec.prefix + "card.jws", sign_json(tuned_card(spec, trained, recipe,
                                                                       evidence_sha256=evidence_sha),
                                                            receipt_key).encode())
+        digest = _sha(canonical_json(claims))  # the worker's sessions at both brokers carried these claims
+        sessions = [BrokerSession("owner", (digest,)), BrokerSession("provider", (digest,))] if signed_sessions else []
         self.store.put(spec.receipt_key, sign_training_receipt(receipt_key, spec=spec, trained=trained,
-                                                               evidence_sha256=evidence_sha, worker="w1").encode())
+                                                               evidence_sha256=evidence_sha, worker="w1",
+                                                               sessions=sessions).encode())
         self._status(job, "succeeded", receipt_key=spec.receipt_key)
 
     def _submit(self, batch: str, shards: int) -> None:

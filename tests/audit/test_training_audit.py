@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.collect import sync_log
+from audit.collect import storage_entries, sync_log
 from audit.show import batch_report, batch_verdicts, render_text
 from audit.verify import ERROR, verify_audit
 from enclave.signing import generate_signing_key, sign_json, unverified_payload
@@ -80,3 +80,38 @@ def test_a_training_job_without_a_grant_for_its_recipe_is_an_error(scenario: Sce
     _sync(scenario)
     assert any(f"which the owner's grant (sha256:{'00' * 32}) does not name" in e for e in _errors(scenario))
     assert RECIPE != "sha256:" + "00" * 32
+
+
+def test_a_training_jobs_releases_are_tied_to_the_worker_its_receipt_signs(scenario: Scenario) -> None:
+    scenario.run_training("t-1")
+    _sync(scenario)
+    anchors, policy = scenario.anchors_policy()
+    findings = verify_audit(scenario.log(), scenario.store, anchors, policy)
+    assert not [f for f in findings if f.check == "worker"], findings
+    report = batch_report(scenario.log(), scenario.store, "t-1", findings)
+    assert {r["worker"] for r in _section(report, "Key releases")} == {"w1"}
+
+
+def test_a_training_receipt_without_sessions_proves_no_worker(scenario: Scenario) -> None:
+    scenario.run_training("t-1", signed_sessions=False)
+    _sync(scenario)
+    anchors, policy = scenario.anchors_policy()
+    findings = verify_audit(scenario.log(), scenario.store, anchors, policy)
+    unproven = [f for f in findings
+                if f.check == "worker" and "which no verified receipt of batch t-1 signs" in f.message]
+    assert len(unproven) == 3 and all(f.severity == "note" for f in unproven), findings
+
+
+def test_a_log_copy_of_a_training_receipt_that_misstates_its_sessions_is_found(scenario: Scenario) -> None:
+    scenario.run_training("t-1")
+    log = scenario.log()
+    forged = [{"broker": "owner", "claims_digests": ["ab" * 32]}]  # another worker's attested claims
+    for kind, entry_id, fields in storage_entries(scenario.store):
+        log.append(kind, entry_id, {**fields, "sessions": forged} if kind == "training_receipt" else fields)
+    _sync(scenario)
+    anchors, policy = scenario.anchors_policy()
+    findings = verify_audit(scenario.log(), scenario.store, anchors, policy)
+    misstated = [f for f in findings if f.check == "training" and "says sessions" in f.message]
+    assert len(misstated) == 1 and "but its signature covers" in misstated[0].message, findings
+    # A misstated receipt links nothing: the releases are unproven, not tied to the forged claims.
+    assert len([f for f in findings if f.check == "worker"]) == 3

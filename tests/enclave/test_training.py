@@ -29,6 +29,7 @@ from enclave.training import (
 from sdk.training import export_onnx, train_spam_model
 from tests.enclave.test_pme import LocalWrapper
 from wire.errors import FormatError
+from wire.receipt import BrokerSession
 from wire.recipe import RECIPE_CARD_TYPE, Recipe, RecipeCard, verify_recipe_card
 from wire.training import TrainingSpec
 
@@ -115,13 +116,18 @@ def test_receipt_names_inputs_recipe_output_and_metrics() -> None:
     spec = _spec(data, card)
     trained = train_job(spec, data, wrapper, card, dek, ciphertext)
     key = generate_signing_key()
-    token = sign_training_receipt(key, spec=spec, trained=trained, evidence_sha256="e" * 64, worker="w1")
+    sessions = [BrokerSession("provider", ("b" * 64,)), BrokerSession("owner", ("a" * 64, "c" * 64))]
+    token = sign_training_receipt(key, spec=spec, trained=trained, evidence_sha256="e" * 64, worker="w1",
+                                  sessions=sessions)
     receipt = verify_json(token, key.as_dict(private=False), what="training receipt")
     assert receipt["type"] == TRAINING_RECEIPT_TYPE
     assert receipt["input"] == {"key": spec.input_key, "sha256": spec.input_sha256}
     assert receipt["recipe"] == {"name": card.name, "version": 1, "digest": card.digest}
     assert receipt["model"]["digest"] == trained.digest and receipt["model"]["version"] == 1
     assert receipt["metrics"]["f1"] == trained.metrics.f1
+    assert receipt["worker"] == "w1" and receipt["sessions"] == [  # sorted: one signed byte string per content
+        {"broker": "owner", "claims_digests": ["a" * 64, "c" * 64]},
+        {"broker": "provider", "claims_digests": ["b" * 64]}]
     assert trained.onnx_bytes not in token.encode() and b"viagra" not in token.encode()
 
 
