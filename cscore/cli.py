@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cscore.present import advice, histogram, histogram_lines, label_rule, tee_line
+from cscore.present import advice, histogram, histogram_lines, histogram_lines_of, label_rule_seen, tee_line
 
 
 def default_state_dir() -> Path:
@@ -471,11 +471,11 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_owner_results(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
+    import tempfile
 
     from sdk.owner import wait_for_batch
     from sdk.party import Party
-    from sdk.results import fetch_results, owner_trust
+    from sdk.results import owner_trust, write_results
     from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
@@ -491,47 +491,81 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     granted = owner.broker().get_grant(args.batch)
     anchors, policy = owner_trust(accept_simulated=args.accept_simulated,
                                   measurements=[str(m) for m in granted.get("measurements", [])])
-    results = fetch_results(args.tenant, args.batch, owner=owner, store=store,
-                            anchors=anchors, policy=policy)
-    if args.out:
-        pq.write_table(results.table, args.out)
-    if "spam_probability" not in results.table.column_names:
-        return _generic_results(args, results)
-    labels = results.table.column("label").to_pylist()
-    probabilities = results.table.column("spam_probability").to_pylist()
+    # Shard by shard into a file (the summary reads it back a row group at a time): memory bounded, any size.
+    with tempfile.TemporaryDirectory(prefix="cscore-results-") as folder:
+        results = write_results(args.out or Path(folder) / "results.parquet", args.tenant, args.batch, owner=owner,
+                                store=store, anchors=anchors, policy=policy)
+        if "spam_probability" not in results.columns:
+            return _generic_results(args, results)
+        return _spam_results(args, results)
+
+
+def _spam_results(args: argparse.Namespace, results: Any) -> int:
+    """The spam summary of a verified results file, read a row group at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counts, spam, flagged = histogram([]), 0, 0
+    lowest_spam: float | None = None
+    highest_ham: float | None = None
+    wanted = ["spam_probability", "label"] + (["flags"] if "flags" in results.columns else [])
+    with pq.ParquetFile(results.path) as file:
+        for batch in file.iter_batches(columns=wanted):
+            p, y = batch.column("spam_probability"), batch.column("label")
+            counts = [a + b for a, b in zip(counts, histogram(p.to_pylist()), strict=True)]
+            is_spam = pc.equal(y, 1)
+            spam += pc.sum(is_spam).as_py() or 0
+            lowest_spam = _either(min, lowest_spam, pc.min(pc.filter(p, is_spam)).as_py())
+            highest_ham = _either(max, highest_ham, pc.max(pc.filter(p, pc.equal(y, 0))).as_py())
+            if "flags" in wanted:
+                flagged += pc.sum(pc.not_equal(batch.column("flags"), "")).as_py() or 0
     summary = {"batch_id": args.batch, "tee": tee_line([str(r.claims.root) for r in results.receipts]),
-               "emails_scored": results.table.num_rows, "spam_found": sum(labels),
-               **({"emails_flagged": sum(1 for f in results.table.column("flags").to_pylist() if f)}
-                  if "flags" in results.table.column_names else {}),
-               "label_rule": label_rule(probabilities, labels), "receipts_verified": len(results.receipts),
-               "measurements": ", ".join(results.measurements),
+               "emails_scored": results.rows, "spam_found": spam,
+               **({"emails_flagged": flagged} if "flags" in wanted else {}),
+               "label_rule": label_rule_seen(lowest_spam, highest_ham),
+               "receipts_verified": len(results.receipts), "measurements": ", ".join(results.measurements),
                "results": str(args.out) if args.out else "not written (add --out FILE to keep them)"}
-    if args.plot:
-        _plot(probabilities, args.plot, f"Batch {args.batch}: spam probability")
+    if args.plot:  # the plot takes every probability: the one part that holds a column
+        _plot(pq.read_table(results.path, columns=["spam_probability"]).column(0).to_pylist(), args.plot,
+              f"Batch {args.batch}: spam probability")
     if args.json:
-        print(json.dumps({**summary, "histogram": histogram(probabilities)}))
+        print(json.dumps({**summary, "histogram": counts}))
         return 0
     print("\n".join(f"{k.replace('_', ' '):18} {v}" for k, v in summary.items()))
-    print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines(probabilities)))
+    print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines_of(counts)))
     return 0
 
 
+def _either(pick: Callable[[float, float], float], held: float | None, seen: float | None) -> float | None:
+    """`pick` of two values either of which may be missing (None: no row of that kind yet)."""
+    return seen if held is None else held if seen is None else pick(held, seen)
+
+
 def _generic_results(args: argparse.Namespace, results: Any) -> int:
-    """Any model's verified results: rows, receipts, and the first rows as the card's columns name them."""
-    table = results.table
+    """Any model's verified results file: rows, receipts, and the first rows as the card's columns name them."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
     summary = {"batch_id": args.batch, "tee": tee_line([str(r.claims.root) for r in results.receipts]),
-               "rows_scored": table.num_rows, "columns": ", ".join(table.column_names),
+               "rows_scored": results.rows, "columns": ", ".join(results.columns),
                "receipts_verified": len(results.receipts), "measurements": ", ".join(results.measurements),
                "results": str(args.out) if args.out else "not written (add --out FILE to keep them)"}
-    if "class" in table.column_names:
-        from collections import Counter
-
-        summary["rows_per_class"] = dict(sorted(Counter(table.column("class").to_pylist()).items()))
+    first: list[dict[str, Any]] = []
+    classes: Counter[Any] = Counter()
+    with pq.ParquetFile(results.path) as file:
+        for batch in file.iter_batches():
+            if len(first) < 10:
+                first.extend(batch.slice(0, 10 - len(first)).to_pylist())
+            if "class" in results.columns:
+                classes.update(batch.column("class").to_pylist())
+    if "class" in results.columns:
+        summary["rows_per_class"] = dict(sorted(classes.items()))
     if args.json:
         print(json.dumps(summary))
         return 0
     print("\n".join(f"{k.replace('_', ' '):18} {v}" for k, v in summary.items()))
-    for row in table.slice(0, 10).to_pylist():
+    for row in first:
         print("  " + "  ".join(f"{k}={_short(v)}" for k, v in row.items()))
     return 0
 

@@ -24,11 +24,16 @@ def label_rule(probabilities: Sequence[float], labels: Sequence[int]) -> str:
     """The threshold that made the labels: the model's own decision, with the observed boundary."""
     spam = [p for p, y in zip(probabilities, labels, strict=True) if y == 1]
     ham = [p for p, y in zip(probabilities, labels, strict=True) if y == 0]
+    return label_rule_seen(min(spam) if spam else None, max(ham) if ham else None)
+
+
+def label_rule_seen(lowest_spam: float | None, highest_ham: float | None) -> str:
+    """`label_rule` from the boundary seen (None: no email of that label), for results read in parts."""
     seen = []
-    if spam:
-        seen.append(f"lowest spam {min(spam):.4f}")
-    if ham:
-        seen.append(f"highest ham {max(ham):.4f}")
+    if lowest_spam is not None:
+        seen.append(f"lowest spam {lowest_spam:.4f}")
+    if highest_ham is not None:
+        seen.append(f"highest ham {highest_ham:.4f}")
     return "spam when spam probability > 0.5 (the model's own label output)" + (
         f"; observed: {', '.join(seen)}" if seen else "")
 
@@ -50,7 +55,12 @@ def histogram(probabilities: Sequence[float], bins: int = BINS) -> list[int]:
 
 def histogram_lines(probabilities: Sequence[float], bins: int = BINS) -> list[str]:
     """The spam-probability histogram for a terminal: one line per bin, half-open ranges, bar and count."""
-    counts = histogram(probabilities, bins)
+    return histogram_lines_of(histogram(probabilities, bins))
+
+
+def histogram_lines_of(counts: Sequence[int]) -> list[str]:
+    """`histogram_lines` from counts per bin (as `histogram` makes them), for results read in parts."""
+    bins = len(counts)
     top = max(counts) or 1
     lines = []
     for i, n in enumerate(counts):

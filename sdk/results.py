@@ -6,14 +6,18 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from attestation import Policy, TrustAnchors
 from attestation.errors import AttestationError
@@ -25,6 +29,11 @@ from sdk.party import Party
 from sdk.storage import ObjectStore
 from wire.receipt import parse_sessions
 from wire.worker_config import config_digest_from_claims
+
+# Shard outputs fetched and decrypted ahead of the one being written: memory holds these, not the batch.
+OUTPUTS_IN_FLIGHT = 4
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class ResultVerificationError(ValueError):
@@ -52,10 +61,40 @@ def owner_trust(*, accept_simulated: bool, measurements: Sequence[str]) -> tuple
     return anchors, policy
 
 
+@dataclass(frozen=True)
+class VerifiedResultsFile:
+    """A batch's verified results in a Parquet file: the columns of `VerifiedResults.table`, one row group or more
+    per shard, in the result manifest's order."""
+
+    path: Path
+    rows: int
+    columns: list[str]
+    receipts: list[VerifiedReceipt]
+    measurements: list[str]
+
+
 def fetch_results(
     tenant: str, batch_id: str, *, owner: Party, store: ObjectStore, anchors: TrustAnchors, policy: Policy
 ) -> VerifiedResults:
-    """Verify the batch's receipts against the owner's own manifest, then decrypt and join the shards."""
+    """`write_results` read back into one table: for batches that fit in memory. Raises as `write_results`."""
+    with tempfile.TemporaryDirectory(prefix="cscore-results-") as folder:
+        written = write_results(Path(folder) / "results.parquet", tenant, batch_id, owner=owner, store=store,
+                                anchors=anchors, policy=policy)
+        table = pq.read_table(written.path)
+    return VerifiedResults(table, written.receipts, written.measurements)
+
+
+def write_results(
+    path: Path, tenant: str, batch_id: str, *, owner: Party, store: ObjectStore, anchors: TrustAnchors,
+    policy: Policy,
+) -> VerifiedResultsFile:
+    """Verify the batch's receipts against the owner's own manifest, then fetch, check, decrypt and write its shards
+    one by one into Parquet at `path` (mode 0600).
+
+    Memory holds OUTPUTS_IN_FLIGHT shards and 8 bytes per row (the duplicate-id check), whatever the batch's size.
+    Rows go to a temporary file beside `path`, moved there only once every check passed: a refusal leaves no new
+    file (and whatever was at `path` untouched). Raises ResultVerificationError naming the object and the check.
+    """
     manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
     manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(),
                            owner.signing_key().as_dict(private=False), what="manifest")
@@ -66,28 +105,120 @@ def fetch_results(
     granted = owner.broker().get_grant(batch_id)
     # Shards are independent: overlap their storage reads and broker round trips.
     with ThreadPoolExecutor(8) as pool:
-        verified = list(pool.map(lambda s: _verified_shard(store, manifest, granted, s, evidence, anchors, policy),
+        receipts = list(pool.map(lambda s: _verified_shard(store, manifest, granted, s, evidence, anchors, policy),
                                  result_manifest["shards"]))
-        receipts = [receipt for receipt, _ in verified]
         _check_coverage(manifest, [r.payload for r in receipts])
         flags_data = _flags_object(store, manifest)
         # One key context: each key-encryption key unwrapped once, each unwrap logged under this batch.
         with PmeKeys(owner.broker().for_batch(batch_id)) as keys:
-            tables = list(pool.map(lambda v: decrypt_results(v[1], keys), verified))
             flags = None if flags_data is None else decrypt_flags(flags_data, keys)
-    for receipt, part in zip(receipts, tables, strict=True):
-        _expect(receipt.payload["output"]["key"], "output.rows", receipt.payload["output"]["rows"], part.num_rows)
-    table = pa.concat_tables(tables)
-    table = table.drop_columns([c for c in ("model_digest",) if c in table.column_names])
-    _check_rows(manifest, table)
-    if flags is not None:  # email batches: the owner's reader's flags per email ("" when read right)
-        unknown = set(flags) - set(table.column(0).to_pylist())
-        if unknown:
-            raise ResultVerificationError(f"{manifest['flags']['key']}: flags for {len(unknown)} id(s) that no "
-                                          "result carries")
-        table = table.append_column("flags", pa.array([flags.get(i, "") for i in table.column(0).to_pylist()],
-                                                      pa.string()))
-    return VerifiedResults(table, receipts, sorted({r.claims.measurement for r in receipts}))
+            keyed = zip([s["receipt_key"] for s in result_manifest["shards"]], receipts, strict=True)
+            parts = _in_order(pool, lambda kr: _shard_part(store, *kr, keys), keyed, OUTPUTS_IN_FLIGHT)
+            rows = sum(r.payload["output"]["rows"] for r in receipts)
+            columns = _write_verified(path, manifest, parts, flags)
+    return VerifiedResultsFile(path, rows, columns, receipts, sorted({r.claims.measurement for r in receipts}))
+
+
+def _shard_part(store: ObjectStore, receipt_key: str, receipt: VerifiedReceipt, keys: PmeKeys
+                ) -> tuple[str, pa.Table]:
+    """A shard's output key and rows: fetched, checked against its receipt (sha256, rows), then decrypted."""
+    output = receipt.payload["output"]
+    part = decrypt_results(_shard_output(store, receipt_key, receipt), keys)
+    _expect(output["key"], "output.rows", output["rows"], part.num_rows)
+    return output["key"], part.drop_columns([c for c in ("model_digest",) if c in part.column_names])
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[[_T], _R], items: Iterable[_T], window: int) -> Iterator[_R]:
+    """`pool.map(fn, items)` with at most `window` results done or running ahead of the one consumed."""
+    running: deque[Future[_R]] = deque()
+    try:
+        for item in items:
+            running.append(pool.submit(fn, item))
+            if len(running) >= window:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
+    finally:
+        for future in running:
+            future.cancel()
+
+
+def _write_verified(path: Path, manifest: dict[str, Any], parts: Iterator[tuple[str, pa.Table]],
+                    flags: dict[str, str] | None) -> list[str]:
+    """Write `parts` (the owner's flags joined) to a temporary file beside `path`, check every id
+    once and every flag claimed, then move it to `path`. Returns the columns written."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    partial = Path(name)
+    try:
+        tally, flagged = _IdTally(sum(o["rows"] for o in manifest["objects"])), set[str]()
+        columns = _write_parts(partial, parts, flags, tally, flagged)
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
+        _check_rows(manifest, tally.rows, tally.distinct(lambda: _ids_in(partial)))
+        if flags is not None and len(flagged) != len(flags):
+            raise ResultVerificationError(f"{manifest['flags']['key']}: flags for {len(flags) - len(flagged)} id(s) "
+                                          "that no result carries")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return columns
+
+
+def _write_parts(path: Path, parts: Iterator[tuple[str, pa.Table]], flags: dict[str, str] | None, tally: _IdTally,
+                 flagged: set[str]) -> list[str]:
+    """Each part as row groups of `path`, its ids tallied and the flags it carries noted; returns the columns."""
+    writer: pq.ParquetWriter | None = None
+    try:
+        for key, part in parts:
+            if flags is not None:  # email batches: the owner's reader's flags per email ("" when read right)
+                ids = part.column(0).to_pylist()
+                flagged.update(i for i in ids if i in flags)
+                part = part.append_column("flags", pa.array([flags.get(i, "") for i in ids], pa.string()))
+            if writer is None:
+                writer = pq.ParquetWriter(path, part.schema)
+            elif part.schema != writer.schema:
+                raise ResultVerificationError(f"{key}: columns expected {writer.schema.names} ({writer.schema.types}), "
+                                              f"got {part.schema.names} ({part.schema.types})")
+            tally.add(part.column(0))
+            writer.write_table(part)
+    finally:
+        if writer is not None:
+            writer.close()
+    return [] if writer is None else writer.schema.names
+
+
+def _ids_in(path: Path) -> Iterator[list[Any]]:
+    """The id column (the first) of a results file, a row group at a time."""
+    with pq.ParquetFile(path) as results:
+        for group in range(results.num_row_groups):
+            yield results.read_row_group(group, columns=[results.schema_arrow.names[0]]).column(0).to_pylist()
+
+
+class _IdTally:
+    """The result ids seen, kept as 64-bit hashes (8 bytes a row), so duplicates are counted without the ids."""
+
+    def __init__(self, capacity: int) -> None:
+        self._hashes = np.empty(capacity, np.int64)  # the rows the owner's manifest signs; grown past them if need be
+        self.rows = 0
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        values = ids.to_pylist()
+        if self.rows + len(values) > len(self._hashes):
+            self._hashes = np.resize(self._hashes, max(2 * len(self._hashes), self.rows + len(values)))
+        self._hashes[self.rows:self.rows + len(values)] = np.fromiter(map(hash, values), np.int64, len(values))
+        self.rows += len(values)
+
+    def distinct(self, ids_again: Callable[[], Iterable[list[Any]]]) -> int:
+        """Distinct ids, exactly: ids whose hashes repeat are read again from `ids_again()` and compared."""
+        hashes = self._hashes[:self.rows]
+        hashes.sort()
+        repeated = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+        if not repeated:
+            return self.rows
+        clashing = [i for chunk in ids_again() for i in chunk if hash(i) in repeated]
+        return self.rows - len(clashing) + len(set(clashing))
 
 
 class _EvidenceCache:
@@ -111,8 +242,8 @@ class _EvidenceCache:
 def _verified_shard(
     store: ObjectStore, manifest: dict[str, Any], granted: dict[str, Any], shard: dict[str, Any],
     evidence: _EvidenceCache, anchors: TrustAnchors, policy: Policy,
-) -> tuple[VerifiedReceipt, bytes]:
-    """The shard's verified receipt and its output object's bytes (checked against the receipt)."""
+) -> VerifiedReceipt:
+    """The shard's verified receipt (its output is fetched later, by `_shard_output`)."""
     prefix = manifest["results"]["prefix"]
     if not shard["receipt_key"].startswith(prefix):
         raise ResultVerificationError(f"result manifest: receipt_key expected under {prefix}, "
@@ -138,9 +269,16 @@ def _verified_shard(
     if not p["output"]["key"].startswith(prefix):
         raise ResultVerificationError(f"{shard['receipt_key']}: output.key expected under {prefix}, "
                                       f"got {p['output']['key']}")
+    return receipt
+
+
+def _shard_output(store: ObjectStore, receipt_key: str, receipt: VerifiedReceipt) -> bytes:
+    """The encrypted output a verified receipt (stored at `receipt_key`) names, checked against the sha256 it
+    signs."""
+    p = receipt.payload
     output = _get(store, p["output"]["key"], "a shard's encrypted results")
-    _expect(shard["receipt_key"], "output.sha256", p["output"]["sha256"], hashlib.sha256(output).hexdigest())
-    return receipt, output
+    _expect(receipt_key, "output.sha256", p["output"]["sha256"], hashlib.sha256(output).hexdigest())
+    return output
 
 
 def _flags_object(store: ObjectStore, manifest: dict[str, Any]) -> bytes | None:
@@ -228,12 +366,12 @@ def _check_coverage(manifest: dict[str, Any], payloads: list[dict[str, Any]]) ->
             f"covering {len(set(seen) & expected)}")
 
 
-def _check_rows(manifest: dict[str, Any], table: pa.Table) -> None:
-    rows = sum(o["rows"] for o in manifest["objects"])
-    ids = table.column(0).to_pylist()  # the contract's id column (message_id, file, ...)
-    if len(ids) != rows or len(set(ids)) != rows:
-        raise ResultVerificationError(f"results: expected {rows} distinct messages, got {len(ids)} rows with "
-                                      f"{len(set(ids))} distinct ids")
+def _check_rows(manifest: dict[str, Any], rows: int, distinct: int) -> None:
+    """`rows` results with `distinct` ids (the contract's id column: message_id, file, ...): every input once."""
+    expected = sum(o["rows"] for o in manifest["objects"])
+    if rows != expected or distinct != expected:
+        raise ResultVerificationError(f"results: expected {expected} distinct messages, got {rows} rows with "
+                                      f"{distinct} distinct ids")
 
 
 def _expect(where: str, field: str, expected: Any, actual: Any) -> None:

@@ -30,7 +30,9 @@ from sdk.results import (
     _check_rows,
     _EvidenceCache,
     _flags_object,
+    _IdTally,
     _result_manifest,
+    _shard_output,
     _verified_shard,
 )
 from wire.canonical import canonical_json
@@ -104,14 +106,15 @@ class Worker:
 
     def shard(self, spec: ShardSpec, output: bytes = b"ciphertext", *, key: Ed25519PrivateKey | None = None,
               output_key: str | None = None, sha: str | None = None,
-              sessions: tuple[BrokerSession, ...] = (BrokerSession("owner", ("ab" * 32,)),)) -> dict[str, Any]:
+              sessions: tuple[BrokerSession, ...] = (BrokerSession("owner", ("ab" * 32,)),),
+              rows: int = 200) -> dict[str, Any]:
         """Write an output and its receipt as a worker would; returns the result manifest's shard entry."""
         output_key = output_key or spec.output_key.replace(".parquet", ".a1.parquet")
         self.store.objects[output_key] = output
         token = sign_receipt(OKPKey.import_key(key or self.key), spec=spec, output_key=output_key,
                              input_sha256=spec.input_sha256, input_file_id=spec.input_file_id,
                              output_sha256=sha or hashlib.sha256(output).hexdigest(),
-                             rows=200, evidence_sha256=self.digest, worker="cscore-worker-1@vm",
+                             rows=rows, evidence_sha256=self.digest, worker="cscore-worker-1@vm",
                              sessions=sessions)
         receipt_key = f"{PREFIX}shard-{spec.shard_index:05d}.receipt.jws"
         self.store.objects[receipt_key] = token.encode()
@@ -120,8 +123,9 @@ class Worker:
 
 def _verify(store: DictStore, sim_dir: Path, entry: dict[str, Any], granted: dict[str, Any] | None = None) -> Any:
     policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()], "allowed_roots": ["simulated"]})
-    return _verified_shard(store, _manifest(), granted or _granted(), entry,  # type: ignore[arg-type]
-                           _EvidenceCache(store, PREFIX), TrustAnchors.from_dir(sim_dir), policy)  # type: ignore[arg-type]
+    receipt = _verified_shard(store, _manifest(), granted or _granted(), entry,  # type: ignore[arg-type]
+                              _EvidenceCache(store, PREFIX), TrustAnchors.from_dir(sim_dir), policy)  # type: ignore[arg-type]
+    return receipt, _shard_output(store, entry["receipt_key"], receipt)  # type: ignore[arg-type]
 
 
 def test_an_honest_shard_verifies(sim_dir: Path) -> None:
@@ -335,10 +339,31 @@ def test_one_evidence_document_serves_every_shard_of_a_worker(sim_dir: Path) -> 
 def test_results_hold_every_message_of_the_manifest_once(ids: list[str], why: str) -> None:
     manifest = {"objects": [{"rows": 3}, {"rows": 1}]}
     with pytest.raises(ResultVerificationError) as refused:
-        _check_rows(manifest, pa.table({"message_id": ids, "spam_probability": [0.5] * len(ids)}))
+        _check_rows(manifest, len(ids), _distinct([ids[:2], ids[2:]]))
     assert str(refused.value) == (f"results: expected 4 distinct messages, got {len(ids)} rows with "
                                   f"{len(set(ids))} distinct ids")
-    _check_rows(manifest, pa.table({"message_id": ["m0", "m1", "m2", "m3"]}))  # every message once: fine
+    _check_rows(manifest, 4, _distinct([["m0", "m1"], ["m2", "m3"]]))  # every message once: fine
+
+
+def _distinct(parts: list[list[Any]]) -> int:
+    """Distinct ids as `write_results` counts them: parts tallied as written, read again only for clashes."""
+    tally = _IdTally(1)  # grows past what the manifest said, as a forged count would make it
+    for part in parts:
+        tally.add(pa.array(part))
+    return tally.distinct(lambda: iter(parts))
+
+
+def test_ids_whose_hashes_clash_are_compared_exactly() -> None:
+    assert hash(-1) == hash(-2)  # CPython: two distinct ids with one hash, as a 64-bit clash would be
+    assert _distinct([[-1, 5], [-2]]) == 3
+    assert _distinct([[-1, -2], [-1]]) == 2
+    tally = _IdTally(2)
+    tally.add(pa.array(["a", "b"]))
+
+    def read_again() -> list[list[Any]]:
+        raise AssertionError("no two hashes clash: no id is read again")
+
+    assert tally.distinct(read_again) == 2
 
 
 def test_coverage_refusal_counts_what_was_covered() -> None:
@@ -405,9 +430,11 @@ class _Owner:
         return self.admin
 
 
-def _batch(tmp_path: Path, sim_dir: Path, rows: tuple[int, int] = (200, 200), *, flags: bool = False,
-           manifest_extra: dict[str, Any] | None = None) -> tuple[DictStore, _Owner, dict[str, Any]]:
-    """Two shards' encrypted outputs and receipts, the owner's signed manifest and its broker's grant."""
+def _batch(tmp_path: Path, sim_dir: Path, rows: tuple[int, ...] = (200, 200), *, flags: bool = False,
+           manifest_extra: dict[str, Any] | None = None, claimed: int = 200,
+           id_of: Any = lambda shard, i: f"m{shard}-{i}") -> tuple[DictStore, _Owner, dict[str, Any]]:
+    """Shards' encrypted outputs (`rows` each; each receipt says `claimed`) and receipts, the owner's signed
+    manifest (one input of `claimed` rows per shard) and its broker's grant."""
     from enclave.pme import PmeKeys
     from enclave.signing import sign_json
     from tests.keybroker.inproc import Env
@@ -416,18 +443,20 @@ def _batch(tmp_path: Path, sim_dir: Path, rows: tuple[int, int] = (200, 200), *,
     env.admin.create_key("footer-1")
     env.admin.create_key("column-1")
     env.admin.grant(BATCH, MODEL, [code_measurement().hex()], ["footer-1", "column-1"],
-                    config_digests=[CONFIG.hex()], rows=400)
+                    config_digests=[CONFIG.hex()], rows=claimed * len(rows))
     owner, store = _Owner(env.admin), DictStore()
     worker = Worker(store, sim_dir)
     shards = []
     with PmeKeys(env.admin.for_batch(BATCH)) as keys:
         for index, count in enumerate(rows):
-            ids = [f"m{index}-{i}" for i in range(count)]
+            ids = [id_of(index, i) for i in range(count)]
             table = pa.table({"message_id": ids, "spam_probability": [0.25] * count,
                               "model_digest": [MODEL] * count})
             output = keys.write(table, footer_key="footer-1", column_key="column-1", row_group_size=1000)
-            shards.append(worker.shard(dataclasses.replace(_spec(index), input_file_id=FILE_ID), output))
+            shards.append(worker.shard(dataclasses.replace(_spec(index), input_file_id=FILE_ID), output,
+                                       rows=claimed))
         manifest = {**_manifest(), **(manifest_extra or {})}
+        manifest["objects"] = [{**manifest["objects"][0], "rows": claimed * len(rows), "row_groups": len(rows)}]
         if flags:
             sealed = keys.write(pa.table({"message_id": ["m0-1"], "flags": [["charset"]]}), footer_key="footer-1",
                                 column_key="column-1", row_group_size=1000)
@@ -439,12 +468,15 @@ def _batch(tmp_path: Path, sim_dir: Path, rows: tuple[int, int] = (200, 200), *,
     return store, owner, manifest
 
 
+def _trust(sim_dir: Path) -> dict[str, Any]:
+    policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()], "allowed_roots": ["simulated"]})
+    return {"anchors": TrustAnchors.from_dir(sim_dir), "policy": policy}
+
+
 def _fetch(store: DictStore, owner: _Owner, sim_dir: Path) -> Any:
     from sdk.results import fetch_results
 
-    policy = Policy.from_dict({"allowed_measurements": [code_measurement().hex()], "allowed_roots": ["simulated"]})
-    return fetch_results(TENANT, BATCH, owner=owner, store=store,  # type: ignore[arg-type]
-                         anchors=TrustAnchors.from_dir(sim_dir), policy=policy)
+    return fetch_results(TENANT, BATCH, owner=owner, store=store, **_trust(sim_dir))  # type: ignore[arg-type]
 
 
 def test_fetch_results_verifies_decrypts_and_joins_every_shard(tmp_path: Path, sim_dir: Path) -> None:
@@ -512,6 +544,95 @@ def test_fetch_results_refuses_coverage_with_a_shard_missing(tmp_path: Path, sim
     with pytest.raises(ResultVerificationError) as refused:
         _fetch(store, owner, sim_dir)
     assert str(refused.value) == "receipts: expected each of 2 input row groups exactly once, got 1 covering 1"
+
+
+class DiskStore(DictStore):
+    """The bucket on disk: every read is fresh bytes, as an S3 download is (so memory held is memory read)."""
+
+    def __init__(self, objects: dict[str, bytes], folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        for key, data in objects.items():
+            (folder / key).parent.mkdir(parents=True, exist_ok=True)
+            (folder / key).write_bytes(data)
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        path = self.folder / key
+        return path.read_bytes() if path.is_file() else None
+
+
+def test_write_results_holds_a_few_shards_in_memory_not_the_batch(tmp_path: Path, sim_dir: Path) -> None:
+    """60 shards of 1,000 rows. Python's peak (outputs read, receipts, 8 bytes a row for the duplicate check) stays
+    under the batch's ciphertext, Arrow's (decrypted tables) a fraction of its rows: holding every shard, as
+    before, cost over 3x the ciphertext in Python and all the rows in Arrow."""
+    import tracemalloc
+
+    import pyarrow.parquet as pq
+
+    from sdk.results import write_results
+
+    built, owner, _ = _batch(tmp_path, sim_dir, rows=(1000,) * 60, claimed=1000,
+                             id_of=lambda shard, i: f"<{shard:03d}.{i:05d}.{_hex(shard, i)}@mail.example.com>")
+    store = DiskStore(built.objects, tmp_path / "bucket")
+    outputs = [data for key, data in built.objects.items() if key.endswith(".a1.parquet")]
+    ciphertext = sum(len(data) for data in outputs)
+    del built
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    tracemalloc.start()
+    try:
+        written = write_results(tmp_path / "results.parquet", TENANT, BATCH, owner=owner,  # type: ignore[arg-type]
+                                store=store, **_trust(sim_dir))  # type: ignore[arg-type]
+        python_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        pa.set_memory_pool(previous)
+    table = pq.read_table(written.path)
+    assert written.rows == table.num_rows == 60_000 and table.column_names == written.columns
+    assert table.column("message_id").to_pylist()[999::1000] == [f"<{s:03d}.00999.{_hex(s, 999)}@mail.example.com>"
+                                                                 for s in range(60)]
+    assert len(written.receipts) == 60
+    assert python_peak < 0.75 * ciphertext, (python_peak, ciphertext)
+    assert pool.max_memory() < 0.25 * table.nbytes, (pool.max_memory(), table.nbytes)
+
+
+def _hex(shard: int, i: int) -> str:
+    """A Message-ID's random-looking part (ids that compress like real ones, not like a counter)."""
+    return hashlib.sha256(f"{shard}-{i}".encode()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize("fault", ["rows", "sha256", "duplicate"])
+def test_a_refusal_at_the_last_shard_leaves_no_results_file(tmp_path: Path, sim_dir: Path, fault: str) -> None:
+    """The last shard: its rows not its receipt's, its bytes not its receipt's, or an id an earlier shard gave
+    (found only once every shard was read). The shards before it were written to a temporary file, never to
+    `--out`: no file appears, an earlier one stays as it was, and no temporary file is left."""
+    from sdk.results import write_results
+
+    last = 5
+    rows = (200,) * last + ((199,) if fault == "rows" else (200,))
+    store, owner, _ = _batch(tmp_path, sim_dir, rows=rows,
+                             id_of=lambda shard, i: "m0-0" if fault == "duplicate" and (shard, i) == (last, 7)
+                             else f"m{shard}-{i}")
+    output_key = f"{PREFIX}shard-{last:05d}.a1.parquet"
+    if fault == "sha256":
+        store.objects[output_key] = store.objects[output_key][:-1] + bytes([store.objects[output_key][-1] ^ 1])
+    folder = tmp_path / "out"
+    folder.mkdir()
+    expected = {"rows": f"{output_key}: output.rows expected 200, got 199",
+                "sha256": f"{PREFIX}shard-{last:05d}.receipt.jws: output.sha256 expected ",
+                "duplicate": "results: expected 1200 distinct messages, got 1200 rows with 1199 distinct ids"}[fault]
+    with pytest.raises(ResultVerificationError) as refused:
+        write_results(folder / "results.parquet", TENANT, BATCH, owner=owner,  # type: ignore[arg-type]
+                      store=store, **_trust(sim_dir))  # type: ignore[arg-type]
+    assert str(refused.value).startswith(expected)
+    assert list(folder.iterdir()) == []
+    (folder / "results.parquet").write_bytes(b"an earlier run's results")
+    with pytest.raises(ResultVerificationError):
+        write_results(folder / "results.parquet", TENANT, BATCH, owner=owner,  # type: ignore[arg-type]
+                      store=store, **_trust(sim_dir))  # type: ignore[arg-type]
+    assert [p.name for p in folder.iterdir()] == ["results.parquet"]
+    assert (folder / "results.parquet").read_bytes() == b"an earlier run's results"
 
 
 @pytest.mark.parametrize("sessions", [(BrokerSession("provider", ("ab" * 32,)),), (BrokerSession("owner", ()),)])
