@@ -291,7 +291,10 @@ class Stream:
         return int(self.journal.db.execute("SELECT count(*) FROM messages WHERE batch_id IS NULL").fetchone()[0])
 
     def cut(self, *, force: bool = False) -> None:
-        """Cut full batches, and a partial one once its oldest email is `max_age_s` old (or at once if `force`)."""
+        """Cut full batches, and a partial one once its oldest email is `max_age_s` old (or at once if `force`)
+        and the pipeline has a place for it: while `max_in_flight` batches are submitted or waiting, a partial
+        batch grows toward `batch_size` instead of queueing behind them (small batches queued there cost a
+        batch's fixed time each: p99 of 284 s at 3-second batches)."""
         size = self.options.batch_size
         while True:
             rows = self.journal.db.execute("SELECT seq, arrived_at FROM messages WHERE batch_id IS NULL "
@@ -299,7 +302,8 @@ class Stream:
             if not rows:
                 return
             oldest = min(r[1] for r in rows)
-            if len(rows) < size and not force and time.time() - oldest < self.options.max_age_s:
+            if len(rows) < size and (self._in_flight() + self._waiting() >= self.options.max_in_flight
+                                     or not force and time.time() - oldest < self.options.max_age_s):
                 return
             with self.journal.tx() as db:
                 n = int(db.execute("SELECT coalesce(max(n), 0) + 1 FROM batches").fetchone()[0])
@@ -331,6 +335,9 @@ class Stream:
 
     def _in_flight(self) -> int:
         return int(self.journal.db.execute("SELECT count(*) FROM batches WHERE state='submitted'").fetchone()[0])
+
+    def _waiting(self) -> int:
+        return int(self.journal.db.execute("SELECT count(*) FROM batches WHERE state='cut'").fetchone()[0])
 
     def collect(self) -> None:
         """Write the verified results of every submitted batch whose run ended. A failed batch is watched on: once

@@ -66,3 +66,54 @@ def test_a_journal_streams_one_source_for_one_tenant(tmp_path: Path) -> None:
     again = Journal(path, source=tmp_path, tenant="acme")
     assert again.meta("stream_id") == stream_id  # batch ids stay the same across restarts
     again.close()
+
+
+def test_a_partial_batch_grows_while_the_pipeline_is_full(tmp_path: Path) -> None:
+    """Aged mail is cut into a partial batch only when a place is free; a full pipeline lets it grow to the
+    size cap (a full batch is still cut and waits). No email is dropped or cut twice on the way."""
+    from sdk.stream import Stream, StreamOptions
+
+    source = tmp_path / "drop"
+    source.mkdir()
+    journal = Journal(tmp_path / "j.sqlite", source=source, tenant="acme")
+    events: list[dict[str, object]] = []
+    stream = Stream(source, tmp_path / "out", journal, None, "acme", None, None, [],  # type: ignore[arg-type]
+                    verify=lambda _: None, emit=events.append,  # type: ignore[arg-type,return-value]
+                    options=StreamOptions(batch_size=10, max_age_s=0.0, max_in_flight=2))
+    db = journal.db
+
+    def arrive(count: int) -> None:
+        start = int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+        db.executemany("INSERT INTO messages (message_id, file_key, text, arrived_at) VALUES (?,?,?,?)",
+                       [(f"m{start + i}", "f", "t", time.time() - 60) for i in range(count)])
+
+    def batches() -> list[tuple[str, int, str]]:
+        return [tuple(r) for r in db.execute("SELECT batch_id, emails, state FROM batches ORDER BY n")]
+
+    try:
+        arrive(3)
+        stream.cut()
+        first = batches()
+        assert [(n, s) for _, n, s in first] == [(3, "cut")]  # a free place: aged mail is cut at once
+        db.execute("UPDATE batches SET state='submitted'")
+        arrive(3)
+        stream.cut()
+        assert [(n, s) for _, n, s in batches()] == [(3, "submitted"), (3, "cut")]  # one place left: taken
+        db.execute("UPDATE batches SET state='submitted'")
+        arrive(4)
+        stream.cut(force=True)
+        assert len(batches()) == 2  # full: the 4 aged emails wait, even when forced
+        arrive(8)
+        stream.cut()
+        assert [(n, s) for _, n, s in batches()][2:] == [(10, "cut")]  # the size cap is cut, and waits
+        db.execute(f"UPDATE batches SET state='written' WHERE batch_id='{first[0][0]}'")
+        stream.cut()
+        assert len(batches()) == 3  # one submitted and one waiting: still full
+        db.execute("UPDATE batches SET state='written' WHERE state='submitted'")
+        stream.cut()
+        assert [(n, s) for _, n, s in batches()][3:] == [(2, "cut")]  # a place: the rest is cut
+        per_batch = dict(db.execute("SELECT batch_id, count(*) FROM messages GROUP BY batch_id").fetchall())
+        assert sorted(per_batch.values()) == [2, 3, 3, 10] and None not in per_batch
+        assert [e["emails"] for e in events if e["event"] == "cut"] == [3, 3, 10, 2]
+    finally:
+        journal.close()
