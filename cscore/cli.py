@@ -476,8 +476,12 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     from sdk.owner import wait_for_batch
     from sdk.party import Party
     from sdk.results import owner_trust, write_results
+    from sdk.results_file import output_format
     from sdk.storage import ObjectStore
 
+    if args.format and not args.out:
+        raise ValueError(f"--format {args.format}: expected --out FILE to write the results to, got none")
+    fmt = output_format(args.out, args.format) if args.out else None  # refused before anything is fetched
     _load_stack_env(args.state_dir)
     store = ObjectStore()
     status = wait_for_batch(store, args.tenant, args.batch, timeout=args.wait)
@@ -493,8 +497,10 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
                                   measurements=[str(m) for m in granted.get("measurements", [])])
     # Shard by shard into a file (the summary reads it back a row group at a time): memory bounded, any size.
     with tempfile.TemporaryDirectory(prefix="cscore-results-") as folder:
-        results = write_results(args.out or Path(folder) / "results.parquet", args.tenant, args.batch, owner=owner,
+        results = write_results(Path(folder) / "results.parquet", args.tenant, args.batch, owner=owner,
                                 store=store, anchors=anchors, policy=policy)
+        if args.out and fmt:
+            _write_out(results, args.out, fmt, owner, args.tenant, args.batch)
         if "spam_probability" not in results.columns:
             return _generic_results(args, results)
         return _spam_results(args, results)
@@ -534,6 +540,34 @@ def _spam_results(args: argparse.Namespace, results: Any) -> int:
     print("\n".join(f"{k.replace('_', ' '):18} {v}" for k, v in summary.items()))
     print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines_of(counts)))
     return 0
+
+
+def _write_out(results: Any, out: Path, fmt: str, owner: Any, tenant: str, batch_id: str) -> None:
+    """The verified results file as `out` in `fmt`, a row group at a time; email results joined to each email's
+    from, subject and date from this machine's journal of the batch (`sdk.journal`). Without one (submitted
+    elsewhere, or by an older cscore) those are empty, and a warning says why."""
+    from contextlib import ExitStack
+
+    import pyarrow.parquet as pq
+
+    from enclave.pme import PmeKeys
+    from sdk.journal import HeaderJoin, journal_path, open_journal
+    from sdk.results_file import write_results_file
+
+    with pq.ParquetFile(results.path) as verified:
+        batches = verified.iter_batches()
+        if "spam_probability" not in results.columns:
+            write_results_file(batches, verified.schema_arrow, out, fmt)
+            return
+        path = journal_path(owner.home, tenant, batch_id)
+        if not path.exists():
+            print(f"warning: no journal of batch {batch_id} at {path} (it was submitted from another machine or "
+                  "another state directory): from, subject and date are left empty", file=sys.stderr)
+        with PmeKeys(owner.broker().for_batch(batch_id)) as keys, ExitStack() as opened:
+            journal = opened.enter_context(open_journal(path, keys, tenant=tenant, batch_id=batch_id)) \
+                if path.exists() else None
+            join = HeaderJoin(journal)
+            write_results_file((join(b) for b in batches), join.schema(verified.schema_arrow), out, fmt)
 
 
 def _either(pick: Callable[[float, float], float], held: float | None, seen: float | None) -> float | None:
@@ -792,7 +826,12 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     results = owner.add_parser("results", help="fetch, verify and decrypt a batch's results")
     results.add_argument("batch")
     results.add_argument("--tenant", required=True)
-    results.add_argument("--out", type=Path, help="write the decrypted results as Parquet")
+    results.add_argument("--out", type=Path, help="write the decrypted results, each email's message_id, from, "
+                         "subject, date, spam_probability, label and flags: Parquet, CSV or JSON lines by the "
+                         "name's extension (.parquet, .csv, .jsonl) or --format")
+    results.add_argument("--format", choices=["parquet", "csv", "jsonl"],
+                         help="the --out file's format, when its extension names none (a name that says another "
+                              "format is refused)")
     results.add_argument("--wait", type=float, default=900.0, help="seconds to wait for the batch")
     results.add_argument("--json", action="store_true")
     results.add_argument("--plot", type=Path, metavar="FILE", help="also draw the score histogram as a PNG here")

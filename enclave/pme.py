@@ -13,6 +13,7 @@ import itertools
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -106,9 +107,20 @@ class PmeKeys:
 
         `metadata` goes into the footer's key-value metadata, which the footer key encrypts and authenticates.
         """
+        sink = io.BytesIO()
+        with self.writer(sink, table.schema, footer_key=footer_key, column_key=column_key,
+                         metadata=metadata) as writer:
+            writer.write_table(table, row_group_size=row_group_size)
+        return sink.getvalue()
+
+    def writer(self, sink: str | Path | io.BytesIO, schema: pa.Schema, *, footer_key: str, column_key: str,
+               metadata: dict[str, str] | None = None) -> pq.ParquetWriter:
+        """A PME Parquet writer on `sink` (a path or a file object), for tables written one by one in bounded
+        memory: footer under `footer_key`, every column under `column_key`, `metadata` in the encrypted footer.
+        Close it to finish the file. Raises EncryptionCoverageError for a schema without columns."""
         if metadata:
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-        columns = list(table.column_names)
+            schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+        columns = list(schema.names)
         if not columns:
             raise EncryptionCoverageError("table: expected at least one column, got none")
         # Fresh properties per file: reused properties share data keys across files (DESIGN §7).
@@ -120,20 +132,21 @@ class PmeKeys:
             cache_lifetime=KEY_CACHE_LIFETIME,
         )
         properties = self._factory.file_encryption_properties(self._connection, config)
-        sink = io.BytesIO()
         # No column statistics: min/max of long texts made an input's footer ~2.4 KB per row group, and every
         # shard reads the footer (ranged reads); nothing here prunes by statistics.
-        with pq.ParquetWriter(sink, table.schema, encryption_properties=properties,
-                              write_statistics=False) as writer:
-            writer.write_table(table, row_group_size=row_group_size)
-        return sink.getvalue()
+        return pq.ParquetWriter(sink, schema, encryption_properties=properties, write_statistics=False)
+
+    def decryption_properties(self) -> pe.FileDecryptionProperties:
+        """pyarrow's decryption properties for PME files of these keys, for any pyarrow reader
+        (`pq.read_table(path, decryption_properties=...)`, `pandas.read_parquet(path, engine="pyarrow",
+        decryption_properties=...)`). A plaintext file is read too: check its magic (see `open`) when that matters."""
+        return self._factory.file_decryption_properties(
+            self._connection, pe.DecryptionConfiguration(cache_lifetime=KEY_CACHE_LIFETIME))
 
     def open(self, data: bytes | pa.NativeFile) -> pq.ParquetFile:
         """Open PME Parquet (bytes, or a file such as `enclave.ranged.open_ranged`'s); keys are unwrapped on
         open (and lazily per column)."""
-        properties = self._factory.file_decryption_properties(
-            self._connection, pe.DecryptionConfiguration(cache_lifetime=KEY_CACHE_LIFETIME)
-        )
+        properties = self.decryption_properties()
         source = pa.BufferReader(data) if isinstance(data, bytes) else data
         # pyarrow opens a plaintext file even with decryption properties: whatever its footer says would then be
         # believed. Only an encrypted footer is authenticated (AES-GCM under the footer key), so require one.

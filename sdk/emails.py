@@ -42,7 +42,7 @@ _KNOWN_HEADER_PREFIXES = ("x-", "arc-", "dkim-", "list-", "resent-", "content-",
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _WELL_FORMED_HEAD = re.compile(rb"(?:(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])[^\r\n]*\r?\n)*")
 _USED_HEADERS = re.compile(
-    rb"^(?:subject|message-id|mime-version|content-type|content-transfer-encoding|content-disposition)"
+    rb"^(?:subject|from|date|message-id|mime-version|content-type|content-transfer-encoding|content-disposition)"
     rb"[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*",
     re.IGNORECASE | re.MULTILINE,
 )
@@ -74,14 +74,19 @@ class Email:
     """One email to score: a unique ``message_id`` and the model's input ``text``.
 
     ``source`` names the file it came from (relative to the input), ``flags`` what could not be read
-    right (an undecodable transfer encoding, ...): the text is then what could be read. Neither is
-    compared, uploaded or scored.
+    right (an undecodable transfer encoding, ...): the text is then what could be read. ``sender``,
+    ``subject`` and ``date`` are the From, Subject and Date headers as written ("" when absent), kept on
+    the owner's machine only (`sdk.journal`) to join results back. None of these is compared, uploaded or
+    scored.
     """
 
     message_id: str
     text: str
     source: str = field(default="", compare=False)
     flags: tuple[str, ...] = field(default=(), compare=False)
+    sender: str = field(default="", compare=False)
+    subject: str = field(default="", compare=False)
+    date: str = field(default="", compare=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -129,6 +134,20 @@ def _parse(raw: bytes) -> Message:
         return _PARSER.parsebytes(raw)
     msg.set_payload(raw[end.end() :].decode("ascii", "surrogateescape"))  # as the feed parser stores it
     return msg
+
+
+def _headers(msg: Message) -> dict[str, str]:
+    """The From, Subject and Date headers, decoded (`Email`'s sender, subject and date; "" when absent)."""
+    values = {name: msg.get(header) for name, header in (("sender", "From"), ("subject", "Subject"), ("date", "Date"))}
+    return {name: "" if value is None else _valid_unicode(" ".join(_decode_header_value(value).split()))
+            for name, value in values.items()}
+
+
+def _valid_unicode(text: str) -> str:
+    """`text`, its raw 8-bit bytes (kept as surrogates by the parser) read as UTF-8, else cp1252."""
+    if _not_unicode(text) is None:
+        return text
+    return _decode_bytes(_utf8(text), None)
 
 
 def _subject(msg: Message, flags: list[str] | None = None) -> str:
@@ -568,7 +587,7 @@ def _describe_text(head: bytes) -> str:
 
 def _from_raw(raw: bytes, fallback_id: str, ids: _IdAllocator, source: str | None = None) -> Email:
     msg, text, flags = _email(raw)
-    return Email(ids.from_header(msg, fallback_id), text, source or fallback_id, flags)
+    return Email(ids.from_header(msg, fallback_id), text, source or fallback_id, flags, **_headers(msg))
 
 
 def _read_mbox(fh: BinaryIO, file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
@@ -620,8 +639,11 @@ def _from_json(obj: object, where: str, fallback_id: str, source: str, ids: _IdA
     flags: tuple[str, ...] = ()
     if _is_text(obj.get("raw")):
         msg, text, flags = _email(_utf8(obj["raw"]))
+        headers = _headers(msg)
     elif _is_text(obj.get("subject")) or _is_text(obj.get("body")):
         text = clean_text(f"{obj.get('subject') or ''}\n{obj.get('body') or ''}")
+        headers = {name: str(obj[key]) if _is_text(obj.get(key)) else ""
+                   for name, key in (("sender", "from"), ("subject", "subject"), ("date", "date"))}
     else:
         raise NotEmailError(
             f"{where}: expected keys message_id with raw, or message_id with subject/body (strings); "
@@ -631,10 +653,10 @@ def _from_json(obj: object, where: str, fallback_id: str, source: str, ids: _IdA
     if explicit is not None and not isinstance(explicit, str):
         raise NotEmailError(f"{where}: message_id: expected a string or an integer, found {_json_type(explicit)}")
     if explicit:  # the owner's id wins over a Message-ID header
-        return Email(ids.explicit(str.__str__(explicit), where), text, source, flags)
+        return Email(ids.explicit(str.__str__(explicit), where), text, source, flags, **headers)
     if msg is not None:
-        return Email(ids.from_header(msg, fallback_id), text, source, flags)
-    return Email(ids.explicit(fallback_id, where), text, source, flags)
+        return Email(ids.from_header(msg, fallback_id), text, source, flags, **headers)
+    return Email(ids.explicit(fallback_id, where), text, source, flags, **headers)
 
 
 def _is_text(value: object) -> bool:
@@ -734,12 +756,14 @@ def _from_parquet_row(
     message_id: object, value: object, body: str, where: str, fallback_id: str, source: str, ids: _IdAllocator
 ) -> Email:
     flags: tuple[str, ...] = ()
+    headers: dict[str, str] = {}
     if body == "raw":
         raw = value if isinstance(value, bytes) else _utf8(str(value or ""))
-        _, text, flags = _email(raw)
+        msg, text, flags = _email(raw)
+        headers = _headers(msg)
     elif value is None or isinstance(value, str):
         text = clean_text(value or "")
     else:
         raise NotEmailError(f"{where}: expected column text to hold strings, found {type(value).__name__}")
     chosen = _parquet_id(message_id, where) or fallback_id
-    return Email(ids.explicit(chosen, where), text, source, flags)
+    return Email(ids.explicit(chosen, where), text, source, flags, **headers)

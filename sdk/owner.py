@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys, write_encrypted
 from enclave.signing import sign_json
 from sdk.emails import Email, check_email, check_emails
+from sdk.journal import HEADER_COLUMNS, JournalWriter, journal_path
 from sdk.models import ModelListing
 from sdk.party import Party
 from sdk.platform import config_for_owner, published_worker_config
@@ -111,10 +112,19 @@ def submit_batch(
     if len(set(ids)) != len(ids):
         raise BatchError("emails.message_id: expected unique ids, got duplicates")
     check_emails(emails)  # every refusal before any broker key is created or any byte uploaded
-    table = pa.table({"message_id": [e.message_id for e in emails], "text": [e.text for e in emails]})
-    return submit_table(table, model, tenant=tenant, owner=owner, store=store, measurements=measurements,
-                        batch_id=batch_id, plaintext_baseline=plaintext_baseline,
-                        flags={e.message_id: list(e.flags) for e in emails if e.flags})
+    _check_columns(EMAIL_COLUMNS, model)
+    table = _email_table(emails)
+    parts = (table.slice(start, PART_ROWS) for start in range(0, table.num_rows, PART_ROWS))
+    return _submit_parts(parts, model, tenant=tenant, owner=owner, store=store, measurements=measurements,
+                         batch_id=batch_id, plaintext_baseline=plaintext_baseline, journal=True,
+                         flags={e.message_id: list(e.flags) for e in emails if e.flags})
+
+
+def _email_table(emails: Sequence[Email]) -> pa.Table:
+    """message_id and text (what is uploaded), then from, subject and date (kept in the owner's journal)."""
+    return pa.table({"message_id": [e.message_id for e in emails], "text": [e.text for e in emails],
+                     "from": [e.sender for e in emails], "subject": [e.subject for e in emails],
+                     "date": [e.date for e in emails]})
 
 
 def submit_table(
@@ -154,8 +164,7 @@ def spool_emails(emails: Iterable[Email], *, flagged: Callable[[Email], None] = 
     spool = Spool(directory)
     try:
         seen: set[str] = set()
-        ids: list[str] = []
-        texts: list[str] = []
+        held: list[Email] = []
         for index, email in enumerate(emails):
             check_email(email, index)
             if email.message_id in seen:
@@ -165,13 +174,12 @@ def spool_emails(emails: Iterable[Email], *, flagged: Callable[[Email], None] = 
             if email.flags:
                 spool.flags[email.message_id] = list(email.flags)
                 flagged(email)
-            ids.append(email.message_id)
-            texts.append(email.text)
-            if len(ids) == ROW_GROUP_SIZE:
-                spool.add(pa.table({"message_id": ids, "text": texts}))
-                ids, texts = [], []
-        if ids:
-            spool.add(pa.table({"message_id": ids, "text": texts}))
+            held.append(email)
+            if len(held) == ROW_GROUP_SIZE:
+                spool.add(_email_table(held))
+                held = []
+        if held:
+            spool.add(_email_table(held))
     except BaseException:
         spool.close()
         raise
@@ -187,7 +195,7 @@ def submit_spooled(spool: Spool, model: ModelListing, *, tenant: str, owner: Par
         raise BatchError("emails: expected at least one email, got an empty batch")
     _check_columns(EMAIL_COLUMNS, model)
     return _submit_parts(_parts(spool.tables()), model, tenant=tenant, owner=owner, store=store,
-                         measurements=measurements, batch_id=batch_id, flags=spool.flags)
+                         measurements=measurements, batch_id=batch_id, flags=spool.flags, journal=True)
 
 
 def _parts(row_groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
@@ -208,9 +216,13 @@ def _parts(row_groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
 
 def _submit_parts(parts: Iterator[pa.Table], model: ModelListing, *, tenant: str, owner: Party, store: ObjectStore,
                   measurements: list[str], batch_id: str | None = None, plaintext_baseline: bool = False,
-                  flags: Mapping[str, Sequence[str]] | None = None) -> SubmittedBatch:
+                  flags: Mapping[str, Sequence[str]] | None = None, journal: bool = False) -> SubmittedBatch:
     """Create the batch's keys, encrypt and upload `parts` (PARTS_IN_FLIGHT at a time) and `flags`, record the
-    grant, then upload the signed manifest last."""
+    grant, then upload the signed manifest last.
+
+    `journal`: the parts also hold HEADER_COLUMNS, which are never uploaded: they go to the owner's local
+    journal (`sdk.journal`, under the batch's keys; none for a plaintext baseline), complete before the manifest.
+    """
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_batch(tenant, batch_id)
     broker = None if plaintext_baseline else owner.broker()
@@ -230,13 +242,27 @@ def _submit_parts(parts: Iterator[pa.Table], model: ModelListing, *, tenant: str
                 **({"file_id": file_id} if file_id else {})}
 
     objects: list[dict[str, Any]] = []
+    writer = None if not journal or broker is None else JournalWriter(
+        journal_path(owner.home, tenant, batch_id), broker, footer_key=keys.footer, column_key=keys.emails,
+        tenant=tenant, batch_id=batch_id)
     with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
         pending: deque[Future[dict[str, Any]]] = deque()
-        for index, chunk in enumerate(parts):
-            if len(pending) >= PARTS_IN_FLIGHT:  # at most this many parts (and the next one) in memory
-                objects.append(pending.popleft().result())
-            pending.append(pool.submit(upload, index, chunk))
-        objects.extend(f.result() for f in pending)
+        try:
+            for index, chunk in enumerate(parts):
+                if len(pending) >= PARTS_IN_FLIGHT:  # at most this many parts (and the next one) in memory
+                    objects.append(pending.popleft().result())
+                if journal:
+                    if writer is not None:
+                        writer.write(chunk.select(["message_id", *HEADER_COLUMNS]))
+                    chunk = chunk.drop_columns(list(HEADER_COLUMNS))
+                pending.append(pool.submit(upload, index, chunk))
+            objects.extend(f.result() for f in pending)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    if writer is not None:
+        writer.close()
     rows = sum(o["rows"] for o in objects)
     flags_entry = {}
     if flags is not None and broker is not None:

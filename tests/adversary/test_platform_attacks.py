@@ -14,6 +14,7 @@ bit for bit like plaintext onnxruntime. The last test scans every platform-side 
 from __future__ import annotations
 
 import base64
+import csv
 import dataclasses
 import hashlib
 import json
@@ -211,6 +212,8 @@ def test_honest_batch_is_scored_bit_exact(stack: LocalStack, emails: list[Email]
     batch = _batch(emails, "honest", 450)  # 3 row groups: 2 shards
     flag = f"body: unknown charset '{FLAG_CANARY}': read as UTF-8"  # a reader's flag (sdk.emails)
     batch[5] = dataclasses.replace(batch[5], flags=(flag,))
+    batch[6] = dataclasses.replace(batch[6], sender=f"{FLAG_CANARY} <s@example.com>", subject="hello",
+                                   date="Tue, 3 Mar 2026 10:00:00 +0100")  # kept in the owner's journal only
     submitted = _submit(batch)
     assert _platform_runs(submitted.batch_id) == {"state": "succeeded"}
     out = tmp_path / "results.parquet"
@@ -221,6 +224,16 @@ def test_honest_batch_is_scored_bit_exact(stack: LocalStack, emails: list[Email]
     _bit_exact(pq.read_table(out), {e.message_id: e.text for e in batch}, model_bytes)
     flags = dict(zip(*pq.read_table(out, columns=["message_id", "flags"]).to_pydict().values(), strict=True))
     assert flags == {e.message_id: flag if e is batch[5] else "" for e in batch}  # back with its email only
+    # From, Subject and Date joined back from the owner's journal, by the real program, as CSV too.
+    done = _cscore(stack, "owner", "results", submitted.batch_id, "--tenant", TENANT, "--accept-simulated",
+                   "--out", str(tmp_path / "results.csv"))
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    with (tmp_path / "results.csv").open(newline="") as fh:
+        rows = {r["message_id"]: r for r in csv.DictReader(fh)}
+    assert list(next(iter(rows.values())))[:4] == ["message_id", "from", "subject", "date"] and len(rows) == 450
+    assert rows[batch[6].message_id]["from"] == f"{FLAG_CANARY} <s@example.com>"
+    assert rows[batch[6].message_id]["date"].startswith("2026-03-03 09:00:00")
+    assert rows[batch[7].message_id]["from"] == ""
     _state["honest"] = submitted
     # A batch the owner submits and grants; the platform sends it to its own worker first (attacks 1, 2).
     _state["victim_emails"] = victim = _batch(emails, "victim", 150)

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,17 +24,20 @@ from enclave.pme import EncryptedParquet, PmeKeys
 from enclave.signing import unverified_payload
 from infra.local.stack import LocalStack
 from sdk.emails import Email, EmailInputError
+from sdk.journal import join_headers, journal_path, read_journal
 from sdk.models import ModelListing
-from sdk.owner import BatchError, spool_emails, submit_spooled
+from sdk.owner import BatchError, OwnerKeys, spool_emails, submit_spooled
 from sdk.party import Party
 from sdk.spool import Spool
 from sdk.storage import ObjectStore
 
 CANARY = "canary-7f3a9c plaintext that must never reach the disk"
+SENDER = "sender-canary-52be"  # From headers: kept in the owner's local journal, never uploaded
 
 
 def _emails(n: int) -> list[Email]:
-    return [Email(f"id-{i:06d}", f"{CANARY} {i} free money " + "x" * (i % 97)) for i in range(n)]
+    return [Email(f"id-{i:06d}", f"{CANARY} {i} free money " + "x" * (i % 97), sender=f"{SENDER} <{i}@example.com>",
+                  subject=f"subject {i}", date=f"Tue, 3 Mar 2026 10:{i % 60:02d}:00 +0100") for i in range(n)]
 
 
 def test_the_spool_holds_no_plaintext_and_gives_back_what_was_added(tmp_path: Path) -> None:
@@ -147,5 +151,37 @@ def test_a_spooled_batch_uploads_parts_that_decrypt_to_the_emails(stack: LocalSt
         assert hashlib.sha256(flags).hexdigest() == manifest["flags"]["sha256"]
         with EncryptedParquet(flags, keys) as table:
             assert table.read().to_pylist() == [{"message_id": "id-001234", "flags": ["undecodable base64"]}]
-    assert got == [{"message_id": e.message_id, "text": e.text} for e in emails]
+    assert got == [{"message_id": e.message_id, "text": e.text} for e in emails]  # no From, Subject or Date
     assert owner.broker().get_grant(batch.batch_id)["rows"] == len(emails)
+    assert not [k for k in store.keys(f"incoming/acme/{batch.batch_id}/") if SENDER.encode() in store.get(k)]
+    # From, Subject and Date stayed on this machine, in the journal, encrypted under the batch's keys.
+    path = journal_path(owner.home, "acme", batch.batch_id)
+    assert SENDER.encode() not in path.read_bytes()
+    with PmeKeys(owner.broker().for_batch(batch.batch_id)) as keys:
+        journal = read_journal(path, keys, tenant="acme", batch_id=batch.batch_id)
+    assert journal.column("message_id").to_pylist() == [e.message_id for e in emails]
+    assert journal.column("from").to_pylist()[7] == f"{SENDER} <7@example.com>"
+    assert journal.column("date").to_pylist()[7] == datetime(2026, 3, 3, 9, 7, tzinfo=UTC)
+    results = pa.table({"message_id": [emails[7].message_id, "id-999999"], "spam_probability": [0.9, 0.1],
+                        "label": [1, 0], "flags": ["", ""]})
+    joined = join_headers(results, journal).to_pylist()
+    assert joined[0]["subject"] == "subject 7" and joined[1]["subject"] is None
+    _pandas_reads_encrypted_results(owner, batch.batch_id, tmp_path)
+
+
+def _pandas_reads_encrypted_results(owner: Party, batch_id: str, tmp_path: Path) -> None:
+    """docs/OWNER.md's pandas path: a result object (PME under the batch's result key, as a worker writes it)
+    read by pandas with pyarrow's decryption properties, the keys from the owner's own broker."""
+    import pandas as pd
+
+    result_key = OwnerKeys.for_batch("acme", batch_id).results
+    table = pa.table({"message_id": ["a", "b"], "spam_probability": [0.25, 0.75], "label": [0, 1]})
+    with PmeKeys(owner.broker()) as writer:
+        (tmp_path / "shard-00000.parquet").write_bytes(
+            writer.write(table, footer_key=result_key, column_key=result_key, row_group_size=100))
+    with PmeKeys(owner.broker().for_batch(batch_id)) as keys:
+        frame = pd.read_parquet(tmp_path / "shard-00000.parquet", engine="pyarrow",
+                                decryption_properties=keys.decryption_properties())
+    assert frame.to_dict("records") == table.to_pylist()
+    with pytest.raises(OSError, match="(?i)decrypt|key"):  # without the broker's keys pandas gets nothing
+        pd.read_parquet(tmp_path / "shard-00000.parquet", engine="pyarrow")
