@@ -46,15 +46,19 @@ class TlsFiles:
 
 
 def ensure_local_tls(ca_dir: Path, out_dir: Path, name: str,
-                     hosts: Sequence[str] = LOOPBACK_HOSTS) -> TlsFiles:
-    """Create the local CA in `ca_dir` once (reused afterwards) and a fresh server cert for `name`."""
-    ca_cert, ca_key = create_local_ca(ca_dir)
-    cert, key = issue_server_cert(ca_cert, ca_key, out_dir, name, hosts)
+                     hosts: Sequence[str] = LOOPBACK_HOSTS, networks: Sequence[str] = ()) -> TlsFiles:
+    """Create the local CA in `ca_dir` once (reused afterwards) and a fresh server cert for `name`.
+
+    `networks` (CIDR strings, e.g. the simulated machines' "10.213.7.0/24") widen the CA's name constraints
+    beyond loopback; they count only when the CA is created."""
+    ca_cert, ca_key = create_local_ca(ca_dir, networks)
+    cert, key = issue_server_cert(ca_cert, ca_key, out_dir, name, hosts, networks)
     return TlsFiles(ca_cert, cert, key)
 
 
-def create_local_ca(folder: Path) -> tuple[Path, Path]:
-    """Return (ca.pem, ca.key) in `folder`, creating them under a file lock if missing."""
+def create_local_ca(folder: Path, networks: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Return (ca.pem, ca.key) in `folder`, creating them under a file lock if missing; the CA certifies
+    loopback names and addresses in `networks` (CIDR strings) only."""
     folder.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = folder / "ca.pem", folder / "ca.key"
     with _locked(folder / ".ca.lock"):
@@ -64,7 +68,8 @@ def create_local_ca(folder: Path) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cscore local broker CA (loopback only)")])
         loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
-                    x509.IPAddress(ipaddress.ip_network("::1/128"))]
+                    x509.IPAddress(ipaddress.ip_network("::1/128")),
+                    *(x509.IPAddress(ipaddress.ip_network(n)) for n in networks)]
         builder = (_base_builder(subject, subject, key.public_key(), CA_DAYS)
                    .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                    .add_extension(_usage(cert_sign=True), critical=True)
@@ -77,11 +82,12 @@ def create_local_ca(folder: Path) -> tuple[Path, Path]:
 
 
 def issue_server_cert(ca_cert_path: Path, ca_key_path: Path, out_dir: Path, name: str,
-                      hosts: Sequence[str] = LOOPBACK_HOSTS) -> tuple[Path, Path]:
-    """Write `<name>-tls.pem` and `<name>-tls.key` (0600) in `out_dir`, valid for `hosts` (loopback only)."""
-    foreign = [h for h in hosts if not is_loopback(h)]
+                      hosts: Sequence[str] = LOOPBACK_HOSTS, networks: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write `<name>-tls.pem` and `<name>-tls.key` (0600) in `out_dir`, valid for `hosts` (loopback, or
+    addresses in `networks`, the CIDR strings the CA was created for)."""
+    foreign = [h for h in hosts if not is_loopback(h) and not _in_networks(h, networks)]
     if foreign:
-        raise ValueError(f"the local CA only certifies loopback names; got {foreign} "
+        raise ValueError(f"the local CA only certifies loopback names and {list(networks)}; got {foreign} "
                          "(use a certificate from your own CA for other hosts)")
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
@@ -105,6 +111,14 @@ def issue_server_cert(ca_cert_path: Path, ca_key_path: Path, out_dir: Path, name
     _write_key(key_path, key)
     cert_path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _in_networks(host: str, networks: Sequence[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a DNS name: only "localhost" is certified
+    return any(address in ipaddress.ip_network(n) for n in networks)
 
 
 def _base_builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
