@@ -34,13 +34,18 @@ from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.signing import sign_json
 from wire.receipt import BrokerSession, sessions_json
 from wire.recipe import Recipe, RecipeCard
-from wire.training import TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE, TUNED_PROTECTION, TrainingSpec
+from wire.training import (
+    MIN_HOLDOUT_PER_CLASS,
+    TRAINING_RECEIPT_TYPE,
+    TUNED_CARD_TYPE,
+    TUNED_PROTECTION,
+    TrainingSpec,
+)
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 TRAINING_COLUMNS = ("text", "label", "holdout")
-MIN_HOLDOUT_PER_CLASS = 20
 METRIC_DIGITS = 3
 ONNX_OPSET = 17
 

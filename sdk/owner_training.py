@@ -39,7 +39,7 @@ from sdk.party import Party
 from sdk.storage import ObjectStore
 from wire.errors import FormatError
 from wire.recipe import RecipeCard
-from wire.training import TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE, TunedCard
+from wire.training import MIN_HOLDOUT_PER_CLASS, TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE, TunedCard, aggregate_metrics
 from wire.worker_config import config_digest_from_claims
 
 TRAINING_MANIFEST_TYPE = "cscore.training-manifest/v1"
@@ -96,6 +96,12 @@ def submit_training(labelled: Sequence[tuple[Email, int]], recipe: RecipeCard, *
     check_emails(emails)  # every refusal before any broker key is created or any byte uploaded
     job_id = job_id or f"t-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     holdout = held_out([e.message_id for e in emails], holdout_fraction, seed)
+    for label, name in ((1, "spam"), (0, "ham")):  # the enclave refuses it too: say so before any upload
+        held = sum(1 for (_, y), h in zip(labelled, holdout, strict=True) if h and y == label)
+        if held < MIN_HOLDOUT_PER_CLASS:
+            raise TrainingJobError(f"holdout: expected at least {MIN_HOLDOUT_PER_CLASS} {name} emails held out, got "
+                                   f"{held} (fraction {holdout_fraction}, seed {seed}); metrics on a smaller split "
+                                   f"would tell individual emails' labels: add {name} mail or raise --holdout")
     broker = owner.broker()
     data_key, share_key = f"{tenant}.{job_id}.train", f"{tenant}.{job_id}.share"
     for key_id in (data_key, share_key):
@@ -188,13 +194,17 @@ def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Part
                 "recipe.digest": m["recipe"]["digest"], "model.name": m["model"]["name"],
                 "model.version": m["model"]["version"]}
     _expect_fields(prefix + "receipt.jws", expected, p)
+    try:
+        metrics = aggregate_metrics(p.get("metrics"), where="metrics")
+    except FormatError as exc:  # per-row values or a split too small: not what this owner is shown
+        raise TrainingJobError(f"{prefix}receipt.jws: {exc}") from exc
     card = _enclave_signed(store, prefix + "card.jws", prefix, TUNED_CARD_TYPE, anchors, policy).payload
     _expect_fields(prefix + "card.jws", {"tenant": tenant, "name": m["model"]["name"],
                                          "version": m["model"]["version"], "digest": p["model"]["digest"],
                                          "lineage.input_sha256": m["object"]["sha256"],
                                          "lineage.recipe.digest": m["recipe"]["digest"]}, card)
     return TrainingOutcome(tenant, job_id, f"{tenant}/{m['model']['name']}:{m['model']['version']}",
-                           p["model"]["digest"], dict(p["metrics"]), receipt.claims.measurement, p, card)
+                           p["model"]["digest"], metrics, receipt.claims.measurement, p, card)
 
 
 def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: TrustAnchors | None = None,

@@ -37,6 +37,10 @@ from wire.errors import FormatError, refuse_unknown, require, typed_document
 TRAINING_RECEIPT_TYPE = "cscore.training-receipt/v2"  # v2 signs `worker` and `sessions` as shard receipts do
 TUNED_CARD_TYPE = "cscore.tuned-model-card/v1"
 TUNED_PROTECTION = "aes-256-gcm+2"  # AES-256-GCM under HKDF(owner share || provider share)
+# Below this many held-out rows of a class, the metrics tell individual rows (on one row, recall is its prediction).
+MIN_HOLDOUT_PER_CLASS = 20
+METRIC_RATES = ("precision", "recall", "f1")
+METRIC_COUNTS = ("train_rows", "holdout_rows", "holdout_spam")
 
 _TEXT = ("tenant", "job_id", "input_key", "input_sha256", "recipe_name", "recipe_digest", "owner_broker",
          "model_name", "owner_share_key", "owner_share_wrapped", "receipt_key")
@@ -85,6 +89,27 @@ class TrainingSpec:
             raise FormatError("training_spec.recipe_digest", "sha256:<64 hex>", text["recipe_digest"])
         return cls(recipe_version=require(doc, "recipe_version", int, where="training_spec"),
                    model_version=require(doc, "model_version", int, where="training_spec"), **text)
+
+
+def aggregate_metrics(doc: Any, *, where: str) -> dict[str, float | int]:
+    """A training's metrics as a receipt or tuned card may carry them: exactly the three rates (0..1) and the
+    three counts, on a held-out split of at least MIN_HOLDOUT_PER_CLASS rows of each class. Anything per row
+    (a list, an extra field) or a split that small is refused: FormatError naming the field."""
+    if not isinstance(doc, dict):
+        raise FormatError(where, "a JSON object", type(doc).__name__)
+    refuse_unknown(doc, {*METRIC_RATES, *METRIC_COUNTS}, where=where)
+    rates = {name: require(doc, name, (int, float), where=where) for name in METRIC_RATES}
+    for name, value in rates.items():
+        if not 0 <= value <= 1:
+            raise FormatError(f"{where}.{name}", "a rate in 0..1", value)
+    counts = {name: require(doc, name, int, where=where) for name in METRIC_COUNTS}
+    for name, held in (("holdout_spam", counts["holdout_spam"]),
+                       ("holdout_rows", counts["holdout_rows"] - counts["holdout_spam"])):
+        if held < MIN_HOLDOUT_PER_CLASS:
+            raise FormatError(f"{where}.{name}", f"at least {MIN_HOLDOUT_PER_CLASS} held-out "
+                              f"{'spam' if name == 'holdout_spam' else 'ham'} rows", held,
+                              "metrics on a smaller split tell individual rows' labels")
+    return {**rates, **counts}
 
 
 def model_card_key(name: str, version: int) -> str:
@@ -139,7 +164,7 @@ class TunedCard:
                   for side in ("owner", "provider") for field in ("broker", "key_id", "wrapped")}
         return cls(**text, version=version, **shares,
                    job_id=require(doc, "lineage.job_id", str, where="tuned_card"),
-                   metrics=dict(require(doc, "metrics", dict, where="tuned_card")), raw=doc)
+                   metrics=aggregate_metrics(doc.get("metrics"), where="tuned_card.metrics"), raw=doc)
 
     def model_card(self) -> ModelCard:
         """The card a scoring worker acts on: the spam contract, the provider's broker and share, full output."""
