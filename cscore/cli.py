@@ -293,7 +293,7 @@ def cmd_platform_approve_tenant(args: argparse.Namespace) -> int:
 
 def cmd_owner_submit(args: argparse.Namespace) -> int:
     from cscore.release import measurements_to_allow
-    from sdk.emails import Email, read_emails
+    from sdk.emails import Email, default_processes, read_emails
     from sdk.models import find_model
     from sdk.owner import BatchError, resubmit_batch, spool_emails, submit_spooled
     from sdk.party import Party
@@ -319,7 +319,9 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
 
     # Read and check every email first (spooled encrypted, bounded memory): any refusal comes before a key or
     # an upload.
-    with spool_emails(read_emails(args.emails), flagged=warn) as spool:
+    if args.jobs is not None and args.jobs < 1:
+        raise BatchError(f"--jobs: expected at least 1, got {args.jobs}")
+    with spool_emails(read_emails(args.emails, processes=args.jobs or default_processes()), flagged=warn) as spool:
         if spool.rows == 0:
             raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
         if flagged[0]:
@@ -817,6 +819,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     submit.add_argument("--images", action="store_true", help="EMAILS is a folder of PNG/JPEG files for a model "
                         "whose card takes images: each file is checked against the card before any upload")
     submit.add_argument("--resubmit", metavar="BATCH", help="upload a failed batch's manifest again")
+    submit.add_argument("--jobs", type=int, metavar="N", help="processes parsing the emails (default: every core)")
     submit.add_argument("--dry-run", action="store_true",
                         help="read and check EMAILS only: emails per file, anything flagged or refused; "
                              "uploads nothing, creates no key, contacts no server (with --images: checks each "

@@ -15,15 +15,19 @@ import html
 import io
 import json
 import math
+import multiprocessing
+import os
 import re
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from email import errors, policy
 from email.header import Header, decode_header
 from email.message import Message
 from email.parser import BytesParser
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from sdk.mbox import MMDF_SEPARATOR, split_mbox, split_mmdf
 
@@ -321,7 +325,7 @@ def clean_text(text: str) -> str:
 # read_emails: the owner's files -> Email
 
 
-def read_emails(path: Path) -> Iterator[Email]:
+def read_emails(path: Path, *, processes: int = 1) -> Iterator[Email]:
     """Yield the emails in ``path``: a folder (recursively; files sorted by name), an mbox file (see
     ``sdk.mbox``), a single .eml/.txt message, JSON lines (``{"message_id", "raw"}`` or
     ``{"message_id", "subject", "body"}``; UTF-8, or UTF-16/32 with a byte-order mark) or Parquet
@@ -332,10 +336,122 @@ def read_emails(path: Path) -> Iterator[Email]:
     before, else the file's name relative to ``path`` (``name#N`` for the N-th message of an mbox, line
     N of JSON lines, row N of Parquet). Explicit ids must be unique. Raises ``EmailInputError`` (file,
     line or row group, expected, found) for anything that cannot be read as email.
+
+    ``processes`` > 1 parses in that many processes (``default_processes()``: every core this process may
+    use), in chunks, a few chunks ahead of the reader: the same emails, ids, flags and refusals, in the same
+    order, as one process gives; memory grows with ``processes``, not with the input.
     """
-    ids = _IdAllocator()
-    for file, name in input_files(Path(path)):
-        yield from _read_file(file, name, ids)
+    jobs = (job for file, name in input_files(Path(path)) for job in _read_file(file, name))
+    yield from _finished(jobs, _IdAllocator(), processes)
+
+
+def default_processes() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _Parsed(NamedTuple):
+    """What parsing one email gives: its Message-ID header as an id ("" when none or not asked), text, flags,
+    and its From, Subject and Date headers (`_headers`; none for text given as subject and body)."""
+
+    header_id: str
+    text: str
+    flags: tuple[str, ...]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One email as read: `work` (`_parse_one`'s arguments: runs in any process), then `finish` with its result,
+    in reading order, in the reading process (ids are handed out there, so they never depend on timing)."""
+
+    work: tuple[bytes | str, bool]
+    finish: Callable[[_Parsed, _IdAllocator], Email]
+
+
+def _parse_one(payload: bytes | str, header_id: bool) -> _Parsed:
+    """An RFC 822 message's bytes (`header_id`: its Message-ID is asked for), or text given as subject and body."""
+    if isinstance(payload, str):
+        return _Parsed("", clean_text(payload), (), {})
+    msg, text, flags = _email(payload)
+    value = msg.get("Message-ID") if header_id else None
+    return _Parsed(_header_id(value) if value is not None else "", text, flags, _headers(msg))
+
+
+def _parse_all(works: list[tuple[bytes | str, bool]]) -> list[_Parsed]:
+    return [_parse_one(*work) for work in works]
+
+
+_CHUNK = 200  # emails sent to a parsing process at a time
+_Chunk = tuple[list[_Job], Exception | None]  # jobs read, and the refusal that ended the reading if any
+_AHEAD = 2  # chunks queued per process beyond the one it parses
+
+
+def _finished(jobs: Iterable[_Job], ids: _IdAllocator, processes: int = 1) -> Iterator[Email]:
+    """Each job parsed (here, or in `processes` processes once the input is over one chunk) and finished in order.
+
+    A refusal from the reader comes after every email read before it was finished, as reading one by one
+    would have it (a duplicate id among them is refused first)."""
+    if processes <= 1:
+        for job in jobs:
+            yield job.finish(_parse_one(*job.work), ids)
+        return
+    chunks = _chunks(iter(jobs), _CHUNK)
+    first = next(chunks, None)
+    if first is None:
+        return
+    if first[1] is not None or len(first[0]) < _CHUNK:  # all of it in one chunk: no processes to start
+        yield from _finish_chunk(first, _parse_all([job.work for job in first[0]]), ids)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads and locks
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        queued: deque[tuple[_Chunk, Future[list[_Parsed]]]] = deque()
+        pending: Iterator[_Chunk] = _prepend(first, chunks)
+        try:
+            while True:
+                while len(queued) < processes * (1 + _AHEAD):
+                    chunk = next(pending, None)
+                    if chunk is None:
+                        break
+                    queued.append((chunk, pool.submit(_parse_all, [job.work for job in chunk[0]])))
+                if not queued:
+                    return
+                chunk, parsed = queued.popleft()
+                yield from _finish_chunk(chunk, parsed.result(), ids)
+        finally:
+            for _, future in queued:
+                future.cancel()
+
+
+def _chunks(jobs: Iterator[_Job], size: int) -> Iterator[_Chunk]:
+    """Jobs in lists of `size`; a reader's refusal ends the list it interrupted, and the chunks."""
+    while True:
+        chunk: list[_Job] = []
+        try:
+            for job in jobs:
+                chunk.append(job)
+                if len(chunk) == size:
+                    break
+        except Exception as exc:  # a refusal (EmailInputError) or a file that went away: after what came before
+            yield chunk, exc
+            return
+        if not chunk:
+            return
+        yield chunk, None
+
+
+def _prepend(first: _Chunk, rest: Iterator[_Chunk]) -> Iterator[_Chunk]:
+    yield first
+    yield from rest
+
+
+def _finish_chunk(chunk: _Chunk, parsed: list[_Parsed],
+                  ids: _IdAllocator) -> Iterator[Email]:
+    jobs, refusal = chunk
+    for job, result in zip(jobs, parsed, strict=True):
+        yield job.finish(result, ids)
+    if refusal is not None:
+        raise refusal
 
 
 def input_files(path: Path) -> list[tuple[Path, str]]:
@@ -381,7 +497,7 @@ def check_input(path: Path) -> list[FileReport]:
     for file, name in input_files(Path(path)):
         count, flagged = 0, []
         try:
-            for email in _read_file(file, name, ids):
+            for email in _finished(_read_file(file, name), ids):
                 count += 1
                 if email.flags:
                     flagged.append(email)
@@ -426,9 +542,8 @@ class _IdAllocator:
     def __init__(self) -> None:
         self._seen: set[str] = set()
 
-    def from_header(self, msg: Message, fallback: str) -> str:
-        value = msg.get("Message-ID")
-        header_id = _header_id(value) if value is not None else ""
+    def from_header(self, header_id: str, fallback: str) -> str:
+        """The Message-ID header's id (`_header_id`; "" when none) unless taken, else `fallback` made unique."""
         if header_id and header_id not in self._seen:
             return self._take(header_id)
         candidate, n = fallback, 1
@@ -469,11 +584,11 @@ _BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
 )
 
 
-def _read_file(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
+def _read_file(file: Path, name: str) -> Iterator[_Job]:
     with file.open("rb") as raw:
         head = raw.read(_SNIFF_BYTES)
         if head.startswith(b"PAR1"):
-            yield from _read_parquet(file, name, ids)
+            yield from _read_parquet(file, name)
             return
         if head.startswith(b"PARE"):
             raise NotEmailError(f"{file}: expected {_EXPECTED}, found Parquet encrypted with Parquet Modular "
@@ -481,13 +596,13 @@ def _read_file(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
         fh = _without_bom(file, raw, head)
         kind = _sniff(file, fh)
         if kind == "jsonl":
-            yield from _read_jsonl(fh, file, name, ids)
+            yield from _read_jsonl(fh, file, name)
         elif kind == "mbox":
-            yield from _read_mbox(fh, file, name, ids)
+            yield from _read_mbox(fh, file, name)
         elif kind == "mmdf":
-            yield from _numbered(split_mmdf(fh), name, ids)
+            yield from _numbered(split_mmdf(fh), name)
         else:
-            yield _from_raw(_skip_blank_lines(fh.read()), name, ids)
+            yield _from_raw(_skip_blank_lines(fh.read()), name)
 
 
 def _without_bom(file: Path, raw: BinaryIO, head: bytes) -> BinaryIO:
@@ -585,28 +700,31 @@ def _describe_text(head: bytes) -> str:
     return f"text without email headers (first line: {first[:80]!r})"
 
 
-def _from_raw(raw: bytes, fallback_id: str, ids: _IdAllocator, source: str | None = None) -> Email:
-    msg, text, flags = _email(raw)
-    return Email(ids.from_header(msg, fallback_id), text, source or fallback_id, flags, **_headers(msg))
+def _from_raw(raw: bytes, fallback_id: str, source: str | None = None) -> _Job:
+    def finish(parsed: _Parsed, ids: _IdAllocator) -> Email:
+        return Email(ids.from_header(parsed.header_id, fallback_id), parsed.text, source or fallback_id, parsed.flags,
+                     **parsed.headers)
+
+    return _Job((raw, True), finish)
 
 
-def _read_mbox(fh: BinaryIO, file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
+def _read_mbox(fh: BinaryIO, file: Path, name: str) -> Iterator[_Job]:
     """Messages of an mbox; fallback ids ``name#N``, or plain ``name`` when the file holds one message."""
-    yield from _numbered(split_mbox(fh), name, ids)
+    yield from _numbered(split_mbox(fh), name)
 
 
-def _numbered(messages: Iterator[bytes], name: str, ids: _IdAllocator) -> Iterator[Email]:
+def _numbered(messages: Iterator[bytes], name: str) -> Iterator[_Job]:
     first = next(messages, None)
     second = next(messages, None)
     if second is None:
         if first is not None:
-            yield _from_raw(first, name, ids)
+            yield _from_raw(first, name)
         return
     assert first is not None  # a second message implies a first
-    yield _from_raw(first, f"{name}#1", ids, name)
-    yield _from_raw(second, f"{name}#2", ids, name)
+    yield _from_raw(first, f"{name}#1", name)
+    yield _from_raw(second, f"{name}#2", name)
     for index, raw in enumerate(messages, start=3):
-        yield _from_raw(raw, f"{name}#{index}", ids, name)
+        yield _from_raw(raw, f"{name}#{index}", name)
 
 
 # --- JSON lines ------------------------------------------------------------------------------------
@@ -616,7 +734,7 @@ class _JsonNumber(str):
     """A JSON number kept as written (42 stays "42", not 42.0): ids are the owner's, exactly."""
 
 
-def _read_jsonl(fh: BinaryIO, file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
+def _read_jsonl(fh: BinaryIO, file: Path, name: str) -> Iterator[_Job]:
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
@@ -629,22 +747,14 @@ def _read_jsonl(fh: BinaryIO, file: Path, name: str, ids: _IdAllocator) -> Itera
         except ValueError as exc:
             found = f"invalid JSON ({exc})"
             raise NotEmailError(f"{where}: expected a JSON object per line, found {found}") from None
-        yield _from_json(obj, where, f"{name}#{lineno}", name, ids)
+        yield _from_json(obj, where, f"{name}#{lineno}", name)
 
 
-def _from_json(obj: object, where: str, fallback_id: str, source: str, ids: _IdAllocator) -> Email:
+def _from_json(obj: object, where: str, fallback_id: str, source: str) -> _Job:
     if not isinstance(obj, dict):
         raise NotEmailError(f"{where}: expected a JSON object, found {_json_type(obj)}")
-    msg: Message | None = None
-    flags: tuple[str, ...] = ()
-    if _is_text(obj.get("raw")):
-        msg, text, flags = _email(_utf8(obj["raw"]))
-        headers = _headers(msg)
-    elif _is_text(obj.get("subject")) or _is_text(obj.get("body")):
-        text = clean_text(f"{obj.get('subject') or ''}\n{obj.get('body') or ''}")
-        headers = {name: str(obj[key]) if _is_text(obj.get(key)) else ""
-                   for name, key in (("sender", "from"), ("subject", "subject"), ("date", "date"))}
-    else:
+    raw = _is_text(obj.get("raw"))
+    if not raw and not (_is_text(obj.get("subject")) or _is_text(obj.get("body"))):
         raise NotEmailError(
             f"{where}: expected keys message_id with raw, or message_id with subject/body (strings); "
             f"found keys {sorted(obj)}"
@@ -652,11 +762,19 @@ def _from_json(obj: object, where: str, fallback_id: str, source: str, ids: _IdA
     explicit = obj.get("message_id")
     if explicit is not None and not isinstance(explicit, str):
         raise NotEmailError(f"{where}: message_id: expected a string or an integer, found {_json_type(explicit)}")
-    if explicit:  # the owner's id wins over a Message-ID header
-        return Email(ids.explicit(str.__str__(explicit), where), text, source, flags, **headers)
-    if msg is not None:
-        return Email(ids.from_header(msg, fallback_id), text, source, flags, **headers)
-    return Email(ids.explicit(fallback_id, where), text, source, flags, **headers)
+    chosen = str.__str__(explicit) if explicit else None  # the owner's id wins over a Message-ID header
+    given = {name: str(obj[key]) if _is_text(obj.get(key)) else ""
+             for name, key in (("sender", "from"), ("subject", "subject"), ("date", "date"))}
+
+    def finish(parsed: _Parsed, ids: _IdAllocator) -> Email:
+        headers = parsed.headers if raw else given
+        if chosen is None and raw:
+            return Email(ids.from_header(parsed.header_id, fallback_id), parsed.text, source, parsed.flags, **headers)
+        return Email(ids.explicit(chosen or fallback_id, where), parsed.text, source, parsed.flags, **headers)
+
+    if raw:
+        return _Job((_utf8(obj["raw"]), chosen is None), finish)
+    return _Job((f"{obj.get('subject') or ''}\n{obj.get('body') or ''}", False), finish)
 
 
 def _is_text(value: object) -> bool:
@@ -683,7 +801,7 @@ def _utf8(text: str) -> bytes:
 _EXACT_FLOAT = 2.0**53  # above this a float64 no longer holds every integer: an id may have changed
 
 
-def _read_parquet(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
+def _read_parquet(file: Path, name: str) -> Iterator[_Job]:
     import pyarrow.parquet as pq  # only Parquet input needs pyarrow
 
     try:
@@ -703,7 +821,7 @@ def _read_parquet(file: Path, name: str, ids: _IdAllocator) -> Iterator[Email]:
         where = f"{file} row group {group} (rows {row + 1}-{row + pf.metadata.row_group(group).num_rows})"
         for message_id, value in _row_group(pf, group, body, where):
             row += 1
-            yield _from_parquet_row(message_id, value, body, f"{file} row {row}", f"{name}#{row}", name, ids)
+            yield _from_parquet_row(message_id, value, body, f"{file} row {row}", f"{name}#{row}", name)
 
 
 def _row_group(pf: object, group: int, body: str, where: str) -> list[tuple[object, object]]:
@@ -753,17 +871,18 @@ def _parquet_id(value: object, where: str) -> str | None:
 
 
 def _from_parquet_row(
-    message_id: object, value: object, body: str, where: str, fallback_id: str, source: str, ids: _IdAllocator
-) -> Email:
-    flags: tuple[str, ...] = ()
-    headers: dict[str, str] = {}
+    message_id: object, value: object, body: str, where: str, fallback_id: str, source: str
+) -> _Job:
+    work: tuple[bytes | str, bool]
     if body == "raw":
-        raw = value if isinstance(value, bytes) else _utf8(str(value or ""))
-        msg, text, flags = _email(raw)
-        headers = _headers(msg)
+        work = (value if isinstance(value, bytes) else _utf8(str(value or "")), False)
     elif value is None or isinstance(value, str):
-        text = clean_text(value or "")
+        work = (value or "", False)
     else:
         raise NotEmailError(f"{where}: expected column text to hold strings, found {type(value).__name__}")
     chosen = _parquet_id(message_id, where) or fallback_id
-    return Email(ids.explicit(chosen, where), text, source, flags, **headers)
+
+    def finish(parsed: _Parsed, ids: _IdAllocator) -> Email:
+        return Email(ids.explicit(chosen, where), parsed.text, source, parsed.flags, **parsed.headers)
+
+    return _Job(work, finish)
