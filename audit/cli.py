@@ -6,6 +6,7 @@ Registered into the `cscore` command line by `add_commands(subparsers)`.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shlex
@@ -47,6 +48,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     batches.set_defaults(func=cmd_batches)
     sync = sub.add_parser("sync", help="append new broker decisions and S3 records, sign, let witnesses see it")
     _location(sync)
+    sync.add_argument("--json", action="store_true", help="what was appended and the checkpoint, as JSON")
     sync.set_defaults(func=cmd_sync)
 
 
@@ -214,7 +216,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     load_stack_env(state_dir)
     report = sync_from_env(state_dir, open_log(args.audit_log, state_dir))
-    print(report.summary())
+    if args.json:
+        c = report.checkpoint
+        print(json.dumps({"appended": report.appended, "checkpoint": None if c is None else {
+            "origin": c.origin, "size": c.size, "root": base64.b64encode(c.root).decode(), "timestamp": c.timestamp}}))
+    else:
+        print(report.summary())
     return 0
 
 

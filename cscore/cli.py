@@ -6,11 +6,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cscore.present import advice, histogram, histogram_lines, histogram_lines_of, label_rule_seen, tee_line
+
+_T = TypeVar("_T")
 
 
 def default_state_dir() -> Path:
@@ -106,12 +108,15 @@ def cmd_stack(args: argparse.Namespace) -> int:
     stack = LocalStack(args.state_dir, workers=args.workers, airflow=not args.no_airflow)
     if args.action == "start":
         stack.start()
-        print(f"stack up; `source {args.state_dir / 'stack.env'}` or pass --state-dir to other commands")
+        env_file = args.state_dir / "stack.env"
+        print(json.dumps({"state_dir": str(args.state_dir), "env_file": str(env_file)}) if args.json else
+              f"stack up; `source {env_file}` or pass --state-dir to other commands")
     else:
         from infra.local import procs
 
         stopped = procs.clean_stale(args.state_dir.resolve())  # by the pid files of the run that started it
-        print(f"stopped {', '.join(stopped) or 'nothing (no pid files)'}")
+        print(json.dumps({"stopped": stopped}) if args.json else
+              f"stopped {', '.join(stopped) or 'nothing (no pid files)'}")
     return 0
 
 
@@ -165,17 +170,53 @@ def cmd_provider_key(args: argparse.Namespace) -> int:
     from sdk.party import Party
 
     _load_stack_env(args.state_dir)
-    print(json.dumps(Party.from_env(args.provider).public_key()))
+    print(json.dumps(Party.from_env(args.provider).public_key()))  # JSON with or without --json
     return 0
 
 
 def cmd_owner_trust_provider(args: argparse.Namespace) -> int:
     from sdk.party import Party
 
+    hint = "`cscore provider key > provider.jwk` on the provider's machine writes it"
+    key = _json_file(args.key, "the provider's public key (a JWK object)", hint)
+    _check_public_okp(args.key, key, hint)
     _load_stack_env(args.state_dir)
-    path = Party.from_env("owner").trust_provider(json.loads(args.key.read_text()))
-    print(f"model cards signed by this key are now trusted ({path})")
+    path = Party.from_env("owner").trust_provider(key)
+    print(json.dumps({"trusted": str(path)}) if args.json else
+          f"model cards signed by this key are now trusted ({path})")
     return 0
+
+
+def _check_public_okp(path: Path, jwk: dict[str, Any], hint: str) -> None:
+    """`jwk` is an Ed25519 public key (OKP JWK); raises ValueError naming `path` and what it holds instead."""
+    from joserfc.errors import JoseError
+    from joserfc.jwk import OKPKey
+
+    if "d" in jwk:
+        raise ValueError(f"{path}: expected a public key, got a private one (it has 'd'); keep it secret and give "
+                         f"the public half: {hint}")
+    try:
+        OKPKey.import_key(jwk)
+    except (JoseError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: expected an Ed25519 public key (JWK kty OKP, crv Ed25519), got kty "
+                         f"{jwk.get('kty')!r} ({exc}); {hint}") from None
+
+
+def _json_file(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """The JSON object in `path`; raises ValueError naming the file, what it should hold, what it holds, and `hint`
+    (where the right file comes from)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: expected {what} as JSON, got bytes that are not UTF-8 text; {hint}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        first = text.strip().splitlines()[0][:40] if text.strip() else "an empty file"
+        raise ValueError(f"{path}: expected {what} as JSON, got {first!r} ({exc}); {hint}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected {what} as a JSON object, got a JSON {type(value).__name__}; {hint}")
+    return value
 
 
 def cmd_provider_publish(args: argparse.Namespace) -> int:
@@ -187,14 +228,17 @@ def cmd_provider_publish(args: argparse.Namespace) -> int:
     _load_stack_env(args.state_dir)
     measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
     quota = {"rows": args.quota_rows, "period_s": args.quota_period_s} if args.quota_rows else None
-    offer = Offer(task=args.task, contract=json.loads(args.contract.read_text()) if args.contract else None,
+    contract = _json_file(args.contract, "the model's contract", "see wire/contract.py for its fields") \
+        if args.contract else None
+    offer = Offer(task=args.task, contract=contract,
                   metrics=dict(_metric(m) for m in args.metric or ()),
                   price={"currency": args.currency, "per_1000_rows": args.price_per_1000} if args.price_per_1000
                   is not None else None, description=args.description or "")
     published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env(args.provider),
                               store=ObjectStore(), allowed_measurements=measurements,
                               probability_digits=args.probability_digits, quota=quota, offer=offer)
-    print(f"published {published.name}:{published.version} {published.digest}")
+    print(json.dumps({"name": published.name, "version": published.version, "digest": published.digest})
+          if args.json else f"published {published.name}:{published.version} {published.digest}")
     return 0
 
 
@@ -214,7 +258,8 @@ def cmd_provider_publish_recipe(args: argparse.Namespace) -> int:
     measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
     published = publish_recipe(recipe, args.name, provider=Party.from_env(args.provider), store=ObjectStore(),
                                allowed_measurements=measurements)
-    print(f"published recipe {published.name}:{published.version} {published.digest}")
+    print(json.dumps({"name": published.name, "version": published.version, "digest": published.digest})
+          if args.json else f"published recipe {published.name}:{published.version} {published.digest}")
     return 0
 
 
@@ -238,9 +283,12 @@ def _metric(text: str) -> tuple[str, float]:
 def cmd_provider_register_owner(args: argparse.Namespace) -> int:
     from sdk.party import Party
 
+    key = _json_file(args.key, "the owner broker's public grant key (a JWK object)",
+                     "`cscore owner grant-key > owner-grant.jwk` on the owner's machine writes it")
     _load_stack_env(args.state_dir)
-    Party.from_env(args.provider).broker().register_owner(args.name, json.loads(args.key.read_text()))
-    print(f"your broker now releases model keys for batches granted by owner broker '{args.name}'")
+    Party.from_env(args.provider).broker().register_owner(args.name, key)
+    print(json.dumps({"owner_broker": args.name, "registered": True}) if args.json else
+          f"your broker now releases model keys for batches granted by owner broker '{args.name}'")
     return 0
 
 
@@ -287,11 +335,13 @@ def cmd_platform_approve_tenant(args: argparse.Namespace) -> int:
     _load_stack_env(args.state_dir)
     home = args.key_home or Path(os.environ.get("CSCORE_STATE_DIR", str(args.state_dir))) / "platform"
     key = approve_tenant(ObjectStore(), args.tenant, args.thumbprint, approver_key(home), replace=args.replace)
-    print(f"tenant {args.tenant} approved with key {args.thumbprint} ({key}); the DAG accepts its manifests now")
+    print(json.dumps({"tenant": args.tenant, "thumbprint": args.thumbprint, "approval": key}) if args.json else
+          f"tenant {args.tenant} approved with key {args.thumbprint} ({key}); the DAG accepts its manifests now")
     return 0
 
 
 def cmd_owner_submit(args: argparse.Namespace) -> int:
+    from cscore.progress import progress
     from cscore.release import measurements_to_allow
     from sdk.emails import Email, default_processes, read_emails
     from sdk.models import find_model
@@ -304,7 +354,8 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     _load_stack_env(args.state_dir)
     store = ObjectStore()
     if args.resubmit:
-        print(f"resubmitted {resubmit_batch(args.tenant, args.resubmit, store)}")
+        key = resubmit_batch(args.tenant, args.resubmit, store)
+        print(json.dumps({"batch_id": args.resubmit, "manifest_key": key}) if args.json else f"resubmitted {key}")
         return 0
     if args.emails is None or args.model is None:
         raise BatchError("owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither")
@@ -321,7 +372,10 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     # an upload.
     if args.jobs is not None and args.jobs < 1:
         raise BatchError(f"--jobs: expected at least 1, got {args.jobs}")
-    with spool_emails(read_emails(args.emails, processes=args.jobs or default_processes()), flagged=warn) as spool:
+    with progress("reading and checking emails", unit="emails") as reading:
+        spool = spool_emails(_ticking(read_emails(args.emails, processes=args.jobs or default_processes()),
+                                      reading.advance), flagged=warn)
+    with spool:
         if spool.rows == 0:
             raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")
         if flagged[0]:
@@ -338,10 +392,27 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
             raise BatchError(f"model {model.name}:{model.version} takes "
                              f"{[i.kind for i in model.card.contract.inputs]}, not emails; for a folder of images "
                              "add --images")
-        batch = submit_spooled(spool, model, tenant=args.tenant, owner=owner, store=store,
-                               measurements=measurements_to_allow(args.measurement, args.release, args.release_key))
-    print(f"submitted batch {batch.batch_id}: {batch.rows} emails ({batch.manifest_key})")
+        measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
+        with progress("encrypting and uploading", total=spool.rows, unit="emails") as uploading:
+            batch = submit_spooled(spool, model, tenant=args.tenant, owner=owner, store=store,
+                                   measurements=measurements, progress=uploading.advance)
+    _print_submitted(args, batch, "emails")
     return 0
+
+
+def _ticking(items: Iterable[_T], tick: Callable[[], None]) -> Iterator[_T]:
+    """`items`, `tick()` called as each is taken."""
+    for item in items:
+        tick()
+        yield item
+
+
+def _print_submitted(args: argparse.Namespace, batch: Any, what: str) -> None:
+    if args.json:
+        print(json.dumps({"batch_id": batch.batch_id, "tenant": batch.tenant, "rows": batch.rows,
+                          "manifest_key": batch.manifest_key}))
+    else:
+        print(f"submitted batch {batch.batch_id}: {batch.rows} {what} ({batch.manifest_key})")
 
 
 def cmd_owner_train(args: argparse.Namespace) -> int:
@@ -405,7 +476,7 @@ def _submit_images(args: argparse.Namespace, store: Any, measurements: list[str]
         raise BatchError(f"model {model.name}:{model.version}: its card cannot be used ({model.problem})")
     table = read_images(args.emails, model.card.contract, f"{model.name}:{model.version}")
     batch = submit_table(table, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
-    print(f"submitted batch {batch.batch_id}: {batch.rows} images ({batch.manifest_key})")
+    _print_submitted(args, batch, "images")
     return 0
 
 
@@ -475,6 +546,7 @@ def _dry_run(args: argparse.Namespace) -> int:
 def cmd_owner_results(args: argparse.Namespace) -> int:
     import tempfile
 
+    from cscore.progress import progress
     from sdk.owner import wait_for_batch
     from sdk.party import Party
     from sdk.results import owner_trust, write_results
@@ -486,7 +558,9 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     fmt = output_format(args.out, args.format) if args.out else None  # refused before anything is fetched
     _load_stack_env(args.state_dir)
     store = ObjectStore()
-    status = wait_for_batch(store, args.tenant, args.batch, timeout=args.wait)
+    with progress(f"batch {args.batch}: waiting") as waiting:
+        status = wait_for_batch(store, args.tenant, args.batch, timeout=args.wait,
+                                progress=lambda state: waiting.describe(f"batch {args.batch}: {state}"))
     if status["state"] != "succeeded":
         reason = str(status.get("reason"))
         print(f"batch {args.batch} failed: {reason}\n{advice(reason, args.batch)}", file=sys.stderr)
@@ -499,8 +573,10 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
                                   measurements=[str(m) for m in granted.get("measurements", [])])
     # Shard by shard into a file (the summary reads it back a row group at a time): memory bounded, any size.
     with tempfile.TemporaryDirectory(prefix="cscore-results-") as folder:
-        results = write_results(Path(folder) / "results.parquet", args.tenant, args.batch, owner=owner,
-                                store=store, anchors=anchors, policy=policy)
+        with progress("verifying, fetching and decrypting results", unit="rows") as fetching:
+            results = write_results(Path(folder) / "results.parquet", args.tenant, args.batch, owner=owner,
+                                    store=store, anchors=anchors, policy=policy,
+                                    progress=lambda rows, total: fetching.advance(rows, total))
         if args.out and fmt:
             _write_out(results, args.out, fmt, owner, args.tenant, args.batch)
         if "spam_probability" not in results.columns:
@@ -655,10 +731,13 @@ def cmd_worker_release(args: argparse.Namespace) -> int:
     key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ReleaseError(f"--key {args.key}: expected an Ed25519 private key (openssl genpkey -algorithm ed25519)")
-    measure = json.loads(args.measure.read_text())
+    measure = _json_file(args.measure, "the output of `cscore worker measure --json`",
+                         "write it with `cscore worker measure --image DIR --json > measure.json`")
     signed = sign_release(release_from_measure(measure, name=args.name, sbom=args.sbom), key)
     args.out.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
-    print(f"signed release {args.name}: {len(signed['release']['sev_snp'])} SEV-SNP measurements -> {args.out}")
+    count = len(signed["release"]["sev_snp"])
+    print(json.dumps({"release": args.name, "sev_snp_measurements": count, "out": str(args.out)}) if args.json else
+          f"signed release {args.name}: {count} SEV-SNP measurements -> {args.out}")
     return 0
 
 
@@ -687,12 +766,17 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     release.add_argument("--key", type=Path, required=True, help="release signing key (Ed25519, PEM)")
     release.add_argument("--sbom", type=Path, help="the image's SBOM; its SHA-256 goes into the release")
     release.add_argument("--out", type=Path, required=True)
+    _add_json(release)
     release.set_defaults(func=cmd_worker_release)
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line; `command` (the subcommand named, see `_command`) builds only the heavy subtree it needs."""
-    parser = argparse.ArgumentParser(prog="cscore", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cscore", description=__doc__, epilog="exit status: 0 done; 1 the work "
+                                     "ran and its outcome is negative (a batch failed, an audit does not hold, "
+                                     "evidence rejected); 2 an error (usage, input, configuration, a server that does "
+                                     "not answer, results that do not verify); 130 interrupted. docs/CLI.md")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="local stack state (default $CSCORE_STATE_DIR, else .state/demo)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -721,6 +805,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["start", "stop"])
     stack.add_argument("--workers", type=int, default=2)
     stack.add_argument("--no-airflow", action="store_true")
+    _add_json(stack)
     stack.set_defaults(func=cmd_stack)
 
     models = sub.add_parser("models", help="the marketplace: published models, their terms and who signed them")
@@ -751,6 +836,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     publish.add_argument("--currency", default="EUR")
     publish.add_argument("--description")
     _add_provider_argument(publish)
+    _add_json(publish)
     publish.set_defaults(func=cmd_provider_publish)
     recipe = provider.add_parser("publish-recipe", help="encrypt and publish a training recipe (cscore.recipe/v1 "
                                  "JSON: features, hyperparameters, seed), its key held by your broker")
@@ -759,15 +845,18 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     recipe.add_argument("--measurement", action="append", help="enclave measurement allowed (hex); repeatable")
     _add_release_arguments(recipe)
     _add_provider_argument(recipe)
+    _add_json(recipe)
     recipe.set_defaults(func=cmd_provider_publish_recipe)
     key = provider.add_parser("key", help="print the provider's public card-signing key, for owners to pin")
     _add_provider_argument(key)
+    _add_json(key, "(it prints JSON either way)")
     key.set_defaults(func=cmd_provider_key)
     register_owner = provider.add_parser("register-owner", help="accept model grants of an owner's key broker "
                                          "(its key from `cscore owner grant-key`)")
     register_owner.add_argument("name", help="the owner broker's name (as in the workers' configuration)")
     register_owner.add_argument("key", type=Path)
     _add_provider_argument(register_owner)
+    _add_json(register_owner)
     register_owner.set_defaults(func=cmd_provider_register_owner)
     usage = provider.add_parser("usage", help="rows scored per owner, from the enclaves' signed usage records")
     usage.add_argument("--model", required=True)
@@ -776,6 +865,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
     owner = sub.add_parser("owner", help="the data owner's commands").add_subparsers(dest="action", required=True)
     grant_key = owner.add_parser("grant-key", help="print your broker's public model-grant key, for providers")
+    _add_json(grant_key, "(it prints JSON either way)")
     grant_key.set_defaults(func=cmd_owner_grant_key)
     register = owner.add_parser("register", help="register the tenant's manifest key with the platform")
     register.add_argument("--tenant", required=True)
@@ -805,6 +895,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     approve.add_argument("--thumbprint", required=True, help="the key thumbprint the owner gave you out of band")
     approve.add_argument("--replace", action="store_true", help="replace an approved key (the owner rotated it)")
     approve.add_argument("--key-home", type=Path, help="folder of tenant-approver.jwk (default <state>/platform)")
+    _add_json(approve)
     approve.set_defaults(func=cmd_platform_approve_tenant)
     submit = owner.add_parser("submit", help="encrypt and submit a batch of emails (or images, for an image model)")
     submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet; for a model "
@@ -824,7 +915,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="read and check EMAILS only: emails per file, anything flagged or refused; "
                              "uploads nothing, creates no key, contacts no server (with --images: checks each "
                              "file against --model's card, which it reads from storage)")
-    submit.add_argument("--json", action="store_true", help="with --dry-run: the report as one JSON object")
+    submit.add_argument("--json", action="store_true", help="the submitted batch (or --dry-run's report) as one JSON "
+                        "object")
     submit.set_defaults(func=cmd_owner_submit)
     results = owner.add_parser("results", help="fetch, verify and decrypt a batch's results")
     results.add_argument("batch")
@@ -843,6 +935,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     trust = owner.add_parser("trust-provider",
                              help="pin a model provider's card-signing key (from `cscore provider key`)")
     trust.add_argument("key", type=Path)
+    _add_json(trust)
     trust.set_defaults(func=cmd_owner_trust_provider)
     results.set_defaults(func=cmd_owner_results, skip_native_teardown=True)
     from cscore.stream_cli import add_stream_command
@@ -860,6 +953,28 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     elif command is None:  # listed in `cscore --help` only
         sub.add_parser("audit", help="the auditor's tools: verify the log, show a batch's story")
     return parser
+
+
+def _add_json(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print the result as one JSON object {note}".strip())
+
+
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked (not at every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print cscore's version and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("cscore")
+        except PackageNotFoundError:
+            number = "unknown (not installed: run `make setup`)"
+        print(f"cscore {number}")
+        parser.exit()
 
 
 def _add_attest(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, full: bool) -> None:
@@ -896,9 +1011,33 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors name the field, the expected and the actual value: show that, not a traceback.
         print(f"cscore: error: {exc}", file=sys.stderr)
         rc = 2
+    except Exception as exc:
+        advice = _storage_problem(exc, args.state_dir)
+        if advice is None:
+            raise
+        print(f"cscore: error: {advice}", file=sys.stderr)
+        rc = 2
     if argv is None and getattr(args, "skip_native_teardown", False):
         _exit_now(rc)
     return rc
+
+
+def _storage_problem(exc: Exception, state_dir: Path) -> str | None:
+    """What to do when object storage cannot be reached or signed for (no stack running, most often); None for
+    any other error. Looks botocore up only if a command already imported it."""
+    errors = sys.modules.get("botocore.exceptions")
+    if errors is None:
+        return None
+    start = (f"start the stack (`cscore stack start`), or pass --state-dir naming a running one (no "
+             f"{state_dir / 'stack.env'} here)" if not (state_dir / "stack.env").exists() else
+             f"is the stack of {state_dir} still running? Start it again with `cscore stack start`")
+    if isinstance(exc, errors.EndpointConnectionError):
+        return (f"object storage at {exc.kwargs.get('endpoint_url', '?')} does not answer: {start}; for your own "
+                "storage set CSCORE_S3_ENDPOINT")
+    if isinstance(exc, errors.NoCredentialsError):
+        return (f"no object storage configured (no CSCORE_S3_ENDPOINT, no AWS credentials): {start}; for your own "
+                "storage set CSCORE_S3_ENDPOINT, CSCORE_BUCKET and AWS credentials")
+    return None
 
 
 def _exit_now(rc: int) -> None:

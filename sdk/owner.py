@@ -187,15 +187,18 @@ def spool_emails(emails: Iterable[Email], *, flagged: Callable[[Email], None] = 
 
 
 def submit_spooled(spool: Spool, model: ModelListing, *, tenant: str, owner: Party, store: ObjectStore,
-                   measurements: list[str], batch_id: str | None = None) -> SubmittedBatch:
+                   measurements: list[str], batch_id: str | None = None,
+                   progress: Callable[[int], None] = lambda rows: None) -> SubmittedBatch:
     """`submit_batch` for emails checked and spooled by `spool_emails`: parts assembled from the spool's row
-    groups, encrypted and uploaded a few at a time. Raises BatchError for an empty spool or a model whose card
-    reads other columns, before any key is created."""
+    groups, encrypted and uploaded a few at a time (`progress(rows)` after each part's upload, from the uploading
+    thread). Raises BatchError for an empty spool or a model whose card reads other columns, before any key is
+    created."""
     if spool.rows == 0:
         raise BatchError("emails: expected at least one email, got an empty batch")
     _check_columns(EMAIL_COLUMNS, model)
     return _submit_parts(_parts(spool.tables()), model, tenant=tenant, owner=owner, store=store,
-                         measurements=measurements, batch_id=batch_id, flags=spool.flags, journal=True)
+                         measurements=measurements, batch_id=batch_id, flags=spool.flags, journal=True,
+                         progress=progress)
 
 
 def _parts(row_groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
@@ -216,7 +219,8 @@ def _parts(row_groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
 
 def _submit_parts(parts: Iterator[pa.Table], model: ModelListing, *, tenant: str, owner: Party, store: ObjectStore,
                   measurements: list[str], batch_id: str | None = None, plaintext_baseline: bool = False,
-                  flags: Mapping[str, Sequence[str]] | None = None, journal: bool = False) -> SubmittedBatch:
+                  flags: Mapping[str, Sequence[str]] | None = None, journal: bool = False,
+                  progress: Callable[[int], None] = lambda rows: None) -> SubmittedBatch:
     """Create the batch's keys, encrypt and upload `parts` (PARTS_IN_FLIGHT at a time) and `flags`, record the
     grant, then upload the signed manifest last.
 
@@ -237,6 +241,7 @@ def _submit_parts(parts: Iterator[pa.Table], model: ModelListing, *, tenant: str
         key = f"{prefix}part-{index:05d}.parquet"
         data, file_id = encode_part(chunk, broker, keys, tenant=tenant, batch_id=batch_id, key=key)
         store.put_large(key, data)
+        progress(chunk.num_rows)
         return {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                 "rows": chunk.num_rows, "row_groups": -(-chunk.num_rows // ROW_GROUP_SIZE),
                 **({"file_id": file_id} if file_id else {})}

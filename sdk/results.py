@@ -86,14 +86,15 @@ def fetch_results(
 
 def write_results(
     path: Path, tenant: str, batch_id: str, *, owner: Party, store: ObjectStore, anchors: TrustAnchors,
-    policy: Policy,
+    policy: Policy, progress: Callable[[int, int], None] = lambda rows, total: None,
 ) -> VerifiedResultsFile:
     """Verify the batch's receipts against the owner's own manifest, then fetch, check, decrypt and write its shards
     one by one into Parquet at `path` (mode 0600).
 
     Memory holds OUTPUTS_IN_FLIGHT shards and 8 bytes per row (the duplicate-id check), whatever the batch's size.
     Rows go to a temporary file beside `path`, moved there only once every check passed: a refusal leaves no new
-    file (and whatever was at `path` untouched). Raises ResultVerificationError naming the object and the check.
+    file (and whatever was at `path` untouched). `progress(rows, total)` is called as each shard's rows are
+    written (total: the batch's rows). Raises ResultVerificationError naming the object and the check.
     """
     manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
     manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(),
@@ -115,7 +116,7 @@ def write_results(
             keyed = zip([s["receipt_key"] for s in result_manifest["shards"]], receipts, strict=True)
             parts = _in_order(pool, lambda kr: _shard_part(store, *kr, keys), keyed, OUTPUTS_IN_FLIGHT)
             rows = sum(r.payload["output"]["rows"] for r in receipts)
-            columns = _write_verified(path, manifest, parts, flags)
+            columns = _write_verified(path, manifest, _reported(parts, lambda n: progress(n, rows)), flags)
     return VerifiedResultsFile(path, rows, columns, receipts, sorted({r.claims.measurement for r in receipts}))
 
 
@@ -126,6 +127,14 @@ def _shard_part(store: ObjectStore, receipt_key: str, receipt: VerifiedReceipt, 
     part = decrypt_results(_shard_output(store, receipt_key, receipt), keys)
     _expect(output["key"], "output.rows", output["rows"], part.num_rows)
     return output["key"], part.drop_columns([c for c in ("model_digest",) if c in part.column_names])
+
+
+def _reported(parts: Iterator[tuple[str, pa.Table]], progress: Callable[[int], None]
+              ) -> Iterator[tuple[str, pa.Table]]:
+    """`parts`, `progress` told each one's rows once it was written (when the next is asked for, or at the end)."""
+    for key, part in parts:
+        yield key, part
+        progress(part.num_rows)
 
 
 def _in_order(pool: ThreadPoolExecutor, fn: Callable[[_T], _R], items: Iterable[_T], window: int) -> Iterator[_R]:

@@ -125,8 +125,10 @@ def test_a_spooled_batch_uploads_parts_that_decrypt_to_the_emails(stack: LocalSt
     owner = Party.from_env("owner")
     model = ModelListing("spam", 1, "ab" * 32, "signer", 0, True)
     with spool_emails(emails, directory=tmp_path) as spool:
-        batch = submit_spooled(spool, model, tenant="acme", owner=owner, store=store, measurements=["00" * 48])
-    assert batch.rows == len(emails)
+        uploaded_rows: list[int] = []  # what the command's progress bar is told, part by part
+        batch = submit_spooled(spool, model, tenant="acme", owner=owner, store=store, measurements=["00" * 48],
+                               progress=uploaded_rows.append)
+    assert batch.rows == len(emails) and sorted(uploaded_rows) == [333, 1000, 1000, 1000, 1000]
     # Bounded: a part is assembled only while at most PARTS_IN_FLIGHT earlier ones are not yet uploaded.
     made = uploaded = 0
     for event in events:

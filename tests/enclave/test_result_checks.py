@@ -635,6 +635,18 @@ def test_a_refusal_at_the_last_shard_leaves_no_results_file(tmp_path: Path, sim_
     assert (folder / "results.parquet").read_bytes() == b"an earlier run's results"
 
 
+def test_write_results_reports_each_shards_rows_once_written(tmp_path: Path, sim_dir: Path) -> None:
+    """What `cscore owner results` draws its progress bar from: each shard's rows, out of the batch's."""
+    from sdk.results import write_results
+
+    store, owner, _ = _batch(tmp_path, sim_dir, rows=(200, 200, 200), id_of=lambda shard, i: f"m{shard}-{i}")
+    told: list[tuple[int, int]] = []
+    written = write_results(tmp_path / "results.parquet", TENANT, BATCH, owner=owner,  # type: ignore[arg-type]
+                            store=store,  # type: ignore[arg-type]
+                            progress=lambda rows, total: told.append((rows, total)), **_trust(sim_dir))
+    assert told == [(200, 600)] * 3 and written.rows == 600
+
+
 @pytest.mark.parametrize("sessions", [(BrokerSession("provider", ("ab" * 32,)),), (BrokerSession("owner", ()),)])
 def test_owner_session_refusal_word_for_word(sim_dir: Path, sessions: tuple[BrokerSession, ...]) -> None:
     """No session at the owner's broker, or one there without the claims digests its releases are tied by."""
