@@ -245,6 +245,34 @@ def _small_model() -> bytes:
     return export_onnx(train_spam_model(texts, [1, 1, 0, 0] * 5))
 
 
+def test_a_platform_that_renames_the_workers_in_its_result_manifest_is_caught_by_the_audit(
+        stack: LocalStack) -> None:
+    """Which worker got which key rests on what the enclave signed: the platform rewrites its own (unsigned)
+    result manifest of the honest batch so that every worker name is its rogue's, before the auditor syncs."""
+    honest: SubmittedBatch = _state["honest"]
+    store, key = ObjectStore(), f"results/{TENANT}/{honest.batch_id}/result-manifest.json"
+    original = store.get(key)
+    doc = json.loads(original)
+    signed = {str(s["shard_index"]): s["worker"] for s in doc["shards"]}  # as the receipts sign them
+    assert signed and ROGUE not in signed.values()
+    for entry in [*doc["attestation"], *doc["shards"]]:
+        entry["worker"] = ROGUE
+    store.put(key, json.dumps(doc).encode(), "application/json")
+    try:
+        assert _cscore(stack, "audit", "sync", "--state-dir", str(stack.state_dir)).returncode == 0
+        verified = _cscore(stack, "audit", "verify", "--state-dir", str(stack.state_dir), "--json")
+    finally:
+        store.put(key, original, "application/json")
+    assert verified.returncode == 1, verified.stdout[-3000:]
+    found = [f["message"] for f in json.loads(verified.stdout)
+             if f["check"] == "worker" and f["severity"] == "error" and f["batch_id"] == honest.batch_id]
+    for index, worker in signed.items():
+        assert any(f"names worker {ROGUE!r} for shard {index}, but its receipt signs {worker!r}" in m
+                   for m in found), found
+    assert any(f"names worker {ROGUE!r} for attested claims" in m and "but the enclave's receipt" in m
+               for m in found), found
+
+
 # -- 1, 2. the platform's own worker, relay and key broker ------------------------------------------
 
 class Relay:
