@@ -10,6 +10,8 @@ shows the diff).
     python bench/mutation.py audit/merkle.py       # one module
     python bench/mutation.py --list                # the modules and their tests
     python bench/mutation.py --status              # counts so far, also of a run still going
+    python bench/mutation.py --by-hand MODULE      # re-test the last run's survivors with the mutant applied
+                                                   # to the module's source (catches import-time code)
 
 Writes ``<workdir>/summary.json``: {module: {"killed", "survived", "timeout", "no_tests", "total",
 "kill_rate", "survivors": [...]}}.
@@ -18,6 +20,7 @@ Writes ``<workdir>/summary.json``: {module: {"killed", "survived", "timeout", "n
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -47,8 +50,8 @@ MODULES: dict[str, list[str]] = {
     "attestation/tdx/claims.py": _TDX,
     "attestation/tdx/collateral.py": _TDX,
     "attestation/tdx/pck.py": _TDX,
-    "keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py", *_BROKER,
-                            "tests/keybroker/test_platform_policy.py"],
+    # the policy's own tests: with the broker tests as well, each mutant of PolicyEngine took a minute
+    "keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py", "tests/keybroker/test_platform_policy.py"],
     "keybroker/sessions.py": _BROKER,
     "keybroker/tokens.py": _BROKER,
     "keybroker/verifier.py": _BROKER,
@@ -58,6 +61,8 @@ MODULES: dict[str, list[str]] = {
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py"],
 }
+# --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
+BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}
 # Tests that start broker processes: the mutant would not run in them, so they only cost time.
 DESELECT = ["tests/keybroker/test_platform_policy.py::test_simulated_tee_below_the_key_floor_is_refused",
             "tests/keybroker/test_limits.py::test_streamed_body_without_length_is_cut_at_the_limit"]
@@ -115,6 +120,64 @@ def run_module(module: str, workdir: Path, children: int, fresh: bool,
             "seconds": round(time.monotonic() - started), "survivors": survivors, "uncovered": uncovered}
 
 
+def _mutated_source(original: str, mutated: str, name: str) -> str:
+    """``original`` with the function (or method) that mutant ``name`` mutates replaced by the mutant's body.
+
+    ``name`` is mutmut's: ``pkg.mod.x_func__mutmut_N`` or ``pkg.mod.xǁClassǁmethod__mutmut_N``.
+    """
+    short = name.rsplit(".", 1)[1]
+    qualified = short.rsplit("__mutmut_", 1)[0]
+    path = [p for p in qualified[1:].split("ǁ") if p] if short.startswith("xǁ") else [qualified[2:]]
+    mutant = next(n for n in ast.walk(ast.parse(mutated))  # methods' mutants sit in their class
+                  if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == short)
+    text = ast.get_source_segment(mutated, mutant, padded=True) or ""  # same nesting as the original
+    text = text.replace(f"def {short}(", f"def {path[-1]}(", 1)
+    scope: list[ast.stmt] = ast.parse(original).body
+    for part in path[:-1]:  # a method: find its class
+        scope = next(n for n in scope if isinstance(n, ast.ClassDef) and n.name == part).body
+    target = next(n for n in scope if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == path[-1])
+    lines = original.splitlines(keepends=True)
+    start = min([target.lineno, *(d.lineno for d in target.decorator_list)]) - 1
+    return "".join(lines[:start]) + text + "\n" + "".join(lines[target.end_lineno or target.lineno:])
+
+
+def by_hand(module: str, workdir: Path, names: list[str]) -> dict[str, Any]:
+    """Re-test mutants by applying each to the module's source and executing it into the live module (in a
+    forked child per mutant, then the module's tests with ``pytest -x``). Unlike mutmut's trampolines this
+    also reaches code that runs at import (tables of clauses built by a function), which mutmut reports as
+    survived because the mutant is switched on only after the import. Returns {"killed", "survivors"}."""
+    import importlib
+
+    import pytest
+
+    scratch = workdir / module.replace("/", "_").removesuffix(".py")
+    original = (REPO / module).read_text()
+    mutated = (scratch / "mutants" / module).read_text()
+    dotted = module.removesuffix(".py").replace("/", ".")
+    os.chdir(REPO)
+    live = importlib.import_module(dotted)  # the only first-party import before the fork: nothing holds stale names
+    killed: list[str] = []
+    for name in names:
+        source = _mutated_source(original, mutated, name)
+        pid = os.fork()
+        if pid == 0:  # the child: mutate, test, exit with pytest's code
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            try:
+                exec(compile(source, str(REPO / module), "exec"), live.__dict__)
+                code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *BY_HAND.get(module, MODULES[module]),
+                                        *[f"--deselect={d}" for d in DESELECT]]))
+            except BaseException:  # the mutant breaks the module itself: caught
+                code = 3
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            killed.append(name)
+        print(f"{name}: {'killed' if name in killed else 'survived'}", flush=True)
+    return {"killed": killed, "survivors": [n for n in names if n not in killed]}
+
+
 def progress(module: str, workdir: Path) -> dict[str, Any]:
     """Counts so far of a module's run, finished or not, read from mutmut's result file (no test is run)."""
     from mutmut.stats import status_by_exit_code
@@ -142,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recheck", action="store_true",
                         help="re-test only the survivors and uncovered mutants of the last run (in summary.json), "
                         "with the current tests")
+    parser.add_argument("--by-hand", action="store_true",
+                        help="re-test the last run's survivors by applying each to the module's source (also "
+                        "reaches code run at import, which mutmut cannot switch on); records what it kills")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, then exit")
     parser.add_argument("--status", action="store_true",
                         help="print each module's counts so far (a run may still be going), then exit")
@@ -155,6 +221,20 @@ def main(argv: list[str] | None = None) -> int:
             counts = progress(module, args.workdir)
             if counts:
                 print(f"{module}: {json.dumps(counts)}")
+        return 0
+    if args.by_hand:
+        summary_path = args.workdir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        for module in args.modules:  # a finished run's survivors, else those of a run stopped midway
+            last = summary.get(module) or {"killed": 0, **progress(module, args.workdir)}
+            summary[module] = last
+            found = by_hand(module, args.workdir, last.get("survivors", []))
+            last["by_hand_killed"] = found["killed"]
+            last["survivors"] = found["survivors"]
+            last["killed_with_by_hand"] = last["killed"] + len(found["killed"])
+            summary_path.write_text(json.dumps(summary, indent=1))
+            print(f"{module}: {last['killed_with_by_hand']}/{last['total']} killed with the by-hand re-test "
+                  f"({len(found['killed'])} more), {len(found['survivors'])} survive", flush=True)
         return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:

@@ -129,6 +129,18 @@ def test_first_component_below_the_floor_is_named() -> None:
     assert _refusal(key={"min_tcb": floor})[0] == "tcb.snp"
 
 
+def test_a_component_at_its_floor_is_not_named_when_a_later_one_is_below() -> None:
+    floor = {"bootloader": TCB["bootloader"], "snp": TCB["snp"] + 1}
+    assert _refusal(key={"min_tcb": floor}) == ("tcb.snp", f">= {TCB['snp'] + 1}", TCB["snp"])
+
+
+def test_an_fmc_floor_on_a_platform_without_fmc_does_not_hide_the_component_below() -> None:
+    """Milan/Genoa (no FMC) under a key whose floor names fmc first: the refusal names the component that is
+    short, not fmc and not the whole TCB."""
+    assert _refusal(key={"min_tcb": {"fmc": 9, "snp": TCB["snp"] + 1}}) == ("tcb.snp", f">= {TCB['snp'] + 1}",
+                                                                            TCB["snp"])
+
+
 @pytest.mark.parametrize("pinned", [CHIP[:64], CHIP[:-2] + "5d", CHIP.upper()])
 def test_chip_pinned_to_another_or_a_prefix(pinned: str) -> None:
     assert _refusal(key={"chip_ids": [pinned]}) == ("chip_id", [pinned], CHIP)
