@@ -56,9 +56,10 @@ class Pending:
 
 def spawn_moto(stack: LocalStack) -> Pending:
     """moto_server on a free loopback port; then bucket, queue and notification are created and probed."""
-    endpoint = f"http://127.0.0.1:{free_port()}"
+    host = stack.host("platform")
+    endpoint = f"http://{host}:{free_port()}"
     port = endpoint.rsplit(":", 1)[1]
-    part = stack.spawn("moto", [str(Path(PY).parent / "moto_server"), "-H", "127.0.0.1", "-p", port])
+    part = stack.spawn("moto", [str(Path(PY).parent / "moto_server"), "-H", host, "-p", port], role="platform")
     stack.env.update(CSCORE_S3_ENDPOINT=endpoint, CSCORE_BUCKET=aws.BUCKET, AWS_ACCESS_KEY_ID="testing",
                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=aws.REGION)
 
@@ -345,8 +346,9 @@ def spawn_workers(stack: LocalStack) -> Pending:
         started.append(stack.spawn(f"celery-worker-{i}", [
             PY, "-P", "-m", "celery", "-A", "tasks.celery_app", "worker", "-n", f"cscore-worker-{i}@%h",
             "--concurrency=1", "--loglevel=INFO"], without=("PYTHONPATH",),
-            extra={"CSCORE_WORKER_METRICS_PORT": str(port), "CSCORE_WORKER_METRICS_HOST": "127.0.0.1"}))
-        stack.worker_metrics[f"celery-worker-{i}"] = f"http://127.0.0.1:{port}/metrics"
+            extra={"CSCORE_WORKER_METRICS_PORT": str(port), "CSCORE_WORKER_METRICS_HOST": stack.host("workers")},
+            role="workers"))
+        stack.worker_metrics[f"celery-worker-{i}"] = f"http://{stack.host('workers')}:{port}/metrics"
     names = set(worker_names(stack.workers))
     seen: set[str] = set()
 
@@ -388,7 +390,7 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
     home = Path(given.get("AIRFLOW_HOME") or stack.state_dir / "airflow")
     home.mkdir(parents=True, exist_ok=True)
     port = int(given.get("AIRFLOW__API__PORT") or free_port())
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{stack.host('platform')}:{port}"
     defaults = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(stack.repo / "dags"),
@@ -400,7 +402,7 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__HOST": stack.host("platform"),
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",  # default assumes localhost:8080
@@ -476,7 +478,7 @@ def _aws_connection(stack: LocalStack) -> dict[str, object]:
 
 def spawn_airflow_migrate(stack: LocalStack) -> Pending:
     """`airflow db migrate` (SQLite metadata under AIRFLOW_HOME), in the background while the rest starts."""
-    part = stack.spawn("airflow-migrate", [str(Path(PY).parent / "airflow"), "db", "migrate"])
+    part = stack.spawn("airflow-migrate", [str(Path(PY).parent / "airflow"), "db", "migrate"], role="platform")
 
     def wait() -> str:
         stack.finish(part, timeout=300)
@@ -486,7 +488,7 @@ def spawn_airflow_migrate(stack: LocalStack) -> Pending:
 
 
 AIRFLOW_COMPONENTS = {  # what `airflow standalone` runs, minus its log servers (they bind every interface)
-    "api-server": ["api-server", "--host", "127.0.0.1"],
+    "api-server": ["api-server", "--host"],  # + AIRFLOW__API__HOST: loopback, or the platform's machine
     "scheduler": ["scheduler", "--skip-serve-logs"],
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
@@ -531,11 +533,12 @@ def spawn_airflow(stack: LocalStack) -> Pending:
     stack.airflow_env.update({k: v for k, v in platform_connections(stack).items() if k not in given})
     airflow = str(Path(PY).parent / "airflow")
     components = dict(AIRFLOW_COMPONENTS)
+    components["api-server"] = [*components["api-server"], stack.airflow_env["AIRFLOW__API__HOST"]]
     celery = uses_celery_executor(stack.airflow_env)
     if celery:  # task logs stay on this host: the API server reads them from AIRFLOW_HOME/logs
         components["celery-worker"] = ["celery", "worker", "--skip-serve-logs", "--celery-hostname",
                                        celery_worker_name(stack), "--concurrency", "4"]
-    started = [stack.spawn(f"airflow-{name}", [airflow, *args]) for name, args in components.items()]
+    started = [stack.spawn(f"airflow-{name}", [airflow, *args], role="platform") for name, args in components.items()]
     health = f"{stack.env['CSCORE_AIRFLOW_URL']}/api/v2/monitor/health"
 
     def wait() -> str:
