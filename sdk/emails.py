@@ -339,7 +339,8 @@ def read_emails(path: Path, *, processes: int = 1) -> Iterator[Email]:
 
     ``processes`` > 1 parses in that many processes (``default_processes()``: every core this process may
     use), in chunks, a few chunks ahead of the reader: the same emails, ids, flags and refusals, in the same
-    order, as one process gives; memory grows with ``processes``, not with the input.
+    order, as one process gives; memory grows with ``processes``, not with the input. The processes are
+    spawned: a script that calls this needs the ``if __name__ == "__main__":`` guard.
     """
     jobs = (job for file, name in input_files(Path(path)) for job in _read_file(file, name))
     yield from _finished(jobs, _IdAllocator(), processes)
