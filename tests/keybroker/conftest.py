@@ -90,7 +90,7 @@ class BrokerProcess:
                                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
-    def wait_ready(self, timeout_s: float = 30) -> BrokerProcess:
+    def wait_ready(self, timeout_s: float = 120) -> BrokerProcess:  # 30 s was missed at load 27
         """Poll /healthz; raise with the log's tail if the process exits or stays silent."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout_s
