@@ -59,6 +59,7 @@ def serve(config: BrokerConfig) -> int:
     log = logging.getLogger("keybroker")
     try:
         config.check_transport()
+        config.store_target  # noqa: B018 (a db_url_path that cannot be read is refused here, before serving)
     except ValueError as exc:
         log.error("%s", exc)
         return 2

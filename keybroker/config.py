@@ -27,9 +27,12 @@ class BrokerConfig:
     port: int
     kek_path: Path
     admin_token_path: Path
-    # The key store: a SQLite file (`db_path`), or PostgreSQL (`db_url`, `postgresql://...`; wins over db_path).
+    # The key store: a SQLite file (`db_path`), or PostgreSQL (`db_url`, `postgresql://...`; wins over db_path), or
+    # PostgreSQL whose URL, password included, is the content of the file `db_url_path` (a mounted Secret: the
+    # password then never sits in the config). db_url and db_url_path exclude each other.
     db_path: Path | None = None
     db_url: str | None = None
+    db_url_path: Path | None = None
     trusted_roots_dir: Path | None = None
     # Loads the simulated root (forgeable by anyone with the simulated firmware): development only, and then
     # only keys whose id matches one of `simulated_key_ids` (fnmatch patterns) accept it.
@@ -62,16 +65,19 @@ class BrokerConfig:
         """Build a config from parsed JSON; unknown keys are kept in `extra`, paths become Paths."""
         known = {f.name for f in fields(cls)} - {"extra"}
         missing = [k for k in ("name", "host", "port", "kek_path", "admin_token_path") if k not in raw]
-        if raw.get("db_path") is None and raw.get("db_url") is None:
-            missing.append("db_path (or db_url)")
+        if all(raw.get(k) is None for k in ("db_path", "db_url", "db_url_path")):
+            missing.append("db_path (or db_url, or db_url_path)")
         if missing:
             raise ValueError(f"broker config is missing required keys: {', '.join(missing)}")
         values = {k: v for k, v in raw.items() if k in known}
+        if values.get("db_url") is not None and values.get("db_url_path") is not None:
+            raise ValueError("broker config: db_url and db_url_path both set; keep db_url_path (the URL in a secret "
+                             "file) and remove db_url")
         if values.get("db_url") is not None and not is_postgres_url(values["db_url"]):
             raise ValueError(f"broker config: db_url must be a postgresql:// URL, got "
                              f"{redact_url(str(values['db_url']))!r}")
-        for key in ("db_path", "kek_path", "admin_token_path", "trusted_roots_dir", "tls_cert_path", "tls_key_path",
-                    "metrics_token_path"):
+        for key in ("db_path", "db_url_path", "kek_path", "admin_token_path", "trusted_roots_dir", "tls_cert_path",
+                    "tls_key_path", "metrics_token_path"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["port"] = int(values["port"])
@@ -89,11 +95,30 @@ class BrokerConfig:
 
     @property
     def store_target(self) -> Path | str:
-        """What `KeyStore` opens: the Postgres URL if configured, else the SQLite file."""
+        """What `KeyStore` opens: the Postgres URL if configured (`db_url`, or read from `db_url_path` now), else the
+        SQLite file. Raises ValueError naming `db_url_path` (never its content) when it cannot be read or holds no
+        postgresql:// URL."""
+        if self.db_url_path is not None:
+            return self._url_from_file(self.db_url_path)
         if self.db_url is not None:
             return self.db_url
         assert self.db_path is not None  # from_dict requires one of the two
         return self.db_path
+
+    @staticmethod
+    def _url_from_file(path: Path) -> str:
+        try:
+            url = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"broker config: db_url_path {path}: cannot be read ({type(exc).__name__}: "
+                             f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}); mount the Secret holding the "
+                             "key store's URL there") from None
+        if not is_postgres_url(url):  # what it holds is not shown: it may be a password
+            scheme, found, _ = url.partition("://")
+            got = f"a {scheme[:20]}:// URL" if found and scheme.isalnum() else f"{len(url)} characters of another kind"
+            raise ValueError(f"broker config: db_url_path {path}: expected one postgresql:// URL in the file, "
+                             f"got {got}")
+        return url
 
     @property
     def tls(self) -> bool:

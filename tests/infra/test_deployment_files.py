@@ -133,26 +133,51 @@ def test_compose_brokers_are_their_own_services_with_their_own_secrets() -> None
     assert not [n for n, s in services.items() if "tasks.celery_app" in json.dumps(s.get("command", ""))]
 
 
+def _tpl_dict(helpers: str, name: str) -> dict[str, str]:
+    """The `{{- $name := dict "k" v ... -}}` of the helpers, its values as written ($b.port, $party or a string)."""
+    text = re.search(rf'\${name} := dict (.*?) -\}}\}}', helpers)
+    assert text is not None, name
+    tokens = re.findall(r'"[^"]*"|\$b\.port|\$party', text.group(1))
+    return {key.strip('"'): value.strip('"') for key, value in zip(tokens[::2], tokens[1::2], strict=True)}
+
+
 def test_chart_brokers_render_a_valid_config_and_reach_the_platform_by_their_service() -> None:
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
-    fixed_text = re.search(r'\$fixed := dict (.*?) -\}\}', helpers)
-    assert fixed_text is not None
-    tokens = re.findall(r'"[^"]*"|\$b\.port|\$party', fixed_text.group(1))
-    fixed: dict[str, Any] = {}
-    for key, value in zip(tokens[::2], tokens[1::2], strict=True):
-        fixed[key.strip('"')] = value.strip('"')
+    fixed = _tpl_dict(helpers, "fixed")
+    # The key store: SQLite on the broker's volume, or (postgres.enabled) the URL from the Secret's file.
+    assert "(merge $fixed (ternary $postgres $sqlite $b.postgres.enabled) $b.config)" in helpers
+    stores = {False: _tpl_dict(helpers, "sqlite"), True: _tpl_dict(helpers, "postgres")}
+    assert not {k for k in fixed if k.startswith("db_")}  # the store comes from one of the two, never both
     values = _values()
     env = _platform_env()
     template = (CHART / "templates" / "brokers.yaml").read_text()
     for party in PARTIES:
         b = values["brokers"][party]
-        raw = {**b["config"], **{k: {"$b.port": b["port"], "$party": party}.get(v, v) for k, v in fixed.items()}}
-        config = _check_broker_config(raw, party, f"values.yaml brokers.{party}")
-        # The Secret's keys the template mounts are the files the config names.
-        for path in (config.kek_path, config.admin_token_path, config.metrics_token_path, config.tls_cert_path,
-                     config.tls_key_path):
-            assert str(path).startswith("/run/secrets/cscore/") and f"  {path.name}: " in template
+        assert b["postgres"]["enabled"] is False  # SQLite on its volume unless the operator says otherwise
+        for postgres, store in stores.items():
+            where = f"values.yaml brokers.{party} (postgres.enabled: {postgres})"
+            rendered = {**fixed, **store}
+            raw = {**b["config"], **{k: {"$b.port": b["port"], "$party": party}.get(v, v) for k, v in rendered.items()}}
+            config = _check_broker_config(raw, party, where)
+            secrets = [config.kek_path, config.admin_token_path, config.metrics_token_path, config.tls_cert_path,
+                       config.tls_key_path] + ([config.db_url_path] if postgres else [])
+            # The Secret's keys the template mounts are the files the config names.
+            for path in secrets:
+                assert str(path).startswith("/run/secrets/cscore/") and f"  {Path(str(path)).name}: " in template
+            # The database URL and its password: only ever in the Secret, never in the ConfigMap's config.
+            assert config.db_url is None, where
+            assert (config.db_path is None) == postgres and (config.db_url_path is not None) == postgres, where
         assert env[f"CSCORE_{party.upper()}_BROKER_URL"] == f"https://{b['serviceName']}:{b['port']}"
+    # The Secret gets db-url only with postgres.enabled; the volume and its mount only without it.
+    assert re.search(r"\{\{- if \$b\.postgres\.enabled \}\}\n  db-url: "
+                     r"\{\{ required .*\$b\.secret\.dbUrl \| b64enc \}\}", template)
+    guarded = re.findall(r"\{\{- if not \$b\.postgres\.enabled \}\}(.*?)\{\{- end \}\}", template, re.S)
+    assert any("kind: PersistentVolumeClaim" in g for g in guarded)
+    assert any("- name: data\n              mountPath: /var/lib/cscore-broker" in g for g in guarded)
+    assert any("claimName: {{ $b.serviceName }}-data" in g for g in guarded)
+    assert template.count("/var/lib/cscore-broker") == 1 and template.count("PersistentVolumeClaim") == 1
+    # A db_url put in the config values (hence in the ConfigMap) is refused by the chart, naming what to do.
+    assert re.search(r'if hasKey \$b\.config "db_url" \}\}\{\{ fail .*postgres\.enabled and the Secret', helpers)
 
 
 def _paths(tree: Any, prefix: str = "") -> set[str]:

@@ -8,9 +8,12 @@ end. If the server is unreachable they fail, saying so; they never skip.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from psycopg import sql
 
 from keybroker.config import BrokerConfig
 from keybroker.store import GENESIS, KeyStore, StoreError, redact_url, verify_chain
-from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
+from tests.keybroker.conftest import MEASUREMENT, REPO, BrokerProcess
 from tests.keybroker.inproc import GOOD, OTHER, Env
 
 ADMIN_URL = os.environ.get("CSCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -252,12 +255,34 @@ def test_config_db_url_wins_over_db_path_and_must_name_postgres(tmp_path: Path) 
     assert both.store_target == url
     assert BrokerConfig.from_dict({**base, "db_url": url}).store_target == url
     assert BrokerConfig.from_dict({**base, "db_path": str(tmp_path / "k.db")}).store_target == tmp_path / "k.db"
-    with pytest.raises(ValueError, match=r"db_path \(or db_url\)"):
+    with pytest.raises(ValueError, match=r"db_path \(or db_url, or db_url_path\)"):
         BrokerConfig.from_dict(base)
     with pytest.raises(ValueError, match="postgresql://") as bad:
         BrokerConfig.from_dict({**base, "db_url": "mysql://u:pw@h/db"})
     assert "pw" not in str(bad.value)
     assert redact_url(url) == "postgresql://broker:***@db.internal:5432/keys"
+
+
+def test_config_db_url_path_reads_the_url_from_a_file_and_never_shows_its_content(tmp_path: Path) -> None:
+    base = {"name": "o", "host": "127.0.0.1", "port": 0, "kek_path": str(tmp_path / "kek"),
+            "admin_token_path": str(tmp_path / "admin")}
+    url = "postgresql://broker:s3cret@db.internal:5432/keys"
+    secret = tmp_path / "db-url"
+    secret.write_text(url + "\n")  # as `kubectl create secret --from-file` or an editor leaves it
+    config = BrokerConfig.from_dict({**base, "db_path": str(tmp_path / "k.db"), "db_url_path": str(secret)})
+    assert config.store_target == url and "s3cret" not in repr(config)  # the path wins; the URL is read on use
+    with pytest.raises(ValueError, match="db_url and db_url_path both set; keep db_url_path"):
+        BrokerConfig.from_dict({**base, "db_url": url, "db_url_path": str(secret)})
+    missing = BrokerConfig.from_dict({**base, "db_url_path": str(tmp_path / "absent")})
+    with pytest.raises(ValueError, match=r"db_url_path .*absent: cannot be read \(FileNotFoundError: No such file"):
+        missing.store_target  # noqa: B018
+    for content, got in (("hunter2-canary", "14 characters of another kind"), ("mysql://u:hunter2-canary@h/db",
+                                                                             "a mysql:// URL")):
+        secret.write_text(content)
+        with pytest.raises(ValueError) as bad:
+            BrokerConfig.from_dict({**base, "db_url_path": str(secret)}).store_target  # noqa: B018
+        assert str(bad.value).endswith(f"expected one postgresql:// URL in the file, got {got}")
+        assert "hunter2" not in str(bad.value)
 
 
 def test_unreachable_postgres_is_a_clear_store_error() -> None:
@@ -294,6 +319,44 @@ def test_broker_process_on_postgres_over_http(pg_url: str, tmp_path: Path) -> No
     backend = Backend("postgres", pg_url, b"")
     assert backend.raw("SELECT key_id FROM keys") == [("pg-http",)]
     assert backend.raw("SELECT batch_id FROM grants") == [("batch-pg",)]
+
+
+def test_broker_process_on_postgres_with_the_url_in_a_secret_file(pg_url: str, tmp_path: Path) -> None:
+    """What the Helm chart deploys (postgres.enabled): the URL, password included, only in a mounted file."""
+    password = "pw-canary-3e9d"  # trust auth here ignores it; it must show up nowhere but in the file
+    url = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{password}@", 1)
+    assert password in url
+    secret = tmp_path / "db-url"
+    secret.write_text(url + "\n")
+    secret.chmod(0o400)
+    broker = BrokerProcess(tmp_path, db_url_path=str(secret), metrics_token_path=str(tmp_path / "metrics-token"),
+                           shutdown_timeout_s=1).start()
+    try:
+        admin = broker.admin()
+        admin.create_key("pg-file")
+        wrapped = admin.wrap("pg-file", b"k" * 32)
+        assert admin.unwrap("pg-file", wrapped) == b"k" * 32
+        admin.close()
+        with broker.http() as http:
+            assert http.get("/healthz").json()["database"] == "postgresql"
+            token = (tmp_path / "metrics-token").read_text().strip()
+            scrape = http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert scrape.status_code == 200 and password not in scrape.text
+    finally:
+        broker.stop()
+    assert password not in broker.config_path.read_text() and "postgresql://" not in broker.config_path.read_text()
+    assert password not in broker.log_text()
+    assert not Path(broker.config["db_path"]).exists()  # the file's URL won: no SQLite file
+    assert Backend("postgres", pg_url, b"").raw("SELECT key_id FROM keys") == [("pg-file",)]
+
+
+def test_a_broker_whose_db_url_file_cannot_be_read_does_not_start(tmp_path: Path) -> None:
+    broker = BrokerProcess(tmp_path, db_url_path=str(tmp_path / "not-mounted"))
+    broker.config_path.write_text(json.dumps(broker.config))
+    done = subprocess.run([sys.executable, "-m", "keybroker", "serve", "--config", str(broker.config_path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2
+    assert f"db_url_path {tmp_path / 'not-mounted'}: cannot be read" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_postgres_store_reconnects_after_the_server_drops_it(pg_url: str) -> None:
