@@ -572,7 +572,9 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     anchors, policy = owner_trust(accept_simulated=args.accept_simulated,
                                   measurements=[str(m) for m in granted.get("measurements", [])])
     # Shard by shard into a file (the summary reads it back a row group at a time): memory bounded, any size.
-    with tempfile.TemporaryDirectory(prefix="cscore-results-") as folder:
+    if args.out:  # the verified plaintext is written beside --out, not in a shared temporary folder
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".cscore-results-", dir=args.out.parent if args.out else None) as folder:
         with progress("verifying, fetching and decrypting results", unit="rows") as fetching:
             results = write_results(Path(folder) / "results.parquet", args.tenant, args.batch, owner=owner,
                                     store=store, anchors=anchors, policy=policy,
