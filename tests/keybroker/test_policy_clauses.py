@@ -60,6 +60,23 @@ def test_no_grant_for_the_batch() -> None:
     assert _refusal(grant={}) == ("batch_id", "a batch with a grant", "b")
 
 
+@pytest.mark.parametrize(("kind", "operation"), [("data", "unwrap"), ("result", "release"), ("model-grant", "unwrap")])
+@pytest.mark.parametrize(("request_", "grant", "clause", "reason"), [
+    ({}, {}, "batch-granted", "the batch has no grant at this broker; the owner must record one"),
+    ({"model_digest": "sha256:mm"}, None, "model-granted", "the model is not the one the owner granted for this batch"),
+    ({}, {"model_digest": "sha256:m", "measurements": [], "config_digests": [CONFIG]}, "measurement-granted",
+     "the enclave measurement is not among the batch grant's measurements"),
+    ({}, {"model_digest": "sha256:m", "measurements": [GOOD], "config_digests": []}, "config-granted",
+     "the worker's measured configuration (HOST_DATA / MRCONFIGID) is not one the owner granted"),
+])
+def test_each_grant_clause_refusal_is_named_word_for_word(kind: str, operation: str, request_: dict[str, str],
+                                                          grant: dict[str, Any] | None, clause: str,
+                                                          reason: str) -> None:
+    """The clause's name is the refusal's metric label and the start of its reason: both exact."""
+    verdict = _verdict(kind, request={"operation": operation, **request_}, grant=grant)
+    assert (verdict.allowed, verdict.clause, verdict.reason) == (False, clause, f"{clause}: {reason}")
+
+
 @pytest.mark.parametrize(("request_", "grant", "refusal"), [
     ({"key_id": "k2"}, {}, ("key_id", ["k"], "k2")),
     ({"model_digest": "sha256:mm"}, {}, ("model_digest", "sha256:m", "sha256:mm")),
