@@ -4,7 +4,9 @@ workers running the enclave's `score_shard` with simulated SEV-SNP, both key bro
 - a worker host dies mid-shard (its main process and pool child SIGKILLed, not restarted): the batch completes
   on the other worker, every email scored once, and the status says which worker was lost;
 - the Celery transport's Redis restarts mid-batch (every queued and unacknowledged message lost): the lost
-  shards are sent again and the batch completes, every email scored once.
+  shards are sent again and the batch completes, every email scored once;
+- the scheduler and its task processes are SIGKILLed mid-batch and the scheduler alone restarted: the lost
+  task is failed and retried by the stack's settings, and the batch completes, every email scored once.
 
 Each test prints its fault's figures (outcome, rows lost, rows duplicated, seconds from the fault to the batch's
 end): `.venv/bin/python -m pytest -s tests/faults/test_full_stack_faults.py`. ~4-6 min on 2 quiet cores.
@@ -16,6 +18,7 @@ import json
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,3 +189,32 @@ def test_a_redis_restart_mid_batch_loses_no_shard(
     said = [e for e in status.get("events", []) if e.startswith("the Celery transport")]
     assert said and "sent again" in said[0], status
     assert recovered_s < worker_pool.TRANSPORT_DOWN_S + 60, recovered_s
+
+
+def test_a_scheduler_killed_with_its_task_processes_and_restarted_finishes_the_batch(
+        stack: LocalStack, model: ModelListing, transport: redis.Redis, corpus: Any,  # noqa: F811
+        model_bytes: bytes) -> None:  # noqa: F811
+    """The scheduler and every process under it (the executor's task processes) SIGKILLed while the batch's
+    shards run, then the scheduler alone started again: the stack's heartbeat, health and orphan settings
+    (`infra/local/parts.py`) fail the lost task and its retry finishes the batch, every email once."""
+    _, held_out = corpus
+    emails = _emails(held_out, "sched")
+    before = set(_task_metas(transport))
+    batch = _submit(emails, model)
+    _until("a first shard started", lambda: any(k not in before for k in _task_metas(transport)), batch)
+    scheduler = stack.parts.pop("airflow-scheduler")
+    procs.signal_all(procs.tree(scheduler.pid), signal.SIGKILL)
+    scheduler.popen.wait(timeout=10)
+    killed_at = time.monotonic()
+    assert _status(batch)["state"] == "processing"  # the kill landed mid-batch
+    stack.spawn("airflow-scheduler", [str(Path(parts.PY).parent / "airflow"), *parts.AIRFLOW_COMPONENTS["scheduler"]],
+                role="platform")
+    # A lost task may be marked failed before its retry runs: wait for the batch's last word, not its first.
+    _until("the batch succeeded", lambda: _status(batch)["state"] == "succeeded", batch)
+    recovered_s = time.monotonic() - killed_at
+    status = _status(batch)
+    lost, duplicated = _rows_once(batch, emails, model_bytes)
+    _figures("scheduler and its task processes SIGKILLed, scheduler restarted", status, lost, duplicated,
+             recovered_s)
+    assert (lost, duplicated) == (0, 0)
+    assert recovered_s < 180, recovered_s  # heartbeat timeout 45 s + orphan check 15 s + retry 5 s + scoring
