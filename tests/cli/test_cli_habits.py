@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 import cscore.cli
@@ -83,6 +84,8 @@ def _no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))  # never the user's ~/.aws
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # boto3's default session keeps the credentials an earlier test's client found: a fresh one per test.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
 def test_no_stack_running_says_how_to_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
