@@ -326,7 +326,13 @@ class Relay:
                 if not ready:
                     return
                 for sock in ready:
-                    chunk = sock.recv(65536)
+                    sock.settimeout(0.0)  # a record without application data (a TLS 1.3 ticket) must not block
+                    try:
+                        chunk = sock.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue  # nothing to forward yet: the other direction may be waiting
+                    finally:
+                        sock.settimeout(30)
                     if not chunk:
                         return
                     with self._lock:
