@@ -26,7 +26,8 @@ it. For one batch only, schedule on `batch_results_asset(tenant, batch_id)` inst
 @dag(dag_id="cscore_on_results", schedule=[RESULTS], catchup=False, is_paused_upon_creation=True,
      tags=["cscore", "example"], doc_md=DOC)
 def cscore_on_results() -> None:
-    @task(retries=2, doc_md="Record each triggering results event (batch, result manifest, rows) in the bucket.")
+    @task(retries=2, show_return_value_in_logs=False,
+          doc_md="Record each triggering results event (batch, result manifest, rows) in the bucket.")
     def record_results() -> list[str]:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 

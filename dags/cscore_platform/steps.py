@@ -213,6 +213,9 @@ def shards_done(batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> dict[s
             receipt_sha256=outcome["receipt_sha256"], reused=outcome["reused"])
         if outcome.get("attestation"):
             attestation.setdefault(outcome["attestation"].get("worker") or outcome["worker"], outcome["attestation"])
+    # the task's log ends with the count even when the triggerer did the waiting (its lines carry no fields)
+    say("info", "Batch %s: %d ok / 0 failed of %d shards.", manifest.batch_id, len(outcomes), len(outcomes),
+        batch_id=manifest.batch_id, step="score", ok=len(outcomes), failed=0, total=len(outcomes))
     for verdict in attestation.values():
         for v in verdict.get("verdicts", []):
             say("info", "Worker %s attested to broker %s: tee %s, measurement %s, root %s, claims digest %s.",

@@ -144,9 +144,8 @@ class _Shards:
         """Workers whose attempt of an unfinished shard is running now (by the hostname they reported)."""
         found = set()
         for index in self.unfinished():
-            latest = self.attempts[index][-1]
-            if latest.state == "STARTED" and (latest.info or {}).get("hostname"):
-                found.add(str(latest.info["hostname"]))
+            if host := _started_by(self.attempts[index][-1]):
+                found.add(host)
         return found
 
     def waiting(self) -> list[int]:
@@ -157,10 +156,18 @@ class _Shards:
         """Unfinished shards whose latest attempt was started by `worker`."""
         found = []
         for index in self.unfinished():
-            latest = self.attempts[index][-1]
-            if latest.state == "STARTED" and (latest.info or {}).get("hostname") == worker:
+            if _started_by(self.attempts[index][-1]) == worker:
                 found.append(index)
         return found
+
+
+def _started_by(result: AsyncResult) -> str:
+    """The hostname a running attempt reported, or "". Its state and info are fetched apart: an attempt that
+    ends in between has its outcome (a refusal, a dict of results) as info, which names no hostname."""
+    if result.state != "STARTED":
+        return ""
+    info = result.info
+    return str(info.get("hostname") or "") if isinstance(info, dict) and result.state == "STARTED" else ""
 
 
 # What an unreachable or restarting Celery transport raises: sockets, Redis and AMQP connections, and kombu's and

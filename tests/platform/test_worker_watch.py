@@ -118,3 +118,21 @@ def test_the_transports_own_errors_are_outages_and_only_they(error: Exception) -
     assert not worker_pool.is_transport_error(in_handler)
     for bug in (TypeError("x"), KeyError("hostname"), AttributeError("x"), ValueError("x"), RuntimeError("x")):
         assert not worker_pool.is_transport_error(bug)
+
+
+def test_an_attempt_that_ends_between_its_state_and_its_info_names_no_worker() -> None:
+    """Celery fetches state and info apart: a shard refused in between has the refusal as its info (seen in a
+    CI run as "TypeError: 'WorkerRefusal' object is not subscriptable", failing the batch as a platform bug)."""
+
+    class Racing:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        @property
+        def state(self) -> str:
+            self.reads += 1
+            return "STARTED" if self.reads == 1 else "FAILURE"
+
+        info = ValueError("refused by the owner's broker")
+
+    assert worker_pool._started_by(Racing()) == ""  # type: ignore[arg-type]
