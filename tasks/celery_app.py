@@ -113,5 +113,9 @@ app.conf.update(
     accept_content=["json"],
     result_expires=24 * 3600,
     broker_connection_retry_on_startup=True,
+    # A shard's result that cannot be stored while the transport restarts is stored once it is back (backoff to
+    # 10 s, ~1.5 min in all), not turned into the shard's failure; the platform re-sends what is lost anyway.
+    result_backend_always_retry=True,
+    result_backend_max_retries=12,
     worker_hijack_root_logger=False,
 )

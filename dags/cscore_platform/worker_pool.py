@@ -95,6 +95,7 @@ TRANSPORT_DOWN_S = 60.0  # the Celery transport unreachable this long fails the 
 NO_WORKER_S = 60.0  # no worker at all answering this long fails the batch
 CHECK_EVERY_S = 5.0
 TRANSPORT_BLIP_S = 5.0  # the transport's server back after this long unreachable (nothing lost) is noted
+TRANSPORT_RESENDS = 3  # a shard that failed on the worker's transport this often more fails the batch
 
 
 class _Shards:
@@ -104,6 +105,7 @@ class _Shards:
                  sent: list[list[str]] | None = None) -> None:
         self.app, self.shards, self.run_id = app, shards, run_id
         self.outcomes: dict[int, dict[str, Any]] = {}
+        self.transport_resends: dict[int, int] = {}
         if sent is not None:  # adopted: the attempts another process sent (a trigger taking over the wait)
             self.attempts = [[AsyncResult(task_id, app=app) for task_id in ids] for ids in sent]
             return
@@ -123,17 +125,37 @@ class _Shards:
     def unfinished(self) -> list[int]:
         return [i for i in range(len(self.shards)) if i not in self.outcomes]
 
-    def collect(self) -> None:
-        """Record finished attempts; raise WorkerPoolError (after revoking the rest) on a failed one."""
+    def collect(self) -> list[str]:
+        """Record finished attempts; raise WorkerPoolError (after revoking the rest) on a failed one. An attempt
+        that failed on the worker's own transport error (its result could not be stored while the transport was
+        down) is sent again, up to TRANSPORT_RESENDS times a shard; returns a sentence per shard sent again."""
+        said: list[str] = []
         for index in self.unfinished():
-            for result in self.attempts[index]:
+            for result in list(self.attempts[index]):
                 if not result.ready():
                     continue
                 if result.successful():
                     self.outcomes[index] = result.get(disable_sync_subtasks=False)
                     break
+                error = result.result
+                if self._resend_after_transport_error(index, result, error):
+                    said.append(f"shard {index} failed on the worker's transport ({type(error).__name__}: {error}); "
+                                "sent again")
+                    continue
                 self.revoke()
-                raise WorkerPoolError(f"shard {index} failed on the worker: {result.result}")
+                raise WorkerPoolError(f"shard {index} failed on the worker: {error}")
+        return said
+
+    def _resend_after_transport_error(self, index: int, result: AsyncResult, error: Any) -> bool:
+        """Drop a failed attempt and send the shard again if it failed on the transport (bounded)."""
+        if not isinstance(error, BaseException) or not is_transport_error(error):
+            return False
+        self.transport_resends[index] = self.transport_resends.get(index, 0) + 1
+        if self.transport_resends[index] > TRANSPORT_RESENDS:
+            return False
+        self.attempts[index].remove(result)
+        self.send(index)
+        return True
 
     def revoke(self) -> None:
         # Stop the rest: a resubmission must not race leftovers of this attempt (workers also skip them
@@ -258,7 +280,7 @@ class ShardWatch:
         now, pool, app = time.monotonic(), self.pool, self.app
         said: list[str] = []  # told to `note` after the transport's calls: its own errors are never the transport's
         try:
-            pool.collect()
+            said.extend(pool.collect())
             if self.down_since is not None or (self.last_check is None or now - self.last_check >= CHECK_EVERY_S):
                 new_epoch = transport_epoch(app)
                 down = now - self.down_since if self.down_since is not None else None

@@ -153,7 +153,7 @@ def test_a_worker_host_killed_mid_shard_leaves_its_shards_to_the_other(
     recovered_s = time.monotonic() - killed_at
     lost, duplicated = _rows_once(batch, emails, model_bytes) if status["state"] == "succeeded" else (-1, -1)
     _figures("worker host SIGKILLed mid-shard", status, lost, duplicated, recovered_s)
-    assert status["state"] == "succeeded", status
+    assert status["state"] == "succeeded", json.dumps(status, indent=1)
     assert (lost, duplicated) == (0, 0)
     said = [e for e in status.get("events", []) if e.startswith(f"worker {node}")]
     assert said and "answered no ping" in said[0] and "sent again to the other workers" in said[0], status
@@ -184,7 +184,7 @@ def test_a_redis_restart_mid_batch_loses_no_shard(
     recovered_s = time.monotonic() - restarted_at
     lost, duplicated = _rows_once(batch, emails, model_bytes) if status["state"] == "succeeded" else (-1, -1)
     _figures("Celery transport (Redis) restarted mid-batch", status, lost, duplicated, recovered_s)
-    assert status["state"] == "succeeded", status
+    assert status["state"] == "succeeded", json.dumps(status, indent=1)
     assert (lost, duplicated) == (0, 0)
     said = [e for e in status.get("events", []) if e.startswith("the Celery transport")]
     assert said and "sent again" in said[0], status

@@ -136,3 +136,31 @@ def test_an_attempt_that_ends_between_its_state_and_its_info_names_no_worker() -
         info = ValueError("refused by the owner's broker")
 
     assert worker_pool._started_by(Racing()) == ""  # type: ignore[arg-type]
+
+
+def test_a_shard_that_failed_on_the_workers_transport_is_sent_again_a_bounded_number_of_times(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that finished its shard while the transport restarted could not store the result: Celery records
+    the redis ConnectionError as the shard's failure (seen in CI: the batch failed 3 s after a Redis restart).
+    Receipts make a second attempt safe, so the shard is sent again; a failure of any other kind fails at once."""
+    notes: list[str] = []
+    watch = _memory_watch(monkeypatch, note=notes.append)
+    backend = watch.app.backend
+    for _ in range(worker_pool.TRANSPORT_RESENDS):
+        failed = watch.task_ids()[0][-1]
+        backend.mark_as_failure(failed, redis.exceptions.ConnectionError("Error 2 connecting to redis.sock"))
+        assert watch.step() is None
+        assert failed not in watch.task_ids()[0] and len(watch.task_ids()[0]) == 1  # the failed attempt replaced
+        assert notes[-1].startswith("shard 0 failed on the worker's transport (ConnectionError"), notes
+    backend.mark_as_failure(watch.task_ids()[0][-1], redis.exceptions.ConnectionError("down for good"))
+    with pytest.raises(worker_pool.WorkerPoolError, match="shard 0 failed on the worker: down for good"):
+        watch.step()
+
+
+def test_a_shard_refused_by_the_worker_fails_the_batch_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    watch = _memory_watch(monkeypatch)
+    first = watch.task_ids()[1][0]
+    watch.app.backend.mark_as_failure(first, ValueError("refused by the owner's broker"))
+    with pytest.raises(worker_pool.WorkerPoolError, match="shard 1 failed on the worker: refused by the owner"):
+        watch.step()
+    assert watch.task_ids()[1] == [first]  # not sent again
