@@ -10,11 +10,16 @@ setup:
 	@command -v uv >/dev/null 2>&1 || test -x $(UV) || $(PYTHON) -m pip install --user --quiet uv==0.13.8 \
 		|| $(PYTHON) -m pip install --user --quiet --break-system-packages uv==0.13.8  # PEP 668 distro Pythons
 	$(UV) sync --frozen --python 3.11
-	@# The audit page is tested in a real headless browser: Debian's chromium, installed only where it is
-	@# missing and apt-get exists (CI runs as root on a fresh machine); elsewhere install it by hand.
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
-		|| ! command -v apt-get >/dev/null 2>&1 \
-		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@# The audit page is tested in a real headless browser (Debian's chromium) and infra/deploy/compose.yaml by a
+	@# real compose client (Debian's docker-compose, without the Docker engine: `config` needs none), each
+	@# installed only where it is missing and apt-get exists (CI runs as root on a fresh machine); elsewhere
+	@# install them by hand. One `apt-get update` for both.
+	@command -v apt-get >/dev/null 2>&1 || exit 0; \
+	browser=1; command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || browser=; \
+	compose=1; command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || compose=; \
+	test -n "$$browser" -a -n "$$compose" || apt-get update -q || exit 1; \
+	test -n "$$browser" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || exit 1; \
+	test -n "$$compose" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose
 
 demo: setup
 	$(VENV)/bin/cscore demo
