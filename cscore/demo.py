@@ -93,6 +93,17 @@ def owner_emails(held_out: list[CorpusEmail]) -> list[Email]:
     return [Email(message_id=e.message_id, text=email_text(e.raw)) for e in held_out]
 
 
+def verified_results(store: ObjectStore, batch_id: str, owner: Party, say: Callable[[str], None]) -> VerifiedResults:
+    """Wait for the demo tenant's batch, then fetch, verify and decrypt its results as the owner (the simulated TEE
+    accepted). Raises RuntimeError with the batch's reason and what to do next when it failed."""
+    status = wait_for_batch(store, TENANT, batch_id, progress=lambda s: say(f"[owner] batch is {s}"))
+    if status["state"] != "succeeded":
+        reason = str(status.get("reason"))
+        raise RuntimeError(f"batch {batch_id} failed: {reason}\n{advice(reason, batch_id)}")
+    anchors, policy = owner_trust(accept_simulated=True)
+    return fetch_results(TENANT, batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
+
+
 def owner_trust(*, accept_simulated: bool) -> tuple[TrustAnchors, Policy]:
     """`sdk.results.owner_trust` for the worker code of this checkout (the demo's owner audited it itself)."""
     return sdk_owner_trust(accept_simulated=accept_simulated, measurements=[code_measurement().hex()])
@@ -153,12 +164,8 @@ def _run_parties(stack: LocalStack, say: Callable[[str], None]) -> DemoReport:
                          owner=owner, store=store,
                          measurements=[code_measurement().hex()])
     say(f"[owner] submitted batch {batch.batch_id}: {batch.rows} emails, PME-encrypted, manifest signed")
-    status = wait_for_batch(store, TENANT, batch.batch_id, progress=lambda s: say(f"[owner] batch is {s}"))
-    if status["state"] != "succeeded":
-        reason = str(status.get("reason"))
-        raise RuntimeError(f"batch {batch.batch_id} failed: {reason}\n{advice(reason, batch.batch_id)}")
+    results = verified_results(store, batch.batch_id, owner, say)
     anchors, policy = owner_trust(accept_simulated=True)
-    results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
     wall = time.monotonic() - t0
     counts, precision, recall = score_report(results, {e.message_id: e.label for e in held_out})
     say(f"[owner] {len(results.receipts)} receipts verified; results decrypted")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cscore.demo import TENANT, on_demo_stack, onboard_tenant, owner_trust
-from cscore.present import advice, tee_line
+from cscore.demo import TENANT, on_demo_stack, onboard_tenant, owner_trust, verified_results
+from cscore.present import tee_line
 from enclave.measurement import code_measurement
 from enclave.runner import ContractSession
 from infra.local.stack import LocalStack
@@ -28,10 +28,9 @@ from sdk.contracts import DIGITS_CONTRACT, DIGITS_TASK
 from sdk.digits import digits_split, export_digits_onnx, model_inputs, train_digits_model, write_digit_files
 from sdk.images import read_images
 from sdk.models import find_model
-from sdk.owner import submit_table, wait_for_batch
+from sdk.owner import submit_table
 from sdk.party import Party
 from sdk.provider import Offer, publish_model
-from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 
 MODEL_NAME = "digits"
@@ -97,12 +96,8 @@ def _run(stack: LocalStack, say: Callable[[str], None]) -> ImagesReport:
     batch = submit_table(table, listing, tenant=TENANT, owner=owner, store=store,
                          measurements=[code_measurement().hex()])
     say(f"[owner] submitted batch {batch.batch_id}: {batch.rows} images, PME-encrypted, manifest signed")
-    status = wait_for_batch(store, TENANT, batch.batch_id, progress=lambda s: say(f"[owner] batch is {s}"))
-    if status["state"] != "succeeded":
-        reason = str(status.get("reason"))
-        raise RuntimeError(f"batch {batch.batch_id} failed: {reason}\n{advice(reason, batch.batch_id)}")
+    results = verified_results(store, batch.batch_id, owner, say)
     anchors, policy = owner_trust(accept_simulated=True)
-    results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
     wall = time.monotonic() - t0
     say(f"[owner] {len(results.receipts)} receipts verified; results decrypted")
     local = ContractSession(onnx_bytes, listing.card.contract).results(

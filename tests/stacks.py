@@ -9,7 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cscore.demo import TENANT, onboard_tenant
+from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
+from sdk.emails import Email
+from sdk.models import find_model
+from sdk.owner import SubmittedBatch, submit_batch, wait_for_batch
+from sdk.party import Party
+from sdk.provider import publish_model
+from sdk.storage import ObjectStore
+from sdk.training import export_onnx, train_spam_model
 
 
 @contextmanager
@@ -28,3 +37,22 @@ def running_stack(state: Path, **options: Any) -> Iterator[LocalStack]:
         running.stop()
         os.environ.clear()
         os.environ.update(saved)
+
+
+def toy_batch(state_dir: Path, tag: str, count: int, *,
+              timeout: float) -> tuple[list[Email], SubmittedBatch, dict[str, Any]]:
+    """On the running stack: the provider publishes a spam model trained on four phrases, the owner onboards, trusts
+    it and submits `count` emails (message ids `<m{i}@{tag}>`); returns the emails, the batch and its final status
+    (waited for up to `timeout` s)."""
+    store, owner, provider = ObjectStore(), Party.from_env("owner"), Party.from_env("provider")
+    texts = ["win money now", "free prize claim today", "meeting at noon", "lunch tomorrow?"] * 10
+    model = export_onnx(train_spam_model(texts, [1, 1, 0, 0] * 10))
+    published = publish_model(model, "spam-filter", provider=provider, store=store,
+                              allowed_measurements=[code_measurement().hex()])
+    onboard_tenant(owner, store, state_dir)
+    owner.trust_provider(provider.public_key())
+    emails = [Email(f"<m{i}@{tag}>", texts[i % len(texts)] + f" #{i}") for i in range(count)]
+    listing = find_model(store, f"spam-filter:{published.version}", owner.trusted_providers())
+    batch = submit_batch(emails, listing, tenant=TENANT, owner=owner, store=store,
+                         measurements=[code_measurement().hex()])
+    return emails, batch, wait_for_batch(store, TENANT, batch.batch_id, timeout=timeout)

@@ -36,7 +36,6 @@ import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import redis
 from celery.utils.nodenames import worker_direct
 from joserfc.jwk import ECKey
 
@@ -64,7 +63,7 @@ from sdk.provider import model_key_id, publish_baseline_model, publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
-from tests.e2e.canaries import EMAIL_CANARIES, FLAG_CANARY, MODEL_CANARY
+from tests.e2e.canaries import EMAIL_CANARIES, FLAG_CANARY, MODEL_CANARY, encoded_forms, redis_dump
 from tests.stacks import running_stack
 from wire.tenant import approval_key, verify_approval
 from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, load_worker_config
@@ -438,9 +437,6 @@ def _owner_keys(stack: LocalStack, tenant: str, batch_id: str) -> list[bytes]:
     return [r.material for r in records if r is not None]
 
 
-def _forms(secret: bytes) -> list[bytes]:
-    return [secret, secret.hex().encode(), base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
-
 
 class TestThePlatformsOwnWorker:
     def test_a_relay_in_front_of_the_owner_broker_gets_no_key(self, stack: LocalStack,
@@ -461,7 +457,7 @@ class TestThePlatformsOwnWorker:
         assert b'"jwe"' not in seen
         assert not re.search(rb"eyJ[\w-]+\.[\w-]*\.[\w-]+\.[\w-]+\.[\w-]+", seen)  # no compact JWE (5 parts)
         keys = _owner_keys(stack, TENANT, victim.batch_id)
-        assert len(keys) == 3 and not [k for k in keys for form in _forms(k) if form in seen]
+        assert len(keys) == 3 and not [k for k in keys for form in encoded_forms(k) if form in seen]
         assert not [c for c in EMAIL_CANARIES if c.encode() in seen]
 
     def test_the_relay_with_the_owners_genuine_ca_fails_the_handshake(self, rogue: dict[str, Any]) -> None:
@@ -686,24 +682,6 @@ def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack,
 
 # -- 7. no canary, key or model byte anywhere the platform looks -------------------------------------
 
-def _redis_dump(stack: LocalStack) -> bytes:
-    client = redis.Redis(unix_socket_path=stack.env["CSCORE_CELERY_BROKER_URL"].removeprefix("redis+socket://"))
-    chunks = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        chunks.append(key)
-        if kind == "string":
-            chunks.append(client.get(key) or b"")
-        elif kind == "list":
-            chunks.extend(client.lrange(key, 0, -1))
-        elif kind == "hash":
-            chunks.extend(v for kv in client.hgetall(key).items() for v in kv)
-        elif kind == "set":
-            chunks.extend(client.smembers(key))
-        elif kind == "zset":
-            chunks.extend(m for m, _ in client.zrange(key, 0, -1, withscores=True))
-    return b"\n".join(chunks)
-
 
 def test_no_canary_key_or_model_byte_in_any_platform_store(stack: LocalStack, model_bytes: bytes) -> None:
     store = ObjectStore()
@@ -713,11 +691,11 @@ def test_no_canary_key_or_model_byte_in_any_platform_store(stack: LocalStack, mo
     owner_keys = [k for key in store.keys(f"incoming/{TENANT}/") if key.endswith("manifest.jws")
                   for k in _owner_keys(stack, TENANT, key.split("/")[2])]
     assert len(owner_keys) >= 12  # every batch of the module, three keys each
-    secrets = ([c.encode() for c in [MODEL_CANARY, FLAG_CANARY, *EMAIL_CANARIES]] + _forms(dek)
-               + [f for k in owner_keys for f in _forms(k)] + [model_bytes[1000:1064]])
+    secrets = ([c.encode() for c in [MODEL_CANARY, FLAG_CANARY, *EMAIL_CANARIES]] + encoded_forms(dek)
+               + [f for k in owner_keys for f in encoded_forms(k)] + [model_bytes[1000:1064]])
     stores = {
         "s3": b"\n".join(store.get(k) for k in store.keys("")),
-        "redis": _redis_dump(stack),
+        "redis": redis_dump(stack),
         "process logs (workers, rogue worker, brokers)": b"\n".join(
             p.read_bytes() for p in (stack.state_dir / "logs").rglob("*") if p.is_file()),
     }

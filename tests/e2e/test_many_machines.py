@@ -15,19 +15,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from cscore.demo import TENANT, onboard_tenant, owner_trust
-from enclave.measurement import code_measurement
+from cscore.demo import TENANT, owner_trust
 from infra.local import procs
 from infra.local.netns import Network
 from infra.local.stack import LocalStack
-from sdk.emails import Email
-from sdk.models import find_model
-from sdk.owner import submit_batch, wait_for_batch
 from sdk.party import Party
-from sdk.provider import publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
-from sdk.training import export_onnx, train_spam_model
+from tests.stacks import toy_batch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -120,22 +115,12 @@ def test_a_batch_runs_across_simulated_machines(stack: LocalStack, net: Network)
     assert stack.env["CSCORE_S3_ENDPOINT"].startswith(f"http://{net['platform'].address}:")
     assert stack.env["CSCORE_CELERY_BROKER_URL"].startswith("rediss://")
 
-    store, owner, provider = ObjectStore(), Party.from_env("owner"), Party.from_env("provider")
-    texts = ["win money now", "free prize claim today", "meeting at noon", "lunch tomorrow?"] * 10
-    model = export_onnx(train_spam_model(texts, [1, 1, 0, 0] * 10))
     with OpenFiles(stack, net) as opened:
-        published = publish_model(model, "spam-filter", provider=provider, store=store,
-                                  allowed_measurements=[code_measurement().hex()])
-        onboard_tenant(owner, store, stack.state_dir)
-        owner.trust_provider(provider.public_key())
-        emails = [Email(f"<m{i}@machines>", texts[i % len(texts)] + f" #{i}") for i in range(120)]
-        listing = find_model(store, f"spam-filter:{published.version}", owner.trusted_providers())
-        batch = submit_batch(emails, listing, tenant=TENANT, owner=owner, store=store,
-                             measurements=[code_measurement().hex()])
-        status = wait_for_batch(store, TENANT, batch.batch_id, timeout=480)
+        emails, batch, status = toy_batch(stack.state_dir, "machines", 120, timeout=480)
     assert status["state"] == "succeeded", status.get("reason")
     anchors, policy = owner_trust(accept_simulated=True)
-    results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
+    results = fetch_results(TENANT, batch.batch_id, owner=Party.from_env("owner"), store=ObjectStore(),
+                            anchors=anchors, policy=policy)
     assert sorted(results.table.column("message_id").to_pylist()) == sorted(e.message_id for e in emails)
 
     # No machine held another party's folder open (logs/ is each one's stdout, opened by the supervisor).

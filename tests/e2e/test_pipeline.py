@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
-import redis
 
 from cscore.demo import TENANT, onboard_tenant, owner_trust
 from dags.cscore_platform.intake import batch_run_prefix
@@ -44,7 +43,7 @@ from sdk.provider import Offer, publish_model
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
-from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY
+from tests.e2e.canaries import EMAIL_CANARIES, MODEL_CANARY, encoded_forms, redis_dump
 from tests.enclave.heavy_models import CONTRACT_DOC as HEAVY_CONTRACT
 from tests.enclave.heavy_models import columns as heavy_columns
 from tests.enclave.heavy_models import slow_model
@@ -404,28 +403,6 @@ def _metrics_text(stack: LocalStack) -> bytes:
     return "\n".join(texts).encode()
 
 
-def _forms(secret: bytes) -> list[bytes]:
-    return [secret, secret.hex().encode(), base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
-
-
-def _redis_dump(stack: LocalStack) -> bytes:
-    sock = stack.env["CSCORE_CELERY_BROKER_URL"].removeprefix("redis+socket://")
-    client = redis.Redis(unix_socket_path=sock)
-    chunks = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        chunks.append(key)
-        if kind == "string":
-            chunks.append(client.get(key) or b"")
-        elif kind == "list":
-            chunks.extend(client.lrange(key, 0, -1))
-        elif kind == "hash":
-            chunks.extend(v for kv in client.hgetall(key).items() for v in kv)
-        elif kind == "set":
-            chunks.extend(client.smembers(key))
-        elif kind == "zset":
-            chunks.extend(m for m, _ in client.zrange(key, 0, -1, withscores=True))
-    return b"\n".join(chunks)
 
 
 def _files(root: Path) -> bytes:
@@ -459,10 +436,10 @@ def test_no_canary_or_key_in_any_platform_store(stack: LocalStack) -> None:
     card = unverified_payload(store.get(f"models/spam-filter/{_state['model'].version}/card.jws").decode(),
                               what="card")
     dek = Party.from_env("provider").broker().unwrap(card["key_id"], base64.b64decode(card["wrapped_dek"]))
-    secrets = [c.encode() for c in [MODEL_CANARY, *EMAIL_CANARIES]] + _forms(dek)
+    secrets = [c.encode() for c in [MODEL_CANARY, *EMAIL_CANARIES]] + encoded_forms(dek)
     stores = {
         "s3": b"\n".join(store.get(k) for k in store.keys("")),
-        "redis": _redis_dump(stack),
+        "redis": redis_dump(stack),
         "airflow (database and task logs)": _files(stack.state_dir / "airflow"),
         "process logs (workers, brokers, airflow)": _files(stack.state_dir / "logs"),
         "metrics (workers, brokers)": _metrics_text(stack),
