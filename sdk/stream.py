@@ -3,9 +3,11 @@
 Exactly once across restarts (kill -9 included), through a SQLite journal in the owner's home. Each step is one
 transaction recorded after the action it stands for, and every action is safe to redo:
 
-    file complete  -> its emails 'queued' (texts kept in the journal until their results are written)
+    file complete  -> its emails 'queued' (texts, From, Subject, Date and flags kept in the journal until their
+                      results are written)
     cut            -> a batch with a deterministic id (`s-<stream>-<n>`) owns them
-    submitted      -> its signed manifest is in the bucket (uploaded last by `submit_batch`)
+    submitted      -> its signed manifest is in the bucket (uploaded last by `submit_batch`, after the batch's own
+                      encrypted header journal, `sdk.journal`, for `cscore owner results` to join back)
     written        -> its verified results are in OUT/<batch>.parquet (written whole, then renamed)
 
 On restart a batch still 'cut' is submitted again under the same id unless its manifest is already there (keys and
@@ -132,6 +134,10 @@ CREATE TABLE IF NOT EXISTS batches (n INTEGER PRIMARY KEY, batch_id TEXT NOT NUL
 """
 
 
+# Kept with each queued email until its results are written (Email's sender, subject, date; flags as JSON).
+_HELD_COLUMNS = ("sender", "subject", "date", "flags")
+
+
 class Journal:
     """The stream's durable record (SQLite, WAL, fsync on commit); one process at a time (an flock beside it)."""
 
@@ -149,6 +155,7 @@ class Journal:
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only a killed process
         self.db.executescript(_SCHEMA)
         with self.tx():
+            self._add_held_columns()
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('stream_id', ?)", (secrets.token_hex(4),))
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('source', ?)", (str(source.resolve()),))
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('tenant', ?)", (tenant,))
@@ -158,6 +165,13 @@ class Journal:
                 self.close()
                 raise StreamError(f"{path}: this journal streams {name} {held!r}, not {wanted!r}; "
                                   "give another --journal for another source or tenant")
+
+    def _add_held_columns(self) -> None:
+        # A journal from before they were kept gains them (its queued emails then have none).
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}
+        for column in _HELD_COLUMNS:
+            if column not in present:
+                self.db.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
 
     def meta(self, key: str) -> str:
         return str(self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
@@ -264,13 +278,15 @@ class Stream:
                 n += 1
                 mid = f"{a.key}#{index + 1}" + (f"~{n}" if n > 2 else "")
             taken.add(mid)
-            rows.append((mid, a.key, e.text, a.mtime_ns / 1e9))
+            rows.append((mid, a.key, e.text, a.mtime_ns / 1e9, e.sender, e.subject, e.date,
+                         json.dumps(list(e.flags)) if e.flags else None))
             if e.flags:
                 events.append({"event": "flagged", "file": a.key, "message_id": mid, "problems": list(e.flags)})
         db = self.journal.db
         db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?)",
                    (a.key, a.size, a.mtime_ns, "read", len(rows), None, time.time()))
-        db.executemany("INSERT INTO messages (message_id, file_key, text, arrived_at) VALUES (?,?,?,?)", rows)
+        db.executemany("INSERT INTO messages (message_id, file_key, text, arrived_at, sender, subject, date, flags) "
+                       "VALUES (?,?,?,?,?,?,?,?)", rows)
         known[a.key] = (a.size, a.mtime_ns, "read")
         events.append({"event": "read", "file": a.key, "emails": len(rows)})
         return len(rows)
@@ -322,9 +338,7 @@ class Stream:
             manifest_key = f"incoming/{self.tenant}/{batch_id}/manifest.jws"
             redone = self.store.exists(manifest_key)  # uploaded last: the submit before a crash completed
             if not redone:
-                emails = [Email(mid, text, source) for mid, text, source in self.journal.db.execute(
-                    "SELECT message_id, text, file_key FROM messages WHERE batch_id=? ORDER BY seq", (batch_id,))]
-                submit_batch(emails, self.model, tenant=self.tenant, owner=self.owner, store=self.store,
+                submit_batch(self._emails(batch_id), self.model, tenant=self.tenant, owner=self.owner, store=self.store,
                              measurements=self.measurements, batch_id=batch_id)
             with self.journal.tx() as db:
                 db.execute("UPDATE batches SET state='submitted', submitted_at=? WHERE batch_id=?",
@@ -332,6 +346,13 @@ class Stream:
             self.emit({"event": "submitted", "batch_id": batch_id, "emails": count,
                        "seconds": round(time.monotonic() - started, 3),
                        **({"found_in_bucket": True} if redone else {})})
+
+    def _emails(self, batch_id: str) -> list[Email]:
+        """The batch's emails as read: `submit_batch` writes their From, Subject and Date to the batch's journal."""
+        rows = self.journal.db.execute("SELECT message_id, text, file_key, sender, subject, date, flags FROM messages "
+                                       "WHERE batch_id=? ORDER BY seq", (batch_id,))
+        return [Email(mid, text, source, tuple(json.loads(flags)) if flags else (), sender or "", subject or "",
+                      date or "") for mid, text, source, sender, subject, date, flags in rows]
 
     def _in_flight(self) -> int:
         return int(self.journal.db.execute("SELECT count(*) FROM batches WHERE state='submitted'").fetchone()[0])
@@ -378,7 +399,8 @@ class Stream:
         with self.journal.tx() as db:
             db.execute("UPDATE batches SET state='written', done_at=?, output=? WHERE batch_id=?",
                        (now, str(target), batch_id))
-            db.execute("UPDATE messages SET text=NULL WHERE batch_id=?", (batch_id,))  # texts kept no longer
+            db.execute("UPDATE messages SET text=NULL, sender=NULL, subject=NULL, date=NULL, flags=NULL "
+                       "WHERE batch_id=?", (batch_id,))  # kept no longer: the batch's own journal holds the headers
         waits = sorted(now - a for a in arrived)
         self.emit({"event": "written", "batch_id": batch_id, "emails": count, "output": str(target),
                    "receipts_verified": len(results.receipts),

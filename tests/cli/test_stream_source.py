@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -66,6 +67,21 @@ def test_a_journal_streams_one_source_for_one_tenant(tmp_path: Path) -> None:
     again = Journal(path, source=tmp_path, tenant="acme")
     assert again.meta("stream_id") == stream_id  # batch ids stay the same across restarts
     again.close()
+
+
+def test_a_journal_from_before_headers_were_kept_gains_them_and_keeps_its_queue(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    old = sqlite3.connect(path)  # the messages table as cscore created it before it kept From, Subject and Date
+    old.executescript("CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,"
+                      " file_key TEXT NOT NULL, text TEXT, arrived_at REAL NOT NULL, batch_id TEXT);"
+                      "INSERT INTO messages (message_id, file_key, text, arrived_at) VALUES ('m1', 'a.eml', 'hi', 1);")
+    old.close()
+    journal = Journal(path, source=tmp_path, tenant="acme")
+    try:
+        rows = journal.db.execute("SELECT message_id, text, sender, subject, date, flags FROM messages").fetchall()
+    finally:
+        journal.close()
+    assert rows == [("m1", "hi", None, None, None, None)]
 
 
 def test_a_partial_batch_grows_while_the_pipeline_is_full(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -30,6 +31,7 @@ from sdk.owner import BatchError, OwnerKeys, spool_emails, submit_spooled
 from sdk.party import Party
 from sdk.spool import Spool
 from sdk.storage import ObjectStore
+from sdk.stream import Journal, Stream, StreamOptions
 
 CANARY = "canary-7f3a9c plaintext that must never reach the disk"
 SENDER = "sender-canary-52be"  # From headers: kept in the owner's local journal, never uploaded
@@ -187,3 +189,43 @@ def _pandas_reads_encrypted_results(owner: Party, batch_id: str, tmp_path: Path)
     assert frame.to_dict("records") == table.to_pylist()
     with pytest.raises(OSError, match="(?i)decrypt|key"):  # without the broker's keys pandas gets nothing
         pd.read_parquet(tmp_path / "shard-00000.parquet", engine="pyarrow")
+
+
+def test_a_streamed_batch_keeps_from_subject_date_and_flags_like_a_submitted_one(
+        stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cscore owner stream`'s micro-batches write the same journal as `submit` (for `owner results` to join
+    back), and carry what their reader flagged; neither leaves the owner's machine in plaintext."""
+    for name, value in stack.env.items():
+        monkeypatch.setenv(name, value)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    bodies = ["aGVsbG8=", "aGVsbG8gd29y!!bGQ=", "aGVsbG8="]  # the second's two "!" cannot be decoded: flagged
+    raws = [f"From: {SENDER} <{i}@example.com>\nSubject: streamed {i}\nDate: Tue, 3 Mar 2026 10:0{i}:00 +0100\n"
+            f"Content-Transfer-Encoding: base64\n\n{body}\n" for i, body in enumerate(bodies)]
+    (drop / "mail.jsonl").write_text("".join(json.dumps({"message_id": f"s-{i}", "raw": r}) + "\n"
+                                             for i, r in enumerate(raws)))
+    owner, store = Party.from_env("owner"), ObjectStore()
+    events: list[dict[str, Any]] = []
+    journal = Journal(tmp_path / "stream.sqlite", source=drop, tenant="acme")
+    stream = Stream(drop, tmp_path / "out", journal, ModelListing("spam", 1, "ab" * 32, "signer", 0, True), "acme",
+                    owner, store, ["00" * 48], verify=lambda batch_id: pytest.fail("nothing runs the batch here"),
+                    emit=events.append, options=StreamOptions(settle_s=0))
+    try:
+        stream.read_new()
+        stream.cut(force=True)
+        stream.submit_cut()
+    finally:
+        journal.close()
+    batch_id = next(e["batch_id"] for e in events if e["event"] == "submitted")
+    path = journal_path(owner.home, "acme", batch_id)
+    assert SENDER.encode() not in path.read_bytes()
+    with PmeKeys(owner.broker().for_batch(batch_id)) as keys:
+        headers = read_journal(path, keys, tenant="acme", batch_id=batch_id).to_pylist()
+        manifest = unverified_payload(store.get(f"incoming/acme/{batch_id}/manifest.jws").decode(), what="manifest")
+        with EncryptedParquet(store.get(manifest["flags"]["key"]), keys) as table:
+            flags = table.read().to_pylist()
+    assert headers == [{"message_id": f"s-{i}", "from": f"{SENDER} <{i}@example.com>", "subject": f"streamed {i}",
+                        "date": datetime(2026, 3, 3, 9, i, tzinfo=UTC)} for i in range(3)]
+    assert flags == [{"message_id": "s-1", "flags": ["base64 body: 2 character(s) could not be decoded and were "
+                                                     "skipped"]}]
+    assert not [k for k in store.keys(f"incoming/acme/{batch_id}/") if SENDER.encode() in store.get(k)]

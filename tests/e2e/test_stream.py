@@ -6,6 +6,7 @@ The stream runs as the real command (a child process), as an owner would run it.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -181,6 +182,34 @@ def test_a_bad_file_is_refused_by_name_and_line_and_blocks_nothing(stack: LocalS
     assert rc == 0, stderr[-3000:]
     assert [e["file"] for e in events if e["event"] in ("read", "refused")] == ["b-bad.jsonl"]
     assert sorted(_written_ids(out)) == [f"ok-{i}" for i in range(6)]
+
+
+def test_a_streamed_batch_joins_back_to_each_emails_from_subject_and_date(stack: LocalStack, model: str,
+                                                                         tmp_path: Path) -> None:
+    """`cscore owner results` on a streamed batch: each email's From, Subject and Date from the batch's journal,
+    which the stream wrote on this machine as `submit` does."""
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    drop.mkdir()
+    for i in range(3):
+        _drop(drop, f"h-{i}.eml", _eml(f"From: Sender {i} <s{i}@example.test>\nSubject: streamed {i}\n"
+                                       f"Date: Tue, 3 Mar 2026 10:0{i}:00 +0100\n\nmeeting notes {i}\n".encode(),
+                                       f"h-{i}@stream.test"))
+    rc, events, stderr = _run_once(stack, drop, out)
+    assert rc == 0, stderr[-3000:]
+    rows: dict[str, dict[str, str]] = {}
+    for batch_id in [e["batch_id"] for e in events if e["event"] == "written"]:
+        csv_out = tmp_path / f"{batch_id}.csv"
+        done = subprocess.run([sys.executable, "-m", "cscore", "--state-dir", str(stack.state_dir), "owner",
+                               "results", batch_id, "--tenant", TENANT, "--accept-simulated", "--out", str(csv_out)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-3000:]
+        with csv_out.open(newline="") as fh:
+            rows.update({r["message_id"]: r for r in csv.DictReader(fh)})
+    assert sorted(rows) == [f"<h-{i}@stream.test>" for i in range(3)]
+    for i in range(3):
+        row = rows[f"<h-{i}@stream.test>"]
+        assert (row["from"], row["subject"]) == (f"Sender {i} <s{i}@example.test>", f"streamed {i}")
+        assert row["date"].startswith(f"2026-03-03 09:0{i}:00") and 0.0 <= float(row["spam_probability"]) <= 1.0
 
 
 def _kill_when(proc: subprocess.Popen[str], wanted: str, timeout: float) -> list[dict[str, Any]]:
