@@ -133,3 +133,34 @@ def test_a_missing_or_incomplete_connection_is_named_with_what_to_set(monkeypatc
     monkeypatch.setenv("AIRFLOW_CONN_CSCORE_WORKERS", '{"conn_type": "cscore_workers", "extra": {"broker_url": "x"}}')
     with pytest.raises(ConnectionMissing, match="cscore_workers: expected extra fields.*missing result_backend"):
         WorkerPoolHook().settings()
+
+
+def test_the_worker_pools_connection_test_reports_a_transport_down_and_lets_a_bug_through(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import socket
+
+    from dags.cscore_platform import worker_pool
+    from dags.cscore_platform.provider import WorkerPoolHook
+
+    with socket.socket() as probe:  # a port nobody listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = {"broker_url": f"redis://127.0.0.1:{port}/0", "result_backend": f"redis://127.0.0.1:{port}/1"}
+    monkeypatch.setenv("AIRFLOW_CONN_CSCORE_WORKERS", json.dumps({"conn_type": "cscore_workers", "extra": extra}))
+    monkeypatch.delenv("CSCORE_WORKER_POOL_SIZE", raising=False)
+    ok, message = WorkerPoolHook().test_connection()
+    assert not ok and message.startswith("the workers' Celery transport does not answer") and f":{port}" in message
+    monkeypatch.setenv("AIRFLOW_CONN_CSCORE_WORKERS", json.dumps({"conn_type": "cscore_workers",
+                                                                  "extra": {"broker_url": extra["broker_url"]}}))
+    assert WorkerPoolHook().test_connection() == (False, "Airflow connection cscore_workers: expected extra fields "
+                                                  "broker_url and result_backend (the workers' Celery transport), "
+                                                  "missing result_backend")
+
+    def broken(app: object, timeout: float = 3.0) -> list[str]:
+        raise TypeError("a bug in the ping")
+
+    monkeypatch.setattr(worker_pool, "live_workers", broken)
+    monkeypatch.setenv("AIRFLOW_CONN_CSCORE_WORKERS", json.dumps({"conn_type": "cscore_workers", "extra": extra}))
+    with pytest.raises(TypeError, match="a bug in the ping"):  # not reported to the UI as the transport's fault
+        WorkerPoolHook().test_connection()

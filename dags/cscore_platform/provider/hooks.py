@@ -90,11 +90,15 @@ class WorkerPoolHook(BaseHook):
         return worker_pool.live_workers(self.get_conn())
 
     def test_connection(self) -> tuple[bool, str]:
-        """Airflow's connection test: how many workers answer a ping."""
+        """Airflow's connection test: (True, how many workers answer a ping), or (False, why) when the connection
+        is incomplete or the transport does not answer (worker_pool.TRANSPORT_ERRORS). Any other error is a bug
+        and propagates with its traceback."""
         try:
             workers = self.live_workers()
-        except Exception as exc:  # noqa: BLE001 - the transport's own errors, reported to the UI
-            return False, f"{type(exc).__name__}: {exc}"
+        except ConnectionMissing as exc:
+            return False, str(exc)
+        except worker_pool.TRANSPORT_ERRORS as exc:
+            return False, f"the workers' Celery transport does not answer: {type(exc).__name__}: {exc}"
         return bool(workers), f"{len(workers)} worker(s) answered: {', '.join(workers) or 'none'}"
 
 
