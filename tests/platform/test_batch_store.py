@@ -78,3 +78,33 @@ def test_a_succeeded_batch_is_never_taken_over(store: BatchStore, monkeypatch: p
     later = time.time() + batch_store.CLAIM_TTL_S + 60
     monkeypatch.setattr(batch_store.time, "time", lambda: later)
     assert store.claim(_manifest(), "run-2") == store.status("acme", "b-1")
+
+
+def test_a_retry_taking_its_runs_batch_over_says_so_after_what_the_lost_try_recorded(
+        store: BatchStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from dags.cscore_platform import steps
+    from dags.cscore_platform.provider.operators import ScoreBatchOperator
+
+    monkeypatch.setattr(steps, "batch_store", lambda: store)
+    manifest = _manifest()
+    op = ScoreBatchOperator(task_id="score", manifest_key=manifest.key)
+    store.claim(manifest, "run-1")
+    earlier = "worker w1 answered no ping for 60 s: its shard 0 was sent again to the other workers"
+    store.set_status("acme", "b-1", "processing", run_id="run-1", manifest_sha256=manifest.sha256, events=[earlier])
+    first = manifest.to_dict()
+    op._say_taken_over({"ti": SimpleNamespace(try_number=1)}, first, "run-1")  # a first try has nothing to say
+    assert store.status("acme", "b-1")["events"] == [earlier] and "events" not in first  # type: ignore[index]
+    batch = manifest.to_dict()
+    op._say_taken_over({"ti": SimpleNamespace(try_number=2)}, batch, "run-1")
+    status: Any = store.status("acme", "b-1")
+    assert status["state"] == "processing" and status["events"][0] == earlier and len(status["events"]) == 2
+    assert status["events"][1].startswith("try 1 of run run-1 ended without finishing the batch or failing it")
+    assert "try 2 took the batch over and sent its shards again" in status["events"][1]
+    assert batch["events"] == status["events"]  # what finalize writes into the succeeded status
+    # A try lost after it finished the batch: its status stays as that try left it.
+    store.set_status("acme", "b-1", "succeeded", run_id="run-1", events=[earlier])
+    finished = store.status("acme", "b-1")
+    op._say_taken_over({"ti": SimpleNamespace(try_number=3)}, manifest.to_dict(), "run-1")
+    assert store.status("acme", "b-1") == finished

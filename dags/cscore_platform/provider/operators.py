@@ -67,6 +67,7 @@ class ScoreBatchOperator(BaseOperator):
             batch = steps.preflight(batch, run_id)
         except steps.BatchSkipped as exc:
             raise AirflowSkipException(str(exc)) from exc
+        self._say_taken_over(context, batch, run_id)
         started = time.time()
         app = WorkerPoolHook(self.workers_conn_id).get_conn()
         watch = steps.send_shards(batch, run_id, app, timeout=self.shard_timeout.total_seconds())
@@ -113,6 +114,21 @@ class ScoreBatchOperator(BaseOperator):
         events[RESULTS].extra = extra
         events[RESULTS_ALIAS].add(batch_results_asset(batch["tenant"], batch["batch_id"]), extra=extra)
         return key
+
+    def _say_taken_over(self, context: Any, batch: dict[str, Any], run_id: str) -> None:
+        """A retry going on with its run's batch (the previous try ended without finishing it or marking it failed):
+        said in the batch's status, after what the previous try recorded there, for the owner to see."""
+        tries = int(getattr(context.get("ti"), "try_number", 1) or 1)
+        if tries <= 1:
+            return
+        status = steps.batch_store().status(batch["tenant"], batch["batch_id"]) or {}
+        if status.get("state") != "processing" or status.get("run_id") != run_id:
+            return  # e.g. the lost try had finished the batch: nothing to say of a takeover
+        batch["events"] = list(status.get("events") or [])
+        steps.record_events(batch, run_id, [
+            f"try {tries - 1} of run {run_id} ended without finishing the batch or failing it (most often its "
+            "process was lost: killed with the scheduler or its host, or out of memory; that try's log says more); "
+            f"try {tries} took the batch over and sent its shards again"])
 
     def _not_redone(self, context: Any, run_id: str) -> None:
         """A retry goes on only where its run still holds the batch (its process was killed); a batch that
