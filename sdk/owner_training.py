@@ -38,6 +38,7 @@ from sdk.models import ModelListing
 from sdk.party import Party
 from sdk.storage import ObjectStore
 from wire.errors import FormatError
+from wire.receipt import parse_sessions
 from wire.recipe import RecipeCard
 from wire.training import MIN_HOLDOUT_PER_CLASS, TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE, TunedCard, aggregate_metrics
 from wire.worker_config import config_digest_from_claims
@@ -49,7 +50,12 @@ ROW_GROUP_SIZE = 1_000
 
 
 class TrainingJobError(ValueError):
-    """The training job cannot be submitted as given; the message says why."""
+    """The training job cannot be submitted or verified as given; the message says why. A verification refusal
+    also names `field` (dotted, in the named object), `expected` and `actual`; None where the message says it."""
+
+    def __init__(self, message: str, *, field: str | None = None, expected: Any = None, actual: Any = None) -> None:
+        super().__init__(message)
+        self.field, self.expected, self.actual = field, expected, actual
 
 
 @dataclass(frozen=True)
@@ -170,12 +176,15 @@ def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Part
     Both are signed by the key the attestation evidence beside them binds (verified against `anchors` and
     `policy`; by default AMD's roots, the simulated one only with `accept_simulated`, and the measurements this
     owner granted the job), by a worker of a measurement and configuration this owner granted, for this job's
-    data and recipe digests. Raises TrainingJobError naming the object and the field.
+    data and recipe digests. The receipt must sign a session at this owner's broker that the broker's own
+    signed decision log shows attested and released this job's data key for this recipe (`_check_owner_session`).
+    Raises TrainingJobError naming the object and the field, with `field`, `expected` and `actual`.
     """
     m = verify_json(_get(store, f"incoming/{tenant}/{job_id}/training.jws", "your signed training manifest").decode(),
                     owner.signing_key().as_dict(private=False), what="training manifest")
     prefix = f"tuned/{tenant}/{m['model']['name']}/{m['model']['version']}/"
-    granted = owner.broker().get_grant(job_id)
+    broker = owner.broker()
+    granted = broker.get_grant(job_id)
     if anchors is None or policy is None:
         from sdk.results import owner_trust
 
@@ -194,10 +203,12 @@ def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Part
                 "recipe.digest": m["recipe"]["digest"], "model.name": m["model"]["name"],
                 "model.version": m["model"]["version"]}
     _expect_fields(prefix + "receipt.jws", expected, p)
+    _check_owner_session(prefix + "receipt.jws", m, p, broker.decisions())
     try:
         metrics = aggregate_metrics(p.get("metrics"), where="metrics")
     except FormatError as exc:  # per-row values or a split too small: not what this owner is shown
         raise TrainingJobError(f"{prefix}receipt.jws: {exc}") from exc
+    _check_counts(prefix + "receipt.jws", m, metrics)
     card = _enclave_signed(store, prefix + "card.jws", prefix, TUNED_CARD_TYPE, anchors, policy).payload
     _expect_fields(prefix + "card.jws", {"tenant": tenant, "name": m["model"]["name"],
                                          "version": m["model"]["version"], "digest": p["model"]["digest"],
@@ -257,13 +268,62 @@ def _enclave_signed(store: ObjectStore, key: str, prefix: str, kind: str, anchor
         raise TrainingJobError(f"{key} (evidence {evidence_key}): {exc}") from exc
 
 
+def _check_owner_session(where: str, manifest: dict[str, Any], payload: dict[str, Any],
+                         decisions: list[dict[str, Any]]) -> None:
+    """The receipt signs a session at this owner's broker (the manifest's `key_broker`) whose claims digests that
+    broker's own decision log (hash chain and checkpoint signed by its token key: `BrokerAdmin.decisions`) shows
+    attested, and under which it released this job's data key for this recipe: the enclave that signed the
+    receipt got the owner's rows for this job and recipe from the owner's broker, by that broker's word."""
+    broker = manifest["key_broker"]["name"]
+    sessions = {s.broker: set(s.claims_digests) for s in parse_sessions(payload)}  # shape checked by verify_receipt
+    digests = sessions.get(broker, set())
+    if not digests:
+        raise _refused(where, "sessions", f"a session at your broker {broker!r} with its claims digests",
+                       sorted(sessions))
+    allowed = [e for e in decisions if e.get("decision") == "allow" and e.get("claims_digest") in digests]
+    if not any(e.get("operation") == "attest" for e in allowed):
+        raise _refused(where, f"sessions[{broker}].claims_digests",
+                       f"claims your broker {broker!r} attested (in its signed decision log)", sorted(digests))
+    released = [e for e in allowed if e.get("operation") == "unwrap"]
+    for name, value, what in (("batch_id", manifest["job_id"], "job"),
+                              ("model_digest", manifest["recipe"]["digest"], "recipe digest"),
+                              ("key_id", manifest["key_broker"]["data_key"], "data key")):
+        matching = [e for e in released if e.get(name) == value]
+        if not matching:  # the release this session names was for another job, recipe or key than this job's
+            raise _refused(where, f"sessions[{broker}].releases.{name}",
+                           f"{value!r} (your manifest's {what}, a release in your broker's log)",
+                           sorted({str(e.get(name)) for e in released}))
+        released = matching
+
+
+def _check_counts(where: str, manifest: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """The receipt's counts are the manifest's rows split in two (training, held out), its held-out spam and ham
+    within the manifest's: kept in clear, they then say nothing the manifest beside them does not."""
+    rows, spam = manifest["object"]["rows"], manifest["object"]["spam"]
+    held, held_spam = metrics["holdout_rows"], metrics["holdout_spam"]
+    if metrics["train_rows"] + held != rows:
+        raise _refused(where, "metrics.train_rows + metrics.holdout_rows", f"{rows} (your manifest's rows)",
+                       metrics["train_rows"] + held)
+    if held_spam > spam:
+        raise _refused(where, "metrics.holdout_spam", f"at most {spam} (your manifest's spam rows)", held_spam)
+    if held - held_spam > rows - spam:
+        raise _refused(where, "metrics.holdout_rows - metrics.holdout_spam",
+                       f"at most {rows - spam} (your manifest's ham rows)", held - held_spam)
+
+
 def _expect_fields(where: str, expected: dict[str, Any], doc: dict[str, Any]) -> None:
     for dotted, value in expected.items():
         actual: Any = doc
         for part in dotted.split("."):
             actual = actual.get(part) if isinstance(actual, dict) else None
         if actual != value:
-            raise TrainingJobError(f"{where}: {dotted} expected {value!r} (your manifest), got {actual!r}")
+            raise _refused(where, dotted, f"{value!r} (your manifest)", actual)
+
+
+def _refused(where: str, field: str, expected: Any, actual: Any) -> TrainingJobError:
+    """`where: field expected E, got A`, with field, expected and actual kept on the error."""
+    return TrainingJobError(f"{where}: {field} expected {expected}, got {actual!r}", field=field, expected=expected,
+                            actual=actual)
 
 
 def _get(store: ObjectStore, key: str, what: str) -> bytes:
