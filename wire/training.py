@@ -40,6 +40,7 @@ TUNED_PROTECTION = "aes-256-gcm+2"  # AES-256-GCM under HKDF(owner share || prov
 # Below this many held-out rows of a class, the metrics tell individual rows (on one row, recall is its prediction).
 MIN_HOLDOUT_PER_CLASS = 20
 METRIC_RATES = ("precision", "recall", "f1")
+# In clear on purpose: the owner's manifest beside the receipt already says rows and spam rows (docs/THREAT_MODEL.md).
 METRIC_COUNTS = ("train_rows", "holdout_rows", "holdout_spam")
 
 _TEXT = ("tenant", "job_id", "input_key", "input_sha256", "recipe_name", "recipe_digest", "owner_broker",
