@@ -223,7 +223,7 @@ class Enclave:
         self.config = config
         self._sessions: dict[str, AttestedSession] = {}
         self._keys = EnclaveKeys()  # one tee key and receipt key for every broker session of this process
-        self._batches: OrderedDict[tuple[str, str], _Batch] = OrderedDict()
+        self._batches: OrderedDict[tuple[str, str, str], _Batch] = OrderedDict()
         self._lock = threading.Lock()
         self.name = name or socket.gethostname()
         self._baseline_key = OKPKey.generate_key("Ed25519", private=True)  # unattested: baseline runs only
@@ -365,8 +365,9 @@ class Enclave:
         return card
 
     def _batch(self, spec: ShardSpec, owner: AttestedSession) -> _Batch:
-        """One key context per batch, so its shards on this worker share unwrapped key-encryption keys."""
-        key = (spec.owner_broker, spec.batch_id)
+        """One key context per batch and model, so its shards on this worker share unwrapped key-encryption keys."""
+        # The model's digest too: a model key released for this batch must never stand for another model's.
+        key = (spec.owner_broker, spec.batch_id, spec.model_digest)
         with self._lock:
             if key not in self._batches:
                 self._batches[key] = _Batch(PmeKeys(_BatchKeys(owner, spec)))

@@ -6,6 +6,7 @@ Attacks: another tenant's batch, a grant without the share, a swapped ciphertext
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from enclave.runner import clear_contract_sessions
 from enclave.scoring import ModelSession
 from enclave.signing import generate_signing_key, sign_json, unverified_payload
 from enclave.training import train
-from enclave.worker import Enclave, ModelIntegrityError, TunedModelRefused
+from enclave.worker import Enclave, ModelIntegrityError, ShardInputError, TunedModelRefused
 from sdk.broker_admin import BrokerAdmin
 from sdk.owner import OwnerKeys, decrypt_results, encode_part
 from sdk.party import Party
@@ -158,3 +159,19 @@ def test_platform_swaps_the_ciphertext_or_the_card(tuned: Tuned) -> None:
     with pytest.raises(KbsError) as refused:
         tuned.worker.score_shard(spec, BytesSource(data), forged, tuned.store.get)
     assert refused.value.problem["field"] == "key_id" and "ts-share-2" in str(refused.value)
+
+
+def test_a_batchs_released_key_does_not_stand_for_another_model_on_a_warm_worker(tuned: Tuned) -> None:
+    """The platform warms version 2 with a batch granted it, then sends a batch granted version 1 a first shard
+    naming version 1 that fails after the model's release (a row group past the file's end), and a second naming
+    version 2, spec and card consistent: version 2 must not score this batch without its owner's grant for it."""
+    warm, data = _batch(tuned, "acme", "ts-warm-v2", version=2)
+    tuned.worker.score_shard(warm, BytesSource(data), _card(tuned, 2), tuned.store.get)  # version 2 now cached
+    spec, data = _batch(tuned, "acme", "ts-mixed")  # the owner granted version 1 only
+    with pytest.raises(ShardInputError, match="the file has 1"):  # version 1's key released for this batch
+        tuned.worker.score_shard(dataclasses.replace(spec, row_group_end=2), BytesSource(data), _card(tuned),
+                                 tuned.store.get)
+    other = dataclasses.replace(spec, model_version=2, model_digest=tuned.digests[2])
+    with pytest.raises(KbsError) as refused:  # the owner's broker: this batch's grant names version 1's digest
+        tuned.worker.score_shard(other, BytesSource(data), _card(tuned, 2), tuned.store.get)
+    assert refused.value.problem["field"] == "model_digest"
