@@ -139,14 +139,14 @@ def _column(spec: OutputSpec, contract: Contract, value: np.ndarray, rows: int, 
         classes = contract.classes or ()
         bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
         if bad.size:
-            raise OutputRefused(f"output {spec.tensor!r}: label {labels[bad[0]]} at shard row {bad[0]} is not one of "
-                                f"the card's {len(classes)} classes (0..{len(classes) - 1})")
+            # Neither the value nor the row: a provider's graph chooses both, and this text reaches the platform.
+            raise OutputRefused(f"output {spec.tensor!r}: a label outside the card's {len(classes)} classes "
+                                f"(0..{len(classes) - 1})")
         return pa.array([classes[i] for i in labels], pa.string())
     low, high = _LABEL_RANGES[spec.dtype or "int64"]
     bad = np.flatnonzero((labels < low) | (labels > high))
     if bad.size:
-        raise OutputRefused(f"output {spec.tensor!r}: label {labels[bad[0]]} at shard row {bad[0]} does not fit the "
-                            f"card's {spec.dtype}")
+        raise OutputRefused(f"output {spec.tensor!r}: a label that does not fit the card's {spec.dtype}")
     return pa.array(labels.astype(np.dtype(spec.dtype or "int64")))
 
 
