@@ -99,6 +99,9 @@ def write_results(
     manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
     manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(),
                            owner.signing_key().as_dict(private=False), what="manifest")
+    # Signed by this owner is not enough: the platform may store another of its batches' manifests here.
+    _expect(manifest_key, "tenant", tenant, manifest.get("tenant"))
+    _expect(manifest_key, "batch_id", batch_id, manifest.get("batch_id"))
     result_manifest = _result_manifest(store, f"{manifest['results']['prefix']}result-manifest.json")
     evidence = _EvidenceCache(store, manifest["results"]["prefix"])
     # What this owner granted, from its own broker (it may have re-granted after a refusal): the only list

@@ -521,6 +521,21 @@ def test_fetch_results_refuses_a_manifest_the_owner_did_not_sign(tmp_path: Path,
                                   "found nothing")
 
 
+def test_fetch_results_refuses_another_batchs_signed_manifest_under_this_batchs_key(tmp_path: Path,
+                                                                                     sim_dir: Path) -> None:
+    """The platform copies the owner's own signed manifest of batch b-1 (its results all there and genuine) to
+    where batch b-2's is: the owner asking for b-2 must not be handed b-1's scores as b-2's."""
+    store, owner, _ = _batch(tmp_path, sim_dir)
+    owner.admin.grant("b-2", MODEL, [code_measurement().hex()], ["footer-1", "column-1"],
+                      config_digests=[CONFIG.hex()], rows=400)  # the owner submitted b-2 as well
+    store.objects[f"incoming/{TENANT}/b-2/manifest.jws"] = store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"]
+    from sdk.results import fetch_results
+
+    with pytest.raises(ResultVerificationError) as refused:
+        fetch_results(TENANT, "b-2", owner=owner, store=store, **_trust(sim_dir))  # type: ignore[arg-type]
+    assert str(refused.value) == (f"incoming/{TENANT}/b-2/manifest.jws: batch_id expected 'b-2', got '{BATCH}'")
+
+
 def test_fetch_results_refuses_flags_for_ids_no_result_carries(tmp_path: Path, sim_dir: Path) -> None:
     from enclave.pme import PmeKeys
     from enclave.signing import sign_json
