@@ -401,7 +401,11 @@ class Enclave:
                 batch.granted_rows, batch.model_dek = rows, dek
         released = dek
         # The cache is reached only after this batch's own release: a warm cache skips decryption, not consent.
-        return contract_session_for(card.digest, card.contract, lambda: _decrypt_model(card, released, model_object))
+        # Its namespace is whose key that release was: another provider's card naming the same digest (public in
+        # every card) must open the bytes itself, never reach a model its own key does not open (a tuned one).
+        namespace = f"tuned:{tuned.reference}" if tuned is not None else f"provider:{card.broker}"
+        return contract_session_for(card.digest, card.contract, lambda: _decrypt_model(card, released, model_object),
+                                    namespace=namespace)
 
     def _count_rows(self, spec: ShardSpec, batch: _Batch, rows: int) -> None:
         with self._lock:

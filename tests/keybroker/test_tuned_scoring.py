@@ -25,11 +25,13 @@ from enclave.signing import generate_signing_key, sign_json, unverified_payload
 from enclave.training import train
 from enclave.worker import Enclave, ModelIntegrityError, ShardInputError, TunedModelRefused
 from sdk.broker_admin import BrokerAdmin
+from sdk.contracts import SPAM_CONTRACT, SPAM_TASK
 from sdk.owner import OwnerKeys, decrypt_results, encode_part
 from sdk.party import Party
 from tests.enclave.test_training import RECIPE, _mail
 from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
 from tests.keybroker.test_recipe_release import MemoryStore, _worker, published, tls_owner  # noqa: F401 (fixtures)
+from wire.card import CARD_TYPE
 from wire.recipe import verify_recipe_card
 from wire.shard import ShardSpec
 from wire.training import TrainingSpec, TunedCard
@@ -175,3 +177,26 @@ def test_a_batchs_released_key_does_not_stand_for_another_model_on_a_warm_worker
     with pytest.raises(KbsError) as refused:  # the owner's broker: this batch's grant names version 1's digest
         tuned.worker.score_shard(other, BytesSource(data), _card(tuned, 2), tuned.store.get)
     assert refused.value.problem["field"] == "model_digest"
+
+
+def test_a_providers_lookalike_card_does_not_reach_another_tenants_warm_tuned_model(
+        tuned: Tuned, published: tuple[Party, MemoryStore, str]) -> None:  # noqa: F811
+    """A configured provider signs a plain card with acme's tuned model's digest (public in its card), the spam
+    contract, full precision and its own recipe key; tenant `other` (or the platform) names it for other's batch
+    on a worker whose cache holds acme's tuned model: the cache must not stand in for the bytes the card's key
+    opens, else other's mail is scored by a model trained on acme's."""
+    party, store, card_key = published
+    warm, data = _batch(tuned, "acme", "ts-warm-acme")
+    tuned.worker.score_shard(warm, BytesSource(data), _card(tuned), tuned.store.get)  # acme's model now cached
+    recipe = unverified_payload(store.get(card_key).decode(), what="recipe card")
+    lookalike = sign_json({"type": CARD_TYPE, "name": "lookalike", "version": 1, "protection": "aes-256-gcm",
+                           "digest": tuned.digests[1], "object_key": "models/lookalike/1/model.onnx.enc",
+                           "broker": "provider", "key_id": recipe["key_id"], "wrapped_dek": recipe["wrapped_dek"],
+                           "output": {"probability_digits": None}, "task": SPAM_TASK, "contract": SPAM_CONTRACT},
+                          party.signing_key())
+    spec, data = _batch(tuned, "other", "ts-lookalike")
+    spec = dataclasses.replace(spec, model_name="lookalike")
+    objects = {**tuned.store.objects, "models/lookalike/1/model.onnx.enc": tuned.store.get(
+        "tuned/acme/spam-filter-tuned/1/model.onnx.enc")}  # the only object hashing to that digest is acme's
+    with pytest.raises(ModelIntegrityError):
+        tuned.worker.score_shard(spec, BytesSource(data), lookalike, objects.__getitem__)
