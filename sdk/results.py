@@ -23,7 +23,7 @@ from attestation import Policy, TrustAnchors
 from attestation.errors import AttestationError
 from enclave.pme import PmeKeys
 from enclave.receipts import VerifiedReceipt, verify_receipt
-from enclave.signing import unverified_payload, verify_json
+from enclave.signing import SignatureError, unverified_payload, verify_json
 from sdk.owner import decrypt_flags, decrypt_results
 from sdk.party import Party
 from sdk.storage import ObjectStore
@@ -97,8 +97,11 @@ def write_results(
     written (total: the batch's rows). Raises ResultVerificationError naming the object and the check.
     """
     manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
-    manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(),
-                           owner.signing_key().as_dict(private=False), what="manifest")
+    try:
+        manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(errors="replace"),
+                               owner.signing_key().as_dict(private=False), what="manifest")
+    except SignatureError as exc:  # the platform may store anything there: a refusal naming it, not a crash
+        raise ResultVerificationError(str(exc)) from None
     # Signed by this owner is not enough: the platform may store another of its batches' manifests here.
     _expect(manifest_key, "tenant", tenant, manifest.get("tenant"))
     _expect(manifest_key, "batch_id", batch_id, manifest.get("batch_id"))

@@ -366,8 +366,7 @@ class Stream:
         for batch_id, count, state in self.journal.db.execute(
                 "SELECT batch_id, emails, state FROM batches WHERE state IN ('submitted', 'failed') ORDER BY n"
         ).fetchall():
-            raw = self.store.get_if_exists(f"status/{self.tenant}/{batch_id}.json")
-            status = json.loads(raw) if raw else {"state": "submitted"}
+            status = _status(self.store.get_if_exists(f"status/{self.tenant}/{batch_id}.json"))
             if status.get("state") == "failed" and state != "failed":
                 self._end(batch_id, "failed", reason=str(status.get("reason")))
             elif status.get("state") == "succeeded":
@@ -446,6 +445,15 @@ class Stream:
                 self.emit({"event": "idle"})
             busy = bool(self.pending())
             time.sleep(self.options.poll_s)
+
+
+def _status(raw: bytes | None) -> dict[str, Any]:
+    """The platform's status document of a batch; anything but a JSON object reads as not ended yet."""
+    try:
+        status = json.loads(raw) if raw else None
+    except ValueError:  # the platform writes it: garbage must not end the stream (each restart would end again)
+        status = None
+    return status if isinstance(status, dict) else {"state": "submitted"}
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from enclave.signing import generate_signing_key
 from sdk.stream import Journal, StreamError, scan
 
 
@@ -131,5 +132,48 @@ def test_a_partial_batch_grows_while_the_pipeline_is_full(tmp_path: Path) -> Non
         per_batch = dict(db.execute("SELECT batch_id, count(*) FROM messages GROUP BY batch_id").fetchall())
         assert sorted(per_batch.values()) == [2, 3, 3, 10] and None not in per_batch
         assert [e["emails"] for e in events if e["event"] == "cut"] == [3, 3, 10, 2]
+    finally:
+        journal.close()
+
+
+class _Bucket:
+    """The platform's bucket as the stream reads it: whatever it holds, by key."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        return self.objects.get(key)
+
+
+def test_status_objects_the_platform_garbles_stop_no_stream(tmp_path: Path) -> None:
+    """A status that is not JSON, or not an object, reads as 'not ended yet' (the platform may rewrite it), and a
+    batch whose manifest was replaced by one the owner never signed is rejected by name: one bad object must not
+    end the owner's stream, which every restart would then end again at the same object."""
+    from sdk.results import fetch_results
+    from sdk.stream import Stream
+
+    source = tmp_path / "drop"
+    source.mkdir()
+    journal = Journal(tmp_path / "j.sqlite", source=source, tenant="acme")
+    bucket = _Bucket({"status/acme/s-1.json": b"\xff not json", "status/acme/s-2.json": b"[1, 2]",
+                      "status/acme/s-3.json": b'{"state": "succeeded"}',
+                      "incoming/acme/s-3/manifest.jws": b"eyJhbGciOiJFZERTQSJ9.e30.AAAA"})  # not the owner's
+    owner = type("Owner", (), {"signing_key": lambda self: generate_signing_key()})()
+    events: list[dict[str, object]] = []
+
+    def verify(batch_id: str) -> object:
+        return fetch_results("acme", batch_id, owner=owner, store=bucket, anchors=None, policy=None)  # type: ignore
+
+    stream = Stream(source, tmp_path / "out", journal, None, "acme", owner, bucket, [],  # type: ignore[arg-type]
+                    verify=verify, emit=events.append)  # type: ignore[arg-type]
+    try:
+        journal.db.executemany("INSERT INTO batches (n, batch_id, emails, state, cut_at) VALUES (?,?,?,?,?)",
+                               [(n, f"s-{n}", 1, "submitted", time.time()) for n in (1, 2, 3)])
+        stream.collect()
+        states = dict(journal.db.execute("SELECT batch_id, state FROM batches").fetchall())
+        assert states == {"s-1": "submitted", "s-2": "submitted", "s-3": "rejected"}
+        assert [(e["event"], e["batch_id"]) for e in events] == [("rejected", "s-3")]
+        assert str(events[0]["reason"]).startswith("manifest.")
     finally:
         journal.close()

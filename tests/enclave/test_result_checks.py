@@ -510,7 +510,7 @@ def test_fetch_results_refuses_a_manifest_the_owner_did_not_sign(tmp_path: Path,
 
     store, owner, manifest = _batch(tmp_path, sim_dir)
     store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"] = sign_json(manifest, generate_signing_key()).encode()
-    with pytest.raises(ValueError) as forged:
+    with pytest.raises(ResultVerificationError) as forged:  # a refusal the stream names, not a crash
         _fetch(store, owner, sim_dir)
     assert str(forged.value).startswith(f"manifest.signature: expected a valid Ed25519 signature by key "
                                         f"{owner.key.thumbprint()}, ")
