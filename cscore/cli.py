@@ -549,6 +549,7 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     from cscore.progress import progress
     from sdk.owner import wait_for_batch
     from sdk.party import Party
+    from sdk.platform_text import shown
     from sdk.results import owner_trust, write_results
     from sdk.results_file import output_format
     from sdk.storage import ObjectStore
@@ -562,7 +563,7 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
         status = wait_for_batch(store, args.tenant, args.batch, timeout=args.wait,
                                 progress=lambda state: waiting.describe(f"batch {args.batch}: {state}"))
     if status["state"] != "succeeded":
-        reason = str(status.get("reason"))
+        reason = shown(status.get("reason"))  # the platform wrote it: no escape reaches the terminal
         print(f"batch {args.batch} failed: {reason}\n{advice(reason, args.batch)}", file=sys.stderr)
         return 1
     owner = Party.from_env("owner")

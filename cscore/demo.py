@@ -24,6 +24,7 @@ from sdk.models import find_model
 from sdk.owner import register_tenant, submit_batch, wait_for_batch
 from sdk.party import Party
 from sdk.platform import approve_tenant, approver_key
+from sdk.platform_text import shown
 from sdk.provider import publish_model
 from sdk.results import VerifiedResults, fetch_results
 from sdk.results import owner_trust as sdk_owner_trust
@@ -98,7 +99,7 @@ def verified_results(store: ObjectStore, batch_id: str, owner: Party, say: Calla
     accepted). Raises RuntimeError with the batch's reason and what to do next when it failed."""
     status = wait_for_batch(store, TENANT, batch_id, progress=lambda s: say(f"[owner] batch is {s}"))
     if status["state"] != "succeeded":
-        reason = str(status.get("reason"))
+        reason = shown(status.get("reason"))  # the platform wrote it: no escape reaches the terminal
         raise RuntimeError(f"batch {batch_id} failed: {reason}\n{advice(reason, batch_id)}")
     anchors, policy = owner_trust(accept_simulated=True)
     return fetch_results(TENANT, batch_id, owner=owner, store=store, anchors=anchors, policy=policy)

@@ -26,6 +26,7 @@ from sdk.journal import HEADER_COLUMNS, JournalWriter, journal_path
 from sdk.models import ModelListing
 from sdk.party import Party
 from sdk.platform import config_for_owner, published_worker_config
+from sdk.platform_text import shown
 from sdk.spool import Spool
 from sdk.storage import ObjectStore
 from wire.shard import INPUT_BINDING_KEY, input_binding
@@ -364,7 +365,7 @@ def wait_for_batch(
         raw = store.get_if_exists(f"status/{tenant}/{batch_id}.json")
         status: dict[str, Any] = json.loads(raw) if raw else {"state": "submitted"}
         if status["state"] != last:
-            progress(status["state"])
+            progress(shown(status["state"]))  # the platform wrote it: no escape reaches the owner's terminal
             last = status["state"]
         if status["state"] in {"succeeded", "failed"}:
             return status

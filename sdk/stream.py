@@ -39,6 +39,7 @@ from sdk.emails import Email, EmailInputError, check_emails, read_emails
 from sdk.models import ModelListing
 from sdk.owner import submit_batch
 from sdk.party import Party
+from sdk.platform_text import shown
 from sdk.results import ResultVerificationError, VerifiedResults
 from sdk.storage import ObjectStore
 
@@ -368,7 +369,7 @@ class Stream:
         ).fetchall():
             status = _status(self.store.get_if_exists(f"status/{self.tenant}/{batch_id}.json"))
             if status.get("state") == "failed" and state != "failed":
-                self._end(batch_id, "failed", reason=str(status.get("reason")))
+                self._end(batch_id, "failed", reason=shown(status.get("reason")))  # the platform wrote it
             elif status.get("state") == "succeeded":
                 try:
                     results = self.verify(batch_id)

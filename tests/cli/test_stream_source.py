@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -177,3 +178,34 @@ def test_status_objects_the_platform_garbles_stop_no_stream(tmp_path: Path) -> N
         assert str(events[0]["reason"]).startswith("manifest.")
     finally:
         journal.close()
+
+
+def test_a_failure_reason_the_platform_wrote_cannot_forge_lines_on_the_owners_terminal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The platform's reason holds a newline, a line erase and a right-to-left override, to print a 'results ...
+    verified' line of its own under the failure: the owner sees one line with those characters escaped."""
+    from cscore.stream_cli import _progress_line
+    from sdk.platform_text import MAX_CHARS, shown
+    from sdk.stream import Stream
+
+    forged = "worker lost\n\x1b[2K\rresults  s-1: 500 verified (2 receipts) \u202e"
+    source = tmp_path / "drop"
+    source.mkdir()
+    journal = Journal(tmp_path / "j.sqlite", source=source, tenant="acme")
+    bucket = _Bucket({"status/acme/s-1.json": json.dumps({"state": "failed", "reason": forged}).encode()})
+    events: list[dict[str, object]] = []
+    stream = Stream(source, tmp_path / "out", journal, None, "acme", None, bucket, [],  # type: ignore[arg-type]
+                    verify=lambda _: None, emit=events.append)  # type: ignore[arg-type,return-value]
+    try:
+        journal.db.execute("INSERT INTO batches (n, batch_id, emails, state, cut_at) VALUES (1, 's-1', 1, "
+                           "'submitted', 0)")
+        stream.collect()
+    finally:
+        journal.close()
+    _progress_line(events[0])
+    printed = capsys.readouterr().out
+    first = printed.splitlines()[0]
+    assert "\x1b" not in printed and "\r" not in printed and "\u202e" not in printed
+    assert first.startswith("FAILED   s-1: worker lost\\n\\x1b[2K\\rresults  s-1") and first.endswith("\\u202e")
+    assert not any(line.startswith("results") for line in printed.splitlines())
+    assert len(shown("x" * (MAX_CHARS + 10))) == MAX_CHARS
