@@ -349,8 +349,10 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     from sdk.party import Party
     from sdk.storage import ObjectStore
 
+    if args.images and args.numbers:
+        raise BatchError("owner submit: expected --images or --numbers, got both")
     if args.dry_run:
-        return _dry_run_images(args) if args.images else _dry_run(args)
+        return _dry_run_images(args) if args.images else _dry_run_numbers(args) if args.numbers else _dry_run(args)
     _load_stack_env(args.state_dir)
     store = ObjectStore()
     if args.resubmit:
@@ -359,8 +361,9 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
         return 0
     if args.emails is None or args.model is None:
         raise BatchError("owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither")
-    if args.images:
-        return _submit_images(args, store, measurements_to_allow(args.measurement, args.release, args.release_key))
+    if args.images or args.numbers:
+        return _submit_contract_input(args, store, measurements_to_allow(args.measurement, args.release,
+                                                                          args.release_key))
     flagged: list[int] = [0]
 
     def warn(email: Email) -> None:
@@ -391,7 +394,7 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
         if model.card is not None and any(i.kind != "email-text" for i in model.card.contract.inputs):
             raise BatchError(f"model {model.name}:{model.version} takes "
                              f"{[i.kind for i in model.card.contract.inputs]}, not emails; for a folder of images "
-                             "add --images")
+                             "add --images, for a CSV or Parquet table of numbers add --numbers")
         measurements = measurements_to_allow(args.measurement, args.release, args.release_key)
         with progress("encrypting and uploading", total=spool.rows, unit="emails") as uploading:
             batch = submit_spooled(spool, model, tenant=args.tenant, owner=owner, store=store,
@@ -463,27 +466,37 @@ def _await_training(args: argparse.Namespace, store: Any, owner: Any, job_id: st
     return 0
 
 
-def _submit_images(args: argparse.Namespace, store: Any, measurements: list[str]) -> int:
-    """A folder of PNG/JPEG files for a model whose card takes images: each file checked before any upload."""
+def _submit_contract_input(args: argparse.Namespace, store: Any, measurements: list[str]) -> int:
+    """A folder of PNG/JPEG files (--images) or a CSV/Parquet table (--numbers) for a model whose card takes
+    them: every file, row and field checked against the card before any upload."""
     from sdk.images import read_images
-    from sdk.models import find_model
-    from sdk.owner import BatchError, submit_table
+    from sdk.numbers import read_numbers
+    from sdk.owner import submit_table
     from sdk.party import Party
 
     owner = Party.from_env("owner")
-    model = find_model(store, args.model, owner.trusted_providers())
+    model, contract = _carded_model(store, args.model, owner)
+    read, what = (read_images, "images") if args.images else (read_numbers, "rows")
+    table = read(args.emails, contract, f"{model.name}:{model.version}")
+    batch = submit_table(table, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
+    _print_submitted(args, batch, what)
+    return 0
+
+
+def _carded_model(store: Any, name: str, owner: Any) -> tuple[Any, Any]:
+    """(listing, contract) of a published model whose card a trusted provider signed; BatchError otherwise."""
+    from sdk.models import find_model
+    from sdk.owner import BatchError
+
+    model = find_model(store, name, owner.trusted_providers())
     if model.card is None:
         raise BatchError(f"model {model.name}:{model.version}: its card cannot be used ({model.problem})")
-    table = read_images(args.emails, model.card.contract, f"{model.name}:{model.version}")
-    batch = submit_table(table, model, tenant=args.tenant, owner=owner, store=store, measurements=measurements)
-    _print_submitted(args, batch, "images")
-    return 0
+    return model, model.card.contract
 
 
 def _dry_run_images(args: argparse.Namespace) -> int:
     """Check a folder of images against the chosen model's card; reads the card, uploads nothing, creates no key."""
     from sdk.images import check_images
-    from sdk.models import find_model
     from sdk.owner import BatchError
     from sdk.party import Party
     from sdk.storage import ObjectStore
@@ -491,10 +504,8 @@ def _dry_run_images(args: argparse.Namespace) -> int:
     if args.emails is None or args.model is None:
         raise BatchError("owner submit --dry-run --images: expected a folder of images and --model NAME:VERSION")
     _load_stack_env(args.state_dir)
-    model = find_model(ObjectStore(), args.model, Party.from_env("owner").trusted_providers())
-    if model.card is None:
-        raise BatchError(f"model {model.name}:{model.version}: its card cannot be used ({model.problem})")
-    reports = check_images(args.emails, model.card.contract, f"{model.name}:{model.version}")
+    model, contract = _carded_model(ObjectStore(), args.model, Party.from_env("owner"))
+    reports = check_images(args.emails, contract, f"{model.name}:{model.version}")
     refused = [r for r in reports if r.error]
     if args.json:
         print(json.dumps({"input": str(args.emails), "model": f"{model.name}:{model.version}", "ok": not refused,
@@ -508,6 +519,36 @@ def _dry_run_images(args: argparse.Namespace) -> int:
         print(f"{len(reports) - len(refused)} image(s) fit {model.name}:{model.version}, {len(refused)} refused: "
               f"{verdict} (dry run: nothing uploaded, no key created)")
     return 2 if refused else 0
+
+
+def _dry_run_numbers(args: argparse.Namespace) -> int:
+    """Check a CSV or Parquet table against the chosen model's card; reads the card, uploads nothing, creates no
+    key."""
+    from sdk.numbers import check_numbers
+    from sdk.owner import BatchError
+    from sdk.party import Party
+    from sdk.storage import ObjectStore
+
+    if args.emails is None or args.model is None:
+        raise BatchError("owner submit --dry-run --numbers: expected a CSV or Parquet file and --model NAME:VERSION")
+    _load_stack_env(args.state_dir)
+    model, contract = _carded_model(ObjectStore(), args.model, Party.from_env("owner"))
+    report = check_numbers(args.emails, contract, f"{model.name}:{model.version}")
+    ok = not report.refused and report.rows > 0
+    if args.json:
+        print(json.dumps({"input": str(args.emails), "model": f"{model.name}:{model.version}", "ok": ok,
+                          "rows": report.rows, "columns": list(report.columns), "refused": report.refused,
+                          "errors": list(report.errors)}))
+        return 0 if ok else 2
+    for error in report.errors:
+        print(f"REFUSED {error}")
+    if report.refused > len(report.errors):
+        print(f"... and {report.refused - len(report.errors)} more refused field(s)")
+    verdict = ("ready to submit" if ok else "would be REFUSED: fix the fields above" if report.refused
+               else "would be REFUSED: no rows")
+    print(f"{report.rows} row(s) of {len(report.columns)} numeric column(s) for {model.name}:{model.version}, "
+          f"{report.refused} field(s) refused: {verdict} (dry run: nothing uploaded, no key created)")
+    return 0 if ok else 2
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -900,9 +941,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     approve.add_argument("--key-home", type=Path, help="folder of tenant-approver.jwk (default <state>/platform)")
     _add_json(approve)
     approve.set_defaults(func=cmd_platform_approve_tenant)
-    submit = owner.add_parser("submit", help="encrypt and submit a batch of emails (or images, for an image model)")
+    submit = owner.add_parser("submit", help="encrypt and submit a batch of emails (or images, or a "
+                                "table of numbers, for a model that takes them)")
     submit.add_argument("emails", type=Path, nargs="?", help=".eml folder, mbox, JSON lines or Parquet; for a model "
-                        "whose card takes images, a folder of PNG/JPEG files (each checked before upload)")
+                        "whose card takes images, a folder of PNG/JPEG files; for one that takes numbers, a CSV or "
+                        "Parquet file (each checked before upload)")
     submit.add_argument("--model", help="name or name:version (see `cscore models`); your tuned model as "
                         "TENANT/NAME:VERSION (see `cscore models --tenant TENANT`)")
     submit.add_argument("--accept-simulated", action="store_true",
@@ -912,12 +955,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_release_arguments(submit)
     submit.add_argument("--images", action="store_true", help="EMAILS is a folder of PNG/JPEG files for a model "
                         "whose card takes images: each file is checked against the card before any upload")
+    submit.add_argument("--numbers", action="store_true", help="EMAILS is a CSV (header row first) or Parquet "
+                        "file for a model whose card takes numbers: its id column and the columns the card names; "
+                        "every row and field is checked against the card before any upload")
     submit.add_argument("--resubmit", metavar="BATCH", help="upload a failed batch's manifest again")
     submit.add_argument("--jobs", type=int, metavar="N", help="processes parsing the emails (default: every core)")
     submit.add_argument("--dry-run", action="store_true",
                         help="read and check EMAILS only: emails per file, anything flagged or refused; "
-                             "uploads nothing, creates no key, contacts no server (with --images: checks each "
-                             "file against --model's card, which it reads from storage)")
+                             "uploads nothing, creates no key, contacts no server (with --images or --numbers: checks "
+                             "each file, row and field against --model's card, which it reads from storage)")
     submit.add_argument("--json", action="store_true", help="the submitted batch (or --dry-run's report) as one JSON "
                         "object")
     submit.set_defaults(func=cmd_owner_submit)

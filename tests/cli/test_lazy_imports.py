@@ -76,7 +76,7 @@ def _imports_of_party_commands() -> list[str]:
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
                 todo.append(node.func.id)
     assert {"cmd_owner_results", "cmd_owner_submit", "cmd_owner_stream", "cmd_provider_publish",
-            "_submit_images"} <= seen
+            "_submit_contract_input"} <= seen
     return sorted(modules)
 
 
