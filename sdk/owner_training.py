@@ -210,10 +210,14 @@ def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Part
         raise TrainingJobError(f"{prefix}receipt.jws: {exc}") from exc
     _check_counts(prefix + "receipt.jws", m, metrics)
     card = _enclave_signed(store, prefix + "card.jws", prefix, TUNED_CARD_TYPE, anchors, policy).payload
+    # The owner's share is the one its manifest wrapped: the spec that carried it to the enclave is the platform's.
     _expect_fields(prefix + "card.jws", {"tenant": tenant, "name": m["model"]["name"],
                                          "version": m["model"]["version"], "digest": p["model"]["digest"],
                                          "lineage.input_sha256": m["object"]["sha256"],
-                                         "lineage.recipe.digest": m["recipe"]["digest"]}, card)
+                                         "lineage.recipe.digest": m["recipe"]["digest"],
+                                         "owner_share.broker": m["key_broker"]["name"],
+                                         "owner_share.key_id": m["key_broker"]["share_key"],
+                                         "owner_share.wrapped": m["key_broker"]["share_wrapped"]}, card)
     return TrainingOutcome(tenant, job_id, f"{tenant}/{m['model']['name']}:{m['model']['version']}",
                            p["model"]["digest"], metrics, receipt.claims.measurement, p, card)
 

@@ -68,15 +68,17 @@ class Scene:
     workers: dict[str, AttestedSession]  # by what its sessions did: "honest", "other-broker", ...
     holdout: tuple[int, int, int]  # train rows, held-out rows, held-out spam
 
-    def put_receipt(self, worker: str, *, sessions: list[BrokerSession] | None = None, **change: Any) -> None:
+    def put_receipt(self, worker: str, *, sessions: list[BrokerSession] | None = None,
+                    share: dict[str, str] | None = None, **change: Any) -> None:
         """The receipt and tuned card of job t-1 signed by `worker`'s attested receipt key (its evidence
         beside them); `sessions` default: what that worker's sessions carried for t-1 (or any job it served);
+        `share`: the manifest's key_broker fields the platform replaced in the spec it handed the enclave;
         `change`: receipt payload fields replaced (dotted names one level deep: "input.sha256")."""
         session = self.workers[worker]
         assert session.evidence is not None and session.runtime_data is not None
         doc = evidence_document(session.evidence, session.runtime_data)
         evidence_sha = hashlib.sha256(canonical_json(doc)).hexdigest()
-        spec = _spec(self.manifest, self.recipe)
+        spec = _spec({**self.manifest, "key_broker": {**self.manifest["key_broker"], **(share or {})}}, self.recipe)
         self.store.put(f"{spec.prefix}evidence/{evidence_sha}.json", canonical_json(doc))
         onnx = secrets.token_bytes(64)  # stands for the tuned model's ONNX bytes: not what is verified here
         trained = TrainedModel(onnx, "sha256:" + hashlib.sha256(onnx).hexdigest(), Metrics(0.97, 0.98, 0.975,
@@ -254,3 +256,15 @@ def test_receipt_counts_other_than_the_manifests_rows_split_in_two_are_refused(s
         "more-ham-than-submitted": ("metrics.holdout_rows - metrics.holdout_spam",
                                     f"at most {rows - spam} (your manifest's ham rows)", rows - spam + 1)}[case]
     assert (refused.field, refused.expected, refused.actual) == (field, expected, actual)
+
+
+@pytest.mark.parametrize("field", ["share_key", "share_wrapped", "name"])
+def test_a_tuned_card_whose_owner_share_is_not_the_manifests_is_refused(scene: Scene, field: str) -> None:
+    """The platform hands the enclave a spec whose owner share is another (the job's data key, granted for the
+    same job): the receipt, its sessions and its counts are honest, the card names the substituted share."""
+    forged = {"share_key": scene.manifest["key_broker"]["data_key"], "share_wrapped": "AAAA", "name": "rival"}[field]
+    scene.put_receipt("honest", share={field: forged})
+    refused = scene.refusal()
+    card_field = {"share_key": "key_id", "share_wrapped": "wrapped", "name": "broker"}[field]
+    assert (refused.field, refused.expected, refused.actual) == (
+        f"owner_share.{card_field}", f"{scene.manifest['key_broker'][field]!r} (your manifest)", forged)
