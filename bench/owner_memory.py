@@ -1,6 +1,7 @@
 """Peak memory and wall time of `cscore owner submit` as the batch grows (the real program, on a local stack).
 
     .venv/bin/python -m bench.owner_memory [--emails 2418,96720] [--format jsonl|parquet] [--state-dir DIR]
+                                           [--pipeline [--workers 2]]
 
 Starts moto and both key brokers (no Airflow, no workers: nothing is scored), publishes the spam model as
 the provider, then for each size writes a JSON-lines input of that many emails (the corpus' held-out raw
@@ -8,6 +9,12 @@ messages repeated, each with its own id; or, with `--format parquet`, a Parquet 
 skips MIME parsing: for a million emails on a small machine) and runs `python -m cscore owner submit` on it under
 `/usr/bin/time -v`: peak resident memory (the whole process) and wall time, with emails/s. The submit
 parses, checks and spools every email, then encrypts and uploads part by part (`sdk.owner.submit_spooled`).
+
+With `--pipeline` the stack also runs Airflow and `--workers` Celery workers, and each batch goes all the way:
+submit, the DAG scoring it (timed from the submit's end to the status `succeeded`), then `cscore owner results
+--out` under `/usr/bin/time -v` (fetch, verify, decrypt); printed per batch with end to end emails/s, the pipeline's
+rate over `--workers` raw scorers (the enclave's ModelSession, one thread), and the workers' peak resident memory
+(VmHWM of each worker's processes, the largest; a worker runs every batch, so it is the peak so far).
 """
 
 from __future__ import annotations
@@ -23,9 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from cscore.bench import raw_scorer_rate, worker_seconds
+from cscore.demo import TENANT, onboard_tenant
+from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
 from sdk.corpus import default_cache_dir, fetch_corpus, load_corpus, split_corpus
-from sdk.emails import email_text
+from sdk.emails import Email, email_text
+from sdk.owner import wait_for_batch
 from sdk.party import Party
 from sdk.provider import publish_model
 from sdk.storage import ObjectStore
@@ -56,17 +69,42 @@ def write_parquet(path: Path, texts: list[str], n: int) -> int:
     return path.stat().st_size
 
 
-def measured_submit(state_dir: Path, input_file: Path) -> tuple[float, float, str]:
+def measured_submit(state_dir: Path, input_file: Path, measurement: str = "00" * 48) -> tuple[float, float, str]:
     """(peak RSS in MB, wall s, the command's last output line) of one `cscore owner submit`."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "cscore", "--state-dir", str(state_dir), "owner",
-               "submit", str(input_file), "--model", "spam-filter:1", "--tenant", "acme", "--measurement", "00" * 48]
+    return _timed(["owner", "submit", str(input_file), "--model", "spam-filter:1", "--tenant", "acme",
+                   "--measurement", measurement, "--json"], state_dir)
+
+
+def _timed(cscore_args: list[str], state_dir: Path) -> tuple[float, float, str]:
+    """(peak RSS in MB, wall s, last stdout line) of `python -m cscore ...` under `/usr/bin/time -v`."""
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "cscore", "--state-dir", str(state_dir), *cscore_args]
     t0 = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
-        raise RuntimeError(f"owner submit failed ({done.returncode}): {done.stderr[-2000:]}")
+        raise RuntimeError(f"cscore {' '.join(cscore_args[:2])} failed ({done.returncode}): {done.stderr[-2000:]}")
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))  # type: ignore[union-attr]
     return peak_kb / 1024, wall, done.stdout.strip().splitlines()[-1]
+
+
+def measured_results(state_dir: Path, batch_id: str, out: Path) -> tuple[float, float, str]:
+    """(peak RSS in MB, wall s, the command's last output line) of one `cscore owner results --out`."""
+    return _timed(["owner", "results", batch_id, "--tenant", "acme", "--out", str(out), "--accept-simulated"],
+                  state_dir)
+
+
+def worker_peak_mb(stack: LocalStack) -> float:
+    """The largest peak RSS (VmHWM) among the Celery workers' processes (each worker's main and pool child)."""
+    import psutil
+
+    peaks = [0]
+    for name, pid in stack.pids().items():
+        if name.startswith("celery-worker-"):
+            leader = psutil.Process(pid)
+            for proc in [leader, *leader.children(recursive=True)]:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)))  # type: ignore[union-attr]
+    return max(peaks) / 1024
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="jsonl: raw messages (parsed as MIME); parquet: their texts (no parsing)")
     parser.add_argument("--state-dir", type=Path, help="stack state (default: a temporary folder)")
     parser.add_argument("--inputs", type=Path, help="where the inputs are written (default: the state dir)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also Airflow and workers: score each batch and fetch its results (`owner results`)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers with --pipeline")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.emails.split(",")]
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="cscore-owner-memory-"))
@@ -83,27 +124,58 @@ def main(argv: list[str] | None = None) -> None:
     inputs.mkdir(parents=True, exist_ok=True)
     train, held_out = split_corpus(load_corpus(fetch_corpus(default_cache_dir())), train_fraction=0.6, seed=0)
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSCORE_", "AIRFLOW"))}
+    workers = args.workers if args.pipeline else 0
     rows = []
-    with LocalStack(state_dir, workers=0, airflow=False, environ=environ, out=lambda _: None) as stack:
+    with LocalStack(state_dir, workers=workers, airflow=args.pipeline, environ=environ, out=lambda _: None) as stack:
         os.environ.update(stack.env)
-        pipeline = train_spam_model([email_text(e.raw) for e in train], [e.label for e in train])
-        publish_model(export_onnx(pipeline), "spam-filter", provider=Party.from_env("provider"), store=ObjectStore(),
-                      allowed_measurements=["00" * 48])
-        Party.from_env("owner").trust_provider(Party.from_env("provider").public_key())
+        store, owner = ObjectStore(), Party.from_env("owner")
+        onnx_bytes = export_onnx(train_spam_model([email_text(e.raw) for e in train], [e.label for e in train]))
+        measurement = code_measurement().hex() if args.pipeline else "00" * 48
+        publish_model(onnx_bytes, "spam-filter", provider=Party.from_env("provider"), store=store,
+                      allowed_measurements=[measurement])
+        owner.trust_provider(Party.from_env("provider").public_key())
+        if args.pipeline:
+            onboard_tenant(owner, store, stack.state_dir, TENANT)
+        texts = [email_text(e.raw) for e in held_out]
         for n in sizes:
             path = inputs / f"emails-{n}.{args.format}"
             size = (write_input(path, [e.raw for e in held_out], n) if args.format == "jsonl" else
-                    write_parquet(path, [email_text(e.raw) for e in held_out], n))
-            peak, wall, said = measured_submit(state_dir, path)
+                    write_parquet(path, texts, n))
+            print(f"[bench] {n} emails ({size / 1e6:.0f} MB {args.format}); load average "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+            peak, wall, said = measured_submit(state_dir, path, measurement)
             rows.append((n, size / 1e6, peak, wall, n / wall))
-            print(f"[bench] {n} emails ({size / 1e6:.0f} MB {args.format}): peak {peak:.0f} MB, {wall:.1f} s "
-                  f"({n / wall:.0f} emails/s); {said}", flush=True)
+            print(f"[bench]   submit: peak {peak:.0f} MB, {wall:.1f} s ({n / wall:.0f} emails/s); {said}", flush=True)
             path.unlink()
+            if args.pipeline:
+                scored(stack, store, n, json.loads(said)["batch_id"], wall,
+                       raw_scorer_rate(onnx_bytes, [Email(str(i), t) for i, t in enumerate(texts)]) * workers)
     if args.state_dir is None:
         shutil.rmtree(state_dir, ignore_errors=True)
     print(f"\n{'emails':>9} {'input MB':>9} {'peak RSS MB':>12} {'wall s':>8} {'emails/s':>9}")
     for n, mb, peak, wall, rate in rows:
         print(f"{n:>9} {mb:>9.0f} {peak:>12.0f} {wall:>8.1f} {rate:>9.0f}")
+
+
+def scored(stack: LocalStack, store: ObjectStore, n: int, batch_id: str, submit_s: float, scorers_per_s: float) -> None:
+    """Wait for the batch's pipeline, fetch its results with `cscore owner results`, print the figures."""
+    t0 = time.perf_counter()
+    status = wait_for_batch(store, TENANT, batch_id, timeout=4 * 3600,
+                            progress=lambda s: print(f"[bench]   {time.strftime('%H:%M:%S')} batch {s}", flush=True))
+    pipeline = time.perf_counter() - t0
+    if status["state"] != "succeeded":
+        raise RuntimeError(f"batch {batch_id} failed: {status.get('reason')}")
+    print(f"[bench]   pipeline: {pipeline:.1f} s ({n / pipeline:.0f} emails/s, {n / pipeline / scorers_per_s:.3f} of "
+          f"the raw scorers' {scorers_per_s:.0f}); workers' peak RSS {worker_peak_mb(stack):.0f} MB; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print("[bench]   workers' seconds summed over shards: " + ", ".join(
+        f"{phase.removeprefix('worker.')} {s:.1f}" for phase, s in worker_seconds(store, batch_id).items()), flush=True)
+    out = stack.state_dir / f"results-{batch_id}.parquet"
+    peak, wall, _ = measured_results(stack.state_dir, batch_id, out)
+    total = submit_s + pipeline + wall
+    print(f"[bench]   results: peak {peak:.0f} MB, {wall:.1f} s; end to end {total:.1f} s ({n / total:.0f} "
+          f"emails/s); {pq.ParquetFile(out).metadata.num_rows} rows verified and decrypted", flush=True)
+    out.unlink()
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def _measure(stack: LocalStack, rounds: int, scale: int, workers: int, warmup: i
     emails = [Email(f"{e.message_id}#{c}", e.text) for c in range(scale) for e in base]
     if count is not None:
         emails = [Email(f"{e.message_id}#{c}", e.text) for c in range(-(-count // len(base))) for e in base][:count]
-    report = BenchReport(len(emails), rounds, workers, raw_scorer_per_s=_raw_scorer_rate(onnx_bytes, emails))
+    report = BenchReport(len(emails), rounds, workers, raw_scorer_per_s=raw_scorer_rate(onnx_bytes, emails))
     say(f"[bench] raw scorer (ModelSession, 1 thread): {report.raw_scorer_per_s:.0f} emails/s")
     for w in range(warmup):  # first batches pay one-off costs (model load, first attestation): not counted
         for mode in MODES:
@@ -169,7 +169,7 @@ def airflow_timeline(stack: LocalStack, run: dict[str, float | str]) -> str:
     return ", ".join(parts)
 
 
-def _raw_scorer_rate(onnx_bytes: bytes, emails: list[Email]) -> float:
+def raw_scorer_rate(onnx_bytes: bytes, emails: list[Email]) -> float:
     """Emails/s of the worker's own scorer alone, in this process (at most 20,000 emails are timed)."""
     texts = [e.text for e in emails[:20_000]]
     session = ModelSession(onnx_bytes, threads=1)
@@ -202,11 +202,15 @@ def _one_batch(store: ObjectStore, owner: Party, emails: list[Email], mode: str)
         raise RuntimeError(f"{mode} batch {batch.batch_id}: expected {len(emails)} results, got {rows}")
     run = {"submit": t1 - t0, "pipeline": t2 - t1, "results": t3 - t2, "end_to_end": t3 - t0}
     _LAST_RUN.update(uploaded_at=uploaded_at, run_id=str(status.get("run_id", "")), pipeline=t2 - t1)
-    shards = json.loads(store.get(f"results/{TENANT}/{batch.batch_id}/result-manifest.json"))["shards"]
-    for phase in WORKER_PHASES:
-        run[f"worker.{phase}"] = sum(s.get("seconds", {}).get(phase, 0.0) for s in shards)
-    run["worker_busy"] = sum(run[f"worker.{phase}"] for phase in WORKER_PHASES)
-    return run
+    return {**run, **worker_seconds(store, batch.batch_id)}
+
+
+def worker_seconds(store: ObjectStore, batch_id: str, tenant: str = TENANT) -> dict[str, float]:
+    """The workers' seconds per phase summed over the batch's shards ("worker.keys", ... from its result
+    manifest), and their total ("worker_busy")."""
+    shards = json.loads(store.get(f"results/{tenant}/{batch_id}/result-manifest.json"))["shards"]
+    seconds = {f"worker.{phase}": sum(s.get("seconds", {}).get(phase, 0.0) for s in shards) for phase in WORKER_PHASES}
+    return {**seconds, "worker_busy": sum(seconds.values())}
 
 
 def _plain_results(store: ObjectStore, batch_id: str) -> pa.Table:
