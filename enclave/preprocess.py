@@ -80,7 +80,11 @@ def _numbers(columns: list[Sequence[object]], spec: InputSpec, rows: int, where:
                 found = value if isinstance(value, float) else "null" if value is None else type(value).__name__
                 raise InputRefused(f"shard row {where[i]}, column {name!r}: numbers expects a finite number, "
                                    f"found {found}")
-            out[i, k] = value
+            with np.errstate(over="ignore"):
+                out[i, k] = value
+            if not math.isfinite(out[i, k]):  # finite as a Python float, beyond the tensor's dtype (1e39 in float32)
+                raise InputRefused(f"shard row {where[i]}, column {name!r}: numbers expects a finite number within "
+                                   f"{spec.dtype}, found one beyond it")
     return out
 
 

@@ -355,3 +355,17 @@ def test_an_image_folder_for_a_text_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(_png(8))
     with pytest.raises(ImageInputError, match=r"model spam:1: expected a model that takes one image per row"):
         read_images(tmp_path, Contract.parse(SPAM_CONTRACT), "spam:1")
+
+
+@pytest.mark.parametrize(("value", "found"), [(1e39, "one beyond it"), (float("nan"), "nan"), ("7", "str")])
+def test_the_enclave_refuses_a_number_its_tensor_cannot_hold(value: object, found: str) -> None:
+    """1e39 is a finite Python float that float32 holds only as inf: refused, not scored as inf."""
+    from enclave.preprocess import tensor
+    from wire.contract import InputSpec
+
+    spec = InputSpec("x", ("age", "bmi"), "float32", (None, 2), "numbers")
+    held = tensor(spec, {"age": [1.5, 2.0], "bmi": [3.4e38, 0.0]}, 2)
+    assert held.tolist() == [[1.5, np.float32(3.4e38)], [2.0, 0.0]]
+    refusal = rf"^shard row 1, column 'bmi': numbers expects a finite number.*found {found}$"
+    with pytest.raises(InputRefused, match=refusal):
+        tensor(spec, {"age": [1.5, 2.0], "bmi": [0.0, value]}, 2)
