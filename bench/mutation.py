@@ -12,6 +12,8 @@ shows the diff).
     python bench/mutation.py --status              # counts so far, also of a run still going
     python bench/mutation.py --by-hand MODULE      # re-test the last run's survivors with the mutant applied
                                                    # to the module's source (catches import-time code)
+    python bench/mutation.py --checks MODULE       # the hand-written mutants of its security checks
+                                                   # (bench/check_mutants.py), each on disk in a scratch copy
 
 Writes ``<workdir>/summary.json``: {module: {"killed", "survived", "timeout", "no_tests", "total",
 "kill_rate", "survivors": [...]}}.
@@ -56,7 +58,8 @@ MODULES: dict[str, list[str]] = {
     "keybroker/tokens.py": _BROKER,
     "keybroker/verifier.py": _BROKER,
     "audit/merkle.py": ["tests/audit/test_merkle.py", "tests/audit/test_forgery.py"],
-    "audit/verify.py": ["tests/audit/test_verify.py", "tests/audit/test_forgery.py"],
+    "audit/verify.py": ["tests/audit/test_verify.py", "tests/audit/test_forgery.py", "tests/audit/test_worker_links.py",
+                        "tests/audit/test_training_audit.py"],
     "sdk/results.py": ["tests/enclave/test_result_checks.py"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py"],
@@ -178,6 +181,48 @@ def by_hand(module: str, workdir: Path, names: list[str]) -> dict[str, Any]:
     return {"killed": killed, "survivors": [n for n in names if n not in killed]}
 
 
+def check_mutants(module: str, scratch: Path, only: list[str] | None = None) -> dict[str, Any]:
+    """Test each hand-written mutant of ``module``'s security checks (``bench.check_mutants.CHECKS``): the
+    mutated file is written into ``scratch`` (a copy of the repository), so every module that imported a name from
+    it sees the mutant too (``--by-hand`` patches one live module: names imported elsewhere stay genuine), and
+    the module's tests run in a fresh process (``pytest -x``, ``nice -n 10``). Returns {"killed", "survivors",
+    "timeouts"}: lists of mutant labels; ``only``: test just these labels (an earlier run's survivors). Raises
+    RuntimeError when the probed tests fail without a mutant."""
+    sys.path.insert(0, str(REPO))  # run as a script: bench/ is on the path, the repository is not
+    from bench.check_mutants import CHECK_TESTS, CHECKS
+
+    target, original = scratch / module, (scratch / module).read_text()
+    tests = [*CHECK_TESTS.get(module, MODULES[module]), *[f"--deselect={d}" for d in DESELECT]]
+    command = ["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(scratch)}
+
+    def outcome(probe: str | None = None) -> str:
+        selection = [*command, "-k", probe] if probe else command
+        try:
+            code = subprocess.run(selection, cwd=scratch, env=env, check=False, capture_output=True,
+                                  timeout=900).returncode
+        except subprocess.TimeoutExpired:
+            return "timeout"
+        return "survived" if code in (0, 5) else "killed"  # 5: the probe selected no test
+
+    mutants = [m for m in CHECKS[module] if only is None or m[0] in only]
+    probes = " or ".join(f"({m[3]})" for m in mutants)  # what kills a mutant must pass without one
+    if mutants and outcome(probes) != "survived":
+        raise RuntimeError(f"{module}: the probed tests fail without any mutant; fix them first")
+    found: dict[str, list[str]] = {"killed": [], "survivors": [], "timeouts": []}
+    for label, old, new, probe in mutants:
+        if original.count(old) != 1:
+            raise ValueError(f"{module} mutant {label!r}: expected its text once in the module, found "
+                             f"{original.count(old)} times; update bench/check_mutants.py")
+        target.write_text(original.replace(old, new))
+        result = outcome(probe)
+        result = result if result == "killed" else outcome()  # the probe passed: every test of the module
+        found[{"killed": "killed", "survived": "survivors", "timeout": "timeouts"}[result]].append(label)
+        print(f"  {label}: {result}", flush=True)
+    target.write_text(original)
+    return found
+
+
 def progress(module: str, workdir: Path) -> dict[str, Any]:
     """Counts so far of a module's run, finished or not, read from mutmut's result file (no test is run)."""
     from mutmut.stats import status_by_exit_code
@@ -208,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by-hand", action="store_true",
                         help="re-test the last run's survivors by applying each to the module's source (also "
                         "reaches code run at import, which mutmut cannot switch on); records what it kills")
+    parser.add_argument("--checks", action="store_true",
+                        help="test the hand-written mutants of each named module's security checks "
+                        "(bench/check_mutants.py); writes <workdir>/checks.json")
+    parser.add_argument("--survivors", action="store_true",
+                        help="with --checks: re-test only the last --checks run's survivors")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, then exit")
     parser.add_argument("--status", action="store_true",
                         help="print each module's counts so far (a run may still be going), then exit")
@@ -222,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             if counts:
                 print(f"{module}: {json.dumps(counts)}")
         return 0
+    if args.checks:
+        return _run_checks(args.modules, args.workdir, args.survivors)
     if args.by_hand:
         summary_path = args.workdir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -257,6 +309,30 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['timeout']} timeouts, {result['no_tests']} not covered, {result['seconds']} s", flush=True)
         for name in result["survivors"]:
             print(f"  survived: {name}")
+    return 0
+
+
+def _run_checks(modules: list[str], workdir: Path, survivors: bool) -> int:
+    """--checks: each module's hand-written mutants, with its counts printed and kept in checks.json;
+    ``survivors``: re-test only the last run's survivors and timeouts (tests were added; kills stay kills)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "checks.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    scratch = workdir / "checks"
+    scratch_copy(scratch, fresh=True)  # once: the tests as they are when the run starts, for every module
+    print(f"copied the repository into {scratch}", flush=True)
+    for module in modules:
+        print(module, flush=True)
+        last = summary.get(module, {})
+        only = [*last.get("survivors", []), *last.get("timeouts", [])] if survivors and last else None
+        found = check_mutants(module, scratch, only)
+        if only is not None:  # the earlier run's kills stand
+            found["killed"] = [*last["killed"], *found["killed"]]
+        total = sum(len(v) for v in found.values())
+        summary[module] = {**found, "total": total}
+        path.write_text(json.dumps(summary, indent=1))
+        print(f"{module}: {len(found['killed'])}/{total} killed, survivors {found['survivors']}, "
+              f"timeouts {found['timeouts']}", flush=True)
     return 0
 
 
