@@ -25,20 +25,25 @@ from enclave.ranged import BytesSource
 from enclave.scoring import ModelSession
 from enclave.signing import generate_signing_key, sign_json
 from enclave.tee import SimulatedSnpProvider
+from enclave.training import Metrics, TrainedModel, tuned_card
 from enclave.worker import (
     Enclave,
     ModelIntegrityError,
     PlaintextRefused,
     ShardInputError,
+    TunedModelRefused,
     UsageExceeded,
     _Batch,
+    _BatchKeys,
     _decrypt_model,
 )
 from sdk.contracts import SPAM_CONTRACT, SPAM_TASK
 from sdk.training import export_onnx, train_spam_model
 from wire.card import CARD_TYPE, ModelCard
 from wire.errors import FormatError
+from wire.recipe import RecipeCard
 from wire.shard import ShardSpec
+from wire.training import TrainingSpec
 from wire.worker_config import BrokerIdentity, WorkerConfig
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -61,12 +66,17 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 PROVIDER_KEY = generate_signing_key()
+RIVAL_KEY = generate_signing_key()  # another provider's card key, also in the measured configuration
+
+
+def _public(key: Any) -> dict[str, Any]:
+    return dict(OKPKey.import_key(key.as_dict(private=False)).as_dict(private=False))
 
 
 def _config(plaintext: bool = True) -> WorkerConfig:
-    public = OKPKey.import_key(PROVIDER_KEY.as_dict(private=False)).as_dict(private=False)
     return WorkerConfig("simulated-sev-snp", (BrokerIdentity("owner", "https://127.0.0.1:1", CA),),
-                        (BrokerIdentity("provider", "https://127.0.0.1:2", CA, (public,)),),
+                        (BrokerIdentity("provider", "https://127.0.0.1:2", CA, (_public(PROVIDER_KEY),)),
+                         BrokerIdentity("rival", "https://127.0.0.1:3", CA, (_public(RIVAL_KEY),))),
                         insecure_plaintext_baseline=plaintext)
 
 
@@ -77,8 +87,8 @@ def _enclave(sim_dir: Path, plaintext: bool = True) -> Enclave:
 
 
 def _card(onnx: bytes, *, protection: str = "none", digits: int | None = None, key: Any = None,
-          digest: str | None = None) -> str:
-    card: dict[str, Any] = {"type": CARD_TYPE, "name": "spam", "version": 1, "protection": protection,
+          digest: str | None = None, version: int = 1) -> str:
+    card: dict[str, Any] = {"type": CARD_TYPE, "name": "spam", "version": version, "protection": protection,
                             "digest": digest or "sha256:" + hashlib.sha256(onnx).hexdigest(),
                             "object_key": "models/spam/1/model.onnx", "output": {"probability_digits": digits},
                             "task": SPAM_TASK, "contract": SPAM_CONTRACT}
@@ -197,3 +207,85 @@ def test_a_model_object_that_is_not_the_cards_is_refused(onnx_bytes: bytes) -> N
     relabelled = ModelCard.parse({**card.raw, "version": 2})  # the same ciphertext under another version
     with pytest.raises(ModelIntegrityError, match="tag mismatch"):
         _decrypt_model(relabelled, dek, lambda key: ciphertext)
+
+
+def test_a_card_of_another_version_with_the_chosen_digest_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    """The provider's genuine card for spam:2 (same weights): the owner chose spam:1, whose terms may differ."""
+    data = _input()
+    with pytest.raises(ModelIntegrityError) as refused:
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes, version=2),
+                                      lambda key: onnx_bytes)
+    digest = "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
+    assert str(refused.value) == (f"model card spam:2 ({digest}): expected spam:1 with digest {digest} "
+                                  "(the owner's choice)")
+
+
+def test_a_card_naming_one_provider_signed_by_another_configured_provider_is_refused(
+        sim_dir: Path, onnx_bytes: bytes) -> None:
+    """Both providers are configured; the rival signs a card naming the provider's broker and key (its terms
+    over another's model): only the named provider's keys verify a card."""
+    data = _input()
+    forged = _card(onnx_bytes, protection="aes-256-gcm", key=RIVAL_KEY)
+    with pytest.raises(FormatError) as refused:
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), forged, lambda key: onnx_bytes)
+    assert refused.value.field == "card.signature"
+    assert _enclave(sim_dir)._verified_card(_spec(data, onnx_bytes), _card(onnx_bytes, protection="aes-256-gcm"))
+
+
+def _tuned_card(onnx: bytes, *, tenant: str = "acme", owner_broker: str = "owner", version: int = 1) -> str:
+    """A tuned model's card as the training enclave writes it (its signature is not what the worker checks)."""
+    spec = TrainingSpec(tenant, "job-1", f"incoming/{tenant}/job-1/train.parquet", "ee" * 32, "spam-recipe", 1,
+                        "sha256:" + "5e" * 32, owner_broker, "spam-tuned", version, "share-1", "AAAA",
+                        f"tuned/{tenant}/spam-tuned/{version}/receipt.jws")
+    trained = TrainedModel(onnx, "sha256:" + hashlib.sha256(onnx).hexdigest(), Metrics(0.97, 0.98, 0.975, 210, 90, 45))
+    recipe = RecipeCard("spam-recipe", 1, "sha256:" + "5e" * 32, "recipes/spam-recipe/1/recipe.json.enc", "provider",
+                        "recipe.spam-recipe", "AAAA", {})
+    return sign_json(tuned_card(spec, trained, recipe, evidence_sha256="ab" * 32), generate_signing_key())
+
+
+@pytest.mark.parametrize(("tenant", "owner_broker"), [("other", "owner"), ("acme", "other-owner")])
+def test_a_tuned_model_is_refused_for_a_batch_not_its_owners(sim_dir: Path, onnx_bytes: bytes, tenant: str,
+                                                              owner_broker: str) -> None:
+    """The platform names one owner's tuned model for another's batch (another tenant, or the same tenant name
+    at another owner broker): refused on the card before any broker is asked for a key."""
+    data = _input()
+    spec = _spec(data, onnx_bytes, model_name="acme/spam-tuned", protection="pme")
+    with pytest.raises(TunedModelRefused) as refused:
+        _enclave(sim_dir).score_shard(spec, BytesSource(data), _tuned_card(onnx_bytes, tenant=tenant,
+                                                                          owner_broker=owner_broker),
+                                      lambda key: onnx_bytes)
+    assert str(refused.value) == (
+        f"tuned model {tenant}/spam-tuned:1: belongs to tenant {tenant!r} (owner broker {owner_broker!r}); batch "
+        "b-1 is tenant 'acme''s (owner broker 'owner'): a tuned model scores only its owner's batches")
+
+
+def test_a_tuned_model_other_than_the_owners_choice_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
+    data = _input()
+    spec = _spec(data, onnx_bytes, model_name="acme/spam-tuned", protection="pme")
+    enclave, digest = _enclave(sim_dir), "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
+    card, tuned = enclave._scoring_card(spec, _tuned_card(onnx_bytes))
+    assert tuned is not None and (card.name, card.version, card.digest) == ("acme/spam-tuned", 1, digest)
+    with pytest.raises(ModelIntegrityError) as refused:  # version 2 of the owner's own tuned model
+        enclave._scoring_card(spec, _tuned_card(onnx_bytes, version=2))
+    assert str(refused.value) == (f"tuned model card acme/spam-tuned:2 ({digest}): expected acme/spam-tuned:1 with "
+                                  f"digest {digest} (the owner's choice)")
+
+
+def test_results_are_wrapped_only_under_the_batchs_result_key(onnx_bytes: bytes) -> None:
+    """A key id other than the spec's result key is refused before the owner's broker is asked for anything."""
+    data = _input()
+    keys = _BatchKeys(None, _spec(data, onnx_bytes))  # type: ignore[arg-type]  # never reached
+    with pytest.raises(PermissionError) as refused:
+        keys.wrap("platform-key", bytes(32))
+    assert str(refused.value) == "wrap: expected the batch's result key r, got platform-key"
+
+
+def test_a_model_object_equal_to_the_cards_digest_on_a_prefix_only_is_refused(sim_dir: Path,
+                                                                               onnx_bytes: bytes) -> None:
+    """The card (and the owner's choice) names a digest equal to the object's in all but its last hex digit."""
+    data, real = _input(), "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
+    named = real[:-1] + ("0" if real[-1] != "0" else "1")
+    with pytest.raises(ModelIntegrityError) as refused:
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, model_digest=named), BytesSource(data),
+                                      _card(onnx_bytes, digest=named), lambda key: onnx_bytes)
+    assert str(refused.value) == f"model spam:1: expected digest {named} (the owner's choice), got {real}"
