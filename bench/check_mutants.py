@@ -44,7 +44,7 @@ CHECKS: dict[str, list[tuple[str, str, str, str]]] = {
          "            raise PlaintextRefused", "if spec.protection != \"none\":\n            raise PlaintextRefused",
          "plaintext"),
         ("model digest compared on a prefix", "if digest != card.digest:", "if digest[:20] != card.digest[:20]:",
-         "swapped or not_the_cards"),
+         "swapped or not_the_cards or prefix"),
         ("results wrapped under any key", "if key_id != self._result_key_id:", "if False:", "wrapped"),
     ],
     "audit/verify.py": [

@@ -476,3 +476,17 @@ def test_time_in_another_zone_is_the_same_instant(amd: SimulatedHierarchy, ancho
     evidence = _genuine(tmp_path, amd)
     verified = verify_snp(evidence.report, evidence.vcek, evidence.cert_chain, anchors, last)
     assert verified.leaf == amd.leaf and verified.root.cert == amd.ark
+
+
+def test_a_packaged_ark_other_than_the_pinned_one_is_refused(rogue: SimulatedHierarchy,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged Milan ARK replaced by a self-signed one with the same name: its fingerprint is not pinned."""
+    from attestation.snp import amd_roots
+    from tests.attestation._forge import pem
+
+    fingerprint, _ = amd_roots.PINNED[("Milan", "ark")]
+    monkeypatch.setitem(amd_roots.PINNED, ("Milan", "ark"), (fingerprint, pem(rogue.ark)))
+    with pytest.raises(VerificationError) as err:
+        TrustAnchors.amd()
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        "anchors.Milan ARK", f"SHA-256 fingerprint {fingerprint}", rogue.ark.fingerprint(hashes.SHA256()).hex())

@@ -21,6 +21,7 @@ from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify
 from attestation.errors import AppraisalError, ParseError, VerificationError
 from attestation.tdx import parse_quote, verify_quote_and_pck
 from attestation.tdx.collateral import (
+    TCB_STATUSES,
     TdxCollateral,
     VerifiedCollateral,
     parse_qe_identity,
@@ -399,3 +400,14 @@ def test_tdx_envelope_only_raises_parse_error(value: object) -> None:
             Evidence.from_json(obj)
         except ParseError:
             pass
+
+
+@pytest.mark.parametrize("floor", TCB_STATUSES[:-1])
+def test_a_tcb_status_one_rank_below_the_floor_is_refused(floor: str) -> None:
+    """Intel's verdict just below the policy's worst acceptable one (the next in TCB_STATUSES): refused, named."""
+    worse = TCB_STATUSES[TCB_STATUSES.index(floor) + 1]
+    policy = Policy.from_dict({**INTEL, "min_tcb_status": floor})
+    appraise(dataclasses.replace(_claims(), tcb_status=floor), policy)
+    with pytest.raises(AppraisalError) as err:
+        appraise(dataclasses.replace(_claims(), tcb_status=worse), policy)
+    assert (err.value.field, err.value.expected, err.value.actual) == ("tcb_status", f"{floor} or better", worse)

@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 
+from attestation import Policy
 from audit.collect import CollectError, sync_log
 from audit.log import AuditLog, LogError, Witness
 from audit.verify import Finding, failed, verify_audit
 from enclave.signing import generate_signing_key, sign_json, unverified_payload
-from tests.audit.conftest import OTHER_MEASUREMENT, TENANT, Scenario
+from tests.audit.conftest import MEASUREMENT, MODEL, OTHER_MEASUREMENT, TENANT, Scenario
 
 
 def _synced(s: Scenario, *batches: str) -> AuditLog:
@@ -229,3 +230,110 @@ def test_the_witness_file_lives_in_the_party_home(scenario: Scenario) -> None:
     assert saved["log_key"] == log.vkey()
     assert f"\n{log.size}\n" in saved["checkpoint"]
     assert Witness(scenario.state / "owner", "owner").check(log).size == log.size
+
+
+# -- forgeries correct in every way but one: each fails only the check that guards it ----------------------
+
+def _released(s: Scenario, batch: str, key_id: str, model: str = MODEL) -> int:
+    """The owner's broker releases `key_id` for `batch` to the worker's attested claims; its decision number."""
+    return int(s.owner.decide("unwrap", "allow", "default data policy holds", key_id=key_id, batch_id=batch,
+                              model_digest=model, claims=s.last_claims)["seq"])
+
+
+def test_a_release_of_a_key_the_grant_does_not_name_is_an_error(scenario: Scenario) -> None:
+    scenario.run_batch("b1")
+    scenario.owner.create_key("acme/other")
+    seq = _released(scenario, "b1", "acme/other")
+    errors = _errors(_verify(scenario, _synced(scenario)))
+    assert errors == [f"broker owner released key acme/other (unwrap, decision {seq}) for batch b1 against its "
+                      "grant: the key is not among the granted keys ['acme/footer', 'acme/emails', 'acme/results']"]
+
+
+def test_a_release_for_another_model_than_the_granted_one_is_an_error(scenario: Scenario) -> None:
+    scenario.run_batch("b1")
+    other = "sha256:" + "cd" * 32
+    seq = _released(scenario, "b1", "acme/emails", model=other)
+    errors = _errors(_verify(scenario, _synced(scenario)))
+    assert errors == [f"broker owner released key acme/emails (unwrap, decision {seq}) for batch b1 against its "
+                      f"grant: model {other} is not the granted {MODEL}"]
+
+
+def test_a_release_of_a_key_the_log_never_saw_created_is_an_error(scenario: Scenario) -> None:
+    scenario.run_batch("b1")
+    seq = _released(scenario, "b1", "acme/unknown")
+    errors = _errors(_verify(scenario, _synced(scenario)))
+    assert errors == [f"broker owner released key acme/unknown (unwrap, decision {seq}) for batch b1, but the log "
+                      "never saw that key created"]
+
+
+def test_a_receipt_for_another_model_than_the_granted_one_is_an_error(scenario: Scenario) -> None:
+    """The owner granted batch bm for another model; the worker's receipts (and releases) name MODEL."""
+    other = "sha256:" + "cd" * 32
+    scenario.owner.grant("bm", other, [MEASUREMENT.hex()], ["acme/footer", "acme/emails", "acme/results"])
+    scenario.run_batch("bm", grant=False)
+    grant_errors = [f.message for f in _verify(scenario, _synced(scenario)) if f.check == "grant"]
+    assert grant_errors == [f"batch bm: receipt of shard {i} used model {MODEL}, the grant names {other}"
+                            for i in (0, 1)]
+
+
+def test_a_receipt_by_a_measurement_the_grant_does_not_name_is_an_error(scenario: Scenario) -> None:
+    """The auditor's policy allows both builds; the owner granted batch bo to one, the receipts are the other's."""
+    scenario.owner.grant("bo", MODEL, [MEASUREMENT.hex()], ["acme/footer", "acme/emails", "acme/results"])
+    scenario.run_batch("bo", grant=False, measurement=OTHER_MEASUREMENT)
+    anchors, _ = scenario.anchors_policy()
+    both = Policy.from_dict({"allowed_measurements": [MEASUREMENT.hex(), OTHER_MEASUREMENT.hex()],
+                             "allowed_roots": ["simulated"]})
+    findings = verify_audit(_synced(scenario), scenario.store, anchors, both, witnesses=scenario.witnesses())
+    assert [f.message for f in findings if f.check == "grant"] == [
+        f"batch bo: receipt of shard {i} was signed by measurement {OTHER_MEASUREMENT.hex()[:16]}…, not granted"
+        for i in (0, 1)]
+
+
+def test_an_entry_rewritten_in_another_json_form_is_named(scenario: Scenario) -> None:
+    """The same object in non-canonical JSON (a space added): its bytes, hence the tree, change too."""
+    _synced(scenario, "b1")
+    lines = _lines(scenario)
+    lines[1] = lines[1].replace(b'":', b'": ', 1)
+    _write_lines(scenario, lines)
+    assert "entry at position 1 is not in canonical form: it was edited after it was written" in _errors(
+        _verify(scenario))
+
+
+def test_a_sync_that_records_another_chain_hash_for_a_broker_head_is_caught(scenario: Scenario) -> None:
+    """Every decision is logged; the head a sync recorded for the owner's broker carries another chain hash."""
+    from audit.collect import decision_entry, head_entry
+
+    scenario.run_batch("b1")
+    log, last = scenario.log(), scenario.owner.log[-1]
+    for name, broker in scenario.brokers.items():
+        for d in broker.decisions():
+            log.append(*decision_entry(name, d))
+    log.append(*head_entry("owner", {**last, "hash": "f" * 64}))
+    findings = _verify(scenario, _synced(scenario))
+    assert [f.message for f in findings if f.check == "sync"] == [
+        f"a sync recorded broker owner's decision {last['seq']} with chain hash {'f' * 16}…, the log holds "
+        f"{last['hash'][:16]}…"]
+
+
+def test_a_training_document_written_after_the_sync_is_an_error(scenario: Scenario) -> None:
+    """After the sync the platform replaces the tuned card with one it signed: not what the log holds."""
+    scenario.run_training("t-1")
+    _synced(scenario)
+    key = f"tuned/{TENANT}/spam-filter-tuned/1/card.jws"
+    payload = unverified_payload(scenario.store.get(key).decode(), what="card")
+    scenario.store.put(key, sign_json({**payload, "metrics": {**payload["metrics"], "f1": 1.0}},
+                                      generate_signing_key()).encode())
+    errors = _errors(_verify(scenario))
+    assert f"{key} in storage is not in the log: it was written or replaced after the last sync" in errors, errors
+
+
+def test_a_training_receipt_moved_under_another_models_folder_is_an_error(scenario: Scenario) -> None:
+    """The platform stores job t-1's genuine receipt (and its evidence) under version 3's folder, not version 1's."""
+    scenario.run_training("t-1")
+    old, new = f"tuned/{TENANT}/spam-filter-tuned/1/", f"tuned/{TENANT}/spam-filter-tuned/3/"
+    for key in scenario.store.keys(old):
+        if key.endswith("receipt.jws") or "/evidence/" in key:
+            scenario.store.put(new + key.removeprefix(old), scenario.store.get(key))
+    scenario.store.delete(old + "receipt.jws")
+    errors = [f.message for f in _verify(scenario, _synced(scenario)) if f.check == "training"]
+    assert errors == [f"training receipt {new}receipt.jws speaks of tenant {TENANT}, model spam-filter-tuned:1"]
