@@ -80,6 +80,10 @@ def find_model(store: ObjectStore, ref: str, trusted_keys: Sequence[dict[str, An
         known = ", ".join(f"{m.name}:{m.version}" for m in every) or "none"
         raise LookupError(f"model: expected one of the published models ({known}), got {ref!r}")
     chosen = models[-1]
+    if not chosen.trusted and chosen.signer in {OKPKey.import_key(k).thumbprint() for k in trusted_keys}:
+        raise LookupError(f"model {chosen.name}:{chosen.version}: expected a card signed by your pinned provider key "
+                          f"{chosen.signer}, which it names, got a signature that key does not verify: the card "
+                          "was forged or altered; do not use it")
     if not chosen.trusted:
         raise LookupError(f"model {chosen.name}:{chosen.version}: expected a card signed by a provider key you "
                           f"trust, got one signed by {chosen.signer}; pin the provider's key with "

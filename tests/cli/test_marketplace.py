@@ -9,11 +9,12 @@ from typing import Any
 
 import boto3
 import pytest
+from joserfc import jws
 from joserfc.jwk import OKPKey
 from moto import mock_aws
 
 from cscore.cli import _listing_lines
-from enclave.signing import sign_json
+from enclave.signing import ALGORITHM, canonical_json, sign_json, unverified_payload
 from sdk.contracts import DIGITS_CONTRACT, DIGITS_TASK, SPAM_CONTRACT, SPAM_TASK
 from sdk.models import find_model, list_models
 from sdk.storage import ObjectStore
@@ -73,3 +74,21 @@ def test_models_filter_by_task_and_say_who_is_trusted(store: ObjectStore) -> Non
                                           r"cscore.model-card/v2"):
         find_model(store, "old", trusted)
     assert find_model(store, "digits", trusted).card is not None
+
+
+def test_a_card_naming_a_trusted_providers_key_but_signed_by_another_is_refused(store: ObjectStore) -> None:
+    """The card's JWS header names the pinned provider key (its `kid`), the signature is another key's."""
+    acme_ml, stranger = (OKPKey.generate_key("Ed25519", private=True) for _ in range(2))
+    _publish(store, stranger, "spam-filter", SPAM_TASK, SPAM_CONTRACT)
+    card = unverified_payload(store.get("models/spam-filter/1/card.jws").decode(), what="card")
+    forged = jws.serialize_compact({"alg": ALGORITHM, "kid": acme_ml.thumbprint()}, canonical_json(card), stranger,
+                                   algorithms=[ALGORITHM])
+    store.put("models/spam-filter/1/card.jws", forged.encode())
+    trusted = [acme_ml.as_dict(private=False)]
+    [listing] = list_models(store, trusted)
+    assert (listing.signer, listing.trusted) == (acme_ml.thumbprint(), False)
+    with pytest.raises(LookupError) as refused:
+        find_model(store, "spam-filter", trusted)
+    assert str(refused.value) == (
+        f"model spam-filter:1: expected a card signed by your pinned provider key {acme_ml.thumbprint()}, which it "
+        "names, got a signature that key does not verify: the card was forged or altered; do not use it")
