@@ -88,8 +88,12 @@ class TrainingSpec:
             raise FormatError("training_spec.input_sha256", "64 hex digits", text["input_sha256"])
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", text["recipe_digest"]):
             raise FormatError("training_spec.recipe_digest", "sha256:<64 hex>", text["recipe_digest"])
-        return cls(recipe_version=require(doc, "recipe_version", int, where="training_spec"),
+        spec = cls(recipe_version=require(doc, "recipe_version", int, where="training_spec"),
                    model_version=require(doc, "model_version", int, where="training_spec"), **text)
+        # The receipt is written beside its model's card (as ShardSpec keys its results under its batch).
+        if spec.receipt_key != spec.prefix + "receipt.jws":
+            raise FormatError("training_spec.receipt_key", spec.prefix + "receipt.jws", spec.receipt_key)
+        return spec
 
 
 def aggregate_metrics(doc: Any, *, where: str) -> dict[str, float | int]:

@@ -35,6 +35,18 @@ def test_the_owners_manifest_gives_a_well_formed_spec() -> None:
     assert spec.receipt_key == "tuned/acme/spam-filter-tuned/1/receipt.jws"
 
 
+def test_a_spec_whose_receipt_is_not_beside_its_models_card_is_refused() -> None:
+    """The platform builds the spec: a receipt key under another model's folder would misfile the enclave's receipt."""
+    from wire.errors import FormatError
+
+    doc = training_spec(KEY, sign_json(_manifest(), OWNER).encode(), OWNER.as_dict(private=False))
+    moved = {**doc, "receipt_key": "tuned/acme/spam-filter-tuned/2/receipt.jws"}
+    with pytest.raises(FormatError) as refused:
+        TrainingSpec.from_dict(moved)
+    assert (refused.value.field, refused.value.expected, refused.value.actual) == (
+        "training_spec.receipt_key", "tuned/acme/spam-filter-tuned/1/receipt.jws", moved["receipt_key"])
+
+
 @pytest.mark.parametrize(("token_of", "match"), [
     # The platform signs its own manifest (its labels, its recipe) for a real tenant.
     (lambda: sign_json(_manifest(), generate_signing_key()), "signed by tenant acme's registered key"),
