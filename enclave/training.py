@@ -33,7 +33,7 @@ from joserfc.jwk import OKPKey
 from enclave.pme import EncryptedParquet, KeyWrapper, PmeKeys
 from enclave.signing import sign_json
 from wire.receipt import BrokerSession, sessions_json
-from wire.recipe import Recipe, RecipeCard
+from wire.recipe import BaseWeights, Recipe, RecipeCard
 from wire.training import (
     MIN_HOLDOUT_PER_CLASS,
     TRAINING_RECEIPT_TYPE,
@@ -75,23 +75,37 @@ class TrainedModel:
     metrics: Metrics
 
 
-def fit(recipe: Recipe, texts: Sequence[str], labels: Sequence[int]) -> Pipeline:
-    """TF-IDF + logistic regression as the recipe sets them; single-threaded, seeded: deterministic."""
+def spam_pipeline(*, token_pattern: str, max_features: int | None, C: float, max_iter: int,  # noqa: N803
+                  seed: int, base: BaseWeights | None = None) -> Pipeline:
+    """An unfitted TF-IDF (lowercased, `token_pattern`) + logistic regression pipeline. With `base`, its vocabulary
+    is fixed to the base's (max_features then unused) and the solver starts from the base's weights (warm start).
+    The one definition the enclave and the provider's plaintext training (`sdk.training`) both fit."""
     # Imported here: scoring workers never load scikit-learn (and its import sets process environment).
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
+
+    tfidf = TfidfVectorizer(token_pattern=token_pattern, lowercase=True,
+                            max_features=None if base else max_features,
+                            vocabulary=list(base.vocabulary) if base else None)
+    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed, warm_start=base is not None)
+    if base is not None:
+        clf.coef_ = np.asarray([base.coef], dtype=np.float64)
+        clf.intercept_ = np.asarray([base.intercept], dtype=np.float64)
+    return Pipeline([("tfidf", tfidf), ("clf", clf)])
+
+
+def fit(recipe: Recipe, texts: Sequence[str], labels: Sequence[int]) -> Pipeline:
+    """TF-IDF + logistic regression as the recipe sets them (from its base weights, if any); single-threaded,
+    seeded: deterministic."""
     from threadpoolctl import threadpool_limits
 
     y = np.asarray(labels, dtype=np.int64)
     if len(texts) != len(y) or set(np.unique(y).tolist()) != {0, 1}:
         raise TrainingInputError(f"training rows: expected texts and labels of equal length with both 0 (ham) and "
                                  f"1 (spam), got {len(texts)} texts, labels {sorted(set(y.tolist()))}")
-    pipeline = Pipeline([
-        ("tfidf", TfidfVectorizer(token_pattern=recipe.token_pattern, lowercase=True,
-                                  max_features=recipe.max_features)),
-        ("clf", LogisticRegression(C=recipe.C, max_iter=recipe.max_iter, random_state=recipe.seed)),
-    ])
+    pipeline = spam_pipeline(token_pattern=recipe.token_pattern, max_features=recipe.max_features, C=recipe.C,
+                             max_iter=recipe.max_iter, seed=recipe.seed, base=recipe.base)
     with threadpool_limits(limits=1):  # a multi-threaded BLAS sums in a load-dependent order: not bit-stable
         pipeline.fit(list(texts), y)
     return pipeline

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from enclave.training import canonical_opsets
+from enclave.training import canonical_opsets, spam_pipeline
+from wire.recipe import BaseWeights
 
 TOKEN_PATTERN = r"[a-zA-Z0-9_]{2,}"
 MAX_FEATURES = 20_000
@@ -27,30 +26,36 @@ OPSET = 17
 def train_spam_model(
     texts: Sequence[str], labels: Sequence[int], *, max_features: int | None = MAX_FEATURES, seed: int = 0,
     token_pattern: str = TOKEN_PATTERN, C: float = 100.0, max_iter: int = 5000,  # noqa: N803 - sklearn's name
+    base: BaseWeights | None = None,
 ) -> Pipeline:
     """Fit TF-IDF (ASCII word unigrams, lowercased) + LogisticRegression(C) on texts, labels 1 = spam.
 
     The defaults are the provider's generic model; a training recipe (`wire.recipe`) sets the others.
 
     ``max_features`` bounds the vocabulary (the most frequent terms): the ONNX graph works on dense
-    [N, vocabulary] tensors, so a smaller vocabulary scores faster.
+    [N, vocabulary] tensors, so a smaller vocabulary scores faster. ``base`` starts from a model's vocabulary and
+    weights (`enclave.training.spam_pipeline`), as a recipe with base weights trains in the enclave.
     """
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     y = np.asarray(labels, dtype=np.int64)
     if set(np.unique(y)) != {0, 1}:
         raise ValueError(f"labels must hold both 0 (ham) and 1 (spam), found {sorted(set(y.tolist()))}")
-    pipeline = Pipeline(
-        [
-            ("tfidf", TfidfVectorizer(token_pattern=token_pattern, lowercase=True, max_features=max_features)),
-            ("clf", LogisticRegression(C=C, max_iter=max_iter, random_state=seed)),
-        ]
-    )
+    pipeline = spam_pipeline(token_pattern=token_pattern, max_features=max_features, C=C, max_iter=max_iter,
+                             seed=seed, base=base)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):  # bit-stable across runs and machines, like the enclave's training
         pipeline.fit(list(texts), y)
     return pipeline
+
+
+def base_weights(pipeline: Pipeline) -> BaseWeights:
+    """A fitted pipeline's vocabulary (in column order) and weights, for a recipe's `base` (`wire.recipe`)."""
+    vocabulary = pipeline.named_steps["tfidf"].vocabulary_
+    clf = pipeline.named_steps["clf"]
+    return BaseWeights(tuple(sorted(vocabulary, key=vocabulary.__getitem__)),
+                       tuple(float(w) for w in clf.coef_[0]), float(clf.intercept_[0]))
 
 
 def export_onnx(pipeline: Pipeline) -> bytes:

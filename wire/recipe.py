@@ -6,7 +6,13 @@ The recipe (`cscore.recipe/v1`) is the provider's property: it travels encrypted
     {"type": "cscore.recipe/v1", "algorithm": "tfidf-logreg",
      "features": {"token_pattern": one of TOKEN_PATTERNS, "max_features": int (100..MAX_FEATURES)},
      "hyperparameters": {"C": float (C_RANGE), "max_iter": int (MAX_ITER_RANGE)},
-     "seed": int >= 0}
+     "seed": int >= 0,
+     "base": {"vocabulary": [token, ...], "coef": [float, ...], "intercept": float}}   (optional)
+
+`base` is the provider's model to start from, as secret as the rest: the TF-IDF vocabulary (a token's column is
+its position; lowercase tokens the token pattern matches whole, each once, at most `max_features`), one
+logistic-regression weight per token and the intercept. Training then keeps that vocabulary and starts the
+solver from those weights (scikit-learn's warm start).
 
 A recipe holds settings only, no code and no evaluation: the enclave alone decides what it measures
 (precision, recall, F1 and counts on the owner's held-out split), so a recipe cannot ask for per-row
@@ -21,6 +27,7 @@ The recipe card (`cscore.recipe-card/v1`), compact JWS (Ed25519) by the provider
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +45,21 @@ TOKEN_PATTERNS = (r"[a-zA-Z0-9_]{2,}", r"[a-zA-Z0-9_]{3,}", r"[a-zA-Z]{2,}")
 MAX_FEATURES = 50_000
 C_RANGE = (1e-4, 1e4)
 MAX_ITER_RANGE = (10, 10_000)
-_RECIPE_FIELDS = {"type", "algorithm", "features", "hyperparameters", "seed"}
+_RECIPE_FIELDS = {"type", "algorithm", "features", "hyperparameters", "seed", "base"}
 _CARD_FIELDS = {"type", "name", "version", "digest", "object_key", "protection", "broker", "broker_url", "key_id",
                 "wrapped_dek", "published_at"}
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """A provider's model to start from (module docstring): vocabulary[i] is column i, coef[i] its weight."""
+
+    vocabulary: tuple[str, ...]
+    coef: tuple[float, ...]
+    intercept: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vocabulary": list(self.vocabulary), "coef": list(self.coef), "intercept": self.intercept}
 
 
 @dataclass(frozen=True)
@@ -52,11 +71,13 @@ class Recipe:
     C: float  # noqa: N815 - scikit-learn's name
     max_iter: int
     seed: int
+    base: BaseWeights | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": RECIPE_TYPE, "algorithm": ALGORITHMS[0],
-                "features": {"token_pattern": self.token_pattern, "max_features": self.max_features},
-                "hyperparameters": {"C": self.C, "max_iter": self.max_iter}, "seed": self.seed}
+        doc = {"type": RECIPE_TYPE, "algorithm": ALGORITHMS[0],
+               "features": {"token_pattern": self.token_pattern, "max_features": self.max_features},
+               "hyperparameters": {"C": self.C, "max_iter": self.max_iter}, "seed": self.seed}
+        return {**doc, "base": self.base.to_json()} if self.base is not None else doc
 
     def canonical(self) -> bytes:
         """The recipe's bytes as published (RFC 8785 JSON): what its card's digest names."""
@@ -76,11 +97,12 @@ class Recipe:
         if pattern not in TOKEN_PATTERNS:
             raise FormatError("recipe.features.token_pattern", f"one of {list(TOKEN_PATTERNS)}", pattern,
                               "other patterns do not convert exactly to ONNX")
-        return cls(token_pattern=pattern,
-                   max_features=_bounded(doc, "features.max_features", int, (100, MAX_FEATURES)),
+        max_features = _bounded(doc, "features.max_features", int, (100, MAX_FEATURES))
+        return cls(token_pattern=pattern, max_features=max_features,
                    C=float(_bounded(doc, "hyperparameters.C", (int, float), C_RANGE)),
                    max_iter=_bounded(doc, "hyperparameters.max_iter", int, MAX_ITER_RANGE),
-                   seed=_bounded(doc, "seed", int, (0, 2**32 - 1)))
+                   seed=_bounded(doc, "seed", int, (0, 2**32 - 1)),
+                   base=_base(doc, pattern, max_features) if "base" in doc else None)
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,33 @@ def verify_recipe_card(token: str, keys: list[dict[str, Any]] | tuple[dict[str, 
     Raises FormatError `card.signature` when no key verifies it, `recipe_card.*` when it does not parse.
     """
     return RecipeCard.parse(verify_signed(token, keys, what=what))
+
+
+def _base(doc: dict[str, Any], pattern: str, max_features: int) -> BaseWeights:
+    """The recipe's `base`, strictly: tokens the tokenizer can yield, each once, and a finite weight for each."""
+    refuse_unknown(require(doc, "base", dict, where="recipe"), {"vocabulary", "coef", "intercept"},
+                   where="recipe.base")
+    vocabulary = require(doc, "base.vocabulary", list, where="recipe")
+    if not 1 <= len(vocabulary) <= max_features:
+        raise FormatError("recipe.base.vocabulary", f"1..{max_features} tokens (features.max_features)",
+                          len(vocabulary))
+    bad = next((t for t in vocabulary if not isinstance(t, str) or t != t.lower() or not re.fullmatch(pattern, t)),
+               None)
+    if bad is not None:  # a token the lowercasing tokenizer never yields would be a dead column
+        raise FormatError("recipe.base.vocabulary", f"lowercase tokens matching {pattern} whole", bad)
+    if len(set(vocabulary)) != len(vocabulary):
+        raise FormatError("recipe.base.vocabulary", "each token once",
+                          next(t for i, t in enumerate(vocabulary) if t in vocabulary[:i]))
+    coef = require(doc, "base.coef", list, where="recipe")
+    if len(coef) != len(vocabulary):
+        raise FormatError("recipe.base.coef", f"{len(vocabulary)} weights (one per token)", len(coef))
+    intercept = require(doc, "base.intercept", (int, float), where="recipe")
+    for field, values in (("coef", coef), ("intercept", [intercept])):
+        bad = next((w for w in values if isinstance(w, bool) or not isinstance(w, int | float)
+                    or not math.isfinite(w)), None)
+        if bad is not None:
+            raise FormatError(f"recipe.base.{field}", "finite numbers", bad)
+    return BaseWeights(tuple(vocabulary), tuple(float(w) for w in coef), float(intercept))
 
 
 def _bounded(doc: dict[str, Any], path: str, kind: type | tuple[type, ...], bounds: tuple[float, float]) -> Any:

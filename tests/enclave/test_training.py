@@ -3,11 +3,13 @@ a platform or a provider can mount on a training job (each with what it obtains)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -227,3 +229,69 @@ def test_the_same_training_gives_the_same_bytes_in_every_process() -> None:
                               env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": seed}).stdout.strip()
                for seed in ("1", "3", "4")}
     assert len(digests) == 1 and next(iter(digests)).startswith("sha256:")
+
+
+def _based(texts: list[str], labels: list[int]) -> Recipe:
+    """RECIPE starting from a generic model the provider trained on other mail (its vocabulary and weights)."""
+    from sdk.training import base_weights
+
+    generic = base_weights(train_spam_model(texts, labels, max_features=300, seed=3, C=5.0, max_iter=300))
+    # and a token the owner's mail never has: the tuned model keeps the base's columns, not its own data's
+    base = dataclasses.replace(generic, vocabulary=(*generic.vocabulary, "zzbase"), coef=(*generic.coef, 0.0))
+    return Recipe(**{**RECIPE.__dict__, "base": base})
+
+
+def test_a_recipe_with_base_weights_trains_from_them_bit_identical_to_plaintext() -> None:
+    """The enclave keeps the base's vocabulary and starts from its weights, exactly as the provider's plaintext
+    training of the same recipe does; the base changes the model (the test can fail)."""
+    from enclave.training import fit
+
+    other_texts, other_labels, _ = _mail(200, seed=9)
+    recipe = _based(other_texts, other_labels)
+    assert recipe.base is not None and Recipe.parse(json.loads(recipe.canonical())) == recipe  # round trip
+    texts, labels, holdout = _mail(240)
+    trained = train(recipe, texts, labels, holdout)
+    kept = [not h for h in holdout]
+    plain = export_onnx(train_spam_model([t for t, k in zip(texts, kept, strict=True) if k],
+                                         [y for y, k in zip(labels, kept, strict=True) if k],
+                                         max_features=recipe.max_features, seed=recipe.seed,
+                                         token_pattern=recipe.token_pattern, C=recipe.C, max_iter=recipe.max_iter,
+                                         base=recipe.base))
+    assert trained.onnx_bytes == plain
+    assert trained.digest != train(RECIPE, texts, labels, holdout).digest
+    tuned = fit(recipe, texts, labels)
+    vocabulary = tuned.named_steps["tfidf"].vocabulary_
+    assert sorted(vocabulary, key=vocabulary.__getitem__) == list(recipe.base.vocabulary)
+    card, dek, ciphertext = _published(recipe)
+    assert decrypt_recipe(card, dek, ciphertext) == recipe  # published encrypted like any recipe
+    # The solver starts from the base's weights: stopped early, it is elsewhere than from zero weights.
+    zero = dataclasses.replace(recipe.base, coef=(0.0,) * len(recipe.base.coef), intercept=0.0)
+    early = dataclasses.replace(recipe, max_iter=10)
+    warm, cold = fit(early, texts, labels), fit(dataclasses.replace(early, base=zero), texts, labels)
+    assert not np.allclose(warm.named_steps["clf"].coef_, cold.named_steps["clf"].coef_)
+
+
+def test_a_recipe_base_must_be_a_vocabulary_the_tokenizer_yields_and_a_finite_weight_each() -> None:
+    base = {"vocabulary": ["free", "meeting"], "coef": [1.5, -2.0], "intercept": 0.25}
+    doc = {**RECIPE.to_json(), "base": base}
+    assert Recipe.parse(doc).base is not None
+    cases = [
+        ({"vocabulary": ["free", "Meeting"]}, "recipe.base.vocabulary", "Meeting"),
+        ({"vocabulary": ["free", "a"]}, "recipe.base.vocabulary", "a"),  # shorter than the pattern's {2,}
+        ({"vocabulary": ["free", "free"]}, "recipe.base.vocabulary", "free"),
+        ({"vocabulary": []}, "recipe.base.vocabulary", 0),
+        ({"coef": [1.5]}, "recipe.base.coef", 1),
+        ({"coef": [1.5, float("inf")]}, "recipe.base.coef", float("inf")),
+        ({"coef": [1.5, True]}, "recipe.base.coef", True),
+        ({"intercept": float("nan")}, "recipe.base.intercept", None),
+        ({"weights": [1.0]}, "recipe.base.weights", None),
+    ]
+    for change, field, actual in cases:
+        with pytest.raises(FormatError) as refused:
+            Recipe.parse({**doc, "base": {**base, **change}})
+        assert refused.value.field == field, (change, refused.value)
+        if actual is not None:
+            assert refused.value.actual == actual, (change, refused.value)
+    too_many = {"vocabulary": [f"w{i:04d}" for i in range(501)], "coef": [0.0] * 501, "intercept": 0.0}
+    with pytest.raises(FormatError, match=r"recipe.base.vocabulary: expected 1..500 tokens"):
+        Recipe.parse({**doc, "base": too_many})
