@@ -86,15 +86,21 @@ def _spec(data: bytes, card: RecipeCard) -> TrainingSpec:
                         owner_share_wrapped="", receipt_key="tuned/acme/spam-filter-tuned/1/receipt.jws")
 
 
+def _plaintext(recipe: Recipe, texts: list[str], labels: list[int], holdout: list[bool]) -> bytes:
+    """ONNX bytes of the provider's plaintext training (`sdk.training`) of `recipe` on the rows not held out."""
+    kept = [not h for h in holdout]
+    return export_onnx(train_spam_model([t for t, k in zip(texts, kept, strict=True) if k],
+                                        [y for y, k in zip(labels, kept, strict=True) if k],
+                                        max_features=recipe.max_features, seed=recipe.seed,
+                                        token_pattern=recipe.token_pattern, C=recipe.C, max_iter=recipe.max_iter,
+                                        base=recipe.base))
+
+
 def test_enclave_model_is_bit_identical_to_plaintext_training() -> None:
     """Same recipe, data and seed: the enclave's ONNX bytes equal the provider's plaintext training path."""
     texts, labels, holdout = _mail(240)
     trained = train(RECIPE, texts, labels, holdout)
-    kept = [not h for h in holdout]
-    plain = export_onnx(train_spam_model([t for t, k in zip(texts, kept, strict=True) if k],
-                                         [y for y, k in zip(labels, kept, strict=True) if k],
-                                         max_features=RECIPE.max_features, seed=RECIPE.seed,
-                                         token_pattern=RECIPE.token_pattern, C=RECIPE.C, max_iter=RECIPE.max_iter))
+    plain = _plaintext(RECIPE, texts, labels, holdout)
     assert trained.onnx_bytes == plain
     assert trained.digest == "sha256:" + hashlib.sha256(plain).hexdigest()
     assert train(RECIPE, texts, labels, holdout).onnx_bytes == plain  # and again: deterministic run to run
@@ -251,13 +257,7 @@ def test_a_recipe_with_base_weights_trains_from_them_bit_identical_to_plaintext(
     assert recipe.base is not None and Recipe.parse(json.loads(recipe.canonical())) == recipe  # round trip
     texts, labels, holdout = _mail(240)
     trained = train(recipe, texts, labels, holdout)
-    kept = [not h for h in holdout]
-    plain = export_onnx(train_spam_model([t for t, k in zip(texts, kept, strict=True) if k],
-                                         [y for y, k in zip(labels, kept, strict=True) if k],
-                                         max_features=recipe.max_features, seed=recipe.seed,
-                                         token_pattern=recipe.token_pattern, C=recipe.C, max_iter=recipe.max_iter,
-                                         base=recipe.base))
-    assert trained.onnx_bytes == plain
+    assert trained.onnx_bytes == _plaintext(recipe, texts, labels, holdout)
     assert trained.digest != train(RECIPE, texts, labels, holdout).digest
     tuned = fit(recipe, texts, labels)
     vocabulary = tuned.named_steps["tfidf"].vocabulary_
