@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Asset
 
 _log = structlog.get_logger("cscore.events")
+SQS_LONG_POLL_S = 20  # the most SQS allows (ReceiveMessage WaitTimeSeconds)
 
 
 def queue_asset(asset_name: str, watcher_name: str, queue_url: str | None) -> Asset | None:
@@ -27,8 +28,10 @@ def queue_asset(asset_name: str, watcher_name: str, queue_url: str | None) -> As
     from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
     from airflow.sdk import Asset, AssetWatcher
 
-    trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=queue_url, waiter_delay=1, wait_time_seconds=1,
-                                  max_messages=10)
+    # Long polls back to back: SQS answers as soon as a message lands, so an event waits for no sleep (it
+    # waited up to waiter_delay + wait_time_seconds), and the watcher opens one connection per 20 s, not per 2 s.
+    trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=queue_url, waiter_delay=0,
+                                  wait_time_seconds=SQS_LONG_POLL_S, max_messages=10)
     return Asset(asset_name, watchers=[AssetWatcher(name=watcher_name, trigger=trigger)])
 
 

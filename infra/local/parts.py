@@ -409,6 +409,10 @@ def airflow_env(stack: LocalStack) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": ensure_secret(home / "api-secret-key"),
         "AIRFLOW__API_AUTH__JWT_SECRET": ensure_secret(home / "jwt-secret"),  # same for every component
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",  # see new DAG files in seconds, not 5 minutes
+        # A batch is 4 tasks in 2 runs, and each hop (run started, task queued after its upstream ended) waits
+        # for the scheduler's next loop, 1 s apart when idle by default: 0.2 s cuts ~1.5 s per batch for
+        # ~3.4 CPU s a minute of idle scheduler (`cscore bench --emails 101`).
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": SCHEDULER_IDLE_SLEEP_S,
         # Any Asset makes Airflow load every provider's asset handlers (the Amazon one imports boto3): past the
         # 30 s default on a loaded 2-core host, and a task whose DAG file import times out is not run.
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
@@ -503,6 +507,7 @@ def celery_worker_name(stack: LocalStack) -> str:
 
 
 DEFER_SAFE_LOCAL_EXECUTOR = "dags.cscore_platform.executor.DeferSafeLocalExecutor"
+SCHEDULER_IDLE_SLEEP_S = "0.2"  # = infra/deploy (compose.yaml, the chart's values): one figure everywhere
 
 
 def platform_connections(stack: LocalStack) -> dict[str, str]:

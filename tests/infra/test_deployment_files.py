@@ -101,6 +101,24 @@ def test_every_airflow_option_exists_and_only_sensitive_ones_come_from_commands(
     assert [v for v in _platform_env() if v.startswith("AIRFLOW_VAR_")] == ["AIRFLOW_VAR_CSCORE_TENANT_APPROVER"]
 
 
+def test_chart_airflow_config_holds_only_airflow_options_and_the_stacks_scheduler_loop() -> None:
+    """The chart's `airflow.config` options exist, and the scheduler's idle sleep (each hop of a batch waits
+    for one loop) is the local stack's in compose and the chart alike: production pays what was measured."""
+    from airflow.configuration import retrieve_configuration_description
+
+    from infra.local.parts import SCHEDULER_IDLE_SLEEP_S
+
+    documented = retrieve_configuration_description(include_providers=True)
+    config = _values()["airflow"]["config"]
+    for section, options in config.items():
+        unknown = sorted(k for k in options if k not in documented.get(section, {}).get("options", {}))
+        assert unknown == [], f"values.yaml airflow.config.{section}: no Airflow option {unknown}"
+    scheduler_env = _compose()["services"]["airflow-scheduler"]["environment"]
+    compose = scheduler_env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"]
+    chart = config["scheduler"]["scheduler_idle_sleep_time"]
+    assert (compose, chart) == (SCHEDULER_IDLE_SLEEP_S, SCHEDULER_IDLE_SLEEP_S), "compose.yaml, values.yaml"
+
+
 def _check_broker_config(raw: dict[str, Any], party: str, where: str) -> BrokerConfig:
     config = BrokerConfig.from_dict(raw)
     assert config.extra == {}, f"{where}: keys the broker does not know: {sorted(config.extra)}"
