@@ -59,6 +59,14 @@ def test_replay_window_holds_for_its_whole_ttl(clock: Clock) -> None:
     assert cache.first_use("jti-1")  # forgotten once the window passed (the PoP itself is stale by then)
 
 
+def test_a_full_replay_cache_still_refuses_every_id_it_holds(clock: Clock) -> None:
+    """At capacity the cache forgets only beyond `max_items`: a PoP id it holds is never accepted twice (evicting
+    at the limit instead would let the oldest captured PoP be replayed)."""
+    cache = ReplayCache(ttl_s=240, max_items=2)
+    assert cache.first_use("jti-1") and cache.first_use("jti-2")
+    assert not cache.first_use("jti-1") and not cache.first_use("jti-2")
+
+
 def test_rate_limiter_refills_at_its_rate(clock: Clock) -> None:
     limiter = RateLimiter(rate=2, burst=3)
     assert [limiter.allow("a") for _ in range(3)] == [0.0, 0.0, 0.0]
