@@ -39,6 +39,15 @@ def running_stack(state: Path, **options: Any) -> Iterator[LocalStack]:
         os.environ.update(saved)
 
 
+@contextmanager
+def storage_stack(state: Path) -> Iterator[LocalStack]:
+    """moto and the key brokers only (no workers, no Airflow), quiet, with none of the caller's CSCORE_ or AIRFLOW
+    variables; its variables stay in `.env` (os.environ is untouched)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSCORE_", "AIRFLOW"))}
+    with LocalStack(state, workers=0, airflow=False, environ=environ, out=lambda _: None) as running:
+        yield running
+
+
 def toy_batch(state_dir: Path, tag: str, count: int, *,
               timeout: float) -> tuple[list[Email], SubmittedBatch, dict[str, Any]]:
     """On the running stack: the provider publishes a spam model trained on four phrases, the owner onboards, trusts

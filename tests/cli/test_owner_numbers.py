@@ -27,6 +27,7 @@ from sdk.numbers import NumbersInputError, check_numbers, read_numbers
 from sdk.party import Party
 from sdk.provider import Offer, publish_model
 from sdk.storage import ObjectStore
+from tests.stacks import storage_stack
 from wire.contract import Contract
 
 COLUMNS = ["age", "bmi", "bp"]
@@ -132,9 +133,7 @@ def test_a_model_that_does_not_take_numbers_is_named(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSCORE_", "AIRFLOW"))}
-    with LocalStack(tmp_path_factory.mktemp("numbers-submit"), workers=0, airflow=False, environ=environ,
-                    out=lambda _: None) as running:
+    with storage_stack(tmp_path_factory.mktemp("numbers-submit")) as running:
         yield running
 
 

@@ -32,6 +32,7 @@ from sdk.party import Party
 from sdk.spool import Spool
 from sdk.storage import ObjectStore
 from sdk.stream import Journal, Stream, StreamOptions
+from tests.stacks import storage_stack
 
 CANARY = "canary-7f3a9c plaintext that must never reach the disk"
 SENDER = "sender-canary-52be"  # From headers: kept in the owner's local journal, never uploaded
@@ -91,9 +92,7 @@ def test_parts_are_gathered_from_row_groups(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSCORE_", "AIRFLOW"))}
-    with LocalStack(tmp_path_factory.mktemp("stream-submit"), workers=0, airflow=False, environ=environ,
-                    out=lambda _: None) as running:
+    with storage_stack(tmp_path_factory.mktemp("stream-submit")) as running:
         yield running
 
 
