@@ -401,9 +401,9 @@ class Enclave:
                 batch.granted_rows, batch.model_dek = rows, dek
         released = dek
         # The cache is reached only after this batch's own release: a warm cache skips decryption, not consent.
-        # Its namespace is whose key that release was: another provider's card naming the same digest (public in
-        # every card) must open the bytes itself, never reach a model its own key does not open (a tuned one).
-        namespace = f"tuned:{tuned.reference}" if tuned is not None else f"provider:{card.broker}"
+        # Its namespace is whose keys that release was: another provider's card naming the same digest (public in
+        # every card), or a tuned card naming another share, must open the bytes itself, never reach a cached one.
+        namespace = _tuned_namespace(tuned) if tuned is not None else f"provider:{card.broker}"
         return contract_session_for(card.digest, card.contract, lambda: _decrypt_model(card, released, model_object),
                                     namespace=namespace)
 
@@ -489,6 +489,14 @@ class _Clock:
         now = time.perf_counter()
         self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self._last, 6)
         self._last = now
+
+
+def _tuned_namespace(tuned: TunedCard) -> str:
+    """A tuned model's cache namespace: its reference and both shares, broker, key and wrapped bytes (what opened
+    it: the same key id wraps another recipe version's key)."""
+    shares = [tuned.owner_broker, tuned.owner_key_id, tuned.owner_wrapped,
+              tuned.provider_broker, tuned.provider_key_id, tuned.provider_wrapped]
+    return f"tuned:{tuned.reference}:{sha256_hex(canonical_json(shares))}"
 
 
 def _decrypt_model(card: ModelCard, dek: bytes, model_object: Callable[[str], bytes]) -> bytes:

@@ -11,6 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +29,13 @@ from sdk.broker_admin import BrokerAdmin
 from sdk.contracts import SPAM_CONTRACT, SPAM_TASK
 from sdk.owner import OwnerKeys, decrypt_results, encode_part
 from sdk.party import Party
+from sdk.provider import publish_recipe
+from sdk.storage import ObjectStore
 from tests.enclave.test_training import RECIPE, _mail
 from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
 from tests.keybroker.test_recipe_release import MemoryStore, _worker, published, tls_owner  # noqa: F401 (fixtures)
 from wire.card import CARD_TYPE
-from wire.recipe import verify_recipe_card
+from wire.recipe import Recipe, verify_recipe_card
 from wire.shard import ShardSpec
 from wire.training import TrainingSpec, TunedCard
 
@@ -200,3 +203,24 @@ def test_a_providers_lookalike_card_does_not_reach_another_tenants_warm_tuned_mo
         "tuned/acme/spam-filter-tuned/1/model.onnx.enc")}  # the only object hashing to that digest is acme's
     with pytest.raises(ModelIntegrityError):
         tuned.worker.score_shard(spec, BytesSource(data), lookalike, objects.__getitem__)
+
+
+def test_a_tuned_card_naming_another_provider_key_does_not_reach_the_warm_tuned_model(
+        tuned: Tuned, published: tuple[Party, MemoryStore, str]) -> None:  # noqa: F811
+    """The platform forges acme's tuned card (the enclave reads it unsigned; its key is the check) naming another
+    recipe key of the provider, one its broker releases for this batch, in place of the recipe key the model was
+    trained under: on a worker whose cache holds the model, that release must not stand in for the recipe's,
+    else the recipe provider's per-batch consent (a revoked recipe) is skipped. The joint key then opens nothing."""
+    party, store, _ = published
+    other = publish_recipe(Recipe(**{**RECIPE.__dict__, "seed": 99}), "ts-other-recipe", provider=party,
+                           store=cast(ObjectStore, store), allowed_measurements=[MEASUREMENT.hex()])
+    other_card = unverified_payload(store.get(other.card_key).decode(), what="recipe card")
+    warm, data = _batch(tuned, "acme", "ts-warm-recipe")
+    tuned.worker.score_shard(warm, BytesSource(data), _card(tuned), tuned.store.get)  # acme's model now cached
+    payload = unverified_payload(_card(tuned), what="tuned card")
+    forged = sign_json({**payload, "provider_share": {**payload["provider_share"], "key_id": other_card["key_id"],
+                                                      "wrapped": other_card["wrapped_dek"]}},
+                       generate_signing_key())
+    spec, data = _batch(tuned, "acme", "ts-other-recipe")
+    with pytest.raises(ModelIntegrityError, match="tag mismatch"):
+        tuned.worker.score_shard(spec, BytesSource(data), forged, tuned.store.get)
