@@ -96,15 +96,7 @@ def write_results(
     file (and whatever was at `path` untouched). `progress(rows, total)` is called as each shard's rows are
     written (total: the batch's rows). Raises ResultVerificationError naming the object and the check.
     """
-    manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
-    try:
-        manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(errors="replace"),
-                               owner.signing_key().as_dict(private=False), what="manifest")
-    except SignatureError as exc:  # the platform may store anything there: a refusal naming it, not a crash
-        raise ResultVerificationError(str(exc)) from None
-    # Signed by this owner is not enough: the platform may store another of its batches' manifests here.
-    _expect(manifest_key, "tenant", tenant, manifest.get("tenant"))
-    _expect(manifest_key, "batch_id", batch_id, manifest.get("batch_id"))
+    manifest = owner_manifest(store, owner, tenant, batch_id)
     result_manifest = _result_manifest(store, f"{manifest['results']['prefix']}result-manifest.json")
     evidence = _EvidenceCache(store, manifest["results"]["prefix"])
     # What this owner granted, from its own broker (it may have re-granted after a refusal): the only list
@@ -310,6 +302,22 @@ def _index_in_key(receipt_key: str) -> int | None:
     """The shard index a receipt's key names (`.../shard-00003.receipt.jws`: 3), None for another name."""
     found = re.search(r"/shard-(\d{5})\.receipt\.jws$", receipt_key)
     return int(found.group(1)) if found else None
+
+
+def owner_manifest(store: ObjectStore, owner: Party, tenant: str, batch_id: str) -> dict[str, Any]:
+    """The batch's manifest at `incoming/<tenant>/<batch_id>/manifest.jws`, verified: signed by this owner's key
+    and naming this tenant and batch. Raises ResultVerificationError naming the object and the check (also when
+    nothing is there)."""
+    manifest_key = f"incoming/{tenant}/{batch_id}/manifest.jws"
+    try:
+        manifest = verify_json(_get(store, manifest_key, "your signed manifest").decode(errors="replace"),
+                               owner.signing_key().as_dict(private=False), what="manifest")
+    except SignatureError as exc:  # the platform may store anything there: a refusal naming it, not a crash
+        raise ResultVerificationError(str(exc)) from None
+    # Signed by this owner is not enough: the platform may store another of its batches' manifests here.
+    _expect(manifest_key, "tenant", tenant, manifest.get("tenant"))
+    _expect(manifest_key, "batch_id", batch_id, manifest.get("batch_id"))
+    return manifest
 
 
 def _get(store: ObjectStore, key: str, what: str) -> bytes:

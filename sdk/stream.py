@@ -10,10 +10,11 @@ transaction recorded after the action it stands for, and every action is safe to
                       encrypted header journal, `sdk.journal`, for `cscore owner results` to join back)
     written        -> its verified results are in OUT/<batch>.parquet (written whole, then renamed)
 
-On restart a batch still 'cut' is submitted again under the same id unless its manifest is already there (keys and
-grants are idempotent by id; parts are overwritten before the manifest exists); a batch still 'submitted' is fetched,
-verified and its file rewritten whole. A file is read once: maildir entries only in new/ and cur/ (complete by
-maildir's tmp/ -> new/ rename), drop-folder files once unchanged for `settle_s` and not named as in-progress.
+On restart a batch still 'cut' is submitted again under the same id unless its own signed manifest naming it is
+already there (keys and grants are idempotent by id; parts are overwritten before the manifest exists); a batch
+still 'submitted' is fetched, verified and its file rewritten whole. A file is read once: maildir entries only in
+new/ and cur/ (complete by maildir's tmp/ -> new/ rename), drop-folder files once unchanged for `settle_s` and not
+named as in-progress.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from sdk.models import ModelListing
 from sdk.owner import submit_batch
 from sdk.party import Party
 from sdk.platform_text import shown
-from sdk.results import ResultVerificationError, VerifiedResults
+from sdk.results import ResultVerificationError, VerifiedResults, owner_manifest
 from sdk.storage import ObjectStore
 
 # Names that say "still being written": browsers, rsync, curl and most copy tools write these, then rename.
@@ -336,8 +337,7 @@ class Stream:
             if self._in_flight() >= self.options.max_in_flight:
                 return
             started = time.monotonic()
-            manifest_key = f"incoming/{self.tenant}/{batch_id}/manifest.jws"
-            redone = self.store.exists(manifest_key)  # uploaded last: the submit before a crash completed
+            redone = self._submitted_before(batch_id)
             if not redone:
                 submit_batch(self._emails(batch_id), self.model, tenant=self.tenant, owner=self.owner, store=self.store,
                              measurements=self.measurements, batch_id=batch_id)
@@ -347,6 +347,15 @@ class Stream:
             self.emit({"event": "submitted", "batch_id": batch_id, "emails": count,
                        "seconds": round(time.monotonic() - started, 3),
                        **({"found_in_bucket": True} if redone else {})})
+
+    def _submitted_before(self, batch_id: str) -> bool:
+        """Whether the submit before a crash completed: its manifest, uploaded last, is there. Only this owner's
+        signed manifest naming this batch counts: one the platform planted must not make the stream skip a submit."""
+        try:
+            owner_manifest(self.store, self.owner, self.tenant, batch_id)
+        except ResultVerificationError:
+            return False
+        return True
 
     def _emails(self, batch_id: str) -> list[Email]:
         """The batch's emails as read: `submit_batch` writes their From, Subject and Date to the batch's journal."""

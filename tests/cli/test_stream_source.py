@@ -140,11 +140,16 @@ def test_a_partial_batch_grows_while_the_pipeline_is_full(tmp_path: Path) -> Non
 class _Bucket:
     """The platform's bucket as the stream reads it: whatever it holds, by key."""
 
+    bucket = "platform"
+
     def __init__(self, objects: dict[str, bytes]) -> None:
         self.objects = objects
 
     def get_if_exists(self, key: str) -> bytes | None:
         return self.objects.get(key)
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
 
 
 def test_status_objects_the_platform_garbles_stop_no_stream(tmp_path: Path) -> None:
@@ -209,3 +214,39 @@ def test_a_failure_reason_the_platform_wrote_cannot_forge_lines_on_the_owners_te
     assert first.startswith("FAILED   s-1: worker lost\\n\\x1b[2K\\rresults  s-1") and first.endswith("\\u202e")
     assert not any(line.startswith("results") for line in printed.splitlines())
     assert len(shown("x" * (MAX_CHARS + 10))) == MAX_CHARS
+
+
+def test_a_manifest_the_platform_planted_does_not_make_the_stream_skip_a_submit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On restart a cut batch whose manifest is in the bucket counts as submitted (the manifest is uploaded last).
+    Only the owner's own signed manifest naming that batch counts: one signed by another key, or the owner's
+    genuine manifest of another batch copied to this batch's place, is a plant, and the batch is submitted."""
+    import sdk.stream
+    from enclave.signing import sign_json
+    from sdk.stream import Stream, StreamOptions
+
+    key = generate_signing_key()
+    owner = type("Owner", (), {"signing_key": lambda self: key})()
+    genuine = {n: sign_json({"tenant": "acme", "batch_id": n}, key).encode() for n in ("s-1", "s-9")}
+    bucket = _Bucket({"incoming/acme/s-1/manifest.jws": genuine["s-1"],
+                      "incoming/acme/s-2/manifest.jws": sign_json({"tenant": "acme", "batch_id": "s-2"},
+                                                                  generate_signing_key()).encode(),
+                      "incoming/acme/s-3/manifest.jws": genuine["s-9"]})
+    submitted: list[str] = []
+    monkeypatch.setattr(sdk.stream, "submit_batch", lambda *a, batch_id, **k: submitted.append(batch_id))
+    source = tmp_path / "drop"
+    source.mkdir()
+    journal = Journal(tmp_path / "j.sqlite", source=source, tenant="acme")
+    events: list[dict[str, object]] = []
+    stream = Stream(source, tmp_path / "out", journal, None, "acme", owner, bucket, [],  # type: ignore[arg-type]
+                    verify=lambda _: None, emit=events.append,  # type: ignore[arg-type,return-value]
+                    options=StreamOptions(max_in_flight=5))
+    try:
+        journal.db.executemany("INSERT INTO batches (n, batch_id, emails, state, cut_at) VALUES (?,?,?,?,?)",
+                               [(n, f"s-{n}", 1, "cut", time.time()) for n in (1, 2, 3, 4)])
+        stream.submit_cut()
+        assert submitted == ["s-2", "s-3", "s-4"]
+        assert [e["batch_id"] for e in events if e.get("found_in_bucket")] == ["s-1"]
+        assert {s for (s,) in journal.db.execute("SELECT state FROM batches")} == {"submitted"}
+    finally:
+        journal.close()
