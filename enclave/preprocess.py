@@ -29,7 +29,18 @@ _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX, "
 
 
 class InputRefused(ValueError):
-    """A row does not fit the model's contract; the message names the row and the rule, not the content."""
+    """A row does not fit the model's contract; the message names the row and the rule, not the content.
+
+    `found` is what the content was (an image's size, dimensions or kind): for the owner's own checks
+    (`detail()`), never in the message, which the enclave's refusal shows the platform."""
+
+    def __init__(self, message: str, found: str | None = None) -> None:
+        super().__init__(message)
+        self.found = found
+
+    def detail(self) -> str:
+        """The message with what was found, for the owner who holds the content."""
+        return f"{self}, found {self.found}" if self.found is not None else str(self)
 
 
 def tensor(spec: InputSpec, columns: dict[str, Sequence[object]], rows: int,
@@ -105,24 +116,24 @@ def image_format(data: bytes) -> str | None:
 def check_image(data: bytes, prep: ImagePrep, where: str) -> tuple[int, int]:
     """Check size, format and dimensions without decoding the pixels; returns (width, height).
 
-    Raises InputRefused naming `where`, the rule and the value found.
+    Raises InputRefused naming `where` and the rule; its `found` holds the value found.
     """
     if len(data) > prep.max_bytes:
-        raise InputRefused(f"{where}: expected at most {prep.max_bytes} bytes per image (the model's contract), "
-                           f"found {len(data)}")
+        raise InputRefused(f"{where}: expected at most {prep.max_bytes} bytes per image (the model's contract)",
+                           found=str(len(data)))
     kind = image_format(data)
     if kind not in prep.formats:
-        raise InputRefused(f"{where}: expected a {' or '.join(f.upper() for f in prep.formats)} image, found "
-                           f"{'a ' + kind.upper() + ' image' if kind else 'bytes of another kind'}")
+        raise InputRefused(f"{where}: expected a {' or '.join(f.upper() for f in prep.formats)} image",
+                           found=f"a {kind.upper()} image" if kind else "bytes of another kind")
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as im:
             width, height = im.size
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for a damaged header
-        raise InputRefused(f"{where}: expected a readable {kind.upper()} image, found a damaged one "
-                           f"({type(exc).__name__})") from None
+        raise InputRefused(f"{where}: expected a readable image",
+                           found=f"a damaged {kind.upper()} image ({type(exc).__name__})") from None
     if width * height > prep.max_pixels:
-        raise InputRefused(f"{where}: expected at most {prep.max_pixels} pixels (the model's contract), found "
-                           f"{width} x {height} = {width * height}")
+        raise InputRefused(f"{where}: expected at most {prep.max_pixels} pixels (the model's contract)",
+                           found=f"{width} x {height} = {width * height}")
     return width, height
 
 
@@ -135,8 +146,8 @@ def decode_image(data: bytes, prep: ImagePrep, where: str) -> np.ndarray:
             im.load()
             pixels = im.convert(prep.mode).resize((prep.width, prep.height), resample=_RESAMPLE[prep.resample])
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputRefused(f"{where}: expected a decodable {kind.upper()} image, decoding failed "
-                           f"({type(exc).__name__})") from None
+        raise InputRefused(f"{where}: expected a decodable image",
+                           found=f"a {kind.upper()} image whose decoding failed ({type(exc).__name__})") from None
     array = np.asarray(pixels, dtype=np.float32)
     array = array * np.float32(prep.scale) + np.float32(prep.offset)
     if array.ndim == 2:

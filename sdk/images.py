@@ -67,15 +67,15 @@ def check_images(path: Path, contract: Contract, model: str = "the model") -> li
         try:
             if size > spec.image.max_bytes:  # not even read: the owner's disk may hold anything
                 raise InputRefused(f"{name}: expected at most {spec.image.max_bytes} bytes per image (the model's "
-                                   f"contract), found {size}")
+                                   "contract)", found=str(size))
             data = file.read_bytes()
             try:
                 width, height = check_image(data, spec.image, name)
             except InputRefused as exc:
-                raise InputRefused(_named(str(exc), name, data)) from None
+                raise InputRefused(_named(exc.detail(), name, data)) from None
             reports.append(ImageReport(name, width, height))
         except InputRefused as exc:
-            reports.append(ImageReport(name, error=str(exc)))
+            reports.append(ImageReport(name, error=exc.detail()))
     return reports
 
 
