@@ -234,7 +234,7 @@ def _manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "jws": raw.decode(errors="replace").strip(), "created_at": p.get("created_at"),
               "objects": objects, "model": p.get("model"), "key_broker": p.get("key_broker"),
               "claimed_batch_id": p.get("batch_id"), "claimed_tenant": p.get("tenant")}
-    return float(p.get("created_at") or 0), ("batch_submitted", f"manifest:{sha256_hex(raw)}", fields)
+    return float(p.get("created_at") or 0), ("batch_submitted", f"manifest:{key}:{sha256_hex(raw)}", fields)
 
 
 def _receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
@@ -251,7 +251,7 @@ def _receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "model": p.get("model"), "evidence_sha256": p.get("evidence_sha256"),
               "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json", "worker": p.get("worker"),
               "sessions": p.get("sessions"), "issued_at": p.get("issued_at")}
-    return float(p.get("issued_at") or 0), ("receipt", f"receipt:{sha256_hex(raw)}", fields)
+    return float(p.get("issued_at") or 0), ("receipt", f"receipt:{key}:{sha256_hex(raw)}", fields)
 
 
 def _payload(raw: bytes, what: str) -> tuple[str, dict[str, Any]]:
@@ -272,7 +272,7 @@ def _training_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "objects": [{k: obj.get(k) for k in ("key", "size", "sha256", "rows")}] if obj else [],
               "recipe": p.get("recipe"), "model": p.get("model"), "holdout": p.get("holdout"),
               "claimed_batch_id": p.get("job_id"), "claimed_tenant": p.get("tenant")}
-    return float(p.get("created_at") or 0), ("training_submitted", f"training-manifest:{sha256_hex(raw)}", fields)
+    return float(p.get("created_at") or 0), ("training_submitted", f"training-manifest:{key}:{sha256_hex(raw)}", fields)
 
 
 def _training_receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
@@ -284,7 +284,7 @@ def _training_receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "evidence_sha256": p.get("evidence_sha256"),
               "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json", "worker": p.get("worker"),
               "sessions": p.get("sessions"), "issued_at": p.get("issued_at")}
-    return float(p.get("issued_at") or 0), ("training_receipt", f"training-receipt:{sha256_hex(raw)}", fields)
+    return float(p.get("issued_at") or 0), ("training_receipt", f"training-receipt:{key}:{sha256_hex(raw)}", fields)
 
 
 def _tuned_card_entry(key: str, raw: bytes) -> tuple[float, Entry]:
@@ -296,7 +296,7 @@ def _tuned_card_entry(key: str, raw: bytes) -> tuple[float, Entry]:
               "batch_id": lineage.get("job_id"), "name": p.get("name"), "version": p.get("version"),
               "digest": p.get("digest"), "lineage": lineage, "evidence_sha256": p.get("evidence_sha256"),
               "evidence_key": f"{prefix}/evidence/{p.get('evidence_sha256')}.json"}
-    return 0.0, ("tuned_model", f"tuned-card:{sha256_hex(raw)}", fields)
+    return 0.0, ("tuned_model", f"tuned-card:{key}:{sha256_hex(raw)}", fields)
 
 
 def _result_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
@@ -315,7 +315,7 @@ def _result_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
     fields = {"tenant": tenant, "batch_id": batch, "key": key, "sha256": sha256_hex(raw), "rows": doc.get("rows"),
               "run_id": doc.get("run_id"), "manifest_sha256": doc.get("manifest_sha256"), "model": doc.get("model"),
               "shards": shards, "attestation": attestation}
-    return 0.0, ("batch_result", f"result-manifest:{sha256_hex(raw)}", fields)
+    return 0.0, ("batch_result", f"result-manifest:{key}:{sha256_hex(raw)}", fields)
 
 
 def _status_entry(key: str, raw: bytes) -> tuple[float, Entry]:
@@ -327,4 +327,4 @@ def _status_entry(key: str, raw: bytes) -> tuple[float, Entry]:
     fields = {"tenant": tenant, "batch_id": batch, "key": key, "state": doc.get("state"), "reason": doc.get("reason"),
               "run_id": doc.get("run_id"), "manifest_sha256": doc.get("manifest_sha256"),
               "result_manifest": doc.get("result_manifest"), "updated_at": doc.get("updated_at")}
-    return float(doc.get("updated_at") or 0), ("batch_status", f"status:{sha256_hex(raw)}", fields)
+    return float(doc.get("updated_at") or 0), ("batch_status", f"status:{key}:{sha256_hex(raw)}", fields)

@@ -337,3 +337,30 @@ def test_a_training_receipt_moved_under_another_models_folder_is_an_error(scenar
     scenario.store.delete(old + "receipt.jws")
     errors = [f.message for f in _verify(scenario, _synced(scenario)) if f.check == "training"]
     assert errors == [f"training receipt {new}receipt.jws speaks of tenant {TENANT}, model spam-filter-tuned:1"]
+
+
+def test_a_training_receipt_copied_under_another_models_folder_is_an_error(scenario: Scenario) -> None:
+    """As above, but the genuine receipt also stays in its own folder: the byte-identical copy is logged as an
+    entry of its own (entries are by key and content, not content alone) and named."""
+    scenario.run_training("t-1")
+    old, new = f"tuned/{TENANT}/spam-filter-tuned/1/", f"tuned/{TENANT}/spam-filter-tuned/3/"
+    for key in scenario.store.keys(old):
+        if key.endswith("receipt.jws") or "/evidence/" in key:
+            scenario.store.put(new + key.removeprefix(old), scenario.store.get(key))
+    errors = [f.message for f in _verify(scenario, _synced(scenario)) if f.check == "training"]
+    assert errors == [f"training receipt {new}receipt.jws speaks of tenant {TENANT}, model spam-filter-tuned:1"]
+
+
+def test_a_batch_receipt_copied_under_another_batch_is_an_error(scenario: Scenario) -> None:
+    """The platform copies batch b1's genuine receipt and its evidence, byte for byte, under batch b2's folder
+    as well (the originals stay): the copy is an entry of its own, and named."""
+    scenario.run_batch("b1")
+    scenario.run_batch("b2")
+    b1 = f"results/{TENANT}/b1/"
+    source = next(k for k in scenario.store.keys(b1) if k.endswith(".receipt.jws"))
+    for key in [source, *(k for k in scenario.store.keys(b1 + "evidence/"))]:
+        scenario.store.put(key.replace("/b1/", "/b2/").replace(".receipt.jws", "-copy.receipt.jws"),
+                           scenario.store.get(key))
+    copy = source.replace("/b1/", "/b2/").replace(".receipt.jws", "-copy.receipt.jws")
+    errors = [e for e in _errors(_verify(scenario, _synced(scenario))) if copy in e]
+    assert errors and errors[0].startswith(f"receipt {copy} lies under batch b2 but speaks of batch b1"), errors
