@@ -337,20 +337,6 @@ def _get(store: ObjectStore, key: str, what: str) -> bytes:
     return data
 
 
-def training_spec(manifest_token: str, owner_key: dict[str, Any], *, owner_broker: str) -> dict[str, Any]:
-    """The worker's instruction (`wire.training.TrainingSpec` as a dict) from a verified training manifest."""
-    m = verify_json(manifest_token, owner_key, what="training manifest")
-    if m.get("type") != TRAINING_MANIFEST_TYPE:
-        raise TrainingJobError(f"training manifest.type: expected {TRAINING_MANIFEST_TYPE}, got {m.get('type')!r}")
-    model = m["model"]
-    return {"tenant": m["tenant"], "job_id": m["job_id"], "input_key": m["object"]["key"],
-            "input_sha256": m["object"]["sha256"], "recipe_name": m["recipe"]["name"],
-            "recipe_version": m["recipe"]["version"], "recipe_digest": m["recipe"]["digest"],
-            "owner_broker": owner_broker, "model_name": model["name"], "model_version": model["version"],
-            "owner_share_key": m["key_broker"]["share_key"], "owner_share_wrapped": m["key_broker"]["share_wrapped"],
-            "receipt_key": f"tuned/{m['tenant']}/{model['name']}/{model['version']}/receipt.jws"}
-
-
 def _next_tuned_version(store: ObjectStore, tenant: str, name: str) -> int:
     versions = [int(k.split("/")[3]) for k in store.keys(f"tuned/{tenant}/{name}/") if k.endswith("/card.jws")]
     return max(versions, default=0) + 1

@@ -17,15 +17,17 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from dags.cscore_platform.manifest import ManifestError
+from dags.cscore_platform.training import training_spec
 from enclave.kbs_client import AttestedSession, EnclaveKeys, KbsError
 from enclave.pme import write_encrypted
-from enclave.signing import SignatureError, generate_signing_key, sign_json, verify_json
+from enclave.signing import generate_signing_key, sign_json, verify_json
 from enclave.tee import SimulatedSnpProvider
 from enclave.training import decrypt_recipe, joint_key, train_job
 from enclave.worker import Enclave
 from keybroker.tls import ensure_local_tls
 from sdk.broker_admin import BrokerAdmin
-from sdk.owner_training import read_labelled, submit_training, training_spec
+from sdk.owner_training import read_labelled, submit_training
 from sdk.party import Party
 from sdk.provider import publish_recipe, recipe_key_id
 from sdk.storage import ObjectStore
@@ -272,14 +274,15 @@ def test_owner_train_to_tuned_model(published: tuple[Party, MemoryStore, str], t
     job = submit_training(labelled, card, tenant="acme", owner=owner, store=cast(ObjectStore, store),
                           measurements=[MEASUREMENT.hex()], config_digests=[worker.config.digest_hex()],
                           model_name="spam-filter-tuned", job_id="ot-job")
-    manifest = store.get(job.manifest_key).decode()
-    spec = TrainingSpec.from_dict(training_spec(manifest, owner.public_key(), owner_broker="tls-owner"))
+    manifest = store.get(job.manifest_key)  # the platform's DAG makes the worker's spec from it
+    spec = TrainingSpec.from_dict(training_spec(job.manifest_key, manifest, owner.public_key()))
+    assert spec.owner_broker == "tls-owner"
     assert b"viagra" not in store.get(spec.input_key) and b"m17" not in store.get(spec.input_key)
     trained = worker.train(spec, store.get(spec.input_key), store.get(card_key).decode(), store.get)
     tuned = verify_json(trained.card, trained.evidence["runtime_data"]["receipt_pubkey"], what="tuned card")
     assert tuned["tenant"] == "acme" and tuned["lineage"]["input_sha256"] == spec.input_sha256
     metrics = trained.metrics
     assert (metrics["holdout_rows"], metrics["train_rows"]) == (job.holdout_rows, 240 - job.holdout_rows)
-    with pytest.raises(SignatureError):  # a manifest the platform signed is no owner's choice
-        training_spec(sign_json({"type": "cscore.training-manifest/v1"}, generate_signing_key()),
-                      owner.public_key(), owner_broker="tls-owner")
+    with pytest.raises(ManifestError, match="signed by tenant acme's registered key"):  # the platform's own
+        training_spec(job.manifest_key, sign_json({"type": "cscore.training-manifest/v1"},
+                                                  generate_signing_key()).encode(), owner.public_key())
