@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
 from sdk.emails import Email
 from sdk.models import find_model
-from sdk.owner import SubmittedBatch, submit_batch, wait_for_batch
+from sdk.owner import SubmittedBatch, register_tenant, submit_batch, wait_for_batch
 from sdk.party import Party
 from sdk.provider import publish_model
 from sdk.storage import ObjectStore
@@ -48,17 +48,21 @@ def storage_stack(state: Path) -> Iterator[LocalStack]:
         yield running
 
 
-def toy_batch(state_dir: Path, tag: str, count: int, *,
-              timeout: float) -> tuple[list[Email], SubmittedBatch, dict[str, Any]]:
+def toy_batch(state_dir: Path, tag: str, count: int, *, timeout: float,
+              approve: Callable[[str, str], None] | None = None) -> tuple[list[Email], SubmittedBatch, dict[str, Any]]:
     """On the running stack: the provider publishes a spam model trained on four phrases, the owner onboards, trusts
     it and submits `count` emails (message ids `<m{i}@{tag}>`); returns the emails, the batch and its final status
-    (waited for up to `timeout` s)."""
+    (waited for up to `timeout` s). `approve(tenant, thumbprint)` is the platform operator approving the owner's
+    registration (default: this process, with the key in `<state>/platform`)."""
     store, owner, provider = ObjectStore(), Party.from_env("owner"), Party.from_env("provider")
     texts = ["win money now", "free prize claim today", "meeting at noon", "lunch tomorrow?"] * 10
     model = export_onnx(train_spam_model(texts, [1, 1, 0, 0] * 10))
     published = publish_model(model, "spam-filter", provider=provider, store=store,
                               allowed_measurements=[code_measurement().hex()])
-    onboard_tenant(owner, store, state_dir)
+    if approve is None:
+        onboard_tenant(owner, store, state_dir)
+    else:
+        approve(TENANT, register_tenant(owner, TENANT, store).thumbprint)
     owner.trust_provider(provider.public_key())
     emails = [Email(f"<m{i}@{tag}>", texts[i % len(texts)] + f" #{i}") for i in range(count)]
     listing = find_model(store, f"spam-filter:{published.version}", owner.trusted_providers())

@@ -93,6 +93,9 @@ def spawn_redis(stack: LocalStack) -> Pending:
     redis_dir.mkdir(parents=True, exist_ok=True)
     if (machine := stack.machine("redis")) is not None:
         return _spawn_tls_redis(stack, redis_dir, machine.address)
+    if stack.users:
+        raise StackError("separate machine users need Redis on a machine of its own (machines={'redis': ...}): "
+                         "the workers' account could not open root's 0700 unix socket")
     sock = redis_dir / "redis.sock"
     if len(str(sock)) >= SOCKET_PATH_MAX:
         raise StackError(f"redis socket path {sock} is too long for a unix socket; use a shorter state dir")
@@ -175,7 +178,7 @@ def spawn_sim_tee(stack: LocalStack) -> Pending:
     if not _module_exists(stack.repo, "attestation", "simulated"):
         raise StackError("attestation.simulated is missing (not written yet?): cannot create the simulated "
                          "SEV-SNP firmware; start with sim_tee=False or set CSCORE_TEE=configfs-tsm")
-    part = stack.spawn("sim-tee", [PY, "-m", "attestation.simulated", "init", str(sim_dir)])
+    part = stack.spawn("sim-tee", [PY, "-m", "attestation.simulated", "init", str(sim_dir)], role="workers")
     stack.env["CSCORE_SIM_TEE_DIR"] = str(sim_dir)
 
     def wait() -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from infra.local import parts, procs
+from infra.local import machine_users, parts, procs
 from infra.local.envfile import load_env
 from infra.local.netns import Namespace
 from infra.local.parts import Pending
@@ -43,9 +43,11 @@ class LocalStack:
     def __init__(self, state_dir: Path, workers: int = 2, airflow: bool = True, *, brokers: bool = True,
                  sim_tee: bool = True, environ: Mapping[str, str] | None = None, repo: Path = REPO,
                  out: Callable[[str], None] | None = None, machines: Mapping[str, Namespace] | None = None,
-                 lan: str | None = None) -> None:
+                 lan: str | None = None, users: bool | None = None) -> None:
         """`machines` places roles (ROLES) on simulated machines (infra/local/netns.py): their processes run
-        in that namespace and bind its address; `lan` is the CIDR the local CAs certify for them."""
+        in that namespace and bind its address; `lan` is the CIDR the local CAs certify for them. `users`
+        (default: whenever there are machines) runs each machine's processes as an account of its own, its
+        folders 0700 (infra/local/machine_users.py); root only."""
         self.state_dir = Path(state_dir).resolve()
         self.workers = workers
         self.airflow = airflow
@@ -68,6 +70,9 @@ class LocalStack:
             raise StackError("machines need lan, the CIDR of their addresses (Network.cidr)")
         self.lan = lan or "127.0.0.0/8"
         self.redis_ca: Path | None = None  # the CA of a TLS Redis (on a simulated machine)
+        self.users = bool(self.machines) if users is None else users
+        if self.users:
+            machine_users.require_root()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -289,10 +294,26 @@ class LocalStack:
         """Start a long-running part, its environment less the variables in ``without``, plus ``extra`` (this
         part's own settings), on its role's machine; remembered for stop()."""
         env = {**{k: v for k, v in self.child_env().items() if k not in without}, **(extra or {})}
-        machine = self.machine(role) if role else None
-        part = procs.spawn(name, [*machine.launcher, *argv] if machine else argv, env, self.state_dir, self.repo)
+        part = procs.spawn(name, self.launcher(name, role, argv), env, self.state_dir, self.repo)
         self.parts[name] = part
         return part
+
+    def launcher(self, name: str, role: str | None, argv: list[str]) -> list[str]:
+        """argv on role's machine (its namespace), as the account of part `name` or of role when users are
+        separate (handing it its folders first); as is otherwise."""
+        machine = self.machine(role) if role else None
+        account = (machine_users.account(name) or machine_users.account(role or "")) if self.users else None
+        argv = [*machine_users.launcher(self.state_dir, account, self.repo), *argv] if account else argv
+        return [*machine.launcher, *argv] if machine else argv
+
+    def run_as(self, key: str, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a one-off command as account `key` (a part name or role, see machine_users.ACCOUNTS) on that
+        role's machine, with the stack's environment; its output captured. For the operator's own commands
+        and for tests that act as one party."""
+        role = key if key in ROLES else "brokers" if key.endswith("-broker") else None
+        return subprocess.run(self.launcher(key, role, argv),  # noqa: S603
+                              env=self.child_env(), cwd=self.repo, capture_output=True, text=True,
+                              timeout=timeout, check=False)
 
     def finish(self, part: Part, timeout: float) -> None:
         """Wait for a one-shot part to exit 0 (StackError with its log tail otherwise); forget it."""
@@ -313,3 +334,9 @@ class LocalStack:
     def _prepare_dirs(self) -> None:
         for sub in ("pids", "logs", "owner", *parts.PROVIDERS, "platform"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.users:  # every account's folders its own from the start; the rest root's, listable by none
+            self.state_dir.chmod(0o711)
+            for sub in ("pids", "logs"):
+                (self.state_dir / sub).chmod(0o700)
+            for account in machine_users.ACCOUNTS.values():
+                machine_users.hand_over(self.state_dir, account)
