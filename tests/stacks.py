@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,3 +70,16 @@ def toy_batch(state_dir: Path, tag: str, count: int, *, timeout: float,
     batch = submit_batch(emails, listing, tenant=TENANT, owner=owner, store=store,
                          measurements=[code_measurement().hex()])
     return emails, batch, wait_for_batch(store, TENANT, batch.batch_id, timeout=timeout)
+
+
+def approve_as_platform(stack: LocalStack) -> Callable[[str, str], None]:
+    """toy_batch's `approve`: the operator's `cscore platform approve-tenant`, run as the platform's account on
+    its machine (LocalStack.run_as) with the approval key in the platform's own folder; the owner hands it
+    only the thumbprint, as in real life (no folder shared with the owner's process)."""
+    def approve(tenant: str, thumbprint: str) -> None:
+        home = stack.state_dir / "platform"
+        done = stack.run_as("platform", [sys.executable, "-m", "cscore", "--state-dir", str(home), "platform",
+                                         "approve-tenant", tenant, "--thumbprint", thumbprint, "--key-home", str(home)])
+        if done.returncode != 0:
+            raise AssertionError(f"approve-tenant as the platform failed ({done.returncode}): {done.stderr[-2000:]}")
+    return approve

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -91,6 +93,26 @@ def hand_over(state_dir: Path, user: MachineUser) -> tuple[int, int]:
         os.chown(top, uid, gid, follow_symlinks=False)
         os.chmod(top, 0o700)
     return uid, gid
+
+
+def own_copies(env: dict[str, str], state_dir: Path, user: MachineUser) -> dict[str, str]:
+    """env with every file of the supervisor's `<state>/tls/` it names (CA certificates, public) copied into
+    the user's own folder and named there instead (in URLs and JSON alike), as a real machine is provisioned
+    with its own copy: no machine reads a folder another party writes."""
+    shared = state_dir / "tls"
+    home = state_dir / user.folders[0] / "tls"
+    found = {m for value in env.values() for m in re.findall(re.escape(str(shared)) + r"/[^\s&\"',;]+", value)}
+    copies = {}
+    for path in sorted(found):
+        if Path(path).is_file():
+            copy = home / Path(path).relative_to(shared)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+            copies[path] = str(copy)
+    if not copies:
+        return env
+    pattern = re.compile("|".join(re.escape(p) for p in sorted(copies, key=len, reverse=True)))
+    return {k: pattern.sub(lambda m: copies[m.group(0)], v) for k, v in env.items()}
 
 
 def launcher(state_dir: Path, user: MachineUser, repo: Path) -> list[str]:

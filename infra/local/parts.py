@@ -131,12 +131,14 @@ def _spawn_tls_redis(stack: LocalStack, redis_dir: Path, address: str) -> Pendin
     tls = ensure_local_tls(stack.state_dir / "tls" / "redis", redis_dir, "redis", hosts=[address],
                            networks=[stack.lan])
     password = ensure_secret(redis_dir / "password")
+    ca_cert = redis_dir / "ca.pem"  # the server's own copy: no machine reads the supervisor's tls/ folder
+    shutil.copyfile(tls.ca_cert, ca_cert)
     port = free_port()
     conf = redis_dir / "redis.conf"
     conf.unlink(missing_ok=True)
     ensure_secret(conf, lambda: "\n".join([
         f"bind {address}", "port 0", f"tls-port {port}", f"tls-cert-file {tls.cert}", f"tls-key-file {tls.key}",
-        f"tls-ca-cert-file {tls.ca_cert}", "tls-auth-clients no", "user default off",
+        f"tls-ca-cert-file {ca_cert}", "tls-auth-clients no", "user default off",
         f"user {REDIS_USER} on >{password} ~* &* +@all", 'save ""', "appendonly no", f"dir {redis_dir}",
         "daemonize no", "set-proc-title no"]) + "\n")
     part = stack.spawn("redis", [binary, str(conf)], role="redis")

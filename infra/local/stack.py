@@ -293,16 +293,25 @@ class LocalStack:
               extra: Mapping[str, str] | None = None, role: str | None = None) -> Part:
         """Start a long-running part, its environment less the variables in ``without``, plus ``extra`` (this
         part's own settings), on its role's machine; remembered for stop()."""
-        env = {**{k: v for k, v in self.child_env().items() if k not in without}, **(extra or {})}
+        env = self._own_env(name, role, {**{k: v for k, v in self.child_env().items() if k not in without},
+                                         **(extra or {})})
         part = procs.spawn(name, self.launcher(name, role, argv), env, self.state_dir, self.repo)
         self.parts[name] = part
         return part
+
+    def _account(self, name: str, role: str | None) -> machine_users.MachineUser | None:
+        """The account of part `name` (or of its role) when users are separate; None: runs as this process."""
+        return (machine_users.account(name) or machine_users.account(role or "")) if self.users else None
+
+    def _own_env(self, name: str, role: str | None, env: dict[str, str]) -> dict[str, str]:
+        account = self._account(name, role)
+        return machine_users.own_copies(env, self.state_dir, account) if account else env
 
     def launcher(self, name: str, role: str | None, argv: list[str]) -> list[str]:
         """argv on role's machine (its namespace), as the account of part `name` or of role when users are
         separate (handing it its folders first); as is otherwise."""
         machine = self.machine(role) if role else None
-        account = (machine_users.account(name) or machine_users.account(role or "")) if self.users else None
+        account = self._account(name, role)
         argv = [*machine_users.launcher(self.state_dir, account, self.repo), *argv] if account else argv
         return [*machine.launcher, *argv] if machine else argv
 
@@ -311,8 +320,9 @@ class LocalStack:
         role's machine, with the stack's environment; its output captured. For the operator's own commands
         and for tests that act as one party."""
         role = key if key in ROLES else "brokers" if key.endswith("-broker") else None
+        env = self._own_env(key, role, self.child_env())
         return subprocess.run(self.launcher(key, role, argv),  # noqa: S603
-                              env=self.child_env(), cwd=self.repo, capture_output=True, text=True,
+                              env=env, cwd=self.repo, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
     def finish(self, part: Part, timeout: float) -> None:
@@ -336,7 +346,8 @@ class LocalStack:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         if self.users:  # every account's folders its own from the start; the rest root's, listable by none
             self.state_dir.chmod(0o711)
-            for sub in ("pids", "logs"):
+            for sub in ("pids", "logs", "tls"):  # tls/: the local CAs, their keys (machines get copies)
+                (self.state_dir / sub).mkdir(exist_ok=True)
                 (self.state_dir / sub).chmod(0o700)
             for account in machine_users.ACCOUNTS.values():
                 machine_users.hand_over(self.state_dir, account)

@@ -17,7 +17,7 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from infra.local.stack import LocalStack
 from sdk.party import Party
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
-from tests.stacks import toy_batch
+from tests.stacks import approve_as_platform, toy_batch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -48,6 +48,10 @@ SECRETS = {
     "redis/password": "redis", "redis/redis.conf": "redis",
     "platform/tenant-approver.jwk": "platform", "airflow/jwt-secret": "platform",
     "tls/owner/ca.key": None, "tls/provider/ca.key": None, "tls/redis/ca.key": None, "stack.env": None,
+    # The supervisor's CA folder is no machine's: each reads its own copy of the public certificates.
+    "tls": None, "tls/redis/ca.pem": None, "tls/ca-bundle.pem": None,
+    "platform/tls/redis/ca.pem": "platform", "worker/tls/redis/ca.pem": "workers",
+    "worker/tls/ca-bundle.pem": "workers", "redis/ca.pem": "redis",
 }
 PROBERS = ("platform", "workers", "redis", "owner-broker", "provider-broker")
 # Read one byte of each file, list each folder; print what happened (errno names) and the prober's standing.
@@ -91,17 +95,6 @@ def stack(net: Network, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         s.stop()
         os.environ.clear()
         os.environ.update(saved)
-
-
-def approve_as_platform(s: LocalStack) -> Callable[[str, str], None]:
-    """The operator's `cscore platform approve-tenant`, as the platform's account on its machine, with the
-    approval key in the platform's own folder: the owner hands over only the thumbprint."""
-    def approve(tenant: str, thumbprint: str) -> None:
-        home = s.state_dir / "platform"
-        done = s.run_as("platform", [sys.executable, "-m", "cscore", "--state-dir", str(home), "platform",
-                                     "approve-tenant", tenant, "--thumbprint", thumbprint, "--key-home", str(home)])
-        assert done.returncode == 0, done.stderr[-2000:]
-    return approve
 
 
 @pytest.fixture(scope="module")

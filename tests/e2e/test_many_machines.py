@@ -1,7 +1,9 @@
 """One real batch with the platform (moto S3+SQS, Airflow), the key brokers, Redis and the confidential workers
 each on a simulated machine of its own (a network namespace: own loopback, a veth pair onto one LAN), talking
-TCP with TLS to the brokers and Redis (an ACL user's password); the owner is the host. Results verify, and
-while the batch runs no party's process holds a file of another party's folder open.
+TCP with TLS to the brokers and Redis (an ACL user's password), each machine's processes as an account of its
+own (infra/local/machine_users.py; tests/adversary/test_machine_files.py tries the reads); the owner is the
+host, the operator approves its tenant as the platform's account. Results verify, and while the batch runs no
+party's process holds a file of another party's folder open.
 
 Needs root and iproute2 (CI runs as root), and Debian's redis-server (TLS). ~4-8 min.
 """
@@ -22,7 +24,7 @@ from infra.local.stack import LocalStack
 from sdk.party import Party
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
-from tests.stacks import toy_batch
+from tests.stacks import approve_as_platform, toy_batch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -116,7 +118,8 @@ def test_a_batch_runs_across_simulated_machines(stack: LocalStack, net: Network)
     assert stack.env["CSCORE_CELERY_BROKER_URL"].startswith("rediss://")
 
     with OpenFiles(stack, net) as opened:
-        emails, batch, status = toy_batch(stack.state_dir, "machines", 120, timeout=480)
+        emails, batch, status = toy_batch(stack.state_dir, "machines", 120, timeout=480,
+                                          approve=approve_as_platform(stack))
     assert status["state"] == "succeeded", status.get("reason")
     anchors, policy = owner_trust(accept_simulated=True)
     results = fetch_results(TENANT, batch.batch_id, owner=Party.from_env("owner"), store=ObjectStore(),

@@ -121,3 +121,19 @@ def test_the_hand_over_follows_no_link_planted_in_a_folder(tmp_path: Path) -> No
 def test_the_jail_refuses_to_run_as_root() -> None:
     with pytest.raises(SystemExit):
         jail.main(["--uid", "0", "--gid", "0", "--user", "root", "--home", "/", "--", "true"])
+
+
+def test_a_machine_gets_its_own_copy_of_each_certificate_the_supervisor_names(tmp_path: Path) -> None:
+    folder = state(tmp_path)
+    ca = folder / "tls" / "redis" / "ca.pem"
+    ca.parent.mkdir(parents=True)
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"URL": f"rediss://u:p@10.1.2.3:6379/0?ssl_cert_reqs=required&ssl_ca_certs={ca}",
+           "CONN": json.dumps({"extra": {"broker_url": f"rediss://h/0?ssl_ca_certs={ca}"}}), "OTHER": "/tmp/x"}
+    own = machine_users.own_copies(env, folder, machine_users.ACCOUNTS["platform"])
+    copy = folder / "platform" / "tls" / "redis" / "ca.pem"
+    assert own == {"URL": env["URL"].replace(str(ca), str(copy)), "OTHER": "/tmp/x",
+                   "CONN": json.dumps({"extra": {"broker_url": f"rediss://h/0?ssl_ca_certs={copy}"}})}
+    assert copy.read_text() == ca.read_text()
+    assert machine_users.own_copies({"OTHER": "/tmp/x"}, folder, machine_users.ACCOUNTS["platform"]) == {
+        "OTHER": "/tmp/x"}
