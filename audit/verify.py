@@ -38,6 +38,7 @@ from audit.merkle import ProofError, verify_consistency
 from enclave.receipts import ReceiptError, VerifiedReceipt, verify_receipt
 from enclave.signing import SignatureError, canonical_json
 from wire.training import TRAINING_RECEIPT_TYPE, TUNED_CARD_TYPE
+from wire.worker_config import config_digest_from_claims
 
 ERROR, NOTE = "error", "note"
 DECISION_KINDS = {"attestation", "grant", "policy_change", "key_release"}  # entries made from broker decisions
@@ -405,7 +406,21 @@ def check_grants(entries: list[dict[str, Any]], receipts: list[VerifiedReceipt])
         if r.claims.measurement not in (grant.get("granted_measurements") or []):
             out.append(Finding(ERROR, "grant", f"batch {batch}: {where} was signed by measurement "
                                                f"{r.claims.measurement[:16]}…, not granted", batch))
+        config = _ungranted_config(grant, r)
+        if config is not None:
+            out.append(Finding(ERROR, "grant", f"batch {batch}: {where} was signed by a worker launched with "
+                                               f"configuration {config[:16]}…, not one the grant names "
+                                               f"({grant.get('granted_config_digests')})", batch))
     return out
+
+
+def _ungranted_config(grant: dict[str, Any], receipt: VerifiedReceipt) -> str | None:
+    """The receipt's worker configuration (HOST_DATA / MRCONFIGID) when its grant names others, else None: the
+    platform launches the granted code with a configuration of its choosing (its own broker as the owner's).
+    A grant logged before the measured configuration names none (None): nothing to hold it to."""
+    granted = grant.get("granted_config_digests")
+    config = config_digest_from_claims(receipt.claims.host_data or "")
+    return config if granted is not None and config not in granted else None
 
 
 @dataclass(frozen=True)
@@ -564,6 +579,10 @@ def check_training(entries: list[dict[str, Any]], store: Objects, anchors: Trust
                                                f"measurement {receipt.claims.measurement[:16]}…, which the owner's "
                                                f"grant ({'none' if grant is None else grant.get('model_digest')}) "
                                                "does not name", job, at))
+        elif (config := _ungranted_config(grant, receipt)) is not None:
+            out.append(Finding(ERROR, "grant", f"training job {job}: trained by a worker launched with configuration "
+                                               f"{config[:16]}…, not one the owner's grant names "
+                                               f"({grant.get('granted_config_digests')})", job, at))
         card_entry = cards.get((p.get("tenant"), model.get("name"), model.get("version")))
         if card_entry is None:
             out.append(Finding(ERROR, "training", f"training job {job}: no tuned model card logged for "

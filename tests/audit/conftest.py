@@ -63,8 +63,11 @@ class FakeBroker:
         self.decide("admin.create_key", "allow", f"created {kind} key; policy: default; measurements: "
                     f"{measurements or []}", key_id=key_id)
 
-    def grant(self, batch: str, model: str, measurements: list[str], key_ids: list[str]) -> None:
-        self.decide("admin.grant", "allow", f"grant keys {key_ids} to measurements {measurements}",
+    def grant(self, batch: str, model: str, measurements: list[str], key_ids: list[str],
+              config_digests: list[str] | None = None) -> None:
+        # With `config_digests`, the reason a broker writes since the measured worker configuration.
+        configs = "" if config_digests is None else f"; worker configurations {config_digests}; 20 rows"
+        self.decide("admin.grant", "allow", f"grant keys {key_ids} to measurements {measurements}{configs}",
                     batch_id=batch, model_digest=model)
 
     def decisions(self, after: int = 0, *, verify: bool = True) -> list[dict[str, Any]]:
@@ -104,9 +107,10 @@ class Scenario:
             {"allowed_measurements": [MEASUREMENT.hex()], "allowed_roots": ["simulated"]})
 
     def run_batch(self, batch: str, *, shards: int = 2, fail: str | None = None, grant: bool = True,
-                  measurement: bytes = MEASUREMENT, reuse_attestation: bool = False) -> None:
+                  measurement: bytes = MEASUREMENT, reuse_attestation: bool = False,
+                  host_data: bytes = bytes(32)) -> None:
         """Submit, grant, attest (or reuse the previous batch's attestation), release keys, score shards
-        (receipts), finish (or fail with `fail`)."""
+        (receipts, by a worker launched with `host_data`), finish (or fail with `fail`)."""
         self._submit(batch, shards)
         if grant:
             self.owner.grant(batch, MODEL, [MEASUREMENT.hex()], ["acme/footer", "acme/emails", "acme/results"])
@@ -126,7 +130,7 @@ class Scenario:
         if fail:
             self._status(batch, "failed", reason=fail)
             return
-        outcomes = [self._shard(batch, i, measurement, claims) for i in range(shards)]
+        outcomes = [self._shard(batch, i, measurement, claims, host_data) for i in range(shards)]
         prefix = f"results/{TENANT}/{batch}/"
         self.store.put(prefix + "result-manifest.json", json.dumps({
             "type": "cscore.result-manifest/v1", "tenant": TENANT, "batch_id": batch, "rows": 10 * shards,
@@ -138,7 +142,8 @@ class Scenario:
                        .encode())
         self._status(batch, "succeeded", result_manifest=prefix + "result-manifest.json")
 
-    def run_training(self, job: str, *, version: int = 1, signed_sessions: bool = True) -> None:
+    def run_training(self, job: str, *, version: int = 1, signed_sessions: bool = True,
+                     host_data: bytes = bytes(32), config_digests: list[str] | None = None) -> None:
         """A training job as cscore_train runs it: keys and grant for the recipe, attestation, the recipe and
         the owner's data and share released, the enclave's tuned card and receipt (same key as its evidence);
         `signed_sessions=False`: a receipt that signs no broker session (its releases tie to no worker)."""
@@ -149,7 +154,7 @@ class Scenario:
         data_key, share_key = f"acme.{job}.train", f"acme.{job}.share"
         for key_id in (data_key, share_key):
             self.owner.create_key(key_id)
-        self.owner.grant(job, RECIPE, [MEASUREMENT.hex()], [data_key, share_key])
+        self.owner.grant(job, RECIPE, [MEASUREMENT.hex()], [data_key, share_key], config_digests)
         manifest = {"type": "cscore.training-manifest/v1", "tenant": TENANT, "job_id": job,
                     "created_at": int(time.time()),
                     "object": {"key": f"incoming/{TENANT}/{job}/train.parquet", "size": 100, "sha256": "ee" * 32,
@@ -178,7 +183,7 @@ class Scenario:
                             "recipe.spam-recipe", "AAAA", {"broker_url": "http://provider"})
         receipt_key = generate_signing_key()
         runtime = {"nonce": secrets.token_hex(16), "receipt_pubkey": receipt_key.as_dict(private=False)}
-        evidence = SimulatedSnpProvider(self.sim_dir, MEASUREMENT).get_evidence(
+        evidence = SimulatedSnpProvider(self.sim_dir, MEASUREMENT, host_data=host_data).get_evidence(
             hashlib.sha512(canonical_json(runtime)).digest())
         doc = evidence_document(evidence, runtime)
         evidence_sha = _sha(canonical_json(doc))
@@ -211,11 +216,12 @@ class Scenario:
         body = {"state": state, "batch_id": batch, "tenant": TENANT, "updated_at": time.time(), **details}
         self.store.put(f"status/{TENANT}/{batch}.json", json.dumps(body).encode())
 
-    def _shard(self, batch: str, index: int, measurement: bytes, claims: dict[str, Any]) -> dict[str, Any]:
+    def _shard(self, batch: str, index: int, measurement: bytes, claims: dict[str, Any],
+               host_data: bytes = bytes(32)) -> dict[str, Any]:
         prefix = f"results/{TENANT}/{batch}/"
         receipt_key = generate_signing_key()
         runtime = {"nonce": secrets.token_hex(16), "receipt_pubkey": receipt_key.as_dict(private=False)}
-        evidence = SimulatedSnpProvider(self.sim_dir, measurement).get_evidence(
+        evidence = SimulatedSnpProvider(self.sim_dir, measurement, host_data=host_data).get_evidence(
             hashlib.sha512(canonical_json(runtime)).digest())
         doc = evidence_document(evidence, runtime)
         evidence_sha = _sha(canonical_json(doc))

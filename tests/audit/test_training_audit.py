@@ -53,6 +53,21 @@ def test_a_training_job_holds_and_tells_its_story(scenario: Scenario) -> None:
     assert "Training and lineage" not in [s["title"] for s in batch["sections"]]
 
 
+def test_a_training_receipt_by_a_worker_launched_with_an_ungranted_configuration_is_an_error(
+        scenario: Scenario) -> None:
+    """The granted code launched by the platform with its own configuration (HOST_DATA) trains the job: its receipt
+    and card verify, its measurement is granted, but the owner granted another configuration."""
+    granted, launched = "07" * 32, "09" * 32
+    scenario.run_training("t-1", host_data=bytes.fromhex(launched), config_digests=[granted])
+    _sync(scenario)
+    assert [e for e in _errors(scenario) if "[error] grant" in e] == [
+        f"[error] grant: training job t-1: trained by a worker launched with configuration {launched[:16]}…, not "
+        f"one the owner's grant names ({[granted]}) (log entry 17)"]
+    scenario.run_training("t-2", version=2, host_data=bytes.fromhex(granted), config_digests=[granted])
+    _sync(scenario)
+    assert not [e for e in _errors(scenario) if "t-2" in e]
+
+
 def test_a_training_receipt_the_platform_signed_is_found(scenario: Scenario) -> None:
     scenario.run_training("t-1")
     key = f"tuned/{TENANT}/spam-filter-tuned/1/receipt.jws"

@@ -289,6 +289,29 @@ def test_a_receipt_by_a_measurement_the_grant_does_not_name_is_an_error(scenario
         for i in (0, 1)]
 
 
+GRANTED_CONFIG, PLATFORM_CONFIG = bytes([7]) * 32, bytes([9]) * 32
+
+
+def test_a_receipt_by_a_worker_launched_with_a_configuration_the_grant_does_not_name_is_an_error(
+        scenario: Scenario) -> None:
+    """The platform launches the granted code with its own configuration (HOST_DATA: one naming its own broker as
+    the owner's): genuine evidence, a granted measurement, receipts for the owner's batch. The owner's grant names
+    the configuration it granted; the audit must hold the receipts to it, as the owner's results check does."""
+    scenario.owner.grant("bh", MODEL, [MEASUREMENT.hex()], ["acme/footer", "acme/emails", "acme/results"],
+                         [GRANTED_CONFIG.hex()])
+    scenario.run_batch("bh", grant=False, host_data=PLATFORM_CONFIG)
+    assert [f.message for f in _verify(scenario, _synced(scenario)) if f.check == "grant"] == [
+        f"batch bh: receipt of shard {i} was signed by a worker launched with configuration "
+        f"{PLATFORM_CONFIG.hex()[:16]}…, not one the grant names ({[GRANTED_CONFIG.hex()]})" for i in (0, 1)]
+
+
+def test_receipts_by_a_granted_configuration_hold(scenario: Scenario) -> None:
+    scenario.owner.grant("bg", MODEL, [MEASUREMENT.hex()], ["acme/footer", "acme/emails", "acme/results"],
+                         [GRANTED_CONFIG.hex()])
+    scenario.run_batch("bg", grant=False, host_data=GRANTED_CONFIG)
+    assert not failed(_verify(scenario, _synced(scenario)))
+
+
 def test_an_entry_rewritten_in_another_json_form_is_named(scenario: Scenario) -> None:
     """The same object in non-canonical JSON (a space added): its bytes, hence the tree, change too."""
     _synced(scenario, "b1")
