@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 from cscore.present import advice, histogram, histogram_lines, histogram_lines_of, label_rule_seen, tee_line
 
 _T = TypeVar("_T")
+# httpx imports its own command line client (click, pygments, rich: ~0.1 CPU s) whenever those are installed;
+# cscore never runs it, and an ImportError there makes httpx keep a stub instead.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 
 def default_state_dir() -> Path:
@@ -588,19 +591,21 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
     import tempfile
 
     from cscore.progress import progress
-    from sdk.owner import wait_for_batch
-    from sdk.party import Party
-    from sdk.platform_text import shown
-    from sdk.results import owner_trust, write_results
-    from sdk.results_file import output_format
-    from sdk.storage import ObjectStore
 
     if args.format and not args.out:
         raise ValueError(f"--format {args.format}: expected --out FILE to write the results to, got none")
-    fmt = output_format(args.out, args.format) if args.out else None  # refused before anything is fetched
-    _load_stack_env(args.state_dir)
-    store = ObjectStore()
     with progress(f"batch {args.batch}: waiting") as waiting:
+        # At a terminal the spinner is up before the storage, broker and Parquet libraries load (~0.6 CPU s).
+        from sdk.owner import wait_for_batch
+        from sdk.party import Party
+        from sdk.platform_text import shown
+        from sdk.results import owner_trust, write_results
+        from sdk.results_file import output_format
+        from sdk.storage import ObjectStore
+
+        fmt = output_format(args.out, args.format) if args.out else None  # refused before anything is fetched
+        _load_stack_env(args.state_dir)
+        store = ObjectStore()
         status = wait_for_batch(store, args.tenant, args.batch, timeout=args.wait,
                                 progress=lambda state: waiting.describe(f"batch {args.batch}: {state}"))
     if status["state"] != "succeeded":
