@@ -27,7 +27,7 @@ from enclave.worker import INPUT_COLUMNS, read_shard
 from infra.local.stack import LocalStack
 from sdk.corpus import default_cache_dir, fetch_corpus, load_corpus, split_corpus
 from sdk.emails import email_text
-from sdk.owner import ROW_GROUP_SIZE, SHARD_ROW_GROUPS, OwnerKeys, encode_part
+from sdk.owner import ROW_GROUP_SIZE, SHARD_MIN_ROW_GROUPS, OwnerKeys, encode_part
 from tests.enclave.test_pme import LocalWrapper
 from wire.shard import ShardSpec
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.setdefault(var, value)
         from tasks import storage
 
-        print(f"tail request {TAIL_BYTES // 1024} KiB; shards of {SHARD_ROW_GROUPS} row groups x {ROW_GROUP_SIZE}")
+        print(f"tail request {TAIL_BYTES // 1024} KiB; shards of {SHARD_MIN_ROW_GROUPS} row groups x {ROW_GROUP_SIZE}")
         print(f"{'emails':>8}{'file MB':>9}{'whole ms':>10}{'ranged ms':>11}{'x faster':>10}"
               f"{'whole KB':>10}{'ranged KB':>11}")
         for size in args.sizes:
@@ -64,12 +64,12 @@ def _one_size(storage: object, texts: list[str], size: int, shards: int) -> None
                                 key=key)
     storage.put_bytes(key, data)  # type: ignore[attr-defined]
     groups = -(-size // ROW_GROUP_SIZE)
-    starts = sorted({(groups - SHARD_ROW_GROUPS) * i // max(1, shards - 1) for i in range(shards)})
+    starts = sorted({(groups - SHARD_MIN_ROW_GROUPS) * i // max(1, shards - 1) for i in range(shards)})
     whole_s = ranged_s = 0.0
     ranged_bytes = 0
     with PmeKeys(wrapper) as keys:
         for start in starts:
-            spec = _spec(batch, key, file_id, start, min(groups, start + SHARD_ROW_GROUPS))
+            spec = _spec(batch, key, file_id, start, min(groups, start + SHARD_MIN_ROW_GROUPS))
             t0 = time.perf_counter()
             body = storage.get_bytes(key)  # type: ignore[attr-defined]
             hashlib.sha256(body).hexdigest()

@@ -96,6 +96,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
+def test_a_batch_is_cut_into_about_eight_shards_within_their_bounds() -> None:
+    sizes = {groups: owner_module.shard_row_groups(groups) for groups in (1, 13, 16, 17, 49, 200, 201, 5000)}
+    assert sizes == {1: 2, 13: 2, 16: 2, 17: 3, 49: 7, 200: 25, 201: 25, 5000: 25}
+
+
 def test_a_spooled_batch_uploads_parts_that_decrypt_to_the_emails(stack: LocalStack, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in stack.env.items():
@@ -139,6 +144,7 @@ def test_a_spooled_batch_uploads_parts_that_decrypt_to_the_emails(stack: LocalSt
     manifest = unverified_payload(store.get(batch.manifest_key).decode(), what="manifest")
     assert [o["rows"] for o in manifest["objects"]] == [1000, 1000, 1000, 1000, 333]
     assert [o["row_groups"] for o in manifest["objects"]] == [5, 5, 5, 5, 2]
+    assert manifest["shard_row_groups"] == 3  # 22 row groups in about 8 shards
     got: list[dict[str, str]] = []
     with PmeKeys(owner.broker().for_batch(batch.batch_id)) as keys:
         for obj in manifest["objects"]:
