@@ -178,3 +178,38 @@ def test_the_platforms_account_cannot_list_the_state_dir_or_plant_files_in_it(st
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {"list": errno.EACCES, "plant": errno.EACCES}
     assert not (stack.state_dir / "brokers" / "planted").exists()
+
+
+# Another machine's running processes, seen through /proc (one pid namespace here): their environment, memory,
+# open files and root; and a signal (0: the permission check alone).
+PROC_PROBE = """
+import errno, json, os, sys
+out = {}
+for pid in map(int, sys.argv[1:]):
+    tries = {"environ": lambda: open(f"/proc/{pid}/environ", "rb").read(1),
+             "mem": lambda: open(f"/proc/{pid}/mem", "rb").close(),
+             "fd": lambda: os.listdir(f"/proc/{pid}/fd"),
+             "root": lambda: os.listdir(f"/proc/{pid}/root/"),
+             "signal": lambda: os.kill(pid, 0)}
+    for name, attempt in tries.items():
+        try:
+            attempt()
+            out[f"{pid}:{name}"] = "done"
+        except OSError as exc:
+            out[f"{pid}:{name}"] = errno.errorcode[exc.errno]
+print(json.dumps(out))
+"""
+
+
+def test_the_platforms_account_cannot_reach_into_another_machines_processes(stack: LocalStack) -> None:
+    pids = stack.pids()
+    foreign = [pids[name] for name in ("owner-broker", "provider-broker", "celery-worker-1", "redis")]
+    own = pids["moto"]  # the platform's own process: the probe can succeed where it may
+    done = stack.run_as("platform", [sys.executable, "-c", PROC_PROBE, *map(str, [*foreign, own])])
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout)
+    attempts = ("environ", "mem", "fd", "root", "signal")
+    denied = {"environ": "EACCES", "mem": "EACCES", "fd": "EACCES", "root": "EACCES", "signal": "EPERM"}
+    assert {k: v for k, v in found.items() if int(k.split(":")[0]) != own} == {
+        f"{pid}:{name}": denied[name] for pid in foreign for name in attempts}
+    assert found[f"{own}:environ"] == found[f"{own}:signal"] == "done"
