@@ -2,18 +2,23 @@
 operator's approval of tenant registrations (wire.tenant).
 
 The platform uploads it to `platform/worker-config.json`; an owner reads it, checks that it names the
-owner's own broker at the URL the owner uses, and grants its digest (the workers' HOST_DATA). A different
+owner's own broker at the URL the owner uses and pinned to the CA that broker's certificate chains to, and
+grants its digest (the workers' HOST_DATA). A different
 document (another broker URL, another CA, another TEE mode) has another digest, so no grant covers it.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from joserfc.jwk import OKPKey
 
+from enclave.kbs_client import broker_tls
 from sdk.storage import ObjectStore
 from wire.errors import FormatError
 from wire.tenant import approval_key, request_key, sign_approval, verify_approval, verify_request
@@ -39,7 +44,9 @@ def published_worker_config(store: ObjectStore) -> WorkerConfig:
 
 
 def config_for_owner(config: WorkerConfig, broker_name: str, broker_url: str) -> str:
-    """The digest (hex) an owner grants, after checking the configuration names its broker at its URL."""
+    """The digest (hex) an owner grants, after checking the configuration names its broker at its URL, pinned to
+    a CA the broker's certificate chains to (the certificate as this party's own trust verifies it: two TLS
+    handshakes with the broker). Raises WorkerConfigError naming the field."""
     try:
         listed = config.owner(broker_name)
     except FormatError as exc:
@@ -47,7 +54,28 @@ def config_for_owner(config: WorkerConfig, broker_name: str, broker_url: str) ->
     if listed.url.rstrip("/") != broker_url.rstrip("/"):
         raise WorkerConfigError(f"worker configuration {config.digest_hex()}: owners[{broker_name}].url expected "
                                 f"{broker_url} (your broker), got {listed.url}; do not grant it")
+    # The URL alone is not the broker: a worker pinned to a CA of the platform's would take the platform's
+    # relay at that URL for this broker, and wrap results under the result key it "releases".
+    yours = _peer_certificate(listed.url, None)
+    if yours is None or _peer_certificate(listed.url, listed.ca_pem) != yours:
+        raise WorkerConfigError(f"worker configuration {config.digest_hex()}: owners[{broker_name}].ca_pem expected "
+                                f"the CA your broker's certificate (as your own trust verifies it) chains to, got "
+                                f"another CA; do not grant it")
     return config.digest_hex()
+
+
+def _peer_certificate(url: str, ca_pem: str | None) -> bytes | None:
+    """The DER certificate the broker at `url` presents, verified against `ca_pem`, or (None) this party's own
+    trust ($CSCORE_BROKER_CA, else the system roots); None when it does not verify."""
+    parts = urlsplit(url)
+    trust = broker_tls(url, ca_pem=ca_pem)
+    context = trust if isinstance(trust, ssl.SSLContext) else ssl.create_default_context()
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 443), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+            return tls.getpeercert(binary_form=True)
+    except ssl.SSLCertVerificationError:
+        return None
 
 
 class TenantApprovalError(ValueError):
