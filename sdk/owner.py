@@ -237,8 +237,10 @@ def _submit_parts(parts: Iterator[pa.Table], model: ModelListing, *, tenant: str
     batch_id = batch_id or f"b-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     keys = OwnerKeys.for_batch(tenant, batch_id)
     broker = None if plaintext_baseline else owner.broker()
-    config_digests = [] if plaintext_baseline else [config_for_owner(published_worker_config(store),
-                                                                     owner.broker_name, owner.broker_url)]
+    provider = model.card.broker if model.card else None  # whose card keys the workers would take its card by
+    config_digests = [] if plaintext_baseline else [config_for_owner(
+        published_worker_config(store), owner.broker_name, owner.broker_url, provider=provider,
+        trusted_keys=owner.trusted_providers())]
     if broker is not None:
         for key_id in keys.all():
             broker.create_key(key_id, kind="result" if key_id == keys.results else "data")

@@ -13,7 +13,9 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from joserfc.jwk import OKPKey
@@ -43,10 +45,14 @@ def published_worker_config(store: ObjectStore) -> WorkerConfig:
         raise WorkerConfigError(f"s3://{store.bucket}/{WORKER_CONFIG_KEY}: {exc}") from exc
 
 
-def config_for_owner(config: WorkerConfig, broker_name: str, broker_url: str) -> str:
+def config_for_owner(config: WorkerConfig, broker_name: str, broker_url: str, *, provider: str | None = None,
+                     trusted_keys: Sequence[dict[str, Any]] = ()) -> str:
     """The digest (hex) an owner grants, after checking the configuration names its broker at its URL, pinned to
     a CA the broker's certificate chains to (the certificate as this party's own trust verifies it: two TLS
-    handshakes with the broker). Raises WorkerConfigError naming the field."""
+    handshakes with the broker). With `provider` (the broker the chosen model's card names), every card key the
+    configuration lists for it must be one of `trusted_keys` (the provider keys this party pinned): a worker
+    enforces the terms and the contract (which tensor is the spam probability) of any card those keys sign.
+    Raises WorkerConfigError naming the field."""
     try:
         listed = config.owner(broker_name)
     except FormatError as exc:
@@ -61,7 +67,24 @@ def config_for_owner(config: WorkerConfig, broker_name: str, broker_url: str) ->
         raise WorkerConfigError(f"worker configuration {config.digest_hex()}: owners[{broker_name}].ca_pem expected "
                                 f"the CA your broker's certificate (as your own trust verifies it) chains to, got "
                                 f"another CA; do not grant it")
+    if provider is not None:
+        _check_card_keys(config, provider, trusted_keys)
     return config.digest_hex()
+
+
+def _check_card_keys(config: WorkerConfig, provider: str, trusted_keys: Sequence[dict[str, Any]]) -> None:
+    """Every card key the configuration lists for `provider` is one this party trusts."""
+    try:
+        listed = config.provider(provider)
+    except FormatError as exc:
+        raise WorkerConfigError(f"worker configuration {config.digest_hex()}: {exc}") from exc
+    trusted = {OKPKey.import_key(k).thumbprint() for k in trusted_keys}
+    for key in listed.card_keys:
+        thumbprint = OKPKey.import_key(key).thumbprint()
+        if thumbprint not in trusted:
+            raise WorkerConfigError(f"worker configuration {config.digest_hex()}: providers[{provider}].card_keys "
+                                    f"expected only provider keys you pinned {sorted(trusted)}, got {thumbprint}; "
+                                    "a worker would take the cards it signs for that provider's: do not grant it")
 
 
 def _peer_certificate(url: str, ca_pem: str | None) -> bytes | None:
