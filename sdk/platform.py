@@ -10,6 +10,7 @@ document (another broker URL, another CA, another TEE mode) has another digest, 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import time
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from joserfc.jwk import OKPKey
 
-from enclave.kbs_client import broker_tls
+from enclave.kbs_client import CA_ENV, broker_tls
 from sdk.storage import ObjectStore
 from wire.errors import FormatError
 from wire.tenant import approval_key, request_key, sign_approval, verify_approval, verify_request
@@ -62,6 +65,7 @@ def config_for_owner(config: WorkerConfig, broker_name: str, broker_url: str, *,
                                 f"{broker_url} (your broker), got {listed.url}; do not grant it")
     # The URL alone is not the broker: a worker pinned to a CA of the platform's would take the platform's
     # relay at that URL for this broker, and wrap results under the result key it "releases".
+    _check_own_cas(config, broker_name, listed.ca_pem)
     yours = _peer_certificate(listed.url, None)
     if yours is None or _peer_certificate(listed.url, listed.ca_pem) != yours:
         raise WorkerConfigError(f"worker configuration {config.digest_hex()}: owners[{broker_name}].ca_pem expected "
@@ -85,6 +89,21 @@ def _check_card_keys(config: WorkerConfig, provider: str, trusted_keys: Sequence
             raise WorkerConfigError(f"worker configuration {config.digest_hex()}: providers[{provider}].card_keys "
                                     f"expected only provider keys you pinned {sorted(trusted)}, got {thumbprint}; "
                                     "a worker would take the cards it signs for that provider's: do not grant it")
+
+
+def _check_own_cas(config: WorkerConfig, broker_name: str, ca_pem: str) -> None:
+    """Every CA the configuration pins for this party's broker is one this party's own trust holds: a CA of the
+    platform's bundled beside the broker's would let its relay pass for the broker too."""
+    source = os.environ.get(CA_ENV) or ssl.get_default_verify_paths().cafile or ""
+    try:
+        yours = {c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(Path(source).read_bytes())}
+    except (OSError, ValueError):
+        yours = set()
+    for ca in x509.load_pem_x509_certificates(ca_pem.encode()):
+        if ca.public_bytes(Encoding.DER) not in yours:
+            raise WorkerConfigError(f"worker configuration {config.digest_hex()}: owners[{broker_name}].ca_pem "
+                                    f"expected only CAs your own trust holds ({source}), got one more "
+                                    f"({ca.subject.rfc4514_string()}); do not grant it")
 
 
 def _peer_certificate(url: str, ca_pem: str | None) -> bytes | None:

@@ -66,8 +66,21 @@ def test_a_configuration_pinning_the_platforms_ca_for_the_owners_broker_is_not_g
     with pytest.raises(WorkerConfigError) as refused:
         config_for_owner(forged, "owner", owner_broker.url)
     assert str(refused.value) == (
-        f"worker configuration {forged.digest_hex()}: owners[owner].ca_pem expected the CA your broker's certificate "
-        "(as your own trust verifies it) chains to, got another CA; do not grant it")
+        f"worker configuration {forged.digest_hex()}: owners[owner].ca_pem expected only CAs your own trust holds "
+        f"({owner_broker.ca_bundle}), got one more (CN=cscore local broker CA (loopback only)); do not grant it")
+
+
+def test_a_configuration_pinning_the_brokers_ca_and_the_platforms_beside_it_is_not_granted(
+        owner_broker: BrokerProcess, tmp_path: Path) -> None:
+    """The broker's real certificate verifies under the bundle, and so would the platform's relay's."""
+    assert owner_broker.ca_bundle is not None
+    platform_ca, _ = create_local_ca(tmp_path / "platform-ca")
+    forged = _config(owner_broker.url, owner_broker.ca_bundle.read_text() + platform_ca.read_text())
+    with pytest.raises(WorkerConfigError) as refused:
+        config_for_owner(forged, "owner", owner_broker.url)
+    assert str(refused.value) == (
+        f"worker configuration {forged.digest_hex()}: owners[owner].ca_pem expected only CAs your own trust holds "
+        f"({owner_broker.ca_bundle}), got one more (CN=cscore local broker CA (loopback only)); do not grant it")
 
 
 def test_the_configuration_pinning_the_brokers_own_ca_is_granted(owner_broker: BrokerProcess) -> None:
@@ -83,8 +96,11 @@ def test_a_broker_the_owners_own_trust_does_not_verify_is_not_granted(
     platform_ca, _ = create_local_ca(tmp_path / "platform-ca")
     monkeypatch.setenv("CSCORE_BROKER_CA", str(platform_ca))  # the owner's trust: not the CA the URL answers with
     forged = _config(owner_broker.url, platform_ca.read_text())
-    with pytest.raises(WorkerConfigError, match=r"owners\[owner\]\.ca_pem expected the CA your broker's"):
+    with pytest.raises(WorkerConfigError) as refused:
         config_for_owner(forged, "owner", owner_broker.url)
+    assert str(refused.value) == (
+        f"worker configuration {forged.digest_hex()}: owners[owner].ca_pem expected the CA your broker's certificate "
+        "(as your own trust verifies it) chains to, got another CA; do not grant it")
 
 
 class Bucket:
