@@ -303,3 +303,17 @@ def test_compose_config_accepts_the_file_and_refuses_a_missing_setting_or_an_unk
     typo.write_text((work / "compose.yaml").read_text().replace("\n  redis:\n", "\n  redis:\n    restrat: always\n", 1))
     refused = _compose_config(client, example, typo)
     assert refused.returncode != 0 and "restrat" in refused.stderr, refused.stderr
+
+
+def test_dockerignore_keeps_the_operators_secrets_and_settings_out_of_the_images() -> None:
+    """The image copies infra/ whole; make-secrets.sh writes the brokers' KEKs and every password under
+    infra/deploy/secrets and the README puts compose's .env beside compose.yaml: neither may reach an image
+    (before this, `COPY infra ./infra` put a secrets/ made before a rebuild into both images)."""
+    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
+    default = re.search(r'^dir=\$\{1:-\$\(dirname "\$0"\)/(\w+)\}$', (DEPLOY / "make-secrets.sh").read_text(), re.M)
+    assert default is not None
+    assert "COPY infra ./infra" in (DEPLOY / "Dockerfile").read_text()
+    for path in (f"infra/deploy/{default.group(1)}", "infra/deploy/.env"):
+        parts = path.split("/")
+        assert any("/".join(parts[:n]) in ignored for n in range(1, len(parts) + 1)), f"{path} goes in the image"
+    assert not {"infra", "*"} & ignored  # infra's Python is needed
