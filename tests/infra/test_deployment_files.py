@@ -305,6 +305,24 @@ def test_compose_config_accepts_the_file_and_refuses_a_missing_setting_or_an_unk
     assert refused.returncode != 0 and "restrat" in refused.stderr, refused.stderr
 
 
+def test_daemonless_build_script_passes_the_dockerfiles_arguments_and_builds_its_final_stages() -> None:
+    """infra/deploy/build-images.sh (buildah, a debootstrapped base) builds what `docker build` would: the same
+    build arguments, both final stages, a base of the release and Python the Dockerfile's default image has."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    script = (DEPLOY / "build-images.sh").read_text()
+    args = set(re.findall(r"^ARG (\w+)=", dockerfile, re.M))
+    assert set(re.findall(r"--build-arg (\w+)=", script)) == args == {"PYTHON_IMAGE", "UV_IMAGE"}
+    finals = set(re.findall(r"^FROM runtime AS (\w+)$", dockerfile, re.M))
+    loops = re.findall(r"^for target in ([\w ]+); do$", script, re.M)
+    assert len(loops) == 2 and all(set(loop.split()) == finals for loop in loops)  # built, then run
+    default = re.search(r"^ARG PYTHON_IMAGE=python:(\d+\.\d+)-slim-(\w+)$", dockerfile, re.M)
+    assert default is not None
+    python, release = default.groups()
+    assert re.search(rf"debootstrap --variant=minbase --include=python{re.escape(python)},ca-certificates "
+                     rf"{release} ", script)
+    assert "--pull=never" in script and "uv==$uv_version" in script and "--frozen --no-dev" in script
+
+
 def test_dockerignore_keeps_the_operators_secrets_and_settings_out_of_the_images() -> None:
     """The image copies infra/ whole; make-secrets.sh writes the brokers' KEKs and every password under
     infra/deploy/secrets and the README puts compose's .env beside compose.yaml: neither may reach an image
