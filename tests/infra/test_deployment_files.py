@@ -41,8 +41,11 @@ def _code_literals(prefix: str, packages: tuple[str, ...] = PACKAGES) -> set[str
     for package in packages:
         for path in (REPO / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(
-                        rf"{prefix}[A-Z0-9_]+", node.value):
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and re.fullmatch(rf"{prefix}[A-Z0-9_]+", node.value)
+                ):
                     found.add(node.value)
     return found
 
@@ -96,8 +99,9 @@ def test_every_airflow_option_exists_and_only_sensitive_ones_come_from_commands(
         if key.endswith("_cmd"):
             key = key.removesuffix("_cmd")
             assert (section, key) in conf.sensitive_config_values, f"{name}: Airflow runs _CMD only for secrets"
-        assert key in documented.get(section, {}).get("options", {}), f"{name}: [{section}] {key} is no option of " \
-            "Airflow or its installed providers"
+        assert key in documented.get(section, {}).get("options", {}), (
+            f"{name}: [{section}] {key} is no option of Airflow or its installed providers"
+        )
     assert [v for v in _platform_env() if v.startswith("AIRFLOW_VAR_")] == ["AIRFLOW_VAR_CSCORE_TENANT_APPROVER"]
 
 
@@ -137,8 +141,13 @@ def test_compose_brokers_are_their_own_services_with_their_own_secrets() -> None
         raw = json.loads((DEPLOY / mount).read_text())
         config = _check_broker_config(raw, party, mount)
         given = set(service["secrets"])
-        paths = [config.kek_path, config.admin_token_path, config.metrics_token_path, config.tls_cert_path,
-                 config.tls_key_path]
+        paths = [
+            config.kek_path,
+            config.admin_token_path,
+            config.metrics_token_path,
+            config.tls_cert_path,
+            config.tls_key_path,
+        ]
         read = {Path(str(p)).name for p in paths}
         assert {str(Path(str(p)).parent) for p in paths} == {"/run/secrets"}
         assert read == given and all(s.startswith(f"{party}_broker_") for s in given), party
@@ -154,7 +163,7 @@ def test_compose_brokers_are_their_own_services_with_their_own_secrets() -> None
 
 def _tpl_dict(helpers: str, name: str) -> dict[str, str]:
     """The `{{- $name := dict "k" v ... -}}` of the helpers, its values as written ($b.port, $party or a string)."""
-    text = re.search(rf'\${name} := dict (.*?) -\}}\}}', helpers)
+    text = re.search(rf"\${name} := dict (.*?) -\}}\}}", helpers)
     assert text is not None, name
     tokens = re.findall(r'"[^"]*"|\$b\.port|\$party', text.group(1))
     return {key.strip('"'): value.strip('"') for key, value in zip(tokens[::2], tokens[1::2], strict=True)}
@@ -178,8 +187,13 @@ def test_chart_brokers_render_a_valid_config_and_reach_the_platform_by_their_ser
             rendered = {**fixed, **store}
             raw = {**b["config"], **{k: {"$b.port": b["port"], "$party": party}.get(v, v) for k, v in rendered.items()}}
             config = _check_broker_config(raw, party, where)
-            secrets = [config.kek_path, config.admin_token_path, config.metrics_token_path, config.tls_cert_path,
-                       config.tls_key_path] + ([config.db_url_path] if postgres else [])
+            secrets = [
+                config.kek_path,
+                config.admin_token_path,
+                config.metrics_token_path,
+                config.tls_cert_path,
+                config.tls_key_path,
+            ] + ([config.db_url_path] if postgres else [])
             # The Secret's keys the template mounts are the files the config names.
             for path in secrets:
                 assert str(path).startswith("/run/secrets/cscore/") and f"  {Path(str(path)).name}: " in template
@@ -188,8 +202,11 @@ def test_chart_brokers_render_a_valid_config_and_reach_the_platform_by_their_ser
             assert (config.db_path is None) == postgres and (config.db_url_path is not None) == postgres, where
         assert env[f"CSCORE_{party.upper()}_BROKER_URL"] == f"https://{b['serviceName']}:{b['port']}"
     # The Secret gets db-url only with postgres.enabled; the volume and its mount only without it.
-    assert re.search(r"\{\{- if \$b\.postgres\.enabled \}\}\n  db-url: "
-                     r"\{\{ required .*\$b\.secret\.dbUrl \| b64enc \}\}", template)
+    assert re.search(
+        r"\{\{- if \$b\.postgres\.enabled \}\}\n  db-url: "
+        r"\{\{ required .*\$b\.secret\.dbUrl \| b64enc \}\}",
+        template,
+    )
     guarded = re.findall(r"\{\{- if not \$b\.postgres\.enabled \}\}(.*?)\{\{- end \}\}", template, re.S)
     assert any("kind: PersistentVolumeClaim" in g for g in guarded)
     assert any("- name: data\n              mountPath: /var/lib/cscore-broker" in g for g in guarded)
@@ -258,8 +275,7 @@ def test_make_secrets_creates_every_secret_compose_names(tmp_path: Path) -> None
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: make-secrets.sh needs it for the brokers' TLS certificates")
     secrets = tmp_path / "secrets"
-    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(secrets)], check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(secrets)], check=True, capture_output=True, timeout=120)
     for name, entry in _compose()["secrets"].items():
         path = secrets / Path(entry["file"]).relative_to("secrets")
         assert path.is_file() and path.stat().st_size > 0, name
@@ -269,15 +285,21 @@ def test_make_secrets_creates_every_secret_compose_names(tmp_path: Path) -> None
 
 
 def _compose_config(client: list[str], env_file: Path, compose: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*client, "--env-file", str(env_file), "-f", str(compose), "config"], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [*client, "--env-file", str(env_file), "-f", str(compose), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_compose_config_accepts_the_file_and_refuses_a_missing_setting_or_an_unknown_option(tmp_path: Path) -> None:
     client = _compose_client()
     if client is None:
-        pytest.fail("no compose client (`docker compose` or `docker-compose`) to validate compose.yaml: run "
-                    "`make setup` (installs Debian's docker-compose as root)")
+        pytest.fail(
+            "no compose client (`docker compose` or `docker-compose`) to validate compose.yaml: run "
+            "`make setup` (installs Debian's docker-compose as root)"
+        )
     work = tmp_path / "deploy"
     work.mkdir()
     shutil.copy(DEPLOY / "compose.yaml", work / "compose.yaml")
@@ -286,16 +308,18 @@ def test_compose_config_accepts_the_file_and_refuses_a_missing_setting_or_an_unk
     ok = _compose_config(client, example, work / "compose.yaml")
     assert ok.returncode == 0, ok.stderr
     resolved = yaml.safe_load(ok.stdout)
-    assert {"owner-broker", "provider-broker", "airflow-scheduler", "airflow-triggerer", "postgres",
-            "redis"} <= set(resolved["services"])
+    assert {"owner-broker", "provider-broker", "airflow-scheduler", "airflow-triggerer", "postgres", "redis"} <= set(
+        resolved["services"]
+    )
     assert resolved["services"]["airflow-scheduler"]["environment"]["CSCORE_BUCKET"] == "acme-cscore"
     # Compose v1 does not check that a service's secrets are declared (v2 does): checked here for both.
     declared = set(resolved["secrets"])
     for name, service in resolved["services"].items():
         used = {s["source"] if isinstance(s, dict) else s for s in service.get("secrets", [])}
         assert used <= declared, f"{name} mounts undeclared secrets {sorted(used - declared)}"
-    (work / "partial.env").write_text("\n".join(line for line in example.read_text().splitlines()
-                                                if not line.startswith("CSCORE_BUCKET=")) + "\n")
+    (work / "partial.env").write_text(
+        "\n".join(line for line in example.read_text().splitlines() if not line.startswith("CSCORE_BUCKET=")) + "\n"
+    )
     missing = _compose_config(client, work / "partial.env", work / "compose.yaml")
     assert missing.returncode != 0 and "bucket of models, batches and results" in missing.stderr
     # The client validates the file against the Compose schema: a misspelt option is refused, named.
@@ -318,8 +342,11 @@ def test_daemonless_build_script_passes_the_dockerfiles_arguments_and_builds_its
     default = re.search(r"^ARG PYTHON_IMAGE=python:(\d+\.\d+)-slim-(\w+)$", dockerfile, re.M)
     assert default is not None
     python, release = default.groups()
-    assert re.search(rf"debootstrap --variant=minbase --include=python{re.escape(python)},ca-certificates "
-                     rf"{release} ", script)
+    assert re.search(
+        rf"debootstrap --variant=minbase --include=python{re.escape(python)},ca-certificates "
+        rf"{release} ",
+        script,
+    )
     assert "--pull=never" in script and "uv==$uv_version" in script and "--frozen --no-dev" in script
 
 
