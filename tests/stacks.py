@@ -5,13 +5,14 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cscore.demo import TENANT, onboard_tenant
 from enclave.measurement import code_measurement
+from infra.local.netns import Network
 from infra.local.stack import LocalStack
 from sdk.emails import Email
 from sdk.models import find_model
@@ -23,11 +24,11 @@ from sdk.training import export_onnx, train_spam_model
 
 
 @contextmanager
-def running_stack(state: Path, **options: Any) -> Iterator[LocalStack]:
-    """Start a LocalStack with every part embedded (no CSCORE_* variable of the caller's leaks in), put its
-    variables in os.environ, and on exit stop it and restore os.environ exactly."""
+def running_stack(state: Path, *, drop: tuple[str, ...] = ("CSCORE_",), **options: Any) -> Iterator[LocalStack]:
+    """Start a LocalStack with every part embedded (no variable of the caller's starting with one of `drop` leaks
+    in), put its variables in os.environ, and on exit stop it and restore os.environ exactly."""
     saved = dict(os.environ)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CSCORE_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     running = LocalStack(state, environ=clean, **options)
     running.start()
     os.environ.update(running.env)
@@ -38,6 +39,15 @@ def running_stack(state: Path, **options: Any) -> Iterator[LocalStack]:
         running.stop()
         os.environ.clear()
         os.environ.update(saved)
+
+
+@contextmanager
+def machines_stack(state: Path, net: Network, roles: Sequence[str], **options: Any) -> Iterator[LocalStack]:
+    """running_stack with each of `roles` on its simulated machine of `net` (each as its own account, by default),
+    none of the caller's CSCORE_ or AIRFLOW variables."""
+    with running_stack(state, drop=("CSCORE_", "AIRFLOW"), machines={role: net[role] for role in roles}, lan=net.cidr,
+                       **options) as running:
+        yield running
 
 
 @contextmanager

@@ -10,7 +10,6 @@ Needs root and iproute2 (CI runs as root), and Debian's redis-server (TLS). ~4-8
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from infra.local.stack import LocalStack
 from sdk.party import Party
 from sdk.results import fetch_results
 from sdk.storage import ObjectStore
-from tests.stacks import approve_as_platform, toy_batch
+from tests.stacks import approve_as_platform, machines_stack, toy_batch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -42,19 +41,8 @@ def net() -> Iterator[Network]:
 
 @pytest.fixture(scope="module")
 def stack(net: Network, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSCORE_", "AIRFLOW"))}
-    saved = dict(os.environ)
-    s = LocalStack(tmp_path_factory.mktemp("machines"), workers=1, airflow=True, environ=environ,
-                   machines={role: net[role] for role in ROLES}, lan=net.cidr)
-    s.start()
-    os.environ.update(s.env)
-    try:
+    with machines_stack(tmp_path_factory.mktemp("machines"), net, ROLES, workers=1, airflow=True) as s:
         yield s
-    finally:
-        gc.collect()  # Celery results' __del__ talks to Redis: collect them while it runs
-        s.stop()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _netns_inode(pid: int) -> int | None:
