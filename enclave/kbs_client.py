@@ -149,9 +149,10 @@ class AttestedSession:
     def __init__(self, broker_url: str, provider: EvidenceProvider, *, tee: str | None = None,
                  timeout_s: float = 30.0, client: httpx.Client | None = None,
                  ca_bundle: str | os.PathLike[str] | None = None, ca_pem: str | None = None,
-                 keys: EnclaveKeys | None = None, party: str = "") -> None:
+                 keys: EnclaveKeys | None = None, party: str = "", broker_name: str = "") -> None:
         self.broker_url = broker_url.rstrip("/")
         self.party = party
+        self.broker_name = broker_name  # the broker's name in the measured configuration, bound into each attestation
         self._provider = provider
         self._tee = tee
         self._http = client or httpx.Client(base_url=self.broker_url, timeout=timeout_s,
@@ -195,6 +196,8 @@ class AttestedSession:
                         "receipt_pubkey": self.receipt_public_jwk}
         if batch_id:
             runtime_data["batch_id"] = batch_id
+        if self.broker_name:  # the broker refuses a worker that knows it by another name (a relay's)
+            runtime_data["broker"] = self.broker_name
         evidence = self._provider.get_evidence(hashlib.sha512(canonical_json(runtime_data)).digest())
         answer = self._post_json("/kbs/v0/attest", {"session": challenge["session"], "runtime_data": runtime_data,
                                                     "evidence": evidence.to_json()})

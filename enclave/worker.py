@@ -234,7 +234,7 @@ class Enclave:
         with self._lock:
             if broker.name not in self._sessions:
                 self._sessions[broker.name] = AttestedSession(broker.url, self._provider, ca_pem=broker.ca_pem,
-                                                              keys=self._keys, party=party)
+                                                              keys=self._keys, party=party, broker_name=broker.name)
             return self._sessions[broker.name]
 
     def attest(self, broker_names: list[str], batch_id: str = "") -> dict[str, Any]:

@@ -103,9 +103,9 @@ class Broker:
         evidence when it is accepted, only the requester's word when it is refused (the audit says which).
         """
         runtime = req.runtime_data.model_dump()
-        named = runtime.pop("batch_id", None)
-        if named is not None:  # absent from report_data when not sent: older workers' bindings still verify
-            runtime["batch_id"] = named
+        named, audience = runtime.pop("batch_id", None), runtime.pop("broker", None)
+        # Absent from report_data when not sent: older workers' bindings still verify.
+        runtime.update({k: v for k, v in (("batch_id", named), ("broker", audience)) if v is not None})
         try:
             session = self.sessions.consume(req.session, req.runtime_data.nonce)
             tee_key, _ = public_jwk(runtime["tee_pubkey"]), runtime["receipt_pubkey"]
@@ -127,6 +127,14 @@ class Broker:
             self.decide(decision="deny", operation="attest", reason=reason, clause="evidence", batch_id=named)
             raise Problem(403, "evidence-rejected", reason, field="evidence.tee", expected=session.tee,
                           actual=claims.get("tee"))
+        if audience is not None and audience != self.config.name:
+            # The worker takes whoever answers under that name for this broker: a relay the configuration lists
+            # under another name would pass our keys on and answer what it likes (a result key of its own).
+            reason = (f"the worker attests to broker '{audience}' of its configuration, this is broker "
+                      f"'{self.config.name}': it reached this broker through another name's URL")
+            self.decide(decision="deny", operation="attest", reason=reason, clause="evidence", batch_id=named)
+            raise Problem(403, "evidence-rejected", reason, field="runtime_data.broker", expected=self.config.name,
+                          actual=audience)
         token, exp = self.issuer.issue(claims, tee_key.as_dict(private=False), runtime["receipt_pubkey"])
         self.decide(decision="allow", operation="attest", reason="evidence verified and bound", claims=claims,
                     clause="evidence", batch_id=named)

@@ -45,6 +45,10 @@ class RuntimeData(_Strict):
     batch_id: str | None = Field(default=None, pattern=BATCH_ID,
                                  description="the batch (or training job) this attestation is for; logged with the "
                                              "decision, bound into report_data like every field here")
+    broker: str | None = Field(default=None, max_length=128,
+                               description="this broker's name as the worker's measured configuration names it; a "
+                                           "broker attests no worker that names another (one reaching it through a "
+                                           "relay the configuration lists under another name)")
 
 
 class AttestRequest(_Strict):

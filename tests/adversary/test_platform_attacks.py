@@ -353,13 +353,14 @@ class Relay:
 def _platform_broker(stack: LocalStack) -> tuple[str, Path, BrokerAdmin]:
     """A third key broker, the platform's own: its config accepts the simulated root for its own keys.
 
-    Its name is "owner", as the real owner broker's: a grant's issuer name is whatever a broker says.
+    Its name is "platform", as the rogue configuration lists it (a broker attests only a worker that names it:
+    keybroker.app attest); its grants name it as their issuer, which is whatever a broker says.
     """
     folder = stack.state_dir / "brokers" / "platform"
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     tls = ensure_local_tls(stack.state_dir / "tls" / "platform", folder, "platform")
-    config = {"name": "owner", "host": "127.0.0.1", "port": port, "db_path": str(folder / "keys.sqlite"),
+    config = {"name": "platform", "host": "127.0.0.1", "port": port, "db_path": str(folder / "keys.sqlite"),
               "kek_path": str(folder / "kek.hex"), "admin_token_path": str(folder / "admin-token"),
               "trusted_roots_dir": os.environ["CSCORE_SIM_TEE_DIR"], "accept_simulated": True,
               "simulated_key_ids": [f"{ATTACKER}.*", "grant:*"], "token_ttl_s": 300,

@@ -205,14 +205,40 @@ def test_worker_verdict_names_the_worker_and_the_claims_digest_the_broker_logged
 
     assert provider_broker.ca_bundle is not None  # workers reach brokers over pinned TLS only
     ca = provider_broker.ca_bundle.read_text()
-    config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("tls-owner", provider_broker.url, ca),), ())
+    config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("provider", provider_broker.url, ca),), ())
     enclave = Enclave(SimulatedSnpProvider(sim_dir, MEASUREMENT, host_data=CONFIG), config, name="cscore-worker-7@vm")
-    verdicts = enclave.attest(["tls-owner"], "att-batch-9")
+    verdicts = enclave.attest(["provider"], "att-batch-9")
     assert verdicts["worker"] == "cscore-worker-7@vm" and verdicts["config_digest"] == config.digest_hex()
     logged = [e for e in provider_broker.admin().decisions() if e["operation"] == "attest" and e["decision"] == "allow"]
     # The auditor joins the broker's attestation (and every release under it) to this worker by this digest.
     assert verdicts["verdicts"][0]["claims_digest"] == logged[-1]["claims_digest"]
     assert logged[-1]["batch_id"] == "att-batch-9"  # the batch it attested for, bound in its evidence
+
+
+def test_a_worker_reaching_a_broker_under_another_configured_name_is_not_attested(
+        provider_broker: BrokerProcess, sim_dir: Path) -> None:
+    """A configuration an owner granted may list other brokers (other tenants' owner brokers): the platform lists
+    one of its own, "relay", and sends the owner's shards naming it. The worker attests to the relay, which passes
+    auth, attestation and unwraps on to the owner's broker (the PoP binds the path only) and answers the result key
+    release itself: the worker would wrap the scores under the platform's key. The broker attests only a worker
+    that names it: the name is in runtime_data, which the evidence binds (here the relay is transparent: the same
+    URL and CA, under another name)."""
+    from enclave.worker import Enclave
+    from wire.worker_config import BrokerIdentity, WorkerConfig
+
+    assert provider_broker.ca_bundle is not None
+    ca = provider_broker.ca_bundle.read_text()
+    config = WorkerConfig("simulated-sev-snp", (BrokerIdentity("provider", provider_broker.url, ca),
+                                                BrokerIdentity("relay", provider_broker.url, ca)), ())
+    enclave = Enclave(SimulatedSnpProvider(sim_dir, MEASUREMENT, host_data=CONFIG), config, name="w@vm")
+    with pytest.raises(KbsError) as refused:
+        enclave.attest(["relay"], "att-relay")
+    assert refused.value.status == 403 and refused.value.problem["field"] == "runtime_data.broker"
+    assert (refused.value.problem["expected"], refused.value.problem["actual"]) == ("provider", "relay")
+    assert refused.value.problem["detail"] == (
+        "the worker attests to broker 'relay' of its configuration, this is broker 'provider': it reached this broker "
+        "through another name's URL")
+    assert enclave.attest(["provider"], "att-relay")["verdicts"][0]["accepted"]
 
 
 def test_owner_unwrap_names_the_batch_it_reads_in_the_decision_log(owner: BrokerAdmin) -> None:
