@@ -13,19 +13,47 @@ The fix is at the cause: the executor counts the launches of each key and reads 
 launch's only when no later launch of that key is outstanding. A stale result is dropped (the task reports
 its own state to the API server; the executor's event only detects processes that died silently).
 Select it with `AIRFLOW__CORE__EXECUTOR=dags.cscore_platform.executor.DeferSafeLocalExecutor`.
+
+It also starts its worker processes warm: every task process is forked from one and parses its DAG file
+first, so the executor parses the DAG folder once before forking them (`warm_task_imports`) and each task's
+parse then runs its DAG file alone, its imports already loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.executors import workloads
 from airflow.executors.local_executor import LocalExecutor
 
 log = logging.getLogger(__name__)
+# Imported by tasks as they run (lazily, so a DAG file's parse does not pay for them).
+TASK_MODULES = ("dags.cscore_platform.batch_store", "dags.cscore_platform.steps", "dags.cscore_platform.training")
+
+
+def warm_task_imports(dags_folder: str | None = None) -> None:
+    """Load what a task process of this DAG folder imports (its DAG files' modules, the providers' asset handlers
+    their assets need, the modules tasks import as they run). A failure is logged, never raised: tasks then import
+    for themselves."""
+    from airflow import settings
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    folder = dags_folder or settings.DAGS_FOLDER
+    try:
+        bag = BundleDagBag(dag_folder=folder, safe_mode=False, load_op_links=False, bundle_path=Path(folder),
+                           bundle_name="dags-folder")
+        for name in TASK_MODULES:
+            importlib.import_module(name)
+    except Exception as exc:  # warming is an optimisation: the scheduler must start regardless
+        log.warning("Task imports not preloaded (%s: %s); each task process imports its own", type(exc).__name__, exc)
+        return
+    log.info("Task imports preloaded for the workers: DAGs %s from %s (pid %d)", sorted(bag.dags), folder, os.getpid())
 
 
 class DeferSafeLocalExecutor(LocalExecutor):
@@ -34,6 +62,12 @@ class DeferSafeLocalExecutor(LocalExecutor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._launches: Counter[Any] = Counter()
+
+    def start(self) -> None:
+        # Before the workers fork: each task process (a fork of a worker) then parses its DAG file warm. In a DAG
+        # file's parse on a loaded 2-core host, imports were 0.3-0.6 CPU s and 4-21 s of wall time per task.
+        warm_task_imports()
+        super().start()
 
     def _process_workloads(self, workload_list: Sequence[Any]) -> None:
         for workload in workload_list:

@@ -86,3 +86,36 @@ def test_defer_safe_executor_reports_an_ordinary_end_and_a_read_in_time_defer_ex
     executor.result_queue.put((workload.key, TaskInstanceState.SUCCESS, None))
     executor.sync()
     assert executor.get_event_buffer()[workload.key][0] == TaskInstanceState.SUCCESS
+
+
+def test_workers_fork_after_the_dag_folders_task_imports_are_loaded(tmp_path: Any) -> None:
+    """The executor's start loads what a task's DAG parse and run import (the DAG files' modules, Celery, the
+    S3 batch store) before it forks its worker processes, whose forks run the tasks: each task parses warm."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    wanted = ["dags.cscore_platform.provider.operators", "celery.app", "dags.cscore_platform.batch_store",
+              "dags.cscore_platform.steps", "airflow.providers.standard.operators.trigger_dagrun"]
+    script = (
+        "import json, sys\n"
+        "from dags.cscore_platform.executor import DeferSafeLocalExecutor\n"
+        f"wanted = {wanted!r}\n"
+        "before = [m for m in wanted if m in sys.modules]\n"
+        "executor = DeferSafeLocalExecutor(parallelism=1)\n"
+        "executor.start()\n"
+        "after = [m for m in wanted if m in sys.modules]\n"
+        "workers = [p.is_alive() for p in executor.workers.values()]\n"
+        "executor.end()\n"
+        "print(json.dumps({'before': before, 'after': after, 'workers': workers}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CSCORE_"))}
+    env.update(AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(repo / "dags"),
+               AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"before": [], "after": wanted, "workers": [True]}, done.stderr[-3000:]
