@@ -137,6 +137,7 @@ def test_another_tenant_naming_the_tuned_model_is_refused_by_the_enclave(
     # Its own signing key; the stack has one owner broker, so the rival is a tenant of the same broker.
     shutil.copy(owner.home / "broker-admin-token", rival.home / "broker-admin-token")
     onboard_tenant(rival, store, stack.state_dir, tenant="rival")
+    rival.trust_provider(Party.from_env("provider").public_key())  # its submit grants only the pinned card keys
     anchors, policy = owner_trust(accept_simulated=True)
     acme = tuned_models(store, TENANT, owner=Party.from_env("owner"), anchors=anchors, policy=policy)[0]
     _, held_out = corpus
