@@ -1,9 +1,14 @@
 #!/bin/sh
-# Create every secret compose.yaml names, once, mode 0600, under DIR (default infra/deploy/secrets).
+# Create every secret compose.yaml names, once, mode 0600, under DIR (default infra/deploy/secrets), as root.
 # Existing files are kept. Brokers get a self-signed TLS certificate for their service name: replace it with
 # one from your CA and put that CA in the workers' configuration document.
+# Compose bind-mounts each secret file with its owner and mode as they are here (it ignores uid/gid/mode for file
+# secrets), and the brokers and Airflow run as the images' user, uid 10001: the files are given to that user.
 set -eu
 dir=${1:-$(dirname "$0")/secrets}
+image_uid=10001
+[ "$(id -u)" = 0 ] || { echo "make-secrets.sh: run it as root (sudo): it gives the files to uid $image_uid, the" \
+  "images' user, which must read them inside the containers" >&2; exit 1; }
 umask 077
 mkdir -p "$dir/owner" "$dir/provider"
 rand() { python3 -c "import secrets; print(secrets.token_urlsafe(32))"; }
@@ -27,4 +32,5 @@ for party in owner provider; do
     -subj "/CN=$party-broker" -addext "subjectAltName=DNS:$party-broker,DNS:localhost" \
     -keyout "$dir/$party/tls.key" -out "$dir/$party/tls.pem" 2>/dev/null
 done
-echo "secrets in $dir"
+find "$dir" -type f -exec chown "$image_uid:$image_uid" {} +
+echo "secrets in $dir, mode 0600, owned by uid $image_uid"

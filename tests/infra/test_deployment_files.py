@@ -271,15 +271,27 @@ def _compose_client() -> list[str] | None:
     return ["docker-compose"] if shutil.which("docker-compose") else None
 
 
-def test_make_secrets_creates_every_secret_compose_names(tmp_path: Path) -> None:
+def _image_uid() -> int:
+    """The images' user (the Dockerfile's `useradd --uid`), whom the chart runs as too."""
+    uid = re.search(r"^RUN useradd .*--uid (\d+) ", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert uid is not None
+    chart = (CHART / "templates" / "brokers.yaml").read_text()
+    assert f"runAsUser: {uid.group(1)}" in chart and f"fsGroup: {uid.group(1)}" in chart
+    return int(uid.group(1))
+
+
+def test_make_secrets_creates_every_secret_compose_names_readable_by_the_images_user(tmp_path: Path) -> None:
+    """Compose bind-mounts a file secret with its owner and mode as on the host: the brokers and Airflow (the
+    images' user) read their 0600 files only if they own them (a broker refused its KEK before: PermissionError)."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: make-secrets.sh needs it for the brokers' TLS certificates")
+        pytest.fail("openssl is not installed: make-secrets.sh needs it for the brokers' TLS certificates")
     secrets = tmp_path / "secrets"
     subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(secrets)], check=True, capture_output=True, timeout=120)
     for name, entry in _compose()["secrets"].items():
         path = secrets / Path(entry["file"]).relative_to("secrets")
         assert path.is_file() and path.stat().st_size > 0, name
         assert path.stat().st_mode & 0o077 == 0, f"{name} is readable by others"
+        assert path.stat().st_uid == _image_uid(), f"{name}: not the images' user's, who must read it"
     assert len(bytes.fromhex((secrets / "owner" / "kek.hex").read_text().strip())) == 32
     assert (secrets / "owner" / "kek.hex").read_text() != (secrets / "provider" / "kek.hex").read_text()
 
@@ -348,6 +360,9 @@ def test_daemonless_build_script_passes_the_dockerfiles_arguments_and_builds_its
         script,
     )
     assert "--pull=never" in script and "uv==$uv_version" in script and "--frozen --no-dev" in script
+    # The broker is served with make-secrets.sh's files, mounted as compose.yaml's owner-broker mounts them.
+    assert 'sh infra/deploy/make-secrets.sh "$work/secrets"' in script
+    assert 'compose["services"]["owner-broker"]' in script and "/readyz" in script
 
 
 def test_dockerignore_keeps_the_operators_secrets_and_settings_out_of_the_images() -> None:
@@ -362,3 +377,15 @@ def test_dockerignore_keeps_the_operators_secrets_and_settings_out_of_the_images
         parts = path.split("/")
         assert any("/".join(parts[:n]) in ignored for n in range(1, len(parts) + 1)), f"{path} goes in the image"
     assert not {"infra", "*"} & ignored  # infra's Python is needed
+
+
+def test_broker_image_gives_its_key_store_directory_to_the_images_user() -> None:
+    """A new named volume takes the owner of the image's directory at its mount point; one the image lacks is
+    root's, and the broker (the images' user) could not create its SQLite key store there (it failed to start)."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    broker_stage = dockerfile.split("FROM runtime AS broker", 1)[1].split("\nFROM ", 1)[0]
+    uid = _image_uid()
+    for party in PARTIES:
+        db_dir = str(Path(json.loads((DEPLOY / "brokers" / f"{party}.json").read_text())["db_path"]).parent)
+        assert f"{party}-broker-data:{db_dir}" in _compose()["services"][f"{party}-broker"]["volumes"]
+        assert f"RUN mkdir -p {db_dir} && chown {uid}:{uid} {db_dir}\nUSER {uid}\n" in broker_stage
