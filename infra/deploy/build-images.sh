@@ -17,6 +17,7 @@
 # Checks on the built images: `python -m keybroker --help` and `airflow version` run as the image's user; the
 # installed distributions are exactly uv.lock's (`"$uv" export --frozen --no-dev`, markers evaluated by the image's
 # Python); the image holds nothing of infra/deploy (make-secrets.sh's secrets/ and compose's .env are there).
+# Then the owner's broker serves /readyz over TLS with make-secrets.sh's files mounted as compose mounts them.
 set -eu
 cd "$(dirname "$0")/../.."
 work=${1:-/tmp/cscore-images}
@@ -101,3 +102,37 @@ for target in broker platform; do
     || { echo "infra/deploy (secrets, .env) in the image"; exit 1; }
   buildah rm "$ctr" > /dev/null
 done
+
+# The owner's broker served as compose.yaml runs it: make-secrets.sh's files bind-mounted with their owner and mode
+# (compose's file secrets), its config (on port BROKER_CHECK_PORT, host network), the image's own key-store directory
+# (a new named volume starts as a copy of it); /readyz answers over TLS checked against its certificate.
+port=${BROKER_CHECK_PORT:-18443}
+rm -rf "$work/secrets" && sh infra/deploy/make-secrets.sh "$work/secrets"
+mounts=$(.venv/bin/python - "$work" "$port" <<'EOF'
+import json, sys, yaml
+work, port = sys.argv[1:]
+compose = yaml.safe_load(open("infra/deploy/compose.yaml"))
+service = compose["services"]["owner-broker"]
+for name in service["secrets"]:
+    print(f"-v {compose['secrets'][name]['file'].replace('./secrets', work + '/secrets', 1)}:/run/secrets/{name}:ro")
+source, target = next(v for v in service["volumes"] if v.startswith("./brokers/")).split(":")[:2]
+config = json.load(open("infra/deploy/" + source.removeprefix("./")))
+json.dump({**config, "port": int(port)}, open(f"{work}/owner.json", "w"))
+print(f"-v {work}/owner.json:{target}:ro")
+EOF
+)
+ctr=$(buildah from --pull=never "localhost/cscore-broker:$tag")
+# shellcheck disable=SC2086  # one mount per word
+buildah run --isolation chroot $mounts "$ctr" -- python -m keybroker serve --config /etc/cscore/broker.json \
+  > "$work/broker-serve.log" 2>&1 &
+serving=$!
+ready=
+for _ in $(seq 1 90); do
+  curl -sf --cacert "$work/secrets/owner/tls.pem" --resolve "owner-broker:$port:127.0.0.1" \
+    "https://owner-broker:$port/readyz" && { ready=1; break; }
+  sleep 1
+done
+kill "$serving"; wait "$serving" || true
+buildah rm "$ctr" > /dev/null
+[ -n "$ready" ] || { echo "the broker did not serve:"; tail -n 5 "$work/broker-serve.log"; exit 1; }
+echo
