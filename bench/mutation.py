@@ -62,7 +62,7 @@ MODULES: dict[str, list[str]] = {
                         "tests/audit/test_training_audit.py"],
     "sdk/results.py": ["tests/enclave/test_result_checks.py"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
-                          "tests/enclave/test_ranged_input.py"],
+                          "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

@@ -16,9 +16,11 @@ import pytest
 
 from enclave.pme import PmeKeys, write_encrypted
 from enclave.ranged import TAIL_BYTES, BytesSource
-from enclave.worker import ShardInputError, read_shard
+from enclave.worker import ShardInputError, _check_binding, read_shard
+from sdk.contracts import DIGITS_CONTRACT, DIGITS_TASK
 from sdk.owner import ROW_GROUP_SIZE, OwnerKeys, encode_part
 from tests.enclave.test_pme import LocalWrapper
+from wire.card import CARD_TYPE, ModelCard
 from wire.shard import INPUT_BINDING_KEY, ShardSpec, input_binding
 
 TENANT = "acme"
@@ -136,3 +138,35 @@ def test_a_flipped_byte_in_the_shards_row_groups_fails_authentication() -> None:
     with PmeKeys(wrapper) as keys, pytest.raises(OSError):
         read_shard(_spec("b-1", key, file_id, 0, 2), BytesSource(bytes(tampered)), keys)
 
+
+
+def test_a_shard_reads_only_the_columns_its_models_contract_names_up_to_the_files_last_row_group() -> None:
+    """A digits model's card names `file` (its id) and `image`: the owner's file holds a `notes` column too,
+    which the enclave never reads; the shard ends at the file's last row group, which is in the file."""
+    wrapper = LocalWrapper()
+    key = f"incoming/{TENANT}/b-1/part-00000.parquet"
+    rows = 3 * ROW_GROUP_SIZE
+    table = pa.table({"file": [f"f{i}.png" for i in range(rows)], "image": [b"png"] * rows,
+                      "notes": ["the owner's own column"] * rows})
+    data, file_id = encode_part(table, wrapper, OwnerKeys.for_batch(TENANT, "b-1"), tenant=TENANT, batch_id="b-1",
+                                key=key)
+    card = ModelCard.parse({"type": CARD_TYPE, "name": "digits", "version": 1, "protection": "none",
+                            "digest": "sha256:" + "dd" * 32, "object_key": "models/digits/1/model.onnx",
+                            "task": DIGITS_TASK, "contract": DIGITS_CONTRACT})
+    with PmeKeys(wrapper) as keys:
+        read = read_shard(_spec("b-1", key, file_id, 2, 3), BytesSource(data), keys, card)
+    assert read.column_names == ["file", "image"]
+    assert read.column("file").to_pylist() == [f"f{i}.png" for i in range(2 * ROW_GROUP_SIZE, rows)]
+
+
+def test_a_binding_of_another_file_is_shown_to_300_characters_whatever_its_bytes() -> None:
+    """The refusal shows what the footer holds, decoded with replacement characters and cut at 300 characters."""
+    spec = _spec("b-1", f"incoming/{TENANT}/b-1/part-00000.parquet", "ab" * 16)
+    found = b"\xff" + ("x" * 299).encode() + b"beyond"
+    with pytest.raises(ShardInputError) as refused:
+        _check_binding(spec, found)
+    expected = input_binding(TENANT, "b-1", spec.input_key, "ab" * 16)
+    assert str(refused.value) == (
+        f"input {spec.input_key}: expected the owner's file bound to {expected} (footer entry {INPUT_BINDING_KEY}, "
+        f"authenticated by PME), got \ufffd{'x' * 299}; the object under this key is not the one the signed "
+        "manifest lists: restore it or resubmit the batch")

@@ -190,8 +190,13 @@ def test_more_rows_than_the_grant_counts_are_refused(sim_dir: Path, onnx_bytes: 
     enclave, data = _enclave(sim_dir), _input()
     batch = _Batch(keys=None, granted_rows=40)  # type: ignore[arg-type]
     enclave._count_rows(_spec(data, onnx_bytes), batch, 30)
-    with pytest.raises(UsageExceeded, match="counts 40 rows; 30 scored here already, 11 more refused"):
+    with pytest.raises(UsageExceeded) as refused:
         enclave._count_rows(_spec(data, onnx_bytes), batch, 11)
+    assert str(refused.value) == "batch b-1: the owner's grant counts 40 rows; 30 scored here already, 11 more refused"
+    enclave._count_rows(_spec(data, onnx_bytes), batch, 10)  # exactly the granted count: allowed
+    with pytest.raises(UsageExceeded) as one_more:  # counted across shards: one row beyond the grant
+        enclave._count_rows(_spec(data, onnx_bytes), batch, 1)
+    assert str(one_more.value) == "batch b-1: the owner's grant counts 40 rows; 40 scored here already, 1 more refused"
 
 
 def test_a_model_object_that_is_not_the_cards_is_refused(onnx_bytes: bytes) -> None:
@@ -201,9 +206,11 @@ def test_a_model_object_that_is_not_the_cards_is_refused(onnx_bytes: bytes) -> N
                             "digest": "sha256:" + hashlib.sha256(onnx_bytes).hexdigest(), "object_key": "o",
                             "broker": "provider", "key_id": "k", "wrapped_dek": base64.b64encode(b"w").decode(),
                             "task": SPAM_TASK, "contract": SPAM_CONTRACT})
-    assert _decrypt_model(card, dek, lambda key: ciphertext) == onnx_bytes
-    with pytest.raises(ModelIntegrityError, match="tag mismatch"):  # another model's object, or altered bytes
+    assert _decrypt_model(card, dek, {"o": ciphertext}.__getitem__) == onnx_bytes  # read from the card's object key
+    with pytest.raises(ModelIntegrityError) as altered:  # another model's object, or altered bytes
         _decrypt_model(card, dek, lambda key: ciphertext[:-1] + bytes([ciphertext[-1] ^ 1]))
+    assert str(altered.value) == ("model spam:1: expected ciphertext authenticated by its data key, got a tag "
+                                  "mismatch (the object was altered or belongs to another model)")
     relabelled = ModelCard.parse({**card.raw, "version": 2})  # the same ciphertext under another version
     with pytest.raises(ModelIntegrityError, match="tag mismatch"):
         _decrypt_model(relabelled, dek, lambda key: ciphertext)

@@ -3,6 +3,8 @@ limiter's refill and eviction, to the exact second (no sleeping, no timing asser
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from keybroker import sessions
@@ -85,3 +87,34 @@ def test_rate_limiter_evicts_the_least_recently_seen_client(clock: Clock) -> Non
     for client in ("a", "b", "a", "c"):
         limiter.allow(client)
     assert list(limiter._buckets) == ["a", "c"]
+
+
+def test_a_session_carries_a_32_byte_nonce_under_an_18_byte_id(clock: Clock) -> None:
+    """The nonce the evidence must bind is 32 random bytes (256 bits, base64url without padding: 43 characters);
+    the session id 18 (24 characters). The exact sizes: what the docstring and the wire promise, no more."""
+    table = SessionTable(ttl_s=30, max_sessions=10)
+    first, second = table.new("sev-snp"), table.new("sev-snp")
+    for s in (first, second):
+        assert len(base64.urlsafe_b64decode(s.nonce + "=")) == 32 and len(s.nonce) == 43
+        assert len(base64.urlsafe_b64decode(s.session_id)) == 18 and len(s.session_id) == 24
+    assert first.nonce != second.nonce and first.session_id != second.session_id
+
+
+def test_the_brokers_replay_cache_is_bounded_at_100_000_ids(clock: Clock) -> None:
+    """keybroker.tokens builds its cache with the default bound: a flood of fresh PoP ids inside the window grows
+    it to 100,000 ids (plus the one just added), never more; within the bound every id is still refused."""
+    cache = ReplayCache(ttl_s=240)
+    assert all(cache.first_use(f"jti-{i}") for i in range(100_002))
+    assert len(cache._seen) == 100_001
+    assert next(iter(cache._seen)) == "jti-1"  # only the oldest was forgotten
+    assert not cache.first_use("jti-2") and not cache.first_use("jti-100001")
+
+
+def test_the_brokers_rate_limiter_keeps_at_most_10_000_clients(clock: Clock) -> None:
+    """keybroker.middleware builds its limiter with the default bound: 10,001 client addresses leave 10,000
+    buckets, the least recently seen one dropped."""
+    limiter = RateLimiter(rate=1, burst=1)
+    for i in range(10_001):
+        limiter.allow(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter._buckets) == 10_000
+    assert next(iter(limiter._buckets)) == "10.0.0.1"
