@@ -20,9 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import OKPKey
 
+from enclave.limits import LimitExceeded
 from enclave.measurement import code_measurement
 from enclave.ranged import BytesSource
-from enclave.scoring import ModelSession
+from enclave.runner import ContractSession
+from enclave.scoring import CHUNK_ROWS, ModelSession
 from enclave.signing import generate_signing_key, sign_json
 from enclave.tee import SimulatedSnpProvider
 from enclave.training import Metrics, TrainedModel, tuned_card
@@ -35,10 +37,13 @@ from enclave.worker import (
     UsageExceeded,
     _Batch,
     _BatchKeys,
+    _Clock,
     _decrypt_model,
+    _scored,
 )
 from sdk.contracts import SPAM_CONTRACT, SPAM_TASK
 from sdk.training import export_onnx, train_spam_model
+from tests.enclave.heavy_models import CONTRACT, columns, slow_model
 from wire.card import CARD_TYPE, ModelCard
 from wire.errors import FormatError
 from wire.recipe import RecipeCard
@@ -118,12 +123,16 @@ def _spec(data: bytes, onnx: bytes, **changes: Any) -> ShardSpec:
 def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
     scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes, digits=2),
-                                           lambda key: onnx_bytes)
+                                           {"models/spam/1/model.onnx": onnx_bytes}.__getitem__)  # the card's key
     table = pq.read_table(pa.BufferReader(scored.output))
     expected, _ = ModelSession(onnx_bytes).score(TEXTS)
     got = np.asarray(table.column("spam_probability").to_pylist(), dtype=np.float32)
     assert np.array_equal(got, np.round(expected.astype(np.float64), 2).astype(np.float32))
     assert scored.rows == len(TEXTS) and not scored.evidence  # a baseline carries no evidence
+    # Every row names the model that scored it (dictionary-encoded: one string per shard).
+    assert table.column("model_digest").to_pylist() == ["sha256:" + hashlib.sha256(onnx_bytes).hexdigest()] * len(TEXTS)
+    assert table.schema.field("model_digest").type == pa.dictionary(pa.int32(), pa.string())
+    assert list(scored.seconds) == ["keys", "read", "score", "write", "sign"]  # phases for `cscore bench`
 
 
 def test_labels_only_cards_give_no_probabilities(sim_dir: Path, onnx_bytes: bytes) -> None:
@@ -296,3 +305,40 @@ def test_a_model_object_equal_to_the_cards_digest_on_a_prefix_only_is_refused(si
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, model_digest=named), BytesSource(data),
                                       _card(onnx_bytes, digest=named), lambda key: onnx_bytes)
     assert str(refused.value) == f"model spam:1: expected digest {named} (the owner's choice), got {real}"
+
+
+def test_a_shard_whose_file_lacks_a_contract_column_is_refused_naming_it(sim_dir: Path, onnx_bytes: bytes) -> None:
+    """The owner's file has message_id but no text: refused before scoring, naming the column and the contract."""
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"message_id": ["m0", "m1"], "subject": ["a", "b"]}), sink)
+    data = sink.getvalue()
+    with pytest.raises(ShardInputError) as refused:
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes),
+                                      lambda key: onnx_bytes)
+    assert str(refused.value) == ("input incoming/acme/b-1/part-00000.parquet: expected columns ['message_id', "
+                                  "'text'] (model spam:1's contract), column 'text' is missing; submit the data for "
+                                  "this model's inputs")
+
+
+def test_a_model_over_the_batchs_time_limit_is_stopped_naming_the_shard_and_the_setting(onnx_bytes: bytes) -> None:
+    """The spec's limit (1 ms per row) reaches the model's run; the refusal says which shard, model and setting."""
+    data = _input()
+    spec = _spec(data, onnx_bytes, max_ms_per_row=1)
+    table = pa.table({"id": [f"r{i}" for i in range(10)], **columns(10)})
+    with pytest.raises(LimitExceeded) as stopped:
+        _scored(spec, table, ContractSession(slow_model(), CONTRACT), None)
+    assert str(stopped.value) == (
+        f"shard 0 of batch b-1, model spam:1: the model ran {CHUNK_ROWS} rows for more than {CHUNK_ROWS} ms, over "
+        "the batch's limit of 1 ms per row set by the platform; choose a lighter model, or ask the platform's "
+        "operator to raise cscore_limits")
+
+
+def test_the_workers_phase_clock_adds_up_laps_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter([10.0, 10.1234567, 10.5, 10.75])
+    monkeypatch.setattr("enclave.worker.time.perf_counter", lambda: next(ticks))
+    clock = _Clock()
+    clock.lap("keys")
+    clock.lap("read")
+    clock.lap("keys")  # a phase lapped again adds to its seconds
+    assert clock.laps == {"keys": round(0.1234567 + 0.25, 6), "read": round(10.5 - 10.1234567, 6)}
+    assert clock.laps["keys"] == 0.373457
