@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import celpy
 import pytest
+from celpy.celparser import CELParseError
 
-from keybroker.policy import PolicyEngine, Verdict
+from keybroker.policy import PolicyEngine, PolicyError, Verdict
 
 GOOD = "ab" * 48
 CHIP = "5c" * 64
@@ -175,8 +177,11 @@ def test_custom_policy_refusals_say_why() -> None:
     verdict = _verdict(policy="claims.tcb.snp > 100")
     assert (verdict.allowed, verdict.field, verdict.expected, verdict.reason) == (
         False, "policy", "claims.tcb.snp > 100", "the key's custom policy does not hold")
+    assert verdict.clause == "custom" and verdict.actual is None
     assert _verdict(policy='"yes"').reason == "policy returned StringType, not bool"
-    assert _verdict(policy="claims.nothing.here").reason.startswith("policy evaluation failed: ")
+    failed = _verdict(policy="claims.nothing.here")
+    assert (failed.allowed, failed.reason, failed.clause) == (
+        False, "policy evaluation failed: no such member in mapping: 'nothing'", "custom")
 
 
 # -- the measured worker configuration, the simulated root, model grants, result keys ------------------
@@ -210,3 +215,36 @@ def test_a_model_key_needs_an_owner_grant() -> None:
     ("result", "wrap", "release"), ("model", "release", "unwrap")])
 def test_each_key_kind_allows_one_operation(kind: str, operation: str, expected: str) -> None:
     assert _refusal(kind, request={"operation": operation}) == ("operation", expected, operation)
+
+
+def test_a_policy_that_is_not_cel_is_refused_naming_the_parse_error() -> None:
+    with pytest.raises(CELParseError) as parse:
+        celpy.Environment().compile("claims.")
+    with pytest.raises(PolicyError) as refused:
+        PolicyEngine().compile("claims.")
+    assert str(refused.value) == f"policy is not valid CEL: {parse.value}"
+    assert str(refused.value) == "policy is not valid CEL: claims.\n      ^\n"
+
+
+def test_each_policy_text_is_compiled_once_and_the_cache_is_bounded() -> None:
+    engine = PolicyEngine()
+    assert engine.compile("claims.debug") is engine.compile("claims.debug")  # one program per distinct text
+    for i in range(1024):
+        engine.compile(f"{i} == {i}")
+    assert len(engine._programs) == 1025  # the bound is checked before each new text is added
+    engine.compile("true")
+    assert len(engine._programs) == 1  # beyond it the cache starts over, never grows
+
+
+def test_claims_without_a_chip_id_or_a_configuration_digest_are_refused_showing_none_given() -> None:
+    """A TDX quote carries no chip id: a chip-pinned key refuses it, showing the empty default; claims without
+    a configuration digest get no key from a grant that names one."""
+    ctx = _ctx(key={"chip_ids": [CHIP]})
+    del ctx["claims"]["chip_id"]
+    pinned = ENGINE.evaluate(None, "data", ctx)
+    assert (pinned.allowed, pinned.field, pinned.expected, pinned.actual) == (False, "chip_id", [CHIP], "")
+    ctx = _ctx()
+    del ctx["claims"]["config_digest"]
+    unconfigured = ENGINE.evaluate(None, "data", ctx)
+    assert (unconfigured.allowed, unconfigured.field, unconfigured.expected, unconfigured.actual) == (
+        False, "host_data", [CONFIG], "")
