@@ -25,7 +25,7 @@ from enclave.measurement import code_measurement
 from enclave.ranged import BytesSource
 from enclave.runner import ContractSession
 from enclave.scoring import CHUNK_ROWS, ModelSession
-from enclave.signing import generate_signing_key, sign_json
+from enclave.signing import generate_signing_key, sign_json, unverified_payload
 from enclave.tee import SimulatedSnpProvider
 from enclave.training import Metrics, TrainedModel, tuned_card
 from enclave.worker import (
@@ -120,7 +120,9 @@ def _spec(data: bytes, onnx: bytes, **changes: Any) -> ShardSpec:
     return ShardSpec(**values)
 
 
-def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, onnx_bytes: bytes) -> None:
+def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, onnx_bytes: bytes,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("enclave.worker.RESULT_ROW_GROUP_SIZE", 7)  # results are written in row groups of this size
     data = _input()
     scored = _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes, digits=2),
                                            {"models/spam/1/model.onnx": onnx_bytes}.__getitem__)  # the card's key
@@ -133,6 +135,14 @@ def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, o
     assert table.column("model_digest").to_pylist() == ["sha256:" + hashlib.sha256(onnx_bytes).hexdigest()] * len(TEXTS)
     assert table.schema.field("model_digest").type == pa.dictionary(pa.int32(), pa.string())
     assert list(scored.seconds) == ["keys", "read", "score", "write", "sign"]  # phases for `cscore bench`
+    assert pq.ParquetFile(pa.BufferReader(scored.output)).num_row_groups == 5  # 30 rows, 7 a group
+    # The baseline's receipt names the input by its whole-file SHA-256 (no PME footer to name it by).
+    receipt = unverified_payload(scored.receipt, what="receipt")
+    assert receipt["input"] == {"key": "incoming/acme/b-1/part-00000.parquet", "file_id": "", "row_groups": [0, 1],
+                                "sha256": hashlib.sha256(data).hexdigest()}
+    assert receipt["output"] == {"key": scored.output_key, "sha256": hashlib.sha256(scored.output).hexdigest(),
+                                 "rows": len(TEXTS)} and scored.output_sha256 == receipt["output"]["sha256"]
+    assert scored.output_key.startswith("results/acme/b-1/shard-00000.") and scored.output_key.endswith(".parquet")
 
 
 def test_labels_only_cards_give_no_probabilities(sim_dir: Path, onnx_bytes: bytes) -> None:
