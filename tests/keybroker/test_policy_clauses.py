@@ -248,3 +248,61 @@ def test_claims_without_a_chip_id_or_a_configuration_digest_are_refused_showing_
     unconfigured = ENGINE.evaluate(None, "data", ctx)
     assert (unconfigured.allowed, unconfigured.field, unconfigured.expected, unconfigured.actual) == (
         False, "host_data", [CONFIG], "")
+
+
+# -- what a context leaves out: evaluate's defaults refuse, they never make a clause fail by error ------------
+
+def test_a_key_that_does_not_say_it_is_opted_in_to_the_simulated_root_is_not() -> None:
+    ctx = _ctx(claims={"root": "simulated"})
+    assert "simulated_allowed" not in ctx["key"]
+    verdict = ENGINE.evaluate(None, "data", ctx)
+    assert (verdict.allowed, verdict.reason, verdict.field, verdict.actual, verdict.clause) == (
+        False, "root-allowed: the evidence chains to the simulated root and this key is not opted in to it", "root",
+        "simulated", "root-allowed")
+
+
+def test_a_key_without_a_floor_or_pins_and_a_context_without_a_key_get_the_empty_defaults() -> None:
+    ctx = _ctx()
+    del ctx["key"]["min_tcb"], ctx["key"]["chip_ids"]
+    assert ENGINE.evaluate(None, "data", ctx) == Verdict(True, "default data policy holds", clause="default")
+    ctx = _ctx()
+    del ctx["key"]  # a model grant is not a key: its clauses read the grant and the claims only
+    assert ENGINE.evaluate(None, "model-grant", ctx) == Verdict(True, "default model-grant policy holds",
+                                                                clause="default")
+
+
+def test_claims_without_a_tcb_are_below_any_floor_by_the_clause_not_by_an_error() -> None:
+    ctx = _ctx(key={"min_tcb": {"snp": 22}})
+    del ctx["claims"]["tcb"]
+    verdict = ENGINE.evaluate(None, "data", ctx)
+    assert (verdict.allowed, verdict.reason, verdict.field, verdict.expected, verdict.actual) == (
+        False, "min-tcb: the platform firmware (reported TCB) is older than this key allows; update it", "tcb.snp",
+        ">= 22", None)
+
+
+def test_a_custom_policy_reads_missing_host_data_as_empty() -> None:
+    ctx = _ctx()
+    assert "host_data" not in ctx["claims"]
+    policy = 'claims.host_data != ""'
+    assert ENGINE.evaluate(policy, "data", ctx) == Verdict(False, "the key's custom policy does not hold", "policy",
+                                                          policy, None, clause="custom")
+
+
+def test_a_context_without_claims_is_refused_at_the_first_clause_that_reads_one() -> None:
+    ctx = _ctx()
+    del ctx["claims"]
+    verdict = ENGINE.evaluate(None, "data", ctx)
+    assert (verdict.allowed, verdict.reason, verdict.field) == (
+        False, "root-allowed: policy evaluation failed: no such member in mapping: 'root'", "root")
+
+
+@pytest.mark.parametrize("owner_grant", [None, "absent"])
+def test_a_model_key_without_an_owner_grant_is_refused_by_its_clause(owner_grant: str | None) -> None:
+    ctx = _ctx(key={"kind": "model"})
+    if owner_grant is None:
+        ctx["owner_grant"] = None
+    else:
+        del ctx["owner_grant"]
+    verdict = ENGINE.evaluate(None, "model", ctx)
+    assert (verdict.allowed, verdict.reason, verdict.field, verdict.actual) == (
+        False, "owner-granted: every batch needs a fresh grant from a registered owner's broker", "grant", "none")
