@@ -306,3 +306,13 @@ def test_a_model_key_without_an_owner_grant_is_refused_by_its_clause(owner_grant
     verdict = ENGINE.evaluate(None, "model", ctx)
     assert (verdict.allowed, verdict.reason, verdict.field, verdict.actual) == (
         False, "owner-granted: every batch needs a fresh grant from a registered owner's broker", "grant", "none")
+
+
+def test_a_default_clause_that_cannot_be_evaluated_refuses_saying_why() -> None:
+    """A grant recorded without its measurements: the clause reading them fails to evaluate, and refuses with
+    the evaluation's error in its reason."""
+    grant = {"model_digest": "sha256:m", "key_ids": ["k"], "config_digests": [CONFIG]}
+    verdict = _verdict(grant=grant)
+    assert (verdict.allowed, verdict.reason, verdict.field, verdict.clause) == (
+        False, "measurement-granted: policy evaluation failed: no such member in mapping: 'measurements'",
+        "measurement", "measurement-granted")
