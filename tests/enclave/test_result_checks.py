@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from joserfc.jwk import OKPKey
 
 from attestation import Policy, TrustAnchors
+from attestation.errors import ParseError
 from enclave.kbs_client import _b64url
 from enclave.measurement import code_measurement
 from enclave.receipts import BrokerSession, evidence_document, sign_receipt
@@ -34,6 +35,7 @@ from sdk.results import (
     _result_manifest,
     _shard_output,
     _verified_shard,
+    owner_trust,
 )
 from wire.canonical import canonical_json
 from wire.shard import ShardSpec
@@ -698,3 +700,48 @@ def test_an_output_the_platform_did_not_store_is_named(sim_dir: Path) -> None:
     with pytest.raises(ResultVerificationError) as refused:
         _verify(store, sim_dir, entry)
     assert str(refused.value) == f"s3://test/{output_key}: expected a shard's encrypted results, found nothing"
+
+
+
+@pytest.mark.parametrize(("accept", "env"), [(False, True), (True, False)])
+def test_simulated_evidence_is_refused_unless_the_owner_accepts_it_and_names_its_firmware(
+        sim_dir: Path, monkeypatch: pytest.MonkeyPatch, accept: bool, env: bool) -> None:
+    """Simulated evidence is forgeable by anyone holding the simulated firmware: an owner who did not pass
+    --accept-simulated, or who did on a machine without $CSCORE_SIM_TEE_DIR, trusts AMD's roots only."""
+    if env:
+        monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
+    else:
+        monkeypatch.delenv("CSCORE_SIM_TEE_DIR", raising=False)
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    anchors, policy = owner_trust(accept_simulated=accept, measurements=[code_measurement().hex()])
+    with pytest.raises(ResultVerificationError) as refused:
+        _verified_shard(store, _manifest(), _granted(), entry, _EvidenceCache(store, PREFIX),  # type: ignore[arg-type]
+                        anchors, policy)
+    message = str(refused.value)
+    assert message.startswith(f"{PREFIX}shard-00000.receipt.jws (evidence {PREFIX}evidence/")
+    assert "evidence.cert_chain.ark: expected one of the trusted ARKs (CN=ARK-Milan,O=Advanced Micro Devices" in message
+    assert message.endswith("; the chain ends in a root this verifier does not trust")
+
+
+def test_the_owner_accepting_simulated_evidence_still_holds_it_to_the_granted_measurements(
+        sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
+    store = DictStore()
+    worker = Worker(store, sim_dir)
+    entry = worker.shard(_spec())
+    anchors, policy = owner_trust(accept_simulated=True, measurements=[code_measurement().hex()])
+    receipt = _verified_shard(store, _manifest(), _granted(), entry, _EvidenceCache(store, PREFIX),  # type: ignore[arg-type]
+                              anchors, policy)
+    assert receipt.payload["evidence_sha256"] == worker.digest
+    anchors, policy = owner_trust(accept_simulated=True, measurements=["00" * 48])
+    with pytest.raises(ResultVerificationError) as refused:
+        _verified_shard(store, _manifest(), _granted(), entry, _EvidenceCache(store, PREFIX),  # type: ignore[arg-type]
+                        anchors, policy)
+    assert str(refused.value) == (
+        f"{PREFIX}shard-00000.receipt.jws (evidence {PREFIX}evidence/{worker.digest}.json): measurement: expected one "
+        f"of ['{'00' * 48}'], got {code_measurement().hex()}; this is not an approved build of the worker")
+    with pytest.raises(ParseError) as not_hex:
+        owner_trust(accept_simulated=True, measurements=["zz"])
+    assert (not_hex.value.field, not_hex.value.expected, not_hex.value.actual) == (
+        "policy.allowed_measurements", "hex strings", ["zz"])
