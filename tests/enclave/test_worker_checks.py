@@ -352,3 +352,15 @@ def test_the_workers_phase_clock_adds_up_laps_per_phase(monkeypatch: pytest.Monk
     clock.lap("keys")  # a phase lapped again adds to its seconds
     assert clock.laps == {"keys": round(0.1234567 + 0.25, 6), "read": round(10.5 - 10.1234567, 6)}
     assert clock.laps["keys"] == 0.373457
+
+
+def test_a_model_over_the_batchs_memory_limit_is_stopped_naming_the_shard_and_the_setting(onnx_bytes: bytes) -> None:
+    """The spec's memory limit (64 MiB, the least it may set; this process holds more) reaches the model's run."""
+    data = _input()
+    spec = _spec(data, onnx_bytes, max_ms_per_row=3_600_000, max_memory_mib=64)
+    table = pa.table({"id": [f"r{i}" for i in range(10)], **columns(10)})
+    with pytest.raises(LimitExceeded) as stopped:
+        _scored(spec, table, ContractSession(slow_model(), CONTRACT), None)
+    assert str(stopped.value) == (
+        "shard 0 of batch b-1, model spam:1: the worker's memory went over the batch's limit of 64 MiB set by the "
+        "platform while the model ran; choose a lighter model, or ask the platform's operator to raise cscore_limits")
