@@ -316,3 +316,15 @@ def test_a_default_clause_that_cannot_be_evaluated_refuses_saying_why() -> None:
     assert (verdict.allowed, verdict.reason, verdict.field, verdict.clause) == (
         False, "measurement-granted: policy evaluation failed: no such member in mapping: 'measurements'",
         "measurement", "measurement-granted")
+
+
+@pytest.mark.parametrize("owner_grant", [None, "absent"])
+def test_a_custom_policy_sees_no_owner_grant_as_an_empty_map(owner_grant: str | None) -> None:
+    """`owner_grant` is a verified model grant's payload or `{}`: a custom policy may take its size."""
+    ctx = _ctx(key={"kind": "model"})
+    if owner_grant is None:
+        ctx["owner_grant"] = None
+    else:
+        del ctx["owner_grant"]
+    policy = "size(owner_grant) == 0"
+    assert ENGINE.evaluate(policy, "model", ctx) == Verdict(True, "custom policy holds", clause="custom")
