@@ -27,7 +27,7 @@ import secrets
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,19 +80,23 @@ def is_maildir(source: Path) -> bool:
     return (source / "new").is_dir() and (source / "cur").is_dir()
 
 
-def scan(source: Path, *, settle_s: float, now: float | None = None) -> tuple[list[Arrival], int]:
-    """(complete files, files not yet settled), oldest first. Maildir: every entry of new/ and cur/ (never tmp/);
-    a drop folder: files (recursively) not hidden, not named in progress, unchanged for `settle_s`."""
+def scan(source: Path, *, settle_s: float, now: float | None = None,
+         read: Container[str] = ()) -> tuple[list[Arrival], int]:
+    """(complete files, files not yet settled), oldest first. Maildir: every entry of new/ and cur/ (never tmp/)
+    but those whose key is in `read` (a maildir file never changes: a stream's pass then costs the new mail, not
+    a stat of every file kept); a drop folder: files (recursively) not hidden, not named in progress, unchanged
+    for `settle_s`."""
     now = time.time() if now is None else now
     found: list[Arrival] = []
     waiting = 0
     if is_maildir(source):
         for sub in ("cur", "new"):
             for entry in _entries(source / sub):
-                if not entry.name.startswith("."):
-                    stat = _stat(entry)
+                key = entry.name.split(":", 1)[0]
+                if not entry.name.startswith(".") and key not in read:
+                    stat = _stat(Path(entry.path))
                     if stat is not None:
-                        found.append(Arrival(entry.name.split(":", 1)[0], entry, stat.st_size, stat.st_mtime_ns))
+                        found.append(Arrival(key, Path(entry.path), stat.st_size, stat.st_mtime_ns))
     else:
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source)
@@ -109,9 +113,9 @@ def scan(source: Path, *, settle_s: float, now: float | None = None) -> tuple[li
     return found, waiting
 
 
-def _entries(folder: Path) -> list[Path]:
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
     try:
-        return [Path(e.path) for e in os.scandir(folder) if e.is_file()]
+        return [e for e in os.scandir(folder) if e.is_file()]
     except FileNotFoundError:
         return []
 
@@ -247,8 +251,9 @@ class Stream:
     def read_new(self) -> int:
         """Read the complete files not read yet, in one transaction (one fsync a pass, not one a file); their
         events follow the commit. Returns the files still settling."""
-        arrivals, waiting = scan(self.source, settle_s=self.options.settle_s)
         read, known = 0, dict(self._known)
+        arrivals, waiting = scan(self.source, settle_s=self.options.settle_s,
+                                 read={key for key, (_, _, state) in known.items() if state != "refused"})
         events: list[Event] = []
         with self.journal.tx():
             for a in arrivals:

@@ -250,3 +250,17 @@ def test_a_manifest_the_platform_planted_does_not_make_the_stream_skip_a_submit(
         assert {s for (s,) in journal.db.execute("SELECT state FROM batches")} == {"submitted"}
     finally:
         journal.close()
+
+
+def test_maildir_files_already_read_are_not_looked_at_again(tmp_path: Path) -> None:
+    """A stream passes the keys it has read: those are neither stat'ed nor returned (each pass costs the new
+    mail only), whether still in new/ or moved to cur/ with flags; other files are, as before."""
+    for sub in ("tmp", "new", "cur"):
+        (tmp_path / sub).mkdir()
+    _touch(tmp_path / "new" / "1.M1.host", 30)
+    _touch(tmp_path / "cur" / "2.M2.host:2,S", 20)
+    _touch(tmp_path / "new" / "3.M3.host", 10)
+    found, _ = scan(tmp_path, settle_s=0, read={"1.M1.host", "2.M2.host"})
+    assert [a.key for a in found] == ["3.M3.host"]
+    found, _ = scan(tmp_path, settle_s=0, read={"3.M3.host"})
+    assert [a.key for a in found] == ["1.M1.host", "2.M2.host"]  # oldest first
