@@ -36,6 +36,7 @@ from keybroker.sessions import NonceError, SessionTable
 from keybroker.store import KeyRecord, KeyStore, QuotaExceeded, StoreError
 from keybroker.tokens import POP_HEADER, TokenIssuer, TokenRejected
 from keybroker.verifier import EvidenceRejected, Verifier, attestation_verifier, report_data_for
+from wire import owner_unwrap
 from wire.errors import FormatError
 from wire.grant import GRANT_TTL_S, ModelGrant, sign_grant, verify_grant
 from wire.worker_config import config_digest_from_claims
@@ -693,7 +694,7 @@ def _admin_routes(app: FastAPI, broker: Broker) -> None:
     def admin_wrap(req: m.AdminWrapRequest) -> m.WrappedResponse:
         return broker.admin_wrap(req)
 
-    @app.post(f"{ADMIN}/unwrap", response_model=m.JweResponse, dependencies=deps, tags=["admin"])
+    @app.post(owner_unwrap.PATH, response_model=m.JweResponse, dependencies=deps, tags=["admin"])
     def admin_unwrap(req: m.AdminUnwrapRequest) -> m.JweResponse:
         return broker.admin_unwrap(req)
 

@@ -16,9 +16,10 @@ from joserfc import jwe, jwt
 from joserfc.jwk import ECKey, import_key
 
 from enclave.kbs_client import BrokerUnreachable, broker_tls, problem_of  # one TLS rule for every broker client
+from wire import owner_unwrap
 from wire.canonical import canonical_json
 
-JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
+JWE_ALGS = owner_unwrap.JWE_ALGS
 GENESIS = "0" * 64
 LOG_FIELDS = ("seq", "time", "operation", "key_id", "batch_id", "model_digest",
               "decision", "reason", "claims_digest", "measurement")
@@ -153,15 +154,17 @@ class BrokerAdmin:
         return base64.b64decode(answer["wrapped"])
 
     def unwrap(self, key_id: str, wrapped: bytes, *, batch_id: str | None = None) -> bytes:
-        """Unwrap for the owner's own use; the key comes back encrypted to a one-call ephemeral key.
+        """Unwrap for the owner's own use (wire format: wire/owner_unwrap.py); the key comes back encrypted to a
+        one-call ephemeral key.
 
         `batch_id` names the batch being read in the broker's decision log (the audit's "owner's decryption").
         """
-        ephemeral = ECKey.generate_key("P-256", private=True)
-        body = {"key_id": key_id, "wrapped": base64.b64encode(wrapped).decode(),
-                "recipient_jwk": ephemeral.as_dict(private=False)}
-        answer = self._call("POST", "/admin/v0/unwrap", {**body, "batch_id": batch_id} if batch_id else body)
-        return jwe.decrypt_compact(answer["jwe"], ephemeral, algorithms=JWE_ALGS).plaintext or b""
+        ephemeral = ECKey.generate_key(owner_unwrap.RECIPIENT_CURVE, private=True)
+        body = owner_unwrap.request_body(key_id, base64.b64encode(wrapped).decode(),
+                                         ephemeral.as_dict(private=False), batch_id)
+        answer = self._call("POST", owner_unwrap.PATH, body)
+        return jwe.decrypt_compact(answer[owner_unwrap.RESPONSE_FIELD], ephemeral,
+                                   algorithms=owner_unwrap.JWE_ALGS).plaintext or b""
 
     def for_batch(self, batch_id: str) -> BatchKeys:
         """This broker as a PME key wrapper whose unwraps name `batch_id` in the decision log."""
