@@ -15,12 +15,16 @@ setup:
 	@# The audit page is tested in a real headless browser (Debian's chromium) and infra/deploy/compose.yaml by a
 	@# real compose client (Debian's docker-compose, without the Docker engine: `config` needs none), each
 	@# installed only where it is missing and apt-get exists (CI runs as root on a fresh machine); elsewhere
-	@# install them by hand. One `apt-get update` for both.
+	@# install them by hand. The owner's Spark path (pyspark, locked) runs on a JDK 17+ whose javac builds the
+	@# KMS client (sdk/spark): Debian's openjdk-17-jdk-headless likewise. One `apt-get update` for all.
 	@command -v apt-get >/dev/null 2>&1 || exit 0; \
 	browser=1; command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || browser=; \
 	compose=1; command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || compose=; \
-	test -n "$$browser" -a -n "$$compose" || apt-get update -q || exit 1; \
+	jdk=1; command -v javac >/dev/null 2>&1 || jdk=; \
+	test -n "$$browser" -a -n "$$compose" -a -n "$$jdk" || apt-get update -q || exit 1; \
 	test -n "$$browser" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || exit 1; \
+	test -n "$$jdk" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		openjdk-17-jdk-headless || exit 1; \
 	test -n "$$compose" || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose
 
 demo: setup
