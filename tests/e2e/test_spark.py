@@ -28,7 +28,12 @@ from sdk.storage import ObjectStore
 from tests.enclave.test_pme import LocalWrapper
 from tests.stacks import running_stack, toy_batch
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# pyspark 4.3 warns on import that it does not fully support pandas >= 3 (locked here): its pandas API is not used.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(900),
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 EMAILS = 150
 COLUMNS = ["message_id", "spam_probability", "label"]
 TOKEN = "parquet.encryption.key.access.token"
