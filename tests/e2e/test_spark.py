@@ -6,6 +6,7 @@ row."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -83,6 +84,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("OFF")  # the refusals below are expected: their stack traces are noise
+    # py4j says "Closing down clientserver connection" (INFO) from __del__ at exit, after pytest closed the stream.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     yield session
     session.stop()
 
