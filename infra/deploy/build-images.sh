@@ -70,6 +70,8 @@ for target in broker platform; do
     || { tail -n 30 "$work/build-$target.log"; exit 1; }
   echo "built localhost/cscore-$target:$tag: $(($(now) - start)) s"
 done
+# buildah 1.28 leaves the working container of a stage that is only a FROM (the uv one) after each build.
+buildah containers --quiet --filter "ancestor=$uv_image" | xargs -r buildah rm > /dev/null
 
 "$uv" export --frozen --no-dev --no-hashes --no-header --no-annotate --no-emit-project > "$work/locked.txt"
 check=$(cat <<'EOF'
