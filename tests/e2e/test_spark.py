@@ -2,29 +2,38 @@
 simulated SEV-SNP TEE, moto, the owner's key broker over HTTPS), its encrypted result objects read by a local Spark
 through sdk/spark's KMS client (Java, compiled here), give exactly what `cscore owner results` writes; a forged
 token, a file the owner's broker refuses to unwrap for, and plain HTTP to a remote broker give a clear error and no
-row."""
+row; so do forged answers of a broker (a JWE to another key, another algorithm, an ephemeral point off P-256)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from joserfc import jwe
+from joserfc.jwk import ECKey, RSAKey
 from pyspark.sql import SparkSession
 
 from cscore.demo import TENANT
 from enclave.pme import PmeKeys
 from infra.local.stack import LocalStack
+from keybroker.tls import ensure_local_tls
 from sdk.owner import OwnerKeys
 from sdk.party import Party
 from sdk.results import fetch_results, owner_trust
-from sdk.spark import build_client_jar, read_options
+from sdk.spark import CLIENT_CLASS, CRYPTO_FACTORY, build_client_jar, read_options
 from sdk.storage import ObjectStore
 from tests.enclave.test_pme import LocalWrapper
 from tests.stacks import running_stack, toy_batch
@@ -178,3 +187,97 @@ def test_plain_http_to_a_broker_that_is_not_loopback_is_refused_before_any_call(
     }
     message = _refusal(spark, options, shards)
     assert "expected https:// (plain http:// only to 127.0.0.1, ::1 or localhost), got http://broker.invalid" in message
+
+
+# -- a broker that answers with a forged JWE (TLS it may pass: a CA the owner was told to trust) ------------------
+
+JWE_ALGS = ["ECDH-ES+A256KW", "RSA-OAEP-256", "A256GCM"]
+
+
+def _to_another_key(recipient: dict[str, Any]) -> str:
+    return jwe.encrypt_compact(
+        {"alg": "ECDH-ES+A256KW", "enc": "A256GCM"},
+        b"k" * 32,
+        ECKey.generate_key("P-256", private=True),
+        algorithms=JWE_ALGS,
+    )
+
+
+def _rsa_alg(recipient: dict[str, Any]) -> str:
+    return jwe.encrypt_compact(
+        {"alg": "RSA-OAEP-256", "enc": "A256GCM"},
+        b"k" * 32,
+        RSAKey.generate_key(2048, private=True),
+        algorithms=JWE_ALGS,
+    )
+
+
+def _off_curve_epk(recipient: dict[str, Any]) -> str:
+    """A JWE to the caller's own key whose ephemeral point is moved off P-256 (an invalid-curve probe)."""
+    token = jwe.encrypt_compact(
+        {"alg": "ECDH-ES+A256KW", "enc": "A256GCM"}, b"k" * 32, ECKey.import_key(recipient), algorithms=JWE_ALGS
+    )
+    head, *rest = token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    y = int.from_bytes(base64.urlsafe_b64decode(header["epk"]["y"] + "=="), "big") + 1
+    header["epk"]["y"] = base64.urlsafe_b64encode(y.to_bytes(32, "big")).rstrip(b"=").decode()
+    return ".".join([base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode(), *rest])
+
+
+@contextmanager
+def _forging_broker(folder: Path, forge: Callable[[dict[str, Any]], str]) -> Iterator[tuple[str, Path]]:
+    """An HTTPS server on loopback answering every unwrap with `forge(recipient_jwk)`; yields its URL and CA."""
+    tls = ensure_local_tls(folder / "ca", folder / "tls", "forger")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = json.dumps({"jwe": forge(body["recipient_jwk"])}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", tls.ca_cert
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("forge", "refusal"),
+    [
+        (_to_another_key, "does not decrypt to this call's key"),
+        (_rsa_alg, "alg expected ECDH-ES+A256KW, got RSA-OAEP-256"),
+        (_off_curve_epk, "epk is not a point of P-256"),
+    ],
+)
+def test_a_forged_answer_of_the_broker_gives_no_key(
+    forge: Callable[[dict[str, Any]], str], refusal: str, spark: SparkSession, tmp_path: Path
+) -> None:
+    with PmeKeys(LocalWrapper()) as keys:
+        (tmp_path / "part-0.parquet").write_bytes(
+            keys.write(pa.table({"message_id": ["<m0@spark>"]}), footer_key="k", column_key="k", row_group_size=10)
+        )
+    with _forging_broker(tmp_path, forge) as (url, ca):
+        options = {
+            "parquet.crypto.factory.class": CRYPTO_FACTORY,
+            "parquet.encryption.kms.client.class": CLIENT_CLASS,
+            "parquet.encryption.kms.instance.url": url,
+            TOKEN: f"token-for-{forge.__name__}",  # its own: no key cached for another token is reused
+            "cscore.broker.ca": str(ca),
+        }
+        message = _refusal(spark, options, tmp_path)
+    assert refusal in message and "<m0@spark>" not in message
