@@ -157,6 +157,12 @@ def test_a_shard_reads_only_the_columns_its_models_contract_names_up_to_the_file
         read = read_shard(_spec("b-1", key, file_id, 2, 3), BytesSource(data), keys, card)
     assert read.column_names == ["file", "image"]
     assert read.column("file").to_pylist() == [f"f{i}.png" for i in range(2 * ROW_GROUP_SIZE, rows)]
+    # The owner's emails named for the digits model: refused naming the shard's input and the missing column.
+    emails, emails_id, emails_key = _part(wrapper, "b-2", 0, 1_000)
+    with PmeKeys(wrapper) as keys, pytest.raises(ShardInputError) as refused:
+        read_shard(_spec("b-2", emails_key, emails_id), BytesSource(emails), keys, card)
+    assert str(refused.value) == (f"input {emails_key}: expected columns ['file', 'image'] (model digits:1's "
+                                  "contract), column 'file' is missing; submit the data for this model's inputs")
 
 
 def test_a_binding_of_another_file_is_shown_to_300_characters_whatever_its_bytes() -> None:
