@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import Any
 
 import pytest
 
 from attestation import Policy
 from audit.collect import CollectError, sync_log
 from audit.log import AuditLog, LogError, Witness
-from audit.verify import Finding, failed, verify_audit
+from audit.verify import Finding, check_broker_heads, check_results, failed, verify_audit
 from enclave.signing import generate_signing_key, sign_json, unverified_payload
 from tests.audit.conftest import MEASUREMENT, MODEL, OTHER_MEASUREMENT, TENANT, Scenario
 
@@ -387,3 +388,41 @@ def test_a_batch_receipt_copied_under_another_batch_is_an_error(scenario: Scenar
     copy = source.replace("/b1/", "/b2/").replace(".receipt.jws", "-copy.receipt.jws")
     errors = [e for e in _errors(_verify(scenario, _synced(scenario))) if copy in e]
     assert errors and errors[0].startswith(f"receipt {copy} lies under batch b2 but speaks of batch b1"), errors
+
+
+def test_a_sync_that_dropped_decisions_is_named_with_the_missing_ranges() -> None:
+    """The platform's sync recorded broker owner's head at decision 10 but left decisions 2-4, 7 and 9-10 out
+    (refusals it would rather hide): the finding lists them as ranges."""
+    kept = [1, 5, 6, 8]
+    entries: list[dict[str, Any]] = [{"kind": "attestation", "broker": "owner", "seq": n, "chain_hash": f"h{n}",
+                                      "index": i} for i, n in enumerate(kept)]
+    entries.append({"kind": "broker_head", "broker": "owner", "head_seq": 10, "head_hash": "h10", "index": 4})
+    assert [str(f) for f in check_broker_heads(entries)] == [
+        "[error] sync: a sync recorded broker owner's log up to decision 10, but the log lacks decision(s) 2-4, 7, "
+        "9-10 before it (log entry 4)"]
+    entries[-1] = {"kind": "broker_head", "broker": "owner", "head_seq": 3, "head_hash": "h3", "index": 4}
+    assert [f.message for f in check_broker_heads(entries)] == [
+        "a sync recorded broker owner's log up to decision 3, but the log lacks decision(s) 2-3 before it"]
+    entries[-1] = {"kind": "broker_head", "broker": "owner", "head_seq": 2, "head_hash": "h2", "index": 4}
+    assert [f.message for f in check_broker_heads(entries)] == [
+        "a sync recorded broker owner's log up to decision 2, but the log lacks decision(s) 2 before it"]
+
+
+def test_a_result_object_the_platform_added_is_named_under_its_batch() -> None:
+    """Objects the platform put under results/ with no receipt in the log: each finding names the batch from the
+    key's third part (none for a key too short to have one)."""
+
+    class Bucket:
+        objects = {"results/acme/b-9/shard-00000.x.parquet": b"rows", "results/acme.parquet": b"rows",
+                   "results/acme/b-9/notes.txt": b"not a result"}
+
+        def get(self, key: str) -> bytes:
+            return self.objects[key]
+
+        def keys(self, prefix: str) -> list[str]:
+            return sorted(k for k in self.objects if k.startswith(prefix))
+
+    found = check_results([], Bucket())
+    assert [(f.severity, f.check, f.message, f.batch_id) for f in found] == [
+        ("error", "result", "result object results/acme.parquet has no receipt in the log", None),
+        ("error", "result", "result object results/acme/b-9/shard-00000.x.parquet has no receipt in the log", "b-9")]
