@@ -414,6 +414,7 @@ def test_a_result_object_the_platform_added_is_named_under_its_batch() -> None:
 
     class Bucket:
         objects = {"results/acme/b-9/shard-00000.x.parquet": b"rows", "results/acme.parquet": b"rows",
+                   "results/acme/b-8.parquet": b"rows",
                    "results/acme/b-9/notes.txt": b"not a result"}
 
         def get(self, key: str) -> bytes:
@@ -425,4 +426,5 @@ def test_a_result_object_the_platform_added_is_named_under_its_batch() -> None:
     found = check_results([], Bucket())
     assert [(f.severity, f.check, f.message, f.batch_id) for f in found] == [
         ("error", "result", "result object results/acme.parquet has no receipt in the log", None),
+        ("error", "result", "result object results/acme/b-8.parquet has no receipt in the log", "b-8.parquet"),
         ("error", "result", "result object results/acme/b-9/shard-00000.x.parquet has no receipt in the log", "b-9")]
