@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from cryptography import x509
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from attestation import Evidence, TrustAnchors, verify_evidence
 from attestation.anchors import load_pem_certs
 from attestation.errors import ParseError, VerificationError
-from attestation.tdx import parse_quote
+from attestation.tdx import parse_quote, verify_quote
 from tests.attestation._attestation_data import read
 from tests.attestation._forge import pem, reissue
 
@@ -306,3 +306,39 @@ def test_pck_chain_holds_on_its_first_and_last_second(intel: Intel, edge: str) -
     anchors = dataclasses.replace(TrustAnchors.amd(), intel_roots=(intel.root,))
     quote = forge_quote([pck, intel.ca, intel.root], intel.pck_key)
     assert verify_evidence(Evidence(tee="tdx", report=quote), anchors, start if edge == "first" else end).tee == "tdx"
+
+
+def test_verify_quote_trusts_the_root_it_is_given_instead_of_intels(intel: Intel) -> None:
+    """`verify_quote(..., intel_root=)` (tests' hook) trusts that root, and only it: the pinned one then refuses."""
+    quote = forge_quote(intel.chain, intel.pck_key)
+    assert verify_quote(quote, AT, intel_root=intel.root).mr_td == parse_quote(BASE).mr_td
+    with pytest.raises(VerificationError) as err:
+        verify_quote(quote, AT)
+    assert (err.value.field, err.value.actual) == ("quote.pck_chain.root",
+                                                   intel.root.fingerprint(hashes.SHA256()).hex())
+
+
+def test_a_time_in_another_zone_is_the_same_instant(intel: Intel) -> None:
+    """An aware time is compared as the instant it names: one second before the PCK's validity, written at
+    UTC+05:00, is refused (read as UTC it would fall five hours later, inside it)."""
+    before = intel.pck.not_valid_before_utc - timedelta(seconds=1)
+    quote = forge_quote(intel.chain, intel.pck_key)
+    with pytest.raises(VerificationError) as err:
+        verify_quote(quote, before.astimezone(timezone(timedelta(hours=5))), intel_root=intel.root)
+    assert err.value.field.startswith("quote.pck_chain")
+
+
+def test_a_pck_chain_that_is_not_pem_is_named(intel: Intel) -> None:
+    with pytest.raises(ParseError) as err:
+        verify_quote(forge_quote([], intel.pck_key), AT, intel_root=intel.root)
+    assert (err.value.field, err.value.expected) == ("quote.pck_chain", "PEM certificates")
+
+
+def test_an_attestation_key_off_the_curve_is_named(intel: Intel) -> None:
+    quote = bytearray(forge_quote(intel.chain, intel.pck_key))
+    at = len(parse_quote(BASE).signed) + 4 + 64
+    quote[at:at + 64] = bytes(64)  # (0, 0) is no P-256 point
+    with pytest.raises(VerificationError) as err:
+        verify_quote(bytes(quote), AT, intel_root=intel.root)
+    assert (err.value.field, err.value.expected, err.value.actual) == ("quote.attestation_key", "a P-256 point",
+                                                                       "an invalid one")

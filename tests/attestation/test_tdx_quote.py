@@ -175,3 +175,92 @@ def test_truncation_names_what_is_missing() -> None:
 
 def test_a_naive_time_is_taken_as_utc() -> None:
     assert verify_quote(read(V4), datetime(2026, 1, 1)).mr_td == parse_quote(read(V4)).mr_td  # noqa: DTZ001
+
+
+def _nested(name: str, *, sig_len: int | None = None, cert: bytes | None = None) -> bytes:
+    """The real quote with its signature data cut to `sig_len` bytes (its length field saying so), or with its
+    certification data replaced by `cert` (the size fields saying so): a truncation inside a nested part."""
+    data, quote = read(name), parse_quote(read(name))
+    at = len(quote.signed)
+    sig = data[at + 4:at + 4 + struct.unpack_from("<I", data, at)[0]]
+    if cert is not None:
+        sig = sig[:130] + struct.pack("<I", len(cert)) + cert
+    if sig_len is not None:
+        sig = sig[:sig_len]
+    return quote.signed + struct.pack("<I", len(sig)) + sig
+
+
+def _cert_data(name: str) -> bytes:
+    data, quote = read(name), parse_quote(read(name))
+    at = len(quote.signed) + 4 + 128
+    return data[at + 6:at + 6 + struct.unpack_from("<I", data, at + 2)[0]]
+
+
+def _cut_cert(n: int) -> bytes:
+    return _nested(V5, cert=_cert_data(V5)[:n])
+
+
+AUTH = len(parse_quote(read(V5)).qe_auth_data)  # 32 in go-tdx-guest's v5 sample
+
+
+@pytest.mark.parametrize(("quote", "field"), [
+    (lambda: read(V5)[:20], "quote.header"),
+    (lambda: read(V5)[:49], "quote.body_type"),
+    (lambda: read(V5)[:52], "quote.body_size"),
+    (lambda: read(V5)[:100], "quote.body"),
+    (lambda: read(V5)[:704], "quote.signature_data_len"),
+    (lambda: read(V5)[:800], "quote.signature_data"),
+    (lambda: _nested(V5, sig_len=10), "quote.signature"),
+    (lambda: _nested(V5, sig_len=100), "quote.attestation_key"),
+    (lambda: _nested(V5, sig_len=129), "quote.certification_data.type"),
+    (lambda: _nested(V5, sig_len=132), "quote.certification_data.size"),
+    (lambda: _nested(V5, sig_len=140), "quote.certification_data"),
+    (lambda: _cut_cert(10), "quote.qe_report"),
+    (lambda: _cut_cert(400), "quote.qe_report_signature"),
+    (lambda: _cut_cert(449), "quote.qe_auth_data.size"),
+    (lambda: _cut_cert(460), "quote.qe_auth_data"),
+    (lambda: _cut_cert(450 + AUTH + 1), "quote.pck_certification_data.type"),
+    (lambda: _cut_cert(450 + AUTH + 4), "quote.pck_certification_data.size"),
+    (lambda: _cut_cert(450 + AUTH + 20), "quote.pck_chain"),
+])
+def test_a_quote_cut_inside_each_part_names_that_part(quote: Any, field: str) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_quote(quote())
+    assert err.value.field == field and str(err.value).endswith("; the quote is truncated")
+
+
+def test_lengths_and_header_numbers_are_unsigned() -> None:
+    """A length or header number with its top bit set is read as the large unsigned number it is."""
+    at = len(parse_quote(read(V5)).signed)
+    for data, field, expected in [(_set(V5, at, "<I", 0x80000010), "quote.signature_data", "2147483664 more bytes"),
+                                  (_set(V5, 50, "<I", 0x80000248), "quote.body_type", None)]:
+        with pytest.raises(ParseError) as err:
+            parse_quote(data)
+        assert err.value.field == field
+        if expected:
+            assert str(err.value.expected).startswith(expected)
+        else:
+            assert err.value.actual == f"3 ({0x80000248})"
+    cert = bytearray(_cert_data(V5))
+    struct.pack_into("<H", cert, 448, 0x8001)
+    with pytest.raises(ParseError) as err:
+        parse_quote(_nested(V5, cert=bytes(cert)))
+    assert (err.value.field, str(err.value.expected).split(" ")[0]) == ("quote.qe_auth_data", "32769")
+    for offset, fmt, value, field, actual in [(0, "<H", 0x8004, "quote.version", 0x8004),
+                                              (4, "<I", 0x80000081, "quote.header", "key 2, tee 0x80000081")]:
+        with pytest.raises(ParseError) as err:
+            parse_quote(_set(V5, offset, fmt, value))
+        assert (err.value.field, err.value.actual) == (field, actual)
+
+
+def test_empty_qe_auth_data_parses() -> None:
+    """A zero-length field is read as empty, not refused: QE auth data of size 0 (the PCK data follows at once)."""
+    cert = _cert_data(V5)
+    empty = cert[:448] + struct.pack("<H", 0) + cert[450 + AUTH:]
+    quote = parse_quote(_nested(V5, cert=empty))
+    assert quote.qe_auth_data == b"" and quote.pck_chain_pem == parse_quote(read(V5)).pck_chain_pem
+
+
+def test_the_pck_chains_nul_padding_is_stripped() -> None:
+    """go-tdx-guest's v5 sample pads its PCK chain with a NUL: the PEM read ends at the last certificate."""
+    assert parse_quote(read(V5)).pck_chain_pem.endswith(b"-----END CERTIFICATE-----\n")
