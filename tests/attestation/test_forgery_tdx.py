@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from attestation import Evidence, TrustAnchors, verify_evidence
@@ -342,3 +342,12 @@ def test_an_attestation_key_off_the_curve_is_named(intel: Intel) -> None:
         verify_quote(bytes(quote), AT, intel_root=intel.root)
     assert (err.value.field, err.value.expected, err.value.actual) == ("quote.attestation_key", "a P-256 point",
                                                                        "an invalid one")
+
+
+def test_a_pck_certificate_with_a_key_other_than_ec_is_named(intel: Intel) -> None:
+    """The CA signs a PCK certificate holding an RSA key (chain valid): the QE report's signer must be EC P-256."""
+    rsa_pck = reissue(_REAL_PCK, intel.ca_key, public_key=rsa.generate_private_key(65537, 2048).public_key())
+    with pytest.raises(VerificationError) as err:
+        verify_quote(forge_quote([rsa_pck, intel.ca, intel.root], intel.pck_key), AT, intel_root=intel.root)
+    assert (err.value.field, err.value.expected, err.value.actual) == ("quote.pck.public_key", "an EC P-256 key",
+                                                                       "RSAPublicKey")
