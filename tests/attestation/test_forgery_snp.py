@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify_evidence
-from attestation.anchors import Root
+from attestation.anchors import Root, check_signed_by, load_der_cert, product_from_name
 from attestation.errors import AppraisalError, ParseError, VerificationError
 from attestation.simulated import SIM_CHIP_ID, SIM_TCB, SimulatedHierarchy, generate_hierarchy
 from attestation.snp.report import POLICY_DEBUG_BIT
@@ -490,3 +490,56 @@ def test_a_packaged_ark_other_than_the_pinned_one_is_refused(rogue: SimulatedHie
         TrustAnchors.amd()
     assert (err.value.field, err.value.expected, err.value.actual) == (
         "anchors.Milan ARK", f"SHA-256 fingerprint {fingerprint}", rogue.ark.fingerprint(hashes.SHA256()).hex())
+
+
+# -- the chain step's refusals, word for word (attestation/anchors.py: check_signed_by, the loaders) ---------
+
+
+def _step_refused(cert: x509.Certificate, issuer: x509.Certificate) -> VerificationError:
+    with pytest.raises(VerificationError) as err:
+        check_signed_by(cert, issuer, "vcek_chain.ask")
+    return err.value
+
+
+def test_a_certificate_naming_another_issuer_does_not_link_up(amd: SimulatedHierarchy) -> None:
+    err = _step_refused(amd.ask, amd.ask)  # the ASK names the ARK as its issuer, not itself
+    assert (err.field, err.expected, err.actual, err.hint) == (
+        "vcek_chain.ask.issuer", amd.ask.subject.rfc4514_string(), amd.ark.subject.rfc4514_string(),
+        "the chain does not link up")
+
+
+def test_a_certificate_signed_without_pss_or_with_sha256_is_named(amd: SimulatedHierarchy) -> None:
+    pkcs1 = _step_refused(reissue(amd.ask, amd.ark_key, pss=False), amd.ark)
+    assert (pkcs1.field, pkcs1.expected, pkcs1.actual) == (
+        "vcek_chain.ask.signature_algorithm", "RSA-PSS with SHA-384", "1.2.840.113549.1.1.12")
+    sha256 = _step_refused(reissue(amd.ask, amd.ark_key, digest=hashes.SHA256()), amd.ark)
+    assert (sha256.field, sha256.expected, sha256.actual) == (
+        "vcek_chain.ask.signature_algorithm", "RSA >= 2048 bits, SHA-384", f"RSA {amd.ark_key.key_size}, sha256")
+
+
+def test_unreadable_certificates_and_names_without_a_product_are_named(amd: SimulatedHierarchy,
+                                                                      tmp_path: Path) -> None:
+    with pytest.raises(ParseError) as der:
+        load_der_cert(b"\x30\x03\x02\x01\x00", "vcek")
+    assert (der.value.field, der.value.expected) == ("vcek", "a DER X.509 certificate")
+    assert str(der.value.actual).startswith("unreadable data (")
+    with pytest.raises(ParseError) as product:  # the simulated VCEK's name carries no product
+        product_from_name(amd.leaf, "ark")
+    assert (product.value.field, product.value.expected, product.value.actual) == (
+        "ark.subject", "a name containing ARK-/SEV-<Milan|Genoa|Turin>", amd.leaf.subject.rfc4514_string())
+    (tmp_path / "ark.pem").write_text("not a certificate")
+    with pytest.raises(ParseError) as unreadable:
+        TrustAnchors.from_dir(tmp_path)
+    assert unreadable.value.field == str(tmp_path / "ark.pem")
+
+
+def test_a_simulated_root_without_a_chain_file_adds_no_intermediate(amd: SimulatedHierarchy,
+                                                                     tmp_path: Path) -> None:
+    (tmp_path / "ark.pem").write_bytes(amd.ark.public_bytes(serialization.Encoding.PEM))
+    anchors = TrustAnchors.from_dir(tmp_path)
+    assert anchors.roots[-1] == Root(amd.ark, "Milan", "simulated")
+    assert anchors.intermediates == TrustAnchors.amd().intermediates
+    (tmp_path / "ask_ark.pem").write_bytes(b"junk")
+    with pytest.raises(ParseError) as err:
+        TrustAnchors.from_dir(tmp_path)
+    assert err.value.field == str(tmp_path / "ask_ark.pem")
