@@ -543,3 +543,19 @@ def test_a_simulated_root_without_a_chain_file_adds_no_intermediate(amd: Simulat
     with pytest.raises(ParseError) as err:
         TrustAnchors.from_dir(tmp_path)
     assert err.value.field == str(tmp_path / "ask_ark.pem")
+
+
+def test_the_pinned_amd_intermediates_are_the_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged ASKs (for evidence without a chain) are certificates named for their product; a packaged
+    certificate whose fingerprint is not the pinned one is refused naming it and what to do."""
+    intermediates = TrustAnchors.amd().intermediates
+    assert intermediates and all(isinstance(c, x509.Certificate) and product_from_name(c, "ask") for c in intermediates)
+    import attestation.anchors
+
+    (product, role), (fingerprint, pem) = next(iter(attestation.anchors.PINNED.items()))
+    monkeypatch.setitem(attestation.anchors.PINNED, (product, role), ("0" * 64, pem))
+    with pytest.raises(VerificationError) as err:
+        TrustAnchors.amd()
+    assert (err.value.field, err.value.expected, err.value.actual, err.value.hint) == (
+        f"anchors.{product} {role.upper()}", f"SHA-256 fingerprint {'0' * 64}", fingerprint,
+        "the packaged AMD certificate was modified; reinstall cscore")

@@ -332,6 +332,7 @@ def test_a_pck_chain_that_is_not_pem_is_named(intel: Intel) -> None:
     with pytest.raises(ParseError) as err:
         verify_quote(forge_quote([], intel.pck_key), AT, intel_root=intel.root)
     assert (err.value.field, err.value.expected) == ("quote.pck_chain", "PEM certificates")
+    assert str(err.value.actual).startswith("unreadable data (")
 
 
 def test_an_attestation_key_off_the_curve_is_named(intel: Intel) -> None:
