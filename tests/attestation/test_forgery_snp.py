@@ -20,8 +20,8 @@ from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify
 from attestation.anchors import Root, check_signed_by, load_der_cert, product_from_name
 from attestation.errors import AppraisalError, ParseError, VerificationError
 from attestation.simulated import SIM_CHIP_ID, SIM_TCB, SimulatedHierarchy, generate_hierarchy
-from attestation.snp.report import POLICY_DEBUG_BIT
-from attestation.snp.verify import OID_HWID, OID_PRODUCT_NAME, TCB_OIDS
+from attestation.snp.report import POLICY_DEBUG_BIT, parse_report
+from attestation.snp.verify import OID_HWID, OID_PRODUCT_NAME, TCB_OIDS, check_report_signature
 from enclave.tee import SIM_GUEST_POLICY
 from tests.attestation._forge import MEASUREMENT, NONCE, reissue, snp_evidence
 
@@ -559,3 +559,13 @@ def test_the_pinned_amd_intermediates_are_the_asks(monkeypatch: pytest.MonkeyPat
     assert (err.value.field, err.value.expected, err.value.actual, err.value.hint) == (
         f"anchors.{product} {role.upper()}", f"SHA-256 fingerprint {'0' * 64}", fingerprint,
         "the packaged AMD certificate was modified; reinstall cscore")
+
+
+def test_a_report_built_by_hand_with_another_signature_algorithm_is_refused(amd: SimulatedHierarchy,
+                                                                            tmp_path: Path) -> None:
+    """`check_report_signature` holds the algorithm itself, for a report that never went through the parser."""
+    report = dataclasses.replace(parse_report(_genuine(tmp_path, amd).report), signature_algo=2)
+    with pytest.raises(VerificationError) as err:
+        check_report_signature(report, amd.leaf)
+    assert (err.value.field, err.value.expected, err.value.actual) == ("report.signature_algo",
+                                                                       "1 (ECDSA P-384 with SHA-384)", 2)
