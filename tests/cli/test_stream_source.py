@@ -148,9 +148,6 @@ class _Bucket:
     def get_if_exists(self, key: str) -> bytes | None:
         return self.objects.get(key)
 
-    def exists(self, key: str) -> bool:
-        return key in self.objects
-
 
 def test_status_objects_the_platform_garbles_stop_no_stream(tmp_path: Path) -> None:
     """A status that is not JSON, or not an object, reads as 'not ended yet' (the platform may rewrite it), and a
