@@ -569,3 +569,20 @@ def test_a_report_built_by_hand_with_another_signature_algorithm_is_refused(amd:
         check_report_signature(report, amd.leaf)
     assert (err.value.field, err.value.expected, err.value.actual) == ("report.signature_algo",
                                                                        "1 (ECDSA P-384 with SHA-384)", 2)
+
+
+def test_every_claim_is_read_from_its_own_report_field(amd: SimulatedHierarchy, anchors: TrustAnchors,
+                                                       tmp_path: Path) -> None:
+    """Each report field set to a value of its own: each claim shows that field's value and no other's."""
+    launch = dataclasses.replace(SIM_TCB, bootloader=1, snp=2, microcode=3)
+    fields = {"host_data": bytes([0x11]) * 32, "vmpl": 3, "guest_svn": 7, "platform_info": 0x25,
+              "id_key_digest": bytes([0x22]) * 48, "author_key_digest": bytes([0x33]) * 48,
+              "family_id": bytes([0x44]) * 16, "image_id": bytes([0x55]) * 16, "report_id": bytes([0x66]) * 32,
+              "launch_tcb": launch}
+    claims = _claims(tmp_path, amd, anchors, **fields)
+    expected = {name: value.hex() if isinstance(value, bytes) else value for name, value in fields.items()}
+    assert {name: claims.to_dict()[name] for name in fields} == {**expected, "launch_tcb": launch.as_dict()}
+    assert (claims.tee, claims.version, claims.product, claims.measurement, claims.report_data, claims.policy,
+            claims.debug, claims.tcb, claims.chip_id, claims.signing_key, claims.root) == (
+        "sev-snp", 3, "Milan", MEASUREMENT.hex(), NONCE.hex(), SIM_GUEST_POLICY, False, SIM_TCB.as_dict(),
+        SIM_CHIP_ID.hex(), "vcek", "simulated")

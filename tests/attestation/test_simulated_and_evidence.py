@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import stat
 from dataclasses import replace
@@ -14,8 +15,10 @@ from cryptography import x509
 
 from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify_evidence
 from attestation.errors import AppraisalError, AttestationError, ParseError, VerificationError
+from attestation.evidence import TCB_COMPONENTS
 from attestation.simulated import FILES, SIM_CHIP_ID, SIM_TCB, create_simulated_firmware, main
 from attestation.snp.report import encode_report, parse_report
+from attestation.tdx.collateral import TCB_STATUSES
 from enclave.measurement import code_measurement
 from enclave.tee import SimulatedSnpProvider
 from tests.attestation._attestation_data import PINNED_NOW, read
@@ -184,6 +187,8 @@ def _virtee_evidence() -> Evidence:
 
 VIRTEE_MEASUREMENT = ("7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d"
                       "3e1a0dc39b2c60bd95b9c480cd81841f")
+VIRTEE_CHIP_ID = ("d49554ec717f4e5b0fe6b143bcf0405bd7ae304727edf46603f2a76aef6a3abc"
+                  "15d7af38db757039029f0efacfd08e244324884738c72b082e2f87a44d541eb6")
 
 
 def test_real_evidence_claims_and_production_policy() -> None:
@@ -286,3 +291,172 @@ def test_unreadable_policy_file(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text("not = = toml")
     with pytest.raises(ParseError):
         Policy.from_file(tmp_path / "p.toml")
+
+
+# -- each refusal word for word: field, expected, actual, what to do -------------------------------
+
+def _refusal(err: pytest.ExceptionInfo[AttestationError]) -> tuple[object, ...]:
+    return err.value.field, err.value.expected, err.value.actual, err.value.hint
+
+
+@pytest.fixture(scope="module")
+def real_claims() -> Claims:
+    return verify_evidence(_virtee_evidence(), TrustAnchors.amd(), PINNED_NOW)
+
+
+@pytest.mark.parametrize(("obj", "refusal"), [
+    ("x", ("evidence", "a JSON object", "str")),
+    ({"tee": "nitro"}, ("evidence.tee", "one of ['sev-snp', 'tdx']", "nitro")),
+    ({"tee": "sev-snp", "report": 5}, ("evidence.report", "a base64 string", "int")),
+    ({"tee": "sev-snp", "report": "", "cert_chain": b""}, ("evidence.cert_chain", "PEM text", "bytes")),
+])
+def test_a_malformed_envelope_is_refused_word_for_word(obj: object, refusal: tuple[str, str, str]) -> None:
+    with pytest.raises(ParseError) as err:
+        Evidence.from_json(obj)  # type: ignore[arg-type]
+    assert _refusal(err) == (*refusal, "")
+
+
+def test_undecodable_base64_is_named_with_the_decoders_reason() -> None:
+    with pytest.raises(ParseError) as err:
+        Evidence.from_json({"tee": "sev-snp", "report": "AAAA", "vcek": "AA=A"})
+    assert (err.value.field, err.value.expected) == ("evidence.vcek", "standard base64")
+    assert err.value.actual.startswith("undecodable text (") and err.value.actual.endswith(")")
+
+
+def test_an_envelope_without_chain_or_collateral_reads_as_empty(evidence: Evidence) -> None:
+    """SEV-SNP evidence may leave out its chain (the verifier knows AMD's intermediates); TDX its collateral."""
+    wire = evidence.to_json()
+    del wire["cert_chain"]
+    assert Evidence.from_json(wire) == replace(evidence, cert_chain="")
+    tdx = Evidence.from_json({"tee": "tdx", "report": wire["report"]})
+    assert (tdx.collateral, tdx.vcek, tdx.cert_chain) == (None, b"", "")
+    assert tdx.to_json() == {"tee": "tdx", "report": wire["report"], "vcek": "", "cert_chain": ""}
+
+
+def test_evidence_of_another_tee_built_in_code_is_refused(sim_anchors: TrustAnchors, evidence: Evidence) -> None:
+    with pytest.raises(ParseError) as err:
+        verify_evidence(replace(evidence, tee="nitro"), sim_anchors, NOW)
+    assert _refusal(err) == ("evidence.tee", "one of ['sev-snp', 'tdx']", "nitro", "")
+
+
+def test_policy_hex_lists_take_one_string_and_any_case() -> None:
+    policy = Policy.from_dict({"allowed_measurements": "AB" * 48, "chip_ids": ["Cd"], "host_data": ("EF",)})
+    assert (policy.allowed_measurements, policy.chip_ids, policy.host_data) == (("ab" * 48,), ("cd",), ("ef",))
+    assert Policy.from_dict({"rtmrs": {"rtmr1": []}}).rtmrs == {"rtmr1": ()}
+
+
+@pytest.mark.parametrize(("d", "refusal"), [
+    ({"chip_ids": 5}, ("policy.chip_ids", "a list of hex strings", 5)),
+    ({"host_data": ["aa", 1]}, ("policy.host_data", "a list of hex strings", ["aa", 1])),
+    ({"host_data": ["a"]}, ("policy.host_data", "hex strings", ["a"])),
+    ({"allowed_measurment": [], "max_vmp": 1}, ("policy.allowed_measurment", "one of " + str(sorted(
+        f.name for f in dataclasses.fields(Policy))), "allowed_measurment")),
+    ({"allow_debug": 1}, ("policy.allow_debug", "bool", 1)),
+    ({"max_vmpl": True}, ("policy.max_vmpl", "int", True)),
+    ({"allowed_td_attributes": "1"}, ("policy.allowed_td_attributes", "int", "1")),
+    ({"signing_keys": ["vcek", "ark"]}, ("policy.signing_keys", "a list drawn from ['pck', 'vcek', 'vlek']",
+                                         ["vcek", "ark"])),
+    ({"allowed_roots": "amd"}, ("policy.allowed_roots", "a list drawn from ['amd', 'intel', 'simulated']", "amd")),
+    ({"rtmrs": [1]}, ("policy.rtmrs", "a table with keys from ['rtmr0', 'rtmr1', 'rtmr2', 'rtmr3']", [1])),
+    ({"rtmrs": {"rtmr2": ["zz"]}}, ("policy.rtmrs.rtmr2", "hex strings", ["zz"])),
+    ({"min_tcb_status": "Revoked"}, ("policy.min_tcb_status", f"one of {list(TCB_STATUSES[:-1])}", "Revoked")),
+    ({"min_tcb": [1]}, ("policy.min_tcb", f"a table with keys from {list(TCB_COMPONENTS)}", [1])),
+    ({"min_tcb": {"snp": 256}}, ("policy.min_tcb", "integers 0..255", {"snp": 256})),
+    ({"min_tcb": {"snp": -1}}, ("policy.min_tcb", "integers 0..255", {"snp": -1})),
+    ({"min_tcb": {"snp": True}}, ("policy.min_tcb", "integers 0..255", {"snp": True})),
+    ({"min_tcb": {"snp": "8"}}, ("policy.min_tcb", "integers 0..255", {"snp": "8"})),
+])
+def test_a_bad_policy_is_refused_word_for_word(d: dict[str, object], refusal: tuple[object, ...]) -> None:
+    with pytest.raises(ParseError) as err:
+        Policy.from_dict(d)
+    assert _refusal(err) == (*refusal, "")
+
+
+def test_a_policy_that_is_no_table_is_named() -> None:
+    with pytest.raises(ParseError) as err:
+        Policy.from_dict(["allow_debug"])  # type: ignore[arg-type]
+    assert _refusal(err) == ("policy", "a table/object", "list", "")
+
+
+def test_every_policy_key_is_read_into_its_attribute() -> None:
+    d = {"allowed_measurements": ["aa"], "allow_debug": True, "min_tcb": {"snp": 0, "microcode": 255},
+         "allowed_roots": ("intel", "simulated"), "chip_ids": ["bb"], "host_data": ["cc"], "allowed_policy_bits": 7,
+         "signing_keys": ["pck"], "max_vmpl": 2, "rtmrs": {"rtmr3": ["dd"]}, "allowed_td_attributes": 0x10,
+         "min_tcb_status": "OutOfDate"}
+    assert Policy.from_dict(d) == Policy(
+        allowed_measurements=("aa",), allow_debug=True, min_tcb={"snp": 0, "microcode": 255},
+        allowed_roots=("intel", "simulated"), chip_ids=("bb",), host_data=("cc",), allowed_policy_bits=7,
+        signing_keys=("pck",), max_vmpl=2, rtmrs={"rtmr3": ("dd",)}, allowed_td_attributes=0x10,
+        min_tcb_status="OutOfDate")
+    assert Policy.from_dict({}) == Policy()
+    assert Policy().signing_keys == ("vcek", "vlek", "pck") and Policy().min_tcb_status is None
+
+
+def test_a_policy_file_is_read_by_its_suffix(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text('{"max_vmpl": 1}')
+    assert Policy.from_file(str(tmp_path / "p.json")).max_vmpl == 1
+    (tmp_path / "p.toml").write_text('{"max_vmpl": 1}')  # JSON text is not TOML
+    with pytest.raises(ParseError) as err:
+        Policy.from_file(tmp_path / "p.toml")
+    assert (err.value.field, err.value.expected) == (str(tmp_path / "p.toml"), "a JSON or TOML policy")
+    assert err.value.actual.startswith("unreadable (")
+
+
+@pytest.mark.parametrize(("policy", "refusal"), [
+    ({"allowed_roots": ["simulated"]}, ("root", "one of ['simulated']", "amd",
+                                        "simulated evidence is for development; production policies accept AMD "
+                                        "roots only")),
+    ({"signing_keys": ["vlek"]}, ("signing_key", "one of ['vlek']", "vcek", "")),
+    ({"allowed_measurements": ["00" * 48]}, ("measurement", f"one of {['00' * 48]}", VIRTEE_MEASUREMENT,
+                                             "this is not an approved build of the worker")),
+    ({"min_tcb": {"snp": 9}}, ("tcb.snp", ">= 9", 8,
+                               "the platform firmware is older than the policy allows; update it")),
+    ({"chip_ids": ["00" * 64]}, ("chip_id", f"one of {['00' * 64]}", VIRTEE_CHIP_ID,
+                                 "the evidence comes from another machine")),
+    ({"host_data": ["11" * 32]}, ("host_data", f"one of {['11' * 32]}", "00" * 32, "")),
+    ({"allowed_policy_bits": 0x10000}, ("policy_bits", "only bits in 0x10000", "0x30000",
+                                        "the guest was launched with a policy bit not allowed")),
+])
+def test_each_appraisal_refusal_is_named_word_for_word(real_claims: Claims, policy: dict[str, object],
+                                                       refusal: tuple[object, ...]) -> None:
+    """Real AMD evidence against a policy wrong in one clause: that clause's refusal, word for word."""
+    with pytest.raises(AppraisalError) as err:
+        appraise(real_claims, Policy.from_dict(policy))
+    assert _refusal(err) == refusal
+
+
+def test_a_guest_above_the_highest_vmpl_is_refused_and_one_at_it_is_not(real_claims: Claims) -> None:
+    claims = replace(real_claims, vmpl=1)
+    appraise(claims, Policy(max_vmpl=1))
+    with pytest.raises(AppraisalError) as err:
+        appraise(claims, Policy(max_vmpl=0))
+    assert _refusal(err) == ("vmpl", "<= 0", 1, "")
+
+
+def test_a_debug_guest_is_refused_naming_its_policy_word() -> None:
+    claims = verify_evidence(_real_evidence(), TrustAnchors.amd(), PINNED_NOW)
+    with pytest.raises(AppraisalError) as err:
+        appraise(claims, Policy())
+    assert _refusal(err) == ("policy.debug", "debugging disallowed (guest policy bit 19 clear)",
+                             "debug allowed (policy 0xb0000)",
+                             "the host can read this guest's memory; launch it without debug")
+
+
+def test_report_data_must_equal_the_nonce_in_every_byte_and_length(real_claims: Claims) -> None:
+    nonce = bytes.fromhex(real_claims.report_data)
+    appraise(real_claims, Policy(), report_data=nonce)
+    for other in (nonce[:-1] + bytes([nonce[-1] ^ 1]), nonce[:32], nonce + b"\0"):
+        with pytest.raises(AppraisalError) as err:
+            appraise(real_claims, Policy(), report_data=other)
+        assert _refusal(err) == ("report_data", other.hex(), real_claims.report_data,
+                                 "the evidence is not bound to this nonce and key (replayed or for another session)")
+
+
+@pytest.mark.parametrize("floor", [{"fmc": 200}, {"tdx_module": 200, "pce": 200}])
+def test_a_floor_of_a_component_the_platform_lacks_is_not_applied(real_claims: Claims,
+                                                                  floor: dict[str, int]) -> None:
+    """Milan has no FMC, SEV-SNP no TDX components: their floors apply to other evidence only."""
+    appraise(real_claims, Policy(min_tcb=floor))
+    with pytest.raises(AppraisalError) as err:
+        appraise(replace(real_claims, tcb={**real_claims.tcb, "fmc": 199}), Policy(min_tcb={"fmc": 200}))
+    assert (err.value.field, err.value.expected, err.value.actual) == ("tcb.fmc", ">= 200", 199)

@@ -411,3 +411,50 @@ def test_a_tcb_status_one_rank_below_the_floor_is_refused(floor: str) -> None:
     with pytest.raises(AppraisalError) as err:
         appraise(dataclasses.replace(_claims(), tcb_status=worse), policy)
     assert (err.value.field, err.value.expected, err.value.actual) == ("tcb_status", f"{floor} or better", worse)
+
+
+def _refusal(claims: Claims, policy: dict[str, object]) -> tuple[object, ...]:
+    with pytest.raises(AppraisalError) as err:
+        appraise(claims, Policy.from_dict({**INTEL, **policy}))
+    return err.value.field, err.value.expected, err.value.actual, err.value.hint
+
+
+def test_each_tdx_appraisal_refusal_is_named_word_for_word() -> None:
+    """A real quote against a policy wrong in one TDX clause: field, expected, actual and what to do."""
+    claims = _claims()
+    assert _refusal(claims, {"rtmrs": {"rtmr0": [claims.rtmrs[0]], "rtmr3": ["11" * 48]}}) == (
+        "rtmr3", f"one of {['11' * 48]}", claims.rtmrs[3],
+        "the TD's runtime measurements (kernel, command line, ...) differ")
+    assert _refusal(claims, {"allowed_td_attributes": 0x3FFFFFFF}) == (  # every bit but 30 (PKS), which it sets
+        "td_attributes", "only bits in 0x3fffffff", "0x40000000",
+        "the TD was launched with an attribute not allowed")
+    assert _refusal(claims, {"min_tcb_status": "OutOfDate"}) == (
+        "tcb_status", "OutOfDate or better", "unknown (no collateral given)",
+        "the platform's TCB is not current enough per Intel; update it or pass collateral")
+    revoked = dataclasses.replace(claims, tcb_status="Revoked")
+    assert _refusal(revoked, {"min_tcb_status": "OutOfDateConfigurationNeeded"})[:3] == (
+        "tcb_status", "OutOfDateConfigurationNeeded or better", "Revoked")
+    assert _refusal(dataclasses.replace(claims, debug=True, policy=claims.policy | 1), {}) == (
+        "policy.debug", "debugging disallowed (TD_ATTRIBUTES bit 0 (DEBUG) clear)",
+        f"debug allowed (policy 0x{claims.policy | 1:x})",
+        "the host can read this guest's memory; launch it without debug")
+
+
+def test_td_attributes_and_tcb_floors_hold_at_their_bounds() -> None:
+    """A TD with exactly the allowed attributes and each TDX component at its floor passes; one higher fails;
+    SEV-SNP-only clauses (policy bits, VMPL, SEV-SNP components) do not apply to a TD."""
+    claims = dataclasses.replace(_claims(), vmpl=3)
+    appraise(claims, Policy.from_dict({**INTEL, "allowed_td_attributes": claims.policy, "allowed_policy_bits": 0,
+                                       "max_vmpl": 0, "min_tcb": {**claims.tcb, "bootloader": 255, "fmc": 255}}))
+    for component, value in claims.tcb.items():
+        assert _refusal(claims, {"min_tcb": {component: value + 1}})[:3] == (f"tcb.{component}", f">= {value + 1}",
+                                                                            value)
+
+
+def test_an_rtmr_the_claims_lack_is_compared_as_empty() -> None:
+    """Claims built by hand without RTMRs: a policy pinning one refuses them, naming an empty value."""
+    claims = dataclasses.replace(_claims(), rtmrs=_claims().rtmrs[:2])
+    appraise(claims, Policy.from_dict({**INTEL, "rtmrs": {"rtmr1": [claims.rtmrs[1]]}}))
+    assert _refusal(claims, {"rtmrs": {"rtmr2": ["00" * 48]}})[:3] == ("rtmr2", f"one of {['00' * 48]}", "")
+    assert _refusal(claims, {"rtmrs": {"rtmr3": ["00" * 48]}})[:3] == ("rtmr3", f"one of {['00' * 48]}", "")
+
