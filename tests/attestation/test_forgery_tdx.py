@@ -352,3 +352,13 @@ def test_a_pck_certificate_with_a_key_other_than_ec_is_named(intel: Intel) -> No
         verify_quote(forge_quote([rsa_pck, intel.ca, intel.root], intel.pck_key), AT, intel_root=intel.root)
     assert (err.value.field, err.value.expected, err.value.actual) == ("quote.pck.public_key", "an EC P-256 key",
                                                                        "RSAPublicKey")
+
+
+def test_collateral_signed_under_a_certificate_with_an_rsa_key_is_named(intel: Intel, signing: TcbSigning,
+                                                                         anchors: TrustAnchors) -> None:
+    """A TCB Signing certificate with Intel's name, issued by the trusted root, holding an RSA key: the chain
+    verifies, the collateral's signature cannot be an Intel one."""
+    rsa_cert = reissue(signing.cert, intel.root_key, public_key=rsa.generate_private_key(65537, 2048).public_key())
+    evidence = _collateral(signing.key, pem(rsa_cert, signing.root), signing.key, signing.chain)
+    err = _refused(evidence, anchors, AT_V5)
+    assert (err.field, err.expected, err.actual) == ("tcb_info.signature.key", "an EC P-256 key", "RSAPublicKey")

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import struct
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,6 +24,9 @@ from attestation.errors import AppraisalError, ParseError, VerificationError
 from attestation.tdx import parse_quote, verify_quote_and_pck
 from attestation.tdx.collateral import (
     TCB_STATUSES,
+    Level,
+    ModuleIdentity,
+    TcbResult,
     TdxCollateral,
     VerifiedCollateral,
     parse_qe_identity,
@@ -29,6 +34,7 @@ from attestation.tdx.collateral import (
     tcb_status,
     verify_collateral,
 )
+from attestation.tdx.intel_root import pinned_intel_root
 from attestation.tdx.pck import parse_sgx_extensions, pck_extensions
 from tests.attestation._attestation_data import read
 
@@ -458,3 +464,463 @@ def test_an_rtmr_the_claims_lack_is_compared_as_empty() -> None:
     assert _refusal(claims, {"rtmrs": {"rtmr2": ["00" * 48]}})[:3] == ("rtmr2", f"one of {['00' * 48]}", "")
     assert _refusal(claims, {"rtmrs": {"rtmr3": ["00" * 48]}})[:3] == ("rtmr3", f"one of {['00' * 48]}", "")
 
+
+# -- TCB status: each step of Intel's appraisal, on the real v5 quote and its real TCB Info -----------
+
+def _v5_status_inputs():  # type: ignore[no-untyped-def]
+    quote, ext, info, qe = _status_inputs(V5, T_V5, "sample_tcbinfo_response_v5")
+    return quote, ext, VerifiedCollateral(info, qe, ())
+
+
+def _status_refusal(quote, ext, collateral) -> tuple[object, ...]:  # type: ignore[no-untyped-def]
+    with pytest.raises(VerificationError) as err:
+        tcb_status(quote, ext, collateral)
+    return err.value.field, err.value.expected, err.value.actual, err.value.hint
+
+
+def _with_info(collateral: VerifiedCollateral, **changes: Any) -> VerifiedCollateral:
+    return dataclasses.replace(collateral, tcb_info=dataclasses.replace(collateral.tcb_info, **changes))
+
+
+def _with_qe(collateral: VerifiedCollateral, **changes: Any) -> VerifiedCollateral:
+    return dataclasses.replace(collateral, qe_identity=dataclasses.replace(collateral.qe_identity, **changes))
+
+
+def test_the_v5_quotes_tcb_result_in_full() -> None:
+    quote, ext, collateral = _v5_status_inputs()
+    assert tcb_status(quote, ext, collateral) == TcbResult(
+        status="UpToDate", platform_status="UpToDate", module_status="UpToDate", qe_status="UpToDate",
+        advisory_ids=(), tcb_date=collateral.tcb_info.levels[0].date, evaluation_data_number=18)
+
+
+@pytest.mark.parametrize("changes", [{"fmspc": bytes.fromhex("90c06f000001")}, {"pce_id": b"\x00\x01"}])
+def test_tcb_info_for_another_platform_type_is_named_word_for_word(changes: dict[str, bytes]) -> None:
+    quote, ext, collateral = _v5_status_inputs()
+    info = dataclasses.replace(collateral.tcb_info, **changes)
+    assert _status_refusal(quote, ext, dataclasses.replace(collateral, tcb_info=info)) == (
+        "tcb_info.fmspc", "fmspc 90c06f000000, pceId 0000 (from the PCK)",
+        f"fmspc {info.fmspc.hex()}, pceId {info.pce_id.hex()}", "this TCB Info is for another platform type")
+
+
+def test_a_platform_level_applies_from_its_exact_svns_and_not_one_below() -> None:
+    """A first level requiring exactly this platform's SGX SVNs, PCESVN and TEE_TCB_SVN (bytes 2..15: bytes 0-1
+    belong to the module identity when the module version is not 0) applies; one more in any component moves
+    the platform to the next level, whose status, date and advisories are the result's."""
+    quote, ext, collateral = _v5_status_inputs()
+    exact = dataclasses.replace(collateral.tcb_info.levels[0], sgx_svns=ext.cpu_svn_components, pce_svn=ext.pce_svn,
+                                tdx_svns=bytes([255, 255]) + quote.tee_tcb_svn[2:], date="2030-01-01T00:00:00Z",
+                                advisory_ids=("INTEL-SA-1",))
+    lower = dataclasses.replace(collateral.tcb_info.levels[1], sgx_svns=(0,) * 16, pce_svn=0, tdx_svns=(0,) * 16,
+                                status="SWHardeningNeeded", date="2020-01-01T00:00:00Z", advisory_ids=("INTEL-SA-2",))
+    result = tcb_status(quote, ext, _with_info(collateral, levels=(exact, lower)))
+    assert (result.platform_status, result.tcb_date, result.advisory_ids) == ("UpToDate", exact.date, ("INTEL-SA-1",))
+    sgx = list(ext.cpu_svn_components)
+    for higher in (dataclasses.replace(exact, sgx_svns=(*sgx[:15], sgx[15] + 1)),
+                   dataclasses.replace(exact, sgx_svns=(sgx[0] + 1, *sgx[1:])),
+                   dataclasses.replace(exact, pce_svn=ext.pce_svn + 1),
+                   dataclasses.replace(exact, tdx_svns=(*exact.tdx_svns[:2], quote.tee_tcb_svn[2] + 1,
+                                                        *exact.tdx_svns[3:])),
+                   dataclasses.replace(exact, tdx_svns=(*exact.tdx_svns[:15], quote.tee_tcb_svn[15] + 1))):
+        result = tcb_status(quote, ext, _with_info(collateral, levels=(higher, lower)))
+        assert (result.status, result.platform_status, result.tcb_date, result.advisory_ids) == (
+            "SWHardeningNeeded", "SWHardeningNeeded", lower.date, ("INTEL-SA-2",))
+
+
+def test_without_a_module_version_the_first_two_tee_tcb_svn_bytes_count_for_the_platform() -> None:
+    """A TDX 1.0 quote (module version 0): the TDX module is checked against ``tdxModule`` and has no status;
+    TEE_TCB_SVN bytes 0 and 1 are the platform's, so a level requiring more in either does not apply."""
+    quote, ext, collateral = _v5_status_inputs()
+    tdx10 = dataclasses.replace(quote, tee_tcb_svn=bytes([7, 0]) + quote.tee_tcb_svn[2:])
+    exact = dataclasses.replace(collateral.tcb_info.levels[0], tdx_svns=tuple(tdx10.tee_tcb_svn))
+    result = tcb_status(tdx10, ext, _with_info(collateral, levels=(exact,)))
+    assert (result.status, result.module_status) == ("UpToDate", "")
+    for index in (0, 1):
+        svns = list(exact.tdx_svns)
+        svns[index] += 1
+        refusal = _status_refusal(tdx10, ext, _with_info(collateral, levels=(dataclasses.replace(
+            exact, tdx_svns=tuple(svns)),)))
+        assert refusal == ("tcb_info.tcbLevels", "a level at or below this platform's TCB",
+                           f"none for SGX {list(ext.cpu_svn_components)} PCESVN {ext.pce_svn}, "
+                           f"TEE_TCB_SVN {tdx10.tee_tcb_svn.hex()}", "TCB not supported: the platform is too old")
+
+
+def test_the_module_identity_is_found_by_version_and_checked_word_for_word() -> None:
+    """The module of version 1 is looked up as TDX_01 (in any case); its signer and masked SEAM attributes must be
+    Intel's; its ISVSVN picks the first level at or below it."""
+    quote, ext, collateral = _v5_status_inputs()
+    tdx03, tdx01 = collateral.tcb_info.module_identities
+    lower = dataclasses.replace(tdx01, id="tdx_01")
+    assert tcb_status(quote, ext, _with_info(collateral, module_identities=(tdx03, lower))).module_status == "UpToDate"
+    assert _status_refusal(quote, ext, _with_info(collateral, module_identities=(tdx03,))) == (
+        "tcb_info.tdxModuleIdentities", "an identity TDX_01", "none", "Intel does not know this TDX module version")
+    other = dataclasses.replace(tdx01, mrsigner=bytes([1]) * 48)
+    assert _status_refusal(quote, ext, _with_info(collateral, module_identities=(tdx03, other))) == (
+        "quote.mr_signer_seam", "01" * 48, "00" * 48, "the TDX module was not signed by Intel")
+    seam = dataclasses.replace(quote, seam_attributes=bytes([0x81]) + bytes(7))
+    masked = dataclasses.replace(tdx01, attributes=bytes([0x80]) + bytes(7), attributes_mask=bytes([0xFE]) + bytes(7))
+    assert tcb_status(seam, ext, _with_info(collateral, module_identities=(tdx03, masked))).module_status == "UpToDate"
+    strict = dataclasses.replace(masked, attributes_mask=bytes([0xFF]) * 8)
+    assert _status_refusal(seam, ext, _with_info(collateral, module_identities=(tdx03, strict))) == (
+        "quote.seam_attributes", "8000000000000000", "8100000000000000", "")
+
+
+def test_a_module_of_version_0_is_checked_against_the_tdx_module_entry() -> None:
+    quote, ext, collateral = _v5_status_inputs()
+    tdx10 = dataclasses.replace(quote, tee_tcb_svn=bytes([7, 0]) + quote.tee_tcb_svn[2:])
+    levels = (dataclasses.replace(collateral.tcb_info.levels[0], tdx_svns=(0,) * 16),)
+    module = dataclasses.replace(collateral.tcb_info.module, mrsigner=bytes([2]) * 48)
+    assert _status_refusal(tdx10, ext, _with_info(collateral, levels=levels, module=module))[:3] == (
+        "quote.mr_signer_seam", "02" * 48, "00" * 48)
+
+
+@pytest.mark.parametrize(("isv_svn", "status"), [(11, "UpToDate"), (6, "UpToDate"), (5, "OutOfDate"), (4, "OutOfDate"),
+                                                 (2, "OutOfDate")])
+def test_the_module_level_is_the_first_at_or_below_its_isvsvn(isv_svn: int, status: str) -> None:
+    quote, ext, collateral = _v5_status_inputs()
+    module = dataclasses.replace(quote, tee_tcb_svn=bytes([isv_svn]) + quote.tee_tcb_svn[1:])
+    levels = (dataclasses.replace(collateral.tcb_info.levels[0], tdx_svns=(0,) * 16),)
+    result = tcb_status(module, ext, _with_info(collateral, levels=levels))
+    assert (result.status, result.module_status) == (status, status)
+    assert result.advisory_ids == (() if status == "UpToDate" else ("INTEL-SA-01036", "INTEL-SA-01099"))
+
+
+def test_a_module_below_every_level_is_named_with_the_lowest() -> None:
+    quote, ext, collateral = _v5_status_inputs()
+    module = dataclasses.replace(quote, tee_tcb_svn=bytes([1]) + quote.tee_tcb_svn[1:])
+    assert _status_refusal(module, ext, collateral) == ("tcb_info.TDX_01.isvsvn", ">= 2", 1, "TCB not supported")
+    tdx03, tdx01 = collateral.tcb_info.module_identities
+    empty = _with_info(collateral, module_identities=(tdx03, dataclasses.replace(tdx01, levels=())))
+    assert _status_refusal(quote, ext, empty) == ("tcb_info.TDX_01.isvsvn", ">= a listed level", 11,
+                                                  "TCB not supported")
+
+
+def _qe_report(quote, offset: int, value: bytes):  # type: ignore[no-untyped-def]
+    report = quote.qe_report[:offset] + value + quote.qe_report[offset + len(value):]
+    return dataclasses.replace(quote, qe_report=report)
+
+
+@pytest.mark.parametrize(("offset", "value", "name", "expected", "actual"), [
+    (16, b"\x01\x00\x00\x00", "miscselect", bytes(4), b"\x01\x00\x00\x00"),
+    (48, b"\x15\x00\x00\x00\x00\x00\x00\x00\xe7\x00\x00\x00\x00\x00\x00\x01", "attributes",
+     bytes.fromhex("11" + "00" * 15), bytes.fromhex("11" + "00" * 15)),  # bit 127 is outside the mask: passes
+    (48, b"\x13" + bytes(15), "attributes", bytes.fromhex("11" + "00" * 15), bytes.fromhex("13" + "00" * 15)),
+    (128, bytes(32), "mrsigner", bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5"),
+     bytes(32)),
+    (256, b"\x03\x00", "isvprodid", 2, 3),
+    (256, b"\x02\x01", "isvprodid", 2, 258),
+])
+def test_a_quoting_enclave_other_than_intels_is_named_word_for_word(offset: int, value: bytes, name: str,
+                                                                    expected: object, actual: object) -> None:
+    """The QE report's fields read from their offsets, masked as the QE Identity says, against Intel's values."""
+    quote, ext, collateral = _v5_status_inputs()
+    forged = _qe_report(quote, offset, value)
+    if expected == actual:
+        assert tcb_status(forged, ext, collateral).qe_status == "UpToDate"
+        return
+    assert _status_refusal(forged, ext, collateral) == (f"quote.qe_report.{name}", expected, actual,
+                                                        "the quoting enclave is not Intel's TD QE")
+
+
+def test_the_qe_level_is_read_from_its_isvsvn_little_endian() -> None:
+    quote, ext, collateral = _v5_status_inputs()
+    levels = (dataclasses.replace(collateral.qe_identity.levels[0], isv_svn=0x0107),
+              dataclasses.replace(collateral.qe_identity.levels[0], isv_svn=7, status="OutOfDate",
+                                  advisory_ids=("INTEL-SA-3",)))
+    result = tcb_status(quote, ext, _with_qe(collateral, levels=levels))
+    assert (result.status, result.qe_status, result.advisory_ids) == ("OutOfDate", "OutOfDate", ("INTEL-SA-3",))
+    assert tcb_status(_qe_report(quote, 258, b"\x07\x01"), ext, _with_qe(collateral, levels=levels)).qe_status == (
+        "UpToDate")
+    assert _status_refusal(_qe_report(quote, 258, b"\x06\x00"), ext, _with_qe(collateral, levels=levels)) == (
+        "quote.qe_report.isvsvn", ">= 7", 6, "TCB not supported")
+
+
+@pytest.mark.parametrize(("status", "other", "converged"), [
+    (s, "Revoked", "Revoked") for s in TCB_STATUSES] + [
+    ("UpToDate", "OutOfDate", "OutOfDate"), ("SWHardeningNeeded", "OutOfDate", "OutOfDate"),
+    ("ConfigurationNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"),
+    ("ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"),
+    ("OutOfDate", "OutOfDate", "OutOfDate"),
+    ("OutOfDateConfigurationNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"),
+    ("Revoked", "OutOfDate", "Revoked")] + [
+    (s, other, s) for s in TCB_STATUSES for other in ("UpToDate", "SWHardeningNeeded", "")])
+def test_statuses_converge_as_intels_library_does(status: str, other: str, converged: str) -> None:
+    """The platform level's status combined with the module's, then the QE's (as a TcbResult shows them)."""
+    quote, ext, collateral = _v5_status_inputs()
+    levels = (dataclasses.replace(collateral.tcb_info.levels[0], status=status),)
+    qe = (dataclasses.replace(collateral.qe_identity.levels[0], status=other),) if other else ()
+    if other:
+        result = tcb_status(quote, ext, _with_qe(_with_info(collateral, levels=levels), levels=qe))
+        assert (result.status, result.platform_status, result.qe_status) == (converged, status, other)
+    tdx03, tdx01 = collateral.tcb_info.module_identities
+    module = dataclasses.replace(tdx01, levels=(dataclasses.replace(tdx01.levels[0], status=other or "UpToDate"),))
+    result = tcb_status(quote, ext, _with_info(collateral, levels=levels, module_identities=(tdx03, module)))
+    assert (result.status, result.module_status) == (converged, other or "UpToDate")
+
+
+# -- collateral parsing: every field from its place, every malformed member named ------------------------
+
+def test_the_v5_tcb_info_and_qe_identity_are_read_field_by_field() -> None:
+    info = parse_tcb_info(read(G + "sample_tcbinfo_response_v5"))
+    raw = read(G + "sample_tcbinfo_response_v5")
+    assert info.signed == raw[raw.index(b"{", 1):raw.rindex(b',"signature"')]
+    assert info.signature == bytes.fromhex(raw[raw.rindex(b'"signature":"') + 13:-2].decode())
+    assert (info.issue_date, info.next_update, info.fmspc, info.pce_id, info.evaluation_data_number) == (
+        datetime(2026, 2, 1, 14, 49, 26, tzinfo=UTC), datetime(2026, 3, 3, 14, 49, 26, tzinfo=UTC),
+        bytes.fromhex("90c06f000000"), bytes(2), 18)
+    assert info.module == ModuleIdentity("", bytes(48), bytes(8), b"\xff" * 8, ())
+    assert [(m.id, m.mrsigner, m.attributes, m.attributes_mask) for m in info.module_identities] == [
+        ("TDX_03", bytes(48), bytes(8), b"\xff" * 8), ("TDX_01", bytes(48), bytes(8), b"\xff" * 8)]
+    assert [(lv.isv_svn, lv.status, lv.advisory_ids) for lv in info.module_identities[1].levels] == [
+        (6, "UpToDate", ()), (4, "OutOfDate", ("INTEL-SA-01036", "INTEL-SA-01099")),
+        (2, "OutOfDate", ("INTEL-SA-01036", "INTEL-SA-01099"))]
+    first, second = info.levels[0], info.levels[1]
+    assert (first.status, first.date, first.advisory_ids, first.sgx_svns, first.pce_svn, first.tdx_svns) == (
+        "UpToDate", "2024-11-13T00:00:00Z", (), (3, 3, 2, 2, 4, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0), 13,
+        (5, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    assert (second.status, second.advisory_ids[:2], len(info.levels)) == ("OutOfDate",
+                                                                         ("INTEL-SA-01036", "INTEL-SA-01079"), 3)
+    qe = parse_qe_identity(read(G + "sample_qeIdentity_response"))
+    assert (qe.issue_date, qe.next_update, qe.miscselect, qe.miscselect_mask, qe.attributes, qe.attributes_mask,
+            qe.mrsigner, qe.isv_prod_id) == (
+        datetime(2023, 6, 8, 7, 24, 59, tzinfo=UTC), datetime(2023, 7, 8, 7, 24, 59, tzinfo=UTC), bytes(4),
+        b"\xff" * 4, bytes.fromhex("11" + "00" * 15), bytes.fromhex("fbffffffffffffff" + "00" * 8),
+        bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5"), 2)
+    assert qe.levels == (Level("UpToDate", "2023-02-15T00:00:00Z", (), isv_svn=4),)
+
+
+def _tcb_doc(change: Any = None, raw: bytes | None = None) -> bytes:
+    """The v5 TCB Info (or ``raw``) as compact JSON, ``change`` applied to the parsed document first."""
+    doc = json.loads(raw or read(G + "sample_tcbinfo_response_v5"))
+    if change:
+        change(doc)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _set(path: str, value: Any) -> Any:
+    """A change setting (or, for ``...``, deleting) the member at a dotted ``path`` (list items by number)."""
+    def change(doc: Any) -> None:
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        for p in parents:
+            doc = doc[p]
+        if value is ...:
+            del doc[last]
+        else:
+            doc[last] = value
+    return change
+
+
+T = "tcb_info.tcbInfo"
+_LEVEL = f"{T}.tcbLevels[0]"
+_MODULE = f"{T}.tdxModuleIdentities[1]"
+
+
+@pytest.mark.parametrize(("path", "value", "refusal"), [
+    ("tcbInfo", [], ("tcb_info.tcbInfo", "an object", "list")),
+    ("signature", ..., ("tcb_info", "members 'tcbInfo' and 'signature'", ["tcbInfo"])),
+    ("signature", "00" * 63, ("tcb_info.signature", "64 bytes as hex", "00" * 63)),
+    ("signature", "zz" * 64, ("tcb_info.signature", "64 bytes as hex", "zz" * 64)),
+    ("signature", 5, ("tcb_info.signature", "64 bytes as hex", 5)),
+    ("tcbInfo.id", "SGX", (f"{T}.id", "id TDX, version 3", "id SGX, version 3")),
+    ("tcbInfo.version", 2, (f"{T}.id", "id TDX, version 3", "id TDX, version 2")),
+    ("tcbInfo.tdxModuleIdentities", {}, (f"{T}.tdxModuleIdentities", "a list", "dict")),
+    ("tcbInfo.tcbLevels", ..., (f"{T}.tcbLevels", "list", "missing")),
+    ("tcbInfo.tcbLevels", {}, (f"{T}.tcbLevels", "list", "dict")),
+    ("tcbInfo.issueDate", "yesterday", (f"{T}.issueDate", "an ISO 8601 time", "yesterday")),
+    ("tcbInfo.nextUpdate", 20260303, (f"{T}.nextUpdate", "str", "int")),
+    ("tcbInfo.fmspc", "90c06f", (f"{T}.fmspc", "6 bytes as hex", "90c06f")),
+    ("tcbInfo.pceId", "000000", (f"{T}.pceId", "2 bytes as hex", "000000")),
+    ("tcbInfo.tcbEvaluationDataNumber", 65536, (f"{T}.tcbEvaluationDataNumber", "0..65535", 65536)),
+    ("tcbInfo.tcbEvaluationDataNumber", -1, (f"{T}.tcbEvaluationDataNumber", "0..65535", -1)),
+    ("tcbInfo.tcbEvaluationDataNumber", True, (f"{T}.tcbEvaluationDataNumber", "int", "bool")),
+    ("tcbInfo.tdxModule", ..., (f"{T}.tdxModule", "dict", "missing")),
+    ("tcbInfo.tdxModule.mrsigner", "00" * 47, (f"{T}.tdxModule.mrsigner", "48 bytes as hex", "00" * 47)),
+    ("tcbInfo.tdxModule.attributes", "00", (f"{T}.tdxModule.attributes", "8 bytes as hex", "00")),
+    ("tcbInfo.tdxModule.attributesMask", "ff", (f"{T}.tdxModule.attributesMask", "8 bytes as hex", "ff")),
+    ("tcbInfo.tdxModuleIdentities.1", 7, (_MODULE, "an object", "int")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels", "x", (f"{_MODULE}.tcbLevels", "a list", "str")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.2", None, (f"{_MODULE}.tcbLevels[2]", "an object", "NoneType")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.2.tcb", [], (f"{_MODULE}.tcbLevels[2].tcb", "dict", "list")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.2.tcb.isvsvn", "2", (f"{_MODULE}.tcbLevels[2].tcb.isvsvn", "int", "str")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.1.tcbStatus", "Fine", (
+        f"{_MODULE}.tcbLevels[1].tcbStatus", f"one of {list(TCB_STATUSES)}", "Fine")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.1.tcbDate", 1, (f"{_MODULE}.tcbLevels[1].tcbDate", "str", "int")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.1.advisoryIDs", "INTEL-SA-1", (
+        f"{_MODULE}.tcbLevels[1].advisoryIDs", "a list of strings", "INTEL-SA-1")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.1.advisoryIDs", ["INTEL-SA-1", 2], (
+        f"{_MODULE}.tcbLevels[1].advisoryIDs", "a list of strings", ["INTEL-SA-1", 2])),
+    ("tcbInfo.tcbLevels.0", "x", (_LEVEL, "an object", "str")),
+    ("tcbInfo.tcbLevels.0.tcb", ..., (f"{_LEVEL}.tcb", "dict", "missing")),
+    ("tcbInfo.tcbLevels.0.tcbStatus", ..., (f"{_LEVEL}.tcbStatus", "str", "missing")),
+    ("tcbInfo.tcbLevels.0.tcb.sgxtcbcomponents", [{"svn": 1}] * 15, (f"{_LEVEL}.tcb.sgxtcbcomponents", "16 components",
+                                                                     15)),
+    ("tcbInfo.tcbLevels.0.tcb.tdxtcbcomponents", [{"svn": 1}] * 17, (f"{_LEVEL}.tcb.tdxtcbcomponents", "16 components",
+                                                                     17)),
+    ("tcbInfo.tcbLevels.0.tcb.sgxtcbcomponents.15", 1, (f"{_LEVEL}.tcb.sgxtcbcomponents[15]", "an object", "int")),
+    ("tcbInfo.tcbLevels.0.tcb.tdxtcbcomponents.3.svn", 65536, (f"{_LEVEL}.tcb.tdxtcbcomponents[3].svn", "0..65535",
+                                                               65536)),
+    ("tcbInfo.tcbLevels.0.tcb.pcesvn", None, (f"{_LEVEL}.tcb.pcesvn", "int", "missing")),
+])
+def test_a_malformed_tcb_info_member_is_named_word_for_word(path: str, value: Any,
+                                                             refusal: tuple[object, ...]) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_tcb_info(_tcb_doc(_set(path, value)))
+    assert (err.value.field, err.value.expected, err.value.actual) == refusal
+
+
+def test_tcb_info_bounds_and_defaults_that_parse() -> None:
+    """SVNs 0 and 65535, dates without a zone (read as UTC), no advisories, no module identities, a module
+    without an id or levels: all parse, to these values."""
+    def change(doc: Any) -> None:
+        body = doc["tcbInfo"]
+        body["tcbEvaluationDataNumber"], body["issueDate"] = 65535, "2026-02-01T14:49:26"
+        body["tcbLevels"][0]["tcb"]["pcesvn"] = 0
+        body["tcbLevels"][0]["tcb"]["sgxtcbcomponents"][0]["svn"] = 65535
+        del body["tcbLevels"][1]["advisoryIDs"], body["tdxModuleIdentities"]
+    info = parse_tcb_info(_tcb_doc(change))
+    assert (info.evaluation_data_number, info.issue_date, info.levels[0].pce_svn, info.levels[0].sgx_svns[0],
+            info.levels[1].advisory_ids, info.module_identities) == (
+        65535, datetime(2026, 2, 1, 14, 49, 26, tzinfo=UTC), 0, 65535, (), ())
+    assert parse_tcb_info(_tcb_doc(_set("tcbInfo.tdxModuleIdentities.1.tcbLevels", ...))).module_identities[1].levels \
+        == ()
+
+
+@pytest.mark.parametrize(("raw", "refusal"), [
+    (b"\xff{}", ("tcb_info", "UTF-8 JSON", "undecodable bytes (invalid start byte)")),
+    (b'["tcbInfo"]', ("tcb_info", "a JSON object", "invalid JSON (not an object)")),
+    (b'{"tcbInfo" {}}', ("tcb_info", "a JSON object",
+                         "invalid JSON (':' expected at 11, or duplicate member 'tcbInfo')")),
+    (b'{"a":1,"a":2}', ("tcb_info", "a JSON object", "invalid JSON (':' expected at 10, or duplicate member 'a')")),
+    (b'{"a":1 "b":2}', ("tcb_info", "a JSON object", "invalid JSON (',' or '}' expected at 7)")),
+    (b'{"a":1,5:2}', ("tcb_info", "a JSON object", "invalid JSON (a member name expected at 7)")),
+    (b'{"a":1} {}', ("tcb_info", "a JSON object", "invalid JSON (trailing data after the object)")),
+    (b'{"a":1}', ("tcb_info", "members 'tcbInfo' and 'signature'", ["a"])),
+    (b'{"a":[' * 2000, ("tcb_info", "a JSON object", None)),
+])
+def test_collateral_that_is_no_json_object_is_named(raw: bytes, refusal: tuple[object, ...]) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_tcb_info(raw)
+    assert (err.value.field, err.value.expected) == refusal[:2]
+    if refusal[2] is not None:
+        assert err.value.actual == refusal[2]
+
+
+def test_the_signed_bytes_are_the_members_exact_text_whatever_the_white_space() -> None:
+    """Intel signs the bytes of the ``tcbInfo`` value as served: white space between tokens (space, tab, CR, LF)
+    is skipped around it, never inside it; text after the object may only be white space."""
+    raw = read(G + "sample_tcbinfo_response_v5")
+    body = raw[raw.index(b"{", 1):raw.rindex(b',"signature"')]
+    signature = raw[raw.rindex(b'"signature"'):-1]
+    spaced = b' \t\r\n{ \t\r\n"tcbInfo" \t\r\n: \t\r\n' + body + b' \t\r\n, \t\r\n' + signature + b' \t\r\n} \t\r\n'
+    info = parse_tcb_info(spaced)
+    assert info.signed == body and info == parse_tcb_info(raw)
+    assert parse_tcb_info(b'{"tcbInfo":' + body + b',' + signature + b'}').signed == body
+    assert parse_qe_identity(b'{ "signature":"' + b"00" * 64 + b'","enclaveIdentity":' + read(
+        G + "sample_qeIdentity_response")[19:read(G + "sample_qeIdentity_response").rindex(b',"signature"')]
+        + b'}').signature == bytes(64)
+
+
+Q = "qe_identity.enclaveIdentity"
+
+
+@pytest.mark.parametrize(("path", "value", "refusal"), [
+    ("enclaveIdentity.id", "QE", (f"{Q}.id", "id TD_QE, version 2", "id QE, version 2")),
+    ("enclaveIdentity.version", 3, (f"{Q}.id", "id TD_QE, version 2", "id TD_QE, version 3")),
+    ("enclaveIdentity.tcbLevels", ..., (f"{Q}.tcbLevels", "list", "missing")),
+    ("enclaveIdentity.issueDate", "2023-13-01", (f"{Q}.issueDate", "an ISO 8601 time", "2023-13-01")),
+    ("enclaveIdentity.nextUpdate", None, (f"{Q}.nextUpdate", "str", "missing")),
+    ("enclaveIdentity.miscselect", "00", (f"{Q}.miscselect", "4 bytes as hex", "00")),
+    ("enclaveIdentity.miscselectMask", "ff", (f"{Q}.miscselectMask", "4 bytes as hex", "ff")),
+    ("enclaveIdentity.attributes", "11", (f"{Q}.attributes", "16 bytes as hex", "11")),
+    ("enclaveIdentity.attributesMask", "fb", (f"{Q}.attributesMask", "16 bytes as hex", "fb")),
+    ("enclaveIdentity.mrsigner", "dc", (f"{Q}.mrsigner", "32 bytes as hex", "dc")),
+    ("enclaveIdentity.isvprodid", 70000, (f"{Q}.isvprodid", "0..65535", 70000)),
+    ("enclaveIdentity.tcbLevels.0.tcb.isvsvn", -4, (f"{Q}.tcbLevels[0].tcb.isvsvn", "0..65535", -4)),
+    ("enclaveIdentity", "x", (f"{Q}", "an object", "str")),
+    ("signature", ..., ("qe_identity", "members 'enclaveIdentity' and 'signature'", ["enclaveIdentity"])),
+])
+def test_a_malformed_qe_identity_member_is_named_word_for_word(path: str, value: Any,
+                                                               refusal: tuple[object, ...]) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_qe_identity(_tcb_doc(_set(path, value), read(G + "sample_qeIdentity_response")))
+    assert (err.value.field, err.value.expected, err.value.actual) == refusal
+
+
+# -- collateral: verification at a time, the folder and JSON forms -------------------------------------
+
+def test_real_collateral_holds_from_its_issue_date_to_its_next_update_inclusive() -> None:
+    """Intel's real collateral: TCB Info issued 2023-06-18T08:42:58Z, QE Identity next updated 2023-07-08T07:24:59Z.
+    Valid on the first second of one and the last of the other, not a second outside; a naive time is UTC."""
+    collateral = _collateral_2023()
+    first, last = datetime(2023, 6, 18, 8, 42, 58, tzinfo=UTC), datetime(2023, 7, 8, 7, 24, 59, tzinfo=UTC)
+    root = pinned_intel_root()
+    assert verify_collateral(collateral, first).roots == verify_collateral(collateral, last).roots == (root, root)
+    assert verify_collateral(collateral, last.replace(tzinfo=None)).qe_identity.next_update == last
+    for at, where, window in (
+            (first - timedelta(seconds=1), "tcb_info", f"{first.isoformat()} .. 2023-07-18T08:42:58+00:00"),
+            (last + timedelta(seconds=1), "qe_identity", f"2023-06-08T07:24:59+00:00 .. {last.isoformat()}")):
+        with pytest.raises(VerificationError) as err:
+            verify_collateral(collateral, at)
+        assert (err.value.field, err.value.expected, err.value.actual, err.value.hint) == (
+            f"{where}.nextUpdate", window, at.isoformat(),
+            "the collateral is stale or not yet issued at that time; fetch it again")
+
+
+def test_qe_identity_is_checked_under_its_own_chain_when_one_is_given() -> None:
+    collateral = _collateral_2023()
+    own = dataclasses.replace(collateral, qe_identity_chain=collateral.tcb_info_chain)
+    assert verify_collateral(own, T_2023).qe_identity == verify_collateral(collateral, T_2023).qe_identity
+    pck_ca_and_root = b"-----BEGIN" + parse_quote(read(V4)).pck_chain_pem.split(b"-----BEGIN", 2)[2]
+    with pytest.raises(VerificationError) as err:
+        verify_collateral(dataclasses.replace(collateral, qe_identity_chain=pck_ca_and_root.decode()), T_2023)
+    assert err.value.field == "qe_identity.signature"
+
+
+def test_a_collateral_folder_is_read_by_content(tmp_path: Any) -> None:
+    """Any file names; JSON recognised by its first member (with or without a space, after white space), the
+    chain by its PEM header; other files ignored; a kind missing or twice is named with the count."""
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    collateral = _collateral_2023()
+    (folder / "a").write_bytes(b"\n " + collateral.tcb_info)
+    (folder / "b").write_bytes(b'{ "enclaveIdentity"' + collateral.qe_identity[len(b'{"enclaveIdentity"'):])
+    (folder / "c").write_text(collateral.tcb_info_chain)
+    (folder / "notes.txt").write_text('not collateral: {"tcbInfo"')
+    (folder / "sub").mkdir()
+    read_back = TdxCollateral.from_dir(folder)
+    assert read_back.tcb_info == b"\n " + collateral.tcb_info and read_back.tcb_info_chain == collateral.tcb_info_chain
+    assert read_back.qe_identity.startswith(b'{ "enclaveIdentity"') and read_back.qe_identity_chain == ""
+    verify_collateral(read_back, T_2023)
+    (folder / "d").write_text(collateral.tcb_info_chain)
+    with pytest.raises(ParseError) as err:
+        TdxCollateral.from_dir(folder)
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        "collateral.pem", f"exactly one file holding an issuer chain PEM in {folder}", "2 found")
+    (folder / "d").unlink()
+    (folder / "b").unlink()
+    with pytest.raises(ParseError) as err:
+        TdxCollateral.from_dir(folder)
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        "collateral.enclaveIdentity", f"exactly one file holding a QE Identity JSON in {folder}", "0 found")
+    (folder / "a").unlink()
+    with pytest.raises(ParseError) as err:
+        TdxCollateral.from_dir(folder)
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        "collateral.tcbInfo", f"exactly one file holding a TCB Info JSON in {folder}", "0 found")
+
+
+def test_collateral_in_json_form_names_a_bad_member_and_reads_missing_ones_as_empty() -> None:
+    collateral = _collateral_2023()
+    assert collateral.to_json() == {"tcb_info": collateral.tcb_info.decode(),
+                                    "qe_identity": collateral.qe_identity.decode(),
+                                    "tcb_info_chain": collateral.tcb_info_chain,
+                                    "qe_identity_chain": collateral.qe_identity_chain}
+    assert TdxCollateral.from_json({"tcb_info": "x"}) == TdxCollateral(b"x", b"", "", "")
+    for bad in ("tcb_info", "qe_identity", "tcb_info_chain", "qe_identity_chain"):
+        with pytest.raises(ParseError) as err:
+            TdxCollateral.from_json({**collateral.to_json(), bad: b"x"})
+        assert (err.value.field, err.value.expected, err.value.actual) == (f"evidence.collateral.{bad}", "text",
+                                                                           "bytes")
+    with pytest.raises(ParseError) as err:
+        TdxCollateral.from_json("x")
+    assert (err.value.field, err.value.expected, err.value.actual) == ("evidence.collateral", "a JSON object", "str")
