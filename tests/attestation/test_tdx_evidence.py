@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestation import Claims, Evidence, Policy, TrustAnchors, appraise, verify_evidence
+from attestation.anchors import load_pem_certs
 from attestation.errors import AppraisalError, ParseError, VerificationError
 from attestation.tdx import parse_quote, verify_quote_and_pck
 from attestation.tdx.collateral import (
@@ -35,7 +36,7 @@ from attestation.tdx.collateral import (
     verify_collateral,
 )
 from attestation.tdx.intel_root import pinned_intel_root
-from attestation.tdx.pck import parse_sgx_extensions, pck_extensions
+from attestation.tdx.pck import PckExtensions, parse_sgx_extensions, pck_extensions
 from tests.attestation._attestation_data import read
 
 G = "tdx/go-tdx-guest/"
@@ -924,3 +925,134 @@ def test_collateral_in_json_form_names_a_bad_member_and_reads_missing_ones_as_em
     with pytest.raises(ParseError) as err:
         TdxCollateral.from_json("x")
     assert (err.value.field, err.value.expected, err.value.actual) == ("evidence.collateral", "a JSON object", "str")
+
+
+# -- PCK extensions: every field from its entry, every malformed entry named ------------------------------
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | (n.bit_length() + 7) // 8]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def _oid_der(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    out = b""
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(0x80 | arc & 0x7F)
+        out += bytes(reversed(chunk))
+    return _der(0x06, out)
+
+
+def _entry(oid: str, tag: int, content: bytes) -> bytes:
+    return _der(0x30, _oid_der(oid) + _der(tag, content))
+
+
+SGX = "1.2.840.113741.1.13.1"
+
+
+def _sgx_extensions(*, skip: str = "", replace: dict[str, bytes] | None = None, comps: tuple[int, ...] = tuple(
+        range(1, 17)), pce_svn: bytes = b"\x0b", instance: bytes | None = bytes(range(16))) -> bytes:
+    """The SGX extensions' DER as Intel lays them out (PPID, TCB, PCE-ID, FMSPC, SGX type, instance id), each
+    top-level entry (by its last arc) left out with ``skip`` or its whole DER replaced from ``replace``."""
+    tcb = b"".join(_entry(f"{SGX}.2.{i}", 0x02, bytes([c])) for i, c in enumerate(comps, 1))
+    tcb += _entry(f"{SGX}.2.17", 0x02, pce_svn) + _entry(f"{SGX}.2.18", 0x04, bytes(comps))
+    entries = {"1": _entry(f"{SGX}.1", 0x04, bytes([0xAA]) * 16), "2": _entry(f"{SGX}.2", 0x30, tcb),
+               "3": _entry(f"{SGX}.3", 0x04, b"\x00\x01"), "4": _entry(f"{SGX}.4", 0x04, bytes.fromhex("90c06f000000")),
+               "5": _entry(f"{SGX}.5", 0x0A, b"\x01")}
+    if instance is not None:
+        entries["6"] = _entry(f"{SGX}.6", 0x04, instance)
+    entries.update(replace or {})
+    return _der(0x30, b"".join(der for arc, der in entries.items() if arc != skip))
+
+
+def test_the_real_pck_certificates_extensions_in_full() -> None:
+    _, pck = verify_quote_and_pck(read(V5), T_V5)
+    assert pck_extensions(pck) == PckExtensions(
+        ppid=bytes.fromhex("2734b654f553596897eaadfb5667a954"), cpu_svn_components=(4, 4, 2, 2, 4, 1, 0, 5) + (0,) * 8,
+        pce_svn=13, cpu_svn=bytes([4, 4, 2, 2, 4, 1, 0, 5]) + bytes(8), pce_id=bytes(2),
+        fmspc=bytes.fromhex("90c06f000000"), sgx_type=1,
+        platform_instance_id=bytes.fromhex("056d0350250988808a9d09103f3e54d5"))
+
+
+def test_sgx_extensions_built_to_intels_layout_read_back_field_by_field() -> None:
+    """Each TCB component from its own arc (1..16), the PCESVN from 17, CPUSVN from 18; a platform instance id
+    only when it is an OCTET STRING; long DER lengths read as well as short ones."""
+    comps = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 127)
+    assert parse_sgx_extensions(_sgx_extensions(comps=comps, pce_svn=b"\x01\x00\x00")) == PckExtensions(
+        ppid=bytes([0xAA]) * 16, cpu_svn_components=comps, pce_svn=0x10000, cpu_svn=bytes(comps), pce_id=b"\x00\x01",
+        fmspc=bytes.fromhex("90c06f000000"), sgx_type=1, platform_instance_id=bytes(range(16)))
+    assert parse_sgx_extensions(_sgx_extensions(instance=None)).platform_instance_id == b""
+    assert parse_sgx_extensions(_sgx_extensions(replace={"6": _entry(f"{SGX}.6", 0x02, b"\x01")})) \
+        .platform_instance_id == b""
+    assert parse_sgx_extensions(_sgx_extensions(pce_svn=b"\x00")).pce_svn == 0
+
+
+W = "pck.sgx_extensions"
+
+
+@pytest.mark.parametrize(("der", "refusal"), [
+    (b"", (W, "a DER element", "0 bytes left")),
+    (b"\x30", (W, "a DER element", "1 bytes left")),
+    (b"\x30\x80", (W, "a DER length", "length-of-length 0")),
+    (b"\x30\x85\x00\x00\x00\x00\x01", (W, "a DER length", "length-of-length 5")),
+    (b"\x30\x82\x00", (W, "a DER length", "length-of-length 2")),
+    (b"\x30\x81\x05\x00", (W, "5 content bytes", "1 left")),
+    (b"\x30\x03\x00", (W, "3 content bytes", "1 left")),
+    (b"\x04\x00", (W, "one DER SEQUENCE", "tag 0x04, 0 trailing bytes")),
+    (b"\x30\x00\x00\x00", (W, "one DER SEQUENCE", "tag 0x30, 2 trailing bytes")),
+    (_der(0x30, _der(0x04, b"")), (W, "SEQUENCE {OID, value}", "tag 0x04 with 0 parts")),
+    (_der(0x30, _der(0x30, _oid_der(f"{SGX}.1"))), (W, "SEQUENCE {OID, value}", "tag 0x30 with 1 parts")),
+    (_der(0x30, _der(0x30, _der(0x04, b"\x01") * 2)), (W, "SEQUENCE {OID, value}", "tag 0x30 with 2 parts")),
+    (_der(0x30, _der(0x30, _der(0x06, b"") + _der(0x04, b""))), (W, "an object identifier", "")),
+    (_der(0x30, _der(0x30, _der(0x06, b"\x2a\x86") + _der(0x04, b""))), (W, "an object identifier", "2a86")),
+    (_sgx_extensions(skip="2"), (f"{W}.tcb", f"an entry {SGX}.2", "none")),
+    (_sgx_extensions(skip="1"), (f"{W}.ppid", f"an entry {SGX}.1", "none")),
+    (_sgx_extensions(skip="3"), (f"{W}.pceid", f"an entry {SGX}.3", "none")),
+    (_sgx_extensions(skip="4"), (f"{W}.fmspc", f"an entry {SGX}.4", "none")),
+    (_sgx_extensions(skip="5"), (f"{W}.sgx_type", f"an entry {SGX}.5", "none")),
+    (_sgx_extensions(replace={"1": _entry(f"{SGX}.1", 0x04, bytes(15))}), (f"{W}.ppid", "tag 0x04, 16 bytes",
+                                                                           "tag 0x04, 15 bytes")),
+    (_sgx_extensions(replace={"1": _entry(f"{SGX}.1", 0x02, bytes(16))}), (f"{W}.ppid", "tag 0x04, 16 bytes",
+                                                                           "tag 0x02, 16 bytes")),
+    (_sgx_extensions(replace={"2": _entry(f"{SGX}.2", 0x04, b"")}), (f"{W}.tcb", "tag 0x30", "tag 0x04, 0 bytes")),
+    (_sgx_extensions(replace={"3": _entry(f"{SGX}.3", 0x04, bytes(3))}), (f"{W}.pceid", "tag 0x04, 2 bytes",
+                                                                          "tag 0x04, 3 bytes")),
+    (_sgx_extensions(replace={"4": _entry(f"{SGX}.4", 0x04, bytes(5))}), (f"{W}.fmspc", "tag 0x04, 6 bytes",
+                                                                          "tag 0x04, 5 bytes")),
+    (_sgx_extensions(replace={"5": _entry(f"{SGX}.5", 0x02, b"\x01")}), (f"{W}.sgx_type", "tag 0x0a",
+                                                                         "tag 0x02, 1 bytes")),
+    (_sgx_extensions(replace={"5": _entry(f"{SGX}.5", 0x0A, b"")}), (f"{W}.sgx_type", "a small non-negative INTEGER",
+                                                                     "")),
+    (_sgx_extensions(pce_svn=b"\x01\x00\x00\x00"), (f"{W}.tcb.pcesvn", "a small non-negative INTEGER", "01000000")),
+    (_sgx_extensions(pce_svn=b"\xff"), (f"{W}.tcb.pcesvn", "a non-negative INTEGER", -1)),
+])
+def test_malformed_sgx_extensions_are_named_word_for_word(der: bytes, refusal: tuple[object, ...]) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_sgx_extensions(der)
+    assert (err.value.field, err.value.expected, err.value.actual) == refusal
+
+
+@pytest.mark.parametrize("arc", [1, 9, 16, 17, 18])
+def test_a_tcb_without_one_of_its_entries_is_named(arc: int) -> None:
+    tcb = b"".join(_entry(f"{SGX}.2.{i}", 0x02, b"\x01") for i in range(1, 18) if i != arc)
+    tcb += _entry(f"{SGX}.2.18", 0x04, bytes(16)) if arc != 18 else b""
+    name = {17: "pcesvn", 18: "cpusvn"}.get(arc, f"comp{arc:02d}")
+    with pytest.raises(ParseError) as err:
+        parse_sgx_extensions(_sgx_extensions(replace={"2": _entry(f"{SGX}.2", 0x30, tcb)}))
+    assert (err.value.field, err.value.expected, err.value.actual) == (f"{W}.tcb.{name}", f"an entry {SGX}.2.{arc}",
+                                                                       "none")
+
+
+def test_a_certificate_without_sgx_extensions_is_not_a_pck() -> None:
+    _, pck = verify_quote_and_pck(read(V5), T_V5)
+    ca = load_pem_certs(parse_quote(read(V5)).pck_chain_pem, "chain")[1]
+    with pytest.raises(ParseError) as err:
+        pck_extensions(ca)
+    assert (err.value.field, err.value.expected, err.value.actual, err.value.hint) == (
+        W, f"extension {SGX}", "none", "this is not an Intel PCK certificate")
+    assert pck_extensions(pck).fmspc == bytes.fromhex("90c06f000000")
