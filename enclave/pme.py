@@ -11,7 +11,7 @@ import base64
 import io
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -217,6 +217,11 @@ class EncryptedParquet:
     def key_value_metadata(self) -> dict[bytes, bytes]:
         """The footer's key-value metadata (authenticated with the footer: it decrypted)."""
         return dict(self._file.metadata.metadata or {})
+
+    def rows_in(self, row_groups: Iterable[int]) -> int:
+        """Rows in the given row groups, as the (authenticated) footer counts them."""
+        metadata = self._file.metadata
+        return sum(metadata.row_group(i).num_rows for i in row_groups)
 
     def read_row_groups(self, row_groups: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
         return self._file.read_row_groups(list(row_groups), columns=list(columns) if columns else None)

@@ -21,7 +21,8 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 
 INPUT_COLUMNS = ("message_id", "text")  # what a shard reads without a card (the spam contract's columns)
 RESULT_ROW_GROUP_SIZE = 65_536
+# Row groups read at a time (1,000 emails of the owner's 200-row groups): the next slice is fetched and decrypted
+# while this one is scored; a shard's memory holds two slices of input, not its whole input twice.
+SLICE_ROW_GROUPS = 5
 BATCH_CONTEXTS = 8  # batches whose key contexts and model authorisations a worker keeps; older ones are forgotten
 
 
@@ -161,23 +165,54 @@ def _row_groups(spec: ShardSpec) -> range:
 
 def read_shard(spec: ShardSpec, source: RangeSource, keys: PmeKeys, card: ModelCard | None = None) -> pa.Table:
     """The shard's rows, read by ranges: the footer and the shard's own row groups. Columns: those the card's
-    contract reads (its id first), or (message_id, text) without a card.
+    contract reads (its id first), or (message_id, text) without a card. Checks as `ShardReader`."""
+    with ShardReader(spec, source, keys, card) as reader:
+        return pa.concat_tables(reader.slices())
+
+
+class ShardReader:
+    """A shard's input opened by ranges (the footer, then the shard's own row groups), read in slices.
 
     Integrity without the whole file: PME authenticates the footer and every page, and the footer's binding
     must name this tenant, batch, object key and the manifest's file id (ShardInputError otherwise), so the
-    platform can serve neither another object of the batch nor another batch's under this key.
+    platform can serve neither another object of the batch nor another batch's under this key. `rows` (the
+    shard's row count) comes from that authenticated footer, before any row is read.
     """
-    try:
-        opened = EncryptedParquet(open_ranged(source), keys)
-    except NotEncryptedError as exc:
-        raise ShardInputError(f"input {spec.input_key}: {exc}; the owner's inputs are all PME-encrypted") from None
-    with opened as parquet:
-        _check_binding(spec, parquet.key_value_metadata.get(INPUT_BINDING_KEY.encode()))
-        if spec.row_group_end > parquet.num_row_groups:
-            raise ShardInputError(f"input {spec.input_key}: expected row groups [{spec.row_group_start}, "
-                                  f"{spec.row_group_end}), the file has {parquet.num_row_groups}")
-        columns = INPUT_COLUMNS if card is None else _input_columns(spec, card, parquet.schema)
-        return parquet.read_row_groups(_row_groups(spec), columns)
+
+    def __init__(self, spec: ShardSpec, source: RangeSource, keys: PmeKeys, card: ModelCard | None = None) -> None:
+        try:
+            self._parquet = EncryptedParquet(open_ranged(source), keys)
+        except NotEncryptedError as exc:
+            raise ShardInputError(f"input {spec.input_key}: {exc}; the owner's inputs are all PME-encrypted") from None
+        try:
+            _check_binding(spec, self._parquet.key_value_metadata.get(INPUT_BINDING_KEY.encode()))
+            if spec.row_group_end > self._parquet.num_row_groups:
+                raise ShardInputError(f"input {spec.input_key}: expected row groups [{spec.row_group_start}, "
+                                      f"{spec.row_group_end}), the file has {self._parquet.num_row_groups}")
+            self.columns = INPUT_COLUMNS if card is None else _input_columns(spec, card, self._parquet.schema)
+            self.rows = self._parquet.rows_in(_row_groups(spec))
+        except BaseException:
+            self._parquet.close()
+            raise
+        self._groups = list(_row_groups(spec))
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._parquet.close()
+
+    def slices(self, row_groups: int = SLICE_ROW_GROUPS) -> Iterator[pa.Table]:
+        """The shard's rows in order, `row_groups` row groups at a time; the next slice is fetched and decrypted in
+        a background thread while the caller works on this one (pyarrow and the socket release the GIL)."""
+        cuts = [self._groups[i:i + row_groups] for i in range(0, len(self._groups), row_groups)]
+        with ThreadPoolExecutor(1, thread_name_prefix="shard-read") as pool:
+            pending = pool.submit(self._parquet.read_row_groups, cuts[0], self.columns)
+            for following in [*cuts[1:], None]:
+                table = pending.result()
+                if following is not None:
+                    pending = pool.submit(self._parquet.read_row_groups, following, self.columns)
+                yield table
 
 
 def _check_binding(spec: ShardSpec, found: bytes | None) -> None:
@@ -279,21 +314,28 @@ class Enclave:
         batch = self._batch(spec, owner)
         model = self._authorised_model(spec, card, owner, batch, model_object, tuned)
         clock.lap("keys")  # attestation, model release and load when not cached
-        table = read_shard(spec, source, batch.keys, card)
-        self._count_rows(spec, batch, table.num_rows)
-        clock.lap("read")
-        try:
-            results = _scored(spec, table, model, card.probability_digits)
-        except Exception:
-            self._count_rows(spec, batch, -table.num_rows)  # no score left the enclave: the rows stay granted
-            raise
-        clock.lap("score")
+        with ShardReader(spec, source, batch.keys, card) as reader:
+            self._count_rows(spec, batch, reader.rows)  # from the authenticated footer, before any row is scored
+            try:
+                results = pa.concat_tables(self._scored_slices(spec, reader, model, card, clock))
+            except Exception:
+                self._count_rows(spec, batch, -reader.rows)  # no score left the enclave: the rows stay granted
+                raise
         output = batch.keys.write(results, footer_key=spec.result_key, column_key=spec.result_key,
                                   row_group_size=RESULT_ROW_GROUP_SIZE)
         clock.lap("write")
-        scored = self._receipted(spec, card, owner, output_key, output, table.num_rows)
+        scored = self._receipted(spec, card, owner, output_key, output, results.num_rows)
         clock.lap("sign")
         return dataclasses.replace(scored, seconds=clock.laps)
+
+    @staticmethod
+    def _scored_slices(spec: ShardSpec, reader: ShardReader, model: ContractSession, card: ModelCard,
+                       clock: _Clock) -> Iterator[pa.Table]:
+        """Each slice's results in order; "read" laps the wait for a slice (the rest overlaps scoring)."""
+        for table in reader.slices():
+            clock.lap("read")
+            yield _scored(spec, table, model, card.probability_digits)
+            clock.lap("score")
 
     def train(self, spec: TrainingSpec, data: bytes, recipe_card_token: str,
               recipe_object: Callable[[str], bytes]) -> TrainedJob:

@@ -16,7 +16,7 @@ import pytest
 
 from enclave.pme import PmeKeys, write_encrypted
 from enclave.ranged import TAIL_BYTES, BytesSource
-from enclave.worker import ShardInputError, _check_binding, read_shard
+from enclave.worker import ShardInputError, ShardReader, _check_binding, read_shard
 from sdk.contracts import DIGITS_CONTRACT, DIGITS_TASK
 from sdk.owner import ROW_GROUP_SIZE, OwnerKeys, encode_part
 from tests.enclave.test_pme import LocalWrapper
@@ -138,6 +138,34 @@ def test_a_flipped_byte_in_the_shards_row_groups_fails_authentication() -> None:
     with PmeKeys(wrapper) as keys, pytest.raises(OSError):
         read_shard(_spec("b-1", key, file_id, 0, 2), BytesSource(bytes(tampered)), keys)
 
+
+
+def test_a_shard_is_read_in_slices_in_order_counting_its_rows_from_the_footer_first() -> None:
+    wrapper = LocalWrapper()
+    data, file_id, key = _part(wrapper, "b-1", 0, 3_000)  # 15 row groups; the shard takes 2 to 14
+    source = BytesSource(data)
+    with PmeKeys(wrapper) as keys, ShardReader(_spec("b-1", key, file_id, 2, 14), source, keys) as reader:
+        opened = source.bytes_read
+        assert reader.rows == 12 * ROW_GROUP_SIZE and source.bytes_read == opened  # counted before any row is read
+        slices = list(reader.slices(5))
+    assert [s.num_rows for s in slices] == [5 * ROW_GROUP_SIZE, 5 * ROW_GROUP_SIZE, 2 * ROW_GROUP_SIZE]
+    ids = pa.concat_tables(slices).column("message_id").to_pylist()
+    assert ids == [f"b-1.0-{i}" for i in range(2 * ROW_GROUP_SIZE, 14 * ROW_GROUP_SIZE)]
+
+
+def test_a_flipped_byte_in_a_later_slice_fails_authentication_when_that_slice_is_read() -> None:
+    wrapper = LocalWrapper()
+    data, file_id, key = _part(wrapper, "b-1", 0, 2_000)
+    with PmeKeys(wrapper) as keys:
+        start = keys.open(data).metadata.row_group(7).column(1).data_page_offset
+    tampered = bytearray(data)
+    tampered[start + 40] ^= 0x01
+    with PmeKeys(wrapper) as keys, ShardReader(_spec("b-1", key, file_id, 0, 10), BytesSource(bytes(tampered)),
+                                               keys) as reader:
+        slices = reader.slices(5)
+        assert next(slices).num_rows == 5 * ROW_GROUP_SIZE  # row groups 0-4: untouched
+        with pytest.raises(OSError):
+            next(slices)
 
 
 def test_a_shard_reads_only_the_columns_its_models_contract_names_up_to_the_files_last_row_group() -> None:
