@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from enclave.worker import (
     Enclave,
     ModelIntegrityError,
     PlaintextRefused,
+    ScoredShard,
     ShardInputError,
     TunedModelRefused,
     UsageExceeded,
@@ -45,6 +47,11 @@ from wire.worker_config import CONFIG_ENV, load_worker_config
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+IO_THREADS = 4
+CARDS_KEPT = 16  # model cards per worker process (by object key), as S3 served them
+EVIDENCE_KEPT = 1024  # evidence objects this process wrote (by key), not written again
+_cards: dict[str, str] = {}
+_evidence_stored: dict[str, None] = {}
 
 # Errors of our own whose messages carry only field names, digests and reasons: safe to show the platform.
 SHAREABLE = (ShardSpecError, ShardInputError, ModelIntegrityError, PlaintextRefused, UsageExceeded, KbsError,
@@ -151,26 +158,29 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
     """Score one shard; a shard whose receipt already exists is reported, not scored again. `run_id` (the
     platform's run that sent it): a leftover whose run no longer holds the batch is not run (LeftoverShard)."""
     spec = ShardSpec.from_dict(spec_data)
-    _refuse_leftover(spec, run_id)
     worker = _worker_name(self)
-    existing = storage.get_if_exists(spec.receipt_key)
+    # Three independent GETs at once; the leftover check still decides first.
+    leftover = _io().submit(_refuse_leftover, spec, run_id)
+    stored = _io().submit(storage.get_if_exists, spec.receipt_key)
+    card_token = _io().submit(_card, spec)
+    leftover.result()
+    existing = stored.result()
     if existing is not None:
         return _outcome_from_receipt(spec, existing, worker)
-    card = storage.get_bytes(_card_key(spec)).decode()
+    card = card_token.result()
     source = storage.S3Object(spec.input_key)  # ranged reads: the footer and this shard's row groups
     started = time.perf_counter()
     enclave = _named_enclave(self)
-    scored = enclave.score_shard(spec, source, card, storage.get_bytes)
+    try:
+        scored = enclave.score_shard(spec, source, card, storage.get_bytes)
+    except Exception:
+        _cards.pop(_card_key(spec), None)  # a card refused or outdated is fetched afresh next time
+        raise
     log.info("shard %d of batch %s read %d bytes of %s in %d requests", spec.shard_index, spec.batch_id,
              source.bytes_read, spec.input_key, source.requests,
              extra={"batch_id": spec.batch_id, "shard": spec.shard_index, "rows": scored.rows,
                     "bytes_read": source.bytes_read})
-    if scored.evidence:
-        evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
-        storage.put_bytes(evidence_key, canonical_json(scored.evidence), "application/json")
-    if scored.usage:
-        storage.put_bytes(_usage_key(spec), scored.usage.encode(), "application/jose")
-    storage.put_bytes(scored.output_key, scored.output)
+    _store_before_receipt(spec, scored)
     receipt = scored.receipt.encode()
     # The receipt is the shard's commit: written once. A concurrent attempt that lost the race
     # reports the winner's receipt and removes its own (never referenced) output.
@@ -192,6 +202,44 @@ def score_shard(self: Any, spec_data: dict[str, Any], run_id: str = "") -> dict[
                                    spec.batch_id)
         if scored.evidence else {},
     ).to_dict()
+
+
+@cache
+def _io() -> ThreadPoolExecutor:
+    """One shard's independent S3 calls at once (boto3's client is thread-safe): their round trips overlap.
+    Created in the pool process on first use, never in the parent before it forks."""
+    return ThreadPoolExecutor(IO_THREADS, thread_name_prefix="cscore-s3")
+
+
+def _card(spec: ShardSpec) -> str:
+    """The model card as stored (a JWS), fetched once per worker process and model. What is cached is what S3
+    served, not a verdict: the enclave verifies the card's signature and digest at every shard, as if fetched."""
+    key = _card_key(spec)
+    token = _cards.get(key)
+    if token is None:
+        token = storage.get_bytes(key).decode()
+        _cards[key] = token
+        while len(_cards) > CARDS_KEPT:
+            _cards.pop(next(iter(_cards)), None)
+    return token
+
+
+def _store_before_receipt(spec: ShardSpec, scored: ScoredShard) -> None:
+    """Upload what the receipt names (output, usage record, evidence) at once, all before the receipt. The
+    evidence, the same document for every shard this process scores under one attestation, is written once per
+    batch folder and attestation (its key is its digest)."""
+    evidence_key = f"{spec.receipt_key.rsplit('/', 1)[0]}/evidence/{scored.evidence_sha256}.json"
+    puts = [(scored.output_key, scored.output, "application/octet-stream")]
+    if scored.usage:
+        puts.append((_usage_key(spec), scored.usage.encode(), "application/jose"))
+    if scored.evidence and evidence_key not in _evidence_stored:
+        puts.append((evidence_key, canonical_json(scored.evidence), "application/json"))
+    for done in [_io().submit(storage.put_bytes, *put) for put in puts]:
+        done.result()
+    if scored.evidence:
+        _evidence_stored[evidence_key] = None
+        while len(_evidence_stored) > EVIDENCE_KEPT:
+            _evidence_stored.pop(next(iter(_evidence_stored)), None)
 
 
 def _refuse_leftover(spec: ShardSpec, run_id: str) -> None:

@@ -97,3 +97,50 @@ def test_a_stored_receipt_of_another_shard_is_not_reused(worker_tasks: Any) -> N
     payload["output"]["key"] = "results/acme/b-1/shard-00001.1234.parquet"
     with pytest.raises(worker_tasks.ReceiptMismatch, match="receipt.output.key expected under"):
         worker_tasks._check_receipt_matches(spec, payload)
+
+
+def _scored(worker_tasks: Any, shard: int, evidence_sha256: str = "ee" * 32) -> Any:
+    return worker_tasks.ScoredShard(output_key=f"results/acme/b-1/shard-{shard:05d}.0a0b.parquet", output=b"PAR1",
+                                    output_sha256="", rows=1, receipt="r", usage="u",
+                                    evidence={"report": "..."}, evidence_sha256=evidence_sha256)
+
+
+def test_a_workers_evidence_is_stored_once_per_batch_and_everything_else_per_shard(worker_tasks: Any,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    stored: list[str] = []
+    monkeypatch.setattr(worker_tasks.storage, "put_bytes", lambda key, data, content_type="": stored.append(key))
+    for shard in (3, 4):
+        spec = ShardSpec.from_dict(_spec(shard_index=shard, output_key=f"results/acme/b-1/shard-{shard:05d}.parquet",
+                                         receipt_key=f"results/acme/b-1/shard-{shard:05d}.receipt.jws"))
+        worker_tasks._store_before_receipt(spec, _scored(worker_tasks, shard))
+    worker_tasks._store_before_receipt(ShardSpec.from_dict(_spec()), _scored(worker_tasks, 3, "ff" * 32))
+    evidence = "results/acme/b-1/evidence/{}.json"
+    assert sorted(stored) == sorted([
+        evidence.format("ee" * 32), evidence.format("ff" * 32),  # once per attestation's evidence, per batch
+        *(f"results/acme/b-1/shard-{s:05d}.0a0b.parquet" for s in (3, 4, 3)),
+        *(f"usage/spam-filter/acme/b-1/shard-{s:05d}.jws" for s in (3, 4, 3))])
+
+
+def test_a_card_is_fetched_once_per_worker_and_again_after_a_refused_shard(worker_tasks: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    fetched: list[str] = []
+
+    def get_bytes(key: str) -> bytes:
+        fetched.append(key)
+        return f"card {len(fetched)}".encode()
+
+    class Refusing:
+        def score_shard(self, spec: ShardSpec, source: Any, card: str, model_object: Any) -> None:
+            raise worker_tasks.ModelIntegrityError(f"{card}: refused")
+
+    monkeypatch.setattr(worker_tasks.storage, "get_bytes", get_bytes)
+    monkeypatch.setattr(worker_tasks.storage, "get_if_exists", lambda key: None)
+    spec = ShardSpec.from_dict(_spec())
+    assert [worker_tasks._card(spec), worker_tasks._card(spec)] == ["card 1", "card 1"]
+    assert fetched == ["models/spam-filter/1/card.jws"]
+    monkeypatch.setattr(worker_tasks, "_named_enclave", lambda task: Refusing())
+    with pytest.raises(worker_tasks.WorkerRefusal, match="ModelIntegrityError: card 1: refused"):
+        worker_tasks.score_shard(_spec())
+    with pytest.raises(worker_tasks.WorkerRefusal, match="ModelIntegrityError: card 2: refused"):
+        worker_tasks.score_shard(_spec())  # the refused card was not kept: fetched again
