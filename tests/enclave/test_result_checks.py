@@ -65,11 +65,11 @@ class DictStore:
 
 @pytest.fixture(scope="module")
 def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from attestation.simulated import create_simulated_firmware
+    """The simulated firmware, of the process's one simulated hierarchy (RSA key generation is the slow part: a
+    mutation run's forked children inherit it rather than make their own)."""
+    from tests.keybroker.inproc import write_firmware
 
-    path = tmp_path_factory.mktemp("sim-tee")
-    create_simulated_firmware(path)
-    return path
+    return write_firmware(tmp_path_factory.mktemp("sim-tee"))
 
 
 def _manifest() -> dict[str, Any]:
