@@ -745,3 +745,20 @@ def test_the_owner_accepting_simulated_evidence_still_holds_it_to_the_granted_me
         owner_trust(accept_simulated=True, measurements=["zz"])
     assert (not_hex.value.field, not_hex.value.expected, not_hex.value.actual) == (
         "policy.allowed_measurements", "hex strings", ["zz"])
+
+
+def test_an_owner_not_accepting_simulated_evidence_has_a_policy_that_refuses_it_whatever_the_anchors(
+        sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two locks, not one: even beside anchors that chain the simulated root (a mistake elsewhere), the policy of
+    an owner who did not pass --accept-simulated admits AMD's roots only, and names the root it refused."""
+    monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
+    store = DictStore()
+    worker = Worker(store, sim_dir)
+    entry = worker.shard(_spec())
+    _, policy = owner_trust(accept_simulated=False, measurements=[code_measurement().hex()])
+    with pytest.raises(ResultVerificationError) as refused:
+        _verified_shard(store, _manifest(), _granted(), entry, _EvidenceCache(store, PREFIX),  # type: ignore[arg-type]
+                        TrustAnchors.from_dir(sim_dir), policy)
+    assert str(refused.value) == (
+        f"{PREFIX}shard-00000.receipt.jws (evidence {PREFIX}evidence/{worker.digest}.json): root: expected one of "
+        "['amd'], got simulated; simulated evidence is for development; production policies accept AMD roots only")
