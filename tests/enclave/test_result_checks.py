@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -762,3 +763,24 @@ def test_an_owner_not_accepting_simulated_evidence_has_a_policy_that_refuses_it_
     assert str(refused.value) == (
         f"{PREFIX}shard-00000.receipt.jws (evidence {PREFIX}evidence/{worker.digest}.json): root: expected one of "
         "['amd'], got simulated; simulated evidence is for development; production policies accept AMD roots only")
+
+
+def test_rows_are_written_to_a_hidden_partial_file_beside_the_results_until_every_check_passed(
+        tmp_path: Path, sim_dir: Path) -> None:
+    """Beside `--out` (one filesystem: the final move is atomic), named for it and marked partial; `--out` itself
+    appears only at the end, so no one reads a batch's first shards as its results."""
+    import re
+
+    from sdk.results import write_results
+
+    store, owner, _ = _batch(tmp_path, sim_dir, rows=(200, 200, 200))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    seen: list[list[str]] = []
+    written = write_results(folder / "results.parquet", TENANT, BATCH, owner=owner,  # type: ignore[arg-type]
+                            store=store, progress=lambda rows, total: seen.append(sorted(os.listdir(folder))),
+                            **_trust(sim_dir))
+    assert len(seen) == 3 and all(len(names) == 1 and re.fullmatch(r"\.results\.parquet\.[^.]+\.partial", names[0])
+                                  for names in seen), seen
+    assert len({names[0] for names in seen}) == 1  # one file, grown shard by shard
+    assert os.listdir(folder) == ["results.parquet"] and written.path == folder / "results.parquet"
