@@ -61,6 +61,7 @@ MODULES: dict[str, list[str]] = {
     "audit/verify.py": ["tests/audit/test_verify.py", "tests/audit/test_forgery.py", "tests/audit/test_worker_links.py",
                         "tests/audit/test_training_audit.py"],
     "sdk/results.py": ["tests/enclave/test_result_checks.py"],
+    "enclave/receipts.py": ["tests/enclave/test_receipts.py"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py"],
 }
