@@ -778,8 +778,8 @@ def test_rows_are_written_to_a_hidden_partial_file_beside_the_results_until_ever
     folder.mkdir()
     seen: list[list[str]] = []
     written = write_results(folder / "results.parquet", TENANT, BATCH, owner=owner,  # type: ignore[arg-type]
-                            store=store, progress=lambda rows, total: seen.append(sorted(os.listdir(folder))),
-                            **_trust(sim_dir))
+                            store=store,  # type: ignore[arg-type]
+                            progress=lambda rows, total: seen.append(sorted(os.listdir(folder))), **_trust(sim_dir))
     assert len(seen) == 3 and all(len(names) == 1 and re.fullmatch(r"\.results\.parquet\.[^.]+\.partial", names[0])
                                   for names in seen), seen
     assert len({names[0] for names in seen}) == 1  # one file, grown shard by shard
