@@ -62,6 +62,9 @@ MODULES: dict[str, list[str]] = {
                         "tests/audit/test_training_audit.py"],
     "sdk/results.py": ["tests/enclave/test_result_checks.py"],
     "enclave/receipts.py": ["tests/enclave/test_receipts.py"],
+    "enclave/kbs_client.py": ["tests/enclave/test_kbs_client.py", "tests/enclave/test_kbs_client_transport.py",
+                              "tests/keybroker/test_tls.py::test_clients_refuse_plain_http_off_loopback",
+                              "tests/keybroker/test_tls.py::test_clients_accept_loopback_http_and_report_a_missing_ca"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py"],
 }

@@ -1,0 +1,256 @@
+"""The worker's client of a key broker: what it sends, what it takes from the broker's answers and what it refuses.
+
+The broker is the real one in process (production verifier, simulated SEV-SNP: `tests.keybroker.inproc`); between
+it and the worker sits the platform (`Relay`), which sees every request and may rewrite any answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwe
+from joserfc.errors import JoseError
+
+from attestation import Evidence
+from attestation.snp.report import parse_report
+from enclave.kbs_client import (
+    BATCHES_REMEMBERED,
+    AttestedSession,
+    BrokerUnreachable,
+    KbsError,
+    problem_of,
+)
+from tests.keybroker.inproc import CONFIG, GOOD, Env, TestClient
+from wire.canonical import canonical_json
+
+Rewrite = Callable[[httpx.Request, httpx.Response], httpx.Response]
+
+
+class Relay:
+    """The platform's network between a worker and the in-process broker: each request forwarded, its answer
+    handed back as it is or as `rewrite` makes it; every request and answer kept."""
+
+    def __init__(self, env: Env, rewrite: Rewrite | None = None) -> None:
+        self._broker = TestClient(env.app)
+        self.rewrite = rewrite
+        self.sent: list[tuple[str, dict[str, Any] | None, int]] = []  # (path, JSON body, status handed back)
+        self.answers: list[bytes] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = self._broker.request(request.method, request.url.path, content=request.content,
+                                      headers={k: v for k, v in request.headers.items() if k not in ("host",)})
+        response = httpx.Response(answer.status_code, headers={"content-type": answer.headers.get("content-type", "")},
+                                  content=answer.content)
+        if self.rewrite is not None:
+            response = self.rewrite(request, response)
+        self.sent.append((request.url.path, json.loads(request.content) if request.content else None,
+                          response.status_code))
+        self.answers.append(response.read())
+        return response
+
+    def paths(self) -> list[str]:
+        return [path for path, _, _ in self.sent]
+
+
+def _session(env: Env, relay: Relay, **kwargs: Any) -> AttestedSession:
+    client = httpx.Client(base_url="http://testserver", transport=httpx.MockTransport(relay))
+    return AttestedSession("http://testserver", env.enclave(), client=client, **kwargs)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    env = Env(tmp_path)
+    env.admin.create_key("results-1", kind="result")
+    env.data_key()  # data-1, granted with results-1 below for batch-1 and model sha256:m
+    env.admin.grant("batch-1", "sha256:m", [GOOD], ["data-1", "results-1"], config_digests=[CONFIG], rows=10)
+    return env
+
+
+def test_attestation_binds_the_nonce_both_keys_the_batch_and_the_brokers_name(env: Env) -> None:
+    relay = Relay(env)
+    session = _session(env, relay, broker_name="owner")
+    result = session.attest("batch-1")
+    (_, auth, _), (_, attest, _) = relay.sent
+    assert auth == {"tee": "sev-snp"}
+    runtime = attest["runtime_data"]  # type: ignore[index]
+    assert runtime == {"nonce": runtime["nonce"], "tee_pubkey": session.tee_public_jwk,
+                       "receipt_pubkey": session.receipt_public_jwk, "batch_id": "batch-1", "broker": "owner"}
+    assert session.runtime_data == runtime and runtime["nonce"] == json.loads(relay.answers[0])["nonce"]
+    report = parse_report(Evidence.from_json(attest["evidence"]).report)  # type: ignore[index]
+    assert report.report_data == hashlib.sha512(canonical_json(runtime)).digest()
+    assert session.evidence is not None and session.evidence.to_json() == attest["evidence"]  # type: ignore[index]
+    assert result.claims["measurement"] == GOOD and result.expires_at > time.time()
+    assert session.current() is result  # kept, not made again
+    plain = Relay(env)
+    _session(env, plain).attest()  # no batch, no broker name: neither is claimed
+    assert set(plain.sent[1][1]["runtime_data"]) == {"nonce", "tee_pubkey", "receipt_pubkey"}  # type: ignore[index]
+
+
+def test_the_tee_announced_is_the_callers_else_the_providers(env: Env) -> None:
+    relay = Relay(env)
+    with pytest.raises(KbsError):
+        _session(env, relay, tee="tdx").attest()  # the broker then expects a TDX quote: refused
+    assert relay.sent[0][1] == {"tee": "tdx"}
+
+
+def test_a_release_gives_the_key_and_its_version_and_an_unwrap_the_key(env: Env) -> None:
+    session = _session(env, Relay(env))
+    key, version = session.release("results-1", batch_id="batch-1", model_digest="sha256:m")
+    assert len(key) == 32 and version == 1 and isinstance(version, int)
+    assert session.unwrap("data-1", env.admin.wrap("data-1", b"D" * 16), batch_id="batch-1",
+                          model_digest="sha256:m") == b"D" * 16
+
+
+def test_an_answer_encrypted_with_another_algorithm_than_the_brokers_is_refused(env: Env) -> None:
+    """The platform re-encrypts a release to the worker's public tee key under ECDH-ES+A128KW / A128GCM: the
+    client takes ECDH-ES+A256KW with A256GCM only, as the broker sends."""
+    captured: list[AttestedSession] = []
+
+    def swap(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.url.path != "/kbs/v0/release":
+            return response
+        from joserfc.jwk import ECKey
+
+        tee = ECKey.import_key(captured[0].tee_public_jwk)
+        token = jwe.encrypt_compact({"alg": "ECDH-ES+A128KW", "enc": "A128GCM"},
+                                    json.dumps({"key": base64.b64encode(b"P" * 32).decode(), "version": 1}), tee,
+                                    algorithms=["ECDH-ES+A128KW", "A128GCM"])
+        return httpx.Response(200, json={"jwe": token})
+
+    session = _session(env, Relay(env, swap))
+    captured.append(session)
+    with pytest.raises(JoseError) as refused:
+        session.release("results-1", batch_id="batch-1", model_digest="sha256:m")
+    assert "ECDH-ES+A128KW" in str(refused.value) or "A128GCM" in str(refused.value)
+
+
+def _expired_then(times: int, kind: str = "https://cscore/problems/token-expired") -> Rewrite:
+    """The broker's unwrap answered `times` times with a 401 of problem type `kind`, then as it is."""
+    left = [times]
+
+    def rewrite(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.url.path == "/kbs/v0/unwrap" and left[0] > 0:
+            left[0] -= 1
+            return httpx.Response(401, json={"type": kind, "detail": "token expired"})
+        return response
+
+    return rewrite
+
+
+def test_an_expired_token_is_renewed_once_and_the_request_sent_again(env: Env) -> None:
+    relay = Relay(env, _expired_then(1))
+    session = _session(env, relay)
+    wrapped = env.admin.wrap("data-1", b"D" * 16)
+    assert session.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == b"D" * 16
+    assert relay.paths() == ["/kbs/v0/auth", "/kbs/v0/attest", "/kbs/v0/unwrap",
+                             "/kbs/v0/auth", "/kbs/v0/attest", "/kbs/v0/unwrap"]
+    assert relay.sent[4][1]["runtime_data"]["batch_id"] == "batch-1"  # type: ignore[index]  # renewed for it
+
+
+def test_a_token_expired_twice_or_refused_otherwise_is_the_brokers_refusal(env: Env) -> None:
+    wrapped = env.admin.wrap("data-1", b"D" * 16)
+    twice = Relay(env, _expired_then(2))
+    with pytest.raises(KbsError) as refused:
+        _session(env, twice).unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.status == 401 and refused.value.type.endswith("token-expired")
+    assert twice.paths().count("/kbs/v0/unwrap") == 2 and twice.paths().count("/kbs/v0/attest") == 2
+    other = Relay(env, _expired_then(1, "https://cscore/problems/pop-replayed"))
+    with pytest.raises(KbsError) as refused:
+        _session(env, other).unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.type == "https://cscore/problems/pop-replayed"
+    assert other.paths() == ["/kbs/v0/auth", "/kbs/v0/attest", "/kbs/v0/unwrap"]  # not attested again
+
+
+@pytest.mark.parametrize(("left_s", "attests"), [(15, 2), (17, 1)])
+def test_a_token_about_to_expire_is_renewed_before_use(env: Env, left_s: int, attests: int) -> None:
+    """Renewed when it has 15 s or less left (REFRESH_MARGIN_S): it must not die mid-request."""
+    def expiring(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.url.path == "/kbs/v0/attest" and response.status_code == 200:
+            return httpx.Response(200, json={**response.json(), "expires_at": int(time.time()) + left_s})
+        return response
+
+    relay = Relay(env, expiring)
+    session = _session(env, relay)
+    session.attest("batch-1")
+    session.release("results-1", batch_id="batch-1", model_digest="sha256:m")
+    assert relay.paths().count("/kbs/v0/attest") == attests
+
+
+def test_each_batch_remembers_the_claims_digests_its_requests_carried(env: Env) -> None:
+    session = _session(env, Relay(env))
+    result = session.attest("batch-1")
+    assert session.claims_digests("batch-1") == ()  # attested for it, no request yet
+    session.release("results-1", batch_id="batch-1", model_digest="sha256:m")
+    assert session.claims_digests("batch-1") == (result.claims_digest,)
+    assert result.claims_digest == hashlib.sha256(canonical_json(result.claims)).hexdigest()
+    session._note_use("batch-1", "0" * 64)  # a renewed token's digest: both kept, sorted
+    assert session.claims_digests("batch-1") == ("0" * 64, result.claims_digest)
+    for i in range(BATCHES_REMEMBERED - 1):
+        session._note_use(f"b{i}", "1" * 64)
+    session._note_use("batch-1", "2" * 64)  # used again: the newest, kept
+    session._note_use("one-more", "3" * 64)
+    assert BATCHES_REMEMBERED == 64 and session.claims_digests("b0") == () and session.claims_digests("b1")
+    assert session.claims_digests("batch-1") == ("0" * 64, "2" * 64, result.claims_digest)
+
+
+def test_a_refusal_names_the_field_expected_and_actual_cut_at_400_characters() -> None:
+    problem = {"detail": "grant refused", "field": "measurement", "expected": ["ab" * 300], "actual": "cd"}
+    error = KbsError(403, problem)
+    shown = json.dumps(["ab" * 300])[:400] + "..."
+    assert str(error) == f'broker answered 403: grant refused (field measurement; expected {shown}; actual "cd")'
+    assert (error.status, error.problem, error.type) == (403, problem, "")
+    assert str(KbsError(400, {"type": "t", "detail": "bad", "field": "f"})) == "broker answered 400: bad (field f)"
+    assert str(KbsError(500, {"title": "x"})) == "broker answered 500: {'title': 'x'}"
+    exact = {"detail": "d", "field": "f", "actual": "x" * 398}  # 400 characters as JSON: shown whole
+    assert str(KbsError(403, exact)) == f'broker answered 403: d (field f; actual "{"x" * 398}")'
+
+
+def test_a_refusal_that_is_no_problem_document_is_shown_as_its_text() -> None:
+    assert problem_of(httpx.Response(502, text="<html>" + "x" * 600)) == {"detail": "<html>" + "x" * 494}
+    assert problem_of(httpx.Response(403, json=["not", "an", "object"])) == {"detail": "['not', 'an', 'object']"}
+    assert problem_of(httpx.Response(403, json={"detail": "d"})) == {"detail": "d"}
+
+
+def test_an_answer_that_is_not_json_is_a_refusal_without_a_type(env: Env) -> None:
+    def garbled(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        return httpx.Response(401, text="not json") if request.url.path == "/kbs/v0/unwrap" else response
+
+    relay = Relay(env, garbled)
+    with pytest.raises(KbsError) as refused:
+        _session(env, relay).unwrap("data-1", b"w", batch_id="batch-1", model_digest="sha256:m")
+    assert (refused.value.status, refused.value.type, str(refused.value)) == (401, "", "broker answered 401: not json")
+    assert relay.paths().count("/kbs/v0/unwrap") == 1
+
+
+def test_a_broker_that_does_not_answer_is_named_once_with_what_to_do() -> None:
+    sent: list[str] = []
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        raise httpx.ConnectError("connection refused")
+
+    client = httpx.Client(base_url="http://127.0.0.1:9", transport=httpx.MockTransport(refused))
+    session = AttestedSession("http://127.0.0.1:9/", _NoTee(), client=client)
+    with pytest.raises(BrokerUnreachable) as unreachable:
+        session.attest()
+    assert str(unreachable.value) == ("the key broker at http://127.0.0.1:9 did not answer (ConnectError: connection "
+                                      "refused); check that it runs and that this worker can reach it, then resubmit "
+                                      "the batch")
+    assert unreachable.value.status == 0 and sent == ["/kbs/v0/auth"]  # not sent again: only a reused connection is
+    assert unreachable.value.problem == {"detail": "the key broker at http://127.0.0.1:9 did not answer (ConnectError)"}
+    assert repr(session) == "AttestedSession('http://127.0.0.1:9', attested=False)"
+
+
+class _NoTee:
+    """A provider that is never asked: the broker never answers."""
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        raise AssertionError("no evidence without a challenge")
