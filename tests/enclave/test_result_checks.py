@@ -784,3 +784,23 @@ def test_rows_are_written_to_a_hidden_partial_file_beside_the_results_until_ever
                                   for names in seen), seen
     assert len({names[0] for names in seen}) == 1  # one file, grown shard by shard
     assert os.listdir(folder) == ["results.parquet"] and written.path == folder / "results.parquet"
+
+
+def test_shards_are_fetched_at_most_the_window_ahead_of_the_one_written() -> None:
+    """The memory bound of `write_results` (OUTPUTS_IN_FLIGHT): at most the window fetched or decrypted at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdk.results import _in_order
+
+    pulled: list[int] = []
+
+    def items() -> Any:
+        for i in range(10):
+            pulled.append(i)
+            yield i
+
+    with ThreadPoolExecutor(8) as pool:
+        results = _in_order(pool, lambda i: i * i, items(), 3)
+        assert next(results) == 0 and len(pulled) == 3  # the first written with two more in flight, not three
+        assert next(results) == 1 and len(pulled) == 4
+        assert list(results) == [i * i for i in range(2, 10)]
