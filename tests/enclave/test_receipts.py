@@ -167,3 +167,20 @@ def test_a_receipt_signed_by_another_key_than_the_bound_one_is_refused(sim_dir: 
     bound = OKPKey.import_key(forger.doc["runtime_data"]["receipt_pubkey"]).thumbprint()
     assert str(refused.value).startswith(f"receipt.signature: expected a valid Ed25519 signature by key {bound}, "
                                          "got BadSignatureError")
+
+
+def test_a_receipt_by_a_key_the_evidence_does_not_bind_is_refused(sim_dir: Path) -> None:
+    """The forger writes its own key into the runtime data beside genuine evidence, and signs with it: the
+    signature verifies, but the evidence's report_data binds the enclave's key, not the forger's."""
+    from attestation.errors import AppraisalError
+    from enclave.signing import generate_signing_key
+
+    worker, forger = _worker(sim_dir), generate_signing_key()
+    doc = {**worker.doc, "runtime_data": {**worker.doc["runtime_data"],
+                                          "receipt_pubkey": forger.as_dict(private=False)}}
+    digest = hashlib.sha256(canonical_json(doc)).hexdigest()
+    with pytest.raises(AppraisalError) as refused:
+        _verify(sign_json({"type": RECEIPT_TYPE, "evidence_sha256": digest, "sessions": []}, forger), doc, sim_dir)
+    assert refused.value.field == "report_data"
+    assert refused.value.expected == hashlib.sha512(canonical_json(doc["runtime_data"])).hexdigest()
+    assert refused.value.actual == hashlib.sha512(canonical_json(worker.doc["runtime_data"])).hexdigest()
