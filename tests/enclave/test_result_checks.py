@@ -804,3 +804,17 @@ def test_shards_are_fetched_at_most_the_window_ahead_of_the_one_written() -> Non
         assert next(results) == 0 and len(pulled) == 3  # the first written with two more in flight, not three
         assert next(results) == 1 and len(pulled) == 4
         assert list(results) == [i * i for i in range(2, 10)]
+
+
+def test_a_shard_whose_columns_are_not_the_first_shards_is_named_with_both(tmp_path: Path) -> None:
+    """One results file holds one schema: a shard of other columns (or types) is refused naming both."""
+    from sdk.results import _write_parts
+
+    first = pa.table({"message_id": ["m0"], "spam_probability": [0.5]})
+    other = pa.table({"message_id": ["m1"], "spam_probability": ["0.5"]})
+    with pytest.raises(ResultVerificationError) as refused:
+        _write_parts(tmp_path / "r.parquet", iter([("k0", first), ("k1", other)]), None, _IdTally(2), set())
+    assert str(refused.value) == ("k1: columns expected ['message_id', 'spam_probability'] ([DataType(string), "
+                                  "DataType(double)]), got ['message_id', 'spam_probability'] ([DataType(string), "
+                                  "DataType(string)])")
+    assert _write_parts(tmp_path / "none.parquet", iter([]), None, _IdTally(1), set()) == []  # no shard: no columns
