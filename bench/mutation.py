@@ -66,7 +66,8 @@ MODULES: dict[str, list[str]] = {
                               "tests/keybroker/test_tls.py::test_clients_refuse_plain_http_off_loopback",
                               "tests/keybroker/test_tls.py::test_clients_accept_loopback_http_and_report_a_missing_ca"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
-                          "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py"],
+                          "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py",
+                          "tests/enclave/test_worker_flow.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

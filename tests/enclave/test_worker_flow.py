@@ -1,0 +1,329 @@
+"""`Enclave.score_shard` end to end in one process, with real objects throughout: the owner's and the provider's
+brokers (the production app and verifier, `tests.keybroker.inproc.Env`), the provider's encrypted model and
+signed card as `sdk.provider.publish_model` writes them, the owner's PME input as `sdk.owner.encode_part`
+writes it, and simulated SEV-SNP evidence. Only the transport is in process: the worker's sessions reach each
+broker app through a test client instead of TLS (the test records what the worker built them with).
+
+Each test changes one thing the platform controls and asserts the refusal (field, expected, actual), or a
+property of what leaves the enclave (ciphertext the owner opens, receipt and usage fields, row counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow as pa
+import pytest
+
+from attestation import Policy, TrustAnchors
+from enclave import worker as worker_module
+from enclave.kbs_client import AttestedSession
+from enclave.limits import LimitExceeded
+from enclave.pme import PmeKeys
+from enclave.pme import _registry as pme_registry
+from enclave.ranged import BytesSource
+from enclave.receipts import USAGE_TYPE, verify_receipt
+from enclave.runner import clear_contract_sessions
+from enclave.scoring import ModelSession
+from enclave.signing import canonical_json, unverified_payload
+from enclave.worker import Enclave, ModelIntegrityError, ScoredShard, UsageExceeded
+from sdk.owner import OwnerKeys, decrypt_results, encode_part
+from sdk.provider import publish_model
+from sdk.storage import ObjectStore
+from tests.enclave.test_worker_checks import CA, TEXTS, onnx_bytes  # noqa: F401 (the module's model fixture)
+from tests.keybroker.inproc import GOOD, Env
+from tests.keybroker.test_recipe_release import MemoryStore, ProviderAt
+from wire.card import ModelCard
+from wire.errors import FormatError
+from wire.shard import ShardSpec
+from wire.worker_config import BrokerIdentity, WorkerConfig
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+TENANT, BATCH = "acme", "b-1"
+
+
+@dataclass
+class Stack:
+    """Two brokers, the provider's published model, the owner's batches, a worker configured for both brokers."""
+
+    owner: Env
+    provider: Env
+    party: ProviderAt
+    store: MemoryStore
+    card_key: str
+    digest: str
+    enclave: Enclave
+    apps: dict[str, Any]
+    inputs: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # batch id -> (input object, file id)
+    built: list[dict[str, Any]] = field(default_factory=list)  # each session the worker opened: its arguments
+
+    def batch(self, batch_id: str, *, rows: int = len(TEXTS), digest: str | None = None) -> None:
+        """The owner's batch as `cscore owner submit` makes it: keys, one PME part (two row groups of 15 emails),
+        and a grant of `rows` rows for this worker's measurement and configuration."""
+        keys = OwnerKeys.for_batch(TENANT, batch_id)
+        for key_id in keys.all():
+            self.owner.admin.create_key(key_id, kind="result" if key_id == keys.results else "data")
+        table = pa.table({"message_id": [f"m{i}" for i in range(len(TEXTS))], "text": TEXTS})
+        self.inputs[batch_id] = encode_part(table, self.owner.admin, keys, tenant=TENANT, batch_id=batch_id,
+                                            key=f"incoming/{TENANT}/{batch_id}/part-00000.parquet")
+        self.owner.admin.grant(batch_id, digest or self.digest, [GOOD], keys.all(),
+                               config_digests=[self.enclave.config.digest_hex()], rows=rows)
+
+    def spec(self, batch_id: str = BATCH, start: int = 0, end: int = 2, **changes: Any) -> ShardSpec:
+        """The shard spec the platform would send for row groups [start, end) of the batch's one part."""
+        keys, (data, file_id) = OwnerKeys.for_batch(TENANT, batch_id), self.inputs[batch_id]
+        values: dict[str, Any] = dict(
+            tenant=TENANT, batch_id=batch_id, shard_index=start,
+            input_key=f"incoming/{TENANT}/{batch_id}/part-00000.parquet",
+            input_sha256=hashlib.sha256(data).hexdigest(), input_file_id=file_id, row_group_start=start,
+            row_group_end=end, model_name="spam", model_version=1, model_digest=self.digest, owner_broker="owner",
+            footer_key=keys.footer, column_key=keys.emails, result_key=keys.results,
+            output_key=f"results/{TENANT}/{batch_id}/shard-{start:05d}.parquet",
+            receipt_key=f"results/{TENANT}/{batch_id}/shard-{start:05d}.receipt.jws")
+        values.update(changes)
+        return ShardSpec(**values)
+
+    def card(self) -> str:
+        return self.store.get(self.card_key).decode()
+
+    def score(self, spec: ShardSpec | None = None, card: str | None = None) -> ScoredShard:
+        spec = spec or self.spec()
+        return self.enclave.score_shard(spec, BytesSource(self.inputs[spec.batch_id][0]), card or self.card(),
+                                        self.store.get)
+
+    def decisions(self, broker: Env, operation: str) -> list[tuple[Any, ...]]:
+        return [(e["key_id"], e["batch_id"], e["model_digest"], e["decision"]) for e in broker.admin.decisions()
+                if e["operation"] == operation]
+
+
+def _config(*providers: BrokerIdentity) -> WorkerConfig:
+    return WorkerConfig("simulated-sev-snp", (BrokerIdentity("owner", "https://owner.test", CA),), providers)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, onnx_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> Stack:  # noqa: F811
+    clear_contract_sessions()  # every test loads the model from its object: a cached one would skip the checks
+    monkeypatch.setattr("sdk.owner.ROW_GROUP_SIZE", 15)  # two row groups per part: two shards
+    owner, provider = Env(tmp_path / "owner"), Env(tmp_path / "provider", name="provider")
+    party = ProviderAt(home=tmp_path / "provider-home", broker_url="https://provider.test", broker_name="provider")
+    object.__setattr__(party, "admin", provider.admin)
+    provider.admin.register_owner("owner", owner.admin.grant_key())
+    store = MemoryStore()
+    published = publish_model(onnx_bytes, "spam", provider=party, store=cast(ObjectStore, store),
+                              allowed_measurements=[GOOD], probability_digits=3)
+    config = _config(BrokerIdentity("provider", "https://provider.test", CA + " ", (party.public_key(),)))
+    enclave = Enclave(owner.enclave(host_data=config.digest_hex()), config, name="cscore-worker-1@test")
+    stack = Stack(owner, provider, party, store, published.card_key, published.digest, enclave,
+                  {"owner": owner.app, "provider": provider.app})
+
+    def session(url: str, tee: Any, **kwargs: Any) -> AttestedSession:
+        stack.built.append({"url": url, **kwargs})
+        return AttestedSession(url, tee, client=TestClient(stack.apps[kwargs["broker_name"]]), keys=kwargs["keys"],
+                               party=kwargs["party"], broker_name=kwargs["broker_name"])
+
+    monkeypatch.setattr(worker_module, "AttestedSession", session)
+    stack.batch(BATCH)
+    return stack
+
+
+def _trust(stack: Stack) -> dict[str, Any]:
+    """What the owner verifies receipts with: the simulated root, the granted measurement."""
+    return {"anchors": TrustAnchors.from_dir(stack.owner.sim_dir),
+            "policy": Policy.from_dict({"allowed_measurements": [GOOD], "allowed_roots": ["simulated"]})}
+
+
+def test_a_shard_is_scored_into_results_only_the_owner_opens_with_a_receipt_of_what_was_read(
+        stack: Stack, onnx_bytes: bytes) -> None:  # noqa: F811
+    scored = stack.score(stack.spec(start=1, end=2))
+    with PmeKeys(stack.owner.admin) as keys:
+        results = decrypt_results(scored.output, keys)
+    expected, _ = ModelSession(onnx_bytes).score(TEXTS[15:])
+    assert results.column("message_id").to_pylist() == [f"m{i}" for i in range(15, 30)]  # its row group only
+    assert results.column("spam_probability").to_pylist() == pytest.approx(
+        [round(float(p), 3) for p in expected], abs=1e-6)  # the card's 3 digits
+    assert results.column("model_digest").to_pylist() == [stack.digest] * 15
+    assert scored.rows == 15 and scored.output_sha256 == hashlib.sha256(scored.output).hexdigest()
+    assert re.fullmatch(r"results/acme/b-1/shard-00001\.[0-9a-f]{16}\.parquet", scored.output_key)
+    assert scored.evidence_sha256 == hashlib.sha256(canonical_json(scored.evidence)).hexdigest()
+    receipt = verify_receipt(scored.receipt, scored.evidence, **_trust(stack)).payload
+    assert receipt["input"] == {"key": "incoming/acme/b-1/part-00000.parquet", "sha256": "",
+                                "file_id": stack.inputs[BATCH][1], "row_groups": [1, 2]}
+    assert receipt["output"] == {"key": scored.output_key, "sha256": scored.output_sha256, "rows": 15}
+    assert receipt["model"] == {"name": "spam", "version": 1, "digest": stack.digest}
+    assert receipt["evidence_sha256"] == scored.evidence_sha256 and receipt["worker"] == "cscore-worker-1@test"
+    assert (receipt["tenant"], receipt["batch_id"], receipt["shard_index"]) == (TENANT, BATCH, 1)
+    usage = verify_receipt(scored.usage, scored.evidence, **_trust(stack), expected_type=USAGE_TYPE).payload
+    assert (usage["provider"], usage["tenant"], usage["batch_id"], usage["shard_index"], usage["rows"],
+            usage["model"]) == ("provider", TENANT, BATCH, 1, 15, receipt["model"])
+    assert list(scored.seconds) == ["keys", "read", "score", "write", "sign"]
+    # The output is PME under the batch's result key: no plaintext Parquet footer, no email id in the clear.
+    assert scored.output.endswith(b"PARE") and b"m15" not in scored.output
+
+
+def test_the_receipt_names_each_broker_the_batchs_keys_came_through_with_its_claims_digest(stack: Stack) -> None:
+    scored = stack.score()
+    sessions = unverified_payload(scored.receipt, what="receipt")["sessions"]
+    digests = {name: session.current().claims_digest for name, session in stack.enclave._sessions.items()}
+    assert sessions == [{"broker": "owner", "claims_digests": [digests["owner"]]},
+                        {"broker": "provider", "claims_digests": [digests["provider"]]}]
+    # The evidence is the owner session's, whose receipt key signed: it binds that key and this batch.
+    assert scored.evidence["runtime_data"]["batch_id"] == BATCH
+    assert scored.evidence["runtime_data"]["broker"] == "owner"
+
+
+def test_the_worker_opens_one_session_per_configured_broker_pinned_to_its_ca_with_one_set_of_keys(
+        stack: Stack) -> None:
+    stack.score(stack.spec(start=0, end=1))
+    stack.score(stack.spec(start=1, end=2))  # the second shard reuses both sessions
+    assert [{k: v for k, v in b.items() if k != "keys"} for b in stack.built] == [
+        {"url": "https://owner.test", "ca_pem": CA, "party": "owner", "broker_name": "owner"},
+        {"url": "https://provider.test", "ca_pem": CA + " ", "party": "provider", "broker_name": "provider"}]
+    # One tee key for both: the owner's model grant names the key the provider's broker then sees.
+    assert stack.built[0]["keys"] is stack.built[1]["keys"] is stack.enclave._keys
+
+
+def test_shards_of_one_batch_share_one_model_release_and_one_result_key_release(stack: Stack) -> None:
+    first, second = stack.score(stack.spec(start=0, end=1)), stack.score(stack.spec(start=1, end=2))
+    assert (first.rows, second.rows) == (15, 15) and first.output_key != second.output_key
+    assert stack.decisions(stack.provider, "unwrap") == [("model.spam", BATCH, stack.digest, "allow")]
+    assert stack.decisions(stack.owner, "release") == [("acme.b-1.results", BATCH, stack.digest, "allow")]
+    assert [d[1:] for d in stack.decisions(stack.owner, "model-grant")] == [(BATCH, stack.digest, "allow")]
+
+
+def test_each_batch_asks_the_providers_broker_for_the_model_key_afresh(stack: Stack) -> None:
+    stack.batch("b-2")
+    stack.score()
+    stack.score(stack.spec("b-2"))
+    assert stack.decisions(stack.provider, "unwrap") == [("model.spam", BATCH, stack.digest, "allow"),
+                                                         ("model.spam", "b-2", stack.digest, "allow")]
+
+
+def test_a_worker_keeps_the_newest_batches_only_and_closes_the_keys_of_the_one_it_forgets(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("enclave.worker.BATCH_CONTEXTS", 2)
+    for batch_id in ("b-2", "b-3"):
+        stack.batch(batch_id)
+    stack.score(stack.spec(start=0, end=1))
+    first = stack.enclave._batches[("owner", BATCH, stack.digest)].keys
+    stack.score(stack.spec("b-2"))
+    stack.score(stack.spec(start=1, end=2))  # b-1 used again: now the newest
+    stack.score(stack.spec("b-3"))  # b-2, the oldest, is forgotten
+    assert [key[1] for key in stack.enclave._batches] == [BATCH, "b-3"]
+    assert first._connection.kms_instance_id in pme_registry
+    stack.score(stack.spec("b-2", start=0, end=1))  # b-2 again: a new context, its model key asked for again
+    assert [key[1] for key in stack.enclave._batches] == ["b-3", "b-2"]
+    assert first._connection.kms_instance_id not in pme_registry  # b-1's keys closed when it was forgotten
+    assert [d[1] for d in stack.decisions(stack.provider, "unwrap")] == [BATCH, "b-2", "b-3", "b-2"]
+
+
+def test_more_rows_than_the_grant_counts_are_refused_across_the_batchs_shards(stack: Stack) -> None:
+    stack.score(stack.spec(start=0, end=1))
+    stack.score(stack.spec(start=1, end=2))
+    with pytest.raises(UsageExceeded) as refused:  # the platform sends a shard again
+        stack.score(stack.spec(start=0, end=1))
+    assert str(refused.value) == "batch b-1: the owner's grant counts 30 rows; 30 scored here already, 15 more refused"
+
+
+def test_a_grant_for_fewer_rows_than_the_shard_refuses_it(stack: Stack) -> None:
+    stack.batch("b-small", rows=14)
+    with pytest.raises(UsageExceeded) as refused:
+        stack.score(stack.spec("b-small", start=0, end=1))
+    assert str(refused.value) == ("batch b-small: the owner's grant counts 14 rows; 0 scored here already, 15 more "
+                                  "refused")
+
+
+def test_the_rows_of_a_shard_whose_scoring_failed_stay_granted(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model run stopped midway (a limit, an operator's error): no score left the enclave, so the shard's rows
+    go back to the batch's grant and the platform may send the shard again. (The stop is raised here: the
+    watchdog's own stops depend on timing, `test_worker_checks` tests them.)"""
+    def stopped(*args: Any) -> pa.Table:
+        raise LimitExceeded("stopped")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(worker_module, "_scored", stopped)
+        with pytest.raises(LimitExceeded, match="stopped"):
+            stack.score()
+    assert stack.score().rows == 30  # the grant's 30 rows are all still there
+
+
+def test_a_model_object_of_another_model_is_refused_after_the_key_release(stack: Stack) -> None:
+    """The platform serves another ciphertext under the card's object key: the released key does not open it."""
+    card = ModelCard.parse(unverified_payload(stack.card(), what="card"))
+    stack.store.put(card.object_key, stack.store.get(card.object_key)[:-1] + b"\x00")
+    with pytest.raises(ModelIntegrityError, match="tag mismatch"):
+        stack.score()
+
+
+def test_another_providers_card_for_the_same_digest_opens_its_own_object(
+        stack: Stack, tmp_path: Path, onnx_bytes: bytes) -> None:  # noqa: F811
+    """A model's digest is public in its card. A second configured provider publishes a card naming the same
+    digest over an object that is not the model: a worker that loaded the first provider's model must not
+    serve it under the second's card (its terms, its broker's metering): the rival's object is opened and refused."""
+    rival = Env(tmp_path / "rival", name="rival")
+    rival.admin.register_owner("owner", stack.owner.admin.grant_key())
+    party = ProviderAt(home=tmp_path / "rival-home", broker_url="https://rival.test", broker_name="rival")
+    object.__setattr__(party, "admin", rival.admin)
+    published = publish_model(onnx_bytes, "spam", provider=party, store=cast(ObjectStore, stack.store),
+                              allowed_measurements=[GOOD])  # version 2 in the shared store
+    config = _config(stack.enclave.config.providers[0],
+                     BrokerIdentity("rival", "https://rival.test", CA, (party.public_key(),)))
+    stack.enclave = Enclave(stack.owner.enclave(host_data=config.digest_hex()), config, name="w@test")
+    stack.apps["rival"] = rival.app
+    stack.batch("b-2")
+    stack.batch("b-3")
+    stack.score(stack.spec("b-2"))  # the provider's model, loaded and cached
+    card = ModelCard.parse(unverified_payload(stack.store.get(published.card_key).decode(), what="card"))
+    stack.store.put(card.object_key, b"\x00" * 64)
+    with pytest.raises(ModelIntegrityError, match="model spam:2: expected ciphertext authenticated"):
+        stack.score(stack.spec("b-3", model_version=2), stack.store.get(published.card_key).decode())
+    assert stack.decisions(rival, "unwrap") == [("model.spam", "b-3", stack.digest, "allow")]
+
+
+def test_attesting_names_each_broker_and_what_it_verified(stack: Stack) -> None:
+    answer = stack.enclave.attest(["owner", "provider"], batch_id="b-9")
+    assert answer["worker"] == "cscore-worker-1@test"
+    assert answer["config_digest"] == stack.enclave.config.digest_hex()
+    for verdict, (name, url) in zip(answer["verdicts"], [("owner", "https://owner.test"),
+                                                         ("provider", "https://provider.test")], strict=True):
+        result = stack.enclave._sessions[name].current()
+        claims = result.claims
+        assert verdict == {"broker": name, "url": url, "accepted": True, "tee": "sev-snp", "measurement": GOOD,
+                           "root": "simulated", "host_data": stack.enclave.config.digest_hex(),
+                           "claims_digest": hashlib.sha256(canonical_json(claims)).hexdigest(),
+                           "expires_at": result.expires_at}
+        assert stack.enclave._sessions[name].runtime_data["batch_id"] == "b-9"  # type: ignore[index]
+    assert stack.enclave.attest(["owner"])["verdicts"][0]["claims_digest"] == answer["verdicts"][0]["claims_digest"]
+
+
+def test_attesting_to_a_broker_the_configuration_does_not_name_is_refused(stack: Stack) -> None:
+    with pytest.raises(FormatError) as refused:
+        stack.enclave.attest(["platform-relay"])
+    assert (refused.value.field, refused.value.actual) == ("provider_broker", "platform-relay")
+    assert stack.built == []
+
+
+def test_a_model_card_without_its_key_is_refused_before_any_broker_is_asked(stack: Stack) -> None:
+    card = ModelCard.parse(unverified_payload(stack.card(), what="card"))
+    for unkeyed in (dataclasses.replace(card, broker=None), dataclasses.replace(card, key_id=None),
+                    dataclasses.replace(card, wrapped_dek=None)):
+        with pytest.raises(ModelIntegrityError) as refused:
+            stack.enclave._authorised_model(stack.spec(), unkeyed, None, None, stack.store.get)  # type: ignore[arg-type]
+        assert str(refused.value) == "model card spam:1: expected an encrypted model"
+    assert stack.built == []
+
+
+def test_a_receipt_needs_an_attested_owner_session(stack: Stack) -> None:
+    card = ModelCard.parse(unverified_payload(stack.card(), what="card"))
+    unattested = AttestedSession("https://owner.test", stack.owner.enclave(), client=TestClient(stack.owner.app))
+    with pytest.raises(RuntimeError) as refused:
+        stack.enclave._receipted(stack.spec(), card, unattested, "results/acme/b-1/x.parquet", b"x", 1)
+    assert str(refused.value) == "receipt: expected an attested owner session, got none"
