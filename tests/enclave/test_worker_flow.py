@@ -10,6 +10,7 @@ property of what leaves the enclave (ciphertext the owner opens, receipt and usa
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import re
@@ -20,28 +21,33 @@ from typing import Any, cast
 
 import pyarrow as pa
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from attestation import Policy, TrustAnchors
 from enclave import worker as worker_module
 from enclave.kbs_client import AttestedSession
 from enclave.limits import LimitExceeded
-from enclave.pme import PmeKeys
+from enclave.pme import PmeKeys, write_encrypted
 from enclave.pme import _registry as pme_registry
 from enclave.ranged import BytesSource
 from enclave.receipts import USAGE_TYPE, verify_receipt
 from enclave.runner import clear_contract_sessions
 from enclave.scoring import ModelSession
-from enclave.signing import canonical_json, unverified_payload
-from enclave.worker import Enclave, ModelIntegrityError, ScoredShard, UsageExceeded
+from enclave.signing import canonical_json, generate_signing_key, sign_json, unverified_payload, verify_json
+from enclave.training import joint_key
+from enclave.worker import Enclave, ModelIntegrityError, ScoredShard, TrainedJob, UsageExceeded, _tuned_namespace
 from sdk.owner import OwnerKeys, decrypt_results, encode_part
-from sdk.provider import publish_model
+from sdk.provider import publish_model, publish_recipe
 from sdk.storage import ObjectStore
-from tests.enclave.test_worker_checks import CA, TEXTS, onnx_bytes  # noqa: F401 (the module's model fixture)
+from tests.enclave.test_training import RECIPE, _mail
+from tests.enclave.test_worker_checks import CA, TEXTS, _tuned_card, onnx_bytes  # noqa: F401 (the module's model fixture)
 from tests.keybroker.inproc import GOOD, Env
 from tests.keybroker.test_recipe_release import MemoryStore, ProviderAt
 from wire.card import ModelCard
 from wire.errors import FormatError
+from wire.recipe import verify_recipe_card
 from wire.shard import ShardSpec
+from wire.training import TRAINING_RECEIPT_TYPE, TrainingSpec, TunedCard
 from wire.worker_config import BrokerIdentity, WorkerConfig
 
 with warnings.catch_warnings():
@@ -66,16 +72,17 @@ class Stack:
     inputs: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # batch id -> (input object, file id)
     built: list[dict[str, Any]] = field(default_factory=list)  # each session the worker opened: its arguments
 
-    def batch(self, batch_id: str, *, rows: int = len(TEXTS), digest: str | None = None) -> None:
+    def batch(self, batch_id: str, *, rows: int = len(TEXTS), digest: str | None = None,
+              shares: tuple[str, ...] = ()) -> None:
         """The owner's batch as `cscore owner submit` makes it: keys, one PME part (two row groups of 15 emails),
-        and a grant of `rows` rows for this worker's measurement and configuration."""
+        and a grant of `rows` rows (and a tuned model's `shares`) for this worker's measurement and configuration."""
         keys = OwnerKeys.for_batch(TENANT, batch_id)
         for key_id in keys.all():
             self.owner.admin.create_key(key_id, kind="result" if key_id == keys.results else "data")
         table = pa.table({"message_id": [f"m{i}" for i in range(len(TEXTS))], "text": TEXTS})
         self.inputs[batch_id] = encode_part(table, self.owner.admin, keys, tenant=TENANT, batch_id=batch_id,
                                             key=f"incoming/{TENANT}/{batch_id}/part-00000.parquet")
-        self.owner.admin.grant(batch_id, digest or self.digest, [GOOD], keys.all(),
+        self.owner.admin.grant(batch_id, digest or self.digest, [GOOD], [*keys.all(), *shares],
                                config_digests=[self.enclave.config.digest_hex()], rows=rows)
 
     def spec(self, batch_id: str = BATCH, start: int = 0, end: int = 2, **changes: Any) -> ShardSpec:
@@ -327,3 +334,92 @@ def test_a_receipt_needs_an_attested_owner_session(stack: Stack) -> None:
     with pytest.raises(RuntimeError) as refused:
         stack.enclave._receipted(stack.spec(), card, unattested, "results/acme/b-1/x.parquet", b"x", 1)
     assert str(refused.value) == "receipt: expected an attested owner session, got none"
+
+
+def _trained(stack: Stack) -> tuple[TrainingSpec, TrainedJob, bytes]:
+    """The owner's training job (as `cscore owner train` makes it: labelled rows under a job key, a share the
+    owner wrapped, a grant naming the recipe), trained by the worker over both brokers. Returns the spec, the
+    job and the tuned model's plaintext, opened as the two parties together could."""
+    recipe = publish_recipe(RECIPE, "spam-recipe", provider=stack.party, store=cast(ObjectStore, stack.store),
+                            allowed_measurements=[GOOD])
+    owner = stack.owner.admin
+    for key_id in ("job-1-data", "share-1"):
+        owner.create_key(key_id)
+    owner.grant("job-1", recipe.digest, [GOOD], ["job-1-data", "share-1"],
+                config_digests=[stack.enclave.config.digest_hex()], rows=240)
+    texts, labels, holdout = _mail(240)
+    table = pa.table({"text": texts, "label": pa.array(labels, pa.int8()), "holdout": holdout})
+    data = write_encrypted(table, owner, footer_key="job-1-data", column_key="job-1-data", row_group_size=100)
+    share = b"\x07" * 32
+    spec = TrainingSpec(TENANT, "job-1", "incoming/acme/job-1/train.parquet", hashlib.sha256(data).hexdigest(),
+                        "spam-recipe", 1, recipe.digest, "owner", "spam-tuned", 1, "share-1",
+                        base64.b64encode(owner.wrap("share-1", share)).decode(), "tuned/acme/spam-tuned/1/receipt.jws")
+    job = stack.enclave.train(spec, data, stack.store.get(recipe.card_key).decode(), stack.store.get)
+    card = verify_recipe_card(stack.store.get(recipe.card_key).decode(), [stack.party.public_key()], what="recipe")
+    recipe_dek = stack.provider.admin.unwrap(card.key_id, base64.b64decode(card.wrapped_dek))
+    model = AESGCM(joint_key(share, recipe_dek, model=spec.model)).decrypt(job.model[:12], job.model[12:],
+                                                                           spec.model.encode())
+    return spec, job, model
+
+
+def test_the_owners_job_is_trained_under_its_grant_into_a_model_only_both_shares_open(stack: Stack) -> None:
+    spec, job, model = _trained(stack)
+    assert job.model_key == "tuned/acme/spam-tuned/1/model.onnx.enc"
+    receipt = verify_receipt(job.receipt, job.evidence, **_trust(stack), expected_type=TRAINING_RECEIPT_TYPE).payload
+    card = verify_json(job.card, job.evidence["runtime_data"]["receipt_pubkey"], what="tuned card")
+    digest = "sha256:" + hashlib.sha256(model).hexdigest()
+    assert card["digest"] == receipt["model"]["digest"] == digest and card["evidence_sha256"] == job.evidence_sha256
+    assert receipt["evidence_sha256"] == job.evidence_sha256 == hashlib.sha256(
+        canonical_json(job.evidence)).hexdigest()
+    assert (receipt["job_id"], receipt["worker"], receipt["metrics"]) == ("job-1", "cscore-worker-1@test", job.metrics)
+    assert job.metrics["holdout_rows"] == 120 and job.evidence["runtime_data"]["batch_id"] == "job-1"
+    assert [s["broker"] for s in receipt["sessions"]] == ["owner", "provider"]
+    # The recipe key against the owner's grant for this job and recipe; the data key and the share under it.
+    assert stack.decisions(stack.provider, "unwrap") == [("recipe.spam-recipe", "job-1", spec.recipe_digest, "allow")]
+    assert sorted(stack.decisions(stack.owner, "unwrap")) == [("job-1-data", "job-1", spec.recipe_digest, "allow"),
+                                                              ("share-1", "job-1", spec.recipe_digest, "allow")]
+
+
+def test_a_recipe_card_is_verified_with_the_keys_of_the_provider_it_names(stack: Stack) -> None:
+    """A recipe card naming no configured provider, or signed by another key than its provider's, is refused."""
+    recipe = publish_recipe(RECIPE, "spam-recipe", provider=stack.party, store=cast(ObjectStore, stack.store),
+                            allowed_measurements=[GOOD])
+    token = stack.store.get(recipe.card_key).decode()
+    spec = TrainingSpec(TENANT, "job-1", "incoming/acme/job-1/train.parquet", "00" * 32, "spam-recipe", 1,
+                        recipe.digest, "owner", "spam-tuned", 1, "share-1", "", "tuned/acme/spam-tuned/1/receipt.jws")
+    assert stack.enclave._verified_recipe_card(spec, token).digest == recipe.digest
+    payload = unverified_payload(token, what="recipe card")
+    for forged, keys in ((sign_json({**payload, "broker": "rival"}, stack.party.signing_key()), 0),
+                         (sign_json(payload, generate_signing_key()), 1)):
+        with pytest.raises(FormatError) as refused:
+            stack.enclave._verified_recipe_card(spec, forged)
+        assert str(refused.value) == (
+            f"card.signature: expected an Ed25519 signature by one of {keys} pinned provider key(s), got 'none "
+            "verifies'; recipes/spam-recipe/1/card.jws: only cards signed by a trusted provider are used")
+
+
+def test_a_tuned_model_scores_its_owners_batch_with_both_shares(stack: Stack) -> None:
+    spec, job, model = _trained(stack)
+    stack.store.put(job.model_key, job.model)
+    digest = "sha256:" + hashlib.sha256(model).hexdigest()
+    stack.batch("b-t", digest=digest, shares=("share-1",))
+    scored = stack.score(stack.spec("b-t", model_name="acme/spam-tuned", model_digest=digest), job.card)
+    with PmeKeys(stack.owner.admin) as keys:
+        results = decrypt_results(scored.output, keys)
+    expected, _ = ModelSession(model).score(TEXTS)
+    assert results.column("spam_probability").to_pylist() == pytest.approx([float(p) for p in expected], abs=0)
+    assert ("share-1", "b-t", digest, "allow") in stack.decisions(stack.owner, "unwrap")
+    assert stack.decisions(stack.provider, "unwrap")[-1] == ("recipe.spam-recipe", "b-t", digest, "allow")
+
+
+def test_a_tuned_models_cache_namespace_names_its_reference_and_both_shares(onnx_bytes: bytes) -> None:  # noqa: F811
+    """Whose keys opened a tuned model: the same reference with any share changed is another namespace."""
+    payload = unverified_payload(_tuned_card(onnx_bytes), what="tuned card")
+    shares = ["owner", "share-1", "AAAA", "provider", "recipe.spam-recipe", "AAAA"]
+    assert _tuned_namespace(TunedCard.parse(payload)) == (
+        "tuned:acme/spam-tuned:1:" + hashlib.sha256(canonical_json(shares)).hexdigest())
+    seen = {_tuned_namespace(TunedCard.parse(payload))}
+    for share in ("owner_share", "provider_share"):
+        for name, value in (("broker", "other"), ("key_id", "other"), ("wrapped", "CCCC")):
+            seen.add(_tuned_namespace(TunedCard.parse({**payload, share: {**payload[share], name: value}})))
+    assert len(seen) == 7
