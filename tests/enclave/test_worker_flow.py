@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import logging
 import re
+import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,16 @@ from enclave.runner import clear_contract_sessions
 from enclave.scoring import ModelSession
 from enclave.signing import canonical_json, generate_signing_key, sign_json, unverified_payload, verify_json
 from enclave.training import joint_key
-from enclave.worker import Enclave, ModelIntegrityError, ScoredShard, TrainedJob, UsageExceeded, _tuned_namespace
+from enclave.worker import (
+    Enclave,
+    ModelIntegrityError,
+    ScoredShard,
+    ShardInputError,
+    TrainedJob,
+    UsageExceeded,
+    _tuned_namespace,
+    _UnwrapOnly,
+)
 from sdk.owner import OwnerKeys, decrypt_results, encode_part
 from sdk.provider import publish_model, publish_recipe
 from sdk.storage import ObjectStore
@@ -149,10 +160,17 @@ def _trust(stack: Stack) -> dict[str, Any]:
 
 
 def test_a_shard_is_scored_into_results_only_the_owner_opens_with_a_receipt_of_what_was_read(
-        stack: Stack, onnx_bytes: bytes) -> None:  # noqa: F811
-    scored = stack.score(stack.spec(start=1, end=2))
+        stack: Stack, onnx_bytes: bytes, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("enclave.worker.RESULT_ROW_GROUP_SIZE", 7)  # results are written in row groups of this size
+    with caplog.at_level(logging.INFO, logger="enclave.worker"):
+        scored = stack.score(stack.spec(start=1, end=2))
     with PmeKeys(stack.owner.admin) as keys:
         results = decrypt_results(scored.output, keys)
+        assert keys.open(scored.output).metadata.num_row_groups == 3  # 15 rows, 7 a group
+    # What the platform's log gets: counts and digests, no content.
+    assert [r.getMessage() for r in caplog.records if r.name == "enclave.worker"] == [
+        f"scored shard 1 of batch b-1: 15 rows, output sha256 {scored.output_sha256}"]
     expected, _ = ModelSession(onnx_bytes).score(TEXTS[15:])
     assert results.column("message_id").to_pylist() == [f"m{i}" for i in range(15, 30)]  # its row group only
     assert results.column("spam_probability").to_pylist() == pytest.approx(
@@ -185,6 +203,7 @@ def test_the_receipt_names_each_broker_the_batchs_keys_came_through_with_its_cla
     # The evidence is the owner session's, whose receipt key signed: it binds that key and this batch.
     assert scored.evidence["runtime_data"]["batch_id"] == BATCH
     assert scored.evidence["runtime_data"]["broker"] == "owner"
+    assert stack.enclave._sessions_for("b-never") == []  # a batch no request named: no broker to name
 
 
 def test_the_worker_opens_one_session_per_configured_broker_pinned_to_its_ca_with_one_set_of_keys(
@@ -362,8 +381,10 @@ def _trained(stack: Stack) -> tuple[TrainingSpec, TrainedJob, bytes]:
     return spec, job, model
 
 
-def test_the_owners_job_is_trained_under_its_grant_into_a_model_only_both_shares_open(stack: Stack) -> None:
-    spec, job, model = _trained(stack)
+def test_the_owners_job_is_trained_under_its_grant_into_a_model_only_both_shares_open(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="enclave.worker"):
+        spec, job, model = _trained(stack)
     assert job.model_key == "tuned/acme/spam-tuned/1/model.onnx.enc"
     receipt = verify_receipt(job.receipt, job.evidence, **_trust(stack), expected_type=TRAINING_RECEIPT_TYPE).payload
     card = verify_json(job.card, job.evidence["runtime_data"]["receipt_pubkey"], what="tuned card")
@@ -374,6 +395,8 @@ def test_the_owners_job_is_trained_under_its_grant_into_a_model_only_both_shares
     assert (receipt["job_id"], receipt["worker"], receipt["metrics"]) == ("job-1", "cscore-worker-1@test", job.metrics)
     assert job.metrics["holdout_rows"] == 120 and job.evidence["runtime_data"]["batch_id"] == "job-1"
     assert [s["broker"] for s in receipt["sessions"]] == ["owner", "provider"]
+    assert [r.getMessage() for r in caplog.records if r.name == "enclave.worker"] == [
+        f"trained acme/spam-tuned:1 for acme (job job-1): model {digest}"]
     # The recipe key against the owner's grant for this job and recipe; the data key and the share under it.
     assert stack.decisions(stack.provider, "unwrap") == [("recipe.spam-recipe", "job-1", spec.recipe_digest, "allow")]
     assert sorted(stack.decisions(stack.owner, "unwrap")) == [("job-1-data", "job-1", spec.recipe_digest, "allow"),
@@ -423,3 +446,27 @@ def test_a_tuned_models_cache_namespace_names_its_reference_and_both_shares(onnx
         for name, value in (("broker", "other"), ("key_id", "other"), ("wrapped", "CCCC")):
             seen.add(_tuned_namespace(TunedCard.parse({**payload, share: {**payload[share], name: value}})))
     assert len(seen) == 7
+
+
+def test_a_plaintext_object_served_for_a_confidential_shard_is_refused(stack: Stack) -> None:
+    """The platform serves plain Parquet of its own under the input key of a PME shard: refused, whatever its
+    footer claims (only an encrypted footer is authenticated), before any row is read."""
+    data, _ = encode_part(pa.table({"message_id": ["m0"], "text": ["platform's email"]}), None,
+                          OwnerKeys.for_batch(TENANT, BATCH), tenant=TENANT, batch_id=BATCH, key="unused")
+    stack.inputs[BATCH] = (data, stack.inputs[BATCH][1])
+    with pytest.raises(ShardInputError) as refused:
+        stack.score()
+    assert str(refused.value) == (
+        "input incoming/acme/b-1/part-00000.parquet: expected a Parquet file with an encrypted footer (ending "
+        "b'PARE'), got one ending b'PAR1'; the owner's inputs are all PME-encrypted")
+
+
+def test_a_worker_without_a_name_is_named_by_its_host(stack: Stack) -> None:
+    config = stack.enclave.config
+    assert Enclave(stack.owner.enclave(host_data=config.digest_hex()), config).name == socket.gethostname()
+
+
+def test_a_training_jobs_key_client_never_wraps() -> None:
+    with pytest.raises(PermissionError) as refused:
+        _UnwrapOnly(None, {"batch_id": "job-1"}).wrap("job-1-data", bytes(32))  # type: ignore[arg-type]
+    assert str(refused.value) == "wrap job-1-data: a training job writes no Parquet"
