@@ -328,6 +328,9 @@ def test_attesting_names_each_broker_and_what_it_verified(stack: Stack) -> None:
                            "expires_at": result.expires_at}
         assert stack.enclave._sessions[name].runtime_data["batch_id"] == "b-9"  # type: ignore[index]
     assert stack.enclave.attest(["owner"])["verdicts"][0]["claims_digest"] == answer["verdicts"][0]["claims_digest"]
+    fresh = Enclave(stack.owner.enclave(host_data=stack.enclave.config.digest_hex()), stack.enclave.config)
+    fresh.attest(["owner"])  # for no batch: the evidence binds none
+    assert "batch_id" not in fresh._sessions["owner"].runtime_data  # type: ignore[operator]
 
 
 def test_attesting_to_a_broker_the_configuration_does_not_name_is_refused(stack: Stack) -> None:
