@@ -58,8 +58,11 @@ MODULES: dict[str, list[str]] = {
     "keybroker/tokens.py": _BROKER,
     "keybroker/verifier.py": _BROKER,
     "audit/merkle.py": ["tests/audit/test_merkle.py", "tests/audit/test_forgery.py"],
-    "audit/verify.py": ["tests/audit/test_verify.py", "tests/audit/test_forgery.py", "tests/audit/test_worker_links.py",
-                        "tests/audit/test_training_audit.py"],
+    # the refusals built on one world kept in memory (milliseconds a test), the log forgeries, the two pure tests
+    # of test_verify.py; its scenario tests and test_worker_links/test_training_audit rebuild a run each (seconds)
+    "audit/verify.py": ["tests/audit/test_verify_refusals.py", "tests/audit/test_forgery.py",
+                        "tests/audit/test_verify.py::test_a_sync_that_dropped_decisions_is_named_with_the_missing_ranges",
+                        "tests/audit/test_verify.py::test_a_result_object_the_platform_added_is_named_under_its_batch"],
     "sdk/results.py": ["tests/enclave/test_result_checks.py"],
     "enclave/receipts.py": ["tests/enclave/test_receipts.py"],
     "enclave/kbs_client.py": ["tests/enclave/test_kbs_client.py", "tests/enclave/test_kbs_client_transport.py",
@@ -102,9 +105,11 @@ def configure(workdir: Path, module: str, tests: list[str]) -> None:
 
 
 def run_module(module: str, workdir: Path, children: int, fresh: bool,
-               recheck: list[str] | None = None) -> dict[str, Any]:
+               recheck: list[str] | None = None, only: list[str] | None = None) -> dict[str, Any]:
     """Run mutmut on one module; returns its counts and survivors. ``recheck``: only re-test these mutants
-    (an earlier run's survivors) after the tests changed; which tests cover what is collected again."""
+    (an earlier run's survivors) after the tests changed; which tests cover what is collected again.
+    ``only``: test just the mutants these names or fnmatch patterns match (mutmut's own filter), e.g. the
+    functions that carry security checks first when the whole module would not finish."""
     scratch_copy(workdir, fresh)
     configure(workdir, module, MODULES[module])
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -112,7 +117,7 @@ def run_module(module: str, workdir: Path, children: int, fresh: bool,
     started = time.monotonic()
     if recheck:
         (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests: map coverage again
-    subprocess.run(["nice", "-n", "19", *mutmut, "run", "--max-children", str(children), *(recheck or [])],
+    subprocess.run(["nice", "-n", "19", *mutmut, "run", "--max-children", str(children), *(recheck or only or [])],
                    cwd=workdir, env=env, check=False, stdout=subprocess.DEVNULL)
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=workdir, env=env, check=False, capture_output=True)
     stats = json.loads((workdir / "mutants" / "mutmut-cicd-stats.json").read_text())
@@ -269,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-only", action="store_true",
                         help="with --checks: a mutant its probe does not kill counts as survived (faster; a lower "
                         "bound on kills)")
+    parser.add_argument("--only", action="append", metavar="PATTERN",
+                        help="test only the mutants matching this mutmut name or fnmatch pattern (repeatable), "
+                        "e.g. 'audit.verify.x__check_receipt__mutmut_*'")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, then exit")
     parser.add_argument("--status", action="store_true",
                         help="print each module's counts so far (a run may still be going), then exit")
@@ -312,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.recheck and not survivors:
             continue
         result = run_module(module, args.workdir / module.replace("/", "_").removesuffix(".py"), args.max_children,
-                            args.fresh, survivors)
+                            args.fresh, survivors, args.only)
         summary[module] = result
         summary_path.write_text(json.dumps(summary, indent=1))
         rate = f"{result['kill_rate']:.0%}" if result["kill_rate"] is not None else "n/a"
