@@ -25,20 +25,25 @@ from moto import mock_aws
 from attestation import Policy, TrustAnchors
 from attestation.errors import AttestationError
 from audit.collect import sync_log
-from audit.log import AuditLog, Witness
+from audit.log import CHECKPOINT, ENTRIES, HISTORY, VKEY, AuditLog, Checkpoint, LogError, Witness
+from audit.merkle import ProofError, verify_consistency
 from audit.verify import (
     SIGNED_RECEIPT_FIELDS,
     SIGNED_TRAINING_FIELDS,
     Finding,
     SignedWorker,
+    changed_span,
     check_broker_heads,
     check_grants,
+    check_integrity,
     check_receipts,
     check_releases,
     check_results,
     check_training,
     check_unreceipted_batches,
     check_worker_links,
+    failed,
+    readable_entries,
     signed_workers,
     verify_audit,
 )
@@ -840,3 +845,148 @@ def test_the_synced_world_holds_and_each_check_is_run(world: World, tmp_path: Pa
     assert {(f.severity, f.check) for f in found} == {
         ("note", "integrity"), ("note", "witness"), ("error", "release"), ("error", "receipt"), ("error", "result"),
         ("error", "grant"), ("note", "worker"), ("error", "sync"), ("error", "training"), ("note", "batch")}, found
+
+
+# -- the log's integrity ----------------------------------------------------------------------------------
+
+
+def _integrity(log: AuditLog, *witnesses: Witness) -> list[Row]:
+    return rows(check_integrity(log, witnesses))
+
+
+def _rewrite(log: AuditLog, folder: Path, change: Any) -> AuditLog:
+    """The log's entry lines passed through `change` and written back (what an operator with disk access does)."""
+    lines = (folder / ENTRIES).read_bytes().splitlines()
+    (folder / ENTRIES).write_bytes(b"".join(line + b"\n" for line in change(lines)))
+    return AuditLog.open_dir(folder)
+
+
+def _mismatch(log: AuditLog, where: str = "") -> Row:
+    latest = log.latest_checkpoint()
+    root = log.tree().root(latest.size).hex()[:16]
+    return ("error", "integrity", f"the first {latest.size} entries hash to {root}…, not to the root of the signed "
+                                  f"checkpoint ({latest.describe()}): an entry was changed, removed or "
+                                  f"reordered{where}",
+            None, None)
+
+
+def test_the_synced_log_is_intact_and_its_witnesses_agree(world: World, tmp_path: Path) -> None:
+    log = world.log(tmp_path / "audit")
+    owner = Witness(tmp_path / "owner", "owner")
+    assert _integrity(log) == []
+    assert _integrity(log, owner) == [
+        ("note", "witness", "no witness has pinned the log's key yet; the key stored beside the log was trusted", None,
+         None),
+        ("note", "witness", "the owner has not seen any checkpoint of this log yet", None, None)]
+    owner.observe(log)
+    assert _integrity(log, owner) == []
+    assert changed_span(log) is None
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    (b"{not json", "is not valid JSON: its bytes were altered"),
+    (b"[3]", "is not in canonical form: it was edited after it was written"),
+    (b'{"index": 3}', "is not in canonical form: it was edited after it was written")])
+def test_an_altered_entry_is_named_at_its_position(world: World, tmp_path: Path, line: bytes, said: str) -> None:
+    log = world.log(tmp_path / "audit")
+    n = log.size
+    log = _rewrite(log, tmp_path / "audit", lambda lines: [line if i == 3 else x for i, x in enumerate(lines)])
+    assert _integrity(log) == [("error", "integrity", f"entry at position 3 {said}", None, None),
+                               _mismatch(log, f" (within positions 0..{n - 1})")]
+    assert len(readable_entries(log)) == n - (line != b'{"index": 3}')
+
+
+def test_reordered_entries_are_named_and_located_after_the_checkpoints_they_still_match(world: World,
+                                                                                       tmp_path: Path) -> None:
+    """Two checkpoints; entries 2 and 3 of the second stretch swapped: the first still matches."""
+    log = world.log(tmp_path / "audit")
+    first = log.size
+    for i in range(4):
+        log.append("grant", f"later:{i}", {"batch_id": f"later-{i}", "decision": "allow"})
+    log.publish_checkpoint()
+    swap = {first + 2: first + 3, first + 3: first + 2}
+
+    def swapped(lines: list[bytes]) -> list[bytes]:
+        return [lines[swap.get(i, i)] for i in range(len(lines))]
+
+    log = _rewrite(log, tmp_path / "audit", swapped)
+    assert changed_span(log) == (first, first + 4)
+    latest = log.latest_checkpoint()
+    old = Checkpoint.open(log.history()[0], str(log.vkey()))
+    with pytest.raises(ProofError) as refused:
+        verify_consistency(first, latest.size, log.consistency_proof(first, latest.size), old.root, latest.root)
+    assert _integrity(log) == [
+        ("error", "integrity", f"position {first + 2} holds the entry written as number {first + 3}: entries were "
+                               "removed or reordered", None, None),
+        ("error", "integrity", f"position {first + 3} holds the entry written as number {first + 2}: entries were "
+                               "removed or reordered", None, None),
+        _mismatch(log, f" (within positions {first}..{first + 3}; the first {first} entries still match their "
+                       "checkpoint)"),
+        ("error", "integrity", f"the checkpoint {old.describe()} is not consistent with the latest "
+                               f"({latest.describe()}): the log was rewritten ({refused.value})", None, None)]
+
+
+def test_a_log_shorter_than_its_signed_checkpoint_is_named(world: World, tmp_path: Path) -> None:
+    log = world.log(tmp_path / "audit")
+    n, latest = log.size, log.latest_checkpoint()
+    log = _rewrite(log, tmp_path / "audit", lambda lines: lines[:-1])
+    assert _integrity(log) == [
+        ("error", "integrity", f"the signed checkpoint ({latest.describe()}) covers {n} entries but the log holds only "
+                               f"{n - 1}: entries were removed", None, None)]
+    assert changed_span(log) == (0, n - 1)
+
+
+def test_entries_after_the_latest_checkpoint_are_noted_and_a_later_history_point_is_not_a_rewrite(
+        world: World, tmp_path: Path) -> None:
+    """The head is set back to the first checkpoint after a second was published: the two entries since are said
+    to be unsigned; the second checkpoint, larger than the head, is not checked against it."""
+    log = world.log(tmp_path / "audit")
+    head = (tmp_path / "audit" / CHECKPOINT).read_bytes()
+    log.append("grant", "later:1", {"batch_id": "later-1"})
+    log.append("grant", "later:2", {"batch_id": "later-2"})
+    log.publish_checkpoint()
+    (tmp_path / "audit" / CHECKPOINT).write_bytes(head)
+    assert _integrity(AuditLog.open_dir(tmp_path / "audit")) == [
+        ("note", "integrity", "2 entries after the latest checkpoint are not signed yet (run a sync to sign them)",
+         None, None)]
+
+
+def test_a_head_or_a_published_checkpoint_that_does_not_verify_is_named(world: World, tmp_path: Path) -> None:
+    log = world.log(tmp_path / "audit")
+    note = log.history()[0]
+    forged = note.replace(f"\n{log.size}\n", f"\n{log.size - 1}\n")  # the signature no longer covers it
+    with pytest.raises(LogError) as refused:
+        Checkpoint.open(forged, str(log.vkey()))
+    (tmp_path / "audit" / HISTORY / "1").write_text(forged)
+    assert _integrity(log) == [
+        ("error", "integrity", f"a published checkpoint does not verify: {refused.value}", None, None)]
+    assert changed_span(log) is None  # the unverifiable one is passed over
+    (tmp_path / "audit" / CHECKPOINT).write_text(forged)
+    assert _integrity(AuditLog.open_dir(tmp_path / "audit")) == [
+        ("error", "integrity", f"the log's latest checkpoint cannot be trusted: {refused.value}", None, None)]
+
+
+def test_the_head_is_checked_with_the_key_the_witnesses_pinned(world: World, tmp_path: Path) -> None:
+    """The operator replaces the log's key and re-signs the head: the witnesses' pinned key refuses it."""
+    log = world.log(tmp_path / "audit")
+    owner = Witness(tmp_path / "owner", "owner")
+    owner.observe(log)
+    pinned = log.vkey()
+    (tmp_path / "audit" / VKEY).unlink()
+    rekeyed = AuditLog.open_dir(tmp_path / "audit", key_path=tmp_path / "new-key.pem")
+    rekeyed.publish_checkpoint()
+    with pytest.raises(LogError) as refused:
+        rekeyed.latest_checkpoint(pinned)
+    with pytest.raises(LogError) as witness:
+        owner.check(rekeyed)
+    assert _integrity(rekeyed, owner) == [
+        ("error", "integrity", f"the log's latest checkpoint cannot be trusted: {refused.value}", None, None)]
+    assert str(witness.value).startswith("owner's witness: the log now presents key ")
+
+
+def test_a_finding_reads_with_its_severity_check_and_log_position() -> None:
+    assert str(Finding("error", "receipt", "altered", "b1", 7)) == "[error] receipt: altered (log entry 7)"
+    assert str(Finding("note", "batch", "failed", "b1")) == "[note] batch: failed"
+    assert str(Finding("note", "batch", "at the start", None, 0)) == "[note] batch: at the start (log entry 0)"
+    assert failed([Finding("note", "batch", "x"), Finding("error", "batch", "y")])
+    assert not failed([Finding("note", "batch", "x")]) and not failed([])
