@@ -100,7 +100,7 @@ def check_integrity(log: AuditLog, witnesses: Sequence[Witness] = ()) -> list[Fi
     except LogError as exc:
         return [*out, Finding(ERROR, "integrity", f"the log's latest checkpoint cannot be trusted: {exc}")]
     out += _check_head(log, latest)
-    out += _check_history(log, latest, vkey)
+    out += _check_history(log, latest, vkey or log.vkey())  # the key the head verified under, pinned or not
     for witness in witnesses:
         out += _check_witness(log, witness)
     return out

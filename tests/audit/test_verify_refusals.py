@@ -966,6 +966,25 @@ def test_a_head_or_a_published_checkpoint_that_does_not_verify_is_named(world: W
         ("error", "integrity", f"the log's latest checkpoint cannot be trusted: {refused.value}", None, None)]
 
 
+def test_witnesses_that_pinned_different_keys_are_named_and_each_is_asked(world: World, tmp_path: Path) -> None:
+    """The head and the published checkpoints are then checked with the log's own key (each named witness says
+    whether it agrees): no checkpoint is reported as not verifying under no key at all."""
+    log = world.log(tmp_path / "audit")
+    owner, provider = Witness(tmp_path / "owner", "owner"), Witness(tmp_path / "provider", "provider")
+    owner.observe(log)
+    other = AuditLog.open_dir(tmp_path / "other")
+    other.append("grant", "g1", {"batch_id": "g1"})
+    other.publish_checkpoint()
+    provider.observe(other)
+    with pytest.raises(LogError) as refused:
+        provider.check(log)
+    pinned = {"owner": log.vkey(), "provider": other.vkey()}
+    assert _integrity(log, owner, provider) == [
+        ("error", "witness", f"the witnesses pinned different log keys: {pinned}: they were shown two different logs",
+         None, None),
+        ("error", "witness", str(refused.value), None, None)]
+
+
 def test_the_head_is_checked_with_the_key_the_witnesses_pinned(world: World, tmp_path: Path) -> None:
     """The operator replaces the log's key and re-signs the head: the witnesses' pinned key refuses it."""
     log = world.log(tmp_path / "audit")
