@@ -758,6 +758,28 @@ def test_a_result_manifest_shard_without_a_worker_or_a_logged_receipt_names_nobo
     assert _links_found(entries) == []
 
 
+def test_a_result_manifest_is_not_compared_with_a_receipt_that_has_an_error(world: World) -> None:
+    """Shard 1's receipt has an error finding: the manifest's worker for shard 1 is not held to what it says (nor
+    to a training receipt's); shard 0's verified receipt still ties the claims to w1."""
+    entries, _ = world.fork()
+    manifest = _manifest(entries)
+    manifest["shards"][1]["worker"] = "w8"
+    manifest["shards"].append({**manifest["shards"][1], "receipt_key": RECEIPT1})
+    at = world.entry(entries, "receipt", receipt_key=SHARD1)["index"]
+    assert _links_found(entries, [Finding("error", "receipt", "altered", "b1", at)]) == []
+
+
+def test_a_session_that_is_not_an_object_links_nothing(world: World) -> None:
+    entries, _ = world.fork()
+    receipt = world.entry(entries, "receipt", receipt_key=SHARD0)
+    receipt["sessions"] = ["owner", *receipt["sessions"]]
+    assert signed_workers(entries, set()) == signed_workers(world.entries, set())
+    receipt["sessions"] = [None, "owner"]  # nothing left: the same claims are linked through shard 1's receipt
+    digest = _manifest(entries)["attestation"][0]["verdicts"][0]["claims_digest"]
+    shard1 = world.entry(entries, "receipt", receipt_key=SHARD1)["index"]
+    assert signed_workers(entries, set())[("b1", digest)] == SignedWorker("w1", shard1)
+
+
 # -- broker heads, batches without receipts -----------------------------------------------------------------
 
 
@@ -772,6 +794,20 @@ def test_each_brokers_head_is_backed_by_its_own_decisions(world: World) -> None:
     assert rows(check_broker_heads(entries)) == [
         ("error", "sync", f"a sync recorded broker owner's log up to decision {owner['head_seq']}, but the log lacks "
                           f"decision(s) {owner['head_seq']} before it", None, owner["index"])]
+
+
+def test_a_head_recorded_with_another_chain_hash_is_named(world: World) -> None:
+    entries, _ = world.fork()
+    owner = next(e for e in entries if e.get("kind") == "broker_head" and e["broker"] == "owner")
+    held = next(e for e in entries if e.get("broker") == "owner" and e.get("seq") == owner["head_seq"])["chain_hash"]
+    owner["head_hash"] = "f" * 64
+    assert rows(check_broker_heads(entries)) == [
+        ("error", "sync", f"a sync recorded broker owner's decision {owner['head_seq']} with chain hash {'f' * 16}…, "
+                          f"the log holds {held[:16]}…", None, owner["index"])]
+    owner["head_seq"] = None  # a head that names no decision: decision 0, which no broker writes
+    assert rows(check_broker_heads(entries)) == [
+        ("error", "sync", f"a sync recorded broker owner's decision 0 with chain hash {'f' * 16}…, the log holds None…",
+         None, owner["index"])]
 
 
 def test_a_head_is_backed_only_by_decisions_of_the_kinds_brokers_make(world: World) -> None:
