@@ -378,7 +378,7 @@ def check_results(entries: list[dict[str, Any]], store: Objects) -> list[Finding
         if receipt is None:
             out.append(Finding(ERROR, "result", f"result object {key} has no receipt in the log", _batch_of(key)))
             continue
-        digest = _sha(_get(store, key) or b"")
+        digest = _sha(_get(store, key))
         if digest != receipt["output"].get("sha256"):
             other = by_digest.get(digest)
             hint = (f"; it is the output of {other['receipt_key']} (batch {other.get('batch_id')})" if other else "")
