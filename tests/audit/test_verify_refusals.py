@@ -711,8 +711,9 @@ def test_a_release_to_claims_no_receipt_signs_is_unproven_with_what_the_platform
     unsaid = {**other, "claims_digest": "ef" * 32, "index": 2001}
     entries += [other, unsaid, {**unsaid, "decision": "deny", "index": 2002},
                 {**unsaid, "operation": "admin.grant", "index": 2003}, {**unsaid, "batch_id": "b7", "index": 2004}]
-    _manifest(entries)["attestation"].append({"worker": "w9", "verdicts": [{"claims_digest": "cd" * 32},
-                                                                            {"claims_digest": None}]})
+    _manifest(entries)["attestation"] += [{"worker": "w9", "verdicts": [{"claims_digest": "cd" * 32},
+                                                                         {"claims_digest": None}]},
+                                          {"worker": None, "verdicts": [{"claims_digest": "ef" * 32}]}]
     assert _links_found(entries) == [_unproven(other, " (the platform's unsigned result manifest says w9)"),
                                      _unproven(unsaid)]
 
