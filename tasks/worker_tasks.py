@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
 from celery.signals import worker_init
 
 from attestation.errors import AttestationError
@@ -128,6 +130,9 @@ def _check_configuration(**_: Any) -> None:
     # SystemExit, because Celery logs and swallows an Exception raised by a signal handler.
     try:
         _enclave()
+        # pyarrow imports pandas the first time it builds an array from numpy (1-4 s on a busy machine): once
+        # here, in the parent before the pool forks, not in the first shard of every pool process.
+        pa.array(np.zeros(1, np.float32))
     except Exception as exc:
         log.critical("worker refuses to start: %s", exc)
         raise SystemExit(f"cscore worker refuses to start: {exc}") from None
