@@ -216,7 +216,7 @@ _BASE64_RUN = re.compile(rb"([A-Za-z0-9+/]+)=*")
 def _payload_bytes(part: Message, flags: list[str]) -> bytes | None:
     """The part's body with its Content-Transfer-Encoding undone, or None if it has no bytes payload."""
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().strip("\"'").lower()
-    payload = part.get_payload()
+    payload = part.__dict__["_payload"]  # as parsed: get_payload() decodes 8-bit bytes with "replace"
     if cte == "base64" and isinstance(payload, str):
         return _decode_base64(payload.encode("ascii", "surrogateescape"), flags)
     if cte not in _KNOWN_CTE:

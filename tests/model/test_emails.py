@@ -308,6 +308,15 @@ def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
         list(read_emails(tmp_path))
 
 
+@pytest.mark.parametrize("charset", ["", "; charset=utf-8"])
+def test_8_bit_bytes_in_a_base64_body_are_flagged_and_skipped_not_a_crash(charset: str) -> None:
+    raw = _msg(f"Subject: s\nContent-Type: text/plain{charset}\nContent-Transfer-Encoding: base64",
+               b"aGVsbG8g\xc3\xa9\xe9d29ybGQ=")
+    _, text, flags = emails_mod._email(raw)
+    assert text == "s\nhello world"
+    assert flags == ("base64 body: 3 character(s) could not be decoded and were skipped",)
+
+
 def _full_parse_text(raw: bytes) -> str:
     msg = emails_mod._PARSER.parsebytes(raw)
     return clean_text(emails_mod._subject(msg) + "\n" + emails_mod._body(msg))
