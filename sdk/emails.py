@@ -43,7 +43,6 @@ _KNOWN_HEADERS = frozenset(
     "authentication-results thread-topic thread-index importance x-gm-thrid x-gmail-labels".split()
 )
 _KNOWN_HEADER_PREFIXES = ("x-", "arc-", "dkim-", "list-", "resent-", "content-", "received-", "authentication-")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _WELL_FORMED_HEAD = re.compile(rb"(?:(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])[^\r\n]*\r?\n)*")
 _USED_HEADERS = re.compile(
     rb"^(?:subject|from|date|message-id|mime-version|content-type|content-transfer-encoding|content-disposition)"
@@ -117,27 +116,109 @@ def _email(raw: bytes) -> tuple[Message, str, tuple[str, ...]]:
 
 
 def _parse(raw: bytes) -> Message:
-    """Parse like ``BytesParser(policy=compat32).parsebytes``, ~2-3x faster on single-part mail.
+    """Parse like ``BytesParser(policy=compat32).parsebytes``, ~2-3x faster.
 
     The feed parser walks every header and body line in Python, and corpus mail carries ~27 headers
     (Received chains) of which we read five. So when the header block is well formed, only the
-    headers we use go through the parser, and a single-part body is attached as the parser would
-    have stored it. Multipart mail, or a header block that is not plainly ``Name: value`` lines,
-    takes the full parse.
+    headers we use go through the parser; a single-part body is attached as the parser would have
+    stored it, and a multipart body is cut at its boundaries as the parser would cut it (`_parts`).
+    Anything else (a header block that is not plainly ``Name: value`` lines, message/* parts, a
+    multipart body the parser would mark defective) takes the full parse.
     """
-    end = _HEADER_END.search(raw)
+    msg = _fast_parse(raw)
+    return _PARSER.parsebytes(raw) if msg is None else msg
+
+
+def _fast_parse(raw: bytes) -> Message | None:
+    """``raw`` parsed through the fast paths of `_parse`, or None where only the full parse is exact."""
+    end = _header_end(raw)
     if end is None:
-        return _PARSER.parsebytes(raw)
-    head = raw[: end.start() + 1]
+        return None
+    head = raw[: end[0]]
     if head.startswith(b"From "):  # mbox separator line: not a header
         head = head[head.find(b"\n") + 1 :]
     if not _WELL_FORMED_HEAD.fullmatch(head):
-        return _PARSER.parsebytes(raw)
-    msg = _PARSER.parsebytes(b"".join(m.group(0) for m in _USED_HEADERS.finditer(head)), headersonly=True)
-    if msg.get_content_maintype() in ("multipart", "message"):
-        return _PARSER.parsebytes(raw)
-    msg.set_payload(raw[end.end() :].decode("ascii", "surrogateescape"))  # as the feed parser stores it
+        return None
+    msg = Message()  # compat32, as _PARSER makes them
+    for header in _USED_HEADERS.finditer(head):  # the feed parser's own header step, without its line machinery
+        msg.set_raw(*policy.compat32.header_source_parse([header.group(0).decode("ascii", "surrogateescape")]))
+    maintype = msg.get_content_maintype()
+    if maintype == "message":
+        return None
+    if maintype == "multipart":
+        parts = _parts(msg, raw[end[1] :])
+        if parts is None:
+            return None
+        payload: list[Message | str] = [*parts]
+        msg.set_payload(payload)  # preamble and epilogue are not kept: nothing reads them
+        return msg
+    msg.set_payload(raw[end[1] :].decode("ascii", "surrogateescape"))  # as the feed parser stores it
     return msg
+
+
+def _header_end(raw: bytes) -> tuple[int, int] | None:
+    """(end of the header block with its last line break, start of the body), or None without a blank line.
+
+    A blank first line (no header lines), else the first of "\n\n", "\n\r\n": what the feed parser takes for
+    the blank line, found with ``bytes.find`` (the regex ``\r?\n\r?\n`` tries every byte of the header block).
+    """
+    if raw.startswith((b"\n", b"\r\n")):  # no header lines at all
+        return 0, raw.find(b"\n") + 1
+    lf = raw.find(b"\n\n")
+    crlf = raw.find(b"\n\r\n", 0, len(raw) if lf < 0 else lf)
+    if lf < 0 and crlf < 0:
+        return None
+    if crlf < 0 or 0 <= lf < crlf:
+        return lf + 1, lf + 2
+    return crlf + 1, crlf + 3
+
+
+def _parts(msg: Message, body: bytes) -> list[Message] | None:
+    """The parts of multipart ``msg`` whose ``body`` follows its header block, each parsed as the feed parser
+    parses a part (RFC 2046 section 5.1.1: the line break before a boundary line belongs to it), or None where
+    the parser would do otherwise: no boundary, a lone CR (the parser breaks lines there too), no opening or
+    no closing boundary line, adjacent boundary lines, a digest (its parts default to message/rfc822), a
+    part the fast paths do not take."""
+    boundary = msg.get_boundary()
+    if not boundary or msg.get_content_subtype() == "digest" or body.count(b"\r") != body.count(b"\r\n"):
+        return None
+    lines = _boundary_lines(body, b"--" + boundary.encode("ascii", "surrogateescape"))
+    if not lines or lines[0][2]:
+        return None
+    parts: list[Message] = []
+    for (_, start, _), (end, _, close) in zip(lines, lines[1:], strict=False):
+        if end == start:  # the parser swallows a boundary line right after another
+            return None
+        parsed = _fast_parse(body[start:end])
+        if parsed is None:
+            return None
+        payload = _stored_payload(parsed)
+        if isinstance(payload, str):  # a multipart part's line break would end its epilogue, which is not kept
+            parsed.set_payload(payload[: -2 if payload.endswith("\r\n") else -1] if payload else payload)
+        parts.append(parsed)
+        if close:
+            return parts
+    return None  # no closing boundary line
+
+
+_BOUNDARY_TAIL = re.compile(rb"(--)?[ \t]*(?:\r?\n|\Z)")  # after "--boundary": the feed parser's boundaryre
+
+
+def _boundary_lines(body: bytes, delimiter: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end with its line break, closing?) of each line of ``body`` that the feed parser takes for a
+    boundary line of ``delimiter`` ("--" and the boundary), up to the first closing one."""
+    lines: list[tuple[int, int, bool]] = []
+    at = body.find(delimiter)
+    while at >= 0:
+        tail = _BOUNDARY_TAIL.match(body, at + len(delimiter)) if at == 0 or body[at - 1] == 0x0A else None
+        if tail is None:
+            at = body.find(delimiter, at + 1)
+            continue
+        lines.append((at, tail.end(), tail.group(1) is not None))
+        if tail.group(1) is not None:
+            break
+        at = body.find(delimiter, tail.end())
+    return lines
 
 
 def _headers(msg: Message) -> dict[str, str]:
@@ -216,13 +297,19 @@ _BASE64_RUN = re.compile(rb"([A-Za-z0-9+/]+)=*")
 def _payload_bytes(part: Message, flags: list[str]) -> bytes | None:
     """The part's body with its Content-Transfer-Encoding undone, or None if it has no bytes payload."""
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().strip("\"'").lower()
-    payload = part.__dict__["_payload"]  # as parsed: get_payload() decodes 8-bit bytes with "replace"
+    payload = _stored_payload(part)
     if cte == "base64" and isinstance(payload, str):
         return _decode_base64(payload.encode("ascii", "surrogateescape"), flags)
     if cte not in _KNOWN_CTE:
         flags.append(f"unknown Content-Transfer-Encoding {cte[:40]!r}: the body was read undecoded")
     decoded = part.get_payload(decode=True)
     return decoded if isinstance(decoded, bytes) else None
+
+
+def _stored_payload(part: Message) -> object:
+    """The payload as the parser stored it: for text, 8-bit bytes as surrogates (`get_payload()` would decode them
+    with "replace", and they would no longer encode)."""
+    return part.__dict__["_payload"]
 
 
 def _decode_base64(data: bytes, flags: list[str]) -> bytes:
@@ -667,13 +754,13 @@ def _utf16ish(head: bytes) -> bool:
 
 def _header_block(text: bytes, fh: BinaryIO) -> bytes:
     """``text`` extended from ``fh`` until it holds the first blank line (at most _HEAD_LIMIT bytes)."""
-    while not _HEADER_END.search(text) and len(text) < _HEAD_LIMIT:
+    while _header_end(text) is None and len(text) < _HEAD_LIMIT:
         more = fh.read(_SNIFF_BYTES * 8)
         if not more:
             break
         text += more
-    end = _HEADER_END.search(text)
-    return text[: end.start() + 1] if end else text
+    end = _header_end(text)
+    return text[: end[0]] if end else text
 
 
 def _looks_like_email(head: bytes) -> bool:

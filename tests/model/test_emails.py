@@ -317,13 +317,27 @@ def test_8_bit_bytes_in_a_base64_body_are_flagged_and_skipped_not_a_crash(charse
     assert flags == ("base64 body: 3 character(s) could not be decoded and were skipped",)
 
 
-def _full_parse_text(raw: bytes) -> str:
+def _full_parse(raw: bytes) -> tuple[str, tuple[str, ...], dict[str, str], list[str]]:
+    """What the fast paths of `_parse` must give: the text, flags and headers of the stdlib's full parse, and the
+    content type of each part in walk order."""
     msg = emails_mod._PARSER.parsebytes(raw)
-    return clean_text(emails_mod._subject(msg) + "\n" + emails_mod._body(msg))
+    flags: list[str] = []
+    text = clean_text(emails_mod._subject(msg, flags) + "\n" + emails_mod._body(msg, flags))
+    if any(isinstance(d, emails_mod._BOUNDARY_DEFECTS) for part in msg.walk() for d in part.defects):
+        flags.append("multipart message whose boundary is missing: its body was read as one text")
+    return text, tuple(flags), emails_mod._headers(msg), [part.get_content_type() for part in msg.walk()]
 
 
-def test_fast_header_path_gives_the_full_parse_text_on_the_corpus(corpus: list[CorpusEmail]) -> None:
-    assert all(email_text(e.raw) == _full_parse_text(e.raw) for e in corpus)
+def _fast(raw: bytes) -> tuple[str, tuple[str, ...], dict[str, str], list[str]]:
+    msg, text, flags = emails_mod._email(raw)
+    return text, flags, emails_mod._headers(msg), [part.get_content_type() for part in msg.walk()]
+
+
+def test_fast_paths_give_the_full_parse_on_the_corpus(corpus: list[CorpusEmail]) -> None:
+    assert [_fast(e.raw) for e in corpus] == [_full_parse(e.raw) for e in corpus]
+    multipart = [e.raw for e in corpus if emails_mod._PARSER.parsebytes(e.raw).is_multipart()]
+    cut = [raw for raw in multipart if emails_mod._fast_parse(raw) is not None]
+    assert len(multipart) > 400 and len(cut) > 0.8 * len(multipart)  # the corpus's multipart mail is cut, not parsed
 
 
 @settings(max_examples=300, deadline=None)
@@ -350,7 +364,63 @@ def test_fast_header_path_gives_the_full_parse_text_on_the_corpus(corpus: list[C
 )
 def test_fast_header_path_matches_full_parse_on_generated_mail(lines: list[bytes]) -> None:
     raw = b"".join(lines)
-    assert email_text(raw) == _full_parse_text(raw)
+    assert _fast(raw) == _full_parse(raw)
+
+
+_PART_HEADERS = [b"Content-Type: text/plain; charset=utf-8", b"Content-Type: text/html", b"Content-Type: text/plain;",
+                 b" charset=latin-1", b"Content-Disposition: attachment", b"Content-Transfer-Encoding: base64",
+                 b"X-A: 1"]
+_ODD_PART_HEADERS = [b"Content-Type: message/rfc822", b" folded", b"bad line", b"From x Thu Aug 22 12:36:23 2002"]
+_BODY_LINES = [b"", b"body text", b"caf\xc3\xa9 \xe9", b"aGk=", b"<p>a</p>", b"--qq", b"-- q", b"--r"]
+_ODD_BODY_LINES = [b"--q", b"x\ry", b"From x Thu Aug 22 12:36:23 2002"]
+
+
+def _mostly(usual: list[bytes], odd: list[bytes]) -> st.SearchStrategy[bytes]:
+    """One of ``usual``, and about one time in ten one of ``odd``."""
+    return st.integers(0, 9).flatmap(lambda n: st.sampled_from(odd if n == 0 else usual))
+
+
+@st.composite
+def _multipart_mail(draw: st.DrawFn, boundary: bytes = b"q", nested: bool = True) -> bytes:
+    """A multipart message built the way mailers build one, its boundary lines in each form the parser accepts,
+    parts of every kind `_body` reads (maybe a nested multipart), and now and then a line a mailer would not write."""
+    eol = draw(st.sampled_from([b"\n", b"\r\n"]))
+    subtype = draw(_mostly([b"mixed", b"alternative", b"related"], [b"digest"]))
+    lines = [b"Subject: s", b"Content-Type: multipart/" + subtype + b"; boundary=" + boundary, b""]
+    lines += draw(st.lists(st.sampled_from(_BODY_LINES[:3]), max_size=2))  # preamble
+    for _ in range(draw(st.integers(1, 3))):
+        lines.append(b"--" + boundary + draw(_mostly([b"", b" ", b"\t "], [b"--"])))
+        if nested and draw(st.integers(0, 3)) == 0:
+            lines.append(draw(_multipart_mail(b"r", nested=False)).rstrip(b"\r\n"))
+            continue
+        lines += [*draw(st.lists(_mostly(_PART_HEADERS, _ODD_PART_HEADERS), max_size=3)), b""]
+        lines += draw(st.lists(_mostly(_BODY_LINES, _ODD_BODY_LINES), max_size=4))
+    if draw(st.integers(0, 9)):  # most messages close; some end without the closing line
+        lines.append(b"--" + boundary + b"--" + draw(st.sampled_from([b"", b"  "])))
+        lines += draw(st.lists(st.sampled_from(_BODY_LINES[:3]), max_size=2))  # epilogue
+    raw = eol.join(lines) + draw(st.sampled_from([b"", eol]))
+    if draw(st.integers(0, 9)) == 0:  # a stray line break or boundary line anywhere
+        at = draw(st.integers(0, len(raw)))
+        raw = raw[:at] + draw(st.sampled_from([b"\n", b"\r", b"\r\n--" + boundary + b"\r\n", b"\n\n"])) + raw[at:]
+    return raw
+
+
+@settings(max_examples=500, deadline=None)
+@given(_multipart_mail())
+def test_fast_multipart_path_matches_full_parse_on_generated_mail(raw: bytes) -> None:
+    assert _fast(raw) == _full_parse(raw)
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_a_well_formed_multipart_message_is_cut_at_its_boundaries_without_the_full_parse(eol: bytes) -> None:
+    raw = eol.join([b"Subject: hi", b"Content-Type: multipart/alternative; boundary=b1", b"", b"preamble", b"--b1",
+                    b"Content-Type: text/plain", b"", b"plain text", b"", b"--b1  ", b"Content-Type: text/html", b"",
+                    b"<p>html</p>", b"--b1--", b"epilogue"])
+    msg = emails_mod._fast_parse(raw)
+    assert msg is not None
+    # the line break before each boundary line is the boundary's (RFC 2046 5.1.1)
+    assert [p.get_payload() for p in msg.get_payload()] == ["plain text" + eol.decode(), "<p>html</p>"]
+    assert _fast(raw) == _full_parse(raw)
 
 
 # --- the shared owner-input fixtures: the README's correct outcome for each -----------------------
