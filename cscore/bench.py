@@ -142,29 +142,37 @@ _LAST_RUN: dict[str, float | str] = {}  # the last batch's upload time, Airflow 
 
 
 def airflow_timeline(stack: LocalStack, run: dict[str, float | str]) -> str:
-    """The batch's Airflow run, step by step in seconds from the manifest's upload: the run queued (S3 event,
-    queue, asset watcher), then each task instance queued -> start -> end ("+defer" once it deferred). Read
-    from the local stack's SQLite metadata database; empty when Airflow runs on another database."""
+    """The batch's path through Airflow, step by step in seconds from the manifest's upload: the `cscore_intake` run
+    queued (S3 event, queue, asset watcher) and its tasks, the batch's run queued, then each task instance
+    queued/start/end ("(try n)" past the first). Read from the local stack's SQLite metadata database; empty when
+    Airflow runs on another database."""
     conn = stack.airflow_env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
     db = Path(conn.removeprefix("sqlite:///"))
     run_id = str(run.get("run_id", ""))
     if not run_id or not conn.startswith("sqlite:///") or not db.exists():
         return ""
     import sqlite3
+    from datetime import datetime
 
-    def ts(value: str | None) -> float:
-        from datetime import datetime
-        return datetime.fromisoformat(value).timestamp() if value else float("nan")
+    zero = float(run["uploaded_at"])
+
+    def at(value: str | None) -> str:
+        return f"{datetime.fromisoformat(value).timestamp() - zero:.1f}" if value else "?"
+
+    def tasks(con: sqlite3.Connection, of_run: str) -> list[str]:
+        rows = con.execute("SELECT task_id, queued_dttm, start_date, end_date, try_number FROM task_instance "
+                           "WHERE run_id = ? ORDER BY start_date", (of_run,)).fetchall()
+        return [f"{task} {at(q)}/{at(start)}/{at(end)}" + (f" (try {tries})" if tries and tries > 1 else "")
+                for task, q, start, end, tries in rows]
 
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         queued = con.execute("SELECT queued_at FROM dag_run WHERE run_id = ?", (run_id,)).fetchone()
-        tis = con.execute("SELECT task_id, map_index, queued_dttm, start_date, end_date, next_method, try_number "
-                          "FROM task_instance WHERE run_id = ? ORDER BY start_date", (run_id,)).fetchall()
-    zero = float(run["uploaded_at"])
-    parts = [f"run queued {ts(queued[0]) - zero:.1f}" if queued else "run ?"]
-    for task_id, _index, q, start, end, _next, tries in tis:
-        parts.append(f"{task_id} {ts(q) - zero:.1f}/{ts(start) - zero:.1f}/{ts(end) - zero:.1f}"
-                     + (f" (try {tries})" if tries and tries > 1 else ""))
+        # The intake run that started it: the latest one queued before it (the bench sends one batch at a time).
+        intake = con.execute("SELECT run_id, queued_at FROM dag_run WHERE dag_id = 'cscore_intake' "
+                             "AND queued_at <= ? ORDER BY queued_at DESC LIMIT 1",
+                             (queued[0] if queued else "",)).fetchone()
+        parts = [f"intake run queued {at(intake[1])}", *tasks(con, intake[0])] if intake else []
+        parts += [f"run queued {at(queued[0]) if queued else '?'}", *tasks(con, run_id)]
     parts.append(f"status succeeded seen {float(run['pipeline']):.1f}")
     return ", ".join(parts)
 
