@@ -12,9 +12,10 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dags.cscore_platform import steps, worker_pool
+from dags.cscore_platform.intake import RunConfError, run_manifest_key
 from dags.cscore_platform.manifest import ManifestError, tenant_and_batch
 from dags.cscore_platform.provider.assets import RESULTS, RESULTS_ALIAS, batch_results_asset
 from dags.cscore_platform.provider.hooks import WORKERS_CONN_ID, WorkerPoolHook
@@ -27,7 +28,9 @@ SCORE_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay": timedelta(seconds=
 
 
 class ScoreBatchOperator(BaseOperator):
-    """Score the batch of one signed manifest (`incoming/<tenant>/<batch>/manifest.jws`) on the attested pool.
+    """Score the batch of one signed manifest (`incoming/<tenant>/<batch>/manifest.jws`) on the attested pool;
+    without `manifest_key`, the one its run's conf names (`{"manifest_keys": [key]}`, as `cscore_intake` starts a
+    `cscore_batch` run: a conf naming none or several fails the task, not retried).
 
     In order: verify the owner's signature, the objects and the model, and claim the batch; check that the key
     brokers it needs answer (`cscore_broker_<name>` connections); send its shards to the workers
@@ -46,8 +49,8 @@ class ScoreBatchOperator(BaseOperator):
     template_fields = ("manifest_key", "defer_after_s")
     ui_color = "#d8e8f8"
 
-    def __init__(self, *, manifest_key: str, workers_conn_id: str = WORKERS_CONN_ID, deferrable: bool = True,
-                 defer_after_s: float | str = DEFAULT_DEFER_AFTER_S, poll_s: float = 0.25,
+    def __init__(self, *, manifest_key: str | None = None, workers_conn_id: str = WORKERS_CONN_ID,
+                 deferrable: bool = True, defer_after_s: float | str = DEFAULT_DEFER_AFTER_S, poll_s: float = 0.25,
                  shard_timeout: timedelta = timedelta(seconds=steps.SHARD_TIMEOUT_S), **kwargs: Any) -> None:
         # Defaults for a plain instance; a mapped one (.partial().expand()) must pass both in partial().
         kwargs.setdefault("outlets", [RESULTS, RESULTS_ALIAS])
@@ -59,10 +62,11 @@ class ScoreBatchOperator(BaseOperator):
 
     def execute(self, context: Any) -> str:
         run_id = str(context["run_id"])
-        self._label(context, self.manifest_key)
-        self._not_redone(context, run_id)
+        key = self.manifest_key or self._run_manifest_key(context)
+        self._label(context, key)
+        self._not_redone(context, key, run_id)
         try:
-            batch = steps.validate(self.manifest_key, run_id)
+            batch = steps.validate(key, run_id)
             self._label(context, batch)
             batch = steps.preflight(batch, run_id)
         except steps.BatchSkipped as exc:
@@ -130,13 +134,20 @@ class ScoreBatchOperator(BaseOperator):
             "process was lost: killed with the scheduler or its host, or out of memory; that try's log says more); "
             f"try {tries} took the batch over and sent its shards again"])
 
-    def _not_redone(self, context: Any, run_id: str) -> None:
+    @staticmethod
+    def _run_manifest_key(context: Any) -> str:
+        try:
+            return run_manifest_key(context["dag_run"].conf)
+        except RunConfError as exc:  # a retry would read the same conf
+            raise AirflowFailException(str(exc)) from exc
+
+    def _not_redone(self, context: Any, manifest_key: str, run_id: str) -> None:
         """A retry goes on only where its run still holds the batch (its process was killed); a batch that
         failed for a reason waits for the owner's resubmission."""
         if int(getattr(context.get("ti"), "try_number", 1) or 1) <= 1:
             return
         try:
-            tenant, batch_id = tenant_and_batch(self.manifest_key)
+            tenant, batch_id = tenant_and_batch(manifest_key)
         except ManifestError:
             return
         status = steps.batch_store().status(tenant, batch_id) or {}
