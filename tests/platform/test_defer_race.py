@@ -89,8 +89,9 @@ def test_defer_safe_executor_reports_an_ordinary_end_and_a_read_in_time_defer_ex
 
 
 def test_workers_fork_after_the_dag_folders_task_imports_are_loaded(tmp_path: Any) -> None:
-    """The executor's start loads what a task's DAG parse and run import (the DAG files' modules, Celery, the
-    S3 batch store) before it forks its worker processes, whose forks run the tasks: each task parses warm."""
+    """The executor's start loads what a task's DAG parse and run import (the DAG files' modules, Celery and the
+    transport and result backend it loads by name, the S3 batch store and botocore's S3 model) before it forks
+    its worker processes, whose forks run the tasks: each task parses warm."""
     import json
     import os
     import subprocess
@@ -99,7 +100,8 @@ def test_workers_fork_after_the_dag_folders_task_imports_are_loaded(tmp_path: An
 
     repo = Path(__file__).resolve().parents[2]
     wanted = ["dags.cscore_platform.provider.operators", "celery.app", "dags.cscore_platform.batch_store",
-              "dags.cscore_platform.steps", "dags.cscore_platform.intake"]
+              "dags.cscore_platform.steps", "dags.cscore_platform.intake", "kombu.transport.redis",
+              "celery.backends.redis"]
     script = (
         "import json, sys\n"
         "from dags.cscore_platform.executor import DeferSafeLocalExecutor\n"
@@ -108,9 +110,11 @@ def test_workers_fork_after_the_dag_folders_task_imports_are_loaded(tmp_path: An
         "executor = DeferSafeLocalExecutor(parallelism=1)\n"
         "executor.start()\n"
         "after = [m for m in wanted if m in sys.modules]\n"
+        "from dags.cscore_platform.batch_store import botocore_data\n"
+        "s3_model = any(k[:2] == ('load_service_model', 's3') for k in botocore_data()._cache)\n"
         "workers = [p.is_alive() for p in executor.workers.values()]\n"
         "executor.end()\n"
-        "print(json.dumps({'before': before, 'after': after, 'workers': workers}))\n")
+        "print(json.dumps({'before': before, 'after': after, 'workers': workers, 's3_model': s3_model}))\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CSCORE_"))}
     env.update(AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(repo / "dags"),
                AIRFLOW__CORE__LOAD_EXAMPLES="False")
@@ -118,4 +122,5 @@ def test_workers_fork_after_the_dag_folders_task_imports_are_loaded(tmp_path: An
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {"before": [], "after": wanted, "workers": [True]}, done.stderr[-3000:]
+    # botocore's S3 model too, loaded into the loader every S3 client of a task process shares
+    assert seen == {"before": [], "after": wanted, "workers": [True], "s3_model": True}, done.stderr[-3000:]
