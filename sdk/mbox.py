@@ -86,16 +86,52 @@ def _body(fh: BinaryIO, head: list[bytes], blank: bytes,
         counted = _counted_body(fh, length)
         if counted is not None:
             return blank + _unquote(counted[0]), counted[1]
-    lines: list[bytes] = []
-    after_blank = True
-    line = fh.readline()
-    while line and not (line.startswith(b"From ") and separator(line, after_blank)):  # startswith: fast path
-        lines.append(line)
-        after_blank = not line.strip()
-        line = fh.readline()
-    if line and lines and not lines[-1].strip():  # the blank line before a separator belongs to it
-        lines.pop()
-    return blank + _unquote(b"".join(lines)), line
+    body, line = _scan_to_separator(fh, separator)
+    if line and body:  # the blank line before a separator belongs to it
+        last = body[body.rfind(b"\n", 0, len(body) - 1) + 1 :]
+        if not last.strip():
+            body = body[: len(body) - len(last)]
+    return blank + _unquote(body), line
+
+
+_SCAN_BLOCK = 1 << 16
+
+
+def _scan_to_separator(fh: BinaryIO, separator: Callable[[bytes, bool], bool]) -> tuple[bytes, bytes]:
+    """The bytes from ``fh``'s position (a line start, after a blank line) up to the first line ``separator``
+    takes, and that line, ``fh`` left after it; at the end of the file, the rest and b"". Reads a block at a
+    time and looks only at lines that start with "From " (a line-by-line loop in Python was a fifth of the
+    owner's ingest)."""
+    base, done, chunks = fh.tell(), 0, list[bytes]()
+    pending, blank_before = b"", True  # `pending` starts at a line start; is the line before it blank?
+    while True:
+        block = fh.read(_SCAN_BLOCK)
+        data, at_end = pending + block, not block
+        at = 0 if data.startswith(b"From ") else _next_from_line(data, 0)
+        while at >= 0:
+            end = data.find(b"\n", at)
+            if end < 0 and not at_end:
+                break  # the line goes on in the next block
+            line = data[at : len(data) if end < 0 else end + 1]
+            before = blank_before if at == 0 else not data[data.rfind(b"\n", 0, at - 1) + 1 : at].strip()
+            if separator(line, before):
+                fh.seek(base + done + at + len(line))
+                return b"".join([*chunks, data[:at]]), line
+            at = _next_from_line(data, at)
+        if at_end:
+            return b"".join([*chunks, data]), b""
+        keep = at if at >= 0 else data.rfind(b"\n") + 1  # the unfinished "From " line, else the last partial line
+        if keep > 0:
+            blank_before = not data[data.rfind(b"\n", 0, keep - 1) + 1 : keep].strip()
+        chunks.append(data[:keep])
+        done += keep
+        pending = data[keep:]
+
+
+def _next_from_line(data: bytes, after: int) -> int:
+    """The start of the first line after position ``after`` of ``data`` that begins with "From ", or -1."""
+    found = data.find(b"\nFrom ", after)
+    return found + 1 if found >= 0 else -1
 
 
 def _content_length(head: list[bytes]) -> int | None:

@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import sdk.emails as emails_mod
+import sdk.mbox
 from sdk.corpus import CorpusEmail
 from sdk.emails import (
     _LOOKS_HTML,
@@ -189,7 +190,7 @@ def test_corpus_folder_reads_as_emails(corpus: list[CorpusEmail], tmp_path: Path
     assert [e.text for e in emails] == [email_text(raw) for raw in unquoted]
 
 
-def test_mbox_splits_on_from_lines_after_blank_lines(tmp_path: Path) -> None:
+def test_mbox_splits_on_from_lines_after_blank_lines(tmp_path: Path, scan_block: int) -> None:
     mbox = tmp_path / "inbox.mbox"
     mbox.write_bytes(
         b"From a@x Thu Aug 22 12:36:23 2002\nSubject: one\nMessage-ID: <m1@x>\n\nbody one\n"
@@ -460,7 +461,15 @@ def test_shared_fixture_reads_as_its_readme_says(owner_inputs: Path, name: str) 
     assert not any(e.flags for e in emails) and all(e.source == name for e in emails)
 
 
-def test_shared_mbox_bodies_are_whole_and_mboxrd_quoting_is_undone(owner_inputs: Path) -> None:
+@pytest.fixture(params=[1, 7, 1 << 16], ids=lambda n: f"scan-block-{n}")
+def scan_block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The mbox splitter reading its bodies a byte, 7 bytes or 64 KiB at a time: a separator, a blank line and
+    a quoted "From " cut by a block's end are still seen."""
+    monkeypatch.setattr(sdk.mbox, "_SCAN_BLOCK", request.param)
+    return int(request.param)
+
+
+def test_shared_mbox_bodies_are_whole_and_mboxrd_quoting_is_undone(owner_inputs: Path, scan_block: int) -> None:
     first = next(read_emails(owner_inputs / "mboxo-unescaped.mbox"))
     assert first.text == "agenda\nHi all,\n\nFrom 9:30 to 10:15 we review the budget.\nbye\n"
     words = next(read_emails(owner_inputs / "body-from-with-time-words.mbox"))
@@ -489,7 +498,7 @@ def test_shared_base64_in_two_padded_chunks_is_read_whole(owner_inputs: Path) ->
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 @pytest.mark.parametrize("blank_before_separator", [True, False])
 def test_mbox_separators_as_exporters_write_them(tmp_path: Path, separator: bytes, newline: bytes,
-                                                 blank_before_separator: bool) -> None:
+                                                 blank_before_separator: bool, scan_block: int) -> None:
     blank = b"\n" if blank_before_separator else b""
     text = (separator + b"\nMessage-ID: <1@x>\nSubject: one\n\nHi all,\n\nFrom 9:30 to 10:15 we meet.\nbye\n"
             + blank
@@ -528,7 +537,7 @@ def test_mboxcl2_content_length_keeps_unquoted_from_lines_in_the_body(tmp_path: 
     assert emails[0].text == "s1\n" + body.decode()
 
 
-def test_mboxcl_quoting_is_undone_and_a_wrong_content_length_is_not_trusted(tmp_path: Path) -> None:
+def test_mboxcl_quoting_is_undone_and_a_wrong_content_length_is_not_trusted(tmp_path: Path, scan_block: int) -> None:
     body = b"line\n>From the quote\n"
     wrong = _cl_message(1, body).replace(b"Content-Length: 22", b"Content-Length: 5")
     (tmp_path / "cl.mbox").write_bytes(wrong + _cl_message(2, b"two\n"))
@@ -536,7 +545,7 @@ def test_mboxcl_quoting_is_undone_and_a_wrong_content_length_is_not_trusted(tmp_
     assert [e.text for e in emails] == ["s1\nline\nFrom the quote\n", "s2\ntwo\n"]
 
 
-def test_mbox_whose_first_line_has_no_date_splits_after_blank_lines(tmp_path: Path) -> None:
+def test_mbox_whose_first_line_has_no_date_splits_after_blank_lines(tmp_path: Path, scan_block: int) -> None:
     (tmp_path / "lax.mbox").write_bytes(b"From ann\nSubject: a\n\nbody a\nFrom here on\n\n"
                                         b"From bob\nSubject: b\n\nbody b\n")
     assert [e.text for e in read_emails(tmp_path / "lax.mbox")] == ["a\nbody a\nFrom here on\n", "b\nbody b\n"]
