@@ -539,9 +539,10 @@ def test_a_key_made_a_model_key_is_held_to_its_measurements_not_to_the_grant(wor
         for batch in ("b1", "bad") for r in [_release(entries, "owner", "acme/emails", batch)]]
 
 
-@pytest.mark.parametrize("measurements", [[MEASUREMENT.hex()], []])
-def test_a_resource_key_is_held_to_its_measurements(world: World, measurements: list[str]) -> None:
-    """A key under res/ is a resource key unless its change says otherwise: its measurements, not a grant, decide."""
+@pytest.mark.parametrize("measurements", [[MEASUREMENT.hex()], [], None])
+def test_a_resource_key_is_held_to_its_measurements(world: World, measurements: list[str] | None) -> None:
+    """A key under res/ is a resource key unless its change says otherwise: its measurements, not a grant, decide;
+    a change that leaves them unset leaves none."""
     entries, _ = world.fork()
     e = {**_release(entries, "owner", "acme/emails"), "key_id": "res/acme/blocklist", "operation": "resource",
          "index": 2000}
@@ -550,6 +551,18 @@ def test_a_resource_key_is_held_to_its_measurements(world: World, measurements: 
     assert _releases_found(world, entries) == ([] if measurements else [
         ("error", "release", f"{_what(e)} to measurement {MEASUREMENT.hex()[:16]}…, not among the key's allowed "
                              "measurements []", "b1", 2000)])
+
+
+def test_a_key_first_seen_in_a_policy_change_without_its_kind_is_held_to_the_grant(world: World) -> None:
+    """The log saw no creation of acme/late, only a policy change that names no kind: not a resource key (its name
+    is not under res/), so b1's grant decides, and it does not name the key."""
+    entries, _ = world.fork()
+    e = {**_release(entries, "owner", "acme/emails"), "key_id": "acme/late", "index": 2000}
+    entries += [_decision(entries, kind="policy_change", broker="owner", key_id="acme/late", key_kind=None,
+                          policy=None, key_measurements=[MEASUREMENT.hex()]), e]
+    assert _releases_found(world, entries) == [
+        ("error", "release", f"{_what(e)} against its grant: the key is not among the granted keys "
+                             "['acme/footer', 'acme/emails', 'acme/results']", "b1", 2000)]
 
 
 def test_refusals_and_operations_that_release_nothing_are_not_judged(world: World) -> None:
