@@ -13,6 +13,7 @@ import copy
 import functools
 import hashlib
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -946,6 +947,16 @@ def test_an_altered_entry_is_named_at_its_position(world: World, tmp_path: Path,
     assert len(readable_entries(log)) == n - (line != b'{"index": 3}')
 
 
+def test_an_altered_entry_of_a_log_without_its_published_history_is_named_without_a_span(world: World,
+                                                                                       tmp_path: Path) -> None:
+    log = world.log(tmp_path / "audit")
+    shutil.rmtree(tmp_path / "audit" / HISTORY)
+    log = _rewrite(log, tmp_path / "audit", lambda lines: [lines[0].replace(b'"', b"'", 1), *lines[1:]])
+    assert changed_span(log) is None
+    assert _integrity(log) == [("error", "integrity", "entry at position 0 is not valid JSON: its bytes were altered",
+                                None, None), _mismatch(log)]
+
+
 def test_reordered_entries_are_named_and_located_after_the_checkpoints_they_still_match(world: World,
                                                                                        tmp_path: Path) -> None:
     """Two checkpoints; entries 2 and 3 of the second stretch swapped: the first still matches."""
@@ -1010,10 +1021,13 @@ def test_a_head_or_a_published_checkpoint_that_does_not_verify_is_named(world: W
     (tmp_path / "audit" / HISTORY / "1").write_text(forged)
     assert _integrity(log) == [
         ("error", "integrity", f"a published checkpoint does not verify: {refused.value}", None, None)]
-    assert changed_span(log) is None  # the unverifiable one is passed over
+    assert changed_span(log) is None  # the unverifiable one is passed over, and the next still matches
     (tmp_path / "audit" / CHECKPOINT).write_text(forged)
     assert _integrity(AuditLog.open_dir(tmp_path / "audit")) == [
         ("error", "integrity", f"the log's latest checkpoint cannot be trusted: {refused.value}", None, None)]
+    n = log.size  # past the unverifiable one, the next published checkpoint still locates a change
+    altered = _rewrite(log, tmp_path / "audit", lambda lines: [*lines[:-1], lines[-1].replace(b'"', b"'", 1)])
+    assert changed_span(altered) == (0, n)
 
 
 def test_witnesses_that_pinned_different_keys_are_named_and_each_is_asked(world: World, tmp_path: Path) -> None:
