@@ -495,21 +495,22 @@ def test_a_key_with_a_custom_policy_is_noted_once_per_broker_and_key(world: Worl
     entries, _ = world.fork()
     policy = "claims.tee == 'sev-snp'"
     first = entries.index(_release(entries, "provider", "model/spam"))
-    changes = [_decision(entries, kind="policy_change", broker=broker, key_id="shared/k", key_kind="data",
-                         policy=policy, key_measurements=None) for broker in ("owner", "provider")]
+    pairs = [("owner", "shared/k"), ("provider", "shared/k"), ("owner", "shared/j")]
+    changes = [_decision(entries, kind="policy_change", broker=broker, key_id=key_id, key_kind="data", policy=policy,
+                         key_measurements=None) for broker, key_id in pairs]
     refused = _decision(entries, kind="policy_change", broker="owner", key_id="acme/emails", policy=policy,
                         decision="deny")
     entries[first:first] = [*changes, refused]
     released: list[dict[str, Any]] = []
-    for broker in ("owner", "provider", "owner"):
+    for broker, key_id in [*pairs, ("owner", "shared/k")]:
         released.append({**_release(entries, broker, "acme/emails" if broker == "owner" else "model/spam"),
-                         "key_id": "shared/k", "reason": f"custom policy holds at {broker}",
+                         "key_id": key_id, "reason": f"custom policy holds at {broker}",
                          "index": 2000 + len(released)})
         entries.append(released[-1])
     assert _releases_found(world, entries) == [
-        ("note", "release", f"key shared/k at broker {e['broker']} has a custom policy ({policy}); its releases were "
-                            f"judged by the broker (custom policy holds at {e['broker']}), re-read the policy by hand",
-         "b1", e["index"]) for e in released[:2]]
+        ("note", "release", f"key {e['key_id']} at broker {e['broker']} has a custom policy ({policy}); its releases "
+                            f"were judged by the broker (custom policy holds at {e['broker']}), re-read the policy by "
+                            "hand", "b1", e["index"]) for e in released[:3]]
 
 
 def test_a_model_key_is_released_only_to_its_allowed_measurements_as_last_set(world: World) -> None:
