@@ -49,7 +49,7 @@ from audit.verify import (
     verify_audit,
 )
 from enclave.receipts import verify_receipt
-from enclave.signing import generate_signing_key, sign_json, unverified_payload
+from enclave.signing import canonical_json, generate_signing_key, sign_json, unverified_payload
 from sdk.storage import ObjectStore
 from tests.audit.conftest import MEASUREMENT, MODEL, OTHER_MEASUREMENT, RECIPE, TENANT, Scenario
 from wire.worker_config import config_digest_from_claims
@@ -948,6 +948,44 @@ def test_an_altered_entry_is_named_at_its_position(world: World, tmp_path: Path,
     assert len(readable_entries(log)) == n - (line != b'{"index": 3}')
 
 
+def test_every_altered_entry_is_named_not_only_the_first(world: World, tmp_path: Path) -> None:
+    log = world.log(tmp_path / "audit")
+    altered = {3: b"{not json", 5: b"[5]"}
+    log = _rewrite(log, tmp_path / "audit", lambda lines: [altered.get(i, x) for i, x in enumerate(lines)])
+    assert [f[2] for f in _integrity(log)[:2]] == [
+        "entry at position 3 is not valid JSON: its bytes were altered",
+        "entry at position 5 is not in canonical form: it was edited after it was written"]
+
+
+def test_a_rewrite_re_signed_with_the_log_key_is_named_by_every_earlier_checkpoint_of_it(world: World,
+                                                                                        tmp_path: Path) -> None:
+    """The operator edits entry 2 (canonical, at its index) and signs a new head of the same size: the head holds,
+    but each published checkpoint over entry 2 (one of the same size too, kept under another name) refuses it."""
+    log = world.log(tmp_path / "audit")
+    n = log.size
+    log.append("grant", "later:1", {"batch_id": "later-1"})
+    same_size = log.publish_checkpoint().note
+    (tmp_path / "audit" / HISTORY / "0").write_text(same_size)
+
+    def edited(lines: list[bytes]) -> list[bytes]:
+        entry = json.loads(lines[2])
+        return [*lines[:2], canonical_json({**entry, "reason": "rewritten"}), *lines[3:]]
+
+    log = _rewrite(log, tmp_path / "audit", edited)
+    latest = log.publish_checkpoint()
+    found = []
+    for note in log.history()[:2]:  # history/0 (size n + 1, the old root), then history/n
+        old = Checkpoint.open(note, str(log.vkey()))
+        with pytest.raises(ProofError) as refused:
+            verify_consistency(old.size, latest.size, log.consistency_proof(old.size, latest.size), old.root,
+                               latest.root)
+        found.append(("error", "integrity", f"the checkpoint {old.describe()} is not consistent with the latest "
+                                            f"({latest.describe()}): the log was rewritten ({refused.value})", None,
+                      None))
+    assert [Checkpoint.open(note, str(log.vkey())).size for note in log.history()] == [n + 1, n, n + 1]
+    assert _integrity(log) == found
+
+
 def test_an_altered_entry_of_a_log_without_its_published_history_is_named_without_a_span(world: World,
                                                                                        tmp_path: Path) -> None:
     log = world.log(tmp_path / "audit")
@@ -972,9 +1010,13 @@ def test_reordered_entries_are_named_and_located_after_the_checkpoints_they_stil
         return [lines[swap.get(i, i)] for i in range(len(lines))]
 
     log = _rewrite(log, tmp_path / "audit", swapped)
+    forged = log.history()[0].replace(f"\n{first}\n", f"\n{first - 1}\n")  # no longer verifies: passed over
+    (tmp_path / "audit" / HISTORY / "1").write_text(forged)
+    with pytest.raises(LogError) as unverified:
+        Checkpoint.open(forged, str(log.vkey()))
     assert changed_span(log) == (first, first + 4)
     latest = log.latest_checkpoint()
-    old = Checkpoint.open(log.history()[0], str(log.vkey()))
+    old = Checkpoint.open(log.history()[1], str(log.vkey()))  # history/1 is the forged one
     with pytest.raises(ProofError) as refused:
         verify_consistency(first, latest.size, log.consistency_proof(first, latest.size), old.root, latest.root)
     assert _integrity(log) == [
@@ -984,6 +1026,7 @@ def test_reordered_entries_are_named_and_located_after_the_checkpoints_they_stil
                                "removed or reordered", None, None),
         _mismatch(log, f" (within positions {first}..{first + 3}; the first {first} entries still match their "
                        "checkpoint)"),
+        ("error", "integrity", f"a published checkpoint does not verify: {unverified.value}", None, None),
         ("error", "integrity", f"the checkpoint {old.describe()} is not consistent with the latest "
                                f"({latest.describe()}): the log was rewritten ({refused.value})", None, None)]
 
