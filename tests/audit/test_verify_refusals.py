@@ -212,6 +212,16 @@ def test_a_receipt_is_verified_at_the_time_it_was_issued(world: World) -> None:
          e0["index"])])
 
 
+def test_a_log_copy_of_a_receipt_without_its_issue_time_is_verified_now_and_named(world: World) -> None:
+    entries, bucket = world.fork()
+    e0 = world.entry(entries, "receipt", receipt_key=SHARD0)
+    signed = e0["issued_at"]
+    e0["issued_at"] = None
+    assert _receipts(world, entries, bucket) == (2, [
+        ("error", "receipt", f"the log's copy of receipt {SHARD0} says issued_at None, but its signature covers "
+                             f"{signed!r}", "b1", e0["index"])])
+
+
 @pytest.mark.parametrize("name", [n for n in SIGNED_RECEIPT_FIELDS if n != "issued_at"])
 def test_a_log_copy_of_a_receipt_that_misstates_a_signed_field_is_named(world: World, name: str) -> None:
     entries, bucket = world.fork()
