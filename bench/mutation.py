@@ -68,6 +68,7 @@ MODULES: dict[str, list[str]] = {
     "enclave/kbs_client.py": ["tests/enclave/test_kbs_client.py", "tests/enclave/test_kbs_client_transport.py",
                               "tests/keybroker/test_tls.py::test_clients_refuse_plain_http_off_loopback",
                               "tests/keybroker/test_tls.py::test_clients_accept_loopback_http_and_report_a_missing_ca"],
+    "enclave/pme.py": ["tests/enclave/test_pme.py"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py",
                           "tests/enclave/test_worker_flow.py"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pyarrow as pa
@@ -9,7 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.pme import EncryptedParquet, EncryptionCoverageError, PmeKeys, write_encrypted
+from enclave import pme
+from enclave.pme import (
+    EncryptedParquet,
+    EncryptionCoverageError,
+    NotEncryptedError,
+    PmeKeys,
+    wrapper_from_callables,
+    write_encrypted,
+)
 
 CANARY = "CANARY-PME-5d1e"
 
@@ -73,3 +82,80 @@ def test_a_shared_context_asks_the_broker_once_per_key_not_per_file() -> None:
 def test_a_table_without_columns_is_refused() -> None:
     with pytest.raises(EncryptionCoverageError, match="expected at least one column"):
         write_encrypted(pa.table({}), LocalWrapper(), footer_key="f", column_key="c", row_group_size=10)
+
+
+def test_a_plaintext_parquet_file_is_refused_and_the_readers_own_keys_forgotten() -> None:
+    """pyarrow would open a plaintext file despite decryption properties and believe its footer: the platform's
+    own file, written in the owner's place. Only an encrypted footer is authenticated."""
+    sink = io.BytesIO()
+    pq.write_table(_table(10), sink)
+    held = len(pme._registry)
+    with pytest.raises(NotEncryptedError) as refused:
+        EncryptedParquet(sink.getvalue(), LocalWrapper())
+    assert str(refused.value) == ("expected a Parquet file with an encrypted footer (ending b'PARE'), got one ending "
+                                  "b'PAR1'")
+    assert len(pme._registry) == held  # the reader's own keys (and the wrapper) forgotten on the refusal
+
+
+def test_a_file_opened_from_a_native_file_and_read_by_row_group_column_and_footer() -> None:
+    wrapper = LocalWrapper()
+    table = _table(250)
+    data = write_encrypted(table, wrapper, footer_key="f", column_key="c", row_group_size=100,
+                           metadata={"cscore.input": "file-id-1"})
+    with PmeKeys(wrapper) as keys, EncryptedParquet(pa.BufferReader(data), keys) as source:
+        assert (source.num_row_groups, source.num_rows, source.rows_in([0, 2])) == (3, 250, 150)
+        assert source.schema.names == ["message_id", "text"]
+        assert source.key_value_metadata[b"cscore.input"] == b"file-id-1"  # authenticated with the footer
+        assert source.read().equals(table.replace_schema_metadata(source.schema.metadata))
+        assert source.read_row_groups([2]).column_names == ["message_id", "text"]
+        assert source.read_row_groups([2], ["text"]).column_names == ["text"]
+        assert source.read_row_groups([1, 2], []).num_rows == 150  # no columns named: every column
+
+
+def test_the_footer_metadata_adds_to_the_schemas_own() -> None:
+    wrapper = LocalWrapper()
+    table = _table(5).replace_schema_metadata({"owner": "acme"})
+    data = write_encrypted(table, wrapper, footer_key="f", column_key="c", row_group_size=5, metadata={"k": "v"})
+    with EncryptedParquet(data, wrapper) as source:
+        assert {b"owner": b"acme", b"k": b"v"}.items() <= source.key_value_metadata.items()
+    bare = write_encrypted(table, wrapper, footer_key="f", column_key="c", row_group_size=5)
+    with EncryptedParquet(bare, wrapper) as source:
+        assert b"k" not in source.key_value_metadata and source.key_value_metadata[b"owner"] == b"acme"
+
+
+def test_columns_carry_no_statistics() -> None:
+    """min/max statistics of long texts made every footer large (each shard reads the footer); none are written."""
+    wrapper = LocalWrapper()
+    data = write_encrypted(_table(20), wrapper, footer_key="f", column_key="c", row_group_size=10)
+    with PmeKeys(wrapper) as keys:
+        metadata = pq.ParquetFile(pa.BufferReader(data), decryption_properties=keys.decryption_properties()).metadata
+        columns = [metadata.row_group(g).column(c) for g in range(2) for c in range(2)]
+        assert len(columns) == 4 and not any(column.is_stats_set for column in columns)
+
+
+def test_closing_twice_is_harmless_and_forgets_the_wrapper() -> None:
+    held = len(pme._registry)
+    keys = PmeKeys(LocalWrapper())
+    assert len(pme._registry) == held + 1
+    keys.close()
+    keys.close()
+    assert len(pme._registry) == held
+
+
+def test_a_failed_open_with_shared_keys_leaves_them_usable() -> None:
+    wrapper = LocalWrapper()
+    data = write_encrypted(_table(10), wrapper, footer_key="f", column_key="c", row_group_size=10)
+    with PmeKeys(wrapper) as keys:
+        with pytest.raises(NotEncryptedError):
+            EncryptedParquet(b"not parquet at all", keys)
+        with EncryptedParquet(data, keys) as source:
+            assert source.num_rows == 10
+
+
+def test_callables_adapt_to_a_key_wrapper() -> None:
+    local = LocalWrapper()
+    wrapper = wrapper_from_callables(local.wrap, local.unwrap)
+    data = write_encrypted(_table(10), wrapper, footer_key="f", column_key="c", row_group_size=10)
+    with EncryptedParquet(data, wrapper) as source:
+        assert source.read().num_rows == 10
+    assert sorted(set(local.calls)) == [("unwrap", "c"), ("unwrap", "f"), ("wrap", "c"), ("wrap", "f")]
