@@ -254,3 +254,42 @@ class _NoTee:
 
     def get_evidence(self, report_data: bytes) -> Evidence:
         raise AssertionError("no evidence without a challenge")
+
+
+def test_a_model_grant_is_the_owner_brokers_signed_grant_for_this_session_key(env: Env) -> None:
+    from joserfc.jwk import ECKey
+
+    from wire.grant import verify_grant
+
+    relay = Relay(env)
+    session = _session(env, relay)
+    token = session.model_grant(batch_id="batch-1", model_digest="sha256:m")
+    assert relay.sent[-1][:2] == ("/kbs/v0/model-grant", {"batch_id": "batch-1", "model_digest": "sha256:m"})
+    grant = verify_grant(token, {"owner": env.admin.grant_key()}, now=time.time())
+    assert (grant.batch_id, grant.model_digest, grant.measurement) == ("batch-1", "sha256:m", GOOD)
+    assert grant.tee_key == ECKey.import_key(session.tee_public_jwk).thumbprint()
+    assert session.claims_digests("batch-1") == (session.current().claims_digest,)
+
+
+def test_a_resource_is_fetched_from_its_repository_type_and_tag(env: Env) -> None:
+    env.admin.put_resource("cscore", "config", "v1", b"resource-value", measurements=[GOOD])
+    relay = Relay(env)
+    assert _session(env, relay).resource("cscore", "config", "v1") == b"resource-value"
+    assert relay.sent[-1][:2] == ("/kbs/v0/resource/cscore/config/v1", None)
+
+
+def test_a_pinned_broker_is_reached_over_https_with_the_pinned_ca_only(tmp_path: Path) -> None:
+    import ssl
+
+    from enclave.kbs_client import broker_tls
+    from keybroker.tls import create_local_ca
+
+    ca, _ = create_local_ca(tmp_path / "ca")
+    pem = ca.read_text()
+    with pytest.raises(ValueError) as refused:
+        broker_tls("http://127.0.0.1:1", ca_pem=pem)  # loopback or not: the pin means TLS
+    assert str(refused.value) == "broker URL 'http://127.0.0.1:1': a pinned broker is reached over https only"
+    context = broker_tls("https://kbs.owner.example", "/nonexistent/bundle.pem", ca_pem=pem)  # the pin wins
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    pinned = ssl.create_default_context(cadata=pem).get_ca_certs()
+    assert context.get_ca_certs() == pinned and len(pinned) == 1  # the pinned CA only, not the system roots
