@@ -293,3 +293,15 @@ def test_a_pinned_broker_is_reached_over_https_with_the_pinned_ca_only(tmp_path:
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
     pinned = ssl.create_default_context(cadata=pem).get_ca_certs()
     assert context.get_ca_certs() == pinned and len(pinned) == 1  # the pinned CA only, not the system roots
+
+
+@pytest.mark.parametrize(("url", "shown"), [("http://KBS.Owner.example:8080/x", "kbs.owner.example"),
+                                           ("http:///kbs", "")])
+def test_plain_http_off_loopback_is_refused_naming_the_host(url: str, shown: str) -> None:
+    from enclave.kbs_client import broker_tls
+
+    with pytest.raises(ValueError) as refused:
+        broker_tls(url)
+    assert str(refused.value) == (f"refusing plain HTTP to {shown!r}: broker URLs must be https:// unless the host is "
+                                  "loopback (127.0.0.1, ::1, localhost)")
+    assert broker_tls("http://LocalHost:1") is True  # loopback whatever the case
