@@ -305,3 +305,38 @@ def test_plain_http_off_loopback_is_refused_naming_the_host(url: str, shown: str
     assert str(refused.value) == (f"refusing plain HTTP to {shown!r}: broker URLs must be https:// unless the host is "
                                   "loopback (127.0.0.1, ::1, localhost)")
     assert broker_tls("http://LocalHost:1") is True  # loopback whatever the case
+
+
+def test_the_ca_bundle_is_the_argument_else_the_environments_else_the_system_roots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    from enclave.kbs_client import CA_ENV, broker_tls
+    from keybroker.tls import create_local_ca
+
+    ca, _ = create_local_ca(tmp_path / "ca")
+    local = ssl.create_default_context(cafile=str(ca)).get_ca_certs()
+    monkeypatch.setenv(CA_ENV, str(ca))
+    from_env = broker_tls("https://kbs.owner.example")
+    assert isinstance(from_env, ssl.SSLContext) and from_env.get_ca_certs() == local
+    monkeypatch.setenv(CA_ENV, str(tmp_path / "gone.pem"))
+    argument = broker_tls("https://kbs.owner.example", ca)  # the argument first
+    assert isinstance(argument, ssl.SSLContext) and argument.get_ca_certs() == local
+    with pytest.raises(FileNotFoundError) as missing:
+        broker_tls("https://kbs.owner.example")
+    assert str(missing.value) == (f"broker CA bundle {str(tmp_path / 'gone.pem')!r} does not exist (argument or "
+                                  f"${CA_ENV})")
+    monkeypatch.setenv(CA_ENV, "")  # set but empty: the system roots
+    assert broker_tls("https://kbs.owner.example") is True
+
+
+def test_an_unwrap_sends_the_model_grant_only_when_there_is_one(env: Env) -> None:
+    relay = Relay(env)
+    session = _session(env, relay)
+    wrapped = env.admin.wrap("data-1", b"D" * 16)
+    session.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert relay.sent[-1][:2] == ("/kbs/v0/unwrap", {"key_id": "data-1", "wrapped": base64.b64encode(wrapped).decode(),
+                                                     "batch_id": "batch-1", "model_digest": "sha256:m"})
+    session.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m", grant="g")  # a data key's: unused
+    assert relay.sent[-1][1]["grant"] == "g"  # type: ignore[index]
+
