@@ -43,8 +43,10 @@ class Relay:
         self.rewrite = rewrite
         self.sent: list[tuple[str, dict[str, Any] | None, int]] = []  # (path, JSON body, status handed back)
         self.answers: list[bytes] = []
+        self.requests: list[httpx.Request] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
         answer = self._broker.request(request.method, request.url.path, content=request.content,
                                       headers={k: v for k, v in request.headers.items() if k not in ("host",)})
         response = httpx.Response(answer.status_code, headers={"content-type": answer.headers.get("content-type", "")},
@@ -271,11 +273,19 @@ def test_a_model_grant_is_the_owner_brokers_signed_grant_for_this_session_key(en
     assert session.claims_digests("batch-1") == (session.current().claims_digest,)
 
 
-def test_a_resource_is_fetched_from_its_repository_type_and_tag(env: Env) -> None:
+def test_a_resource_is_fetched_from_its_repository_type_and_tag_for_no_batch(env: Env) -> None:
     env.admin.put_resource("cscore", "config", "v1", b"resource-value", measurements=[GOOD])
     relay = Relay(env)
-    assert _session(env, relay).resource("cscore", "config", "v1") == b"resource-value"
-    assert relay.sent[-1][:2] == ("/kbs/v0/resource/cscore/config/v1", None)
+    session = _session(env, relay)
+    assert session.resource("cscore", "config", "v1") == b"resource-value"
+    request = relay.requests[-1]
+    assert (request.method, request.url.path, request.content) == ("GET", "/kbs/v0/resource/cscore/config/v1", b"")
+    assert "content-type" not in request.headers and request.headers["authorization"].startswith("Bearer ")
+    assert session.runtime_data is not None and "batch_id" not in session.runtime_data  # attested for no batch
+    assert session._used == {}
+    with pytest.raises(KbsError):  # an unwrap naming no batch: refused by the broker, and no batch claimed
+        _session(env, relay).unwrap("data-1", b"w", batch_id="", model_digest="sha256:m")
+    assert "batch_id" not in relay.sent[-2][1]["runtime_data"]  # type: ignore[index]
 
 
 def test_a_pinned_broker_is_reached_over_https_with_the_pinned_ca_only(tmp_path: Path) -> None:
