@@ -818,3 +818,21 @@ def test_a_shard_whose_columns_are_not_the_first_shards_is_named_with_both(tmp_p
                                   "DataType(double)]), got ['message_id', 'spam_probability'] ([DataType(string), "
                                   "DataType(string)])")
     assert _write_parts(tmp_path / "none.parquet", iter([]), None, _IdTally(1), set()) == []  # no shard: no columns
+
+
+def test_the_owners_manifest_of_another_tenant_or_not_text_is_refused(tmp_path: Path, sim_dir: Path) -> None:
+    """The platform copies the owner's signed manifest under another tenant's folder, or stores bytes that are not
+    text where it belongs: each a named refusal, not another tenant's results or a crash."""
+    from sdk.results import owner_manifest
+
+    store, owner, _ = _batch(tmp_path, sim_dir, rows=(200,))
+    signed = store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"]
+    store.objects[f"incoming/globex/{BATCH}/manifest.jws"] = signed
+    with pytest.raises(ResultVerificationError) as refused:
+        owner_manifest(store, owner, "globex", BATCH)  # type: ignore[arg-type]
+    assert str(refused.value) == f"incoming/globex/{BATCH}/manifest.jws: tenant expected 'globex', got '{TENANT}'"
+    store.objects[f"incoming/{TENANT}/{BATCH}/manifest.jws"] = b"\xff\xfe" + signed
+    with pytest.raises(ResultVerificationError) as refused:
+        owner_manifest(store, owner, TENANT, BATCH)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(f"manifest.signature: expected a valid Ed25519 signature by key "
+                                         f"{owner.key.thumbprint()}, got ")
