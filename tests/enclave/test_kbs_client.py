@@ -382,3 +382,19 @@ def test_an_unwrap_sends_the_model_grant_only_when_there_is_one(env: Env) -> Non
     session.unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m", grant="g")  # a data key's: unused
     assert relay.sent[-1][1]["grant"] == "g"  # type: ignore[index]
 
+
+
+def test_a_session_of_its_own_verifies_the_pinned_ca_and_gives_up_after_30_s(tmp_path: Path) -> None:
+    """Without a caller's client, the session's own: TLS by `broker_tls` (the pinned CA only), a 30 s timeout, the
+    URL without its trailing slash (requests are made on paths under it)."""
+    import ssl
+
+    from keybroker.tls import create_local_ca
+
+    ca, _ = create_local_ca(tmp_path / "ca")
+    session = AttestedSession("https://kbs.owner.example/brokerX/", _NoTee(), ca_pem=ca.read_text())
+    assert session.broker_url == "https://kbs.owner.example/brokerX"
+    assert session._http.timeout == httpx.Timeout(30.0)
+    context = session._http._transport._pool._ssl_context  # type: ignore[attr-defined]  # httpx's own
+    assert context.get_ca_certs() == ssl.create_default_context(cadata=ca.read_text()).get_ca_certs()
+    session.close()
