@@ -279,8 +279,9 @@ def test_collateral_signed_by_a_key_other_than_its_certificate(signing: TcbSigni
                                                                document: str) -> None:
     keys = {"tcb_info": signing.key, "qe_identity": signing.key, document: _key()}
     err = _refused(_collateral(keys["tcb_info"], signing.chain, keys["qe_identity"], signing.chain), anchors, AT_V5)
-    assert (err.field, err.expected, err.actual) == (
-        f"{document}.signature", f"a valid signature by {signing.cert.subject.rfc4514_string()}", "an invalid one")
+    assert (err.field, err.expected, err.actual, err.hint) == (
+        f"{document}.signature", f"a valid signature by {signing.cert.subject.rfc4514_string()}", "an invalid one",
+        "the collateral was altered")
 
 
 def test_tdx_refusals_carry_what_to_do(intel: Intel, rogue: Intel, anchors: TrustAnchors) -> None:
@@ -362,3 +363,33 @@ def test_collateral_signed_under_a_certificate_with_an_rsa_key_is_named(intel: I
     evidence = _collateral(signing.key, pem(rsa_cert, signing.root), signing.key, signing.chain)
     err = _refused(evidence, anchors, AT_V5)
     assert (err.field, err.expected, err.actual) == ("tcb_info.signature.key", "an EC P-256 key", "RSAPublicKey")
+
+
+def test_a_collateral_chain_that_is_not_two_readable_certificates_is_named(signing: TcbSigning,
+                                                                          anchors: TrustAnchors) -> None:
+    for chain, refusal in (
+            ("junk", ("tcb_info.issuer_chain", "PEM certificates")),
+            (pem(signing.cert), ("tcb_info.issuer_chain", "2 certificates (signing, root)", 1)),
+            (pem(signing.cert, signing.root, signing.root), ("tcb_info.issuer_chain", "2 certificates (signing, root)",
+                                                             3))):
+        with pytest.raises(ParseError) as err:
+            verify_evidence(_collateral(signing.key, chain, signing.key, signing.chain), anchors, AT_V5)
+        assert (err.value.field, err.value.expected, err.value.actual)[:len(refusal)] == refusal
+
+
+def test_a_collateral_root_expired_at_the_time_is_named(intel: Intel, signing: TcbSigning) -> None:
+    """The trusted root itself (Intel's name and key) no longer valid, the signing certificate still valid."""
+    expired = reissue(intel.root, intel.root_key, not_after=AT_V5 - timedelta(days=1))
+    anchors = dataclasses.replace(TrustAnchors.amd(), intel_roots=(expired,))
+    err = _refused(_collateral(signing.key, pem(signing.cert, expired), signing.key, pem(signing.cert, expired)),
+                   anchors, AT_V5)
+    assert (err.field, err.actual) == ("tcb_info.issuer_chain.root.validity", AT_V5.isoformat())
+
+
+def test_collateral_is_checked_at_the_instant_given_in_any_zone(signing: TcbSigning, anchors: TrustAnchors) -> None:
+    """The collateral here is valid until 2026-06-20T00:00:00Z: 2026-06-20T08:00+09:00 is still inside (23:00Z),
+    the same wall time in UTC is not."""
+    evidence = _collateral(signing.key, signing.chain, signing.key, signing.chain)
+    tokyo = datetime(2026, 6, 20, 8, 0, tzinfo=timezone(timedelta(hours=9)))
+    assert verify_evidence(evidence, anchors, tokyo).tcb_status == "UpToDate"
+    assert _refused(evidence, anchors, tokyo.replace(tzinfo=UTC)).field == "tcb_info.nextUpdate"

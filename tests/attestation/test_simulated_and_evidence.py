@@ -425,9 +425,9 @@ def test_each_appraisal_refusal_is_named_word_for_word(real_claims: Claims, poli
     assert _refusal(err) == refusal
 
 
-def test_a_guest_above_the_highest_vmpl_is_refused_and_one_at_it_is_not(real_claims: Claims) -> None:
+def test_a_guest_above_the_highest_vmpl_is_refused_and_one_at_it_with_allowed_bits_is_not(real_claims: Claims) -> None:
     claims = replace(real_claims, vmpl=1)
-    appraise(claims, Policy(max_vmpl=1))
+    appraise(claims, Policy(max_vmpl=1, allowed_policy_bits=0x30000))  # exactly the guest's policy bits
     with pytest.raises(AppraisalError) as err:
         appraise(claims, Policy(max_vmpl=0))
     assert _refusal(err) == ("vmpl", "<= 0", 1, "")

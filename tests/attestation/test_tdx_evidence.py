@@ -1056,3 +1056,17 @@ def test_a_certificate_without_sgx_extensions_is_not_a_pck() -> None:
     assert (err.value.field, err.value.expected, err.value.actual, err.value.hint) == (
         W, f"extension {SGX}", "none", "this is not an Intel PCK certificate")
     assert pck_extensions(pck).fmspc == bytes.fromhex("90c06f000000")
+
+
+def test_collateral_bytes_that_are_not_text_are_carried_replaced_not_refused(tmp_path: Any) -> None:
+    """The JSON form and a folder's chain keep bytes that are not UTF-8 (ASCII for PEM) as U+FFFD: the parser or
+    the signature check refuses such collateral later, naming it, rather than a decoding error here."""
+    from pathlib import Path
+
+    assert TdxCollateral(b"\xff{", b"\xfe", "").to_json() == {"tcb_info": "\ufffd{", "qe_identity": "\ufffd",
+                                                              "tcb_info_chain": "", "qe_identity_chain": ""}
+    collateral, folder = _collateral_2023(), Path(str(tmp_path))
+    (folder / "tcb.json").write_bytes(collateral.tcb_info)
+    (folder / "qe.json").write_bytes(collateral.qe_identity)
+    (folder / "chain.pem").write_bytes(b"\xe9\n" + collateral.tcb_info_chain.encode())
+    assert TdxCollateral.from_dir(folder).tcb_info_chain == "\ufffd\n" + collateral.tcb_info_chain
