@@ -460,3 +460,19 @@ def test_a_floor_of_a_component_the_platform_lacks_is_not_applied(real_claims: C
     with pytest.raises(AppraisalError) as err:
         appraise(replace(real_claims, tcb={**real_claims.tcb, "fmc": 199}), Policy(min_tcb={"fmc": 200}))
     assert (err.value.field, err.value.expected, err.value.actual) == ("tcb.fmc", ">= 200", 199)
+
+
+def test_floors_of_components_the_platform_lacks_are_skipped_not_the_rest(real_claims: Claims) -> None:
+    """Floors for TDX components and for an FMC Milan lacks, listed first, do not end the check early."""
+    with pytest.raises(AppraisalError) as err:
+        appraise(real_claims, Policy(min_tcb={"tdx_module": 200, "fmc": 200, "snp": 9}))
+    assert (err.value.field, err.value.expected, err.value.actual) == ("tcb.snp", ">= 9", 8)
+
+
+def test_a_component_missing_from_claims_built_in_code_is_below_every_floor(real_claims: Claims) -> None:
+    """Claims built by hand without a component of their TEE fail closed, even at a floor of 0, naming it absent."""
+    claims = replace(real_claims, tcb={k: v for k, v in real_claims.tcb.items() if k != "snp"})
+    with pytest.raises(AppraisalError) as err:
+        appraise(claims, Policy(min_tcb={"snp": 0}))
+    assert _refusal(err) == ("tcb.snp", ">= 0", None,
+                             "the platform firmware is older than the policy allows; update it")
