@@ -345,6 +345,13 @@ def test_policy_hex_lists_take_one_string_and_any_case() -> None:
     assert Policy.from_dict({"rtmrs": {"rtmr1": []}}).rtmrs == {"rtmr1": ()}
 
 
+def test_a_policy_may_name_every_rtmr_and_every_tcb_component() -> None:
+    every = {f"rtmr{i}": ["aa"] for i in range(4)}
+    assert Policy.from_dict({"rtmrs": every}).rtmrs == {name: ("aa",) for name in every}
+    floors = dict.fromkeys(TCB_COMPONENTS, 1)
+    assert Policy.from_dict({"min_tcb": floors}).min_tcb == floors
+
+
 @pytest.mark.parametrize(("d", "refusal"), [
     ({"chip_ids": 5}, ("policy.chip_ids", "a list of hex strings", 5)),
     ({"host_data": ["aa", 1]}, ("policy.host_data", "a list of hex strings", ["aa", 1])),

@@ -1070,3 +1070,11 @@ def test_collateral_bytes_that_are_not_text_are_carried_replaced_not_refused(tmp
     (folder / "qe.json").write_bytes(collateral.qe_identity)
     (folder / "chain.pem").write_bytes(b"\xe9\n" + collateral.tcb_info_chain.encode())
     assert TdxCollateral.from_dir(folder).tcb_info_chain == "\ufffd\n" + collateral.tcb_info_chain
+
+
+def test_the_qe_isvsvn_is_two_bytes_and_the_reserved_byte_after_it_does_not_count() -> None:
+    quote, ext, collateral = _v5_status_inputs()
+    levels = (dataclasses.replace(collateral.qe_identity.levels[0], isv_svn=8),
+              dataclasses.replace(collateral.qe_identity.levels[0], isv_svn=0, status="OutOfDate"))
+    assert tcb_status(_qe_report(quote, 260, b"\x01"), ext, _with_qe(collateral, levels=levels)).qe_status == (
+        "OutOfDate")
