@@ -756,6 +756,8 @@ _MODULE = f"{T}.tdxModuleIdentities[1]"
                                                                      15)),
     ("tcbInfo.tcbLevels.0.tcb.tdxtcbcomponents", [{"svn": 1}] * 17, (f"{_LEVEL}.tcb.tdxtcbcomponents", "16 components",
                                                                      17)),
+    ("tcbInfo.tcbLevels.0.tcb.sgxtcbcomponents", ..., (f"{_LEVEL}.tcb.sgxtcbcomponents", "list", "missing")),
+    ("tcbInfo.tcbLevels.0.tcb.tdxtcbcomponents", {}, (f"{_LEVEL}.tcb.tdxtcbcomponents", "list", "dict")),
     ("tcbInfo.tcbLevels.0.tcb.sgxtcbcomponents.15", 1, (f"{_LEVEL}.tcb.sgxtcbcomponents[15]", "an object", "int")),
     ("tcbInfo.tcbLevels.0.tcb.tdxtcbcomponents.3.svn", 65536, (f"{_LEVEL}.tcb.tdxtcbcomponents[3].svn", "0..65535",
                                                                65536)),
