@@ -752,6 +752,8 @@ _MODULE = f"{T}.tdxModuleIdentities[1]"
     ("tcbInfo.tcbLevels.0", "x", (_LEVEL, "an object", "str")),
     ("tcbInfo.tcbLevels.0.tcb", ..., (f"{_LEVEL}.tcb", "dict", "missing")),
     ("tcbInfo.tcbLevels.0.tcbStatus", ..., (f"{_LEVEL}.tcbStatus", "str", "missing")),
+    ("tcbInfo.tcbLevels.0.tcbDate", 5, (f"{_LEVEL}.tcbDate", "str", "int")),
+    ("tcbInfo.tcbLevels.1.advisoryIDs", 5, (f"{T}.tcbLevels[1].advisoryIDs", "a list of strings", 5)),
     ("tcbInfo.tcbLevels.0.tcb.sgxtcbcomponents", [{"svn": 1}] * 15, (f"{_LEVEL}.tcb.sgxtcbcomponents", "16 components",
                                                                      15)),
     ("tcbInfo.tcbLevels.0.tcb.tdxtcbcomponents", [{"svn": 1}] * 17, (f"{_LEVEL}.tcb.tdxtcbcomponents", "16 components",
