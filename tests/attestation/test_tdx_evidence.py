@@ -739,7 +739,7 @@ _MODULE = f"{T}.tdxModuleIdentities[1]"
     ("tcbInfo.tdxModule.attributesMask", "ff", (f"{T}.tdxModule.attributesMask", "8 bytes as hex", "ff")),
     ("tcbInfo.tdxModuleIdentities.1", 7, (_MODULE, "an object", "int")),
     ("tcbInfo.tdxModuleIdentities.1.tcbLevels", "x", (f"{_MODULE}.tcbLevels", "a list", "str")),
-    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.2", None, (f"{_MODULE}.tcbLevels[2]", "an object", "NoneType")),
+    ("tcbInfo.tdxModuleIdentities.1.tcbLevels.2", 7, (f"{_MODULE}.tcbLevels[2]", "an object", "int")),
     ("tcbInfo.tdxModuleIdentities.1.tcbLevels.2.tcb", [], (f"{_MODULE}.tcbLevels[2].tcb", "dict", "list")),
     ("tcbInfo.tdxModuleIdentities.1.tcbLevels.2.tcb.isvsvn", "2", (f"{_MODULE}.tcbLevels[2].tcb.isvsvn", "int", "str")),
     ("tcbInfo.tdxModuleIdentities.1.tcbLevels.1.tcbStatus", "Fine", (
