@@ -773,8 +773,8 @@ def test_a_malformed_tcb_info_member_is_named_word_for_word(path: str, value: An
 
 
 def test_tcb_info_bounds_and_defaults_that_parse() -> None:
-    """SVNs 0 and 65535, dates without a zone (read as UTC), no advisories, no module identities, a module
-    without an id or levels: all parse, to these values."""
+    """SVNs 0 and 65535, dates without a zone (read as UTC) or in another zone (that instant), no advisories, no
+    module identities, a module without an id or levels: all parse, to these values."""
     def change(doc: Any) -> None:
         body = doc["tcbInfo"]
         body["tcbEvaluationDataNumber"], body["issueDate"] = 65535, "2026-02-01T14:49:26"
@@ -787,6 +787,8 @@ def test_tcb_info_bounds_and_defaults_that_parse() -> None:
         65535, datetime(2026, 2, 1, 14, 49, 26, tzinfo=UTC), 0, 65535, (), ())
     assert parse_tcb_info(_tcb_doc(_set("tcbInfo.tdxModuleIdentities.1.tcbLevels", ...))).module_identities[1].levels \
         == ()
+    in_another_zone = parse_tcb_info(_tcb_doc(_set("tcbInfo.nextUpdate", "2026-03-03T16:49:26+02:00")))
+    assert in_another_zone.next_update == datetime(2026, 3, 3, 14, 49, 26, tzinfo=UTC)  # the same instant
 
 
 @pytest.mark.parametrize(("raw", "refusal"), [
