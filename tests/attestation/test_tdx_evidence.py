@@ -801,6 +801,7 @@ def test_tcb_info_bounds_and_defaults_that_parse() -> None:
     (b'{"a":1,5:2}', ("tcb_info", "a JSON object", "invalid JSON (a member name expected at 7)")),
     (b'{"a":1} {}', ("tcb_info", "a JSON object", "invalid JSON (trailing data after the object)")),
     (b'{"a":1}\x0c', ("tcb_info", "a JSON object", "invalid JSON (trailing data after the object)")),  # not JSON space
+    (b'{"a":1}X', ("tcb_info", "a JSON object", "invalid JSON (trailing data after the object)")),
     (b'{"a":1}', ("tcb_info", "members 'tcbInfo' and 'signature'", ["a"])),
     (b'{"a":[' * 2000, ("tcb_info", "a JSON object", None)),
 ])
