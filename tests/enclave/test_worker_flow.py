@@ -422,6 +422,11 @@ def test_a_recipe_card_is_verified_with_the_keys_of_the_provider_it_names(stack:
         assert str(refused.value) == (
             f"card.signature: expected an Ed25519 signature by one of {keys} pinned provider key(s), got 'none "
             "verifies'; recipes/spam-recipe/1/card.jws: only cards signed by a trusted provider are used")
+    # A card naming no broker is checked against every configured provider's keys: it verifies, then fails to parse.
+    unnamed = {k: v for k, v in payload.items() if k != "broker"}
+    with pytest.raises(FormatError) as refused:
+        stack.enclave._verified_recipe_card(spec, sign_json(unnamed, stack.party.signing_key()))
+    assert refused.value.field == "recipe_card.broker"
 
 
 def test_a_tuned_model_scores_its_owners_batch_with_both_shares(stack: Stack) -> None:
