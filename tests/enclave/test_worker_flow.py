@@ -35,7 +35,14 @@ from enclave.ranged import BytesSource
 from enclave.receipts import USAGE_TYPE, verify_receipt
 from enclave.runner import clear_contract_sessions
 from enclave.scoring import ModelSession
-from enclave.signing import canonical_json, generate_signing_key, sign_json, unverified_payload, verify_json
+from enclave.signing import (
+    SignatureError,
+    canonical_json,
+    generate_signing_key,
+    sign_json,
+    unverified_payload,
+    verify_json,
+)
 from enclave.training import joint_key
 from enclave.worker import (
     Enclave,
@@ -478,3 +485,14 @@ def test_a_training_jobs_key_client_never_wraps() -> None:
     with pytest.raises(PermissionError) as refused:
         _UnwrapOnly(None, {"batch_id": "job-1"}).wrap("job-1-data", bytes(32))  # type: ignore[arg-type]
     assert str(refused.value) == "wrap job-1-data: a training job writes no Parquet"
+
+
+def test_a_card_that_is_no_jws_is_named_as_what_it_should_be(stack: Stack) -> None:
+    """What the platform hands in place of a card is named by what it should have been, before any key is asked."""
+    spec = TrainingSpec(TENANT, "job-1", "incoming/acme/job-1/train.parquet", "00" * 32, "spam-recipe", 1,
+                        "sha256:" + "5e" * 32, "owner", "spam-tuned", 1, "share-1", "", "tuned/acme/spam-tuned/1/r.jws")
+    with pytest.raises(SignatureError, match=r"^recipe card: expected a compact JWS, got "):
+        stack.enclave._verified_recipe_card(spec, "not a card")
+    with pytest.raises(SignatureError, match=r"^model card: expected a compact JWS, got "):
+        stack.score(card="not a card")
+    assert stack.built == []
