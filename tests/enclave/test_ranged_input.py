@@ -170,10 +170,10 @@ def test_a_flipped_byte_in_a_later_slice_fails_authentication_when_that_slice_is
 
 def test_a_shard_reads_only_the_columns_its_models_contract_names_up_to_the_files_last_row_group() -> None:
     """A digits model's card names `file` (its id) and `image`: the owner's file holds a `notes` column too,
-    which the enclave never reads; the shard ends at the file's last row group, which is in the file."""
+    which the enclave never reads, in any slice; the shard ends at the file's last row group, which is in the file."""
     wrapper = LocalWrapper()
     key = f"incoming/{TENANT}/b-1/part-00000.parquet"
-    rows = 3 * ROW_GROUP_SIZE
+    rows = 8 * ROW_GROUP_SIZE  # the shard's 6 row groups are read in two slices (SLICE_ROW_GROUPS is 5)
     table = pa.table({"file": [f"f{i}.png" for i in range(rows)], "image": [b"png"] * rows,
                       "notes": ["the owner's own column"] * rows})
     data, file_id = encode_part(table, wrapper, OwnerKeys.for_batch(TENANT, "b-1"), tenant=TENANT, batch_id="b-1",
@@ -182,8 +182,8 @@ def test_a_shard_reads_only_the_columns_its_models_contract_names_up_to_the_file
                             "digest": "sha256:" + "dd" * 32, "object_key": "models/digits/1/model.onnx",
                             "task": DIGITS_TASK, "contract": DIGITS_CONTRACT})
     with PmeKeys(wrapper) as keys:
-        read = read_shard(_spec("b-1", key, file_id, 2, 3), BytesSource(data), keys, card)
-    assert read.column_names == ["file", "image"]
+        read = read_shard(_spec("b-1", key, file_id, 2, 8), BytesSource(data), keys, card)
+    assert read.column_names == ["file", "image"] and read.num_rows == 6 * ROW_GROUP_SIZE
     assert read.column("file").to_pylist() == [f"f{i}.png" for i in range(2 * ROW_GROUP_SIZE, rows)]
     # The owner's emails named for the digits model: refused naming the shard's input and the missing column.
     emails, emails_id, emails_key = _part(wrapper, "b-2", 0, 1_000)
