@@ -26,7 +26,18 @@ from moto import mock_aws
 from attestation import Policy, TrustAnchors
 from attestation.errors import AttestationError
 from audit.collect import sync_log
-from audit.log import CHECKPOINT, ENTRIES, HISTORY, VKEY, AuditLog, Checkpoint, LogError, Witness
+from audit.log import (
+    CHECKPOINT,
+    ENTRIES,
+    HISTORY,
+    VKEY,
+    AuditLog,
+    Checkpoint,
+    LogError,
+    Witness,
+    load_or_create_key,
+    sign_note,
+)
 from audit.merkle import ProofError, verify_consistency
 from audit.verify import (
     SIGNED_RECEIPT_FIELDS,
@@ -1064,6 +1075,27 @@ def test_entries_after_the_latest_checkpoint_are_noted_and_a_later_history_point
     assert _integrity(AuditLog.open_dir(tmp_path / "audit")) == [
         ("note", "integrity", "2 entries after the latest checkpoint are not signed yet (run a sync to sign them)",
          None, None)]
+
+
+def test_a_later_checkpoint_filed_first_in_the_history_does_not_end_the_check(world: World, tmp_path: Path) -> None:
+    """The platform files a checkpoint larger than the head under history/0, before a signed checkpoint of another
+    tree of size 1: the first is passed over, the second is still named."""
+    log = world.log(tmp_path / "audit")
+    head = (tmp_path / "audit" / CHECKPOINT).read_bytes()
+    log.append("grant", "later:1", {"batch_id": "later-1"})
+    (tmp_path / "audit" / HISTORY / "0").write_text(log.publish_checkpoint().note)
+    (tmp_path / "audit" / CHECKPOINT).write_bytes(head)
+    other = Checkpoint(log.origin, 1, bytes(32), 0)
+    (tmp_path / "audit" / HISTORY / "1").write_text(
+        sign_note(other.text(), log.origin, load_or_create_key(tmp_path / "audit" / "log-key.pem")))
+    log = AuditLog.open_dir(tmp_path / "audit")
+    latest = log.latest_checkpoint()
+    with pytest.raises(ProofError) as refused:
+        verify_consistency(1, latest.size, log.consistency_proof(1, latest.size), bytes(32), latest.root)
+    old = Checkpoint.open(log.history()[1], str(log.vkey()))
+    assert [f for f in _integrity(log) if f[0] == "error"] == [
+        ("error", "integrity", f"the checkpoint {old.describe()} is not consistent with the latest "
+                               f"({latest.describe()}): the log was rewritten ({refused.value})", None, None)]
 
 
 def test_a_head_or_a_published_checkpoint_that_does_not_verify_is_named(world: World, tmp_path: Path) -> None:
