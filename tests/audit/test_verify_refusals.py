@@ -361,6 +361,29 @@ def test_a_tuned_card_is_verified_as_a_card_and_a_receipt_as_a_receipt(world: Wo
     assert "type" in found[0][2], found
 
 
+def test_a_training_receipt_filed_under_another_models_folder_is_named(world: World) -> None:
+    """t-1's genuine receipt, byte for byte, logged and stored under version 3's folder."""
+    entries, bucket = world.fork()
+    e = world.entry(entries, "training_receipt", receipt_key=RECEIPT1)
+    moved = _tuned(3, "receipt.jws")
+    bucket.objects[moved] = bucket.objects.pop(RECEIPT1)
+    e["receipt_key"] = moved
+    assert _training(world, entries, bucket) == [
+        ("error", "training", f"training receipt {moved} speaks of tenant {TENANT}, model spam-filter-tuned:1", "t-1",
+         e["index"])]
+
+
+def test_a_training_receipt_that_does_not_verify_does_not_end_the_check_of_the_others(world: World) -> None:
+    entries, bucket = world.fork()
+    e = world.entry(entries, "training_receipt", receipt_key=RECEIPT1)
+    e["jws"] = bucket.objects[CARD1].decode()  # not a receipt
+    entries.remove(world.entry(entries, "tuned_model", card_key=_tuned(2, "card.jws")))
+    found = _training(world, entries, bucket)
+    assert [f[2].split(":")[0] for f in found] == [
+        f"{RECEIPT1} does not verify, it is forged or altered", "training job t-2",
+        f"{_tuned(2, 'card.jws')} in storage is not in the log"]
+
+
 def _grant(entries: list[dict[str, Any]], job: str) -> dict[str, Any]:
     return next(e for e in entries if e.get("kind") == "grant" and e.get("batch_id") == job)
 
