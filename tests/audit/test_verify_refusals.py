@@ -406,6 +406,18 @@ def test_a_training_job_is_held_to_its_grants_recipe_and_measurement(world: Worl
         assert _training(world, entries, bucket) == [_grant_refusal("t-1", at, named)], named
 
 
+def test_a_training_job_is_held_to_the_worker_configurations_its_grant_names(world: World) -> None:
+    zeros = config_digest_from_claims(bytes(32).hex())  # the simulated worker's HOST_DATA
+    entries, bucket = world.fork()
+    _grant(entries, "t-1")["granted_config_digests"] = ["07" * 32]
+    at = world.entry(entries, "training_receipt", receipt_key=RECEIPT1)["index"]
+    assert _training(world, entries, bucket) == [
+        ("error", "grant", f"training job t-1: trained by a worker launched with configuration {zeros[:16]}…, not one "
+                           f"the owner's grant names ({['07' * 32]})", "t-1", at)]
+    _grant(entries, "t-1")["granted_config_digests"] = [zeros]
+    assert _training(world, entries, bucket) == []
+
+
 def test_only_the_owners_allowed_grant_of_the_job_counts(world: World) -> None:
     """Entries of other kinds or decisions that name the job (a refused grant, a release) do not replace it."""
     entries, bucket = world.fork()
