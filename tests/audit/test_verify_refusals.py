@@ -431,9 +431,12 @@ def test_a_training_job_without_its_tuned_card_is_named(world: World) -> None:
     entries, bucket = world.fork()
     card = world.entry(entries, "tuned_model", card_key=CARD1)
     entries.remove(card)
+    entries.remove(_grant(entries, "t-2"))  # the next job is still checked
     at = world.entry(entries, "training_receipt", receipt_key=RECEIPT1)["index"]
+    at2 = world.entry(entries, "training_receipt", batch_id="t-2")["index"]
     assert _training(world, entries, bucket) == [
         ("error", "training", "training job t-1: no tuned model card logged for spam-filter-tuned:1", "t-1", at),
+        _grant_refusal("t-2", at2, "none"),
         ("error", "training", f"{CARD1} in storage is not in the log: it was written or replaced after the last "
                               "sync", None, None)]
 
