@@ -1014,6 +1014,12 @@ W = "pck.sgx_extensions"
     (b"\x04\x00", (W, "one DER SEQUENCE", "tag 0x04, 0 trailing bytes")),
     (b"\x30\x00\x00\x00", (W, "one DER SEQUENCE", "tag 0x30, 2 trailing bytes")),
     (_der(0x30, _der(0x04, b"")), (W, "SEQUENCE {OID, value}", "tag 0x04 with 0 parts")),
+    (_der(0x30, b"\x04\x00\x04"), (W, "a DER element", "1 bytes left")),  # the second element, 2 bytes in
+    (_der(0x30, _der(0x30, b"\x06")), (W, "a DER element", "1 bytes left")),  # inside an entry
+    (_der(0x30, _der(0x31, _oid_der(f"{SGX}.1") + _der(0x04, bytes(16)))), (W, "SEQUENCE {OID, value}",
+                                                                          "tag 0x31 with 0 parts")),  # a SET
+    (b"\x30\x84\x00\x00\x00\x00", (f"{W}.tcb", f"an entry {SGX}.2", "none")),  # a 4-byte length of 0 is DER
+    (b"\x30\x81\x00", (f"{W}.tcb", f"an entry {SGX}.2", "none")),  # its length byte the last one
     (_der(0x30, _der(0x30, _oid_der(f"{SGX}.1"))), (W, "SEQUENCE {OID, value}", "tag 0x30 with 1 parts")),
     (_der(0x30, _der(0x30, _der(0x04, b"\x01") * 2)), (W, "SEQUENCE {OID, value}", "tag 0x30 with 2 parts")),
     (_der(0x30, _der(0x30, _der(0x06, b"") + _der(0x04, b""))), (W, "an object identifier", "")),
