@@ -1092,3 +1092,17 @@ def test_the_qe_isvsvn_is_two_bytes_and_the_reserved_byte_after_it_does_not_coun
               dataclasses.replace(collateral.qe_identity.levels[0], isv_svn=0, status="OutOfDate"))
     assert tcb_status(_qe_report(quote, 260, b"\x01"), ext, _with_qe(collateral, levels=levels)).qe_status == (
         "OutOfDate")
+
+
+def test_a_malformed_tcb_entry_is_named_inside_the_tcb() -> None:
+    def tcb_with(comp5: bytes) -> bytes:
+        tcb = b"".join(_entry(f"{SGX}.2.{i}", 0x02, comp5 if i == 5 else b"\x01") for i in range(1, 18))
+        return _sgx_extensions(replace={"2": _entry(f"{SGX}.2", 0x30, tcb + _entry(f"{SGX}.2.18", 0x04, bytes(16)))})
+    with pytest.raises(ParseError) as err:
+        parse_sgx_extensions(tcb_with(b""))
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        f"{W}.tcb.comp05", "a small non-negative INTEGER", "")
+    with pytest.raises(ParseError) as err:
+        parse_sgx_extensions(_sgx_extensions(replace={"2": _entry(f"{SGX}.2", 0x30, _der(0x04, b""))}))
+    assert (err.value.field, err.value.expected, err.value.actual) == (f"{W}.tcb", "SEQUENCE {OID, value}",
+                                                                       "tag 0x04 with 0 parts")
