@@ -1095,9 +1095,13 @@ def test_the_qe_isvsvn_is_two_bytes_and_the_reserved_byte_after_it_does_not_coun
 
 
 def test_a_malformed_tcb_entry_is_named_inside_the_tcb() -> None:
-    def tcb_with(comp5: bytes) -> bytes:
+    def tcb_with(comp5: bytes, cpu_svn: bytes = bytes(16)) -> bytes:
         tcb = b"".join(_entry(f"{SGX}.2.{i}", 0x02, comp5 if i == 5 else b"\x01") for i in range(1, 18))
-        return _sgx_extensions(replace={"2": _entry(f"{SGX}.2", 0x30, tcb + _entry(f"{SGX}.2.18", 0x04, bytes(16)))})
+        return _sgx_extensions(replace={"2": _entry(f"{SGX}.2", 0x30, tcb + _entry(f"{SGX}.2.18", 0x04, cpu_svn))})
+    with pytest.raises(ParseError) as err:
+        parse_sgx_extensions(tcb_with(b"\x01", bytes(15)))
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        f"{W}.tcb.cpusvn", "tag 0x04, 16 bytes", "tag 0x04, 15 bytes")
     with pytest.raises(ParseError) as err:
         parse_sgx_extensions(tcb_with(b""))
     assert (err.value.field, err.value.expected, err.value.actual) == (
