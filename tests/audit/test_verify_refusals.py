@@ -1197,3 +1197,41 @@ def test_a_finding_reads_with_its_severity_check_and_log_position() -> None:
     assert str(Finding("note", "batch", "at the start", None, 0)) == "[note] batch: at the start (log entry 0)"
     assert failed([Finding("note", "batch", "x"), Finding("error", "batch", "y")])
     assert not failed([Finding("note", "batch", "x")]) and not failed([])
+
+
+class _Failing(Bucket):
+    """A store whose reads fail for a reason other than a missing object (access denied, outage)."""
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        raise OSError(f"access denied: {key}")
+
+
+class _GetOnly:
+    """A store with only `get` and `keys` (an `Objects` without `get_if_exists`)."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = dict(objects)
+
+    def get(self, key: str) -> bytes:
+        return self.objects[key]
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+
+def test_a_storage_failure_is_not_taken_for_a_missing_object(world: World) -> None:
+    """Through `get_if_exists` only a missing object reads as None; an outage stops the audit instead of reading
+    as receipts and evidence removed."""
+    entries, bucket = world.fork()
+    with pytest.raises(OSError, match="access denied"):
+        check_receipts(entries, _Failing(bucket.objects), world.anchors, world.policy)
+
+
+def test_a_store_without_get_if_exists_is_read_through_get(world: World) -> None:
+    entries, bucket = world.fork()
+    verified, findings = check_receipts(entries, _GetOnly(bucket.objects), world.anchors, world.policy)
+    assert len(verified) == 2 and findings == []
+    del bucket.objects[SHARD0]
+    at = world.entry(entries, "receipt", receipt_key=SHARD0)["index"]
+    assert rows(check_receipts(entries, _GetOnly(bucket.objects), world.anchors, world.policy)[1]) == [
+        ("error", "receipt", f"receipt {SHARD0} is in the log but no longer in storage", "b1", at)]
