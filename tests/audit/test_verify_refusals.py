@@ -1235,3 +1235,14 @@ def test_a_store_without_get_if_exists_is_read_through_get(world: World) -> None
     at = world.entry(entries, "receipt", receipt_key=SHARD0)["index"]
     assert rows(check_receipts(entries, _GetOnly(bucket.objects), world.anchors, world.policy)[1]) == [
         ("error", "receipt", f"receipt {SHARD0} is in the log but no longer in storage", "b1", at)]
+
+
+def test_a_stored_card_that_is_not_utf8_is_refused_not_a_crash(world: World) -> None:
+    entries, bucket = world.fork()
+    bucket.objects[CARD1] = b"\xff\xfe" + bucket.objects[CARD1]
+    at = world.entry(entries, "tuned_model", card_key=CARD1)["index"]
+    found = _training(world, entries, bucket)
+    assert found[0] == ("error", "training", f"{CARD1} in storage is not the one logged: it was replaced", "t-1", at)
+    assert len(found) == 3 and found[1][2].startswith(f"{CARD1} does not verify, it is forged or altered: "), found
+    assert found[2] == ("error", "training", f"{CARD1} in storage is not in the log: it was written or replaced after "
+                                             "the last sync", None, None)
