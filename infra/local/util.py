@@ -16,11 +16,43 @@ class StackError(RuntimeError):
     """A part of the local stack could not start; the message says which and why."""
 
 
+_LOWEST_PORT = 20_000  # above the services' standard ports (PostgreSQL, Redis, RabbitMQ, ...)
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on right now and this process has not handed out before.
+
+    Picked at random below the kernel's ephemeral range (``net.ipv4.ip_local_port_range``): a port from that range
+    (what binding port 0 gives) can be taken as an outgoing connection's source port between this call and the
+    part's own bind, which failed a broker's start with "address already in use".
+    """
+    ephemeral = _ephemeral_start()
+    for _ in range(1000 if ephemeral - _LOWEST_PORT >= 1000 else 0):
+        port = _LOWEST_PORT + secrets.randbelow(ephemeral - _LOWEST_PORT)
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a kernel whose ephemeral range starts low
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_start(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port the kernel hands out for port 0 and outgoing connections (32768 where it does not say)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_ready(part: Part, check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from infra.local.util import free_port
 from keybroker.tls import TlsFiles, ensure_local_tls
 from sdk.broker_admin import BrokerAdmin
 from tests.keybroker.inproc import Env
@@ -31,11 +31,6 @@ MEASUREMENT = bytes(range(48))
 OTHER_MEASUREMENT = bytes(48)
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BrokerProcess:
