@@ -490,6 +490,19 @@ def _decision(entries: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
     return {"decision": "allow", "seq": 1000 + len(entries), "index": 1000 + len(entries), **fields}
 
 
+def _forge_entry(entries: list[dict[str, Any]], entry: dict[str, Any], forge: str, field: str, value: str) -> None:
+    """``entry`` removed from the log, refused, moved after every other entry, or else ``field`` set to ``value``."""
+    if forge == "removed":
+        entries.remove(entry)
+    elif forge == "refused":
+        entry["decision"] = "deny"
+    elif forge == "after":
+        entries.remove(entry)
+        entries.append(entry)
+    else:
+        entry[field] = value
+
+
 def _releases_found(w: World, entries: list[dict[str, Any]], policy: Policy | None = None) -> list[Row]:
     return rows(check_releases(entries, policy or w.policy))
 
@@ -525,15 +538,7 @@ def test_a_release_without_an_attestation_of_its_claims_before_it_at_that_broker
     entries, _ = world.fork()
     attested = next(e for e in entries if e.get("kind") == "attestation" and e.get("broker") == "owner"
                     and e.get("batch_id") == "b1")
-    if forge == "removed":
-        entries.remove(attested)
-    elif forge == "refused":
-        attested["decision"] = "deny"
-    elif forge == "after":
-        entries.remove(attested)
-        entries.append(attested)
-    else:
-        attested["claims_digest"] = "cd" * 32
+    _forge_entry(entries, attested, forge, "claims_digest", "cd" * 32)
     assert _releases_found(world, entries) == [
         ("error", "release", f"{_what(e)}, but no successful attestation at that broker with the same claims comes "
                              "before it", "b1", e["index"]) for e in _owner_b1_releases(entries)]
@@ -638,15 +643,7 @@ def test_refusals_and_operations_that_release_nothing_are_not_judged(world: Worl
 def test_a_data_key_release_needs_the_owners_grant_for_the_batch_before_it(world: World, forge: str) -> None:
     entries, _ = world.fork()
     grant = next(e for e in entries if e.get("kind") == "grant" and e.get("batch_id") == "b1")
-    if forge == "removed":
-        entries.remove(grant)
-    elif forge == "refused":
-        grant["decision"] = "deny"
-    elif forge == "after":
-        entries.remove(grant)
-        entries.append(grant)
-    else:
-        grant["broker"] = "provider"
+    _forge_entry(entries, grant, forge, "broker", "provider")
     assert _releases_found(world, entries) == [
         ("error", "release", f"{_what(e)}, but the owner recorded no grant for that batch before it", "b1", e["index"])
         for e in _owner_b1_releases(entries)]
@@ -684,12 +681,7 @@ def test_the_batchs_receipts_had_its_grant(world: World) -> None:
 def test_a_receipt_of_a_batch_the_owner_never_granted_is_an_error(world: World, forge: str) -> None:
     entries, bucket = world.fork()
     grant = next(e for e in entries if e.get("kind") == "grant" and e.get("batch_id") == "b1")
-    if forge == "removed":
-        entries.remove(grant)
-    elif forge == "refused":
-        grant["decision"] = "deny"
-    else:
-        grant["kind"] = "key_release"
+    _forge_entry(entries, grant, forge, "kind", "key_release")
     assert _grants_found(world, entries, bucket) == [
         ("error", "grant", f"batch b1: receipt of shard {i} exists but the owner never granted the batch", "b1", None)
         for i in (0, 1)]

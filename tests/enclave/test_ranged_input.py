@@ -128,15 +128,21 @@ def test_row_groups_beyond_the_file_are_refused_and_named() -> None:
         read_shard(_spec("b-1", key, file_id, 4, 6), BytesSource(data), keys)
 
 
+def _flipped_in_row_group(wrapper: LocalWrapper, data: bytes, row_group: int) -> bytes:
+    """``data`` with one bit flipped inside the text column's first data page of ``row_group``."""
+    with PmeKeys(wrapper) as keys:
+        start = keys.open(data).metadata.row_group(row_group).column(1).data_page_offset
+    tampered = bytearray(data)
+    tampered[start + 40] ^= 0x01
+    return bytes(tampered)
+
+
 def test_a_flipped_byte_in_the_shards_row_groups_fails_authentication() -> None:
     wrapper = LocalWrapper()
     data, file_id, key = _part(wrapper, "b-1", 0, 1_000)
-    with PmeKeys(wrapper) as keys:
-        start = keys.open(data).metadata.row_group(1).column(1).data_page_offset
-    tampered = bytearray(data)
-    tampered[start + 40] ^= 0x01
+    tampered = _flipped_in_row_group(wrapper, data, 1)
     with PmeKeys(wrapper) as keys, pytest.raises(OSError):
-        read_shard(_spec("b-1", key, file_id, 0, 2), BytesSource(bytes(tampered)), keys)
+        read_shard(_spec("b-1", key, file_id, 0, 2), BytesSource(tampered), keys)
 
 
 
@@ -156,11 +162,8 @@ def test_a_shard_is_read_in_slices_in_order_counting_its_rows_from_the_footer_fi
 def test_a_flipped_byte_in_a_later_slice_fails_authentication_when_that_slice_is_read() -> None:
     wrapper = LocalWrapper()
     data, file_id, key = _part(wrapper, "b-1", 0, 2_000)
-    with PmeKeys(wrapper) as keys:
-        start = keys.open(data).metadata.row_group(7).column(1).data_page_offset
-    tampered = bytearray(data)
-    tampered[start + 40] ^= 0x01
-    with PmeKeys(wrapper) as keys, ShardReader(_spec("b-1", key, file_id, 0, 10), BytesSource(bytes(tampered)),
+    tampered = _flipped_in_row_group(wrapper, data, 7)
+    with PmeKeys(wrapper) as keys, ShardReader(_spec("b-1", key, file_id, 0, 10), BytesSource(tampered),
                                                keys) as reader:
         slices = reader.slices(5)
         assert next(slices).num_rows == 5 * ROW_GROUP_SIZE  # row groups 0-4: untouched
