@@ -73,6 +73,8 @@ MODULES: dict[str, list[str]] = {
                               "tests/keybroker/test_tls.py::test_clients_refuse_plain_http_off_loopback",
                               "tests/keybroker/test_tls.py::test_clients_accept_loopback_http_and_report_a_missing_ca"],
     "enclave/pme.py": ["tests/enclave/test_pme.py"],
+    # RangedFile against io.BytesIO over the same bytes, request counts; the shard reads through it
+    "enclave/ranged.py": ["tests/enclave/test_ranged_file.py", "tests/enclave/test_ranged_input.py"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py",
                           "tests/enclave/test_worker_flow.py"],

@@ -94,7 +94,7 @@ class RangedFile(io.RawIOBase):
         self._position = base + offset
         return self._position
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         with self._lock:
             start = self._position
             end = self._size if size is None or size < 0 else min(self._size, start + size)
