@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+from datetime import timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyarrow.parquet.encryption as pe
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -161,3 +164,90 @@ def test_callables_adapt_to_a_key_wrapper() -> None:
     with EncryptedParquet(data, wrapper) as source:
         assert source.read().num_rows == 10
     assert sorted(set(local.calls)) == [("unwrap", "c"), ("unwrap", "f"), ("wrap", "c"), ("wrap", "f")]
+
+
+class _Recorded:
+    """The configurations the module hands pyarrow, read back from pyarrow's own objects."""
+
+    def __init__(self) -> None:
+        self.encryption: list[pe.EncryptionConfiguration] = []
+        self.decryption: list[pe.DecryptionConfiguration] = []
+
+
+def _record(monkeypatch: pytest.MonkeyPatch, other_defaults: dict[str, Any] | None = None) -> _Recorded:
+    """Record every PME configuration the module builds. ``other_defaults``: what pyarrow would use for a setting
+    left out (or given as None), as a future pyarrow might: the module must not rely on today's defaults."""
+    recorded = _Recorded()
+    changed = other_defaults or {}
+
+    class Encryption(pe.EncryptionConfiguration):
+        def __init__(self, **given: Any) -> None:
+            super().__init__(**given)
+            for name, default in changed.items():
+                if given.get(name) is None:
+                    setattr(self, name, default)
+            recorded.encryption.append(self)
+
+    class Decryption(pe.DecryptionConfiguration):
+        def __init__(self, **given: Any) -> None:
+            super().__init__(**given)
+            if given.get("cache_lifetime") is None and "cache_lifetime" in changed:
+                self.cache_lifetime = changed["cache_lifetime"]
+            recorded.decryption.append(self)
+
+    monkeypatch.setattr(pe, "EncryptionConfiguration", Encryption)
+    monkeypatch.setattr(pe, "DecryptionConfiguration", Decryption)
+    return recorded
+
+
+def test_released_keys_are_cached_for_key_cache_lifetime_not_pyarrows_ten_minutes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow keeps unwrapped key-encryption keys for its configuration's lifetime (10 minutes by default); a key
+    released for a shard should not outlive it by much: the writer's and the reader's configurations say 5."""
+    recorded = _record(monkeypatch)
+    wrapper = LocalWrapper()
+    data = write_encrypted(_table(10), wrapper, footer_key="f", column_key="c", row_group_size=10)
+    with EncryptedParquet(data, wrapper) as source:
+        assert source.num_rows == 10
+    assert pme.KEY_CACHE_LIFETIME == timedelta(minutes=5)
+    assert [c.cache_lifetime for c in recorded.encryption] == [timedelta(minutes=5)]
+    assert [c.cache_lifetime for c in recorded.decryption] == [timedelta(minutes=5)]
+
+
+def test_the_cipher_wrapping_and_lifetime_are_pinned_not_pyarrows_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pyarrow whose defaults differ (CTR pages are not authenticated; single wrapping asks the broker per file)
+    still gets AES-GCM pages, double wrapping and the module's lifetime: each is set, not left to the default."""
+    recorded = _record(monkeypatch, {"encryption_algorithm": "AES_GCM_CTR_V1", "double_wrapping": False,
+                                     "cache_lifetime": timedelta(hours=1)})
+    wrapper = LocalWrapper()
+    with PmeKeys(wrapper) as keys:
+        files = [keys.write(_table(10), footer_key="f", column_key="c", row_group_size=10) for _ in range(3)]
+        with EncryptedParquet(files[0], keys) as source:
+            assert source.num_rows == 10
+    assert sorted(c for c in wrapper.calls if c[0] == "wrap") == [("wrap", "c"), ("wrap", "f")]  # once a key
+    settings = {(c.encryption_algorithm, c.double_wrapping, c.cache_lifetime) for c in recorded.encryption}
+    assert settings == {("AES_GCM_V1", True, timedelta(minutes=5))}
+    assert [c.cache_lifetime for c in recorded.decryption] == [timedelta(minutes=5)]
+
+
+class _CountedReads(io.BytesIO):
+    """A file whose reads are counted: each would be one range request to object storage."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+def test_the_column_chunks_of_a_row_group_come_in_one_read() -> None:
+    """The reader pre-buffers: a row group's column chunks (two here) come in one coalesced read, not one each."""
+    wrapper = LocalWrapper()
+    data = write_encrypted(_table(600), wrapper, footer_key="f", column_key="c", row_group_size=200)
+    counted = _CountedReads(data)
+    with EncryptedParquet(pa.PythonFile(counted, mode="r"), wrapper) as source:
+        before = counted.reads
+        part = source.read_row_groups([1], ["message_id", "text"])
+        assert (part.num_rows, counted.reads - before) == (200, 1)
