@@ -38,6 +38,27 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class MemoryStore:
+    """`sdk.storage.ObjectStore`'s reads and writes over a dict; `keys` lists newest first (callers must sort)."""
+
+    bucket = "logs"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes:
+        return self.objects[key]
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        return self.objects.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.objects[key] = data
+
+    def keys(self, prefix: str) -> list[str]:
+        return [k for k in reversed(list(self.objects)) if k.startswith(prefix)]
+
+
 @dataclass
 class FakeBroker:
     """Decision log with the broker's exact chain (sha256(prev || canonical JSON of LOG_FIELDS))."""

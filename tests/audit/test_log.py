@@ -34,6 +34,7 @@ from audit.log import (
     verifier_key,
 )
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from tests.audit.conftest import MemoryStore
 
 # The example key and note of the reference implementation (golang.org/x/mod/sumdb/note): a note this module
 # signs must be the one any C2SP witness reads, byte for byte (Ed25519 signatures are deterministic).
@@ -44,24 +45,6 @@ GO_SIG = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqd
 GO_NOTE = f"{GO_TEXT}\n\u2014 PeterNeumann {GO_SIG}\n"
 GO_KEY = Ed25519PrivateKey.from_private_bytes(GO_SEED)
 ROOT = bytes(range(32))
-
-
-class MemoryStore:
-    """`sdk.storage.ObjectStore`'s calls that S3Storage makes, over a dict."""
-
-    bucket = "logs"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def get_if_exists(self, key: str) -> bytes | None:
-        return self.objects.get(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.objects[key] = data
-
-    def keys(self, prefix: str) -> list[str]:
-        return [k for k in reversed(list(self.objects)) if k.startswith(prefix)]  # not sorted: the log sorts
 
 
 def _vkey(seed: int, name: str = "log") -> tuple[Ed25519PrivateKey, str]:
