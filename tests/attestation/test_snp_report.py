@@ -348,3 +348,29 @@ def test_encoding_refuses_what_does_not_fit_and_signs_in_place(go_report: bytes)
     assert (signed.signature_r, signed.signature_s) == (5, 7) and signed.raw == encode_report(signed)
     assert signed.raw[:0x2A0] == go_report[:0x2A0] and signed.raw[0x2A0:0x2A0 + 144] == (
         (5).to_bytes(72, "little") + (7).to_bytes(72, "little"))
+
+
+def test_integer_fields_are_unsigned_up_to_their_largest_value() -> None:
+    largest = {"guest_svn": (1 << 32) - 1, "policy": (1 << 64) - 1, "vmpl": (1 << 32) - 1,
+               "platform_info": (1 << 64) - 1}
+    report = replace(parse_report(_painted()), guest_svn=largest["guest_svn"], policy=largest["policy"],
+                     vmpl=largest["vmpl"], platform_info=largest["platform_info"], raw=b"")
+    data = encode_report(report)
+    for name in largest:
+        offset, size = LAYOUT[name]
+        assert data[offset:offset + size] == b"\xff" * size, name
+    assert {name: getattr(parse_report(data), name) for name in largest} == largest
+
+
+def test_a_v3_report_carries_its_cpuid_and_a_tcb_of_the_other_layout_is_named_in_the_report() -> None:
+    v3 = bytearray(_painted(3))
+    v3[0x1F8:0x208] = bytes(16)
+    report = parse_report(bytes(v3))
+    assert (report.cpuid_fam_id, report.cpuid_mod_id, report.cpuid_step) == (0x19, 0x11, v3[0x18A])
+    assert encode_report(report) == bytes(v3)
+    turin = TcbVersion(bootloader=1, tee=2, snp=3, microcode=4, fmc=5)
+    v3[0x38:0x40] = turin.to_bytes()  # Turin's layout in a Genoa report: TEE and SNP in Genoa's reserved bytes
+    with pytest.raises(ParseError) as err:
+        parse_report(bytes(v3))
+    assert (err.value.field, err.value.expected, err.value.actual) == (
+        "report.current_tcb", "zero reserved bytes in TCB_VERSION", "0501020300000004")
