@@ -296,13 +296,22 @@ def cmd_provider_register_owner(args: argparse.Namespace) -> int:
 
 
 def cmd_provider_usage(args: argparse.Namespace) -> int:
-    from sdk.provider import usage_records
+    from sdk.party import Party
+    from sdk.provider import model_key_id, usage_records
+    from sdk.results import owner_trust
     from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
-    totals = usage_records(ObjectStore(), args.model)
-    print(json.dumps(totals) if args.json else "\n".join(f"{owner:20} {batches:6} batches {rows:10} rows"
-                                                         for owner, (batches, rows) in sorted(totals.items())))
+    # The measurements this provider's broker releases the model key to, unless named: records from an earlier
+    # release's enclaves need that release's measurement.
+    measurements = args.measurement or Party.from_env(args.provider).broker().get_key(
+        model_key_id(args.model))["measurements"]
+    anchors, policy = owner_trust(accept_simulated=args.accept_simulated, measurements=measurements)
+    usage = usage_records(ObjectStore(), args.model, anchors=anchors, policy=policy)
+    print(json.dumps({"records": usage.records, "per_owner": usage.per_tenant}) if args.json else
+          "\n".join([f"{owner:20} {batches:6} batches {rows:10} rows"
+                     for owner, (batches, rows) in sorted(usage.per_tenant.items())]
+                    + [f"({usage.records} records, each verified against its enclave's evidence)"]))
     return 0
 
 
@@ -909,6 +918,12 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     register_owner.set_defaults(func=cmd_provider_register_owner)
     usage = provider.add_parser("usage", help="rows scored per owner, from the enclaves' signed usage records")
     usage.add_argument("--model", required=True)
+    usage.add_argument("--measurement", action="append",
+                       help="enclave measurement to accept records from (hex); repeatable; default: those your "
+                            "broker releases the model key to")
+    usage.add_argument("--accept-simulated", action="store_true",
+                       help="trust records from the simulated TEE (development stacks only)")
+    _add_provider_argument(usage)
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=cmd_provider_usage)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +14,9 @@ from typing import Any
 import onnx
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from attestation import Policy, TrustAnchors
+from attestation.errors import AttestationError
+from enclave.receipts import USAGE_TYPE, verify_receipt
 from enclave.signing import sign_json, unverified_payload
 from sdk.contracts import SPAM_CONTRACT, SPAM_TASK, contract_mismatch
 from sdk.party import Party
@@ -171,15 +176,68 @@ def _next_version(store: ObjectStore, name: str, *, root: str = "models") -> int
     return max(versions, default=0) + 1
 
 
-def usage_records(store: ObjectStore, model: str) -> dict[str, tuple[int, int]]:
-    """Rows per owner (tenant) for one model, from the usage records its workers signed: {tenant: (batches, rows)}.
+class UsageVerificationError(ValueError):
+    """A usage record the enclave did not sign as stored: the message names its key, field, expected and actual."""
 
-    Each record is counted once per shard (written once per shard key); their signatures verify against the
-    evidence beside the owner's receipts (`enclave.receipts`), which the provider may fetch to check them.
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """A model's verified usage: {tenant: (batches, rows)}, from one record per shard."""
+
+    per_tenant: dict[str, tuple[int, int]]
+    records: int
+
+
+_USAGE_KEY = re.compile(r"usage/[^/]+/(?P<tenant>[^/]+)/(?P<batch>[^/]+)/shard-(?P<shard>\d{5})\.jws")
+
+
+def usage_records(store: ObjectStore, model: str, *, anchors: TrustAnchors, policy: Policy) -> UsageTotals:
+    """Rows per owner (tenant) for one model, from the usage records its workers signed.
+
+    The platform stores the records, so each is verified as the owner verifies a receipt (`enclave.receipts`):
+    signed by the enclave key bound into evidence that verifies against `anchors` and `policy` (the launch
+    measurements this provider's broker releases the model key to), of type `cscore.usage/v1`, naming this model
+    and the tenant, batch and shard its key names; a copy under another key would be counted twice. Raises
+    UsageVerificationError naming the record. Records the platform deleted are not seen here: compare the batches
+    with the releases in your broker's decision log.
     """
     totals: dict[str, tuple[set[str], int]] = {}
-    for key in store.keys(f"usage/{model}/"):
-        record = unverified_payload(store.get(key).decode(), what=f"usage record {key}")
+    evidence: dict[str, dict[str, Any]] = {}
+    keys = store.keys(f"usage/{model}/")
+    for key in keys:
+        record = _verified_usage(store, key, model, evidence, anchors, policy)
         batches, rows = totals.get(record["tenant"], (set(), 0))
         totals[record["tenant"]] = (batches | {record["batch_id"]}, rows + int(record["rows"]))
-    return {tenant: (len(batches), rows) for tenant, (batches, rows) in totals.items()}
+    return UsageTotals({tenant: (len(batches), rows) for tenant, (batches, rows) in totals.items()}, len(keys))
+
+
+def _verified_usage(store: ObjectStore, key: str, model: str, evidence: dict[str, dict[str, Any]],
+                    anchors: TrustAnchors, policy: Policy) -> dict[str, Any]:
+    """One record's payload, verified; evidence documents are cached by digest (a batch's shards share few)."""
+    named = _USAGE_KEY.fullmatch(key)
+    if named is None:  # the listing's prefix fixes the model
+        raise UsageVerificationError(f"{key}: expected usage/{model}/TENANT/BATCH/shard-NNNNN.jws, got another name")
+    token = store.get(key).decode(errors="replace")
+    try:
+        unverified = unverified_payload(token, what=f"usage record {key}")
+        tenant, batch, digest = unverified["tenant"], unverified["batch_id"], unverified["evidence_sha256"]
+        if digest not in evidence:
+            evidence_key = f"results/{tenant}/{batch}/evidence/{digest}.json"
+            raw = store.get_if_exists(evidence_key)
+            if raw is None:
+                raise UsageVerificationError(f"evidence: expected the attestation evidence the record names at "
+                                             f"{evidence_key}, got nothing")
+            evidence[digest] = json.loads(raw)
+        payload = verify_receipt(token, evidence[digest], anchors=anchors, policy=policy,
+                                 expected_type=USAGE_TYPE).payload
+    except (AttestationError, ValueError, KeyError, TypeError) as exc:  # each names the check that failed
+        raise UsageVerificationError(f"{key}: {exc}") from exc
+    expected = {"model.name": model, "tenant": named["tenant"], "batch_id": named["batch"],
+                "shard_index": int(named["shard"])}
+    actual = {"model.name": payload["model"]["name"], "tenant": payload["tenant"], "batch_id": payload["batch_id"],
+              "shard_index": payload["shard_index"]}
+    for field, value in expected.items():
+        if actual[field] != value:
+            raise UsageVerificationError(f"{key}: {field} expected {value!r} (from where it is stored), "
+                                         f"got {actual[field]!r}")
+    return payload

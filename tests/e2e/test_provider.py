@@ -78,13 +78,23 @@ def test_deferred_batches_resume_first_try_and_a_downstream_dag_runs_on_their_re
     assert [s["state"] for s in statuses] == ["succeeded"] * 3, statuses
 
     anchors, policy = owner_trust(accept_simulated=True)
+    shards = 0
     for batch, part in zip(batches, parts, strict=True):
         results = fetch_results(TENANT, batch.batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
         assert sorted(results.table.column("message_id").to_pylist()) == sorted(e.message_id for e in part)
         manifest = json.loads(store.get(f"results/{TENANT}/{batch.batch_id}/result-manifest.json"))
+        shards += len(manifest["shards"])
         # Attestation came with the workers' first shards: each worker that scored names both brokers.
         assert {s["worker"] for s in manifest["shards"]} == {a["worker"] for a in manifest["attestation"]}
         assert all({v["broker"] for v in a["verdicts"]} == {"owner", "provider"} for a in manifest["attestation"])
+
+    # The provider's bill: every shard's usage record verified against its enclave's evidence, under the
+    # measurements the provider's broker releases the model key to.
+    usage = subprocess.run([sys.executable, "-m", "cscore", "--state-dir", str(stack.state_dir), "provider", "usage",
+                            "--model", "spam-filter", "--accept-simulated", "--json"], env=stack.child_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert usage.returncode == 0, usage.stderr[-2000:]
+    assert json.loads(usage.stdout) == {"records": shards, "per_owner": {TENANT: [3, 240]}}
 
     run_ids = sorted({s["run_id"] for s in statuses})  # one cscore_batch run per batch (cscore_intake)
     marks = ",".join("?" * len(run_ids))
