@@ -681,6 +681,35 @@ def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack,
                      *simulated]) == 0  # restored: verifies again
 
 
+def test_the_provider_refuses_usage_records_the_platform_copied_or_signed(
+        stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
+    """The provider's bill comes from records the platform stores: a genuine record copied under a second shard's
+    key, or one the platform signed itself beside genuine evidence, is refused by name, not counted."""
+    store = ObjectStore()
+    honest: SubmittedBatch = _state["honest"]
+    folder = f"usage/spam-filter/{TENANT}/{honest.batch_id}/"
+    genuine = store.get(folder + "shard-00000.jws")
+    payload = {**unverified_payload(genuine.decode(), what="usage"), "shard_index": 8, "rows": 1_000_000}
+    argv = ["--state-dir", str(stack.state_dir), "provider", "usage", "--model", "spam-filter", "--accept-simulated",
+            "--json"]
+    assert cli_main(argv) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert before["per_owner"][TENANT][1] >= 450  # the honest batch's 450 rows at least
+    cases = {
+        "copied": (folder + "shard-00009.jws", genuine, "shard_index expected 9 (from where it is stored), got 0"),
+        "platform-signed": (folder + "shard-00008.jws", sign_json(payload, generate_signing_key()).encode(),
+                            "receipt.signature"),
+    }
+    for name, (key, record, check) in cases.items():
+        store.put(key, record)
+        try:
+            rc, err = cli_main(argv), capsys.readouterr().err
+        finally:
+            store.delete(key)
+        assert rc == 2 and err.strip().count("\n") == 0 and key in err and check in err, (name, rc, err)
+    assert cli_main(argv) == 0 and json.loads(capsys.readouterr().out) == before  # restored: the same bill
+
+
 # -- 7. no canary, key or model byte anywhere the platform looks -------------------------------------
 
 
