@@ -381,14 +381,17 @@ _LOOKS_HTML = re.compile(r"<(html|body)\b", re.IGNORECASE)
 _SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
-_SPACES = re.compile(r"[ \t\r\f\v]{2,}|[\t\r\f\v]")  # runs only: one-space matches cost
+_SPACE_RUNS = re.compile(r"  +")  # after the other blanks became spaces: a literal prefix, found fast
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
 
 def _strip_html(markup: str) -> str:
     """Visible text of an HTML fragment: drop scripts, styles, comments and tags, unescape entities."""
     text = _TAG.sub(" ", _COMMENT.sub(" ", _SCRIPT_STYLE.sub(" ", markup)))
-    text = _SPACES.sub(" ", html.unescape(text))
+    # Each run of blanks (space, tab, CR, FF, VT) becomes one space: str.replace, then the runs (a character class
+    # at every position was 60 % of this function).
+    text = html.unescape(text).replace("\t", " ").replace("\r", " ").replace("\f", " ").replace("\v", " ")
+    text = _SPACE_RUNS.sub(" ", text)
     return _BLANK_LINES.sub("\n", text).strip()
 
 
