@@ -74,6 +74,11 @@ MODULES: dict[str, list[str]] = {
                               "tests/keybroker/test_tls.py::test_clients_refuse_plain_http_off_loopback",
                               "tests/keybroker/test_tls.py::test_clients_accept_loopback_http_and_report_a_missing_ca"],
     "enclave/pme.py": ["tests/enclave/test_pme.py"],
+    # the providers in process: configfs-tsm over a folder shaped like a report entry, the simulated SEV-SNP signer
+    "enclave/tee.py": ["tests/attestation/test_enclave_tee.py", "tests/attestation/test_simulated_and_evidence.py",
+                       *[f"tests/attestation/test_tdx_cli_and_tsm.py::test_configfs_{name}" for name in (
+                           "tdx_guest_outblob_is_a_verifiable_quote", "unknown_provider_and_race_are_refused",
+                           "get_evidence_uses_a_private_entry", "tee_is_the_kind_of_this_guests_evidence")]],
     # RangedFile against io.BytesIO over the same bytes, request counts; the shard reads through it
     "enclave/ranged.py": ["tests/enclave/test_ranged_file.py", "tests/enclave/test_ranged_input.py"],
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",

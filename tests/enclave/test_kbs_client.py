@@ -103,6 +103,45 @@ def test_the_tee_announced_is_the_callers_else_the_providers(env: Env) -> None:
     assert relay.sent[0][1] == {"tee": "tdx"}
 
 
+class _Delegate:
+    """An evidence provider that does not say which TEE it is (no `tee` attribute)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        return self._inner.get_evidence(report_data)  # type: ignore[no-any-return]
+
+
+def test_the_tee_announced_is_the_providers_own_else_sev_snp(env: Env) -> None:
+    provider = env.enclave()
+    provider.tee = "tdx"  # a TDX guest's provider: the announcement follows it
+    named = Relay(env)
+    client = httpx.Client(base_url="http://testserver", transport=httpx.MockTransport(named))
+    with pytest.raises(KbsError):
+        AttestedSession("http://testserver", provider, client=client).attest()  # SEV-SNP evidence for "tdx": refused
+    assert named.sent[0][1] == {"tee": "tdx"}
+    unnamed = Relay(env)
+    client = httpx.Client(base_url="http://testserver", transport=httpx.MockTransport(unnamed))
+    result = AttestedSession("http://testserver", _Delegate(env.enclave()), client=client).attest()
+    assert unnamed.sent[0][1] == {"tee": "sev-snp"} and result.claims["measurement"] == GOOD
+
+
+def test_an_attestation_answer_without_claims_is_taken_with_none(env: Env) -> None:
+    """The platform strips the broker's claims: the token still works, and the claims digest the worker then notes
+    for the batch is that of no claims, which the broker never logged (the audit names it)."""
+
+    def strip(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.url.path == "/kbs/v0/attest":
+            return httpx.Response(200, json={k: v for k, v in response.json().items() if k != "claims"})
+        return response
+
+    session = _session(env, Relay(env, strip))
+    assert session.attest("batch-1").claims == {}
+    session.release("results-1", batch_id="batch-1", model_digest="sha256:m")
+    assert session.claims_digests("batch-1") == (hashlib.sha256(b"{}").hexdigest(),)
+
+
 def test_a_release_gives_the_key_and_its_version_and_an_unwrap_the_key(env: Env) -> None:
     session = _session(env, Relay(env))
     key, version = session.release("results-1", batch_id="batch-1", model_digest="sha256:m")

@@ -242,8 +242,20 @@ class _CountedReads(io.BytesIO):
         return super().read(size)
 
 
-def test_the_column_chunks_of_a_row_group_come_in_one_read() -> None:
-    """The reader pre-buffers: a row group's column chunks (two here) come in one coalesced read, not one each."""
+class _NotPreBuffering(pq.ParquetFile):
+    """pyarrow's ParquetFile as it was before pre-buffering became its default (False)."""
+
+    def __init__(self, source: Any, *, pre_buffer: bool = False, **given: Any) -> None:
+        super().__init__(source, pre_buffer=pre_buffer, **given)
+
+
+@pytest.mark.parametrize("reader_default", ["pyarrow's", "not pre-buffering"])
+def test_the_column_chunks_of_a_row_group_come_in_one_read(monkeypatch: pytest.MonkeyPatch,
+                                                           reader_default: str) -> None:
+    """The reader pre-buffers, whatever pyarrow's default: a row group's column chunks (two here) come in one
+    coalesced read (a range request from object storage), not one each."""
+    if reader_default == "not pre-buffering":
+        monkeypatch.setattr(pq, "ParquetFile", _NotPreBuffering)
     wrapper = LocalWrapper()
     data = write_encrypted(_table(600), wrapper, footer_key="f", column_key="c", row_group_size=200)
     counted = _CountedReads(data)
