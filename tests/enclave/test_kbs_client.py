@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,16 @@ def test_an_attestation_answer_without_claims_is_taken_with_none(env: Env) -> No
     assert session.attest("batch-1").claims == {}
     session.release("results-1", batch_id="batch-1", model_digest="sha256:m")
     assert session.claims_digests("batch-1") == (hashlib.sha256(b"{}").hexdigest(),)
+
+
+def test_an_attestation_is_logged_with_the_broker_measurement_and_expiry_never_the_token(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    session = _session(env, Relay(env))
+    with caplog.at_level(logging.INFO, logger="enclave.kbs_client"):
+        result = session.attest("batch-1")
+    assert [r.getMessage() for r in caplog.records if r.name == "enclave.kbs_client"] == [
+        f"attested to http://testserver, measurement {GOOD}, token valid until {result.expires_at}"]
+    assert result.token not in caplog.text
 
 
 def test_a_release_gives_the_key_and_its_version_and_an_unwrap_the_key(env: Env) -> None:
