@@ -4,6 +4,7 @@ unanswered is sent again once (with a fresh proof of possession), a second one i
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -92,10 +93,14 @@ def broker(request: pytest.FixtureRequest) -> Iterator[FlakyBroker]:
 
 
 @pytest.mark.parametrize("broker", [["/kbs/v0/unwrap"]], indirect=True)
-def test_a_connection_closed_unanswered_is_sent_again_with_a_fresh_proof(broker: FlakyBroker) -> None:
-    session = AttestedSession(broker.url, _Provider(), party="owner")
-    with pytest.raises(KbsError) as refused:  # the broker's own answer, from the second sending
-        session.unwrap("k", b"w" * 40, batch_id="b1", model_digest="d")
+@pytest.mark.parametrize(("party", "named"), [("owner", "owner"), ("", "key")])
+def test_a_connection_closed_unanswered_is_sent_again_with_a_fresh_proof(broker: FlakyBroker, party: str, named: str,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    session = AttestedSession(broker.url, _Provider(), party=party)
+    with caplog.at_level(logging.INFO, logger="enclave.kbs_client"), pytest.raises(KbsError) as refused:
+        session.unwrap("k", b"w" * 40, batch_id="b1", model_digest="d")  # the broker's answer to the second sending
+    resent = [r.getMessage() for r in caplog.records if "kept-alive" in r.getMessage()]
+    assert resent == [f"the {named} broker at {broker.url} closed a kept-alive connection unanswered; sending again"]
     assert refused.value.status == 403 and refused.value.problem["field"] == "grant"
     sent = [headers for path, headers in broker.requests if path == "/kbs/v0/unwrap"]
     assert len(sent) == 2
