@@ -21,6 +21,7 @@ from attestation import Evidence, TrustAnchors, verify_evidence
 from attestation.anchors import load_pem_certs
 from attestation.errors import ParseError, VerificationError
 from attestation.tdx import parse_quote, verify_quote
+from attestation.tdx.intel_root import INTEL_ROOT_SHA256, pinned_intel_root
 from tests.attestation._attestation_data import read
 from tests.attestation._forge import pem, reissue
 
@@ -83,10 +84,12 @@ def _point(key: ec.EllipticCurvePrivateKey) -> bytes:
 def forge_quote(chain: list[x509.Certificate], pck_signer: ec.EllipticCurvePrivateKey, *,
                 att_key: ec.EllipticCurvePrivateKey | None = None,
                 quote_signer: ec.EllipticCurvePrivateKey | None = None,
-                bound: bytes | None = None, auth: bytes | None = None) -> bytes:
-    """The real quote's header and body, signed by a fresh attestation key; its QE report re-bound to that
-    key (or to ``bound``: the 64 report_data bytes) and signed by ``pck_signer``; ``chain`` as PCK chain."""
+                bound: bytes | None = None, auth: bytes | None = None, signed: bytes | None = None) -> bytes:
+    """The real quote's header and body (or ``signed``, the same length), signed by a fresh attestation key; its
+    QE report re-bound to that key (or to ``bound``: the 64 report_data bytes) and signed by ``pck_signer``;
+    ``chain`` as PCK chain."""
     base = parse_quote(BASE)
+    base = base if signed is None else dataclasses.replace(base, signed=signed)
     att_key = att_key or _key()
     auth = base.qe_auth_data if auth is None else auth
     certified = hashlib.sha256(_point(att_key) + base.qe_auth_data).digest() + bytes(32)
@@ -115,7 +118,22 @@ def test_forged_quote_under_the_simulated_root_verifies(intel: Intel, anchors: T
 
 def test_only_the_pinned_root_or_the_simulated_one_is_trusted(intel: Intel) -> None:
     err = _refused(forge_quote(intel.chain, intel.pck_key), TrustAnchors.amd())
-    assert (err.field, err.actual) == ("quote.pck_chain.root", intel.root.fingerprint(hashes.SHA256()).hex())
+    assert (err.field, err.expected, err.actual, err.hint) == (
+        "quote.pck_chain.root", f"Intel SGX Root CA (sha256 {INTEL_ROOT_SHA256})",
+        intel.root.fingerprint(hashes.SHA256()).hex(), "the chain ends in an untrusted root")
+
+
+def test_a_packaged_intel_root_other_than_the_pinned_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged Intel SGX Root CA is checked against its pinned fingerprint before any quote is trusted: with
+    another fingerprint pinned, Intel's genuine quote is refused naming the packaged root and what to do."""
+    import attestation.tdx.intel_root
+
+    genuine = pinned_intel_root().fingerprint(hashes.SHA256()).hex()
+    monkeypatch.setattr(attestation.tdx.intel_root, "INTEL_ROOT_SHA256", "0" * 64)
+    err = _refused(BASE, TrustAnchors.amd())
+    assert (err.field, err.expected, err.actual, err.hint) == (
+        "anchors.intel_root", f"SHA-256 fingerprint {'0' * 64}", genuine,
+        "the packaged Intel certificate was modified; reinstall cscore")
 
 
 def test_rogue_names_equal_the_trusted_ones(intel: Intel, rogue: Intel) -> None:
@@ -393,3 +411,29 @@ def test_collateral_is_checked_at_the_instant_given_in_any_zone(signing: TcbSign
     tokyo = datetime(2026, 6, 20, 8, 0, tzinfo=timezone(timedelta(hours=9)))
     assert verify_evidence(evidence, anchors, tokyo).tcb_status == "UpToDate"
     assert _refused(evidence, anchors, tokyo.replace(tzinfo=UTC)).field == "tcb_info.nextUpdate"
+
+
+def test_a_simulated_quote_with_intels_genuine_collateral_is_still_simulated(intel: Intel) -> None:
+    """Intel's real 2023 TCB Info and QE Identity (pinned root) beside a quote under the simulated Intel-named
+    root: the claims' root is that of the quote's chain too, not only the collateral's. The forged platform sits at
+    the collateral's OutOfDate level (SGX components 5,5,2,2,3,1,0,3, PCESVN 5, TEE_TCB_SVN 3,0,5), so the
+    status, its advisories and each TCB claim come from this quote and collateral."""
+    from tests.attestation.test_tdx_evidence import SGX, T_2023, _collateral_2023, _entry, _sgx_extensions
+
+    der = _sgx_extensions(comps=(5, 5, 2, 2, 3, 1, 0, 3) + (0,) * 8, pce_svn=b"\x05", replace={
+        "3": _entry(f"{SGX}.3", 0x04, bytes(2)), "4": _entry(f"{SGX}.4", 0x04, bytes.fromhex("50806f000000"))})
+    oid = x509.ObjectIdentifier(SGX)
+    extensions = [*(e for e in _REAL_PCK.extensions if e.oid != oid),
+                  x509.Extension(oid, False, x509.UnrecognizedExtension(oid, der))]
+    pck = reissue(_REAL_PCK, intel.ca_key, public_key=intel.pck_key.public_key(), extensions=extensions)
+    base = parse_quote(BASE).signed
+    signed = base[:48] + bytes([3, 0, 5]) + bytes(13) + base[64:]  # TEE_TCB_SVN opens the TD report body
+    quote = forge_quote([pck, intel.ca, intel.root], intel.pck_key, signed=signed)
+    anchors = dataclasses.replace(TrustAnchors.amd(), intel_roots=(intel.root,))
+    claims = verify_evidence(Evidence(tee="tdx", report=quote, collateral=_collateral_2023()), anchors, T_2023)
+    assert (claims.root, claims.tcb_status, claims.tee_tcb_svn) == ("simulated", "OutOfDate", "030005" + "00" * 13)
+    assert claims.tcb == {"tdx_module": 3, "tdx_module_version": 0, "tdx_microcode": 5, "pce": 5}
+    assert claims.advisory_ids == ["INTEL-SA-00106", "INTEL-SA-00115", "INTEL-SA-00135", "INTEL-SA-00203",
+                                   "INTEL-SA-00220", "INTEL-SA-00233", "INTEL-SA-00270", "INTEL-SA-00293",
+                                   "INTEL-SA-00320", "INTEL-SA-00329", "INTEL-SA-00381", "INTEL-SA-00389",
+                                   "INTEL-SA-00477"]
