@@ -10,8 +10,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from attestation import TrustAnchors, verify_evidence
+from attestation import Evidence, TrustAnchors, verify_evidence
 from attestation.errors import AttestationError
+from attestation.tdx.quote import parse_quote
 from enclave import tee
 from enclave.measurement import code_measurement
 from enclave.tee import (
@@ -21,7 +22,8 @@ from enclave.tee import (
     evidence_provider,
     parse_cert_table,
 )
-from wire.worker_config import BrokerIdentity, WorkerConfig
+from tests.attestation._attestation_data import DATA
+from wire.worker_config import BrokerIdentity, WorkerConfig, mrconfigid
 
 NONCE = bytes(range(64))
 
@@ -109,12 +111,16 @@ def test_provider_follows_the_measured_configuration(monkeypatch: pytest.MonkeyP
     assert check_launch_binding(provider, config) == config.digest_hex()
     assert isinstance(evidence_provider(_config("configfs-tsm")), tee.ConfigfsTsmProvider)
     monkeypatch.setenv("CSCORE_TEE", "configfs-tsm")  # the environment cannot change what was measured
-    with pytest.raises(RuntimeError, match="disagrees with the worker configuration"):
+    with pytest.raises(RuntimeError) as refused:
         evidence_provider(config)
+    assert str(refused.value) == ("CSCORE_TEE='configfs-tsm' disagrees with the worker configuration's tee "
+                                  "'simulated-sev-snp'; the measured configuration decides: unset CSCORE_TEE or launch "
+                                  "with another configuration")
     monkeypatch.delenv("CSCORE_TEE")
     monkeypatch.delenv("CSCORE_SIM_TEE_DIR")
-    with pytest.raises(RuntimeError, match="CSCORE_SIM_TEE_DIR"):
+    with pytest.raises(RuntimeError) as refused:
         evidence_provider(config)
+    assert str(refused.value) == "tee simulated-sev-snp needs CSCORE_SIM_TEE_DIR (the simulated firmware folder)"
 
 
 def test_a_guest_launched_with_another_configuration_refuses_to_run(sim_dir: Path) -> None:
@@ -126,6 +132,40 @@ def test_a_guest_launched_with_another_configuration_refuses_to_run(sim_dir: Pat
         check_launch_binding(provider, handed)
     assert refused.value.field == "host_data" and refused.value.expected == handed.digest_hex()
     assert refused.value.actual == launched.digest_hex()
+    assert str(refused.value) == f"host_data: expected {handed.digest_hex()}, got {launched.digest_hex()}; {_RELAUNCH}"
+
+
+_RELAUNCH = ("this guest was launched with another worker configuration; relaunch with the configuration's digest as "
+             "HOST_DATA / MRCONFIGID")
+_TDX_QUOTE = (DATA / "tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat").read_bytes()
+_MRCONFIGID_AT = 48 + 184  # the quote's header, then MRTD's 48 bytes at 136 of the TD report body
+
+
+class _TdxGuest:
+    """A TDX guest's provider whose quote carries ``mrconfigid`` (the quote's own signature is not what is checked)."""
+
+    tee = "tdx"
+
+    def __init__(self, mrconfigid: bytes) -> None:
+        self._quote = _TDX_QUOTE[:_MRCONFIGID_AT] + mrconfigid + _TDX_QUOTE[_MRCONFIGID_AT + 48:]
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        return Evidence(tee="tdx", report=self._quote)
+
+
+def test_a_tdx_guest_is_bound_to_its_configuration_by_mrconfigid() -> None:
+    """On TDX the host sets MRCONFIGID (the digest, then 16 zero bytes): launched with it, the guest runs; launched
+    with another configuration's, it refuses naming MRCONFIGID with what it carries."""
+    launched, handed = _config(), _config("configfs-tsm")
+    assert parse_quote(_TdxGuest(mrconfigid(launched.digest())).get_evidence(NONCE).report).mr_config_id == (
+        launched.digest() + bytes(16))
+    assert check_launch_binding(_TdxGuest(mrconfigid(launched.digest())), launched) == launched.digest_hex()
+    with pytest.raises(AttestationError) as refused:
+        check_launch_binding(_TdxGuest(mrconfigid(launched.digest())), handed)
+    carried = launched.digest_hex() + "00" * 16
+    assert (refused.value.field, refused.value.expected, refused.value.actual) == (
+        "mrconfigid", handed.digest_hex(), carried)
+    assert str(refused.value) == f"mrconfigid: expected {handed.digest_hex()}, got {carried}; {_RELAUNCH}"
 
 
 
