@@ -77,6 +77,32 @@ def test_configfs_without_certificates_is_refused(sim_dir: Path, tmp_path: Path)
     assert err.value.field == "tsm.auxblob"
 
 
+_ASK, _ARK = "4ab7b379-bbac-4fe4-a02f-05aef327c782", "c0b406a4-a803-4952-9743-3fb6014cd0ae"
+_VLEK = "a8074bc2-a25a-483e-aae6-39c045a0b8a1"
+
+
+def test_a_certificate_table_without_the_vcek_or_vlek_is_refused_word_for_word(sim_dir: Path) -> None:
+    """The host serves AMD's ASK and ARK but no chip key: nothing in the table can have signed the report."""
+    ask, ark = x509.load_pem_x509_certificates((sim_dir / "ask_ark.pem").read_bytes())
+    der = serialization.Encoding.DER
+    with pytest.raises(AttestationError) as refused:
+        tee._snp_evidence(b"report", _cert_table([(_ASK, ask.public_bytes(der)), (_ARK, ark.public_bytes(der))]))
+    assert str(refused.value) == ("tsm.auxblob: expected a certificate table holding the VCEK or VLEK, got 2 entries; "
+                                  "configure the host to serve SNP certificates")
+
+
+def test_a_vlek_table_gives_the_vlek_and_the_ask_then_the_ark_whatever_their_order(sim_dir: Path) -> None:
+    ask, ark = x509.load_pem_x509_certificates((sim_dir / "ask_ark.pem").read_bytes())
+    der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
+    vlek = (sim_dir / "vcek.der").read_bytes()  # a chip key served under the VLEK's GUID
+    table = _cert_table([(_ARK, ark.public_bytes(der)), (_VLEK, vlek), (_ASK, ask.public_bytes(der))])
+    evidence = tee._snp_evidence(b"report", table)
+    assert (evidence.tee, evidence.report, evidence.vcek) == ("sev-snp", b"report", vlek)
+    assert evidence.cert_chain == (ask.public_bytes(pem) + ark.public_bytes(pem)).decode()
+    only_ark = tee._snp_evidence(b"report", _cert_table([(_VLEK, vlek), (_ARK, ark.public_bytes(der))]))
+    assert only_ark.cert_chain == ark.public_bytes(pem).decode()  # the ASK left to the verifier's anchors
+
+
 def test_configfs_rejects_short_report_data_before_touching_configfs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="64 bytes"):
         ConfigfsTsmProvider(tmp_path / "missing").get_evidence(bytes(10))
