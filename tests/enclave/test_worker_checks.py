@@ -167,7 +167,10 @@ def test_a_card_not_signed_by_a_configured_provider_is_refused(sim_dir: Path, on
     forged = _card(onnx_bytes, key=generate_signing_key())  # the platform's own key: terms stripped at will
     with pytest.raises(FormatError) as refused:
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), forged, lambda key: onnx_bytes)
-    assert refused.value.field == "card.signature"
+    # A card naming no broker is checked against every configured provider's keys (two), named by where it is.
+    assert (refused.value.field, refused.value.expected, refused.value.actual, refused.value.hint) == (
+        "card.signature", "an Ed25519 signature by one of 2 pinned provider key(s)", "none verifies",
+        "models/spam/1/card.jws: only cards signed by a trusted provider are used")
 
 
 def test_a_card_for_another_model_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
@@ -194,6 +197,11 @@ def test_plaintext_needs_the_configuration_and_an_unencrypted_card(sim_dir: Path
     confidential = _card(onnx_bytes, protection="aes-256-gcm")
     with pytest.raises(PlaintextRefused, match="published unencrypted"):  # a confidential model, scored in clear
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), confidential, lambda key: onnx_bytes)
+    with pytest.raises(PlaintextRefused) as refused:  # a model published unencrypted, on an encrypted shard
+        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, protection="pme"), BytesSource(data), _card(onnx_bytes),
+                                      lambda key: onnx_bytes)
+    assert str(refused.value) == ("model spam:1: expected a model published unencrypted (card.protection 'none') "
+                                  "for a plaintext shard, got card.protection 'none' and shard.protection 'pme'")
 
 
 def test_an_owner_broker_the_configuration_does_not_name_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
@@ -254,7 +262,8 @@ def test_a_card_naming_one_provider_signed_by_another_configured_provider_is_ref
     forged = _card(onnx_bytes, protection="aes-256-gcm", key=RIVAL_KEY)
     with pytest.raises(FormatError) as refused:
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), forged, lambda key: onnx_bytes)
-    assert refused.value.field == "card.signature"
+    assert (refused.value.field, refused.value.expected) == (  # the named provider's one key, not the rival's
+        "card.signature", "an Ed25519 signature by one of 1 pinned provider key(s)")
     assert _enclave(sim_dir)._verified_card(_spec(data, onnx_bytes), _card(onnx_bytes, protection="aes-256-gcm"))
 
 

@@ -450,6 +450,24 @@ def test_a_tuned_model_scores_its_owners_batch_with_both_shares(stack: Stack) ->
     assert stack.decisions(stack.provider, "unwrap")[-1] == ("recipe.spam-recipe", "b-t", digest, "allow")
 
 
+def test_a_providers_card_naming_a_cached_tuned_models_digest_opens_its_own_object(stack: Stack) -> None:
+    """A tuned model's digest is public in its card. The recipe's provider signs a card of its own naming it, over
+    its own object, and a batch grants that digest: the worker that scored the tuned model must open the provider's
+    object with the provider's key, never serve the owner's tuned model from its cache."""
+    spec, job, model = _trained(stack)
+    stack.store.put(job.model_key, job.model)
+    digest = "sha256:" + hashlib.sha256(model).hexdigest()
+    stack.batch("b-t", digest=digest, shares=("share-1",))
+    stack.score(stack.spec("b-t", model_name="acme/spam-tuned", model_digest=digest), job.card)  # cached
+    forged = sign_json({**unverified_payload(stack.card(), what="card"), "digest": digest},
+                       stack.party.signing_key())
+    stack.batch("b-p", digest=digest)
+    with pytest.raises(ModelIntegrityError) as refused:
+        stack.score(stack.spec("b-p", model_digest=digest), forged)
+    assert str(refused.value) == (f"model spam:1: expected digest {digest} (the owner's choice), got {stack.digest}")
+    assert stack.decisions(stack.provider, "unwrap")[-1] == ("model.spam", "b-p", digest, "allow")
+
+
 def test_a_tuned_models_cache_namespace_names_its_reference_and_both_shares(onnx_bytes: bytes) -> None:  # noqa: F811
     """Whose keys opened a tuned model: the same reference with any share changed is another namespace."""
     payload = unverified_payload(_tuned_card(onnx_bytes), what="tuned card")
