@@ -147,7 +147,7 @@ def test_a_checkpoint_reads_back_from_its_c2sp_text() -> None:
     assert Checkpoint.parse(text, "the note") == Checkpoint("origin.example/log", 7, ROOT, 1_700_000_000, "the note")
     assert head.describe() == "size 7, root 0001020304050607…, signed 2023-11-14 22:13:20 UTC"
     extended = text.replace("time", "other extension\ntime")  # the time is found among extension lines
-    assert Checkpoint.parse(extended).timestamp == 1_700_000_000
+    assert Checkpoint.parse(extended).timestamp == 1_700_000_000 and Checkpoint.parse(extended).note == ""
     assert Checkpoint.parse(text.replace("\n7\n", "\n0\n")).size == 0  # an empty log's checkpoint
 
 
@@ -155,6 +155,7 @@ def test_a_checkpoint_reads_back_from_its_c2sp_text() -> None:
     "origin\n7\n",                                                    # no root
     f"origin\nseven\n{base64.b64encode(ROOT).decode()}\ntime 1\n",      # size not a number
     f"origin\n7\n{base64.b64encode(ROOT).decode()[:-1]}*\ntime 1\n",   # root not base64
+    f"origin\n7\n{base64.b64encode(ROOT).decode()[:8]}*{base64.b64encode(ROOT).decode()[8:]}\ntime 1\n",  # 32 bytes
     f"origin\n7\n{base64.b64encode(ROOT).decode()}\n",                 # no time line
     f"origin\n7\n{base64.b64encode(ROOT).decode()}\ntime x\n",         # time not a number
 ])
@@ -334,6 +335,9 @@ def test_a_directory_storage_writes_appends_and_lists(tmp_path: Path) -> None:
     assert storage.names("checkpoints/") == ["checkpoints/1", "checkpoints/2"]
     assert sorted(p.name for p in (tmp_path / "log" / "checkpoints").iterdir()) == ["1", "2"]  # no temporary left
     assert storage.describe() == str(tmp_path / "log")
+    fresh = DirStorage(tmp_path / "new" / "log")  # appended to before anything was written: folders made
+    fresh.append("entries", b"a\n")
+    assert fresh.read("entries") == b"a\n"
 
 
 def test_an_object_store_log_lives_under_its_prefix(tmp_path: Path) -> None:
@@ -361,7 +365,7 @@ def test_an_object_store_log_lives_under_its_prefix(tmp_path: Path) -> None:
 # -- the signing key file ----------------------------------------------------------------------------
 
 def test_the_signing_key_is_created_private_once_and_read_back(tmp_path: Path) -> None:
-    path = tmp_path / "keys" / "log-key.pem"
+    path = tmp_path / "state" / "keys" / "log-key.pem"
     key = load_or_create_key(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_or_create_key(path).public_key() == key.public_key()
@@ -439,3 +443,14 @@ def test_a_fork_that_is_longer_is_refused_as_a_rewrite(tmp_path: Path) -> None:
     assert message.startswith(f"the log's checkpoint ({head.describe()}) is not an extension of the one the owner "
                               f"saw ({seen.describe()}): the log was rewritten or forked (consistency proof: ")
     assert owner.saved() is not None and owner.saved()["checkpoint"] == seen.note  # type: ignore[index]
+
+
+def test_entries_appended_after_the_latest_checkpoint_do_not_fail_the_witness(tmp_path: Path) -> None:
+    """The proof is asked up to the checkpoint's size, not to the log's: a log is checked while it grows."""
+    log = _signed(tmp_path / "log", ["g1", "g2"], tmp_path / "k.pem")
+    owner = Witness(tmp_path / "owner", "owner")
+    owner.observe(log)
+    log.append("grant", "g3", {})
+    log.publish_checkpoint(now=1_700_000_001)
+    log.append("grant", "g4", {})  # not yet under a checkpoint
+    assert owner.check(log).size == 3 and log.size == 4
