@@ -14,6 +14,11 @@ launch's only when no later launch of that key is outstanding. A stale result is
 its own state to the API server; the executor's event only detects processes that died silently).
 Select it with `AIRFLOW__CORE__EXECUTOR=dags.cscore_platform.executor.DeferSafeLocalExecutor`.
 
+On a SQLite metadata database it gives the scheduler a now() with sub-seconds (`sqlite_now_to_the_microsecond`):
+the scheduler takes a queued run only once `run_after <= now()`, and SQLite's CURRENT_TIMESTAMP has whole seconds,
+compared as text with run_after's microseconds, so every run, the intake's and each batch's, waited for the next
+whole second after the one it was dated in: 0.5 s each on average, twice on a batch's path.
+
 It also starts its worker processes warm: every task process is forked from one and parses its DAG file
 first, so the executor parses the DAG folder once before forking them (`warm_task_imports`) and each task's
 parse then runs its DAG file alone, its imports already loaded.
@@ -62,12 +67,25 @@ def warm_task_imports(dags_folder: str | None = None) -> None:
     log.info("Task imports preloaded for the workers: DAGs %s from %s (pid %d)", sorted(bag.dags), folder, os.getpid())
 
 
+def sqlite_now_to_the_microsecond() -> None:
+    """Compile SQLAlchemy's now() on SQLite as the UTC time to the microsecond, stored form ('YYYY-MM-DD
+    HH:MM:SS.ffffff'; SQLite's clock gives milliseconds), not CURRENT_TIMESTAMP's whole seconds. Other databases'
+    now() is unchanged; so is any process that does not call this (the scheduler's, through its executor, does)."""
+    from sqlalchemy.ext.compiler import compiles
+    from sqlalchemy.sql import functions
+
+    @compiles(functions.now, "sqlite")
+    def _now(element: Any, compiler: Any, **kw: Any) -> str:
+        return "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+
+
 class DeferSafeLocalExecutor(LocalExecutor):
     """LocalExecutor that never takes an earlier launch's result of a task instance key for a later one's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._launches: Counter[Any] = Counter()
+        sqlite_now_to_the_microsecond()  # the scheduler's process, before its loop compiles a query
 
     def start(self) -> None:
         # Before the workers fork: each task process (a fork of a worker) then parses its DAG file warm. In a DAG

@@ -149,8 +149,10 @@ def _manifest_of(batch: dict[str, Any]) -> Manifest:
 
 
 def send_shards(batch: dict[str, Any], run_id: str, app: Celery, *, timeout: float = SHARD_TIMEOUT_S,
-                note: Callable[[str], None] | None = None) -> worker_pool.ShardWatch:
-    """Plan the batch's shards and send them to the pool; returns the watch over them (`ShardWatch.step`)."""
+                note: Callable[[str], None] | None = None,
+                first_ping: worker_pool.Ping | None = None) -> worker_pool.ShardWatch:
+    """Plan the batch's shards and send them to the pool; returns the watch over them (`ShardWatch.step`), whose
+    first look reads `first_ping` when given."""
     manifest = _manifest_of(batch)
     store = batch_store()
     with _failing_marks_batch(store, manifest.key, run_id, "score"):
@@ -167,7 +169,8 @@ def send_shards(batch: dict[str, Any], run_id: str, app: Celery, *, timeout: flo
                 batch_id=manifest.batch_id, step="score", ok=ok, failed=0, total=total)
 
         return worker_pool.ShardWatch(app, shards, run_id=run_id, timeout=timeout, progress=progress,
-                                      note=note or (lambda sentence: record_events(batch, run_id, [sentence])))
+                                      note=note or (lambda sentence: record_events(batch, run_id, [sentence])),
+                                      first_ping=first_ping)
 
 
 def record_events(batch: dict[str, Any], run_id: str, sentences: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +70,35 @@ def live_workers(app: Celery, timeout: float = 3.0) -> list[str]:
     expected = int(os.environ.get("CSCORE_WORKER_POOL_SIZE") or 0) or None
     replies = app.control.ping(timeout=timeout if expected else 1.0, limit=expected) or []
     return sorted(name for reply in replies for name in reply)
+
+
+class Ping:
+    """A ping of the pool sent now, in a thread, and read later (`answered`): a watch's first look then waits for no
+    reply (0.3-0.5 s of a small batch's path here). Its error, a transport's included, is raised where it is read."""
+
+    def __init__(self, app: Celery, timeout: float = 2.0) -> None:
+        self._names: list[str] = []
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(app, timeout), name="cscore-pool-ping", daemon=True).start()
+
+    def _run(self, app: Celery, timeout: float) -> None:
+        try:
+            self._names = live_workers(app, timeout=timeout)
+        except BaseException as exc:  # handed to the reader, who tells a transport outage from a bug
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def answered(self) -> list[str]:
+        """The workers that answered (waiting for the ping if need be); raises what the ping raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._names
 
 
 def attest_all(app: Celery, broker_names: list[str], timeout: float = 120.0, *,
@@ -250,12 +280,13 @@ class ShardWatch:
 
     `sent` (Celery task ids per shard, from `task_ids()`) adopts shards another process sent: a deferrable
     operator sends, its trigger watches. `started` is when the batch's clock started (time.time()), so a
-    watcher that takes over keeps the original deadline."""
+    watcher that takes over keeps the original deadline. `first_ping`, a `Ping` sent before the shards, is the
+    first look's: steps before it answered only collect (without one, the first step pings and waits)."""
 
     def __init__(self, app: Celery, shards: list[dict[str, Any]], *, run_id: str = "", timeout: float,
                  progress: Callable[[int, int], None] = lambda _d, _t: None,
                  note: Callable[[str], None] = lambda _: None, sent: list[list[str]] | None = None,
-                 started: float | None = None) -> None:
+                 started: float | None = None, first_ping: Ping | None = None) -> None:
         self.app, self.shards, self.timeout, self.progress, self.note = app, shards, timeout, progress, note
         self.deadline = time.monotonic() + timeout - (time.time() - started if started is not None else 0.0)
         self.pool = _Shards(app, shards, run_id, sent)
@@ -270,6 +301,7 @@ class ShardWatch:
             self.down_since = time.monotonic()
         self.any_seen = time.monotonic()
         self.done_before = -1
+        self.first_ping = first_ping
 
     def task_ids(self) -> list[list[str]]:
         return self.pool.task_ids()
@@ -281,7 +313,10 @@ class ShardWatch:
         said: list[str] = []  # told to `note` after the transport's calls: its own errors are never the transport's
         try:
             said.extend(pool.collect())
-            if self.down_since is not None or (self.last_check is None or now - self.last_check >= CHECK_EVERY_S):
+            ping, self.first_ping = self.first_ping, None
+            if ping is not None and not ping.ready() and self.down_since is None:
+                self.first_ping = ping  # its answer is read by a later step: this one only collects
+            elif self.down_since is not None or (self.last_check is None or now - self.last_check >= CHECK_EVERY_S):
                 new_epoch = transport_epoch(app)
                 down = now - self.down_since if self.down_since is not None else None
                 # A new server run lost its queued messages; the same run kept them (a dropped connection). A
@@ -298,7 +333,8 @@ class ShardWatch:
                                 "as the same server run (its messages kept): nothing sent again")
                 self.epoch, self.down_since = new_epoch, None
                 self.last_check = now
-                self.any_seen = _check_workers(app, pool, self.last_seen, self.any_seen, now, said.append)
+                answered = ping.answered() if ping is not None and ping.ready() else None
+                self.any_seen = _check_workers(app, pool, self.last_seen, self.any_seen, now, said.append, answered)
         except WorkerPoolError:
             raise
         except Exception as exc:
@@ -327,15 +363,16 @@ class ShardWatch:
 
 
 def _check_workers(app: Celery, pool: _Shards, last_seen: dict[str, float], any_seen: float, now: float,
-                   note: Callable[[str], None]) -> float:
-    """Ping the pool; re-send the shards of workers silent for WORKER_SILENT_S; returns when any answered.
+                   note: Callable[[str], None], answered: list[str] | None = None) -> float:
+    """Ping the pool (or take `answered`, an earlier ping's replies); re-send the shards of workers silent for
+    WORKER_SILENT_S; returns when any answered.
 
     A worker is watched from its first ping or from the first shard it is seen running, whichever comes first
     (one that dies before it ever answered a ping is missed otherwise). A lost worker is handled once: its
     started shards, and every shard no worker has started yet (it may hold them reserved, and the transport
     gives reserved messages back only after its visibility timeout), are sent again; receipts make a second
     attempt of a finished shard report the first one's."""
-    for worker in live_workers(app, timeout=2.0):
+    for worker in live_workers(app, timeout=2.0) if answered is None else answered:
         last_seen[worker] = now
         any_seen = now
     for worker in pool.starters():

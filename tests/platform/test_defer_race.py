@@ -124,3 +124,19 @@ def test_workers_fork_after_the_dag_folders_task_imports_are_loaded(tmp_path: An
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     # botocore's S3 model too, loaded into the loader every S3 client of a task process shares
     assert seen == {"before": [], "after": wanted, "workers": [True], "s3_model": True}, done.stderr[-3000:]
+
+
+def test_the_schedulers_now_on_sqlite_has_microseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run dated .4 s into a second is schedulable at once (`run_after <= now()`), not at the next second."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import String, create_engine, func, literal, select, type_coerce
+
+    _executor(DeferSafeLocalExecutor, monkeypatch)
+    with create_engine("sqlite://").connect() as db:
+        now = db.execute(select(type_coerce(func.now(), String))).scalar_one()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", now), now
+        assert abs(datetime.fromisoformat(now).replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(seconds=5)
+        just_before = (datetime.fromisoformat(now) - timedelta(microseconds=1000)).isoformat(" ")
+        assert db.execute(select(literal(just_before) <= func.now())).scalar_one()

@@ -3,6 +3,7 @@ outage (none but the transport's own: a bug surfaces as itself). No transport pr
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import kombu.exceptions
@@ -164,3 +165,47 @@ def test_a_shard_refused_by_the_worker_fails_the_batch_at_once(monkeypatch: pyte
     with pytest.raises(worker_pool.WorkerPoolError, match="shard 1 failed on the worker: refused by the owner"):
         watch.step()
     assert watch.task_ids()[1] == [first]  # not sent again
+
+
+def test_the_first_look_reads_the_ping_sent_before_the_shards_without_waiting_for_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = threading.Event()
+    pinged_by: list[str] = []
+
+    def slow_ping(app: Any, timeout: float = 3.0) -> list[str]:
+        pinged_by.append(threading.current_thread().name)
+        assert answer.wait(30)
+        return ["w1"]
+
+    monkeypatch.setattr(worker_pool, "live_workers", slow_ping)
+    app = worker_pool.celery_client("memory://", "cache+memory://")
+    ping = worker_pool.Ping(app)
+    watch = worker_pool.ShardWatch(app, [{"shard_index": 0}], run_id="r", timeout=600, first_ping=ping)
+    assert watch.step() is None and watch.step() is None  # looks that only collect: no reply awaited
+    assert watch.last_check is None and watch.last_seen == {}
+    answer.set()
+    ping.answered()
+    assert watch.step() is None
+    assert list(watch.last_seen) == ["w1"] and watch.last_check is not None
+    assert pinged_by == ["cscore-pool-ping"]  # the first look took the early ping's answer, it sent none of its own
+
+
+@pytest.mark.parametrize(("error", "outage"), [(redis.exceptions.ConnectionError("Error 111 connecting"), True),
+                                               (TypeError("a bug in the ping"), False)])
+def test_what_the_early_ping_raised_is_raised_where_it_is_read(monkeypatch: pytest.MonkeyPatch, error: Exception,
+                                                               outage: bool) -> None:
+    def failing_ping(app: Any, timeout: float = 3.0) -> list[str]:
+        raise error
+
+    monkeypatch.setattr(worker_pool, "live_workers", failing_ping)
+    app = worker_pool.celery_client("memory://", "cache+memory://")
+    ping = worker_pool.Ping(app)
+    with pytest.raises(type(error)):
+        ping.answered()
+    watch = worker_pool.ShardWatch(app, [{"shard_index": 0}], run_id="r", timeout=600, first_ping=ping)
+    if outage:
+        assert watch.step() is None and watch.down_since is not None  # ridden out as the transport's outage
+    else:
+        with pytest.raises(TypeError, match="a bug in the ping"):
+            watch.step()
+        assert watch.down_since is None
