@@ -494,6 +494,19 @@ def test_a_plaintext_object_served_for_a_confidential_shard_is_refused(stack: St
         "b'PARE'), got one ending b'PAR1'; the owner's inputs are all PME-encrypted")
 
 
+def test_a_confidential_shard_whose_file_lacks_a_contract_column_is_refused_naming_it(stack: Stack) -> None:
+    """The owner's genuine PME part, bound to this batch and key, holds its emails under `body`: the card's contract
+    names `text`, and the refusal says so before any row is read or counted."""
+    key = f"incoming/{TENANT}/{BATCH}/part-00000.parquet"
+    table = pa.table({"message_id": [f"m{i}" for i in range(len(TEXTS))], "body": TEXTS})
+    stack.inputs[BATCH] = encode_part(table, stack.owner.admin, OwnerKeys.for_batch(TENANT, BATCH), tenant=TENANT,
+                                      batch_id=BATCH, key=key)
+    with pytest.raises(ShardInputError) as refused:
+        stack.score()
+    assert str(refused.value) == (f"input {key}: expected columns ['message_id', 'text'] (model spam:1's contract), "
+                                  "column 'text' is missing; submit the data for this model's inputs")
+
+
 def test_a_worker_without_a_name_is_named_by_its_host(stack: Stack) -> None:
     config = stack.enclave.config
     assert Enclave(stack.owner.enclave(host_data=config.digest_hex()), config).name == socket.gethostname()
