@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from audit.collect import (
 )
 from audit.log import AuditLog, Checkpoint
 from enclave.signing import generate_signing_key, sign_json
+from sdk.broker_admin import GENESIS
 from tests.audit.conftest import MEASUREMENT, MODEL, FakeBroker, MemoryStore
+from tests.keybroker.inproc import Env
 
 M = MEASUREMENT.hex()
 SIGNER = generate_signing_key()
@@ -159,6 +162,28 @@ def test_a_broker_reset_below_what_was_logged_is_refused(tmp_path: Path) -> None
                               "broker now shows nothing there: its decision log was rewritten or reset")
 
 
+def test_a_broker_decision_edited_in_its_database_is_refused_at_collection(tmp_path: Path) -> None:
+    """The production broker in process, read through `BrokerAdmin`: a decision already logged is edited in the
+    broker's database under its old chain hash. The log's own check (same hash at that position) passes; the
+    broker's chain, which a sync verifies, does not."""
+    env = Env(tmp_path / "broker")
+    env.admin.create_key("acme.footer")
+    env.admin.create_key("acme.emails")
+    log = AuditLog.open_dir(tmp_path / "log")
+    assert sync_log(log, {"owner": env.admin}, MemoryStore()).appended == {"policy_change": 2, "broker_head": 1}
+    first = env.admin.decisions(verify=False)[0]
+    assert env.config.db_path is not None
+    with sqlite3.connect(env.config.db_path) as db:  # whoever holds the database drops the append-only trigger
+        db.execute("DROP TRIGGER decisions_no_update")
+        db.execute("UPDATE decisions SET reason = ? WHERE seq = 1",
+                   ("created data key; policy: true; measurements: []",))
+    with pytest.raises(ValueError) as err:
+        sync_log(log, {"owner": env.admin}, MemoryStore())
+    assert str(err.value).startswith("decision log broken at seq 1: expected hash ")
+    assert str(err.value).endswith(f" after {GENESIS}, found {first['hash']} after {GENESIS}")
+    assert log.size == 3
+
+
 def test_a_broker_head_is_logged_once_per_head() -> None:
     before = round(time.time(), 3)
     kind, entry_id, fields = head_entry("owner", {"seq": 4, "hash": "h4"})
@@ -191,6 +216,7 @@ def _store() -> tuple[MemoryStore, dict[str, bytes]]:
                                                       "sha256": "ee", "rows": 30, "spam": 15},
             "key_broker": {"share_wrapped": "AAAA"}}),
         "incoming/acme/t-2/training.jws": _jws({"tenant": "acme", "job_id": "t-2", "created_at": 60, "object": "x"}),
+        "incoming/acme/t-3/training.jws": b"\xff",
         "results/acme/b1/shard-00001.receipt.jws": _jws({
             "tenant": "acme", "batch_id": "b1", "shard_index": 1, "input": {"sha256": "cd"}, "output": {"key": "o1"},
             "model": {"digest": MODEL}, "evidence_sha256": "e1", "worker": "w1", "sessions": [], "issued_at": 300}),
@@ -203,7 +229,7 @@ def _store() -> tuple[MemoryStore, dict[str, bytes]]:
                         "output_key": "ok", "output_sha256": "os", "rows": 10, "reused": False, "extra": 1}],
             "attestation": [{"worker": "w1", "extra": 2, "verdicts": [
                 {"broker": "owner", "accepted": True, "tee": "sev-snp", "measurement": M, "root": "simulated",
-                 "claims_digest": "cd", "extra": 3}]}]}).encode(),
+                 "claims_digest": "cd", "extra": 3}]}, {"worker": "w9"}]}).encode(),
         "results/acme/b3/result-manifest.json": b"{not json",
         "results/acme/b4/shard-00000.receipt.jws": b"\xfe",
         "results/acme/b4/result-manifest.json": b"{}",
@@ -214,6 +240,7 @@ def _store() -> tuple[MemoryStore, dict[str, bytes]]:
         "tuned/acme/tuned/1/card.jws": _jws(card),
         "tuned/acme/tuned/1/model.onnx.enc": b"x",
         "tuned/acme/tuned/2/card.jws": _jws({**card, "version": 2, "lineage": "not a dict"}),
+        "tuned/acme/tuned/3/receipt.jws": b"\xff",
         "status/acme/b1.json": json.dumps({"state": "succeeded", "updated_at": 300.7, "run_id": "run-1",
                                            "manifest_sha256": "ms", "result_manifest": "rm", "extra": 1}).encode(),
         "status/acme/b2.json": json.dumps({"state": "failed", "reason": "lost", "updated_at": 300.3}).encode(),
@@ -232,7 +259,9 @@ def test_stored_objects_are_entries_in_the_order_they_happened() -> None:
     order = [entry_id.split(":")[0] + ":" + entry_id.split(":")[1] for _, entry_id, _ in storage_entries(store)]
     assert order == [
         "tuned-card:tuned/acme/tuned/2/card.jws",            # no receipt, no time: -0.25
+        "training-manifest:incoming/acme/t-3/training.jws",  # unreadable: 0 (ties in the order listed)
         "manifest:incoming/acme/b2/manifest.jws",            # unreadable: 0
+        "training-receipt:tuned/acme/tuned/3/receipt.jws",   # unreadable: 0
         "receipt:results/acme/b4/shard-00000.receipt.jws",   # unreadable: 0
         "status:status/orphan.json",                         # unreadable: 0
         "result-manifest:results/acme/b4/result-manifest.json",  # its batch's last receipt (0), then half a second
@@ -305,6 +334,9 @@ def test_a_training_manifest_is_logged_without_its_token() -> None:
         "recipe": {"name": "r"}, "model": {"name": "m"}, "holdout": {"fraction": 0.3}, "claimed_batch_id": "t-1",
         "claimed_tenant": "acme"})
     assert _entries(store)["incoming/acme/t-2/training.jws"][2]["objects"] == []  # its object is not a mapping
+    unreadable = _entries(store)["incoming/acme/t-3/training.jws"][2]
+    assert (unreadable["tenant"], unreadable["batch_id"], unreadable["created_at"], unreadable["objects"]) == (
+        "acme", "t-3", None, [])
 
 
 def test_a_training_receipt_is_logged_with_its_token_and_job() -> None:
@@ -316,6 +348,9 @@ def test_a_training_receipt_is_logged_with_its_token_and_job() -> None:
         "recipe": {"name": "r"}, "model": {"digest": "d"}, "metrics": {"f1": 0.9}, "evidence_sha256": "e3",
         "evidence_key": "tuned/acme/tuned/1/evidence/e3.json", "worker": "w2", "sessions": [{"broker": "owner"}],
         "issued_at": 400})
+    unreadable = _entries(store)["tuned/acme/tuned/3/receipt.jws"][2]
+    assert (unreadable["jws"], unreadable["path_tenant"], unreadable["batch_id"], unreadable["issued_at"]) == (
+        "\ufffd", "acme", None, None)
 
 
 def test_a_tuned_card_is_logged_by_digest_without_its_token() -> None:
@@ -339,7 +374,8 @@ def test_a_result_manifest_is_logged_with_its_shards_and_verdicts_only() -> None
                     "output_sha256": "os", "rows": 10, "reused": False}],
         "attestation": [{"worker": "w1", "verdicts": [{"broker": "owner", "accepted": True, "tee": "sev-snp",
                                                        "measurement": M, "root": "simulated",
-                                                       "claims_digest": "cd"}]}]})
+                                                       "claims_digest": "cd"}]},
+                        {"worker": "w9", "verdicts": []}]})
     unreadable = _entries(store)["results/acme/b3/result-manifest.json"][2]
     assert (unreadable["rows"], unreadable["shards"], unreadable["attestation"]) == (None, [], [])
 
@@ -350,6 +386,9 @@ def test_a_status_is_logged_with_its_state_and_an_unreadable_one_empty() -> None
     assert _entries(store)[key] == ("batch_status", f"status:{key}:{_sha(raw[key])}", {
         "tenant": "acme", "batch_id": "b2", "key": key, "state": "failed", "reason": "lost", "run_id": None,
         "manifest_sha256": None, "result_manifest": None, "updated_at": 300.3})
+    assert _entries(store)["status/acme/b1.json"][2] == {
+        "tenant": "acme", "batch_id": "b1", "key": "status/acme/b1.json", "state": "succeeded", "reason": None,
+        "run_id": "run-1", "manifest_sha256": "ms", "result_manifest": "rm", "updated_at": 300.7}
     assert _entries(store)["status/orphan.json"][2] == {
         "tenant": "", "batch_id": "", "key": "status/orphan.json", "state": None, "reason": None, "run_id": None,
         "manifest_sha256": None, "result_manifest": None, "updated_at": None}
@@ -376,13 +415,13 @@ def test_a_sync_appends_decisions_heads_and_objects_and_signs_a_checkpoint(tmp_p
     assert [k for k, _ in kinds[4:]] == [e[0] for e in storage_entries(store)]
     assert report.appended == {"policy_change": 1, "grant": 1, "key_release": 1, "broker_head": 1, "tuned_model": 2,
                                "batch_submitted": 2, "batch_status": 4, "batch_result": 3, "receipt": 3,
-                               "training_submitted": 2, "training_receipt": 1}
-    assert report.total == 21 == log.size
+                               "training_submitted": 3, "training_receipt": 2}
+    assert report.total == 23 == log.size
     assert report.checkpoint == log.latest_checkpoint() and report.checkpoint is not None
-    assert report.checkpoint.size == 21 and report.checkpoint.root == log.tree().root()
+    assert report.checkpoint.size == 23 and report.checkpoint.root == log.tree().root()
     assert report.summary() == ("audit log: appended 3 batch_result, 4 batch_status, 2 batch_submitted, 1 broker_head, "
-                                "1 grant, 1 key_release, 1 policy_change, 3 receipt, 1 training_receipt, "
-                                "2 training_submitted, 2 tuned_model; checkpoint " + report.checkpoint.describe())
+                                "1 grant, 1 key_release, 1 policy_change, 3 receipt, 2 training_receipt, "
+                                "3 training_submitted, 2 tuned_model; checkpoint " + report.checkpoint.describe())
 
 
 def test_a_second_sync_of_nothing_new_appends_and_signs_nothing(tmp_path: Path) -> None:
@@ -392,11 +431,11 @@ def test_a_second_sync_of_nothing_new_appends_and_signs_nothing(tmp_path: Path) 
     again = sync_log(log, brokers, store)
     assert again.appended == {} and again.total == 0 and again.checkpoint is None
     assert again.summary() == "audit log: appended nothing new"
-    assert log.size == 21 and log.history() == [first.checkpoint.note]  # type: ignore[union-attr]
+    assert log.size == 23 and log.history() == [first.checkpoint.note]  # type: ignore[union-attr]
     brokers["owner"].decide("attest", "allow", "evidence verified and bound")
     more = sync_log(log, brokers, store)
     assert more.appended == {"attestation": 1, "broker_head": 1} and more.checkpoint is not None
-    assert more.checkpoint.size == 23
+    assert more.checkpoint.size == 25
 
 
 def test_a_sync_signs_a_missing_or_stale_checkpoint_and_none_when_told_not_to(tmp_path: Path) -> None:
