@@ -67,6 +67,30 @@ def test_configfs_generation_race_is_detected(sim_dir: Path, tmp_path: Path) -> 
     with pytest.raises(AttestationError) as err:
         ConfigfsTsmProvider(tmp_path)._collect(entry, NONCE)
     assert err.value.field == "tsm.generation"
+    assert str(err.value) == "tsm.generation: expected 1, got 2; another process wrote to this report entry; retry"
+
+
+def test_configfs_writes_the_privilege_level_first_and_counts_both_writes(sim_dir: Path, tmp_path: Path) -> None:
+    """The kernel's report folder by default; a privilege level is written before the report data, so the entry's
+    generation must then be 2: one write of another process in between (generation 1 after ours) is refused."""
+    assert (ConfigfsTsmProvider().root, ConfigfsTsmProvider().privlevel) == (Path("/sys/kernel/config/tsm/report"),
+                                                                             None)
+    entry = _fake_tsm_entry(tmp_path / "entry", sim_dir, generation=2)
+    assert ConfigfsTsmProvider(tmp_path, privlevel=2)._collect(entry, NONCE).tee == "sev-snp"
+    assert ((entry / "privlevel").read_text(), (entry / "inblob").read_bytes()) == ("2", NONCE)
+    (entry / "generation").write_text("1\n")
+    with pytest.raises(AttestationError) as err:
+        ConfigfsTsmProvider(tmp_path, privlevel=2)._collect(entry, NONCE)
+    assert (err.value.field, err.value.expected, err.value.actual) == ("tsm.generation", 2, 1)
+
+
+def test_configfs_of_another_tee_is_refused_word_for_word(sim_dir: Path, tmp_path: Path) -> None:
+    entry = _fake_tsm_entry(tmp_path / "entry", sim_dir)
+    (entry / "provider").write_text("arm_cca_guest\n")
+    with pytest.raises(AttestationError) as err:
+        ConfigfsTsmProvider(tmp_path)._collect(entry, NONCE)
+    assert str(err.value) == ("tsm.provider: expected sev_guest or tdx_guest, got arm_cca_guest; this TEE is not "
+                              "supported")
 
 
 def test_configfs_without_certificates_is_refused(sim_dir: Path, tmp_path: Path) -> None:
@@ -101,6 +125,9 @@ def test_a_vlek_table_gives_the_vlek_and_the_ask_then_the_ark_whatever_their_ord
     assert evidence.cert_chain == (ask.public_bytes(pem) + ark.public_bytes(pem)).decode()
     only_ark = tee._snp_evidence(b"report", _cert_table([(_VLEK, vlek), (_ARK, ark.public_bytes(der))]))
     assert only_ark.cert_chain == ark.public_bytes(pem).decode()  # the ASK left to the verifier's anchors
+    with pytest.raises(AttestationError) as refused:
+        tee._snp_evidence(b"report", _cert_table([(_VLEK, vlek), (_ASK, b"not DER")]))
+    assert (refused.value.field, refused.value.expected) == ("tsm.auxblob", "a DER X.509 certificate")
 
 
 def test_configfs_rejects_short_report_data_before_touching_configfs(tmp_path: Path) -> None:
@@ -113,6 +140,34 @@ def test_cert_table_out_of_bounds_entry_is_refused() -> None:
     bad = b"\x01" + bad[1:]
     with pytest.raises(ValueError, match="outside"):
         parse_cert_table(bad)
+
+
+def _entry(guid: str, offset: int, length: int) -> bytes:
+    return bytes.fromhex(guid.replace("-", "")) + struct.pack("<II", offset, length)
+
+
+@pytest.mark.parametrize(("offset", "length"), [(48, 11), (0, 2**32 - 1), (2**31, 2**31)])
+def test_a_cert_table_entry_reaching_past_the_blob_is_refused(offset: int, length: int) -> None:
+    """An entry inside the blob whose length runs past its end, and lengths or offsets that are negative when read
+    signed (they are unsigned: 4 GiB, 2 GiB)."""
+    blob = _entry(_ASK, offset, length) + bytes(24) + b"0123456789"  # 58 bytes
+    with pytest.raises(ValueError) as refused:
+        parse_cert_table(blob)
+    assert str(refused.value) == "certificate table entry at 0 points outside the blob"
+    assert parse_cert_table(_entry(_ASK, 48, 10) + bytes(24) + b"0123456789") == {_guid(_ASK): b"0123456789"}
+
+
+def _guid(text: str) -> bytes:
+    return bytes.fromhex(text.replace("-", ""))
+
+
+def test_a_cert_table_is_read_to_its_last_whole_entry_and_empty_entries_do_not_end_it() -> None:
+    """Only an all-zero entry ends the table: an entry at offset 0 or of length 0 is an entry. A table that fills its
+    blob without a terminator is read to its last entry; a trailing partial entry is not read."""
+    table = _entry(_VLEK, 0, 0) + _entry(_ASK, 48, 0) + _entry(_ARK, 0, 24)
+    entries = {_guid(_VLEK): b"", _guid(_ASK): b"", _guid(_ARK): table[:24]}
+    assert parse_cert_table(table) == entries and parse_cert_table(table + b"\x01" * 23) == entries
+    assert parse_cert_table(_entry(_ASK, 48, 0) + bytes(24) + _entry(_ARK, 0, 0)) == {_guid(_ASK): b""}  # ended
 
 
 def _config(tee_kind: str = "simulated-sev-snp") -> WorkerConfig:
