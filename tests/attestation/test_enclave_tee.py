@@ -12,10 +12,13 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation import Evidence, TrustAnchors, verify_evidence
 from attestation.errors import AttestationError
+from attestation.simulated import SIM_CHIP_ID, SIM_TCB
+from attestation.snp.report import SIG_ALGO_ECDSA_P384_SHA384, parse_report
 from attestation.tdx.quote import parse_quote
 from enclave import tee
 from enclave.measurement import code_measurement
 from enclave.tee import (
+    SIM_GUEST_POLICY,
     ConfigfsTsmProvider,
     SimulatedSnpProvider,
     check_launch_binding,
@@ -276,3 +279,26 @@ def test_code_measurement_changes_with_any_measured_code(tmp_path: Path) -> None
 
 def test_code_measurement_of_this_checkout_is_stable() -> None:
     assert code_measurement() == code_measurement(Path(tee.__file__).resolve().parents[1])
+
+
+def test_the_simulated_report_is_what_a_milan_guest_with_that_vcek_reports(sim_dir: Path) -> None:
+    """Every field a policy or a person reads is a real Milan's for a launched guest: VMPL 0, the chip id shown
+    (a chip pin can match it), every TCB the VCEK's, no ID or author key, no migration agent, firmware 1.55.21."""
+    provider = SimulatedSnpProvider(sim_dir, bytes(range(48)), host_data=b"\x07" * 32)
+    report = parse_report(provider.get_evidence(NONCE).report)
+    assert (report.version, report.guest_svn, report.policy, report.vmpl, report.debug) == (
+        3, 0, SIM_GUEST_POLICY, 0, False)
+    assert (report.signature_algo, report.signing_key, report.platform_info) == (SIG_ALGO_ECDSA_P384_SHA384, "vcek", 1)
+    assert (report.author_key_en, report.mask_chip_id, report.chip_id) == (False, False, SIM_CHIP_ID)
+    assert report.current_tcb == report.reported_tcb == report.committed_tcb == report.launch_tcb == SIM_TCB
+    assert (report.current_major, report.current_minor, report.current_build) == (1, 55, 21)
+    assert (report.committed_major, report.committed_minor, report.committed_build) == (1, 55, 21)
+    assert (report.cpuid_fam_id, report.cpuid_mod_id, report.cpuid_step, report.product) == (0x19, 1, 1, "Milan")
+    assert (report.family_id, report.image_id, report.id_key_digest, report.author_key_digest) == (
+        bytes(16), bytes(16), bytes(48), bytes(48))
+    assert (report.report_id_ma, report.host_data, report.measurement) == (b"\xff" * 32, b"\x07" * 32,
+                                                                           bytes(range(48)))
+    again = parse_report(provider.get_evidence(NONCE).report)
+    other = parse_report(SimulatedSnpProvider(sim_dir, bytes(48)).get_evidence(NONCE).report)
+    assert again.report_id == report.report_id != other.report_id  # one guest per provider
+
