@@ -217,11 +217,11 @@ def _store() -> tuple[MemoryStore, dict[str, bytes]]:
             "key_broker": {"share_wrapped": "AAAA"}}),
         "incoming/acme/t-2/training.jws": _jws({"tenant": "acme", "job_id": "t-2", "created_at": 60, "object": "x"}),
         "incoming/acme/t-3/training.jws": b"\xff",
+        "results/acme/b1/shard-00000.receipt.jws": _jws({  # listed after shard 1, issued before it
+            "tenant": "acme", "batch_id": "b1", "shard_index": 0, "evidence_sha256": "e0", "issued_at": 200}),
         "results/acme/b1/shard-00001.receipt.jws": _jws({
             "tenant": "acme", "batch_id": "b1", "shard_index": 1, "input": {"sha256": "cd"}, "output": {"key": "o1"},
             "model": {"digest": MODEL}, "evidence_sha256": "e1", "worker": "w1", "sessions": [], "issued_at": 300}),
-        "results/acme/b1/shard-00000.receipt.jws": _jws({
-            "tenant": "acme", "batch_id": "b1", "shard_index": 0, "evidence_sha256": "e0", "issued_at": 200}),
         "results/acme/b1/shard-00000.parquet": b"PAR1",
         "results/acme/b1/result-manifest.json": json.dumps({
             "rows": 20, "run_id": "run-1", "manifest_sha256": "ms", "model": {"digest": MODEL},
@@ -245,6 +245,7 @@ def _store() -> tuple[MemoryStore, dict[str, bytes]]:
                                            "manifest_sha256": "ms", "result_manifest": "rm", "extra": 1}).encode(),
         "status/acme/b2.json": json.dumps({"state": "failed", "reason": "lost", "updated_at": 300.3}).encode(),
         "status/acme/b4.json": json.dumps({"state": "succeeded", "updated_at": 1.0}).encode(),
+        "status/acme/t-1.json": json.dumps({"state": "succeeded", "updated_at": 399.5}).encode(),
         "status/orphan.json": b"[not json",
         "status/acme/notes.txt": b"x",
     }
@@ -275,6 +276,7 @@ def test_stored_objects_are_entries_in_the_order_they_happened() -> None:
         "status:status/acme/b2.json",                        # 300.3
         "result-manifest:results/acme/b1/result-manifest.json",  # 300.5: its batch's last receipt, then half a second
         "status:status/acme/b1.json",                        # 300.7
+        "status:status/acme/t-1.json",                       # 399.5
         "tuned-card:tuned/acme/tuned/1/card.jws",            # a quarter second before its receipt
         "training-receipt:tuned/acme/tuned/1/receipt.jws",   # 400
     ]
@@ -414,12 +416,12 @@ def test_a_sync_appends_decisions_heads_and_objects_and_signs_a_checkpoint(tmp_p
                          ("key_release", "decision:owner:3"), ("broker_head", f"head:owner:3:{owner[2]['hash']}")]
     assert [k for k, _ in kinds[4:]] == [e[0] for e in storage_entries(store)]
     assert report.appended == {"policy_change": 1, "grant": 1, "key_release": 1, "broker_head": 1, "tuned_model": 2,
-                               "batch_submitted": 2, "batch_status": 4, "batch_result": 3, "receipt": 3,
+                               "batch_submitted": 2, "batch_status": 5, "batch_result": 3, "receipt": 3,
                                "training_submitted": 3, "training_receipt": 2}
-    assert report.total == 23 == log.size
+    assert report.total == 24 == log.size
     assert report.checkpoint == log.latest_checkpoint() and report.checkpoint is not None
-    assert report.checkpoint.size == 23 and report.checkpoint.root == log.tree().root()
-    assert report.summary() == ("audit log: appended 3 batch_result, 4 batch_status, 2 batch_submitted, 1 broker_head, "
+    assert report.checkpoint.size == 24 and report.checkpoint.root == log.tree().root()
+    assert report.summary() == ("audit log: appended 3 batch_result, 5 batch_status, 2 batch_submitted, 1 broker_head, "
                                 "1 grant, 1 key_release, 1 policy_change, 3 receipt, 2 training_receipt, "
                                 "3 training_submitted, 2 tuned_model; checkpoint " + report.checkpoint.describe())
 
@@ -431,11 +433,11 @@ def test_a_second_sync_of_nothing_new_appends_and_signs_nothing(tmp_path: Path) 
     again = sync_log(log, brokers, store)
     assert again.appended == {} and again.total == 0 and again.checkpoint is None
     assert again.summary() == "audit log: appended nothing new"
-    assert log.size == 23 and log.history() == [first.checkpoint.note]  # type: ignore[union-attr]
+    assert log.size == 24 and log.history() == [first.checkpoint.note]  # type: ignore[union-attr]
     brokers["owner"].decide("attest", "allow", "evidence verified and bound")
     more = sync_log(log, brokers, store)
     assert more.appended == {"attestation": 1, "broker_head": 1} and more.checkpoint is not None
-    assert more.checkpoint.size == 25
+    assert more.checkpoint.size == 26
 
 
 def test_a_sync_signs_a_missing_or_stale_checkpoint_and_none_when_told_not_to(tmp_path: Path) -> None:
