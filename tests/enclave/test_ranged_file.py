@@ -124,3 +124,9 @@ def test_open_ranged_is_a_read_only_pyarrow_file_over_the_object() -> None:
     opened = open_ranged(source)
     assert (opened.mode, opened.size(), opened.readable(), opened.writable()) == ("rb", len(DATA), True, False)
     assert opened.read_at(4, 600) == DATA[600:604] and (source.requests, source.bytes_read) == (1, len(DATA))
+
+
+def test_the_whole_object_is_one_request_of_every_byte() -> None:
+    source = BytesSource(DATA)
+    assert source.read_all() == DATA and (source.requests, source.bytes_read) == (1, len(DATA))
+    assert source.read_all() == DATA and (source.requests, source.bytes_read) == (2, 2 * len(DATA))
