@@ -156,10 +156,12 @@ def test_labels_only_cards_give_no_probabilities(sim_dir: Path, onnx_bytes: byte
 
 def test_input_other_than_the_manifests_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
-    with pytest.raises(ShardInputError, match="expected sha256"):
+    with pytest.raises(ShardInputError) as refused:
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, input_sha256="00" * 32), BytesSource(data),
                                       _card(onnx_bytes),
                                       lambda key: onnx_bytes)
+    assert str(refused.value) == (f"input incoming/acme/b-1/part-00000.parquet: expected sha256 {'00' * 32} (from the "
+                                  f"signed manifest), got {hashlib.sha256(data).hexdigest()}")
 
 
 def test_a_card_not_signed_by_a_configured_provider_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
@@ -191,12 +193,17 @@ def test_a_model_object_swapped_under_a_genuine_card_is_refused(sim_dir: Path, o
 
 def test_plaintext_needs_the_configuration_and_an_unencrypted_card(sim_dir: Path, onnx_bytes: bytes) -> None:
     data = _input()
-    with pytest.raises(PlaintextRefused, match="forbids the plaintext baseline"):
+    with pytest.raises(PlaintextRefused) as refused:
         _enclave(sim_dir, plaintext=False).score_shard(_spec(data, onnx_bytes), BytesSource(data), _card(onnx_bytes),
                                                        lambda key: onnx_bytes)
+    assert str(refused.value) == ("shard.protection: expected 'pme', got 'none': this worker's configuration forbids "
+                                  "the plaintext baseline; batch b-1 refused")
     confidential = _card(onnx_bytes, protection="aes-256-gcm")
-    with pytest.raises(PlaintextRefused, match="published unencrypted"):  # a confidential model, scored in clear
+    with pytest.raises(PlaintextRefused) as refused:  # a confidential model, scored in clear
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), confidential, lambda key: onnx_bytes)
+    assert str(refused.value) == ("model spam:1: expected a model published unencrypted (card.protection 'none') "
+                                  "for a plaintext shard, got card.protection 'aes-256-gcm' and shard.protection "
+                                  "'none'")
     with pytest.raises(PlaintextRefused) as refused:  # a model published unencrypted, on an encrypted shard
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, protection="pme"), BytesSource(data), _card(onnx_bytes),
                                       lambda key: onnx_bytes)
