@@ -302,3 +302,43 @@ def test_the_simulated_report_is_what_a_milan_guest_with_that_vcek_reports(sim_d
     other = parse_report(SimulatedSnpProvider(sim_dir, bytes(48)).get_evidence(NONCE).report)
     assert again.report_id == report.report_id != other.report_id  # one guest per provider
 
+
+@pytest.mark.parametrize(("report_data", "shown"), [(bytes(63), "63"), ("x" * 64, "str"), (None, "NoneType")])
+def test_report_data_other_than_64_bytes_is_refused_naming_what_it_was(sim_dir: Path, report_data: object,
+                                                                       shown: str) -> None:
+    provider = SimulatedSnpProvider(sim_dir, bytes(48))
+    with pytest.raises(ValueError) as refused:
+        provider.get_evidence(report_data)  # type: ignore[arg-type]
+    assert str(refused.value) == f"report_data must be exactly 64 bytes (e.g. a SHA-512 digest), got {shown}"
+    assert parse_report(provider.get_evidence(bytearray(NONCE)).report).report_data == NONCE  # type: ignore[arg-type]
+
+
+def test_simulated_firmware_with_a_key_or_vcek_it_cannot_use_is_refused_naming_the_file(sim_dir: Path,
+                                                                                        tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from attestation.errors import ParseError
+
+    for name in ("vcek.key", "vcek.der", "ask_ark.pem"):
+        (tmp_path / name).write_bytes((sim_dir / name).read_bytes())
+    good_key = (tmp_path / "vcek.key").read_bytes()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    (tmp_path / "vcek.key").write_bytes(rsa_key.private_bytes(serialization.Encoding.PEM,
+                                                              serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()))
+    with pytest.raises(ValueError) as refused:
+        SimulatedSnpProvider(tmp_path, bytes(48))
+    assert str(refused.value) == f"{tmp_path / 'vcek.key'} is not an EC private key"
+    (tmp_path / "vcek.key").write_bytes(good_key)
+    (tmp_path / "vcek.der").write_bytes(b"not DER")
+    with pytest.raises(ParseError) as unreadable:
+        SimulatedSnpProvider(tmp_path, bytes(48))
+    assert unreadable.value.field == str(tmp_path / "vcek.der")
+    assert unreadable.value.expected == "a DER X.509 certificate"
+
+
+def test_a_chip_key_without_a_hwid_gives_a_chip_id_of_zeros(sim_dir: Path) -> None:
+    """As a VLEK (no hwID extension) would: 64 zero bytes, not filler of another kind."""
+    ask = x509.load_pem_x509_certificates((sim_dir / "ask_ark.pem").read_bytes())[0]  # no hwID either
+    assert tee._hwid_from_cert(ask) == bytes(64)
+
