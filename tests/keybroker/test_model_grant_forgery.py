@@ -1,7 +1,9 @@
-"""The provider broker's check of an owner's model grant (`Broker.owner_grant`), in process with the production app
-and verifier: grants signed by a registered owner's key that are right in every field but one (another batch,
-model, measurement, worker configuration or worker session key) are each refused naming that field, expected and
-actual; so are a grant by an unregistered key and no grant. The genuine grant unwraps the model key.
+"""Model grants, in process with the production app and verifier. The provider's check (`Broker.owner_grant`):
+grants signed by a registered owner's key that are right in every field but one (another batch, model,
+measurement, worker configuration or worker session key) are each refused naming that field, expected and actual;
+so are a grant by an unregistered key and no grant; the genuine one unwraps the model key. The owner's side
+(`Broker.model_grant`): the grant it signs, field for field, and none outside its batch grant. The provider's
+quota (`Broker.meter`): each granted batch counted once, the one past the quota refused word for word.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from joserfc.jwk import ECKey
 
 from enclave.kbs_client import AttestedSession, KbsError
 from tests.keybroker.inproc import CONFIG, GOOD, OTHER, Env
-from wire.grant import GRANT_TTL_S, ModelGrant, sign_grant
+from wire.grant import GRANT_TTL_S, ModelGrant, sign_grant, verify_grant
 
 MODEL_KEY = b"M" * 32
 
@@ -97,3 +99,78 @@ def test_a_grant_signed_by_an_unregistered_key_or_none_is_refused(provider: tupl
                                         f"got {forger.thumbprint()!r}")
     assert _refusal(session, wrapped, None) == {"field": "grant", "expected": EXPECTED, "actual": "no grant sent"}
     assert _refusal(session, wrapped, "") == {"field": "grant", "expected": EXPECTED, "actual": "no grant sent"}
+
+
+# -- the owner's side: the grant it signs --------------------------------------------------------------
+
+def test_the_owner_signs_a_grant_for_this_batch_model_and_session_only(tmp_path: Path) -> None:
+    owner = Env(tmp_path)
+    owner.data_key()  # batch-1 granted to GOOD with worker configuration CONFIG, 10 rows
+    session = owner.worker()
+    before = int(time.time())
+    grant = verify_grant(session.model_grant(batch_id="batch-1", model_digest="sha256:m"),
+                         {"owner": owner.admin.grant_key()}, now=time.time())
+    assert before <= grant.issued_at <= int(time.time())
+    assert grant == ModelGrant(issuer="owner", batch_id="batch-1", model_digest="sha256:m", measurement=GOOD,
+                               config_digest=CONFIG, tee_key=ECKey.import_key(session.tee_public_jwk).thumbprint(),
+                               rows=10, issued_at=grant.issued_at, expires_at=grant.issued_at + GRANT_TTL_S)
+    last = owner.admin.decisions()[-1]
+    assert (last["decision"], last["operation"], last["key_id"], last["batch_id"], last["model_digest"]) == (
+        "allow", "model-grant", "grant:batch-1", "batch-1", "sha256:m")
+
+
+@pytest.mark.parametrize(("batch", "model", "measurement", "host_data", "field", "actual"), [
+    ("batch-2", "sha256:m", GOOD, CONFIG, "batch_id", "batch-2"),
+    ("batch-1", "sha256:other", GOOD, CONFIG, "model_digest", "sha256:other"),
+    ("batch-1", "sha256:m", OTHER, CONFIG, "measurement", OTHER),
+    ("batch-1", "sha256:m", GOOD, "00" * 32, "host_data", "00" * 32),
+])
+def test_the_owner_signs_no_grant_outside_its_batch_grant(tmp_path: Path, batch: str, model: str, measurement: str,
+                                                          host_data: str, field: str, actual: str) -> None:
+    owner = Env(tmp_path)
+    owner.data_key()
+    session = owner.worker(owner.enclave(measurement, host_data=host_data))
+    with pytest.raises(KbsError) as refused:
+        session.model_grant(batch_id=batch, model_digest=model)
+    assert refused.value.status == 403
+    assert (refused.value.problem["field"], refused.value.problem["actual"]) == (field, actual)
+    last = owner.admin.decisions()[-1]
+    assert (last["decision"], last["operation"], last["key_id"]) == ("deny", "model-grant", f"grant:{batch}")
+
+
+# -- the provider's quota ------------------------------------------------------------------------------
+
+def test_a_quota_counts_each_granted_batch_once_and_refuses_the_one_past_it(
+        provider: tuple[Env, ECKey, bytes]) -> None:
+    env, owner_key, _ = provider
+    env.admin.create_key("model-q", kind="model", measurements=[GOOD], quota={"rows": 150, "period_s": 3600})
+    wrapped = env.admin.wrap("model-q", MODEL_KEY)
+    session = env.worker()
+
+    def unwrap(batch: str) -> bytes:
+        token = sign_grant(_grant(session, batch_id=batch, rows=100), owner_key)
+        return session.unwrap("model-q", wrapped, batch_id=batch, model_digest="sha256:m", grant=token)
+
+    assert unwrap("batch-1") == MODEL_KEY and unwrap("batch-1") == MODEL_KEY  # one batch, counted once
+    metered = [e for e in env.admin.decisions() if e["operation"] == "meter"]
+    assert [(e["decision"], e["key_id"], e["batch_id"], e["model_digest"], e["reason"]) for e in metered] == [
+        ("allow", "model-q", "batch-1", "sha256:m", "owner owner: 100 rows, 100 of 150 in the period")] * 2
+    with pytest.raises(KbsError) as over:
+        unwrap("batch-2")
+    problem = over.value.problem
+    assert over.value.status == 429 and problem["type"].endswith("quota-exceeded")
+    reason = "quota: owner owner 100 rows used in the period plus 100 would exceed the quota of 150"
+    assert problem["detail"] == (f"key 'model-q': {reason}; wait for the period to pass or ask the provider for a "
+                                 "larger quota")
+    assert (problem["field"], problem["expected"], problem["actual"]) == ("rows", "<= 50", 100)
+    last = env.admin.decisions()[-1]
+    assert (last["decision"], last["operation"], last["key_id"], last["batch_id"], last["model_digest"],
+            last["reason"]) == ("deny", "unwrap", "model-q", "batch-2", "sha256:m", reason)
+
+
+def test_a_model_key_without_a_quota_is_not_metered(provider: tuple[Env, ECKey, bytes]) -> None:
+    env, owner_key, wrapped = provider
+    session = env.worker()
+    token = sign_grant(_grant(session, rows=10**9), owner_key)
+    assert session.unwrap("model-1", wrapped, batch_id="batch-1", model_digest="sha256:m", grant=token) == MODEL_KEY
+    assert [e for e in env.admin.decisions() if e["operation"] == "meter"] == []
