@@ -130,7 +130,9 @@ def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, o
     expected, _ = ModelSession(onnx_bytes).score(TEXTS)
     got = np.asarray(table.column("spam_probability").to_pylist(), dtype=np.float32)
     assert np.array_equal(got, np.round(expected.astype(np.float64), 2).astype(np.float32))
-    assert scored.rows == len(TEXTS) and not scored.evidence  # a baseline carries no evidence
+    assert scored.rows == len(TEXTS)
+    # A baseline is unattested: no evidence, no usage record (no provider's broker), in the receipt or beside it.
+    assert (scored.usage, scored.evidence, scored.evidence_sha256) == ("", {}, "")
     # Every row names the model that scored it (dictionary-encoded: one string per shard).
     assert table.column("model_digest").to_pylist() == ["sha256:" + hashlib.sha256(onnx_bytes).hexdigest()] * len(TEXTS)
     assert table.schema.field("model_digest").type == pa.dictionary(pa.int32(), pa.string())
@@ -142,6 +144,7 @@ def test_the_plaintext_baseline_scores_with_the_cards_precision(sim_dir: Path, o
                                 "sha256": hashlib.sha256(data).hexdigest()}
     assert receipt["output"] == {"key": scored.output_key, "sha256": hashlib.sha256(scored.output).hexdigest(),
                                  "rows": len(TEXTS)} and scored.output_sha256 == receipt["output"]["sha256"]
+    assert (receipt["evidence_sha256"], receipt["worker"], receipt["sessions"]) == ("", "cscore-worker-1@test", [])
     assert scored.output_key.startswith("results/acme/b-1/shard-00000.") and scored.output_key.endswith(".parquet")
 
 
