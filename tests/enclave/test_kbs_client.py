@@ -434,11 +434,13 @@ def test_an_unwrap_sends_the_model_grant_only_when_there_is_one(env: Env) -> Non
 
 
 
-def test_a_session_of_its_own_verifies_the_pinned_ca_and_gives_up_after_30_s(tmp_path: Path) -> None:
-    """Without a caller's client, the session's own: TLS by `broker_tls` (the pinned CA only), a 30 s timeout, the
-    URL without its trailing slash (requests are made on paths under it)."""
+def test_a_session_of_its_own_verifies_the_pinned_ca_and_gives_up_after_30_s(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a caller's client, the session's own: TLS by `broker_tls` (the pinned CA only, else the CA bundle it
+    was given), a 30 s timeout, the URL without its trailing slash (requests are made on paths under it)."""
     import ssl
 
+    from enclave.kbs_client import CA_ENV
     from keybroker.tls import create_local_ca
 
     ca, _ = create_local_ca(tmp_path / "ca")
@@ -447,4 +449,10 @@ def test_a_session_of_its_own_verifies_the_pinned_ca_and_gives_up_after_30_s(tmp
     assert session._http.timeout == httpx.Timeout(30.0)
     context = session._http._transport._pool._ssl_context  # type: ignore[attr-defined]  # httpx's own
     assert context.get_ca_certs() == ssl.create_default_context(cadata=ca.read_text()).get_ca_certs()
+    assert (session.runtime_data, session.evidence) == (None, None)  # nothing attested yet
     session.close()
+    monkeypatch.delenv(CA_ENV, raising=False)
+    bundled = AttestedSession("https://kbs.owner.example", _NoTee(), ca_bundle=ca)
+    context = bundled._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert context.get_ca_certs() == ssl.create_default_context(cafile=str(ca)).get_ca_certs()
+    bundled.close()
