@@ -12,6 +12,7 @@ shows the diff).
     python bench/mutation.py --status              # counts so far, also of a run still going
     python bench/mutation.py --by-hand MODULE      # re-test the last run's survivors with the mutant applied
                                                    # to the module's source (catches import-time code)
+    python bench/mutation.py --only PATTERN --tests TEST MODULE  # some mutants, with a faster test list
     python bench/mutation.py --checks MODULE       # the hand-written mutants of its security checks
                                                    # (bench/check_mutants.py), each on disk in a scratch copy
 
