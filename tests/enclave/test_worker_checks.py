@@ -44,7 +44,7 @@ from enclave.worker import (
 from sdk.contracts import SPAM_CONTRACT, SPAM_TASK
 from sdk.training import export_onnx, train_spam_model
 from tests.enclave.heavy_models import CONTRACT, columns, slow_model
-from wire.card import CARD_TYPE, ModelCard
+from wire.card import CARD_TYPE, Contract, ModelCard
 from wire.errors import FormatError
 from wire.recipe import RecipeCard
 from wire.shard import ShardSpec
@@ -383,3 +383,15 @@ def test_a_model_over_the_batchs_memory_limit_is_stopped_naming_the_shard_and_th
     assert str(stopped.value) == (
         "shard 0 of batch b-1, model spam:1: the worker's memory went over the batch's limit of 64 MiB set by the "
         "platform while the model ran; choose a lighter model, or ask the platform's operator to raise cscore_limits")
+
+
+def test_an_empty_slices_results_have_the_schema_of_any_other(onnx_bytes: bytes) -> None:
+    """An owner's empty part is one row group of no rows: its results must concatenate with the other shards'."""
+    model = ContractSession(onnx_bytes, Contract.parse(SPAM_CONTRACT))
+    spec = _spec(b"", onnx_bytes)
+    empty = _scored(spec, pa.table({"message_id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
+                    model, 3)
+    full = _scored(spec, pa.table({"message_id": ["m0", "m1"], "text": TEXTS[:2]}), model, 3)
+    assert empty.num_rows == 0 and empty.schema == full.schema
+    assert empty.schema.field("model_digest").type == pa.dictionary(pa.int32(), pa.string())
+    assert pa.concat_tables([empty, full]).column("model_digest").to_pylist() == [spec.model_digest] * 2
