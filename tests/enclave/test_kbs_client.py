@@ -128,7 +128,7 @@ def test_the_tee_announced_is_the_providers_own_else_sev_snp(env: Env) -> None:
     assert unnamed.sent[0][1] == {"tee": "sev-snp"} and result.claims["measurement"] == GOOD
 
 
-def test_an_attestation_answer_without_claims_is_taken_with_none(env: Env) -> None:
+def test_an_attestation_answer_without_claims_is_taken_with_empty_claims(env: Env) -> None:
     """The platform strips the broker's claims: the token still works, and the claims digest the worker then notes
     for the batch is that of no claims, which the broker never logged (the audit names it)."""
 
