@@ -14,21 +14,19 @@ from typing import Any
 import pytest
 from joserfc import jwt
 
+from attestation import Evidence
 from enclave.kbs_client import POP_HEADER, AttestedSession, BrokerUnreachable, KbsError
 
 TOKEN = "opaque-token"
 
 
-class _Evidence:
-    def to_json(self) -> dict[str, Any]:
-        return {"tee": "test"}
-
-
 class _Provider:
+    """Evidence this test's broker never reads (it answers every attestation alike)."""
+
     tee = "sev-snp"
 
-    def get_evidence(self, report_data: bytes) -> _Evidence:
-        return _Evidence()
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        return Evidence(tee="sev-snp", report=report_data)
 
 
 class FlakyBroker:
@@ -80,7 +78,7 @@ class FlakyBroker:
         self._listener.close()
 
 
-ANSWERS = {"/kbs/v0/auth": (200, {"nonce": "n0", "session": "s0"}),
+ANSWERS: dict[str, tuple[int, dict[str, Any]]] = {"/kbs/v0/auth": (200, {"nonce": "n0", "session": "s0"}),
            "/kbs/v0/attest": (200, {"token": TOKEN, "expires_at": int(time.time()) + 3600, "claims": {}}),
            "/kbs/v0/unwrap": (403, {"type": "policy-denied", "detail": "no grant", "field": "grant"})}
 
