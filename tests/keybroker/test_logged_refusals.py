@@ -1,11 +1,12 @@
-"""What the production broker (in process) logs about a release or resource request: the operation, key, batch,
-model and the attested claims' digest and measurement, for a refusal of a key it does not hold as for a grant (the
-audit joins each release to its attestation by that digest); and a resource's name, which a key's own policy may
-name (`request.resource`).
+"""What the production broker (in process) logs about a release, resource or wrap request: the operation, key,
+batch, model and the attested claims' digest and measurement, for a refusal of a key it does not hold as for a
+grant (the audit joins each release to its attestation by that digest); a resource's name, which a key's own policy
+may name (`request.resource`); and a worker's wrap, which every default policy refuses and a key's policy may allow.
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ def env(tmp_path: Path) -> Env:
 
 def _last(env: Env) -> dict[str, Any]:
     last = env.admin.decisions()[-1]
+    return {k: last[k] for k in LOGGED}
+
+
+def _last_of(env: Env, operation: str) -> dict[str, Any]:
+    last = [e for e in env.admin.decisions() if e["operation"] == operation][-1]
     return {k: last[k] for k in LOGGED}
 
 
@@ -75,3 +81,62 @@ def test_a_resource_policy_sees_the_resource_asked_for_and_no_batch_or_model(env
     with pytest.raises(KbsError) as refused:
         session.resource("cscore", "config", "v2")
     assert refused.value.status == 403 and refused.value.problem["field"] == "policy"
+
+
+# -- a worker's wrap (/kbs/v0/wrap): refused by every default policy, allowed only where a key's policy says so --
+
+def _wrap(env: Env, session: AttestedSession, key_id: str, key_jwe: str) -> dict[str, Any]:
+    body = {"key_id": key_id, "key_jwe": key_jwe, "batch_id": "batch-1", "model_digest": "sha256:m"}
+    return session._authorized("POST", "/kbs/v0/wrap", body)
+
+
+def test_a_worker_wraps_under_a_key_only_where_its_policy_allows_wrap(env: Env) -> None:
+    env.data_key()  # data-1, granted for batch-1
+    session, digest = _attested(env)
+    with pytest.raises(KbsError) as refused:
+        _wrap(env, session, "data-1", env.admin._to_broker(b"K" * 16))
+    assert refused.value.status == 403
+    assert {k: refused.value.problem[k] for k in ("field", "expected", "actual")} == {
+        "field": "operation", "expected": "unwrap", "actual": "wrap"}
+    env.admin.set_policy("data-1", 'request.operation == "wrap" && request.batch_id == "batch-1" && '
+                                   'request.model_digest == "sha256:m" && claims.measurement == "' + GOOD + '"')
+    wrapped = base64.b64decode(_wrap(env, session, "data-1", env.admin._to_broker(b"K" * 16))["wrapped"])
+    assert env.admin.unwrap("data-1", wrapped) == b"K" * 16
+    assert {k: v for k, v in _last_of(env, "wrap").items() if k != "reason"} == {
+        "decision": "allow", "operation": "wrap", "key_id": "data-1", "batch_id": "batch-1",
+        "model_digest": "sha256:m", "measurement": GOOD, "claims_digest": digest}
+    with pytest.raises(KbsError) as unknown:
+        _wrap(env, session, "absent", env.admin._to_broker(b"K" * 16))
+    assert unknown.value.status == 404
+    assert {k: v for k, v in _last(env).items() if k != "reason"} == {
+        "decision": "deny", "operation": "wrap", "key_id": "absent", "batch_id": "batch-1",
+        "model_digest": "sha256:m", "measurement": GOOD, "claims_digest": digest}
+
+
+@pytest.mark.parametrize(("key", "jwe", "slug", "detail", "expected", "actual"), [
+    (None, "not-a-jwe", "jwe-invalid", "key_jwe does not decrypt with the broker key (encrypt to GET "
+                                       "/kbs/v0/broker-key): ", None, None),
+    (b"K" * 1025, None, "key-size", "key_jwe: key must be 1..1024 bytes", "1..1024", 1025),
+])
+def test_a_key_sent_to_wrap_that_does_not_decrypt_or_is_too_long_is_refused(env: Env, key: bytes | None,
+                                                                            jwe: str | None, slug: str,
+                                                                            detail: str, expected: str | None,
+                                                                            actual: int | None) -> None:
+    env.data_key()
+    env.admin.set_policy("data-1", 'request.operation == "wrap"')
+    session, _ = _attested(env)
+    key_jwe = env.admin._to_broker(key) if key is not None else str(jwe)
+    with pytest.raises(KbsError) as refused:
+        _wrap(env, session, "data-1", key_jwe)
+    problem = refused.value.problem
+    assert refused.value.status == 400 and problem["type"].endswith(slug) and problem["field"] == "key_jwe"
+    assert problem["detail"].startswith(detail)
+    assert (problem.get("expected"), problem.get("actual")) == (expected, actual)
+
+
+def test_a_one_byte_key_is_the_shortest_wrapped(env: Env) -> None:
+    env.data_key()
+    env.admin.set_policy("data-1", 'request.operation == "wrap"')
+    session, _ = _attested(env)
+    wrapped = _wrap(env, session, "data-1", env.admin._to_broker(b"K"))["wrapped"]
+    assert env.admin.unwrap("data-1", base64.b64decode(wrapped)) == b"K"
