@@ -297,21 +297,29 @@ def cmd_provider_register_owner(args: argparse.Namespace) -> int:
 
 def cmd_provider_usage(args: argparse.Namespace) -> int:
     from sdk.party import Party
-    from sdk.provider import model_key_id, usage_records
+    from sdk.provider import model_key_id, released_batches, usage_records
     from sdk.results import owner_trust
     from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
+    broker = Party.from_env(args.provider).broker()
     # The measurements this provider's broker releases the model key to, unless named: records from an earlier
     # release's enclaves need that release's measurement.
-    measurements = args.measurement or Party.from_env(args.provider).broker().get_key(
-        model_key_id(args.model))["measurements"]
+    measurements = args.measurement or broker.get_key(model_key_id(args.model))["measurements"]
     anchors, policy = owner_trust(accept_simulated=args.accept_simulated, measurements=measurements)
     usage = usage_records(ObjectStore(), args.model, anchors=anchors, policy=policy)
-    print(json.dumps({"records": usage.records, "per_owner": usage.per_tenant}) if args.json else
-          "\n".join([f"{owner:20} {batches:6} batches {rows:10} rows"
+    # The platform can delete records, not the broker's log of releases: a released batch without any is named.
+    missing = sorted(released_batches(broker.decisions(), args.model) - usage.batches)
+    if args.json:
+        print(json.dumps({"records": usage.records, "per_owner": usage.per_tenant,
+                          "released_without_records": missing}))
+        return 0
+    print("\n".join([f"{owner:20} {batches:6} batches {rows:10} rows"
                      for owner, (batches, rows) in sorted(usage.per_tenant.items())]
                     + [f"({usage.records} records, each verified against its enclave's evidence)"]))
+    if missing:
+        print(f"{len(missing)} batches your broker released the model key for have no usage record (deleted, or "
+              f"still being scored): {', '.join(missing)}")
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,10 +183,21 @@ class UsageVerificationError(ValueError):
 
 @dataclass(frozen=True)
 class UsageTotals:
-    """A model's verified usage: {tenant: (batches, rows)}, from one record per shard."""
+    """A model's verified usage: {tenant: (batches, rows)}, from one record per shard, and the batch ids seen."""
 
     per_tenant: dict[str, tuple[int, int]]
     records: int
+    batches: frozenset[str] = frozenset()
+
+
+def released_batches(decisions: Iterable[dict[str, Any]], model: str) -> set[str]:
+    """The batches this provider's broker released `model`'s key for: the allowed unwraps of `model.<name>` in its
+    decision log (`BrokerAdmin.decisions`, chain and checkpoint verified). A batch here without usage records is
+    one whose records the platform deleted, or one still being scored."""
+    key_id = model_key_id(model)
+    return {d["batch_id"] for d in decisions
+            if d.get("operation") == "unwrap" and d.get("decision") == "allow" and d.get("key_id") == key_id
+            and d.get("batch_id")}
 
 
 _USAGE_KEY = re.compile(r"usage/[^/]+/(?P<tenant>[^/]+)/(?P<batch>[^/]+)/shard-(?P<shard>\d{5})\.jws")
@@ -198,8 +210,8 @@ def usage_records(store: ObjectStore, model: str, *, anchors: TrustAnchors, poli
     signed by the enclave key bound into evidence that verifies against `anchors` and `policy` (the launch
     measurements this provider's broker releases the model key to), of type `cscore.usage/v1`, naming this model
     and the tenant, batch and shard its key names; a copy under another key would be counted twice. Raises
-    UsageVerificationError naming the record. Records the platform deleted are not seen here: compare the batches
-    with the releases in your broker's decision log.
+    UsageVerificationError naming the record. Records the platform deleted are not seen here: `released_batches`
+    names the batches your broker released the key for.
     """
     totals: dict[str, tuple[set[str], int]] = {}
     evidence: dict[str, dict[str, Any]] = {}
@@ -208,7 +220,8 @@ def usage_records(store: ObjectStore, model: str, *, anchors: TrustAnchors, poli
         record = _verified_usage(store, key, model, evidence, anchors, policy)
         batches, rows = totals.get(record["tenant"], (set(), 0))
         totals[record["tenant"]] = (batches | {record["batch_id"]}, rows + int(record["rows"]))
-    return UsageTotals({tenant: (len(batches), rows) for tenant, (batches, rows) in totals.items()}, len(keys))
+    return UsageTotals({tenant: (len(batches), rows) for tenant, (batches, rows) in totals.items()}, len(keys),
+                       frozenset().union(*(batches for batches, _ in totals.values())))
 
 
 def _verified_usage(store: ObjectStore, key: str, model: str, evidence: dict[str, dict[str, Any]],

@@ -681,10 +681,11 @@ def test_the_owner_tool_refuses_rewritten_results_in_one_line(stack: LocalStack,
                      *simulated]) == 0  # restored: verifies again
 
 
-def test_the_provider_refuses_usage_records_the_platform_copied_or_signed(
+def test_the_provider_refuses_usage_records_the_platform_copied_or_signed_and_names_dropped_ones(
         stack: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
     """The provider's bill comes from records the platform stores: a genuine record copied under a second shard's
-    key, or one the platform signed itself beside genuine evidence, is refused by name, not counted."""
+    key, or one the platform signed itself beside genuine evidence, is refused by name, not counted; a batch whose
+    records the platform deleted is named from the provider broker's own log of releases."""
     store = ObjectStore()
     honest: SubmittedBatch = _state["honest"]
     folder = f"usage/spam-filter/{TENANT}/{honest.batch_id}/"
@@ -708,6 +709,18 @@ def test_the_provider_refuses_usage_records_the_platform_copied_or_signed(
             store.delete(key)
         assert rc == 2 and err.strip().count("\n") == 0 and key in err and check in err, (name, rc, err)
     assert cli_main(argv) == 0 and json.loads(capsys.readouterr().out) == before  # restored: the same bill
+    assert honest.batch_id not in before["released_without_records"]
+    saved = {key: store.get(key) for key in store.keys(folder)}
+    for key in saved:  # the platform drops the batch's records: the broker's log of releases still names it
+        store.delete(key)
+    try:
+        assert cli_main(argv) == 0
+        dropped = json.loads(capsys.readouterr().out)
+    finally:
+        for key, record in saved.items():
+            store.put(key, record)
+    assert honest.batch_id in dropped["released_without_records"]
+    assert dropped["per_owner"][TENANT][1] == before["per_owner"][TENANT][1] - 450
 
 
 # -- 7. no canary, key or model byte anywhere the platform looks -------------------------------------

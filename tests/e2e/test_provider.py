@@ -94,7 +94,8 @@ def test_deferred_batches_resume_first_try_and_a_downstream_dag_runs_on_their_re
                             "--model", "spam-filter", "--accept-simulated", "--json"], env=stack.child_env(),
                            capture_output=True, text=True, timeout=300)
     assert usage.returncode == 0, usage.stderr[-2000:]
-    assert json.loads(usage.stdout) == {"records": shards, "per_owner": {TENANT: [3, 240]}}
+    assert json.loads(usage.stdout) == {"records": shards, "per_owner": {TENANT: [3, 240]},
+                                        "released_without_records": []}
 
     run_ids = sorted({s["run_id"] for s in statuses})  # one cscore_batch run per batch (cscore_intake)
     marks = ",".join("?" * len(run_ids))

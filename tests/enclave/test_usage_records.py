@@ -16,7 +16,7 @@ from joserfc.jwk import OKPKey
 from attestation import Policy, TrustAnchors
 from enclave.measurement import code_measurement
 from enclave.receipts import sign_receipt, sign_usage
-from sdk.provider import UsageTotals, UsageVerificationError, usage_records
+from sdk.provider import UsageTotals, UsageVerificationError, released_batches, usage_records
 from tests.enclave.test_result_checks import BATCH, TENANT, DictStore, Worker, _spec
 from tests.enclave.test_result_checks import sim_dir as sim_dir  # the simulated firmware: a fixture
 from wire.shard import ShardSpec
@@ -56,7 +56,7 @@ def _stored(sim_dir: Path, *specs: ShardSpec) -> tuple[ListingStore, Worker]:
 
 def test_honest_records_are_totalled_per_owner_with_each_batch_counted_once(sim_dir: Path) -> None:
     store, _ = _stored(sim_dir, _spec(0), _spec(1), _spec(2))
-    assert _usage(store, sim_dir) == UsageTotals({TENANT: (1, 100 + 101 + 102)}, records=3)
+    assert _usage(store, sim_dir) == UsageTotals({TENANT: (1, 100 + 101 + 102)}, records=3, batches=frozenset({BATCH}))
 
 
 def test_a_record_signed_by_a_key_the_evidence_does_not_bind_is_refused(sim_dir: Path) -> None:
@@ -124,3 +124,14 @@ def test_a_record_under_a_name_that_is_not_a_shards_or_without_its_evidence_is_n
     with pytest.raises(UsageVerificationError, match=rf"expected the attestation evidence the record names at "
                                                      rf"results/{TENANT}/{BATCH}/evidence/{worker.digest}.json"):
         _usage(store, sim_dir)
+
+
+def test_released_batches_are_the_allowed_unwraps_of_this_models_key() -> None:
+    def entry(batch: str, operation: str = "unwrap", decision: str = "allow", key_id: str = f"model.{MODEL}") -> dict:
+        return {"operation": operation, "decision": decision, "key_id": key_id, "batch_id": batch}
+
+    decisions = [entry("b-1"), entry("b-1"), entry("b-2"),  # each worker of a batch unwraps once
+                 entry("b-denied", decision="deny"), entry("b-other-model", key_id="model.other"),
+                 entry("b-metered", operation="meter"), entry("b-admin", operation="admin.unwrap"),
+                 entry("")]  # an attestation names no batch
+    assert released_batches(decisions, MODEL) == {"b-1", "b-2"}
