@@ -259,8 +259,8 @@ def _import_components(dists: list[metadata.Distribution]) -> list[tuple[str, by
     out = []
     for dist in dists:
         owned = {str(dist.locate_file(f)) for f in dist.files or ()}
-        tops = {f.parts[0].removesuffix(".py") for f in dist.files or ()
-                if f.parts and not f.parts[0].endswith((".dist-info", ".data", ".pth")) and ".." not in f.parts}
+        # A path through ``..`` is no package's; isidentifier() drops the .dist-info/.data folders and .pth files.
+        tops = {f.parts[0].removesuffix(".py") for f in dist.files or () if f.parts and ".." not in f.parts}
         for name in sorted(t for t in tops if t.isidentifier()):
             # The path search itself, not sys.modules: what a fresh worker would import, whatever is loaded here.
             spec = importlib.machinery.PathFinder.find_spec(name)

@@ -243,7 +243,7 @@ def test_each_top_level_name_of_the_closure_is_resolved_from_its_own_distributio
     (site / "spaced" / "part" / "m.py").write_text("")
     ((site / "alpha-1.0.dist-info") / "RECORD").write_text(
         "alpha/__init__.py,,\nbeta.py,,\nspaced/part/m.py,,\ngone.py,,\nnot-an-id.py,,\nalpha-1.0.dist-info/METADATA,,\n"
-        "alpha.pth,,\n../../bin/tool,,\n")
+        "alpha.pth,,\n../../bin/tool,,\nstray/../beta.py,,\n,,\n")
     dist = metadata.PathDistribution(site / "alpha-1.0.dist-info")
     monkeypatch.setattr("sys.path", [str(site)])
 
