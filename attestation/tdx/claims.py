@@ -6,7 +6,7 @@ Returns the keyword arguments of :class:`attestation.Claims` (built by
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -26,9 +26,8 @@ def verify_tdx(quote_bytes: bytes, collateral: TdxCollateral | None, anchors: Tr
     """Verify a TDX quote at ``at`` (and its TCB status from ``collateral``); return claim values.
 
     Trusts the pinned Intel SGX Root CA plus ``anchors.intel_roots`` (marked "simulated").
-    Raises ParseError or VerificationError naming the field.
+    Raises ParseError or VerificationError naming the field. A naive ``at`` is UTC (both checks read it so).
     """
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)
     pinned = pinned_intel_root()
     roots = (pinned, *anchors.intel_roots)
     quote, pck = verify_quote_and_pck(quote_bytes, at, roots)

@@ -291,6 +291,13 @@ def test_full_path_with_collateral_gives_tcb_status(test_signed: tuple[TdxCollat
     assert err.value.field == "root"
 
 
+def test_a_naive_time_is_utc_for_the_quote_and_the_collateral(
+        test_signed: tuple[TdxCollateral, TrustAnchors, datetime]) -> None:
+    collateral, anchors, at = test_signed
+    evidence = Evidence(tee="tdx", report=read(V5), collateral=collateral)
+    assert verify_evidence(evidence, anchors, at.replace(tzinfo=None)) == verify_evidence(evidence, anchors, at)
+
+
 def test_collateral_from_an_untrusted_root_is_refused(
         test_signed: tuple[TdxCollateral, TrustAnchors, datetime]) -> None:
     collateral, _, at = test_signed
