@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from enclave.kbs_client import AttestedSession, KbsError
-from tests.keybroker.inproc import CONFIG, GOOD, OTHER, Env
+from tests.keybroker.inproc import CONFIG, GOOD, OTHER, Env, TestClient
 from wire.grant import GRANT_TTL_S, ModelGrant, sign_grant, verify_grant
 
 MODEL_KEY = b"M" * 32
@@ -166,6 +167,11 @@ def test_a_quota_counts_each_granted_batch_once_and_refuses_the_one_past_it(
     last = env.admin.decisions()[-1]
     assert (last["decision"], last["operation"], last["key_id"], last["batch_id"], last["model_digest"],
             last["reason"]) == ("deny", "unwrap", "model-q", "batch-2", "sha256:m", reason)
+    counted = {(s.labels["operation"], s.labels["outcome"]): s.value
+               for family in text_string_to_metric_families(TestClient(env.app).get("/metrics").text)
+               if family.name == "cscore_broker_decisions" for s in family.samples
+               if s.name.endswith("_total") and s.labels["clause"] == "quota"}
+    assert counted == {("meter", "allow"): 2.0, ("unwrap", "deny"): 1.0}  # counted under the quota's clause
 
 
 def test_a_model_key_without_a_quota_is_not_metered(provider: tuple[Env, ECKey, bytes]) -> None:
