@@ -285,6 +285,8 @@ def test_the_trusted_code_digest_is_its_python_files_by_path_and_content(tmp_pat
         for part in (rel.encode(), text):
             expected.update(len(part).to_bytes(8, "big") + part)
     assert measurement.trusted_code_digest(root) == expected.digest()
+    nothing = hashlib.sha384(b"cscore code measurement v1\x00").digest()
+    assert measurement.trusted_code_digest(tmp_path / "none") == nothing  # no measured folder there
 
 
 def test_a_distribution_is_measured_by_what_it_installed_less_bookkeeping_and_caches(tmp_path: Path) -> None:
