@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from enclave.kbs_client import AttestedSession, KbsError
-from tests.keybroker.inproc import GOOD, Env
+from tests.keybroker.inproc import GOOD, Env, TestClient
 
 LOGGED = ("decision", "operation", "key_id", "batch_id", "model_digest", "measurement", "claims_digest", "reason")
 
@@ -48,6 +49,22 @@ def test_a_release_of_a_key_not_held_here_is_logged_with_the_request_and_its_att
     assert _last(env) == {"decision": "deny", "operation": "release", "key_id": "absent", "batch_id": "batch-1",
                           "model_digest": "sha256:m", "measurement": GOOD, "claims_digest": digest,
                           "reason": "key 'absent' is not held by broker 'owner'"}
+
+
+def test_an_unwrap_of_a_key_not_held_here_is_logged_counted_and_answered_unknown_key(env: Env) -> None:
+    session, digest = _attested(env)
+    with pytest.raises(KbsError) as refused:
+        session.unwrap("absent", b"W" * 40, batch_id="batch-1", model_digest="sha256:m")
+    problem = refused.value.problem
+    assert refused.value.status == 404 and problem["type"] == "urn:cscore:keybroker:unknown-key"
+    assert problem["detail"] == "key 'absent' is not held by broker 'owner' (ask the broker of the key's owner)"
+    assert _last(env) == {"decision": "deny", "operation": "unwrap", "key_id": "absent", "batch_id": "batch-1",
+                          "model_digest": "sha256:m", "measurement": GOOD, "claims_digest": digest,
+                          "reason": "key 'absent' is not held by broker 'owner'"}
+    counted = {(s.labels["operation"], s.labels["outcome"], s.labels["clause"]): s.value
+               for family in text_string_to_metric_families(TestClient(env.app).get("/metrics").text)
+               if family.name == "cscore_broker_decisions" for s in family.samples if s.name.endswith("_total")}
+    assert counted[("unwrap", "deny", "unknown-key")] == 1.0
 
 
 def test_a_resource_not_held_here_is_logged_under_its_key_id_for_no_batch(env: Env) -> None:
