@@ -57,6 +57,14 @@ MODULES: dict[str, list[str]] = {
     # the policy's own tests: with the broker tests as well, each mutant of PolicyEngine took a minute
     # its own tests (sealing, JWE, the public-key checks; a second in all) and the broker's forgeries that use it
     "keybroker/crypto.py": ["tests/keybroker/test_crypto.py", "tests/keybroker/test_forgery.py"],
+    # the chain, the meter, grants and sealed keys on SQLite in process (seconds in all), and the store's own
+    # persistence tests on SQLite only (their Postgres half needs a server)
+    "keybroker/store.py": ["tests/keybroker/test_store_chain.py",
+                           *[f"tests/keybroker/test_store_postgres.py::test_{name}[sqlite]" for name in (
+                               "keys_and_broker_secrets_survive_a_restart_sealed_under_the_kek",
+                               "decision_log_chain_verifies_and_refuses_update_and_delete",
+                               "grants_policies_and_resources_persist",
+                               "rotation_versions_persist_and_stay_sequential")]],
     "keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py", "tests/keybroker/test_platform_policy.py"],
     "keybroker/sessions.py": _BROKER,
     "keybroker/tokens.py": _BROKER,
