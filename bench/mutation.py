@@ -104,6 +104,8 @@ MODULES: dict[str, list[str]] = {
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py",
                           "tests/enclave/test_worker_flow.py"],
+    # real keys and joserfc tokens, each refusal word for word (milliseconds a test)
+    "enclave/signing.py": ["tests/enclave/test_signing.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
@@ -22,7 +23,8 @@ class SignatureError(ValueError):
 
 
 def generate_signing_key() -> OKPKey:
-    return OKPKey.generate_key("Ed25519", private=True)
+    # the key's type fixes the curve and its privacy, not arguments joserfc would default the same way
+    return OKPKey.import_key(Ed25519PrivateKey.generate())
 
 
 def sign_json(payload: dict[str, Any], key: OKPKey) -> str:
