@@ -106,6 +106,12 @@ MODULES: dict[str, list[str]] = {
                           "tests/enclave/test_worker_flow.py"],
     # real keys and joserfc tokens, each refusal word for word (milliseconds a test)
     "enclave/signing.py": ["tests/enclave/test_signing.py"],
+    # pure functions of an environment mapping and a flags namespace
+    "enclave/startup.py": ["tests/enclave/test_startup.py",
+                           *[f"tests/enclave/test_measurement.py::test_{name}" for name in (
+                               "an_honest_start_up_has_no_problem", "each_startup_variable_is_refused_by_name",
+                               "ignore_environment_makes_python_variables_inert_but_not_the_loaders",
+                               "unsafe_interpreter_flags_are_refused")]],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}
