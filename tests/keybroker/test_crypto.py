@@ -26,6 +26,7 @@ def _header(token: str) -> dict[str, str]:
 def test_b64url_is_url_safe_and_unpadded() -> None:
     assert b64url(b"\xfb\xff") == "-_8"
     assert b64url(b"\xfb\xff\xfe") == "-__-"
+    assert b64url(b"\x00\x00\x17") == "AAAX"  # only padding is stripped, not a trailing letter
 
 
 @pytest.mark.parametrize("text", ["+/8=", "+/8", "-_8", "-_8=", "  +/8=\n"])
@@ -103,6 +104,8 @@ def test_public_jwk_drops_the_private_members_a_client_sent(kind: str) -> None:
     key = public_jwk(private.as_dict(private=True))
     assert not key.is_private
     assert key.as_dict(private=False) == private.as_dict(private=False)
+    # the imported key holds no private member at all (joserfc keeps what it was given, even unused)
+    assert set(key.dict_value) == set(private.as_dict(private=False))
 
 
 @pytest.mark.parametrize(("kind", "alg"), [("EC", "ECDH-ES+A256KW"), ("RSA", "RSA-OAEP-256")])
@@ -140,3 +143,11 @@ def test_b64decode_any_of_a_jwe_header() -> None:
     private = ECKey.generate_key("P-256")
     token = encrypt_to(private.as_dict(private=False), b"x")
     assert base64.urlsafe_b64decode(token.split(".")[0] + "==") == b64decode_any(token.split(".")[0])
+
+
+def test_b64decode_any_reads_back_b64url_of_every_length() -> None:
+    # lengths whose encoding needs two pad characters after 10, 30, ... characters, not only after 2
+    for size in range(41):
+        data = bytes(range(size))
+        assert b64decode_any(b64url(data)) == data
+        assert b64decode_any(base64.b64encode(data).decode()) == data

@@ -1,4 +1,5 @@
-"""keybroker/store.py on SQLite in process: the decision log's hash chain, the quota meter, grants, sealed keys."""
+"""keybroker/store.py in process, on SQLite and PostgreSQL: the decision log's hash chain, the quota meter, grants,
+sealed keys. PostgreSQL as in test_store_postgres.py (a schema of this test; CI runs a server)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,23 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keybroker.store import GENESIS, LOG_FIELDS, KeyStore, QuotaExceeded, entry_hash, verify_chain
+from tests.keybroker.test_store_postgres import pg_database, pg_url  # noqa: F401 - the PostgreSQL fixtures
 
 KEK = bytes(range(32))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
+    # Postgres' rows are case-sensitive dicts and it locks the named table: what SQLite lets pass
+    target = tmp_path / "keys.sqlite" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = KeyStore(target, KEK)
+    yield opened
+    opened.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[KeyStore]:
+def sqlite_store(tmp_path: Path) -> Iterator[KeyStore]:
+    """A store whose file the test also opens directly, as an intruder would."""
     opened = KeyStore(tmp_path / "keys.sqlite", KEK)
     yield opened
     opened.close()
@@ -106,8 +118,8 @@ def test_a_whole_chain_rebuilt_from_a_rewritten_entry_is_refused_against_the_rea
     assert str(refused.value) == f"decision 1: prev_hash expected {GENESIS}, actual {'2' * 64}"
 
 
-def test_the_decisions_table_refuses_update_and_delete(store: KeyStore, tmp_path: Path) -> None:
-    _logged(store, 2)
+def test_the_decisions_table_refuses_update_and_delete(sqlite_store: KeyStore, tmp_path: Path) -> None:
+    _logged(sqlite_store, 2)
     db = sqlite3.connect(tmp_path / "keys.sqlite", isolation_level=None)
     try:
         for statement in ("UPDATE decisions SET decision='deny'", "DELETE FROM decisions WHERE seq=1"):
@@ -166,20 +178,20 @@ def test_a_grant_round_trips_with_its_terms(store: KeyStore) -> None:
     assert store.get_grant("batch-1") == replaced and store.get_grant("batch-2") is None
 
 
-def test_a_grant_written_before_its_terms_existed_reads_as_no_configs_and_no_rows(store: KeyStore,
+def test_a_grant_written_before_its_terms_existed_reads_as_no_configs_and_no_rows(sqlite_store: KeyStore,
                                                                                  tmp_path: Path) -> None:
-    store.put_grant("old", "sha256:m", [], ["k"], config_digests=["cf" * 32], rows=7)
+    sqlite_store.put_grant("old", "sha256:m", [], ["k"], config_digests=["cf" * 32], rows=7)
     db = sqlite3.connect(tmp_path / "keys.sqlite", isolation_level=None)
     db.execute("UPDATE grants SET terms=NULL")
     db.close()
-    grant = store.get_grant("old")
+    grant = sqlite_store.get_grant("old")
     assert grant is not None and (grant.config_digests, grant.rows) == ([], 0)
 
 
-def test_each_key_version_is_sealed_under_its_own_label(store: KeyStore, tmp_path: Path) -> None:
+def test_each_key_version_is_sealed_under_its_own_label(sqlite_store: KeyStore, tmp_path: Path) -> None:
     first, second = secrets.token_bytes(32), secrets.token_bytes(32)
-    store.create_key("k-1", "data", first, None, [])
-    assert store.rotate_key("k-1", second) == 2
+    sqlite_store.create_key("k-1", "data", first, None, [])
+    assert sqlite_store.rotate_key("k-1", second) == 2
     db = sqlite3.connect(tmp_path / "keys.sqlite", isolation_level=None)
     try:
         (sealed,) = db.execute("SELECT sealed FROM keys WHERE key_id='k-1'").fetchone()
@@ -191,7 +203,7 @@ def test_each_key_version_is_sealed_under_its_own_label(store: KeyStore, tmp_pat
     finally:
         db.close()
     with pytest.raises(InvalidTag):
-        store.get_key("k-1")
+        sqlite_store.get_key("k-1")
 
 
 def test_a_key_record_names_its_newest_version_and_shows_no_material(store: KeyStore) -> None:
