@@ -226,8 +226,8 @@ def _manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
     tenant, batch = _tenant_batch(key)
     try:
         p = unverified_payload(raw.decode(errors="replace"), what="manifest")
-    except SignatureError as exc:
-        p = {"unreadable": str(exc)}
+    except SignatureError:  # logged as stored, its fields empty: the auditor checks the JWS itself
+        p = {}
     objects = [{k: o.get(k) for k in ("key", "size", "sha256", "file_id", "rows", "row_groups")}
                for o in p.get("objects", [])]
     fields = {"tenant": tenant, "batch_id": batch, "manifest_key": key, "manifest_sha256": sha256_hex(raw),
@@ -242,8 +242,8 @@ def _receipt_entry(key: str, raw: bytes) -> tuple[float, Entry]:
     token = raw.decode(errors="replace").strip()
     try:
         p = unverified_payload(token, what="receipt")
-    except SignatureError as exc:
-        p = {"unreadable": str(exc)}
+    except SignatureError:  # logged as stored, its fields empty: the auditor checks the JWS itself
+        p = {}
     prefix = key.rsplit("/", 1)[0]
     fields = {"receipt_key": key, "receipt_sha256": sha256_hex(raw), "jws": token, "path_tenant": tenant,
               "path_batch_id": batch, "tenant": p.get("tenant"), "batch_id": p.get("batch_id"),
@@ -258,8 +258,8 @@ def _payload(raw: bytes, what: str) -> tuple[str, dict[str, Any]]:
     token = raw.decode(errors="replace").strip()
     try:
         return token, unverified_payload(token, what=what)
-    except SignatureError as exc:
-        return token, {"unreadable": str(exc)}
+    except SignatureError:  # logged as stored, its fields empty: the auditor checks the JWS itself
+        return token, {}
 
 
 def _training_manifest_entry(key: str, raw: bytes) -> tuple[float, Entry]:
