@@ -463,13 +463,17 @@ class Enclave:
         Only where the measured configuration says so (simulated TEE), and only for a model its provider
         published unencrypted: otherwise the platform could score a confidential model on its own inputs.
         """
+        if spec.protection != "none":  # an encrypted shard, naming a model published unencrypted
+            raise PlaintextRefused(f"model {card.name}:{card.version}: expected an encrypted model for "
+                                   f"shard.protection {spec.protection!r}, got card.protection 'none'; "
+                                   f"batch {spec.batch_id} refused")
         if not self.config.insecure_plaintext_baseline:
-            raise PlaintextRefused(f"shard.protection: expected 'pme', got {spec.protection!r}: this worker's "
-                                   f"configuration forbids the plaintext baseline; batch {spec.batch_id} refused")
-        if spec.protection != "none" or card.protection != "none":
+            raise PlaintextRefused(f"shard.protection: expected 'pme', got 'none': this worker's configuration "
+                                   f"forbids the plaintext baseline; batch {spec.batch_id} refused")
+        if card.protection != "none":
             raise PlaintextRefused(f"model {card.name}:{card.version}: expected a model published unencrypted "
                                    f"(card.protection 'none') for a plaintext shard, got card.protection "
-                                   f"{card.protection!r} and shard.protection {spec.protection!r}")
+                                   f"{card.protection!r}")
         model = contract_session_for(card.digest, card.contract, lambda: _plain_model(card, model_object),
                                      namespace="plaintext")
         clock.lap("keys")

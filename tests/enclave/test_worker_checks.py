@@ -205,13 +205,14 @@ def test_plaintext_needs_the_configuration_and_an_unencrypted_card(sim_dir: Path
     with pytest.raises(PlaintextRefused) as refused:  # a confidential model, scored in clear
         _enclave(sim_dir).score_shard(_spec(data, onnx_bytes), BytesSource(data), confidential, lambda key: onnx_bytes)
     assert str(refused.value) == ("model spam:1: expected a model published unencrypted (card.protection 'none') "
-                                  "for a plaintext shard, got card.protection 'aes-256-gcm' and shard.protection "
-                                  "'none'")
-    with pytest.raises(PlaintextRefused) as refused:  # a model published unencrypted, on an encrypted shard
-        _enclave(sim_dir).score_shard(_spec(data, onnx_bytes, protection="pme"), BytesSource(data), _card(onnx_bytes),
-                                      lambda key: onnx_bytes)
-    assert str(refused.value) == ("model spam:1: expected a model published unencrypted (card.protection 'none') "
-                                  "for a plaintext shard, got card.protection 'none' and shard.protection 'pme'")
+                                  "for a plaintext shard, got card.protection 'aes-256-gcm'")
+    for plaintext in (True, False):  # a model published unencrypted, on an encrypted shard: named as such either way
+        with pytest.raises(PlaintextRefused) as refused:
+            _enclave(sim_dir, plaintext=plaintext).score_shard(_spec(data, onnx_bytes, protection="pme"),
+                                                               BytesSource(data), _card(onnx_bytes),
+                                                               lambda key: onnx_bytes)
+        assert str(refused.value) == ("model spam:1: expected an encrypted model for shard.protection 'pme', got "
+                                      "card.protection 'none'; batch b-1 refused")
 
 
 def test_an_owner_broker_the_configuration_does_not_name_is_refused(sim_dir: Path, onnx_bytes: bytes) -> None:
