@@ -132,9 +132,10 @@ class _Shards:
     """Every attempt of every shard; an outcome is the first successful attempt's."""
 
     def __init__(self, app: Celery, shards: list[dict[str, Any]], run_id: str,
-                 sent: list[list[str]] | None = None) -> None:
+                 sent: list[list[str]] | None = None, done: list[dict[str, Any] | None] | None = None) -> None:
         self.app, self.shards, self.run_id = app, shards, run_id
-        self.outcomes: dict[int, dict[str, Any]] = {}
+        # What the sender already collected: a transport restart since then took those results with it.
+        self.outcomes: dict[int, dict[str, Any]] = {i: o for i, o in enumerate(done or []) if o is not None}
         self.transport_resends: dict[int, int] = {}
         if sent is not None:  # adopted: the attempts another process sent (a trigger taking over the wait)
             self.attempts = [[AsyncResult(task_id, app=app) for task_id in ids] for ids in sent]
@@ -280,16 +281,18 @@ class ShardWatch:
 
     `sent` (Celery task ids per shard, from `task_ids()`) adopts shards another process sent: a deferrable
     operator sends, its trigger watches. `started` is when the batch's clock started (time.time()), so a
-    watcher that takes over keeps the original deadline. `first_ping`, a `Ping` sent before the shards, is the
-    first look's: steps before it answered only collect (without one, the first step pings and waits)."""
+    watcher that takes over keeps the original deadline, and `done` (from `done()`) the outcomes the sender had
+    collected. `first_ping`, a `Ping` sent before the shards, is the first look's: steps before it answered only
+    collect (without one, the first step pings and waits)."""
 
     def __init__(self, app: Celery, shards: list[dict[str, Any]], *, run_id: str = "", timeout: float,
                  progress: Callable[[int, int], None] = lambda _d, _t: None,
                  note: Callable[[str], None] = lambda _: None, sent: list[list[str]] | None = None,
-                 started: float | None = None, first_ping: Ping | None = None) -> None:
+                 started: float | None = None, first_ping: Ping | None = None,
+                 done: list[dict[str, Any] | None] | None = None) -> None:
         self.app, self.shards, self.timeout, self.progress, self.note = app, shards, timeout, progress, note
         self.deadline = time.monotonic() + timeout - (time.time() - started if started is not None else 0.0)
-        self.pool = _Shards(app, shards, run_id, sent)
+        self.pool = _Shards(app, shards, run_id, sent, done)
         self.last_seen: dict[str, float] = {}
         # None: ping at once, so every worker is known before one can die unseen (its shards are re-sent)
         self.last_check: float | None = None
@@ -305,6 +308,11 @@ class ShardWatch:
 
     def task_ids(self) -> list[list[str]]:
         return self.pool.task_ids()
+
+    def done(self) -> list[dict[str, Any] | None]:
+        """Each shard's outcome collected so far (None: unfinished): what a waiter in another process takes over,
+        since the transport may lose a finished shard's result (a Redis restart) before that waiter reads it."""
+        return [self.pool.outcomes.get(i) for i in range(len(self.shards))]
 
     def step(self) -> list[dict[str, Any]] | None:
         """One look; the outcomes in shard order once all are done. Raises WorkerPoolError with the reason; any

@@ -209,3 +209,18 @@ def test_what_the_early_ping_raised_is_raised_where_it_is_read(monkeypatch: pyte
         with pytest.raises(TypeError, match="a bug in the ping"):
             watch.step()
         assert watch.down_since is None
+
+
+def test_a_waiter_that_takes_over_keeps_the_outcomes_the_sender_collected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task collected shard 0, then Redis restarted (its result gone) and the task deferred: the trigger's
+    watch must not wait for shard 0's result again (a full-stack run sat 'processing' at 6 of 7 shards)."""
+    sender = _memory_watch(monkeypatch)
+    backend = sender.app.backend
+    first, second = sender.task_ids()[0][0], sender.task_ids()[1][0]
+    backend.mark_as_done(first, {"shard_index": 0, "rows": 3})
+    assert sender.step() is None and sender.done() == [{"shard_index": 0, "rows": 3}, None]
+    backend.forget(first)  # the restarted transport's store no longer has it
+    waiter = worker_pool.ShardWatch(sender.app, sender.shards, run_id="r", timeout=600, sent=sender.task_ids(),
+                                    done=sender.done())
+    backend.mark_as_done(second, {"shard_index": 1, "rows": 2})
+    assert waiter.step() == [{"shard_index": 0, "rows": 3}, {"shard_index": 1, "rows": 2}]

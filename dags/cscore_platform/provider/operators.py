@@ -87,7 +87,8 @@ class ScoreBatchOperator(BaseOperator):
                     self.defer(
                         trigger=ShardsTrigger(shards=watch.shards, sent=watch.task_ids(), run_id=run_id,
                                               started=started, timeout_s=self.shard_timeout.total_seconds(),
-                                              poll_s=self.poll_s, workers_conn_id=self.workers_conn_id),
+                                              poll_s=self.poll_s, workers_conn_id=self.workers_conn_id,
+                                              done=watch.done()),
                         method_name="execute_complete", kwargs={"batch": batch},
                         timeout=self.shard_timeout + timedelta(minutes=1))
                 time.sleep(min(self.poll_s, TASK_POLL_S) if time.monotonic() < fast_until else self.poll_s)

@@ -33,18 +33,22 @@ class ShardsTrigger(BaseTrigger):
 
     shards: the shard specs (`planning.plan_shards`); sent: Celery task ids per shard; started: time.time()
     when the batch's clock started; timeout_s: the whole wait's limit from `started`; poll_s: seconds between
-    looks.
+    looks; done: the outcomes the task had collected, per shard (None: unfinished), which a transport restart
+    may have taken from the result store.
     """
 
     def __init__(self, *, shards: list[dict[str, Any]], sent: list[list[str]], run_id: str, started: float,
-                 timeout_s: float = 1800.0, poll_s: float = 0.25, workers_conn_id: str = WORKERS_CONN_ID) -> None:
+                 timeout_s: float = 1800.0, poll_s: float = 0.25, workers_conn_id: str = WORKERS_CONN_ID,
+                 done: list[dict[str, Any] | None] | None = None) -> None:
         super().__init__()
         self.shards, self.sent, self.run_id, self.started = shards, sent, run_id, started
         self.timeout_s, self.poll_s, self.workers_conn_id = timeout_s, poll_s, workers_conn_id
+        self.done = done or []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return CLASSPATH, {"shards": self.shards, "sent": self.sent, "run_id": self.run_id, "started": self.started,
-                           "timeout_s": self.timeout_s, "poll_s": self.poll_s, "workers_conn_id": self.workers_conn_id}
+                           "timeout_s": self.timeout_s, "poll_s": self.poll_s, "workers_conn_id": self.workers_conn_id,
+                           "done": self.done}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         events: list[str] = []
@@ -64,7 +68,7 @@ class ShardsTrigger(BaseTrigger):
             # Celery's client calls block: each look runs in a thread, the triggerer's loop stays free.
             watch = await asyncio.to_thread(
                 worker_pool.ShardWatch, app, self.shards, run_id=self.run_id, timeout=self.timeout_s,
-                progress=progress, note=note, sent=self.sent, started=self.started)
+                progress=progress, note=note, sent=self.sent, started=self.started, done=self.done)
             while (outcomes := await asyncio.to_thread(watch.step)) is None:
                 await asyncio.sleep(self.poll_s)
         except worker_pool.WorkerPoolError as exc:  # the pool's reason: the batch fails with it
