@@ -207,8 +207,11 @@ def test_each_key_version_is_sealed_under_its_own_label(sqlite_store: KeyStore, 
 
 
 def test_a_key_record_names_its_newest_version_and_shows_no_material(store: KeyStore) -> None:
-    record, created = store.create_key("k-1", "data", b"A" * 32, "true", ["aa" * 48], {"quota": 5})
+    before = time.time()
+    settings = {"quota": 5, "min_tcb": {"snp": 3}, "chip_ids": ["00" * 64]}
+    record, created = store.create_key("k-1", "data", b"A" * 32, "true", ["aa" * 48], settings)
     assert created and record.version == 1 and record.material == b"A" * 32
+    assert before <= record.created == record.updated <= time.time()
     store.rotate_key("k-1", b"B" * 32)
     store.rotate_key("k-1", b"C" * 32)
     rotated = store.get_key("k-1")
@@ -218,4 +221,28 @@ def test_a_key_record_names_its_newest_version_and_shows_no_material(store: KeyS
     assert record.versions == {1: b"A" * 32, 2: b"B" * 32, 3: b"C" * 32}
     assert record.public() == {"key_id": "k-1", "kind": "data", "policy": "true", "measurements": ["aa" * 48],
                                "created": record.created, "updated": record.updated, "version": 3,
-                               "min_tcb": None, "chip_ids": None, "quota": 5}
+                               "min_tcb": {"snp": 3}, "chip_ids": ["00" * 64], "quota": 5}
+    assert record.updated >= record.created
+
+
+def test_a_key_written_before_its_settings_existed_reads_as_no_settings(sqlite_store: KeyStore,
+                                                                        tmp_path: Path) -> None:
+    sqlite_store.create_key("old", "data", b"A" * 32, None, [], {"quota": 5})
+    db = sqlite3.connect(tmp_path / "keys.sqlite", isolation_level=None)
+    db.execute("UPDATE keys SET settings=NULL")
+    db.close()
+    record = sqlite_store.get_key("old")
+    assert record is not None and record.settings == {} and record.public()["quota"] is None
+
+
+def test_a_broker_secret_is_generated_once_and_sealed_under_its_name(store: KeyStore) -> None:
+    made: list[bytes] = []
+
+    def generate() -> bytes:
+        made.append(secrets.token_bytes(32))
+        return made[-1]
+
+    first = store.broker_secret("token-signing", generate)
+    assert first == made[0] and store.broker_secret("token-signing", generate) == first and len(made) == 1
+    other = store.broker_secret("key-transport", generate)
+    assert other == made[1] != first
