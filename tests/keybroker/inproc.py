@@ -84,6 +84,15 @@ class Env:
     def worker(self, provider: SimulatedSnpProvider | None = None) -> AttestedSession:
         return AttestedSession("http://testserver", provider or self.enclave(), client=TestClient(self.app))
 
+    def counted(self) -> dict[tuple[str, str, str], float]:
+        """The broker's decision counters as /metrics shows them: (operation, outcome, clause) -> count."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = TestClient(self.app).get("/metrics").text
+        return {(s.labels["operation"], s.labels["outcome"], s.labels["clause"]): s.value
+                for family in text_string_to_metric_families(text) if family.name == "cscore_broker_decisions"
+                for s in family.samples if s.name.endswith("_total")}
+
     def data_key(self, key_id: str = "data-1", batch: str = "batch-1", model: str = "sha256:m") -> bytes:
         self.admin.create_key(key_id)
         self.admin.grant(batch, model, [GOOD], [key_id], config_digests=[CONFIG], rows=10)

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from enclave.kbs_client import AttestedSession, KbsError
-from tests.keybroker.inproc import GOOD, Env, TestClient
+from tests.keybroker.inproc import GOOD, Env
 
 LOGGED = ("decision", "operation", "key_id", "batch_id", "model_digest", "measurement", "claims_digest", "reason")
 
@@ -61,10 +60,7 @@ def test_an_unwrap_of_a_key_not_held_here_is_logged_counted_and_answered_unknown
     assert _last(env) == {"decision": "deny", "operation": "unwrap", "key_id": "absent", "batch_id": "batch-1",
                           "model_digest": "sha256:m", "measurement": GOOD, "claims_digest": digest,
                           "reason": "key 'absent' is not held by broker 'owner'"}
-    counted = {(s.labels["operation"], s.labels["outcome"], s.labels["clause"]): s.value
-               for family in text_string_to_metric_families(TestClient(env.app).get("/metrics").text)
-               if family.name == "cscore_broker_decisions" for s in family.samples if s.name.endswith("_total")}
-    assert counted[("unwrap", "deny", "unknown-key")] == 1.0
+    assert env.counted()[("unwrap", "deny", "unknown-key")] == 1.0
 
 
 def test_a_resource_not_held_here_is_logged_under_its_key_id_for_no_batch(env: Env) -> None:

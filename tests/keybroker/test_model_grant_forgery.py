@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
-from prometheus_client.parser import text_string_to_metric_families
 
 from enclave.kbs_client import AttestedSession, KbsError
-from tests.keybroker.inproc import CONFIG, GOOD, OTHER, Env, TestClient
+from tests.keybroker.inproc import CONFIG, GOOD, OTHER, Env
 from wire.grant import GRANT_TTL_S, ModelGrant, sign_grant, verify_grant
 
 MODEL_KEY = b"M" * 32
@@ -75,6 +74,7 @@ def test_a_grant_that_differs_in_one_field_is_refused_naming_it(provider: tuple[
         "actual": f"grant.{field}: expected {right!r} (this request and session), got {value!r}"}
     last = env.admin.decisions()[-1]
     assert (last["decision"], last["operation"], last["key_id"]) == ("deny", "unwrap", "model-1")
+    assert env.counted()[("unwrap", "deny", "owner-granted")] == 1.0  # counted under the clause that refused
 
 
 def test_a_grant_issued_to_another_worker_session_is_refused(provider: tuple[Env, ECKey, bytes]) -> None:
@@ -167,10 +167,7 @@ def test_a_quota_counts_each_granted_batch_once_and_refuses_the_one_past_it(
     last = env.admin.decisions()[-1]
     assert (last["decision"], last["operation"], last["key_id"], last["batch_id"], last["model_digest"],
             last["reason"]) == ("deny", "unwrap", "model-q", "batch-2", "sha256:m", reason)
-    counted = {(s.labels["operation"], s.labels["outcome"]): s.value
-               for family in text_string_to_metric_families(TestClient(env.app).get("/metrics").text)
-               if family.name == "cscore_broker_decisions" for s in family.samples
-               if s.name.endswith("_total") and s.labels["clause"] == "quota"}
+    counted = {k[:2]: v for k, v in env.counted().items() if k[2] == "quota"}
     assert counted == {("meter", "allow"): 2.0, ("unwrap", "deny"): 1.0}  # counted under the quota's clause
 
 

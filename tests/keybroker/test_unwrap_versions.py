@@ -15,8 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import ECKey
 
+from enclave.kbs_client import KbsError
 from sdk.broker_admin import BrokerAdminError
-from tests.keybroker.inproc import Env
+from tests.keybroker.inproc import CONFIG, GOOD, Env
 from wire import owner_unwrap
 from wire.keywrap import WRAP_MAGIC
 
@@ -71,3 +72,15 @@ def test_a_blob_that_does_not_authenticate_under_the_version_it_names_is_refused
     assert _refusal(env, _b64(blob)) == {
         "detail": "wrapped key does not authenticate under key 'data-1' version 2; was it wrapped by this broker "
                   "under this key_id?", "field": "wrapped", "expected": None, "actual": None}
+
+
+def test_a_keys_policy_sees_its_id_kind_and_newest_version(env: Env) -> None:
+    """A worker's unwrap under a policy that names the key's own id, kind and version (2 after the rotation)."""
+    env.admin.grant("batch-1", "sha256:m", [GOOD], ["data-1"], config_digests=[CONFIG], rows=10)
+    wrapped = env.admin.wrap("data-1", DEK)
+    env.admin.set_policy("data-1", 'key.key_id == "data-1" && key.kind == "data" && key.version == 2')
+    assert env.worker().unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m") == DEK
+    env.admin.set_policy("data-1", 'key.key_id == "data-1" && key.kind == "data" && key.version == 1')
+    with pytest.raises(KbsError) as refused:
+        env.worker().unwrap("data-1", wrapped, batch_id="batch-1", model_digest="sha256:m")
+    assert refused.value.status == 403 and refused.value.problem["field"] == "policy"
