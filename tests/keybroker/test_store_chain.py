@@ -16,7 +16,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keybroker.store import GENESIS, LOG_FIELDS, KeyStore, QuotaExceeded, entry_hash, verify_chain
+from keybroker.store import GENESIS, LOG_FIELDS, KeyStore, QuotaExceeded, StoreError, entry_hash, verify_chain
 from tests.keybroker.test_store_postgres import pg_database, pg_url  # noqa: F401 - the PostgreSQL fixtures
 
 KEK = bytes(range(32))
@@ -246,3 +246,11 @@ def test_a_broker_secret_is_generated_once_and_sealed_under_its_name(store: KeyS
     assert first == made[0] and store.broker_secret("token-signing", generate) == first and len(made) == 1
     other = store.broker_secret("key-transport", generate)
     assert other == made[1] != first
+
+
+def test_a_store_opened_with_another_kek_is_refused(tmp_path: Path) -> None:
+    KeyStore(tmp_path / "keys.sqlite", KEK).close()
+    with pytest.raises(StoreError) as refused:
+        KeyStore(tmp_path / "keys.sqlite", bytes(32))
+    assert str(refused.value) == "the KEK file does not match the key store (it was created with another KEK)"
+    KeyStore(tmp_path / "keys.sqlite", KEK).close()  # the right KEK still opens it
