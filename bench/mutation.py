@@ -104,6 +104,9 @@ MODULES: dict[str, list[str]] = {
     "enclave/worker.py": ["tests/enclave/test_worker_checks.py", "tests/enclave/test_shard_guards.py",
                           "tests/enclave/test_ranged_input.py", "tests/enclave/test_batch_keys.py",
                           "tests/enclave/test_worker_flow.py"],
+    # the refusals word for word and the metrics (milliseconds), the trainings on 240 rows (a second or less each)
+    "enclave/training.py": ["tests/enclave/test_training_refusals.py", "tests/enclave/test_training.py",
+                            "tests/adversary/test_training_attacks.py"],
     # real keys and joserfc tokens, each refusal word for word (milliseconds a test)
     "enclave/signing.py": ["tests/enclave/test_signing.py"],
     # pure functions of an environment mapping and a flags namespace
@@ -115,9 +118,10 @@ MODULES: dict[str, list[str]] = {
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}
-# Tests that start broker processes: the mutant would not run in them, so they only cost time.
+# Tests that start broker or Python processes: the mutant would not run in them, so they only cost time.
 DESELECT = ["tests/keybroker/test_platform_policy.py::test_simulated_tee_below_the_key_floor_is_refused",
-            "tests/keybroker/test_limits.py::test_streamed_body_without_length_is_cut_at_the_limit"]
+            "tests/keybroker/test_limits.py::test_streamed_body_without_length_is_cut_at_the_limit",
+            "tests/enclave/test_training.py::test_the_same_training_gives_the_same_bytes_in_every_process"]
 
 
 def scratch_copy(workdir: Path, fresh: bool) -> None:
