@@ -115,6 +115,8 @@ MODULES: dict[str, list[str]] = {
                                "an_honest_start_up_has_no_problem", "each_startup_variable_is_refused_by_name",
                                "ignore_environment_makes_python_variables_inert_but_not_the_loaders",
                                "unsafe_interpreter_flags_are_refused")]],
+    # the watchdog over real onnxruntime runs (slow and memory-hungry models built in memory), seconds in all
+    "enclave/limits.py": ["tests/enclave/test_limits.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

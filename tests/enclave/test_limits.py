@@ -5,6 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,3 +123,107 @@ def test_the_operators_limits_are_parsed_strictly() -> None:
         parse_limits({"max_memory_mib": True})
     with pytest.raises(FormatError, match="cscore_limits: expected a JSON object, got 'list'"):
         parse_limits([1])
+
+
+def test_the_watchdog_is_one_named_daemon_thread_per_process() -> None:
+    """A daemon, so a worker exits without waiting on it; named, so a thread dump tells what it is."""
+    for _ in range(2):
+        watched(lambda options: None, RunLimits(), 1)
+    watchdogs = [t for t in threading.enumerate() if t.name == "cscore-run-limits"]
+    assert len(watchdogs) == 1 and watchdogs[0].daemon and watchdogs[0].is_alive()
+
+
+def test_resident_memory_is_this_processs_rss_in_mib() -> None:
+    """The figure the memory limit is held to: VmRSS of /proc/self/status, read again in another way."""
+    status = Path("/proc/self/status").read_text()
+    vm_rss_kib = int(re.search(r"^VmRSS:\s+(\d+) kB$", status, re.M).group(1))  # type: ignore[union-attr]
+    assert abs(resident_mib() - vm_rss_kib / 1024) < 8
+
+
+def _polling_run(seen: list[bool], barrier: threading.Barrier | None = None) -> Callable[[Any], str]:
+    """A run that, like onnxruntime between operators, stops when its options are told to terminate (5 s at most)."""
+    def run(options: Any) -> str:
+        if barrier is not None:
+            barrier.wait(10)  # every run is armed before any can pass its deadline
+        stop = time.monotonic() + 5
+        while not options.terminate and time.monotonic() < stop:
+            time.sleep(0.002)
+        seen.append(options.terminate)
+        return "finished"
+    return run
+
+
+def test_a_run_over_its_budget_is_told_to_terminate_then_refused() -> None:
+    seen: list[bool] = []
+    started = time.monotonic()
+    with pytest.raises(LimitExceeded, match=r"^the model ran 50 rows for more than 50 ms, over the batch's limit of "
+                                            r"1 ms per row set by the platform$"):
+        watched(_polling_run(seen), RunLimits(ms_per_row=1), 50)
+    assert seen == [True] and time.monotonic() - started < 3
+
+
+def test_concurrent_runs_are_each_watched() -> None:
+    barrier = threading.Barrier(2)
+    seen: list[bool] = []
+    outcomes: list[str] = []
+
+    def one() -> None:
+        try:
+            outcomes.append(str(watched(_polling_run(seen, barrier), RunLimits(ms_per_row=1), 100)))
+        except LimitExceeded as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert seen == [True, True]
+    assert outcomes == ["the model ran 100 rows for more than 100 ms, over the batch's limit of 1 ms per row set by "
+                        "the platform"] * 2
+
+
+def test_a_finished_run_is_no_longer_watched() -> None:
+    """The watchdog forgets a run once it returns, in budget or not, so it idles rather than polling for it."""
+    from enclave import limits
+
+    watched(lambda options: None, RunLimits(), 1000)
+    with pytest.raises(LimitExceeded):
+        watched(_polling_run([]), RunLimits(ms_per_row=1), 10)
+    assert limits._watchdog is not None and limits._watchdog._runs == {}
+
+
+def test_a_runs_budget_is_its_rows_times_the_milliseconds_per_row() -> None:
+    """1000 rows at 1000 ms a row: the watchdog's deadline is 1000 s after the run was armed, not a second less."""
+    from enclave import limits
+
+    deadlines: list[float] = []
+
+    def run(options: Any) -> None:
+        assert limits._watchdog is not None
+        deadlines.extend(r.deadline for r in limits._watchdog._runs.values() if r.options is options)
+
+    before = time.monotonic()
+    watched(run, RunLimits(ms_per_row=1000), 1000)
+    after = time.monotonic()
+    assert len(deadlines) == 1 and before + 1000 <= deadlines[0] <= after + 1000
+
+
+def test_a_run_at_its_limits_is_within_them_and_just_past_them_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget is what the platform set: a clock at the deadline or a process at the memory limit is allowed."""
+    import onnxruntime as ort
+
+    from enclave import limits
+
+    now = {"t": 100.0}
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: now["t"]))
+    rss = {"mib": 512.0}
+    monkeypatch.setattr(limits, "resident_mib", lambda: rss["mib"])
+    run = limits._Run(ort.RunOptions(), 100.0, RunLimits(ms_per_row=2, memory_mib=512), 3)
+    assert limits._breach(run) == ""
+    rss["mib"] = 512.00390625  # one page more
+    assert limits._breach(run) == ("the worker's memory went over the batch's limit of 512 MiB set by the platform "
+                                   "while the model ran")
+    now["t"] = 100.000001
+    assert limits._breach(run) == ("the model ran 3 rows for more than 6 ms, over the batch's limit of 2 ms per row "
+                                   "set by the platform")
