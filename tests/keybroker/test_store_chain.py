@@ -254,3 +254,13 @@ def test_a_store_opened_with_another_kek_is_refused(tmp_path: Path) -> None:
         KeyStore(tmp_path / "keys.sqlite", bytes(32))
     assert str(refused.value) == "the KEK file does not match the key store (it was created with another KEK)"
     KeyStore(tmp_path / "keys.sqlite", KEK).close()  # the right KEK still opens it
+
+
+def test_an_owner_broker_is_registered_and_re_keyed(store: KeyStore) -> None:
+    first, second = ({"kty": "EC", "crv": "P-256", "x": x, "y": "AA"} for x in ("first", "second"))
+    store.register_owner("provider-b", first)
+    store.register_owner("provider-a", second)
+    assert store.owners() == {"provider-a": second, "provider-b": first}
+    assert list(store.owners()) == ["provider-a", "provider-b"]
+    store.register_owner("provider-b", second)  # re-keyed: the new key replaces the old
+    assert store.owners() == {"provider-a": second, "provider-b": second}
