@@ -4,6 +4,7 @@ input differs from an honest one only in what one check guards; milliseconds a t
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import onnx
@@ -12,20 +13,28 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from enclave.pme import write_encrypted
+from enclave.signing import generate_signing_key, verify_json
 from enclave.training import (
     TRAINING_COLUMNS,
+    Metrics,
+    TrainedModel,
     TrainingInputError,
     _metrics,
     canonical_opsets,
     decrypt_recipe,
     fit,
+    joint_key,
     read_labelled,
+    sign_training_receipt,
+    spam_pipeline,
     train,
     train_job,
+    tuned_card,
 )
 from tests.enclave.test_pme import LocalWrapper
 from tests.enclave.test_training import RECIPE, _mail, _published, _spec
-from wire.recipe import RecipeCard
+from wire.receipt import BrokerSession
+from wire.recipe import BaseWeights, RecipeCard
 from wire.training import MIN_HOLDOUT_PER_CLASS
 
 
@@ -54,9 +63,10 @@ def test_decrypt_recipe_returns_the_recipe_and_refuses_a_wrong_tag_and_a_wrong_d
 def test_read_labelled_refuses_another_digest_and_missing_columns_word_for_word() -> None:
     card, _, _ = _published()
     texts, labels, holdout = _mail(8)
-    data, wrapper = _encrypted(pa.table({"text": texts, "label": pa.array(labels, pa.int8()), "holdout": holdout}))
+    data, wrapper = _encrypted(pa.table({"text": texts, "label": pa.array(labels, pa.int8()), "holdout": holdout,
+                                         "note": ["owner only"] * 8}))
     spec = _spec(data, card)
-    table = read_labelled(spec, data, wrapper)
+    table = read_labelled(spec, data, wrapper)  # the training columns only: the owner's other columns stay out
     assert table.column_names == list(TRAINING_COLUMNS) and table.column("label").to_pylist() == labels
     other = data + b"\0"
     with pytest.raises(TrainingInputError) as err:
@@ -148,3 +158,66 @@ def test_canonical_opsets_sorts_the_imports_by_domain_and_version_in_place() -> 
         onnx.helper.make_opsetid("ai.onnx.ml", 3)])
     canonical_opsets(model)
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17), ("ai.onnx.ml", 1), ("ai.onnx.ml", 3)]
+
+
+def test_the_pipeline_lowercases_tokenizes_by_the_recipe_and_caps_features_unless_a_base_fixes_them() -> None:
+    texts, labels = ["FREE cash now", "Free prize ok", "meeting notes ok", "Budget review"], [1, 1, 0, 0]
+    pipeline = spam_pipeline(token_pattern=r"[a-z]{4,}", max_features=None, C=1.0, max_iter=100, seed=0)
+    vocabulary = pipeline.fit(texts, labels).named_steps["tfidf"].vocabulary_
+    assert sorted(vocabulary) == ["budget", "cash", "free", "meeting", "notes", "prize", "review"]
+    capped = spam_pipeline(token_pattern=r"[a-z]{2,}", max_features=2, C=1.0, max_iter=100, seed=0)
+    assert len(capped.fit(texts, labels).named_steps["tfidf"].vocabulary_) == 2
+    base = BaseWeights(vocabulary=("free", "cash", "meeting"), coef=(1.0, 1.0, -1.0), intercept=0.0)
+    based = spam_pipeline(token_pattern=r"[a-z]{2,}", max_features=2, C=1.0, max_iter=100, seed=0, base=base)
+    assert based.named_steps["tfidf"].max_features is None  # the base's vocabulary, not a cap, sets the columns
+    assert len(based.fit(texts, labels).named_steps["tfidf"].vocabulary_) == 3
+
+
+def test_the_joint_key_is_hkdf_sha256_of_both_shares_under_the_models_name() -> None:
+    """A known answer: the key the owner's SDK derives from the same shares must be this one, byte for byte."""
+    key = joint_key(bytes(range(32)), bytes(range(32, 64)), model="acme/spam-filter-tuned:1")
+    assert key.hex() == "a6b9ea406d8d00300cf7dea227e2a143cae0e7816de0a0d61eb7a3f33c93dc21"
+
+
+def _trained() -> TrainedModel:
+    return TrainedModel(b"onnx", "sha256:" + "d" * 64, Metrics(0.9, 0.8, 0.847, 100, 40, 20))
+
+
+def test_the_tuned_card_names_its_lineage_shares_and_metrics_exactly() -> None:
+    card, _, _ = _published()
+    spec = _spec(b"owner rows", card)
+    assert tuned_card(spec, _trained(), card, evidence_sha256="e" * 64) == {
+        "type": "cscore.tuned-model-card/v1", "tenant": "acme", "name": "spam-filter-tuned", "version": 1,
+        "digest": "sha256:" + "d" * 64, "size": 4, "object_key": "tuned/acme/spam-filter-tuned/1/model.onnx.enc",
+        "protection": "aes-256-gcm+2", "schema": {"inputs": ["text"], "outputs": ["label", "probabilities"]},
+        "broker": "provider", "broker_url": "https://provider",
+        "owner_share": {"broker": "owner", "key_id": "acme.tuned", "wrapped": ""},
+        "provider_share": {"broker": "provider", "key_id": "recipe.spam-recipe", "wrapped": "AA=="},
+        "lineage": {"job_id": "job-1", "input_sha256": hashlib.sha256(b"owner rows").hexdigest(),
+                    "recipe": {"name": "spam-recipe", "version": 1, "digest": card.digest}},
+        "metrics": {"precision": 0.9, "recall": 0.8, "f1": 0.847, "train_rows": 100, "holdout_rows": 40,
+                    "holdout_spam": 20},
+        "evidence_sha256": "e" * 64}
+    unsigned = RecipeCard.parse({k: v for k, v in card.raw.items() if k != "broker_url"})
+    assert tuned_card(spec, _trained(), unsigned, evidence_sha256="e" * 64)["broker_url"] == ""
+
+
+def test_the_training_receipt_signs_exactly_the_jobs_digests_metrics_and_sessions() -> None:
+    card, _, _ = _published()
+    spec = _spec(b"owner rows", card)
+    key = generate_signing_key()
+    before = int(time.time())
+    token = sign_training_receipt(key, spec=spec, trained=_trained(), evidence_sha256="e" * 64, worker="w1",
+                                  sessions=[BrokerSession("owner", ("a" * 64,))])
+    receipt = verify_json(token, key.as_dict(private=False), what="training receipt")
+    assert before <= receipt.pop("issued_at") <= int(time.time())
+    assert receipt == {
+        "type": "cscore.training-receipt/v2", "tenant": "acme", "job_id": "job-1",
+        "input": {"key": "incoming/acme/job-1/train.parquet", "sha256": hashlib.sha256(b"owner rows").hexdigest()},
+        "recipe": {"name": "spam-recipe", "version": 1, "digest": card.digest},
+        "model": {"name": "spam-filter-tuned", "version": 1, "digest": "sha256:" + "d" * 64, "size": 4,
+                  "object_key": "tuned/acme/spam-filter-tuned/1/model.onnx.enc"},
+        "metrics": {"precision": 0.9, "recall": 0.8, "f1": 0.847, "train_rows": 100, "holdout_rows": 40,
+                    "holdout_spam": 20},
+        "evidence_sha256": "e" * 64, "worker": "w1",
+        "sessions": [{"broker": "owner", "claims_digests": ["a" * 64]}]}
