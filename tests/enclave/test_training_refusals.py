@@ -34,7 +34,7 @@ from enclave.training import (
 from tests.enclave.test_pme import LocalWrapper
 from tests.enclave.test_training import RECIPE, _mail, _published, _spec
 from wire.receipt import BrokerSession
-from wire.recipe import BaseWeights, RecipeCard
+from wire.recipe import BaseWeights, Recipe, RecipeCard
 from wire.training import MIN_HOLDOUT_PER_CLASS
 
 
@@ -136,6 +136,23 @@ def test_a_split_of_exactly_the_minimum_trains_and_counts_what_it_held_out() -> 
     assert [o.name for o in model.graph.output] == ["label", "probabilities"]
     assert [(o.domain, o.version) for o in model.opset_import] == sorted((o.domain, o.version)
                                                                         for o in model.opset_import)
+
+
+def test_a_holdout_column_of_0_and_1_integers_is_read_as_flags_not_as_row_indices() -> None:
+    """An owner's Parquet may hold `holdout` as integers: the same split as booleans, the same model and metrics."""
+    texts, labels, _ = _mail(4 * MIN_HOLDOUT_PER_CLASS + 6)
+    holdout = [i < 2 * MIN_HOLDOUT_PER_CLASS for i in range(len(texts))]
+    as_flags = train(RECIPE, texts, labels, holdout)
+    assert train(RECIPE, texts, labels, [int(h) for h in holdout]) == as_flags
+
+
+def test_fit_caps_the_vocabulary_at_the_recipes_max_features_and_reads_labels_as_integers() -> None:
+    texts, labels, _ = _mail(40)
+    capped = fit(Recipe(**{**RECIPE.__dict__, "max_features": 5}), texts, labels)
+    assert len(capped.named_steps["tfidf"].vocabulary_) == 5
+    flagged = fit(RECIPE, texts, [bool(y) for y in labels])  # True and False: classes 1 and 0, as in the ONNX labels
+    assert flagged.named_steps["clf"].classes_.tolist() == [0, 1]
+    assert flagged.named_steps["clf"].classes_.dtype == np.int64
 
 
 def test_metrics_are_the_held_out_aggregates_rounded_and_zero_where_undefined() -> None:
