@@ -233,6 +233,7 @@ def test_a_key_written_before_its_settings_existed_reads_as_no_settings(sqlite_s
     db.close()
     record = sqlite_store.get_key("old")
     assert record is not None and record.settings == {} and record.public()["quota"] is None
+    assert sqlite_store.list_keys()[0]["min_tcb"] is None
 
 
 def test_a_broker_secret_is_generated_once_and_sealed_under_its_name(store: KeyStore) -> None:
@@ -264,3 +265,31 @@ def test_an_owner_broker_is_registered_and_re_keyed(store: KeyStore) -> None:
     assert list(store.owners()) == ["provider-a", "provider-b"]
     store.register_owner("provider-b", second)  # re-keyed: the new key replaces the old
     assert store.owners() == {"provider-a": second, "provider-b": second}
+
+
+def test_list_keys_shows_each_keys_metadata_and_newest_version(store: KeyStore) -> None:
+    store.create_key("b", "data", b"A" * 32, "true", ["aa" * 48], {"min_tcb": {"snp": 3}, "chip_ids": ["00" * 64]})
+    store.create_key("a", "model", b"B" * 32, None, [])
+    store.rotate_key("b", b"C" * 32)
+    b, a = store.get_key("b"), store.get_key("a")
+    assert a is not None and b is not None
+    assert store.list_keys() == [
+        {"key_id": "a", "kind": "model", "policy": None, "created": a.created, "updated": a.updated, "version": 1,
+         "measurements": [], "min_tcb": None, "chip_ids": None},
+        {"key_id": "b", "kind": "data", "policy": "true", "created": b.created, "updated": b.updated, "version": 2,
+         "measurements": ["aa" * 48], "min_tcb": {"snp": 3}, "chip_ids": ["00" * 64]}]
+
+
+def test_decisions_gives_at_most_10_000_entries_a_call(sqlite_store: KeyStore, tmp_path: Path) -> None:
+    # rows written directly (a chain need not hold for paging): 10 001 appends would take seconds
+    db = sqlite3.connect(tmp_path / "keys.sqlite", isolation_level=None)
+    cols = (*LOG_FIELDS, "prev_hash", "hash")
+    db.execute("BEGIN")  # one transaction: a commit per row takes seconds
+    db.executemany(f"INSERT INTO decisions ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                   [(seq, 1.0, "unwrap", None, None, None, "allow", "r", None, None, "0" * 64, "0" * 64)
+                    for seq in range(1, 10_002)])
+    db.execute("COMMIT")
+    db.close()
+    page = sqlite_store.decisions()
+    assert len(page) == 10_000 and page[-1]["seq"] == 10_000
+    assert [e["seq"] for e in sqlite_store.decisions(after=10_000)] == [10_001]
