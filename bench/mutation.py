@@ -117,6 +117,9 @@ MODULES: dict[str, list[str]] = {
                                "unsafe_interpreter_flags_are_refused")]],
     # the watchdog over real onnxruntime runs (slow and memory-hungry models built in memory), seconds in all
     "enclave/limits.py": ["tests/enclave/test_limits.py"],
+    # the contracts over the digits and spam models in memory: output refusals, precision terms, the session cache
+    "enclave/runner.py": ["tests/model/test_contract.py",
+                          "tests/enclave/test_limits.py::test_a_sessions_results_run_within_the_limits_given"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

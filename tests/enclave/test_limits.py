@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from enclave.limits import LimitExceeded, RunLimits, resident_mib, watched
@@ -227,3 +228,9 @@ def test_a_run_at_its_limits_is_within_them_and_just_past_them_is_not(monkeypatc
     now["t"] = 100.000001
     assert limits._breach(run) == ("the model ran 3 rows for more than 6 ms, over the batch's limit of 2 ms per row "
                                    "set by the platform")
+
+
+def test_a_sessions_results_run_within_the_limits_given() -> None:
+    session = ContractSession(slow_model(), CONTRACT)
+    with pytest.raises(LimitExceeded, match=rf"^the model ran {CHUNK_ROWS} rows for more than {CHUNK_ROWS} ms"):
+        session.results(pa.array(["a", "b", "c"]), columns(3), None, RunLimits(ms_per_row=1))

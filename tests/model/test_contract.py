@@ -373,3 +373,58 @@ def test_the_enclave_refuses_a_number_its_tensor_cannot_hold(value: object, foun
     refusal = rf"^shard row 1, column 'bmi': numbers expects a finite number.*found {found}$"
     with pytest.raises(InputRefused, match=refusal):
         tensor(spec, {"age": [1.5, 2.0], "bmi": [0.0, value]}, 2)
+
+
+def test_precision_rounds_the_float32_value_the_result_carries() -> None:
+    """A double output is made float32 first, then rounded: 0.125000001 is 0.125 in float32, which rounds to even."""
+    from enclave.runner import _precision
+
+    doubles = np.array([0.125000001, 0.5, 0.7], dtype=np.float64)
+    full = _precision(doubles, None)
+    assert full.type == pa.float32() and full.to_pylist() == doubles.astype(np.float32).tolist()
+    two = _precision(doubles, 2)
+    assert two.type == pa.float32() and two.to_pylist() == np.array([0.12, 0.5, 0.7], dtype=np.float32).tolist()
+    one = _precision(doubles, 1)
+    assert one.to_pylist() == np.array([0.1, 0.5, 0.7], dtype=np.float32).tolist()
+    none = _precision(doubles, 0)
+    assert (none.type, len(none), none.null_count) == (pa.float32(), 3, 3)
+
+
+def test_the_cache_holds_exactly_its_size_and_keeps_threads_and_the_default_namespace(
+        digits: tuple[Any, bytes, Any]) -> None:
+    import hashlib
+
+    import enclave.runner as runner
+
+    runner.clear_contract_sessions()
+    contract = Contract.parse(DIGITS_CONTRACT)
+    models = []
+    for i in range(runner._CACHE_SIZE):
+        model = onnx.load_from_string(digits[1])
+        model.graph.name = f"k{i}"  # same weights, other bytes, another digest
+        models.append(model.SerializeToString())
+    digests = [hashlib.sha256(m).hexdigest() for m in models]
+    sessions = [contract_session_for(d, contract, m.__bytes__) for d, m in zip(digests, models, strict=True)]
+    # all four still held: a reload would hash b"unused" and be refused
+    assert [contract_session_for(d, contract, lambda: b"unused", namespace="confidential")
+            for d in digests] == sessions
+    assert contract_session_for(digests[0], contract, lambda: models[0], namespace="baseline") is not sessions[0]
+    assert contract_session_for(digests[1], contract, lambda: models[1], threads=2).threads == 2
+    runner.clear_contract_sessions()
+
+
+def test_no_rows_give_empty_columns_of_each_outputs_type(digits: tuple[Any, bytes, Any],
+                                                         small_model: TrainedModel) -> None:
+    from tests.enclave.heavy_models import CONTRACT as VALUE_CONTRACT
+    from tests.enclave.heavy_models import columns, slow_model
+
+    ids = pa.array([], pa.string())
+    cases = [(digits[1], Contract.parse(DIGITS_CONTRACT), {"image": []},
+              {"file": pa.string(), "class": pa.string(), "probabilities": pa.list_(pa.float32())}),
+             (small_model.onnx_bytes, Contract.parse(SPAM_CONTRACT), {"text": []},
+              {"message_id": pa.string(), "spam_probability": pa.float32(), "label": pa.int8()}),
+             (slow_model(), VALUE_CONTRACT, columns(0), {"id": pa.string(), "value": pa.float32()})]
+    for onnx_bytes, contract, columns_in, types in cases:
+        table = ContractSession(onnx_bytes, contract).results(ids, columns_in, None)
+        assert {name: column.type for name, column in table.items()} == types
+        assert all(len(column) == 0 for column in table.values())
