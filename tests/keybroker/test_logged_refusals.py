@@ -128,7 +128,7 @@ def test_a_worker_wraps_under_a_key_only_where_its_policy_allows_wrap(env: Env) 
 
 @pytest.mark.parametrize(("key", "jwe", "slug", "detail", "expected", "actual"), [
     (None, "not-a-jwe", "jwe-invalid", "key_jwe does not decrypt with the broker key (encrypt to GET "
-                                       "/kbs/v0/broker-key): ", None, None),
+                                       "/kbs/v0/broker-key): ValueError", None, None),
     (b"K" * 1025, None, "key-size", "key_jwe: key must be 1..1024 bytes", "1..1024", 1025),
 ])
 def test_a_key_sent_to_wrap_that_does_not_decrypt_or_is_too_long_is_refused(env: Env, key: bytes | None,
@@ -143,13 +143,14 @@ def test_a_key_sent_to_wrap_that_does_not_decrypt_or_is_too_long_is_refused(env:
         _wrap(env, session, "data-1", key_jwe)
     problem = refused.value.problem
     assert refused.value.status == 400 and problem["type"].endswith(slug) and problem["field"] == "key_jwe"
-    assert problem["detail"].startswith(detail)
+    assert problem["detail"] == detail
     assert (problem.get("expected"), problem.get("actual")) == (expected, actual)
 
 
-def test_a_one_byte_key_is_the_shortest_wrapped(env: Env) -> None:
+@pytest.mark.parametrize("size", [1, 1024])
+def test_keys_of_one_to_1024_bytes_are_wrapped(env: Env, size: int) -> None:
     env.data_key()
     env.admin.set_policy("data-1", 'request.operation == "wrap"')
     session, _ = _attested(env)
-    wrapped = _wrap(env, session, "data-1", env.admin._to_broker(b"K"))["wrapped"]
-    assert env.admin.unwrap("data-1", base64.b64decode(wrapped)) == b"K"
+    wrapped = _wrap(env, session, "data-1", env.admin._to_broker(b"K" * size))["wrapped"]
+    assert env.admin.unwrap("data-1", base64.b64decode(wrapped)) == b"K" * size
