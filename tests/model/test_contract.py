@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -419,12 +420,40 @@ def test_no_rows_give_empty_columns_of_each_outputs_type(digits: tuple[Any, byte
     from tests.enclave.heavy_models import columns, slow_model
 
     ids = pa.array([], pa.string())
-    cases = [(digits[1], Contract.parse(DIGITS_CONTRACT), {"image": []},
+    cases: list[tuple[bytes, Contract, dict[str, Sequence[object]], dict[str, pa.DataType]]] = [
+             (digits[1], Contract.parse(DIGITS_CONTRACT), {"image": []},
               {"file": pa.string(), "class": pa.string(), "probabilities": pa.list_(pa.float32())}),
              (small_model.onnx_bytes, Contract.parse(SPAM_CONTRACT), {"text": []},
               {"message_id": pa.string(), "spam_probability": pa.float32(), "label": pa.int8()}),
-             (slow_model(), VALUE_CONTRACT, columns(0), {"id": pa.string(), "value": pa.float32()})]
+             (slow_model(), VALUE_CONTRACT, {**columns(0)}, {"id": pa.string(), "value": pa.float32()})]
     for onnx_bytes, contract, columns_in, types in cases:
         table = ContractSession(onnx_bytes, contract).results(ids, columns_in, None)
         assert {name: column.type for name, column in table.items()} == types
         assert all(len(column) == 0 for column in table.values())
+
+
+def test_every_float_output_kind_takes_the_precision_terms(digits: tuple[Any, bytes, Any],
+                                                           digit_files: tuple[list[str], list[bytes], list[int]],
+                                                           small_model: TrainedModel) -> None:
+    from tests.enclave.heavy_models import CONTRACT as VALUE_CONTRACT
+    from tests.enclave.heavy_models import columns, slow_model
+
+    def rounded(values: list[float], digits: int) -> list[float]:
+        return np.round(np.array(values, dtype=np.float32).astype(np.float64), digits).astype(np.float32).tolist()
+
+    spam = ContractSession(small_model.onnx_bytes, Contract.parse(SPAM_CONTRACT))
+    ids = pa.array(["a", "b", "c"])
+    texts: dict[str, Sequence[object]] = {"text": ["win money now", "meeting at noon", ""]}
+    full = spam.results(ids, texts, None)["spam_probability"]
+    two = spam.results(ids, texts, 2)["spam_probability"]
+    assert two.type == pa.float32() and two.to_pylist() == rounded(full.to_pylist(), 2) != full.to_pylist()
+    value = ContractSession(slow_model(width=256, depth=8), VALUE_CONTRACT)
+    features: dict[str, Sequence[object]] = {**columns(3)}
+    full = value.results(ids, features, None)["value"]
+    one = value.results(ids, features, 1)["value"]
+    assert one.type == pa.float32() and one.to_pylist() == rounded(full.to_pylist(), 1) != full.to_pylist()
+    assert value.results(ids, features, 0)["value"].null_count == 3
+    names, data, _ = digit_files
+    hidden = ContractSession(digits[1], Contract.parse(DIGITS_CONTRACT)).results(pa.array(names[:2]),
+                                                                                 {"image": [*data[:2]]}, 0)
+    assert (hidden["probabilities"].type, hidden["probabilities"].null_count) == (pa.list_(pa.float32()), 2)
