@@ -128,8 +128,16 @@ def _search_path() -> list[str]:
     return [p for p in sys.path if p and os.path.realpath(p) != os.path.realpath(repo)]
 
 
+def _discover(name: str | None = None) -> Iterator[metadata.Distribution]:
+    """The distributions on the search path as the standard library's path finder reads them. Not through every
+    finder on ``sys.meta_path``: importing Airflow installs importlib_metadata's backport ahead of it, whose
+    ``files`` drops the RECORD entries that are missing, and the measurement would depend on what was imported."""
+    context = metadata.DistributionFinder.Context(name=name, path=_search_path())
+    return iter(metadata.MetadataPathFinder.find_distributions(context))
+
+
 def _distribution(name: str) -> metadata.Distribution:
-    found = next(iter(metadata.Distribution.discover(name=name, path=_search_path())), None)
+    found = next(_discover(name), None)
     if found is None:
         raise metadata.PackageNotFoundError(name)
     return found
@@ -167,7 +175,7 @@ def closure_distributions(root: Path | None = None) -> list[metadata.Distributio
                               "install the locked dependencies (`make setup`)")
         for d in dists:
             wanted.setdefault(_normalise(d), set()).update(ROOT_EXTRAS.get(_normalise(d), ()))
-    for dist in metadata.distributions(path=_search_path()):
+    for dist in _discover():
         if any(ep.group.startswith(PLUGIN_GROUP_PREFIXES) for ep in dist.entry_points):
             wanted.setdefault(_normalise(dist.name), set())
     found: dict[str, metadata.Distribution] = {}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import importlib_metadata
 import pytest
 
 from enclave import measurement
@@ -270,9 +271,16 @@ def test_the_projects_own_install_is_measured_with_its_checkout_path_as_root(tmp
     (site / "cscore" / "__init__.py").write_text(f"PATH = '{checkout}' + '{checkout}'\n")
     with (site / "cscore-1.0.dist-info" / "RECORD").open("a") as record:
         record.write("cscore/gone.py,,\n")  # listed, not installed
-    assert measurement._project_digest(checkout) == _digest_of({
+    expected = _digest_of({
         "cscore/__init__.py": b"PATH = '<root>' + '<root>'\n", "cscore/gone.py": None,
         "cscore-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: cscore\nVersion: 1.0\n"})
+    assert measurement._project_digest(checkout) == expected
+    # The same with importlib_metadata's finder first on sys.meta_path, as importing Airflow puts it (it skips the
+    # RECORD entries that are missing): what was imported before must not change the measurement.
+    monkeypatch.setattr("sys.meta_path", [importlib_metadata.MetadataPathFinder, *sys.meta_path])
+    backport = next(iter(importlib_metadata.Distribution.discover(name="cscore", path=[str(site)])))
+    assert "cscore/gone.py" not in [str(f) for f in backport.files or ()]  # what that finder alone would measure
+    assert measurement._project_digest(checkout) == expected
 
 
 def test_the_trusted_code_digest_is_its_python_files_by_path_and_content(tmp_path: Path) -> None:
