@@ -57,6 +57,8 @@ class ModelGrant:
         text = {name: require(doc, name, str, where="model_grant")
                 for name in ("issuer", "batch_id", "model_digest", "measurement", "config_digest", "tee_key")}
         numbers = {name: require(doc, name, int, where="model_grant") for name in ("rows", "issued_at", "expires_at")}
+        if numbers["rows"] < 1:  # metered against the provider's quota: a negative count would give it back
+            raise FormatError("model_grant.rows", "at least 1", numbers["rows"])
         return cls(**text, **numbers)
 
 

@@ -171,6 +171,31 @@ def test_a_quota_counts_each_granted_batch_once_and_refuses_the_one_past_it(
     assert counted == {("meter", "allow"): 2.0, ("unwrap", "deny"): 1.0}  # counted under the quota's clause
 
 
+@pytest.mark.parametrize("rows", [0, -100])
+def test_a_grant_of_no_or_negative_rows_is_refused_and_gives_no_quota_back(
+        provider: tuple[Env, ECKey, bytes], rows: int) -> None:
+    """A registered owner broker (compromised, or cheating its own quota) signs a grant whose rows would lower the
+    period's use: refused naming the field, nothing metered, and the quota stays spent."""
+    env, owner_key, _ = provider
+    env.admin.create_key("model-q", kind="model", measurements=[GOOD], quota={"rows": 150, "period_s": 3600})
+    wrapped = env.admin.wrap("model-q", MODEL_KEY)
+    session = env.worker()
+
+    def unwrap(batch: str, count: int) -> bytes:
+        token = sign_grant(_grant(session, batch_id=batch, rows=count), owner_key)
+        return session.unwrap("model-q", wrapped, batch_id=batch, model_digest="sha256:m", grant=token)
+
+    assert unwrap("batch-1", 100) == MODEL_KEY
+    with pytest.raises(KbsError) as refused:
+        unwrap("batch-refund", rows)
+    assert refused.value.status == 403
+    assert refused.value.problem["actual"] == f"model_grant.rows: expected at least 1, got {rows}"
+    assert [e["batch_id"] for e in env.admin.decisions() if e["operation"] == "meter"] == ["batch-1"]
+    with pytest.raises(KbsError) as over:  # still 100 of 150 used: 100 more is past the quota
+        unwrap("batch-2", 100)
+    assert over.value.status == 429
+
+
 def test_a_model_key_without_a_quota_is_not_metered(provider: tuple[Env, ECKey, bytes]) -> None:
     env, owner_key, wrapped = provider
     session = env.worker()
