@@ -110,11 +110,7 @@ MODULES: dict[str, list[str]] = {
     # real keys and joserfc tokens, each refusal word for word (milliseconds a test)
     "enclave/signing.py": ["tests/enclave/test_signing.py"],
     # pure functions of an environment mapping and a flags namespace
-    "enclave/startup.py": ["tests/enclave/test_startup.py",
-                           *[f"tests/enclave/test_measurement.py::test_{name}" for name in (
-                               "an_honest_start_up_has_no_problem", "each_startup_variable_is_refused_by_name",
-                               "ignore_environment_makes_python_variables_inert_but_not_the_loaders",
-                               "unsafe_interpreter_flags_are_refused")]],
+    "enclave/startup.py": ["tests/enclave/test_startup.py"],
     # the watchdog over real onnxruntime runs (slow and memory-hungry models built in memory), seconds in all
     "enclave/limits.py": ["tests/enclave/test_limits.py"],
     # the contracts over the digits and spam models in memory: output refusals, precision terms, the session cache

@@ -1,4 +1,4 @@
-"""enclave.measurement's closure (distributions by actual content, no Airflow) and enclave.startup's refusals."""
+"""enclave.measurement's closure (distributions by actual content, no Airflow); start-up refusals: test_startup.py."""
 
 from __future__ import annotations
 
@@ -6,21 +6,11 @@ import hashlib
 import importlib.metadata as metadata
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import importlib_metadata
 import pytest
 
 from enclave import measurement
-from enclave.startup import (
-    NATIVE_STARTUP_VARIABLES,
-    PYTHON_STARTUP_VARIABLES,
-    UnsafeStartup,
-    refuse_unsafe_startup,
-    startup_problems,
-)
-
-SAFE = SimpleNamespace(ignore_environment=0, safe_path=True, optimize=0, inspect=0)
 
 
 def test_the_closure_holds_the_workers_libraries_and_nothing_of_the_platform_or_clients() -> None:
@@ -56,32 +46,6 @@ def test_components_are_labelled_without_machine_paths() -> None:
     assert labels[:4] == ["trusted-code", "python:version", "python:binary", "python:stdlib"]
     assert "dist:pyarrow" in labels and any(label.startswith("pth:") for label in labels)
     assert not [label for label in labels if "/" in label]
-
-
-def test_an_honest_start_up_has_no_problem() -> None:
-    assert startup_problems({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin"},
-                            SAFE) == []
-
-
-@pytest.mark.parametrize("name", PYTHON_STARTUP_VARIABLES + NATIVE_STARTUP_VARIABLES)
-def test_each_startup_variable_is_refused_by_name(name: str) -> None:
-    with pytest.raises(UnsafeStartup, match=f"{name} is set") as refused:
-        refuse_unsafe_startup({name: "/somewhere/secret-value"}, SAFE)
-    assert "secret-value" not in str(refused.value)
-
-
-def test_ignore_environment_makes_python_variables_inert_but_not_the_loaders() -> None:
-    ignoring = SimpleNamespace(**{**vars(SAFE), "ignore_environment": 1})
-    assert startup_problems({"PYTHONPATH": "/x", "PYTHONSTARTUP": "/y"}, ignoring) == []
-    assert startup_problems({"LD_PRELOAD": "/x.so"}, ignoring) == ["LD_PRELOAD is set (it loads native code into "
-                                                                    "the worker)"]
-
-
-@pytest.mark.parametrize(("flag", "words"), [("safe_path", "PYTHONSAFEPATH off"), ("optimize", "-O"),
-                                             ("inspect", "-i")])
-def test_unsafe_interpreter_flags_are_refused(flag: str, words: str) -> None:
-    flags = SimpleNamespace(**{**vars(SAFE), flag: not getattr(SAFE, flag)})
-    assert any(words in p for p in startup_problems({}, flags))
 
 
 # -- the closure's parts, each on a tree or a distribution built here -------------------------------------------

@@ -98,3 +98,31 @@ def test_the_refusal_may_be_shared_it_names_variables_never_their_values() -> No
     with pytest.raises(UnsafeStartup) as refused:
         refuse_unsafe_startup({"LD_PRELOAD": "/secret-value.so"}, SAFE)
     assert refused.value.shareable is True and "secret-value" not in str(refused.value)
+
+
+# -- moved from test_measurement.py: the start-up refusals, less exactly worded --------------------------------
+
+def test_an_honest_start_up_has_no_problem() -> None:
+    assert startup_problems({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin"},
+                            SAFE) == []
+
+
+@pytest.mark.parametrize("name", PYTHON_STARTUP_VARIABLES + NATIVE_STARTUP_VARIABLES)
+def test_each_startup_variable_is_refused_by_name(name: str) -> None:
+    with pytest.raises(UnsafeStartup, match=f"{name} is set") as refused:
+        refuse_unsafe_startup({name: "/somewhere/secret-value"}, SAFE)
+    assert "secret-value" not in str(refused.value)
+
+
+def test_ignore_environment_makes_python_variables_inert_but_not_the_loaders() -> None:
+    ignoring = SimpleNamespace(**{**vars(SAFE), "ignore_environment": 1})
+    assert startup_problems({"PYTHONPATH": "/x", "PYTHONSTARTUP": "/y"}, ignoring) == []
+    assert startup_problems({"LD_PRELOAD": "/x.so"}, ignoring) == ["LD_PRELOAD is set (it loads native code into "
+                                                                    "the worker)"]
+
+
+@pytest.mark.parametrize(("flag", "words"), [("safe_path", "PYTHONSAFEPATH off"), ("optimize", "-O"),
+                                             ("inspect", "-i")])
+def test_unsafe_interpreter_flags_are_refused(flag: str, words: str) -> None:
+    flags = SimpleNamespace(**{**vars(SAFE), flag: not getattr(SAFE, flag)})
+    assert any(words in p for p in startup_problems({}, flags))
