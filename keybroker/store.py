@@ -476,7 +476,10 @@ class KeyStore:
 
     def meter(self, owner: str, batch_id: str, key_id: str, rows: int, *, quota: int, period_s: float) -> int:
         """Count a batch's rows against the owner's quota for this key, once per batch; returns the rows used in
-        the period (this batch included). Raises QuotaExceeded (nothing recorded) when it would exceed `quota`."""
+        the period (this batch included). Raises QuotaExceeded (nothing recorded) when it would exceed `quota`,
+        ValueError (nothing recorded) for fewer than 1 row: a negative count would hand quota back."""
+        if rows < 1:
+            raise ValueError(f"rows: expected at least 1, got {rows}")
         now = time.time()
         with self._lock, self._db.write("usage"):
             seen = self._db.execute("SELECT rows FROM usage WHERE owner=? AND batch_id=? AND key_id=?",

@@ -141,6 +141,17 @@ def test_meter_counts_each_batch_once_and_refuses_past_the_quota(store: KeyStore
     assert store.meter("owner", "b2", "k", 40, quota=100, period_s=3600) == 100
 
 
+def test_meter_refuses_a_count_below_one_and_records_nothing(store: KeyStore) -> None:
+    assert store.meter("owner", "b1", "k", 90, quota=100, period_s=3600) == 90
+    for rows in (0, -100):
+        with pytest.raises(ValueError) as refused:
+            store.meter("owner", "refund", "k", rows, quota=100, period_s=3600)
+        assert str(refused.value) == f"rows: expected at least 1, got {rows}"
+    with pytest.raises(QuotaExceeded):  # the refund was not counted: the quota is still 10 from full
+        store.meter("owner", "b2", "k", 11, quota=100, period_s=3600)
+    assert store.meter("owner", "refund", "k", 1, quota=100, period_s=3600) == 91  # and "refund" was never seen
+
+
 def test_meter_keeps_owners_and_keys_apart(store: KeyStore) -> None:
     assert store.meter("owner", "b1", "k", 90, quota=100, period_s=3600) == 90
     assert store.meter("other", "b1", "k", 90, quota=100, period_s=3600) == 90
