@@ -29,6 +29,7 @@ from joserfc.jwk import ECKey
 
 from wire.canonical import canonical_json
 from wire.endpoint import is_loopback
+from wire.pop import POP_HEADER, POP_TYPE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from attestation import Evidence
 
 log = logging.getLogger("enclave.kbs_client")
-POP_HEADER = "KBS-PoP"
 REFRESH_MARGIN_S = 15  # re-attest this long before expiry, so a token never dies mid-request
 JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
 SHOWN_CHARS = 400  # of a refusal's expected / actual value in an error message
@@ -284,7 +284,7 @@ class AttestedSession:
         claims = {"htm": method, "htu": path, "iat": int(time.time()), "jti": secrets.token_urlsafe(16),
                   "ath": _b64url(hashlib.sha256(token.encode()).digest()),
                   "bh": _b64url(hashlib.sha256(content).digest())}
-        return jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, self._tee_key, algorithms=["ES256"])
+        return jwt.encode({"alg": "ES256", "typ": POP_TYPE}, claims, self._tee_key, algorithms=["ES256"])
 
     def _open(self, token: str) -> bytes:
         return jwe.decrypt_compact(token, self._tee_key, algorithms=JWE_ALGS).plaintext or b""

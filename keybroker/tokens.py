@@ -19,8 +19,8 @@ from joserfc.jwk import ECKey
 
 from keybroker.crypto import b64url, canonical_json, public_jwk, sha256_hex
 from keybroker.sessions import ReplayCache
+from wire.pop import POP_HEADER, POP_TYPE
 
-POP_HEADER = "KBS-PoP"
 POP_WINDOW_S = 120
 
 
@@ -96,10 +96,14 @@ class TokenIssuer:
                                 "attested tee key)", POP_HEADER)
         try:
             key = public_jwk(payload["tee_pubkey"])
-            claims = jwt.decode(pop, key, algorithms=["ES256"]).claims
+            proof = jwt.decode(pop, key, algorithms=["ES256"])
         except (JoseError, ValueError, KeyError) as exc:
             raise TokenRejected("pop-key-mismatch", "the request is not signed by the tee key this token was "
                                 "issued to", "tee_pubkey", payload.get("cnf", {}).get("jkt"), None) from exc
+        if proof.header.get("typ") != POP_TYPE:  # a JWS the tee key signed for another purpose is not a proof
+            raise TokenRejected("pop-invalid", f"the {POP_HEADER} header is not typed as a proof of possession",
+                                f"{POP_HEADER}.typ", POP_TYPE, proof.header.get("typ"))
+        claims = proof.claims
         expected = {"htm": method, "htu": path, "ath": b64url(hashlib.sha256(token.encode()).digest()),
                     "bh": b64url(hashlib.sha256(body).digest())}
         for name, value in expected.items():

@@ -24,8 +24,9 @@ from joserfc.jwk import ECKey
 from enclave.kbs_client import AttestedSession
 from keybroker import create_app
 from keybroker.crypto import b64url, canonical_json
-from keybroker.tokens import POP_HEADER, POP_WINDOW_S
+from keybroker.tokens import POP_WINDOW_S
 from tests.keybroker.inproc import Env, SimEnclave, TestClient, make_config
+from wire.pop import POP_HEADER, POP_TYPE
 
 UNWRAP = "/kbs/v0/unwrap"
 
@@ -56,12 +57,13 @@ class Client:
         return self.http.post("/kbs/v0/attest", json={"session": session, "runtime_data": runtime,
                                                        "evidence": evidence})
 
-    def unwrap(self, token: str, key: ECKey, body: dict[str, Any], **pop: Any) -> httpx.Response:
+    def unwrap(self, token: str, key: ECKey, body: dict[str, Any], typ: str = POP_TYPE,
+               **pop: Any) -> httpx.Response:
         content = canonical_json(body)
         claims = {"htm": "POST", "htu": UNWRAP, "iat": int(time.time()), "jti": secrets.token_urlsafe(16),
                   "ath": b64url(hashlib.sha256(token.encode()).digest()),
                   "bh": b64url(hashlib.sha256(content).digest()), **pop}
-        proof = jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, key, algorithms=["ES256"])
+        proof = jwt.encode({"alg": "ES256", "typ": typ}, claims, key, algorithms=["ES256"])
         return self.http.post(UNWRAP, content=content, headers={
             "Authorization": f"Bearer {token}", POP_HEADER: proof, "Content-Type": "application/json"})
 
@@ -218,6 +220,16 @@ def test_pop_over_a_different_body_is_refused(client: Client, attested: tuple[st
         f"{POP_HEADER}.bh", b64url(hashlib.sha256(canonical_json(body)).digest()), signed)
 
 
+@pytest.mark.parametrize("typ", ["JWT", "kbs-log-checkpoint", "dpop+jwt"])  # JWT: joserfc's default
+def test_a_jws_not_typed_as_a_pop_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]],
+                                             typ: str) -> None:
+    # signed by the attested key over exactly this request: only its type says it was not made as a proof
+    token, key, body = attested
+    problem = _problem(client.unwrap(token, key, body, typ=typ), 401, "pop-invalid")
+    assert (problem["field"], problem["expected"], problem["actual"]) == (f"{POP_HEADER}.typ", POP_TYPE, typ)
+    assert problem["detail"] == f"the {POP_HEADER} header is not typed as a proof of possession"
+
+
 @pytest.mark.parametrize(("name", "value"), [("htu", "/kbs/v0/wrap"), ("htm", "GET"), ("ath", "other-token")])
 def test_pop_for_another_request_is_refused(client: Client, attested: tuple[str, ECKey, dict[str, Any]],
                                             name: str, value: str) -> None:
@@ -259,7 +271,7 @@ def test_pop_without_a_string_jti_is_refused(client: Client, attested: tuple[str
               "ath": b64url(hashlib.sha256(token.encode()).digest()), "bh": b64url(hashlib.sha256(content).digest())}
     if jti is not None:
         claims["jti"] = jti
-    proof = jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, key, algorithms=["ES256"])
+    proof = jwt.encode({"alg": "ES256", "typ": POP_TYPE}, claims, key, algorithms=["ES256"])
     headers = {"Authorization": f"Bearer {token}", POP_HEADER: proof, "Content-Type": "application/json"}
     for _ in range(2):  # neither the first use nor a replay is served
         problem = _problem(client.http.post(UNWRAP, content=content, headers=headers), 401, "pop-invalid")
@@ -365,7 +377,7 @@ def test_pop_without_iat_is_stale(client: Client, attested: tuple[str, ECKey, di
     content = canonical_json(body)
     claims = {"htm": "POST", "htu": UNWRAP, "jti": secrets.token_urlsafe(16),
               "ath": b64url(hashlib.sha256(token.encode()).digest()), "bh": b64url(hashlib.sha256(content).digest())}
-    proof = jwt.encode({"alg": "ES256", "typ": "kbs-pop+jwt"}, claims, key, algorithms=["ES256"])
+    proof = jwt.encode({"alg": "ES256", "typ": POP_TYPE}, claims, key, algorithms=["ES256"])
     response = client.http.post(UNWRAP, content=content, headers={
         "Authorization": f"Bearer {token}", POP_HEADER: proof, "Content-Type": "application/json"})
     assert _problem(response, 401, "pop-invalid")["field"] == f"{POP_HEADER}.iat"
