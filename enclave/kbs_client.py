@@ -201,7 +201,7 @@ class AttestedSession:
         evidence = self._provider.get_evidence(hashlib.sha512(canonical_json(runtime_data)).digest())
         answer = self._post_json("/kbs/v0/attest", {"session": challenge["session"], "runtime_data": runtime_data,
                                                     "evidence": evidence.to_json()})
-        result = AttestationResult(answer["token"], int(answer["expires_at"]), answer.get("claims", {}))
+        result = AttestationResult(answer["token"], int(answer["expires_at"]), _signed_claims(answer))
         with self._lock:
             self.runtime_data, self.evidence, self._result = runtime_data, evidence, result
         log.info("attested to %s, measurement %s, token valid until %d", self.broker_url,
@@ -329,6 +329,27 @@ def problem_of(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"detail": response.text[:500]}
     return problem if isinstance(problem, dict) else {"detail": str(problem)}
+
+
+def _signed_claims(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer's claims, which must be those its token carries: the broker checks the token's signature on
+    every use, while a relay could rewrite the answer's copy (the worker records its digest for the audit).
+
+    Raises KbsError (status 502, field `claims`, expected and actual digests) when they differ.
+    """
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(answer["token"].split(".")[1] + "=="))
+        signed = payload["claims"]
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        raise KbsError(502, {"detail": "the attest answer's token is not a JWT carrying claims",
+                             "field": "token"}) from exc
+    claims = answer.get("claims")
+    if claims != signed:
+        raise KbsError(502, {"detail": "the attest answer's claims are not those its token carries (rewritten on "
+                             "the way?); attest again over a connection the platform cannot rewrite (TLS)",
+                             "field": "claims", "expected": hashlib.sha256(canonical_json(signed)).hexdigest(),
+                             "actual": hashlib.sha256(canonical_json(claims)).hexdigest()})
+    return dict(signed)
 
 
 def _json_or_raise(response: httpx.Response) -> dict[str, Any]:

@@ -128,19 +128,59 @@ def test_the_tee_announced_is_the_providers_own_else_sev_snp(env: Env) -> None:
     assert unnamed.sent[0][1] == {"tee": "sev-snp"} and result.claims["measurement"] == GOOD
 
 
-def test_an_attestation_answer_without_claims_is_taken_with_empty_claims(env: Env) -> None:
-    """The platform strips the broker's claims: the token still works, and the claims digest the worker then notes
-    for the batch is that of no claims, which the broker never logged (the audit names it)."""
-
-    def strip(request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        if request.url.path == "/kbs/v0/attest":
-            return httpx.Response(200, json={k: v for k, v in response.json().items() if k != "claims"})
+def _answer_rewritten(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Rewrite:
+    def rewrite(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.url.path == "/kbs/v0/attest" and response.status_code == 200:
+            return httpx.Response(200, json=change(response.json()))
         return response
 
-    session = _session(env, Relay(env, strip))
-    assert session.attest("batch-1").claims == {}
-    session.release("results-1", batch_id="batch-1", model_digest="sha256:m")
-    assert session.claims_digests("batch-1") == (hashlib.sha256(b"{}").hexdigest(),)
+    return rewrite
+
+
+def _digest(claims: Any) -> str:
+    return hashlib.sha256(canonical_json(claims)).hexdigest()
+
+
+@pytest.mark.parametrize("change", ["stripped", "emptied", "measurement changed"])
+def test_an_attest_answer_whose_claims_are_not_its_tokens_is_refused(env: Env, change: str) -> None:
+    """The platform rewrites the broker's answer on the way (a plain-HTTP loopback relay): the token, which the
+    broker checks on each use, still works, so the worker would note for the batch a claims digest the broker
+    never logged. It refuses the answer instead, and keeps no attestation."""
+    signed: list[dict[str, Any]] = []
+
+    def rewritten(answer: dict[str, Any]) -> dict[str, Any]:
+        signed.append(answer["claims"])
+        if change == "stripped":
+            return {k: v for k, v in answer.items() if k != "claims"}
+        claims = {} if change == "emptied" else {**answer["claims"], "measurement": "00" * 48}
+        return {**answer, "claims": claims}
+
+    session = _session(env, Relay(env, _answer_rewritten(rewritten)))
+    with pytest.raises(KbsError) as refused:
+        session.attest("batch-1")
+    actual = {"stripped": None, "emptied": {}}.get(change, {**signed[0], "measurement": "00" * 48})
+    assert (refused.value.status, refused.value.problem["field"], refused.value.problem["expected"],
+            refused.value.problem["actual"]) == (502, "claims", _digest(signed[0]), _digest(actual))
+    assert str(refused.value).startswith("broker answered 502: the attest answer's claims are not those its token "
+                                         "carries (rewritten on the way?)")
+    assert session.runtime_data is None and session.claims_digests("batch-1") == ()
+
+
+def test_an_attest_answer_whose_token_is_no_jwt_with_claims_is_refused(env: Env) -> None:
+    session = _session(env, Relay(env, _answer_rewritten(lambda answer: {**answer, "token": "not-a-jwt"})))
+    with pytest.raises(KbsError) as refused:
+        session.attest("batch-1")
+    assert (refused.value.status, refused.value.problem["field"]) == (502, "token")
+    assert str(refused.value) == "broker answered 502: the attest answer's token is not a JWT carrying claims " \
+                                 "(field token)"
+
+
+def test_the_claims_kept_are_the_tokens_and_their_digest_the_one_the_broker_logged(env: Env) -> None:
+    session = _session(env, Relay(env))
+    result = session.attest("batch-1")
+    payload = json.loads(base64.urlsafe_b64decode(result.token.split(".")[1] + "=="))
+    assert result.claims == payload["claims"] and result.claims["measurement"] == GOOD
+    assert result.claims_digest == payload["claims_digest"] == _digest(payload["claims"])
 
 
 def test_an_attestation_is_logged_with_the_broker_measurement_and_expiry_never_the_token(

@@ -17,7 +17,7 @@ from joserfc import jwt
 from attestation import Evidence
 from enclave.kbs_client import POP_HEADER, AttestedSession, BrokerUnreachable, KbsError
 
-TOKEN = "opaque-token"
+TOKEN = "h.eyJjbGFpbXMiOnt9fQ.s"  # shaped as a JWT whose payload is {"claims":{}}, as in the answer below
 
 
 class _Provider:
