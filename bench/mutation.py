@@ -113,8 +113,9 @@ MODULES: dict[str, list[str]] = {
     "enclave/startup.py": ["tests/enclave/test_startup.py"],
     # the watchdog over real onnxruntime runs (slow and memory-hungry models built in memory), seconds in all
     "enclave/limits.py": ["tests/enclave/test_limits.py"],
-    # the contracts over the digits and spam models in memory: output refusals, precision terms, the session cache
-    "enclave/runner.py": ["tests/model/test_contract.py",
+    # the contracts over the digits and spam models in memory: output refusals, precision terms, the session cache;
+    # the TF-IDF rewrite's chunks and fallback, labels and classes at their bounds, on models of a few sentences
+    "enclave/runner.py": ["tests/enclave/test_runner_paths.py", "tests/model/test_contract.py",
                           "tests/enclave/test_limits.py::test_a_sessions_results_run_within_the_limits_given"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant

@@ -56,10 +56,9 @@ class ContractSession:
         # The same bits, faster, for a TF-IDF graph fed one email-text column (`enclave.tfidf_path`).
         from enclave import tfidf_path  # parses the graph with `onnx`: at load, not at import
 
-        texts = [spec.tensor for spec in contract.inputs if spec.kind == "email-text"]
+        # Only for a contract whose one input is the email text: `_run_chunk` hands the rewrite that tensor.
         self.rewrite = tfidf_path.derive(onnx_bytes, session_options(threads), self._session, CHUNK_ROWS) \
-            if rewrite and len(contract.inputs) == 1 and texts else None
-        self._text_tensor = texts[0] if texts else ""
+            if rewrite and len(contract.inputs) == 1 and contract.inputs[0].kind == "email-text" else None
 
     def run(self, columns: dict[str, Sequence[object]], rows: int,
             limits: RunLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
@@ -92,7 +91,7 @@ class ContractSession:
         with self._lock:
             def run(options: ort.RunOptions) -> list[np.ndarray]:
                 if self.rewrite is not None:
-                    fast = self.rewrite.run(list(feeds[self._text_tensor][:, 0]), self._fetch, options)
+                    fast = self.rewrite.run(list(feeds[self.contract.inputs[0].tensor][:, 0]), self._fetch, options)
                     if fast is not None:
                         return fast
                 return list(self._session.run(self._fetch, feeds, options))

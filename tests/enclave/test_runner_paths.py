@@ -1,0 +1,228 @@
+"""enclave.runner's own paths, fast: the TF-IDF rewrite as the contract runner drives it (chunks of exactly
+CHUNK_ROWS rows in length order, padding, the fallback to the graph), labels and classes at their bounds, the
+graph's declared types, and the refusals word for word.
+
+Models are built in memory: a TF-IDF + logistic regression pipeline trained on a few sentences (the graph
+`enclave.tfidf_path` reproduces, as skl2onnx exports it) and one-node graphs that turn a number into a label.
+Outputs are checked against onnxruntime run on the published bytes in input order (`enclave.scoring.load_session`,
+no runner code) and against scikit-learn, so a change to the runner's row order or padding cannot hide by changing
+the reference too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pytest
+import skl2onnx  # noqa: F401 - imported at collection: mutmut's forked children do not import it again
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.pipeline import Pipeline
+
+from enclave.preprocess import InputRefused
+from enclave.runner import ContractSession, OutputRefused
+from enclave.scoring import CHUNK_ROWS, ModelLoadError, load_session
+from sdk.training import export_onnx, train_spam_model
+from wire.contract import SPAM_CONTRACT, Contract, InputSpec, OutputSpec
+
+WORDS = ["free", "money", "win", "prize", "cheap", "pills", "offer", "click", "meeting", "noon", "lunch", "report",
+         "attached", "project", "tomorrow", "agenda", "invoice", "team", "call", "thanks"]
+SPAM = "free money win prize cheap pills offer click"
+HAM = "meeting noon lunch report attached project tomorrow agenda invoice team call thanks"
+
+
+@pytest.fixture(scope="module")
+def spam_model() -> tuple[Pipeline, bytes]:
+    rng = random.Random(3)
+    texts, labels = [], []
+    for i in range(40):
+        words = (SPAM if i % 2 else HAM).split()
+        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))))
+        labels.append(i % 2)
+    pipeline = train_spam_model(texts, labels, max_features=None)
+    return pipeline, export_onnx(pipeline)
+
+
+@pytest.fixture(scope="module")
+def sessions(spam_model: tuple[Pipeline, bytes]) -> tuple[ContractSession, ContractSession]:
+    contract = Contract.parse(SPAM_CONTRACT)
+    return ContractSession(spam_model[1], contract), ContractSession(spam_model[1], contract, rewrite=False)
+
+
+def _texts(rows: int, risky: int | None = None) -> list[str]:
+    """`rows` texts of many lengths (words, case, punctuation, non-ASCII separators); row `risky` holds a Kelvin
+    sign, which the graph's StringNormalizer lower-cases to ASCII: its chunk must run the whole graph."""
+    rng = random.Random(rows)
+    fillers = [" ", ", ", "\n", " \u00e9 ", "-", "  "]
+    out = []
+    for i in range(rows):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(0, 30))]
+        text = "".join(w.upper() if rng.random() < 0.2 else w for word in words for w in (word, rng.choice(fillers)))
+        out.append(text + ("free \u212amoney" if i == risky else ""))
+    return out
+
+
+def _reference(onnx_bytes: bytes, texts: list[str]) -> dict[str, np.ndarray]:
+    """onnxruntime on the published bytes, chunks of CHUNK_ROWS texts in input order, the last padded with ''."""
+    session = load_session(onnx_bytes, 1)
+    out: dict[str, list[np.ndarray]] = {"label": [], "probabilities": []}
+    for start in range(0, len(texts), CHUNK_ROWS):
+        chunk = texts[start:start + CHUNK_ROWS]
+        batch = np.array([*chunk, *[""] * (CHUNK_ROWS - len(chunk))], dtype=object).reshape(-1, 1)
+        for name, value in zip(out, session.run(list(out), {"text": batch}), strict=True):
+            out[name].append(np.asarray(value)[:len(chunk)])
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def _bits(a: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
+    return a.dtype.str, a.shape, np.ascontiguousarray(a).tobytes()
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 150])
+def test_the_rewrite_and_the_graph_give_the_published_graphs_bits(
+        spam_model: tuple[Pipeline, bytes], sessions: tuple[ContractSession, ContractSession], rows: int) -> None:
+    fast, plain = sessions
+    assert fast.rewrite is not None and plain.rewrite is None
+    texts = _texts(rows, risky=rows // 2 if rows > 1 else None)
+    expected = _reference(spam_model[1], texts)
+    for session in (fast, plain):
+        got = session.run({"text": texts}, rows)
+        assert {name: _bits(value) for name, value in got.items()} == \
+            {name: _bits(value) for name, value in expected.items()}
+    pipeline = spam_model[0]
+    assert expected["label"].tolist() == pipeline.predict(texts).tolist()
+    assert np.abs(expected["probabilities"] - pipeline.predict_proba(texts)).max() < 1e-6
+    table = fast.results(pa.array([str(i) for i in range(rows)]), {"text": texts}, None)
+    assert table["message_id"].to_pylist() == [str(i) for i in range(rows)]
+    assert _bits(table["spam_probability"].to_numpy()) == _bits(expected["probabilities"][:, 1].copy())
+    assert _bits(table["label"].to_numpy()) == _bits(expected["label"].astype(np.int8))
+
+
+class _Spy:
+    """Records what the runner hands one of its two paths (the texts of each call, the run options), then runs it."""
+
+    def __init__(self, target: Any, name: str, calls: list[tuple[str, list[str], object]]) -> None:
+        self.target, self.name, self.calls = target, name, calls
+
+    def run(self, *args: Any) -> Any:
+        texts = list(args[0]) if self.name == "rewrite" else args[1]["text"][:, 0].tolist()
+        assert len(args) == 3, args
+        self.calls.append((self.name, texts, args[2]))
+        return self.target.run(*args)
+
+
+def test_chunks_hold_exactly_chunk_rows_in_length_order_and_only_a_risky_one_runs_the_graph(
+        sessions: tuple[ContractSession, ContractSession], monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = sessions[0]
+    rows = 2 * CHUNK_ROWS + 22
+    texts = _texts(rows, risky=7)
+    calls: list[tuple[str, list[str], object]] = []
+    monkeypatch.setattr(fast, "rewrite", _Spy(fast.rewrite, "rewrite", calls))
+    monkeypatch.setattr(fast, "_session", _Spy(fast._session, "graph", calls))
+    fast.run({"text": texts}, rows)
+    order = sorted(range(rows), key=lambda i: len(texts[i]))  # similar lengths together; ties in input order
+    chunks = [[texts[i] for i in order[s:s + CHUNK_ROWS]] for s in range(0, rows, CHUNK_ROWS)]
+    chunks[-1] += [""] * (CHUNK_ROWS - len(chunks[-1]))
+    risky = next(k for k, chunk in enumerate(chunks) if texts[7] in chunk)
+    expected = [("rewrite", chunk) for chunk in chunks]
+    expected.insert(risky + 1, ("graph", chunks[risky]))
+    assert [(name, got) for name, got, _ in calls] == expected
+    # each run gets the watchdog's own options (its `terminate` must reach whichever path runs)
+    assert all(isinstance(options, ort.RunOptions) for _, _, options in calls)
+    assert len({id(options) for name, _, options in calls if name == "rewrite"}) == len(chunks)
+
+
+def test_no_rows_give_an_empty_array_per_output_tensor(sessions: tuple[ContractSession, ContractSession]) -> None:
+    for session in sessions:
+        got = session.run({"text": []}, 0)
+        assert {name: _bits(value) for name, value in got.items()} == \
+            {name: ("<f4", (0,), b"") for name in ("probabilities", "label")}
+
+
+def test_a_non_text_value_is_refused_naming_its_shard_row(sessions: tuple[ContractSession, ContractSession]) -> None:
+    texts: list[object] = [*_texts(70)]
+    texts[66] = b"bytes"
+    with pytest.raises(InputRefused) as refused:
+        sessions[0].run({"text": texts}, 70)
+    assert str(refused.value) == "shard row 66: email-text expects a string, found bytes"
+
+
+def test_threads_below_one_are_refused_and_one_is_enough(spam_model: tuple[Pipeline, bytes]) -> None:
+    contract = Contract.parse(SPAM_CONTRACT)
+    with pytest.raises(ValueError) as refused:
+        ContractSession(spam_model[1], contract, threads=0)
+    assert str(refused.value) == "threads must be >= 1, got 0"
+    assert ContractSession(spam_model[1], contract, threads=1, rewrite=False).threads == 1
+
+
+# -- labels and classes: a graph that turns a number into an integer label --------------------------------------
+
+
+def _label_model(output_type: int = TensorProto.INT64) -> bytes:
+    """x float32 [N, 1] -> y = int(x) [N] (of `output_type`)."""
+    nodes = [helper.make_node("Cast", ["x"], ["xi"], to=output_type),
+             helper.make_node("Reshape", ["xi", "flat"], ["y"])]
+    graph = helper.make_graph(nodes, "labels", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+                              [helper.make_tensor_value_info("y", output_type, [None])],
+                              [numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+_NUMBER = InputSpec("x", ("n",), "float32", (None, 1), "numbers")
+
+
+def _contract(output: OutputSpec, classes: tuple[str, ...] | None = None) -> Contract:
+    return Contract("id", (_NUMBER,), (output,), classes)
+
+
+def _results(session: ContractSession, values: Sequence[float]) -> dict[str, pa.Array]:
+    return session.results(pa.array([str(i) for i in range(len(values))]), {"n": list(values)}, None)
+
+
+def test_classes_at_both_ends_are_named_and_one_beyond_either_end_is_refused() -> None:
+    session = ContractSession(_label_model(), _contract(OutputSpec("y", "kind", "class"), ("a", "b", "c")))
+    assert session.rewrite is None  # no text input: the graph runs as published
+    table = _results(session, [2.0, 0.0, 1.0, 0.0])
+    assert (table["kind"].type, table["kind"].to_pylist()) == (pa.string(), ["c", "a", "b", "a"])
+    for value in (3.0, -1.0):
+        with pytest.raises(OutputRefused) as refused:
+            _results(session, [0.0, value, 2.0])
+        assert str(refused.value) == "output 'y': a label outside the card's 3 classes (0..2)"
+
+
+def test_a_class_output_without_class_names_refuses_every_label() -> None:
+    """`Contract.parse` never yields this (a class output needs classes); a contract built otherwise is refused."""
+    session = ContractSession(_label_model(), _contract(OutputSpec("y", "kind", "class")))
+    with pytest.raises(OutputRefused) as refused:
+        _results(session, [0.0])
+    assert str(refused.value) == "output 'y': a label outside the card's 0 classes (0..-1)"
+
+
+def test_labels_fill_their_integer_type_to_both_ends_and_not_beyond() -> None:
+    contract = _contract(OutputSpec("y", "code", "label", dtype="int8"))
+    session = ContractSession(_label_model(TensorProto.INT32), contract)
+    table = _results(session, [-128.0, 127.0, 0.0])
+    assert (table["code"].type, table["code"].to_pylist()) == (pa.int8(), [-128, 127, 0])
+    for value in (128.0, -129.0):
+        with pytest.raises(OutputRefused) as refused:
+            _results(session, [1.0, value])
+        assert str(refused.value) == "output 'y': a label that does not fit the card's int8"
+
+
+def test_a_label_without_a_dtype_is_an_int64_column_with_rows_or_without() -> None:
+    """`Contract.parse` insists on a label's dtype; a contract built otherwise gets int64, not an error."""
+    session = ContractSession(_label_model(), _contract(OutputSpec("y", "code", "label")))
+    table = _results(session, [-5.0, 7.0])
+    assert (table["code"].type, table["code"].to_pylist()) == (pa.int64(), [-5, 7])
+    assert _results(session, [])["code"].type == pa.int64()
+
+
+def test_a_graph_type_outside_the_contracts_names_is_refused_by_its_onnxruntime_name() -> None:
+    with pytest.raises(ModelLoadError) as refused:
+        ContractSession(_label_model(TensorProto.BOOL), _contract(OutputSpec("y", "code", "label", dtype="int8")))
+    assert str(refused.value) == ("the model does not match its card's contract: output 'y' (label): expected a "
+                                  "tensor of int64 or int32, the graph declares tensor(bool)")
