@@ -58,8 +58,10 @@ MODULES: dict[str, list[str]] = {
     # its own tests (sealing, JWE, the public-key checks; a second in all) and the broker's forgeries that use it
     "keybroker/crypto.py": ["tests/keybroker/test_crypto.py", "tests/keybroker/test_forgery.py"],
     # the chain, the meter, grants and sealed keys in process on SQLite and PostgreSQL (seconds in all; Postgres kills
-    # what SQLite lets pass: its rows' case-sensitive keys, the table it locks), the store's persistence tests
-    "keybroker/store.py": ["tests/keybroker/test_store_chain.py",
+    # what SQLite lets pass: its rows' case-sensitive keys, the table it locks), the connections (targets, URLs,
+    # migration, reconnecting, ping), the store's persistence tests and an unreachable server
+    "keybroker/store.py": ["tests/keybroker/test_store_chain.py", "tests/keybroker/test_store_connections.py",
+                           "tests/keybroker/test_store_postgres.py::test_unreachable_postgres_is_a_clear_store_error",
                            *[f"tests/keybroker/test_store_postgres.py::test_{name}[sqlite]" for name in (
                                "keys_and_broker_secrets_survive_a_restart_sealed_under_the_kek",
                                "decision_log_chain_verifies_and_refuses_update_and_delete",
