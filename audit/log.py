@@ -167,7 +167,10 @@ def open_note(note: str, vkey: str) -> str:
     for line in sigs.splitlines():
         if not line.startswith(SIG_PREFIX + name + " "):
             continue
-        blob = base64.b64decode(line.rsplit(" ", 1)[1])
+        try:  # strict, as Go's note.Open: a lenient decoder would drop stray characters and read on
+            blob = base64.b64decode(line.rsplit(" ", 1)[1], validate=True)
+        except ValueError as exc:
+            raise LogError(f"checkpoint note: a signature line of {name} is not base64: {line[:80]!r}") from exc
         if blob[:4] != key_id(name, public):
             continue
         try:

@@ -132,6 +132,15 @@ def test_a_note_signed_only_by_another_key_under_the_same_name_is_refused() -> N
                                                    "found none")
 
 
+@pytest.mark.parametrize("damage", ["*", "!", "=", "\t"])
+def test_a_signature_line_of_the_log_that_is_not_base64_is_refused_naming_it(damage: str) -> None:
+    # a lenient decoder skips the stray character and reads the same signature: the note would open
+    line = f"\u2014 PeterNeumann {GO_SIG[:8]}{damage}{GO_SIG[8:]}"
+    note = f"{GO_TEXT}\n{line}\n"
+    assert _refusal(open_note, note, GO_VKEY) == (
+        f"checkpoint note: a signature line of PeterNeumann is not base64: {line[:80]!r}")
+
+
 def test_a_note_whose_text_changed_after_signing_does_not_verify() -> None:
     changed = GO_NOTE.replace("problem is.", "problem was.")
     assert _refusal(open_note, changed, GO_VKEY) == ("checkpoint note: the signature of PeterNeumann does not verify "
