@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import onnxruntime as ort
@@ -45,8 +46,7 @@ DEFAULT_LIMITS = RunLimits()
 
 def resident_mib() -> float:
     """This process's resident set size in MiB (Linux /proc/self/statm)."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE / (1 << 20)
+    return int(Path("/proc/self/statm").read_bytes().split()[1]) * _PAGE / (1 << 20)
 
 
 @dataclass
@@ -63,15 +63,16 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._wake = threading.Condition()
-        self._idle = False
         self._runs: dict[int, _Run] = {}
         threading.Thread(target=self._watch, name="cscore-run-limits", daemon=True).start()
 
     def arm(self, run: _Run) -> None:
         with self._wake:
-            self._runs[id(run)] = run
-            if self._idle:  # a polling watchdog sees the run at its next look: no wake-up per chunk
+            # Only a watchdog with nothing to watch waits without a timeout; a polling one sees the run at its next
+            # look: no wake-up per chunk.
+            if not self._runs:
                 self._wake.notify()
+            self._runs[id(run)] = run
 
     def disarm(self, run: _Run) -> str:
         with self._wake:
@@ -82,9 +83,7 @@ class _Watchdog:
         while True:
             with self._wake:
                 while not self._runs:
-                    self._idle = True
                     self._wake.wait()
-                self._idle = False
                 for key, run in list(self._runs.items()):
                     run.reason = _breach(run)
                     if run.reason:
