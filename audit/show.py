@@ -67,9 +67,8 @@ def batch_verdicts(log: AuditLog, findings: Sequence[Finding]) -> list[dict[str,
     bad_receipts = bad_receipt_positions(findings)
     for batch_id in ids:
         facts = _Facts(entries, batch_id, bad_receipts)
-        mine = [f for f in findings if f.batch_id == batch_id and f.severity == ERROR]
-        bad = {f.index for f in mine if f.check == "receipt"}
-        verified = sum(1 for e in facts.receipts if e.get("index") not in bad)
+        mine = facts.errors(findings)
+        verified = sum(1 for e in facts.receipts if e.get("index") not in bad_receipts)
         out.append({"batch_id": batch_id, "tenant": facts.tenant, "state": facts.state,
                     "receipts": f"{verified}/{len(facts.receipts)}", "refusals": len(facts.refusal_rows()),
                     "holds": not mine and not whole_log, "problems": len(mine) + whole_log})
@@ -87,6 +86,7 @@ class _Facts:
         self.entries = entries
         mine = [e for e in entries if batch_id in (e.get("batch_id"), e.get("path_batch_id"))]
         self.known = bool(mine)
+        self.positions = {int(e.get("index", -1)) for e in mine}
         self.submitted = [e for e in mine if e.get("kind") in ("batch_submitted", "training_submitted")]
         self.grants = [e for e in mine if e.get("kind") == "grant"]
         self.releases = [e for e in mine if e.get("kind") == "key_release" and e.get("operation") in RELEASE_OPS]
@@ -103,9 +103,16 @@ class _Facts:
         digests = {e.get("claims_digest") for e in self.releases if e.get("claims_digest")}
         self.attestations = [e for e in entries if e.get("kind") == "attestation" and e.get("decision") == "allow"
                              and e.get("claims_digest") in digests]
-        self.start = min((_time(e) for e in self.submitted), default=None)
+        # an untimed manifest (its JWS unreadable, logged with its fields empty) gives no start
+        self.start = min((t for e in self.submitted if (t := _time(e)) != float("inf")), default=None)
         self.end = max((_time(e) for e in self.statuses if e.get("state") in {"failed", "succeeded"}), default=None)
         self.last_position = max((int(e.get("index", 0)) for e in mine), default=-1)
+
+    def errors(self, findings: Sequence[Finding]) -> list[Finding]:
+        """The errors about this batch: filed under it, or about an entry of it shown here (a receipt lying under
+        another batch's path is filed under that batch, at its own position), besides the whole log's."""
+        return [f for f in findings if f.severity == ERROR and f.check not in WHOLE_LOG_CHECKS
+                and (f.batch_id == self.batch_id or f.index in self.positions)]
 
     @property
     def state(self) -> str:
@@ -335,8 +342,8 @@ def _problems_by_position(findings: Sequence[Finding]) -> dict[int, list[Finding
 def _verdict(log: AuditLog, store: Objects | None, facts: _Facts, findings: Sequence[Finding],
              sections: list[dict[str, Any]], witnesses: Sequence[Witness]) -> dict[str, Any]:
     integrity = [f for f in findings if f.check in WHOLE_LOG_CHECKS and f.severity == ERROR]
-    mine = [f for f in findings if f.batch_id == facts.batch_id and f.severity == ERROR]
-    bad_receipts = {f.index for f in mine if f.check in ("receipt", "training") and f.index is not None}
+    mine = facts.errors(findings)
+    bad_receipts = bad_receipt_positions(findings)  # not verified, whichever batch the error is filed under
     problems = [f.message for f in integrity + mine]
     span = changed_span(log) if any(f.check != "sync" for f in integrity) else None
     if span is not None:
