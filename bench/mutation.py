@@ -49,6 +49,18 @@ MODULES: dict[str, list[str]] = {
     "attestation/snp/verify.py": _SNP,
     # the parser's own tests and the verifier's on real reports: _SNP builds simulated hierarchies (seconds a mutant)
     "attestation/snp/report.py": ["tests/attestation/test_snp_report.py", "tests/attestation/test_snp_verify.py"],
+    # the hierarchy field by field with key generation recorded and answered from one cached hierarchy (a second
+    # in all); the scratch conftest's warm-up builds a hierarchy before the fork, so the tests call it themselves
+    "attestation/simulated.py": ["tests/attestation/test_simulated_hierarchy.py"],
+    # the command word for word on real AMD and Intel evidence (milliseconds a test); not the simulated trust-dir
+    # test (it generates a hierarchy in each child) nor the property test over arbitrary bytes (60 examples)
+    "attestation/cli.py": ["tests/attestation/test_attestation_cli_output.py",
+                           *[f"tests/attestation/test_attestation_cli.py::test_{name}" for name in (
+                               "add_arguments_and_run", "raw_binary_accepted_and_policy_refuses_debug",
+                               "rejections_exit_1", "unusable_input_exits_2")],
+                           *[f"tests/attestation/test_tdx_cli_and_tsm.py::test_{name}" for name in (
+                               "raw_and_hex_quotes_are_verified", "policy_verdicts",
+                               "collateral_folder_gives_a_tcb_verdict", "unusable_and_rejected_inputs")]],
     "attestation/tdx/quote.py": _TDX,
     "attestation/tdx/intel_root.py": _TDX,
     "attestation/tdx/claims.py": _TDX,
@@ -79,6 +91,10 @@ MODULES: dict[str, list[str]] = {
                         "tests/audit/test_verify.py::test_a_result_object_the_platform_added_is_named_under_its_batch"],
     # the log on its own (notes, checkpoints, entries, witnesses), its forgeries, the integrity refusals over one world
     "audit/log.py": ["tests/audit/test_log.py", "tests/audit/test_forgery.py", "tests/audit/test_verify_refusals.py"],
+    # the report over logs written by hand with the findings given (milliseconds a test), word for word
+    "audit/show.py": ["tests/audit/test_show_report.py"],
+    # the commands in process, with verify_audit, the bucket and the brokers stood in for (their own tests elsewhere)
+    "audit/cli.py": ["tests/audit/test_audit_cli_commands.py"],
     # not test_verify_refusals.py: its world is synced once, before mutmut forks, so no mutant reaches its sync
     "audit/collect.py": ["tests/audit/test_collect.py", "tests/audit/test_collect_reasons.py"],
     # the production app in process (tests/keybroker/inproc.py): forgeries, release logic, rotation, platform floors
