@@ -25,7 +25,7 @@ from enclave.kbs_client import AttestedSession
 from keybroker import create_app
 from keybroker.crypto import b64url, canonical_json
 from keybroker.tokens import POP_WINDOW_S
-from tests.keybroker.inproc import Env, SimEnclave, TestClient, make_config
+from tests.keybroker.inproc import GOOD, Env, SimEnclave, TestClient, make_config
 from wire.pop import POP_HEADER, POP_TYPE
 
 UNWRAP = "/kbs/v0/unwrap"
@@ -540,3 +540,116 @@ def test_claims_to_dict_keeps_every_claim_of_a_tdx_quote_and_has_no_partial_fall
     assert str(err.value) == "claims: expected attestation.Claims, got Partial"
     with pytest.raises(TypeError):  # a claim JSON cannot carry is loud, not turned into text
         claims_to_dict(dataclasses.replace(claims, advisory_ids=[b"\x01"]))  # type: ignore[list-item]
+
+
+# -- attestation: each refusal logged, counted and answered word for word -----------------------------
+
+ATTEST_LOGGED = ("decision", "operation", "key_id", "batch_id", "model_digest", "measurement", "claims_digest",
+                 "reason")
+
+
+def _last_attest(env: Env) -> dict[str, Any]:
+    last = env.admin.decisions()[-1]
+    return {k: last[k] for k in ATTEST_LOGGED}
+
+
+def _denied(reason: str, batch: str | None = "batch-7") -> dict[str, Any]:
+    return {"decision": "deny", "operation": "attest", "key_id": None, "batch_id": batch, "model_digest": None,
+            "measurement": None, "claims_digest": None, "reason": reason}
+
+
+def test_an_accepted_attestation_is_logged_with_its_claims_and_answered_with_a_bound_token(env: Env,
+                                                                                           client: Client) -> None:
+    worker, challenge = env.worker(), client.auth()
+    runtime = _runtime(challenge["nonce"], worker, batch_id="batch-7", broker="owner")  # this broker's own name
+    answer = client.attest(challenge["session"], runtime, env.enclave().get_evidence(_digest(runtime)).to_json())
+    assert answer.status_code == 200, answer.text
+    claims = answer.json()["claims"]
+    assert (claims["measurement"], claims["report_data"]) == (GOOD, _digest(runtime).hex())
+    assert _last_attest(env) == {"decision": "allow", "operation": "attest", "key_id": None, "batch_id": "batch-7",
+                                 "model_digest": None, "measurement": claims["measurement"],
+                                 "claims_digest": hashlib.sha256(canonical_json(claims)).hexdigest(),
+                                 "reason": "evidence verified and bound"}
+    assert env.counted()[("attest", "allow", "evidence")] == 1
+    token = jwt.decode(answer.json()["token"], env.app.state.broker.issuer._key, algorithms=["ES256"]).claims
+    assert token["exp"] == answer.json()["expires_at"] and token["claims"] == claims
+    assert token["cnf"] == {"jkt": ECKey.import_key(worker.tee_public_jwk).thumbprint()}
+    assert (token["tee_pubkey"], token["receipt_pubkey"]) == (worker.tee_public_jwk, worker.receipt_public_jwk)
+
+
+def test_a_nonce_of_another_session_is_refused_logged_and_counted(env: Env, client: Client) -> None:
+    worker, first, second = env.worker(), client.auth(), client.auth()
+    runtime = _runtime(first["nonce"], worker, batch_id="batch-7")
+    evidence = env.enclave().get_evidence(_digest(runtime)).to_json()
+    problem = _problem(client.attest(second["session"], runtime, evidence), 401, "nonce-invalid")
+    assert (problem["field"], problem["detail"]) == ("runtime_data.nonce",
+                                                     "runtime_data.nonce is not this session's nonce")
+    assert _last_attest(env) == _denied("runtime_data.nonce is not this session's nonce")
+    assert env.counted()[("attest", "deny", "nonce")] == 1
+    unknown = _problem(client.attest("no-such-session", runtime, evidence), 401, "nonce-invalid")
+    assert unknown["detail"] == "unknown or evicted session; call /kbs/v0/auth again"
+
+
+@pytest.mark.parametrize("tee_pubkey", [{"kty": "oct", "k": "AA"}, {"kty": "EC", "crv": "P-256", "x": "AA"},
+                                        {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "d": "AA"}])
+def test_a_tee_key_that_is_no_public_key_is_refused_before_the_evidence_is_read(env: Env, client: Client,
+                                                                              tee_pubkey: dict[str, Any]) -> None:
+    worker, challenge = env.worker(), client.auth()
+    runtime = _runtime(challenge["nonce"], worker, tee_pubkey=tee_pubkey)
+    evidence = env.enclave().get_evidence(_digest(runtime)).to_json()  # bound: only the key is wrong
+    problem = _problem(client.attest(challenge["session"], runtime, evidence), 422, "tee-pubkey-invalid")
+    assert problem["field"] == "runtime_data.tee_pubkey" and problem["detail"].startswith("runtime_data.tee_pubkey: ")
+    assert env.admin.decisions() == []  # nothing attested, nothing logged
+    assert _problem(client.attest(challenge["session"], runtime, evidence), 401, "nonce-invalid")["detail"] == (
+        "nonce already used; every attestation needs a fresh /kbs/v0/auth")
+
+
+def test_evidence_bound_to_another_runtime_is_refused_logged_and_counted(env: Env, client: Client) -> None:
+    worker, challenge = env.worker(), client.auth()
+    honest = _runtime(challenge["nonce"], worker, batch_id="batch-7")
+    evidence = env.enclave().get_evidence(_digest({**honest, "receipt_pubkey": _other_pubkey()})).to_json()
+    problem = _problem(client.attest(challenge["session"], honest, evidence), 403, "evidence-rejected")
+    reason = "evidence report_data does not bind this runtime_data (nonce and keys)"
+    assert (problem["detail"], problem["field"], problem["expected"]) == (reason, "report_data",
+                                                                          _digest(honest).hex())
+    assert isinstance(problem["actual"], str) and problem["actual"] != problem["expected"]
+    assert _last_attest(env) == _denied(reason)
+    assert env.counted()[("attest", "deny", "evidence")] == 1
+
+
+def test_evidence_of_another_tee_is_logged_under_the_batch_named(env: Env, client: Client) -> None:
+    worker, challenge = env.worker(), client.auth("tdx")
+    runtime = _runtime(challenge["nonce"], worker, batch_id="batch-7")
+    evidence = env.enclave().get_evidence(_digest(runtime)).to_json()
+    _problem(client.attest(challenge["session"], runtime, evidence), 403, "evidence-rejected")
+    assert _last_attest(env) == _denied("evidence is from a 'sev-snp' TEE, but this session was opened for 'tdx' "
+                                        "at /kbs/v0/auth")
+    assert env.counted()[("attest", "deny", "evidence")] == 1
+
+
+def test_a_worker_attesting_to_another_brokers_name_is_refused_logged_and_counted(env: Env, client: Client) -> None:
+    worker, challenge = env.worker(), client.auth()
+    runtime = _runtime(challenge["nonce"], worker, batch_id="batch-7", broker="provider")  # bound, and honest
+    evidence = env.enclave().get_evidence(_digest(runtime)).to_json()
+    problem = _problem(client.attest(challenge["session"], runtime, evidence), 403, "evidence-rejected")
+    reason = ("the worker attests to broker 'provider' of its configuration, this is broker 'owner': it reached "
+              "this broker through another name's URL")
+    assert (problem["detail"], problem["field"], problem["expected"], problem["actual"]) == (
+        reason, "runtime_data.broker", "owner", "provider")
+    assert _last_attest(env) == _denied(reason)
+    assert env.counted()[("attest", "deny", "evidence")] == 1
+    assert client.attest(challenge["session"], runtime, evidence).status_code == 401  # the nonce is spent
+
+
+def test_a_worker_naming_no_batch_and_no_broker_is_bound_without_them(env: Env, client: Client) -> None:
+    worker, challenge = env.worker(), client.auth()
+    runtime = _runtime(challenge["nonce"], worker)
+    with_nulls = {**runtime, "batch_id": None, "broker": None}  # sent as null: the same binding as absent
+    answer = client.attest(challenge["session"], with_nulls, env.enclave().get_evidence(_digest(runtime)).to_json())
+    assert answer.status_code == 200, answer.text
+    assert _last_attest(env)["batch_id"] is None
+    second = client.auth()
+    bound_with_nulls = {**_runtime(second["nonce"], worker), "batch_id": None, "broker": None}
+    evidence = env.enclave().get_evidence(_digest(bound_with_nulls)).to_json()
+    problem = _problem(client.attest(second["session"], bound_with_nulls, evidence), 403, "evidence-rejected")
+    assert problem["expected"] == _digest(_runtime(second["nonce"], worker)).hex()
