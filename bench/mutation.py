@@ -135,6 +135,9 @@ MODULES: dict[str, list[str]] = {
     # the TF-IDF rewrite's chunks and fallback, labels and classes at their bounds, on models of a few sentences
     "enclave/runner.py": ["tests/enclave/test_runner_paths.py", "tests/model/test_contract.py",
                           "tests/enclave/test_limits.py::test_a_sessions_results_run_within_the_limits_given"],
+    # each structural check on a graph edited once, the texts left to the graph, the bits and the self-check, on
+    # the model of tests/enclave/tiny_spam.py; then the runner's chunks through the rewrite (seconds in all)
+    "enclave/tfidf_path.py": ["tests/enclave/test_tfidf_checks.py", "tests/enclave/test_runner_paths.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

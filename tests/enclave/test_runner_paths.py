@@ -26,25 +26,13 @@ from sklearn.pipeline import Pipeline
 from enclave.preprocess import InputRefused
 from enclave.runner import ContractSession, OutputRefused
 from enclave.scoring import CHUNK_ROWS, ModelLoadError, load_session
-from sdk.training import export_onnx, train_spam_model
+from tests.enclave.tiny_spam import WORDS, tiny_spam_model
 from wire.contract import SPAM_CONTRACT, Contract, InputSpec, OutputSpec
-
-WORDS = ["free", "money", "win", "prize", "cheap", "pills", "offer", "click", "meeting", "noon", "lunch", "report",
-         "attached", "project", "tomorrow", "agenda", "invoice", "team", "call", "thanks"]
-SPAM = "free money win prize cheap pills offer click"
-HAM = "meeting noon lunch report attached project tomorrow agenda invoice team call thanks"
 
 
 @pytest.fixture(scope="module")
 def spam_model() -> tuple[Pipeline, bytes]:
-    rng = random.Random(3)
-    texts, labels = [], []
-    for i in range(40):
-        words = (SPAM if i % 2 else HAM).split()
-        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))))
-        labels.append(i % 2)
-    pipeline = train_spam_model(texts, labels, max_features=None)
-    return pipeline, export_onnx(pipeline)
+    return tiny_spam_model()
 
 
 @pytest.fixture(scope="module")
