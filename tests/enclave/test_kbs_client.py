@@ -161,8 +161,9 @@ def test_an_attest_answer_whose_claims_are_not_its_tokens_is_refused(env: Env, c
     actual = {"stripped": None, "emptied": {}}.get(change, {**signed[0], "measurement": "00" * 48})
     assert (refused.value.status, refused.value.problem["field"], refused.value.problem["expected"],
             refused.value.problem["actual"]) == (502, "claims", _digest(signed[0]), _digest(actual))
-    assert str(refused.value).startswith("broker answered 502: the attest answer's claims are not those its token "
-                                         "carries (rewritten on the way?)")
+    assert refused.value.problem["detail"] == ("the attest answer's claims are not those its token carries "
+                                               "(rewritten on the way?); attest again over a connection the "
+                                               "platform cannot rewrite (TLS)")
     assert session.runtime_data is None and session.claims_digests("batch-1") == ()
 
 
