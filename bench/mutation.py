@@ -134,13 +134,17 @@ MODULES: dict[str, list[str]] = {
     "enclave/startup.py": ["tests/enclave/test_startup.py"],
     # the watchdog over real onnxruntime runs (slow and memory-hungry models built in memory), seconds in all
     "enclave/limits.py": ["tests/enclave/test_limits.py"],
-    # the contracts over the digits and spam models in memory: output refusals, precision terms, the session cache;
-    # the TF-IDF rewrite's chunks and fallback, labels and classes at their bounds, on models of a few sentences
-    "enclave/runner.py": ["tests/enclave/test_runner_paths.py", "tests/model/test_contract.py",
+    # models of a few nodes or sentences built in memory: the rewrite's chunks, padding and fallback, each output kind
+    # at its bounds and precision, the session cache (seconds). tests/model/test_contract.py reaches the runner too,
+    # but trains the digits and spam models in every forked child (minutes a mutant under load): left out for speed
+    "enclave/runner.py": ["tests/enclave/test_runner_paths.py",
+                          "tests/model/test_contract.py::test_precision_rounds_the_float32_value_the_result_carries",
                           "tests/enclave/test_limits.py::test_a_sessions_results_run_within_the_limits_given"],
     # each structural check on a graph edited once, the texts left to the graph, the bits and the self-check, on
     # the model of tests/enclave/tiny_spam.py; then the runner's chunks through the rewrite (seconds in all)
     "enclave/tfidf_path.py": ["tests/enclave/test_tfidf_checks.py", "tests/enclave/test_runner_paths.py"],
+    # the spam scorer on the same small model: chunks, bits, options, each schema refusal word for word (seconds)
+    "enclave/scoring.py": ["tests/enclave/test_scoring_paths.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

@@ -121,7 +121,7 @@ def _padded(batch: np.ndarray, pad: np.ndarray) -> np.ndarray:
 
 def _column(spec: OutputSpec, contract: Contract, value: np.ndarray, rows: int, digits: int | None) -> pa.Array:
     if rows == 0:
-        return pa.array([], _arrow_type(spec, contract))
+        return pa.array([], _arrow_type(spec))
     if spec.kind == "probability":
         return _precision(value[:, spec.class_index], digits)
     if spec.kind == "value":
@@ -149,7 +149,7 @@ def _column(spec: OutputSpec, contract: Contract, value: np.ndarray, rows: int, 
     return pa.array(labels.astype(np.dtype(spec.dtype or "int64")))
 
 
-def _arrow_type(spec: OutputSpec, contract: Contract) -> pa.DataType:
+def _arrow_type(spec: OutputSpec) -> pa.DataType:
     if spec.kind in ("probability", "value"):
         return pa.float32()
     if spec.kind == "probabilities":
@@ -160,11 +160,11 @@ def _arrow_type(spec: OutputSpec, contract: Contract) -> pa.DataType:
 def _precision(values: np.ndarray, digits: int | None) -> pa.Array:
     """The output precision the provider's card allows: full float32, rounded to `digits`, or none (nulls)."""
     values = np.asarray(values, dtype=np.float32)
-    if digits is None:
-        return pa.array(values, pa.float32())
     if digits == 0:
         return pa.nulls(len(values), pa.float32())
-    return pa.array(np.round(values.astype(np.float64), digits).astype(np.float32), pa.float32())
+    if digits is not None:
+        values = np.round(values.astype(np.float64), digits).astype(np.float32)
+    return pa.array(values)  # a float32 array: a float32 column
 
 
 _cache: OrderedDict[tuple[str, str, str, int], ContractSession] = OrderedDict()

@@ -11,8 +11,10 @@ the reference too.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,9 @@ import skl2onnx  # noqa: F401 - imported at collection: mutmut's forked children
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.pipeline import Pipeline
 
+from enclave import runner
 from enclave.preprocess import InputRefused
-from enclave.runner import ContractSession, OutputRefused
+from enclave.runner import ContractSession, OutputRefused, contract_session_for
 from enclave.scoring import CHUNK_ROWS, ModelLoadError, load_session
 from tests.enclave.tiny_spam import WORDS, tiny_spam_model
 from wire.contract import SPAM_CONTRACT, Contract, InputSpec, OutputSpec
@@ -176,6 +179,7 @@ def test_classes_at_both_ends_are_named_and_one_beyond_either_end_is_refused() -
     assert session.rewrite is None  # no text input: the graph runs as published
     table = _results(session, [2.0, 0.0, 1.0, 0.0])
     assert (table["kind"].type, table["kind"].to_pylist()) == (pa.string(), ["c", "a", "b", "a"])
+    assert (_results(session, [])["kind"].type, len(_results(session, [])["kind"])) == (pa.string(), 0)
     for value in (3.0, -1.0):
         with pytest.raises(OutputRefused) as refused:
             _results(session, [0.0, value, 2.0])
@@ -214,3 +218,112 @@ def test_a_graph_type_outside_the_contracts_names_is_refused_by_its_onnxruntime_
         ContractSession(_label_model(TensorProto.BOOL), _contract(OutputSpec("y", "code", "label", dtype="int8")))
     assert str(refused.value) == ("the model does not match its card's contract: output 'y' (label): expected a "
                                   "tensor of int64 or int32, the graph declares tensor(bool)")
+
+
+# -- float outputs: a graph that hands its input back, so every expected value is known --------------------------
+
+
+def _float_model(name: str = "floats") -> bytes:
+    """x float32 [N, 2] -> p = x [N, 2] and v = x0 + x1 [N, 1]; `name` changes the bytes, not the graph."""
+    nodes = [helper.make_node("Identity", ["x"], ["p"]),
+             helper.make_node("ReduceSum", ["x", "axis"], ["v"], keepdims=1)]
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 2]),
+                               helper.make_tensor_value_info("v", TensorProto.FLOAT, [None, 1])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "axis")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+FLOATS = Contract("id", (InputSpec("x", ("a", "b"), "float32", (None, 2), "numbers"),),
+                  (OutputSpec("p", "second", "probability", class_index=1), OutputSpec("p", "both", "probabilities"),
+                   OutputSpec("v", "sum", "value")), ("no", "yes"))
+
+
+def _pairs(rows: int) -> np.ndarray:
+    """Random pairs, the first 0.175 twice: float32 0.17499999702, which rounds to 0.17 in float64 (the runner's
+    rounding) and to 0.18 in float32 (0.175 * 100 is 17.5 there)."""
+    pairs = np.random.default_rng(rows).random((rows, 2)).astype(np.float32)
+    pairs[0] = 0.175
+    return pairs
+
+
+@pytest.mark.parametrize("digits", [None, 1, 2, 0])
+def test_each_float_output_kind_carries_the_graphs_values_at_the_cards_precision(digits: int | None) -> None:
+    session = ContractSession(_float_model(), FLOATS)
+    rows = CHUNK_ROWS + 66
+    x = _pairs(rows)
+    table = session.results(pa.array([str(i) for i in range(rows)]), {"a": x[:, 0].tolist(), "b": x[:, 1].tolist()},
+                            digits)
+    assert list(table) == ["id", "second", "both", "sum"]
+    types = (pa.float32(), pa.list_(pa.float32()), pa.float32())
+    assert tuple(table[c].type for c in ("second", "both", "sum")) == types
+    if digits == 0:
+        assert all(table[c].null_count == rows for c in ("second", "both", "sum"))
+        return
+    sums = load_session(_float_model(), 1).run(["v"], {"x": x})[0].reshape(rows)  # onnxruntime's own float32 sums
+
+    def kept(values: np.ndarray) -> list[float]:
+        values = values.astype(np.float32)
+        return (values if digits is None else np.round(values.astype(np.float64), digits).astype(np.float32)).tolist()
+
+    assert table["second"].to_pylist() == kept(x[:, 1])
+    assert table["both"].to_pylist() == [kept(row) for row in x]
+    assert table["sum"].to_pylist() == kept(sums)
+    assert table["second"].null_count == table["both"].null_count == table["sum"].null_count == 0
+
+
+def test_no_rows_give_empty_columns_of_each_float_outputs_type() -> None:
+    table = ContractSession(_float_model(), FLOATS).results(pa.array([], pa.string()), {"a": [], "b": []}, None)
+    assert {name: (column.type, len(column)) for name, column in table.items()} == {
+        "id": (pa.string(), 0), "second": (pa.float32(), 0), "both": (pa.list_(pa.float32()), 0),
+        "sum": (pa.float32(), 0)}
+
+
+# -- the session cache ------------------------------------------------------------------------------------------
+
+
+def _models(count: int, prefix: str) -> tuple[list[bytes], list[str]]:
+    models = [_float_model(f"{prefix}{i}") for i in range(count)]  # same graph, other bytes, another digest
+    return models, [hashlib.sha256(m).hexdigest() for m in models]
+
+
+def test_the_cache_keys_on_the_contract_and_checks_the_digest() -> None:
+    runner.clear_contract_sessions()
+    (onnx_bytes,), (digest,) = _models(1, "d")
+    first = contract_session_for(digest, FLOATS, lambda: onnx_bytes)
+    assert contract_session_for("sha256:" + digest.upper(), FLOATS, lambda: b"unused") is first
+    other = Contract(FLOATS.id_column, FLOATS.inputs, (*FLOATS.outputs[:2], OutputSpec("v", "total", "value")),
+                     FLOATS.classes)
+    assert contract_session_for(digest, other, lambda: onnx_bytes) is not first
+    with pytest.raises(ModelLoadError) as refused:
+        contract_session_for("0" * 64, FLOATS, lambda: onnx_bytes)
+    assert str(refused.value) == f"model bytes hash to sha256:{digest}, expected sha256:{'0' * 64}"
+    assert contract_session_for(digest, FLOATS, lambda: onnx_bytes, threads=2) is not first
+    runner.clear_contract_sessions()
+
+
+def test_the_cache_is_bounded_and_loads_only_on_a_miss() -> None:
+    runner.clear_contract_sessions()
+    models, digests = _models(runner._CACHE_SIZE + 1, "m")
+    loads: list[int] = []
+
+    def loader(i: int) -> bytes:
+        loads.append(i)
+        return models[i]
+
+    sessions = [contract_session_for(d, FLOATS, partial(loader, i)) for i, d in enumerate(digests)]
+    assert contract_session_for(digests[-1], FLOATS, lambda: b"unused") is sessions[-1]
+    assert contract_session_for(digests[0], FLOATS, lambda: loader(0)) is not sessions[0]  # evicted, loaded again
+    assert loads == [*range(len(models)), 0]
+    runner.clear_contract_sessions()
+
+
+def test_the_cache_holds_exactly_its_size_and_keeps_threads_and_the_default_namespace() -> None:
+    runner.clear_contract_sessions()
+    models, digests = _models(runner._CACHE_SIZE, "k")
+    sessions = [contract_session_for(d, FLOATS, m.__bytes__) for d, m in zip(digests, models, strict=True)]
+    # all four still held: a reload would hash b"unused" and be refused
+    assert [contract_session_for(d, FLOATS, lambda: b"unused", namespace="confidential") for d in digests] == sessions
+    assert contract_session_for(digests[0], FLOATS, lambda: models[0], namespace="baseline") is not sessions[0]
+    assert contract_session_for(digests[1], FLOATS, lambda: models[1], threads=2).threads == 2
+    runner.clear_contract_sessions()

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from enclave.preprocess import InputRefused
-from enclave.runner import ContractSession, OutputRefused, contract_session_for
+from enclave.runner import ContractSession, OutputRefused
 from enclave.scoring import ModelLoadError, ModelSession
 from sdk.contracts import DIGITS_CONTRACT, DIGITS_TASK, SPAM_CONTRACT, contract_mismatch
 from sdk.digits import digit_image, digits_split, export_digits_onnx, model_inputs, train_digits_model
@@ -265,50 +265,6 @@ def test_a_label_outside_the_cards_classes_is_refused(digits: tuple[Any, bytes, 
     assert "row" not in str(refused.value) and not re.search(r"label \d", str(refused.value))
 
 
-def test_the_cache_keys_on_the_contract_and_checks_the_digest(digits: tuple[Any, bytes, Any]) -> None:
-    import hashlib
-
-    onnx_bytes = digits[1]
-    digest = hashlib.sha256(onnx_bytes).hexdigest()
-    contract = Contract.parse(DIGITS_CONTRACT)
-    first = contract_session_for(digest, contract, lambda: onnx_bytes)
-    assert contract_session_for("sha256:" + digest, contract, lambda: b"unused") is first
-    other = Contract.parse(_contract_with("outputs.1.column", "scores"))
-    assert contract_session_for(digest, other, lambda: onnx_bytes) is not first
-    with pytest.raises(ModelLoadError, match="model bytes hash to sha256:"):
-        contract_session_for("0" * 64, contract, lambda: onnx_bytes)
-    assert contract_session_for(digest, contract, lambda: onnx_bytes, threads=2) is not first
-
-
-def test_the_cache_is_bounded_and_loads_only_on_a_miss(digits: tuple[Any, bytes, Any]) -> None:
-    import hashlib
-
-    import onnx
-
-    import enclave.runner as runner
-
-    runner.clear_contract_sessions()
-    contract = Contract.parse(DIGITS_CONTRACT)
-    models = []
-    for i in range(runner._CACHE_SIZE + 1):
-        model = onnx.load_from_string(digits[1])
-        model.graph.name = f"m{i}"  # same weights, other bytes, another digest
-        models.append(model.SerializeToString())
-    loads: list[int] = []
-
-    def loader(i: int) -> bytes:
-        loads.append(i)
-        return models[i]
-
-    sessions = [contract_session_for(hashlib.sha256(m).hexdigest(), contract, lambda i=i: loader(i))
-                for i, m in enumerate(models)]
-    newest = hashlib.sha256(models[-1]).hexdigest()
-    assert contract_session_for(newest, contract, lambda: b"unused") is sessions[-1]
-    oldest = hashlib.sha256(models[0]).hexdigest()
-    assert contract_session_for(oldest, contract, lambda: loader(0)) is not sessions[0]  # evicted, loaded again
-    assert loads == [*range(len(models)), 0]
-
-
 # -- bad inputs: in the enclave (per row, no content) and at the owner (per file, before upload) --------
 
 
@@ -389,29 +345,6 @@ def test_precision_rounds_the_float32_value_the_result_carries() -> None:
     assert one.to_pylist() == np.array([0.1, 0.5, 0.7], dtype=np.float32).tolist()
     none = _precision(doubles, 0)
     assert (none.type, len(none), none.null_count) == (pa.float32(), 3, 3)
-
-
-def test_the_cache_holds_exactly_its_size_and_keeps_threads_and_the_default_namespace(
-        digits: tuple[Any, bytes, Any]) -> None:
-    import hashlib
-
-    import enclave.runner as runner
-
-    runner.clear_contract_sessions()
-    contract = Contract.parse(DIGITS_CONTRACT)
-    models = []
-    for i in range(runner._CACHE_SIZE):
-        model = onnx.load_from_string(digits[1])
-        model.graph.name = f"k{i}"  # same weights, other bytes, another digest
-        models.append(model.SerializeToString())
-    digests = [hashlib.sha256(m).hexdigest() for m in models]
-    sessions = [contract_session_for(d, contract, m.__bytes__) for d, m in zip(digests, models, strict=True)]
-    # all four still held: a reload would hash b"unused" and be refused
-    assert [contract_session_for(d, contract, lambda: b"unused", namespace="confidential")
-            for d in digests] == sessions
-    assert contract_session_for(digests[0], contract, lambda: models[0], namespace="baseline") is not sessions[0]
-    assert contract_session_for(digests[1], contract, lambda: models[1], threads=2).threads == 2
-    runner.clear_contract_sessions()
 
 
 def test_no_rows_give_empty_columns_of_each_outputs_type(digits: tuple[Any, bytes, Any],
