@@ -134,7 +134,12 @@ def test_a_postgres_store_keeps_one_connection(pg_store: KeyStore) -> None:
     assert _connection(pg_store).info.backend_pid == first
 
 
-def test_a_postgres_store_reconnects_after_a_drop_that_follows_a_write(pg_store: KeyStore, pg_url: str) -> None:  # noqa: F811
+def test_a_postgres_store_reconnects_after_a_drop_before_and_after_a_write(pg_store: KeyStore, pg_url: str) -> None:  # noqa: F811
+    pg_store.create_key("k-1", "data", b"A" * 32, None, [])  # no write transaction yet
+    _drop_store_connections(pg_url)
+    with pytest.raises(psycopg.OperationalError):
+        pg_store.get_key("k-1")
+    assert pg_store.get_key("k-1") is not None
     pg_store.log_decision(operation="unwrap", decision="allow", reason="r")  # a write, then the server drops us
     _drop_store_connections(pg_url)
     with pytest.raises(psycopg.OperationalError):
