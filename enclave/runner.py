@@ -131,7 +131,7 @@ def _column(spec: OutputSpec, contract: Contract, value: np.ndarray, rows: int, 
             return pa.nulls(rows, pa.list_(pa.float32()))
         width = value.shape[1]
         flat = _precision(value.reshape(-1), digits)
-        offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+        offsets = pa.array(np.arange(0, rows * width + 1, width))  # from_arrays makes them int32: list<float32>
         return pa.ListArray.from_arrays(offsets, flat)
     labels = value.reshape(rows).astype(np.int64)
     if spec.kind == "class":
@@ -141,7 +141,7 @@ def _column(spec: OutputSpec, contract: Contract, value: np.ndarray, rows: int, 
             # Neither the value nor the row: a provider's graph chooses both, and this text reaches the platform.
             raise OutputRefused(f"output {spec.tensor!r}: a label outside the card's {len(classes)} classes "
                                 f"(0..{len(classes) - 1})")
-        return pa.array([classes[i] for i in labels], pa.string())
+        return pa.array([classes[i] for i in labels])  # rows > 0 strings: a string column
     low, high = _LABEL_RANGES[spec.dtype or "int64"]
     bad = np.flatnonzero((labels < low) | (labels > high))
     if bad.size:

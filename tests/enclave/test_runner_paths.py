@@ -142,12 +142,12 @@ def test_a_non_text_value_is_refused_naming_its_shard_row(sessions: tuple[Contra
     assert str(refused.value) == "shard row 66: email-text expects a string, found bytes"
 
 
-def test_threads_below_one_are_refused_and_one_is_enough(spam_model: tuple[Pipeline, bytes]) -> None:
+def test_threads_below_one_are_refused_and_one_is_the_default(spam_model: tuple[Pipeline, bytes]) -> None:
     contract = Contract.parse(SPAM_CONTRACT)
     with pytest.raises(ValueError) as refused:
         ContractSession(spam_model[1], contract, threads=0)
     assert str(refused.value) == "threads must be >= 1, got 0"
-    assert ContractSession(spam_model[1], contract, threads=1, rewrite=False).threads == 1
+    assert ContractSession(spam_model[1], contract, rewrite=False).threads == 1  # the default: one thread
 
 
 # -- labels and classes: a graph that turns a number into an integer label --------------------------------------
@@ -270,6 +270,15 @@ def test_each_float_output_kind_carries_the_graphs_values_at_the_cards_precision
     assert table["both"].to_pylist() == [kept(row) for row in x]
     assert table["sum"].to_pylist() == kept(sums)
     assert table["second"].null_count == table["both"].null_count == table["sum"].null_count == 0
+
+
+def test_probabilities_of_one_class_are_lists_of_one() -> None:
+    contract = Contract("id", FLOATS.inputs, (OutputSpec("v", "sums", "probabilities"),), None)
+    x = _pairs(5)
+    table = ContractSession(_float_model(), contract).results(pa.array(list("abcde")), {"a": x[:, 0].tolist(),
+                                                                                         "b": x[:, 1].tolist()}, None)
+    sums = load_session(_float_model(), 1).run(["v"], {"x": x})[0]
+    assert (table["sums"].type, table["sums"].to_pylist()) == (pa.list_(pa.float32()), sums.tolist())
 
 
 def test_no_rows_give_empty_columns_of_each_float_outputs_type() -> None:

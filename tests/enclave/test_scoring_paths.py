@@ -109,6 +109,7 @@ def test_threads_below_one_are_refused_and_threads_reach_the_session() -> None:
     with pytest.raises(ValueError) as refused:
         ModelSession(tiny_spam_model()[1], threads=0)
     assert str(refused.value) == "threads must be >= 1, got 0"
+    assert ModelSession(tiny_spam_model()[1], rewrite=False).threads == 1  # the default: one thread
     two = ModelSession(tiny_spam_model()[1], threads=2)
     assert two.threads == 2 and two._session.get_session_options().intra_op_num_threads == 2
 
