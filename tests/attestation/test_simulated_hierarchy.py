@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -59,6 +60,18 @@ def umask_zero() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+@pytest.fixture
+def five_hours_west(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone 5 hours behind UTC (a POSIX zone: no tz database needed), then restored."""
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def _attributes(name: x509.Name) -> list[tuple[str, str]]:
@@ -117,7 +130,8 @@ def test_an_amd_extension_is_unrecognised_and_not_critical() -> None:
     assert ext.value.oid.dotted_string == OID_HWID and ext.value.value == b"\x01\x02"
 
 
-def test_the_builder_sets_names_key_serial_and_a_window_from_a_day_ago(keygen: list[tuple[str, Any]]) -> None:
+def test_the_builder_sets_names_key_serial_and_a_window_from_a_day_ago(keygen: list[tuple[str, Any]],
+                                                                      five_hours_west: None) -> None:
     key = _hierarchy().ark_key
     subject, issuer = simulated._name("S"), simulated._name("I")
     start = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -254,9 +268,11 @@ def test_the_command_line_help_says_development_only_and_an_action_is_required(
         simulated.main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m attestation.simulated [-h] {init}")
-    assert "Simulated SEV-SNP firmware keys (NOT AMD; development only)" in out
-    assert "create vcek.key, vcek.der, ask_ark.pem, ark.pem in DIR" in " ".join(out.split())
+    lines = out.splitlines()
+    assert lines[0].startswith("usage: python -m attestation.simulated [-h] {init}")
+    assert lines[2] == "Simulated SEV-SNP firmware keys (NOT AMD; development only)"
+    assert [line.split(None, 1) for line in lines if line.strip().startswith("init")] == [
+        ["init", "create vcek.key, vcek.der, ask_ark.pem, ark.pem in DIR"]]
     with pytest.raises(SystemExit) as done:
         simulated.main(["init", "--help"])
     assert capsys.readouterr().out.startswith("usage: python -m attestation.simulated init [-h] dir")
