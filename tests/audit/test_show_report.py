@@ -212,10 +212,11 @@ class _Bucket:
 def test_records_of_the_batch_the_bucket_holds_and_the_log_does_not_are_counted(tmp_path: Path) -> None:
     log = _log(tmp_path, _world())
     status = b'{"state": "failed", "updated_at": 1700000100}'
-    bucket = _Bucket({"status/acme/b1.json": status, "status/acme/b2.json": status})
+    bucket = _Bucket({"status/acme/b1.json": status, "status/acme/b2.json": status, "status/acme/b3.json": status,
+                      "results/acme/b1/shard-0.receipt.jws": b"not a JWS"})  # no batch_id: b1 by its path only
     verdict = batch_report(log, bucket, "b1", [])["verdict"]  # type: ignore[arg-type]
     assert verdict["in_sync"] is False and verdict["holds"] is True
-    assert verdict["sync"] == ["the bucket holds 1 record(s) of this batch that the log does not (run `cscore audit "
+    assert verdict["sync"] == ["the bucket holds 2 record(s) of this batch that the log does not (run `cscore audit "
                                "sync`)"]
 
 
@@ -532,12 +533,15 @@ def test_the_html_page_says_the_same_escaped(tmp_path: Path) -> None:
     seen = _report(tmp_path / "seen", witnesses=[])
     seen["verdict"]["checkpoint"]["witnessed_by"] = ["owner", "provider"]
     assert "<dt>witnessed by</dt><dd>owner, provider</dd>" in render_html(seen)
+    assert "; seen by owner, provider\n" in render_text(seen)
     seen["verdict"]["checkpoint"] = None
     seen["verdict"]["in_sync"] = False
-    assert "<dt>checkpoint</dt><dd>none</dd><dt>witnessed by</dt><dd>nobody yet</dd><dt>log</dt><dd>NOT in sync: " in (
-        render_html(seen))
-    text = render_text(seen)
-    assert "  checkpoint  none" in text and "  log         NOT in sync: " in text
+    seen["verdict"]["sync"] = ["2 entries are not covered", "the bucket holds 1 record(s)"]
+    assert ("<dt>checkpoint</dt><dd>none</dd><dt>witnessed by</dt><dd>nobody yet</dd><dt>log</dt><dd>NOT in sync: 2 "
+            "entries are not covered; the bucket holds 1 record(s)</dd>") in render_html(seen)
+    lines = render_text(seen).splitlines()
+    assert lines[3:5] == ["  checkpoint  none",
+                          "  log         NOT in sync: 2 entries are not covered; the bucket holds 1 record(s)"]
 
 
 # -- the formatting helpers ------------------------------------------------------------------------
@@ -570,6 +574,7 @@ def test_batches_are_listed_in_order_of_first_mention_with_their_counts(tmp_path
         ("batch_status", {"batch_id": "b3", "state": "failed", "reason": "x", "time": T0}),
         ("training_submitted", {"tenant": "zed", "batch_id": "job1"}),
         ("batch_submitted", {"tenant": "acme", "batch_id": "b1"}),
+        ("batch_submitted", {"tenant": "acme", "batch_id": "b4"}),  # mentioned by its submission only
     ]
     log = _log(tmp_path, entries)
     mine = [Finding(ERROR, "release", "x", "b2", None), Finding(NOTE, "worker", "y", "b3", None)]
@@ -581,6 +586,8 @@ def test_batches_are_listed_in_order_of_first_mention_with_their_counts(tmp_path
         {"batch_id": "b3", "tenant": None, "state": "failed", "receipts": "0/0", "refusals": 1, "holds": True,
          "problems": 0},
         {"batch_id": "job1", "tenant": "zed", "state": "unknown", "receipts": "0/0", "refusals": 0, "holds": True,
+         "problems": 0},
+        {"batch_id": "b4", "tenant": "acme", "state": "unknown", "receipts": "0/0", "refusals": 0, "holds": True,
          "problems": 0}]
 
 
@@ -614,3 +621,46 @@ def test_a_manifest_logged_without_a_time_is_shown_not_crashed_on(tmp_path: Path
     training = _report(tmp_path / "t", batch="job1", entries=[("training_submitted", {"batch_id": "job1",
                                                                                          "created_at": "soon"})])
     assert training["summary"][-1] == "Job unknown."
+
+
+def test_a_shard_receipt_before_a_training_receipt_does_not_hide_it(tmp_path: Path) -> None:
+    entries: list[Entry] = [("training_submitted", {"tenant": "acme", "batch_id": "job1"}),
+                            ("receipt", {"batch_id": "job1", "shard_index": 0}),
+                            ("training_receipt", {"batch_id": "job1", "worker": "w3"})]
+    report = _report(tmp_path, batch="job1", entries=entries)
+    assert [c["what"] for c in _cells(report, "Training and lineage")] == ["worker w3 trained None:None"]
+
+
+def test_a_receipt_lying_under_the_batchs_path_is_shown_whatever_batch_it_names(tmp_path: Path) -> None:
+    world = _world()
+    world[6][1]["batch_id"] = "b0"  # it speaks of b0 (verify files that error under b1, where it lies)
+    report = _report(tmp_path, entries=world)
+    assert [c["shard"] for c in _cells(report, "Shards")] == ["0", "1"]
+    assert report["verdict"]["receipts"] == {"verified": 2, "total": 2}
+
+
+def test_an_entry_edited_to_lose_its_position_does_not_take_another_entrys_errors(tmp_path: Path) -> None:
+    entries: list[Entry] = [("batch_submitted", {"tenant": "acme", "batch_id": "b1", "time": T0}),
+                            ("batch_submitted", {"tenant": "acme", "batch_id": "b2", "time": T0})]
+    _log(tmp_path, entries)
+    path = tmp_path / "log" / "entries.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[0] = lines[0].replace(b',"index":0', b"")
+    path.write_bytes(b"".join(lines))
+    log = AuditLog.open_dir(tmp_path / "log")
+    report = batch_report(log, None, "b1", [Finding(ERROR, "release", "about b2's entry", "b2", 1)])
+    assert report["verdict"]["holds"] is True and report["verdict"]["problems"] == []
+
+
+def test_a_job_known_by_its_training_receipt_alone_is_a_training_job_of_the_tenant_its_path_names(
+        tmp_path: Path) -> None:
+    entries: list[Entry] = [("training_receipt", {"batch_id": "job1", "path_tenant": "acme", "worker": "w3"})]
+    report = _report(tmp_path, batch="job1", entries=entries)
+    assert report["tenant"] == "acme"
+    assert [s["title"] for s in report["sections"]][4] == "Training and lineage"
+    assert report["summary"][0].startswith("Training job: ")
+
+
+def test_a_refused_attestation_after_the_batch_succeeded_is_not_said_to_be_during_it(tmp_path: Path) -> None:
+    after: Entry = ("attestation", {"broker": "owner", "decision": "deny", "reason": "later", "time": T0 + 100})
+    assert _cells(_report(tmp_path, entries=[*_world(), after]), "Refusals") == []
