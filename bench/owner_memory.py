@@ -13,13 +13,17 @@ parses, checks and spools every email, then encrypts and uploads part by part (`
 With `--pipeline` the stack also runs Airflow and `--workers` Celery workers, and each batch goes all the way:
 submit, the DAG scoring it (timed from the submit's end to the status `succeeded`), then `cscore owner results
 --out` under `/usr/bin/time -v` (fetch, verify, decrypt); printed per batch with end to end emails/s, the pipeline's
-rate over `--workers` raw scorers (the enclave's ModelSession, one thread), and the workers' peak resident memory
-(VmHWM of each worker's processes, the largest; a worker runs every batch, so it is the peak so far).
+rate over `--workers` raw scorers (the enclave's ModelSession, one thread) timed at once in this run, beside the
+former figure (one scorer timed alone, times `--workers`; `cscore.scorers` says why both), the CPU seconds each part
+of the stack used while the pipeline ran (and how many of the machine's cores the stack got: the machine may be
+shared), and the workers' peak resident memory (VmHWM of each worker's processes, the largest; a worker runs every
+batch, so it is the peak so far).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,6 +38,7 @@ import pyarrow.parquet as pq
 
 from cscore.bench import raw_scorer_rate, worker_seconds
 from cscore.demo import TENANT, onboard_tenant
+from cscore.scorers import ConcurrentRate, concurrent_scorer_rate, repeated
 from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
 from sdk.corpus import default_cache_dir, fetch_corpus, load_corpus, split_corpus
@@ -143,13 +148,18 @@ def main(argv: list[str] | None = None) -> None:
                     write_parquet(path, texts, n))
             print(f"[bench] {n} emails ({size / 1e6:.0f} MB {args.format}); load average "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
+            if args.pipeline:  # before the submit: the pipeline starts as the submit ends, and is timed from there
+                alone = raw_scorer_rate(onnx_bytes, [Email(str(i), t) for i, t in enumerate(texts)])
+                together = concurrent_scorer_rate(onnx_bytes, repeated(texts), workers)
+                print(f"[bench]   raw scorer (ModelSession, 1 thread): {alone:.0f} emails/s alone; {workers} at once: "
+                      f"{together.per_s:.0f} emails/s ({together.per_cpu_s:.0f} per CPU second); load average "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
             peak, wall, said = measured_submit(state_dir, path, measurement)
             rows.append((n, size / 1e6, peak, wall, n / wall))
             print(f"[bench]   submit: peak {peak:.0f} MB, {wall:.1f} s ({n / wall:.0f} emails/s); {said}", flush=True)
             path.unlink()
             if args.pipeline:
-                scored(stack, store, n, json.loads(said)["batch_id"], wall,
-                       raw_scorer_rate(onnx_bytes, [Email(str(i), t) for i, t in enumerate(texts)]) * workers)
+                scored(stack, store, n, json.loads(said)["batch_id"], wall, together, alone * workers)
     if args.state_dir is None:
         shutil.rmtree(state_dir, ignore_errors=True)
     print(f"\n{'emails':>9} {'input MB':>9} {'peak RSS MB':>12} {'wall s':>8} {'emails/s':>9}")
@@ -157,17 +167,54 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{n:>9} {mb:>9.0f} {peak:>12.0f} {wall:>8.1f} {rate:>9.0f}")
 
 
-def scored(stack: LocalStack, store: ObjectStore, n: int, batch_id: str, submit_s: float, scorers_per_s: float) -> None:
+def stack_cpu_seconds(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each part of the stack, its processes and their children together."""
+    import psutil
+
+    seconds = {}
+    for name, pid in stack.pids().items():
+        total = 0.0
+        try:
+            leader = psutil.Process(pid)
+            for proc in [leader, *leader.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+        seconds[name] = total
+    return seconds
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy so far (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def scored(stack: LocalStack, store: ObjectStore, n: int, batch_id: str, submit_s: float, together: ConcurrentRate,
+           single_times_n: float) -> None:
     """Wait for the batch's pipeline, fetch its results with `cscore owner results`, print the figures."""
+    cpu_before, busy_before = stack_cpu_seconds(stack), machine_busy_seconds()
     t0 = time.perf_counter()
     status = wait_for_batch(store, TENANT, batch_id, timeout=4 * 3600,
                             progress=lambda s: print(f"[bench]   {time.strftime('%H:%M:%S')} batch {s}", flush=True))
     pipeline = time.perf_counter() - t0
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in stack_cpu_seconds(stack).items()}
+    busy = machine_busy_seconds() - busy_before
     if status["state"] != "succeeded":
         raise RuntimeError(f"batch {batch_id} failed: {status.get('reason')}")
-    print(f"[bench]   pipeline: {pipeline:.1f} s ({n / pipeline:.0f} emails/s, {n / pipeline / scorers_per_s:.3f} of "
-          f"the raw scorers' {scorers_per_s:.0f}); workers' peak RSS {worker_peak_mb(stack):.0f} MB; load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    rate = n / pipeline
+    print(f"[bench]   pipeline: {pipeline:.1f} s ({rate:.0f} emails/s; {rate / together.per_s:.3f} of the "
+          f"{together.processes} raw scorers at once ({together.per_s:.0f}); former figure {rate / single_times_n:.3f} "
+          f"of one alone x {together.processes} ({single_times_n:.0f})); workers' peak RSS {worker_peak_mb(stack):.0f} "
+          f"MB; load average {os.getloadavg()[0]:.1f}", flush=True)
+    stack_total = sum(cpu.values())
+    print(f"[bench]   CPU seconds while the pipeline ran: stack {stack_total:.1f} ({stack_total / pipeline:.2f} of "
+          f"{os.cpu_count()} cores; the whole machine {busy / pipeline:.2f}): " + ", ".join(
+              f"{name} {s:.1f}" for name, s in sorted(cpu.items(), key=lambda kv: -kv[1]) if s >= 0.05)
+          + f"; workers {n / max(1e-9, sum(s for k, s in cpu.items() if k.startswith('celery-worker-'))):.0f} emails "
+          f"per CPU second (raw scorers {together.per_cpu_s:.0f})", flush=True)
     print("[bench]   workers' seconds summed over shards: " + ", ".join(
         f"{phase.removeprefix('worker.')} {s:.1f}" for phase, s in worker_seconds(store, batch_id).items()), flush=True)
     out = stack.state_dir / f"results-{batch_id}.parquet"
