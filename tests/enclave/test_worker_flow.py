@@ -527,3 +527,19 @@ def test_a_card_that_is_no_jws_is_named_as_what_it_should_be(stack: Stack) -> No
     with pytest.raises(SignatureError, match=r"^model card: expected a compact JWS, got "):
         stack.score(card="not a card")
     assert stack.built == []
+
+
+def test_the_worker_scores_with_one_onnxruntime_thread_per_session(stack: Stack) -> None:
+    """Two workers share two cores: each scores with one thread (intra-op 1, inter-op 1, sequential), in the
+    published graph's session and in its TF-IDF path's, so the workers never run more scoring threads than cores."""
+    import onnxruntime as ort
+
+    from enclave import runner
+
+    stack.score()
+    [model] = runner._cache.values()
+    sessions = {"whole graph": model._session, "tf-idf path": model.rewrite._linear if model.rewrite else None}
+    found = {name: (s.get_session_options().intra_op_num_threads, s.get_session_options().inter_op_num_threads,
+                    s.get_session_options().execution_mode) if s else None for name, s in sessions.items()}
+    assert model.threads == 1
+    assert found == {name: (1, 1, ort.ExecutionMode.ORT_SEQUENTIAL) for name in sessions}
