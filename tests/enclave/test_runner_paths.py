@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pyarrow as pa
 import pytest
@@ -29,6 +30,7 @@ from enclave import runner
 from enclave.preprocess import InputRefused
 from enclave.runner import ContractSession, OutputRefused, contract_session_for
 from enclave.scoring import CHUNK_ROWS, ModelLoadError, load_session
+from enclave.tfidf_path import TfidfPath
 from tests.enclave.tiny_spam import WORDS, tiny_spam_model
 from wire.contract import SPAM_CONTRACT, Contract, InputSpec, OutputSpec
 
@@ -106,10 +108,11 @@ class _Spy:
         return self.target.run(*args)
 
 
+@pytest.mark.parametrize("last", [22, CHUNK_ROWS - 1])  # filler rows: many, and one
 def test_chunks_hold_exactly_chunk_rows_in_length_order_and_only_a_risky_one_runs_the_graph(
-        sessions: tuple[ContractSession, ContractSession], monkeypatch: pytest.MonkeyPatch) -> None:
+        sessions: tuple[ContractSession, ContractSession], monkeypatch: pytest.MonkeyPatch, last: int) -> None:
     fast = sessions[0]
-    rows = 2 * CHUNK_ROWS + 22
+    rows = 2 * CHUNK_ROWS + last
     texts = _texts(rows, risky=7)
     calls: list[tuple[str, list[str], object]] = []
     monkeypatch.setattr(fast, "rewrite", _Spy(fast.rewrite, "rewrite", calls))
@@ -148,6 +151,19 @@ def test_threads_below_one_are_refused_and_one_is_the_default(spam_model: tuple[
         ContractSession(spam_model[1], contract, threads=0)
     assert str(refused.value) == "threads must be >= 1, got 0"
     assert ContractSession(spam_model[1], contract, rewrite=False).threads == 1  # the default: one thread
+
+
+def test_the_rewrite_is_derived_with_the_sessions_threads_and_chunk(spam_model: tuple[Pipeline, bytes],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int]] = []
+    original = TfidfPath.__init__
+
+    def recorded(self: TfidfPath, model: onnx.ModelProto, options: ort.SessionOptions, chunk_rows: int) -> None:
+        seen.append((options.intra_op_num_threads, chunk_rows))
+        original(self, model, options, chunk_rows)
+    monkeypatch.setattr(TfidfPath, "__init__", recorded)
+    assert ContractSession(spam_model[1], Contract.parse(SPAM_CONTRACT), threads=2).rewrite is not None
+    assert seen == [(2, CHUNK_ROWS)]
 
 
 # -- labels and classes: a graph that turns a number into an integer label --------------------------------------
