@@ -21,11 +21,15 @@ def _refusal(model: type[Any], **fields: Any) -> tuple[tuple[Any, ...], str]:
     return error["loc"], error["msg"]
 
 
-def test_absent_settings_stay_absent() -> None:
+def test_absent_or_null_settings_stay_absent() -> None:
     request = SetPolicyRequest()
     assert (request.measurements, request.min_tcb, request.chip_ids, request.quota) == (None, None, None, None)
     key = CreateKeyRequest(key_id="k")
     assert (key.measurements, key.min_tcb, key.chip_ids, key.quota) == ([], None, None, None)
+    nulls: dict[str, Any] = {"min_tcb": None, "chip_ids": None, "quota": None}  # null, as JSON sends it
+    for given in (CreateKeyRequest(key_id="k", **nulls), SetPolicyRequest(**nulls)):
+        assert (given.min_tcb, given.chip_ids, given.quota) == (None, None, None)
+    assert SetPolicyRequest(measurements=None).measurements is None
 
 
 def test_settings_given_are_checked_and_kept_lower_case() -> None:
