@@ -108,7 +108,7 @@ class BrokerConfig:
     @staticmethod
     def _url_from_file(path: Path) -> str:
         try:
-            url = path.read_text(encoding="utf-8").strip()
+            url = path.read_bytes().decode().strip()  # UTF-8, whatever the locale
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"broker config: db_url_path {path}: cannot be read ({type(exc).__name__}: "
                              f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}); mount the Secret holding the "

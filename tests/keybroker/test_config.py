@@ -161,6 +161,7 @@ def test_a_url_file_that_cannot_be_read_or_holds_no_postgres_url_is_refused_with
         (b"averyveryverylongscheme1://u:hunter2@h/db",
          "expected one postgresql:// URL in the file, got a averyveryverylongsch:// URL"),
         (b"my-sql://u:hunter2@h/db", "expected one postgresql:// URL in the file, got 23 characters of another kind"),
+        (b"mysql://u:hunter2@h/db?next=http://x", "expected one postgresql:// URL in the file, got a mysql:// URL"),
         (b"hunter2", "expected one postgresql:// URL in the file, got 7 characters of another kind"),
     ]
     for content, expected in cases:
