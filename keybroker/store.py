@@ -197,8 +197,10 @@ def is_postgres_url(target: str | Path) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"^([a-zA-Z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The URL without its password, for messages and logs: everything from the user's colon to the URL's last
+    `@`, so a password holding an unencoded `/` or `@` (a malformed URL) is hidden whole, the host with it if need be.
+    """
+    return re.sub(r"^([a-zA-Z]+://[^:/@]*):.*@", r"\1:***@", url, flags=re.DOTALL)
 
 
 class _SQLite:

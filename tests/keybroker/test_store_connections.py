@@ -58,6 +58,16 @@ def test_redact_url_hides_the_password_only() -> None:
     assert redact_url("postgresql://db:5432/keys") == "postgresql://db:5432/keys"
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://broker:pa/ss@db/keys", "postgresql://broker:***@db/keys"),  # a mistyped secret, not encoded
+    ("postgresql://broker:p@ss@db/keys", "postgresql://broker:***@db/keys"),
+    ("postgresql://broker:pa\nss@db/keys", "postgresql://broker:***@db/keys"),
+    ("postgresql://broker:s3cret@db/keys?application_name=a@b", "postgresql://broker:***@b"),  # the host too
+])
+def test_redact_url_hides_a_malformed_password_whole(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
 # SQLite -----------------------------------------------------------------------------------------------------------
 def test_a_sqlite_store_makes_its_folder_and_a_file_only_its_owner_reads(tmp_path: Path) -> None:
     target = tmp_path / "state" / "broker" / "keys.sqlite"
