@@ -420,3 +420,59 @@ def test_the_standalone_entry_runs_the_audit_commands(state: Path, verdicts: lis
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: audit audit [-h] {verify,show,batches,sync}")
+
+
+def test_sync_appends_to_the_log_named_not_the_state_folders(state: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str] = []
+
+    def sync_log(log: AuditLog, brokers: dict[str, Any], store: Any) -> SyncReport:
+        seen.append(log.describe())
+        return SyncReport({}, log.publish_checkpoint(now=T0))  # signed with the state's log key
+
+    monkeypatch.setattr(cli, "sync_log", sync_log)
+    monkeypatch.setenv("CSCORE_STATE_DIR", str(state))
+    other = tmp_path / "other-log"
+    other.mkdir()
+    assert _run(["audit", "sync", "--log", str(other)]) == 0
+    cp = AuditLog.open_dir(other, create=False).latest_checkpoint()
+    assert seen == [str(other)] and capsys.readouterr().out == (
+        f"audit log: appended nothing new; checkpoint {cp.describe()}\n")
+
+
+def test_the_standalone_entry_reads_the_command_line_after_the_program(state: Path, verdicts: list[Any],
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["audit", "verify", "--state-dir", str(state), "--measurement", M])
+    assert cli.main() == 0
+    assert capsys.readouterr().out == f"audit of {state / 'audit'} (4 entries): holds\n"
+
+
+def test_show_checks_the_bucket_and_the_state_folders_witnesses(state: Path, verdicts: list[Any],
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    class Bucket(_Store):
+        def keys(self, prefix: str) -> list[str]:
+            return ["status/acme/b1.json"] if prefix == "status/" else []
+
+        def get(self, key: str) -> bytes:
+            return b'{"state": "failed"}'
+
+    monkeypatch.setattr(sdk.storage, "ObjectStore", Bucket)
+    cli.witnesses(state)[0].observe(AuditLog.open_dir(state / "audit"))
+    assert _run(["audit", "show", "b1", "--state-dir", str(state), "--measurement", M]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].endswith("; seen by owner")
+    assert lines[4] == ("  log         NOT in sync: the bucket holds 1 record(s) of this batch that the log does not "
+                        "(run `cscore audit sync`)")
+
+
+def test_a_stack_env_value_keeps_its_equals_signs_and_joins_its_words(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CSCORE_T_F", "CSCORE_T_G"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    (tmp_path / "stack.env").write_text("CSCORE_T_F=a=b\nCSCORE_T_G=one two\n")
+    cli.load_stack_env(tmp_path)
+    assert (os.environ["CSCORE_T_F"], os.environ["CSCORE_T_G"]) == ("a=b", "onetwo")
