@@ -103,7 +103,9 @@ MODULES: dict[str, list[str]] = {
     # the production app in process (tests/keybroker/inproc.py): forgeries, release logic, rotation, platform floors
     "keybroker/app.py": [*_BROKER, "tests/keybroker/test_rotation.py", "tests/keybroker/test_platform_policy.py",
                          "tests/keybroker/test_model_grant_forgery.py", "tests/keybroker/test_logged_refusals.py",
-                         "tests/keybroker/test_unwrap_versions.py"],
+                         "tests/keybroker/test_unwrap_versions.py", "tests/keybroker/test_admin_api.py"],
+    # the limits over a stand-in ASGI app (milliseconds a test), each refusal byte for byte
+    "keybroker/middleware.py": ["tests/keybroker/test_middleware.py"],
     "sdk/results.py": ["tests/enclave/test_result_checks.py"],
     "enclave/receipts.py": ["tests/enclave/test_receipts.py"],
     "enclave/kbs_client.py": ["tests/enclave/test_kbs_client.py", "tests/enclave/test_kbs_client_transport.py",
