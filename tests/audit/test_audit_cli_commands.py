@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,11 @@ def test_each_command_and_its_arguments() -> None:
             _parse(argv)
 
 
+def _says(words: str, text: str) -> bool:
+    """``words`` in ``text`` as whole words (a help text wrapped in other characters does not say them)."""
+    return re.search(rf"(?<!\S){re.escape(words)}(?!\S)", text) is not None
+
+
 def test_the_help_says_what_each_command_does_and_its_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         _parse(["audit", "--help"])
@@ -126,7 +132,7 @@ def test_the_help_says_what_each_command_does_and_its_exit_status(capsys: pytest
                   "unknown",
                   "every batch in the log with its state and verdict; exit 1 if any audit fails",
                   "append new broker decisions and S3 records, sign, let witnesses see it"):
-        assert words in said
+        assert _says(words, said), words
     with pytest.raises(SystemExit):
         _parse(["audit", "show", "--help"])
     said = " ".join(capsys.readouterr().out.split())
@@ -135,19 +141,19 @@ def test_the_help_says_what_each_command_does_and_its_exit_status(capsys: pytest
                   "checkout's worker code)", "attestation policy file (JSON/TOML) instead of --measurement",
                   "simulated TEE roots to accept (default $CSCORE_SIM_TEE_DIR)",
                   "also write a self-contained HTML report here", "the same report as JSON, for tools"):
-        assert words in said
+        assert _says(words, said), words
     with pytest.raises(SystemExit):
         _parse(["audit", "sync", "--help"])
-    assert "what was appended and the checkpoint, as JSON" in " ".join(capsys.readouterr().out.split())
+    assert _says("what was appended and the checkpoint, as JSON", " ".join(capsys.readouterr().out.split()))
     with pytest.raises(SystemExit):
         _parse(["audit", "batches", "--help"])
-    assert "--json as JSON" in " ".join(capsys.readouterr().out.split())
+    assert _says("--json as JSON", " ".join(capsys.readouterr().out.split()))
     with pytest.raises(SystemExit):
         _parse(["audit", "verify", "--help"])
-    assert "--json findings as JSON" in " ".join(capsys.readouterr().out.split())
+    assert _says("--json findings as JSON", " ".join(capsys.readouterr().out.split()))
     with pytest.raises(SystemExit):
         _parse(["--help"])
-    assert "the auditor's tools: verify the log, show a batch's story" in " ".join(capsys.readouterr().out.split())
+    assert _says("the auditor's tools: verify the log, show a batch's story", " ".join(capsys.readouterr().out.split()))
 
 
 def test_the_state_folder_is_the_option_then_the_callers_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
