@@ -145,3 +145,12 @@ def test_what_is_not_http_passes_through_unlimited() -> None:
     for _ in range(3):
         _call(limits, kind="websocket", chunks=(b"x" * 5,), headers={b"content-length": b"5"})
     assert len(app.calls) == 3 and app.read == b"x" * 15
+
+
+def test_a_wait_under_a_second_is_still_a_refusal_rounded_up_to_one_second() -> None:
+    app = Stand()
+    limits = LimitsMiddleware(app, 100, 2.0, 1)  # two requests a second: half a second to the next one
+    assert _call(limits)[0]["status"] == 200
+    _refusal(_call(limits), 429, "rate-limited", "too many requests from 10.0.0.1; retry later",
+             extra=[(b"retry-after", b"1")])
+    assert len(app.calls) == 1
