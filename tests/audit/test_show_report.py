@@ -213,6 +213,7 @@ def test_records_of_the_batch_the_bucket_holds_and_the_log_does_not_are_counted(
     log = _log(tmp_path, _world())
     status = b'{"state": "failed", "updated_at": 1700000100}'
     bucket = _Bucket({"status/acme/b1.json": status, "status/acme/b2.json": status, "status/acme/b3.json": status,
+                      "status/acme/b4.json": status,
                       "results/acme/b1/shard-0.receipt.jws": b"not a JWS"})  # no batch_id: b1 by its path only
     verdict = batch_report(log, bucket, "b1", [])["verdict"]  # type: ignore[arg-type]
     assert verdict["in_sync"] is False and verdict["holds"] is True
