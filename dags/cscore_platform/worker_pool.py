@@ -46,6 +46,12 @@ def celery_client(broker: str | None = None, backend: str | None = None) -> Cele
     return app
 
 
+def results_reach_only_the_sender(app: Celery) -> bool:
+    """True for Celery's `rpc://` result backend (the default beside RabbitMQ): results come back as messages to
+    the process that sent the tasks, so no other process (a triggerer) can ever collect them."""
+    return str(app.conf.result_backend or "").split("://", 1)[0].lower() == "rpc"
+
+
 # Celery's defaults retry a lost Redis 20 times, ~1 s apart, for every pending result (each send and each
 # result's __del__): ~20 s a step, which hung a test suite once. The client gives up after a few tries
 # instead; run_shards is the outer loop that decides whether a transport outage fails the batch.

@@ -43,8 +43,9 @@ class ScoreBatchOperator(BaseOperator):
     waited_in: "task" or "triggerer"}.
 
     Waiting: the task waits in its own process for `defer_after_s` seconds (a small batch is done by then and
-    pays no deferral), then defers to `ShardsTrigger` so no worker slot is held (`deferrable=False`: it
-    waits in-process throughout). Returns the result manifest's key. A batch already processed or held by
+    pays no deferral), then defers to `ShardsTrigger` so no worker slot is held (`deferrable=False`, or a
+    `cscore_workers` result backend of `rpc://`, whose results reach only the sending process: it waits
+    in-process throughout). Returns the result manifest's key. A batch already processed or held by
     another run is skipped; a failure marks the batch failed with its reason (the owner resubmits, finished
     shards are reused) and fails the task. Never sees an email, a score or a key.
     """
@@ -79,7 +80,9 @@ class ScoreBatchOperator(BaseOperator):
         self._say_taken_over(context, batch, run_id)
         started = time.time()
         watch = steps.send_shards(batch, run_id, app, timeout=self.shard_timeout.total_seconds(), first_ping=ping)
-        limit = time.monotonic() + float(self.defer_after_s) if self.deferrable else float("inf")
+        # rpc:// results reach this process only: a trigger would wait for them forever
+        deferrable = self.deferrable and not worker_pool.results_reach_only_the_sender(app)
+        limit = time.monotonic() + float(self.defer_after_s) if deferrable else float("inf")
         fast_until = time.monotonic() + FAST_LOOKS_S
         try:
             while (outcomes := watch.step()) is None:

@@ -57,6 +57,11 @@ class ShardsTrigger(BaseTrigger):
             conn = await WorkerPoolHook.aget_connection(self.workers_conn_id)
             settings = WorkerPoolHook.settings_from(conn.extra_dejson, self.workers_conn_id)
             app = worker_pool.celery_client(settings["broker_url"], settings["result_backend"])
+            if worker_pool.results_reach_only_the_sender(app):  # never seen here: fail now, not at the timeout
+                raise worker_pool.WorkerPoolError(
+                    f"connection {self.workers_conn_id}: result backend {settings['result_backend']} hands results "
+                    "only to the process that sent the shards, never to the triggerer; set a backend any process "
+                    "can read (Redis, a database) or make the task wait in its own process (deferrable=False)")
 
             def progress(ok: int, total: int) -> None:
                 self.log.info("Batch %s: %d ok / 0 failed of %d shards.", batch, ok, total)
