@@ -61,6 +61,9 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(sdk.storage, "ObjectStore", _Store)
     monkeypatch.delenv("CSCORE_SIM_TEE_DIR", raising=False)
     monkeypatch.delenv("CSCORE_STATE_DIR", raising=False)
+    # The default state folder, .state/demo, is relative: from an empty folder, never the user's demo state
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     _Store.made = []
     log = AuditLog.open_dir(tmp_path / "audit", key_path=tmp_path / "audit" / "log-key.pem")
     for i, (kind, fields) in enumerate(ENTRIES):
