@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pyarrow as pa
 import pytest
@@ -30,8 +29,7 @@ from enclave import runner
 from enclave.preprocess import InputRefused
 from enclave.runner import ContractSession, OutputRefused, contract_session_for
 from enclave.scoring import CHUNK_ROWS, ModelLoadError, load_session
-from enclave.tfidf_path import TfidfPath
-from tests.enclave.tiny_spam import WORDS, tiny_spam_model
+from tests.enclave.tiny_spam import WORDS, rewrite_derivations, tiny_spam_model
 from wire.contract import SPAM_CONTRACT, Contract, InputSpec, OutputSpec
 
 
@@ -155,13 +153,7 @@ def test_threads_below_one_are_refused_and_one_is_the_default(spam_model: tuple[
 
 def test_the_rewrite_is_derived_with_the_sessions_threads_and_chunk(spam_model: tuple[Pipeline, bytes],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[int, int]] = []
-    original = TfidfPath.__init__
-
-    def recorded(self: TfidfPath, model: onnx.ModelProto, options: ort.SessionOptions, chunk_rows: int) -> None:
-        seen.append((options.intra_op_num_threads, chunk_rows))
-        original(self, model, options, chunk_rows)
-    monkeypatch.setattr(TfidfPath, "__init__", recorded)
+    seen = rewrite_derivations(monkeypatch)
     assert ContractSession(spam_model[1], Contract.parse(SPAM_CONTRACT), threads=2).rewrite is not None
     assert seen == [(2, CHUNK_ROWS)]
 

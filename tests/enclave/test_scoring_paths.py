@@ -19,8 +19,7 @@ import skl2onnx  # noqa: F401 - imported at collection: mutmut's forked children
 from onnx import TensorProto, helper
 
 from enclave.scoring import CHUNK_ROWS, ModelLoadError, ModelSession, load_session, session_options
-from enclave.tfidf_path import TfidfPath
-from tests.enclave.tiny_spam import WORDS, tiny_spam_model
+from tests.enclave.tiny_spam import WORDS, rewrite_derivations, tiny_spam_model
 
 
 @pytest.fixture(scope="module")
@@ -229,12 +228,6 @@ def test_an_input_of_n_by_1_or_free_width_and_probabilities_of_free_width_are_ta
 
 
 def test_the_rewrite_is_derived_with_the_sessions_threads_and_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[int, int]] = []
-    original = TfidfPath.__init__
-
-    def recorded(self: TfidfPath, model: onnx.ModelProto, options: ort.SessionOptions, chunk_rows: int) -> None:
-        seen.append((options.intra_op_num_threads, chunk_rows))
-        original(self, model, options, chunk_rows)
-    monkeypatch.setattr(TfidfPath, "__init__", recorded)
+    seen = rewrite_derivations(monkeypatch)
     assert ModelSession(tiny_spam_model()[1], threads=2).rewrite is not None
     assert seen == [(2, CHUNK_ROWS)]

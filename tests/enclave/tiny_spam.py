@@ -6,8 +6,12 @@ from __future__ import annotations
 import random
 from functools import cache
 
+import onnx
+import onnxruntime as ort
+import pytest
 from sklearn.pipeline import Pipeline
 
+from enclave.tfidf_path import TfidfPath
 from sdk.training import TOKEN_PATTERN, export_onnx, train_spam_model
 
 SPAM = "free money win prize cheap pills offer click"
@@ -26,3 +30,15 @@ def tiny_spam_model(token_pattern: str = TOKEN_PATTERN, extra: tuple[str, ...] =
         labels.append(i % 2)
     pipeline = train_spam_model(texts, labels, max_features=None, token_pattern=token_pattern)
     return pipeline, export_onnx(pipeline)
+
+
+def rewrite_derivations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(intra-op threads, chunk rows) of each TfidfPath derived from now on (the list fills as they are made)."""
+    seen: list[tuple[int, int]] = []
+    original = TfidfPath.__init__
+
+    def recorded(self: TfidfPath, model: onnx.ModelProto, options: ort.SessionOptions, chunk_rows: int) -> None:
+        seen.append((options.intra_op_num_threads, chunk_rows))
+        original(self, model, options, chunk_rows)
+    monkeypatch.setattr(TfidfPath, "__init__", recorded)
+    return seen
