@@ -51,6 +51,19 @@ def _last(env: Env) -> dict[str, Any]:
     return env.admin.decisions()[-1]
 
 
+def _logged(entry: dict[str, Any]) -> dict[str, Any]:
+    """A decision-log entry without its sequence number, time and hashes."""
+    return {k: entry[k] for k in ("operation", "decision", "key_id", "batch_id", "model_digest", "reason",
+                                  "claims_digest", "measurement")}
+
+
+def _allowed(operation: str, reason: str, key_id: str | None = None, batch_id: str | None = None,
+             model_digest: str | None = None) -> dict[str, Any]:
+    """An admin call's entry: allowed, with no attestation's claims."""
+    return {"operation": operation, "decision": "allow", "key_id": key_id, "batch_id": batch_id,
+            "model_digest": model_digest, "reason": reason, "claims_digest": None, "measurement": None}
+
+
 # -- bearer tokens -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("header", "token"), [
@@ -142,8 +155,8 @@ def test_create_key_is_logged_once_and_answers_201_then_200(env: Env) -> None:
     assert first.status_code == 201 and first.json()["new"] is True
     assert (first.json()["key_id"], first.json()["kind"], first.json()["version"]) == ("k-1", "data", 1)
     last = _last(env)
-    assert (last["operation"], last["decision"], last["key_id"], last["reason"]) == (
-        "admin.create_key", "allow", "k-1", f"created data key; policy: default; measurements: ['{GOOD}']")
+    assert _logged(last) == _allowed("admin.create_key", f"created data key; policy: default; measurements: ['{GOOD}']",
+                                     key_id="k-1")
     again = http.post("/admin/v0/keys", json={"key_id": "k-1", "kind": "model"})
     assert again.status_code == 200 and again.json()["new"] is False and again.json()["kind"] == "data"
     assert _last(env)["seq"] == last["seq"]  # not logged again
@@ -152,20 +165,27 @@ def test_create_key_is_logged_once_and_answers_201_then_200(env: Env) -> None:
 
 
 def test_a_key_with_a_quota_and_a_floor_logs_both(env: Env) -> None:
-    env.admin.create_key("m-1", "true", kind="model", quota={"rows": 50, "period_s": 60}, chip_ids=["aa" * 64])
+    created = env.admin.create_key("m-1", "true", kind="model", quota={"rows": 50, "period_s": 60},
+                                   chip_ids=["aa" * 64])
+    assert (created["policy"], created["quota"], created["chip_ids"], created["min_tcb"]) == (
+        "true", {"rows": 50, "period_s": 60}, ["aa" * 64], None)
+    assert env.admin.get_key("m-1") == {**created, "new": False}
     created, floor = env.admin.decisions()[-2:]
-    assert (created["operation"], created["reason"]) == (
-        "admin.create_key", "created model key; policy: true; measurements: []; quota: {'rows': 50, 'period_s': 60}")
-    assert (floor["operation"], floor["key_id"], floor["reason"]) == (
-        "admin.set_platform_floor", "m-1", f"chip_ids: ['{'aa' * 64}']; min_tcb: broker default")
+    assert _logged(created) == _allowed(
+        "admin.create_key", "created model key; policy: true; measurements: []; quota: {'rows': 50, 'period_s': 60}",
+        key_id="m-1")
+    assert _logged(floor) == _allowed("admin.set_platform_floor",
+                                      f"chip_ids: ['{'aa' * 64}']; min_tcb: broker default", key_id="m-1")
     env.admin.create_key("m-2", kind="model", quota={"rows": 50, "period_s": 60})
     assert _last(env)["operation"] == "admin.create_key"  # a quota alone is no floor
 
 
 def test_a_policy_that_does_not_compile_is_refused_before_anything_is_stored(env: Env) -> None:
     refused = _admin_error(env.admin.create_key, "k-1", "claims.debug ==")
-    assert (refused.status, refused.problem["type"], refused.problem["field"], refused.problem["actual"]) == (
-        400, "urn:cscore:keybroker:policy-invalid", "policy", "claims.debug ==")
+    assert (refused.status, refused.problem["type"], refused.problem["detail"], refused.problem["field"],
+            refused.problem["actual"]) == (400, "urn:cscore:keybroker:policy-invalid",
+                                           "policy is not valid CEL: claims.debug ==\n             ^\n", "policy",
+                                           "claims.debug ==")
     assert _admin_error(env.admin.get_key, "k-1").status == 404
     env.admin.create_key("k-1")
     assert _admin_error(env.admin.set_policy, "k-1", "1 +").problem["actual"] == "1 +"
@@ -188,16 +208,19 @@ def test_an_unknown_key_is_refused_word_for_word_by_every_admin_call(env: Env) -
 
 def test_set_policy_logs_the_policy_and_the_floor_only_when_it_changes(env: Env) -> None:
     env.admin.create_key("k-1")
-    env.admin.set_policy("k-1", "true")
+    env.admin.set_policy("k-1", None, chip_ids=None)  # back to the broker's floor, which it has already
+    assert _logged(_last(env)) == _allowed("admin.set_policy", "policy: default; measurements: unchanged",
+                                           key_id="k-1")
+    assert env.admin.set_policy("k-1", "true")["policy"] == "true"
+    assert env.admin.get_key("k-1")["policy"] == "true"
     last = _last(env)
-    assert (last["operation"], last["reason"]) == ("admin.set_policy", "policy: true; measurements: unchanged")
+    assert _logged(last) == _allowed("admin.set_policy", "policy: true; measurements: unchanged", key_id="k-1")
     answer = env.admin.set_policy("k-1", None, measurements=[GOOD], min_tcb={"snp": 3})
     assert answer["policy"] is None and answer["measurements"] == [GOOD] and answer["min_tcb"] == {"snp": 3}
     policy, floor = env.admin.decisions()[-2:]
-    assert (policy["operation"], policy["reason"]) == ("admin.set_policy",
-                                                       f"policy: default; measurements: ['{GOOD}']")
-    assert (floor["operation"], floor["reason"]) == ("admin.set_platform_floor",
-                                                     "chip_ids: broker default; min_tcb: {'snp': 3}")
+    assert _logged(policy) == _allowed("admin.set_policy", f"policy: default; measurements: ['{GOOD}']", key_id="k-1")
+    assert _logged(floor) == _allowed("admin.set_platform_floor", "chip_ids: broker default; min_tcb: {'snp': 3}",
+                                      key_id="k-1")
     env.admin.set_policy("k-1", None, min_tcb={"snp": 3})  # the same floor: no floor entry
     assert _last(env)["operation"] == "admin.set_policy"
     env.admin.set_policy("k-1", None, quota={"rows": 5, "period_s": 60})  # a quota is no floor
@@ -211,9 +234,10 @@ def test_set_policy_logs_the_policy_and_the_floor_only_when_it_changes(env: Env)
 def test_rotation_is_logged_and_a_resource_is_not_rotated(env: Env) -> None:
     env.admin.create_key("k-1")
     assert env.admin.rotate_key("k-1")["version"] == 2
-    assert _last(env)["reason"] == "master key rotated to version 2; versions 1..1 kept for unwrap"
+    assert _logged(_last(env)) == _allowed(
+        "admin.rotate_key", "master key rotated to version 2; versions 1..1 kept for unwrap", key_id="k-1")
     assert wrapped_version(env.admin.wrap("k-1", b"k" * 16)) == 2
-    assert _last(env)["reason"] == "owner wrap (version 2)"
+    assert _logged(_last(env)) == _allowed("admin.wrap", "owner wrap (version 2)", key_id="k-1")
     env.admin.put_resource("repo", "type", "tag", b"secret")
     assert _admin_error(env.admin.rotate_key, "res/repo/type/tag").status == 404  # no route takes its id
     with pytest.raises(Problem) as refused:  # nor does the broker, should a route ever pass one on
@@ -231,11 +255,11 @@ def test_a_grant_is_recorded_logged_and_read_back_under_a_batch_id_with_slashes(
     env.admin.create_key("k-1")
     recorded = env.admin.grant("t/b-1", "sha256:m", [GOOD], ["k-1"], config_digests=[CONFIG], rows=7)
     assert recorded == env.admin.get_grant("t/b-1")
-    assert (recorded["batch_id"], recorded["key_ids"], recorded["rows"]) == ("t/b-1", ["k-1"], 7)
-    last = _last(env)
-    assert (last["operation"], last["batch_id"], last["model_digest"], last["reason"]) == (
-        "admin.grant", "t/b-1", "sha256:m",
-        f"grant keys ['k-1'] to measurements ['{GOOD}']; worker configurations ['{CONFIG}']; 7 rows")
+    assert recorded == {"batch_id": "t/b-1", "model_digest": "sha256:m", "measurements": [GOOD], "key_ids": ["k-1"],
+                        "created": recorded["created"], "config_digests": [CONFIG], "rows": 7}
+    assert _logged(_last(env)) == _allowed(
+        "admin.grant", f"grant keys ['k-1'] to measurements ['{GOOD}']; worker configurations ['{CONFIG}']; 7 rows",
+        batch_id="t/b-1", model_digest="sha256:m")
     refused = _admin_error(env.admin.get_grant, "t/b-2")
     assert (refused.status, refused.problem["type"], refused.problem["detail"], refused.problem["field"],
             refused.problem["actual"]) == (404, "urn:cscore:keybroker:unknown-grant", "no grant for batch 't/b-2'",
@@ -248,7 +272,8 @@ def test_an_owner_is_registered_with_its_public_grant_key_only(env: Env) -> None
     answer = env.admin.register_owner("owner-a", key.as_dict(private=True))  # the private part is dropped
     assert answer == {"name": "owner-a", "grant_key": public}
     assert env.admin._call("GET", "/admin/v0/owners") == {"owner-a": public}
-    assert _last(env)["reason"] == f"owner broker owner-a registered, grant key {key.thumbprint()}"
+    assert _logged(_last(env)) == _allowed("admin.register_owner",
+                                           f"owner broker owner-a registered, grant key {key.thumbprint()}")
     refused = _admin_error(env.admin.register_owner, "owner-b", {"kty": "EC", "crv": "P-256", "x": "AA"})
     assert (refused.status, refused.problem["type"], refused.problem["field"]) == (
         422, "urn:cscore:keybroker:grant-key-invalid", "grant_key")
@@ -259,11 +284,11 @@ def test_an_owner_is_registered_with_its_public_grant_key_only(env: Env) -> None
 def test_a_resource_is_stored_under_its_own_id_and_logged(env: Env) -> None:
     answer = env.admin.put_resource("repo", "type", "tag", b"secret", measurements=[GOOD], policy="true")
     assert (answer["key_id"], answer["kind"], answer["policy"]) == ("res/repo/type/tag", "resource", "true")
-    last = _last(env)
-    assert (last["operation"], last["key_id"], last["reason"]) == (
-        "admin.put_resource", "res/repo/type/tag", f"policy: true; measurements: ['{GOOD}']")
+    assert _logged(_last(env)) == _allowed("admin.put_resource", f"policy: true; measurements: ['{GOOD}']",
+                                           key_id="res/repo/type/tag")
     env.admin.put_resource("repo", "type", "tag2", b"secret")
-    assert _last(env)["reason"] == "policy: default; measurements: []"
+    assert _logged(_last(env)) == _allowed("admin.put_resource", "policy: default; measurements: []",
+                                           key_id="res/repo/type/tag2")
     refused = _admin_error(env.admin.put_resource, "repo", "type", "tag3", b"x", policy="1 +")
     assert (refused.status, refused.problem["field"]) == (400, "policy")
 
@@ -287,10 +312,10 @@ def test_the_owners_unwrap_names_its_batch_and_refuses_a_bad_recipient_key(env: 
     wrapped = env.admin.wrap("k-1", b"k" * 16)
     assert env.admin.unwrap("k-1", wrapped, batch_id="b-1") == b"k" * 16
     last = _last(env)
-    assert (last["operation"], last["batch_id"], last["reason"]) == (
-        "admin.unwrap", "b-1", "owner unwrap to read batch b-1's results")
+    assert _logged(last) == _allowed("admin.unwrap", "owner unwrap to read batch b-1's results", key_id="k-1",
+                                     batch_id="b-1")
     assert env.admin.unwrap("k-1", wrapped) == b"k" * 16
-    assert (_last(env)["batch_id"], _last(env)["reason"]) == (None, "owner unwrap")
+    assert _logged(_last(env)) == _allowed("admin.unwrap", "owner unwrap", key_id="k-1")
     http = TestClient(env.app, headers={"Authorization": f"Bearer {env.config.load_admin_token()}"})
     answer = http.post("/admin/v0/unwrap", json={"key_id": "k-1", "wrapped": base64.b64encode(wrapped).decode(),
                                                  "recipient_jwk": {"kty": "oct", "k": "AA"}})
