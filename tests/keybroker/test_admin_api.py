@@ -7,6 +7,7 @@ same API over a real process; these reach the app's code where a mutation test s
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from keybroker.app import _bearer
+from keybroker.app import _bearer, create_app
 from keybroker.crypto import wrapped_version
 from keybroker.problems import Problem
 from sdk.broker_admin import BrokerAdminError
@@ -279,6 +280,9 @@ def test_an_owner_is_registered_with_its_public_grant_key_only(env: Env) -> None
         422, "urn:cscore:keybroker:grant-key-invalid", "grant_key")
     assert refused.problem["detail"].startswith("grant_key: ")
     assert env.admin._call("GET", "/admin/v0/owners") == {"owner-a": public}
+    # a private member is dropped before the key is read: one that is not this key's does not matter
+    assert env.admin.register_owner("owner-c", {**public, "d": "AA"}) == {"name": "owner-c", "grant_key": public}
+    assert env.admin._call("GET", "/admin/v0/owners") == {"owner-a": public, "owner-c": public}
 
 
 def test_a_resource_is_stored_under_its_own_id_and_logged(env: Env) -> None:
@@ -407,7 +411,8 @@ def test_a_broker_whose_verifier_cannot_load_is_alive_but_not_ready(tmp_path: Pa
     assert _refused(attested, 503, "verifier-unavailable")["detail"] == detail
 
 
-def test_a_key_store_that_does_not_answer_fails_both_probes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_key_store_that_does_not_answer_fails_both_probes(env: Env, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     from keybroker.store import StoreError
 
     def gone() -> None:
@@ -419,3 +424,53 @@ def test_a_key_store_that_does_not_answer_fails_both_probes(env: Env, monkeypatc
         assert _refused(http.get(path), 503, "store-unavailable") == {
             "type": "urn:cscore:keybroker:store-unavailable", "title": "store unavailable", "status": 503,
             "detail": "database is gone", "instance": path, "field": "database"}
+    said = [r for r in caplog.records if r.name == "keybroker"]
+    assert [(r.levelname, r.getMessage(), getattr(r, "check", None)) for r in said] == [
+        ("ERROR", "health check failed: database is gone", "database")] * 2
+
+
+def test_each_decision_is_said_in_the_log_with_its_fields_and_counted_under_its_clause(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env = Env(tmp_path)  # no metrics token: Env.counted scrapes without one
+    caplog.set_level(logging.INFO, logger="keybroker")
+    env.admin.create_key("k-1")
+    worker = env.worker()
+    worker.attest()
+    said = [r for r in caplog.records if r.name == "keybroker" and r.getMessage().startswith("decision #")]
+    assert [(r.levelname, r.getMessage()) for r in said] == [
+        ("INFO", "decision #1 allow admin.create_key key=k-1 batch=None measurement=None: created data key; "
+                 "policy: default; measurements: []"),
+        ("INFO", f"decision #2 allow attest key=None batch=None measurement={GOOD}: evidence verified and bound")]
+    fields = ("seq", "decision", "operation", "clause", "key_id", "batch_id", "measurement")
+    assert [{k: getattr(r, k) for k in fields} for r in said] == [
+        {"seq": 1, "decision": "allow", "operation": "admin.create_key", "clause": "admin", "key_id": "k-1",
+         "batch_id": None, "measurement": None},
+        {"seq": 2, "decision": "allow", "operation": "attest", "clause": "evidence", "key_id": None,
+         "batch_id": None, "measurement": GOOD}]
+    created, attested = env.admin.decisions()
+    assert (created["claims_digest"], created["measurement"]) == (None, None)
+    assert (attested["claims_digest"], attested["measurement"]) == (worker.current().claims_digest, GOOD)
+    assert env.counted() == {("admin.create_key", "allow", "admin"): 1.0, ("attest", "allow", "evidence"): 1.0}
+
+
+def test_the_brokers_keys_are_kept_in_its_store_and_its_tokens_name_it(env: Env) -> None:
+    broker = env.app.state.broker
+
+    def absent() -> bytes:
+        raise AssertionError("the broker's key is not in its store under its name")
+
+    http = TestClient(env.app)
+    published = {"token-signing": http.get("/kbs/v0/token-key").json()["kid"],
+                 "key-transport": http.get("/kbs/v0/broker-key").json()["kid"],
+                 "grant-signing": http.get("/kbs/v0/grant-key").json()["kid"]}
+    assert {name: ECKey.import_key(broker.store.broker_secret(name, absent)).thumbprint() for name in published} == (
+        published)
+    assert len(set(published.values())) == 3
+    restarted = TestClient(create_app(env.config))  # a restart on the same store
+    assert {name: restarted.get(path).json()["kid"] for name, path in (
+        ("token-signing", "/kbs/v0/token-key"), ("key-transport", "/kbs/v0/broker-key"),
+        ("grant-signing", "/kbs/v0/grant-key"))} == published
+    assert broker.verifier() is broker.verifier()  # built once
+    claims = jwt.decode(env.worker().attest().token, ECKey.import_key(http.get("/kbs/v0/token-key").json()),
+                        algorithms=["ES256"]).claims
+    assert (claims["iss"], claims["exp"] - claims["iat"]) == ("owner", 300)
