@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
@@ -51,9 +52,18 @@ def _named(operation: str) -> Callable[[F], F]:
     return wrap
 
 
-@cache
+_CLIENT_LOCK = threading.Lock()
+
+
 def s3_client() -> Any:
-    """boto3 S3 client; `CSCORE_S3_ENDPOINT` points it at moto or MinIO, unset means AWS."""
+    """The process's one boto3 S3 client; `CSCORE_S3_ENDPOINT` points it at moto or MinIO, unset means AWS."""
+    with _CLIENT_LOCK:  # a shard's first reads start on three threads at once: each built its own (0.1 CPU-s each)
+        return new_s3_client()
+
+
+@cache
+def new_s3_client() -> Any:
+    """Built once per process by `s3_client` (`new_s3_client.cache_clear()` makes the next call build another)."""
     return boto3.client("s3", endpoint_url=os.environ.get("CSCORE_S3_ENDPOINT") or None)
 
 

@@ -108,9 +108,9 @@ def worker_tasks(monkeypatch: pytest.MonkeyPatch) -> Any:
     for name in ("tasks.worker_tasks", "tasks.celery_app"):
         sys.modules.pop(name, None)
     module = importlib.import_module("tasks.worker_tasks")
-    module.storage.s3_client.cache_clear()
+    module.storage.new_s3_client.cache_clear()
     yield module
-    module.storage.s3_client.cache_clear()
+    module.storage.new_s3_client.cache_clear()
 
 
 class _SlowDown(BaseHTTPRequestHandler):
@@ -216,3 +216,23 @@ def test_the_worker_reads_a_shard_from_s3_by_ranges(s3_stack: LocalStack, worker
     assert table.column("message_id").to_pylist()[-1] == "b-1.0-59999"
     assert source.requests <= 3 and source.bytes_read < len(data) / 2, (source.requests, source.bytes_read, len(data))
     assert worker_tasks.storage.S3Object(key).tail(len(data) * 2) == (data, len(data))  # a suffix beyond the start
+
+
+def test_a_shards_first_reads_at_once_build_one_s3_client(worker_tasks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard's first reads start on several threads together: they must share one client, not build one each."""
+    built: list[int] = []
+
+    def slow_client(*_: Any, **__: Any) -> object:
+        built.append(threading.get_ident())
+        threading.Event().wait(0.2)  # longer than the threads take to start: without the lock, each builds one
+        return object()
+
+    monkeypatch.setattr(worker_tasks.storage.boto3, "client", slow_client)
+    clients: list[object] = []
+    threads = [threading.Thread(target=lambda: clients.append(worker_tasks.storage.s3_client())) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1
+    assert len(clients) == 3 and clients[0] is clients[1] is clients[2]
