@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     """Verify per ``args``; print the verdict; return the exit status (0, 1 or 2)."""
     try:
         at = _parse_time(args.at)
-        evidence = _load_evidence(args.file, args.tee, list(args.certs), getattr(args, "collateral", None))
+        evidence = _load_evidence(args.file, args.tee, list(args.certs), args.collateral)
         anchors = TrustAnchors.from_dir(args.trust_dir) if args.trust_dir else TrustAnchors.amd()
         policy = Policy.from_file(args.policy) if args.policy else None
     except (OSError, ParseError, ValueError, UnicodeDecodeError) as exc:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 def _parse_time(text: str | None) -> datetime:
     if not text:
         return datetime.now(UTC)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    moment = datetime.fromisoformat(text)  # Python 3.11 reads a trailing "Z" as UTC
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -236,3 +236,82 @@ def test_the_arguments_and_their_defaults(capsys: pytest.CaptureFixture[str]) ->
     help_text = " ".join(capsys.readouterr().out.split())
     assert help_text.startswith("usage: cscore attest verify [-h] [--tee {sev-snp,tdx}]")
     assert "``cscore attest verify FILE``: verify (and optionally appraise) one piece of evidence." in help_text
+
+
+HELP = (
+    "usage: cscore attest verify [-h] [--tee {sev-snp,tdx}] [--certs [CERTS ...]] [--collateral COLLATERAL] [--at AT] "
+    "[--policy POLICY] [--trust-dir TRUST_DIR] [--json] file "
+    "``cscore attest verify FILE``: verify (and optionally appraise) one piece of evidence. "
+    "positional arguments: file report (raw binary or hex text) or Evidence JSON "
+    "options: -h, --help show this help message and exit --tee {sev-snp,tdx} "
+    "--certs [CERTS ...] VCEK/VLEK (DER or PEM) and ASK/ARK chain (PEM) files "
+    "--collateral COLLATERAL TDX: folder with Intel PCS TCB Info, QE Identity and issuer chain (PEM) "
+    "--at AT verification time, ISO 8601 (default: now, UTC) "
+    "--policy POLICY policy file (.json or .toml) to appraise against "
+    "--trust-dir TRUST_DIR also trust the simulated root in this folder (development only) "
+    "--json print the verdict and claims as JSON")
+
+
+def test_the_help_says_what_each_option_takes_word_for_word(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert " ".join(capsys.readouterr().out.split()) == HELP
+
+
+def test_every_path_option_is_read_as_a_path() -> None:
+    from attestation.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["f", "--certs", "a", "b", "--collateral", "c", "--at", "2026-01-01", "--policy", "p",
+                              "--trust-dir", "t", "--tee", "tdx", "--json"])
+    assert vars(args) == {"file": Path("f"), "tee": "tdx", "certs": [Path("a"), Path("b")], "collateral": Path("c"),
+                          "at": "2026-01-01", "policy": Path("p"), "trust_dir": Path("t"), "json": True}  # not str
+
+
+def test_the_json_verdict_is_printed_indented_by_two(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*GO_ARGS, "--json"]) == 0
+    claims = _claims(["vcek.testcer", "ask_ark_milan.pem"])
+    expected = {"verdict": "verified (no policy given)", "exit": 0, "claims": claims.to_dict()}
+    assert capsys.readouterr().out == json.dumps(expected, indent=2) + "\n"
+
+
+def test_the_collateral_an_envelope_carries_is_appraised_without_the_option(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """An Evidence JSON holding Intel's collateral gets a TCB verdict from it: go-tdx-guest's platform is below every
+    TCB level of its sample TCB Info, so it is rejected, as with --collateral, not accepted with the TCB unevaluated."""
+    from attestation.errors import AttestationError
+    from attestation.tdx.collateral import TdxCollateral
+
+    collateral = TdxCollateral.from_dir(_collateral(tmp_path / "c"))
+    envelope = Evidence(tee="tdx", report=TDX_QUOTE.read_bytes(), collateral=collateral)
+    (tmp_path / "ev.json").write_text(json.dumps(envelope.to_json()))
+    at = datetime(2023, 7, 1, tzinfo=UTC)
+    with pytest.raises(AttestationError) as below:
+        verify_evidence(envelope, TrustAnchors.amd(), at)
+    assert below.value.field == "tcb_info.tcbLevels"
+    assert main([str(tmp_path / "ev.json"), "--at", "2023-07-01T00:00:00Z"]) == 1
+    out = capsys.readouterr()
+    assert out.err == f"rejected: {below.value}\n" and out.out == ""
+    assert main([str(tmp_path / "ev.json"), "--at", "2023-07-01T00:00:00Z", "--collateral", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err == f"rejected: {below.value}\n"
+
+
+def test_the_trust_folder_named_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--trust-dir is read (an unreadable simulated root there is unusable input, named), and a folder holding AMD's
+    own ARK adds nothing: the report still verifies under root amd."""
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ark.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ParseError) as unreadable:
+        TrustAnchors.from_dir(tmp_path / "bad")
+    assert unreadable.value.field == str(tmp_path / "bad" / "ark.pem")
+    assert main([*GO_ARGS, "--trust-dir", str(tmp_path / "bad")]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"unusable input: {unreadable.value}\n" and out.out == ""
+    (tmp_path / "amd").mkdir()
+    milan_ark = x509.load_pem_x509_certificates((GO / "ask_ark_milan.pem").read_bytes())[-1]
+    (tmp_path / "amd" / "ark.pem").write_bytes(milan_ark.public_bytes(serialization.Encoding.PEM))
+    assert main([*GO_ARGS, "--trust-dir", str(tmp_path / "amd")]) == 0
+    claims = _claims(["vcek.testcer", "ask_ark_milan.pem"])
+    assert capsys.readouterr().out == f"verified (no policy given)\n{_describe(claims)}\n" and claims.root == "amd"
