@@ -131,6 +131,10 @@ def auditor_trust(args: argparse.Namespace) -> tuple[TrustAnchors, Policy]:
     """Trust anchors (AMD, plus simulated roots only if a trust dir is named) and the auditor's policy."""
     trust_dir = args.trust_dir or (Path(os.environ["CSCORE_SIM_TEE_DIR"]) if os.environ.get("CSCORE_SIM_TEE_DIR")
                                    else None)
+    if trust_dir:  # an insecure switch said aloud: a local stack's stack.env sets the variable without asking
+        named = "--trust-dir" if args.trust_dir else "$CSCORE_SIM_TEE_DIR"
+        print(f"audit: trusting SIMULATED TEE roots from {trust_dir} ({named}): evidence they sign proves no "
+              "hardware ran the code; for development only", file=sys.stderr)
     anchors = TrustAnchors.from_dir(trust_dir) if trust_dir else TrustAnchors.amd()
     if args.policy:
         return anchors, Policy.from_file(args.policy)

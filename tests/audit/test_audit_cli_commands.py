@@ -206,22 +206,28 @@ def test_the_witnesses_are_the_owner_and_the_provider_in_their_homes(tmp_path: P
                                                                    (tmp_path / "provider", "provider")]
 
 
-def test_the_auditor_trusts_amd_and_a_simulated_root_only_when_named(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_auditor_trusts_amd_and_a_simulated_root_only_when_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     sim = write_firmware(tmp_path / "sim")
     monkeypatch.delenv("CSCORE_SIM_TEE_DIR", raising=False)
     args = argparse.Namespace(trust_dir=None, policy=None, measurement=[M])
     anchors, policy = cli.auditor_trust(args)
     assert "simulated" not in {r.kind for r in anchors.roots}
     assert (policy.allowed_measurements, policy.allowed_roots) == ((M,), ("amd",))
+    assert capsys.readouterr().err == ""
     monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim))
     anchors, policy = cli.auditor_trust(args)
     assert "simulated" in {r.kind for r in anchors.roots} and policy.allowed_roots == ("amd", "simulated")
+    assert capsys.readouterr().err == (f"audit: trusting SIMULATED TEE roots from {sim} ($CSCORE_SIM_TEE_DIR): "
+                                       "evidence they sign proves no hardware ran the code; for development only\n")
     monkeypatch.setenv("CSCORE_SIM_TEE_DIR", "")
     assert "simulated" not in {r.kind for r in cli.auditor_trust(args)[0].roots}
-    monkeypatch.delenv("CSCORE_SIM_TEE_DIR")
+    assert capsys.readouterr().err == ""
     anchors, policy = cli.auditor_trust(argparse.Namespace(trust_dir=sim, policy=None, measurement=[M, "cd" * 48]))
     assert "simulated" in {r.kind for r in anchors.roots} and policy.allowed_roots == ("amd", "simulated")
+    assert capsys.readouterr().err == (f"audit: trusting SIMULATED TEE roots from {sim} (--trust-dir): evidence "
+                                       "they sign proves no hardware ran the code; for development only\n")
+    monkeypatch.delenv("CSCORE_SIM_TEE_DIR")
     assert policy.allowed_measurements == (M, "cd" * 48)
     (tmp_path / "p.json").write_text(json.dumps({"allowed_measurements": ["ef" * 48], "allowed_roots": ["amd"]}))
     _, policy = cli.auditor_trust(argparse.Namespace(trust_dir=sim, policy=tmp_path / "p.json", measurement=[M]))
