@@ -665,3 +665,111 @@ def test_a_job_known_by_its_training_receipt_alone_is_a_training_job_of_the_tena
 def test_a_refused_attestation_after_the_batch_succeeded_is_not_said_to_be_during_it(tmp_path: Path) -> None:
     after: Entry = ("attestation", {"broker": "owner", "decision": "deny", "reason": "later", "time": T0 + 100})
     assert _cells(_report(tmp_path, entries=[*_world(), after]), "Refusals") == []
+
+
+def test_every_section_of_the_terminal_report_word_for_word(tmp_path: Path) -> None:
+    """The tables an auditor reads, whole: a blank line before each title, the header's and rows' padding cut at the
+    end of the line, a mark on the alarmed row only, long cells clipped to their column's width."""
+    report = _report(tmp_path, [Finding(ERROR, "release", "released <to> w9", "b1", 5)])
+    assert render_text(report).splitlines()[11:] == [
+        "  2 shard(s) on 1 worker(s): w1; 1 key release(s), 0 refusal(s).",
+        "  Batch succeeded.",
+        "  Submitted 2023-11-14 22:13:20 UTC.",
+        "",
+        "== Submission and grants ==",
+        "  #  when          who           what                           detail",
+        "  0  22:11:40.250  owner broker  created the key                "
+        "data key acme/emails; policy default; measurements abababab…",
+        "  1  22:11:50.250  owner broker  rotated the key                key acme/emails: rotated to version 2",
+        "  2  22:12:30.250  owner broker  recorded the owner's grant     "
+        "keys acme/emails for model dddddddddddd… to measurements ab…",
+        "  3  22:13:20.250  tenant acme   submitted the signed manifest  "
+        "2 object(s), 15 emails; model spam:3; manifest eeeeeeeeeeee…",
+        "",
+        "== Attestation ==",
+        "  #  when          broker  worker  measurement    claims digest  note",
+        "  4  22:13:21.750  owner   w1      abababababab…  c1             accepted: its evidence bi…",
+        "",
+        "== Key releases ==",
+        "  #  when          broker  key          op      to worker  measurement    policy clause   decision",
+        "✗ 5  22:13:22.250  owner   acme/emails  unwrap  w1         abababababab…  default clause  allow",
+        "      ^ error: released <to> w9",
+        "",
+        "== Shards ==",
+        "  #  when          shard  row groups [start, end)  input           worker  rows  output sha256  receipt",
+        "  7  22:13:24.250  0      [0, 1) = 1 group         part-0.parquet  w1      10    000000000000…  "
+        "shard-0.receipt.jws",
+        "  6  22:13:23.250  1      [1, 3) = 2 groups        part-1.parquet  w1      5     ffffffffffff…  "
+        "shard-1.receipt.jws",
+        "",
+        "== Results ==",
+        "  #  when          what              detail",
+        "  8  22:13:25.250  result manifest   2 shard(s), 15 rows, 1 reused from an earlier attempt; run …",
+        "  9  22:13:26.250  status succeeded  manifest.json; run run-7",
+        "",
+        "== Owner's decryption ==",
+        "  #   when          broker  key           op            detail",
+        "  10  22:13:27.250  owner   acme/results  admin.unwrap  owner reads b1",
+        "",
+        "== Refusals ==",
+        "  (none)"]
+
+
+def test_a_cell_as_wide_as_its_column_is_shown_whole(tmp_path: Path) -> None:
+    world = _world()
+    world[5][1]["reason"] = "c" * 30  # the policy clause's column is 30 wide
+    line = next(s for s in render_text(_report(tmp_path, entries=world)).splitlines() if s.startswith("  5 "))
+    assert line.endswith("abababababab…  " + "c" * 30 + "  allow")
+
+
+def test_the_whole_html_page_after_its_style_word_for_word(tmp_path: Path) -> None:
+    report = _report(tmp_path, [Finding(ERROR, "release", "released <to> w9", "b1", 5)])
+    cp = html.escape(report["verdict"]["checkpoint"]["description"])
+    assert render_html(report).split("</style>", 1)[1] == (
+        "</head>\n<body>\n"
+        '<section class="verdict fail" id="verdict"><h1>Batch b1: audit does NOT hold</h1><dl>'
+        "<dt>batch state</dt><dd>succeeded</dd><dt>receipts</dt><dd>2/2 verified</dd><dt>refusals</dt><dd>0</dd>"
+        f"<dt>checkpoint</dt><dd>{cp}</dd><dt>witnessed by</dt><dd>nobody yet</dd>"
+        "<dt>log</dt><dd>in sync: every entry is signed and the bucket holds nothing unlogged for this batch</dd>"
+        "<dt>broker logs</dt><dd>checked against owner&#x27;s decisions 1 to 12 (synced 2023-11-14 22:13:28 UTC), "
+        "provider&#x27;s decisions 1 to 4 (synced at an unknown time); later broker decisions are not in the log (run "
+        "`cscore audit sync` to see them)</dd><dt>problem</dt><dd>released &lt;to&gt; w9</dd></dl></section>\n"
+        '<ul class="summary"><li>15 emails in 2 object(s), model spam:3 (dddddddddddd…), tenant acme.</li>'
+        "<li>2 shard(s) on 1 worker(s): w1; 1 key release(s), 0 refusal(s).</li><li>Batch succeeded.</li>"
+        "<li>Submitted 2023-11-14 22:13:20 UTC.</li></ul>\n"
+        "<h2>Submission and grants</h2><table><thead><tr><th>#</th><th>when</th><th>who</th><th>what</th>"
+        "<th>detail</th></tr></thead><tbody>"
+        "<tr><td>0</td><td>22:11:40.250</td><td>owner broker</td><td>created the key</td>"
+        "<td>data key acme/emails; policy default; measurements abababababab…</td></tr>"
+        "<tr><td>1</td><td>22:11:50.250</td><td>owner broker</td><td>rotated the key</td>"
+        "<td>key acme/emails: rotated to version 2</td></tr>"
+        "<tr><td>2</td><td>22:12:30.250</td><td>owner broker</td><td>recorded the owner&#x27;s grant</td>"
+        "<td>keys acme/emails for model dddddddddddd… to measurements abababababab…</td></tr>"
+        "<tr><td>3</td><td>22:13:20.250</td><td>tenant acme</td><td>submitted the signed manifest</td>"
+        "<td>2 object(s), 15 emails; model spam:3; manifest eeeeeeeeeeee…</td></tr></tbody></table>\n"
+        "<h2>Attestation</h2><table><thead><tr><th>#</th><th>when</th><th>broker</th><th>worker</th>"
+        "<th>measurement</th><th>claims digest</th><th>note</th></tr></thead><tbody>"
+        "<tr><td>4</td><td>22:13:21.750</td><td>owner</td><td>w1</td><td>abababababab…</td><td>c1</td>"
+        "<td>accepted: its evidence binds this batch</td></tr></tbody></table>\n"
+        "<h2>Key releases</h2><table><thead><tr><th>#</th><th>when</th><th>broker</th><th>key</th><th>op</th>"
+        "<th>to worker</th><th>measurement</th><th>policy clause</th><th>decision</th></tr></thead><tbody>"
+        '<tr class="alarm"><td>5</td><td>22:13:22.250</td><td>owner</td><td>acme/emails</td><td>unwrap</td>'
+        "<td>w1</td><td>abababababab…</td><td>default clause</td><td>allow</td></tr>"
+        '<tr class="problem"><td colspan="9">error: released &lt;to&gt; w9</td></tr></tbody></table>\n'
+        "<h2>Shards</h2><table><thead><tr><th>#</th><th>when</th><th>shard</th><th>row groups [start, end)</th>"
+        "<th>input</th><th>worker</th><th>rows</th><th>output sha256</th><th>receipt</th></tr></thead><tbody>"
+        "<tr><td>7</td><td>22:13:24.250</td><td>0</td><td>[0, 1) = 1 group</td><td>part-0.parquet</td><td>w1</td>"
+        "<td>10</td><td>000000000000…</td><td>shard-0.receipt.jws</td></tr>"
+        "<tr><td>6</td><td>22:13:23.250</td><td>1</td><td>[1, 3) = 2 groups</td><td>part-1.parquet</td><td>w1</td>"
+        "<td>5</td><td>ffffffffffff…</td><td>shard-1.receipt.jws</td></tr></tbody></table>\n"
+        "<h2>Results</h2><table><thead><tr><th>#</th><th>when</th><th>what</th><th>detail</th></tr></thead><tbody>"
+        "<tr><td>8</td><td>22:13:25.250</td><td>result manifest</td>"
+        "<td>2 shard(s), 15 rows, 1 reused from an earlier attempt; run run-7</td></tr>"
+        "<tr><td>9</td><td>22:13:26.250</td><td>status succeeded</td><td>manifest.json; run run-7</td></tr>"
+        "</tbody></table>\n"
+        "<h2>Owner&#x27;s decryption</h2><table><thead><tr><th>#</th><th>when</th><th>broker</th><th>key</th>"
+        "<th>op</th><th>detail</th></tr></thead><tbody>"
+        "<tr><td>10</td><td>22:13:27.250</td><td>owner</td><td>acme/results</td><td>admin.unwrap</td>"
+        "<td>owner reads b1</td></tr></tbody></table>\n"
+        '<h2>Refusals</h2><p class="empty">none</p>\n'
+        "</body></html>\n")
