@@ -147,6 +147,8 @@ MODULES: dict[str, list[str]] = {
     "enclave/tfidf_path.py": ["tests/enclave/test_tfidf_checks.py", "tests/enclave/test_runner_paths.py"],
     # the spam scorer on the same small model: chunks, bits, options, each schema refusal word for word (seconds)
     "enclave/scoring.py": ["tests/enclave/test_scoring_paths.py"],
+    # each entry's tensor and refusals on values and images of a few pixels built in memory (milliseconds a test)
+    "enclave/preprocess.py": ["tests/enclave/test_preprocess_paths.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

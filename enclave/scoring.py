@@ -73,7 +73,7 @@ class ModelSession:
             fast = self.rewrite.run(list(batch[:, 0]), [LABEL_OUTPUT, PROBABILITY_OUTPUT]) if self.rewrite else None
             label, proba = fast or self._session.run([LABEL_OUTPUT, PROBABILITY_OUTPUT], {INPUT_NAME: batch})
         k = len(chunk)
-        return np.asarray(proba[:k, 1], dtype=np.float32), np.asarray(label[:k], dtype=np.int8)
+        return proba[:k, 1], label[:k]  # `score` stores them as float32 and int8
 
 
 def session_options(threads: int) -> ort.SessionOptions:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import pairwise, repeat
 
 import numpy as np
 import onnx
@@ -86,9 +86,8 @@ class TfidfPath:
         _expect(len(graph.input) == 1 and graph.input[0].type.tensor_type.elem_type == TensorProto.STRING)
         self.input_name = graph.input[0].name
         # A chain: each node reads the previous one's only output; nothing else is read or exposed.
-        chain = [self.input_name, *(n.output[0] for n in nodes[:-1])]
-        _expect(all(n.input[0] == src and len(n.output) == 1 for n, src in zip(nodes[:-1], chain, strict=False)))
-        _expect(linear.input[0] == normalizer.output[0] and len(linear.input) == 1)
+        _expect(reshape.input[0] == self.input_name and len(linear.input) == 1)
+        _expect(all(n.input[0] == before.output[0] and len(before.output) == 1 for before, n in pairwise(nodes)))
         _expect([o.name for o in graph.output] == list(linear.output))
         initializers = {i.name: i for i in graph.initializer}
         _expect(len(reshape.input) == 2 and reshape.input[1] in initializers)
@@ -100,27 +99,27 @@ class TfidfPath:
         _expect(a.get("mark") == 0 and a.get("mincharnum") == 1 and "separators" not in a and "tokenexp" in a)
         pad = a["pad_value"]
         expression = a["tokenexp"]
-        _expect(isinstance(expression, bytes) and isinstance(pad, bytes))
-        assert isinstance(expression, bytes) and isinstance(pad, bytes)
+        if not (isinstance(expression, bytes) and isinstance(pad, bytes)):
+            raise _NotThisGraph
         # Only runs of ASCII word characters of a least length: what `bytes.split` on translated text finds.
-        found = re.fullmatch(r"\[a-zA-Z0-9_\]\{(\d+),\}", expression.decode("ascii", "replace"))
+        found = re.fullmatch(rb"\[a-zA-Z0-9_\]\{(\d+),\}", expression)
         _expect(found is not None)
         assert found is not None
         shortest = max(1, int(found.group(1)))
         a = _attrs(tfidf)
         _expect(a.get("mode") == b"TF" and a.get("min_gram_length") == 1 and a.get("max_gram_length") == 1
-                and a.get("max_skip_count", 0) == 0 and list(a.get("ngram_counts", [])) == [0]  # type: ignore[call-overload]
+                and a.get("max_skip_count") == 0 and list(a.get("ngram_counts", [])) == [0]  # type: ignore[call-overload]
                 and "pool_int64s" not in a and len(tfidf.input) == 1)
-        pool = [s.decode("utf-8") for s in a["pool_strings"]]  # type: ignore[attr-defined]
+        pool = list(a["pool_strings"])  # type: ignore[call-overload]
         indexes = [int(i) for i in a["ngram_indexes"]]  # type: ignore[attr-defined]
         _expect(len(pool) == len(indexes) == len(set(pool)) == len(set(indexes)) > 0 and min(indexes) >= 0)
-        _expect(pad.decode("utf-8") not in pool)  # the graph would count the tokenizer's padding
+        _expect(pad not in pool)  # the graph would count the tokenizer's padding
         self.width = max(indexes) + 1
         # Pool strings the graph's tokenizer can produce (lower-case runs); others never count, in either path.
-        self._columns = {w.encode("ascii"): i for w, i in zip(pool, indexes, strict=True)
-                         if re.fullmatch(f"[a-z0-9_]{{{shortest},}}", w)}
+        self._columns = {w: i for w, i in zip(pool, indexes, strict=True)
+                         if len(w) >= shortest and re.fullmatch(rb"[a-z0-9_]+", w)}
         self._columns[_ROW_MARK.strip()] = _MARK_COLUMN
-        self.words = sorted(w.decode("ascii") for w, i in self._columns.items() if i >= 0)
+        self.words = sorted(w.decode() for w, i in self._columns.items() if i >= 0)
         _expect(mul.input[0] == tfidf.output[0] and len(mul.input) == 2 and mul.input[1] in initializers)
         idf = numpy_helper.to_array(initializers[mul.input[1]])
         _expect(idf.dtype == np.float32 and idf.shape == (self.width,) and bool(np.all(np.isfinite(idf))))
@@ -130,7 +129,7 @@ class TfidfPath:
         self.outputs = list(linear.output)
         self._linear = _session([linear], [helper.make_tensor_value_info(linear.input[0], TensorProto.FLOAT,
                                                                          [None, self.width])],
-                                list(graph.output), [], model, options)
+                                list(graph.output), model, options)
         self._linear_input = linear.input[0]
         self._risky = self._risky_characters(lower, model, options)
         self._dense = np.zeros((chunk_rows, self.width), np.float32)
@@ -143,13 +142,13 @@ class TfidfPath:
         non-ASCII byte a separator)."""
         normalizer = _session([lower], [helper.make_tensor_value_info(lower.input[0], TensorProto.STRING, [None])],
                               [helper.make_tensor_value_info(lower.output[0], TensorProto.STRING, [None])],
-                              [], model, options)
+                              model, options)
         ascii_chars = "".join(map(chr, range(1, 128)))
         every = _code_points(0x80, 0xD800) + _code_points(0xE000, 0x110000)
         lowered = normalizer.run(None, {lower.input[0]: np.array([ascii_chars, every], dtype=object)})[0]
         _expect(lowered[0] == ascii_chars.lower() and len(lowered[1]) == len(every))
         risky = {"\x00"} | {every[m.start()] for m in _ASCII.finditer(lowered[1])}
-        return [c.encode("utf-8") for c in sorted(risky)]
+        return [c.encode() for c in sorted(risky)]
 
     def _encoded(self, texts: Sequence[str]) -> list[bytes] | None:
         """Each text's UTF-8 with every byte outside the token class a space and A-Z lower-cased, or None when
@@ -159,7 +158,7 @@ class TfidfPath:
             if len(text) >= MAX_TEXT_CHARS:
                 return None
             try:
-                data = text.encode("utf-8")
+                data = text.encode()
             except UnicodeEncodeError:  # a lone surrogate: the graph refuses it as it always did
                 return None
             if b"\x00" in data or (not data.isascii() and any(r in data for r in self._risky)):
@@ -189,17 +188,17 @@ class TfidfPath:
         longest = int(np.bincount(row).max()) if len(row) else 1
         padded = np.zeros((self.chunk_rows, longest), np.float32)
         padded[row, np.arange(len(row)) - starts[row]] = squares
-        sums = np.cumsum(padded, axis=1, dtype=np.float32)[:, -1]
+        sums = np.cumsum(padded, axis=1)[:, -1]
         dense = self._dense
         if self._touched is not None:
             dense[self._touched] = 0.0
-        dense[row, column] = self._l2(x, squares, sums[row])  # a row without terms stays zero (sum == 0 leaves it)
+        dense[row, column] = self._l2(squares, sums[row])  # a row without terms stays zero (sum == 0 leaves it)
         self._touched = (row, column)
         return [np.asarray(v) for v in self._linear.run(list(fetch), {self._linear_input: dense}, options)]
 
     @staticmethod
-    def _l2(x: np.ndarray, squares: np.ndarray, sums: np.ndarray) -> np.ndarray:
-        """onnxruntime's L2 Normalizer per entry: sqrt(x*x / sum), not x / sqrt(sum) (other bits); x >= 0."""
+    def _l2(squares: np.ndarray, sums: np.ndarray) -> np.ndarray:
+        """onnxruntime's L2 Normalizer per entry from x*x: sqrt(x*x / sum), not x / sqrt(sum) (other bits); x >= 0."""
         return np.sqrt(squares / sums)
 
     def agrees_with(self, whole: ort.InferenceSession) -> bool:
@@ -229,10 +228,9 @@ def _code_points(start: int, stop: int) -> str:
 
 
 def _session(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-             initializers: list[onnx.TensorProto], model: onnx.ModelProto,
-             options: ort.SessionOptions) -> ort.InferenceSession:
+             model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
     """A session of some of the published graph's own nodes (same attributes), under the model's opsets."""
-    graph = helper.make_graph(nodes, "cscore-tfidf-part", inputs, outputs, initializers)
+    graph = helper.make_graph(nodes, "cscore-tfidf-part", inputs, outputs)
     part = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     try:
         return ort.InferenceSession(part.SerializeToString(), options, providers=["CPUExecutionProvider"])

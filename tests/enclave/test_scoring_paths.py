@@ -8,6 +8,7 @@ trained on the corpus (seconds to build, so not in bench/mutation.py's list).
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -231,3 +232,22 @@ def test_the_rewrite_is_derived_with_the_sessions_threads_and_chunk(monkeypatch:
     seen = rewrite_derivations(monkeypatch)
     assert ModelSession(tiny_spam_model()[1], threads=2).rewrite is not None
     assert seen == [(2, CHUNK_ROWS)]
+
+
+def test_outputs_are_read_by_name_whatever_their_order_in_the_graph() -> None:
+    """A published graph listing `probabilities` before `label` (the rewrite declines it): the same scores."""
+    onnx_bytes = _edited(lambda m: m.graph.output.insert(0, m.graph.output.pop()))
+    assert [o.name for o in load_session(onnx_bytes, 1).get_outputs()] == ["probabilities", "label"]
+    texts = _texts(70)
+    for rewrite in (True, False):
+        scorer = ModelSession(onnx_bytes, rewrite=rewrite)
+        assert scorer.rewrite is None
+        assert [_bits(a) for a in scorer.score(texts)] == [_bits(a) for a in _reference(texts)]
+
+
+def test_loading_a_model_prints_and_warns_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """Logs leave the enclave: onnxruntime's fallback from a provider it does not have would print and warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_session(tiny_spam_model()[1], 1).get_providers() == ["CPUExecutionProvider"]
+    assert capfd.readouterr() == ("", "")

@@ -8,11 +8,14 @@ them again: these tests pin the first line, not only the second).
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import skl2onnx  # noqa: F401 - imported at collection: mutmut's forked children do not import it again
 from onnx import TensorProto, helper, numpy_helper
@@ -99,6 +102,8 @@ EDITS: dict[str, Callable[[onnx.ModelProto], None]] = {
     "bigrams too": _attribute(TFIDF, "max_gram_length", 2),
     "bigrams only": _attribute(TFIDF, "min_gram_length", 2),
     "skips": _attribute(TFIDF, "max_skip_count", 1),
+    "no skip count (onnxruntime requires one)": _attribute(TFIDF, "max_skip_count", None),
+    "no n-gram counts": _attribute(TFIDF, "ngram_counts", None),
     "another n-gram count": _attribute(TFIDF, "ngram_counts", [0, 5]),
     "integer pool": _attribute(TFIDF, "pool_int64s", [1, 2]),
     "a TF-IDF of two inputs": _set(lambda m: _n(m, TFIDF).input.append("shape_tensor")),
@@ -116,6 +121,11 @@ EDITS: dict[str, Callable[[onnx.ModelProto], None]] = {
     "an infinite weight": _initializer("idfcst", np.array([np.inf, *[1.0] * (len(VOCABULARY) - 1)], np.float32)),
     "an L1 norm": _attribute(NORMALIZER, "norm", "L1"),
     "a classifier onnxruntime cannot build": _attribute(LINEAR, "post_transform", "NO_SUCH_TRANSFORM"),
+    "the normaliser reads the unweighted counts": _set(lambda m: _n(m, NORMALIZER).input.__setitem__(0, "output")),
+    "a normaliser with a second output": _set(lambda m: _n(m, NORMALIZER).output.append("spare")),
+    "a token expression of another type": _attribute(TOKENIZER, "tokenexp", ["[a-zA-Z0-9_]{2,}"]),
+    "a non-ASCII token expression": _attribute(TOKENIZER, "tokenexp", "[a-zA-Z0-9_\u00e9]{2,}"),
+    "padding of another type": _attribute(TOKENIZER, "pad_value", ["#"]),
 }
 
 
@@ -205,7 +215,7 @@ def test_derive_takes_the_pipeline_and_leaves_anything_else_to_the_graph(monkeyp
     EDITS["an L1 norm"](model)
     assert derive(model.SerializeToString(), session_options(1), whole, CHUNK_ROWS) is None
     with monkeypatch.context() as patch:  # one bit off: refused by the self-check
-        patch.setattr(TfidfPath, "_l2", staticmethod(lambda x, squares, sums: x / np.sqrt(sums)))
+        patch.setattr(TfidfPath, "_l2", staticmethod(lambda squares, sums: np.sqrt(squares) / np.sqrt(sums)))
         assert derive(onnx_bytes, session_options(1), whole, CHUNK_ROWS) is None
 
     def failing(*_: object) -> None:
@@ -248,12 +258,20 @@ def test_the_self_check_chunk_uses_the_vocabulary_and_every_kind_of_separator(mo
         seen.append(list(texts))
         return original(self, texts, *rest)
     monkeypatch.setattr(TfidfPath, "run", recorded)
-    assert path.agrees_with(load_session(onnx_bytes, 1))
-    (texts,) = seen
+    assert path.agrees_with(load_session(onnx_bytes, 1)) and path.agrees_with(load_session(onnx_bytes, 1))
+    texts, again = seen
+    assert texts == again  # a fixed chunk
     assert len(texts) == CHUNK_ROWS and texts[-2:] == ["", "no_such_word_in_any_vocabulary"]
+    # each text: words of the vocabulary, each followed by one of the separators below, either in lower or upper case
+    word, separator = ("|".join(re.escape(w) for v in values for w in (v, v.upper())) for values in (VOCABULARY,
+                                                                                                     SEPARATORS))
+    assert all(re.fullmatch(f"(?:(?:{word})(?:{separator}))+", text) for text in texts[:-2])
     joined = " ".join(texts)
     assert all(w in joined and w.upper() in joined for w in VOCABULARY)
-    assert all(c in joined for c in ("\t", "\n", ", ", ". ", "-", " 7 ", " x ", " \u00e9 ", " \u00df ", " \u4e2d "))
+    assert all(c in joined for c in SEPARATORS)
+
+
+SEPARATORS = (" ", "  ", "\n", ", ", ". ", "\t", "-", " 7 ", " x ", " \u00e9 ", " \u00df ", " \u4e2d ")
 
 
 def test_code_points_are_the_range_as_one_string() -> None:
@@ -266,5 +284,92 @@ def test_onnxruntime_refusing_a_part_is_not_this_graph() -> None:
     with pytest.raises(_NotThisGraph):
         tfidf_path._session([helper.make_node("NoSuchOp", ["a"], ["b"])],
                             [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None])],
-                            [helper.make_tensor_value_info("b", TensorProto.FLOAT, [None])], [], model,
+                            [helper.make_tensor_value_info("b", TensorProto.FLOAT, [None])], model,
                             session_options(1))
+
+
+def _bytes_pool(model: onnx.ModelProto, word: str, replacement: bytes) -> None:
+    """The TF-IDF pool with `word` replaced by `replacement` (any bytes), in place."""
+    pool = [replacement if w == word.encode() else w for w in
+            helper.get_attribute_value(next(a for a in _n(model, TFIDF).attribute if a.name == "pool_strings"))]
+    _attribute(TFIDF, "pool_strings", pool, onnx.AttributeProto.STRINGS)(model)
+
+
+ACCEPTED: dict[str, Callable[[], bytes]] = {
+    "a vocabulary of one word": lambda: tiny_spam_model(max_features=1)[1],
+    "a pool string that is not UTF-8 (never a token)": lambda: _edited(lambda m: _bytes_pool(m, "free", b"\xff\xfe")),
+}
+
+
+def _edited(edit: Callable[[onnx.ModelProto], None]) -> bytes:
+    model = _model()
+    edit(model)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("what", list(ACCEPTED))
+def test_a_graph_of_the_pipeline_written_another_valid_way_is_taken_with_the_graphs_bits(what: str) -> None:
+    onnx_bytes = ACCEPTED[what]()
+    path = derive(onnx_bytes, session_options(1), load_session(onnx_bytes, 1), CHUNK_ROWS)
+    assert isinstance(path, TfidfPath)
+    texts = CHUNKS["words, case, digits, separators"]
+    assert _bits(path.run(texts, ["label", "probabilities"]) or []) == _bits(_whole(onnx_bytes, texts))
+
+
+def test_the_one_word_and_the_non_utf8_pools_are_read_as_written() -> None:
+    pipeline, onnx_bytes = tiny_spam_model(max_features=1)
+    path = _path(onnx.load_from_string(onnx_bytes))
+    assert path.words == list(pipeline.named_steps["tfidf"].vocabulary_) and path.width == 1
+    path = _path(onnx.load_from_string(ACCEPTED["a pool string that is not UTF-8 (never a token)"]()))
+    assert path.words == [w for w in VOCABULARY if w != "free"] and path.width == len(VOCABULARY)
+
+
+def test_run_options_reach_the_classifier_run() -> None:
+    """The watchdog stops a run through its RunOptions: the rewrite's onnxruntime run must receive them."""
+    options = ort.RunOptions()
+    options.terminate = True
+    with pytest.raises(Exception, match=r"Exiting due to terminate flag being set to true\.$"):
+        _path().run(["free money"] * CHUNK_ROWS, ["label"], options)
+
+
+def test_each_part_session_is_the_published_nodes_under_the_scorers_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two parts of the published graph run in onnxruntime: its LinearClassifier on [rows, vocabulary] floats and
+    its StringNormalizer on a vector of strings, each with the session options the scorer gave (threads, logs)."""
+    calls: list[tuple[list[str], list[tuple[str, int, list[Any]]], list[str], Any]] = []
+    original = tfidf_path._session
+
+    def recorded(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+                 outputs: list[onnx.ValueInfoProto], *rest: Any) -> Any:
+        calls.append(([n.op_type for n in nodes], [_described(i) for i in inputs], [o.name for o in outputs],
+                      rest[-1]))
+        return original(nodes, inputs, outputs, *rest)
+    monkeypatch.setattr(tfidf_path, "_session", recorded)
+    options = session_options(3)
+    path = TfidfPath(_model(), options, CHUNK_ROWS)
+    assert calls == [(["LinearClassifier"], [("tfidftr_norm", TensorProto.FLOAT, [None, len(VOCABULARY)])],
+                      ["label", "probabilities"], options),
+                     (["StringNormalizer"], [("flattened", TensorProto.STRING, [None])], ["normalized"], options)]
+    got = path._linear.get_session_options()
+    assert (got.intra_op_num_threads, got.log_severity_level) == (3, 3)
+    assert path._linear.get_providers() == ["CPUExecutionProvider"]
+
+
+def _described(value: onnx.ValueInfoProto) -> tuple[str, int, list[Any]]:
+    tensor = value.type.tensor_type
+    return value.name, tensor.elem_type, [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+
+
+def test_building_the_path_prints_and_warns_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """Logs leave the enclave: onnxruntime's provider fallback, for one, would print and warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _path()
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_normaliser_that_does_not_lower_ascii_as_python_does_is_not_this_graph() -> None:
+    """The sanity run of the graph's StringNormalizer: an UPPER one (or any other ASCII mapping) is refused."""
+    path, model = _path(), _model()
+    EDITS["upper case"](model)
+    with pytest.raises(_NotThisGraph):
+        path._risky_characters(_n(model, LOWER), model, session_options(1))

@@ -20,15 +20,17 @@ WORDS = [*SPAM.split(), *HAM.split()]
 
 
 @cache
-def tiny_spam_model(token_pattern: str = TOKEN_PATTERN, extra: tuple[str, ...] = ()) -> tuple[Pipeline, bytes]:
-    """The fitted pipeline and its ONNX bytes; `extra` words join the spam sentences' vocabulary."""
+def tiny_spam_model(token_pattern: str = TOKEN_PATTERN, extra: tuple[str, ...] = (),
+                    max_features: int | None = None) -> tuple[Pipeline, bytes]:
+    """The fitted pipeline and its ONNX bytes; `extra` words join the spam sentences' vocabulary, which keeps its
+    `max_features` most frequent words (all by default)."""
     rng = random.Random(3)
     texts, labels = [], []
     for i in range(40):
         words = [*SPAM.split(), *extra] if i % 2 else HAM.split()
         texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))))
         labels.append(i % 2)
-    pipeline = train_spam_model(texts, labels, max_features=None, token_pattern=token_pattern)
+    pipeline = train_spam_model(texts, labels, max_features=max_features, token_pattern=token_pattern)
     return pipeline, export_onnx(pipeline)
 
 

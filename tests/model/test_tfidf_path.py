@@ -73,12 +73,13 @@ def test_a_rewrite_a_few_bits_off_is_refused(small_model: TrainedModel, monkeypa
     whole = load_session(small_model.onnx_bytes, 1)
     path = tfidf_path.TfidfPath(onnx.load_from_string(small_model.onnx_bytes), session_options(1), CHUNK_ROWS)
     assert path.agrees_with(whole)
-    path._l2 = lambda x, squares, sums: x / np.sqrt(sums)  # type: ignore[method-assign]
+    path._l2 = lambda squares, sums: np.sqrt(squares) / np.sqrt(sums)  # type: ignore[method-assign]
     assert not path.agrees_with(whole)
     del path._l2
     path.idf = np.nextafter(path.idf, np.float32(np.inf))
     assert not path.agrees_with(whole)
-    monkeypatch.setattr(tfidf_path.TfidfPath, "_l2", staticmethod(lambda x, squares, sums: x / np.sqrt(sums)))
+    textbook = staticmethod(lambda squares, sums: np.sqrt(squares) / np.sqrt(sums))  # sqrt(x*x) is x exactly
+    monkeypatch.setattr(tfidf_path.TfidfPath, "_l2", textbook)
     assert ModelSession(small_model.onnx_bytes).rewrite is None
 
 
