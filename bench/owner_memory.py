@@ -18,6 +18,11 @@ former figure (one scorer timed alone, times `--workers`; `cscore.scorers` says 
 of the stack used while the pipeline ran (and how many of the machine's cores the stack got: the machine may be
 shared), and the workers' peak resident memory (VmHWM of each worker's processes, the largest; a worker runs every
 batch, so it is the peak so far).
+
+`--worker-cpus 1` pins the workers (and the raw scorers timed beside them) to those CPUs and everything else this
+command starts (the stack's other parts, the owner's commands) to the rest: the pipeline on the workers' own cores,
+as on confidential VMs of their own. It then prints how busy those CPUs were with other work (load this command does
+not control: pin it away by hand, `taskset -a -p`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pipeline", action="store_true",
                         help="also Airflow and workers: score each batch and fetch its results (`owner results`)")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers with --pipeline")
+    parser.add_argument("--worker-cpus", type=_cpus, metavar="CPUS",
+                        help="with --pipeline: comma-separated CPUs for the workers and the raw scorers alone")
     args = parser.parse_args(argv)
+    if args.worker_cpus:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - args.worker_cpus)  # what this starts inherits it
     sizes = [int(s) for s in args.emails.split(",")]
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="cscore-owner-memory-"))
     inputs = args.inputs or state_dir / "inputs"
@@ -133,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with LocalStack(state_dir, workers=workers, airflow=args.pipeline, environ=environ, out=lambda _: None) as stack:
         os.environ.update(stack.env)
+        if args.worker_cpus:
+            pin_workers(stack, args.worker_cpus)
         store, owner = ObjectStore(), Party.from_env("owner")
         onnx_bytes = export_onnx(train_spam_model([email_text(e.raw) for e in train], [e.label for e in train]))
         measurement = code_measurement().hex() if args.pipeline else "00" * 48
@@ -149,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bench] {n} emails ({size / 1e6:.0f} MB {args.format}); load average "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
             if args.pipeline:  # before the submit: the pipeline starts as the submit ends, and is timed from there
-                alone = raw_scorer_rate(onnx_bytes, [Email(str(i), t) for i, t in enumerate(texts)])
-                together = concurrent_scorer_rate(onnx_bytes, repeated(texts), workers)
+                with pinned(args.worker_cpus):
+                    alone = raw_scorer_rate(onnx_bytes, [Email(str(i), t) for i, t in enumerate(texts)])
+                    together = concurrent_scorer_rate(onnx_bytes, repeated(texts), workers)
                 print(f"[bench]   raw scorer (ModelSession, 1 thread): {alone:.0f} emails/s alone; {workers} at once: "
                       f"{together.per_s:.0f} emails/s ({together.per_cpu_s:.0f} per CPU second); load average "
                       f"{os.getloadavg()[0]:.1f}", flush=True)
@@ -159,12 +172,55 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bench]   submit: peak {peak:.0f} MB, {wall:.1f} s ({n / wall:.0f} emails/s); {said}", flush=True)
             path.unlink()
             if args.pipeline:
-                scored(stack, store, n, json.loads(said)["batch_id"], wall, together, alone * workers)
+                scored(stack, store, n, json.loads(said)["batch_id"], wall, together, alone * workers,
+                       args.worker_cpus)
     if args.state_dir is None:
         shutil.rmtree(state_dir, ignore_errors=True)
     print(f"\n{'emails':>9} {'input MB':>9} {'peak RSS MB':>12} {'wall s':>8} {'emails/s':>9}")
     for n, mb, peak, wall, rate in rows:
         print(f"{n:>9} {mb:>9.0f} {peak:>12.0f} {wall:>8.1f} {rate:>9.0f}")
+
+
+def _cpus(text: str) -> set[int]:
+    cpus = {int(c) for c in text.split(",")}
+    if not cpus < os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(f"expected some of the CPUs {sorted(os.sched_getaffinity(0))}, "
+                                         f"leaving one for the rest; got {sorted(cpus)}")
+    return cpus
+
+
+def pin_workers(stack: LocalStack, cpus: set[int]) -> None:
+    """Pin each Celery worker's processes (main and pool) to `cpus`; a pool process forked later inherits it."""
+    import psutil
+
+    for name, pid in stack.pids().items():
+        if name.startswith("celery-worker-"):
+            leader = psutil.Process(pid)
+            for proc in [leader, *leader.children(recursive=True)]:
+                proc.cpu_affinity(sorted(cpus))
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """This process (and what it spawns meanwhile) on `cpus`, then back; nothing when `cpus` is None."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def cpu_busy_seconds(cpus: set[int]) -> float:
+    """CPU seconds `cpus` spent busy so far (/proc/stat's per-CPU lines: all but idle and iowait)."""
+    busy = 0.0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            fields = [int(v) for v in values]
+            busy += (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return busy
 
 
 def stack_cpu_seconds(stack: LocalStack) -> dict[str, float]:
@@ -193,15 +249,17 @@ def machine_busy_seconds() -> float:
 
 
 def scored(stack: LocalStack, store: ObjectStore, n: int, batch_id: str, submit_s: float, together: ConcurrentRate,
-           single_times_n: float) -> None:
+           single_times_n: float, worker_cpus: set[int] | None = None) -> None:
     """Wait for the batch's pipeline, fetch its results with `cscore owner results`, print the figures."""
     cpu_before, busy_before = stack_cpu_seconds(stack), machine_busy_seconds()
+    pinned_before = cpu_busy_seconds(worker_cpus or set())
     t0 = time.perf_counter()
     status = wait_for_batch(store, TENANT, batch_id, timeout=4 * 3600,
                             progress=lambda s: print(f"[bench]   {time.strftime('%H:%M:%S')} batch {s}", flush=True))
     pipeline = time.perf_counter() - t0
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in stack_cpu_seconds(stack).items()}
     busy = machine_busy_seconds() - busy_before
+    pinned_busy = cpu_busy_seconds(worker_cpus or set()) - pinned_before
     if status["state"] != "succeeded":
         raise RuntimeError(f"batch {batch_id} failed: {status.get('reason')}")
     rate = n / pipeline
@@ -215,6 +273,11 @@ def scored(stack: LocalStack, store: ObjectStore, n: int, batch_id: str, submit_
               f"{name} {s:.1f}" for name, s in sorted(cpu.items(), key=lambda kv: -kv[1]) if s >= 0.05)
           + f"; workers {n / max(1e-9, sum(s for k, s in cpu.items() if k.startswith('celery-worker-'))):.0f} emails "
           f"per CPU second (raw scorers {together.per_cpu_s:.0f})", flush=True)
+    if worker_cpus:
+        own = sum(s for k, s in cpu.items() if k.startswith("celery-worker-"))
+        print(f"[bench]   the workers' CPUs {sorted(worker_cpus)}: busy {pinned_busy / pipeline:.2f} of "
+              f"{len(worker_cpus)}, the workers {own / pipeline:.2f}, other work {(pinned_busy - own) / pipeline:.2f}",
+              flush=True)
     print("[bench]   workers' seconds summed over shards: " + ", ".join(
         f"{phase.removeprefix('worker.')} {s:.1f}" for phase, s in worker_seconds(store, batch_id).items()), flush=True)
     out = stack.state_dir / f"results-{batch_id}.parquet"
