@@ -4,7 +4,8 @@ One stack for the module (moto over HTTP, Redis, the simulated SEV-SNP firmware,
 provider's key brokers and two Celery workers, each a separate process). The platform's side is played by
 this test, as the platform would play it: it plans shards and sends `cscore.score_shard` by name, starts
 processes of its own (a Celery worker with another configuration, a TLS-terminating relay, a key broker),
-rewrites S3 objects and task arguments. Airflow is left out: it only schedules what is sent here by hand.
+rewrites S3 objects, task arguments, broker answers (through its relay) and its own broker's database.
+Airflow is left out: it only schedules what is sent here by hand.
 
 Each attack asserts what the attacker obtains (no key bytes, no plaintext, no scores, no model bytes) and
 the refusal that stopped it; honest batches on the same stack, before and after the attacks, are scored
@@ -14,6 +15,7 @@ bit for bit like plaintext onnxruntime. The last test scans every platform-side 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -22,12 +24,13 @@ import os
 import re
 import select
 import socket
+import sqlite3
 import ssl
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from celery.utils.nodenames import worker_direct
+from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from cscore.cli import main as cli_main
@@ -44,9 +48,11 @@ from cscore.demo import TENANT, corpus_split, onboard_tenant, owner_trust
 from dags.cscore_platform import worker_pool
 from dags.cscore_platform.manifest import Manifest, verify_manifest
 from dags.cscore_platform.planning import plan_shards
+from enclave.kbs_client import AttestedSession, EnclaveKeys
 from enclave.measurement import code_measurement
 from enclave.scoring import ModelSession
 from enclave.signing import canonical_json, generate_signing_key, sign_json, unverified_payload
+from enclave.tee import SimulatedSnpProvider
 from infra.local import procs
 from infra.local.parts import PY, worker_names
 from infra.local.stack import LocalStack
@@ -65,8 +71,9 @@ from sdk.storage import ObjectStore
 from sdk.training import export_onnx, train_spam_model
 from tests.e2e.canaries import EMAIL_CANARIES, FLAG_CANARY, MODEL_CANARY, encoded_forms, redis_dump
 from tests.stacks import running_stack
+from wire.pop import POP_HEADER, POP_TYPE
 from wire.tenant import approval_key, verify_approval
-from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, load_worker_config
+from wire.worker_config import CONFIG_ENV, BrokerIdentity, WorkerConfig, host_data, load_worker_config
 
 # e2e: the module's stack sets the process environment (tests/conftest.py leaves it alone for e2e tests).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -276,7 +283,11 @@ def test_a_platform_that_renames_the_workers_in_its_result_manifest_is_caught_by
 
 class Relay:
     """A TLS-terminating relay: presents a certificate of the attacker's CA, forwards to the real broker
-    over TLS, and records every byte it sees in the clear (both directions)."""
+    over TLS, and records every byte it sees in the clear (both directions). While `rewrite` is set, the
+    connections it accepts are relayed message by message and each attest answer's JSON is passed through
+    `rewrite` on its way back (the broker's own answers kept in `attest_answers`)."""
+
+    rewrite: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def __init__(self, upstream: str, upstream_ca: Path, cert: Path, key: Path) -> None:
         host, port = upstream.removeprefix("https://").rsplit(":", 1)
@@ -287,6 +298,7 @@ class Relay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
         self.recording = bytearray()
+        self.attest_answers: list[dict[str, Any]] = []
         self.connections = 0
         self.failed_handshakes: list[str] = []
         self._lock = threading.Lock()
@@ -312,7 +324,38 @@ class Relay:
             self.connections += 1
         upstream = self._client_tls.wrap_socket(socket.create_connection(self._upstream),
                                                 server_hostname=self._upstream[0])
-        self._bridge(client, upstream)
+        if self.rewrite is None:
+            self._bridge(client, upstream)
+        else:
+            self._rewriting(client, upstream)
+
+    def _rewriting(self, client: ssl.SSLSocket, upstream: ssl.SSLSocket) -> None:
+        """HTTP/1.1 message by message (the broker's answers carry a Content-Length): requests as they are,
+        attest answers rewritten while `rewrite` is set."""
+        inbound, outbound = _HttpReader(client), _HttpReader(upstream)
+        try:
+            while (request := inbound.message()) is not None:
+                upstream.sendall(request)
+                answer = outbound.message()
+                if answer is None:
+                    return
+                rewrite = self.rewrite
+                if rewrite is not None and request.startswith(b"POST /kbs/v0/attest ") and b" 200 " in answer[:16]:
+                    head, _, body = answer.partition(b"\r\n\r\n")
+                    original = json.loads(body)
+                    body = json.dumps(rewrite(original)).encode()
+                    head = re.sub(rb"(?im)^content-length: *\d+", b"content-length: %d" % len(body), head)
+                    answer = head + b"\r\n\r\n" + body
+                    with self._lock:
+                        self.attest_answers.append(original)
+                with self._lock:
+                    self.recording.extend(request + answer)
+                client.sendall(answer)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                sock.close()
 
     def _bridge(self, a: ssl.SSLSocket, b: ssl.SSLSocket) -> None:
         """Both directions in one thread: an SSL socket read and written from two threads at once can stall."""
@@ -348,6 +391,31 @@ class Relay:
 
     def close(self) -> None:
         self._listener.close()
+
+
+class _HttpReader:
+    """Whole HTTP/1.1 messages from a socket: the head, then as many body bytes as its Content-Length says."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._sock, self._buffer = sock, b""
+
+    def message(self) -> bytes | None:
+        while b"\r\n\r\n" not in self._buffer:
+            if not self._read():
+                return None
+        head, _, _ = self._buffer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        size = len(head) + 4 + (int(length.group(1)) if length else 0)
+        while len(self._buffer) < size:
+            if not self._read():
+                return None
+        message, self._buffer = self._buffer[:size], self._buffer[size:]
+        return message
+
+    def _read(self) -> bool:
+        chunk = self._sock.recv(65536)
+        self._buffer += chunk
+        return bool(chunk)
 
 
 def _platform_broker(stack: LocalStack) -> tuple[str, Path, BrokerAdmin]:
@@ -427,19 +495,78 @@ def rogue(stack: LocalStack) -> Iterator[dict[str, Any]]:
         part.pid_file.unlink(missing_ok=True)
 
 
-def _owner_keys(stack: LocalStack, tenant: str, batch_id: str) -> list[bytes]:
-    """The batch's master keys as the owner broker holds them (read from its store: the test sees all)."""
-    folder = stack.state_dir / "brokers" / "owner"
+@contextlib.contextmanager
+def _broker_store(stack: LocalStack, broker: str) -> Iterator[KeyStore]:
+    """A running broker's own store, opened beside it (the test sees all)."""
+    folder = stack.state_dir / "brokers" / broker
     store = KeyStore(folder / "keys.sqlite", bytes.fromhex((folder / "kek.hex").read_text().strip()))
     try:
-        records = [store.get_key(k) for k in OwnerKeys.for_batch(tenant, batch_id).all()]
+        yield store
     finally:
         store.close()
+
+
+def _owner_keys(stack: LocalStack, tenant: str, batch_id: str) -> list[bytes]:
+    """The batch's master keys as the owner broker holds them (read from its store: the test sees all)."""
+    with _broker_store(stack, "owner") as store:
+        records = [store.get_key(k) for k in OwnerKeys.for_batch(tenant, batch_id).all()]
     return [r.material for r in records if r is not None]
+
+
+def _provider_usage(stack: LocalStack) -> list[tuple[Any, ...]]:
+    """Every row the provider's broker metered against its quotas (owner, batch, key, rows), read from its store."""
+    path = stack.state_dir / "brokers" / "provider" / "keys.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return db.execute("SELECT owner, batch_id, key_id, rows FROM usage ORDER BY owner, batch_id").fetchall()
 
 
 
 class TestThePlatformsOwnWorker:
+    def test_a_relay_that_rewrites_the_attest_answers_claims_fails_the_batch_by_name(
+            self, rogue: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        """The platform's worker pool includes its own worker, which reaches the owner broker through the relay:
+        the relay strips the claims of the broker's attest answer, or rewrites their HOST_DATA to the honest
+        configuration's (the worker's verdict, in the result manifest, would then name a configuration the owner
+        granted), and leaves the token, which still works. The worker refuses the answer; the batch fails, named."""
+        victim: SubmittedBatch = _state["victim"]
+        relay: Relay = rogue["relay"]
+        owner = Party.from_env("owner").broker()
+        last = owner.decisions()[-1]["seq"]
+        honest_host_data = rogue["honest"].digest_hex()
+        rewrites: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "claims stripped": lambda answer: {k: v for k, v in answer.items() if k != "claims"},
+            "HOST_DATA rewritten": lambda answer: {**answer, "claims": {**answer["claims"],
+                                                                       "host_data": honest_host_data}},
+        }
+        pinged = worker_pool.live_workers  # the platform's pool is what it says: its own worker in it, however slow
+        monkeypatch.setattr(worker_pool, "live_workers",
+                            lambda app, timeout=3.0: sorted({*pinged(app, timeout), ROGUE}))
+        signed_digests = []
+        for name, rewrite in rewrites.items():
+            relay.rewrite, seen = rewrite, len(relay.attest_answers)
+            try:
+                status = _platform_runs(victim.batch_id)
+            finally:
+                relay.rewrite = None
+            assert len(relay.attest_answers) == seen + 1, (name, status)  # the rogue attested once, via the relay
+            answer = relay.attest_answers[-1]
+            signed = answer["claims"]
+            assert signed["host_data"] == rogue["config"].digest_hex() != honest_host_data  # what the broker saw
+            expected = hashlib.sha256(canonical_json(signed)).hexdigest()
+            signed_digests.append(expected)
+            actual = hashlib.sha256(canonical_json(rewrite(answer).get("claims"))).hexdigest()
+            assert status == {"state": "failed", "reason": (
+                f"worker {ROGUE} failed attestation: KbsError: broker answered 502: the attest answer's claims are "
+                "not those its token carries (rewritten on the way?); attest again over a connection the platform "
+                f'cannot rewrite (TLS) (field claims; expected "{expected}"; actual "{actual}")')}, name
+            assert _results_written(TENANT, victim.batch_id) == [], name
+        # The broker logged the claims it signed; nothing was released for the batch, to any worker.
+        decided = owner.decisions(after=last)
+        assert [d["decision"] for d in decided if d["claims_digest"] in signed_digests] == ["allow", "allow"]
+        assert [d for d in decided if d["operation"] != "attest"] == []
+        assert b"/kbs/v0/unwrap" not in relay.recording and b'"jwe"' not in relay.recording
+        # Resubmitted on the honest path (the rogue gone from the pool): test_the_victim_batch_is_then_scored_honestly.
+
     def test_a_relay_in_front_of_the_owner_broker_gets_no_key(self, stack: LocalStack,
                                                               rogue: dict[str, Any]) -> None:
         victim: SubmittedBatch = _state["victim"]
@@ -476,21 +603,7 @@ class TestThePlatformsOwnWorker:
     def test_the_platforms_own_owner_broker_gets_no_model(self, stack: LocalStack, rogue: dict[str, Any]) -> None:
         platform: BrokerAdmin = rogue["platform"]
         model: ModelListing = _state["model"]
-        batch_id = f"extract-{uuid.uuid4().hex[:6]}"
-        keys = OwnerKeys.for_batch(ATTACKER, batch_id)
-        for key_id in keys.all():
-            platform.create_key(key_id, kind="result" if key_id == keys.results else "data")
-        # Single-word emails: each score would give a coefficient of the model away.
-        words = ["free", "money", "meeting", "viagra", "lunch", "winner", "invoice", "click"]
-        table = pa.table({"message_id": [f"w{i}" for i in range(len(words))], "text": words})
-        input_key = f"incoming/{ATTACKER}/{batch_id}/part-00000.parquet"
-        # Written as an owner writes its parts (footer binding and all): the platform is its own owner here.
-        data, file_id = encode_part(table, platform, keys, tenant=ATTACKER, batch_id=batch_id, key=input_key)
-        ObjectStore().put(input_key, data)
-        platform.grant(batch_id, model.digest, [code_measurement().hex()], keys.all(),
-                       config_digests=[rogue["config"].digest_hex()], rows=len(words))
-        spec = {**_spec(ATTACKER, batch_id, input_key, data, model, owner_broker="platform", keys=keys),
-                "input_file_id": file_id}
+        batch_id, spec = _platform_batch(stack, platform, rogue["config"])
         state, refusal = _send("cscore.score_shard", [spec], worker_direct(ROGUE))
         assert state == "FAILURE"
         # The provider's broker refused: the grant's signing key is no registered owner broker's.
@@ -499,6 +612,62 @@ class TestThePlatformsOwnWorker:
         assert granted and granted[-1]["decision"] == "allow"  # the platform's broker did sign a grant
         assert _results_written(ATTACKER, batch_id) == []
         assert ObjectStore().keys(f"usage/{model.name}/{ATTACKER}/") == []
+
+    def test_a_registered_owner_brokers_refund_grant_gives_no_quota_back(self, stack: LocalStack,
+                                                                          rogue: dict[str, Any]) -> None:
+        """The platform, a registered owner of the provider too (its broker's grant key registered), edits its
+        own broker's grant of a batch to 0 or -100 rows, which that broker then signs as it is: metered as
+        given, the negative count would hand the platform quota back. The provider refuses the grant, meters
+        nothing, and its quota use is what it was."""
+        platform: BrokerAdmin = rogue["platform"]
+        provider = Party.from_env("provider").broker()
+        usage = _provider_usage(stack)
+        last = provider.decisions()[-1]["seq"]
+        provider.register_owner("platform", platform.grant_key())
+        try:
+            for rows in (0, -100):
+                batch_id, spec = _platform_batch(stack, platform, rogue["config"], rows=rows)
+                state, refusal = _send("cscore.score_shard", [spec], worker_direct(ROGUE))
+                assert (state, refusal) == ("FAILURE", (
+                    f"KbsError: broker answered 403: key '{model_key_id('spam-filter')}': owner-granted: every batch "
+                    "needs a fresh grant from a registered owner's broker (field grant; expected \"a model grant for "
+                    "this batch from an owner broker registered here\"; actual \"model_grant.rows: expected at least "
+                    f'1, got {rows}\")'))
+                assert _results_written(ATTACKER, batch_id) == []
+        finally:
+            provider.register_owner("platform", _fresh_grant_key())  # re-keyed: the platform's key revoked
+        decided = provider.decisions(after=last)
+        refused = [d for d in decided if d["operation"] == "unwrap" and d["batch_id"].startswith("extract-")]
+        assert len(refused) == 2 and {d["decision"] for d in refused} == {"deny"}
+        assert [d for d in decided if d["operation"] == "meter"] == []
+        assert _provider_usage(stack) == usage
+
+
+def _platform_batch(stack: LocalStack, platform: BrokerAdmin, config: WorkerConfig,
+                    rows: int | None = None) -> tuple[str, dict[str, Any]]:
+    """A batch the platform submits as its own owner, granted by its broker to its own worker's configuration:
+    (batch id, shard spec). `rows`: the count its broker's grant then says, written into that broker's store
+    (its admin API takes at least 1 row; the broker is the platform's, and so is its database)."""
+    model: ModelListing = _state["model"]
+    batch_id = f"extract-{uuid.uuid4().hex[:6]}"
+    keys = OwnerKeys.for_batch(ATTACKER, batch_id)
+    for key_id in keys.all():
+        platform.create_key(key_id, kind="result" if key_id == keys.results else "data")
+    # Single-word emails: each score would give a coefficient of the model away.
+    words = ["free", "money", "meeting", "viagra", "lunch", "winner", "invoice", "click"]
+    table = pa.table({"message_id": [f"w{i}" for i in range(len(words))], "text": words})
+    input_key = f"incoming/{ATTACKER}/{batch_id}/part-00000.parquet"
+    # Written as an owner writes its parts (footer binding and all): the platform is its own owner here.
+    data, file_id = encode_part(table, platform, keys, tenant=ATTACKER, batch_id=batch_id, key=input_key)
+    ObjectStore().put(input_key, data)
+    terms = ([code_measurement().hex()], keys.all())
+    platform.grant(batch_id, model.digest, *terms, config_digests=[config.digest_hex()], rows=len(words))
+    if rows is not None:
+        with _broker_store(stack, "platform") as store:
+            store.put_grant(batch_id, model.digest, *terms, config_digests=[config.digest_hex()], rows=rows)
+    spec = {**_spec(ATTACKER, batch_id, input_key, data, model, owner_broker="platform", keys=keys),
+            "input_file_id": file_id}
+    return batch_id, spec
 
 
 def _spec(tenant: str, batch_id: str, input_key: str, data: bytes, model: ModelListing, *, owner_broker: str,
@@ -517,6 +686,54 @@ def test_the_victim_batch_is_then_scored_honestly(stack: LocalStack, model_bytes
     victim: SubmittedBatch = _state["victim"]
     assert _platform_runs(victim.batch_id) == {"state": "succeeded"}
     _verified_scores(victim.batch_id, {e.message_id: e.text for e in _state["victim_emails"]}, model_bytes)
+
+
+# -- 2b. a JWS by the attested key, typed otherwise, as a proof of possession ---------------------------
+
+def test_a_jws_by_the_attested_tee_key_not_typed_as_a_proof_is_refused_over_https(stack: LocalStack) -> None:
+    """Nothing the platform sees is signed by a worker's attested tee key: that key signs only proofs of
+    possession, sent inside TLS to a pinned broker (receipts, usage records and tuned cards are signed by the
+    Ed25519 receipt key, which no ES256 proof verifies under; log checkpoints by the broker). So the enclave's
+    side is played here: a session attested to the running owner broker, as an honest worker's, presents a JWS
+    its tee key signed over exactly the request but typed otherwise. The type alone refuses it: the same
+    request typed as a proof is answered."""
+    honest, _ = load_worker_config(os.environ[CONFIG_ENV])
+    owner, admin = honest.owner("owner"), Party.from_env("owner").broker()
+    keys = EnclaveKeys()
+    evidence = SimulatedSnpProvider(Path(os.environ["CSCORE_SIM_TEE_DIR"]), code_measurement(),
+                                    host_data=host_data(honest.digest()))
+    session = AttestedSession(owner.url, evidence, ca_pem=owner.ca_pem, keys=keys, party="owner", broker_name="owner")
+    batch_id = f"pop-{uuid.uuid4().hex[:6]}"
+    key_id, model_digest, plain = f"{TENANT}.{batch_id}.footer", "sha256:" + "ab" * 32, os.urandom(32)
+    admin.create_key(key_id)
+    admin.grant(batch_id, model_digest, [code_measurement().hex()], [key_id], config_digests=[honest.digest_hex()],
+                rows=1)
+    body = {"key_id": key_id, "wrapped": base64.b64encode(admin.wrap(key_id, plain)).decode(), "batch_id": batch_id,
+            "model_digest": model_digest}
+    try:
+        token, content = session.attest(batch_id).token, canonical_json(body)
+        for typ in ("JWT", "kbs-log-checkpoint", "dpop+jwt"):
+            claims = {"htm": "POST", "htu": "/kbs/v0/unwrap", "iat": int(time.time()), "jti": uuid.uuid4().hex,
+                      "ath": _b64url(hashlib.sha256(token.encode()).digest()),
+                      "bh": _b64url(hashlib.sha256(content).digest())}
+            proof = jwt.encode({"alg": "ES256", "typ": typ}, claims, keys.tee_key, algorithms=["ES256"])
+            answer = session._http.post("/kbs/v0/unwrap", content=content, headers={
+                "Authorization": f"Bearer {token}", POP_HEADER: proof, "Content-Type": "application/json"})
+            assert answer.status_code == 401, (typ, answer.text)
+            problem = answer.json()
+            assert (problem["type"], problem["detail"], problem["field"], problem["expected"], problem["actual"]) == (
+                "urn:cscore:keybroker:pop-invalid", f"the {POP_HEADER} header is not typed as a proof of possession",
+                f"{POP_HEADER}.typ", POP_TYPE, typ), typ
+            assert "jwe" not in problem
+        # The same token, key and request, typed as a proof: released (the key the test wrapped, nobody's secret).
+        assert session.unwrap(key_id, base64.b64decode(body["wrapped"]), batch_id=batch_id,
+                              model_digest=model_digest) == plain
+    finally:
+        session.close()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 # -- 3. the provider revokes; warm workers must ask again -------------------------------------------
