@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from keybroker.app import _bearer, create_app
+from keybroker.app import _bearer, _jsonable, create_app
 from keybroker.crypto import wrapped_version
 from keybroker.problems import Problem
 from sdk.broker_admin import BrokerAdminError
@@ -435,21 +436,22 @@ def test_each_decision_is_said_in_the_log_with_its_fields_and_counted_under_its_
     caplog.set_level(logging.INFO, logger="keybroker")
     env.admin.create_key("k-1")
     worker = env.worker()
-    worker.attest()
+    worker.attest(batch_id="b-1")
     said = [r for r in caplog.records if r.name == "keybroker" and r.getMessage().startswith("decision #")]
     assert [(r.levelname, r.getMessage()) for r in said] == [
         ("INFO", "decision #1 allow admin.create_key key=k-1 batch=None measurement=None: created data key; "
                  "policy: default; measurements: []"),
-        ("INFO", f"decision #2 allow attest key=None batch=None measurement={GOOD}: evidence verified and bound")]
+        ("INFO", f"decision #2 allow attest key=None batch=b-1 measurement={GOOD}: evidence verified and bound")]
     fields = ("seq", "decision", "operation", "clause", "key_id", "batch_id", "measurement")
     assert [{k: getattr(r, k) for k in fields} for r in said] == [
         {"seq": 1, "decision": "allow", "operation": "admin.create_key", "clause": "admin", "key_id": "k-1",
          "batch_id": None, "measurement": None},
         {"seq": 2, "decision": "allow", "operation": "attest", "clause": "evidence", "key_id": None,
-         "batch_id": None, "measurement": GOOD}]
+         "batch_id": "b-1", "measurement": GOOD}]
     created, attested = env.admin.decisions()
     assert (created["claims_digest"], created["measurement"]) == (None, None)
-    assert (attested["claims_digest"], attested["measurement"]) == (worker.current().claims_digest, GOOD)
+    assert (attested["batch_id"], attested["claims_digest"], attested["measurement"]) == (
+        "b-1", worker.current().claims_digest, GOOD)
     assert env.counted() == {("admin.create_key", "allow", "admin"): 1.0, ("attest", "allow", "evidence"): 1.0}
 
 
@@ -474,3 +476,10 @@ def test_the_brokers_keys_are_kept_in_its_store_and_its_tokens_name_it(env: Env)
     claims = jwt.decode(env.worker().attest().token, ECKey.import_key(http.get("/kbs/v0/token-key").json()),
                         algorithms=["ES256"]).claims
     assert (claims["iss"], claims["exp"] - claims["iat"]) == ("owner", 300)
+
+
+@pytest.mark.parametrize(("value", "sent"), [
+    (None, None), ("tdx", "tdx"), (3, 3), (0.5, 0.5), (False, False), (["aa"], ["aa"]), ({"snp": 3}, {"snp": 3}),
+    (b"\x00\xab", "00ab"), (datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "2026-01-02 03:04:05+00:00")])
+def test_a_refusals_expected_and_actual_values_are_sent_as_json(value: Any, sent: Any) -> None:
+    assert _jsonable(value) == sent and type(_jsonable(value)) is type(sent)
