@@ -773,3 +773,87 @@ def test_the_whole_html_page_after_its_style_word_for_word(tmp_path: Path) -> No
         "<td>owner reads b1</td></tr></tbody></table>\n"
         '<h2>Refusals</h2><p class="empty">none</p>\n'
         "</body></html>\n")
+
+
+def test_a_grants_keys_are_named_whole_and_its_measurements_shortened(tmp_path: Path) -> None:
+    grant: Entry = ("grant", {"broker": "owner", "batch_id": "b1", "key_ids": ["acme/emails-of-november", "acme/b"],
+                              "model_digest": DIGEST, "granted_measurements": [M, "cd" * 48]})
+    assert _cells(_report(tmp_path, entries=[grant]), "Submission and grants")[0]["detail"] == (
+        "keys acme/emails-of-november, acme/b for model dddddddddddd… to measurements abababababab…, cdcdcdcdcdcd…")
+
+
+def test_a_refused_attestation_at_the_batchs_first_or_last_moment_is_during_it(tmp_path: Path) -> None:
+    world = _world()[:8]
+    at_start: Entry = ("attestation", {"broker": "owner", "decision": "deny", "reason": "first", "time": T0})
+    done: Entry = ("batch_status", {"batch_id": "b1", "state": "succeeded", "time": T0 + 5})
+    at_end: Entry = ("attestation", {"broker": "provider", "decision": "deny", "reason": "last", "batch_id": "b2",
+                                     "time": T0 + 5})
+    report = _report(tmp_path, entries=[*world, at_start, done, at_end])
+    assert [(c["position"], c["when"], c["who"], c["what"], c["detail"]) for c in _cells(report, "Refusals")] == [
+        ("8", "22:13:20.250", "owner broker", "refused an attestation during this batch",
+         f"first (it names no batch; {UNPROVEN_BATCH})"),
+        ("10", "22:13:25.250", "provider broker", "refused an attestation during this batch",
+         f"last (it names batch b2; {UNPROVEN_BATCH})")]
+
+
+def test_results_without_reused_shards_or_a_run_say_neither(tmp_path: Path) -> None:
+    entries: list[Entry] = [
+        ("batch_submitted", {"tenant": "acme", "batch_id": "b1", "time": T0}),
+        ("batch_result", {"batch_id": "b1", "rows": 3, "shards": [{"reused": False}], "time": T0 + 1}),
+        ("batch_status", {"batch_id": "b1", "state": "running", "time": T0 + 2}),
+        ("batch_status", {"batch_id": "b1", "state": "succeeded", "result_manifest": "results/acme/b1/m.json",
+                          "time": T0 + 3})]
+    report = _report(tmp_path, entries=entries)
+    assert [(c["what"], c["detail"]) for c in _cells(report, "Results")] == [
+        ("result manifest", "1 shard(s), 3 rows"), ("status running", "?"), ("status succeeded", "m.json")]
+    assert [r["alarm"] for r in _rows(report, "Results")] == [False, False, False]
+
+
+def test_receipts_of_one_shard_are_in_log_order_and_the_summary_names_each_worker_once(tmp_path: Path) -> None:
+    entries: list[Entry] = [
+        ("batch_submitted", {"tenant": "acme", "batch_id": "b1", "objects": [{"rows": 4}], "time": T0}),
+        ("receipt", {"batch_id": "b1", "shard_index": 1, "worker": "w2", "issued_at": T0 + 1}),
+        ("receipt", {"batch_id": "b1", "shard_index": 0, "worker": "w2", "issued_at": T0 + 2}),
+        ("receipt", {"batch_id": "b1", "shard_index": 0, "worker": "w1", "issued_at": T0 + 3}),
+        ("receipt", {"batch_id": "b1", "shard_index": 2, "issued_at": T0 + 4})]
+    report = _report(tmp_path, entries=entries)
+    assert [(c["position"], c["shard"], c["worker"]) for c in _cells(report, "Shards")] == [
+        ("2", "0", "w2"), ("3", "0", "w1"), ("1", "1", "w2"), ("4", "2", "unnamed")]
+    assert report["summary"][:2] == ["4 emails in 1 object(s), model None:None (?), tenant acme.",
+                                     "4 shard(s) on 2 worker(s): w1, w2; 0 key release(s), 0 refusal(s)."]
+
+
+def test_an_attestation_at_the_batchs_submission_is_not_reused(tmp_path: Path) -> None:
+    world = _world()
+    same_time: Entry = ("attestation", {"broker": "provider", "decision": "allow", "claims_digest": "c1",
+                                        "measurement": M, "time": T0})
+    report = _report(tmp_path, entries=[*world, same_time])
+    assert [(c["position"], c["note"]) for c in _cells(report, "Attestation")] == [
+        ("13", "accepted"), ("4", "accepted: its evidence binds this batch")]
+
+
+def test_untimed_decisions_follow_the_timed_ones_in_log_order(tmp_path: Path) -> None:
+    release = {"broker": "owner", "key_id": "k", "operation": "unwrap", "decision": "allow", "batch_id": "b1"}
+    entries: list[Entry] = [("key_release", {**release, "reason": "untimed 1"}),
+                            ("key_release", {**release, "reason": "late", "time": T0 + 2}),
+                            ("key_release", {**release, "reason": "untimed 2"}),
+                            ("key_release", {**release, "reason": "early", "time": T0 + 1})]
+    report = _report(tmp_path, entries=entries)
+    assert [(c["position"], c["when"], c["clause"]) for c in _cells(report, "Key releases")] == [
+        ("3", "22:13:21.250", "early"), ("1", "22:13:22.250", "late"), ("0", "", "untimed 1"), ("2", "", "untimed 2")]
+    assert [r["time"] for r in _rows(report, "Key releases")] == [T0 + 1, T0 + 2, None, None]
+
+
+def test_a_worker_is_taken_from_a_result_manifest_only_with_its_claims_digest(tmp_path: Path) -> None:
+    release = {"broker": "owner", "key_id": "k", "operation": "unwrap", "decision": "allow", "batch_id": "b1"}
+    entries: list[Entry] = [
+        ("key_release", {**release, "claims_digest": "c1", "time": T0}),
+        ("key_release", {**release, "time": T0 + 1}),  # no claims digest: nobody's word names its worker
+        ("key_release", {**release, "claims_digest": "c2", "time": T0 + 2}),  # named by no manifest's worker
+        ("batch_result", {"batch_id": "b9", "attestation": [
+            {"worker": "w7", "verdicts": [{"claims_digest": "c1"}, {}]},
+            {"verdicts": [{"claims_digest": "c2"}]}, {"worker": "w8"}]}),
+        ("batch_status", {"batch_id": "b9", "attestation": [{"worker": "w6", "verdicts": [{"claims_digest": "c2"}]}]})]
+    report = _report(tmp_path, entries=entries)
+    assert [c["worker"] for c in _cells(report, "Key releases")] == [
+        "unproven (platform says w7)", "unproven (no signed receipt)", "unproven (no signed receipt)"]
