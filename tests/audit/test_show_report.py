@@ -857,3 +857,40 @@ def test_a_worker_is_taken_from_a_result_manifest_only_with_its_claims_digest(tm
     report = _report(tmp_path, entries=entries)
     assert [c["worker"] for c in _cells(report, "Key releases")] == [
         "unproven (platform says w7)", "unproven (no signed receipt)", "unproven (no signed receipt)"]
+
+
+def test_admin_operations_on_any_key_the_batch_used_are_told_up_to_its_last_entry(tmp_path: Path) -> None:
+    """A key counts when granted or released for the batch; admin operations on it are listed wherever they lie
+    among other entries, up to and including the batch's last entry."""
+    entries: list[Entry] = [
+        ("grant", {"broker": "owner", "batch_id": "b1", "key_ids": ["k"]}),
+        ("key_release", {"broker": "owner", "key_id": "k", "operation": "admin.rotate_key", "reason": "r"}),
+        ("policy_change", {"broker": "provider", "key_id": "model/m", "operation": "admin.set_policy", "policy": "p"}),
+        ("key_release", {"broker": "provider", "key_id": "model/m", "operation": "unwrap", "decision": "allow",
+                         "batch_id": "b1"}),
+        ("key_release", {"broker": "owner", "key_id": "k", "operation": "admin.set_platform_floor", "reason": "f",
+                         "batch_id": "b1"}),
+        ("key_release", {"broker": "owner", "key_id": "k", "operation": "admin.rotate_key", "reason": "after"})]
+    rows = _rows(_report(tmp_path, entries=entries), "Submission and grants")
+    assert [(r["cells"]["position"], r["cells"]["who"], r["cells"]["what"], r["cells"]["detail"], r["rank"])
+            for r in rows] == [
+        ("1", "owner broker", "rotated the key", "key k: r", 0),
+        ("2", "provider broker", "changed the key's policy", "key model/m; policy p; measurements unchanged", 0),
+        ("4", "owner broker", "set the platform floor", "key k: f", 0),
+        ("0", "owner broker", "recorded the owner's grant", "keys k for model ? to measurements none", 1)]
+
+
+def test_each_training_submission_is_told_after_the_keys_and_grants(tmp_path: Path) -> None:
+    entries: list[Entry] = [
+        ("grant", {"broker": "owner", "batch_id": "job1", "key_ids": ["k"]}),
+        ("key_release", {"broker": "owner", "key_id": "k", "operation": "admin.create_key", "reason": "new"}),
+        ("training_submitted", {"tenant": "acme", "batch_id": "job1", "objects": [{"rows": 10}], "time": T0}),
+        ("training_submitted", {"tenant": "acme", "batch_id": "job1", "objects": [{"rows": 12}], "time": T0 + 1})]
+    rows = _rows(_report(tmp_path, batch="job1", entries=entries), "Submission and grants")
+    assert [(r["cells"]["position"], r["cells"]["what"], r["cells"]["detail"], r["rank"]) for r in rows] == [
+        ("1", "created the key", "key k: new", 0),
+        ("0", "recorded the owner's grant", "keys k for model ? to measurements none", 1),
+        ("2", "submitted the signed training manifest",
+         "10 labelled emails, None held out; recipe None:None (?); tuned model None:None", 2),
+        ("3", "submitted the signed training manifest",
+         "12 labelled emails, None held out; recipe None:None (?); tuned model None:None", 2)]
