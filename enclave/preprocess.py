@@ -56,7 +56,7 @@ def tensor(spec: InputSpec, columns: dict[str, Sequence[object]], rows: int,
         if spec.image is None:
             raise ValueError(f"input {spec.tensor!r}: image preprocessing without its parameters")
         return _images(columns[spec.columns[0]], spec.image, rows, where)
-    return _numbers([columns[c] for c in spec.columns], spec, rows, where)
+    return _numbers(columns, spec, rows, where)
 
 
 def padding(spec: InputSpec) -> np.ndarray:
@@ -83,10 +83,10 @@ def _texts(values: Sequence[object], rows: int, where: list[int]) -> np.ndarray:
     return out
 
 
-def _numbers(columns: list[Sequence[object]], spec: InputSpec, rows: int, where: list[int]) -> np.ndarray:
-    out = np.empty((rows, len(columns)), dtype=np.dtype(spec.dtype))
-    for k, (name, values) in enumerate(zip(spec.columns, columns, strict=True)):
-        for i, value in enumerate(values):
+def _numbers(columns: dict[str, Sequence[object]], spec: InputSpec, rows: int, where: list[int]) -> np.ndarray:
+    out = np.empty((rows, len(spec.columns)), dtype=np.dtype(spec.dtype))
+    for k, name in enumerate(spec.columns):
+        for i, value in enumerate(columns[name]):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 found = value if isinstance(value, float) else "null" if value is None else type(value).__name__
                 raise InputRefused(f"shard row {where[i]}, column {name!r}: numbers expects a finite number, "
@@ -140,7 +140,8 @@ def check_image(data: bytes, prep: ImagePrep, where: str) -> tuple[int, int]:
 def decode_image(data: bytes, prep: ImagePrep, where: str) -> np.ndarray:
     """Decode, convert, resize and normalise one image to its tensor row (float32, the layout's shape)."""
     check_image(data, prep, where)
-    kind = image_format(data) or ""
+    kind = image_format(data)
+    assert kind is not None  # check_image refused any other bytes
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as im:
             im.load()
