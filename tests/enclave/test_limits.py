@@ -234,3 +234,34 @@ def test_a_sessions_results_run_within_the_limits_given() -> None:
     session = ContractSession(slow_model(), CONTRACT)
     with pytest.raises(LimitExceeded, match=rf"^the model ran {CHUNK_ROWS} rows for more than {CHUNK_ROWS} ms"):
         session.results(pa.array(["a", "b", "c"]), columns(3), None, RunLimits(ms_per_row=1))
+
+
+def test_a_watchdog_asleep_after_a_quiet_second_still_stops_the_next_run_over_budget() -> None:
+    """Between runs it polls for a second (no wake-up per 64-row chunk), then sleeps until a run is armed."""
+    from enclave import limits
+
+    watched(lambda options: None, RunLimits(), 1)
+    watchdog = limits._watchdog
+    assert watchdog is not None
+    until = time.monotonic() + 10
+    while not watchdog._asleep and time.monotonic() < until:
+        time.sleep(0.05)
+    assert watchdog._asleep
+    seen: list[bool] = []
+    with pytest.raises(LimitExceeded, match=r"^the model ran 20 rows for more than 20 ms"):
+        watched(_polling_run(seen), RunLimits(ms_per_row=1), 20)
+    assert seen == [True]
+
+
+def test_a_watchdog_keeps_polling_between_runs_that_follow_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs a few milliseconds apart (a shard's chunks) never find it asleep: arming one wakes no thread."""
+    from enclave import limits
+
+    watched(lambda options: None, RunLimits(), 1)
+    watchdog = limits._watchdog
+    assert watchdog is not None
+    notified: list[int] = []
+    monkeypatch.setattr(watchdog._wake, "notify", lambda n=1: notified.append(n))
+    for _ in range(10):  # at most 10 looks find none armed: half the second it lingers
+        watched(lambda options: time.sleep(0.004), RunLimits(), 64)
+    assert notified == [] and not watchdog._asleep
