@@ -335,20 +335,21 @@ def test_run_options_reach_the_classifier_run() -> None:
 def test_each_part_session_is_the_published_nodes_under_the_scorers_options(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two parts of the published graph run in onnxruntime: its LinearClassifier on [rows, vocabulary] floats and
     its StringNormalizer on a vector of strings, each with the session options the scorer gave (threads, logs)."""
-    calls: list[tuple[list[str], list[tuple[str, int, list[Any]]], list[str], Any]] = []
+    calls: list[tuple[list[str], list[tuple[str, int, list[Any]]], list[tuple[str, int, list[Any]]], Any]] = []
     original = tfidf_path._session
 
     def recorded(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
                  outputs: list[onnx.ValueInfoProto], *rest: Any) -> Any:
-        calls.append(([n.op_type for n in nodes], [_described(i) for i in inputs], [o.name for o in outputs],
+        calls.append(([n.op_type for n in nodes], [_described(i) for i in inputs], [_described(o) for o in outputs],
                       rest[-1]))
         return original(nodes, inputs, outputs, *rest)
     monkeypatch.setattr(tfidf_path, "_session", recorded)
     options = session_options(3)
     path = TfidfPath(_model(), options, CHUNK_ROWS)
     assert calls == [(["LinearClassifier"], [("tfidftr_norm", TensorProto.FLOAT, [None, len(VOCABULARY)])],
-                      ["label", "probabilities"], options),
-                     (["StringNormalizer"], [("flattened", TensorProto.STRING, [None])], ["normalized"], options)]
+                      [("label", TensorProto.INT64, [None]), ("probabilities", TensorProto.FLOAT, [None, 2])], options),
+                     (["StringNormalizer"], [("flattened", TensorProto.STRING, [None])],
+                      [("normalized", TensorProto.STRING, [None])], options)]
     got = path._linear.get_session_options()
     assert (got.intra_op_num_threads, got.log_severity_level) == (3, 3)
     assert path._linear.get_providers() == ["CPUExecutionProvider"]
