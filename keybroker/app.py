@@ -58,7 +58,7 @@ def _ec_key_from_store(store: KeyStore, name: str) -> ECKey:
 class Broker:
     """State of one running broker; route handlers are thin wrappers around its methods."""
 
-    def __init__(self, config: BrokerConfig, verifier: Verifier | None = None) -> None:
+    def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.store = KeyStore(config.store_target, config.load_kek())
         self.admin_token = config.load_admin_token()
@@ -67,8 +67,7 @@ class Broker:
         self.issuer = TokenIssuer(_ec_key_from_store(self.store, "token-signing"), config.name, config.token_ttl_s)
         self.transport_key = _ec_key_from_store(self.store, "key-transport")
         self.grant_key = _ec_key_from_store(self.store, "grant-signing")  # signs model grants for providers
-        self._verifier = verifier
-        self._verifier_error: str | None = None
+        self._verifier: Verifier | None = None
         self.metrics = BrokerMetrics(config.name, self.store.backend)
         self.metrics_token = config.load_metrics_token()
 
@@ -546,9 +545,9 @@ def _jsonable(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else str(value)
 
 
-def create_app(config: BrokerConfig, verifier: Verifier | None = None) -> FastAPI:
-    """Build the broker app; `verifier` replaces the attestation library (tests only)."""
-    broker = Broker(config, verifier)
+def create_app(config: BrokerConfig) -> FastAPI:
+    """Build the broker app."""
+    broker = Broker(config)
     app = FastAPI(title=f"cscore key broker ({config.name})", version="0.1.0",
                   description="KBS-shaped attestation-gated key release for one key owner.")
     app.state.broker = broker

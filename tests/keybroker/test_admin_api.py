@@ -453,6 +453,7 @@ def test_each_decision_is_said_in_the_log_with_its_fields_and_counted_under_its_
     assert (attested["batch_id"], attested["claims_digest"], attested["measurement"]) == (
         "b-1", worker.current().claims_digest, GOOD)
     assert env.counted() == {("admin.create_key", "allow", "admin"): 1.0, ("attest", "allow", "evidence"): 1.0}
+    assert 'cscore_broker_info{name="owner",store="sqlite"} 1.0' in TestClient(env.app).get("/metrics").text.split("\n")
 
 
 def test_the_brokers_keys_are_kept_in_its_store_and_its_tokens_name_it(env: Env) -> None:
