@@ -8,7 +8,9 @@ Pillow's own conversion and resize scaled in float32 (the enclave runs the measu
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -221,3 +223,22 @@ def test_an_image_input_without_its_parameters_is_refused() -> None:
         tensor(spec, {"image": [GREY_PNG]}, 1)
     assert str(refused.value) == "input 'pixels': image preprocessing without its parameters"
     assert not isinstance(refused.value, InputRefused)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_a_png_is_decoded_by_pngs_decoder_whatever_order_pillow_registered_its_decoders_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A valid PNG holding "PCD_" at byte 2048 (in a text chunk) is a PhotoCD image to Pillow's PCD decoder, which
+    reads no magic: in a process that registered PCD before PNG, opening it without naming the format decodes it as
+    PCD. Checked and decoded, it is the PNG's 3 x 2 pixels."""
+    text = b"c\x00" + bytes(2048 - 41 - 2) + b"PCD_" + bytes(2100)  # the chunk's data starts at byte 41
+    png = GREY_PNG[:33] + _chunk(b"tEXt", text) + GREY_PNG[33:]  # after the 8-byte magic and the IHDR chunk
+    Image.init()
+    monkeypatch.setattr(Image, "ID", ["PCD", *[i for i in Image.ID if i != "PCD"]])
+    with Image.open(io.BytesIO(png)) as im:
+        assert (im.format, im.size) == ("PCD", (768, 512))
+    assert check_image(png, _prep(), "x") == (3, 2)
+    assert decode_image(png, _prep(), "x").tobytes() == np.array(GREY, np.float32)[:, :, None].tobytes()
