@@ -894,3 +894,18 @@ def test_each_training_submission_is_told_after_the_keys_and_grants(tmp_path: Pa
          "10 labelled emails, None held out; recipe None:None (?); tuned model None:None", 2),
         ("3", "submitted the signed training manifest",
          "12 labelled emails, None held out; recipe None:None (?); tuned model None:None", 2)]
+
+
+def test_a_shard_receipt_edited_to_lose_its_position_is_still_listed(tmp_path: Path) -> None:
+    """A tampered log fails its integrity check elsewhere; the report still shows every receipt, the edited one at
+    position -1, rather than dying on the missing index."""
+    entries: list[Entry] = [("batch_submitted", {"tenant": "acme", "batch_id": "b1", "time": T0}),
+                            ("receipt", {"batch_id": "b1", "shard_index": 0, "worker": "w1"}),
+                            ("receipt", {"batch_id": "b1", "shard_index": 0, "worker": "w2"})]
+    _log(tmp_path, entries)
+    path = tmp_path / "log" / "entries.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b',"index":1', b"")
+    path.write_bytes(b"".join(lines))
+    report = batch_report(AuditLog.open_dir(tmp_path / "log"), None, "b1", [])
+    assert [(c["position"], c["worker"]) for c in _cells(report, "Shards")] == [("-1", "w1"), ("2", "w2")]
