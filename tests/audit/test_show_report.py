@@ -909,3 +909,12 @@ def test_a_shard_receipt_edited_to_lose_its_position_is_still_listed(tmp_path: P
     path.write_bytes(b"".join(lines))
     report = batch_report(AuditLog.open_dir(tmp_path / "log"), None, "b1", [])
     assert [(c["position"], c["worker"]) for c in _cells(report, "Shards")] == [("-1", "w1"), ("2", "w2")]
+
+
+def test_a_training_jobs_summary_names_each_worker_once_in_order(tmp_path: Path) -> None:
+    entries: list[Entry] = [("training_submitted", {"tenant": "acme", "batch_id": "job1", "time": T0}),
+                            ("training_receipt", {"batch_id": "job1", "worker": "w4", "metrics": {"f1": 0.5}}),
+                            ("training_receipt", {"batch_id": "job1", "worker": "w3", "metrics": {"f1": 0.7}}),
+                            ("training_receipt", {"batch_id": "job1", "worker": "w4"})]
+    assert _report(tmp_path, batch="job1", entries=entries)["summary"][1] == (
+        "Trained on w3, w4: held-out F1 0.5; 0 key release(s), 0 refusal(s).")
