@@ -918,3 +918,14 @@ def test_a_training_jobs_summary_names_each_worker_once_in_order(tmp_path: Path)
                             ("training_receipt", {"batch_id": "job1", "worker": "w4"})]
     assert _report(tmp_path, batch="job1", entries=entries)["summary"][1] == (
         "Trained on w3, w4: held-out F1 0.5; 0 key release(s), 0 refusal(s).")
+
+
+def test_a_batch_without_receipts_says_it_ran_on_no_worker(tmp_path: Path) -> None:
+    entries: list[Entry] = [("batch_submitted", {"tenant": "acme", "batch_id": "b1", "time": T0})]
+    assert _report(tmp_path, entries=entries)["summary"][1] == (
+        "0 shard(s) on 0 worker(s): none; 0 key release(s), 0 refusal(s).")
+
+
+def test_a_zero_time_in_any_field_is_no_time() -> None:
+    assert _time({"created_at": 0}) == float("inf") and _time({"issued_at": 0.0}) == float("inf")
+    assert _when({"created_at": 0}) == ""
