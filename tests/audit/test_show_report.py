@@ -929,3 +929,4 @@ def test_a_batch_without_receipts_says_it_ran_on_no_worker(tmp_path: Path) -> No
 def test_a_zero_time_in_any_field_is_no_time() -> None:
     assert _time({"created_at": 0}) == float("inf") and _time({"issued_at": 0.0}) == float("inf")
     assert _when({"created_at": 0}) == ""
+    assert _when({"time": int(T0) + 1}) == "22:13:21"  # an odd whole second has no fraction either
