@@ -1029,7 +1029,19 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         add_audit_commands(sub)
     elif command is None:  # listed in `cscore --help` only
         sub.add_parser("audit", help="the auditor's tools: verify the log, show a batch's story")
+    _state_dir_after_command(parser)
     return parser
+
+
+def _state_dir_after_command(parser: argparse.ArgumentParser) -> None:
+    """`--state-dir` after the subcommand too (`cscore stack stop --state-dir D`), as `stack start` advises;
+    SUPPRESS keeps the global one's value when it is not given there. Audit commands have their own."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for child in (c for sub in subs for c in sub.choices.values()):
+        _state_dir_after_command(child)
+    if not subs and "--state-dir" not in parser._option_string_actions:
+        parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                            help="local stack state, as before the command")
 
 
 def _add_json(parser: argparse.ArgumentParser, note: str = "") -> None:

@@ -109,6 +109,22 @@ def test_no_stack_running_says_how_to_start_one(tmp_path: Path, monkeypatch: pyt
     assert "Start it again with `cscore stack start`" in err and "Traceback" not in err
 
 
+def test_state_dir_may_follow_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`stack start` says "pass --state-dir to other commands": after the command it is the same option."""
+    _no_aws(monkeypatch, tmp_path)
+    monkeypatch.delenv("CSCORE_STATE_DIR", raising=False)
+    nothing = tmp_path / "never-started"
+    assert main(["owner", "results", "b-1", "--tenant", "acme", "--wait", "1", "--state-dir", str(nothing)]) == 2
+    assert f"or pass --state-dir naming a running one (no {nothing / 'stack.env'} here)" in capsys.readouterr().err
+    assert main(["--state-dir", str(nothing), "owner", "results", "b-1", "--tenant", "acme", "--wait", "1"]) == 2
+    assert f"(no {nothing / 'stack.env'} here)" in capsys.readouterr().err  # the global one is not overridden
+    assert main(["stack", "stop", "--state-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"stopped": []}
+    for path, leaf in [*_leaves(_parser()), *_leaves(_parser("audit")), *_leaves(_parser("attest"))]:
+        assert "--state-dir" in leaf._option_string_actions, path
+
+
 def test_no_broker_configured_says_how_to_start_the_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     _no_aws(monkeypatch, tmp_path)
