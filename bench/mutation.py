@@ -106,6 +106,12 @@ MODULES: dict[str, list[str]] = {
                          "tests/keybroker/test_unwrap_versions.py", "tests/keybroker/test_admin_api.py"],
     # the limits over a stand-in ASGI app (milliseconds a test), each refusal byte for byte
     "keybroker/middleware.py": ["tests/keybroker/test_middleware.py"],
+    # the local CA's and server certificates field by field, a handshake over memory (seconds in all), and the
+    # config's transport rule and the `tls` command in process; not the broker processes of test_tls.py
+    "keybroker/tls.py": ["tests/keybroker/test_tls_files.py",
+                         *[f"tests/keybroker/test_tls.py::test_{name}" for name in (
+                             "non_loopback_bind_is_allowed_with_tls",
+                             "local_ca_is_kept_loopback_only_and_keys_are_private")]],
     "sdk/results.py": ["tests/enclave/test_result_checks.py"],
     "enclave/receipts.py": ["tests/enclave/test_receipts.py"],
     "enclave/kbs_client.py": ["tests/enclave/test_kbs_client.py", "tests/enclave/test_kbs_client_transport.py",
