@@ -34,7 +34,7 @@ def _load_stack_env(state_dir: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cscore.demo import run_demo
+    from cscore.demo import results_next_step, run_demo
 
     say: Callable[[str], None] = (lambda line: print(line, file=sys.stderr)) if args.json else print
     if args.example == "images":
@@ -55,6 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"wall time       {report.wall_s:.1f} s\nthroughput      {report.emails_per_s:.1f} emails/s\n"
           f"measurement     {report.measurement}\n"
           f"results         {report.results_at}\n"
+          f"                {results_next_step(report.batch_id, report.state_dir, keep=args.keep)}\n"
           f"audit log       {report.audit_entries} entries, "
           f"{'verified' if not report.audit_findings else 'PROBLEMS: ' + '; '.join(report.audit_findings)}")
     print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines(report.probabilities)))
@@ -64,6 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _images_demo(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    from cscore.demo import results_next_step
     from cscore.demo_images import run_images_demo
 
     report = run_images_demo(args.state_dir, workers=args.workers, keep=args.keep, say=say)
@@ -76,6 +78,7 @@ def _images_demo(args: argparse.Namespace, say: Callable[[str], None]) -> int:
           f"same files)\n"
           f"wall time       {report.wall_s:.1f} s\nthroughput      {report.images_per_s:.1f} images/s\n"
           f"measurement     {report.measurement}\nresults         {report.results_at}\n"
+          f"                {results_next_step(report.batch_id, report.state_dir, keep=args.keep)}\n"
           f"audit log       {report.audit_entries} entries, "
           f"{'verified' if not report.audit_findings else 'PROBLEMS: ' + '; '.join(report.audit_findings)}")
     print("\nfiles per class " + "  ".join(f"{k}:{v}" for k, v in report.classes.items()))

@@ -118,6 +118,16 @@ def score_report(results: VerifiedResults, labels: dict[str, int]) -> tuple[dict
     return counts, tp / max(tp + fp, 1), tp / max(tp + fn, 1)
 
 
+def results_next_step(batch_id: str, state_dir: str, *, keep: bool) -> str:
+    """How to fetch the demo's results: with `--keep` the stack still holds them; without it they went with it
+    (moto keeps nothing across restarts), so a restarted stack would not know the batch."""
+    fetch = (f"`cscore owner results {batch_id} --tenant {TENANT} --accept-simulated --out FILE "
+             f"--state-dir {state_dir}`")
+    if keep:
+        return f"{fetch} decrypts them; `cscore stack stop --state-dir {state_dir}` when done"
+    return f"gone with the stopped stack: run `cscore demo --keep`, then {fetch} decrypts them"
+
+
 def run_demo(state_dir: Path, *, workers: int = 2, keep: bool = False,
              say: Callable[[str], None] = print) -> DemoReport:
     """Start the stack, run both parties' jobs, verify and measure; stop the stack unless `keep`."""
@@ -179,6 +189,5 @@ def _run_parties(stack: LocalStack, say: Callable[[str], None]) -> DemoReport:
                       stack.env.get("CSCORE_S3_ENDPOINT", ""), stack.env.get("CSCORE_AIRFLOW_URL", ""),
                       str(stack.state_dir), tee=tee_line([str(r.claims.root) for r in results.receipts]),
                       label_rule=label_rule(probabilities, labels),
-                      results_at=f"s3://{bucket}/results/{TENANT}/{batch.batch_id}/ (encrypted; `cscore owner "
-                                 f"results {batch.batch_id} --tenant {TENANT} --out FILE` decrypts them)",
+                      results_at=f"s3://{bucket}/results/{TENANT}/{batch.batch_id}/ (encrypted)",
                       confusion=counts, histogram=histogram(probabilities), probabilities=probabilities)
