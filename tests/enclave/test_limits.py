@@ -250,7 +250,7 @@ def test_a_watchdog_asleep_after_a_quiet_second_still_stops_the_next_run_over_bu
     seen: list[bool] = []
     with pytest.raises(LimitExceeded, match=r"^the model ran 20 rows for more than 20 ms"):
         watched(_polling_run(seen), RunLimits(ms_per_row=1), 20)
-    assert seen == [True]
+    assert seen == [True] and watchdog._asleep is False
 
 
 def test_a_watchdog_keeps_polling_between_runs_that_follow_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,3 +265,39 @@ def test_a_watchdog_keeps_polling_between_runs_that_follow_each_other(monkeypatc
     for _ in range(10):  # at most 10 looks find none armed: half the second it lingers
         watched(lambda options: time.sleep(0.004), RunLimits(), 64)
     assert notified == [] and not watchdog._asleep
+
+
+def test_after_a_run_the_watchdog_polls_on_for_a_second_before_it_sleeps() -> None:
+    """A shard's next chunk comes within milliseconds: the watchdog lingers, it is not put to sleep by one look."""
+    from enclave import limits
+
+    watched(lambda options: time.sleep(0.15), RunLimits(), 1000)  # armed across at least two of its looks
+    time.sleep(0.2)  # at most 4 looks find nothing armed: a fifth of the second it lingers
+    watchdog = limits._watchdog
+    assert watchdog is not None and not watchdog._asleep
+    until = time.monotonic() + 10
+    while not watchdog._asleep and time.monotonic() < until:
+        time.sleep(0.05)
+    assert watchdog._asleep
+
+
+def _new_watchdog_state(out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    from enclave import limits
+
+    watchdog = limits._Watchdog()  # in a forked child: its thread dies with the child
+    time.sleep(0.2)
+    out.put(watchdog._asleep)
+
+
+def test_a_new_watchdog_polls_for_a_second_before_it_first_sleeps() -> None:
+    """Not asleep (a bool, False) in its first fifth of a second, though nothing was ever armed."""
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_new_watchdog_state, args=(out,))
+    child.start()
+    try:
+        asleep = out.get(timeout=60)
+    except queue.Empty:
+        asleep = "no answer"
+    child.join(30)
+    assert asleep is False
