@@ -243,7 +243,11 @@ def _verified_usage(store: ObjectStore, key: str, model: str, evidence: dict[str
             evidence[digest] = json.loads(raw)
         payload = verify_receipt(token, evidence[digest], anchors=anchors, policy=policy,
                                  expected_type=USAGE_TYPE).payload
-    except (AttestationError, ValueError, KeyError, TypeError) as exc:  # each names the check that failed
+    except AttestationError as exc:  # names the check that failed
+        from sdk.results import simulated_advice  # pyarrow and numpy: loaded only for this refusal
+
+        raise UsageVerificationError(f"{key}: {exc}{simulated_advice(exc)}") from exc
+    except (ValueError, KeyError, TypeError) as exc:  # each names the check that failed
         raise UsageVerificationError(f"{key}: {exc}") from exc
     expected = {"model.name": model, "tenant": named["tenant"], "batch_id": named["batch"],
                 "shard_index": int(named["shard"])}

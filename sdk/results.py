@@ -61,6 +61,25 @@ def owner_trust(*, accept_simulated: bool, measurements: Sequence[str]) -> tuple
     return anchors, policy
 
 
+def simulated_advice(exc: AttestationError) -> str:
+    """What to do when `exc` refused the root of this development stack's simulated TEE ($CSCORE_SIM_TEE_DIR),
+    which is trusted only with --accept-simulated; "" for any other refusal."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    sim_dir = os.environ.get("CSCORE_SIM_TEE_DIR")
+    if exc.field != "evidence.cert_chain.ark" or not sim_dir:
+        return ""
+    try:
+        ark = x509.load_pem_x509_certificate((Path(sim_dir) / "ark.pem").read_bytes())
+    except (OSError, ValueError):  # no simulated firmware here: nothing to advise
+        return ""
+    if f"(sha256 {ark.fingerprint(hashes.SHA256()).hex()})" not in str(exc.actual):
+        return ""
+    return (f"; that root is the simulated TEE of this development stack ({sim_dir}): pass --accept-simulated to "
+            "accept it there (no hardware protected this batch; never in production)")
+
+
 @dataclass(frozen=True)
 class VerifiedResultsFile:
     """A batch's verified results in a Parquet file: the columns of `VerifiedResults.table`, one row group or more
@@ -261,8 +280,8 @@ def _verified_shard(
         digest = _unverified_evidence_digest(token)
         receipt = verify_receipt(token, evidence.get(digest), anchors=anchors, policy=policy)
     except AttestationError as exc:  # the evidence does not verify, is not granted, or does not bind the receipt key
-        raise ResultVerificationError(f"{shard['receipt_key']} (evidence {prefix}evidence/{digest}.json): {exc}") \
-            from exc
+        raise ResultVerificationError(f"{shard['receipt_key']} (evidence {prefix}evidence/{digest}.json): {exc}"
+                                      f"{simulated_advice(exc)}") from exc
     except (ValueError, KeyError, TypeError) as exc:  # signature and shape errors name the check
         raise ResultVerificationError(f"{shard['receipt_key']}: {exc}") from exc
     _check_granted(shard["receipt_key"], granted, receipt)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from joserfc.jwk import OKPKey
 
 from attestation import Policy, TrustAnchors
-from attestation.errors import ParseError
+from attestation.errors import ParseError, VerificationError
 from enclave.kbs_client import _b64url
 from enclave.measurement import code_measurement
 from enclave.receipts import BrokerSession, evidence_document, sign_receipt
@@ -37,6 +37,7 @@ from sdk.results import (
     _shard_output,
     _verified_shard,
     owner_trust,
+    simulated_advice,
 )
 from wire.canonical import canonical_json
 from wire.shard import ShardSpec
@@ -722,7 +723,20 @@ def test_simulated_evidence_is_refused_unless_the_owner_accepts_it_and_names_its
     message = str(refused.value)
     assert message.startswith(f"{PREFIX}shard-00000.receipt.jws (evidence {PREFIX}evidence/")
     assert "evidence.cert_chain.ark: expected one of the trusted ARKs (CN=ARK-Milan,O=Advanced Micro Devices" in message
-    assert message.endswith("; the chain ends in a root this verifier does not trust")
+    advice = (f"; that root is the simulated TEE of this development stack ({sim_dir}): pass --accept-simulated to "
+              "accept it there (no hardware protected this batch; never in production)")
+    # on the development stack ($CSCORE_SIM_TEE_DIR names this firmware) the refusal says what to pass; elsewhere not
+    assert message.endswith("; the chain ends in a root this verifier does not trust" + (advice if env else ""))
+
+
+def test_no_accept_simulated_advice_for_another_untrusted_root(sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root that is not this stack's simulated one (a rogue ARK, however named) gets no advice to accept it."""
+    monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
+    rogue = VerificationError("evidence.cert_chain.ark", "one of the trusted ARKs",
+                              f"CN=SIMULATED ARK-Milan NOT AMD (sha256 {'ab' * 32})", "the chain ends in a root ...")
+    assert simulated_advice(rogue) == ""
+    other_field = VerificationError("evidence.signature", "a valid signature", "another", "")
+    assert simulated_advice(other_field) == ""
 
 
 def test_the_owner_accepting_simulated_evidence_still_holds_it_to_the_granted_measurements(
