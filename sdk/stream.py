@@ -425,9 +425,15 @@ class Stream:
             db.execute("UPDATE batches SET state=?, done_at=?, reason=? WHERE batch_id=?",
                        (state, time.time(), reason, batch_id))
         self.problems += 1
-        self.emit({"event": state, "batch_id": batch_id, "reason": reason,
-                   **({"advice": f"cscore owner submit --resubmit {batch_id} --tenant {self.tenant}; this stream "
-                                 "writes its results once it succeeds"} if state == "failed" else {})})
+        self.emit({"event": state, "batch_id": batch_id, "reason": reason, "advice": self._advice(batch_id, state)})
+
+    def _advice(self, batch_id: str, state: str) -> str:
+        """What to run: a failed batch is watched on once resubmitted; a rejected one is not retried here."""
+        if state == "failed":
+            return (f"cscore owner submit --resubmit {batch_id} --tenant {self.tenant}; this stream writes its "
+                    "results once it succeeds")
+        return (f"once the cause is fixed, cscore owner results {batch_id} --tenant {self.tenant} --out FILE "
+                "verifies and writes them (this stream does not verify a rejected batch again)")
 
     # --- loops ----------------------------------------------------------------------------------------------
 

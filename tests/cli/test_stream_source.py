@@ -178,6 +178,8 @@ def test_status_objects_the_platform_garbles_stop_no_stream(tmp_path: Path) -> N
         assert states == {"s-1": "submitted", "s-2": "submitted", "s-3": "rejected"}
         assert [(e["event"], e["batch_id"]) for e in events] == [("rejected", "s-3")]
         assert str(events[0]["reason"]).startswith("manifest.")
+        assert events[0]["advice"] == ("once the cause is fixed, cscore owner results s-3 --tenant acme --out FILE "
+                                       "verifies and writes them (this stream does not verify a rejected batch again)")
     finally:
         journal.close()
 
