@@ -251,8 +251,9 @@ def cmd_provider_publish(args: argparse.Namespace) -> int:
 def cmd_provider_publish_recipe(args: argparse.Namespace) -> int:
     from wire.recipe import Recipe
 
+    document = _json_file(args.recipe, "a training recipe (cscore.recipe/v1)", "see wire/recipe.py for its fields")
     try:
-        recipe = Recipe.parse(json.loads(args.recipe.read_text()))  # strict: before any key or upload
+        recipe = Recipe.parse(document)  # strict: before any key or upload
     except ValueError as exc:
         raise ValueError(f"{args.recipe}: {exc}") from exc
     from cscore.release import measurements_to_allow

@@ -26,3 +26,13 @@ def test_owner_train_names_a_missing_label_folder_before_contacting_anything(tmp
     assert result.returncode == 2, result.stderr
     assert "expected folders 'spam/' and 'ham/', 'ham/' is missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_recipe_file_that_is_not_json_says_what_it_should_hold(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text("features: 1000\n")
+    result = _cscore("provider", "publish-recipe", str(recipe), "--name", "r", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"cscore: error: {recipe}: expected a training recipe (cscore.recipe/v1) as JSON, got "
+                             "'features: 1000' (Expecting value: line 1 column 1 (char 0)); see wire/recipe.py for "
+                             "its fields\n")
