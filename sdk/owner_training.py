@@ -268,7 +268,11 @@ def _enclave_signed(store: ObjectStore, key: str, prefix: str, kind: str, anchor
     try:
         evidence = json.loads(_get(store, evidence_key, "the attestation evidence it names"))
         return verify_receipt(token, evidence, anchors=anchors, policy=policy, expected_type=kind)
-    except (AttestationError, SignatureError, ValueError, KeyError, TypeError) as exc:
+    except AttestationError as exc:
+        from sdk.results import simulated_advice  # pyarrow and numpy: loaded only for this refusal
+
+        raise TrainingJobError(f"{key} (evidence {evidence_key}): {exc}{simulated_advice(exc)}") from exc
+    except (SignatureError, ValueError, KeyError, TypeError) as exc:
         raise TrainingJobError(f"{key} (evidence {evidence_key}): {exc}") from exc
 
 

@@ -77,7 +77,7 @@ def simulated_advice(exc: AttestationError) -> str:
     if f"(sha256 {ark.fingerprint(hashes.SHA256()).hex()})" not in str(exc.actual):
         return ""
     return (f"; that root is the simulated TEE of this development stack ({sim_dir}): pass --accept-simulated to "
-            "accept it there (no hardware protected this batch; never in production)")
+            "accept it there (no hardware protected this work; never in production)")
 
 
 @dataclass(frozen=True)

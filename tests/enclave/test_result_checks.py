@@ -724,9 +724,27 @@ def test_simulated_evidence_is_refused_unless_the_owner_accepts_it_and_names_its
     assert message.startswith(f"{PREFIX}shard-00000.receipt.jws (evidence {PREFIX}evidence/")
     assert "evidence.cert_chain.ark: expected one of the trusted ARKs (CN=ARK-Milan,O=Advanced Micro Devices" in message
     advice = (f"; that root is the simulated TEE of this development stack ({sim_dir}): pass --accept-simulated to "
-              "accept it there (no hardware protected this batch; never in production)")
+              "accept it there (no hardware protected this work; never in production)")
     # on the development stack ($CSCORE_SIM_TEE_DIR names this firmware) the refusal says what to pass; elsewhere not
     assert message.endswith("; the chain ends in a root this verifier does not trust" + (advice if env else ""))
+
+
+def test_a_training_receipt_of_the_simulated_tee_refused_says_to_pass_accept_simulated(
+        sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`owner train` and `models --tenant` verify enclave-signed documents as `owner results` does: same advice."""
+    from sdk.owner_training import TrainingJobError, _enclave_signed
+
+    monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
+    store = DictStore()
+    entry = Worker(store, sim_dir).shard(_spec())
+    anchors, policy = owner_trust(accept_simulated=False, measurements=[code_measurement().hex()])
+    with pytest.raises(TrainingJobError) as refused:
+        _enclave_signed(store, entry["receipt_key"], PREFIX, "cscore.training-receipt/v1", anchors,  # type: ignore[arg-type]
+                        policy)
+    assert str(refused.value).endswith(
+        f"; the chain ends in a root this verifier does not trust; that root is the simulated TEE of this development "
+        f"stack ({sim_dir}): pass --accept-simulated to accept it there (no hardware protected this work; never in "
+        "production)")
 
 
 def test_no_accept_simulated_advice_for_another_untrusted_root(sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
