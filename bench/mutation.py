@@ -61,6 +61,8 @@ MODULES: dict[str, list[str]] = {
                            *[f"tests/attestation/test_tdx_cli_and_tsm.py::test_{name}" for name in (
                                "raw_and_hex_quotes_are_verified", "policy_verdicts",
                                "collateral_folder_gives_a_tcb_verdict", "unusable_and_rejected_inputs")]],
+    # every refusal's field, expected and actual in one sentence and one dict (milliseconds)
+    "attestation/errors.py": ["tests/attestation/test_attestation_errors.py"],
     "attestation/tdx/quote.py": _TDX,
     "attestation/tdx/intel_root.py": _TDX,
     "attestation/tdx/claims.py": _TDX,
@@ -106,6 +108,8 @@ MODULES: dict[str, list[str]] = {
                          "tests/keybroker/test_unwrap_versions.py", "tests/keybroker/test_admin_api.py"],
     # the limits over a stand-in ASGI app (milliseconds a test), each refusal byte for byte
     "keybroker/middleware.py": ["tests/keybroker/test_middleware.py"],
+    # the problem documents and what a refused request's value may echo, over a small app (milliseconds)
+    "keybroker/problems.py": ["tests/keybroker/test_problems.py"],
     # the local CA's and server certificates field by field, a handshake over memory (seconds in all), and the
     # config's transport rule and the `tls` command in process; not the broker processes of test_tls.py
     "keybroker/tls.py": ["tests/keybroker/test_tls_files.py",
