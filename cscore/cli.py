@@ -138,9 +138,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.tenant:  # this owner's tuned models, verified: listed for its own tenant only
         from sdk.owner_training import tuned_models
 
+        skipped: list[str] = []
         models += [m for m in tuned_models(ObjectStore(), args.tenant, owner=owner,
-                                           accept_simulated=args.accept_simulated)
+                                           accept_simulated=args.accept_simulated, skipped=skipped)
                    if args.task is None or m.task == args.task]
+        for line in skipped:  # a tuned model the owner trained must not just vanish from the list
+            print(f"cscore: not listed: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps([m.summary() for m in models]))
         return 0

@@ -36,6 +36,7 @@ from sdk.broker_admin import BrokerAdminError
 from sdk.emails import Email, check_emails, read_emails
 from sdk.models import ModelListing
 from sdk.party import Party
+from sdk.platform_text import shown
 from sdk.storage import ObjectStore
 from wire.errors import FormatError
 from wire.receipt import parse_sessions
@@ -223,11 +224,13 @@ def verify_training(store: ObjectStore, tenant: str, job_id: str, *, owner: Part
 
 
 def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: TrustAnchors | None = None,
-                 policy: Policy | None = None, accept_simulated: bool = False) -> list[ModelListing]:
+                 policy: Policy | None = None, accept_simulated: bool = False,
+                 skipped: list[str] | None = None) -> list[ModelListing]:
     """This owner's tuned models, as `cscore models` lists them and `cscore owner submit --model` chooses them.
 
     Only cards under `tuned/<tenant>/` whose job this owner signed and whose receipt and card verify
-    (`verify_training`): a card the platform planted, or another owner's, is not listed.
+    (`verify_training`): a card the platform planted, or another owner's, is not listed; `skipped` (when given)
+    gets one "KEY: why" line per card left out, so the owner can tell a missing model from a refused one.
     """
     listings: dict[str, ModelListing] = {}
     for key in store.keys(f"tuned/{tenant}/"):
@@ -237,7 +240,9 @@ def tuned_models(store: ObjectStore, tenant: str, *, owner: Party, anchors: Trus
             job_id = TunedCard.parse(unverified_payload(store.get(key).decode(errors="replace"), what=key)).job_id
             outcome = verify_training(store, tenant, job_id, owner=owner, anchors=anchors, policy=policy,
                                       accept_simulated=accept_simulated)
-        except (TrainingJobError, FormatError, SignatureError, BrokerAdminError):
+        except (TrainingJobError, FormatError, SignatureError, BrokerAdminError) as exc:
+            if skipped is not None:  # the platform wrote the card and evidence: one safe line each
+                skipped.append(shown(exc if str(exc).startswith(key) else f"{key}: {exc}"))
             continue
         card = TunedCard.parse(outcome.card)
         listings[outcome.model] = ModelListing(
@@ -251,12 +256,14 @@ def find_tuned_model(store: ObjectStore, ref: str, *, owner: Party, anchors: Tru
     """`<tenant>/<name>:<version>` or `<tenant>/<name>` (latest) among this owner's verified tuned models."""
     name, _, version = ref.partition(":")
     tenant = name.partition("/")[0]
+    skipped: list[str] = []
     every = tuned_models(store, tenant, owner=owner, anchors=anchors, policy=policy,
-                         accept_simulated=accept_simulated)
+                         accept_simulated=accept_simulated, skipped=skipped)
     chosen = [m for m in every if m.name == name and (not version or str(m.version) == version)]
     if not chosen:
         known = ", ".join(f"{m.name}:{m.version}" for m in every) or "none"
-        raise LookupError(f"model: expected one of your tuned models ({known}), got {ref!r}")
+        refused = f"; {len(skipped)} tuned card(s) did not verify, the first: {skipped[0]}" if skipped else ""
+        raise LookupError(f"model: expected one of your tuned models ({known}), got {ref!r}{refused}")
     return chosen[-1]
 
 
