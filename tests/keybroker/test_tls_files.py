@@ -86,7 +86,7 @@ def test_the_local_ca_certifies_loopback_and_the_networks_named_only(tmp_path: P
 
 
 def test_the_local_ca_is_made_once_and_a_half_written_one_is_replaced_whole(tmp_path: Path) -> None:
-    folder = tmp_path / "ca"
+    folder = tmp_path / "state" / "tls"  # made with its parents
     cert_path, key_path = create_local_ca(folder)
     pem, key = cert_path.read_bytes(), key_path.read_bytes()
     assert create_local_ca(folder, ["10.0.0.0/8"]) == (cert_path, key_path)  # networks count only when made
@@ -227,7 +227,8 @@ def test_a_ca_key_that_is_not_ec_is_refused_naming_its_file(tmp_path: Path) -> N
 @pytest.mark.parametrize(("host", "networks", "inside"), [
     ("10.0.0.7", ["10.0.0.0/24"], True), ("[fd00::7]", ["fd00::/64"], True), ("10.0.1.7", ["10.0.0.0/24"], False),
     ("10.0.0.7", [], False), ("localhost", ["10.0.0.0/24"], False), ("kbs.example.com", ["0.0.0.0/0"], False),
-    ("10.0.1.7", ["10.0.0.0/24", "10.0.1.0/24"], True)])
+    ("10.0.1.7", ["10.0.0.0/24", "10.0.1.0/24"], True), ("X10.0.0.7", ["10.0.0.0/24"], False),
+    ("10.0.0.7X", ["10.0.0.0/24"], False)])
 def test_in_networks_reads_addresses_only(host: str, networks: list[str], inside: bool) -> None:
     assert _in_networks(host, networks) is inside
 
@@ -246,3 +247,11 @@ def test_a_private_key_is_never_written_through_a_planted_file(tmp_path: Path) -
     assert fresh.read_bytes() == key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                    serialization.NoEncryption())
     assert fresh.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
+
+
+def test_ensure_local_tls_certifies_a_host_of_the_networks_it_makes_the_ca_for(tmp_path: Path) -> None:
+    files = ensure_local_tls(tmp_path / "ca", tmp_path / "out", "worker", hosts=["localhost", "10.213.7.5"],
+                             networks=["10.213.7.0/24"])
+    constraints = _cert(files.ca_cert).extensions.get_extension_for_class(x509.NameConstraints).value
+    assert x509.IPAddress(ipaddress.ip_network("10.213.7.0/24")) in (constraints.permitted_subtrees or [])
+    assert _san(_cert(files.cert)) == [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("10.213.7.5"))]
