@@ -110,16 +110,22 @@ class TdxCollateral:
         """Read a folder holding a TCB Info JSON, a QE Identity JSON and an issuer chain PEM (any
         file names; recognised by content). ParseError when one is missing or ambiguous."""
         found: dict[str, list[bytes]] = {"tcbInfo": [], "enclaveIdentity": [], "pem": []}
+        names: dict[str, list[str]] = {kind: [] for kind in found}
         for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
             data = file.read_bytes()
             kind = _classify(data)
             if kind:
                 found[kind].append(data)
+                names[kind].append(file.name)
         for kind, what in (("tcbInfo", "a TCB Info JSON"), ("enclaveIdentity", "a QE Identity JSON"),
                            ("pem", "an issuer chain PEM")):
-            if len(found[kind]) != 1:
+            if len(found[kind]) > 1:  # which files, so the user knows which to move out
                 raise ParseError(f"collateral.{kind}", f"exactly one file holding {what} in {path}",
-                                 f"{len(found[kind])} found")
+                                 f"{len(found[kind])} found: {', '.join(names[kind])}",
+                                 "keep only the one for this quote in the folder")
+            if not found[kind]:
+                raise ParseError(f"collateral.{kind}", f"exactly one file holding {what} in {path}", "0 found",
+                                 "fetch it from Intel PCS")
         return cls(found["tcbInfo"][0], found["enclaveIdentity"][0], found["pem"][0].decode("ascii", "replace"))
 
     def to_json(self) -> dict[str, str]:

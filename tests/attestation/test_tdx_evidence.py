@@ -911,13 +911,15 @@ def test_a_collateral_folder_is_read_by_content(tmp_path: Any) -> None:
     with pytest.raises(ParseError) as err:
         TdxCollateral.from_dir(folder)
     assert (err.value.field, err.value.expected, err.value.actual) == (
-        "collateral.pem", f"exactly one file holding an issuer chain PEM in {folder}", "2 found")
+        "collateral.pem", f"exactly one file holding an issuer chain PEM in {folder}", "2 found: c, d")
+    assert err.value.hint == "keep only the one for this quote in the folder"
     (folder / "d").unlink()
     (folder / "b").unlink()
     with pytest.raises(ParseError) as err:
         TdxCollateral.from_dir(folder)
     assert (err.value.field, err.value.expected, err.value.actual) == (
         "collateral.enclaveIdentity", f"exactly one file holding a QE Identity JSON in {folder}", "0 found")
+    assert err.value.hint == "fetch it from Intel PCS"
     (folder / "a").unlink()
     with pytest.raises(ParseError) as err:
         TdxCollateral.from_dir(folder)
