@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 import sys
 import warnings
 from dataclasses import replace
@@ -30,6 +31,7 @@ from attestation.anchors import TrustAnchors
 from attestation.errors import AttestationError, ParseError
 from attestation.evidence import Claims, Evidence, Policy, appraise, verify_evidence
 from attestation.tdx.collateral import TdxCollateral
+from attestation.tdx.quote import TEE_TDX
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -107,6 +109,10 @@ def _load_evidence(path: Path, tee: str, cert_files: list[Path], collateral_dir:
         return Evidence(tee="tdx", report=report, collateral=collateral)
     if collateral is not None:
         raise ParseError("--collateral", "only with --tee tdx", str(collateral_dir))
+    if len(report) >= 8 and struct.unpack_from("<HHI", report) in ((4, 2, TEE_TDX), (5, 2, TEE_TDX)):
+        # a TDX quote's header (version, ECDSA P-256, TDX): asking for a VCEK would send the user to AMD
+        raise ParseError(str(path), "an SEV-SNP attestation report (--tee sev-snp, the default)",
+                         f"a TDX quote (version {report[0]})", "pass --tee tdx")
     leaf, chain = _split_certs(cert_files)
     if leaf is None:
         raise ParseError("--certs", "the VCEK or VLEK certificate (DER or PEM)", "none",

@@ -53,6 +53,16 @@ def test_unusable_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main([str(GO / "attestation.bin"), "--tee", "tdx", *AT]) == 2
 
 
+@pytest.mark.parametrize(("quote", "version"), [("tdx_prod_quote_SPR_E4.dat", 4), ("quote_v5_sample.dat", 5)])
+def test_a_tdx_quote_without_tee_tdx_says_to_pass_it(capsys: pytest.CaptureFixture[str], quote: str,
+                                                     version: int) -> None:
+    """--tee defaults to sev-snp: a TDX quote was answered with "download the VCEK from AMD's KDS"."""
+    path = DATA / "tdx/go-tdx-guest" / quote
+    assert main([str(path), *AT]) == 2
+    assert capsys.readouterr().err == (f"unusable input: {path}: expected an SEV-SNP attestation report (--tee "
+                                       f"sev-snp, the default), got a TDX quote (version {version}); pass --tee tdx\n")
+
+
 def test_evidence_json_with_simulated_trust_dir(sim_dir: Path, tmp_path: Path) -> None:
     evidence = SimulatedSnpProvider(sim_dir, bytes(48)).get_evidence(bytes(64))
     (tmp_path / "ev.json").write_text(json.dumps(evidence.to_json()))
