@@ -442,7 +442,9 @@ def _print_submitted(args: argparse.Namespace, batch: Any, what: str) -> None:
         print(json.dumps({"batch_id": batch.batch_id, "tenant": batch.tenant, "rows": batch.rows,
                           "manifest_key": batch.manifest_key}))
     else:
-        print(f"submitted batch {batch.batch_id}: {batch.rows} {what} ({batch.manifest_key})")
+        print(f"submitted batch {batch.batch_id}: {batch.rows} {what} ({batch.manifest_key})\n"
+              f"next: cscore owner results {batch.batch_id} --tenant {batch.tenant} --out FILE  (waits for the batch, "
+              "verifies every receipt, decrypts)")
 
 
 def cmd_owner_train(args: argparse.Namespace) -> int:

@@ -160,3 +160,15 @@ def test_an_owner_grant_key_file_that_is_not_json_says_where_it_comes_from(tmp_p
     assert main(["--state-dir", str(tmp_path), "provider", "register-owner", "owner", str(key)]) == 2
     err = capsys.readouterr().err
     assert "got bytes that are not UTF-8 text; `cscore owner grant-key > owner-grant.jwk`" in err
+
+
+def test_a_submitted_batch_says_how_to_get_its_results(capsys: pytest.CaptureFixture[str]) -> None:
+    batch = argparse.Namespace(batch_id="b-1", tenant="acme", rows=3, manifest_key="incoming/acme/b-1/manifest.jws")
+    cscore.cli._print_submitted(argparse.Namespace(json=False), batch, "emails")
+    assert capsys.readouterr().out == (
+        "submitted batch b-1: 3 emails (incoming/acme/b-1/manifest.jws)\n"
+        "next: cscore owner results b-1 --tenant acme --out FILE  (waits for the batch, verifies every receipt, "
+        "decrypts)\n")
+    cscore.cli._print_submitted(argparse.Namespace(json=True), batch, "emails")  # --json: the object only
+    assert json.loads(capsys.readouterr().out) == {"batch_id": "b-1", "tenant": "acme", "rows": 3,
+                                                   "manifest_key": "incoming/acme/b-1/manifest.jws"}
