@@ -1105,6 +1105,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = int(args.func(args))
     except KeyboardInterrupt:
         rc = 130
+    except BrokenPipeError:  # the reader went away (`cscore models | head`): not an error of ours to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        rc = 141
     except (ValueError, LookupError, RuntimeError, TimeoutError, OSError) as exc:
         # Our errors name the field, the expected and the actual value: show that, not a traceback.
         print(f"cscore: error: {exc}", file=sys.stderr)

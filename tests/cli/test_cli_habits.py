@@ -172,3 +172,18 @@ def test_a_submitted_batch_says_how_to_get_its_results(capsys: pytest.CaptureFix
     cscore.cli._print_submitted(argparse.Namespace(json=True), batch, "emails")  # --json: the object only
     assert json.loads(capsys.readouterr().out) == {"batch_id": "b-1", "tenant": "acme", "rows": 3,
                                                    "manifest_key": "incoming/acme/b-1/manifest.jws"}
+
+
+def test_a_reader_that_goes_away_is_not_reported_as_an_error() -> None:
+    """`cscore ... | head`: output to a closed pipe ends quietly with 141 (128 + SIGPIPE), not 'cscore: error: [Errno
+    32] Broken pipe' and 2, which read as if the command had failed."""
+    data = REPO / "tests" / "data" / "attestation" / "sev-snp" / "go-sev-guest"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "cscore", "attest", "verify", str(data / "attestation.bin"),
+                               "--certs", str(data / "vcek.testcer"), "--at", "2026-01-01"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
