@@ -782,6 +782,12 @@ def cmd_worker_measure(args: argparse.Namespace) -> int:
         return flag if flag is not None else (args.image / manifest[key] if manifest.get(key) else None)
 
     ovmf = artifact(args.ovmf, "ovmf")
+    if ovmf is None and args.config is not None:  # the configuration's digest needs no image (README: HOST_DATA)
+        host = wm.snp_host_data(wm.config_digest_of_file(args.config)).hex()
+        print(json.dumps({"host_data": host, "tdx_mrconfigid": host + "00" * 16}) if args.json else
+              f"HOST_DATA (SNP)      {host}\nMRCONFIGID (TDX)     {host}{'00' * 16}\n"
+              "(launch measurement: add --ovmf FILE or --image DIR)")
+        return 0
     if ovmf is None:
         raise wm.MeasureError("--ovmf: expected the OVMF firmware (or --image DIR with image.json), got neither")
     exp = wm.expected(ovmf, artifact(args.kernel, "kernel"), artifact(args.initrd, "initrd"),

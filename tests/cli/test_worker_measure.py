@@ -50,6 +50,21 @@ def test_the_command_prints_the_published_value_and_the_configuration_digest(
                              "host_data": [out["host_data"]]}
 
 
+def test_config_alone_prints_host_data_and_mrconfigid(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """README: `cscore worker measure --config FILE` prints the HOST_DATA / MRCONFIGID to launch a worker with; it
+    asked for an OVMF image first, which the configuration's digest does not depend on."""
+    config = _config_file(tmp_path)
+    canonical = json.dumps(json.loads(config.read_text()), sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(canonical).hexdigest()
+    assert _measure(capsys, "--config", str(config)) == {"host_data": digest, "tdx_mrconfigid": digest + "00" * 16}
+    assert main(["worker", "measure", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == (f"HOST_DATA (SNP)      {digest}\nMRCONFIGID (TDX)     {digest}{'00' * 16}\n"
+                                       "(launch measurement: add --ovmf FILE or --image DIR)\n")
+    assert main(["worker", "measure"]) == 2  # neither image nor configuration: nothing to measure
+    assert "--ovmf: expected the OVMF firmware (or --image DIR with image.json), got neither" in \
+        capsys.readouterr().err
+
+
 def _config_file(tmp_path: Path) -> Path:
     """A worker configuration document as an operator writes it (wire.worker_config)."""
     ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
