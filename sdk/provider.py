@@ -59,7 +59,8 @@ class Offer:
     description: str = ""
 
     def fields(self) -> dict[str, Any]:
-        return {"task": self.task, "contract": self.contract or SPAM_CONTRACT, "metrics": self.metrics or {},
+        return {"task": self.task, "contract": SPAM_CONTRACT if self.contract is None else self.contract,
+                "metrics": self.metrics or {},
                 "price": self.price, "description": self.description}
 
 

@@ -179,6 +179,20 @@ def test_publish_refuses_a_contract_that_does_not_match_the_graph(digits: tuple[
                       allowed_measurements=["00"], offer=offer)
 
 
+def test_an_empty_contract_is_refused_not_replaced_by_the_spam_filters(digits: tuple[Any, bytes, Any]) -> None:
+    """`--contract c.json` holding `{}` published the model under the spam filter's contract (an empty dict is
+    falsy): only a contract left out takes the default."""
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"publish touched {name} before checking the contract")
+
+    with pytest.raises(ModelError) as refused:
+        publish_model(digits[1], "digits", provider=Untouchable(), store=Untouchable(),  # type: ignore[arg-type]
+                      allowed_measurements=["00"], offer=Offer(task=DIGITS_TASK, contract={}))
+    assert str(refused.value) == "model card: card.contract.id_column: expected str, got None"
+    assert Offer().fields()["contract"] == SPAM_CONTRACT
+
+
 @pytest.mark.parametrize(("change", "message"), MISMATCHES)
 def test_the_enclave_refuses_to_load_a_model_its_contract_does_not_describe(
         digits: tuple[Any, bytes, Any], change: str, message: str) -> None:
