@@ -108,6 +108,9 @@ MODULES: dict[str, list[str]] = {
                          "tests/keybroker/test_unwrap_versions.py", "tests/keybroker/test_admin_api.py"],
     # the limits over a stand-in ASGI app (milliseconds a test), each refusal byte for byte
     "keybroker/middleware.py": ["tests/keybroker/test_middleware.py"],
+    # `python -m keybroker`: the config refused before serving, what uvicorn is handed (uvicorn.run stood in for)
+    "keybroker/__main__.py": ["tests/keybroker/test_main.py",
+                              "tests/keybroker/test_tls.py::test_local_ca_is_kept_loopback_only_and_keys_are_private"],
     # the problem documents and what a refused request's value may echo, over a small app (milliseconds)
     "keybroker/problems.py": ["tests/keybroker/test_problems.py"],
     # the local CA's and server certificates field by field, a handshake over memory (seconds in all), and the
