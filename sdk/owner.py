@@ -355,9 +355,23 @@ def encode_flags(flags: Mapping[str, Sequence[str]], broker: KeyWrapper, keys: O
 
 
 def resubmit_batch(tenant: str, batch_id: str, store: ObjectStore) -> str:
-    """Upload the same signed manifest again (after a failure), which starts the batch again."""
+    """Upload the same signed manifest again (after a failure), which starts the batch again. Raises NoSuchBatch
+    for a batch the tenant never submitted, BatchError for one that succeeded (the platform passes it over)."""
     key = f"incoming/{tenant}/{batch_id}/manifest.jws"
-    store.put(key, store.get(key), "application/jose")
+    manifest = store.get_if_exists(key)
+    if manifest is None:
+        raise NoSuchBatch(f"batch {batch_id!r}: no such batch for tenant {tenant!r} ({key} is absent in bucket "
+                          f"{store.bucket}); check the id `cscore owner submit` printed and --tenant")
+    raw = store.get_if_exists(f"status/{tenant}/{batch_id}.json")
+    try:
+        state = json.loads(raw).get("state") if raw else None
+    except (ValueError, AttributeError):  # the platform wrote it: unreadable is "not succeeded"
+        state = None
+    if state == "succeeded":
+        raise BatchError(f"batch {batch_id!r}: expected a failed batch to resubmit, got one that succeeded (the "
+                         f"platform would pass it over); `cscore owner results {batch_id} --tenant {tenant}` fetches "
+                         "its results")
+    store.put(key, manifest, "application/jose")
     return key
 
 
