@@ -636,7 +636,7 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
                                 progress=lambda state: waiting.describe(f"batch {args.batch}: {state}"))
     if status["state"] != "succeeded":
         reason = shown(status.get("reason"))  # the platform wrote it: no escape reaches the terminal
-        print(f"batch {args.batch} failed: {reason}\n{advice(reason, args.batch)}", file=sys.stderr)
+        print(f"batch {args.batch} failed: {reason}\n{advice(reason, args.batch, args.tenant)}", file=sys.stderr)
         return 1
     owner = Party.from_env("owner")
     # The measurements this owner granted the batch, from its own broker: what it audited (a release, or the

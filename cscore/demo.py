@@ -100,7 +100,7 @@ def verified_results(store: ObjectStore, batch_id: str, owner: Party, say: Calla
     status = wait_for_batch(store, TENANT, batch_id, progress=lambda s: say(f"[owner] batch is {s}"))
     if status["state"] != "succeeded":
         reason = shown(status.get("reason"))  # the platform wrote it: no escape reaches the terminal
-        raise RuntimeError(f"batch {batch_id} failed: {reason}\n{advice(reason, batch_id)}")
+        raise RuntimeError(f"batch {batch_id} failed: {reason}\n{advice(reason, batch_id, TENANT)}")
     anchors, policy = owner_trust(accept_simulated=True)
     return fetch_results(TENANT, batch_id, owner=owner, store=store, anchors=anchors, policy=policy)
 

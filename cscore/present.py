@@ -125,11 +125,13 @@ _ADVICE = [  # (words in the failure reason, what the owner can do); first match
 ]
 
 
-def advice(reason: str, batch_id: str) -> str:
-    """What the owner can do about a failed batch, by its failure reason."""
+def advice(reason: str, batch_id: str, tenant: str) -> str:
+    """What the owner can do about a failed batch, by its failure reason; commands complete as written (`--resubmit`
+    and `register` need the tenant)."""
     lowered = reason.lower()
     for words, text in _ADVICE:
         if any(w in lowered for w in words):
-            return text.replace("BATCH", batch_id)
-    return (f"Fix the cause named above, then `cscore owner submit --resubmit {batch_id}`; "
+            return (text.replace("--resubmit BATCH", f"--resubmit {batch_id} --tenant {tenant}")
+                    .replace("BATCH", batch_id).replace("--tenant T`", f"--tenant {tenant}`"))
+    return (f"Fix the cause named above, then `cscore owner submit --resubmit {batch_id} --tenant {tenant}`; "
             f"`cscore audit show {batch_id}` shows every step the log recorded.")

@@ -42,8 +42,28 @@ def test_tee_line_says_when_the_tee_was_simulated() -> None:
      "cscore_limits", "published as named"),
 ])
 def test_advice_is_specific_to_the_refusal(reason: str, says: str, never: str) -> None:
-    text = advice(reason, "b9")
+    text = advice(reason, "b9", "acme")
     assert says in text and never not in text
+
+
+@pytest.mark.parametrize("reason", [
+    "finalize: something else", "score: 2 of 4 shards unfinished after 3600 s",
+    "attest: worker w1 failed attestation: tcb.snp expected >= 23, got 22",
+    "validate: manifest signature does not verify with the tenant key"])
+def test_the_commands_advised_run_as_written(reason: str) -> None:
+    """`--resubmit B` alone is refused by argparse (--tenant is required): every command advised names the tenant."""
+    text = advice(reason, "b9", "acme")
+    commands = text.split("`")[1::2]
+    assert "cscore owner submit --resubmit b9 --tenant acme" in commands
+    assert all("BATCH" not in c and not c.endswith("--tenant T") for c in commands), commands
+    if "register" in text:
+        assert "cscore owner register --tenant acme" in commands
+
+
+def test_the_fallback_advice_word_for_word() -> None:
+    assert advice("finalize: something else", "b9", "acme") == (
+        "Fix the cause named above, then `cscore owner submit --resubmit b9 --tenant acme`; `cscore audit show b9` "
+        "shows every step the log recorded.")
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
