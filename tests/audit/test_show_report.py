@@ -930,3 +930,20 @@ def test_a_zero_time_in_any_field_is_no_time() -> None:
     assert _time({"created_at": 0}) == float("inf") and _time({"issued_at": 0.0}) == float("inf")
     assert _when({"created_at": 0}) == ""
     assert _when({"time": int(T0) + 1}) == "22:13:21"  # an odd whole second has no fraction either
+
+
+def test_a_batch_whose_one_entry_lost_its_position_lists_no_admin_row_logged_after_it(tmp_path: Path) -> None:
+    """The batch's last position reads a missing index as 0, as every other reader does: a key's admin change logged
+    after the batch (position 1) is not part of its story, whatever the edited entry held."""
+    entries: list[Entry] = [
+        ("grant", {"broker": "owner", "batch_id": "b1", "key_ids": ["acme/emails"], "model_digest": DIGEST,
+                   "granted_measurements": [M], "time": T0}),
+        ("key_release", {"broker": "owner", "key_id": "acme/emails", "operation": "admin.rotate_key",
+                         "decision": "allow", "reason": "rotated to version 2", "time": T0 + 1})]
+    _log(tmp_path, entries)
+    path = tmp_path / "log" / "entries.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[0] = lines[0].replace(b',"index":0', b"")
+    path.write_bytes(b"".join(lines))
+    report = batch_report(AuditLog.open_dir(tmp_path / "log"), None, "b1", [])
+    assert [c["what"] for c in _cells(report, "Submission and grants")] == ["recorded the owner's grant"]

@@ -484,3 +484,21 @@ def test_the_brokers_keys_are_kept_in_its_store_and_its_tokens_name_it(env: Env)
     (b"\x00\xab", "00ab"), (datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "2026-01-02 03:04:05+00:00")])
 def test_a_refusals_expected_and_actual_values_are_sent_as_json(value: Any, sent: Any) -> None:
     assert _jsonable(value) == sent and type(_jsonable(value)) is type(sent)
+
+
+def test_a_page_of_the_log_is_signed_at_its_own_last_entry_not_the_stores_head(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page cut short (the store answers at most 10,000 entries; 2 here) still verifies: its checkpoint names the
+    last entry it carries, so a client checks what it got and asks again from there."""
+    for key_id in ("k-1", "k-2", "k-3"):
+        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+    store = env.app.state.broker.store
+    whole = env.admin.decisions()
+    assert len(whole) >= 3
+    page = store.decisions
+    monkeypatch.setattr(store, "decisions", lambda after=0: page(after, limit=2))
+    assert env.admin.decisions() == whole[:2]  # the chain and its checkpoint verified: no error
+    answer = TestClient(env.app).get("/admin/v0/decisions?after=0",
+                                     headers={"Authorization": f"Bearer {env.config.load_admin_token()}"}).json()
+    head = jwt.decode(answer["checkpoint"], ECKey.import_key(env.admin.token_key()), algorithms=["ES256"]).claims
+    assert (head["seq"], head["hash"]) == (whole[1]["seq"], whole[1]["hash"])

@@ -202,3 +202,17 @@ def test_a_model_key_without_a_quota_is_not_metered(provider: tuple[Env, ECKey, 
     token = sign_grant(_grant(session, rows=10**9), owner_key)
     assert session.unwrap("model-1", wrapped, batch_id="batch-1", model_digest="sha256:m", grant=token) == MODEL_KEY
     assert [e for e in env.admin.decisions() if e["operation"] == "meter"] == []
+
+
+def test_only_a_model_key_reads_a_grant_and_is_metered(provider: tuple[Env, ECKey, bytes]) -> None:
+    """A data key created with a quota (a model key's setting, not refused for another kind) is released under its
+    own clauses: a valid model grant sent along is not read, and no rows are counted against that quota."""
+    env, owner_key, _ = provider
+    env.admin.create_key("data-q", kind="data", measurements=[GOOD], quota={"rows": 150, "period_s": 3600})
+    wrapped = env.admin.wrap("data-q", MODEL_KEY)
+    env.admin.grant("batch-1", "sha256:m", [GOOD], ["data-q"], config_digests=[CONFIG], rows=100)
+    session = env.worker()
+    token = sign_grant(_grant(session, rows=100), owner_key)
+    assert session.unwrap("data-q", wrapped, batch_id="batch-1", model_digest="sha256:m", grant=token) == MODEL_KEY
+    assert [e for e in env.admin.decisions() if e["operation"] == "meter"] == []
+    assert [k for k in env.counted() if k[2] == "quota"] == []
