@@ -188,6 +188,22 @@ def test_a_logged_receipt_replaced_in_storage_is_named_with_both_digests(world: 
                              f"logged ({e0['receipt_sha256'][:16]}…): it was replaced", "b1", e0["index"])])
 
 
+def test_an_empty_receipt_logged_empty_is_not_called_replaced_only_unverified(world: World) -> None:
+    """Storage and log agree on an empty receipt (both hash to sha256 of nothing): it was not replaced, it is just
+    no receipt; one finding says so."""
+    entries, bucket = world.fork()
+    e0 = world.entry(entries, "receipt", receipt_key=SHARD0)
+    e0["receipt_sha256"], e0["jws"] = hashlib.sha256(b"").hexdigest(), ""
+    bucket.objects[SHARD0] = b""
+    verified, found = _receipts(world, entries, bucket)
+    assert verified == 1 and len(found) == 1
+    severity, check, message, batch, at = found[0]
+    assert (severity, check, batch, at) == ("error", "receipt", "b1", e0["index"])
+    assert message.startswith(f"receipt {SHARD0} does not verify, it is forged or altered: receipt.signature: "
+                              "expected a valid Ed25519 signature by key ")
+    assert message.endswith(", got DecodeError: decode_error: Invalid JSON Web Signature")
+
+
 def test_a_receipt_whose_evidence_is_gone_is_not_verified(world: World) -> None:
     entries, bucket = world.fork()
     e0 = world.entry(entries, "receipt", receipt_key=SHARD0)
