@@ -793,7 +793,8 @@ def _looks_like_email(head: bytes) -> bool:
 def _describe_text(head: bytes) -> str:
     first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
     if any(len(first.split(sep)) >= 2 for sep in (",", ";", "\t")) and ":" not in first:
-        return f"CSV/TSV-like text (first line: {first[:80]!r})"
+        return (f"CSV/TSV-like text (first line: {first[:80]!r}); emails are not read from CSV: write them as JSON "
+                'lines, one {"message_id", "subject", "body"} (or {"message_id", "raw"}) object per line')
     if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         return "an HTML document without email headers"
     return f"text without email headers (first line: {first[:80]!r})"

@@ -326,6 +326,16 @@ def test_non_email_files_are_refused_naming_file_expected_and_found(
     assert f"found {found}" in message
 
 
+def test_a_csv_export_of_emails_says_what_to_write_instead(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"message_id,subject,body\n1,hello,world\n")
+    with pytest.raises(NotEmailError) as info:
+        list(read_emails(path))
+    assert str(info.value).endswith(
+        "found CSV/TSV-like text (first line: 'message_id,subject,body'); emails are not read from CSV: write them as "
+        'JSON lines, one {"message_id", "subject", "body"} (or {"message_id", "raw"}) object per line')
+
+
 def test_a_png_in_a_folder_of_emails_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "a.eml").write_bytes(_msg("Subject: A", "alpha"))
     (tmp_path / "z.png").write_bytes(PNG)
