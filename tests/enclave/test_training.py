@@ -297,3 +297,24 @@ def test_a_recipe_base_must_be_a_vocabulary_the_tokenizer_yields_and_a_finite_we
     too_many = {"vocabulary": [f"w{i:04d}" for i in range(501)], "coef": [0.0] * 501, "intercept": 0.0}
     with pytest.raises(FormatError, match=r"recipe.base.vocabulary: expected 1..500 tokens"):
         Recipe.parse({**doc, "base": too_many})
+
+
+def test_fit_runs_every_blas_and_openmp_pool_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multi-threaded BLAS sums in a load-dependent order: the solver runs with every native pool at one thread
+    (read from inside the fit, by threadpoolctl), whatever the machine's cores."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    from enclave.training import fit
+
+    seen: list[list[tuple[str, int]]] = []
+    solver_fit = LogisticRegression.fit
+
+    def observed(self: LogisticRegression, *args: object, **kwargs: object) -> LogisticRegression:
+        seen.append([(str(pool["internal_api"]), int(pool["num_threads"])) for pool in threadpool_info()])
+        return solver_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", observed)
+    texts, labels, _ = _mail(60)
+    fit(RECIPE, texts, labels)
+    assert len(seen) == 1 and seen[0] and {threads for _, threads in seen[0]} == {1}
