@@ -243,6 +243,12 @@ class Broker:
             raise Problem(429, "quota-exceeded", f"key '{record.key_id}': {reason}; wait for the period to pass "
                           "or ask the provider for a larger quota", field="rows",
                           expected=f"<= {quota['rows'] - exc.used}", actual=exc.rows) from exc
+        except ValueError as exc:  # rows below 1: the grant's parser refuses them first; named here too, not a 500
+            reason = f"quota: owner {grant['issuer']} {exc}"
+            self.decide(decision="deny", operation="unwrap", reason=reason, key_id=record.key_id,
+                        batch_id=grant["batch_id"], model_digest=grant["model_digest"], clause="quota")
+            raise Problem(403, "policy-denied", f"key '{record.key_id}': {reason}", field="grant.rows",
+                          expected="at least 1", actual=grant["rows"]) from None
         self.decide(decision="allow", operation="meter", key_id=record.key_id, batch_id=grant["batch_id"],
                     model_digest=grant["model_digest"], clause="quota",
                     reason=f"owner {grant['issuer']}: {grant['rows']} rows, {used} of {quota['rows']} in the period")

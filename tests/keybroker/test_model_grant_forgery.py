@@ -216,3 +216,26 @@ def test_only_a_model_key_reads_a_grant_and_is_metered(provider: tuple[Env, ECKe
     assert session.unwrap("data-q", wrapped, batch_id="batch-1", model_digest="sha256:m", grant=token) == MODEL_KEY
     assert [e for e in env.admin.decisions() if e["operation"] == "meter"] == []
     assert [k for k in env.counted() if k[2] == "quota"] == []
+
+
+@pytest.mark.parametrize("rows", [0, -100])
+def test_the_meter_itself_refuses_a_grant_below_one_row_by_name(provider: tuple[Env, ECKey, bytes], rows: int) -> None:
+    """The second wall, behind the grant's parser: a grant dict of fewer than 1 row reaching the meter is refused as a
+    policy denial naming `grant.rows` and logged under the quota clause, not answered with a bare 500."""
+    from keybroker.problems import Problem
+
+    env, _, _ = provider
+    env.admin.create_key("model-q", kind="model", measurements=[GOOD], quota={"rows": 150, "period_s": 3600})
+    broker = env.app.state.broker
+    grant = {"issuer": "owner", "batch_id": "batch-r", "model_digest": "sha256:m", "rows": rows}
+    with pytest.raises(Problem) as refused:
+        broker.meter(broker.store.get_key("model-q"), grant)
+    reason = f"quota: owner owner rows: expected at least 1, got {rows}"
+    assert (refused.value.status, refused.value.slug, refused.value.detail, refused.value.field,
+            refused.value.expected, refused.value.actual) == (
+        403, "policy-denied", f"key 'model-q': {reason}", "grant.rows", "at least 1", rows)
+    last = env.admin.decisions()[-1]
+    assert (last["decision"], last["operation"], last["key_id"], last["batch_id"], last["reason"]) == (
+        "deny", "unwrap", "model-q", "batch-r", reason)
+    assert [e for e in env.admin.decisions() if e["operation"] == "meter"] == []
+    assert env.counted()[("unwrap", "deny", "quota")] == 1.0
