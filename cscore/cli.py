@@ -69,6 +69,8 @@ def _images_demo(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     from cscore.demo_images import run_images_demo
 
     report = run_images_demo(args.state_dir, workers=args.workers, keep=args.keep, say=say)
+    fetch = results_next_step(report.batch_id, report.state_dir, keep=args.keep, demo="cscore demo --example images",
+                              out="results.parquet")  # CSV refuses the probabilities' list column
     if args.json:
         print(json.dumps(report.as_dict()))
         return 0
@@ -78,7 +80,7 @@ def _images_demo(args: argparse.Namespace, say: Callable[[str], None]) -> int:
           f"same files)\n"
           f"wall time       {report.wall_s:.1f} s\nthroughput      {report.images_per_s:.1f} images/s\n"
           f"measurement     {report.measurement}\nresults         {report.results_at}\n"
-          f"                {results_next_step(report.batch_id, report.state_dir, keep=args.keep)}\n"
+          f"                {fetch}\n"
           f"audit log       {report.audit_entries} entries, "
           f"{'verified' if not report.audit_findings else 'PROBLEMS: ' + '; '.join(report.audit_findings)}")
     print("\nfiles per class " + "  ".join(f"{k}:{v}" for k, v in report.classes.items()))

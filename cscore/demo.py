@@ -118,14 +118,16 @@ def score_report(results: VerifiedResults, labels: dict[str, int]) -> tuple[dict
     return counts, tp / max(tp + fp, 1), tp / max(tp + fn, 1)
 
 
-def results_next_step(batch_id: str, state_dir: str, *, keep: bool) -> str:
+def results_next_step(batch_id: str, state_dir: str, *, keep: bool, demo: str = "cscore demo",
+                      out: str = "FILE") -> str:
     """How to fetch the demo's results: with `--keep` the stack still holds them; without it they went with it
-    (moto keeps nothing across restarts), so a restarted stack would not know the batch."""
-    fetch = (f"`cscore owner results {batch_id} --tenant {TENANT} --accept-simulated --out FILE "
+    (moto keeps nothing across restarts), so a restarted stack would not know the batch. `demo` is the command
+    that ran (the images demo: `cscore demo --example images`)."""
+    fetch = (f"`cscore owner results {batch_id} --tenant {TENANT} --accept-simulated --out {out} "
              f"--state-dir {state_dir}`")
     if keep:
         return f"{fetch} decrypts them; `cscore stack stop --state-dir {state_dir}` when done"
-    return f"gone with the stopped stack: run `cscore demo --keep`, then {fetch} decrypts them"
+    return f"gone with the stopped stack: run `{demo} --keep`, then {fetch} decrypts them"
 
 
 def run_demo(state_dir: Path, *, workers: int = 2, keep: bool = False,
