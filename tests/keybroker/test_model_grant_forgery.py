@@ -235,7 +235,7 @@ def test_the_meter_itself_refuses_a_grant_below_one_row_by_name(provider: tuple[
             refused.value.expected, refused.value.actual) == (
         403, "policy-denied", f"key 'model-q': {reason}", "grant.rows", "at least 1", rows)
     last = env.admin.decisions()[-1]
-    assert (last["decision"], last["operation"], last["key_id"], last["batch_id"], last["reason"]) == (
-        "deny", "unwrap", "model-q", "batch-r", reason)
+    assert (last["decision"], last["operation"], last["key_id"], last["batch_id"], last["model_digest"],
+            last["reason"]) == ("deny", "unwrap", "model-q", "batch-r", "sha256:m", reason)
     assert [e for e in env.admin.decisions() if e["operation"] == "meter"] == []
     assert env.counted()[("unwrap", "deny", "quota")] == 1.0
