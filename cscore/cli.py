@@ -233,7 +233,7 @@ def _json_file(path: Path, what: str, hint: str) -> dict[str, Any]:
 def cmd_provider_publish(args: argparse.Namespace) -> int:
     from cscore.release import measurements_to_allow
     from sdk.party import Party
-    from sdk.provider import Offer, publish_model
+    from sdk.provider import ModelError, Offer, publish_model
     from sdk.storage import ObjectStore
 
     _load_stack_env(args.state_dir)
@@ -245,9 +245,14 @@ def cmd_provider_publish(args: argparse.Namespace) -> int:
                   metrics=dict(_metric(m) for m in args.metric or ()),
                   price={"currency": args.currency, "per_1000_rows": args.price_per_1000} if args.price_per_1000
                   is not None else None, description=args.description or "")
-    published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env(args.provider),
-                              store=ObjectStore(), allowed_measurements=measurements,
-                              probability_digits=args.probability_digits, quota=quota, offer=offer)
+    try:
+        published = publish_model(args.model.read_bytes(), args.name, provider=Party.from_env(args.provider),
+                                  store=ObjectStore(), allowed_measurements=measurements,
+                                  probability_digits=args.probability_digits, quota=quota, offer=offer)
+    except ModelError as exc:  # the sdk sees bytes only: name the file the user gave
+        if not str(exc).startswith("model: "):
+            raise
+        raise ModelError(f"{args.model}: {str(exc).removeprefix('model: ')}") from None
     print(json.dumps({"name": published.name, "version": published.version, "digest": published.digest})
           if args.json else f"published {published.name}:{published.version} {published.digest}")
     return 0

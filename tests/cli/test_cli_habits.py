@@ -187,3 +187,15 @@ def test_a_reader_that_goes_away_is_not_reported_as_an_error() -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_model_file_that_is_not_onnx_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'model: expected an ONNX protobuf ...': which file, when a script publishes several?"""
+    _no_aws(monkeypatch, tmp_path)
+    monkeypatch.setenv("CSCORE_PROVIDER_BROKER_URL", "https://127.0.0.1:9")  # never reached: refused before
+    notes = tmp_path / "notes.md"
+    notes.write_text("# not a model\n")
+    assert main(["--state-dir", str(tmp_path), "provider", "publish", str(notes), "--name", "x"]) == 2
+    assert capsys.readouterr().err == (f"cscore: error: {notes}: expected an ONNX protobuf, got unreadable bytes "
+                                       "(DecodeError)\n")
