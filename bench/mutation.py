@@ -57,7 +57,9 @@ MODULES: dict[str, list[str]] = {
     "attestation/cli.py": ["tests/attestation/test_attestation_cli_output.py",
                            *[f"tests/attestation/test_attestation_cli.py::test_{name}" for name in (
                                "add_arguments_and_run", "raw_binary_accepted_and_policy_refuses_debug",
-                               "rejections_exit_1", "unusable_input_exits_2")],
+                               "rejections_exit_1", "unusable_input_exits_2",
+                               "a_tdx_quote_without_tee_tdx_says_to_pass_it",
+                               "a_tdx_header_alone_without_tee_tdx_is_named")],
                            *[f"tests/attestation/test_tdx_cli_and_tsm.py::test_{name}" for name in (
                                "raw_and_hex_quotes_are_verified", "policy_verdicts",
                                "collateral_folder_gives_a_tcb_verdict", "unusable_and_rejected_inputs")]],

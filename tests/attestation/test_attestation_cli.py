@@ -63,6 +63,19 @@ def test_a_tdx_quote_without_tee_tdx_says_to_pass_it(capsys: pytest.CaptureFixtu
                                        f"sev-snp, the default), got a TDX quote (version {version}); pass --tee tdx\n")
 
 
+def test_a_tdx_header_alone_without_tee_tdx_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Its first 8 bytes (version, attestation key type, TEE type) are enough to tell a TDX quote; 7 are not."""
+    quote = (DATA / "tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat").read_bytes()
+    (tmp_path / "header.bin").write_bytes(quote[:8])
+    assert main([str(tmp_path / "header.bin"), *AT]) == 2
+    assert capsys.readouterr().err == (f"unusable input: {tmp_path / 'header.bin'}: expected an SEV-SNP attestation "
+                                       "report (--tee sev-snp, the default), got a TDX quote (version 4); pass --tee "
+                                       "tdx\n")
+    (tmp_path / "short.bin").write_bytes(quote[:7])
+    assert main([str(tmp_path / "short.bin"), *AT]) == 2
+    assert "TDX quote" not in capsys.readouterr().err
+
+
 def test_evidence_json_with_simulated_trust_dir(sim_dir: Path, tmp_path: Path) -> None:
     evidence = SimulatedSnpProvider(sim_dir, bytes(48)).get_evidence(bytes(64))
     (tmp_path / "ev.json").write_text(json.dumps(evidence.to_json()))

@@ -757,6 +757,20 @@ def test_no_accept_simulated_advice_for_another_untrusted_root(sim_dir: Path, mo
     assert simulated_advice(other_field) == ""
 
 
+def test_no_accept_simulated_advice_where_no_simulated_firmware_is(sim_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CSCORE_SIM_TEE_DIR unset, naming a folder without an ARK, or an ARK that is not a certificate: no advice."""
+    fingerprint = "ab" * 32
+    refusal = VerificationError("evidence.cert_chain.ark", "one of the trusted ARKs",
+                                f"CN=SIMULATED ARK-Milan NOT AMD (sha256 {fingerprint})", "")
+    monkeypatch.delenv("CSCORE_SIM_TEE_DIR", raising=False)
+    assert simulated_advice(refusal) == ""
+    monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(tmp_path))
+    assert simulated_advice(refusal) == ""
+    (tmp_path / "ark.pem").write_text("not a certificate")
+    assert simulated_advice(refusal) == ""
+
+
 def test_the_owner_accepting_simulated_evidence_still_holds_it_to_the_granted_measurements(
         sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CSCORE_SIM_TEE_DIR", str(sim_dir))
