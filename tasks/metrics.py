@@ -23,7 +23,9 @@ Labels are task, outcome, reason and phase names only: never a tenant, batch, ke
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -68,7 +70,9 @@ def serve_from_environment(environ: Mapping[str, str] = os.environ) -> str | Non
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ValueError(f"{PORT_ENV}: expected a TCP port 1..65535, got {raw!r}")
     if _MULTIPROC_ENV not in os.environ:
-        os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="cscore-worker-metrics-")  # 0700, fresh
+        folder = tempfile.mkdtemp(prefix="cscore-worker-metrics-")  # 0700, fresh
+        os.environ[_MULTIPROC_ENV] = folder
+        atexit.register(_remove_folder, folder, os.getpid())
     from prometheus_client import CollectorRegistry, start_http_server, values
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -84,6 +88,12 @@ def serve_from_environment(environ: Mapping[str, str] = os.environ) -> str | Non
     start_http_server(int(raw), addr=host, registry=exported)
     _metrics = _Metrics(None)  # multiprocess mode: values live in the folder's files, not in a registry
     return f"http://{host}:{int(raw)}/metrics"
+
+
+def _remove_folder(folder: str, creator: int) -> None:
+    """At the main process's exit the counts go with it: every restart left a folder behind in /tmp."""
+    if os.getpid() == creator:  # a pool child inherits the hook; the folder is not its to remove
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _get() -> _Metrics:
