@@ -212,15 +212,15 @@ def pinned(cpus: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def cpu_busy_seconds(cpus: set[int]) -> float:
-    """CPU seconds `cpus` spent busy so far (/proc/stat's per-CPU lines: all but idle and iowait)."""
-    busy = 0.0
+def cpu_busy_seconds(cpus: set[int] | None = None) -> float:
+    """CPU seconds `cpus` (None: every core) spent busy so far (/proc/stat: all but idle and iowait)."""
+    busy = 0
     for line in Path("/proc/stat").read_text().splitlines():
         name, *values = line.split()
-        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+        if name == "cpu" if cpus is None else name[3:].isdigit() and int(name[3:]) in cpus:
             fields = [int(v) for v in values]
-            busy += (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    return busy
+            busy += sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def stack_cpu_seconds(stack: LocalStack) -> dict[str, float]:
@@ -242,23 +242,17 @@ def stack_cpu_seconds(stack: LocalStack) -> dict[str, float]:
     return seconds
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine spent busy so far (/proc/stat: all but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def scored(stack: LocalStack, store: ObjectStore, n: int, batch_id: str, submit_s: float, together: ConcurrentRate,
            single_times_n: float, worker_cpus: set[int] | None = None) -> None:
     """Wait for the batch's pipeline, fetch its results with `cscore owner results`, print the figures."""
-    cpu_before, busy_before = stack_cpu_seconds(stack), machine_busy_seconds()
+    cpu_before, busy_before = stack_cpu_seconds(stack), cpu_busy_seconds()
     pinned_before = cpu_busy_seconds(worker_cpus or set())
     t0 = time.perf_counter()
     status = wait_for_batch(store, TENANT, batch_id, timeout=4 * 3600,
                             progress=lambda s: print(f"[bench]   {time.strftime('%H:%M:%S')} batch {s}", flush=True))
     pipeline = time.perf_counter() - t0
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in stack_cpu_seconds(stack).items()}
-    busy = machine_busy_seconds() - busy_before
+    busy = cpu_busy_seconds() - busy_before
     pinned_busy = cpu_busy_seconds(worker_cpus or set()) - pinned_before
     if status["state"] != "succeeded":
         raise RuntimeError(f"batch {batch_id} failed: {status.get('reason')}")

@@ -236,19 +236,16 @@ class Broker:
         try:
             used = self.store.meter(grant["issuer"], grant["batch_id"], record.key_id, grant["rows"],
                                     quota=quota["rows"], period_s=quota["period_s"])
-        except QuotaExceeded as exc:
+        except (QuotaExceeded, ValueError) as exc:  # ValueError: rows below 1, which the grant's parser refuses first
             reason = f"quota: owner {grant['issuer']} {exc}"
             self.decide(decision="deny", operation="unwrap", reason=reason, key_id=record.key_id,
                         batch_id=grant["batch_id"], model_digest=grant["model_digest"], clause="quota")
+            if not isinstance(exc, QuotaExceeded):
+                raise Problem(403, "policy-denied", f"key '{record.key_id}': {reason}", field="grant.rows",
+                              expected="at least 1", actual=grant["rows"]) from None
             raise Problem(429, "quota-exceeded", f"key '{record.key_id}': {reason}; wait for the period to pass "
                           "or ask the provider for a larger quota", field="rows",
                           expected=f"<= {quota['rows'] - exc.used}", actual=exc.rows) from exc
-        except ValueError as exc:  # rows below 1: the grant's parser refuses them first; named here too, not a 500
-            reason = f"quota: owner {grant['issuer']} {exc}"
-            self.decide(decision="deny", operation="unwrap", reason=reason, key_id=record.key_id,
-                        batch_id=grant["batch_id"], model_digest=grant["model_digest"], clause="quota")
-            raise Problem(403, "policy-denied", f"key '{record.key_id}': {reason}", field="grant.rows",
-                          expected="at least 1", actual=grant["rows"]) from None
         self.decide(decision="allow", operation="meter", key_id=record.key_id, batch_id=grant["batch_id"],
                     model_digest=grant["model_digest"], clause="quota",
                     reason=f"owner {grant['issuer']}: {grant['rows']} rows, {used} of {quota['rows']} in the period")

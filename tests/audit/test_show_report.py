@@ -93,6 +93,16 @@ def _rows(report: dict[str, Any], title: str) -> list[dict[str, Any]]:
     return next(s for s in report["sections"] if s["title"] == title)["rows"]
 
 
+def _log_without_index(tmp_path: Path, entries: list[Entry], position: int) -> AuditLog:
+    """The log of `entries`, its entry at `position` edited to lose its index (a tampered log), opened again."""
+    _log(tmp_path, entries)
+    path = tmp_path / "log" / "entries.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[position] = lines[position].replace(b',"index":%d' % position, b"")
+    path.write_bytes(b"".join(lines))
+    return AuditLog.open_dir(tmp_path / "log")
+
+
 def _cells(report: dict[str, Any], title: str) -> list[dict[str, str]]:
     return [r["cells"] for r in _rows(report, title)]
 
@@ -643,12 +653,7 @@ def test_a_receipt_lying_under_the_batchs_path_is_shown_whatever_batch_it_names(
 def test_an_entry_edited_to_lose_its_position_does_not_take_another_entrys_errors(tmp_path: Path) -> None:
     entries: list[Entry] = [("batch_submitted", {"tenant": "acme", "batch_id": "b1", "time": T0}),
                             ("batch_submitted", {"tenant": "acme", "batch_id": "b2", "time": T0})]
-    _log(tmp_path, entries)
-    path = tmp_path / "log" / "entries.jsonl"
-    lines = path.read_bytes().splitlines(keepends=True)
-    lines[0] = lines[0].replace(b',"index":0', b"")
-    path.write_bytes(b"".join(lines))
-    log = AuditLog.open_dir(tmp_path / "log")
+    log = _log_without_index(tmp_path, entries, 0)
     report = batch_report(log, None, "b1", [Finding(ERROR, "release", "about b2's entry", "b2", 1)])
     assert report["verdict"]["holds"] is True and report["verdict"]["problems"] == []
 
@@ -902,12 +907,8 @@ def test_a_shard_receipt_edited_to_lose_its_position_is_still_listed(tmp_path: P
     entries: list[Entry] = [("batch_submitted", {"tenant": "acme", "batch_id": "b1", "time": T0}),
                             ("receipt", {"batch_id": "b1", "shard_index": 0, "worker": "w1"}),
                             ("receipt", {"batch_id": "b1", "shard_index": 0, "worker": "w2"})]
-    _log(tmp_path, entries)
-    path = tmp_path / "log" / "entries.jsonl"
-    lines = path.read_bytes().splitlines(keepends=True)
-    lines[1] = lines[1].replace(b',"index":1', b"")
-    path.write_bytes(b"".join(lines))
-    report = batch_report(AuditLog.open_dir(tmp_path / "log"), None, "b1", [])
+    log = _log_without_index(tmp_path, entries, 1)
+    report = batch_report(log, None, "b1", [])
     assert [(c["position"], c["worker"]) for c in _cells(report, "Shards")] == [("-1", "w1"), ("2", "w2")]
 
 
@@ -940,10 +941,6 @@ def test_a_batch_whose_one_entry_lost_its_position_lists_no_admin_row_logged_aft
                    "granted_measurements": [M], "time": T0}),
         ("key_release", {"broker": "owner", "key_id": "acme/emails", "operation": "admin.rotate_key",
                          "decision": "allow", "reason": "rotated to version 2", "time": T0 + 1})]
-    _log(tmp_path, entries)
-    path = tmp_path / "log" / "entries.jsonl"
-    lines = path.read_bytes().splitlines(keepends=True)
-    lines[0] = lines[0].replace(b',"index":0', b"")
-    path.write_bytes(b"".join(lines))
-    report = batch_report(AuditLog.open_dir(tmp_path / "log"), None, "b1", [])
+    log = _log_without_index(tmp_path, entries, 0)
+    report = batch_report(log, None, "b1", [])
     assert [c["what"] for c in _cells(report, "Submission and grants")] == ["recorded the owner's grant"]

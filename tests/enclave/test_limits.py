@@ -73,18 +73,24 @@ def _in_child(out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
         out.put(f"stopped: {exc}")
 
 
+def _forked_answer(target: Callable[[multiprocessing.Queue], None], timeout: float) -> Any:  # type: ignore[type-arg]
+    """What `target`, run in a forked child, put on its queue; "no answer" when nothing came within `timeout` s."""
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=target, args=(out,))
+    child.start()
+    try:
+        answer = out.get(timeout=timeout)
+    except queue.Empty:
+        answer = "no answer"
+    child.join(30)
+    return answer
+
+
 def test_limits_hold_in_a_forked_pool_child_after_the_parent_watched_a_run() -> None:
     # Celery's prefork pool forks workers: the parent's watchdog thread does not exist in the child.
     watched(lambda options: None, RunLimits(), 1)
-    context = multiprocessing.get_context("fork")
-    out = context.Queue()
-    child = context.Process(target=_in_child, args=(out,))
-    child.start()
-    try:
-        verdict = out.get(timeout=120)
-    except queue.Empty:
-        verdict = "no answer"
-    child.join(30)
+    verdict = _forked_answer(_in_child, 120)
     assert verdict.startswith("stopped: the model ran"), verdict
 
 
@@ -291,13 +297,4 @@ def _new_watchdog_state(out: multiprocessing.Queue) -> None:  # type: ignore[typ
 
 def test_a_new_watchdog_polls_for_a_second_before_it_first_sleeps() -> None:
     """Not asleep (a bool, False) in its first fifth of a second, though nothing was ever armed."""
-    context = multiprocessing.get_context("fork")
-    out = context.Queue()
-    child = context.Process(target=_new_watchdog_state, args=(out,))
-    child.start()
-    try:
-        asleep = out.get(timeout=60)
-    except queue.Empty:
-        asleep = "no answer"
-    child.join(30)
-    assert asleep is False
+    assert _forked_answer(_new_watchdog_state, 60) is False
