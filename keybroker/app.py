@@ -37,6 +37,7 @@ from keybroker.store import KeyRecord, KeyStore, QuotaExceeded, StoreError
 from keybroker.tokens import POP_HEADER, TokenIssuer, TokenRejected
 from keybroker.verifier import EvidenceRejected, Verifier, attestation_verifier, report_data_for
 from wire import owner_unwrap
+from wire.decision_log import CHECKPOINT_TYPE
 from wire.errors import FormatError
 from wire.grant import GRANT_TTL_S, ModelGrant, sign_grant, verify_grant
 from wire.worker_config import config_digest_from_claims
@@ -503,12 +504,13 @@ class Broker:
         return m.JweResponse(jwe=encrypt_to(req.recipient_jwk, key))
 
     def decisions(self, after: int) -> m.DecisionsResponse:
-        """The log from `after`, and a signed checkpoint of its head."""
+        """At most PAGE_LIMIT entries after seq `after`, with a signed head: the page's last entry, or the log's
+        head when the page is empty, which tells a client it has read to the end (wire/decision_log.py)."""
         entries = self.store.decisions(after)
         last = {"seq": entries[-1]["seq"], "hash": entries[-1]["hash"]} if entries else self.store.head()
         head = {**last, "broker": self.config.name, "time": int(datetime.now(UTC).timestamp())}
         return m.DecisionsResponse(entries=entries, head=head,
-                                   checkpoint=self.issuer.sign(head, typ="kbs-log-checkpoint"))
+                                   checkpoint=self.issuer.sign(head, typ=CHECKPOINT_TYPE))
 
 
 def _config_digest(claims: dict[str, Any]) -> str:

@@ -25,15 +25,11 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from keybroker.crypto import canonical_json, seal, sha256_hex, unseal
+from keybroker.crypto import seal, unseal
+from wire.decision_log import GENESIS, LOG_FIELDS, PAGE_LIMIT, entry_hash
 
-GENESIS = "0" * 64
 KEY_COLUMNS = "key_id, kind, sealed, policy, measurements, created, updated, settings"
 KEK_CHECK = b"cscore-keybroker-kek-check"
-LOG_FIELDS = (
-    "seq", "time", "operation", "key_id", "batch_id", "model_digest",
-    "decision", "reason", "claims_digest", "measurement",
-)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -171,24 +167,6 @@ class Grant:
 def _version_label(key_id: str, version: int) -> str:
     """AAD of a rotated version at rest (version 1 keeps the original `key:<id>` label)."""
     return f"key:{key_id}#v{version}"
-
-
-def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
-    """Chain hash of one decision: sha256(prev_hash || canonical JSON of the entry's LOG_FIELDS)."""
-    body = {k: entry.get(k) for k in LOG_FIELDS}
-    return sha256_hex(prev_hash.encode() + canonical_json(body))
-
-
-def verify_chain(entries: list[dict[str, Any]], start_hash: str = GENESIS) -> None:
-    """Raise ValueError at the first entry whose prev_hash or hash does not follow from its predecessor."""
-    prev = start_hash
-    for entry in entries:
-        if entry["prev_hash"] != prev:
-            raise ValueError(f"decision {entry['seq']}: prev_hash expected {prev}, actual {entry['prev_hash']}")
-        expected = entry_hash(prev, entry)
-        if entry["hash"] != expected:
-            raise ValueError(f"decision {entry['seq']}: hash expected {expected}, actual {entry['hash']}")
-        prev = entry["hash"]
 
 
 def is_postgres_url(target: str | Path) -> bool:
@@ -554,7 +532,7 @@ class KeyStore:
                              tuple(entry[c] for c in cols))
         return entry
 
-    def decisions(self, after: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+    def decisions(self, after: int = 0, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
         """Decision log entries with seq > after, oldest first."""
         with self._lock:
             rows = self._db.execute(

@@ -7,7 +7,6 @@ Keys never cross the wire in clear: `wrap` sends the key as a JWE to the broker'
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 from typing import Any
 
@@ -17,12 +16,9 @@ from joserfc.jwk import ECKey, import_key
 
 from enclave.kbs_client import BrokerUnreachable, broker_tls, problem_of  # one TLS rule for every broker client
 from wire import owner_unwrap
-from wire.canonical import canonical_json
+from wire.decision_log import CHECKPOINT_TYPE, GENESIS, verify_chain
 
 JWE_ALGS = owner_unwrap.JWE_ALGS
-GENESIS = "0" * 64
-LOG_FIELDS = ("seq", "time", "operation", "key_id", "batch_id", "model_digest",
-              "decision", "reason", "claims_digest", "measurement")
 
 
 class Unchanged:
@@ -43,19 +39,6 @@ class BrokerAdminError(RuntimeError):
         self.problem = problem
         self.detail = str(problem.get("detail", problem))
         super().__init__(f"key broker answered {status}: {self.detail}")
-
-
-def verify_decision_chain(entries: list[dict[str, Any]], start_hash: str = GENESIS) -> str:
-    """Check each entry's sha256 chain link; returns the last hash, raises ValueError at the first break."""
-    prev = start_hash
-    for entry in entries:
-        body = {k: entry.get(k) for k in LOG_FIELDS}
-        expected = hashlib.sha256(prev.encode() + canonical_json(body)).hexdigest()
-        if entry.get("prev_hash") != prev or entry.get("hash") != expected:
-            raise ValueError(f"decision log broken at seq {entry.get('seq')}: expected hash {expected} "
-                             f"after {prev}, found {entry.get('hash')} after {entry.get('prev_hash')}")
-        prev = expected
-    return prev
 
 
 class BrokerAdmin:
@@ -171,16 +154,26 @@ class BrokerAdmin:
         return BatchKeys(self, batch_id)
 
     def decisions(self, after: int = 0, *, verify: bool = True) -> list[dict[str, Any]]:
-        """The decision log (oldest first); with `verify`, the hash chain and signed checkpoint are checked."""
-        answer = self._call("GET", f"/admin/v0/decisions?after={int(after)}")
-        entries: list[dict[str, Any]] = answer["entries"]
-        if verify and after == 0:
-            last = verify_decision_chain(entries)
-            head = jwt.decode(answer["checkpoint"], import_key(self.token_key()), algorithms=["ES256"]).claims
-            if head["seq"] != len(entries) or head["hash"] != last:
-                raise ValueError(f"signed checkpoint (seq {head['seq']}, {head['hash']}) does not match the "
-                                 f"log (seq {len(entries)}, {last})")
-        return entries
+        """Every entry of the decision log with seq > `after`, oldest first, read page by page (the broker
+        answers at most wire.decision_log.PAGE_LIMIT a call) until an empty page.
+
+        With `verify`, each page's hash chain is checked (from GENESIS, or from the first entry's prev_hash when
+        `after` is not 0) and so is each page's head, signed by the broker's token key: it must name the page's
+        last entry, and at the end the log's head must be where the pages stopped. Raises ValueError naming the
+        seq, the expected and the actual value; BrokerAdminError if the broker refuses.
+        """
+        key = import_key(self.token_key()) if verify else None
+        entries: list[dict[str, Any]] = []
+        prev = GENESIS if after == 0 else None
+        while True:
+            answer = self._call("GET", f"/admin/v0/decisions?after={int(after)}")
+            page: list[dict[str, Any]] = answer["entries"]
+            if key is not None:
+                prev = _verified_page(page, answer["checkpoint"], key, after, prev)
+            if not page:
+                return entries
+            entries += page
+            after = int(page[-1]["seq"])
 
     def token_key(self) -> dict[str, Any]:
         """The broker's public token/checkpoint signing key."""
@@ -214,3 +207,23 @@ class BatchKeys:
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         return self.admin.unwrap(key_id, wrapped, batch_id=self.batch_id)
+
+
+def _verified_page(page: list[dict[str, Any]], checkpoint: str, key: Any, after: int,
+                   prev: str | None) -> str | None:
+    """The hash the page's chain ends at, once its signed head is found to name exactly that entry.
+
+    `prev`: the hash the page must follow; None when unknown (reading from `after` > 0), when the first entry's
+    prev_hash is taken as given. An empty page's head must be where the previous page ended: the log's end.
+    Raises ValueError naming the seq, the expected and the actual value.
+    """
+    start = page[0].get("prev_hash") if prev is None and page else prev
+    last = verify_chain(page, start) if start is not None else None
+    signed = jwt.decode(checkpoint, key, algorithms=["ES256"])
+    seq, hash_ = signed.claims.get("seq"), signed.claims.get("hash")
+    if signed.header.get("typ") != CHECKPOINT_TYPE:
+        raise ValueError(f"signed checkpoint: typ expected {CHECKPOINT_TYPE}, actual {signed.header.get('typ')}")
+    if seq != after + len(page) or (last is not None and hash_ != last):
+        raise ValueError(f"signed checkpoint (seq {seq}, {hash_}) does not match the log "
+                         f"(seq {after + len(page)}, {last})")
+    return last

@@ -23,8 +23,8 @@ from audit.log import AuditLog, Witness
 from enclave.receipts import BrokerSession, evidence_document, sign_receipt
 from enclave.signing import canonical_json, generate_signing_key, sign_json
 from enclave.tee import SimulatedSnpProvider
-from sdk.broker_admin import GENESIS, LOG_FIELDS
 from sdk.storage import ObjectStore
+from wire.decision_log import GENESIS, LOG_FIELDS, entry_hash
 from wire.shard import ShardSpec
 
 MEASUREMENT = bytes(range(48))
@@ -75,8 +75,7 @@ class FakeBroker:
             entry["claims_digest"] = _sha(canonical_json(claims))
             entry["measurement"] = claims["measurement"]
         prev = self.log[-1]["hash"] if self.log else GENESIS
-        body = {k: entry.get(k) for k in LOG_FIELDS}
-        entry.update(prev_hash=prev, hash=_sha(prev.encode() + canonical_json(body)))
+        entry.update(prev_hash=prev, hash=entry_hash(prev, entry))
         self.log.append(entry)
         return entry
 

@@ -29,9 +29,9 @@ from audit.collect import (
 )
 from audit.log import AuditLog, Checkpoint
 from enclave.signing import generate_signing_key, sign_json
-from sdk.broker_admin import GENESIS
 from tests.audit.conftest import MEASUREMENT, MODEL, FakeBroker, MemoryStore
 from tests.keybroker.inproc import Env
+from wire.decision_log import GENESIS
 
 M = MEASUREMENT.hex()
 SIGNER = generate_signing_key()
@@ -179,8 +179,8 @@ def test_a_broker_decision_edited_in_its_database_is_refused_at_collection(tmp_p
                    ("created data key; policy: true; measurements: []",))
     with pytest.raises(ValueError) as err:
         sync_log(log, {"owner": env.admin}, MemoryStore())
-    assert str(err.value).startswith("decision log broken at seq 1: expected hash ")
-    assert str(err.value).endswith(f" after {GENESIS}, found {first['hash']} after {GENESIS}")
+    assert str(err.value).startswith("decision 1: hash expected ")
+    assert str(err.value).endswith(f", actual {first['hash']}") and GENESIS not in str(err.value)
     assert log.size == 3
 
 
@@ -463,3 +463,18 @@ def test_a_sync_replaces_a_checkpoint_that_does_not_verify(tmp_path: Path) -> No
 def test_a_report_sums_and_names_what_it_appended() -> None:
     report = SyncReport({"grant": 2, "attestation": 1})
     assert report.total == 3 and report.summary() == "audit log: appended 1 attestation, 2 grant"
+
+
+def test_a_sync_reads_every_page_of_a_long_broker_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker answers at most 10,000 decisions a call (2 here): a sync that took the first page for the whole
+    log would never audit a release logged after it. Every page is appended; the head is the log's last entry."""
+    env = Env(tmp_path / "broker")
+    for key_id in ("acme.footer", "acme.emails", "acme.results", "acme.more", "acme.last"):
+        env.admin.create_key(key_id)
+    store = env.app.state.broker.store
+    page = store.decisions
+    monkeypatch.setattr(store, "decisions", lambda after=0: page(after, limit=2))
+    log = AuditLog.open_dir(tmp_path / "log")
+    assert sync_log(log, {"owner": env.admin}, MemoryStore()).appended == {"policy_change": 5, "broker_head": 1}
+    last = env.admin.decisions()[-1]
+    assert last["seq"] == 5 and f"head:owner:5:{last['hash']}" in log.ids()

@@ -486,19 +486,55 @@ def test_a_refusals_expected_and_actual_values_are_sent_as_json(value: Any, sent
     assert _jsonable(value) == sent and type(_jsonable(value)) is type(sent)
 
 
-def test_a_page_of_the_log_is_signed_at_its_own_last_entry_not_the_stores_head(
-        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A page cut short (the store answers at most 10,000 entries; 2 here) still verifies: its checkpoint names the
-    last entry it carries, so a client checks what it got and asks again from there."""
-    for key_id in ("k-1", "k-2", "k-3"):
-        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+def _pages_of(env: Env, monkeypatch: pytest.MonkeyPatch, size: int, *, hide_after: int | None = None) -> None:
+    """The broker's store answers `size` entries a page (10,000 in production), and none after `hide_after`."""
     store = env.app.state.broker.store
-    whole = env.admin.decisions()
-    assert len(whole) >= 3
     page = store.decisions
-    monkeypatch.setattr(store, "decisions", lambda after=0: page(after, limit=2))
-    assert env.admin.decisions() == whole[:2]  # the chain and its checkpoint verified: no error
+    monkeypatch.setattr(store, "decisions", lambda after=0: [] if hide_after is not None and after >= hide_after
+                        else page(after, limit=size))
+
+
+def test_a_page_of_the_log_is_signed_at_its_own_last_entry_and_the_client_reads_every_page(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page cut short (at most 10,000 entries; 2 here) is signed at the last entry it carries; the client asks
+    again from there until an empty page, whose signed head is the log's end, and returns the whole log."""
+    for key_id in ("k-1", "k-2", "k-3", "k-4", "k-5"):
+        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+    whole = env.admin.decisions()
+    assert [e["seq"] for e in whole] == [1, 2, 3, 4, 5]
+    _pages_of(env, monkeypatch, 2)
     answer = TestClient(env.app).get("/admin/v0/decisions?after=0",
                                      headers={"Authorization": f"Bearer {env.config.load_admin_token()}"}).json()
     head = jwt.decode(answer["checkpoint"], ECKey.import_key(env.admin.token_key()), algorithms=["ES256"]).claims
-    assert (head["seq"], head["hash"]) == (whole[1]["seq"], whole[1]["hash"])
+    assert (len(answer["entries"]), head["seq"], head["hash"]) == (2, 2, whole[1]["hash"])
+    assert env.admin.decisions() == whole  # three pages and an empty one, each chain and head verified
+    assert env.admin.decisions(3) == whole[3:]  # from the middle: the chain taken from entry 4's prev_hash
+    assert env.admin.decisions(5) == [] and env.admin.decisions(5, verify=False) == []
+
+
+def test_a_log_whose_tail_is_withheld_is_refused_by_its_own_signed_head(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages that stop early (an empty page after seq 2 while the log holds 3): the empty page's signed head is
+    the log's real end, so the client refuses instead of returning a truncated log as the whole."""
+    for key_id in ("k-1", "k-2", "k-3"):
+        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+    whole = env.admin.decisions()
+    _pages_of(env, monkeypatch, 2, hide_after=2)
+    with pytest.raises(ValueError) as refused:
+        env.admin.decisions()
+    assert str(refused.value) == (f"signed checkpoint (seq 3, {whole[2]['hash']}) does not match the log "
+                                  f"(seq 2, {whole[1]['hash']})")
+    assert env.admin.decisions(verify=False) == whole[:2]  # unverified, the truncation is not seen
+
+
+def test_a_head_signed_by_the_token_key_but_typed_otherwise_is_no_checkpoint(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token key also signs attestation tokens: a JWS by it over the right seq and hash, typed `JWT`, is not
+    taken for the log's checkpoint (explicit typing, RFC 8725 section 3.11)."""
+    env.admin.create_key("k-1")
+    issuer = env.app.state.broker.issuer
+    sign = issuer.sign
+    monkeypatch.setattr(issuer, "sign", lambda payload, typ="JWT": sign(payload))
+    with pytest.raises(ValueError) as refused:
+        env.admin.decisions()
+    assert str(refused.value) == "signed checkpoint: typ expected kbs-log-checkpoint, actual JWT"

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keybroker import BrokerConfig, create_app
 from keybroker.store import StoreError
-from sdk.broker_admin import BrokerAdmin, BrokerAdminError, verify_decision_chain
+from sdk.broker_admin import BrokerAdmin, BrokerAdminError
 from tests.keybroker.conftest import MEASUREMENT, BrokerProcess
+from wire.decision_log import verify_chain
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -87,8 +88,8 @@ def test_policy_changes_and_grants_are_logged_in_a_verified_chain(admin: BrokerA
     assert any("!claims.debug" in e["reason"] for e in entries if e["operation"] == "admin.set_policy")
     forged = [dict(e) for e in entries]
     forged[0]["decision"] = "deny" if forged[0]["decision"] == "allow" else "allow"
-    with pytest.raises(ValueError, match="broken at seq 1"):
-        verify_decision_chain(forged)
+    with pytest.raises(ValueError, match="^decision 1: hash expected "):
+        verify_chain(forged)
 
 
 def test_decision_log_table_is_append_only(broker: BrokerProcess, admin: BrokerAdmin) -> None:

@@ -16,8 +16,9 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keybroker.store import GENESIS, LOG_FIELDS, KeyStore, QuotaExceeded, StoreError, entry_hash, verify_chain
+from keybroker.store import KeyStore, QuotaExceeded, StoreError
 from tests.keybroker.test_store_postgres import pg_database, pg_url  # noqa: F401 - the PostgreSQL fixtures
+from wire.decision_log import GENESIS, LOG_FIELDS, entry_hash, verify_chain
 
 KEK = bytes(range(32))
 

@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import sql
 
 from keybroker.config import BrokerConfig
-from keybroker.store import GENESIS, KeyStore, StoreError, redact_url, verify_chain
+from keybroker.store import KeyStore, StoreError, redact_url
 from tests.keybroker.conftest import MEASUREMENT, REPO, BrokerProcess
 from tests.keybroker.inproc import GOOD, OTHER, Env
+from wire.decision_log import GENESIS, verify_chain
 
 ADMIN_URL = os.environ.get("CSCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 START_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
