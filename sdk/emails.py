@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from sdk.mbox import MMDF_SEPARATOR, split_mbox, split_mmdf
+from sdk.paths import not_readable
 
 _PARSER = BytesParser(policy=policy.compat32)
 _SNIFF_BYTES = 8192  # enough to tell the format; the header block is then read whole (up to _HEAD_LIMIT)
@@ -562,7 +563,7 @@ def input_files(path: Path) -> list[tuple[Path, str]]:
     if path.is_file():
         return [(path, path.name)]
     if not path.is_dir():
-        raise EmailInputError(f"{path}: no such file or folder")
+        raise EmailInputError(not_readable(path, f"{_EXPECTED} or a folder of them"))
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _skipped(p.relative_to(path)))
     if not files:
         raise EmailInputError(f"{path}: the folder holds no files; expected {_EXPECTED}")

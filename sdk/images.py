@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from enclave.preprocess import InputRefused, check_image
 from sdk.emails import _MAGIC as FILE_MAGIC  # one table of file signatures for every reader
+from sdk.paths import not_readable
 from wire.contract import Contract, InputSpec
 
 _SHOWN_REFUSALS = 10
@@ -49,7 +50,7 @@ def image_files(path: Path) -> list[tuple[Path, str]]:
     if path.is_file():
         return [(path, path.name)]
     if not path.is_dir():
-        raise ImageInputError(f"{path}: no such file or folder")
+        raise ImageInputError(not_readable(path, "a folder of PNG or JPEG images (or one image file)"))
     files = sorted(p for p in path.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdk.paths import not_readable
 from wire.contract import Contract
 
 _SHOWN_REFUSALS = 10  # in the exception's message
@@ -127,8 +128,8 @@ class _Checker:
 def _load(path: Path, contract: Contract, model: str) -> tuple[pa.Table, NumbersReport]:
     wanted = numbers_columns(contract, model)
     if not path.is_file():
-        raise NumbersInputError(f"{path}: no such file; expected a CSV or Parquet file of the columns {model} "
-                                f"reads ({[contract.id_column, *wanted]})")
+        raise NumbersInputError(not_readable(path, f"a CSV or Parquet file of the columns {model} reads "
+                                                   f"({[contract.id_column, *wanted]})"))
     with path.open("rb") as f:
         parquet = f.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC
     checker = _Checker(path.name, contract.id_column, wanted, model, text=not parquet)
