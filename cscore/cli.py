@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -377,7 +378,7 @@ def cmd_platform_approve_tenant(args: argparse.Namespace) -> int:
 def cmd_owner_submit(args: argparse.Namespace) -> int:
     from cscore.progress import progress
     from cscore.release import measurements_to_allow
-    from sdk.emails import Email, default_processes, read_emails
+    from sdk.emails import Email, EmailInputError, default_processes, read_emails
     from sdk.models import find_model
     from sdk.owner import BatchError, resubmit_batch, spool_emails, submit_spooled
     from sdk.party import Party
@@ -409,9 +410,18 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     # an upload.
     if args.jobs is not None and args.jobs < 1:
         raise BatchError(f"--jobs: expected at least 1, got {args.jobs}")
-    with progress("reading and checking emails", unit="emails") as reading:
-        spool = spool_emails(_ticking(read_emails(args.emails, processes=args.jobs or default_processes()),
-                                      reading.advance), flagged=warn)
+    try:
+        with progress("reading and checking emails", unit="emails") as reading:
+            spool = spool_emails(_ticking(read_emails(args.emails, processes=args.jobs or default_processes()),
+                                          reading.advance), flagged=warn)
+    except (EmailInputError, BatchError) as exc:
+        if not args.emails.is_dir():
+            raise
+        # Reading stops at the first refusal: say how to see every bad file of the folder in one go.
+        folder = shlex.quote(str(args.emails))
+        raise type(exc)(f"{str(exc).rstrip('.')}. Nothing was uploaded; to check every file in {folder} before "
+                        f"anything is uploaded (each refused file listed): cscore owner submit {folder} --dry-run "
+                        f"--tenant {shlex.quote(args.tenant)}") from None
     with spool:
         if spool.rows == 0:
             raise BatchError(f"{args.emails}: expected at least one email, got an empty batch")

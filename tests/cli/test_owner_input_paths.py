@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,30 @@ def test_images_and_numbers_name_what_the_path_is(tmp_path: Path) -> None:
                                   "(or a folder of them) and give that path")
     with pytest.raises(NumbersInputError, match="found a folder;"):
         read_numbers(tmp_path, NUMBERS, "diabetes:1")
+
+
+def test_a_folders_bad_file_is_named_with_the_dry_run_that_checks_every_file(tmp_path: Path,
+                                                                             owner_inputs: Path) -> None:
+    folder = tmp_path / "my mail"
+    folder.mkdir()
+    shutil.copy(owner_inputs / "b64-padding.eml", folder / "a-good.eml")
+    shutil.copy(owner_inputs / "already-pme-encrypted.parquet", folder / "b-encrypted.parquet")
+    shutil.copy(owner_inputs / "surrogate-message-id.jsonl", folder / "c-surrogate.jsonl")
+    result = _cscore("owner", "submit", str(folder), "--model", "spam-filter", "--tenant", "acme", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    first, advice = result.stderr.removeprefix("cscore: error: ").split(". Nothing was uploaded; ")
+    assert first.startswith(f"{folder / 'b-encrypted.parquet'}: expected an email source")
+    assert "found Parquet encrypted with Parquet Modular Encryption" in first
+    command = f"cscore owner submit '{folder}' --dry-run --tenant acme"
+    assert advice == f"to check every file in '{folder}' before anything is uploaded (each refused file listed): " \
+                     f"{command}\n"
+    # The advice is true: that dry run names both bad files.
+    checked = _cscore(*shlex.split(command)[1:], cwd=tmp_path)
+    assert checked.returncode == 2
+    assert "b-encrypted.parquet: REFUSED" in checked.stdout and "c-surrogate.jsonl: REFUSED" in checked.stdout
+
+
+def test_a_single_bad_file_gets_no_folder_advice(tmp_path: Path, owner_inputs: Path) -> None:
+    result = _cscore("owner", "submit", str(owner_inputs / "surrogate-message-id.jsonl"), "--model", "spam-filter",
+                     "--tenant", "acme", cwd=tmp_path)
+    assert result.returncode == 2 and "lone surrogate" in result.stderr and "--dry-run" not in result.stderr
