@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cscore.present import advice, histogram, histogram_lines, histogram_lines_of, label_rule_seen, tee_line
+from cscore.present import histogram, histogram_lines, histogram_lines_of, label_rule_seen, tee_line
 
 _T = TypeVar("_T")
 # httpx imports its own command line client (click, pygments, rich: ~0.1 CPU s) whenever those are installed;
@@ -641,7 +641,7 @@ def cmd_owner_results(args: argparse.Namespace) -> int:
         # At a terminal the spinner is up before the storage, broker and Parquet libraries load (~0.6 CPU s).
         from sdk.owner import wait_for_batch
         from sdk.party import Party
-        from sdk.platform_text import shown
+        from sdk.platform_text import advice, shown
         from sdk.results import owner_trust, write_results
         from sdk.results_file import output_format
         from sdk.storage import ObjectStore

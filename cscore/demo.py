@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from attestation import Policy, TrustAnchors
-from cscore.present import advice, confusion, histogram, label_rule, tee_line
+from cscore.present import confusion, histogram, label_rule, tee_line
 from enclave.measurement import code_measurement
 from infra.local.stack import LocalStack
 from sdk.corpus import CorpusEmail, fetch_corpus, load_corpus, split_corpus
@@ -24,7 +24,7 @@ from sdk.models import find_model
 from sdk.owner import register_tenant, submit_batch, wait_for_batch
 from sdk.party import Party
 from sdk.platform import approve_tenant, approver_key
-from sdk.platform_text import shown
+from sdk.platform_text import advice, shown
 from sdk.provider import publish_model
 from sdk.results import VerifiedResults, fetch_results
 from sdk.results import owner_trust as sdk_owner_trust

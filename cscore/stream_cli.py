@@ -107,7 +107,7 @@ def _progress_line(event: dict[str, Any]) -> None:
                 f"-> {event['output']}; arrival to verified p50 {waits['p50']:.1f} s, max {waits['max']:.1f} s")
     elif kind in ("failed", "rejected"):
         line = f"{kind.upper():8} {event['batch_id']}: {event['reason']}" + (
-            f"\n         to retry: {event['advice']}" if event.get("advice") else "")
+            f"\n         next: {event['advice']}" if event.get("advice") else "")
     elif kind == "resumed":
         line = f"resumed  {event['journal']}: {event['queued']} email(s) queued, batches {event['batches']}"
     else:

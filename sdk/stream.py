@@ -40,7 +40,7 @@ from sdk.emails import Email, EmailInputError, check_emails, read_emails
 from sdk.models import ModelListing
 from sdk.owner import submit_batch
 from sdk.party import Party
-from sdk.platform_text import shown
+from sdk.platform_text import advice, shown
 from sdk.results import ResultVerificationError, VerifiedResults, owner_manifest
 from sdk.storage import ObjectStore
 
@@ -425,13 +425,15 @@ class Stream:
             db.execute("UPDATE batches SET state=?, done_at=?, reason=? WHERE batch_id=?",
                        (state, time.time(), reason, batch_id))
         self.problems += 1
-        self.emit({"event": state, "batch_id": batch_id, "reason": reason, "advice": self._advice(batch_id, state)})
+        self.emit({"event": state, "batch_id": batch_id, "reason": reason,
+                   "advice": self._advice(batch_id, state, reason)})
 
-    def _advice(self, batch_id: str, state: str) -> str:
-        """What to run: a failed batch is watched on once resubmitted; a rejected one is not retried here."""
+    def _advice(self, batch_id: str, state: str, reason: str) -> str:
+        """What to run: for a failed batch, what its reason allows (a resubmit only where it can help; the stream
+        watches a resubmitted batch and writes its results); a rejected one is not retried here."""
         if state == "failed":
-            return (f"cscore owner submit --resubmit {batch_id} --tenant {self.tenant}; this stream writes its "
-                    "results once it succeeds")
+            text = advice(reason, batch_id, self.tenant)
+            return text + (" This stream writes its results once it succeeds." if "--resubmit" in text else "")
         return (f"once the cause is fixed, cscore owner results {batch_id} --tenant {self.tenant} --out FILE "
                 "verifies and writes them (this stream does not verify a rejected batch again)")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cscore.present import advice, confusion, histogram, histogram_lines, label_rule, plot_histogram, tee_line
+from cscore.present import confusion, histogram, histogram_lines, label_rule, plot_histogram, tee_line
+from sdk.platform_text import advice
 
 
 def test_histogram_bins_are_half_open_and_the_last_holds_one() -> None:
@@ -35,6 +36,10 @@ def test_tee_line_says_when_the_tee_was_simulated() -> None:
      "--resubmit"),
     ("attest: worker w1 failed attestation: tcb.snp expected >= 23, got 22", "--resubmit b9", "new batch"),
     ("score: 2 of 4 shards unfinished after 3600 s", "--resubmit b9", "new batch"),
+    ("score: shard 0 failed on the worker: WorkerRefusal: InputRefused: shard row 3: email-text expects a string, "
+     "found int", "new batch", "--resubmit"),
+    ("score: shard 0 failed on the worker: WorkerRefusal: ShardInputError: input incoming/acme/b9/part-0.parquet: "
+     "expected sha256 ab12 (from the signed manifest), got cd34", "new batch", "cscore owner register"),
     ("validate: manifest signature does not verify with the tenant key", "cscore owner register", "new batch"),
     ("finalize: something else", "--resubmit b9", "new batch"),
     ("score: shard 0 failed on the worker: WorkerRefusal: LimitExceeded: shard 0 of batch b9, model heavy:1: the "

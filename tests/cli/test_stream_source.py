@@ -263,3 +263,42 @@ def test_maildir_files_already_read_are_not_looked_at_again(tmp_path: Path) -> N
     assert [a.key for a in found] == ["3.M3.host"]
     found, _ = scan(tmp_path, settle_s=0, read={"3.M3.host"})
     assert [a.key for a in found] == ["1.M1.host", "2.M2.host"]  # oldest first
+
+
+@pytest.mark.parametrize(("reason", "says", "never"), [
+    # the same input would be refused again: a resubmit cannot help
+    ("score: shard 0 failed on the worker: WorkerRefusal: InputRefused: shard row 3: email-text expects a string, "
+     "found int", "submit it as a new batch", "--resubmit"),
+    ("score: shard 0 failed on the worker: WorkerRefusal: ShardInputError: input incoming/acme/s-1/part-0.parquet: "
+     "expected sha256 ab12 (from the signed manifest), got cd34", "fix the input", "--resubmit"),
+    ("validate: manifest.objects[0].size: expected 4096 (signed), got 4000", "new batch", "--resubmit"),
+    ("score: shard 0 failed on the worker: KbsError: 403 the batch has no grant at this broker", "new batch",
+     "--resubmit"),
+    # a part that was down: resubmitting the same batch is what helps, and the stream watches it
+    ("score: 2 of 4 shards unfinished after 3600 s",
+     "`cscore owner submit --resubmit s-1 --tenant acme` (finished shards are reused). This stream writes its results "
+     "once it succeeds.", "new batch"),
+])
+def test_a_failed_batch_is_advised_a_resubmit_only_where_it_can_help(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], reason: str, says: str, never: str) -> None:
+    from cscore.stream_cli import _progress_line
+    from sdk.stream import Stream
+
+    source = tmp_path / "drop"
+    source.mkdir()
+    journal = Journal(tmp_path / "j.sqlite", source=source, tenant="acme")
+    bucket = _Bucket({"status/acme/s-1.json": json.dumps({"state": "failed", "reason": reason}).encode()})
+    events: list[dict[str, object]] = []
+    stream = Stream(source, tmp_path / "out", journal, None, "acme", None, bucket, [],  # type: ignore[arg-type]
+                    verify=lambda _: None, emit=events.append)  # type: ignore[arg-type,return-value]
+    try:
+        journal.db.execute("INSERT INTO batches (n, batch_id, emails, state, cut_at) VALUES (1, 's-1', 1, "
+                           "'submitted', 0)")
+        stream.collect()
+    finally:
+        journal.close()
+    assert [(e["event"], e["reason"]) for e in events] == [("failed", reason)]
+    advice = str(events[0]["advice"])
+    assert says in advice and never not in advice, advice
+    _progress_line(events[0])
+    assert capsys.readouterr().out.splitlines()[1] == f"         next: {advice}"
