@@ -60,8 +60,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"audit log       {report.audit_entries} entries, "
           f"{'verified' if not report.audit_findings else 'PROBLEMS: ' + '; '.join(report.audit_findings)}")
     print("\nspam probability (emails per bin)\n" + "\n".join(histogram_lines(report.probabilities)))
-    print(f"\nS3 endpoint     {report.s3_endpoint}\nAirflow         {report.airflow_url}\n"
-          f"state directory {report.state_dir}" + ("" if args.keep else "  (stack stopped; --keep leaves it up)"))
+    if args.keep:
+        print(f"\nS3 endpoint     {report.s3_endpoint}\nAirflow         {report.airflow_url}\n"
+              f"state directory {report.state_dir}  (stack still up: `cscore stack stop --state-dir "
+              f"{report.state_dir}` when done)")
+    else:  # no URLs: they went with the stack (they were said while it was up)
+        print(f"\nstate directory {report.state_dir}  (stack stopped: its Airflow UI and S3 endpoint no longer "
+              "answer; --keep leaves it up)")
     return 0
 
 

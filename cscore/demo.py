@@ -143,6 +143,10 @@ def on_demo_stack(state_dir: Path, run: Callable[[LocalStack, Callable[[str], No
     stack = LocalStack(state_dir, workers=workers, airflow=True, out=say)
     stack.start()
     os.environ.update(stack.env)
+    # Said now, while they answer: without --keep they stop with the stack at the end.
+    say(f"[stack] Airflow UI {stack.env.get('CSCORE_AIRFLOW_URL', '(none)')}, S3 endpoint "
+        f"{stack.env.get('CSCORE_S3_ENDPOINT', '(AWS)')}: up while the demo runs"
+        + (" and after it (--keep)" if keep else "; they stop with it (--keep leaves them up)"))
     try:
         return run(stack, say)
     finally:
