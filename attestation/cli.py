@@ -14,6 +14,7 @@ issuer chain, giving the TCB status. Exit status: 0 accepted, 1 rejected (verifi
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import struct
 import sys
@@ -30,10 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attestation.anchors import TrustAnchors
 from attestation.errors import AttestationError, ParseError
 from attestation.evidence import Claims, Evidence, Policy, appraise, verify_evidence
+from attestation.snp.report import REPORT_SIZE
 from attestation.tdx.collateral import TdxCollateral
 from attestation.tdx.quote import TEE_TDX
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_UNUSABLE = 0, 1, 2
+SUPPORTED = ("an AMD SEV-SNP attestation report (--tee sev-snp) or an Intel TDX quote (--tee tdx), raw, as hex "
+             "text or in an Evidence JSON envelope")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +109,9 @@ def _load_evidence(path: Path, tee: str, cert_files: list[Path], collateral_dir:
             raise ParseError(str(path), "Evidence JSON", f"invalid JSON ({exc})") from exc
         return replace(evidence, collateral=collateral) if collateral else evidence
     report = _read_blob(path)
+    foreign = _unsupported_kind(report) or _unsupported_kind(_base64_or_empty(raw))
+    if foreign:  # refused by name, before --tee decides which parser would misread it
+        raise ParseError(str(path), f"evidence of a kind cscore verifies: {SUPPORTED}", *foreign)
     if tee == "tdx":
         return Evidence(tee="tdx", report=report, collateral=collateral)
     if collateral is not None:
@@ -113,11 +120,35 @@ def _load_evidence(path: Path, tee: str, cert_files: list[Path], collateral_dir:
         # a TDX quote's header (version, ECDSA P-256, TDX): asking for a VCEK would send the user to AMD
         raise ParseError(str(path), "an SEV-SNP attestation report (--tee sev-snp, the default)",
                          f"a TDX quote (version {report[0]})", "pass --tee tdx")
+    if len(report) != REPORT_SIZE:  # before asking for a VCEK: this is no SEV-SNP report at all
+        raise ParseError("report", f"{REPORT_SIZE} bytes (an SEV-SNP ATTESTATION_REPORT); cscore verifies {SUPPORTED}",
+                         f"{len(report)} bytes of unrecognised evidence in {path}",
+                         "give the worker's raw SEV-SNP report, or its TDX quote with --tee tdx")
     leaf, chain = _split_certs(cert_files)
     if leaf is None:
         raise ParseError("--certs", "the VCEK or VLEK certificate (DER or PEM)", "none",
                          "download it from AMD's KDS for this chip and TCB")
     return Evidence(tee=tee, report=report, vcek=leaf, cert_chain=chain)
+
+
+def _unsupported_kind(data: bytes) -> tuple[str, str] | None:
+    """(what `data` is, what to do) when its leading bytes name a kind cscore does not verify; None otherwise."""
+    # COSE_Sign1 (a CBOR array of 4, tag 18 optional) whose payload map starts with Nitro's first field
+    if data[:1] in (b"\x84", b"\xd2") and b"module_id" in data[:64]:
+        return ("an AWS Nitro Enclaves attestation document (COSE_Sign1)",
+                "cscore's workers run in SEV-SNP or TDX confidential VMs: give the worker's evidence, or check a Nitro "
+                "document with a Nitro verifier")
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return "a PEM file", "give the report as FILE and certificates with --certs"
+    return None
+
+
+def _base64_or_empty(data: bytes) -> bytes:
+    """`data` decoded as base64 text (how Nitro documents are often passed around); b"" when it is not."""
+    try:
+        return base64.b64decode(b"".join(data.split()), validate=True)
+    except ValueError:
+        return b""
 
 
 def _split_certs(files: list[Path]) -> tuple[bytes | None, str]:

@@ -73,7 +73,8 @@ def test_a_tdx_header_alone_without_tee_tdx_is_named(capsys: pytest.CaptureFixtu
                                        "tdx\n")
     (tmp_path / "short.bin").write_bytes(quote[:7])
     assert main([str(tmp_path / "short.bin"), *AT]) == 2
-    assert "TDX quote" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "got a TDX quote" not in err and "got 7 bytes of unrecognised evidence" in err
 
 
 def test_evidence_json_with_simulated_trust_dir(sim_dir: Path, tmp_path: Path) -> None:
@@ -81,3 +82,33 @@ def test_evidence_json_with_simulated_trust_dir(sim_dir: Path, tmp_path: Path) -
     (tmp_path / "ev.json").write_text(json.dumps(evidence.to_json()))
     assert main([str(tmp_path / "ev.json")]) == 1  # AMD roots only: simulated root refused
     assert main([str(tmp_path / "ev.json"), "--trust-dir", str(sim_dir)]) == 0
+
+
+NITRO = DATA / "nitro/evervault"
+SUPPORTED = ("an AMD SEV-SNP attestation report (--tee sev-snp) or an Intel TDX quote (--tee tdx), raw, as hex text "
+             "or in an Evidence JSON envelope")
+
+
+@pytest.mark.parametrize("name", ["valid-attestation-doc-bytes", "valid-attestation-doc-base64"])
+@pytest.mark.parametrize("extra", [[], ["--tee", "tdx"], ["--certs", str(GO / "vcek.testcer"),
+                                                          str(GO / "ask_ark_milan.pem")]])
+def test_nitro_evidence_is_refused_by_name(capsys: pytest.CaptureFixture[str], name: str, extra: list[str]) -> None:
+    """Before: "--certs: expected the VCEK", an SEV-SNP certificate-chain rejection, or "quote.version"."""
+    path = NITRO / name
+    assert main([str(path), *extra, *AT]) == 2
+    assert capsys.readouterr().err == (
+        f"unusable input: {path}: expected evidence of a kind cscore verifies: {SUPPORTED}, got an AWS Nitro Enclaves "
+        "attestation document (COSE_Sign1); cscore's workers run in SEV-SNP or TDX confidential VMs: give the "
+        "worker's evidence, or check a Nitro document with a Nitro verifier\n")
+
+
+def test_unrecognised_evidence_is_named_so_before_any_vcek_is_asked_for(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "odd.bin").write_bytes(b"\x01" * 100)
+    assert main([str(tmp_path / "odd.bin"), *AT]) == 2
+    assert capsys.readouterr().err == (
+        f"unusable input: report: expected 1184 bytes (an SEV-SNP ATTESTATION_REPORT); cscore verifies {SUPPORTED}, "
+        f"got 100 bytes of unrecognised evidence in {tmp_path / 'odd.bin'}; give the worker's raw SEV-SNP report, or "
+        "its TDX quote with --tee tdx\n")
+    assert main([str(GO / "ask_ark_milan.pem"), *AT]) == 2  # a certificate given as the evidence
+    assert capsys.readouterr().err.endswith("got a PEM file; give the report as FILE and certificates with --certs\n")
