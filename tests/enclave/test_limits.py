@@ -259,13 +259,23 @@ def test_a_watchdog_asleep_after_a_quiet_second_still_stops_the_next_run_over_bu
     assert seen == [True] and watchdog._asleep is False
 
 
-def test_a_watchdog_keeps_polling_between_runs_that_follow_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs a few milliseconds apart (a shard's chunks) never find it asleep: arming one wakes no thread."""
+def _polling_watchdog() -> Any:
+    """The process's watchdog having just looked at a run (its quiet second starts now), asleep or not before.
+
+    A run that returns at once would not do: an asleep watchdog's run is disarmed before its thread looks.
+    """
     from enclave import limits
 
-    watched(lambda options: None, RunLimits(), 1)
-    watchdog = limits._watchdog
-    assert watchdog is not None
+    seen: list[bool] = []
+    with pytest.raises(LimitExceeded):
+        watched(_polling_run(seen), RunLimits(ms_per_row=1), 1)  # armed until the watchdog stops it
+    assert seen == [True] and limits._watchdog is not None and not limits._watchdog._asleep
+    return limits._watchdog
+
+
+def test_a_watchdog_keeps_polling_between_runs_that_follow_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs a few milliseconds apart (a shard's chunks) never find it asleep: arming one wakes no thread."""
+    watchdog = _polling_watchdog()
     notified: list[int] = []
     monkeypatch.setattr(watchdog._wake, "notify", lambda n=1: notified.append(n))
     for _ in range(10):  # at most 10 looks find none armed: half the second it lingers
