@@ -15,6 +15,7 @@ import pytest
 from attestation import Evidence
 from attestation.simulated import SIM_TCB
 from enclave.kbs_client import KbsError
+from keybroker import sessions
 from keybroker.policy import PolicyEngine
 from keybroker.sessions import NonceError, SessionTable
 from tests.keybroker.inproc import CONFIG, GOOD, OTHER, Env, SimEnclave, TestClient
@@ -199,7 +200,10 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     assert client.get("/healthz").status_code == 200  # readiness is never throttled
 
 
-def test_session_table_nonces_are_single_use_expire_and_are_bounded() -> None:
+def test_session_table_nonces_are_single_use_expire_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A controlled clock: on the real one a 0.2 s stall between new() and consume() expired `a` too.
+    now = {"t": 1000.0}
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: now["t"])
     table = SessionTable(ttl_s=0.2, max_sessions=2)
     a = table.new("sev-snp")
     with pytest.raises(NonceError, match="not this session"):
@@ -208,7 +212,7 @@ def test_session_table_nonces_are_single_use_expire_and_are_bounded() -> None:
     with pytest.raises(NonceError, match="already used"):
         table.consume(a.session_id, a.nonce)
     b = table.new("sev-snp")
-    time.sleep(0.25)
+    now["t"] += 0.25
     with pytest.raises(NonceError, match="expired"):
         table.consume(b.session_id, b.nonce)
     first, _, _ = table.new("sev-snp"), table.new("sev-snp"), table.new("sev-snp")
