@@ -14,6 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline in any property test: one example descheduled 200 ms on a busy machine fails the run.
+settings.register_profile("cscore", deadline=None)
+settings.load_profile("cscore")
 
 LEAK_MESSAGE = "this test left os.environ changed (use monkeypatch.setenv, or restore it): "
 
