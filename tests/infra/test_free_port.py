@@ -25,8 +25,9 @@ def test_a_port_something_listens_on_is_not_handed_out(monkeypatch: pytest.Monke
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         taken = listening.getsockname()[1]
-        monkeypatch.setattr(util, "_LOWEST_PORT", taken)
-        monkeypatch.setattr(util, "_ephemeral_start", lambda: taken + 1000)
+        low = min(taken, 65_536 - 1000)  # 1000 ports holding `taken`, none past 65535 (bind raises OverflowError)
+        monkeypatch.setattr(util, "_LOWEST_PORT", low)
+        monkeypatch.setattr(util, "_ephemeral_start", lambda: low + 1000)
         assert taken not in {util.free_port() for _ in range(300)}
 
 
