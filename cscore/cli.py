@@ -380,6 +380,17 @@ def cmd_platform_approve_tenant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_needs(emails: Path | None, model: str | None) -> str:
+    """What `owner submit` lacks when EMAILS or --model is missing (without --resubmit), and how to give it."""
+    if emails is None and model is None:
+        return "owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither"
+    if model is None:
+        return (f"owner submit {emails}: expected --model NAME or NAME:VERSION, got none; `cscore models` lists the "
+                "published models")
+    return (f"owner submit --model {model}: expected EMAILS (what to score: an .eml folder, mbox, JSON lines or "
+            "Parquet; with --images or --numbers, that input), got none; give its path")
+
+
 def cmd_owner_submit(args: argparse.Namespace) -> int:
     from cscore.progress import progress
     from cscore.release import measurements_to_allow
@@ -393,14 +404,14 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
         raise BatchError("owner submit: expected --images or --numbers, got both")
     if args.dry_run:
         return _dry_run_images(args) if args.images else _dry_run_numbers(args) if args.numbers else _dry_run(args)
+    if not args.resubmit and (args.emails is None or args.model is None):
+        raise BatchError(_submit_needs(args.emails, args.model))
     _load_stack_env(args.state_dir)
     store = ObjectStore()
     if args.resubmit:
         key = resubmit_batch(args.tenant, args.resubmit, store)
         print(json.dumps({"batch_id": args.resubmit, "manifest_key": key}) if args.json else f"resubmitted {key}")
         return 0
-    if args.emails is None or args.model is None:
-        raise BatchError("owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither")
     if args.images or args.numbers:
         return _submit_contract_input(args, store, measurements_to_allow(args.measurement, args.release,
                                                                           args.release_key))

@@ -199,3 +199,17 @@ def test_a_model_file_that_is_not_onnx_is_named(tmp_path: Path, monkeypatch: pyt
     assert main(["--state-dir", str(tmp_path), "provider", "publish", str(notes), "--name", "x"]) == 2
     assert capsys.readouterr().err == (f"cscore: error: {notes}: expected an ONNX protobuf, got unreadable bytes "
                                        "(DecodeError)\n")
+
+
+@pytest.mark.parametrize("given, said", [
+    (["mail.mbox"], "owner submit mail.mbox: expected --model NAME or NAME:VERSION, got none; `cscore models` lists"),
+    (["--model", "spam-filter"], "owner submit --model spam-filter: expected EMAILS (what to score: "),
+    ([], "owner submit: expected EMAILS and --model (or --resubmit BATCH), got neither"),
+])
+def test_owner_submit_names_what_it_lacks(given: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """EMAILS without --model said "got neither"; the usage error comes before any stack or storage is needed."""
+    _no_aws(monkeypatch, tmp_path)
+    assert main(["--state-dir", str(tmp_path / "never-started"), "owner", "submit", *given, "--tenant", "acme"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cscore: error: {said}") and err.count("\n") == 1
