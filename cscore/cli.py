@@ -122,9 +122,12 @@ def cmd_stack(args: argparse.Namespace) -> int:
     stack = LocalStack(args.state_dir, workers=args.workers, airflow=not args.no_airflow)
     if args.action == "start":
         stack.start()
-        env_file = args.state_dir / "stack.env"
-        print(json.dumps({"state_dir": str(args.state_dir), "env_file": str(env_file)}) if args.json else
-              f"stack up; `source {env_file}` or pass --state-dir to other commands")
+        # Absolute, and exported by `set -a`: stack.env has no `export`, and other shells may be elsewhere.
+        state_dir = args.state_dir.resolve()
+        env_file = state_dir / "stack.env"
+        print(json.dumps({"state_dir": str(state_dir), "env_file": str(env_file)}) if args.json else
+              f"stack up; pass --state-dir {shlex.quote(str(state_dir))} to other commands, or in each shell "
+              f"`set -a; . {shlex.quote(str(env_file))}; set +a` (which other tools read too)")
     else:
         from infra.local import procs
 
