@@ -1152,7 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = 141
     except (ValueError, LookupError, RuntimeError, TimeoutError, OSError) as exc:
         # Our errors name the field, the expected and the actual value: show that, not a traceback.
-        print(f"cscore: error: {exc}", file=sys.stderr)
+        print(f"cscore: error: {_broker_problem(exc, args.state_dir) or exc}", file=sys.stderr)
         rc = 2
     except Exception as exc:
         advice = _storage_problem(exc, args.state_dir)
@@ -1163,6 +1163,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and getattr(args, "skip_native_teardown", False):
         _exit_now(rc)
     return rc
+
+
+def _broker_problem(exc: Exception, state_dir: Path) -> str | None:
+    """A broker URL that is unset because the state dir holds no stack: say which folder was looked in (a stack
+    started elsewhere is the usual cause); None for any other error. Looks sdk.party up only if it was imported."""
+    party = sys.modules.get("sdk.party")
+    if party is None or not isinstance(exc, party.BrokerNotConfigured) or (state_dir / "stack.env").exists():
+        return None
+    return (f"CSCORE_{exc.role.upper()}_BROKER_URL is not set: start the stack (`cscore stack start`), or pass "
+            f"--state-dir naming a running one (no {state_dir / 'stack.env'} here), or point it at the {exc.role}'s "
+            "key broker")
 
 
 def _storage_problem(exc: Exception, state_dir: Path) -> str | None:

@@ -14,6 +14,15 @@ from enclave.signing import generate_signing_key
 from sdk.broker_admin import BrokerAdmin
 
 
+class BrokerNotConfigured(RuntimeError):
+    """A party's broker URL is not in the environment (no stack's variables loaded, no broker of one's own)."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        super().__init__(f"CSCORE_{role.upper()}_BROKER_URL is not set: start the stack (`cscore stack start`) "
+                         f"or point it at the {role}'s key broker")
+
+
 @dataclass(frozen=True)
 class Party:
     """The owner's or the provider's home directory (`<state>/owner`, `<state>/provider`)."""
@@ -28,8 +37,7 @@ class Party:
         state = Path(os.environ.get("CSCORE_STATE_DIR", ".state"))
         url = os.environ.get(f"CSCORE_{role.upper()}_BROKER_URL")
         if not url:
-            raise RuntimeError(f"CSCORE_{role.upper()}_BROKER_URL is not set: start the stack (`cscore stack start`) "
-                               f"or point it at the {role}'s key broker")
+            raise BrokerNotConfigured(role)
         return cls(home=state / role, broker_url=url,
                    broker_name=os.environ.get(f"CSCORE_{role.upper()}_BROKER_NAME") or role)
 

@@ -127,7 +127,16 @@ def test_state_dir_may_follow_the_command(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_no_broker_configured_says_how_to_start_the_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """With no stack.env in the state dir it names the folder looked in: a stack started from another folder was
+    reported as no stack at all."""
     _no_aws(monkeypatch, tmp_path)
+    monkeypatch.delenv("CSCORE_OWNER_BROKER_URL", raising=False)
+    assert main(["--state-dir", str(tmp_path), "owner", "grant-key"]) == 2
+    assert capsys.readouterr().err == ("cscore: error: CSCORE_OWNER_BROKER_URL is not set: start the stack "
+                                       "(`cscore stack start`), or pass --state-dir naming a running one (no "
+                                       f"{tmp_path / 'stack.env'} here), or point it at the owner's key broker\n")
+    (tmp_path / "stack.env").write_text("CSCORE_BUCKET=cscore\n")  # a stack without a broker of this party
+    monkeypatch.setenv("CSCORE_BUCKET", "cscore")  # what the command loads from it, so that it is undone after
     assert main(["--state-dir", str(tmp_path), "owner", "grant-key"]) == 2
     assert capsys.readouterr().err == ("cscore: error: CSCORE_OWNER_BROKER_URL is not set: start the stack "
                                        "(`cscore stack start`) or point it at the owner's key broker\n")
