@@ -186,6 +186,12 @@ class _SQLite:
 
     def __init__(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only before SQLite opens it: its -wal and -shm files take the database file's mode when created
+        # (made 0600 only afterwards, the store's recent pages sat in a world-readable -wal).
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (db_path, *(db_path.with_name(db_path.name + end) for end in ("-wal", "-shm"))):
+            if path.exists():  # a store created before this check
+                os.chmod(path, 0o600)
         self.conn = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")  # pragma: no mutate
@@ -193,7 +199,6 @@ class _SQLite:
         self.conn.execute("PRAGMA synchronous=FULL")  # pragma: no mutate
         self.conn.executescript(SCHEMA)
         self._migrate()
-        os.chmod(db_path, 0o600)
 
     def _migrate(self) -> None:
         """Stores created before per-key settings existed gain the column (NULL: no settings)."""

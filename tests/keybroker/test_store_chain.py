@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +130,37 @@ def test_the_decisions_table_refuses_update_and_delete(sqlite_store: KeyStore, t
                 db.execute(statement)
     finally:
         db.close()
+
+
+def test_the_store_and_its_wal_files_are_owner_only(tmp_path: Path) -> None:
+    """The -wal file holds the store's latest pages: it was created 0644 before the store chmodded itself 0600."""
+    umask = os.umask(0o022)  # the usual umask, whatever the test runner's
+    try:
+        store = KeyStore(tmp_path / "new" / "keys.sqlite", KEK)
+        try:
+            _logged(store, 2)
+            files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "new").iterdir()}
+        finally:
+            store.close()
+        assert files == {"keys.sqlite": 0o600, "keys.sqlite-wal": 0o600, "keys.sqlite-shm": 0o600}
+        old = tmp_path / "old" / "keys.sqlite"  # a store made before: its files readable by all, the WAL open
+        old.parent.mkdir()
+        before = sqlite3.connect(old, isolation_level=None)
+        try:
+            before.execute("PRAGMA journal_mode=WAL")
+            before.execute("CREATE TABLE t (x)")
+            for path in old.parent.iterdir():
+                path.chmod(0o644)
+            reopened = KeyStore(old, KEK)
+            try:
+                modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in old.parent.iterdir()}
+            finally:
+                reopened.close()
+        finally:
+            before.close()
+        assert modes == {"keys.sqlite": 0o600, "keys.sqlite-wal": 0o600, "keys.sqlite-shm": 0o600}
+    finally:
+        os.umask(umask)
 
 
 # Quota metering ------------------------------------------------------------------------------------------------
