@@ -125,9 +125,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
         # Absolute, and exported by `set -a`: stack.env has no `export`, and other shells may be elsewhere.
         state_dir = args.state_dir.resolve()
         env_file = state_dir / "stack.env"
-        print(json.dumps({"state_dir": str(state_dir), "env_file": str(env_file)}) if args.json else
+        where = _stack_endpoints(stack.env, stack.worker_metrics)
+        print(json.dumps({"state_dir": str(state_dir), "env_file": str(env_file), **where}) if args.json else
               f"stack up; pass --state-dir {shlex.quote(str(state_dir))} to other commands, or in each shell "
-              f"`set -a; . {shlex.quote(str(env_file))}; set +a` (which other tools read too)")
+              f"`set -a; . {shlex.quote(str(env_file))}; set +a` (which other tools read too)\n"
+              + _endpoint_lines(where, stop=f"cscore --state-dir {shlex.quote(str(state_dir))} stack stop"))
     else:
         from infra.local import procs
 
@@ -135,6 +137,27 @@ def cmd_stack(args: argparse.Namespace) -> int:
         print(json.dumps({"stopped": stopped}) if args.json else
               f"stopped {', '.join(stopped) or 'nothing (no pid files)'}")
     return 0
+
+
+def _stack_endpoints(env: dict[str, str], worker_metrics: dict[str, str]) -> dict[str, Any]:
+    """Where an operator looks at a started stack: Airflow's UI, each worker's and each broker's metrics (URLs
+    only: stack.env also holds secrets, none of which is shown)."""
+    brokers = {name.removeprefix("CSCORE_").removesuffix("_BROKER_URL").lower(): url for name, url in env.items()
+               if name.startswith("CSCORE_") and name.endswith("_BROKER_URL")
+               and name != "CSCORE_CELERY_BROKER_URL"}  # the workers' task queue, not a key broker
+    return {"airflow_url": env.get("CSCORE_AIRFLOW_URL"), "worker_metrics": dict(worker_metrics),
+            "broker_metrics": {name: f"{url.rstrip('/')}/metrics" for name, url in brokers.items()},
+            "broker_ca": env.get("CSCORE_BROKER_CA")}
+
+
+def _endpoint_lines(where: dict[str, Any], *, stop: str) -> str:
+    lines = [("Airflow UI", where["airflow_url"] or "(none: --no-airflow)")]
+    lines += [(f"{part} metrics", url) for part, url in where["worker_metrics"].items()]
+    tls = f" (curl --cacert {shlex.quote(where['broker_ca'])})" if where["broker_ca"] else ""
+    lines += [(f"{name} broker metrics", url + tls) for name, url in where["broker_metrics"].items()]
+    lines.append(("stop", stop))
+    width = max(len(label) for label, _ in lines)
+    return "\n".join(f"  {label:<{width}}  {text}" for label, text in lines)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -19,6 +19,11 @@ class _Stack:
 
     def __init__(self, state_dir: Path, *, workers: int, airflow: bool) -> None:
         self.state_dir = state_dir
+        self.env = {"CSCORE_AIRFLOW_URL": "http://127.0.0.1:8080", "CSCORE_OWNER_BROKER_URL": "https://127.0.0.1:4431",
+                    "CSCORE_VISION_BROKER_URL": "https://127.0.0.1:4432", "AIRFLOW__API__SECRET_KEY": "s3cr3t-api",
+                    "AWS_SECRET_ACCESS_KEY": "s3cr3t-aws", "CSCORE_BROKER_CA": "/state/tls/brokers-ca.pem",
+                    "CSCORE_CELERY_BROKER_URL": "redis+socket:///state/redis/redis.sock"}  # not a key broker
+        self.worker_metrics = {"celery-worker-1": "http://127.0.0.1:9101/metrics"}
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -50,5 +55,29 @@ def test_json_names_the_state_dir_absolute(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(infra.local.stack, "LocalStack", _Stack)
     monkeypatch.chdir(tmp_path)
     assert main(["--state-dir", ".state/demo", "stack", "start", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"state_dir": str(tmp_path / ".state/demo"),
-                                                   "env_file": str(tmp_path / ".state/demo/stack.env")}
+    out = json.loads(capsys.readouterr().out)
+    state = tmp_path / ".state/demo"
+    assert (out["state_dir"], out["env_file"]) == (str(state), str(state / "stack.env"))
+
+
+def test_the_operator_is_told_where_status_and_metrics_are_and_no_secret(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Airflow's UI, every worker's and broker's metrics endpoint, and how to stop: they were in stack.env or in
+    `LocalStack.worker_metrics` only, where a command-line operator does not look."""
+    monkeypatch.setattr(infra.local.stack, "LocalStack", _Stack)
+    assert main(["--state-dir", str(tmp_path), "stack", "start"]) == 0
+    out = capsys.readouterr().out
+    assert [" ".join(line.split()) for line in out.splitlines()[1:]] == [
+        "Airflow UI http://127.0.0.1:8080",
+        "celery-worker-1 metrics http://127.0.0.1:9101/metrics",
+        "owner broker metrics https://127.0.0.1:4431/metrics (curl --cacert /state/tls/brokers-ca.pem)",
+        "vision broker metrics https://127.0.0.1:4432/metrics (curl --cacert /state/tls/brokers-ca.pem)",
+        f"stop cscore --state-dir {tmp_path} stack stop"]
+    assert "s3cr3t" not in out
+    assert main(["--state-dir", str(tmp_path), "stack", "start", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out
+    assert {k: v for k, v in json.loads(out).items() if k not in ("state_dir", "env_file")} == {
+        "airflow_url": "http://127.0.0.1:8080", "worker_metrics": {"celery-worker-1": "http://127.0.0.1:9101/metrics"},
+        "broker_metrics": {"owner": "https://127.0.0.1:4431/metrics", "vision": "https://127.0.0.1:4432/metrics"},
+        "broker_ca": "/state/tls/brokers-ca.pem"}
