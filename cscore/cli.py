@@ -436,7 +436,9 @@ def cmd_owner_submit(args: argparse.Namespace) -> int:
     store = ObjectStore()
     if args.resubmit:
         key = resubmit_batch(args.tenant, args.resubmit, store)
-        print(json.dumps({"batch_id": args.resubmit, "manifest_key": key}) if args.json else f"resubmitted {key}")
+        print(json.dumps({"batch_id": args.resubmit, "manifest_key": key}) if args.json else
+              f"resubmitted {key}\nnext: cscore owner results {args.resubmit} --tenant {args.tenant} --out FILE  "
+              "(waits for the platform's new run of the batch, verifies every receipt, decrypts)")
         return 0
     if args.images or args.numbers:
         return _submit_contract_input(args, store, measurements_to_allow(args.measurement, args.release,

@@ -392,6 +392,8 @@ def wait_for_batch(
     while time.monotonic() < deadline:
         raw = store.get_if_exists(f"status/{tenant}/{batch_id}.json")
         status: dict[str, Any] = json.loads(raw) if raw else {"state": "submitted"}
+        if status["state"] == "failed" and _uploaded_since(store, manifest_key, f"status/{tenant}/{batch_id}.json"):
+            status = {"state": "resubmitted"}  # that failure is the last run's: wait for the platform's next one
         if status["state"] != last:
             progress(shown(status["state"]))  # the platform wrote it: no escape reaches the owner's terminal
             last = status["state"]
@@ -400,6 +402,12 @@ def wait_for_batch(
         time.sleep(float(os.environ.get("CSCORE_POLL_S", "0.25")))
     raise TimeoutError(f"batch {batch_id}: expected it to finish within {timeout:.0f} s, still {last!r}; "
                        f"in the Airflow UI, its cscore_batch run's id starts with batch__{tenant}__{batch_id}__")
+
+
+def _uploaded_since(store: ObjectStore, key: str, than: str) -> bool:
+    """Whether `key` was written after `than`, both by the bucket's clock (S3 keeps whole seconds: a tie is not)."""
+    uploaded, written = store.modified(key), store.modified(than)
+    return uploaded is not None and written is not None and uploaded > written
 
 
 def decrypt_flags(data: bytes, keys: PmeKeys) -> dict[str, str]:

@@ -49,6 +49,15 @@ class ObjectStore:
             raise
         return True
 
+    def modified(self, key: str) -> float | None:
+        """When the object was last written, by the bucket's own clock (Unix seconds; None: not there)."""
+        try:
+            return float(self._s3.head_object(Bucket=self.bucket, Key=key)["LastModified"].timestamp())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                return None
+            raise
+
     def keys(self, prefix: str) -> list[str]:
         paginator = self._s3.get_paginator("list_objects_v2")
         return [obj["Key"] for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
+from cscore.cli import main
 from dags.cscore_platform.intake import batch_run_prefix
 from sdk.owner import BatchError, resubmit_batch, wait_for_batch
+from sdk.storage import ObjectStore
 
 
 class StuckStore:
@@ -81,3 +88,54 @@ def test_resubmit_uploads_the_manifest_again_unless_the_batch_succeeded(status: 
     assert str(err.value) == ("batch 'b-1': expected a failed batch to resubmit, got one that succeeded (the platform "
                               "would pass it over); `cscore owner results b-1 --tenant acme` fetches its results")
     assert succeeded.puts == []
+
+
+@pytest.fixture
+def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStore]:
+    """An S3 bucket (moto, in process) whose objects carry the bucket's own LastModified."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CSCORE_S3_ENDPOINT", raising=False)
+    monkeypatch.setenv("CSCORE_POLL_S", "0.05")
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="cscore")
+        yield ObjectStore(bucket="cscore")
+
+
+MANIFEST, STATUS = "incoming/acme/b-1/manifest.jws", "status/acme/b-1.json"
+FAILED = json.dumps({"state": "failed", "reason": "validate: manifest.tenant: ..."}).encode()
+
+
+def test_a_failure_from_before_the_resubmit_is_not_the_batchs_outcome(bucket: ObjectStore) -> None:
+    """`owner results` run just after `owner submit --resubmit` reported the last run's failure as the batch's."""
+    bucket.put(MANIFEST, b"signed")
+    bucket.put(STATUS, FAILED)
+    time.sleep(1.05)  # S3 keeps whole seconds: the resubmit lands in a later one
+    resubmit_batch("acme", "b-1", bucket)
+    seen: list[str] = []
+    with pytest.raises(TimeoutError) as err:
+        wait_for_batch(bucket, "acme", "b-1", timeout=0.3, progress=seen.append)
+    assert seen == ["resubmitted"] and "still 'resubmitted'" in str(err.value)
+    bucket.put(STATUS, json.dumps({"state": "succeeded"}).encode())  # the platform's new run
+    assert wait_for_batch(bucket, "acme", "b-1", timeout=5)["state"] == "succeeded"
+    bucket.put(STATUS, FAILED)  # ... or its new failure, written after the manifest: that is the outcome
+    assert wait_for_batch(bucket, "acme", "b-1", timeout=5)["reason"] == "validate: manifest.tenant: ..."
+
+
+def test_a_failure_written_after_the_manifest_is_the_outcome(bucket: ObjectStore) -> None:
+    bucket.put(MANIFEST, b"signed")
+    bucket.put(STATUS, FAILED)
+    assert wait_for_batch(bucket, "acme", "b-1", timeout=5)["state"] == "failed"
+    assert bucket.modified("no/such/key") is None
+
+
+def test_a_resubmit_says_what_to_run_next(bucket: ObjectStore, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    bucket.put(MANIFEST, b"signed")
+    bucket.put(STATUS, FAILED)
+    assert main(["--state-dir", str(tmp_path), "owner", "submit", "--resubmit", "b-1", "--tenant", "acme"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"resubmitted {MANIFEST}",
+        "next: cscore owner results b-1 --tenant acme --out FILE  (waits for the platform's new run of the batch, "
+        "verifies every receipt, decrypts)"]
