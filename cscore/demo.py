@@ -140,7 +140,7 @@ def on_demo_stack(state_dir: Path, run: Callable[[LocalStack, Callable[[str], No
                   keep: bool, say: Callable[[str], None]) -> T:
     """`run(stack, say)` on a started local stack (with Airflow) whose variables are in this process's
     environment; the stack is stopped afterwards unless `keep`."""
-    stack = LocalStack(state_dir, workers=workers, airflow=True, out=say)
+    stack = LocalStack(state_dir, workers=workers, airflow=True, out=say, fresh=True)  # each demo its own run
     stack.start()
     os.environ.update(stack.env)
     # Said now, while they answer: without --keep they stop with the stack at the end.

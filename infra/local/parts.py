@@ -488,6 +488,22 @@ def _aws_connection(stack: LocalStack) -> dict[str, object]:
     return {"conn_type": "aws", "login": login, "password": password, "extra": extra}
 
 
+def set_aside_airflow_db(home: Path) -> Path | None:
+    """Rename an earlier run's SQLite metadata in `home` to airflow.db.previous (replacing an older one); returns
+    where it went, None when there was none.
+
+    For a stack that starts its own moto: its bucket is new and empty and its SQS queue has a new URL, while the
+    old database holds runs of batches whose objects are gone and the intake DAG serialized with the old queue's
+    URL, which the DAG processor re-reads only after MIN_FILE_PROCESS_INTERVAL (600 s): batches then waited 10 min.
+    """
+    db = home / "airflow.db"
+    if not db.exists():
+        return None
+    previous = db.with_name("airflow.db.previous")
+    db.replace(previous)
+    return previous
+
+
 def spawn_airflow_migrate(stack: LocalStack) -> Pending:
     """`airflow db migrate` (SQLite metadata under AIRFLOW_HOME), in the background while the rest starts."""
     part = stack.spawn("airflow-migrate", [str(Path(PY).parent / "airflow"), "db", "migrate"], role="platform")

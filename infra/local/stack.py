@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ __all__ = ["LocalStack", "StackError", "load_env"]
 
 
 BROKER_URLS = ("CSCORE_OWNER_BROKER_URL", "CSCORE_PROVIDER_BROKER_URL")
+OBJECT_STORE_URLS = ("CSCORE_S3_ENDPOINT", "CSCORE_SQS_QUEUE_URL", "CSCORE_SQS_TRAINING_QUEUE_URL")  # set: real servers
 ROLES = ("redis", "brokers", "workers", "platform")  # what can be placed on a simulated machine
 
 
@@ -43,16 +45,19 @@ class LocalStack:
     def __init__(self, state_dir: Path, workers: int = 2, airflow: bool = True, *, brokers: bool = True,
                  sim_tee: bool = True, environ: Mapping[str, str] | None = None, repo: Path = REPO,
                  out: Callable[[str], None] | None = None, machines: Mapping[str, Namespace] | None = None,
-                 lan: str | None = None, users: bool | None = None) -> None:
+                 lan: str | None = None, users: bool | None = None, fresh: bool = False) -> None:
         """`machines` places roles (ROLES) on simulated machines (infra/local/netns.py): their processes run
         in that namespace and bind its address; `lan` is the CIDR the local CAs certify for them. `users`
         (default: whenever there are machines) runs each machine's processes as an account of its own, its
-        folders 0700 (infra/local/machine_users.py); root only."""
+        folders 0700 (infra/local/machine_users.py); root only. `fresh` (the demo): when this stack starts its own
+        moto, an earlier run's state is moved to `<state_dir>.previous` first: its bucket was in memory, so its
+        audit log, brokers' decisions and Airflow runs would describe objects that are gone."""
         self.state_dir = Path(state_dir).resolve()
         self.workers = workers
         self.airflow = airflow
         self.brokers = brokers
         self.sim_tee = sim_tee
+        self.fresh = fresh
         self.repo = repo
         self.environ = dict(os.environ if environ is None else environ)
         self.env: dict[str, str] = {}
@@ -79,9 +84,12 @@ class LocalStack:
     def start(self) -> LocalStack:
         """Start every part, wait until each is ready, write <state>/stack.env; stop all on failure."""
         t0 = time.monotonic()
-        self._prepare_dirs()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         self._refuse_if_running()
+        if self.fresh and self.owns_object_store:
+            self._set_aside_earlier_run()
+        self._prepare_dirs()
         if cleaned := procs.clean_stale(self.state_dir):
             self._out(f"[stack] cleaned stale pid files from an earlier run: {', '.join(cleaned)}")
         try:
@@ -130,6 +138,24 @@ class LocalStack:
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         self._lock = lock
+
+    @property
+    def owns_object_store(self) -> bool:
+        """Whether this stack starts its own moto (in memory: a new, empty bucket and queue each start)."""
+        return not self._given(*OBJECT_STORE_URLS)
+
+    def _set_aside_earlier_run(self) -> None:
+        """Move everything in the state dir but the held lock to `<state_dir>.previous` (an older one removed)."""
+        earlier = [p for p in self.state_dir.iterdir() if p.name != "stack.lock"]
+        if not earlier:
+            return
+        previous = self.state_dir.with_name(f"{self.state_dir.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        for path in earlier:
+            path.rename(previous / path.name)
+        self._out(f"[stack] an earlier run's state moved to {previous}: this run starts fresh (that run's bucket "
+                  "was in memory)")
 
     def _refuse_if_running(self) -> None:
         """A stack started here earlier (`cscore stack start` exits and leaves it running) is never taken
@@ -194,7 +220,7 @@ class LocalStack:
                 self._out(f"[stack] {provider} broker accepts model grants of owner broker '{owner}'")
 
     def _object_store(self) -> Pending | None:
-        if given := self._given("CSCORE_S3_ENDPOINT", "CSCORE_SQS_QUEUE_URL", "CSCORE_SQS_TRAINING_QUEUE_URL"):
+        if given := self._given(*OBJECT_STORE_URLS):
             self.env.update(given)
             self.env.setdefault("CSCORE_BUCKET", self.environ.get("CSCORE_BUCKET", parts.aws.BUCKET))
             self._out(f"[stack] object storage: using {given.get('CSCORE_S3_ENDPOINT', 'AWS')} (not started)")
@@ -250,6 +276,11 @@ class LocalStack:
             self._out("[stack] airflow: skipped (airflow=False)")
             return None
         self.airflow_env = parts.airflow_env(self)
+        if self.owns_object_store and not self._given("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+            previous = parts.set_aside_airflow_db(Path(self.airflow_env["AIRFLOW_HOME"]))
+            if previous is not None:
+                self._out(f"[stack] airflow: the last run's metadata moved to {previous} (its bucket and queue "
+                          "were this stack's own, in memory: gone)")
         return self._begin(parts.spawn_airflow_migrate(self))
 
     def _airflow(self) -> Pending:
