@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ["attestation", "audit", "keybroker", "enclave", "sdk", "tasks", "cscore", "dags", "infra"]
+PACKAGES = ["attestation", "audit", "keybroker", "enclave", "sdk", "tasks", "cscore", "dags", "infra", "wire"]
 
 _SNP = ["tests/attestation/test_forgery_snp.py", "tests/attestation/test_snp_verify.py",
         "tests/attestation/test_snp_report.py", "tests/attestation/test_simulated_and_evidence.py"]
@@ -164,6 +164,26 @@ MODULES: dict[str, list[str]] = {
     "enclave/scoring.py": ["tests/enclave/test_scoring_paths.py"],
     # each entry's tensor and refusals on values and images of a few pixels built in memory (milliseconds a test)
     "enclave/preprocess.py": ["tests/enclave/test_preprocess_paths.py"],
+    # the wire formats (wire/): each shared by the parties that write and read it
+    # the chain's hash and check on their own, the broker's store writing it, the client's paged verified read
+    "wire/decision_log.py": ["tests/wire/test_decision_log.py", "tests/keybroker/test_store_chain.py",
+                             "tests/keybroker/test_admin_api.py"],
+    # the client's paged, verified read of the log (`decisions`, `_verified_page`) against the app in process
+    "sdk/broker_admin.py": ["tests/keybroker/test_admin_api.py"],
+    # grants right in every field but one against the provider's app in process, and the owner's kbs_client asking
+    "wire/grant.py": ["tests/wire/test_grant.py", "tests/keybroker/test_model_grant_forgery.py",
+                      "tests/enclave/test_kbs_client.py::"
+                      "test_a_model_grant_is_the_owner_brokers_signed_grant_for_this_session_key"],
+    # the spec's own checks and the worker's use of them (a worker built once in process), the operator's limits
+    "wire/shard.py": ["tests/enclave/test_shard_guards.py",
+                      "tests/enclave/test_limits.py::test_the_operators_limits_are_parsed_strictly"],
+    # the document's parse and digest, and the brokers' grants over published configurations (in process)
+    "wire/worker_config.py": ["tests/wire/test_worker_config.py", "tests/adversary/test_published_worker_config.py"],
+    # the sessions' strict parse, and the enclave's receipts that carry them (milliseconds a test)
+    "wire/receipt.py": ["tests/wire/test_receipt.py", "tests/enclave/test_receipts.py"],
+    # both formats through the broker's app in process (rotation, versions) and the worker's result keys
+    "wire/keywrap.py": ["tests/wire/test_keywrap.py", "tests/keybroker/test_unwrap_versions.py",
+                        "tests/keybroker/test_rotation.py", "tests/enclave/test_batch_keys.py"],
 }
 # --by-hand re-tests: the in-process tests only, where a module's own list is too slow to run once per mutant
 BY_HAND = {"keybroker/policy.py": ["tests/keybroker/test_policy_clauses.py"]}

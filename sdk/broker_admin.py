@@ -214,10 +214,14 @@ def _verified_page(page: list[dict[str, Any]], checkpoint: str, key: Any, after:
     """The hash the page's chain ends at, once its signed head is found to name exactly that entry.
 
     `prev`: the hash the page must follow; None when unknown (reading from `after` > 0), when the first entry's
-    prev_hash is taken as given. An empty page's head must be where the previous page ended: the log's end.
+    prev_hash is taken as given (and must be there: without it no chain would be checked). An empty page's head
+    must be where the previous page ended: the log's end.
     Raises ValueError naming the seq, the expected and the actual value.
     """
     start = page[0].get("prev_hash") if prev is None and page else prev
+    if page and not isinstance(start, str):  # without a start no chain is checked: the entries would be taken as sent
+        raise ValueError(f"decision {page[0].get('seq')}: prev_hash expected 64 hex (where the page's chain starts), "
+                         f"actual {start}")
     last = verify_chain(page, start) if start is not None else None
     signed = jwt.decode(checkpoint, key, algorithms=["ES256"])
     seq, hash_ = signed.claims.get("seq"), signed.claims.get("hash")

@@ -538,3 +538,82 @@ def test_a_head_signed_by_the_token_key_but_typed_otherwise_is_no_checkpoint(
     with pytest.raises(ValueError) as refused:
         env.admin.decisions()
     assert str(refused.value) == "signed checkpoint: typ expected kbs-log-checkpoint, actual JWT"
+
+
+def test_a_page_read_from_the_middle_whose_first_entry_lost_its_prev_hash_is_refused_not_taken_unchecked(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from seq 3, the client takes entry 4's prev_hash as where the chain starts. Without one, no chain could
+    be checked: an answer edited on the way (entry 4 says `deny` where the broker logged `allow`, its prev_hash
+    dropped, the genuine signed head kept) is refused naming the entry, not returned as the broker's log."""
+    for key_id in ("k-1", "k-2", "k-3", "k-4", "k-5"):
+        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+    whole = env.admin.decisions()
+    store = env.app.state.broker.store
+    genuine = store.decisions
+
+    def edited(after: int = 0) -> list[dict[str, Any]]:
+        page = [dict(e) for e in genuine(after)]
+        if page and page[0]["seq"] == 4:
+            del page[0]["prev_hash"]
+            page[0]["decision"] = "deny"
+        return page
+
+    monkeypatch.setattr(store, "decisions", edited)
+    with pytest.raises(ValueError) as refused:
+        env.admin.decisions(3)
+    assert str(refused.value) == "decision 4: prev_hash expected 64 hex (where the page's chain starts), actual None"
+    assert env.admin.decisions(3, verify=False)[0]["decision"] == "deny"  # unverified, the edit is not seen
+    assert env.admin.decisions(4) == whole[4:]  # the next page, untouched, still reads
+
+
+def test_a_whole_log_that_does_not_begin_at_genesis_is_refused(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose log was cut at its start and chained again from another hash (seq 1 on, every link and the
+    broker's signed head consistent): read from seq 0 the first entry must follow GENESIS, so it is refused naming
+    entry 1, expected and actual; read from the middle, the same page is taken from its own first link."""
+    from wire.decision_log import GENESIS, entry_hash
+
+    for key_id in ("k-1", "k-2", "k-3"):
+        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+    start, rechained, prev = "1" * 64, [], "1" * 64
+    for entry in env.admin.decisions():
+        entry = {**entry, "prev_hash": prev, "hash": entry_hash(prev, entry)}
+        rechained.append(entry)
+        prev = entry["hash"]
+    store = env.app.state.broker.store
+    monkeypatch.setattr(store, "decisions", lambda after=0: [e for e in rechained if e["seq"] > after])
+    monkeypatch.setattr(store, "head", lambda: {"seq": 3, "hash": prev})
+    with pytest.raises(ValueError) as refused:
+        env.admin.decisions()
+    assert str(refused.value) == f"decision 1: prev_hash expected {GENESIS}, actual {start}"
+    assert env.admin.decisions(1) == rechained[1:]
+
+
+def test_a_page_that_skips_an_entry_is_refused_though_its_head_names_its_last_entry(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from seq 1, a page that starts at entry 3 (entry 2 left out, every link that is there intact, the head
+    signed at entry 5 as the broker signs every page): 3 entries after seq 1 end at seq 4, not 5, so it is refused."""
+    for key_id in ("k-1", "k-2", "k-3", "k-4", "k-5"):
+        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+    whole = env.admin.decisions()
+    store = env.app.state.broker.store
+    genuine = store.decisions
+    monkeypatch.setattr(store, "decisions", lambda after=0: genuine(2 if after == 1 else after))
+    with pytest.raises(ValueError) as refused:
+        env.admin.decisions(1)
+    assert str(refused.value) == (f"signed checkpoint (seq 5, {whole[4]['hash']}) does not match the log "
+                                  f"(seq 4, {whole[4]['hash']})")
+
+
+def test_a_log_whose_signed_end_is_another_entry_at_the_same_seq_is_refused(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The empty page's head names seq 2 as the pages did, but another hash (a log forked at its last entry: one
+    history shown in the pages, another signed as the end): refused naming both."""
+    for key_id in ("k-1", "k-2"):
+        env.admin.create_key(key_id, kind="data", measurements=[GOOD])
+    whole = env.admin.decisions()
+    store = env.app.state.broker.store
+    monkeypatch.setattr(store, "head", lambda: {"seq": 2, "hash": "f" * 64})
+    with pytest.raises(ValueError) as refused:
+        env.admin.decisions()
+    assert str(refused.value) == (f"signed checkpoint (seq 2, {'f' * 64}) does not match the log "
+                                  f"(seq 2, {whole[1]['hash']})")
