@@ -175,8 +175,11 @@ MODULES: dict[str, list[str]] = {
                       "tests/enclave/test_kbs_client.py::"
                       "test_a_model_grant_is_the_owner_brokers_signed_grant_for_this_session_key"],
     # the spec's own checks and the worker's use of them (a worker built once in process), the operator's limits
-    "wire/shard.py": ["tests/enclave/test_shard_guards.py",
-                      "tests/enclave/test_limits.py::test_the_operators_limits_are_parsed_strictly"],
+    "wire/shard.py": ["tests/wire/test_shard.py", "tests/enclave/test_shard_guards.py",
+                      *[f"tests/enclave/test_limits.py::test_{name}" for name in (
+                          "the_operators_limits_are_parsed_strictly",
+                          "a_shard_without_limits_gets_the_defaults_and_carries_the_platforms_own",
+                          "a_shard_with_limits_out_of_range_is_refused_naming_the_field")]],
     # the document's parse and digest, and the brokers' grants over published configurations (in process)
     "wire/worker_config.py": ["tests/wire/test_worker_config.py", "tests/adversary/test_published_worker_config.py"],
     # the sessions' strict parse, and the enclave's receipts that carry them (milliseconds a test)
