@@ -185,6 +185,11 @@ MODULES: dict[str, list[str]] = {
     # the sessions' strict parse, and the enclave's receipts that carry them (milliseconds a test)
     "wire/receipt.py": ["tests/wire/test_receipt.py", "tests/enclave/test_receipts.py"],
     # both formats through the broker's app in process (rotation, versions) and the worker's result keys
+    # the one error and the strict-parse helpers every format uses, through the formats' own tests (milliseconds)
+    "wire/errors.py": ["tests/wire/test_errors.py", "tests/wire/test_grant.py", "tests/wire/test_worker_config.py",
+                       "tests/wire/test_receipt.py", "tests/wire/test_shard.py"],
+    # a tenant's registration, approval and key replacement over a bucket in memory (milliseconds a test)
+    "wire/tenant.py": ["tests/platform/test_tenant_registration.py"],
     "wire/keywrap.py": ["tests/wire/test_keywrap.py", "tests/keybroker/test_unwrap_versions.py",
                         "tests/keybroker/test_rotation.py", "tests/enclave/test_batch_keys.py"],
 }
