@@ -188,8 +188,9 @@ MODULES: dict[str, list[str]] = {
     # the one error and the strict-parse helpers every format uses, through the formats' own tests (milliseconds)
     "wire/errors.py": ["tests/wire/test_errors.py", "tests/wire/test_grant.py", "tests/wire/test_worker_config.py",
                        "tests/wire/test_receipt.py", "tests/wire/test_shard.py"],
-    # a tenant's registration, approval and key replacement over a bucket in memory (milliseconds a test)
-    "wire/tenant.py": ["tests/platform/test_tenant_registration.py"],
+    # each refusal of the request and the approval by field, expected and actual (pure, milliseconds); a tenant's
+    # registration, approval and key replacement over a bucket in memory (milliseconds a test)
+    "wire/tenant.py": ["tests/wire/test_tenant.py", "tests/platform/test_tenant_registration.py"],
     "wire/keywrap.py": ["tests/wire/test_keywrap.py", "tests/keybroker/test_unwrap_versions.py",
                         "tests/keybroker/test_rotation.py", "tests/enclave/test_batch_keys.py"],
 }

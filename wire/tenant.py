@@ -149,6 +149,6 @@ def _public_jwk(jwk: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _tenant(name: str, where: str) -> str:
-    if not TENANT_PATTERN.match(name):
+    if not TENANT_PATTERN.fullmatch(name):  # not match: its `$` also matches before a trailing newline
         raise FormatError(where, f"a tenant name matching {TENANT_PATTERN.pattern}", name)
     return name
