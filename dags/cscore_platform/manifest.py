@@ -71,7 +71,7 @@ class Manifest:
 
 def tenant_and_batch(key: str) -> tuple[str, str]:
     """Split `incoming/<tenant>/<batch>/manifest.jws`; anything else is not a manifest."""
-    match = _KEY_PATTERN.match(key)
+    match = _KEY_PATTERN.fullmatch(key)  # not match: its $ also matches before a final newline
     if not match:
         raise ManifestError(
             f"manifest key: expected incoming/<tenant>/<batch>/{MANIFEST_NAME}, got {key!r}"

@@ -83,6 +83,15 @@ def test_key_outside_incoming_is_not_a_manifest(owner_key: Any) -> None:
         verify_manifest("results/acme/b-1/manifest.jws", token, owner_key.as_dict(private=False))
 
 
+@pytest.mark.parametrize("key", ["incoming/acme/b-1/manifest.jws\n", "incoming/acme\n/b-1/manifest.jws"])
+def test_a_key_with_a_newline_is_no_manifest_of_the_batch_it_resembles(owner_key: Any, key: str) -> None:
+    """S3 keys may hold a newline; `re.match` with `$` took 'incoming/acme/b-1/manifest.jws\\n' for acme's b-1."""
+    token = sign_json(_payload(), owner_key).encode()
+    with pytest.raises(ManifestError) as refused:
+        verify_manifest(key, token, owner_key.as_dict(private=False))
+    assert str(refused.value) == f"manifest key: expected incoming/<tenant>/<batch>/manifest.jws, got {key!r}"
+
+
 def test_manifest_keys_come_from_trigger_payloads_and_conf_once() -> None:
     from dags.cscore_platform.manifest import MANIFEST_NAME
     from dags.cscore_platform.s3_events import object_keys
