@@ -191,6 +191,13 @@ MODULES: dict[str, list[str]] = {
     # each refusal of the request and the approval by field, expected and actual (pure, milliseconds); a tenant's
     # registration, approval and key replacement over a bucket in memory (milliseconds a test)
     "wire/tenant.py": ["tests/wire/test_tenant.py", "tests/platform/test_tenant_registration.py"],
+    # every refusal of the card and its signature by field, expected and actual (pure, milliseconds), and the
+    # card's strict-field tests of tests/model (no model trained: the digits fixtures are not used by these)
+    "wire/card.py": ["tests/wire/test_card.py",
+                     *[f"tests/model/test_contract.py::test_{name}" for name in (
+                         "a_malformed_contract_is_refused_naming_the_field", "card_fields_are_strict")]],
+    # the recipe's and its card's every refusal at its bounds by field, expected and actual (pure, milliseconds)
+    "wire/recipe.py": ["tests/wire/test_recipe.py"],
     "wire/keywrap.py": ["tests/wire/test_keywrap.py", "tests/keybroker/test_unwrap_versions.py",
                         "tests/keybroker/test_rotation.py", "tests/enclave/test_batch_keys.py"],
 }

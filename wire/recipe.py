@@ -159,10 +159,10 @@ def _base(doc: dict[str, Any], pattern: str, max_features: int) -> BaseWeights:
     if not 1 <= len(vocabulary) <= max_features:
         raise FormatError("recipe.base.vocabulary", f"1..{max_features} tokens (features.max_features)",
                           len(vocabulary))
-    bad = next((t for t in vocabulary if not isinstance(t, str) or t != t.lower() or not re.fullmatch(pattern, t)),
-               None)
-    if bad is not None:  # a token the lowercasing tokenizer never yields would be a dead column
-        raise FormatError("recipe.base.vocabulary", f"lowercase tokens matching {pattern} whole", bad)
+    # a list, not next(..., None): a null token (or weight) must be named, not taken for "none found"
+    bad = [t for t in vocabulary if not isinstance(t, str) or t != t.lower() or not re.fullmatch(pattern, t)]
+    if bad:  # a token the lowercasing tokenizer never yields would be a dead column
+        raise FormatError("recipe.base.vocabulary", f"lowercase tokens matching {pattern} whole", bad[0])
     if len(set(vocabulary)) != len(vocabulary):
         raise FormatError("recipe.base.vocabulary", "each token once",
                           next(t for i, t in enumerate(vocabulary) if t in vocabulary[:i]))
@@ -171,10 +171,9 @@ def _base(doc: dict[str, Any], pattern: str, max_features: int) -> BaseWeights:
         raise FormatError("recipe.base.coef", f"{len(vocabulary)} weights (one per token)", len(coef))
     intercept = require(doc, "base.intercept", (int, float), where="recipe")
     for field, values in (("coef", coef), ("intercept", [intercept])):
-        bad = next((w for w in values if isinstance(w, bool) or not isinstance(w, int | float)
-                    or not math.isfinite(w)), None)
-        if bad is not None:
-            raise FormatError(f"recipe.base.{field}", "finite numbers", bad)
+        bad = [w for w in values if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w)]
+        if bad:
+            raise FormatError(f"recipe.base.{field}", "finite numbers", bad[0])
     return BaseWeights(tuple(vocabulary), tuple(float(w) for w in coef), float(intercept))
 
 
