@@ -198,6 +198,9 @@ MODULES: dict[str, list[str]] = {
                          "a_malformed_contract_is_refused_naming_the_field", "card_fields_are_strict")]],
     # the recipe's and its card's every refusal at its bounds by field, expected and actual (pure, milliseconds)
     "wire/recipe.py": ["tests/wire/test_recipe.py"],
+    # the training spec's, the metrics' and the tuned card's every refusal by field, expected and actual (pure,
+    # milliseconds); not test_training_attacks.py or test_worker_flow.py, which train a model or run a worker
+    "wire/training.py": ["tests/wire/test_training.py"],
     "wire/keywrap.py": ["tests/wire/test_keywrap.py", "tests/keybroker/test_unwrap_versions.py",
                         "tests/keybroker/test_rotation.py", "tests/enclave/test_batch_keys.py"],
 }

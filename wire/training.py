@@ -120,8 +120,7 @@ def aggregate_metrics(doc: Any, *, where: str) -> dict[str, float | int]:
 def model_card_key(name: str, version: int) -> str:
     """Where the card of the model a manifest names is: `models/<name>/<version>/card.jws` (a provider's), or
     `tuned/<tenant>/<name>/<version>/card.jws` for a tuned model named `<tenant>/<name>`."""
-    tenant, slash, base = name.partition("/")
-    return f"tuned/{tenant}/{base}/{version}/card.jws" if slash else f"models/{name}/{version}/card.jws"
+    return f"tuned/{name}/{version}/card.jws" if "/" in name else f"models/{name}/{version}/card.jws"
 
 
 _TUNED_FIELDS = {"type", "tenant", "name", "version", "digest", "size", "object_key", "protection", "schema", "broker",
