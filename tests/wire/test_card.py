@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from joserfc import jws
 from joserfc.jwk import OctKey, OKPKey
 
+from tests.wire.documents import changed, refused
 from wire.card import CARD_TYPE, MAX_DIGITS, PROTECTIONS, ModelCard, verify_card, verify_signed
 from wire.contract import TASKS, Contract
 from wire.errors import FormatError
@@ -49,24 +49,11 @@ def _card(**changes: Any) -> dict[str, Any]:
         "object_key": "models/spam/3/model.onnx.enc", "protection": "aes-256-gcm", "broker": "provider",
         "broker_url": "https://provider.example", "key_id": "k-1", "wrapped_dek": "d3JhcHBlZA==",
         "output": {"probability_digits": 3}, "quota": {"rows": 1000, "period_s": 86400}, "published_at": 1700000000}
-    for name, value in changes.items():
-        if value is ...:
-            doc.pop(name, None)
-        else:
-            doc[name] = value
-    return doc
-
-
-def _refused(call: Callable[[], Any], field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    with pytest.raises(FormatError) as info:
-        call()
-    error = info.value
-    assert (error.field, error.expected, error.actual, error.hint) == (field, expected, actual, hint)
-    return str(error)
+    return changed(doc, changes)
 
 
 def _parse_refused(doc: Any, field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    return _refused(lambda: ModelCard.parse(doc), field, expected, actual, hint)
+    return refused(lambda: ModelCard.parse(doc), field, expected, actual, hint)
 
 
 def _key() -> OKPKey:
@@ -300,17 +287,17 @@ def test_a_token_with_surrounding_whitespace_is_read() -> None:
 def test_a_card_signed_by_another_key_is_refused_naming_the_object() -> None:
     provider, forger = _key(), _key()
     token = _sign(_card(), forger)
-    message = _refused(lambda: verify_card(token, [_public(provider)], what=WHAT), "card.signature",
+    message = refused(lambda: verify_card(token, [_public(provider)], what=WHAT), "card.signature",
                        SIGNER.format(1), "none verifies", HINT)
     assert message == ("card.signature: expected an Ed25519 signature by one of 1 pinned provider key(s), got "
                        f"'none verifies'; {HINT}")
-    _refused(lambda: verify_card(token, [_public(provider), _public(_key())], what=WHAT), "card.signature",
+    refused(lambda: verify_card(token, [_public(provider), _public(_key())], what=WHAT), "card.signature",
              SIGNER.format(2), "none verifies", HINT)
 
 
 def test_no_pinned_key_verifies_nothing() -> None:
     token = _sign(_card(), _key())
-    _refused(lambda: verify_signed(token, [], what=WHAT), "card.signature", SIGNER.format(0), "none verifies", HINT)
+    refused(lambda: verify_signed(token, [], what=WHAT), "card.signature", SIGNER.format(0), "none verifies", HINT)
 
 
 def test_a_card_edited_after_signing_is_refused() -> None:
@@ -318,13 +305,13 @@ def test_a_card_edited_after_signing_is_refused() -> None:
     header, _, signature = _sign(_card(), provider).split(".")
     edited = jws.serialize_compact({"alg": "Ed25519"}, json.dumps(_card(quota=None)).encode(), _key(),
                                    algorithms=["Ed25519"]).split(".")[1]
-    _refused(lambda: verify_card(f"{header}.{edited}.{signature}", [_public(provider)], what=WHAT),
+    refused(lambda: verify_card(f"{header}.{edited}.{signature}", [_public(provider)], what=WHAT),
              "card.signature", SIGNER.format(1), "none verifies", HINT)
 
 
 @pytest.mark.parametrize("token", ["", "not a jws", "a.b", "a.b.c"])
 def test_not_a_compact_jws_is_refused_as_unsigned(token: str) -> None:
-    _refused(lambda: verify_card(token, [_public(_key())], what=WHAT), "card.signature", SIGNER.format(1),
+    refused(lambda: verify_card(token, [_public(_key())], what=WHAT), "card.signature", SIGNER.format(1),
              "none verifies", HINT)
 
 
@@ -333,7 +320,7 @@ def test_a_malformed_pinned_key_is_skipped_not_fatal() -> None:
     token = _sign(_card(), provider)
     broken = {"kty": "OKP", "crv": "Ed25519", "x": "!!"}
     assert verify_card(token, [broken, _public(provider)], what=WHAT).name == "spam"
-    _refused(lambda: verify_card(token, [broken], what=WHAT),
+    refused(lambda: verify_card(token, [broken], what=WHAT),
              "card.signature", SIGNER.format(1), "none verifies", HINT)
 
 
@@ -342,14 +329,14 @@ def test_an_hmac_token_is_refused_whatever_key_it_claims() -> None:
     secret = {"kty": "oct", "k": provider.as_dict(private=False)["x"]}
     token = jws.serialize_compact({"alg": "HS256"}, json.dumps(_card()).encode(), OctKey.import_key(secret),
                                   algorithms=["HS256"])
-    _refused(lambda: verify_card(token, [_public(provider)], what=WHAT), "card.signature", SIGNER.format(1),
+    refused(lambda: verify_card(token, [_public(provider)], what=WHAT), "card.signature", SIGNER.format(1),
              "none verifies", HINT)
 
 
 def test_a_signed_payload_that_is_not_json_is_refused_naming_the_object() -> None:
     provider = _key()
     token = _sign(b"\xff\xfe not json", provider)
-    message = _refused(lambda: verify_signed(token, [_public(provider)], what=WHAT), "card.payload", "JSON",
+    message = refused(lambda: verify_signed(token, [_public(provider)], what=WHAT), "card.payload", "JSON",
                        "undecodable bytes", WHAT)
     assert message == f"card.payload: expected JSON, got 'undecodable bytes'; {WHAT}"
 
@@ -357,6 +344,6 @@ def test_a_signed_payload_that_is_not_json_is_refused_naming_the_object() -> Non
 def test_a_signed_card_that_is_malformed_is_refused_by_the_parse() -> None:
     provider = _key()
     token = _sign(_card(quota={"rows": 0, "period_s": 1}), provider)
-    _refused(lambda: verify_card(token, [_public(provider)], what=WHAT), "card.quota", QUOTA,
+    refused(lambda: verify_card(token, [_public(provider)], what=WHAT), "card.quota", QUOTA,
              {"rows": 0, "period_s": 1})
     assert verify_signed(_sign([1, 2], provider), [_public(provider)], what=WHAT) == [1, 2]

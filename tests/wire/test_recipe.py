@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from joserfc import jws
 from joserfc.jwk import OKPKey
 
+from tests.wire.documents import changed, refused
 from wire.canonical import canonical_json
 from wire.errors import FormatError
 from wire.recipe import (
@@ -50,16 +50,7 @@ def _recipe(**changes: Any) -> dict[str, Any]:
         "features": {"token_pattern": r"[a-zA-Z0-9_]{2,}", "max_features": 1000},
         "hyperparameters": {"C": 2.5, "max_iter": 200}, "seed": 7,
         "base": {"vocabulary": ["free", "money", "hello"], "coef": [1.5, 2, -0.5], "intercept": -1}}
-    for path, value in changes.items():
-        *parents, last = path.split(".")
-        target = doc
-        for part in parents:
-            target = target[part]
-        if value is ...:
-            target.pop(last, None)
-        else:
-            target[last] = value
-    return doc
+    return changed(doc, changes)
 
 
 def _card(**changes: Any) -> dict[str, Any]:
@@ -67,28 +58,15 @@ def _card(**changes: Any) -> dict[str, Any]:
                            "object_key": WHAT, "protection": "aes-256-gcm", "broker": "provider",
                            "broker_url": "https://provider.example", "key_id": "k-2", "wrapped_dek": "ZGVr",
                            "published_at": 1700000000}
-    for name, value in changes.items():
-        if value is ...:
-            doc.pop(name, None)
-        else:
-            doc[name] = value
-    return doc
-
-
-def _refused(call: Callable[[], Any], field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    with pytest.raises(FormatError) as info:
-        call()
-    error = info.value
-    assert (error.field, error.expected, error.actual, error.hint) == (field, expected, actual, hint)
-    return str(error)
+    return changed(doc, changes)
 
 
 def _recipe_refused(doc: Any, field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    return _refused(lambda: Recipe.parse(doc), field, expected, actual, hint)
+    return refused(lambda: Recipe.parse(doc), field, expected, actual, hint)
 
 
 def _card_refused(doc: Any, field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    return _refused(lambda: RecipeCard.parse(doc), field, expected, actual, hint)
+    return refused(lambda: RecipeCard.parse(doc), field, expected, actual, hint)
 
 
 # -- a right recipe -------------------------------------------------------------------------------------
@@ -368,8 +346,8 @@ def test_a_signed_card_verifies_and_one_by_another_key_is_refused() -> None:
         return jws.serialize_compact({"alg": "Ed25519"}, json.dumps(doc).encode(), key, algorithms=["Ed25519"])
 
     assert verify_recipe_card(sign(_card(), provider), [public], what=WHAT) == RecipeCard.parse(copy.deepcopy(_card()))
-    _refused(lambda: verify_recipe_card(sign(_card(), forger), [public], what=WHAT), "card.signature",
+    refused(lambda: verify_recipe_card(sign(_card(), forger), [public], what=WHAT), "card.signature",
              "an Ed25519 signature by one of 1 pinned provider key(s)", "none verifies",
              f"{WHAT}: only cards signed by a trusted provider are used")
-    _refused(lambda: verify_recipe_card(sign(_card(protection="none"), provider), [public], what=WHAT),
+    refused(lambda: verify_recipe_card(sign(_card(protection="none"), provider), [public], what=WHAT),
              "recipe_card.protection", CLEAR, "none")

@@ -10,11 +10,11 @@ model trained, no worker run.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.wire.documents import changed, refused
 from wire.card import ModelCard
 from wire.contract import SPAM_CONTRACT, Contract
 from wire.errors import FormatError
@@ -52,24 +52,14 @@ def _spec(**changes: Any) -> dict[str, Any]:
         "recipe_name": "tfidf", "recipe_version": 2, "recipe_digest": DIGEST, "owner_broker": "acme-broker",
         "model_name": "spam", "model_version": 3, "owner_share_key": "k-owner", "owner_share_wrapped": "b3du",
         "receipt_key": "tuned/acme/spam/3/receipt.jws"}
-    for name, value in changes.items():
-        if value is ...:
-            doc.pop(name, None)
-        else:
-            doc[name] = value
-    return doc
+    return changed(doc, changes)
 
 
 def _metrics(**changes: Any) -> dict[str, Any]:
     """Metrics on the smallest split allowed: exactly MIN_HOLDOUT_PER_CLASS held-out rows of each class."""
     doc: dict[str, Any] = {"precision": 0.9, "recall": 0.8, "f1": 0.85, "train_rows": 160, "holdout_rows": 40,
                            "holdout_spam": 20}
-    for name, value in changes.items():
-        if value is ...:
-            doc.pop(name, None)
-        else:
-            doc[name] = value
-    return doc
+    return changed(doc, changes)
 
 
 def _card(**changes: Any) -> dict[str, Any]:
@@ -84,36 +74,19 @@ def _card(**changes: Any) -> dict[str, Any]:
         "lineage": {"job_id": "j-1", "input_sha256": SHA, "recipe": {"name": "tfidf", "version": 2,
                                                                        "digest": DIGEST}},
         "metrics": _metrics(), "evidence_sha256": SHA}
-    for path, value in changes.items():
-        *parents, last = path.split(".")
-        target = doc
-        for part in parents:
-            target = target[part]
-        if value is ...:
-            target.pop(last, None)
-        else:
-            target[last] = value
-    return doc
-
-
-def _refused(call: Callable[[], Any], field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    with pytest.raises(FormatError) as info:
-        call()
-    error = info.value
-    assert (error.field, error.expected, error.actual, error.hint) == (field, expected, actual, hint)
-    return str(error)
+    return changed(doc, changes)
 
 
 def _spec_refused(doc: Any, field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    return _refused(lambda: TrainingSpec.from_dict(doc), field, expected, actual, hint)
+    return refused(lambda: TrainingSpec.from_dict(doc), field, expected, actual, hint)
 
 
 def _card_refused(doc: Any, field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    return _refused(lambda: TunedCard.parse(doc), field, expected, actual, hint)
+    return refused(lambda: TunedCard.parse(doc), field, expected, actual, hint)
 
 
 def _metrics_refused(doc: Any, field: str, expected: Any, actual: Any, hint: str = "") -> str:
-    return _refused(lambda: aggregate_metrics(doc, where="m"), field, expected, actual, hint)
+    return refused(lambda: aggregate_metrics(doc, where="m"), field, expected, actual, hint)
 
 
 # -- the constants are the wire's: another value is another format --------------------------------------
