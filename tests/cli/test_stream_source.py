@@ -190,22 +190,9 @@ def test_a_failure_reason_the_platform_wrote_cannot_forge_lines_on_the_owners_te
     verified' line of its own under the failure: the owner sees one line with those characters escaped."""
     from cscore.stream_cli import _progress_line
     from sdk.platform_text import MAX_CHARS, shown
-    from sdk.stream import Stream
 
     forged = "worker lost\n\x1b[2K\rresults  s-1: 500 verified (2 receipts) \u202e"
-    source = tmp_path / "drop"
-    source.mkdir()
-    journal = Journal(tmp_path / "j.sqlite", source=source, tenant="acme")
-    bucket = _Bucket({"status/acme/s-1.json": json.dumps({"state": "failed", "reason": forged}).encode()})
-    events: list[dict[str, object]] = []
-    stream = Stream(source, tmp_path / "out", journal, None, "acme", None, bucket, [],  # type: ignore[arg-type]
-                    verify=lambda _: None, emit=events.append)  # type: ignore[arg-type,return-value]
-    try:
-        journal.db.execute("INSERT INTO batches (n, batch_id, emails, state, cut_at) VALUES (1, 's-1', 1, "
-                           "'submitted', 0)")
-        stream.collect()
-    finally:
-        journal.close()
+    events = _collect_one_failure(tmp_path, forged)
     _progress_line(events[0])
     printed = capsys.readouterr().out
     first = printed.splitlines()[0]
@@ -282,6 +269,17 @@ def test_maildir_files_already_read_are_not_looked_at_again(tmp_path: Path) -> N
 def test_a_failed_batch_is_advised_a_resubmit_only_where_it_can_help(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], reason: str, says: str, never: str) -> None:
     from cscore.stream_cli import _progress_line
+
+    events = _collect_one_failure(tmp_path, reason)
+    assert [(e["event"], e["reason"]) for e in events] == [("failed", reason)]
+    advice = str(events[0]["advice"])
+    assert says in advice and never not in advice, advice
+    _progress_line(events[0])
+    assert capsys.readouterr().out.splitlines()[1] == f"         next: {advice}"
+
+
+def _collect_one_failure(tmp_path: Path, reason: str) -> list[dict[str, object]]:
+    """The events a stream emits when it collects one submitted batch whose status says failed for `reason`."""
     from sdk.stream import Stream
 
     source = tmp_path / "drop"
@@ -297,8 +295,4 @@ def test_a_failed_batch_is_advised_a_resubmit_only_where_it_can_help(
         stream.collect()
     finally:
         journal.close()
-    assert [(e["event"], e["reason"]) for e in events] == [("failed", reason)]
-    advice = str(events[0]["advice"])
-    assert says in advice and never not in advice, advice
-    _progress_line(events[0])
-    assert capsys.readouterr().out.splitlines()[1] == f"         next: {advice}"
+    return events
